@@ -1,0 +1,146 @@
+"""Applying order progress, exit requests and exit failures to a position (pure).
+
+Every function returns an ``Applied``: the new position (the same object when nothing changed),
+the fills it derived, the table event, or a rejection reason. Fills are derived from cumulative
+traded quantity, so a seen update changes nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from models.orders import OrderProgress, OrderUpdate
+from models.position import (
+    Applied,
+    Event,
+    ExitReason,
+    Fill,
+    OrderRole,
+    Position,
+    PositionStatus,
+    TrackedOrder,
+    transition,
+)
+
+
+def apply_update(position: Position, update: OrderUpdate, role: OrderRole, *,
+                 attempt: int | None = None, at: datetime | None = None) -> Applied:
+    """Merge one broker update of an order this position owns (its entry or one of its exits)."""
+    tracked = position.order(update.order_no)
+    base = tracked.progress if tracked else OrderProgress.empty(update.order_no)
+    return apply_progress(position, base.merge(update), role, attempt=attempt,
+                          at=update.updated_at or at)
+
+
+def apply_progress(position: Position, incoming: OrderProgress, role: OrderRole, *,
+                   attempt: int | None = None, at: datetime | None = None) -> Applied:
+    """Join an observation of one order's cumulative progress into the position."""
+    tracked = position.order(incoming.order_no)
+    if tracked is not None and tracked.role is not role:
+        return Applied(position=position,
+                       rejection=f"order {incoming.order_no} is the position's "
+                                 f"{tracked.role}, not its {role}")
+    old = tracked.progress if tracked else OrderProgress.empty(incoming.order_no)
+    new = old.join(incoming)
+    opened_at = _earliest_fill_time(position, role, incoming, at)
+    if new is old and opened_at == position.opened_at:
+        return Applied(position=position)
+    order = TrackedOrder(role=role, progress=new,
+                         attempt=tracked.attempt if tracked else attempt)
+    orders = tuple(order if o is tracked else o for o in position.orders)
+    if tracked is None:
+        orders = (*orders, order)
+    candidate = position.model_copy(update={"orders": orders, "opened_at": opened_at})
+    fill = _fill(position, role, old, new, at)
+    event = _event(position, candidate, role, order, fill)
+    return _transit(position, candidate, event, fill, at)
+
+
+def _earliest_fill_time(position: Position, role: OrderRole, incoming: OrderProgress,
+                        at: datetime | None) -> datetime | None:
+    """``opened_at`` is the earliest time any entry fill was reported, whatever the order of
+    delivery, so replaying a permutation of updates gives the same value."""
+    when = incoming.updated_at or at
+    if role is not OrderRole.ENTRY or incoming.traded_qty == 0 or when is None:
+        return position.opened_at
+    if position.opened_at is None or when < position.opened_at:
+        return when
+    return position.opened_at
+
+
+def _fill(position: Position, role: OrderRole, old: OrderProgress, new: OrderProgress,
+          at: datetime | None) -> Fill | None:
+    delta = new.traded_qty - old.traded_qty
+    if delta <= 0:
+        return None
+    price = (new.traded_value - old.traded_value) / delta
+    return Fill(position_id=position.position_id, order_no=new.order_no, role=role,
+                cum_qty=new.traded_qty, qty=delta, price=price, at=new.updated_at or at)
+
+
+def _event(before: Position, after: Position, role: OrderRole, order: TrackedOrder,
+           fill: Fill | None) -> Event | None:
+    status = order.progress.status
+    if role is OrderRole.ENTRY:
+        if fill is not None:
+            return Event.ENTRY_FILL
+        if status.failed and after.entry_qty == 0:
+            return Event.ENTRY_FAILED
+        return None
+    closed = after.entry_qty > 0 and after.quantity == 0
+    if role is OrderRole.OPPOSITE:
+        if fill is None:
+            return None
+        return Event.OPPOSITE_FILLED if closed else Event.OPPOSITE_FILL
+    if closed and fill is not None:
+        return Event.EXIT_FILLED
+    current = order.attempt == before.exit_attempt and before.status is PositionStatus.EXITING
+    if current and status.terminal:
+        # Failed, or traded in full while the entry grew meanwhile: back to ACTIVE, retried.
+        return Event.EXIT_FAILED
+    return Event.EXIT_FILL if fill is not None else None
+
+
+def _transit(before: Position, candidate: Position, event: Event | None, fill: Fill | None,
+             at: datetime | None) -> Applied:
+    fills = (fill,) if fill else ()
+    if event is None:
+        return Applied(position=candidate.model_copy(update={"version": before.version + 1}),
+                       fills=fills)
+    target = transition(before, event)
+    if target is None:
+        return Applied(position=before,
+                       rejection=f"{event} is not allowed in status {before.status}")
+    changes: dict[str, object] = {"status": target, "version": before.version + 1}
+    if target is PositionStatus.EXITED:
+        changes["exited_at"] = (fill.at if fill and fill.at else at) or before.exited_at
+        if event is Event.OPPOSITE_FILLED and before.status is PositionStatus.ACTIVE:
+            changes["exit_reason"] = ExitReason.BROKER_EXIT
+    elif before.status is PositionStatus.EXITED:  # re-opened by a late entry fill
+        changes.update(exited_at=None, exit_reason=None)
+    return Applied(position=candidate.model_copy(update=changes), fills=fills, event=event)
+
+
+def request_exit(position: Position, reason: ExitReason, at: datetime) -> Applied:
+    """Start a new exit attempt; the caller persists the intent before placing the order."""
+    target = transition(position, Event.EXIT_REQUESTED)
+    if target is None or position.quantity <= 0:
+        return Applied(position=position,
+                       rejection=f"cannot exit a {position.status} position "
+                                 f"with open quantity {position.quantity}")
+    return Applied(position=position.model_copy(update={
+        "status": target, "exit_reason": reason, "exit_attempt": position.exit_attempt + 1,
+        "exit_requested_at": at, "version": position.version + 1}),
+        event=Event.EXIT_REQUESTED)
+
+
+def exit_failed(position: Position, attempt: int) -> Applied:
+    """The exit order of ``attempt`` could not be placed (no order update will ever come)."""
+    if attempt != position.exit_attempt:
+        return Applied(position=position, rejection=f"attempt {attempt} is not the current one")
+    target = transition(position, Event.EXIT_FAILED)
+    if target is None:
+        return Applied(position=position,
+                       rejection=f"{Event.EXIT_FAILED} is not allowed in status {position.status}")
+    return Applied(position=position.model_copy(update={
+        "status": target, "version": position.version + 1}), event=Event.EXIT_FAILED)

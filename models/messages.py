@@ -1,0 +1,152 @@
+"""Messages between actors: commands are imperative, events past tense (SPEC §2).
+
+Every message carries a ``message_id``, the ``correlation_id`` of the outside event that started
+the chain (an order update, a price batch, a timer, an operator command), the ``causation_id`` of
+the message being handled when it was sent, and ``sent_at`` (our clock). Exchange times travel in
+the payload (``PriceMark.at``, ``OrderUpdate.updated_at``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from decimal import Decimal
+
+from pydantic import Field
+
+from models.common import AwareDatetime, Frozen, Instrument, TxnType
+from models.orders import OrderUpdate
+from models.position import ExitReason, OrderRole, Position
+from models.rules import ExitDecision, PriceMark
+
+_PREFIX = os.urandom(3).hex()
+_COUNTER = itertools.count(1)
+
+
+def new_id() -> str:
+    """Unique within a process run and cheap: a random prefix and a counter."""
+    return f"{_PREFIX}-{next(_COUNTER)}"
+
+
+class Message(Frozen):
+    message_id: str = Field(default_factory=new_id)
+    correlation_id: str
+    causation_id: str | None = None
+    sent_at: AwareDatetime
+
+    def caused(self) -> dict[str, str]:
+        """Ids for a message sent while handling this one."""
+        return {"correlation_id": self.correlation_id, "causation_id": self.message_id}
+
+
+# Inputs from the outside ----------------------------------------------------------------------
+class OrderUpdateReceived(Message):
+    """A raw broker frame, exactly as received: parsed once, by OrderUpdateActor."""
+
+    raw: str
+    source: str = "broker"
+
+
+class PriceTick(Message):
+    instrument: Instrument
+    mark: PriceMark
+
+
+class TimerFired(Message):
+    """The clock, as a message: timers drive time rules without waiting for a tick."""
+
+    name: str
+
+
+# Order flow -------------------------------------------------------------------------------------
+class ApplyOrderUpdate(Message):
+    update: OrderUpdate
+    role: OrderRole
+    attempt: int | None = None
+
+
+class CreatePosition(Message):
+    """Start tracking a new position for an entry order, then apply its first update."""
+
+    position: Position
+    update: OrderUpdate | None = None
+
+
+# Prices -----------------------------------------------------------------------------------------
+class PriceBatch(Message):
+    prices: tuple[tuple[Instrument, PriceMark], ...]
+
+
+class PriceUpdate(Message):
+    instrument: Instrument
+    mark: PriceMark
+
+
+class QuoteRequested(Message):
+    """A tracker saw a stale price: ask the batcher for a fresh quote at once."""
+
+    instrument: Instrument
+
+
+# Position events --------------------------------------------------------------------------------
+class PositionOpened(Message):
+    position: Position
+
+
+class PositionChanged(Message):
+    position: Position
+
+
+class PositionClosed(Message):
+    position: Position
+
+
+class PnLMarked(Message):
+    """A tracker's latest valuation, for the PnL cache and the kill switch."""
+
+    position_id: str
+    ltp: Decimal
+    pnl: Decimal
+    pnl_pct: Decimal
+    hwm_pnl: Decimal
+    peak_price: Decimal | None
+    realized: Decimal
+
+
+# Exits ------------------------------------------------------------------------------------------
+class ExitRequested(Message):
+    position: Position
+    decision: ExitDecision
+    attempt: int
+    client_id: str
+
+
+class RequestExit(Message):
+    """A command to a tracker: exit now for ``reason`` (operator, kill switch, timers)."""
+
+    reason: ExitReason
+    detail: str = ""
+
+
+class PlaceExitOrder(Message):
+    client_id: str
+    position_id: str
+    attempt: int
+    instrument: Instrument
+    txn_type: TxnType
+    quantity: int = Field(gt=0)
+    product: str | None = None
+
+
+class ExitOrderPlaced(Message):
+    position_id: str
+    attempt: int
+    client_id: str
+    order_no: str
+
+
+class ExitOrderFailed(Message):
+    position_id: str
+    attempt: int
+    client_id: str
+    reason: str

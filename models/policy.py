@@ -1,0 +1,174 @@
+"""Exit policy, portfolio limits and exchange sessions (SPEC §3.1, §3.4): frozen config models.
+
+Validation errors name the key and the allowed range; ``load_policy_toml`` turns a TOML document
+with the ``[policy]`` and ``[portfolio]`` tables into a ``RiskConfig``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+
+from models.common import IST, Frozen, Segment
+
+
+class PolicyError(ValueError):
+    """A policy or configuration value is wrong; the message names the key."""
+
+
+def _hhmm(value: str) -> time | None:
+    if value == "":
+        return None
+    try:
+        hours, minutes = value.split(":")
+        return time(int(hours), int(minutes))
+    except ValueError:
+        raise ValueError(f"expected \"HH:MM\" (00:00-23:59) or \"\", got {value!r}") from None
+
+
+class TrailingPolicy(Frozen):
+    mode: Literal["percent", "tiers", "off"] = "percent"
+    activation_pct: Decimal = Field(default=Decimal("0.035"), ge=0, le=10)
+    trail_pct: Decimal = Field(default=Decimal("0.025"), gt=0, lt=1)
+    tiers: tuple[tuple[Decimal, Decimal], ...] = (
+        (Decimal("0.05"), Decimal("-0.15")), (Decimal("0.10"), Decimal("-0.05")),
+        (Decimal("0.15"), Decimal("0")), (Decimal("0.25"), Decimal("0.10")),
+        (Decimal("0.40"), Decimal("0.20")), (Decimal("0.60"), Decimal("0.30")),
+        (Decimal("0.80"), Decimal("0.40")), (Decimal("1.20"), Decimal("0.60")),
+    )
+
+    @field_validator("tiers")
+    @classmethod
+    def _tiers_ascending(cls, tiers: tuple[tuple[Decimal, Decimal], ...]
+                         ) -> tuple[tuple[Decimal, Decimal], ...]:
+        thresholds = [threshold for threshold, _ in tiers]
+        if thresholds != sorted(thresholds) or len(set(thresholds)) != len(thresholds):
+            raise ValueError("tier thresholds must be strictly ascending")
+        for threshold, offset in tiers:
+            if threshold <= 0 or not -1 < offset < threshold:
+                raise ValueError("each tier is [threshold > 0, -1 < offset < threshold]")
+        return tiers
+
+
+DEFAULT_SQUARE_OFF: dict[Segment, str] = {
+    Segment.NSE_EQ: "15:15", Segment.NSE_FNO: "15:15", Segment.BSE_EQ: "15:15",
+    Segment.BSE_FNO: "15:15", Segment.NSE_CURRENCY: "16:45", Segment.BSE_CURRENCY: "16:45",
+    Segment.MCX_COMM: "23:15",
+}
+
+
+class ExitPolicy(Frozen):
+    stop_loss_pct: Decimal = Field(default=Decimal("0.12"), gt=0, le=1)
+    take_profit_pct: Decimal = Field(default=Decimal("0.50"), gt=0, le=100)
+    max_hold_minutes: int = Field(default=0, ge=0, le=60 * 24 * 7)
+    exit_at: str = ""
+    stale_after_seconds: Decimal = Field(default=Decimal(5), gt=0, le=3600)
+    unprotected_after_seconds: Decimal = Field(default=Decimal(30), gt=0, le=3600)
+    fee_per_order: Decimal = Field(default=Decimal(20), ge=0, le=100_000)
+    trailing: TrailingPolicy = TrailingPolicy()
+    square_off: dict[Segment, str] = Field(default_factory=lambda: dict(DEFAULT_SQUARE_OFF))
+
+    @field_validator("exit_at")
+    @classmethod
+    def _exit_at_format(cls, value: str) -> str:
+        _hhmm(value)
+        return value
+
+    @field_validator("square_off")
+    @classmethod
+    def _square_off_format(cls, value: dict[Segment, str]) -> dict[Segment, str]:
+        for text in value.values():
+            _hhmm(text)
+        return {**DEFAULT_SQUARE_OFF, **value}
+
+    @property
+    def exit_at_time(self) -> time | None:
+        return _hhmm(self.exit_at)
+
+    def square_off_time(self, segment: Segment) -> time | None:
+        return _hhmm(self.square_off.get(segment, ""))
+
+
+class PortfolioLimits(Frozen):
+    daily_loss_limit: Decimal = Field(default=Decimal(0), ge=0, le=10**12)
+    """Rupees; 0 turns the kill switch off."""
+
+
+SESSION_HOURS: dict[Segment, tuple[time, time]] = {
+    Segment.NSE_EQ: (time(9, 15), time(15, 30)), Segment.NSE_FNO: (time(9, 15), time(15, 30)),
+    Segment.BSE_EQ: (time(9, 15), time(15, 30)), Segment.BSE_FNO: (time(9, 15), time(15, 30)),
+    Segment.IDX_I: (time(9, 15), time(15, 30)),
+    Segment.NSE_CURRENCY: (time(9, 0), time(17, 0)),
+    Segment.BSE_CURRENCY: (time(9, 0), time(17, 0)),
+    Segment.MCX_COMM: (time(9, 0), time(23, 30)),
+}
+
+
+class SessionCalendar(Frozen):
+    """Exchange sessions in IST; weekends and listed holidays are closed."""
+
+    holidays: frozenset[date] = frozenset()
+
+    def trading_day(self, day: date) -> bool:
+        return day.weekday() < 5 and day not in self.holidays
+
+    def in_session(self, segment: Segment, now: datetime) -> bool:
+        local = now.astimezone(IST)
+        start, end = SESSION_HOURS[segment]
+        return self.trading_day(local.date()) and start <= local.time() < end
+
+    def at(self, day: date, clock: time) -> datetime:
+        """An exchange wall-clock time on ``day``, as an aware datetime."""
+        return datetime.combine(day, clock, tzinfo=IST)
+
+    def next_open(self, segment: Segment, now: datetime) -> datetime:
+        local = now.astimezone(IST)
+        start, _ = SESSION_HOURS[segment]
+        day = local.date()
+        for _ in range(30):
+            candidate = self.at(day, start)
+            if self.trading_day(day) and candidate > local:
+                return candidate
+            day += timedelta(days=1)
+        raise ValueError("no trading day in the next 30 days")
+
+
+class RiskConfig(Frozen):
+    policy: ExitPolicy = ExitPolicy()
+    portfolio: PortfolioLimits = PortfolioLimits()
+    calendar: SessionCalendar = SessionCalendar()
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{key}: {message}")
+    return "; ".join(lines)
+
+
+def risk_config_from_mapping(data: dict[str, Any]) -> RiskConfig:
+    """Build a config from the ``[policy]``/``[portfolio]``/``[calendar]`` tables."""
+    known = {"policy", "portfolio", "calendar"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise PolicyError(f"{unknown[0]}: unknown table (allowed: {', '.join(sorted(known))})")
+    try:
+        return RiskConfig.model_validate(data)
+    except ValidationError as error:
+        raise PolicyError(_describe(error)) from None
+
+
+def load_policy_toml(text: str) -> RiskConfig:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise PolicyError(f"not valid TOML: {error}") from None
+    return risk_config_from_mapping(data)

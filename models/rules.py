@@ -1,0 +1,177 @@
+"""PnL (SPEC §3.3) and exit rules (SPEC §3.4) as pure functions.
+
+``evaluate(position, mark, now, config)`` returns the exit decision of highest priority or
+``None``. ``update_marks`` folds a price into the peak price, the high-water mark and the trailing
+stop, which never loosens. Nothing here reads a clock: ``now`` is an input.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from pydantic import Field
+
+from models.common import IST, AwareDatetime, Frozen, Side
+from models.policy import ExitPolicy, PortfolioLimits, RiskConfig, SessionCalendar
+from models.position import PRICED, ExitReason, Position, PositionStatus
+
+
+class PriceMark(Frozen):
+    """The last traded price of an instrument and the exchange time it was seen at."""
+
+    ltp: Decimal = Field(gt=0)
+    at: AwareDatetime
+
+
+class PnL(Frozen):
+    gross: Decimal
+    net: Decimal
+    pct: Decimal
+    unrealized: Decimal
+    realized: Decimal
+
+
+class ExitDecision(Frozen):
+    reason: ExitReason
+    price: Decimal | None = None
+    detail: str = ""
+
+
+def pnl(position: Position, ltp: Decimal | None, policy: ExitPolicy) -> PnL:
+    """Gross is realised (exit fills) plus unrealised (open quantity at ``ltp``); fees per order."""
+    entry = position.entry_price
+    sign = position.side.sign
+    fees = policy.fee_per_order * position.executed_orders
+    if entry is None:
+        return PnL(gross=Decimal(0), net=-fees, pct=Decimal(0), unrealized=Decimal(0),
+                   realized=Decimal(0))
+    exit_price = position.exit_price
+    realized = sign * (exit_price - entry) * position.exit_qty if exit_price is not None else 0
+    mark = ltp if ltp is not None else exit_price if exit_price is not None else entry
+    unrealized = sign * (mark - entry) * position.quantity
+    gross = Decimal(realized) + unrealized
+    return PnL(gross=gross, net=gross - fees, pct=sign * (mark - entry) / entry,
+               unrealized=unrealized, realized=Decimal(realized))
+
+
+def _favourable(side: Side, a: Decimal, b: Decimal) -> Decimal:
+    return max(a, b) if side is Side.LONG else min(a, b)
+
+
+def _trail_stop(position: Position, peak: Decimal, policy: ExitPolicy) -> Decimal | None:
+    entry = position.entry_price
+    trailing = policy.trailing
+    if entry is None or trailing.mode == "off":
+        return None
+    sign = position.side.sign
+    peak_pct = sign * (peak - entry) / entry
+    if trailing.mode == "percent":
+        if peak_pct < trailing.activation_pct:
+            return None
+        return peak * (1 - sign * trailing.trail_pct)
+    offsets = [offset for threshold, offset in trailing.tiers if peak_pct >= threshold]
+    return entry * (1 + sign * offsets[-1]) if offsets else None
+
+
+def update_marks(position: Position, ltp: Decimal, policy: ExitPolicy) -> Position:
+    """Fold one price into peak price, high-water mark and trailing stop (never loosening)."""
+    entry = position.entry_price
+    if entry is None or position.status not in PRICED:
+        return position
+    side = position.side
+    peak = _favourable(side, position.peak_price or entry, ltp)
+    hwm = max(position.hwm_pnl, pnl(position, ltp, policy).net, Decimal(0))
+    stop = _trail_stop(position, peak, policy)
+    if position.trail_stop is not None:
+        stop = position.trail_stop if stop is None else _favourable(side, position.trail_stop,
+                                                                      stop)
+    if (peak, hwm, stop) == (position.peak_price, position.hwm_pnl, position.trail_stop):
+        return position
+    return position.model_copy(update={"peak_price": peak, "hwm_pnl": hwm, "trail_stop": stop})
+
+
+def price_is_fresh(position: Position, mark: PriceMark, now: datetime, policy: ExitPolicy,
+                   calendar: SessionCalendar) -> bool:
+    """Out of session hours no price moves, so the last one is never stale."""
+    if not calendar.in_session(position.segment, now):
+        return True
+    return now - mark.at <= timedelta(seconds=float(policy.stale_after_seconds))
+
+
+def is_unprotected(position: Position, mark: PriceMark | None, now: datetime,
+                   policy: ExitPolicy, calendar: SessionCalendar) -> bool:
+    """In session, open, and no fresh price for ``unprotected_after_seconds``."""
+    if position.status not in PRICED or not calendar.in_session(position.segment, now):
+        return False
+    since = mark.at if mark is not None else position.opened_at or position.created_at
+    return now - since > timedelta(seconds=float(policy.unprotected_after_seconds))
+
+
+def _price_rules(position: Position, ltp: Decimal, policy: ExitPolicy) -> list[ExitDecision]:
+    entry = position.entry_price
+    assert entry is not None  # checked by the caller: only priced positions are evaluated
+    sign = position.side.sign
+    pct = sign * (ltp - entry) / entry
+    fired = []
+    if pct <= -policy.stop_loss_pct:
+        fired.append(ExitDecision(reason=ExitReason.STOP_LOSS, price=ltp,
+                                  detail=f"pnl {pct:.4%} <= -{policy.stop_loss_pct:.2%}"))
+    stop = position.trail_stop
+    if stop is not None and sign * (ltp - stop) <= 0:
+        fired.append(ExitDecision(reason=ExitReason.TRAILING_STOP, price=ltp,
+                                  detail=f"price {ltp} crossed trailing stop {stop:.4f}"))
+    if pct >= policy.take_profit_pct:
+        fired.append(ExitDecision(reason=ExitReason.TAKE_PROFIT, price=ltp,
+                                  detail=f"pnl {pct:.4%} >= {policy.take_profit_pct:.2%}"))
+    return fired
+
+
+def _time_rules(position: Position, now: datetime, policy: ExitPolicy,
+                calendar: SessionCalendar) -> list[ExitDecision]:
+    local = now.astimezone(IST)
+    fired = []
+    square_off = policy.square_off_time(position.segment)
+    if square_off is not None and calendar.trading_day(local.date()) \
+            and local.time() >= square_off:
+        fired.append(ExitDecision(reason=ExitReason.SESSION_END,
+                                  detail=f"exchange clock {local:%H:%M:%S} >= {square_off:%H:%M}"))
+    if policy.max_hold_minutes and position.opened_at is not None:
+        held = now - position.opened_at
+        if held >= timedelta(minutes=policy.max_hold_minutes):
+            fired.append(ExitDecision(reason=ExitReason.TIME_STOP,
+                                      detail=f"held {held} >= {policy.max_hold_minutes} min"))
+    exit_at = policy.exit_at_time
+    if exit_at is not None and local.time() >= exit_at:
+        fired.append(ExitDecision(reason=ExitReason.TIME_EXIT,
+                                  detail=f"exchange clock {local:%H:%M:%S} >= {exit_at:%H:%M}"))
+    return fired
+
+
+PRIORITY = {reason: rank for rank, reason in enumerate(ExitReason)}
+
+
+def evaluate(position: Position, mark: PriceMark | None, now: datetime, config: RiskConfig,
+             *, halted: bool = False) -> ExitDecision | None:
+    """The exit decision for an ACTIVE position (an EXITING one is already leaving), or ``None``.
+
+    ``mark`` should already be folded into the position by ``update_marks``. A stale price fires
+    no price rule; time rules and the kill switch need no price.
+    """
+    if position.status is not PositionStatus.ACTIVE or position.entry_price is None:
+        return None
+    policy = config.policy
+    fired: list[ExitDecision] = []
+    if halted:
+        fired.append(ExitDecision(reason=ExitReason.KILL_SWITCH, detail="trading is HALTED"))
+    fired += _time_rules(position, now, policy, config.calendar)
+    if mark is not None and price_is_fresh(position, mark, now, policy, config.calendar):
+        fired += _price_rules(position, mark.ltp, policy)
+    if not fired:
+        return None
+    return min(fired, key=lambda decision: PRIORITY[decision.reason])
+
+
+def kill_switch_breached(day_net_pnl: Decimal, limits: PortfolioLimits) -> bool:
+    """Realised plus unrealised net PnL of the day at or below minus the limit (0 = off)."""
+    return limits.daily_loss_limit > 0 and day_net_pnl <= -limits.daily_loss_limit

@@ -1,0 +1,98 @@
+"""The ports actors depend on. Concrete adapters live beside this module; only ``run.py``'s
+``build_system`` pairs them with the actors.
+
+Error tree of the store::
+
+    StoreError                 any failure of the storage backend (connection, SQL, disk)
+    └── StaleWriteError        a position write carried a version older than the stored one
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Protocol
+
+from models.position import Fill, Position, PositionStatus
+from store.records import DeadLetter, ExitAttempt, KillSwitch, ParkedUpdate, StoredOrderUpdate
+
+
+class StoreError(Exception):
+    """The storage backend failed; the caller decides whether to retry."""
+
+
+class StaleWriteError(StoreError):
+    """A position write was older than what is stored: a restarted actor raced its past self."""
+
+
+class Store(Protocol):
+    """Durable state. Every method is one short transaction; re-applied writes are no-ops."""
+
+    @property
+    def queries(self) -> int:
+        """Statements executed so far (for the metrics of SPEC §7 and §9)."""
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema; safe to call at every start."""
+
+    def schema_version(self) -> int: ...
+
+    def close(self) -> None: ...
+
+    # Positions and fills ------------------------------------------------------------------------
+    def save_position(self, position: Position, fills: Sequence[Fill] = ()) -> None:
+        """Upsert the position (only if its version is newer) and insert its new fills, in one
+        transaction. A fill already stored (same order and cumulative quantity) is ignored.
+        Raises ``StaleWriteError`` when the stored version is newer than ``position.version``."""
+
+    def save_positions(self, positions: Sequence[Position]) -> None:
+        """Upsert many positions in one transaction (marks checkpoints, bulk loads)."""
+
+    def load_position(self, position_id: str) -> Position | None: ...
+
+    def load_open_positions(self) -> list[Position]:
+        """Every PENDING, ACTIVE or EXITING position, in one query, oldest first."""
+
+    def list_positions(self, status: PositionStatus | None = None) -> list[Position]:
+        """All positions (or those in ``status``), oldest first."""
+
+    def fills(self, position_id: str) -> list[Fill]: ...
+
+    # Raw order updates and parking -------------------------------------------------------------
+    def record_order_update(self, raw: str, received_at: datetime, *, order_no: str | None,
+                            accepted: bool, reason: str | None = None) -> int:
+        """Store a raw frame as received and return its sequence number."""
+
+    def order_updates(self) -> list[StoredOrderUpdate]: ...
+
+    def park_update(self, order_no: str, raw: str, parked_at: datetime) -> None: ...
+
+    def take_parked(self, order_no: str) -> list[ParkedUpdate]:
+        """Remove and return the updates parked for ``order_no``, oldest first."""
+
+    def parked_updates(self) -> list[ParkedUpdate]: ...
+
+    # Exits -----------------------------------------------------------------------------------------
+    def record_exit_attempt(self, attempt: ExitAttempt) -> bool:
+        """Insert the attempt; False when (position_id, attempt) is already stored."""
+
+    def update_exit_attempt(self, client_id: str, *, order_no: str | None = None,
+                            outcome: str | None = None) -> None: ...
+
+    def exit_attempts(self, position_id: str | None = None) -> list[ExitAttempt]: ...
+
+    # Supervision and portfolio ---------------------------------------------------------------------
+    def record_dead_letter(self, letter: DeadLetter) -> None: ...
+
+    def dead_letters(self) -> list[DeadLetter]: ...
+
+    def latch_kill_switch(self, state: KillSwitch) -> None:
+        """Latch the kill switch; a second latch keeps the first one's time and reason."""
+
+    def kill_switch(self) -> KillSwitch | None: ...
+
+    def reset_kill_switch(self) -> bool:
+        """Clear the latch; False when it was not latched."""
+
+    def counts(self) -> Mapping[str, int]:
+        """Rows per table, for status views and tests."""

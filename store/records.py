@@ -1,0 +1,56 @@
+"""Values the store returns besides positions and fills."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from models.common import AwareDatetime, Frozen
+from models.position import ExitReason
+
+
+class StoredOrderUpdate(Frozen):
+    """A raw broker frame as received, accepted or rejected (for audit and replay)."""
+
+    seq: int
+    received_at: AwareDatetime
+    raw: str
+    order_no: str | None = None
+    accepted: bool
+    reason: str | None = None
+
+
+class ExitAttempt(Frozen):
+    position_id: str
+    attempt: int
+    client_id: str
+    reason: ExitReason
+    quantity: int
+    requested_at: AwareDatetime
+    order_no: str | None = None
+    outcome: str | None = None
+    """None while in flight; then PLACED, FAILED: <why>, FILLED, …"""
+
+
+class DeadLetter(Frozen):
+    recorded_at: AwareDatetime
+    actor: str
+    message_type: str
+    message_id: str | None = None
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    position_id: str | None = None
+    error: str
+    payload: str
+    """A redacted summary of the message that could not be handled."""
+
+
+class KillSwitch(Frozen):
+    latched_at: AwareDatetime
+    reason: str
+    day_pnl: Decimal | None = None
+
+
+class ParkedUpdate(Frozen):
+    order_no: str
+    parked_at: AwareDatetime
+    raw: str
