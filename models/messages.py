@@ -15,7 +15,7 @@ from decimal import Decimal
 from pydantic import Field
 
 from models.common import AwareDatetime, Frozen, Instrument, TxnType
-from models.orders import OrderUpdate
+from models.orders import OrderProgress, OrderUpdate
 from models.position import ExitReason, OrderRole, Position
 from models.rules import ExitDecision, PriceMark
 
@@ -60,9 +60,18 @@ class TimerFired(Message):
 
 # Order flow -------------------------------------------------------------------------------------
 class ApplyOrderUpdate(Message):
+    position_id: str
     update: OrderUpdate
     role: OrderRole
     attempt: int | None = None
+
+
+class ApplyProgress(Message):
+    """A position's share of an untracked opposite order (allocated by OrderUpdateActor)."""
+
+    position_id: str
+    progress: OrderProgress
+    role: OrderRole
 
 
 class CreatePosition(Message):
@@ -124,6 +133,8 @@ class ExitRequested(Message):
 class RequestExit(Message):
     """A command to a tracker: exit now for ``reason`` (operator, kill switch, timers)."""
 
+    position_id: str | None = None
+    """None: every open position (the kill switch, a square-off of everything)."""
     reason: ExitReason
     detail: str = ""
 

@@ -1,0 +1,238 @@
+"""A pykka actor type that runs on a shared pool of worker threads (SPEC §2, execution model).
+
+A ``ThreadingActor`` owns an OS thread; at 10,000 positions that is 10,000 threads, slow to start
+and slow to wake. A ``PooledActor`` owns only a mailbox. When a message arrives at an idle
+mailbox, the mailbox is scheduled on its ``Dispatcher``; a worker thread then runs that actor for
+at most ``throughput`` messages (fairness) and reschedules it if more are waiting. One message at
+a time per actor is guaranteed by the scheduling flag: a mailbox is on the run queue, or being
+run, at most once.
+
+pykka's ``ActorRef``, ``tell``, ``ask`` and proxies work unchanged, and failures behave as in
+``ThreadingActor``: a raising ``tell`` handler is logged, stops the actor and reaches
+``on_failure``; an ``ask`` gets the exception back and the actor goes on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import pykka
+from pykka import ActorDeadError, ActorRegistry, messages
+from pykka._envelope import Envelope
+
+logger = logging.getLogger("pykka")
+
+_STOP = object()
+
+
+class Dispatcher:
+    """A fixed pool of worker threads running scheduled mailboxes, first come first served."""
+
+    def __init__(self, workers: int = 4, *, throughput: int = 16, name: str = "dispatch") -> None:
+        if workers < 1 or throughput < 1:
+            raise ValueError("workers and throughput must be at least 1")
+        self.throughput = throughput
+        self.name = name
+        self._runnable: queue.SimpleQueue[Callable[[], None] | object] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._workers = workers
+        self._closed = False
+
+    def start(self) -> Dispatcher:
+        with self._lock:
+            if self._threads:
+                return self
+            counter = itertools.count()
+            for _ in range(self._workers):
+                thread = threading.Thread(target=self._work, daemon=True,
+                                          name=f"{self.name}-{next(counter)}")
+                thread.start()
+                self._threads.append(thread)
+        return self
+
+    def submit(self, task: Callable[[], None]) -> None:
+        if self._closed:
+            raise RuntimeError(f"dispatcher {self.name} is shut down")
+        if not self._threads:
+            self.start()
+        self._runnable.put(task)
+
+    def pending(self) -> int:
+        """Mailboxes waiting for a worker: a measure of how far behind the pool is."""
+        return self._runnable.qsize()
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop the workers after the tasks already queued; actors should be stopped first."""
+        with self._lock:
+            self._closed = True
+            threads, self._threads = self._threads, []
+        for _ in threads:
+            self._runnable.put(_STOP)
+        for thread in threads:
+            thread.join(timeout)
+
+    def _work(self) -> None:
+        while True:
+            task = self._runnable.get()
+            if task is _STOP:
+                return
+            assert callable(task)
+            task()
+
+
+_default: Dispatcher | None = None
+_default_lock = threading.Lock()
+
+
+def default_dispatcher() -> Dispatcher:
+    """The process-wide pool used by actors that do not name one."""
+    global _default  # noqa: PLW0603 - one lazily created pool, never at import time
+    with _default_lock:
+        if _default is None or _default._closed:
+            _default = Dispatcher(name="dispatch").start()
+        return _default
+
+
+class _Mailbox:
+    """The inbox of one pooled actor: a deque plus a flag saying it is scheduled or running."""
+
+    __slots__ = ("_actor", "_dispatcher", "_lock", "_queue", "_scheduled")
+
+    def __init__(self) -> None:
+        self._queue: deque[Envelope[Any]] = deque()
+        self._lock = threading.Lock()
+        # Scheduled until the actor starts, so messages told early wait for on_start().
+        self._scheduled = True
+        self._actor: PooledActor | None = None
+        self._dispatcher: Dispatcher | None = None
+
+    # The pykka ActorInbox protocol ---------------------------------------------------------
+    def put(self, envelope: Envelope[Any], /) -> None:
+        self._queue.append(envelope)
+        with self._lock:
+            if self._scheduled:
+                return
+            self._scheduled = True
+        self._submit()
+
+    def get(self) -> Envelope[Any]:
+        return self._queue.popleft()
+
+    def empty(self) -> bool:
+        return not self._queue
+
+    def qsize(self) -> int:
+        return len(self._queue)
+
+    # Scheduling ------------------------------------------------------------------------------
+    def bind(self, actor: PooledActor, dispatcher: Dispatcher) -> None:
+        self._actor, self._dispatcher = actor, dispatcher
+        dispatcher.submit(self._first_turn)
+
+    def _submit(self) -> None:
+        assert self._dispatcher is not None
+        try:
+            self._dispatcher.submit(self._turn)
+        except RuntimeError:
+            self._fail_pending()
+
+    def _first_turn(self) -> None:
+        assert self._actor is not None
+        self._actor._actor_loop_setup()
+        self._turn()
+
+    def _turn(self) -> None:
+        actor = self._actor
+        assert actor is not None and self._dispatcher is not None
+        stopped = actor.actor_stopped
+        for _ in range(self._dispatcher.throughput):
+            if stopped.is_set() or not self._queue:
+                break
+            actor._handle_envelope(self._queue.popleft())
+        if stopped.is_set():
+            self._fail_pending()
+            return  # stays "scheduled" forever: a stopped actor is never run again
+        with self._lock:
+            if not self._queue:
+                self._scheduled = False
+                return
+        self._submit()
+
+    def _fail_pending(self) -> None:
+        """What ``ThreadingActor``'s teardown does: answer every waiting ``ask``."""
+        while self._queue:
+            envelope = self._queue.popleft()
+            if envelope.reply_to is None:
+                continue
+            if isinstance(envelope.message, messages._ActorStop):
+                envelope.reply_to.set(None)
+            else:
+                envelope.reply_to.set_exception(exc_info=(
+                    ActorDeadError,
+                    ActorDeadError(f"{self._actor} stopped before handling the message"),
+                    None))
+
+
+class PooledActor(pykka.Actor):
+    """A pykka actor without a thread of its own; see the module docstring.
+
+    Set ``dispatcher`` on the class (or pass ``dispatcher=`` to ``start``) to choose the pool.
+    """
+
+    dispatcher: ClassVar[Dispatcher | None] = None
+
+    @staticmethod
+    def _create_actor_inbox() -> _Mailbox:
+        return _Mailbox()
+
+    @staticmethod
+    def _create_future() -> pykka.Future[Any]:
+        return pykka.ThreadingFuture()
+
+    def _start_actor_loop(self) -> None:
+        pool = self._dispatcher_override or self.dispatcher or default_dispatcher()
+        inbox = self.actor_inbox
+        assert isinstance(inbox, _Mailbox)
+        inbox.bind(self, pool)
+
+    _dispatcher_override: Dispatcher | None = None
+
+    @classmethod
+    def start_on(cls, dispatcher: Dispatcher, *args: Any,
+                 **kwargs: Any) -> pykka.ActorRef[Any]:
+        """Start on a given pool (``start`` uses the class's or the default pool)."""
+        obj = cls(*args, **kwargs)
+        obj._dispatcher_override = dispatcher
+        ActorRegistry.register(obj.actor_ref)
+        obj._start_actor_loop()
+        return obj.actor_ref
+
+    def _handle_envelope(self, envelope: Envelope[Any]) -> None:
+        """One message, with the exact failure semantics of ``Actor._actor_loop_running``."""
+        try:
+            response = self._handle_receive(envelope.message)
+            if envelope.reply_to is not None:
+                envelope.reply_to.set(response)
+        except Exception:
+            if envelope.reply_to is not None:
+                logger.info(f"Exception returned from {self} to caller:",
+                            exc_info=sys.exc_info())
+                envelope.reply_to.set_exception()
+            else:
+                self._handle_failure(*sys.exc_info())
+                try:
+                    self.on_failure(*sys.exc_info())
+                except Exception:  # noqa: BLE001 - mirrors pykka: log and stop
+                    self._handle_failure(*sys.exc_info())
+        except BaseException:  # noqa: BLE001 - mirrors pykka: stop everything
+            logger.debug(f"{sys.exc_info()[1]!r} in {self}. Stopping all actors.")
+            self._stop()
+            ActorRegistry.stop_all(block=False)

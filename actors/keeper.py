@@ -1,0 +1,291 @@
+"""The logic of one position's owner, without the actor around it.
+
+``PositionKeeper`` is what a ``TrackerActor`` runs, and what the ``RiskSupervisor`` runs for a
+quarantined position, so a position is never unprotected while its actor is broken. It calls the
+pure core, persists every change *before* returning the messages that announce it, and returns
+those messages as ``(Target, message)`` pairs for the shell to send.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import Enum
+
+from loguru import logger
+
+from actors.metrics import Metrics
+from models import lifecycle
+from models.common import Instrument, exit_client_id
+from models.messages import (
+    ApplyOrderUpdate,
+    ApplyProgress,
+    ExitOrderFailed,
+    ExitOrderPlaced,
+    ExitRequested,
+    Message,
+    PnLMarked,
+    PositionChanged,
+    PositionClosed,
+    PositionOpened,
+    PriceUpdate,
+    QuoteRequested,
+    RequestExit,
+    TimerFired,
+)
+from models.policy import RiskConfig
+from models.position import (
+    CLOSED,
+    Applied,
+    Event,
+    ExitReason,
+    Fill,
+    Position,
+    PositionStatus,
+)
+from models.rules import ExitDecision, PriceMark, evaluate, is_unprotected, pnl, update_marks
+from store.ports import Store
+from store.records import DeadLetter, ExitAttempt
+
+STICKY = frozenset({ExitReason.KILL_SWITCH, ExitReason.MANUAL, ExitReason.SESSION_END})
+"""Reasons that keep retrying after a failed exit whatever the price does."""
+
+
+class Target(Enum):
+    SUPERVISOR = "supervisor"
+    INDEX = "index"
+    PNL = "pnl"
+    BATCHER = "batcher"
+    ORDERS = "orders"
+
+
+Out = list[tuple[Target, object]]
+ANNOUNCE = (Target.INDEX, Target.SUPERVISOR, Target.PNL, Target.ORDERS)
+
+
+@dataclass(frozen=True)
+class KeeperContext:
+    store: Store
+    config: RiskConfig
+    clock: Callable[[], datetime]
+    metrics: Metrics
+    checkpoint_every: timedelta = timedelta(seconds=5)
+
+
+def retry_delay(attempt: int) -> timedelta:
+    """Back-off between exit attempts: 0.5 s, 1 s, 2 s, … capped at 30 s."""
+    return timedelta(seconds=min(30.0, 0.5 * 2 ** max(0, attempt - 1)))
+
+
+class PositionKeeper:
+    def __init__(self, position: Position, context: KeeperContext, *, halted: bool = False,
+                 mark: PriceMark | None = None) -> None:
+        self.position = position
+        self.ctx = context
+        self.mark = mark
+        self.sticky: ExitReason | None = ExitReason.KILL_SWITCH if halted else None
+        self.retry_at: datetime | None = None
+        self.unprotected = False
+        self._checkpointed = context.clock()
+        self._saved_marks = _marks(position)
+        self._quote_asked: datetime | None = None
+        self.log = logger.bind(position_id=position.position_id)
+
+    @property
+    def instrument(self) -> Instrument:
+        return Instrument(segment=self.position.segment, security_id=self.position.security_id)
+
+    # Dispatch -----------------------------------------------------------------------------------
+    def handle(self, message: object) -> Out:
+        handler = _HANDLERS.get(type(message))
+        if handler is None:
+            self.log.warning("tracker ignores {}", type(message).__name__)
+            return []
+        return handler(self, message)
+
+    # Order updates -------------------------------------------------------------------------------
+    def on_update(self, message: ApplyOrderUpdate) -> Out:
+        applied = lifecycle.apply_update(self.position, message.update, message.role,
+                                         attempt=message.attempt, at=self.ctx.clock())
+        return self._commit(applied, message)
+
+    def on_progress(self, message: ApplyProgress) -> Out:
+        applied = lifecycle.apply_progress(self.position, message.progress, message.role,
+                                           at=self.ctx.clock())
+        return self._commit(applied, message)
+
+    def _commit(self, applied: Applied, cause: Message) -> Out:
+        if applied.rejection:
+            self._reject(applied.rejection, cause)
+            return []
+        if applied.position is self.position:
+            return []
+        before = self.position
+        self._save(applied.position, applied.fills)
+        out = self._announce(before, cause)
+        if applied.event is Event.EXIT_FAILED:
+            self.retry_at = self.ctx.clock() + retry_delay(self.position.exit_attempt)
+            self.log.warning("exit attempt {} failed; retry at {}", before.exit_attempt,
+                             self.retry_at)
+            out += self._evaluate(cause)
+        return out
+
+    def _reject(self, reason: str, cause: Message) -> None:
+        self.log.warning("rejected {}: {}", type(cause).__name__, reason)
+        self.ctx.metrics.incr("rejected_updates")
+        self.ctx.store.record_dead_letter(DeadLetter(
+            recorded_at=self.ctx.clock(), actor=f"tracker:{self.position.position_id}",
+            message_type=type(cause).__name__, message_id=cause.message_id,
+            correlation_id=cause.correlation_id, causation_id=cause.causation_id,
+            position_id=self.position.position_id, error=f"rejected: {reason}",
+            payload=summary(cause)))
+
+    def _announce(self, before: Position, cause: Message) -> Out:
+        now, position = self.ctx.clock(), self.position
+        ids = cause.caused()
+        event: Message
+        if position.status in CLOSED:
+            event = PositionClosed(position=position, sent_at=now, **ids)
+        elif before.status not in (PositionStatus.ACTIVE, PositionStatus.EXITING) and \
+                position.status is PositionStatus.ACTIVE:
+            event = PositionOpened(position=position, sent_at=now, **ids)
+        else:
+            event = PositionChanged(position=position, sent_at=now, **ids)
+        return [(target, event) for target in ANNOUNCE]
+
+    # Prices and time -----------------------------------------------------------------------------
+    def on_price(self, message: PriceUpdate) -> Out:
+        self.mark = message.mark
+        marked = update_marks(self.position, message.mark.ltp, self.ctx.config.policy)
+        self.position = marked
+        out: Out = [(Target.PNL, self._valuation(message))]
+        return out + self._evaluate(message)
+
+    def on_timer(self, message: TimerFired) -> Out:
+        self._checkpoint()
+        return self._evaluate(message)
+
+    def _valuation(self, cause: Message) -> PnLMarked:
+        assert self.mark is not None
+        value = pnl(self.position, self.mark.ltp, self.ctx.config.policy)
+        return PnLMarked(position_id=self.position.position_id, ltp=self.mark.ltp,
+                         pnl=value.net, pnl_pct=value.pct, hwm_pnl=self.position.hwm_pnl,
+                         peak_price=self.position.peak_price, realized=value.realized,
+                         sent_at=self.ctx.clock(), **cause.caused())
+
+    def _evaluate(self, cause: Message) -> Out:
+        if self.position.status is not PositionStatus.ACTIVE:
+            return []
+        now = self.ctx.clock()
+        if self.retry_at is not None and now < self.retry_at:
+            return []
+        self.ctx.metrics.incr("evaluations")
+        out = self._watch_freshness(now, cause)
+        if self.sticky is not None:
+            decision = ExitDecision(reason=self.sticky, detail="retrying a standing exit")
+        else:
+            decision = evaluate(self.position, self.mark, now, self.ctx.config)
+        if decision is not None:
+            out += self._exit(decision, cause)
+        return out
+
+    def _watch_freshness(self, now: datetime, cause: Message) -> Out:
+        policy, calendar = self.ctx.config.policy, self.ctx.config.calendar
+        out: Out = []
+        stale_after = timedelta(seconds=float(policy.stale_after_seconds))
+        stale = self.mark is None or (calendar.in_session(self.position.segment, now)
+                                      and now - self.mark.at > stale_after)
+        asked_recently = self._quote_asked is not None and now - self._quote_asked < stale_after
+        if stale and not asked_recently:
+            self._quote_asked = now
+            out.append((Target.BATCHER, QuoteRequested(instrument=self.instrument, sent_at=now,
+                                                       **cause.caused())))
+        unprotected = is_unprotected(self.position, self.mark, now, policy, calendar)
+        if unprotected != self.unprotected:
+            self.unprotected = unprotected
+            if unprotected:
+                self.log.warning("UNPROTECTED: no fresh price for {}s", policy.unprotected_after_seconds)
+            else:
+                self.log.info("protected again: fresh price")
+        return out
+
+    def _checkpoint(self) -> None:
+        """Peak, high-water mark and trailing stop are saved every few seconds, not per tick."""
+        now = self.ctx.clock()
+        if now - self._checkpointed < self.ctx.checkpoint_every:
+            return
+        self._checkpointed = now
+        if self.position.status not in (PositionStatus.ACTIVE, PositionStatus.EXITING):
+            return
+        if _marks(self.position) != self._saved_marks:
+            self._save(self.position.model_copy(update={"version": self.position.version + 1}))
+
+    def _save(self, position: Position, fills: tuple[Fill, ...] = ()) -> None:
+        self.ctx.store.save_position(position, fills)
+        self.position = position
+        self._saved_marks = _marks(position)
+
+    # Exits ----------------------------------------------------------------------------------------
+    def on_request_exit(self, message: RequestExit) -> Out:
+        if message.reason in STICKY:
+            self.sticky = message.reason
+            self.retry_at = None
+        if self.position.status is not PositionStatus.ACTIVE:
+            return []
+        decision = ExitDecision(reason=message.reason, detail=message.detail)
+        return self._exit(decision, message)
+
+    def _exit(self, decision: ExitDecision, cause: Message) -> Out:
+        now = self.ctx.clock()
+        applied = lifecycle.request_exit(self.position, decision.reason, now)
+        if applied.rejection:
+            self.log.info("exit not requested: {}", applied.rejection)
+            return []
+        position = applied.position
+        attempt = position.exit_attempt
+        client_id = exit_client_id(position.position_id, attempt)
+        # The intent is durable before anyone hears of it: a restart re-places the same attempt.
+        self.ctx.store.record_exit_attempt(ExitAttempt(
+            position_id=position.position_id, attempt=attempt, client_id=client_id,
+            reason=decision.reason, quantity=position.quantity, requested_at=now))
+        before = self.position
+        self._save(position)
+        self.log.info("exit requested: {} {} (attempt {})", decision.reason, decision.detail,
+                      attempt)
+        out = self._announce(before, cause)
+        out.append((Target.SUPERVISOR, ExitRequested(
+            position=position, decision=decision, attempt=attempt, client_id=client_id,
+            sent_at=now, **cause.caused())))
+        return out
+
+    def on_exit_placed(self, message: ExitOrderPlaced) -> Out:
+        self.ctx.store.update_exit_attempt(message.client_id, order_no=message.order_no,
+                                           outcome="PLACED")
+        return []
+
+    def on_exit_failed(self, message: ExitOrderFailed) -> Out:
+        self.ctx.store.update_exit_attempt(message.client_id, outcome=f"FAILED: {message.reason}")
+        applied = lifecycle.exit_failed(self.position, message.attempt)
+        return self._commit(applied, message)
+
+
+def _marks(position: Position) -> tuple[object, ...]:
+    return (position.peak_price, position.hwm_pnl, position.trail_stop)
+
+
+def summary(message: object, limit: int = 500) -> str:
+    """A short, redacted description of a message for dead letters and traces."""
+    text = repr(message)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_HANDLERS: dict[type, Callable[[PositionKeeper, object], Out]] = {
+    ApplyOrderUpdate: PositionKeeper.on_update,  # type: ignore[dict-item]
+    ApplyProgress: PositionKeeper.on_progress,  # type: ignore[dict-item]
+    PriceUpdate: PositionKeeper.on_price,  # type: ignore[dict-item]
+    TimerFired: PositionKeeper.on_timer,  # type: ignore[dict-item]
+    RequestExit: PositionKeeper.on_request_exit,  # type: ignore[dict-item]
+    ExitOrderPlaced: PositionKeeper.on_exit_placed,  # type: ignore[dict-item]
+    ExitOrderFailed: PositionKeeper.on_exit_failed,  # type: ignore[dict-item]
+}

@@ -1,0 +1,153 @@
+"""LTPBatcherActor: the only source of prices (SPEC §2, §4.3).
+
+Pushed ticks are conflated per instrument (latest wins) and flushed as one ``PriceBatch`` per
+``Flush``. Instruments whose price is stale, or that a tracker asked about, are polled from the
+quote API in as few calls as its limits allow (⌈n / max_instruments⌉ over all segments, at most one
+call per ``min_interval_seconds``). When a batch call fails, the next calls go one instrument at a
+time; throttling or repeated failures open a circuit breaker with back-off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import pykka
+from loguru import logger
+from pykka import ActorRef
+
+from actors.metrics import Metrics
+from actors.protocol import Flush, Watch
+from models.common import Instrument, Segment
+from models.messages import PriceBatch, PriceTick, QuoteRequested, new_id
+from models.rules import PriceMark
+from store.ports import GatewayError, QuoteApi, QuoteThrottled
+
+
+class Breaker:
+    """Closed → open for ``cooldown`` after a throttle or ``threshold`` failures in a row."""
+
+    def __init__(self, threshold: int = 3, base: timedelta = timedelta(seconds=2),
+                 cap: timedelta = timedelta(seconds=60)) -> None:
+        self.threshold, self.base, self.cap = threshold, base, cap
+        self.failures = 0
+        self.opens = 0
+        self.open_until: datetime | None = None
+
+    def allows(self, now: datetime) -> bool:
+        return self.open_until is None or now >= self.open_until
+
+    def success(self) -> None:
+        self.failures, self.opens, self.open_until = 0, 0, None
+
+    def failure(self, now: datetime, *, throttled: bool = False) -> None:
+        self.failures += 1
+        if throttled or self.failures >= self.threshold:
+            self.opens += 1
+            self.open_until = now + min(self.cap, self.base * 2 ** (self.opens - 1))
+            logger.warning("quote API breaker open until {} ({} failures)", self.open_until,
+                           self.failures)
+
+
+class LTPBatcherActor(pykka.ThreadingActor):
+    def __init__(self, index: ActorRef[Any] | None, quotes: QuoteApi | None,
+                 clock: Callable[[], datetime], metrics: Metrics, *,
+                 stale_after: timedelta = timedelta(seconds=5)) -> None:
+        super().__init__()
+        self.index, self.quotes, self.clock, self.metrics = index, quotes, clock, metrics
+        self.stale_after = stale_after
+        self.pending: dict[Instrument, PriceMark] = {}
+        self.last: dict[Instrument, PriceMark] = {}
+        self.watched: set[Instrument] = set()
+        self.asked: set[Instrument] = set()
+        self.breaker = Breaker()
+        self.single_mode = False
+        self.last_call: datetime | None = None
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case PriceTick():
+                self.pending[message.instrument] = message.mark
+            case Flush():
+                self._flush(message.at)
+            case QuoteRequested():
+                self.asked.add(message.instrument)
+            case Watch():
+                if message.watching:
+                    self.watched.update(message.instruments)
+                else:
+                    self.watched.difference_update(message.instruments)
+            case _:
+                logger.warning("batcher ignores {}", type(message).__name__)
+        return None
+
+    def set_index(self, index: ActorRef[Any]) -> None:
+        self.index = index
+
+    def _flush(self, now: datetime) -> None:
+        self._poll(now)
+        if not self.pending or self.index is None:
+            return
+        batch, self.pending = self.pending, {}
+        self.last.update(batch)
+        self.metrics.incr("price_batches")
+        self.index.tell(PriceBatch(prices=tuple(batch.items()), correlation_id=new_id(),
+                                   sent_at=now))
+
+    def stale(self, now: datetime) -> list[Instrument]:
+        wanted = (self.watched | self.asked) - self.pending.keys()
+        return sorted((i for i in wanted
+                       if i.segment is not Segment.IDX_I or i in self.asked
+                       if (mark := self.last.get(i)) is None or now - mark.at > self.stale_after),
+                      key=str)
+
+    def _poll(self, now: datetime) -> None:
+        if self.quotes is None or not self.breaker.allows(now):
+            return
+        interval = timedelta(seconds=self.quotes.min_interval_seconds)
+        if self.last_call is not None and now - self.last_call < interval:
+            return
+        stale = self.stale(now)
+        if not stale:
+            return
+        chunk = stale[:1] if self.single_mode else stale[: self.quotes.max_instruments]
+        self._call(chunk, now)
+
+    def _call(self, chunk: list[Instrument], now: datetime) -> None:
+        assert self.quotes is not None
+        request: dict[Segment, list[int]] = {}
+        for instrument in chunk:
+            if instrument.security_id.isdigit():  # the quote API takes integer ids only
+                request.setdefault(instrument.segment, []).append(int(instrument.security_id))
+            else:
+                self.asked.discard(instrument)
+        if not request:
+            return
+        self.last_call = now
+        self.metrics.incr("quote_api_calls")
+        try:
+            prices = self.quotes.ltp(request)
+        except QuoteThrottled as error:
+            self.breaker.failure(now, throttled=True)
+            logger.warning("quote API throttled: {}", error)
+            return
+        except GatewayError as error:
+            self._failed(chunk, now, error)
+            return
+        self.breaker.success()
+        self.single_mode = False
+        for instrument in chunk:
+            self.asked.discard(instrument)
+            if instrument in prices:
+                self.pending[instrument] = PriceMark(ltp=prices[instrument], at=now)
+
+    def _failed(self, chunk: list[Instrument], now: datetime, error: GatewayError) -> None:
+        self.breaker.failure(now)
+        if len(chunk) > 1:
+            logger.warning("batch quote of {} failed ({}); falling back to single calls",
+                           len(chunk), error)
+            self.single_mode = True
+        else:
+            logger.warning("quote of {} failed: {}", chunk[0], error)
+            self.asked.discard(chunk[0])

@@ -1,0 +1,79 @@
+"""Messages private to the actor shell: they carry actor refs or supervision facts.
+
+Frozen dataclasses (not pydantic) because they hold ``ActorRef``s, which are not data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from pykka import ActorRef
+
+from models.common import Instrument
+from models.position import Position
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Index: send ``position_id``'s prices to ``ref`` (a tracker, or the supervisor)."""
+
+    position_id: str
+    instrument: Instrument
+    ref: ActorRef[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Unroute:
+    position_id: str
+    instrument: Instrument
+
+
+@dataclass(frozen=True, slots=True)
+class TrackerFailed:
+    """A tracker's ``on_failure``: the supervisor restarts it, the message is dead-lettered."""
+
+    position_id: str
+    incarnation: int
+    error: str
+    message_type: str
+    message_id: str | None
+    correlation_id: str | None
+    causation_id: str | None
+    payload: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Watch:
+    """Batcher: keep prices of these instruments fresh (poll the quote API when stale)."""
+
+    instruments: tuple[Instrument, ...]
+    watching: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Flush:
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PortfolioValued:
+    """The PnL writer's view of the day: realised plus unrealised net over every position."""
+
+    net: Decimal
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Ask a tracker (or the supervisor) for its current state: tests, status, probes."""
+
+
+@dataclass(frozen=True, slots=True)
+class KnownPosition:
+    """OrderUpdateActor: a position exists (at start-up, or newly created)."""
+
+    position: Position

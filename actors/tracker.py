@@ -1,0 +1,76 @@
+"""TrackerActor: the sole owner of one position's state (SPEC §2).
+
+A thin shell around ``PositionKeeper``: it runs on the shared dispatcher, sends what the keeper
+returns, and reports any failure to the supervisor with the message that caused it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from pykka import ActorRef
+
+from actors.dispatch import PooledActor
+from actors.keeper import KeeperContext, PositionKeeper, Target, summary
+from actors.protocol import Snapshot, TrackerFailed
+from models.position import Position
+from models.rules import PriceMark
+
+
+@dataclass(frozen=True)
+class Peers:
+    """Where a tracker's messages go."""
+
+    supervisor: ActorRef[Any]
+    index: ActorRef[Any]
+    pnl: ActorRef[Any]
+    batcher: ActorRef[Any] | None
+    orders: ActorRef[Any] | None
+
+    def ref(self, target: Target) -> ActorRef[Any] | None:
+        return {Target.SUPERVISOR: self.supervisor, Target.INDEX: self.index,
+                Target.PNL: self.pnl, Target.BATCHER: self.batcher,
+                Target.ORDERS: self.orders}[target]
+
+
+def deliver(peers: Peers, out: list[tuple[Target, object]]) -> None:
+    for target, message in out:
+        ref = peers.ref(target)
+        if ref is not None:
+            ref.tell(message)
+
+
+class TrackerActor(PooledActor):
+    def __init__(self, position: Position, context: KeeperContext, peers: Peers, *,
+                 incarnation: int = 0, halted: bool = False,
+                 mark: PriceMark | None = None) -> None:
+        super().__init__()
+        self.keeper = PositionKeeper(position, context, halted=halted, mark=mark)
+        self.peers = peers
+        self.incarnation = incarnation
+        self._current: object = None
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Snapshot):
+            return self.keeper.position
+        self._current = message
+        deliver(self.peers, self.keeper.handle(message))
+        self._current = None
+        return None
+
+    def on_failure(self, exception_type: type[BaseException] | None,
+                   exception_value: BaseException | None,
+                   traceback: TracebackType | None) -> None:
+        message = self._current
+        self.peers.supervisor.tell(TrackerFailed(
+            position_id=self.keeper.position.position_id, incarnation=self.incarnation,
+            error=f"{exception_type.__name__ if exception_type else 'Error'}: {exception_value}",
+            message_type=type(message).__name__,
+            message_id=getattr(message, "message_id", None),
+            correlation_id=getattr(message, "correlation_id", None),
+            causation_id=getattr(message, "causation_id", None),
+            payload=summary(message), at=self.keeper.ctx.clock()))
+
+
