@@ -44,6 +44,8 @@ class TrackerFailed:
     causation_id: str | None
     payload: str
     at: datetime
+    position: Position | None = None
+    """The tracker's last state: a fallback when the store cannot be read."""
 
 
 @dataclass(frozen=True, slots=True)

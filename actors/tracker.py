@@ -71,6 +71,7 @@ class TrackerActor(PooledActor):
             message_id=getattr(message, "message_id", None),
             correlation_id=getattr(message, "correlation_id", None),
             causation_id=getattr(message, "causation_id", None),
-            payload=summary(message), at=self.keeper.ctx.clock()))
+            payload=summary(message), at=self.keeper.ctx.clock(),
+            position=self.keeper.position))
 
 

@@ -1,0 +1,333 @@
+"""RiskSupervisor: supervision, exit execution, portfolio limits, trading state (SPEC §2).
+
+It is the hub between order flow and trackers: it starts one ``TrackerActor`` per position,
+forwards each position's messages to its current incarnation, restarts a failed tracker from the
+store (the breaking message is dead-lettered, never replayed), and after ``max_restarts`` in
+``window`` quarantines the position: the supervisor then runs that position's ``PositionKeeper``
+itself, so its exit rules keep being evaluated. Many failures at once open a breaker that pauses
+restarts (the failed positions are kept protected the same way meanwhile).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import pykka
+from loguru import logger
+from pykka import ActorRef
+
+from actors.keeper import KeeperContext, PositionKeeper, Target
+from actors.protocol import PortfolioValued, Route, Snapshot, TrackerFailed
+from actors.tracker import Peers, TrackerActor, deliver
+from models.common import Instrument
+from models.messages import (
+    ApplyOrderUpdate,
+    ApplyProgress,
+    CreatePosition,
+    ExitOrderFailed,
+    ExitOrderPlaced,
+    ExitRequested,
+    Message,
+    PositionChanged,
+    PositionClosed,
+    PositionOpened,
+    PriceUpdate,
+    RequestExit,
+    TimerFired,
+    new_id,
+)
+from models.position import CLOSED, ExitReason, Position
+from models.rules import kill_switch_breached
+from store.ports import GatewayError, OrderGateway
+from store.records import DeadLetter, KillSwitch
+
+
+@dataclass
+class Supervision:
+    max_restarts: int = 3
+    window: timedelta = timedelta(seconds=60)
+    mass_failures: int = 20
+    mass_window: timedelta = timedelta(seconds=10)
+    pause: timedelta = timedelta(seconds=5)
+
+
+@dataclass
+class _Child:
+    position_id: str
+    instrument: Instrument
+    ref: ActorRef[Any] | None
+    incarnation: int = 0
+    failures: deque[datetime] = field(default_factory=deque)
+    keeper: PositionKeeper | None = None
+    """Set while the supervisor itself owns the position (quarantine or paused restarts)."""
+    quarantined: bool = False
+
+
+class RiskSupervisor(pykka.ThreadingActor):
+    def __init__(self, context: KeeperContext, gateway: OrderGateway, *,
+                 supervision: Supervision | None = None) -> None:
+        super().__init__()
+        self.ctx, self.gateway = context, gateway
+        self.rules = supervision or Supervision()
+        self.children: dict[str, _Child] = {}
+        self.peers: Peers | None = None
+        self.halted = False
+        self.failures: deque[datetime] = deque()
+        self.paused_until: datetime | None = None
+        self.exits: Counter[str] = Counter()
+        self.status: dict[str, str] = {}
+        self.day_net = None
+
+    def wire(self, peers: Peers) -> None:
+        """Set the peers (supervisor = this actor) before the first message."""
+        self.peers = peers
+
+    # Start-up ------------------------------------------------------------------------------------
+    def start_positions(self, positions: list[Position]) -> list[tuple[Position, ActorRef[Any]]]:
+        """Spawn a tracker per open position; returns the routes for the index's bulk load."""
+        latch = self.ctx.store.kill_switch()
+        if latch is not None:
+            self.halted = True
+            logger.error("kill switch latched at {} ({}): trading HALTED", latch.latched_at,
+                         latch.reason)
+        routes = []
+        for position in positions:
+            child = self._spawn(position)
+            assert child.ref is not None
+            routes.append((position, child.ref))
+            self.status[position.position_id] = position.status
+        return routes
+
+    def _spawn(self, position: Position, incarnation: int = 0) -> _Child:
+        assert self.peers is not None
+        ref = TrackerActor.start(position, self.ctx, self.peers, incarnation=incarnation,
+                                 halted=self.halted)
+        instrument = Instrument(segment=position.segment, security_id=position.security_id)
+        child = self.children.get(position.position_id)
+        if child is None:
+            child = _Child(position.position_id, instrument, ref, incarnation)
+            self.children[position.position_id] = child
+        child.ref, child.incarnation, child.keeper = ref, incarnation, None
+        return child
+
+    # Messages --------------------------------------------------------------------------------------
+    def on_receive(self, message: Any) -> Any:
+        try:
+            return self._dispatch(message)
+        except Exception as error:  # the supervisor must outlive any single bad message
+            logger.opt(exception=error).error("supervisor failed on {}", type(message).__name__)
+            self._dead_letter("supervisor", message, f"{type(error).__name__}: {error}")
+            return None
+
+    def _dispatch(self, message: Any) -> Any:
+        match message:
+            case ApplyOrderUpdate() | ApplyProgress() | ExitOrderPlaced() | ExitOrderFailed():
+                self._forward(message.position_id, message)
+            case CreatePosition():
+                self._create(message)
+            case PriceUpdate():
+                self._quarantined_price(message)
+            case ExitRequested():
+                self._place_exit(message)
+            case RequestExit():
+                self._request_exit(message)
+            case TrackerFailed():
+                self._failed(message)
+            case PositionOpened() | PositionChanged() | PositionClosed():
+                self._position_event(message)
+            case PortfolioValued():
+                self._portfolio(message)
+            case TimerFired():
+                self._timer(message)
+            case Snapshot():
+                return self.snapshot()
+            case _:
+                logger.warning("supervisor ignores {}", type(message).__name__)
+        return None
+
+    def _forward(self, position_id: str, message: Message) -> None:
+        child = self.children.get(position_id)
+        if child is None:
+            stored = self.ctx.store.load_position(position_id)
+            if stored is None:
+                self._dead_letter("supervisor", message, f"unknown position {position_id}")
+                return
+            child = self._spawn(stored)
+            self._route(child)
+        if child.keeper is not None:
+            self._deliver(child.keeper.handle(message))
+        elif child.ref is not None:
+            child.ref.tell(message)
+
+    def _create(self, message: CreatePosition) -> None:
+        position = message.position
+        if position.position_id in self.children:
+            return
+        child = self._spawn(position)
+        self._route(child)
+        self.status[position.position_id] = position.status
+
+    def _route(self, child: _Child) -> None:
+        assert self.peers is not None
+        ref = self.actor_ref if child.keeper is not None else child.ref
+        assert ref is not None
+        self.peers.index.tell(Route(child.position_id, child.instrument, ref))
+
+    def _deliver(self, out: list[tuple[Target, object]]) -> None:
+        assert self.peers is not None
+        for target, message in out:
+            if target is Target.SUPERVISOR:
+                self._dispatch(message)
+            else:
+                deliver(self.peers, [(target, message)])
+
+    def _quarantined_price(self, message: PriceUpdate) -> None:
+        for child in list(self.children.values()):
+            if child.keeper is not None and child.instrument == message.instrument:
+                self._deliver(child.keeper.handle(message))
+
+    # Exits -------------------------------------------------------------------------------------------
+    def _place_exit(self, message: ExitRequested) -> None:
+        position = message.position
+        ids = message.caused()
+        now = self.ctx.clock()
+        try:
+            order_no = self.gateway.place_order(
+                client_id=message.client_id,
+                instrument=Instrument(segment=position.segment, security_id=position.security_id),
+                txn_type=position.side.exit_txn, quantity=position.quantity,
+                product=position.product)
+        except GatewayError as error:
+            logger.bind(position_id=position.position_id).warning(
+                "exit order {} refused: {}", message.client_id, error)
+            reply: Message = ExitOrderFailed(position_id=position.position_id,
+                                             attempt=message.attempt, client_id=message.client_id,
+                                             reason=str(error), sent_at=now, **ids)
+        else:
+            reply = ExitOrderPlaced(position_id=position.position_id, attempt=message.attempt,
+                                    client_id=message.client_id, order_no=order_no,
+                                    sent_at=now, **ids)
+        self._forward(position.position_id, reply)
+
+    def _request_exit(self, message: RequestExit) -> None:
+        if message.position_id is not None:
+            self._forward(message.position_id, message)
+            return
+        for position_id, child in self.children.items():
+            if self.status.get(position_id) not in CLOSED:
+                self._forward(child.position_id, message)
+
+    def _portfolio(self, message: PortfolioValued) -> None:
+        self.day_net = message.net
+        if self.halted or not kill_switch_breached(message.net, self.ctx.config.portfolio):
+            return
+        self.halted = True
+        self.ctx.store.latch_kill_switch(KillSwitch(
+            latched_at=message.at, reason="daily loss limit breached", day_pnl=message.net))
+        logger.error("KILL SWITCH: day net {} <= -{}; trading HALTED, exiting everything",
+                     message.net, self.ctx.config.portfolio.daily_loss_limit)
+        self._request_exit(RequestExit(reason=ExitReason.KILL_SWITCH, correlation_id=new_id(),
+                                       sent_at=message.at, detail="daily loss limit"))
+
+    def _position_event(self, message: PositionOpened | PositionChanged | PositionClosed) -> None:
+        position = message.position
+        before = self.status.get(position.position_id)
+        self.status[position.position_id] = position.status
+        if isinstance(message, PositionClosed) and before not in CLOSED and position.exit_reason:
+            self.exits[position.exit_reason] += 1
+        if isinstance(message, PositionOpened) and self.halted:
+            self._forward(position.position_id, RequestExit(
+                reason=ExitReason.KILL_SWITCH, position_id=position.position_id,
+                sent_at=self.ctx.clock(), **message.caused()))
+
+    def _timer(self, message: TimerFired) -> None:
+        now = self.ctx.clock()
+        if self.paused_until is not None and now >= self.paused_until:
+            self.paused_until = None
+            for child in self.children.values():
+                if child.keeper is not None and not child.quarantined:
+                    self._restart(child, now)
+        for child in list(self.children.values()):
+            if self.status.get(child.position_id) in CLOSED:
+                continue
+            if child.keeper is not None:
+                self._deliver(child.keeper.handle(message))
+            elif child.ref is not None:
+                child.ref.tell(message)
+
+    # Supervision ---------------------------------------------------------------------------------
+    def _failed(self, message: TrackerFailed) -> None:
+        child = self.children.get(message.position_id)
+        if child is None or message.incarnation != child.incarnation:
+            return
+        log = logger.bind(position_id=message.position_id)
+        log.error("tracker failed (incarnation {}): {}", message.incarnation, message.error)
+        self._dead_letter(f"tracker:{message.position_id}#{message.incarnation}", message,
+                          message.error)
+        now = message.at
+        self._note_failure(child, now)
+        if self.paused_until is not None and now < self.paused_until:
+            self._adopt(child, message, quarantine=False)
+        elif len(child.failures) > self.rules.max_restarts:
+            log.error("QUARANTINED after {} failures in {}; the supervisor keeps evaluating its "
+                      "exit rules", len(child.failures), self.rules.window)
+            self._adopt(child, message, quarantine=True)
+        else:
+            self._restart(child, now)
+
+    def _note_failure(self, child: _Child, now: datetime) -> None:
+        for queue, window in ((child.failures, self.rules.window),
+                              (self.failures, self.rules.mass_window)):
+            queue.append(now)
+            while queue and now - queue[0] > window:
+                queue.popleft()
+        if len(self.failures) >= self.rules.mass_failures and self.paused_until is None:
+            self.paused_until = now + self.rules.pause
+            logger.error("{} tracker failures in {}: restarts paused until {}",
+                         len(self.failures), self.rules.mass_window, self.paused_until)
+
+    def _restart(self, child: _Child, now: datetime) -> None:
+        self.ctx.metrics.incr("actor_restarts")
+        position = self.ctx.store.load_position(child.position_id)
+        if position is None:
+            logger.error("cannot restart {}: not in the store", child.position_id)
+            return
+        self._spawn(position, child.incarnation + 1)
+        self._route(child)
+
+    def _adopt(self, child: _Child, message: TrackerFailed, *, quarantine: bool) -> None:
+        try:
+            position = self.ctx.store.load_position(child.position_id) or message.position
+        except Exception:  # noqa: BLE001 - the store may be what failed; fall back
+            position = message.position
+        if position is None:
+            return
+        child.keeper = PositionKeeper(position, self.ctx, halted=self.halted)
+        child.quarantined = quarantine
+        child.ref = None
+        self._route(child)
+
+    def _dead_letter(self, actor: str, message: Any, error: str) -> None:
+        self.ctx.metrics.incr("dead_letters")
+        try:
+            self.ctx.store.record_dead_letter(DeadLetter(
+                recorded_at=self.ctx.clock(), actor=actor,
+                message_type=getattr(message, "message_type", type(message).__name__),
+                message_id=getattr(message, "message_id", None),
+                correlation_id=getattr(message, "correlation_id", None),
+                causation_id=getattr(message, "causation_id", None),
+                position_id=getattr(message, "position_id", None), error=error,
+                payload=getattr(message, "payload", None) or repr(message)[:500]))
+        except Exception as failure:  # noqa: BLE001 - never lose the supervisor over it
+            logger.error("could not record a dead letter: {}", failure)
+
+    def snapshot(self) -> dict[str, Any]:
+        statuses = Counter(self.status.values())
+        return {"trading_state": "HALTED" if self.halted else "RUNNING",
+                "positions": dict(statuses), "exits_by_reason": dict(self.exits),
+                "quarantined": sorted(c.position_id for c in self.children.values()
+                                      if c.quarantined),
+                "day_net": self.day_net, "at": self.ctx.clock().isoformat()}
