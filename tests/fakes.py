@@ -1,0 +1,158 @@
+"""Hand-written fakes of our own ports, for actor tests (never a mock of the port)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+
+from models.common import Instrument, TxnType
+from models.position import OPEN, Fill, Position, PositionStatus
+from store.ports import GatewayError, StaleWriteError
+from store.records import DeadLetter, ExitAttempt, KillSwitch, ParkedUpdate, StoredOrderUpdate
+
+
+class FakeStore:
+    """The Store port in memory, with the same idempotence rules as the real ones."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.positions: dict[str, Position] = {}
+        self.fill_rows: dict[tuple[str, str, int], Fill] = {}
+        self.updates: list[StoredOrderUpdate] = []
+        self.parked: list[ParkedUpdate] = []
+        self.attempts: dict[tuple[str, int], ExitAttempt] = {}
+        self.letters: list[DeadLetter] = []
+        self.latch: KillSwitch | None = None
+        self._queries = 0
+        self.fail_saves_for: set[str] = set()
+
+    @property
+    def queries(self) -> int:
+        return self._queries
+
+    def _q(self) -> None:
+        self._queries += 1
+
+    def migrate(self) -> None: ...
+
+    def schema_version(self) -> int:
+        return 1
+
+    def close(self) -> None: ...
+
+    def save_position(self, position: Position, fills: Sequence[Fill] = ()) -> None:
+        with self._lock:
+            self._q()
+            stored = self.positions.get(position.position_id)
+            if stored is not None and stored.version > position.version:
+                raise StaleWriteError(position.position_id)
+            self.positions[position.position_id] = position
+            for fill in fills:
+                self.fill_rows.setdefault((fill.position_id, fill.order_no, fill.cum_qty), fill)
+
+    def save_positions(self, positions: Sequence[Position]) -> None:
+        for position in positions:
+            self.save_position(position)
+
+    def load_position(self, position_id: str) -> Position | None:
+        self._q()
+        return self.positions.get(position_id)
+
+    def load_open_positions(self) -> list[Position]:
+        self._q()
+        return sorted((p for p in self.positions.values() if p.status in OPEN),
+                      key=lambda p: p.created_at)
+
+    def list_positions(self, status: PositionStatus | None = None) -> list[Position]:
+        self._q()
+        return sorted((p for p in self.positions.values() if status in (None, p.status)),
+                      key=lambda p: p.created_at)
+
+    def fills(self, position_id: str) -> list[Fill]:
+        return [f for (pid, _, _), f in self.fill_rows.items() if pid == position_id]
+
+    def record_order_update(self, raw: str, received_at: datetime, *, order_no: str | None,
+                            accepted: bool, reason: str | None = None) -> int:
+        with self._lock:
+            self._q()
+            seq = len(self.updates) + 1
+            self.updates.append(StoredOrderUpdate(seq=seq, received_at=received_at, raw=raw,
+                                                  order_no=order_no, accepted=accepted,
+                                                  reason=reason))
+            return seq
+
+    def order_updates(self) -> list[StoredOrderUpdate]:
+        return list(self.updates)
+
+    def park_update(self, order_no: str, raw: str, parked_at: datetime) -> None:
+        self.parked.append(ParkedUpdate(order_no=order_no, parked_at=parked_at, raw=raw))
+
+    def take_parked(self, order_no: str) -> list[ParkedUpdate]:
+        taken = [p for p in self.parked if p.order_no == order_no]
+        self.parked = [p for p in self.parked if p.order_no != order_no]
+        return taken
+
+    def parked_updates(self) -> list[ParkedUpdate]:
+        return list(self.parked)
+
+    def record_exit_attempt(self, attempt: ExitAttempt) -> bool:
+        key = (attempt.position_id, attempt.attempt)
+        if key in self.attempts:
+            return False
+        self.attempts[key] = attempt
+        return True
+
+    def update_exit_attempt(self, client_id: str, *, order_no: str | None = None,
+                            outcome: str | None = None) -> None:
+        for key, attempt in self.attempts.items():
+            if attempt.client_id == client_id:
+                self.attempts[key] = attempt.model_copy(update={
+                    "order_no": order_no or attempt.order_no, "outcome": outcome or attempt.outcome})
+
+    def exit_attempts(self, position_id: str | None = None) -> list[ExitAttempt]:
+        return [a for a in self.attempts.values() if position_id in (None, a.position_id)]
+
+    def record_dead_letter(self, letter: DeadLetter) -> None:
+        self.letters.append(letter)
+
+    def dead_letters(self) -> list[DeadLetter]:
+        return list(self.letters)
+
+    def latch_kill_switch(self, state: KillSwitch) -> None:
+        self.latch = self.latch or state
+
+    def kill_switch(self) -> KillSwitch | None:
+        return self.latch
+
+    def reset_kill_switch(self) -> bool:
+        was, self.latch = self.latch is not None, None
+        return was
+
+    def counts(self) -> Mapping[str, int]:
+        return {"positions": len(self.positions), "fills": len(self.fill_rows)}
+
+
+class FakeGateway:
+    """Records placed orders; idempotent per client id; can refuse."""
+
+    def __init__(self) -> None:
+        self.placed: dict[str, tuple[str, Instrument, TxnType, int]] = {}
+        self.refuse = 0
+        self.sink: Callable[[str], None] | None = None
+
+    def place_order(self, *, client_id: str, instrument: Instrument, txn_type: TxnType,
+                    quantity: int, product: str | None) -> str:
+        if client_id in self.placed:
+            return self.placed[client_id][0]
+        if self.refuse:
+            self.refuse -= 1
+            raise GatewayError("refused by the fake")
+        order_no = f"EX{len(self.placed) + 1}"
+        self.placed[client_id] = (order_no, instrument, txn_type, quantity)
+        return order_no
+
+    def cancel_order(self, order_no: str) -> None: ...
+
+    def subscribe(self, sink: Callable[[str], None]) -> None:
+        self.sink = sink
