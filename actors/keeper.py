@@ -16,6 +16,7 @@ from enum import Enum
 from loguru import logger
 
 from actors.metrics import Metrics
+from actors.protocol import Checkpoint
 from models import lifecycle
 from models.common import Instrument, exit_client_id
 from models.messages import (
@@ -210,10 +211,14 @@ class PositionKeeper:
                 self.log.info("protected again: fresh price")
         return out
 
-    def _checkpoint(self) -> None:
+    def on_checkpoint(self, message: Checkpoint) -> Out:
+        self._checkpoint(force=True)
+        return []
+
+    def _checkpoint(self, *, force: bool = False) -> None:
         """Peak, high-water mark and trailing stop are saved every few seconds, not per tick."""
         now = self.ctx.clock()
-        if now - self._checkpointed < self.ctx.checkpoint_every:
+        if not force and now - self._checkpointed < self.ctx.checkpoint_every:
             return
         self._checkpointed = now
         if self.position.status not in (PositionStatus.ACTIVE, PositionStatus.EXITING):
@@ -288,4 +293,5 @@ _HANDLERS: dict[type, Callable[[PositionKeeper, object], Out]] = {
     RequestExit: PositionKeeper.on_request_exit,  # type: ignore[dict-item]
     ExitOrderPlaced: PositionKeeper.on_exit_placed,  # type: ignore[dict-item]
     ExitOrderFailed: PositionKeeper.on_exit_failed,  # type: ignore[dict-item]
+    Checkpoint: PositionKeeper.on_checkpoint,  # type: ignore[dict-item]
 }

@@ -79,3 +79,8 @@ class KnownPosition:
     """OrderUpdateActor: a position exists (at start-up, or newly created)."""
 
     position: Position
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """Save peak, high-water mark and trailing stop now if they changed (graceful stop)."""

@@ -20,7 +20,7 @@ from loguru import logger
 from pykka import ActorRef
 
 from actors.keeper import KeeperContext, PositionKeeper, Target
-from actors.protocol import PortfolioValued, Route, Snapshot, TrackerFailed
+from actors.protocol import Checkpoint, PortfolioValued, Route, Snapshot, TrackerFailed
 from actors.tracker import Peers, TrackerActor, deliver
 from models.common import Instrument
 from models.messages import (
@@ -323,6 +323,15 @@ class RiskSupervisor(pykka.ThreadingActor):
                 payload=getattr(message, "payload", None) or repr(message)[:500]))
         except Exception as failure:  # noqa: BLE001 - never lose the supervisor over it
             logger.error("could not record a dead letter: {}", failure)
+
+    def tracker_refs(self) -> list[ActorRef[Any]]:
+        """Live tracker actors, for an orderly drain at stop (asked from the edge)."""
+        return [c.ref for c in self.children.values() if c.ref is not None and c.ref.is_alive()]
+
+    def checkpoint_quarantined(self) -> None:
+        for child in self.children.values():
+            if child.keeper is not None:
+                child.keeper.handle(Checkpoint())
 
     def snapshot(self) -> dict[str, Any]:
         statuses = Counter(self.status.values())

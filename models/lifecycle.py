@@ -26,9 +26,11 @@ from models.position import (
 def apply_update(position: Position, update: OrderUpdate, role: OrderRole, *,
                  attempt: int | None = None, at: datetime | None = None) -> Applied:
     """Merge one broker update of an order this position owns (its entry or one of its exits)."""
-    tracked = position.order(update.order_no)
-    base = tracked.progress if tracked else OrderProgress.empty(update.order_no)
-    return apply_progress(position, base.merge(update), role, attempt=attempt,
+    # Pass the update's own observation, not its join with what was seen: the join happens in
+    # ``apply_progress`` all the same, and ``opened_at`` needs the time *this* update reported
+    # its traded quantity (a joined progress carries the latest time of any update).
+    observed = OrderProgress.empty(update.order_no).merge(update)
+    return apply_progress(position, observed, role, attempt=attempt,
                           at=update.updated_at or at)
 
 

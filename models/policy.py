@@ -9,9 +9,9 @@ from __future__ import annotations
 import tomllib
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator
 
 from models.common import IST, Frozen, Segment
 
@@ -28,6 +28,15 @@ def _hhmm(value: str) -> time | None:
         return time(int(hours), int(minutes))
     except ValueError:
         raise ValueError(f"expected \"HH:MM\" (00:00-23:59) or \"\", got {value!r}") from None
+
+
+def _check_hhmm(value: str) -> str:
+    _hhmm(value)
+    return value
+
+
+HHMM = Annotated[str, AfterValidator(_check_hhmm)]
+"""An exchange wall-clock time "HH:MM", or "" for off; checked per value so errors name the key."""
 
 
 class TrailingPolicy(Frozen):
@@ -65,24 +74,16 @@ class ExitPolicy(Frozen):
     stop_loss_pct: Decimal = Field(default=Decimal("0.12"), gt=0, le=1)
     take_profit_pct: Decimal = Field(default=Decimal("0.50"), gt=0, le=100)
     max_hold_minutes: int = Field(default=0, ge=0, le=60 * 24 * 7)
-    exit_at: str = ""
+    exit_at: HHMM = ""
     stale_after_seconds: Decimal = Field(default=Decimal(5), gt=0, le=3600)
     unprotected_after_seconds: Decimal = Field(default=Decimal(30), gt=0, le=3600)
     fee_per_order: Decimal = Field(default=Decimal(20), ge=0, le=100_000)
     trailing: TrailingPolicy = TrailingPolicy()
-    square_off: dict[Segment, str] = Field(default_factory=lambda: dict(DEFAULT_SQUARE_OFF))
-
-    @field_validator("exit_at")
-    @classmethod
-    def _exit_at_format(cls, value: str) -> str:
-        _hhmm(value)
-        return value
+    square_off: dict[Segment, HHMM] = Field(default_factory=lambda: dict(DEFAULT_SQUARE_OFF))
 
     @field_validator("square_off")
     @classmethod
-    def _square_off_format(cls, value: dict[Segment, str]) -> dict[Segment, str]:
-        for text in value.values():
-            _hhmm(text)
+    def _square_off_defaults(cls, value: dict[Segment, str]) -> dict[Segment, str]:
         return {**DEFAULT_SQUARE_OFF, **value}
 
     @property
@@ -143,6 +144,24 @@ class RiskConfig(Frozen):
     calendar: SessionCalendar = SessionCalendar()
 
 
+_BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+
+
+def _allowed_range(loc: tuple[int | str, ...]) -> str:
+    """The bounds declared on the field at ``loc`` of a ``RiskConfig``, e.g. ``> 0, <= 1``."""
+    model: object = RiskConfig
+    field = None
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if not isinstance(fields, dict) or part not in fields:
+            return ""
+        field = fields[part]
+        model = field.annotation
+    metadata = field.metadata if field is not None else []
+    return ", ".join(f"{symbol} {getattr(meta, name)}" for meta in metadata
+                     for name, symbol in _BOUNDS if getattr(meta, name, None) is not None)
+
+
 def _describe(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
@@ -150,6 +169,8 @@ def _describe(error: ValidationError) -> str:
         message = item["msg"]
         if item["type"] == "extra_forbidden":
             message = "unknown key"
+        elif allowed := _allowed_range(item["loc"]):
+            message = f"{message} (allowed: {allowed})"
         lines.append(f"{key}: {message}")
     return "; ".join(lines)
 

@@ -130,10 +130,11 @@ def _price_rules(position: Position, ltp: Decimal, policy: ExitPolicy) -> list[E
 def _time_rules(position: Position, now: datetime, policy: ExitPolicy,
                 calendar: SessionCalendar) -> list[ExitDecision]:
     local = now.astimezone(IST)
+    # Clock-of-day rules apply on trading days only: on a weekend or holiday no exit can fill.
+    trading_day = calendar.trading_day(local.date())
     fired = []
     square_off = policy.square_off_time(position.segment)
-    if square_off is not None and calendar.trading_day(local.date()) \
-            and local.time() >= square_off:
+    if square_off is not None and trading_day and local.time() >= square_off:
         fired.append(ExitDecision(reason=ExitReason.SESSION_END,
                                   detail=f"exchange clock {local:%H:%M:%S} >= {square_off:%H:%M}"))
     if policy.max_hold_minutes and position.opened_at is not None:
@@ -142,7 +143,7 @@ def _time_rules(position: Position, now: datetime, policy: ExitPolicy,
             fired.append(ExitDecision(reason=ExitReason.TIME_STOP,
                                       detail=f"held {held} >= {policy.max_hold_minutes} min"))
     exit_at = policy.exit_at_time
-    if exit_at is not None and local.time() >= exit_at:
+    if exit_at is not None and trading_day and local.time() >= exit_at:
         fired.append(ExitDecision(reason=ExitReason.TIME_EXIT,
                                   detail=f"exchange clock {local:%H:%M:%S} >= {exit_at:%H:%M}"))
     return fired
@@ -156,7 +157,8 @@ def evaluate(position: Position, mark: PriceMark | None, now: datetime, config: 
     """The exit decision for an ACTIVE position (an EXITING one is already leaving), or ``None``.
 
     ``mark`` should already be folded into the position by ``update_marks``. A stale price fires
-    no price rule; time rules and the kill switch need no price.
+    no price rule; time rules and the kill switch need no price. Out of session hours only the
+    kill switch fires: an exit order could not fill, and its rejection would only start retries.
     """
     if position.status is not PositionStatus.ACTIVE or position.entry_price is None:
         return None
@@ -164,6 +166,8 @@ def evaluate(position: Position, mark: PriceMark | None, now: datetime, config: 
     fired: list[ExitDecision] = []
     if halted:
         fired.append(ExitDecision(reason=ExitReason.KILL_SWITCH, detail="trading is HALTED"))
+    if not config.calendar.in_session(position.segment, now):
+        return fired[0] if fired else None
     fired += _time_rules(position, now, policy, config.calendar)
     if mark is not None and price_is_fresh(position, mark, now, policy, config.calendar):
         fired += _price_rules(position, mark.ltp, policy)

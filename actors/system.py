@@ -1,0 +1,161 @@
+"""The running actor system: start-up from the store, feeds in, ordered stop.
+
+``run.py``'s ``build_system`` chooses the adapters (store, cache, gateway, quote API, clock) and
+hands them here; this module only wires actors together.
+
+Start-up: load every open position in one query, spawn their trackers, bulk-load the index,
+teach the order-update actor their orders, then subscribe to order updates.
+Stop: feeds first, then every mailbox drained in pipeline order, marks checkpointed, the PnL cache
+flushed, actors stopped, the dispatcher shut down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import pykka
+from loguru import logger
+
+from actors.dispatch import Dispatcher, PooledActor
+from actors.index import BulkLoad, IndexActor, OpenPositions
+from actors.keeper import KeeperContext
+from actors.ltp_batcher import LTPBatcherActor
+from actors.metrics import Metrics
+from actors.order_update import OrderUpdateActor
+from actors.pnl_writer import PnLWriterActor
+from actors.protocol import Checkpoint, Flush, Snapshot
+from actors.risk_supervisor import RiskSupervisor, Supervision
+from actors.timers import Schedule, Ticker, fire
+from actors.tracker import Peers
+from models.common import Instrument
+from models.messages import OrderUpdateReceived, PriceTick, new_id
+from models.policy import RiskConfig
+from models.position import Position
+from models.rules import PriceMark
+from store.pnl_cache import PnLCache
+from store.ports import OrderGateway, QuoteApi, Store
+
+ASK = 10.0
+"""Seconds an edge waits for an actor's answer."""
+
+
+@dataclass
+class Parts:
+    """The concrete adapters, chosen by the composition root."""
+
+    store: Store
+    cache: PnLCache
+    gateway: OrderGateway
+    quotes: QuoteApi | None
+    config: RiskConfig
+    clock: Callable[[], datetime]
+    metrics: Metrics = field(default_factory=Metrics)
+    schedule: Schedule = field(default_factory=Schedule)
+    supervision: Supervision = field(default_factory=Supervision)
+    workers: int = 4
+    correlation_prefix: str | None = None
+
+
+class System:
+    def __init__(self, parts: Parts) -> None:
+        self.parts = parts
+        self.dispatcher = Dispatcher(workers=parts.workers, name="trackers")
+        self.ticker: Ticker | None = None
+        self.started_at: datetime | None = None
+        self._stopped = False
+
+    # Start ----------------------------------------------------------------------------------------
+    def start(self, *, ticker: bool = True,
+              on_step: Callable[[datetime], None] | None = None) -> System:
+        p = self.parts
+        self.dispatcher.start()
+        PooledActor.dispatcher = self.dispatcher
+        self.started_at = p.clock()
+        ctx = KeeperContext(store=p.store, config=p.config, clock=p.clock, metrics=p.metrics)
+        stale = p.config.policy.stale_after_seconds
+        self.batcher = LTPBatcherActor.start(None, p.quotes, p.clock, p.metrics,
+                                             stale_after=timedelta(seconds=float(stale)))
+        self.index = IndexActor.start(self.batcher)
+        self.batcher.proxy().set_index(self.index).get(timeout=ASK)
+        self.supervisor = RiskSupervisor.start(ctx, p.gateway, supervision=p.supervision)
+        self.pnl = PnLWriterActor.start(p.cache, p.config.policy, p.metrics, p.clock,
+                                        self.supervisor)
+        self.orders = OrderUpdateActor.start(p.store, self.supervisor, p.clock, p.metrics,
+                                             correlation_prefix=p.correlation_prefix)
+        peers = Peers(supervisor=self.supervisor, index=self.index, pnl=self.pnl,
+                      batcher=self.batcher, orders=self.orders)
+        self.supervisor.proxy().wire(peers).get(timeout=ASK)
+        self._load()
+        p.gateway.subscribe(self.order_frame)
+        if ticker:
+            self.ticker = Ticker(p.clock, p.schedule, flush_to=[self.batcher, self.pnl],
+                                 timer_to=[self.supervisor], on_step=on_step).start()
+        return self
+
+    def _load(self) -> None:
+        positions = self.parts.store.load_open_positions()
+        routes = self.supervisor.proxy().start_positions(positions).get(timeout=60)
+        self.index.tell(BulkLoad(routes=tuple(routes)))
+        self.orders.proxy().load(positions).get(timeout=60)
+        logger.info("supervising {} open positions from the store", len(positions))
+
+    # Feeds ------------------------------------------------------------------------------------------
+    def order_frame(self, raw: str) -> None:
+        """A raw broker frame: the gateway's sink."""
+        self.orders.tell(OrderUpdateReceived(raw=raw, correlation_id=new_id(),
+                                             sent_at=self.parts.clock()))
+
+    def tick(self, instrument: Instrument, ltp: Any, at: datetime) -> None:
+        mark = PriceMark(ltp=ltp, at=at)
+        self.batcher.tell(PriceTick(instrument=instrument, mark=mark, correlation_id=new_id(),
+                                    sent_at=self.parts.clock()))
+
+    def step(self, now: datetime, *, timer: bool) -> None:
+        """Advance time by hand (replay): a flush and, when asked, a timer."""
+        fire(now, flush_to=[self.batcher, self.pnl], timer_to=[self.supervisor], timer=timer)
+
+    # Views ------------------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        snapshot: dict[str, Any] = self.supervisor.ask(Snapshot(), timeout=ASK)
+        snapshot["metrics"] = self.parts.metrics.snapshot()
+        return snapshot
+
+    def open_positions(self) -> list[Position]:
+        result: list[Position] = self.index.ask(OpenPositions(), timeout=ASK)
+        return result
+
+    def settle(self, rounds: int = 3) -> None:
+        """Wait until what was told has been handled (FIFO mailboxes, pipeline order)."""
+        for _ in range(rounds):
+            self.orders.proxy().parked.get(timeout=ASK)
+            self.batcher.proxy().pending.get(timeout=ASK)
+            self.index.ask(OpenPositions(), timeout=ASK)
+            self.supervisor.ask(Snapshot(), timeout=ASK)
+            for ref in self.supervisor.proxy().tracker_refs().get(timeout=ASK):
+                try:
+                    ref.ask(Snapshot(), timeout=ASK)
+                except pykka.ActorDeadError:
+                    continue
+            self.pnl.ask(Flush(at=self.parts.clock()), timeout=ASK)
+
+    # Stop -------------------------------------------------------------------------------------------
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.ticker is not None:
+            self.ticker.stop()
+        self.settle()
+        for ref in self.supervisor.proxy().tracker_refs().get(timeout=ASK):
+            try:
+                ref.ask(Checkpoint(), timeout=ASK)
+            except pykka.ActorDeadError:
+                continue
+        self.supervisor.proxy().checkpoint_quarantined().get(timeout=ASK)
+        self.pnl.ask(Flush(at=self.parts.clock()), timeout=ASK)
+        pykka.ActorRegistry.stop_all(block=True, timeout=ASK)
+        self.dispatcher.shutdown()
+        logger.info("stopped: mailboxes drained, state flushed")

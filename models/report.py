@@ -1,0 +1,69 @@
+"""The session report (SPEC §7): its JSON shape is a public contract."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from models.common import money
+from models.policy import ExitPolicy
+from models.position import Position, PositionStatus
+from models.rules import pnl
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _text(value: Decimal | None) -> str | None:
+    return str(money(value)) if value is not None else None
+
+
+def position_row(position: Position, policy: ExitPolicy) -> dict[str, Any]:
+    """One position as the report (and ``positions --json``) shows it."""
+    exited = position.status is PositionStatus.EXITED
+    value = pnl(position, None, policy)
+    return {
+        "position_id": position.position_id,
+        "entry_order_no": position.entry_order_no,
+        "segment": str(position.segment),
+        "security_id": position.security_id,
+        "side": str(position.side),
+        "status": str(position.status),
+        "quantity": position.exit_qty if exited else position.quantity,
+        "entry_price": _text(position.entry_price),
+        "exit_price": _text(position.exit_price),
+        "exit_reason": str(position.exit_reason) if position.exit_reason and exited else None,
+        "realized_pnl": _text(value.realized),
+        "opened_at": _iso(position.opened_at),
+        "exited_at": _iso(position.exited_at),
+    }
+
+
+def build_report(mode: str, started_at: datetime, ended_at: datetime,
+                 positions: Iterable[Position], policy: ExitPolicy,
+                 metrics: Mapping[str, int]) -> dict[str, Any]:
+    ordered = sorted(positions, key=lambda p: (p.created_at, p.position_id))
+    statuses = Counter(p.status for p in ordered)
+    reasons = Counter(str(p.exit_reason) for p in ordered
+                      if p.status is PositionStatus.EXITED and p.exit_reason is not None)
+    net = sum((pnl(p, None, policy).net for p in ordered
+               if p.status is not PositionStatus.CANCELLED), Decimal(0))
+    return {
+        "mode": mode,
+        "started_at": started_at.isoformat(),
+        "ended_at": ended_at.isoformat(),
+        "positions": [position_row(p, policy) for p in ordered],
+        "summary": {
+            "opened": sum(1 for p in ordered if p.opened_at is not None),
+            "active": statuses[PositionStatus.ACTIVE] + statuses[PositionStatus.EXITING],
+            "exited": statuses[PositionStatus.EXITED],
+            "cancelled": statuses[PositionStatus.CANCELLED],
+            "net_pnl": str(money(net)),
+            "exits_by_reason": dict(sorted(reasons.items())),
+        },
+        "metrics": dict(metrics),
+    }
