@@ -94,7 +94,7 @@ _default_lock = threading.Lock()
 
 def default_dispatcher() -> Dispatcher:
     """The process-wide pool used by actors that do not name one."""
-    global _default  # noqa: PLW0603 - one lazily created pool, never at import time
+    global _default
     with _default_lock:
         if _default is None or _default._closed:
             _default = Dispatcher(name="dispatch").start()
@@ -114,7 +114,7 @@ class _Mailbox:
         self._actor: PooledActor | None = None
         self._dispatcher: Dispatcher | None = None
 
-    # The pykka ActorInbox protocol ---------------------------------------------------------
+    # The pykka ActorInbox protocol ------------------------------------------------------------
     def put(self, envelope: Envelope[Any], /) -> None:
         self._queue.append(envelope)
         with self._lock:
@@ -132,7 +132,7 @@ class _Mailbox:
     def qsize(self) -> int:
         return len(self._queue)
 
-    # Scheduling ------------------------------------------------------------------------------
+    # Scheduling -------------------------------------------------------------------------------
     def bind(self, actor: PooledActor, dispatcher: Dispatcher) -> None:
         self._actor, self._dispatcher = actor, dispatcher
         dispatcher.submit(self._first_turn)
@@ -230,9 +230,9 @@ class PooledActor(pykka.Actor):
                 self._handle_failure(*sys.exc_info())
                 try:
                     self.on_failure(*sys.exc_info())
-                except Exception:  # noqa: BLE001 - mirrors pykka: log and stop
+                except Exception:
                     self._handle_failure(*sys.exc_info())
-        except BaseException:  # noqa: BLE001 - mirrors pykka: stop everything
+        except BaseException:
             logger.debug(f"{sys.exc_info()[1]!r} in {self}. Stopping all actors.")
             self._stop()
             ActorRegistry.stop_all(block=False)

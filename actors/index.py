@@ -12,7 +12,7 @@ from typing import Any
 
 import pykka
 from loguru import logger
-from pykka import ActorRef
+from pykka import ActorDeadError, ActorRef
 
 from actors.protocol import Route, Unroute, Watch
 from models.common import Instrument
@@ -68,7 +68,10 @@ class IndexActor(pykka.ThreadingActor):
                 continue
             update = PriceUpdate(instrument=instrument, mark=mark, sent_at=batch.sent_at, **ids)
             for ref in set(owners.values()):
-                ref.tell(update)
+                try:
+                    ref.tell(update)
+                except ActorDeadError:
+                    continue  # a tracker between crash and restart; its next price will come
                 self.fanned_out += 1
 
     def _track(self, position: Position) -> None:

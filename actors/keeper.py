@@ -97,7 +97,7 @@ class PositionKeeper:
     def instrument(self) -> Instrument:
         return Instrument(segment=self.position.segment, security_id=self.position.security_id)
 
-    # Dispatch -----------------------------------------------------------------------------------
+    # Dispatch ---------------------------------------------------------------------------------
     def handle(self, message: object) -> Out:
         handler = _HANDLERS.get(type(message))
         if handler is None:
@@ -105,7 +105,7 @@ class PositionKeeper:
             return []
         return handler(self, message)
 
-    # Order updates -------------------------------------------------------------------------------
+    # Order updates ----------------------------------------------------------------------------
     def on_update(self, message: ApplyOrderUpdate) -> Out:
         applied = lifecycle.apply_update(self.position, message.update, message.role,
                                          attempt=message.attempt, at=self.ctx.clock())
@@ -155,7 +155,7 @@ class PositionKeeper:
             event = PositionChanged(position=position, sent_at=now, **ids)
         return [(target, event) for target in ANNOUNCE]
 
-    # Prices and time -----------------------------------------------------------------------------
+    # Prices and time --------------------------------------------------------------------------
     def on_price(self, message: PriceUpdate) -> Out:
         self.mark = message.mark
         marked = update_marks(self.position, message.mark.ltp, self.ctx.config.policy)
@@ -206,7 +206,8 @@ class PositionKeeper:
         if unprotected != self.unprotected:
             self.unprotected = unprotected
             if unprotected:
-                self.log.warning("UNPROTECTED: no fresh price for {}s", policy.unprotected_after_seconds)
+                self.log.warning("UNPROTECTED: no fresh price for {}s",
+                                 policy.unprotected_after_seconds)
             else:
                 self.log.info("protected again: fresh price")
         return out
@@ -231,7 +232,7 @@ class PositionKeeper:
         self.position = position
         self._saved_marks = _marks(position)
 
-    # Exits ----------------------------------------------------------------------------------------
+    # Exits ------------------------------------------------------------------------------------
     def on_request_exit(self, message: RequestExit) -> Out:
         if message.reason in STICKY:
             self.sticky = message.reason

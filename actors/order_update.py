@@ -56,7 +56,7 @@ class OrderUpdateActor(pykka.ThreadingActor):
         self.dedup_window, self.park_limit = dedup_window, park_limit
         self.parked = 0
 
-    # Start-up and position events --------------------------------------------------------------
+    # Start-up and position events -------------------------------------------------------------
     def load(self, positions: list[Position]) -> None:
         """Learn every stored position's orders (call before the first update)."""
         self._rebuild_allocations(positions)
@@ -190,7 +190,8 @@ class OrderUpdateActor(pykka.ThreadingActor):
                                      progress=share_progress(allocation, share),
                                      role=OrderRole.OPPOSITE, sent_at=self.clock(),
                                      **cause.caused()))
-        if left_qty > 0 and allocation.opened is None:
+        opened_now = left_qty > 0 and allocation.opened is None
+        if opened_now:
             allocation = self._open(update, allocation, cause)
         if allocation.opened is not None:
             self._tell(ApplyProgress(position_id=allocation.opened,
@@ -198,6 +199,8 @@ class OrderUpdateActor(pykka.ThreadingActor):
                                      sent_at=self.clock(), **cause.caused()))
         self.allocations[update.order_no] = allocation
         del left_value
+        if opened_now:
+            self._unpark(update.order_no)  # earlier updates of this order: now it is known
 
     def _opposites(self, update: OrderUpdate) -> list[tuple[str, int]]:
         assert update.txn_type is not None

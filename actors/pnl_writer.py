@@ -15,13 +15,13 @@ from typing import Any
 import pykka
 from loguru import logger
 from pykka import ActorRef
+from store.pnl_cache import PnLCache, PnLEntry
 
 from actors.metrics import Metrics
 from actors.protocol import Flush, PortfolioValued
 from models.messages import PnLMarked, PositionChanged, PositionClosed, PositionOpened
 from models.policy import ExitPolicy
 from models.rules import pnl
-from store.pnl_cache import PnLCache, PnLEntry
 
 
 class PnLWriterActor(pykka.ThreadingActor):

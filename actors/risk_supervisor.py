@@ -17,7 +17,7 @@ from typing import Any
 
 import pykka
 from loguru import logger
-from pykka import ActorRef
+from pykka import ActorDeadError, ActorRef
 
 from actors.keeper import KeeperContext, PositionKeeper, Target
 from actors.protocol import Checkpoint, PortfolioValued, Route, Snapshot, TrackerFailed
@@ -64,6 +64,8 @@ class _Child:
     keeper: PositionKeeper | None = None
     """Set while the supervisor itself owns the position (quarantine or paused restarts)."""
     quarantined: bool = False
+    pending: list[Message] = field(default_factory=list)
+    """Messages that reached a crashed tracker before its restart: delivered to the next one."""
 
 
 class RiskSupervisor(pykka.ThreadingActor):
@@ -85,7 +87,7 @@ class RiskSupervisor(pykka.ThreadingActor):
         """Set the peers (supervisor = this actor) before the first message."""
         self.peers = peers
 
-    # Start-up ------------------------------------------------------------------------------------
+    # Start-up ---------------------------------------------------------------------------------
     def start_positions(self, positions: list[Position]) -> list[tuple[Position, ActorRef[Any]]]:
         """Spawn a tracker per open position; returns the routes for the index's bulk load."""
         latch = self.ctx.store.kill_switch()
@@ -113,7 +115,7 @@ class RiskSupervisor(pykka.ThreadingActor):
         child.ref, child.incarnation, child.keeper = ref, incarnation, None
         return child
 
-    # Messages --------------------------------------------------------------------------------------
+    # Messages ---------------------------------------------------------------------------------
     def on_receive(self, message: Any) -> Any:
         try:
             return self._dispatch(message)
@@ -157,10 +159,24 @@ class RiskSupervisor(pykka.ThreadingActor):
                 return
             child = self._spawn(stored)
             self._route(child)
+        self._send(child, message)
+
+    def _send(self, child: _Child, message: Message) -> None:
         if child.keeper is not None:
             self._deliver(child.keeper.handle(message))
-        elif child.ref is not None:
+            return
+        if child.ref is None:
+            child.pending.append(message)
+            return
+        try:
             child.ref.tell(message)
+        except ActorDeadError:
+            child.pending.append(message)  # never lost: replayed to the next incarnation
+
+    def _flush_pending(self, child: _Child) -> None:
+        pending, child.pending = child.pending, []
+        for message in pending:
+            self._send(child, message)
 
     def _create(self, message: CreatePosition) -> None:
         position = message.position
@@ -189,7 +205,7 @@ class RiskSupervisor(pykka.ThreadingActor):
             if child.keeper is not None and child.instrument == message.instrument:
                 self._deliver(child.keeper.handle(message))
 
-    # Exits -------------------------------------------------------------------------------------------
+    # Exits ------------------------------------------------------------------------------------
     def _place_exit(self, message: ExitRequested) -> None:
         position = message.position
         ids = message.caused()
@@ -253,12 +269,11 @@ class RiskSupervisor(pykka.ThreadingActor):
         for child in list(self.children.values()):
             if self.status.get(child.position_id) in CLOSED:
                 continue
-            if child.keeper is not None:
-                self._deliver(child.keeper.handle(message))
-            elif child.ref is not None:
-                child.ref.tell(message)
+            if child.ref is not None and not child.ref.is_alive():
+                continue  # crashed, restart on its way: timers are not worth queueing
+            self._send(child, message)
 
-    # Supervision ---------------------------------------------------------------------------------
+    # Supervision ------------------------------------------------------------------------------
     def _failed(self, message: TrackerFailed) -> None:
         child = self.children.get(message.position_id)
         if child is None or message.incarnation != child.incarnation:
@@ -297,11 +312,12 @@ class RiskSupervisor(pykka.ThreadingActor):
             return
         self._spawn(position, child.incarnation + 1)
         self._route(child)
+        self._flush_pending(child)
 
     def _adopt(self, child: _Child, message: TrackerFailed, *, quarantine: bool) -> None:
         try:
             position = self.ctx.store.load_position(child.position_id) or message.position
-        except Exception:  # noqa: BLE001 - the store may be what failed; fall back
+        except Exception:
             position = message.position
         if position is None:
             return
@@ -309,6 +325,7 @@ class RiskSupervisor(pykka.ThreadingActor):
         child.quarantined = quarantine
         child.ref = None
         self._route(child)
+        self._flush_pending(child)
 
     def _dead_letter(self, actor: str, message: Any, error: str) -> None:
         self.ctx.metrics.incr("dead_letters")
@@ -321,7 +338,7 @@ class RiskSupervisor(pykka.ThreadingActor):
                 causation_id=getattr(message, "causation_id", None),
                 position_id=getattr(message, "position_id", None), error=error,
                 payload=getattr(message, "payload", None) or repr(message)[:500]))
-        except Exception as failure:  # noqa: BLE001 - never lose the supervisor over it
+        except Exception as failure:
             logger.error("could not record a dead letter: {}", failure)
 
     def tracker_refs(self) -> list[ActorRef[Any]]:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pykka
 from loguru import logger
+from store.pnl_cache import PnLCache
 
 from actors.dispatch import Dispatcher, PooledActor
 from actors.index import BulkLoad, IndexActor, OpenPositions
@@ -35,7 +36,6 @@ from models.messages import OrderUpdateReceived, PriceTick, new_id
 from models.policy import RiskConfig
 from models.position import Position
 from models.rules import PriceMark
-from store.pnl_cache import PnLCache
 from store.ports import OrderGateway, QuoteApi, Store
 
 ASK = 10.0
@@ -67,7 +67,7 @@ class System:
         self.started_at: datetime | None = None
         self._stopped = False
 
-    # Start ----------------------------------------------------------------------------------------
+    # Start ------------------------------------------------------------------------------------
     def start(self, *, ticker: bool = True,
               on_step: Callable[[datetime], None] | None = None) -> System:
         p = self.parts
@@ -102,7 +102,7 @@ class System:
         self.orders.proxy().load(positions).get(timeout=60)
         logger.info("supervising {} open positions from the store", len(positions))
 
-    # Feeds ------------------------------------------------------------------------------------------
+    # Feeds ------------------------------------------------------------------------------------
     def order_frame(self, raw: str) -> None:
         """A raw broker frame: the gateway's sink."""
         self.orders.tell(OrderUpdateReceived(raw=raw, correlation_id=new_id(),
@@ -117,7 +117,7 @@ class System:
         """Advance time by hand (replay): a flush and, when asked, a timer."""
         fire(now, flush_to=[self.batcher, self.pnl], timer_to=[self.supervisor], timer=timer)
 
-    # Views ------------------------------------------------------------------------------------------
+    # Views ------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         snapshot: dict[str, Any] = self.supervisor.ask(Snapshot(), timeout=ASK)
         snapshot["metrics"] = self.parts.metrics.snapshot()
@@ -141,7 +141,7 @@ class System:
                     continue
             self.pnl.ask(Flush(at=self.parts.clock()), timeout=ASK)
 
-    # Stop -------------------------------------------------------------------------------------------
+    # Stop -------------------------------------------------------------------------------------
     def stop(self) -> None:
         if self._stopped:
             return

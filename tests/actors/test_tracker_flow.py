@@ -67,10 +67,15 @@ class System:
         self.supervisor.proxy().wire(peers).get(timeout=5)
 
     def settle(self) -> None:
-        """FIFO mailboxes: asking every actor in the chain, twice, drains what was told."""
-        for _ in range(3):
+        """FIFO mailboxes: asking every actor in the chain, in order, drains what was told."""
+        for _ in range(4):
             self.supervisor.ask(Snapshot(), timeout=5)
             self.index.ask(OpenPositions(), timeout=5)
+            for ref in self.supervisor.proxy().tracker_refs().get(timeout=5):
+                try:
+                    ref.ask(Snapshot(), timeout=5)
+                except pykka.ActorDeadError:
+                    continue  # crashed: its failure report is on the way to the supervisor
             self.sink.ask(Snapshot(), timeout=5)
 
 

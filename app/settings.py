@@ -1,0 +1,85 @@
+"""Settings: flags > environment (``DATABASE_URL``, ``REDIS_URL``) > ``tracker.toml`` > defaults.
+
+Validation errors name the key and what is allowed; nothing here connects to anything.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError
+
+from models.common import Frozen
+from models.policy import PolicyError, RiskConfig, risk_config_from_mapping
+
+
+class SettingsError(ValueError):
+    """Bad configuration: the message names the key or file."""
+
+
+class PaperSettings(Frozen):
+    positions: int = Field(default=20, ge=0, le=100_000)
+    instruments: int = Field(default=10, ge=1, le=10_000)
+    seed: int = 7
+    latency_ms: int = Field(default=50, ge=0, le=60_000)
+    long_ratio: float = Field(default=0.5, ge=0, le=1)
+    interval_ms: int = Field(default=500, ge=0, le=3_600_000)
+
+
+class Settings(Frozen):
+    database_url: str | None = None
+    redis_url: str | None = None
+    data_dir: Path = Path("data")
+    risk: RiskConfig = RiskConfig()
+    paper: PaperSettings = PaperSettings()
+    correlation_prefix: str | None = None
+    """Track only orders whose CorrelationId starts with this (default: every order)."""
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise SettingsError(f"{path}: cannot read ({error.strerror})") from None
+    except tomllib.TOMLDecodeError as error:
+        raise SettingsError(f"{path}: not valid TOML: {error}") from None
+
+
+def load_settings(*, config_file: Path | None = None, policy_file: Path | None = None,
+                  environ: Mapping[str, str], flags: Mapping[str, Any]) -> Settings:
+    """Merge the sources in order of precedence; ``flags`` holds only flags the user gave."""
+    data: dict[str, Any] = {}
+    if config_file is not None and config_file.exists():
+        data = _read_toml(config_file)
+    risk_tables = {k: data.pop(k) for k in ("policy", "portfolio", "calendar") if k in data}
+    if policy_file is not None:
+        risk_tables = _read_toml(policy_file)
+    try:
+        risk = risk_config_from_mapping(risk_tables)
+    except PolicyError as error:
+        source = policy_file or config_file
+        raise SettingsError(f"{source}: {error}") from None
+    values: dict[str, Any] = {**data, "risk": risk}
+    for key, env in (("database_url", "DATABASE_URL"), ("redis_url", "REDIS_URL")):
+        if environ.get(env):
+            values[key] = environ[env]
+    paper = dict(values.pop("paper", {}) or {})
+    for key, value in flags.items():
+        if value is None:
+            continue
+        if key in PaperSettings.model_fields:
+            paper[key] = value
+        else:
+            values[key] = value
+    values["paper"] = paper
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in item['loc'])}: "
+            f"{'unknown key' if item['type'] == 'extra_forbidden' else item['msg']}"
+            for item in error.errors())
+        raise SettingsError(problems) from None
