@@ -183,6 +183,7 @@ class PositionKeeper:
             return []
         self.ctx.metrics.incr("evaluations")
         out = self._watch_freshness(now, cause)
+        decision: ExitDecision | None
         if self.sticky is not None:
             decision = ExitDecision(reason=self.sticky, detail="retrying a standing exit")
         else:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pykka
@@ -81,7 +82,7 @@ class RiskSupervisor(pykka.ThreadingActor):
         self.paused_until: datetime | None = None
         self.exits: Counter[str] = Counter()
         self.status: dict[str, str] = {}
-        self.day_net = None
+        self.day_net: Decimal | None = None
 
     def wire(self, peers: Peers) -> None:
         """Set the peers (supervisor = this actor) before the first message."""

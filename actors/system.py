@@ -119,12 +119,12 @@ class System:
 
     # Views ------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        snapshot: dict[str, Any] = self.supervisor.ask(Snapshot(), timeout=ASK)
+        snapshot: dict[str, Any] = self.supervisor.ask(Snapshot(), block=True, timeout=ASK)
         snapshot["metrics"] = self.parts.metrics.snapshot()
         return snapshot
 
     def open_positions(self) -> list[Position]:
-        result: list[Position] = self.index.ask(OpenPositions(), timeout=ASK)
+        result: list[Position] = self.index.ask(OpenPositions(), block=True, timeout=ASK)
         return result
 
     def settle(self, rounds: int = 3) -> None:

@@ -54,7 +54,8 @@ def load_settings(*, config_file: Path | None = None, policy_file: Path | None =
     data: dict[str, Any] = {}
     if config_file is not None and config_file.exists():
         data = _read_toml(config_file)
-    risk_tables = {k: data.pop(k) for k in ("policy", "portfolio", "calendar") if k in data}
+    risk_tables: dict[str, Any] = {k: data.pop(k) for k in ("policy", "portfolio", "calendar")
+                                   if k in data}
     if policy_file is not None:
         risk_tables = _read_toml(policy_file)
     try:
