@@ -54,9 +54,10 @@ class Sink(pykka.ThreadingActor):
 
 
 class System:
-    def __init__(self, store: FakeStore, gateway: FakeGateway) -> None:
+    def __init__(self, store: FakeStore, gateway: FakeGateway,
+                 config: RiskConfig | None = None) -> None:
         self.store, self.gateway, self.clock = store, gateway, Clock()
-        self.ctx = KeeperContext(store=store, config=RiskConfig(), clock=self.clock,
+        self.ctx = KeeperContext(store=store, config=config or RiskConfig(), clock=self.clock,
                                  metrics=Metrics())
         self.sink = Sink.start()
         self.index = IndexActor.start(None)
