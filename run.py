@@ -1,14 +1,195 @@
-"""Command line and composition root (SPEC §7). Only this module pairs ports with adapters."""
+"""Command line and composition root (SPEC §7).
+
+Only this module pairs the ports with concrete adapters, in ``build_system(settings, ...)``.
+Exit codes: 0 done, 1 a run failed, 2 bad input (flags, files, configuration).
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import signal
 import sys
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from actors.logging_bridge import route_stdlib_logging
+from actors.system import Parts, System
+from app.clocks import SessionClock, paper_session_start
+from app.console import print_summary, status_line
+from app.settings import Settings, SettingsError, load_settings
+from broker.paper import PaperBroker, PaperConfig
+from models.common import IST
+from models.position import PositionStatus
+from models.report import build_report, position_row
+from store.factory import open_store
+from store.pnl_cache import open_pnl_cache
+from store.ports import Store, StoreError
 
 
-def main(argv: list[str] | None = None) -> int:
-    print("position tracker: the domain core, stores and PnL cache are ready; the paper session "
-          "(actor system and paper broker) is not wired into run.py yet.")
+@dataclass
+class Built:
+    system: System
+    broker: PaperBroker
+    store: Store
+
+
+def build_system(settings: Settings, clock: Callable[[], datetime]) -> Built:
+    """The one place where ports meet adapters."""
+    store = open_store(settings.database_url, settings.data_dir)
+    paper = settings.paper
+    broker = PaperBroker(PaperConfig(
+        positions=paper.positions, instruments=paper.instruments, seed=paper.seed,
+        latency_ms=paper.latency_ms, long_ratio=paper.long_ratio,
+        interval_ms=paper.interval_ms), start=clock())
+    parts = Parts(store=store, cache=open_pnl_cache(settings.redis_url),
+                  gateway=broker.exchange, quotes=broker.quotes, config=settings.risk,
+                  clock=clock, correlation_prefix=settings.correlation_prefix)
+    return Built(system=System(parts), broker=broker, store=store)
+
+
+# Paper --------------------------------------------------------------------------------------------
+def run_paper(settings: Settings, *, duration: float | None, report: Path | None,
+              live_status: bool) -> int:
+    clock = SessionClock(paper_session_start(datetime.now(IST), settings.risk.calendar))
+    built = build_system(settings, clock)
+    system, broker = built.system, built.broker
+
+    def step(now: datetime) -> None:
+        for instrument, ltp, at in broker.advance(now):
+            system.tick(instrument, ltp, at)
+
+    stop = threading.Event()
+    _on_signals(stop)
+    system.start(on_step=step)
+    started = clock()
+    logger.info("paper session started at exchange time {}", started.isoformat())
+    while not stop.wait(1.0):
+        if live_status:
+            print(status_line(system.status(), clock().strftime("%H:%M:%S")), flush=True)
+        if duration is not None and (clock() - started).total_seconds() >= duration:
+            break
+    return _finish(built, "paper", started, clock(), report)
+
+
+def _on_signals(stop: threading.Event) -> None:
+    def handler(signum: int, frame: Any) -> None:
+        logger.info("signal {}: stopping gracefully", signum)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _finish(built: Built, mode: str, started: datetime, ended: datetime,
+            report_path: Path | None) -> int:
+    metrics = built.system.parts.metrics
+    built.system.stop()
+    metrics.incr("db_queries", built.store.queries)
+    report = build_report(mode, started, ended, built.store.list_positions(),
+                          built.system.parts.config.policy, metrics.snapshot())
+    if report_path is not None:
+        _write_atomically(report_path, json.dumps(report, indent=2))
+        logger.info("report written to {}", report_path)
+    print_summary(report, sys.stdout)
+    built.store.close()
     return 0
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Nothing half-written: the file appears whole or not at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+# Store commands -----------------------------------------------------------------------------------
+def run_positions(settings: Settings, status: str | None, as_json: bool) -> int:
+    store = open_store(settings.database_url, settings.data_dir)
+    try:
+        wanted = PositionStatus(status.upper()) if status else None
+    except ValueError:
+        allowed = ", ".join(s.value for s in PositionStatus)
+        print(f"--status: unknown status {status!r} (allowed: {allowed})", file=sys.stderr)
+        return 2
+    rows = [position_row(p, settings.risk.policy) for p in store.list_positions(wanted)]
+    store.close()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        print(f"{row['position_id']:<14}{row['segment']}:{row['security_id']:<10} "
+              f"{row['side']:<6}{row['status']:<10}{row['quantity']:>7} "
+              f"{row['entry_price'] or '-':>10} {row['exit_price'] or '-':>10} "
+              f"{row['exit_reason'] or '-'}")
+    print(f"{len(rows)} positions")
+    return 0
+
+
+def run_reset_kill_switch(settings: Settings) -> int:
+    store = open_store(settings.database_url, settings.data_dir)
+    was = store.reset_kill_switch()
+    store.close()
+    print("kill switch reset: trading may resume" if was else "kill switch was not latched")
+    return 0
+
+
+# Arguments ----------------------------------------------------------------------------------------
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="run.py", description="Position tracker and risk "
+                                  "supervisor. With no command: a paper session until Ctrl-C.")
+    commands = top.add_subparsers(dest="command")
+    paper = commands.add_parser("paper", help="a bounded paper session")
+    paper.add_argument("--positions", type=int, help="entry orders the strategy places")
+    paper.add_argument("--duration", type=float, help="seconds of exchange time to run")
+    paper.add_argument("--seed", type=int, help="random seed of market and strategy")
+    paper.add_argument("--report", type=Path, help="write the JSON report here")
+    paper.add_argument("--trace", type=Path, help="write message traces as JSON lines")
+    positions = commands.add_parser("positions", help="list positions from the store")
+    positions.add_argument("--status", help="PENDING, ACTIVE, EXITING, EXITED or CANCELLED")
+    positions.add_argument("--json", action="store_true", help="JSON like the report")
+    commands.add_parser("reset-kill-switch", help="operator reset of the latched kill switch")
+    for sub in (top, *commands.choices.values()):
+        sub.add_argument("--db", dest="database_url", help="database URL (overrides "
+                         "DATABASE_URL)", default=argparse.SUPPRESS)
+        sub.add_argument("--redis", dest="redis_url", help="Redis URL (overrides REDIS_URL)",
+                         default=argparse.SUPPRESS)
+        sub.add_argument("--policy", type=Path, help="policy TOML file",
+                         default=argparse.SUPPRESS)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    route_stdlib_logging()
+    args = parser().parse_args(argv)
+    flags = {k: getattr(args, k, None) for k in ("database_url", "redis_url", "positions",
+                                                   "seed")}
+    try:
+        settings = load_settings(config_file=Path("tracker.toml"),
+                                 policy_file=getattr(args, "policy", None),
+                                 environ=os.environ, flags=flags)
+        if args.command == "positions":
+            return run_positions(settings, args.status, args.json)
+        if args.command == "reset-kill-switch":
+            return run_reset_kill_switch(settings)
+        if args.command == "paper":
+            return run_paper(settings, duration=args.duration, report=args.report,
+                             live_status=False)
+        return run_paper(settings, duration=None, report=None, live_status=True)
+    except SettingsError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        return 2
+    except StoreError as error:
+        print(f"store error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

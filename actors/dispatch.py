@@ -27,6 +27,8 @@ import pykka
 from pykka import ActorDeadError, ActorRegistry, messages
 from pykka._envelope import Envelope
 
+from actors.tracing import Traced, stamp
+
 logger = logging.getLogger("pykka")
 
 _STOP = object()
@@ -107,7 +109,7 @@ class _Mailbox:
     __slots__ = ("_actor", "_dispatcher", "_lock", "_queue", "_scheduled")
 
     def __init__(self) -> None:
-        self._queue: deque[Envelope[Any]] = deque()
+        self._queue: deque[tuple[Envelope[Any], tuple[int, str]]] = deque()
         self._lock = threading.Lock()
         # Scheduled until the actor starts, so messages told early wait for on_start().
         self._scheduled = True
@@ -116,7 +118,7 @@ class _Mailbox:
 
     # The pykka ActorInbox protocol ------------------------------------------------------------
     def put(self, envelope: Envelope[Any], /) -> None:
-        self._queue.append(envelope)
+        self._queue.append((envelope, stamp()))
         with self._lock:
             if self._scheduled:
                 return
@@ -124,7 +126,7 @@ class _Mailbox:
         self._submit()
 
     def get(self) -> Envelope[Any]:
-        return self._queue.popleft()
+        return self._queue.popleft()[0]
 
     def empty(self) -> bool:
         return not self._queue
@@ -156,7 +158,8 @@ class _Mailbox:
         for _ in range(self._dispatcher.throughput):
             if stopped.is_set() or not self._queue:
                 break
-            actor._handle_envelope(self._queue.popleft())
+            envelope, actor._last_stamp = self._queue.popleft()
+            actor._handle_envelope(envelope)
         if stopped.is_set():
             self._fail_pending()
             return  # stays "scheduled" forever: a stopped actor is never run again
@@ -169,7 +172,7 @@ class _Mailbox:
     def _fail_pending(self) -> None:
         """What ``ThreadingActor``'s teardown does: answer every waiting ``ask``."""
         while self._queue:
-            envelope = self._queue.popleft()
+            envelope, _ = self._queue.popleft()
             if envelope.reply_to is None:
                 continue
             if isinstance(envelope.message, messages._ActorStop):
@@ -181,7 +184,7 @@ class _Mailbox:
                     None))
 
 
-class PooledActor(pykka.Actor):
+class PooledActor(Traced, pykka.Actor):
     """A pykka actor without a thread of its own; see the module docstring.
 
     Set ``dispatcher`` on the class (or pass ``dispatcher=`` to ``start``) to choose the pool.
@@ -236,3 +239,33 @@ class PooledActor(pykka.Actor):
             logger.debug(f"{sys.exc_info()[1]!r} in {self}. Stopping all actors.")
             self._stop()
             ActorRegistry.stop_all(block=False)
+
+
+class _StampedQueue(queue.Queue[Any]):
+    """A ``ThreadingActor`` inbox that remembers when and from whom each envelope came."""
+
+    def __init__(self, owner: list[Any]) -> None:
+        super().__init__()
+        self._owner = owner
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put((item, stamp()), block, timeout)
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        item, stamped = super().get(block, timeout)
+        if self._owner:
+            self._owner[0]._last_stamp = stamped
+        return item
+
+
+class SingletonActor(Traced, pykka.ThreadingActor):
+    """A traced ``ThreadingActor``: the few singletons keep a thread of their own."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._inbox_owner: list[Any] = []
+        super().__init__(*args, **kwargs)
+        self._inbox_owner.append(self)
+
+    def _create_actor_inbox(self) -> _StampedQueue:  # type: ignore[override]
+        # pykka calls this through the instance, so the inbox can know its actor.
+        return _StampedQueue(self._inbox_owner)

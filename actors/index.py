@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import pykka
 from loguru import logger
 from pykka import ActorDeadError, ActorRef
 
+from actors.dispatch import SingletonActor
 from actors.protocol import Route, Unroute, Watch
 from models.common import Instrument
 from models.messages import PositionChanged, PositionClosed, PositionOpened, PriceBatch, PriceUpdate
@@ -34,7 +34,9 @@ class OpenPositions:
     instrument: Instrument | None = None
 
 
-class IndexActor(pykka.ThreadingActor):
+class IndexActor(SingletonActor):
+    trace_kind = "index"
+
     def __init__(self, batcher: ActorRef[Any] | None = None) -> None:
         super().__init__()
         self.batcher = batcher

@@ -16,7 +16,7 @@ from enum import Enum
 from loguru import logger
 
 from actors.metrics import Metrics
-from actors.protocol import Checkpoint
+from actors.protocol import Checkpoint, ProtectionChanged
 from models import lifecycle
 from models.common import Instrument, exit_client_id
 from models.messages import (
@@ -206,6 +206,8 @@ class PositionKeeper:
         unprotected = is_unprotected(self.position, self.mark, now, policy, calendar)
         if unprotected != self.unprotected:
             self.unprotected = unprotected
+            out.append((Target.SUPERVISOR,
+                        ProtectionChanged(self.position.position_id, unprotected)))
             if unprotected:
                 self.log.warning("UNPROTECTED: no fresh price for {}s",
                                  policy.unprotected_after_seconds)

@@ -13,10 +13,10 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-import pykka
 from loguru import logger
 from pykka import ActorRef
 
+from actors.dispatch import SingletonActor
 from actors.metrics import Metrics
 from actors.protocol import Flush, Watch
 from models.common import Instrument, Segment
@@ -50,7 +50,9 @@ class Breaker:
                            self.failures)
 
 
-class LTPBatcherActor(pykka.ThreadingActor):
+class LTPBatcherActor(SingletonActor):
+    trace_kind = "batcher"
+
     def __init__(self, index: ActorRef[Any] | None, quotes: QuoteApi | None,
                  clock: Callable[[], datetime], metrics: Metrics, *,
                  stale_after: timedelta = timedelta(seconds=5)) -> None:

@@ -15,10 +15,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-import pykka
 from loguru import logger
 from pykka import ActorRef
 
+from actors.dispatch import SingletonActor
 from actors.metrics import Metrics
 from actors.protocol import KnownPosition
 from models.allocation import Allocation, Share, allocate, share_progress
@@ -41,7 +41,9 @@ from store.ports import Store
 Owner = tuple[str, OrderRole, int | None]
 
 
-class OrderUpdateActor(pykka.ThreadingActor):
+class OrderUpdateActor(SingletonActor):
+    trace_kind = "orders"
+
     def __init__(self, store: Store, supervisor: ActorRef[Any] | None,
                  clock: Callable[[], datetime], metrics: Metrics, *,
                  correlation_prefix: str | None = None, dedup_window: int = 100_000,

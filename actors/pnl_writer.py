@@ -12,11 +12,11 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-import pykka
 from loguru import logger
 from pykka import ActorRef
 from store.pnl_cache import PnLCache, PnLEntry
 
+from actors.dispatch import SingletonActor
 from actors.metrics import Metrics
 from actors.protocol import Flush, PortfolioValued
 from models.messages import PnLMarked, PositionChanged, PositionClosed, PositionOpened
@@ -24,7 +24,9 @@ from models.policy import ExitPolicy
 from models.rules import pnl
 
 
-class PnLWriterActor(pykka.ThreadingActor):
+class PnLWriterActor(SingletonActor):
+    trace_kind = "pnl"
+
     def __init__(self, cache: PnLCache, policy: ExitPolicy, metrics: Metrics,
                  clock: Callable[[], datetime], supervisor: ActorRef[Any] | None = None) -> None:
         super().__init__()

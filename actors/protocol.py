@@ -84,3 +84,11 @@ class KnownPosition:
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     """Save peak, high-water mark and trailing stop now if they changed (graceful stop)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProtectionChanged:
+    """A tracker lost (or regained) fresh prices: shown in status as UNPROTECTED."""
+
+    position_id: str
+    unprotected: bool

@@ -16,12 +16,19 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import pykka
 from loguru import logger
 from pykka import ActorDeadError, ActorRef
 
+from actors.dispatch import SingletonActor
 from actors.keeper import KeeperContext, PositionKeeper, Target
-from actors.protocol import Checkpoint, PortfolioValued, Route, Snapshot, TrackerFailed
+from actors.protocol import (
+    Checkpoint,
+    PortfolioValued,
+    ProtectionChanged,
+    Route,
+    Snapshot,
+    TrackerFailed,
+)
 from actors.tracker import Peers, TrackerActor, deliver
 from models.common import Instrument
 from models.messages import (
@@ -69,7 +76,9 @@ class _Child:
     """Messages that reached a crashed tracker before its restart: delivered to the next one."""
 
 
-class RiskSupervisor(pykka.ThreadingActor):
+class RiskSupervisor(SingletonActor):
+    trace_kind = "supervisor"
+
     def __init__(self, context: KeeperContext, gateway: OrderGateway, *,
                  supervision: Supervision | None = None) -> None:
         super().__init__()
@@ -83,6 +92,7 @@ class RiskSupervisor(pykka.ThreadingActor):
         self.exits: Counter[str] = Counter()
         self.status: dict[str, str] = {}
         self.day_net: Decimal | None = None
+        self.unprotected: set[str] = set()
 
     def wire(self, peers: Peers) -> None:
         """Set the peers (supervisor = this actor) before the first message."""
@@ -141,6 +151,11 @@ class RiskSupervisor(pykka.ThreadingActor):
                 self._failed(message)
             case PositionOpened() | PositionChanged() | PositionClosed():
                 self._position_event(message)
+            case ProtectionChanged():
+                if message.unprotected:
+                    self.unprotected.add(message.position_id)
+                else:
+                    self.unprotected.discard(message.position_id)
             case PortfolioValued():
                 self._portfolio(message)
             case TimerFired():
@@ -253,8 +268,10 @@ class RiskSupervisor(pykka.ThreadingActor):
         position = message.position
         before = self.status.get(position.position_id)
         self.status[position.position_id] = position.status
-        if isinstance(message, PositionClosed) and before not in CLOSED and position.exit_reason:
-            self.exits[position.exit_reason] += 1
+        if isinstance(message, PositionClosed):
+            self.unprotected.discard(position.position_id)
+            if before not in CLOSED and position.exit_reason:
+                self.exits[position.exit_reason] += 1
         if isinstance(message, PositionOpened) and self.halted:
             self._forward(position.position_id, RequestExit(
                 reason=ExitReason.KILL_SWITCH, position_id=position.position_id,
@@ -357,4 +374,5 @@ class RiskSupervisor(pykka.ThreadingActor):
                 "positions": dict(statuses), "exits_by_reason": dict(self.exits),
                 "quarantined": sorted(c.position_id for c in self.children.values()
                                       if c.quarantined),
-                "day_net": self.day_net, "at": self.ctx.clock().isoformat()}
+                "unprotected": sorted(self.unprotected), "day_net": self.day_net,
+                "at": self.ctx.clock().isoformat()}

@@ -6,15 +6,18 @@ returns, and reports any failure to the supervisor with the message that caused 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from loguru import logger
 from pykka import ActorRef
 
 from actors.dispatch import PooledActor
 from actors.keeper import KeeperContext, PositionKeeper, Target, summary
 from actors.protocol import Snapshot, TrackerFailed
+from actors.tracing import tracer
 from models.position import Position
 from models.rules import PriceMark
 
@@ -43,6 +46,8 @@ def deliver(peers: Peers, out: list[tuple[Target, object]]) -> None:
 
 
 class TrackerActor(PooledActor):
+    trace_kind = "tracker"
+
     def __init__(self, position: Position, context: KeeperContext, peers: Peers, *,
                  incarnation: int = 0, halted: bool = False,
                  mark: PriceMark | None = None) -> None:
@@ -50,6 +55,7 @@ class TrackerActor(PooledActor):
         self.keeper = PositionKeeper(position, context, halted=halted, mark=mark)
         self.peers = peers
         self.incarnation = incarnation
+        self.trace_key = position.position_id
         self._current: object = None
 
     def on_receive(self, message: Any) -> Any:
@@ -64,6 +70,13 @@ class TrackerActor(PooledActor):
                    exception_value: BaseException | None,
                    traceback: TracebackType | None) -> None:
         message = self._current
+        active = tracer()
+        if active is not None:
+            active.lifecycle(self.trace_name, "crash", error=str(exception_value)[:200])
+            logger.error("flight recorder of {} (last {} messages):\n{}", self.trace_name,
+                         len(active.dump(self.trace_name)),
+                         "\n".join(json.dumps(r, default=str)
+                                   for r in active.dump(self.trace_name)))
         self.peers.supervisor.tell(TrackerFailed(
             position_id=self.keeper.position.position_id, incarnation=self.incarnation,
             error=f"{exception_type.__name__ if exception_type else 'Error'}: {exception_value}",

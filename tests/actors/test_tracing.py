@@ -1,0 +1,73 @@
+"""Tracing records every message with ids, sender and receiver; a crash dumps the recorder."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pykka
+import pytest
+from loguru import logger
+
+from actors import keeper, tracing
+from actors.keeper import PositionKeeper
+from actors.tracing import Tracer, iter_records, redact
+from models.messages import PriceUpdate
+from tests.actors.test_tracker_flow import System, entry, open_position, price
+from tests.fakes import FakeGateway, FakeStore
+
+
+@pytest.fixture
+def traced(tmp_path: Path) -> Iterator[tuple[System, Tracer, Path]]:
+    path = tmp_path / "trace.jsonl"
+    tracer = Tracer(path)
+    tracing.install(tracer)
+    built = System(FakeStore(), FakeGateway())
+    yield built, tracer, path
+    pykka.ActorRegistry.stop_all()
+    tracing.install(None)
+    tracer.close()
+
+
+def test_when_stop_hit_then_trace_links_price_to_exit_request(
+        traced: tuple[System, Tracer, Path]) -> None:
+    system, tracer, path = traced
+    pid = open_position(system, entry())
+    price(system, "176")
+    tracer.close()
+    records = [r for r in iter_records(path) if r["kind"] == "message"]
+    by_id = {r["message_id"]: r for r in records}
+    exit_request = next(r for r in records if r["type"] == "ExitRequested")
+    cause = by_id[exit_request["causation_id"]]
+    assert cause["type"] == "PriceUpdate"
+    assert cause["receiver"] == f"tracker:{pid}#0"
+    assert exit_request["sender"] == f"tracker:{pid}#0"
+    assert exit_request["receiver"] == "supervisor"
+    assert exit_request["position_id"] == pid
+    assert by_id[cause["causation_id"]]["type"] == "PriceBatch"
+    assert all(r["outcome"] == "ok" for r in records)
+
+
+def test_when_tracker_crashes_then_flight_recorder_is_logged(
+        traced: tuple[System, Tracer, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    system, _, _ = traced
+    lines: list[str] = []
+    sink = logger.add(lines.append, level="ERROR")
+    pid = open_position(system, entry())
+
+    def broken(self: PositionKeeper, message: object) -> None:
+        raise RuntimeError("injected")
+
+    monkeypatch.setitem(keeper._HANDLERS, PriceUpdate, broken)
+    price(system, "199")
+    logger.remove(sink)
+    dump = next(line for line in lines if "flight recorder" in line)
+    assert f"tracker:{pid}#0" in dump
+    assert "ApplyOrderUpdate" in dump  # the messages it handled before the crash
+
+
+def test_redaction_hides_tokens_and_url_passwords() -> None:
+    text = redact("postgresql://app:s3cret@db/x access_token=abc.def password: 'hunter2'")
+    assert "s3cret" not in text and "abc.def" not in text and "hunter2" not in text
+    assert json.dumps(text)
