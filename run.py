@@ -18,19 +18,21 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from broker.paper import PaperBroker, PaperConfig
 from loguru import logger
+from store.factory import open_store
+from store.pnl_cache import open_pnl_cache
 
 from actors.logging_bridge import route_stdlib_logging
 from actors.system import Parts, System
+from actors.tracing import iter_records
 from app.clocks import SessionClock, paper_session_start
 from app.console import print_summary, status_line
 from app.settings import Settings, SettingsError, load_settings
-from broker.paper import PaperBroker, PaperConfig
+from app.trace_views import Filters, render
 from models.common import IST
 from models.position import PositionStatus
 from models.report import build_report, position_row
-from store.factory import open_store
-from store.pnl_cache import open_pnl_cache
 from store.ports import Store, StoreError
 
 
@@ -142,6 +144,21 @@ def run_reset_kill_switch(settings: Settings) -> int:
     return 0
 
 
+def run_trace(args: argparse.Namespace) -> int:
+    if not args.file.is_file():
+        print(f"trace: no such file {args.file}", file=sys.stderr)
+        return 2
+    filters = Filters(position=args.position, order=args.order, security=args.security,
+                      actor=args.actor, errors=args.errors)
+    try:
+        records = list(iter_records(args.file))
+    except ValueError as error:
+        print(f"trace: {error}", file=sys.stderr)
+        return 2
+    print(render(records, args.format, filters))
+    return 0
+
+
 # Arguments ----------------------------------------------------------------------------------------
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="run.py", description="Position tracker and risk "
@@ -157,6 +174,14 @@ def parser() -> argparse.ArgumentParser:
     positions.add_argument("--status", help="PENDING, ACTIVE, EXITING, EXITED or CANCELLED")
     positions.add_argument("--json", action="store_true", help="JSON like the report")
     commands.add_parser("reset-kill-switch", help="operator reset of the latched kill switch")
+    trace = commands.add_parser("trace", help="views of a trace file written with --trace")
+    trace.add_argument("file", type=Path)
+    trace.add_argument("--position", help="the story of one position")
+    trace.add_argument("--order", help="the story of the position owning this order")
+    trace.add_argument("--security", help="only this security id")
+    trace.add_argument("--actor", help="only this actor (e.g. supervisor, tracker:P123)")
+    trace.add_argument("--errors", action="store_true", help="only failures and dead letters")
+    trace.add_argument("--format", choices=("tree", "timeline", "chrome"), default="tree")
     for sub in (top, *commands.choices.values()):
         sub.add_argument("--db", dest="database_url", help="database URL (overrides "
                          "DATABASE_URL)", default=argparse.SUPPRESS)
@@ -172,6 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     flags = {k: getattr(args, k, None) for k in ("database_url", "redis_url", "positions",
                                                    "seed")}
+    if args.command == "trace":
+        return run_trace(args)
     try:
         settings = load_settings(config_file=Path("tracker.toml"),
                                  policy_file=getattr(args, "policy", None),

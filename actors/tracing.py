@@ -130,8 +130,26 @@ def domain_keys(message: Any) -> dict[str, Any]:
     return {k: v for k, v in keys.items() if v is not None}
 
 
-def summarize(message: Any, limit: int = 300) -> str:
-    text = redact(repr(message))
+_OMIT = {"message_id", "correlation_id", "causation_id", "sent_at"}
+
+
+def summarize(message: Any, limit: int = 400) -> str:
+    """Type and fields, with a nested position shortened to its id, status and quantity."""
+    fields = getattr(type(message), "model_fields", None)
+    if fields is None:
+        text = repr(message)
+    else:
+        parts = []
+        for name in fields:
+            if name in _OMIT:
+                continue
+            value = getattr(message, name)
+            if hasattr(value, "position_id") and hasattr(value, "orders"):
+                value = f"<{value.position_id} {value.status} qty={value.quantity}>"
+            parts.append(f"{name}={value!r}" if not isinstance(value, str) or name != "position"
+                         else f"{name}={value}")
+        text = f"{type(message).__name__}({', '.join(parts)})"
+    text = redact(text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -13,6 +13,7 @@ from loguru import logger
 from actors import keeper, tracing
 from actors.keeper import PositionKeeper
 from actors.tracing import Tracer, iter_records, redact
+from app.trace_views import Filters, render
 from models.messages import PriceUpdate
 from tests.actors.test_tracker_flow import System, entry, open_position, price
 from tests.fakes import FakeGateway, FakeStore
@@ -71,3 +72,25 @@ def test_redaction_hides_tokens_and_url_passwords() -> None:
     text = redact("postgresql://app:s3cret@db/x access_token=abc.def password: 'hunter2'")
     assert "s3cret" not in text and "abc.def" not in text and "hunter2" not in text
     assert json.dumps(text)
+
+
+def test_when_trace_viewed_then_story_tree_and_chrome_export_hold(
+        traced: tuple[System, Tracer, Path]) -> None:
+    system, tracer, path = traced
+    pid = open_position(system, entry())
+    price(system, "176")
+    tracer.close()
+    records = list(iter_records(path))
+
+    story = render(records, "tree", Filters(position=pid)).splitlines()
+    kinds = [line.split(" ", 1)[0] for line in story if not line.startswith(("  ", "└", " "))]
+    assert kinds.index("ApplyOrderUpdate") < kinds.index("ExitRequested")
+    assert any("rule: STOP_LOSS: pnl -12.0000% <= -12.00%" in line for line in story)
+    by_order = render(records, "tree", Filters(order="E1"))
+    assert by_order.splitlines()[0] == story[0]
+
+    exported = json.loads(render(records, "chrome", Filters()))
+    events = exported["traceEvents"]
+    assert events and all({"ph", "pid", "tid", "name"} <= set(e) for e in events)
+    assert all("ts" in e for e in events if e["ph"] != "M")
+    assert {e["ph"] for e in events} <= {"X", "i", "M"}
