@@ -108,7 +108,8 @@ class FakeStore:
         for key, attempt in self.attempts.items():
             if attempt.client_id == client_id:
                 self.attempts[key] = attempt.model_copy(update={
-                    "order_no": order_no or attempt.order_no, "outcome": outcome or attempt.outcome})
+                    "order_no": order_no or attempt.order_no,
+                    "outcome": outcome or attempt.outcome})
 
     def exit_attempts(self, position_id: str | None = None) -> list[ExitAttempt]:
         return [a for a in self.attempts.values() if position_id in (None, a.position_id)]
