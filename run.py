@@ -11,35 +11,40 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from broker.paper import PaperBroker, PaperConfig
 from loguru import logger
 from store.factory import open_store
-from store.pnl_cache import open_pnl_cache
 
+from actors import tracing
 from actors.logging_bridge import route_stdlib_logging
 from actors.system import Parts, System
-from actors.tracing import iter_records
-from app.clocks import SessionClock, paper_session_start
+from actors.tracing import Tracer, iter_records
+from app.clocks import ManualClock, SessionClock, paper_session_start
 from app.console import print_summary, status_line
+from app.replay import Replayer, ReplayInputError, merge, read_orders, read_ticks
 from app.settings import Settings, SettingsError, load_settings
 from app.trace_views import Filters, render
+from broker.exchange import PaperExchange
+from broker.market import TapeMarket
 from models.common import IST
 from models.position import PositionStatus
 from models.report import build_report, position_row
+from store.pnl_cache import open_pnl_cache
 from store.ports import Store, StoreError
 
 
 @dataclass
 class Built:
     system: System
-    broker: PaperBroker
+    broker: PaperBroker | None
     store: Store
 
 
@@ -59,7 +64,8 @@ def build_system(settings: Settings, clock: Callable[[], datetime]) -> Built:
 
 # Paper --------------------------------------------------------------------------------------------
 def run_paper(settings: Settings, *, duration: float | None, report: Path | None,
-              live_status: bool) -> int:
+              live_status: bool, trace: Path | None = None) -> int:
+    tracing.install(Tracer(trace))
     clock = SessionClock(paper_session_start(datetime.now(IST), settings.risk.calendar))
     built = build_system(settings, clock)
     system, broker = built.system, built.broker
@@ -94,6 +100,10 @@ def _finish(built: Built, mode: str, started: datetime, ended: datetime,
             report_path: Path | None) -> int:
     metrics = built.system.parts.metrics
     built.system.stop()
+    active = tracing.tracer()
+    if active is not None:
+        active.close()
+        tracing.install(None)
     metrics.incr("db_queries", built.store.queries)
     report = build_report(mode, started, ended, built.store.list_positions(),
                           built.system.parts.config.policy, metrics.snapshot())
@@ -111,6 +121,36 @@ def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
+
+
+# Replay -----------------------------------------------------------------------------------------
+def run_replay(settings: Settings, orders: Path, ticks: Path | None, report: Path | None,
+               db: str | None, trace: Path | None = None) -> int:
+    try:
+        updates = read_orders(orders)
+        tape = read_ticks(ticks) if ticks is not None else []
+    except ReplayInputError as error:
+        print(f"replay: {error}", file=sys.stderr)
+        return 2
+    if not updates and not tape:
+        print(f"replay: {orders} has no order updates", file=sys.stderr)
+        return 2
+    events = merge(updates, tape)
+    tracing.install(Tracer(trace))
+    clock = ManualClock(events[0].at - timedelta(seconds=1))
+    with tempfile.TemporaryDirectory(prefix="replay-") as scratch:
+        url = db or f"sqlite:///{Path(scratch) / 'replay.sqlite3'}"
+        store = open_store(url, Path(scratch))
+        market = TapeMarket([])
+        exchange = PaperExchange(market, latency=timedelta(0), order_prefix="RX")
+        parts = Parts(store=store, cache=open_pnl_cache(settings.redis_url), gateway=exchange,
+                      quotes=None, config=settings.risk, clock=clock,
+                      correlation_prefix=settings.correlation_prefix)
+        system = System(parts).start(ticker=False)
+        started = clock()
+        ended = Replayer(system, clock, market, exchange).play(events)
+        built = Built(system=system, broker=None, store=store)
+        return _finish(built, "replay", started, ended, report)
 
 
 # Store commands -----------------------------------------------------------------------------------
@@ -170,6 +210,12 @@ def parser() -> argparse.ArgumentParser:
     paper.add_argument("--seed", type=int, help="random seed of market and strategy")
     paper.add_argument("--report", type=Path, help="write the JSON report here")
     paper.add_argument("--trace", type=Path, help="write message traces as JSON lines")
+    replay = commands.add_parser("replay", help="play a recorded session through the actors")
+    replay.add_argument("--orders", type=Path, required=True,
+                        help="order updates, one DhanHQ frame per line (JSONL)")
+    replay.add_argument("--ticks", type=Path, help="price tape CSV ts,segment,security_id,ltp")
+    replay.add_argument("--report", type=Path, help="write the JSON report here")
+    replay.add_argument("--trace", type=Path, help="write message traces as JSON lines")
     positions = commands.add_parser("positions", help="list positions from the store")
     positions.add_argument("--status", help="PENDING, ACTIVE, EXITING, EXITED or CANCELLED")
     positions.add_argument("--json", action="store_true", help="JSON like the report")
@@ -207,9 +253,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_positions(settings, args.status, args.json)
         if args.command == "reset-kill-switch":
             return run_reset_kill_switch(settings)
+        if args.command == "replay":
+            return run_replay(settings, args.orders, args.ticks, args.report,
+                              getattr(args, "database_url", None), args.trace)
         if args.command == "paper":
             return run_paper(settings, duration=args.duration, report=args.report,
-                             live_status=False)
+                             live_status=False, trace=args.trace)
         return run_paper(settings, duration=None, report=None, live_status=True)
     except SettingsError as error:
         print(f"configuration error: {error}", file=sys.stderr)
