@@ -1,0 +1,117 @@
+"""A simulated strategy (SPEC §3.2, §5): entry orders over time, drawn from a seeded RNG.
+
+Order ``n`` (from 1) is due at ``start + (n - 1) * interval`` with client id
+``f"{client_prefix}-{n}"``; its instrument, side and quantity are drawn when the strategy is
+built, so the same seed gives the same orders however ``advance`` is called.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from loguru import logger
+
+from broker.exchange import PaperExchange
+from models.common import Instrument, Segment, Side
+from store.ports import GatewayError
+
+QuantityRule = Callable[[random.Random, Instrument], int]
+"""Draws an order's quantity for an instrument from the strategy's RNG."""
+
+FNO_LOT = 25
+
+
+def default_quantity(rng: random.Random, instrument: Instrument) -> int:
+    """One to four lots of 25 for derivatives, 1 to 100 shares otherwise."""
+    if instrument.segment in (Segment.NSE_FNO, Segment.BSE_FNO):
+        return FNO_LOT * rng.randint(1, 4)
+    return rng.randint(1, 100)
+
+
+@dataclass(frozen=True)
+class PlannedOrder:
+    client_id: str
+    due: datetime
+    instrument: Instrument
+    side: Side
+    quantity: int
+
+
+class PaperStrategy:
+    """Places ``positions`` entry orders through the paper exchange, one per ``interval``."""
+
+    def __init__(self, exchange: PaperExchange, instruments: Sequence[Instrument], *, seed: int,
+                 positions: int, long_ratio: float = 0.5,
+                 quantity: int | QuantityRule = default_quantity,
+                 interval: timedelta = timedelta(milliseconds=200), start: datetime,
+                 client_prefix: str = "S", product: str | None = "I") -> None:
+        if positions < 0:
+            raise ValueError(f"positions must not be negative, got {positions}")
+        if not 0 <= long_ratio <= 1:
+            raise ValueError(f"long_ratio must be between 0 and 1, got {long_ratio}")
+        if positions and not instruments:
+            raise ValueError("the strategy needs at least one instrument to trade")
+        if interval < timedelta(0):
+            raise ValueError(f"interval must not be negative, got {interval}")
+        if start.tzinfo is None or start.utcoffset() is None:
+            raise ValueError(f"start must be timezone-aware, got {start!r}")
+        self.exchange, self.product = exchange, product
+        rule = quantity if callable(quantity) else _fixed(quantity)
+        rng = random.Random(seed)
+        self.plan = [_draw(rng, n, instruments, long_ratio, rule, start + interval * (n - 1),
+                           client_prefix) for n in range(1, positions + 1)]
+        self.order_nos: dict[str, str] = {}
+        self.failures: dict[str, str] = {}
+        self._next = 0
+
+    @property
+    def done(self) -> bool:
+        return self._next >= len(self.plan)
+
+    def advance(self, now: datetime) -> list[str]:
+        """Place every order due by ``now``, each at its due time; return their client ids.
+
+        A refused order is logged and recorded in ``failures``, not retried: a strategy that
+        failed to enter simply has one position less.
+        """
+        placed: list[str] = []
+        while self._next < len(self.plan) and self.plan[self._next].due <= now:
+            order = self.plan[self._next]
+            self._next += 1
+            if self._place(order):
+                placed.append(order.client_id)
+        return placed
+
+    def _place(self, order: PlannedOrder) -> bool:
+        try:
+            order_no = self.exchange.place_order(
+                client_id=order.client_id, instrument=order.instrument,
+                txn_type=order.side.entry_txn, quantity=order.quantity, product=self.product,
+                now=order.due)
+        except GatewayError as error:
+            logger.bind(client_id=order.client_id).warning("strategy order {} refused: {}",
+                                                           order.client_id, error)
+            self.failures[order.client_id] = str(error)
+            return False
+        self.order_nos[order.client_id] = order_no
+        return True
+
+
+def _fixed(quantity: int) -> QuantityRule:
+    if quantity <= 0:
+        raise ValueError(f"quantity must be positive, got {quantity}")
+    return lambda rng, instrument: quantity
+
+
+def _draw(rng: random.Random, n: int, instruments: Sequence[Instrument], long_ratio: float,
+          rule: QuantityRule, due: datetime, prefix: str) -> PlannedOrder:
+    instrument = rng.choice(instruments)
+    side = Side.LONG if rng.random() < long_ratio else Side.SHORT
+    quantity = rule(rng, instrument)
+    if quantity <= 0:
+        raise ValueError(f"the quantity rule gave {quantity} for {instrument}")
+    return PlannedOrder(client_id=f"{prefix}-{n}", due=due, instrument=instrument, side=side,
+                        quantity=quantity)
