@@ -239,6 +239,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    logger.remove()
+    logger.add(sys.stderr, level=os.environ.get("LOG_LEVEL", "INFO").upper())
     route_stdlib_logging()
     args = parser().parse_args(argv)
     flags = {k: getattr(args, k, None) for k in ("database_url", "redis_url", "positions",
