@@ -16,7 +16,7 @@ from enum import Enum
 from loguru import logger
 
 from actors.metrics import Metrics
-from actors.protocol import Checkpoint, ProtectionChanged
+from actors.protocol import Checkpoint, ProtectionChanged, ResumeExit
 from models import lifecycle
 from models.common import Instrument, exit_client_id
 from models.messages import (
@@ -34,6 +34,7 @@ from models.messages import (
     QuoteRequested,
     RequestExit,
     TimerFired,
+    new_id,
 )
 from models.policy import RiskConfig
 from models.position import (
@@ -268,6 +269,19 @@ class PositionKeeper:
             sent_at=now, **cause.caused())))
         return out
 
+    def on_resume(self, message: ResumeExit) -> Out:
+        position = self.position
+        if position.status is not PositionStatus.EXITING or position.exit_reason is None:
+            return []
+        now = self.ctx.clock()
+        client_id = exit_client_id(position.position_id, position.exit_attempt)
+        self.log.info("resuming exit attempt {} ({}) after a restart", position.exit_attempt,
+                      position.exit_reason)
+        decision = ExitDecision(reason=position.exit_reason, detail="resumed after restart")
+        return [(Target.SUPERVISOR, ExitRequested(
+            position=position, decision=decision, attempt=position.exit_attempt,
+            client_id=client_id, correlation_id=new_id(), sent_at=now))]
+
     def on_exit_placed(self, message: ExitOrderPlaced) -> Out:
         self.ctx.store.update_exit_attempt(message.client_id, order_no=message.order_no,
                                            outcome="PLACED")
@@ -298,4 +312,5 @@ _HANDLERS: dict[type, Callable[[PositionKeeper, object], Out]] = {
     ExitOrderPlaced: PositionKeeper.on_exit_placed,  # type: ignore[dict-item]
     ExitOrderFailed: PositionKeeper.on_exit_failed,  # type: ignore[dict-item]
     Checkpoint: PositionKeeper.on_checkpoint,  # type: ignore[dict-item]
+    ResumeExit: PositionKeeper.on_resume,  # type: ignore[dict-item]
 }

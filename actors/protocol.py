@@ -92,3 +92,9 @@ class ProtectionChanged:
 
     position_id: str
     unprotected: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeExit:
+    """Start-up: an EXITING position re-sends its current attempt (same client id: the gateway
+    places nothing twice)."""

@@ -19,12 +19,13 @@ from typing import Any
 from loguru import logger
 from pykka import ActorDeadError, ActorRef
 
-from actors.dispatch import SingletonActor
+from actors.dispatch import Dispatcher, SingletonActor, default_dispatcher
 from actors.keeper import KeeperContext, PositionKeeper, Target
 from actors.protocol import (
     Checkpoint,
     PortfolioValued,
     ProtectionChanged,
+    ResumeExit,
     Route,
     Snapshot,
     TrackerFailed,
@@ -47,7 +48,7 @@ from models.messages import (
     TimerFired,
     new_id,
 )
-from models.position import CLOSED, ExitReason, Position
+from models.position import CLOSED, ExitReason, Position, PositionStatus
 from models.rules import kill_switch_breached
 from store.ports import GatewayError, OrderGateway
 from store.records import DeadLetter, KillSwitch
@@ -80,8 +81,10 @@ class RiskSupervisor(SingletonActor):
     trace_kind = "supervisor"
 
     def __init__(self, context: KeeperContext, gateway: OrderGateway, *,
-                 supervision: Supervision | None = None) -> None:
+                 supervision: Supervision | None = None,
+                 dispatcher: Dispatcher | None = None) -> None:
         super().__init__()
+        self.dispatcher = dispatcher or default_dispatcher()
         self.ctx, self.gateway = context, gateway
         self.rules = supervision or Supervision()
         self.children: dict[str, _Child] = {}
@@ -112,12 +115,14 @@ class RiskSupervisor(SingletonActor):
             assert child.ref is not None
             routes.append((position, child.ref))
             self.status[position.position_id] = position.status
+            if position.status is PositionStatus.EXITING:
+                child.ref.tell(ResumeExit())
         return routes
 
     def _spawn(self, position: Position, incarnation: int = 0) -> _Child:
         assert self.peers is not None
-        ref = TrackerActor.start(position, self.ctx, self.peers, incarnation=incarnation,
-                                 halted=self.halted)
+        ref = TrackerActor.start_on(self.dispatcher, position, self.ctx, self.peers,
+                                    incarnation=incarnation, halted=self.halted)
         instrument = Instrument(segment=position.segment, security_id=position.security_id)
         child = self.children.get(position.position_id)
         if child is None:

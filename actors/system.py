@@ -20,7 +20,7 @@ import pykka
 from loguru import logger
 from store.pnl_cache import PnLCache
 
-from actors.dispatch import Dispatcher, PooledActor
+from actors.dispatch import Dispatcher
 from actors.index import BulkLoad, IndexActor, OpenPositions
 from actors.keeper import KeeperContext
 from actors.ltp_batcher import LTPBatcherActor
@@ -72,7 +72,6 @@ class System:
               on_step: Callable[[datetime], None] | None = None) -> System:
         p = self.parts
         self.dispatcher.start()
-        PooledActor.dispatcher = self.dispatcher
         self.started_at = p.clock()
         ctx = KeeperContext(store=p.store, config=p.config, clock=p.clock, metrics=p.metrics)
         stale = p.config.policy.stale_after_seconds
@@ -80,7 +79,8 @@ class System:
                                              stale_after=timedelta(seconds=float(stale)))
         self.index = IndexActor.start(self.batcher)
         self.batcher.proxy().set_index(self.index).get(timeout=ASK)
-        self.supervisor = RiskSupervisor.start(ctx, p.gateway, supervision=p.supervision)
+        self.supervisor = RiskSupervisor.start(ctx, p.gateway, supervision=p.supervision,
+                                               dispatcher=self.dispatcher)
         self.pnl = PnLWriterActor.start(p.cache, p.config.policy, p.metrics, p.clock,
                                         self.supervisor)
         self.orders = OrderUpdateActor.start(p.store, self.supervisor, p.clock, p.metrics,

@@ -68,7 +68,10 @@ class PaperBroker:
 
     def __init__(self, config: PaperConfig, *, start: datetime,
                  instruments: Sequence[Instrument] | None = None, market: Market | None = None,
-                 quote_clock: Callable[[], float] = time.monotonic) -> None:
+                 quote_clock: Callable[[], float] = time.monotonic,
+                 order_prefix: str = "PB") -> None:
+        """``order_prefix`` should differ between runs that share a store, so order numbers of
+        a new simulated exchange never collide with those of an earlier one."""
         self.config = config
         self.instruments = list(instruments) if instruments is not None else \
             default_instruments(config.instruments, config.equity_ratio)
@@ -77,7 +80,8 @@ class PaperBroker:
             volatility=config.volatility, start=start)
         self.exchange = PaperExchange(
             self.market, latency=timedelta(milliseconds=config.latency_ms),
-            slippage=config.slippage, partial_fills=config.partial_fills, start=start)
+            slippage=config.slippage, partial_fills=config.partial_fills, start=start,
+            order_prefix=order_prefix)
         self.quotes = PaperQuoteApi(self.market, clock=quote_clock)
         # seed + 1: the strategy's draws are not a replay of the market's random stream.
         self.strategy = PaperStrategy(

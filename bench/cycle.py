@@ -1,0 +1,156 @@
+"""One price cycle at N positions: this system against the old design and the floor.
+
+- *floor*: a plain loop folding the prices into the positions and evaluating the rules;
+- *old design* (SPEC §1): per cycle, query the active positions from the database, read each
+  position's PnL from Redis one by one, one quote call per segment, several passes over the
+  positions, write each PnL back;
+- *actors*: every instrument's price changes, ticks go through the batcher, the index fans out,
+  every tracker evaluates; the cycle ends when the last tracker has evaluated.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import redis
+
+from actors.system import Parts, System
+from app.clocks import ManualClock
+from bench.workload import T0, instruments, positions, quiet_prices
+from broker.exchange import PaperExchange
+from broker.market import TapeMarket
+from broker.quotes import PaperQuoteApi
+from models.common import Instrument, Segment
+from models.policy import RiskConfig
+from models.position import Position, PositionStatus
+from models.rules import PriceMark, evaluate, update_marks
+from store.pnl_cache import PnLCache
+from store.ports import Store
+
+CONFIG = RiskConfig()
+
+
+def floor_cycle(book: list[Position], prices: dict[Instrument, Decimal]) -> None:
+    now = T0
+    for position in book:
+        instrument = Instrument(segment=position.segment, security_id=position.security_id)
+        ltp = prices[instrument]
+        marked = update_marks(position, ltp, CONFIG.policy)
+        evaluate(marked, PriceMark(ltp=ltp, at=now), now, CONFIG)
+
+
+class OldDesign:
+    """The old RiskManagerService loop, on the same PostgreSQL and Redis."""
+
+    def __init__(self, store_url: str, redis_url: str, quotes: PaperQuoteApi) -> None:
+        import psycopg
+
+        self.conn = psycopg.connect(store_url, autocommit=True)
+        self.redis = redis.Redis.from_url(redis_url)
+        self.quotes = quotes
+
+    def cycle(self) -> None:
+        rows = self.conn.execute("SELECT data FROM positions WHERE status IN "
+                                 "('ACTIVE', 'EXITING')").fetchall()
+        book = [Position.model_validate_json(row[0]) for row in rows]
+        pnl = {p.position_id: self.redis.hgetall(f"pnl:tracker:{p.position_id}") for p in book}
+        by_segment: dict[Segment, list[int]] = {}
+        for position in book:  # pass 1: instruments per segment
+            by_segment.setdefault(position.segment, []).append(int(position.security_id))
+        prices: dict[Instrument, Decimal] = {}
+        for segment, ids in by_segment.items():  # one quote call per segment
+            prices.update(self.quotes.ltp({segment: sorted(set(ids))}))
+        marked = []
+        for position in book:  # pass 2: marks
+            instrument = Instrument(segment=position.segment, security_id=position.security_id)
+            marked.append(update_marks(position, prices[instrument], CONFIG.policy))
+        for position in marked:  # pass 3: rules
+            instrument = Instrument(segment=position.segment, security_id=position.security_id)
+            evaluate(position, PriceMark(ltp=prices[instrument], at=T0), T0, CONFIG)
+        for position in marked:  # pass 4: PnL back to Redis, one call each
+            self.redis.hset(f"pnl:tracker:{position.position_id}",
+                            mapping={"ltp": str(prices[Instrument(
+                                segment=position.segment, security_id=position.security_id)]),
+                                     "seen": str(len(pnl))})
+
+    def close(self) -> None:
+        self.conn.close()
+        self.redis.close()
+
+
+class ActorRig:
+    def __init__(self, store: Store, cache: PnLCache, book: list[Position]) -> None:
+        store.save_positions(book)
+        self.store, self.cache = store, cache
+        self.clock = ManualClock(T0)
+        market = TapeMarket([])
+        self.system = System(Parts(
+            store=store, cache=cache, gateway=PaperExchange(market, latency=timedelta(0)),
+            quotes=None, config=CONFIG, clock=self.clock, workers=4)).start(ticker=False)
+        self.metrics = self.system.parts.metrics
+        self.count = len(book)
+
+    def cycle(self, prices: dict[Instrument, Decimal]) -> dict[str, int]:
+        db0, rt0 = self.store.queries, self.cache.roundtrips
+        target = self.metrics.get("evaluations") + self.count
+        for instrument, ltp in prices.items():
+            self.system.tick(instrument, ltp, self.clock())
+        self.system.step(self.clock(), timer=False)
+        while self.metrics.get("evaluations") < target:
+            time.sleep(0.0002)
+        self.system.pnl.ask(_flush(self.clock()), timeout=30)
+        return {"db_queries": self.store.queries - db0,
+                "redis_roundtrips": self.cache.roundtrips - rt0}
+
+    def stop(self) -> None:
+        self.system.stop()
+
+
+def _flush(at: Any) -> Any:
+    from actors.protocol import Flush
+
+    return Flush(at=at)
+
+
+def timed(fn: Callable[[], object], repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - began) * 1000)
+    return out
+
+
+def compare(count: int, *, store: Store, store_url: str | None, cache: PnLCache,
+            redis_url: str | None, repeats: int) -> dict[str, Any]:
+    on = instruments(max(1, count // 5))
+    book = positions(count, on)
+    floor = timed(lambda: floor_cycle(book, quiet_prices(on, 1)), repeats)
+    rig = ActorRig(store, cache, book)
+    counts: list[dict[str, int]] = []
+    step = iter(range(10**9))
+    actors = timed(lambda: counts.append(rig.cycle(quiet_prices(on, next(step)))), repeats)
+    rig.stop()
+    steady = counts[1:] or counts  # the first cycle warms up; the rest are steady state
+    row: dict[str, Any] = {"positions": count, "instruments": len(on),
+                           "floor_ms": statistics.median(floor),
+                           "actors_ms": statistics.median(actors),
+                           "db_queries_per_cycle": max(c["db_queries"] for c in steady),
+                           "redis_roundtrips_per_cycle": max(c["redis_roundtrips"]
+                                                             for c in steady)}
+    if store_url is not None and redis_url is not None:
+        market = TapeMarket([])
+        for instrument in on:
+            market.set_price(instrument, Decimal(100), T0)
+        old = OldDesign(store_url, redis_url, PaperQuoteApi(market, min_interval_seconds=0))
+        row["old_ms"] = statistics.median(timed(old.cycle, repeats))
+        old.close()
+        row["old_vs_actors"] = row["old_ms"] / row["actors_ms"]
+    row["actors_vs_floor"] = row["actors_ms"] / row["floor_ms"]
+    assert all(p.status is PositionStatus.ACTIVE for p in store.load_open_positions())
+    return row
