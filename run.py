@@ -19,9 +19,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from broker.paper import PaperBroker, PaperConfig
 from loguru import logger
-from store.factory import open_store
 
 from actors import tracing
 from actors.logging_bridge import route_stdlib_logging
@@ -34,9 +32,11 @@ from app.settings import Settings, SettingsError, load_settings
 from app.trace_views import Filters, render
 from broker.exchange import PaperExchange
 from broker.market import TapeMarket
+from broker.paper import PaperBroker, PaperConfig
 from models.common import IST
 from models.position import PositionStatus
 from models.report import build_report, position_row
+from store.factory import open_store
 from store.pnl_cache import open_pnl_cache
 from store.ports import Store, StoreError
 
@@ -44,7 +44,7 @@ from store.ports import Store, StoreError
 @dataclass
 class Built:
     system: System
-    broker: PaperBroker | None
+    broker: PaperBroker
     store: Store
 
 
@@ -85,7 +85,7 @@ def run_paper(settings: Settings, *, duration: float | None, report: Path | None
             print(status_line(system.status(), clock().strftime("%H:%M:%S")), flush=True)
         if duration is not None and (clock() - started).total_seconds() >= duration:
             break
-    return _finish(built, "paper", started, clock(), report)
+    return _finish(system, built.store, "paper", started, clock(), report)
 
 
 def _on_signals(stop: threading.Event) -> None:
@@ -97,22 +97,22 @@ def _on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def _finish(built: Built, mode: str, started: datetime, ended: datetime,
+def _finish(system: System, store: Store, mode: str, started: datetime, ended: datetime,
             report_path: Path | None) -> int:
-    metrics = built.system.parts.metrics
-    built.system.stop()
+    metrics = system.parts.metrics
+    system.stop()
     active = tracing.tracer()
     if active is not None:
         active.close()
         tracing.install(None)
-    metrics.incr("db_queries", built.store.queries)
-    report = build_report(mode, started, ended, built.store.list_positions(),
-                          built.system.parts.config.policy, metrics.snapshot())
+    metrics.incr("db_queries", store.queries)
+    report = build_report(mode, started, ended, store.list_positions(),
+                          system.parts.config.policy, metrics.snapshot())
     if report_path is not None:
         _write_atomically(report_path, json.dumps(report, indent=2))
         logger.info("report written to {}", report_path)
     print_summary(report, sys.stdout)
-    built.store.close()
+    store.close()
     return 0
 
 
@@ -150,8 +150,7 @@ def run_replay(settings: Settings, orders: Path, ticks: Path | None, report: Pat
         system = System(parts).start(ticker=False)
         started = clock()
         ended = Replayer(system, clock, market, exchange).play(events)
-        built = Built(system=system, broker=None, store=store)
-        return _finish(built, "replay", started, ended, report)
+        return _finish(system, store, "replay", started, ended, report)
 
 
 # Store commands -----------------------------------------------------------------------------------

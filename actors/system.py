@@ -18,7 +18,6 @@ from typing import Any
 
 import pykka
 from loguru import logger
-from store.pnl_cache import PnLCache
 
 from actors.dispatch import Dispatcher
 from actors.index import BulkLoad, IndexActor, OpenPositions
@@ -36,6 +35,7 @@ from models.messages import OrderUpdateReceived, PriceTick, new_id
 from models.policy import RiskConfig
 from models.position import Position
 from models.rules import PriceMark
+from store.pnl_cache import PnLCache
 from store.ports import OrderGateway, QuoteApi, Store
 
 ASK = 10.0

@@ -15,7 +15,6 @@ from decimal import Decimal
 from typing import Protocol
 
 from models.common import Instrument, Segment, TxnType
-
 from models.position import Fill, Position, PositionStatus
 from store.records import DeadLetter, ExitAttempt, KillSwitch, ParkedUpdate, StoredOrderUpdate
 
@@ -42,7 +41,7 @@ class Store(Protocol):
 
     def close(self) -> None: ...
 
-    # Positions and fills ------------------------------------------------------------------------
+    # Positions and fills ---------------------------------------------------------------------
     def save_position(self, position: Position, fills: Sequence[Fill] = ()) -> None:
         """Upsert the position (only if its version is newer) and insert its new fills, in one
         transaction. A fill already stored (same order and cumulative quantity) is ignored.
@@ -61,7 +60,7 @@ class Store(Protocol):
 
     def fills(self, position_id: str) -> list[Fill]: ...
 
-    # Raw order updates and parking -------------------------------------------------------------
+    # Raw order updates and parking -----------------------------------------------------------
     def record_order_update(self, raw: str, received_at: datetime, *, order_no: str | None,
                             accepted: bool, reason: str | None = None) -> int:
         """Store a raw frame as received and return its sequence number."""
@@ -75,7 +74,7 @@ class Store(Protocol):
 
     def parked_updates(self) -> list[ParkedUpdate]: ...
 
-    # Exits -----------------------------------------------------------------------------------------
+    # Exits -----------------------------------------------------------------------------------
     def record_exit_attempt(self, attempt: ExitAttempt) -> bool:
         """Insert the attempt; False when (position_id, attempt) is already stored."""
 
@@ -84,7 +83,7 @@ class Store(Protocol):
 
     def exit_attempts(self, position_id: str | None = None) -> list[ExitAttempt]: ...
 
-    # Supervision and portfolio ---------------------------------------------------------------------
+    # Supervision and portfolio ---------------------------------------------------------------
     def record_dead_letter(self, letter: DeadLetter) -> None: ...
 
     def dead_letters(self) -> list[DeadLetter]: ...
@@ -101,7 +100,7 @@ class Store(Protocol):
         """Rows per table, for status views and tests."""
 
 
-# Broker gateway ports (SPEC §4.3, §5) --------------------------------------------------------------
+# Broker gateway ports (SPEC §4.3, §5) -------------------------------------------------------
 #
 #     GatewayError               the broker did not take a request
 #     ├── QuoteThrottled         429: the quote API's rate limit was hit

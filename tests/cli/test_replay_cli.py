@@ -62,7 +62,7 @@ def test_when_orders_file_is_malformed_then_clear_error_and_no_report(tmp_path: 
 
 
 def test_when_policy_has_bad_value_then_error_names_key_and_exit_code_2(tmp_path: Path) -> None:
-    orders, ticks, _ = write_session(tmp_path)
+    orders, _, _ = write_session(tmp_path)
     policy = tmp_path / "bad.toml"
     policy.write_text("[policy]\nstop_loss_pct = 3\n", encoding="utf-8")
     report = tmp_path / "r.json"
