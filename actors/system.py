@@ -142,13 +142,18 @@ class System:
             self.pnl.ask(Flush(at=self.parts.clock()), timeout=ASK)
 
     # Stop -------------------------------------------------------------------------------------
+    def quiesce(self) -> None:
+        """Stop the feeds and wait until every mailbox is empty and the cache is flushed."""
+        if self.ticker is not None:
+            self.ticker.stop()
+            self.ticker = None
+        self.settle()
+
     def stop(self) -> None:
         if self._stopped:
             return
         self._stopped = True
-        if self.ticker is not None:
-            self.ticker.stop()
-        self.settle()
+        self.quiesce()
         for ref in self.supervisor.proxy().tracker_refs().get(timeout=ASK):
             try:
                 ref.ask(Checkpoint(), timeout=ASK)
