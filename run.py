@@ -55,7 +55,7 @@ def build_system(settings: Settings, clock: Callable[[], datetime]) -> Built:
     broker = PaperBroker(PaperConfig(
         positions=paper.positions, instruments=paper.instruments, seed=paper.seed,
         latency_ms=paper.latency_ms, long_ratio=paper.long_ratio,
-        interval_ms=paper.interval_ms), start=clock(),
+        interval_ms=paper.interval_ms, volatility=paper.volatility), start=clock(),
         order_prefix=f"PB{datetime.now(IST):%H%M%S}-")
     parts = Parts(store=store, cache=open_pnl_cache(settings.redis_url),
                   gateway=broker.exchange, quotes=broker.quotes, config=settings.risk,

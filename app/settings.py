@@ -27,6 +27,8 @@ class PaperSettings(Frozen):
     latency_ms: int = Field(default=50, ge=0, le=60_000)
     long_ratio: float = Field(default=0.5, ge=0, le=1)
     interval_ms: int = Field(default=500, ge=0, le=3_600_000)
+    volatility: float = Field(default=0.002, ge=0, le=0.2)
+    """Standard deviation of one 100 ms step of the simulated random walk."""
 
 
 class Settings(Frozen):
