@@ -1,0 +1,64 @@
+"""Opening the store a database URL names (SPEC §6), migrated and ready.
+
+- ``postgresql://…`` or ``postgres://…`` → ``PostgresStore``;
+- ``sqlite:///relative/path`` or ``sqlite:////absolute/path`` → ``SqliteStore`` (the
+  SQLAlchemy convention: what follows ``sqlite:///`` is the path);
+- ``None`` → ``SqliteStore(data_dir / "tracker.sqlite3")``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from store.ports import Store
+from store.sql import SqlStore
+
+DEFAULT_FILE = "tracker.sqlite3"
+_POSTGRES = frozenset({"postgresql", "postgres"})
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
+_SUPPORTED = "postgresql://, postgres:// or sqlite:///PATH"
+
+
+def open_store(database_url: str | None, data_dir: Path = Path("data")) -> Store:
+    """The store for ``database_url``, migrated. Raises ``ValueError`` for a URL that names no
+    supported store (the message names the scheme, never the rest), ``StoreError`` when the
+    store cannot be opened or migrated."""
+    store = _open(database_url, data_dir)
+    try:
+        store.migrate()
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def _open(database_url: str | None, data_dir: Path) -> SqlStore:
+    # Imported here so an SQLite-only run never loads psycopg.
+    if database_url is None:
+        from store.sqlite import SqliteStore
+
+        return SqliteStore(data_dir / DEFAULT_FILE)
+    scheme = database_url.partition("://")[0].lower() if "://" in database_url else ""
+    if not _SCHEME.fullmatch(scheme):
+        scheme = ""  # not a scheme at all, and possibly carrying a secret: never echoed
+    if scheme in _POSTGRES:
+        from store.postgres import PostgresStore
+
+        return PostgresStore(database_url)
+    if scheme == "sqlite":
+        from store.sqlite import SqliteStore
+
+        return SqliteStore(sqlite_path(database_url))
+    if not scheme:
+        raise ValueError(f"the database URL has no valid scheme; use {_SUPPORTED}")
+    raise ValueError(f"unsupported database URL scheme {scheme!r}; use {_SUPPORTED}")
+
+
+def sqlite_path(url: str) -> Path:
+    """The file of a ``sqlite:///PATH`` URL."""
+    parts = urlsplit(url)
+    if parts.netloc or not parts.path.startswith("/") or parts.path == "/":
+        raise ValueError("an SQLite URL is sqlite:///relative/path or sqlite:////absolute/path")
+    return Path(unquote(parts.path[1:]))

@@ -1,0 +1,156 @@
+"""The store's schema as versioned migrations, one list of SQL steps per version.
+
+The steps are written once for both backends; the few types that differ are placeholders
+filled in by a ``Dialect``:
+
+- ``{ts}``   a timezone-aware instant: ``TIMESTAMPTZ`` in PostgreSQL; in SQLite ISO-8601 text
+             with an offset, always written in UTC with microseconds so text order is time order;
+- ``{dec}``  an exact decimal: ``NUMERIC`` in PostgreSQL; ``TEXT`` in SQLite (a ``NUMERIC``
+             column there would turn ``182.35`` into a float);
+- ``{id}``   an ever-increasing surrogate key (never reused, so it orders rows by insertion);
+- ``{bool}`` a boolean.
+
+A released version is never edited: a change is a new version appended to ``MIGRATIONS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+SCHEMA_VERSION_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER PRIMARY KEY,
+    applied_at {ts} NOT NULL
+)"""
+
+_V1: tuple[str, ...] = (
+    """
+    CREATE TABLE positions (
+        position_id TEXT PRIMARY KEY,
+        entry_order_no TEXT NOT NULL UNIQUE,
+        segment TEXT NOT NULL,
+        security_id TEXT NOT NULL,
+        side TEXT NOT NULL,
+        status TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        created_at {ts} NOT NULL,
+        opened_at {ts},
+        exited_at {ts},
+        updated_at {ts} NOT NULL,
+        data TEXT NOT NULL
+    )""",
+    "CREATE INDEX positions_status ON positions (status)",
+    # The unique key makes a re-applied fill a no-op; position_id leads so it also serves
+    # "the fills of one position".
+    """
+    CREATE TABLE fills (
+        id {id},
+        position_id TEXT NOT NULL,
+        order_no TEXT NOT NULL,
+        role TEXT NOT NULL,
+        cum_qty BIGINT NOT NULL,
+        qty BIGINT NOT NULL,
+        price {dec} NOT NULL,
+        at {ts},
+        UNIQUE (position_id, order_no, cum_qty)
+    )""",
+    """
+    CREATE TABLE order_updates (
+        seq {id},
+        received_at {ts} NOT NULL,
+        order_no TEXT,
+        accepted {bool} NOT NULL,
+        reason TEXT,
+        raw TEXT NOT NULL
+    )""",
+    """
+    CREATE TABLE parked_updates (
+        id {id},
+        order_no TEXT NOT NULL,
+        parked_at {ts} NOT NULL,
+        raw TEXT NOT NULL
+    )""",
+    "CREATE INDEX parked_updates_order_no ON parked_updates (order_no)",
+    """
+    CREATE TABLE exit_attempts (
+        position_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        client_id TEXT NOT NULL UNIQUE,
+        reason TEXT NOT NULL,
+        quantity BIGINT NOT NULL,
+        requested_at {ts} NOT NULL,
+        order_no TEXT,
+        outcome TEXT,
+        PRIMARY KEY (position_id, attempt)
+    )""",
+    """
+    CREATE TABLE dead_letters (
+        id {id},
+        recorded_at {ts} NOT NULL,
+        actor TEXT NOT NULL,
+        message_type TEXT NOT NULL,
+        message_id TEXT,
+        correlation_id TEXT,
+        causation_id TEXT,
+        position_id TEXT,
+        error TEXT NOT NULL,
+        payload TEXT NOT NULL
+    )""",
+    # One row at most: the latch. Its presence is the latched state.
+    """
+    CREATE TABLE kill_switch (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        latched_at {ts} NOT NULL,
+        reason TEXT NOT NULL,
+        day_pnl {dec}
+    )""",
+)
+
+MIGRATIONS: Mapping[int, tuple[str, ...]] = {1: _V1}
+"""Version → the SQL steps that bring the schema from the previous version to it."""
+
+LATEST = max(MIGRATIONS)
+
+TABLES = ("positions", "fills", "order_updates", "parked_updates", "exit_attempts",
+          "dead_letters", "kill_switch")
+"""The tables ``Store.counts()`` reports on."""
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What differs between the backends' SQL."""
+
+    name: str
+    types: Mapping[str, str]
+    table_exists: str
+    """A query with one parameter (a table name) returning a row when the table exists."""
+    migration_lock: str | None = None
+    """A statement run first in the migration transaction so two processes do not race."""
+
+    def render(self, statement: str) -> str:
+        return statement.format_map(self.types)
+
+
+POSTGRES = Dialect(
+    name="postgresql",
+    types={"ts": "TIMESTAMPTZ", "dec": "NUMERIC", "id": "BIGSERIAL PRIMARY KEY",
+           "bool": "BOOLEAN"},
+    # to_regclass follows search_path, so a schema chosen by the URL is honoured.
+    table_exists="SELECT 1 WHERE to_regclass(?) IS NOT NULL",
+    migration_lock="SELECT pg_advisory_xact_lock(7251001)",
+)
+
+SQLITE = Dialect(
+    name="sqlite",
+    types={"ts": "TEXT", "dec": "TEXT", "id": "INTEGER PRIMARY KEY AUTOINCREMENT",
+           "bool": "INTEGER"},
+    table_exists="SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+    # BEGIN IMMEDIATE already holds the write lock for the whole migration.
+    migration_lock=None,
+)
+
+
+def steps_after(current: int) -> list[tuple[int, tuple[str, ...]]]:
+    """The migrations still to apply to a schema at version ``current``, in order."""
+    return [(version, MIGRATIONS[version]) for version in sorted(MIGRATIONS) if version > current]

@@ -1,0 +1,350 @@
+"""The ``Store`` port written once in SQL; ``postgres.py`` and ``sqlite.py`` add a connection.
+
+A backend supplies four things: a transaction yielding a DB-API cursor, its placeholder style,
+how a Python value is bound (``Decimal`` and aware ``datetime`` natively in PostgreSQL, as exact
+text in SQLite) and the exceptions its driver raises, which leave here as ``StoreError`` with
+the driver's error as the cause. Rows become records through pydantic, which reads a backend's
+native values and the SQLite text forms alike (``"182.35"`` → ``Decimal``, ISO text → aware
+``datetime``, ``1`` → ``True``).
+
+One lock guards the one connection, since actors call from several threads; it protects the
+connection, not domain data, and is held only for one short transaction.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any, ClassVar, Protocol, TypeVar
+
+from loguru import logger
+from pydantic import BaseModel, ValidationError
+
+from models.position import OPEN, Fill, Position, PositionStatus
+from store.ports import StaleWriteError, StoreError
+from store.records import DeadLetter, ExitAttempt, KillSwitch, ParkedUpdate, StoredOrderUpdate
+from store.schema import LATEST, SCHEMA_VERSION_TABLE, TABLES, Dialect, steps_after
+
+Clock = Callable[[], datetime]
+Row = Sequence[Any]
+R = TypeVar("R", bound=BaseModel)
+
+_POSITION_COLUMNS = ("position_id", "entry_order_no", "segment", "security_id", "side", "status",
+                     "version", "created_at", "opened_at", "exited_at", "updated_at", "data")
+_UPSERT_POSITION = (
+    f"INSERT INTO positions ({', '.join(_POSITION_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _POSITION_COLUMNS)}) "
+    "ON CONFLICT (position_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _POSITION_COLUMNS[1:])
+    + " WHERE positions.version < excluded.version")
+_OPEN_STATUSES = tuple(sorted(OPEN))
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Cursor(Protocol):
+    """The part of a DB-API cursor the store uses (psycopg's and sqlite3's both fit)."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def execute(self, sql: str, params: Sequence[Any], /) -> object: ...
+
+    def executemany(self, sql: str, params: Sequence[Sequence[Any]], /) -> object: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Tx:
+    """One open transaction: runs statements written with ``?`` placeholders and counts them."""
+
+    def __init__(self, store: SqlStore, cursor: Cursor) -> None:
+        self.store, self.cursor = store, cursor
+
+    def run(self, sql: str, params: Sequence[object] = ()) -> Cursor:
+        self.store._queries += 1
+        self.cursor.execute(self.store._sql(sql), [self.store._bind(v) for v in params])
+        return self.cursor
+
+    def many(self, sql: str, rows: Sequence[Sequence[object]]) -> int:
+        """Run one statement per row; return the rows it changed."""
+        if not rows:
+            return 0
+        self.store._queries += len(rows)
+        bound = [[self.store._bind(v) for v in row] for row in rows]
+        self.cursor.executemany(self.store._sql(sql), bound)
+        return self.cursor.rowcount
+
+    def one(self, sql: str, params: Sequence[object] = ()) -> Row | None:
+        row: Row | None = self.run(sql, params).fetchone()
+        return row
+
+    def all(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
+        return list(self.run(sql, params).fetchall())
+
+
+class SqlStore:
+    """Everything of the ``Store`` port but the connection; see the module docstring."""
+
+    dialect: ClassVar[Dialect]
+    driver_errors: ClassVar[tuple[type[Exception], ...]]
+
+    def __init__(self, *, safe_name: str, clock: Clock = utc_now) -> None:
+        self._lock = threading.Lock()
+        self._queries = 0
+        self._clock = clock
+        self._closed = False
+        self.safe_name = safe_name
+        """Where the data lives, safe to log (no password)."""
+
+    # What a backend provides ------------------------------------------------------------------
+    def _transaction(self, write: bool) -> AbstractContextManager[Cursor]:
+        raise NotImplementedError
+
+    def _close_connection(self) -> None:
+        raise NotImplementedError
+
+    def _insert_id(self, tx: Tx, sql: str, params: Sequence[object], key: str) -> int:
+        raise NotImplementedError
+
+    def _sql(self, sql: str) -> str:
+        return sql
+
+    def _bind(self, value: object) -> object:
+        """A Python value as the driver should receive it; a backend extends this."""
+        if isinstance(value, Enum):
+            return value.value
+        if isinstance(value, datetime) and value.utcoffset() is None:
+            raise ValueError(f"{self.safe_name}: a naive datetime cannot be stored: {value}")
+        return value
+
+    def _describe(self, error: Exception) -> str:
+        return f"{self.safe_name}: {type(error).__name__}: {error}"
+
+    # Plumbing ----------------------------------------------------------------------------------
+    @contextmanager
+    def _tx(self, *, write: bool = True) -> Iterator[Tx]:
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"{self.safe_name}: the store is closed")
+            try:
+                with self._transaction(write) as cursor:
+                    yield Tx(self, cursor)
+            except self.driver_errors as error:
+                raise StoreError(self._describe(error)) from error
+
+    @property
+    def queries(self) -> int:
+        return self._queries
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._close_connection()
+
+    # Schema ------------------------------------------------------------------------------------
+    def migrate(self) -> None:
+        with self._tx() as tx:
+            if self.dialect.migration_lock:
+                tx.run(self.dialect.migration_lock)
+            tx.run(self.dialect.render(SCHEMA_VERSION_TABLE))
+            current = _version(tx)
+            if current > LATEST:
+                raise StoreError(f"{self.safe_name}: schema version {current} is newer than "
+                                 f"this program's {LATEST}; upgrade the program")
+            for version, steps in steps_after(current):
+                for step in steps:
+                    tx.run(self.dialect.render(step))
+                tx.run("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+                       (version, self._clock()))
+                logger.bind(store=self.safe_name).info("schema migrated to version {}", version)
+
+    def schema_version(self) -> int:
+        with self._tx(write=False) as tx:
+            if tx.one(self.dialect.table_exists, ("schema_version",)) is None:
+                return 0
+            return _version(tx)
+
+    # Positions and fills ----------------------------------------------------------------------
+    def save_position(self, position: Position, fills: Sequence[Fill] = ()) -> None:
+        with self._tx() as tx:
+            if not tx.run(_UPSERT_POSITION, self._position_row(position)).rowcount:
+                _check_not_stale(tx, position)
+            tx.many(_insert_sql("fills", Fill, conflict="ON CONFLICT DO NOTHING"),
+                    [_values(fill) for fill in fills])
+
+    def save_positions(self, positions: Sequence[Position]) -> None:
+        latest: dict[str, Position] = {}
+        for position in positions:
+            kept = latest.get(position.position_id)
+            if kept is None or kept.version < position.version:
+                latest[position.position_id] = position
+        with self._tx() as tx:
+            rows = [self._position_row(p) for p in latest.values()]
+            if tx.many(_UPSERT_POSITION, rows) < len(rows):
+                for position in latest.values():
+                    _check_not_stale(tx, position)
+
+    def _position_row(self, p: Position) -> tuple[object, ...]:
+        return (p.position_id, p.entry_order_no, p.segment, p.security_id, p.side, p.status,
+                p.version, p.created_at, p.opened_at, p.exited_at, self._clock(),
+                p.model_dump_json())
+
+    def load_position(self, position_id: str) -> Position | None:
+        with self._tx(write=False) as tx:
+            row = tx.one("SELECT data FROM positions WHERE position_id = ?", (position_id,))
+        return None if row is None else _position(row[0])
+
+    def load_open_positions(self) -> list[Position]:
+        marks = ", ".join("?" for _ in _OPEN_STATUSES)
+        return self._positions(f"WHERE status IN ({marks})", _OPEN_STATUSES)
+
+    def list_positions(self, status: PositionStatus | None = None) -> list[Position]:
+        if status is None:
+            return self._positions("", ())
+        return self._positions("WHERE status = ?", (status,))
+
+    def _positions(self, where: str, params: Sequence[object]) -> list[Position]:
+        with self._tx(write=False) as tx:
+            rows = tx.all(f"SELECT data FROM positions {where} "
+                          "ORDER BY created_at, position_id", params)
+        return [_position(row[0]) for row in rows]
+
+    def fills(self, position_id: str) -> list[Fill]:
+        return self._select(Fill, "fills", "WHERE position_id = ? ORDER BY id", (position_id,))
+
+    # Raw order updates and parking -------------------------------------------------------------
+    def record_order_update(self, raw: str, received_at: datetime, *, order_no: str | None,
+                            accepted: bool, reason: str | None = None) -> int:
+        sql = ("INSERT INTO order_updates (received_at, order_no, accepted, reason, raw) "
+               "VALUES (?, ?, ?, ?, ?)")
+        with self._tx() as tx:
+            return self._insert_id(tx, sql, (received_at, order_no, accepted, reason, raw), "seq")
+
+    def order_updates(self) -> list[StoredOrderUpdate]:
+        return self._select(StoredOrderUpdate, "order_updates", "ORDER BY seq")
+
+    def park_update(self, order_no: str, raw: str, parked_at: datetime) -> None:
+        self._insert(ParkedUpdate(order_no=order_no, parked_at=parked_at, raw=raw),
+                     "parked_updates")
+
+    def take_parked(self, order_no: str) -> list[ParkedUpdate]:
+        with self._tx() as tx:
+            rows = tx.all("SELECT id, order_no, parked_at, raw FROM parked_updates "
+                          "WHERE order_no = ? ORDER BY id", (order_no,))
+            if rows:  # by id, so an update parked meanwhile by another process stays
+                tx.run("DELETE FROM parked_updates WHERE order_no = ? AND id <= ?",
+                       (order_no, rows[-1][0]))
+        return _records(ParkedUpdate, [row[1:] for row in rows])
+
+    def parked_updates(self) -> list[ParkedUpdate]:
+        return self._select(ParkedUpdate, "parked_updates", "ORDER BY id")
+
+    # Exits -------------------------------------------------------------------------------------
+    def record_exit_attempt(self, attempt: ExitAttempt) -> bool:
+        return self._insert(attempt, "exit_attempts", conflict="ON CONFLICT DO NOTHING")
+
+    def update_exit_attempt(self, client_id: str, *, order_no: str | None = None,
+                            outcome: str | None = None) -> None:
+        with self._tx() as tx:
+            tx.run("UPDATE exit_attempts SET order_no = COALESCE(?, order_no), "
+                   "outcome = COALESCE(?, outcome) WHERE client_id = ?",
+                   (order_no, outcome, client_id))
+
+    def exit_attempts(self, position_id: str | None = None) -> list[ExitAttempt]:
+        order = "ORDER BY requested_at, position_id, attempt"
+        if position_id is None:
+            return self._select(ExitAttempt, "exit_attempts", order)
+        return self._select(ExitAttempt, "exit_attempts", f"WHERE position_id = ? {order}",
+                            (position_id,))
+
+    # Supervision and portfolio -----------------------------------------------------------------
+    def record_dead_letter(self, letter: DeadLetter) -> None:
+        self._insert(letter, "dead_letters")
+
+    def dead_letters(self) -> list[DeadLetter]:
+        return self._select(DeadLetter, "dead_letters", "ORDER BY id")
+
+    def latch_kill_switch(self, state: KillSwitch) -> None:
+        with self._tx() as tx:
+            tx.run("INSERT INTO kill_switch (id, latched_at, reason, day_pnl) "
+                   "VALUES (1, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                   (state.latched_at, state.reason, state.day_pnl))
+
+    def kill_switch(self) -> KillSwitch | None:
+        found = self._select(KillSwitch, "kill_switch", "WHERE id = 1")
+        return found[0] if found else None
+
+    def reset_kill_switch(self) -> bool:
+        with self._tx() as tx:
+            return tx.run("DELETE FROM kill_switch WHERE id = 1").rowcount > 0
+
+    def counts(self) -> Mapping[str, int]:
+        sql = " UNION ALL ".join(f"SELECT '{t}', COUNT(*) FROM {t}" for t in TABLES)
+        with self._tx(write=False) as tx:
+            return {str(name): int(count) for name, count in tx.all(sql)}
+
+    # Records <-> rows --------------------------------------------------------------------------
+    def _insert(self, record: BaseModel, table: str, *, conflict: str = "") -> bool:
+        with self._tx() as tx:
+            return tx.run(_insert_sql(table, type(record), conflict), _values(record)).rowcount > 0
+
+    def _select(self, model: type[R], table: str, tail: str,
+                params: Sequence[object] = ()) -> list[R]:
+        with self._tx(write=False) as tx:
+            rows = tx.all(f"SELECT {', '.join(model.model_fields)} FROM {table} {tail}", params)
+        return _records(model, rows)
+
+
+def _version(tx: Tx) -> int:
+    row = tx.one("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+    return int(row[0]) if row else 0
+
+
+def _check_not_stale(tx: Tx, position: Position) -> None:
+    """After an upsert that changed nothing: the same write again is fine, anything else is
+    a writer that lost the race (an older version, or another content at the same version)."""
+    row = tx.one("SELECT version, data FROM positions WHERE position_id = ?",
+                 (position.position_id,))
+    if row is None:
+        raise StoreError(f"position {position.position_id} was neither inserted nor found")
+    stored = int(row[0])
+    if stored == position.version and _position(row[1]) == position:
+        return
+    what = "different content at the same version" if stored == position.version else \
+        f"version {stored}"
+    raise StaleWriteError(f"position {position.position_id}: write of version "
+                          f"{position.version} refused, the store holds {what}")
+
+
+def _insert_sql(table: str, model: type[BaseModel], conflict: str = "") -> str:
+    columns = list(model.model_fields)
+    marks = ", ".join("?" for _ in columns)
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) {conflict}"
+
+
+def _values(record: BaseModel) -> tuple[object, ...]:
+    return tuple(getattr(record, name) for name in type(record).model_fields)
+
+
+def _records(model: type[R], rows: Sequence[Row]) -> list[R]:
+    names = list(model.model_fields)
+    try:
+        return [model.model_validate(dict(zip(names, row, strict=True))) for row in rows]
+    except (ValidationError, ValueError) as error:
+        raise StoreError(f"a stored {model.__name__} is unreadable: {error}") from error
+
+
+def _position(data: str) -> Position:
+    try:
+        return Position.model_validate_json(data)
+    except ValidationError as error:
+        raise StoreError(f"a stored position is unreadable: {error}") from error

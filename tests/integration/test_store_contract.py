@@ -1,0 +1,463 @@
+"""One contract, two stores: every test runs on SQLite (a temporary file) and on PostgreSQL (a
+fresh schema per test, marked ``integration``), through the ``Store`` port only.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from models.common import IST, Segment, Side, TxnType, exit_client_id, position_id_for
+from models.lifecycle import apply_update, request_exit
+from models.orders import OrderStatus, OrderUpdate
+from models.position import (
+    ExitReason,
+    Fill,
+    OrderRole,
+    Position,
+    PositionStatus,
+    TrackedOrder,
+    new_position,
+)
+from store.factory import open_store
+from store.ports import StaleWriteError, Store, StoreError
+from store.postgres import PostgresStore
+from store.records import DeadLetter, ExitAttempt, KillSwitch, ParkedUpdate
+from store.schema import LATEST
+from store.sqlite import SqliteStore
+from store.urls import redact_text, redact_url
+
+T0 = datetime(2025, 1, 6, 9, 15, tzinfo=IST)
+
+
+# Backends ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    url: str
+    """Opens the same data again, for the persistence test."""
+    raw: Callable[[], Store]
+    """The store without migrating it."""
+    broken: Callable[[], Store]
+    """Opening a store that cannot work."""
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "sqlite":
+        path = tmp_path / "nested" / "tracker.sqlite3"
+        (tmp_path / "a-file").write_text("not a directory")
+        return Backend("sqlite", f"sqlite:///{path}", lambda: SqliteStore(path),
+                       lambda: SqliteStore(tmp_path / "a-file" / "tracker.sqlite3"))
+    url: str = request.getfixturevalue("pg_url")
+    return Backend("postgres", url, lambda: PostgresStore(url),
+                   lambda: PostgresStore("postgresql://postgres:s3cret@127.0.0.1:1/test",
+                                         connect_timeout=2))
+
+
+@pytest.fixture
+def store(backend: Backend) -> Iterator[Store]:
+    opened = open_store(backend.url)
+    yield opened
+    opened.close()
+
+
+# Positions built with the real state machine -----------------------------------------------------
+def update(order_no: str, status: OrderStatus, traded: int = 0, avg: str | None = None, *,
+           at: datetime, txn: TxnType = TxnType.BUY) -> OrderUpdate:
+    return OrderUpdate(order_no=order_no, status=status, segment=Segment.NSE_FNO,
+                       security_id="49081", txn_type=txn, product="I", quantity=100,
+                       traded_qty=traded, avg_traded_price=None if avg is None else Decimal(avg),
+                       updated_at=at)
+
+
+def pending(entry_no: str, created_at: datetime = T0) -> Position:
+    return new_position(update(entry_no, OrderStatus.TRANSIT, at=created_at),
+                        position_id=position_id_for(entry_no), side=Side.LONG,
+                        created_at=created_at)
+
+
+def step(position: Position, upd: OrderUpdate, role: OrderRole = OrderRole.ENTRY,
+         attempt: int | None = None) -> tuple[Position, tuple[Fill, ...]]:
+    applied = apply_update(position, upd, role, attempt=attempt)
+    assert applied.rejection is None, applied.rejection
+    return applied.position, applied.fills
+
+
+def active(entry_no: str, created_at: datetime = T0) -> Position:
+    upd = update(entry_no, OrderStatus.TRADED, 100, "100.00", at=created_at + timedelta(seconds=1))
+    return step(pending(entry_no, created_at), upd)[0]
+
+
+def exiting(entry_no: str, created_at: datetime = T0) -> Position:
+    applied = request_exit(active(entry_no, created_at), ExitReason.STOP_LOSS,
+                           created_at + timedelta(minutes=5))
+    assert applied.rejection is None
+    return applied.position
+
+
+def exited(entry_no: str, created_at: datetime = T0) -> Position:
+    upd = update(f"X{entry_no}", OrderStatus.TRADED, 100, "88.00", txn=TxnType.SELL,
+                 at=created_at + timedelta(minutes=6))
+    return step(exiting(entry_no, created_at), upd, OrderRole.EXIT, attempt=1)[0]
+
+
+def cancelled(entry_no: str, created_at: datetime = T0) -> Position:
+    upd = update(entry_no, OrderStatus.CANCELLED, at=created_at + timedelta(seconds=3))
+    return step(pending(entry_no, created_at), upd)[0]
+
+
+def rich_position() -> tuple[Position, list[Fill]]:
+    """EXITING after two entry fills (one at a price with 28 significant digits), marks, an
+    exit request and a partial exit fill: every kind of field a position has."""
+    position, fills = pending("E1"), list[Fill]()
+    for upd, role, attempt in [
+        (update("E1", OrderStatus.PENDING, 30, "100.00", at=T0 + timedelta(seconds=1)),
+         OrderRole.ENTRY, None),
+        (update("E1", OrderStatus.TRADED, 100, "100.10", at=T0 + timedelta(seconds=2)),
+         OrderRole.ENTRY, None),
+    ]:
+        position, new = step(position, upd, role, attempt)
+        fills += new
+    position = position.model_copy(update={
+        "peak_price": Decimal("104.550"), "hwm_pnl": Decimal("425.00"),
+        "trail_stop": Decimal("101.936250"), "version": position.version + 1})
+    position = request_exit(position, ExitReason.TRAILING_STOP, T0 + timedelta(minutes=3)).position
+    exit_fill = update("X1", OrderStatus.PENDING, 40, "101.95", txn=TxnType.SELL,
+                       at=datetime(2025, 1, 6, 3, 49, tzinfo=UTC))
+    position, new = step(position, exit_fill, OrderRole.EXIT, attempt=1)
+    return position, [*fills, *new]
+
+
+# Schema -------------------------------------------------------------------------------------------
+def test_migrate_twice_is_harmless_and_reports_the_version(backend: Backend) -> None:
+    fresh = backend.raw()
+    try:
+        assert fresh.schema_version() == 0
+        fresh.migrate()
+        fresh.migrate()
+        assert fresh.schema_version() == LATEST == 1
+        assert set(fresh.counts().values()) == {0}
+    finally:
+        fresh.close()
+
+
+# Positions and fills ------------------------------------------------------------------------------
+def test_a_position_and_its_fills_round_trip_exactly(store: Store) -> None:
+    position, fills = rich_position()
+    assert position.status is PositionStatus.EXITING and len(fills) == 3
+    store.save_position(position, fills)
+
+    loaded = store.load_position(position.position_id)
+    assert loaded == position
+    assert loaded is not None and loaded.model_dump_json() == position.model_dump_json()
+    assert isinstance(loaded.orders, tuple) and all(
+        isinstance(o, TrackedOrder) for o in loaded.orders)
+    assert str(loaded.trail_stop) == "101.936250"
+    assert all(t is not None and t.utcoffset() is not None
+               for t in (loaded.created_at, loaded.opened_at, loaded.exit_requested_at))
+    stored_fills = store.fills(position.position_id)
+    assert stored_fills == fills
+    assert stored_fills[1].price == Decimal(7010) / 70  # 100.1428571428571428571428571
+    assert all(isinstance(f.price, Decimal) and f.at and f.at.utcoffset() is not None
+               for f in stored_fills)
+    assert store.load_position("P-unknown") is None
+
+
+def test_when_an_older_version_is_written_then_it_is_refused(store: Store) -> None:
+    v1 = active("E1")
+    v2 = v1.model_copy(update={"peak_price": Decimal("103.5"), "version": v1.version + 1})
+    store.save_position(v2)
+    with pytest.raises(StaleWriteError):
+        store.save_position(v1)
+    assert store.load_position(v1.position_id) == v2
+
+
+def test_when_the_same_version_is_written_again_then_nothing_changes(store: Store) -> None:
+    position = active("E1")
+    store.save_position(position)
+    store.save_position(position)
+    assert store.load_position(position.position_id) == position
+    assert store.counts()["positions"] == 1
+
+
+def test_when_the_same_version_carries_other_content_then_it_is_refused(store: Store) -> None:
+    position = active("E1")
+    store.save_position(position)
+    rival = position.model_copy(update={"peak_price": Decimal("120")})
+    with pytest.raises(StaleWriteError):
+        store.save_position(rival)
+    assert store.load_position(position.position_id) == position
+
+
+def test_a_stale_write_keeps_its_fills_out(store: Store) -> None:
+    position, fills = rich_position()
+    store.save_position(position)
+    older = position.model_copy(update={"version": position.version - 1})
+    with pytest.raises(StoreError):
+        store.save_position(older, fills)
+    assert store.fills(position.position_id) == []
+
+
+def test_fills_are_idempotent(store: Store) -> None:
+    pos = pending("E1")
+    pos, first = step(pos, update("E1", OrderStatus.PENDING, 30, "100.00", at=T0))
+    store.save_position(pos, first)
+    store.save_position(pos, first)
+    assert store.fills(pos.position_id) == list(first)
+    pos, second = step(pos, update("E1", OrderStatus.TRADED, 100, "100.00", at=T0))
+    store.save_position(pos, [*first, *second])
+    assert store.fills(pos.position_id) == [*first, *second]
+    assert store.counts()["fills"] == 2
+
+
+def test_save_positions_upserts_many_and_refuses_a_stale_one(store: Store) -> None:
+    a, b = active("E1"), pending("E2")
+    store.save_positions([a, b, a])
+    assert store.list_positions() == [a, b]
+    newer_b = b.model_copy(update={"version": b.version + 1, "product": "M"})
+    store.save_position(newer_b)
+    newer_a = a.model_copy(update={"version": a.version + 1, "product": "M"})
+    with pytest.raises(StaleWriteError):
+        store.save_positions([newer_a, b])
+    assert store.list_positions() == [a, newer_b]  # all or nothing
+
+
+def test_open_positions_come_oldest_first_in_one_query(store: Store) -> None:
+    # Creation times in two zones: the order is by instant, not by the text of the time.
+    utc_0400 = datetime(2025, 1, 6, 4, 0, tzinfo=UTC)  # 09:30 IST
+    builders = [(active, T0 + timedelta(minutes=20)), (exited, T0 + timedelta(minutes=1)),
+                (pending, utc_0400), (cancelled, T0 + timedelta(minutes=2)),
+                (exiting, T0)]
+    positions = [build(f"E{n}", at) for n, (build, at) in enumerate(builders)]
+    for position in positions:
+        store.save_position(position)
+
+    before = store.queries
+    open_positions = store.load_open_positions()
+    assert store.queries - before == 1
+    assert [p.position_id for p in open_positions] == ["PE4", "PE2", "PE0"]
+    assert [p.status for p in open_positions] == [
+        PositionStatus.EXITING, PositionStatus.PENDING, PositionStatus.ACTIVE]
+
+
+def test_list_positions_with_and_without_status(store: Store) -> None:
+    saved = [exited("E0", T0), active("E1", T0 + timedelta(minutes=1)),
+             exited("E2", T0 + timedelta(minutes=2))]
+    for position in reversed(saved):
+        store.save_position(position)
+    assert store.list_positions() == saved
+    assert store.list_positions(PositionStatus.EXITED) == [saved[0], saved[2]]
+    assert store.list_positions(PositionStatus.CANCELLED) == []
+
+
+# Raw order updates and parking -------------------------------------------------------------------
+def test_raw_order_updates_are_kept_in_order(store: Store) -> None:
+    frames = [("{\"Type\":\"order_alert\"}", "O1", True, None),
+              ("not json", None, False, "unparsable: Expecting value"),
+              ("{\"Data\":{}}", "O2", False, "no OrderNo")]
+    seqs = [store.record_order_update(raw, T0 + timedelta(seconds=i), order_no=no,
+                                      accepted=ok, reason=why)
+            for i, (raw, no, ok, why) in enumerate(frames)]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 3
+    stored = store.order_updates()
+    assert [u.seq for u in stored] == seqs
+    assert [(u.raw, u.order_no, u.accepted, u.reason) for u in stored] == frames
+    assert [u.received_at for u in stored] == [T0 + timedelta(seconds=i) for i in range(3)]
+    assert all(u.received_at.utcoffset() is not None for u in stored)
+
+
+def test_parked_updates_are_taken_once_oldest_first(store: Store) -> None:
+    store.park_update("O1", "first", T0)
+    store.park_update("O2", "other", T0 + timedelta(seconds=1))
+    store.park_update("O1", "second", T0 + timedelta(seconds=2))
+    assert [p.raw for p in store.parked_updates()] == ["first", "other", "second"]
+
+    taken = store.take_parked("O1")
+    assert taken == [ParkedUpdate(order_no="O1", parked_at=T0, raw="first"),
+                     ParkedUpdate(order_no="O1", parked_at=T0 + timedelta(seconds=2),
+                                  raw="second")]
+    assert store.take_parked("O1") == []
+    assert [p.raw for p in store.parked_updates()] == ["other"]
+
+
+# Exits, dead letters, kill switch ----------------------------------------------------------------
+def attempt(position_id: str = "PE1", number: int = 1,
+            reason: ExitReason = ExitReason.STOP_LOSS) -> ExitAttempt:
+    return ExitAttempt(position_id=position_id, attempt=number,
+                       client_id=exit_client_id(position_id, number), reason=reason,
+                       quantity=75, requested_at=T0 + timedelta(minutes=number))
+
+
+def test_an_exit_attempt_is_recorded_once_and_updated(store: Store) -> None:
+    first = attempt()
+    assert store.record_exit_attempt(first) is True
+    assert store.record_exit_attempt(attempt(reason=ExitReason.MANUAL)) is False
+    assert store.record_exit_attempt(attempt(number=2)) is True
+    assert store.record_exit_attempt(attempt("PE9")) is True
+    assert store.exit_attempts("PE1") == [first, attempt(number=2)]
+
+    store.update_exit_attempt(first.client_id, order_no="EX1")
+    store.update_exit_attempt(first.client_id, outcome="FILLED")
+    store.update_exit_attempt("X-nobody-1", outcome="FILLED")
+    updated = first.model_copy(update={"order_no": "EX1", "outcome": "FILLED"})
+    assert store.exit_attempts("PE1")[0] == updated
+    assert store.exit_attempts() == [updated, attempt("PE9"), attempt(number=2)]
+
+
+def letter(n: int) -> DeadLetter:
+    return DeadLetter(recorded_at=T0 + timedelta(seconds=n), actor=f"tracker:PE{n}",
+                      message_type="PriceChanged", message_id=f"m{n}", correlation_id="c1",
+                      causation_id=None, position_id=f"PE{n}", error="ZeroDivisionError: x",
+                      payload="{ltp: 101.5}")
+
+
+def test_dead_letters_are_kept_in_order(store: Store) -> None:
+    store.record_dead_letter(letter(2))
+    store.record_dead_letter(letter(1))
+    assert store.dead_letters() == [letter(2), letter(1)]
+
+
+def test_kill_switch_latches_once_and_resets(store: Store) -> None:
+    assert store.kill_switch() is None
+    first = KillSwitch(latched_at=T0, reason="daily loss", day_pnl=Decimal("-5000.50"))
+    store.latch_kill_switch(first)
+    store.latch_kill_switch(KillSwitch(latched_at=T0 + timedelta(hours=1), reason="again"))
+    latched = store.kill_switch()
+    assert latched == first and latched is not None and str(latched.day_pnl) == "-5000.50"
+    assert store.reset_kill_switch() is True
+    assert store.reset_kill_switch() is False
+    assert store.kill_switch() is None
+
+
+def test_counts_report_rows_per_table(store: Store) -> None:
+    position, fills = rich_position()
+    store.save_position(position, fills)
+    store.record_order_update("raw", T0, order_no="E1", accepted=True)
+    store.park_update("O9", "raw", T0)
+    store.record_exit_attempt(attempt())
+    store.record_dead_letter(letter(1))
+    store.latch_kill_switch(KillSwitch(latched_at=T0, reason="limit"))
+    assert dict(store.counts()) == {
+        "positions": 1, "fills": 3, "order_updates": 1, "parked_updates": 1,
+        "exit_attempts": 1, "dead_letters": 1, "kill_switch": 1}
+
+
+# Durability and failure ---------------------------------------------------------------------------
+def test_data_survives_closing_and_reopening(backend: Backend, store: Store) -> None:
+    position, fills = rich_position()
+    store.save_position(position, fills)
+    seq = store.record_order_update("raw", T0, order_no="E1", accepted=True)
+    store.park_update("O9", "parked", T0)
+    store.record_exit_attempt(attempt())
+    store.record_dead_letter(letter(1))
+    latch = KillSwitch(latched_at=T0, reason="limit", day_pnl=Decimal("-1.10"))
+    store.latch_kill_switch(latch)
+    store.close()
+
+    again = open_store(backend.url)
+    try:
+        assert again.load_open_positions() == [position]
+        assert again.fills(position.position_id) == fills
+        assert [u.seq for u in again.order_updates()] == [seq]
+        assert again.parked_updates() == [ParkedUpdate(order_no="O9", parked_at=T0,
+                                                       raw="parked")]
+        assert again.exit_attempts() == [attempt()]
+        assert again.dead_letters() == [letter(1)]
+        assert again.kill_switch() == latch
+        assert again.record_order_update("raw", T0, order_no=None, accepted=False) > seq
+    finally:
+        again.close()
+
+
+def test_a_store_that_cannot_open_raises_store_error_quickly(backend: Backend) -> None:
+    started = time.monotonic()
+    with pytest.raises(StoreError) as caught:
+        backend.broken()
+    assert time.monotonic() - started < 5
+    assert caught.value.__cause__ is not None
+    assert "s3cret" not in str(caught.value)
+
+
+def test_a_closed_store_raises_store_error(store: Store) -> None:
+    store.close()
+    with pytest.raises(StoreError):
+        store.list_positions()
+    store.close()  # closing twice is harmless
+
+
+def test_calls_from_many_threads_share_the_connection_safely(store: Store) -> None:
+    def record(thread: int) -> None:
+        for n in range(25):
+            store.record_order_update(f"{thread}:{n}", T0, order_no=None, accepted=True)
+
+    threads = [threading.Thread(target=record, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    seqs = [u.seq for u in store.order_updates()]
+    assert len(seqs) == len(set(seqs)) == 100
+
+
+# Opening by URL (no database server needed) -------------------------------------------------------
+def test_no_url_opens_sqlite_under_the_data_dir(tmp_path: Path) -> None:
+    opened = open_store(None, tmp_path / "data")
+    try:
+        assert opened.schema_version() == LATEST
+        assert (tmp_path / "data" / "tracker.sqlite3").is_file()
+    finally:
+        opened.close()
+
+
+@pytest.mark.parametrize("url", ["mysql://root:s3cret@db/x", "user:s3cret@host/db",
+                                 "root:s3cret@db://x"])
+def test_an_unknown_scheme_is_a_value_error_without_the_password(url: str) -> None:
+    with pytest.raises(ValueError, match="scheme") as caught:
+        open_store(url)
+    assert "s3cret" not in str(caught.value)
+    if url.startswith("mysql"):
+        assert "'mysql'" in str(caught.value)
+
+
+@pytest.mark.parametrize(("url", "safe"), [
+    ("postgresql://user:pw@host:5432/db", "postgresql://user:***@host:5432/db"),
+    ("postgres://:pw@host/db?sslmode=require", "postgres://:***@host/db?sslmode=require"),
+    ("postgresql://host/db?user=u&password=pw", "postgresql://host/db?user=u&password=***"),
+    ("postgresql://postgres@127.0.0.1:5432/test", "postgresql://postgres@127.0.0.1:5432/test"),
+    ("sqlite:////tmp/x.sqlite3", "sqlite:////tmp/x.sqlite3"),
+])
+def test_redact_url_hides_passwords(url: str, safe: str) -> None:
+    assert redact_url(url) == safe
+
+
+def test_redact_text_hides_a_password_quoted_in_pieces() -> None:
+    url = "postgresql://u:p%40ss@h/db"
+    text = redact_text(f'bad option near "p@ss" in {url}', url)
+    assert "p@ss" not in text and "p%40ss" not in text
+
+
+@pytest.mark.integration
+def test_postgres_reconnects_after_the_server_drops_the_connection(pg_url: str) -> None:
+    import psycopg
+
+    name = f"contract-{uuid.uuid4().hex[:8]}"
+    store = open_store(f"{pg_url}&application_name={name}")
+    try:
+        store.save_position(active("E1"))
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE application_name = %s", (name,))
+        with pytest.raises(StoreError):
+            store.load_open_positions()
+        assert store.load_open_positions() == [active("E1")]
+    finally:
+        store.close()
