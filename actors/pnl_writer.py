@@ -14,7 +14,6 @@ from typing import Any
 
 from loguru import logger
 from pykka import ActorRef
-from store.pnl_cache import PnLCache, PnLEntry
 
 from actors.dispatch import SingletonActor
 from actors.metrics import Metrics
@@ -22,6 +21,7 @@ from actors.protocol import Flush, PortfolioValued
 from models.messages import PnLMarked, PositionChanged, PositionClosed, PositionOpened
 from models.policy import ExitPolicy
 from models.rules import pnl
+from store.pnl_cache import PnLCache, PnLEntry
 
 
 class PnLWriterActor(SingletonActor):

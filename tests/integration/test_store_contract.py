@@ -5,8 +5,8 @@ fresh schema per test, marked ``integration``), through the ``Store`` port only.
 from __future__ import annotations
 
 import threading
-import uuid
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
