@@ -1,4 +1,4 @@
-"""Restart continuity: kill -9 a paper session on PostgreSQL, start again, nothing lost or doubled."""
+"""Restart continuity: kill -9 a paper session on PostgreSQL, start again: nothing lost."""
 
 from __future__ import annotations
 
