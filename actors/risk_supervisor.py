@@ -380,4 +380,6 @@ class RiskSupervisor(SingletonActor):
                 "quarantined": sorted(c.position_id for c in self.children.values()
                                       if c.quarantined),
                 "unprotected": sorted(self.unprotected), "day_net": self.day_net,
+                "restarts_paused_until": self.paused_until.isoformat()
+                if self.paused_until else None,
                 "at": self.ctx.clock().isoformat()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -11,9 +12,10 @@ import pykka
 import pytest
 
 from actors.protocol import Snapshot
+from actors.risk_supervisor import Supervision
 from actors.tracker import TrackerActor
 from models.common import exit_client_id
-from models.messages import PriceUpdate
+from models.messages import PriceUpdate, TimerFired
 from models.position import ExitReason, PositionStatus
 from tests.actors.test_tracker_flow import INSTRUMENT, System, entry, open_position, price
 from tests.fakes import FakeGateway, FakeStore
@@ -69,3 +71,40 @@ def test_when_position_restarted_then_state_comes_from_store(system: System) -> 
     restored = system.store.positions[bad]
     assert restored.entry_price == Decimal("100")
     assert INSTRUMENT.security_id == restored.security_id
+
+
+@pytest.fixture
+def fragile(monkeypatch: pytest.MonkeyPatch) -> Iterator[System]:
+    """Every tracker breaks on every price, as when the database is down for all of them."""
+    original = TrackerActor.on_receive
+
+    def on_receive(self: TrackerActor, message: Any) -> Any:
+        if isinstance(message, PriceUpdate):
+            self._current = message
+            raise RuntimeError("database is down")
+        return original(self, message)
+
+    monkeypatch.setattr(TrackerActor, "on_receive", on_receive)
+    rules = Supervision(max_restarts=5, mass_failures=3, pause=timedelta(seconds=5))
+    built = System(FakeStore(), FakeGateway(), supervision=rules)
+    yield built
+    pykka.ActorRegistry.stop_all()
+
+
+def test_when_many_trackers_fail_at_once_then_restarts_pause_and_positions_stay_protected(
+        fragile: System) -> None:
+    pids = [open_position(fragile, entry(order_no=f"M{n}")) for n in range(3)]
+    price(fragile, "199")
+    snapshot = fragile.supervisor.ask(Snapshot(), timeout=5)
+    assert snapshot["restarts_paused_until"] is not None
+    assert fragile.ctx.metrics.get("actor_restarts") == 2  # the third failure paused restarts
+    price(fragile, "176")  # stop loss: the supervisor evaluates the position it adopted
+    assert len(fragile.gateway.placed) == 1  # whichever failed third was adopted
+    # The other two broke again on that price (dead-lettered, not replayed) and were adopted
+    # too while restarts are paused; the next price exits them.
+    price(fragile, "175")
+    assert all(exit_client_id(pid, 1) in fragile.gateway.placed for pid in pids)
+    fragile.clock.now += timedelta(seconds=6)
+    fragile.supervisor.tell(TimerFired(name="tick", correlation_id="t", sent_at=fragile.clock.now))
+    fragile.settle()
+    assert fragile.supervisor.ask(Snapshot(), timeout=5)["restarts_paused_until"] is None

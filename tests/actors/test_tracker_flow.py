@@ -55,14 +55,16 @@ class Sink(pykka.ThreadingActor):
 
 class System:
     def __init__(self, store: FakeStore, gateway: FakeGateway,
-                 config: RiskConfig | None = None) -> None:
+                 config: RiskConfig | None = None,
+                 supervision: Supervision | None = None) -> None:
         self.store, self.gateway, self.clock = store, gateway, Clock()
         self.ctx = KeeperContext(store=store, config=config or RiskConfig(), clock=self.clock,
                                  metrics=Metrics())
         self.sink = Sink.start()
         self.index = IndexActor.start(None)
         self.supervisor = RiskSupervisor.start(self.ctx, gateway,
-                                               supervision=Supervision(max_restarts=2))
+                                               supervision=supervision
+                                               or Supervision(max_restarts=2))
         peers = Peers(supervisor=self.supervisor, index=self.index, pnl=self.sink,
                       batcher=None, orders=self.sink)
         self.supervisor.proxy().wire(peers).get(timeout=5)
