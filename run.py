@@ -235,6 +235,7 @@ def parser() -> argparse.ArgumentParser:
                          default=argparse.SUPPRESS)
         sub.add_argument("--policy", type=Path, help="policy TOML file",
                          default=argparse.SUPPRESS)
+    top.add_argument("--trace", type=Path, help="write message traces as JSON lines")
     return top
 
 
@@ -261,7 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "paper":
             return run_paper(settings, duration=args.duration, report=args.report,
                              live_status=False, trace=args.trace)
-        return run_paper(settings, duration=None, report=None, live_status=True)
+        return run_paper(settings, duration=None, report=None, live_status=True,
+                         trace=args.trace)
     except SettingsError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2

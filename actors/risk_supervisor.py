@@ -30,6 +30,7 @@ from actors.protocol import (
     Snapshot,
     TrackerFailed,
 )
+from actors.tracing import tracer
 from actors.tracker import Peers, TrackerActor, deliver
 from models.common import Instrument
 from models.messages import (
@@ -129,6 +130,8 @@ class RiskSupervisor(SingletonActor):
             child = _Child(position.position_id, instrument, ref, incarnation)
             self.children[position.position_id] = child
         child.ref, child.incarnation, child.keeper = ref, incarnation, None
+        _lifecycle(f"tracker:{position.position_id}#{incarnation}",
+                   "restart" if incarnation else "spawn", position_id=position.position_id)
         return child
 
     # Messages ---------------------------------------------------------------------------------
@@ -346,12 +349,19 @@ class RiskSupervisor(SingletonActor):
             return
         child.keeper = PositionKeeper(position, self.ctx, halted=self.halted)
         child.quarantined = quarantine
+        _lifecycle(f"tracker:{child.position_id}#{child.incarnation}",
+                   "quarantine" if quarantine else "adopted_while_paused",
+                   position_id=child.position_id)
         child.ref = None
         self._route(child)
         self._flush_pending(child)
 
     def _dead_letter(self, actor: str, message: Any, error: str) -> None:
         self.ctx.metrics.incr("dead_letters")
+        _lifecycle(actor, "dead_letter", error=error[:200],
+                   message_id=getattr(message, "message_id", None),
+                   correlation_id=getattr(message, "correlation_id", None),
+                   position_id=getattr(message, "position_id", None))
         try:
             self.ctx.store.record_dead_letter(DeadLetter(
                 recorded_at=self.ctx.clock(), actor=actor,
@@ -383,3 +393,9 @@ class RiskSupervisor(SingletonActor):
                 "restarts_paused_until": self.paused_until.isoformat()
                 if self.paused_until else None,
                 "at": self.ctx.clock().isoformat()}
+
+
+def _lifecycle(actor: str, event: str, **fields: Any) -> None:
+    active = tracer()
+    if active is not None:
+        active.lifecycle(actor, event, **fields)

@@ -70,7 +70,7 @@ class Tracer:
 
     def lifecycle(self, actor: str, event: str, **fields: Any) -> None:
         self.record(actor, {"kind": "lifecycle", "event": event, "receiver": actor,
-                            "ts": time.time_ns() // 1000, **fields})
+                            "start_ns": time.perf_counter_ns(), **fields})
 
     def dump(self, actor: str) -> list[dict[str, Any]]:
         """The flight recorder of one actor: its most recent records, oldest first."""

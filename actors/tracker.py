@@ -66,6 +66,12 @@ class TrackerActor(PooledActor):
         self._current = None
         return None
 
+    def on_stop(self) -> None:
+        active = tracer()
+        if active is not None:
+            active.lifecycle(self.trace_name, "stop",
+                             position_id=self.keeper.position.position_id)
+
     def on_failure(self, exception_type: type[BaseException] | None,
                    exception_value: BaseException | None,
                    traceback: TracebackType | None) -> None:

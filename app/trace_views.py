@@ -115,7 +115,7 @@ def _why(record: Record) -> str:
 
 def timeline_records(trace: Trace, filters: Filters) -> list[Record]:
     selected = [r for r in trace.records if matches(r, filters)]
-    return sorted(selected, key=lambda r: (r.get("start_ns") or 0, r.get("ts") or 0))
+    return sorted(selected, key=lambda r: r.get("start_ns") or 0)
 
 
 def timeline(trace: Trace, filters: Filters) -> list[str]:
@@ -140,7 +140,7 @@ def chrome(records: Iterable[Record]) -> dict[str, Any]:
         tid = threads.setdefault(actor, len(threads) + 1)
         if record.get("kind") == "lifecycle":
             events.append({"name": record.get("event", "lifecycle"), "ph": "i", "s": "t",
-                           "ts": record.get("ts", 0), "pid": 1, "tid": tid})
+                           "ts": record.get("start_ns", 0) / 1000, "pid": 1, "tid": tid})
             continue
         events.append({"name": record["type"], "cat": record["type"], "ph": "X",
                        "ts": record["start_ns"] / 1000, "dur": max(record["handle_us"], 1),
