@@ -291,7 +291,7 @@ class RiskSupervisor(SingletonActor):
             self.paused_until = None
             for child in self.children.values():
                 if child.keeper is not None and not child.quarantined:
-                    self._restart(child, now)
+                    self._restart(child, child.keeper.position)
         for child in list(self.children.values()):
             if self.status.get(child.position_id) in CLOSED:
                 continue
@@ -317,7 +317,7 @@ class RiskSupervisor(SingletonActor):
                       "exit rules", len(child.failures), self.rules.window)
             self._adopt(child, message, quarantine=True)
         else:
-            self._restart(child, now)
+            self._restart(child, message.position)
 
     def _note_failure(self, child: _Child, now: datetime) -> None:
         for queue, window in ((child.failures, self.rules.window),
@@ -330,12 +330,19 @@ class RiskSupervisor(SingletonActor):
             logger.error("{} tracker failures in {}: restarts paused until {}",
                          len(self.failures), self.rules.mass_window, self.paused_until)
 
-    def _restart(self, child: _Child, now: datetime) -> None:
-        self.ctx.metrics.incr("actor_restarts")
-        position = self.ctx.store.load_position(child.position_id)
+    def _restart(self, child: _Child, fallback: Position | None) -> None:
+        """Rebuild from the store; if the store cannot answer, the supervisor keeps the
+        position (from the last state it knows) so it is never left without an owner."""
+        try:
+            position = self.ctx.store.load_position(child.position_id) or fallback
+        except Exception as error:  # the store may be what is failing
+            logger.error("cannot read {} to restart it ({}); the supervisor keeps it",
+                         child.position_id, error)
+            position = None
         if position is None:
-            logger.error("cannot restart {}: not in the store", child.position_id)
+            self._keep(child, fallback)
             return
+        self.ctx.metrics.incr("actor_restarts")
         self._spawn(position, child.incarnation + 1)
         self._route(child)
         self._flush_pending(child)
@@ -343,9 +350,15 @@ class RiskSupervisor(SingletonActor):
     def _adopt(self, child: _Child, message: TrackerFailed, *, quarantine: bool) -> None:
         try:
             position = self.ctx.store.load_position(child.position_id) or message.position
-        except Exception:
+        except Exception:  # the store may be what failed: fall back to the last known state
             position = message.position
+        self._keep(child, position, quarantine=quarantine)
+
+    def _keep(self, child: _Child, position: Position | None, *,
+              quarantine: bool = False) -> None:
+        """The supervisor runs the position's keeper itself: it is never without an owner."""
         if position is None:
+            logger.error("{} has no known state: cannot protect it", child.position_id)
             return
         child.keeper = PositionKeeper(position, self.ctx, halted=self.halted)
         child.quarantined = quarantine
