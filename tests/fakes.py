@@ -8,7 +8,7 @@ from datetime import datetime
 
 from models.common import Instrument, TxnType
 from models.position import OPEN, Fill, Position, PositionStatus
-from store.ports import GatewayError, StaleWriteError
+from store.ports import GatewayError, StaleWriteError, StoreError
 from store.records import DeadLetter, ExitAttempt, KillSwitch, ParkedUpdate, StoredOrderUpdate
 
 
@@ -25,7 +25,7 @@ class FakeStore:
         self.letters: list[DeadLetter] = []
         self.latch: KillSwitch | None = None
         self._queries = 0
-        self.fail_saves_for: set[str] = set()
+        self.fail_loads = False
 
     @property
     def queries(self) -> int:
@@ -57,6 +57,8 @@ class FakeStore:
 
     def load_position(self, position_id: str) -> Position | None:
         self._q()
+        if self.fail_loads:
+            raise StoreError("the fake database is down")
         return self.positions.get(position_id)
 
     def load_open_positions(self) -> list[Position]:

@@ -108,3 +108,14 @@ def test_when_many_trackers_fail_at_once_then_restarts_pause_and_positions_stay_
     fragile.supervisor.tell(TimerFired(name="tick", correlation_id="t", sent_at=fragile.clock.now))
     fragile.settle()
     assert fragile.supervisor.ask(Snapshot(), timeout=5)["restarts_paused_until"] is None
+
+
+def test_when_store_is_down_at_restart_then_supervisor_keeps_the_position_protected(
+        system: System) -> None:
+    bad = open_position(system, entry(order_no="BAD"))
+    system.store.fail_loads = True
+    price(system, "199")  # the tracker breaks; its restart cannot read the store
+    system.store.fail_loads = False
+    price(system, "176")
+    assert exit_client_id(bad, 1) in system.gateway.placed
+    assert system.store.positions[bad].exit_reason is ExitReason.STOP_LOSS
