@@ -20,6 +20,7 @@ from actors.metrics import Metrics
 from actors.protocol import Flush, PortfolioValued
 from models.messages import PnLMarked, PositionChanged, PositionClosed, PositionOpened
 from models.policy import ExitPolicy
+from models.position import Position
 from models.rules import pnl
 from store.pnl_cache import PnLCache, PnLEntry
 
@@ -57,6 +58,11 @@ class PnLWriterActor(SingletonActor):
 
     def set_supervisor(self, supervisor: ActorRef[Any]) -> None:
         self.supervisor = supervisor
+
+    def seed_closed(self, positions: list[Position]) -> None:
+        """Start-up: positions closed earlier today count toward the day's PnL."""
+        for position in positions:
+            self.closed_net[position.position_id] = pnl(position, None, self.policy).net
 
     def _marked(self, message: PnLMarked) -> None:
         pid = message.position_id

@@ -30,10 +30,10 @@ from actors.protocol import Checkpoint, Flush, Snapshot
 from actors.risk_supervisor import RiskSupervisor, Supervision
 from actors.timers import Schedule, Ticker, fire
 from actors.tracker import Peers
-from models.common import Instrument
+from models.common import IST, Instrument
 from models.messages import OrderUpdateReceived, PriceTick, new_id
 from models.policy import RiskConfig
-from models.position import Position
+from models.position import Position, PositionStatus
 from models.rules import PriceMark
 from store.pnl_cache import PnLCache
 from store.ports import OrderGateway, QuoteApi, Store
@@ -100,6 +100,10 @@ class System:
         routes = self.supervisor.proxy().start_positions(positions).get(timeout=60)
         self.index.tell(BulkLoad(routes=tuple(routes)))
         self.orders.proxy().load(positions).get(timeout=60)
+        today = self.parts.clock().astimezone(IST).date()
+        closed = [p for p in self.parts.store.list_positions(PositionStatus.EXITED)
+                  if p.exited_at is not None and p.exited_at.astimezone(IST).date() == today]
+        self.pnl.proxy().seed_closed(closed).get(timeout=60)
         logger.info("supervising {} open positions from the store", len(positions))
 
     # Feeds ------------------------------------------------------------------------------------
