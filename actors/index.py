@@ -42,6 +42,8 @@ class IndexActor(SingletonActor):
         self.batcher = batcher
         self.routes: dict[Instrument, dict[str, ActorRef[Any]]] = {}
         self.positions: dict[str, Position] = {}
+        self.owners: dict[str, ActorRef[Any]] = {}
+        """Each position's owner, kept after it closes: a late entry fill may re-open it."""
         self.fanned_out = 0
 
     def on_receive(self, message: Any) -> Any:
@@ -82,12 +84,17 @@ class IndexActor(SingletonActor):
             self._unroute(position.position_id, _instrument(position))
         else:
             self.positions[position.position_id] = position
+            owner = self.owners.get(position.position_id)
+            routed = self.routes.get(_instrument(position), {})
+            if owner is not None and position.position_id not in routed:
+                self._route(position.position_id, _instrument(position), owner)
 
     def _route(self, position_id: str, instrument: Instrument, ref: ActorRef[Any]) -> None:
         owners = self.routes.setdefault(instrument, {})
         if not owners:
             self._watch((instrument,), watching=True)
         owners[position_id] = ref
+        self.owners[position_id] = ref
 
     def _unroute(self, position_id: str, instrument: Instrument) -> None:
         owners = self.routes.get(instrument)
@@ -104,6 +111,7 @@ class IndexActor(SingletonActor):
             if instrument not in self.routes:
                 fresh.append(instrument)
             self.routes.setdefault(instrument, {})[position.position_id] = ref
+            self.owners[position.position_id] = ref
             self.positions[position.position_id] = position
         if fresh:
             self._watch(tuple(fresh), watching=True)

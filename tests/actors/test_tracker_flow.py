@@ -171,3 +171,26 @@ def test_when_operator_asks_then_manual_exit(system: System) -> None:
     system.settle()
     assert system.store.positions[pid].exit_reason is ExitReason.MANUAL
     assert exit_client_id(pid, 1) in system.gateway.placed
+
+
+def test_when_late_entry_fill_reopens_closed_position_then_it_is_priced_again(
+        system: System) -> None:
+    pid = open_position(system, entry(qty=50, status=OrderStatus.PENDING))
+    system.supervisor.tell(RequestExit(reason=ExitReason.MANUAL, position_id=pid,
+                                       correlation_id="op", sent_at=T0))
+    system.settle()
+    order_no = system.gateway.placed[exit_client_id(pid, 1)][0]
+    sold = OrderUpdate(order_no=order_no, status=OrderStatus.TRADED, quantity=50,
+                       traded_qty=50, avg_traded_price=Decimal("201"), updated_at=T0)
+    system.supervisor.tell(ApplyOrderUpdate(position_id=pid, update=sold, role=OrderRole.EXIT,
+                                            attempt=1, correlation_id="x", sent_at=T0))
+    system.settle()
+    assert system.store.positions[pid].status is PositionStatus.EXITED
+    system.supervisor.tell(ApplyOrderUpdate(position_id=pid, update=entry(qty=100),
+                                            role=OrderRole.ENTRY, correlation_id="late",
+                                            sent_at=T0))
+    system.settle()
+    assert system.store.positions[pid].status is PositionStatus.ACTIVE
+    assert system.index.ask(OpenPositions(INSTRUMENT), timeout=5)[0].position_id == pid
+    price(system, "170")  # the re-opened 50 are protected: stop loss fires again
+    assert exit_client_id(pid, 2) in system.gateway.placed
