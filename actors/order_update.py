@@ -53,6 +53,10 @@ class OrderUpdateActor(SingletonActor):
         self.prefix = correlation_prefix
         self.owners: dict[str, Owner] = {}
         self.positions: dict[str, Position] = {}
+        self.by_instrument: dict[tuple[object, ...], dict[str, Position]] = {}
+        """Open positions per (segment, security id, product): the candidates to reduce."""
+        self.allocated: dict[str, dict[str, int]] = {}
+        """position → untracked order → quantity of that order allocated to the position."""
         self.allocations: dict[str, Allocation] = {}
         self.seen: OrderedDict[tuple[object, ...], None] = OrderedDict()
         self.dedup_window, self.park_limit = dedup_window, park_limit
@@ -71,7 +75,7 @@ class OrderUpdateActor(SingletonActor):
 
     def _learn(self, position: Position) -> None:
         pid = position.position_id
-        self.positions[pid] = position
+        self._put(position)
         for order in position.orders:
             number = order.progress.order_no
             if order.role is not OrderRole.OPPOSITE and number not in self.allocations:
@@ -101,6 +105,8 @@ class OrderUpdateActor(SingletonActor):
             seen = seen.model_copy(update={"traded_qty": qty, "traded_value": value})
             self.allocations[number] = Allocation(order_no=number, seen=seen,
                                                   shares=tuple(shares), opened=opened)
+            for share in shares:
+                self.allocated.setdefault(share.position_id, {})[number] = share.qty
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -114,11 +120,18 @@ class OrderUpdateActor(SingletonActor):
                 logger.warning("order update actor ignores {}", type(message).__name__)
         return None
 
+    def _put(self, position: Position) -> None:
+        key = (position.segment, position.security_id, position.product)
+        if position.status in OPEN:
+            self.positions[position.position_id] = position
+            self.by_instrument.setdefault(key, {})[position.position_id] = position
+        else:
+            self.positions.pop(position.position_id, None)
+            self.by_instrument.get(key, {}).pop(position.position_id, None)
+
     def _position_event(self, position: Position) -> None:
         known = position.position_id in self.positions
         self._learn(position)
-        if position.status not in OPEN:
-            self.positions.pop(position.position_id, None)
         if not known:
             self._unpark(position.entry_order_no)
 
@@ -186,7 +199,7 @@ class OrderUpdateActor(SingletonActor):
             order_no=update.order_no, seen=OrderProgress.empty(update.order_no))
         progress = allocation.seen.merge(update)
         remaining = [] if allocation.opened else self._opposites(update)
-        allocation, left_qty, left_value = allocate(allocation, progress, remaining)
+        allocation, left_qty, _ = allocate(allocation, progress, remaining)
         for share in allocation.shares:
             self._tell(ApplyProgress(position_id=share.position_id,
                                      progress=share_progress(allocation, share),
@@ -200,25 +213,25 @@ class OrderUpdateActor(SingletonActor):
                                      progress=_entry_progress(allocation), role=OrderRole.ENTRY,
                                      sent_at=self.clock(), **cause.caused()))
         self.allocations[update.order_no] = allocation
-        del left_value
+        for share in allocation.shares:
+            self.allocated.setdefault(share.position_id, {})[update.order_no] = share.qty
         if opened_now:
             self._unpark(update.order_no)  # earlier updates of this order: now it is known
 
     def _opposites(self, update: OrderUpdate) -> list[tuple[str, int]]:
         assert update.txn_type is not None
         side = update.txn_type.opens
-        candidates = sorted(
-            (p for p in self.positions.values()
-             if p.segment == update.segment and p.security_id == update.security_id
-             and p.product == update.product and p.side is not side and p.status in OPEN),
-            key=lambda p: (p.created_at, p.position_id))
+        key = (update.segment, update.security_id, update.product)
+        candidates = sorted((p for p in self.by_instrument.get(key, {}).values()
+                             if p.side is not side),
+                            key=lambda p: (p.created_at, p.position_id))
         return [(p.position_id, self._open_qty(p, update.order_no)) for p in candidates]
 
     def _open_qty(self, position: Position, order_no: str) -> int:
         """Open quantity, counting every allocation we made even if not yet announced back."""
-        allocated = sum(share.qty for allocation in self.allocations.values()
-                        if allocation.order_no != order_no
-                        for share in allocation.shares if share.position_id == position.position_id)
+        allocated = sum(qty for number, qty in
+                        self.allocated.get(position.position_id, {}).items()
+                        if number != order_no)
         exited = sum(o.progress.traded_qty for o in position.orders if o.role is OrderRole.EXIT)
         return max(0, position.entry_qty - exited - allocated)
 
@@ -227,7 +240,7 @@ class OrderUpdateActor(SingletonActor):
         pid = position_id_for(update.order_no)
         position = new_position(update, position_id=pid, side=update.txn_type.opens,
                                 created_at=update.updated_at or self.clock())
-        self.positions[pid] = position
+        self._put(position)
         self._tell(CreatePosition(position=position, sent_at=self.clock(), **cause.caused()))
         logger.bind(position_id=pid).info("new {} position from order {} on {}:{}",
                                           position.side, update.order_no, update.segment,
