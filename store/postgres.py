@@ -18,7 +18,8 @@ from psycopg.conninfo import conninfo_to_dict
 
 from store.ports import StoreError
 from store.schema import POSTGRES
-from store.sql import Clock, Cursor, SqlStore, Tx, utc_now
+from store.sql import SqlStore
+from store.sql_rows import Clock, Cursor, Tx, utc_now
 from store.urls import redact_text, redact_url
 
 Connection = psycopg.Connection[tuple[Any, ...]]

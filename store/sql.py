@@ -3,9 +3,8 @@
 A backend supplies four things: a transaction yielding a DB-API cursor, its placeholder style,
 how a Python value is bound (``Decimal`` and aware ``datetime`` natively in PostgreSQL, as exact
 text in SQLite) and the exceptions its driver raises, which leave here as ``StoreError`` with
-the driver's error as the cause. Rows become records through pydantic, which reads a backend's
-native values and the SQLite text forms alike (``"182.35"`` → ``Decimal``, ISO text → aware
-``datetime``, ``1`` → ``True``).
+the driver's error as the cause. ``sql_rows.py`` holds the plumbing: the cursor, the
+transaction handle and the mapping of rows to records.
 
 One lock guards the one connection, since actors call from several threads; it protects the
 connection, not domain data, and is held only for one short transaction.
@@ -14,23 +13,30 @@ connection, not domain data, and is held only for one short transaction.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import Enum
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import ClassVar
 
 from loguru import logger
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from models.position import OPEN, Fill, Position, PositionStatus
 from store.ports import StaleWriteError, StoreError
 from store.records import DeadLetter, ExitAttempt, KillSwitch, ParkedUpdate, StoredOrderUpdate
 from store.schema import LATEST, SCHEMA_VERSION_TABLE, TABLES, Dialect, steps_after
-
-Clock = Callable[[], datetime]
-Row = Sequence[Any]
-R = TypeVar("R", bound=BaseModel)
+from store.sql_rows import (
+    Clock,
+    Cursor,
+    R,
+    Tx,
+    decode_position,
+    insert_sql,
+    record_values,
+    records,
+    utc_now,
+)
 
 _POSITION_COLUMNS = ("position_id", "entry_order_no", "segment", "security_id", "side", "status",
                      "version", "created_at", "opened_at", "exited_at", "updated_at", "data")
@@ -41,53 +47,6 @@ _UPSERT_POSITION = (
     + ", ".join(f"{c} = excluded.{c}" for c in _POSITION_COLUMNS[1:])
     + " WHERE positions.version < excluded.version")
 _OPEN_STATUSES = tuple(sorted(OPEN))
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-class Cursor(Protocol):
-    """The part of a DB-API cursor the store uses (psycopg's and sqlite3's both fit)."""
-
-    @property
-    def rowcount(self) -> int: ...
-
-    def execute(self, sql: str, params: Sequence[Any], /) -> object: ...
-
-    def executemany(self, sql: str, params: Sequence[Sequence[Any]], /) -> object: ...
-
-    def fetchone(self) -> Any: ...
-
-    def fetchall(self) -> list[Any]: ...
-
-
-class Tx:
-    """One open transaction: runs statements written with ``?`` placeholders and counts them."""
-
-    def __init__(self, store: SqlStore, cursor: Cursor) -> None:
-        self.store, self.cursor = store, cursor
-
-    def run(self, sql: str, params: Sequence[object] = ()) -> Cursor:
-        self.store._queries += 1
-        self.cursor.execute(self.store._sql(sql), [self.store._bind(v) for v in params])
-        return self.cursor
-
-    def many(self, sql: str, rows: Sequence[Sequence[object]]) -> int:
-        """Run one statement per row; return the rows it changed."""
-        if not rows:
-            return 0
-        self.store._queries += len(rows)
-        bound = [[self.store._bind(v) for v in row] for row in rows]
-        self.cursor.executemany(self.store._sql(sql), bound)
-        return self.cursor.rowcount
-
-    def one(self, sql: str, params: Sequence[object] = ()) -> Row | None:
-        row: Row | None = self.run(sql, params).fetchone()
-        return row
-
-    def all(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
-        return list(self.run(sql, params).fetchall())
 
 
 class SqlStore:
@@ -134,11 +93,15 @@ class SqlStore:
         with self._lock:
             if self._closed:
                 raise StoreError(f"{self.safe_name}: the store is closed")
+            tx: Tx | None = None
             try:
                 with self._transaction(write) as cursor:
-                    yield Tx(self, cursor)
+                    tx = Tx(cursor, self._sql, self._bind)
+                    yield tx
             except self.driver_errors as error:
                 raise StoreError(self._describe(error)) from error
+            finally:
+                self._queries += tx.count if tx else 0
 
     @property
     def queries(self) -> int:
@@ -178,8 +141,8 @@ class SqlStore:
         with self._tx() as tx:
             if not tx.run(_UPSERT_POSITION, self._position_row(position)).rowcount:
                 _check_not_stale(tx, position)
-            tx.many(_insert_sql("fills", Fill, conflict="ON CONFLICT DO NOTHING"),
-                    [_values(fill) for fill in fills])
+            tx.many(insert_sql("fills", Fill, conflict="ON CONFLICT DO NOTHING"),
+                    [record_values(fill) for fill in fills])
 
     def save_positions(self, positions: Sequence[Position]) -> None:
         latest: dict[str, Position] = {}
@@ -201,7 +164,7 @@ class SqlStore:
     def load_position(self, position_id: str) -> Position | None:
         with self._tx(write=False) as tx:
             row = tx.one("SELECT data FROM positions WHERE position_id = ?", (position_id,))
-        return None if row is None else _position(row[0])
+        return None if row is None else decode_position(row[0])
 
     def load_open_positions(self) -> list[Position]:
         marks = ", ".join("?" for _ in _OPEN_STATUSES)
@@ -216,7 +179,7 @@ class SqlStore:
         with self._tx(write=False) as tx:
             rows = tx.all(f"SELECT data FROM positions {where} "
                           "ORDER BY created_at, position_id", params)
-        return [_position(row[0]) for row in rows]
+        return [decode_position(row[0]) for row in rows]
 
     def fills(self, position_id: str) -> list[Fill]:
         return self._select(Fill, "fills", "WHERE position_id = ? ORDER BY id", (position_id,))
@@ -243,7 +206,7 @@ class SqlStore:
             if rows:  # by id, so an update parked meanwhile by another process stays
                 tx.run("DELETE FROM parked_updates WHERE order_no = ? AND id <= ?",
                        (order_no, rows[-1][0]))
-        return _records(ParkedUpdate, [row[1:] for row in rows])
+        return records(ParkedUpdate, [row[1:] for row in rows])
 
     def parked_updates(self) -> list[ParkedUpdate]:
         return self._select(ParkedUpdate, "parked_updates", "ORDER BY id")
@@ -295,13 +258,14 @@ class SqlStore:
     # Records <-> rows --------------------------------------------------------------------------
     def _insert(self, record: BaseModel, table: str, *, conflict: str = "") -> bool:
         with self._tx() as tx:
-            return tx.run(_insert_sql(table, type(record), conflict), _values(record)).rowcount > 0
+            sql = insert_sql(table, type(record), conflict)
+            return tx.run(sql, record_values(record)).rowcount > 0
 
     def _select(self, model: type[R], table: str, tail: str,
                 params: Sequence[object] = ()) -> list[R]:
         with self._tx(write=False) as tx:
             rows = tx.all(f"SELECT {', '.join(model.model_fields)} FROM {table} {tail}", params)
-        return _records(model, rows)
+        return records(model, rows)
 
 
 def _version(tx: Tx) -> int:
@@ -317,34 +281,9 @@ def _check_not_stale(tx: Tx, position: Position) -> None:
     if row is None:
         raise StoreError(f"position {position.position_id} was neither inserted nor found")
     stored = int(row[0])
-    if stored == position.version and _position(row[1]) == position:
+    if stored == position.version and decode_position(row[1]) == position:
         return
     what = "different content at the same version" if stored == position.version else \
         f"version {stored}"
     raise StaleWriteError(f"position {position.position_id}: write of version "
                           f"{position.version} refused, the store holds {what}")
-
-
-def _insert_sql(table: str, model: type[BaseModel], conflict: str = "") -> str:
-    columns = list(model.model_fields)
-    marks = ", ".join("?" for _ in columns)
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) {conflict}"
-
-
-def _values(record: BaseModel) -> tuple[object, ...]:
-    return tuple(getattr(record, name) for name in type(record).model_fields)
-
-
-def _records(model: type[R], rows: Sequence[Row]) -> list[R]:
-    names = list(model.model_fields)
-    try:
-        return [model.model_validate(dict(zip(names, row, strict=True))) for row in rows]
-    except (ValidationError, ValueError) as error:
-        raise StoreError(f"a stored {model.__name__} is unreadable: {error}") from error
-
-
-def _position(data: str) -> Position:
-    try:
-        return Position.model_validate_json(data)
-    except ValidationError as error:
-        raise StoreError(f"a stored position is unreadable: {error}") from error

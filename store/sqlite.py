@@ -18,7 +18,8 @@ from pathlib import Path
 
 from store.ports import StoreError
 from store.schema import SQLITE
-from store.sql import Clock, Cursor, SqlStore, Tx, utc_now
+from store.sql import SqlStore
+from store.sql_rows import Clock, Cursor, Tx, utc_now
 
 MEMORY = ":memory:"
 

@@ -45,7 +45,8 @@ class FakeStore:
         with self._lock:
             self._q()
             stored = self.positions.get(position.position_id)
-            if stored is not None and stored.version > position.version:
+            if stored is not None and (stored.version > position.version or (
+                    stored.version == position.version and stored != position)):
                 raise StaleWriteError(position.position_id)
             self.positions[position.position_id] = position
             for fill in fills:
