@@ -25,6 +25,7 @@ from actors import tracing
 from actors.logging_bridge import route_stdlib_logging
 from actors.system import Parts, System
 from actors.tracing import Tracer, iter_records
+from app.chart import write_pnl_chart
 from app.clocks import ManualClock, SessionClock, paper_session_start
 from app.console import print_summary, status_line
 from app.replay import Replayer, ReplayInputError, merge, read_orders, read_ticks
@@ -110,7 +111,9 @@ def _finish(system: System, store: Store, mode: str, started: datetime, ended: d
                           system.parts.config.policy, metrics.snapshot())
     if report_path is not None:
         _write_atomically(report_path, json.dumps(report, indent=2))
-        logger.info("report written to {}", report_path)
+        chart = report_path.with_suffix(".png")
+        write_pnl_chart(report, chart)
+        logger.info("report written to {} (chart: {})", report_path, chart)
     print_summary(report, sys.stdout)
     store.close()
     return 0
@@ -262,8 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "paper":
             return run_paper(settings, duration=args.duration, report=args.report,
                              live_status=False, trace=args.trace)
-        return run_paper(settings, duration=None, report=None, live_status=True,
-                         trace=args.trace)
+        return run_paper(settings, duration=None, live_status=True, trace=args.trace,
+                         report=settings.data_dir / "last-session.json")
     except SettingsError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
