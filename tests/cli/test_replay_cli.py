@@ -24,6 +24,8 @@ def replay(tmp_path: Path, name: str) -> dict[str, Any]:
     done = run("replay", "--orders", orders, "--ticks", ticks, "--policy", policy,
                "--report", report, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert report.with_suffix(".png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert "net PnL" in done.stdout  # the summary table
     data: dict[str, Any] = json.loads(report.read_text())
     return data
 
