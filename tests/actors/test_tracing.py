@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -94,3 +95,16 @@ def test_when_trace_viewed_then_story_tree_and_chrome_export_hold(
     assert events and all({"ph", "pid", "tid", "name"} <= set(e) for e in events)
     assert all("ts" in e for e in events if e["ph"] != "M")
     assert {e["ph"] for e in events} <= {"X", "i", "M"}
+
+
+def test_when_sink_falls_behind_then_records_are_dropped_and_counted(tmp_path: Path) -> None:
+    fifo = tmp_path / "stuck"
+    os.mkfifo(fifo)  # the writer blocks opening it until a reader comes: a sink that lags
+    tracer = Tracer(fifo, max_backlog=10)
+    for n in range(25):
+        tracer.record("index", {"kind": "message", "n": n})
+    assert tracer.dropped >= 15
+    assert len(tracer.dump("index")) == 25  # the flight recorder keeps everything recent
+    with fifo.open("rb") as reader:  # unblock the writer so close() returns
+        tracer.close()
+        assert reader.read()
