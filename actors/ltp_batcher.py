@@ -87,6 +87,12 @@ class LTPBatcherActor(SingletonActor):
     def set_index(self, index: ActorRef[Any]) -> None:
         self.index = index
 
+    def price_age(self, now: datetime) -> float | None:
+        """Seconds since the stalest watched instrument was priced (None: nothing watched)."""
+        ages = [(now - mark.at).total_seconds() if (mark := self.last.get(i)) else float("inf")
+                for i in self.watched]
+        return max(ages) if ages else None
+
     def _flush(self, now: datetime) -> None:
         self._poll(now)
         if not self.pending or self.index is None:

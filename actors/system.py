@@ -125,6 +125,8 @@ class System:
     def status(self) -> dict[str, Any]:
         snapshot: dict[str, Any] = self.supervisor.ask(Snapshot(), block=True, timeout=ASK)
         snapshot["metrics"] = self.parts.metrics.snapshot()
+        snapshot["max_price_age_s"] = self.batcher.proxy().price_age(self.parts.clock()).get(
+            timeout=ASK)
         return snapshot
 
     def open_positions(self) -> list[Position]:

@@ -13,10 +13,13 @@ def status_line(status: Mapping[str, Any], clock_text: str) -> str:
     net = status.get("day_net")
     quarantined = status.get("quarantined", [])
     metrics = status.get("metrics", {})
+    age = status.get("max_price_age_s")
+    age_text = "-" if age is None else "never" if age == float("inf") else f"{age:.1f}s"
     return (f"[{clock_text}] {status.get('trading_state', '?')} | open "
             f"{positions.get('ACTIVE', 0) + positions.get('EXITING', 0)} "
             f"(exiting {positions.get('EXITING', 0)}) | exited {positions.get('EXITED', 0)} | "
-            f"day net {net if net is not None else '-'} | exits: {exits_text} | "
+            f"day net {'-' if net is None else f'{net:.2f}'} | oldest price {age_text} | "
+            f"exits: {exits_text} | "
             f"unprotected {len(status.get('unprotected', []))} | quarantined {len(quarantined)} | "
             f"restarts {metrics.get('actor_restarts', 0)}")
 

@@ -1,0 +1,18 @@
+"""The live status line shows what a trader watches."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from app.console import status_line
+
+
+def test_status_line_shows_state_positions_pnl_price_age_exits_and_alerts() -> None:
+    line = status_line({"trading_state": "HALTED", "positions": {"ACTIVE": 3, "EXITING": 1,
+                                                                 "EXITED": 2},
+                        "exits_by_reason": {"STOP_LOSS": 2}, "day_net": Decimal("-1234.5"),
+                        "unprotected": ["P1"], "quarantined": [], "max_price_age_s": 2.25,
+                        "metrics": {"actor_restarts": 4}}, "10:31:07")
+    assert line == ("[10:31:07] HALTED | open 4 (exiting 1) | exited 2 | day net -1234.50 | "
+                    "oldest price 2.2s | exits: STOP_LOSS 2 | unprotected 1 | quarantined 0 | "
+                    "restarts 4")
