@@ -1,69 +1,88 @@
-"""``python -m bench [--quick]``: run the benchmarks, print a table, append to BENCHMARKS.md.
+"""``python -m bench [--quick]``: run every benchmark of SPEC §9, print a table, append the run to
+BENCHMARKS.md (and, for a full run, rewrite its summary).
 
 Real PostgreSQL and Redis are used when ``BENCH_DATABASE_URL`` / ``BENCH_REDIS_URL`` (defaults:
 the local test services) answer; otherwise the embedded SQLite store and the in-process cache.
+The latency, sustained-load and start-up benchmarks each run in a process of their own, so that
+their memory, garbage and start-up are theirs alone. Benchmarks run one after another, never
+concurrently.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
+import subprocess
 import sys
 import tempfile
-from datetime import UTC, datetime
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pykka
 from loguru import logger
 
-from bench import cycle, dispatch_vs_threads, throughput
-
-PG = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
-
-
-def _services() -> tuple[str | None, str | None]:
-    pg: str | None = PG
-    rd: str | None = REDIS
-    try:
-        import psycopg
-
-        psycopg.connect(PG, connect_timeout=2).close()
-    except Exception:
-        pg = None
-    try:
-        import redis
-
-        redis.Redis.from_url(REDIS, socket_connect_timeout=2).ping()
-    except Exception:
-        rd = None
-    return pg, rd
+from bench import (
+    cycle,
+    dispatch_vs_threads,
+    quote_calls,
+    report,
+    throughput,
+    tracing_cost,
+)
+from bench.common import drop_schemas, fresh_cache, fresh_store, services
 
 
-def _fresh_pg(url: str) -> str:
-    import uuid
-
-    import psycopg
-
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    return f"{url}?options=-csearch_path%3D{schema}"
+def isolated(module: str, *args: str) -> dict[str, Any]:
+    """Run ``python -m bench.<module> args`` and return the row it prints last."""
+    done = subprocess.run([sys.executable, "-m", f"bench.{module}", *args], check=True,
+                          stdout=subprocess.PIPE, text=True)
+    row: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return row
 
 
-def _store_and_cache(pg: str | None, rd: str | None, scratch: Path) -> tuple[Any, Any, str | None]:
-    from store.factory import open_store
-    from store.pnl_cache import open_pnl_cache
+def _step(name: str, work: Callable[[], Any]) -> Any:
+    began = time.perf_counter()
+    print(f"… {name}", file=sys.stderr, flush=True)
+    result = work()
+    print(f"  {name}: {time.perf_counter() - began:.1f} s", file=sys.stderr, flush=True)
+    return result
 
-    url = _fresh_pg(pg) if pg else None
-    store = open_store(url or f"sqlite:///{scratch / f'b{os.urandom(4).hex()}.db'}", scratch)
-    if rd:
-        import redis
 
-        redis.Redis.from_url(rd).flushdb()
-    return store, open_pnl_cache(rd), url
+def _cycles(pg: str | None, rd: str | None, scratch: Path, repeats: int) -> list[dict[str, Any]]:
+    rows = []
+    for count in (10, 100, 1000):
+        store, url = fresh_store(pg, scratch)
+        rows.append({"benchmark": f"price cycle at {count:,} positions", **cycle.compare(
+            count, store=store, store_url=url if pg else None, cache=fresh_cache(rd),
+            redis_url=rd, repeats=repeats)})
+        store.close()
+    return rows
+
+
+def run_all(quick: bool, pg: str | None, rd: str | None, scratch: Path) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = _step("cycles", lambda: _cycles(pg, rd, scratch,
+                                                                 5 if quick else 20))
+    old_1000 = rows[-1].get("old_ms")
+    rows.append(_step("order updates", lambda: throughput.run(
+        pg, scratch, 2_000 if quick else 10_000)))
+    rows += _step("dispatcher", lambda: dispatch_vs_threads.run(quick))
+    rows.append(_step("quote calls", quote_calls.run))
+    old = ("--old-cycle-ms", str(old_1000)) if old_1000 else ()
+    rows.append(_step("latency", lambda: isolated(
+        "latency", "--seconds", "5" if quick else "30", *old)))
+    if not quick:
+        rows.append(_step("latency at 2 changes/s", lambda: isolated(
+            "latency", "--seconds", "10", "--changes-per-s", "2", *old)))
+    sustained = ("--positions", "2000", "--instruments", "400", "--seconds", "3") if quick \
+        else ("--positions", "10000", "--instruments", "2000", "--seconds", "30")
+    rows.append(_step("sustained", lambda: isolated("sustained", *sustained)))
+    rows.append(_step("start-up", lambda: isolated(
+        "startup", "--positions", "2000" if quick else "10000")))
+    rows.append(_step("tracing cost", lambda: tracing_cost.run(
+        pg, rd, scratch, repeats=5 if quick else 15, frames=0 if quick else 3_000)))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,43 +92,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logger.remove()
     logger.add(sys.stderr, level="WARNING")
-    pg, rd = _services()
-    rows: list[dict[str, Any]] = []
-    repeats = 5 if args.quick else 20
-    with tempfile.TemporaryDirectory() as scratch:
-        for count in (10, 100, 1000):
-            store, cache, url = _store_and_cache(pg, rd, Path(scratch))
-            rows.append({"benchmark": f"cycle at {count} positions", **cycle.compare(
-                count, store=store, store_url=url, cache=cache, redis_url=rd,
-                repeats=repeats)})
-            store.close()
-        store, cache, url = _store_and_cache(pg, rd, Path(scratch))
-        rows.append(throughput.order_updates(store, 2_000 if args.quick else 10_000))
-        store.close()
-    rows += dispatch_vs_threads.run(args.quick)
-    _report(rows, args, pg is not None, rd is not None)
+    pg, rd = services()
+    began = time.perf_counter()
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            rows = run_all(args.quick, pg, rd, Path(scratch))
+    finally:
+        pykka.ActorRegistry.stop_all(block=True, timeout=10)  # after a failure: no hang
+        drop_schemas()
+    seconds = time.perf_counter() - began
+    command = "python -m bench" + (" --quick" if args.quick else "")
+    where = (f"PostgreSQL: {'yes' if pg else 'no (SQLite)'}, "
+             f"Redis: {'yes' if rd else 'no (in-process cache)'}")
+    print(report.write(rows, args.out, command=command, services=where, seconds=seconds,
+                       full=not args.quick))
+    print(f"\n{command}: {seconds:.0f} s; appended to {args.out}")
     return 0
-
-
-def _rounded(value: Any) -> Any:
-    if isinstance(value, float):
-        return round(value, 3)
-    if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_rounded(v) for v in value]
-    return value
-
-
-def _report(rows: list[dict[str, Any]], args: argparse.Namespace, pg: bool, rd: bool) -> None:
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    services = f"PostgreSQL: {'yes' if pg else 'no (SQLite)'}, Redis: {'yes' if rd else 'no'}"
-    text = json.dumps(_rounded(rows), indent=1, default=str)
-    print(text)
-    with args.out.open("a", encoding="utf-8") as out:
-        command = "python -m bench" + (" --quick" if args.quick else "")
-        out.write(f"\n## {stamp} — `{command}`\n\n{machine}; {services}\n\n```json\n{text}\n```\n")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -21,6 +21,7 @@ import redis
 
 from actors.system import Parts, System
 from app.clocks import ManualClock
+from bench.report import at_least, figure
 from bench.workload import T0, instruments, positions, quiet_prices
 from broker.exchange import PaperExchange
 from broker.market import TapeMarket
@@ -29,7 +30,7 @@ from models.common import Instrument, Segment
 from models.policy import RiskConfig
 from models.position import Position, PositionStatus
 from models.rules import PriceMark, evaluate, update_marks
-from store.pnl_cache import PnLCache
+from store.pnl_cache import PnLCache, PnLEntry
 from store.ports import Store
 
 CONFIG = RiskConfig()
@@ -53,11 +54,14 @@ class OldDesign:
         self.conn = psycopg.connect(store_url, autocommit=True)
         self.redis = redis.Redis.from_url(redis_url)
         self.quotes = quotes
+        self.db_queries = self.redis_roundtrips = 0
 
     def cycle(self) -> None:
         rows = self.conn.execute("SELECT data FROM positions WHERE status IN "
                                  "('ACTIVE', 'EXITING')").fetchall()
         book = [Position.model_validate_json(row[0]) for row in rows]
+        self.db_queries += 1
+        self.redis_roundtrips += 2 * len(book)  # one HGETALL and one HSET per position
         pnl = {p.position_id: self.redis.hgetall(f"pnl:tracker:{p.position_id}") for p in book}
         by_segment: dict[Segment, list[int]] = {}
         for position in book:  # pass 1: instruments per segment
@@ -83,20 +87,52 @@ class OldDesign:
         self.redis.close()
 
 
+class CountingCache:
+    """The PnL cache, keeping the round trips of each ``write``: the PnL writer writes once per
+    ``Flush`` (when anything changed), so these are the round trips per flush."""
+
+    def __init__(self, inner: PnLCache) -> None:
+        self.inner = inner
+        self.per_write: list[int] = []
+
+    def write(self, entries: Sequence[PnLEntry], deletes: Sequence[str] = ()) -> bool:
+        before = self.inner.roundtrips
+        done = self.inner.write(entries, deletes)
+        self.per_write.append(self.inner.roundtrips - before)
+        return done
+
+    def read(self, position_id: str) -> PnLEntry | None:
+        return self.inner.read(position_id)
+
+    def read_all(self) -> dict[str, PnLEntry]:
+        return self.inner.read_all()
+
+    @property
+    def roundtrips(self) -> int:
+        return self.inner.roundtrips
+
+    @property
+    def failures(self) -> int:
+        return self.inner.failures
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 class ActorRig:
     def __init__(self, store: Store, cache: PnLCache, book: list[Position]) -> None:
         store.save_positions(book)
-        self.store, self.cache = store, cache
+        self.store, self.cache = store, CountingCache(cache)
         self.clock = ManualClock(T0)
         market = TapeMarket([])
         self.system = System(Parts(
-            store=store, cache=cache, gateway=PaperExchange(market, latency=timedelta(0)),
+            store=store, cache=self.cache, gateway=PaperExchange(market, latency=timedelta(0)),
             quotes=None, config=CONFIG, clock=self.clock, workers=4)).start(ticker=False)
         self.metrics = self.system.parts.metrics
         self.count = len(book)
 
     def cycle(self, prices: dict[Instrument, Decimal]) -> dict[str, int]:
-        db0, rt0 = self.store.queries, self.cache.roundtrips
+        db0, rt0, w0 = self.store.queries, self.cache.roundtrips, len(self.cache.per_write)
         target = self.metrics.get("evaluations") + self.count
         for instrument, ltp in prices.items():
             self.system.tick(instrument, ltp, self.clock())
@@ -104,8 +140,10 @@ class ActorRig:
         while self.metrics.get("evaluations") < target:
             time.sleep(0.0002)
         self.system.pnl.ask(_flush(self.clock()), timeout=30)
+        writes = self.cache.per_write[w0:]
         return {"db_queries": self.store.queries - db0,
-                "redis_roundtrips": self.cache.roundtrips - rt0}
+                "redis_roundtrips": self.cache.roundtrips - rt0,
+                "roundtrips_per_flush": max(writes, default=0), "cache_writes": len(writes)}
 
     def stop(self) -> None:
         self.system.stop()
@@ -142,6 +180,8 @@ def compare(count: int, *, store: Store, store_url: str | None, cache: PnLCache,
                            "actors_ms": statistics.median(actors),
                            "db_queries_per_cycle": max(c["db_queries"] for c in steady),
                            "redis_roundtrips_per_cycle": max(c["redis_roundtrips"]
+                                                             for c in steady),
+                           "redis_roundtrips_per_flush": max(c["roundtrips_per_flush"]
                                                              for c in steady)}
     if store_url is not None and redis_url is not None:
         market = TapeMarket([])
@@ -149,8 +189,33 @@ def compare(count: int, *, store: Store, store_url: str | None, cache: PnLCache,
             market.set_price(instrument, Decimal(100), T0)
         old = OldDesign(store_url, redis_url, PaperQuoteApi(market, min_interval_seconds=0))
         row["old_ms"] = statistics.median(timed(old.cycle, repeats))
+        row["old_db_queries"] = old.db_queries // repeats
+        row["old_redis_roundtrips"] = old.redis_roundtrips // repeats
         old.close()
         row["old_vs_actors"] = row["old_ms"] / row["actors_ms"]
     row["actors_vs_floor"] = row["actors_ms"] / row["floor_ms"]
     assert all(p.status is PositionStatus.ACTIVE for p in store.load_open_positions())
+    row["figures"] = figures(row)
     return row
+
+
+def figures(row: dict[str, Any]) -> list[dict[str, Any]]:
+    old = row.get("old_ms")
+    base = f"floor {row['floor_ms']:.2f} ms" + (f"; old {old:,.1f} ms" if old else "")
+    ratio = f"{row['actors_vs_floor']:.1f}x floor"
+    out = [figure("cycle time (median)", row["actors_ms"], "ms", baseline=base,
+                  ratio=ratio + (f"; old/actors {row['old_vs_actors']:.1f}x" if old else ""))]
+    if old and row["positions"] >= 1_000:
+        out.append(at_least("old design / actors, cycle time", row["old_vs_actors"], 50, "x",
+                            baseline=f"old {old:,.1f} ms", ratio=f"actors {row['actors_ms']:.1f}"
+                            f" ms; floor {row['floor_ms']:.1f} ms"))
+    db, rt = row["db_queries_per_cycle"], row["redis_roundtrips_per_flush"]
+    out.append(figure("db queries per cycle (steady, max)", db, "", target="= 0", met=db == 0,
+                      baseline=f"old: {row.get('old_db_queries', 'n/a')}",
+                      miss="" if db == 0 else f"{db} queries"))
+    out.append(figure("redis round trips per flush (max)", rt, "", target="<= 1", met=rt <= 1,
+                      baseline=f"old: {row.get('old_redis_roundtrips', 'n/a')} per cycle",
+                      ratio=f"{row['redis_roundtrips_per_cycle']} per price cycle "
+                            "(2 flushes: the step's, the closing one)",
+                      miss="" if rt <= 1 else f"{rt} round trips"))
+    return out

@@ -1,0 +1,191 @@
+"""Sustained load: 10,000 positions / 2,000 instruments, every price changing once a second.
+
+Every 100 ms of wall time a tenth of the instruments tick and the batcher is flushed, so each
+instrument changes once a second and each position is evaluated once a second: the system must
+keep up with ``positions`` evaluations per second. Before every step the driver samples how far
+behind it is (evaluations owed minus evaluations done) and every mailbox. It runs in its own
+process (``python -m bench.sustained``) so that its RSS is its own.
+
+Baseline in the same run: the floor's capacity, a plain loop evaluating every position once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    ClockedGateway,
+    Depths,
+    drop_schemas,
+    fresh_cache,
+    fresh_store,
+    peak,
+    rss_mib,
+    services,
+    session_clock,
+    start_system,
+    total,
+    wait_until,
+)
+from bench.cycle import floor_cycle
+from bench.report import below, figure
+from bench.workload import instruments, positions, quiet_prices
+from broker.exchange import PaperExchange
+from broker.market import TapeMarket
+from models.common import Instrument
+
+PERIOD = 0.1
+SLICES = 10
+"""Steps per second; each step ticks one slice of the instruments."""
+
+
+def run(pg: str | None, rd: str | None, scratch: Path, *, count: int, instrument_count: int,
+        seconds: float) -> dict[str, Any]:
+    rss0 = rss_mib()
+    on = instruments(instrument_count)
+    book = positions(count, on)
+    floor_s = min(_timed(lambda: floor_cycle(book, quiet_prices(on, 1))) for _ in range(3))
+    store, _ = fresh_store(pg, scratch)
+    store.save_positions(book)
+    clock = session_clock()
+    exchange = PaperExchange(TapeMarket([]), latency=timedelta(0))
+    system = start_system(store, fresh_cache(rd), clock, ClockedGateway(exchange, clock))
+    rss_started = rss_mib()
+    per_instrument: dict[Instrument, int] = {}
+    for position in book:
+        key = Instrument(segment=position.segment, security_id=position.security_id)
+        per_instrument[key] = per_instrument.get(key, 0) + 1
+    metrics = system.parts.metrics
+    base = metrics.get("evaluations")
+    depths = Depths(system)
+    samples, behind = [], []
+    owed = 0
+    steps = round(seconds / PERIOD)
+    began, cpu0 = time.perf_counter(), time.process_time()
+    for step in range(steps):
+        delay = began + step * PERIOD - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        behind.append(owed - (metrics.get("evaluations") - base))
+        if step % SLICES == 0:  # once a second: sampling 10,000 inboxes is not free
+            samples.append(depths.sample())
+        ticking = on[step % SLICES::SLICES]
+        prices = quiet_prices(ticking, step // SLICES)
+        for instrument, ltp in prices.items():
+            system.tick(instrument, ltp, clock())
+            owed += per_instrument.get(instrument, 0)
+        system.step(clock(), timer=False)
+    driven = time.perf_counter() - began
+    done_in_drive = metrics.get("evaluations") - base
+    rss_end = rss_mib()
+    try:
+        drain = wait_until(lambda: metrics.get("evaluations") - base >= owed, timeout=120,
+                           poll=0.005)
+    except TimeoutError:
+        drain = float("nan")
+    cpu = time.process_time() - cpu0
+    system.stop()
+    store.close()
+    return _row(count, instrument_count, seconds=driven, owed=owed, done=done_in_drive,
+                drain=drain, cpu=cpu, behind=behind, samples=samples, floor_s=floor_s,
+                rss={"start": rss0, "started": rss_started, "end": rss_end,
+                     "stopped": rss_mib()})
+
+
+def _timed(fn: Any) -> float:
+    began = time.perf_counter()
+    fn()
+    return time.perf_counter() - began
+
+
+def _per_second(values: list[int]) -> list[int]:
+    return [max(values[k:k + SLICES]) for k in range(0, len(values), SLICES)]
+
+
+def _growth(values: list[int]) -> tuple[float, float]:
+    """Mean of the second quarter and of the last quarter (the first is warm-up)."""
+    quarter = max(1, len(values) // 4)
+    second, last = values[quarter:2 * quarter] or values, values[-quarter:]
+    return sum(second) / len(second), sum(last) / len(last)
+
+
+def _row(count: int, instrument_count: int, *, seconds: float, owed: int, done: int,
+         drain: float, cpu: float, behind: list[int], samples: list[dict[str, int]],
+         floor_s: float, rss: dict[str, dict[str, float]]) -> dict[str, Any]:
+    rate = owed / (seconds + drain)
+    expected = float(count)  # every position is evaluated once a second
+    deepest = peak(samples)
+    totals = [total(s) for s in samples]
+    floor_rate = count / floor_s
+    cpu_us, floor_us = cpu / owed * 1e6, floor_s / count * 1e6
+    owed_q2, owed_q4 = _growth(behind)
+    box_q2, box_q4 = _growth(totals)
+    step_msgs = count // SLICES * 2 + instrument_count // SLICES
+    """What one step puts in the mailboxes: a price and a valuation per position, the ticks."""
+    kept_up = owed_q4 <= count and owed_q4 <= owed_q2 * 1.1 + count / SLICES
+    bounded = box_q4 <= box_q2 * 1.1 + step_msgs
+    return {
+        "benchmark": f"sustained, {count:,} positions / {instrument_count:,} instruments, "
+                     f"1 change/s each",
+        "seconds": seconds, "evaluations_owed": owed, "evaluations_done_while_driving": done,
+        "evaluations_per_s": rate, "expected_per_s": expected, "drain_s": drain,
+        "behind_by_second": _per_second(behind), "mailboxes_by_second": totals,
+        "mailbox_peak": deepest, "floor_evaluations_per_s": floor_rate, "rss_mib": rss,
+        "cpu_s": cpu, "cpu_us_per_evaluation": cpu_us, "floor_us_per_evaluation": floor_us,
+        "cores_busy": cpu / (seconds + drain),
+        "figures": [
+            figure("evaluations per second kept up", rate, "/s",
+                   baseline=f"floor capacity {floor_rate:,.0f}/s (1 thread)",
+                   ratio=f"{rate / expected:.0%} of the {expected:,.0f}/s owed",
+                   target="sustained", met=kept_up,
+                   miss="" if kept_up else f"backlog {owed_q2:,.0f} → {owed_q4:,.0f} "
+                                           f"evaluations (2nd → 4th quarter)"),
+            figure("evaluations owed, mean 2nd → 4th quarter", owed_q4, "evals",
+                   ratio=f"{owed_q2:,.0f} → {owed_q4:,.0f}; max {max(behind, default=0):,}; "
+                         f"drain {drain:.2f} s"),
+            figure("all mailboxes, mean 2nd → 4th quarter", box_q4, "msgs",
+                   ratio=f"{box_q2:,.0f} → {box_q4:,.0f}; max {max(totals, default=0):,} "
+                         f"(pnl {deepest.get('pnl', 0):,}, dispatcher "
+                         f"{deepest.get('dispatcher_pending', 0):,})",
+                   target="bounded", met=bounded,
+                   miss="" if bounded else f"grew {box_q4 / max(box_q2, 1):.1f}x"),
+            figure("CPU per evaluation (all threads)", cpu_us, "µs",
+                   baseline=f"floor {floor_us:.1f} µs", ratio=f"{cpu_us / floor_us:.1f}x floor; "
+                   f"{cpu / (seconds + drain):.2f} cores busy"),
+            below("peak RSS (VmHWM)", rss["stopped"]["peak_mib"], 1024, "MiB",
+                  ratio=f"RSS {rss['start']['rss_mib']:.0f} → {rss['started']['rss_mib']:.0f} "
+                        f"(started) → {rss['end']['rss_mib']:.0f} MiB"),
+        ],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.sustained")
+    parser.add_argument("--positions", type=int, default=10_000)
+    parser.add_argument("--instruments", type=int, default=2_000)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    args = parser.parse_args(argv)
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+    pg, rd = services()
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            row = run(pg, rd, Path(scratch), count=args.positions,
+                  instrument_count=args.instruments, seconds=args.seconds)
+    finally:
+        drop_schemas()
+    print(json.dumps(row, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""What message tracing costs (SPEC §8, §9): the same work with tracing off, with the in-memory
+flight recorder only (``Tracer(None)``), and with the JSON-lines sink (``Tracer(path)``).
+
+The work is the price cycle at 1,000 positions (``cycle.ActorRig``: every instrument ticks, every
+tracker evaluates, the PnL cache is flushed) and, in the full run, order updates end to end.
+Each mode starts its own system on a fresh store, with the tracer installed before the actors
+start, as ``run.py`` does; the sink's writer thread runs during the measurement, so its CPU is
+part of the cost. Cost = 1 - throughput(mode) / throughput(off).
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+from pathlib import Path
+from typing import Any
+
+from actors import tracing
+from actors.tracing import Tracer
+from bench import throughput
+from bench.common import fresh_cache, fresh_store
+from bench.cycle import ActorRig, timed
+from bench.report import figure
+from bench.workload import instruments, positions, quiet_prices
+
+MODES = ("off", "ring", "jsonl")
+
+
+def _tracer(mode: str, scratch: Path) -> Tracer | None:
+    if mode == "off":
+        return None
+    return Tracer(scratch / f"trace-{mode}.jsonl" if mode == "jsonl" else None)
+
+
+def _cycle_ms(pg: str | None, rd: str | None, scratch: Path, repeats: int) -> float:
+    on = instruments(200)
+    store, _ = fresh_store(pg, scratch)
+    rig = ActorRig(store, fresh_cache(rd), positions(1_000, on))
+    step = itertools.count()
+    rig.cycle(quiet_prices(on, next(step)))  # warm-up
+    times = timed(lambda: rig.cycle(quiet_prices(on, next(step))), repeats)
+    rig.stop()
+    store.close()
+    return statistics.median(times)
+
+
+def _updates_per_s(pg: str | None, scratch: Path, frames: int) -> float:
+    store, _ = fresh_store(pg, scratch)
+    rate = float(throughput.order_updates(store, frames)["updates_per_s"])
+    store.close()
+    return rate
+
+
+def _measure(mode: str, pg: str | None, rd: str | None, scratch: Path, repeats: int,
+             frames: int) -> dict[str, Any]:
+    tracer = _tracer(mode, scratch)
+    tracing.install(tracer)
+    try:
+        out: dict[str, Any] = {"cycle_ms": _cycle_ms(pg, rd, scratch, repeats)}
+        if frames:
+            out["updates_per_s"] = _updates_per_s(pg, scratch, frames)
+    finally:
+        tracing.install(None)
+        if tracer is not None:
+            tracer.close()
+            out["records_written"], out["records_dropped"] = tracer.written, tracer.dropped
+    return out
+
+
+def run(pg: str | None, rd: str | None, scratch: Path, *, repeats: int,
+        frames: int) -> dict[str, Any]:
+    results = {mode: _measure(mode, pg, rd, scratch, repeats, frames) for mode in MODES}
+    off = results["off"]
+    figures = []
+    for mode in MODES[1:]:
+        got = results[mode]
+        cost = 1 - off["cycle_ms"] / got["cycle_ms"]
+        extra = (f"; {got['records_written']:,} records written, {got['records_dropped']:,} "
+                 f"dropped" if mode == "jsonl" else "")
+        figures.append(_cost(f"tracing {mode}: price cycle at 1,000", cost, mode,
+                             f"off {off['cycle_ms']:.1f} ms/cycle",
+                             f"{got['cycle_ms']:.1f} ms/cycle = "
+                             f"{off['cycle_ms'] / got['cycle_ms']:.2f}x throughput{extra}"))
+        if frames:
+            cost = 1 - got["updates_per_s"] / off["updates_per_s"]
+            figures.append(_cost(f"tracing {mode}: order updates", cost, mode,
+                                 f"off {off['updates_per_s']:,.0f}/s",
+                                 f"{got['updates_per_s']:,.0f}/s = "
+                                 f"{got['updates_per_s'] / off['updates_per_s']:.2f}x"))
+    return {"benchmark": "tracing cost: off / ring only / JSONL sink", **results,
+            "repeats": repeats, "frames": frames, "figures": figures}
+
+
+def _cost(name: str, cost: float, mode: str, baseline: str, ratio: str) -> dict[str, Any]:
+    pct = cost * 100
+    if mode != "jsonl":
+        return figure(name + ", cost", pct, "%", baseline=baseline, ratio=ratio)
+    met = pct <= 25
+    return figure(name + ", cost", pct, "%", baseline=baseline, ratio=ratio,
+                  target="<= 25 %", met=met,
+                  miss="" if met else f"{pct - 25:.0f} points over")
