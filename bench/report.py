@@ -103,7 +103,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 def summary(rows: list[dict[str, Any]], heading: str) -> str:
     """Every figure with a target: the target, the measured value, met or by how much not."""
-    lines = [f"## Summary — {heading}", "",
+    lines = [f"## Every target, latest full run (generated) — {heading}", "",
              "| SPEC §9 target | benchmark | measured | met | missed by |", "|---|---|---|---|---|"]
     for row in rows:
         for fig in row.get("figures", []):

@@ -91,12 +91,18 @@ def run(pg: str | None, rd: str | None, scratch: Path, *, count: int, instrument
     except TimeoutError:
         drain = float("nan")
     cpu = time.process_time() - cpu0
+    # No quote API here: an instrument a tracker found stale (and asked a quote for) stays in
+    # the batcher's ``asked`` set. A stale price fires no price rule (models/rules.py).
+    stale = len(system.batcher.proxy().asked.get(timeout=60))
     system.stop()
     store.close()
-    return _row(count, instrument_count, seconds=driven, owed=owed, done=done_in_drive,
-                drain=drain, cpu=cpu, behind=behind, samples=samples, floor_s=floor_s,
-                rss={"start": rss0, "started": rss_started, "end": rss_end,
-                     "stopped": rss_mib()})
+    row = _row(count, instrument_count, seconds=driven, owed=owed, done=done_in_drive,
+               drain=drain, cpu=cpu, behind=behind, samples=samples, floor_s=floor_s,
+               rss={"start": rss0, "started": rss_started, "end": rss_end,
+                    "stopped": rss_mib()})
+    row["instruments_seen_stale"] = stale
+    row["figures"][1]["ratio"] += f"; {stale:,} instruments' prices were stale when evaluated"
+    return row
 
 
 def _timed(fn: Any) -> float:
