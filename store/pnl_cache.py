@@ -12,13 +12,11 @@ decimal strings; TTL 6 h, refreshed by every write.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from loguru import logger
@@ -27,8 +25,7 @@ from redis.retry import Retry
 from redis.typing import EncodableT, FieldT
 
 from models.common import AwareDatetime, Frozen
-
-_QUERY_PASSWORD = re.compile(r"(?i)(password=)[^&#\s]*")
+from store.urls import redact_text, redact_url
 
 
 class PnLEntry(Frozen):
@@ -58,15 +55,6 @@ class PnLCache(Protocol):
     def failures(self) -> int: ...
 
     def close(self) -> None: ...
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``: safe to log."""
-    parts = urlsplit(url)
-    if parts.password is not None:
-        host = parts.netloc.rpartition("@")[2]
-        parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
-    return _QUERY_PASSWORD.sub(r"\1***", urlunsplit(parts))
 
 
 class PendingWrites:
@@ -304,8 +292,7 @@ def _as_str(fields: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
 def _describe(error: Exception) -> str:
     """An error as text with any URL password redacted (redis-py names hosts, not passwords,
     but a wrapped error may carry the URL)."""
-    text = re.sub(r"[a-z][a-z0-9+.-]*://\S+", lambda m: redact_url(m.group(0)), str(error))
-    return f"{type(error).__name__}: {text}"
+    return f"{type(error).__name__}: {redact_text(str(error))}"
 
 
 def open_pnl_cache(redis_url: str | None) -> PnLCache:
