@@ -202,3 +202,24 @@ def wait_until(done: Callable[[], bool], timeout: float, poll: float = 0.001) ->
             raise TimeoutError(f"not done after {timeout} s")
         time.sleep(poll)
     return time.perf_counter() - began
+
+
+def child_main(measure: Callable[[str | None, str | None, Path], dict[str, Any]]) -> int:
+    """The body of a benchmark run in its own process: quiet logs, services, a scratch folder,
+    schemas dropped afterwards, and the row printed as JSON for the parent."""
+    import json
+    import sys
+    import tempfile
+
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+    pg, rd = services()
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            row = measure(pg, rd, Path(scratch))
+    finally:
+        drop_schemas()
+    print(json.dumps(row, default=str))
+    return 0

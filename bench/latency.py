@@ -23,10 +23,8 @@ plain loop; and the *old design*, whose best-case decision latency is one of its
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -36,11 +34,10 @@ from typing import Any
 from bench.common import (
     ClockedGateway,
     Depths,
-    drop_schemas,
+    child_main,
     fresh_cache,
     fresh_store,
     peak,
-    services,
     session_clock,
     start_system,
     summary_ms,
@@ -237,19 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--changes-per-s", type=int, default=10)
     parser.add_argument("--old-cycle-ms", type=float, default=None)
     args = parser.parse_args(argv)
-    from loguru import logger
-
-    logger.remove()
-    logger.add(sys.stderr, level="WARNING")
-    pg, rd = services()
-    try:
-        with tempfile.TemporaryDirectory() as scratch:
-            row = run(pg, rd, Path(scratch), seconds=args.seconds,
-                      old_cycle_ms=args.old_cycle_ms, changes_per_s=args.changes_per_s)
-    finally:
-        drop_schemas()
-    print(json.dumps(row, default=str))
-    return 0
+    return child_main(lambda pg, rd, scratch: run(
+        pg, rd, scratch, seconds=args.seconds, old_cycle_ms=args.old_cycle_ms,
+        changes_per_s=args.changes_per_s))
 
 
 if __name__ == "__main__":

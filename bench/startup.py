@@ -13,9 +13,7 @@ does. Baseline in the same run: reading the N positions from the store alone.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -25,11 +23,10 @@ from typing import Any
 
 from bench.common import (
     ClockedGateway,
-    drop_schemas,
+    child_main,
     fresh_cache,
     fresh_store,
     rss_mib,
-    services,
     session_clock,
     start_system,
     wait_until,
@@ -134,18 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.startup")
     parser.add_argument("--positions", type=int, default=10_000)
     args = parser.parse_args(argv)
-    from loguru import logger
-
-    logger.remove()
-    logger.add(sys.stderr, level="WARNING")
-    pg, rd = services()
-    try:
-        with tempfile.TemporaryDirectory() as scratch:
-            row = run(pg, rd, Path(scratch), count=args.positions)
-    finally:
-        drop_schemas()
-    print(json.dumps(row, default=str))
-    return 0
+    return child_main(lambda pg, rd, scratch: run(pg, rd, scratch, count=args.positions))
 
 
 if __name__ == "__main__":

@@ -12,9 +12,7 @@ Baseline in the same run: the floor's capacity, a plain loop evaluating every po
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -23,12 +21,11 @@ from typing import Any
 from bench.common import (
     ClockedGateway,
     Depths,
-    drop_schemas,
+    child_main,
     fresh_cache,
     fresh_store,
     peak,
     rss_mib,
-    services,
     session_clock,
     start_system,
     total,
@@ -178,19 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instruments", type=int, default=2_000)
     parser.add_argument("--seconds", type=float, default=30.0)
     args = parser.parse_args(argv)
-    from loguru import logger
-
-    logger.remove()
-    logger.add(sys.stderr, level="WARNING")
-    pg, rd = services()
-    try:
-        with tempfile.TemporaryDirectory() as scratch:
-            row = run(pg, rd, Path(scratch), count=args.positions,
-                  instrument_count=args.instruments, seconds=args.seconds)
-    finally:
-        drop_schemas()
-    print(json.dumps(row, default=str))
-    return 0
+    return child_main(lambda pg, rd, scratch: run(
+        pg, rd, scratch, count=args.positions, instrument_count=args.instruments,
+        seconds=args.seconds))
 
 
 if __name__ == "__main__":
