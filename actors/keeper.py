@@ -19,6 +19,7 @@ from actors.metrics import Metrics
 from actors.protocol import Checkpoint, ProtectionChanged, ResumeExit
 from models import lifecycle
 from models.common import Instrument, exit_client_id
+from models.marks import Basis, Quiet, basis_of, net_at, pct_at, quiet
 from models.messages import (
     ApplyOrderUpdate,
     ApplyProgress,
@@ -92,6 +93,9 @@ class PositionKeeper:
         self._checkpointed = context.clock()
         self._saved_marks = _marks(position)
         self._quote_asked: datetime | None = None
+        self._stale_after = timedelta(seconds=float(context.config.policy.stale_after_seconds))
+        self._basis: Basis | None = None
+        self._quiet: Quiet | None = None
         self.log = logger.bind(position_id=position.position_id)
 
     @property
@@ -158,53 +162,81 @@ class PositionKeeper:
 
     # Prices and time --------------------------------------------------------------------------
     def on_price(self, message: PriceUpdate) -> Out:
-        self.mark = message.mark
-        marked = update_marks(self.position, message.mark.ltp, self.ctx.config.policy)
-        self.position = marked
-        out: Out = [(Target.PNL, self._valuation(message))]
-        return out + self._evaluate(message)
+        self.mark = mark = message.mark
+        now = self.ctx.clock()
+        basis = self._current_basis()
+        self.position = update_marks(self.position, mark.ltp, self.ctx.config.policy, basis)
+        out: Out = [(Target.PNL, self._valuation(message, basis, now))]
+        return out + self._evaluate(message, now)
 
     def on_timer(self, message: TimerFired) -> Out:
         self._checkpoint()
         return self._evaluate(message)
 
-    def _valuation(self, cause: Message) -> PnLMarked:
-        assert self.mark is not None
-        value = pnl(self.position, self.mark.ltp, self.ctx.config.policy)
-        return PnLMarked(position_id=self.position.position_id, ltp=self.mark.ltp,
-                         pnl=value.net, pnl_pct=value.pct, hwm_pnl=self.position.hwm_pnl,
-                         peak_price=self.position.peak_price, realized=value.realized,
-                         sent_at=self.ctx.clock(), **cause.caused())
+    def _current_basis(self) -> Basis | None:
+        """The position's basis, derived again only when its orders changed."""
+        if self._basis is None or self._basis.orders is not self.position.orders:
+            self._basis = basis_of(self.position, self.ctx.config.policy)
+        return self._basis
 
-    def _evaluate(self, cause: Message) -> Out:
+    def _valuation(self, cause: Message, basis: Basis | None, now: datetime) -> PnLMarked:
+        assert self.mark is not None
+        ltp, position = self.mark.ltp, self.position
+        if basis is None:  # no entry fill yet: rules.pnl knows what that is worth
+            value = pnl(position, ltp, self.ctx.config.policy)
+            net, pct, realized = value.net, value.pct, value.realized
+        else:
+            net, pct, realized = net_at(basis, ltp), pct_at(basis, ltp), basis.realized
+        return PnLMarked(position_id=position.position_id, ltp=ltp, pnl=net, pnl_pct=pct,
+                         hwm_pnl=position.hwm_pnl, peak_price=position.peak_price,
+                         realized=realized, sent_at=now, correlation_id=cause.correlation_id,
+                         causation_id=cause.message_id)
+
+    def _evaluate(self, cause: Message, now: datetime | None = None) -> Out:
         if self.position.status is not PositionStatus.ACTIVE:
             return []
-        now = self.ctx.clock()
+        now = self.ctx.clock() if now is None else now
         if self.retry_at is not None and now < self.retry_at:
             return []
         self.ctx.metrics.incr("evaluations")
-        out = self._watch_freshness(now, cause)
+        guard = self._quiet
+        in_session = guard.in_session if guard is not None and now < guard.until else \
+            self.ctx.config.calendar.in_session(self.position.segment, now)
+        out = self._watch_freshness(now, in_session, cause)
         decision: ExitDecision | None
         if self.sticky is not None:
             decision = ExitDecision(reason=self.sticky, detail="retrying a standing exit")
         else:
-            decision = evaluate(self.position, self.mark, now, self.ctx.config)
+            decision = self._decide(now, in_session)
         if decision is not None:
             out += self._exit(decision, cause)
         return out
 
-    def _watch_freshness(self, now: datetime, cause: Message) -> Out:
+    def _decide(self, now: datetime, in_session: bool) -> ExitDecision | None:
+        """The rules' decision; skipped while the quiet guard proves it would be ``None``."""
+        mark, guard = self.mark, self._quiet
+        fresh = mark is not None and (not in_session or now - mark.at <= self._stale_after)
+        if guard is not None and guard.holds(self.position, mark.ltp if mark else None, fresh,
+                                             now):
+            return None
+        decision = evaluate(self.position, self.mark, now, self.ctx.config)
+        basis = self._current_basis()
+        self._quiet = None if decision is not None or basis is None else \
+            quiet(self.position, basis, now, self.ctx.config)
+        return decision
+
+    def _watch_freshness(self, now: datetime, in_session: bool, cause: Message) -> Out:
         policy, calendar = self.ctx.config.policy, self.ctx.config.calendar
         out: Out = []
-        stale_after = timedelta(seconds=float(policy.stale_after_seconds))
-        stale = self.mark is None or (calendar.in_session(self.position.segment, now)
-                                      and now - self.mark.at > stale_after)
+        stale_after = self._stale_after
+        stale = self.mark is None or (in_session and now - self.mark.at > stale_after)
         asked_recently = self._quote_asked is not None and now - self._quote_asked < stale_after
         if stale and not asked_recently:
             self._quote_asked = now
             out.append((Target.BATCHER, QuoteRequested(instrument=self.instrument, sent_at=now,
                                                        **cause.caused())))
-        unprotected = is_unprotected(self.position, self.mark, now, policy, calendar)
+        unprotected = is_unprotected(self.position, self.mark, now, policy, calendar,
+                                     in_session=in_session)
         if unprotected != self.unprotected:
             self.unprotected = unprotected
             out.append((Target.SUPERVISOR,

@@ -33,7 +33,8 @@ class PnLWriterActor(SingletonActor):
         super().__init__()
         self.cache, self.policy, self.metrics, self.clock = cache, policy, metrics, clock
         self.supervisor = supervisor
-        self.dirty: dict[str, PnLEntry] = {}
+        self.dirty: dict[str, PnLMarked] = {}
+        """The latest valuation per position since the last flush (made into entries then)."""
         self.deletes: set[str] = set()
         self.open_net: dict[str, Decimal] = {}
         self.closed_net: dict[str, Decimal] = {}
@@ -69,16 +70,17 @@ class PnLWriterActor(SingletonActor):
         if pid in self.closed_net:
             return  # a price that raced the close: the position is no longer valued
         self.open_net[pid] = message.pnl
-        self.dirty[pid] = PnLEntry(position_id=pid, pnl=message.pnl, pnl_pct=message.pnl_pct,
-                                   ltp=message.ltp, hwm_pnl=message.hwm_pnl,
-                                   peak_price=message.peak_price, updated_at=message.sent_at)
+        self.dirty[pid] = message
 
     def day_net(self) -> Decimal:
         return sum(self.open_net.values(), Decimal(0)) + sum(self.closed_net.values(), Decimal(0))
 
     def _flush(self, at: datetime) -> None:
         if self.dirty or self.deletes:
-            entries, deletes = list(self.dirty.values()), sorted(self.deletes)
+            entries = [PnLEntry(position_id=m.position_id, pnl=m.pnl, pnl_pct=m.pnl_pct,
+                                ltp=m.ltp, hwm_pnl=m.hwm_pnl, peak_price=m.peak_price,
+                                updated_at=m.sent_at) for m in self.dirty.values()]
+            deletes = sorted(self.deletes)
             self.dirty, self.deletes = {}, set()
             before = self.cache.roundtrips
             self.cache.write(entries, deletes)

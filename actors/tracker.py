@@ -18,6 +18,7 @@ from actors.dispatch import PooledActor
 from actors.keeper import KeeperContext, PositionKeeper, Target, summary
 from actors.protocol import Snapshot, TrackerFailed
 from actors.tracing import tracer
+from models.messages import PriceUpdate
 from models.position import Position
 from models.rules import PriceMark
 
@@ -47,6 +48,8 @@ def deliver(peers: Peers, out: list[tuple[Target, object]]) -> None:
 
 class TrackerActor(PooledActor):
     trace_kind = "tracker"
+    conflate = frozenset({PriceUpdate})
+    """Only the newest price of the position's instrument matters: see ``_Mailbox``."""
 
     def __init__(self, position: Position, context: KeeperContext, peers: Peers, *,
                  incarnation: int = 0, halted: bool = False,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 import os
+from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 
 from pydantic import Field
@@ -110,8 +112,13 @@ class PositionClosed(Message):
     position: Position
 
 
-class PnLMarked(Message):
-    """A tracker's latest valuation, for the PnL cache and the kill switch."""
+@dataclass(frozen=True, slots=True)
+class PnLMarked:
+    """A tracker's latest valuation, for the PnL cache and the kill switch.
+
+    A frozen dataclass rather than a pydantic model: one is sent per price per position, the
+    most frequent message of all, and it is built from values the tracker already validated.
+    """
 
     position_id: str
     ltp: Decimal
@@ -120,6 +127,10 @@ class PnLMarked(Message):
     hwm_pnl: Decimal
     peak_price: Decimal | None
     realized: Decimal
+    sent_at: datetime
+    correlation_id: str
+    causation_id: str | None = None
+    message_id: str = field(default_factory=new_id)
 
 
 # Exits ------------------------------------------------------------------------------------------

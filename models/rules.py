@@ -13,8 +13,11 @@ from decimal import Decimal
 from pydantic import Field
 
 from models.common import IST, AwareDatetime, Frozen, Side
+from models.marks import Basis, basis_of, net_at
 from models.policy import ExitPolicy, PortfolioLimits, RiskConfig, SessionCalendar
 from models.position import PRICED, ExitReason, Position, PositionStatus
+
+_ZERO = Decimal(0)
 
 
 class PriceMark(Frozen):
@@ -59,12 +62,10 @@ def _favourable(side: Side, a: Decimal, b: Decimal) -> Decimal:
     return max(a, b) if side is Side.LONG else min(a, b)
 
 
-def _trail_stop(position: Position, peak: Decimal, policy: ExitPolicy) -> Decimal | None:
-    entry = position.entry_price
+def _trail_stop(entry: Decimal, sign: int, peak: Decimal, policy: ExitPolicy) -> Decimal | None:
     trailing = policy.trailing
-    if entry is None or trailing.mode == "off":
+    if trailing.mode == "off":
         return None
-    sign = position.side.sign
     peak_pct = sign * (peak - entry) / entry
     if trailing.mode == "percent":
         if peak_pct < trailing.activation_pct:
@@ -74,19 +75,27 @@ def _trail_stop(position: Position, peak: Decimal, policy: ExitPolicy) -> Decima
     return entry * (1 + sign * offsets[-1]) if offsets else None
 
 
-def update_marks(position: Position, ltp: Decimal, policy: ExitPolicy) -> Position:
-    """Fold one price into peak price, high-water mark and trailing stop (never loosening)."""
-    entry = position.entry_price
-    if entry is None or position.status not in PRICED:
+def update_marks(position: Position, ltp: Decimal, policy: ExitPolicy,
+                 basis: Basis | None = None) -> Position:
+    """Fold one price into peak price, high-water mark and trailing stop (never loosening).
+
+    ``basis`` is the position's (``marks.basis_of``), kept by a caller that folds many prices
+    into one position; one that does not fit the position is ignored and derived again.
+    """
+    if position.status not in PRICED:
         return position
-    side = position.side
-    peak = _favourable(side, position.peak_price or entry, ltp)
-    hwm = max(position.hwm_pnl, pnl(position, ltp, policy).net, Decimal(0))
-    stop = _trail_stop(position, peak, policy)
+    if basis is None or basis.orders is not position.orders:
+        basis = basis_of(position, policy)
+        if basis is None:
+            return position
+    side = basis.side
+    peak = _favourable(side, position.peak_price or basis.entry, ltp)
+    hwm = max(position.hwm_pnl, net_at(basis, ltp), _ZERO)
+    stop = _trail_stop(basis.entry, basis.sign, peak, policy)
     if position.trail_stop is not None:
         stop = position.trail_stop if stop is None else _favourable(side, position.trail_stop,
                                                                       stop)
-    if (peak, hwm, stop) == (position.peak_price, position.hwm_pnl, position.trail_stop):
+    if peak == position.peak_price and hwm == position.hwm_pnl and stop == position.trail_stop:
         return position
     return position.model_copy(update={"peak_price": peak, "hwm_pnl": hwm, "trail_stop": stop})
 
@@ -100,9 +109,14 @@ def price_is_fresh(position: Position, mark: PriceMark, now: datetime, policy: E
 
 
 def is_unprotected(position: Position, mark: PriceMark | None, now: datetime,
-                   policy: ExitPolicy, calendar: SessionCalendar) -> bool:
-    """In session, open, and no fresh price for ``unprotected_after_seconds``."""
-    if position.status not in PRICED or not calendar.in_session(position.segment, now):
+                   policy: ExitPolicy, calendar: SessionCalendar, *,
+                   in_session: bool | None = None) -> bool:
+    """In session, open, and no fresh price for ``unprotected_after_seconds``.
+
+    ``in_session``, when the caller knows it, spares the calendar look-up."""
+    if in_session is None:
+        in_session = calendar.in_session(position.segment, now)
+    if position.status not in PRICED or not in_session:
         return False
     since = mark.at if mark is not None else position.opened_at or position.created_at
     return now - since > timedelta(seconds=float(policy.unprotected_after_seconds))

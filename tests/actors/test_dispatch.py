@@ -121,3 +121,57 @@ def test_when_one_actor_is_busy_then_others_still_progress(pool: Dispatcher) -> 
     assert fast.ask("x", timeout=5) == 1
     release.set()
     assert slow.ask("x", timeout=5) == "slow"
+
+
+class Reading:
+    """A conflated message type in these tests (a tracker conflates ``PriceUpdate``)."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+class Gauge(PooledActor):
+    """Blocks on a gate in its first message, so the next ones wait in its mailbox."""
+
+    conflate = frozenset({Reading})
+
+    def __init__(self, gate: threading.Event, entered: threading.Event) -> None:
+        super().__init__()
+        self.gate, self.entered = gate, entered
+        self.seen: list[Any] = []
+
+    def on_receive(self, message: Any) -> Any:
+        if message == "hold":
+            self.entered.set()
+            self.gate.wait(5)
+        self.seen.append(message.value if isinstance(message, Reading) else message)
+        return list(self.seen)
+
+
+def test_when_readings_wait_in_a_mailbox_then_only_the_latest_is_handled_in_first_place(
+        pool: Dispatcher) -> None:
+    gate, entered = threading.Event(), threading.Event()
+    ref = Gauge.start_on(pool, gate, entered)
+    ref.tell("hold")
+    assert entered.wait(5)
+    ref.tell(Reading(1))
+    ref.tell("order update")
+    for value in range(2, 6):
+        ref.tell(Reading(value))
+    inbox = ref.actor_inbox
+    assert inbox.qsize() == 2
+    gate.set()
+    assert ref.ask("done", timeout=5) == ["hold", 5, "order update", "done"]
+    assert inbox.conflated == 4  # type: ignore[attr-defined]
+    ref.tell(Reading(6))  # after the handled one, a new reading queues anew
+    assert ref.ask("again", timeout=5)[-2:] == [6, "again"]
+
+
+def test_asked_messages_are_never_conflated(pool: Dispatcher) -> None:
+    gate, entered = threading.Event(), threading.Event()
+    ref = Gauge.start_on(pool, gate, entered)
+    ref.tell("hold")
+    assert entered.wait(5)
+    futures = [ref.ask(Reading(value), block=False) for value in (1, 2)]
+    gate.set()
+    assert [future.get(timeout=5)[-1] for future in futures] == [1, 2]

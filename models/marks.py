@@ -1,0 +1,143 @@
+"""The per-price arithmetic of a position, made cheap by deriving what changes only with orders.
+
+A price arrives far more often than a position changes: thousands of prices per second against a
+few fills per position per day. ``Basis`` holds what a valuation needs that depends only on the
+position's orders and the policy (entry price, open quantity, realised PnL, fees), so folding a
+price is a handful of ``Decimal`` operations instead of summing the orders again each time.
+
+``Quiet`` answers "can any exit rule fire?" without running them: while the exchange clock is
+before ``until`` and a fresh price stays strictly inside ``(low, high)``, ``rules.evaluate``
+returns ``None``. The band is widened by a relative ``MARGIN`` far above ``Decimal`` rounding,
+so a price near a trigger always goes through the real rules: the guard can only skip work, never
+change a decision.
+
+A ``Basis`` or ``Quiet`` is valid only for the position it was derived from; both keep the
+position's ``orders`` tuple (immutable, replaced whenever an order changes) and are checked by
+identity before use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+from decimal import Decimal
+
+from models.common import IST, Side
+from models.policy import SESSION_HOURS, ExitPolicy, RiskConfig
+from models.position import OrderRole, Position, TrackedOrder
+
+MARGIN = Decimal("1e-9")
+"""Relative width kept between the quiet band and a trigger; rounding error is ~1e-27."""
+
+_ZERO = Decimal(0)
+
+
+@dataclass(frozen=True, slots=True)
+class Basis:
+    """What a position's valuation needs and only its orders change (``rules.pnl`` terms)."""
+
+    orders: tuple[TrackedOrder, ...]
+    side: Side
+    sign: int
+    entry: Decimal
+    quantity: int
+    realized: Decimal
+    fees: Decimal
+
+
+def basis_of(position: Position, policy: ExitPolicy) -> Basis | None:
+    """The basis of a position with an entry price (``None`` before its first entry fill)."""
+    entry_qty, exit_qty = 0, 0
+    entry_value, exit_value = _ZERO, _ZERO
+    executed = 0
+    for order in position.orders:
+        progress = order.progress
+        if progress.traded_qty > 0:
+            executed += 1
+        if order.role is OrderRole.ENTRY:
+            entry_qty += progress.traded_qty
+            entry_value += progress.traded_value
+        else:
+            exit_qty += progress.traded_qty
+            exit_value += progress.traded_value
+    if not entry_qty:
+        return None
+    entry = entry_value / entry_qty
+    sign = position.side.sign
+    realized = sign * (exit_value / exit_qty - entry) * exit_qty if exit_qty else 0
+    return Basis(orders=position.orders, side=position.side, sign=sign, entry=entry,
+                 quantity=max(0, entry_qty - exit_qty), realized=Decimal(realized),
+                 fees=policy.fee_per_order * executed)
+
+
+def fits(basis: Basis | None, position: Position) -> bool:
+    return basis is not None and basis.orders is position.orders
+
+
+def net_at(basis: Basis, ltp: Decimal) -> Decimal:
+    """``rules.pnl(position, ltp, policy).net``, term for term."""
+    return (basis.realized + basis.sign * (ltp - basis.entry) * basis.quantity) - basis.fees
+
+
+def pct_at(basis: Basis, ltp: Decimal) -> Decimal:
+    """``rules.pnl(position, ltp, policy).pct``."""
+    return basis.sign * (ltp - basis.entry) / basis.entry
+
+
+@dataclass(frozen=True, slots=True)
+class Quiet:
+    """No exit rule can fire before ``until`` while a fresh price is inside ``(low, high)``."""
+
+    orders: tuple[TrackedOrder, ...]
+    trail_stop: Decimal | None
+    low: Decimal | None
+    high: Decimal | None
+    until: datetime
+    in_session: bool
+    """Whether the position's segment is in session all the way to ``until``."""
+
+    def holds(self, position: Position, ltp: Decimal | None, fresh: bool,
+              now: datetime) -> bool:
+        if now >= self.until or self.orders is not position.orders or \
+                self.trail_stop != position.trail_stop:
+            return False
+        if not self.in_session or ltp is None or not fresh:
+            return True  # no price rule can fire: out of session, or no fresh price
+        return (self.low is None or ltp > self.low) and (self.high is None or ltp < self.high)
+
+
+def quiet(position: Position, basis: Basis, now: datetime, config: RiskConfig) -> Quiet:
+    """The guard for ``position`` from ``now`` on; call it only once ``evaluate`` found nothing
+    to do at ``now`` (so no time rule fires yet)."""
+    policy = config.policy
+    in_session = config.calendar.in_session(position.segment, now)
+    low, high = _band(basis, position.trail_stop, policy) if in_session else (None, None)
+    return Quiet(orders=position.orders, trail_stop=position.trail_stop, low=low, high=high,
+                 until=_next_change(position, now, policy), in_session=in_session)
+
+
+def _band(basis: Basis, trail: Decimal | None,
+          policy: ExitPolicy) -> tuple[Decimal | None, Decimal | None]:
+    """Prices strictly between which stop loss, trailing stop and take profit all stay quiet."""
+    entry = basis.entry
+    loss = entry * (1 - basis.sign * policy.stop_loss_pct)
+    profit = entry * (1 + basis.sign * policy.take_profit_pct)
+    if basis.side is Side.LONG:
+        low = loss if trail is None else max(loss, trail)
+        return low + abs(low) * MARGIN, profit - abs(profit) * MARGIN
+    high = loss if trail is None else min(loss, trail)
+    return profit + abs(profit) * MARGIN, high - abs(high) * MARGIN
+
+
+def _next_change(position: Position, now: datetime, policy: ExitPolicy) -> datetime:
+    """The first instant after ``now`` at which a time rule or the session could change: the
+    session's open and close, square-off, ``exit_at``, the end of the holding time, midnight."""
+    local = now.astimezone(IST)
+    day = local.date()
+    clocks: list[time | None] = [*SESSION_HOURS[position.segment],
+                                 policy.square_off_time(position.segment), policy.exit_at_time]
+    moments = [datetime.combine(day, clock, tzinfo=IST) for clock in clocks if clock is not None]
+    moments.append(datetime.combine(day + timedelta(days=1), time(0), tzinfo=IST))
+    if policy.max_hold_minutes and position.opened_at is not None:
+        moments.append(position.opened_at + timedelta(minutes=policy.max_hold_minutes))
+    return min(moment for moment in moments if moment > now)

@@ -1,0 +1,194 @@
+"""The cheap per-price path (``models/marks.py``) gives exactly what the full rules give.
+
+A basis values a position exactly as ``rules.pnl`` does; a quiet guard only ever skips an
+evaluation that would have found nothing: whenever it holds, ``rules.evaluate`` returns ``None``.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models import lifecycle
+from models.common import IST, Segment, Side
+from models.marks import basis_of, net_at, pct_at, quiet
+from models.orders import OrderStatus
+from models.policy import ExitPolicy, RiskConfig, SessionCalendar, TrailingPolicy
+from models.position import OrderRole, Position
+from models.rules import PriceMark, evaluate, pnl, update_marks
+from tests.unit.builders import EXIT_NO, active, exit_update, ok, pending, t
+
+sides = st.sampled_from([Side.LONG, Side.SHORT])
+prices = st.decimals(min_value=Decimal("1.00"), max_value=Decimal("1000.00"), places=2,
+                     allow_nan=False, allow_infinity=False)
+pcts = st.decimals(min_value=Decimal("0.001"), max_value=Decimal("0.9"), places=3)
+segments = st.sampled_from([Segment.NSE_FNO, Segment.NSE_CURRENCY, Segment.MCX_COMM])
+
+
+@st.composite
+def positions(draw: st.DrawFn) -> Position:
+    """ACTIVE or EXITING, possibly partly exited, on a few segments."""
+    side, segment = draw(sides), draw(segments)
+    qty = draw(st.integers(min_value=1, max_value=500))
+    position = active(side, qty, str(draw(prices)), segment=segment)
+    position = position.model_copy(update={"opened_at": t(9, 16)})
+    if draw(st.booleans()):
+        position = ok(lifecycle.request_exit(position, lifecycle.ExitReason.STOP_LOSS, t(11)))
+        done = draw(st.integers(min_value=0, max_value=qty - 1))
+        if done:
+            part = exit_update(OrderStatus.PENDING, done, str(draw(prices)), at=t(11, 1),
+                               side=side, order_no=EXIT_NO, quantity=qty)
+            position = ok(lifecycle.apply_update(position, part, OrderRole.EXIT, attempt=1))
+        if draw(st.booleans()):  # the exit failed: ACTIVE again, with the filled part kept
+            position = ok(lifecycle.exit_failed(position, 1))
+    return position
+
+
+@st.composite
+def policies(draw: st.DrawFn) -> RiskConfig:
+    mode = draw(st.sampled_from(["percent", "tiers", "off"]))
+    policy = ExitPolicy(
+        stop_loss_pct=draw(pcts), take_profit_pct=draw(pcts),
+        max_hold_minutes=draw(st.sampled_from([0, 0, 0, 90, 300])),
+        exit_at=draw(st.sampled_from(["", "10:30", "15:20"])),
+        fee_per_order=draw(st.sampled_from([Decimal(0), Decimal(20)])),
+        trailing=TrailingPolicy(mode=mode, activation_pct=draw(pcts), trail_pct=draw(pcts)),
+        square_off={Segment.NSE_FNO: draw(st.sampled_from(["", "15:15"]))})
+    holidays = frozenset({date(2025, 1, 8)}) if draw(st.booleans()) else frozenset()
+    return RiskConfig(policy=policy, calendar=SessionCalendar(holidays=holidays))
+
+
+factors = st.decimals(min_value=Decimal("0.70"), max_value=Decimal("1.60"), places=3)
+"""Prices relative to the entry price, so stops, trails and targets are crossed often."""
+@st.composite
+def moments(draw: st.DrawFn) -> datetime:
+    """Mostly in session hours (prices fire rules only then), sometimes a holiday or a weekend."""
+    day = draw(st.sampled_from([date(2025, 1, 6), date(2025, 1, 7), date(2025, 1, 8),
+                                date(2025, 1, 11)]))
+    hours = st.integers(min_value=9 * 3600, max_value=15 * 3600 + 40 * 60)
+    any_time = st.integers(min_value=8 * 3600 + 50 * 60, max_value=23 * 3600 + 40 * 60)
+    seconds = draw(st.one_of(hours, any_time))
+    return datetime(day.year, day.month, day.day, tzinfo=IST) + timedelta(seconds=seconds)
+
+
+@given(positions(), st.one_of(st.none(), prices), st.sampled_from([0, 20]))
+def test_basis_values_a_position_exactly_as_pnl_does(position: Position, ltp: Decimal | None,
+                                                     fee: int) -> None:
+    policy = ExitPolicy(fee_per_order=Decimal(fee))
+    basis = basis_of(position, policy)
+    assert basis is not None
+    value = pnl(position, ltp or position.entry_price, policy)
+    at = ltp or position.entry_price
+    assert at is not None
+    assert (net_at(basis, at), pct_at(basis, at), basis.realized) == (
+        value.net, value.pct, value.realized)
+    assert basis.quantity == position.quantity
+
+
+def test_a_position_without_an_entry_fill_has_no_basis() -> None:
+    assert basis_of(pending(), ExitPolicy()) is None
+
+
+@given(positions(), st.lists(prices, min_size=1, max_size=8), policies())
+def test_folding_prices_with_a_kept_basis_equals_folding_without(
+        position: Position, path: list[Decimal], config: RiskConfig) -> None:
+    basis = basis_of(position, config.policy)
+    slow = fast = position
+    for ltp in path:
+        slow = update_marks(slow, ltp, config.policy)
+        fast = update_marks(fast, ltp, config.policy, basis)
+    assert fast == slow
+
+
+def test_a_basis_of_another_position_is_not_used() -> None:
+    policy = ExitPolicy()
+    other = basis_of(active(Side.SHORT, 10, "500"), policy)
+    position = active(Side.LONG, 100, "100")
+    assert update_marks(position, Decimal(120), policy, other) == update_marks(
+        position, Decimal(120), policy)
+
+
+@settings(max_examples=1500)
+@given(positions(), policies(), moments(), st.lists(factors, max_size=3),
+       st.lists(st.tuples(factors, st.integers(0, 600)), min_size=1, max_size=8))
+def test_while_the_guard_holds_no_rule_fires(position: Position, config: RiskConfig,
+                                             start: datetime, before: list[Decimal],
+                                             path: list[tuple[Decimal, int]]) -> None:
+    entry = position.entry_price
+    assert entry is not None
+    for factor in before:  # peak and trailing stop already set when the guard is made
+        position = update_marks(position, _price(entry, factor), config.policy)
+    if evaluate(position, None, start, config) is not None:
+        return  # the guard is made only after an evaluation that found nothing
+    stale_after = timedelta(seconds=float(config.policy.stale_after_seconds))
+    basis = basis_of(position, config.policy)
+    assert basis is not None
+    guard = quiet(position, basis, start, config)
+    now = start
+    for factor, seconds in path:
+        ltp = _price(entry, factor)
+        now += timedelta(seconds=seconds)
+        position = update_marks(position, ltp, config.policy, basis)
+        mark = PriceMark(ltp=ltp, at=now - timedelta(seconds=seconds % 9))
+        in_session = config.calendar.in_session(position.segment, now)
+        fresh = not in_session or now - mark.at <= stale_after
+        if guard.holds(position, ltp, fresh, now):
+            assert evaluate(position, mark, now, config) is None
+            assert guard.in_session == in_session
+
+
+def _price(entry: Decimal, factor: Decimal) -> Decimal:
+    return max(Decimal("0.05"), (entry * factor).quantize(Decimal("0.05")))
+
+
+def test_the_guard_gives_way_near_a_trigger() -> None:
+    config = RiskConfig()
+    position = active(Side.LONG, 100, "100")
+    basis = basis_of(position, config.policy)
+    assert basis is not None
+    guard = quiet(position, basis, t(10), config)
+    assert guard.holds(position, Decimal("88.01"), True, t(10, 1))
+    assert not guard.holds(position, Decimal("88.00"), True, t(10, 1))  # stop loss at -12 %
+    assert not guard.holds(position, Decimal("150"), True, t(10, 1))  # take profit at +50 %
+    assert guard.holds(position, Decimal("80"), False, t(10, 1))  # a stale price fires nothing
+    assert not guard.holds(position, Decimal("100"), True, t(15, 15))  # square-off time
+
+
+@given(sides)
+def test_the_guard_gives_way_at_an_armed_trailing_stop(side: Side) -> None:
+    config = RiskConfig()
+    position = update_marks(active(side, 100, "100"), Decimal(100 + side.sign * 10),
+                            config.policy)
+    assert position.trail_stop is not None  # armed at +3.5 %, trailing 2.5 % behind the peak
+    basis = basis_of(position, config.policy)
+    assert basis is not None
+    guard = quiet(position, basis, t(10), config)
+    inside = position.trail_stop + side.sign * Decimal("0.01")
+    assert guard.holds(position, inside, True, t(10, 1))
+    assert not guard.holds(position, position.trail_stop, True, t(10, 1))
+
+
+def test_the_guard_lasts_until_the_next_time_rule_or_session_change() -> None:
+    config = RiskConfig(policy=ExitPolicy(max_hold_minutes=30))
+    position = active(Side.SHORT, 10, "100").model_copy(update={"opened_at": t(10)})
+    basis = basis_of(position, config.policy)
+    assert basis is not None
+    assert quiet(position, basis, t(10, 5), config).until == t(10, 30)
+    assert quiet(position, basis, t(8), config).until == t(9, 15)  # the session opens
+    late = quiet(position, basis, t(16), config)
+    assert not late.in_session and late.until == datetime(2025, 1, 7, tzinfo=IST)
+
+
+def test_the_guard_does_not_outlive_a_change_of_orders_or_trailing_stop() -> None:
+    config = RiskConfig()
+    position = active(Side.LONG, 100, "100")
+    basis = basis_of(position, config.policy)
+    assert basis is not None
+    guard = quiet(position, basis, t(10), config)
+    trailed = position.model_copy(update={"trail_stop": Decimal(99)})
+    assert not guard.holds(trailed, Decimal(100), True, t(10, 1))
+    more = active(Side.LONG, 200, "100")
+    assert not guard.holds(more, Decimal(100), True, t(10, 1))
