@@ -5,11 +5,15 @@ that owns the order: its entry order, one of its exit orders (known by the deter
 id in ``CorrelationId`` even before the broker's order number is), or an untracked order whose
 fill reduces opposite positions and whose remainder opens a new one. An update for an unknown
 order without a fill is parked (persisted) until the order becomes known.
+
+The actor owns the parking, so it knows in memory which orders have updates parked (those of an
+earlier run are read at start-up): a new position costs a store query only when something is
+waiting for its order.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
@@ -61,6 +65,8 @@ class OrderUpdateActor(SingletonActor):
         self.seen: OrderedDict[tuple[object, ...], None] = OrderedDict()
         self.dedup_window, self.park_limit = dedup_window, park_limit
         self.parked = 0
+        self.parked_for: Counter[str] = Counter()
+        """order number → updates parked for it (in the store) and not yet taken back."""
 
     # Start-up and position events -------------------------------------------------------------
     def load(self, positions: list[Position]) -> None:
@@ -68,7 +74,9 @@ class OrderUpdateActor(SingletonActor):
         self._rebuild_allocations(positions)
         for position in positions:
             self._learn(position)
-        self.parked = len(self.store.parked_updates())
+        parked = self.store.parked_updates()
+        self.parked_for = Counter(item.order_no for item in parked)
+        self.parked = len(parked)
 
     def set_supervisor(self, supervisor: ActorRef[Any]) -> None:
         self.supervisor = supervisor
@@ -177,13 +185,17 @@ class OrderUpdateActor(SingletonActor):
 
     def _park(self, update: OrderUpdate, raw: str) -> None:
         self.store.park_update(update.order_no, raw, self.clock())
+        self.parked_for[update.order_no] += 1
         self.parked += 1
         if self.parked > self.park_limit:
             logger.error("{} order updates parked for unknown orders (limit {})", self.parked,
                          self.park_limit)
 
     def _unpark(self, order_no: str) -> None:
+        if order_no not in self.parked_for:
+            return
         parked = self.store.take_parked(order_no)
+        del self.parked_for[order_no]
         self.parked = max(0, self.parked - len(parked))
         for item in parked:
             update = parse_order_update(item.raw)

@@ -1,4 +1,11 @@
-"""The store on PostgreSQL through psycopg 3: one connection, one short transaction per call.
+"""The store on PostgreSQL through psycopg 3: a small pool of autocommit connections.
+
+A call that is one statement runs as that statement alone: PostgreSQL commits it before it
+answers, so it is durable when the call returns, in one round trip instead of three (``BEGIN``,
+the statement, ``COMMIT``). A call of several statements opens an explicit transaction. A
+position and its fills are written by one statement (a data-modifying ``WITH``), the common
+case of every state change; only when that statement changes nothing (the same write again, or
+a stale one) does the store fall back to the transaction that tells the two apart.
 
 Decimals go to ``NUMERIC`` and aware datetimes to ``TIMESTAMPTZ`` natively and come back as
 ``Decimal`` and aware ``datetime``. A connection the server dropped is replaced on the next
@@ -10,60 +17,82 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 import psycopg
-from loguru import logger
 from psycopg.conninfo import conninfo_to_dict
 
+from models.position import Fill, Position
+from store.pg_pool import Connection, ConnectionPool
 from store.ports import StoreError
 from store.schema import POSTGRES
-from store.sql import SqlStore
+from store.sql import UPSERT_POSITION, SqlStore
 from store.sql_rows import Clock, Cursor, Tx, utc_now
 from store.urls import redact_text, redact_url
 
-Connection = psycopg.Connection[tuple[Any, ...]]
+_FILL_TYPES = {"position_id": "text", "order_no": "text", "role": "text", "cum_qty": "bigint",
+               "qty": "bigint", "price": "numeric", "at": "timestamptz"}
+assert list(_FILL_TYPES) == list(Fill.model_fields), "the fills columns changed"
+_FILL_COLUMNS = ", ".join(_FILL_TYPES)
+# The fills travel as one JSON array (decimals as exact strings, times in ISO-8601 with their
+# offset), so the text is the same for any number of fills and is prepared once per connection.
+# They are inserted only when the position row was written (``FROM pos``): a refused write
+# keeps its fills out, as the transaction does.
+_SAVE_POSITION = (
+    f"WITH pos AS ({UPSERT_POSITION} RETURNING 1), "
+    f"new_fills AS (INSERT INTO fills ({_FILL_COLUMNS}) SELECT f.* FROM pos, "
+    f"json_to_recordset(?::json) AS f({', '.join(f'{c} {t}' for c, t in _FILL_TYPES.items())}) "
+    "ON CONFLICT DO NOTHING) "
+    "SELECT count(*) FROM pos")
 
 
 class PostgresStore(SqlStore):
     """``PostgresStore("postgresql://user:pw@host/db")``; the URL may choose a schema with
-    ``?options=-csearch_path%3Dname``. Connects at once, so a bad URL fails at start-up."""
+    ``?options=-csearch_path%3Dname``. Connects at once, so a bad URL fails at start-up;
+    opens more connections (up to ``pool_size``) only when threads call at the same time."""
 
     dialect = POSTGRES
     driver_errors = (psycopg.Error,)
 
-    def __init__(self, url: str, *, clock: Clock = utc_now, connect_timeout: int = 5) -> None:
+    def __init__(self, url: str, *, clock: Clock = utc_now, connect_timeout: int = 5,
+                 pool_size: int = 8, pool_wait: float = 30.0) -> None:
         super().__init__(safe_name=redact_url(url), clock=clock)
         self._url = url
         self._connect_timeout = connect_timeout
-        self._conn: Connection | None = None
-        with self._lock:
-            self._conn = self._connect()
+        self._pool = ConnectionPool(self._connect, size=pool_size, wait=pool_wait,
+                                    name=self.safe_name)
+        self._pool.open_one()
+
+    @property
+    def connections(self) -> int:
+        """Connections open now (for tests and status views)."""
+        return self._pool.opened
 
     def _connect(self) -> Connection:
         try:
             # connect_timeout bounds the wait for an unreachable server; the URL's own wins.
             timeout = conninfo_to_dict(self._url).get("connect_timeout", self._connect_timeout)
-            return psycopg.connect(self._url, autocommit=False, connect_timeout=timeout)
+            return psycopg.connect(self._url, autocommit=True, connect_timeout=timeout)
         except psycopg.Error as error:
             raise StoreError(self._describe(error)) from error
 
-    def _connection(self) -> Connection:
-        if self._conn is None or self._conn.closed:
-            if self._conn is not None:
-                logger.bind(store=self.safe_name).warning("connection lost; reconnecting")
-            self._conn = self._connect()
-        return self._conn
-
     @contextmanager
     def _transaction(self, write: bool) -> Iterator[Cursor]:
-        conn = self._connection()
-        with conn.transaction(), conn.cursor() as cursor:
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+            yield cursor
+
+    @contextmanager
+    def _statement(self) -> Iterator[Cursor]:
+        with self._pool.connection() as conn, conn.cursor() as cursor:
             yield cursor
 
     def _close_connection(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
+        self._pool.close()
+
+    def _save_in_one_statement(self, position: Position, fills: Sequence[Fill]) -> bool:
+        rows = f"[{','.join(fill.model_dump_json() for fill in fills)}]"
+        with self._tx(statements=1) as tx:
+            row = tx.one(_SAVE_POSITION, (*self._position_row(position), rows))
+        return row is not None and int(row[0]) > 0
 
     def _insert_id(self, tx: Tx, sql: str, params: Sequence[object], key: str) -> int:
         row = tx.one(f"{sql} RETURNING {key}", params)

@@ -6,8 +6,14 @@ text in SQLite) and the exceptions its driver raises, which leave here as ``Stor
 the driver's error as the cause. ``sql_rows.py`` holds the plumbing: the cursor, the
 transaction handle and the mapping of rows to records.
 
-One lock guards the one connection, since actors call from several threads; it protects the
-connection, not domain data, and is held only for one short transaction.
+A call is one short transaction. A call that is a single statement runs alone in autocommit
+(``_tx(statements=1)``): the database commits it before answering, so it is as durable and as
+atomic as an explicit transaction, without the ``BEGIN`` and ``COMMIT`` round trips. Actors call
+from several threads; how calls share connections is the backend's business (a pool for
+PostgreSQL, a lock around the one SQLite connection), never a lock on domain data.
+
+``queries`` counts the statements sent (a row of an ``executemany`` is one; a data-modifying
+``WITH`` is one, since it is one statement and one round trip), not ``BEGIN`` and ``COMMIT``.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from store.sql_rows import (
 
 _POSITION_COLUMNS = ("position_id", "entry_order_no", "segment", "security_id", "side", "status",
                      "version", "created_at", "opened_at", "exited_at", "updated_at", "data")
-_UPSERT_POSITION = (
+UPSERT_POSITION = (
     f"INSERT INTO positions ({', '.join(_POSITION_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in _POSITION_COLUMNS)}) "
     "ON CONFLICT (position_id) DO UPDATE SET "
@@ -56,7 +62,7 @@ class SqlStore:
     driver_errors: ClassVar[tuple[type[Exception], ...]]
 
     def __init__(self, *, safe_name: str, clock: Clock = utc_now) -> None:
-        self._lock = threading.Lock()
+        self._count_lock = threading.Lock()
         self._queries = 0
         self._clock = clock
         self._closed = False
@@ -65,7 +71,18 @@ class SqlStore:
 
     # What a backend provides ------------------------------------------------------------------
     def _transaction(self, write: bool) -> AbstractContextManager[Cursor]:
+        """An explicit transaction: committed when the block ends, rolled back if it raises."""
         raise NotImplementedError
+
+    def _statement(self) -> AbstractContextManager[Cursor]:
+        """A cursor in autocommit, for exactly one statement (its own transaction)."""
+        raise NotImplementedError
+
+    def _save_in_one_statement(self, position: Position, fills: Sequence[Fill]) -> bool:
+        """Write the position (if its version is newer) and its fills in one statement; False
+        when this backend cannot or the position row was not written (the caller then runs the
+        transaction that tells a repeated write from a stale one)."""
+        return False
 
     def _close_connection(self) -> None:
         raise NotImplementedError
@@ -89,29 +106,33 @@ class SqlStore:
 
     # Plumbing ----------------------------------------------------------------------------------
     @contextmanager
-    def _tx(self, *, write: bool = True) -> Iterator[Tx]:
-        with self._lock:
-            if self._closed:
-                raise StoreError(f"{self.safe_name}: the store is closed")
-            tx: Tx | None = None
-            try:
-                with self._transaction(write) as cursor:
-                    tx = Tx(cursor, self._sql, self._bind)
-                    yield tx
-            except self.driver_errors as error:
-                raise StoreError(self._describe(error)) from error
-            finally:
-                self._queries += tx.count if tx else 0
+    def _tx(self, *, write: bool = True, statements: int | None = None) -> Iterator[Tx]:
+        """A transaction; ``statements=1`` for a call that is one statement (autocommit)."""
+        if self._closed:
+            raise StoreError(f"{self.safe_name}: the store is closed")
+        tx: Tx | None = None
+        try:
+            with self._transaction(write) if statements is None else self._statement() \
+                    as cursor:
+                tx = Tx(cursor, self._sql, self._bind, limit=statements)
+                yield tx
+        except self.driver_errors as error:
+            raise StoreError(self._describe(error)) from error
+        finally:
+            if tx is not None:
+                with self._count_lock:
+                    self._queries += tx.count
 
     @property
     def queries(self) -> int:
         return self._queries
 
     def close(self) -> None:
-        with self._lock:
-            if not self._closed:
-                self._closed = True
-                self._close_connection()
+        with self._count_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._close_connection()
 
     # Schema ------------------------------------------------------------------------------------
     def migrate(self) -> None:
@@ -138,8 +159,10 @@ class SqlStore:
 
     # Positions and fills ----------------------------------------------------------------------
     def save_position(self, position: Position, fills: Sequence[Fill] = ()) -> None:
+        if self._save_in_one_statement(position, fills):
+            return
         with self._tx() as tx:
-            if not tx.run(_UPSERT_POSITION, self._position_row(position)).rowcount:
+            if not tx.run(UPSERT_POSITION, self._position_row(position)).rowcount:
                 _check_not_stale(tx, position)
             tx.many(insert_sql("fills", Fill, conflict="ON CONFLICT DO NOTHING"),
                     [record_values(fill) for fill in fills])
@@ -152,7 +175,7 @@ class SqlStore:
                 latest[position.position_id] = position
         with self._tx() as tx:
             rows = [self._position_row(p) for p in latest.values()]
-            if tx.many(_UPSERT_POSITION, rows) < len(rows):
+            if tx.many(UPSERT_POSITION, rows) < len(rows):
                 for position in latest.values():
                     _check_not_stale(tx, position)
 
@@ -162,7 +185,7 @@ class SqlStore:
                 p.model_dump_json())
 
     def load_position(self, position_id: str) -> Position | None:
-        with self._tx(write=False) as tx:
+        with self._tx(statements=1) as tx:
             row = tx.one("SELECT data FROM positions WHERE position_id = ?", (position_id,))
         return None if row is None else decode_position(row[0])
 
@@ -176,7 +199,7 @@ class SqlStore:
         return self._positions("WHERE status = ?", (status,))
 
     def _positions(self, where: str, params: Sequence[object]) -> list[Position]:
-        with self._tx(write=False) as tx:
+        with self._tx(statements=1) as tx:
             rows = tx.all(f"SELECT data FROM positions {where} "
                           "ORDER BY created_at, position_id", params)
         return [decode_position(row[0]) for row in rows]
@@ -189,7 +212,7 @@ class SqlStore:
                             accepted: bool, reason: str | None = None) -> int:
         sql = ("INSERT INTO order_updates (received_at, order_no, accepted, reason, raw) "
                "VALUES (?, ?, ?, ?, ?)")
-        with self._tx() as tx:
+        with self._tx(statements=1) as tx:
             return self._insert_id(tx, sql, (received_at, order_no, accepted, reason, raw), "seq")
 
     def order_updates(self) -> list[StoredOrderUpdate]:
@@ -217,7 +240,7 @@ class SqlStore:
 
     def update_exit_attempt(self, client_id: str, *, order_no: str | None = None,
                             outcome: str | None = None) -> None:
-        with self._tx() as tx:
+        with self._tx(statements=1) as tx:
             tx.run("UPDATE exit_attempts SET order_no = COALESCE(?, order_no), "
                    "outcome = COALESCE(?, outcome) WHERE client_id = ?",
                    (order_no, outcome, client_id))
@@ -237,7 +260,7 @@ class SqlStore:
         return self._select(DeadLetter, "dead_letters", "ORDER BY id")
 
     def latch_kill_switch(self, state: KillSwitch) -> None:
-        with self._tx() as tx:
+        with self._tx(statements=1) as tx:
             tx.run("INSERT INTO kill_switch (id, latched_at, reason, day_pnl) "
                    "VALUES (1, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
                    (state.latched_at, state.reason, state.day_pnl))
@@ -247,23 +270,23 @@ class SqlStore:
         return found[0] if found else None
 
     def reset_kill_switch(self) -> bool:
-        with self._tx() as tx:
+        with self._tx(statements=1) as tx:
             return tx.run("DELETE FROM kill_switch WHERE id = 1").rowcount > 0
 
     def counts(self) -> Mapping[str, int]:
         sql = " UNION ALL ".join(f"SELECT '{t}', COUNT(*) FROM {t}" for t in TABLES)
-        with self._tx(write=False) as tx:
+        with self._tx(statements=1) as tx:
             return {str(name): int(count) for name, count in tx.all(sql)}
 
     # Records <-> rows --------------------------------------------------------------------------
     def _insert(self, record: BaseModel, table: str, *, conflict: str = "") -> bool:
-        with self._tx() as tx:
+        with self._tx(statements=1) as tx:
             sql = insert_sql(table, type(record), conflict)
             return tx.run(sql, record_values(record)).rowcount > 0
 
     def _select(self, model: type[R], table: str, tail: str,
                 params: Sequence[object] = ()) -> list[R]:
-        with self._tx(write=False) as tx:
+        with self._tx(statements=1) as tx:
             rows = tx.all(f"SELECT {', '.join(model.model_fields)} FROM {table} {tail}", params)
         return records(model, rows)
 

@@ -42,16 +42,25 @@ class Cursor(Protocol):
 
 
 class Tx:
-    """One open transaction: runs statements written with ``?`` placeholders and counts them."""
+    """One open transaction: runs statements written with ``?`` placeholders and counts them.
+
+    With a ``limit`` (a call in autocommit, where each statement commits by itself) running
+    more statements than that is a bug, refused before it can commit half of a change."""
 
     def __init__(self, cursor: Cursor, sql: Callable[[str], str],
-                 bind: Callable[[object], object]) -> None:
-        self.cursor, self._sql, self._bind = cursor, sql, bind
+                 bind: Callable[[object], object], *, limit: int | None = None) -> None:
+        self.cursor, self._sql, self._bind, self._limit = cursor, sql, bind, limit
         self.count = 0
         """Statements executed so far."""
 
+    def _account(self, statements: int) -> None:
+        if self._limit is not None and self.count + statements > self._limit:
+            raise RuntimeError(f"{self.count + statements} statements where {self._limit} "
+                               "may run outside a transaction")
+        self.count += statements
+
     def run(self, sql: str, params: Sequence[object] = ()) -> Cursor:
-        self.count += 1
+        self._account(1)
         self.cursor.execute(self._sql(sql), [self._bind(v) for v in params])
         return self.cursor
 
@@ -59,7 +68,7 @@ class Tx:
         """Run one statement per row; return the rows it changed."""
         if not rows:
             return 0
-        self.count += len(rows)
+        self._account(len(rows))
         self.cursor.executemany(self._sql(sql), [[self._bind(v) for v in row] for row in rows])
         return self.cursor.rowcount
 

@@ -4,12 +4,17 @@ Exact decimals are stored as text and aware datetimes as ISO-8601 text in UTC wi
 microseconds, so they read back exactly and text order is time order. The connection runs in
 autocommit mode so that every transaction is an explicit ``BEGIN``: ``BEGIN IMMEDIATE`` for a
 write takes the write lock up front, so two processes on one file wait (``timeout``) instead
-of failing to upgrade a read lock. WAL lets a reader (``run.py positions``) run beside a writer.
+of failing to upgrade a read lock; a call that is one statement runs without ``BEGIN``, as its
+own transaction. WAL lets a reader (``run.py positions``) run beside a writer.
+
+One connection serves every thread, so a lock serialises its use (it guards the connection,
+not domain data, and is held for one short transaction).
 """
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -33,6 +38,7 @@ class SqliteStore(SqlStore):
     def __init__(self, path: str | Path, *, clock: Clock = utc_now, timeout: float = 5.0) -> None:
         self.path = Path(path)
         super().__init__(safe_name=f"sqlite:{self.path}", clock=clock)
+        self._lock = threading.Lock()
         try:
             if str(path) != MEMORY:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -48,8 +54,7 @@ class SqliteStore(SqlStore):
 
     @contextmanager
     def _transaction(self, write: bool) -> Iterator[Cursor]:
-        cursor = self._conn.cursor()
-        try:
+        with self._statement() as cursor:
             cursor.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 yield cursor
@@ -58,11 +63,19 @@ class SqliteStore(SqlStore):
                 if self._conn.in_transaction:
                     cursor.execute("ROLLBACK")
                 raise
-        finally:
-            cursor.close()
+
+    @contextmanager
+    def _statement(self) -> Iterator[sqlite3.Cursor]:
+        with self._lock:
+            cursor = self._conn.cursor()
+            try:
+                yield cursor
+            finally:
+                cursor.close()
 
     def _close_connection(self) -> None:
-        self._conn.close()
+        with self._lock:
+            self._conn.close()
 
     def _insert_id(self, tx: Tx, sql: str, params: Sequence[object], key: str) -> int:
         # lastrowid rather than RETURNING, which needs SQLite 3.35 (some Python builds have less).
