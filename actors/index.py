@@ -2,22 +2,34 @@
 
 Ownership replaces the old design's locks: only this actor reads or writes the index, and
 everyone else talks to it with messages. A price batch becomes one ``PriceUpdate`` per
-instrument, told only to the owners of positions on that instrument.
+instrument, told only to the owners of positions on that instrument, and among those only to the
+ones it can concern: each tracker keeps the index informed of its ``Band`` (``BandChanged``),
+the prices inside which no rule of its position fires and no mark moves. A price outside the
+band is told at once, ahead of the rest of the batch (those positions may be exiting); a price
+inside it only as a refresh, about every half ``stale_after``, so the tracker's own price never
+goes stale while its market is live. A position without a known band gets every price. The whole
+batch then goes to the PnL writer, which values every position itself.
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from loguru import logger
 from pykka import ActorDeadError, ActorRef
 
 from actors.dispatch import SingletonActor
-from actors.protocol import Route, Unroute, Watch
+from actors.metrics import Metrics
+from actors.protocol import BandChanged, Route, Unroute, Watch
 from models.common import Instrument
+from models.marks import Band
 from models.messages import PositionChanged, PositionClosed, PositionOpened, PriceBatch, PriceUpdate
 from models.position import CLOSED, Position
+from models.rules import PriceMark
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,12 +46,42 @@ class OpenPositions:
     instrument: Instrument | None = None
 
 
+QUIET, REFRESH, CROSSING = 0, 1, 2
+
+
+class _Watch:
+    """The index's view of one position's band and of the last price it was told."""
+
+    __slots__ = ("band", "refresh", "told_at")
+
+    def __init__(self, position_id: str, refresh: timedelta) -> None:
+        self.band: Band | None = None
+        # Spread over [refresh / 2, refresh) by position, so refreshes do not come in bursts.
+        self.refresh = refresh * (0.5 + (zlib.crc32(position_id.encode()) % 1000) / 2000)
+        self.told_at: datetime | None = None
+
+    def verdict(self, ltp: Decimal, at: datetime) -> int:
+        band = self.band
+        if band is None or (band.low is not None and ltp < band.low) or (
+                band.high is not None and ltp > band.high) or (
+                band.until is not None and at >= band.until):
+            return CROSSING
+        told = self.told_at
+        return REFRESH if told is None or at - told >= self.refresh else QUIET
+
+
 class IndexActor(SingletonActor):
     trace_kind = "index"
 
-    def __init__(self, batcher: ActorRef[Any] | None = None) -> None:
+    def __init__(self, batcher: ActorRef[Any] | None = None, *,
+                 refresh: timedelta = timedelta(seconds=2.5),
+                 metrics: Metrics | None = None) -> None:
         super().__init__()
         self.batcher = batcher
+        self.pnl: ActorRef[Any] | None = None
+        self.refresh = refresh
+        self.metrics = metrics
+        self.watches: dict[str, _Watch] = {}
         self.routes: dict[Instrument, dict[str, ActorRef[Any]]] = {}
         self.positions: dict[str, Position] = {}
         self.owners: dict[str, ActorRef[Any]] = {}
@@ -50,6 +92,10 @@ class IndexActor(SingletonActor):
         match message:
             case PriceBatch():
                 self._fan_out(message)
+            case BandChanged():
+                watch = self.watches.get(message.position_id)
+                if watch is not None:
+                    watch.band = message.band
             case PositionOpened() | PositionChanged() | PositionClosed():
                 self._track(message.position)
             case Route():
@@ -64,19 +110,50 @@ class IndexActor(SingletonActor):
                 logger.warning("index ignores {}", type(message).__name__)
         return None
 
+    def set_pnl(self, pnl: ActorRef[Any]) -> None:
+        self.pnl = pnl
+
     def _fan_out(self, batch: PriceBatch) -> None:
-        ids = batch.caused()
+        crossing: list[tuple[ActorRef[Any], PriceUpdate]] = []
+        refresh: list[tuple[ActorRef[Any], PriceUpdate]] = []
         for instrument, mark in batch.prices:
             owners = self.routes.get(instrument)
-            if not owners:
+            if owners:
+                self._select(batch, instrument, mark, owners, crossing, refresh)
+        told = 0
+        for ref, update in crossing + refresh:  # crossings first: they may be exits
+            try:
+                ref.tell(update)
+            except ActorDeadError:
+                continue  # a tracker between crash and restart; its next price will come
+            told += 1
+        self.fanned_out += told
+        if self.metrics is not None:
+            self.metrics.incr("price_deliveries", told)
+        if self.pnl is not None:
+            self.pnl.tell(batch)
+
+    def _select(self, batch: PriceBatch, instrument: Instrument, mark: PriceMark,
+                owners: dict[str, ActorRef[Any]],
+                crossing: list[tuple[ActorRef[Any], PriceUpdate]],
+                refresh: list[tuple[ActorRef[Any], PriceUpdate]]) -> None:
+        """The owners on ``instrument`` that must see ``mark``, each told once."""
+        update: PriceUpdate | None = None
+        chosen: dict[ActorRef[Any], int] = {}
+        ltp, at = mark.ltp, mark.at
+        for position_id, ref in owners.items():
+            watch = self.watches.get(position_id)
+            verdict = CROSSING if watch is None else watch.verdict(ltp, at)
+            if verdict == QUIET:
                 continue
-            update = PriceUpdate(instrument=instrument, mark=mark, sent_at=batch.sent_at, **ids)
-            for ref in set(owners.values()):
-                try:
-                    ref.tell(update)
-                except ActorDeadError:
-                    continue  # a tracker between crash and restart; its next price will come
-                self.fanned_out += 1
+            if watch is not None:
+                watch.told_at = at
+            chosen[ref] = max(verdict, chosen.get(ref, QUIET))
+        for ref, verdict in chosen.items():
+            if update is None:
+                update = PriceUpdate(instrument=instrument, mark=mark, sent_at=batch.sent_at,
+                                     **batch.caused())
+            (crossing if verdict == CROSSING else refresh).append((ref, update))
 
     def _track(self, position: Position) -> None:
         if position.status in CLOSED:
@@ -95,11 +172,14 @@ class IndexActor(SingletonActor):
             self._watch((instrument,), watching=True)
         owners[position_id] = ref
         self.owners[position_id] = ref
+        # A new owner (a restart, a quarantine) starts with every price, until it says otherwise.
+        self.watches[position_id] = _Watch(position_id, self.refresh)
 
     def _unroute(self, position_id: str, instrument: Instrument) -> None:
         owners = self.routes.get(instrument)
         if owners is None or owners.pop(position_id, None) is None:
             return
+        self.watches.pop(position_id, None)
         if not owners:
             del self.routes[instrument]
             self._watch((instrument,), watching=False)
@@ -112,6 +192,7 @@ class IndexActor(SingletonActor):
                 fresh.append(instrument)
             self.routes.setdefault(instrument, {})[position.position_id] = ref
             self.owners[position.position_id] = ref
+            self.watches[position.position_id] = _Watch(position.position_id, self.refresh)
             self.positions[position.position_id] = position
         if fresh:
             self._watch(tuple(fresh), watching=True)

@@ -19,7 +19,7 @@ from actors.metrics import Metrics
 from actors.protocol import Checkpoint, ProtectionChanged, ResumeExit
 from models import lifecycle
 from models.common import Instrument, exit_client_id
-from models.marks import Basis, Quiet, basis_of, net_at, pct_at, quiet
+from models.marks import Band, Basis, Quiet, band, basis_of, net_at, pct_at, quiet
 from models.messages import (
     ApplyOrderUpdate,
     ApplyProgress,
@@ -164,10 +164,23 @@ class PositionKeeper:
     def on_price(self, message: PriceUpdate) -> Out:
         self.mark = mark = message.mark
         now = self.ctx.clock()
+        self.ctx.metrics.incr("prices_handled")
         basis = self._current_basis()
-        self.position = update_marks(self.position, mark.ltp, self.ctx.config.policy, basis)
-        out: Out = [(Target.PNL, self._valuation(message, basis, now))]
+        before = self.position
+        self.position = update_marks(before, mark.ltp, self.ctx.config.policy, basis)
+        # The PnL writer values every position from the price batches itself; it needs to
+        # hear from the tracker only when a mark (peak, high-water mark) moved.
+        out: Out = [] if self.position is before else \
+            [(Target.PNL, self._valuation(message, basis, now))]
         return out + self._evaluate(message, now)
+
+    def band(self) -> Band | None:
+        """The prices that can change this position now (see ``models.marks.Band``)."""
+        if self.sticky is not None or self.retry_at is not None:
+            return None  # a standing or retried exit: every price
+        position = self.position
+        guard = self._quiet if position.status is PositionStatus.ACTIVE else None
+        return band(position, self._current_basis(), guard, self.ctx.config.policy)
 
     def on_timer(self, message: TimerFired) -> Out:
         self._checkpoint()
@@ -196,8 +209,10 @@ class PositionKeeper:
         if self.position.status is not PositionStatus.ACTIVE:
             return []
         now = self.ctx.clock() if now is None else now
-        if self.retry_at is not None and now < self.retry_at:
-            return []
+        if self.retry_at is not None:
+            if now < self.retry_at:
+                return []
+            self.retry_at = None  # the back-off is over: the rules decide again
         self.ctx.metrics.incr("evaluations")
         guard = self._quiet
         in_session = guard.in_session if guard is not None and now < guard.until else \

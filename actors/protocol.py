@@ -13,6 +13,7 @@ from typing import Any
 from pykka import ActorRef
 
 from models.common import Instrument
+from models.marks import Band
 from models.position import Position
 
 
@@ -98,3 +99,11 @@ class ProtectionChanged:
 class ResumeExit:
     """Start-up: an EXITING position re-sends its current attempt (same client id: the gateway
     places nothing twice)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BandChanged:
+    """Tracker → index: the prices that matter to this position now (``None``: all of them)."""
+
+    position_id: str
+    band: Band | None

@@ -77,12 +77,14 @@ class System:
         stale = p.config.policy.stale_after_seconds
         self.batcher = LTPBatcherActor.start(None, p.quotes, p.clock, p.metrics,
                                              stale_after=timedelta(seconds=float(stale)))
-        self.index = IndexActor.start(self.batcher)
+        self.index = IndexActor.start(self.batcher, refresh=timedelta(seconds=float(stale)) / 2,
+                                      metrics=p.metrics)
         self.batcher.proxy().set_index(self.index).get(timeout=ASK)
         self.supervisor = RiskSupervisor.start(ctx, p.gateway, supervision=p.supervision,
                                                dispatcher=self.dispatcher)
         self.pnl = PnLWriterActor.start(p.cache, p.config.policy, p.metrics, p.clock,
                                         self.supervisor)
+        self.index.proxy().set_pnl(self.pnl).get(timeout=ASK)
         self.orders = OrderUpdateActor.start(p.store, self.supervisor, p.clock, p.metrics,
                                              correlation_prefix=p.correlation_prefix)
         peers = Peers(supervisor=self.supervisor, index=self.index, pnl=self.pnl,
@@ -103,7 +105,7 @@ class System:
         today = self.parts.clock().astimezone(IST).date()
         closed = [p for p in self.parts.store.list_positions(PositionStatus.EXITED)
                   if p.exited_at is not None and p.exited_at.astimezone(IST).date() == today]
-        self.pnl.proxy().seed_closed(closed).get(timeout=60)
+        self.pnl.proxy().seed(positions, closed).get(timeout=60)
         logger.info("supervising {} open positions from the store", len(positions))
 
     # Feeds ------------------------------------------------------------------------------------

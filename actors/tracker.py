@@ -16,8 +16,9 @@ from pykka import ActorRef
 
 from actors.dispatch import PooledActor
 from actors.keeper import KeeperContext, PositionKeeper, Target, summary
-from actors.protocol import Snapshot, TrackerFailed
+from actors.protocol import BandChanged, Snapshot, TrackerFailed
 from actors.tracing import tracer
+from models.marks import Band
 from models.messages import PriceUpdate
 from models.position import Position
 from models.rules import PriceMark
@@ -60,6 +61,7 @@ class TrackerActor(PooledActor):
         self.incarnation = incarnation
         self.trace_key = position.position_id
         self._current: object = None
+        self._band: Band | None = None
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Snapshot):
@@ -67,6 +69,10 @@ class TrackerActor(PooledActor):
         self._current = message
         deliver(self.peers, self.keeper.handle(message))
         self._current = None
+        band = self.keeper.band()
+        if band != self._band:  # the index filters prices with it: keep it exact
+            self._band = band
+            self.peers.index.tell(BandChanged(self.keeper.position.position_id, band))
         return None
 
     def on_stop(self) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import redis
 
+from actors.index import OpenPositions
 from actors.system import Parts, System
 from app.clocks import ManualClock
 from bench.report import at_least, figure
@@ -133,11 +134,14 @@ class ActorRig:
 
     def cycle(self, prices: dict[Instrument, Decimal]) -> dict[str, int]:
         db0, rt0, w0 = self.store.queries, self.cache.roundtrips, len(self.cache.per_write)
-        target = self.metrics.get("evaluations") + self.count
         for instrument, ltp in prices.items():
             self.system.tick(instrument, ltp, self.clock())
         self.system.step(self.clock(), timer=False)
-        while self.metrics.get("evaluations") < target:
+        # Done when the batch is fanned out, every tracker told a price has handled it, and
+        # the PnL writer (told the batch after the fan-out) has valued it and flushed.
+        self.system.batcher.proxy().pending.get(timeout=30)
+        self.system.index.ask(OpenPositions(instrument=None), timeout=30)
+        while self.metrics.get("prices_handled") < self.metrics.get("price_deliveries"):
             time.sleep(0.0002)
         self.system.pnl.ask(_flush(self.clock()), timeout=30)
         writes = self.cache.per_write[w0:]

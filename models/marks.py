@@ -24,7 +24,7 @@ from decimal import Decimal
 
 from models.common import IST, Side
 from models.policy import SESSION_HOURS, ExitPolicy, RiskConfig
-from models.position import OrderRole, Position, TrackedOrder
+from models.position import OrderRole, Position, PositionStatus, TrackedOrder
 
 MARGIN = Decimal("1e-9")
 """Relative width kept between the quiet band and a trigger; rounding error is ~1e-27."""
@@ -141,3 +141,80 @@ def _next_change(position: Position, now: datetime, policy: ExitPolicy) -> datet
     if policy.max_hold_minutes and position.opened_at is not None:
         moments.append(position.opened_at + timedelta(minutes=policy.max_hold_minutes))
     return min(moment for moment in moments if moment > now)
+
+
+@dataclass(frozen=True, slots=True)
+class Band:
+    """A price within ``[low, high]`` with an exchange time before ``until`` changes
+    nothing for the position: no exit rule fires and no mark (peak, high-water mark, trailing
+    stop) moves. ``None`` is an open side. The index delivers a position only the prices outside
+    its band (and a refresh now and then), so a quiet market costs a tracker nothing."""
+
+    low: Decimal | None
+    high: Decimal | None
+    until: datetime | None
+
+
+def band(position: Position, basis: Basis | None, guard: Quiet | None,
+         policy: ExitPolicy) -> Band | None:
+    """The band of ``position`` (``None``: every price matters). ``guard`` is the position's
+    quiet guard when it is ACTIVE; an ACTIVE position without one has no band."""
+    peak = position.peak_price
+    if basis is None or peak is None or not fits(basis, position) or \
+            not _trail_settled(position, basis, peak, policy):
+        return None
+    watching_rules = position.status is PositionStatus.ACTIVE
+    if watching_rules and (guard is None or guard.orders is not position.orders
+                           or guard.trail_stop != position.trail_stop):
+        return None
+    marks = _marks_edge(position, basis, peak)
+    if marks is None:
+        return None
+    # Out of session the guard has no price band: no price rule fires before ``until``.
+    low, high = (guard.low, guard.high) if watching_rules and guard is not None else (None, None)
+    if basis.side is Side.LONG:
+        high = marks if high is None else min(high, marks)
+    else:
+        low = marks if low is None else max(low, marks)
+    return Band(low=low, high=high, until=guard.until if watching_rules and guard else None)
+
+
+def trail_stop_at(entry: Decimal, sign: int, peak: Decimal, policy: ExitPolicy) -> Decimal | None:
+    """The trailing stop a peak price sets (before the never-loosen rule), or ``None``."""
+    trailing = policy.trailing
+    if trailing.mode == "off":
+        return None
+    peak_pct = sign * (peak - entry) / entry
+    if trailing.mode == "percent":
+        if peak_pct < trailing.activation_pct:
+            return None
+        return peak * (1 - sign * trailing.trail_pct)
+    offsets = [offset for threshold, offset in trailing.tiers if peak_pct >= threshold]
+    return entry * (1 + sign * offsets[-1]) if offsets else None
+
+
+def _trail_settled(position: Position, basis: Basis, peak: Decimal, policy: ExitPolicy) -> bool:
+    """Folding the peak again would not move the trailing stop (it is derived from the peak)."""
+    stop = trail_stop_at(basis.entry, basis.sign, peak, policy)
+    trail = position.trail_stop
+    if stop is None:
+        return True
+    if trail is None:
+        return False
+    return (max(trail, stop) if basis.side is Side.LONG else min(trail, stop)) == trail
+
+
+def _marks_edge(position: Position, basis: Basis, peak: Decimal) -> Decimal | None:
+    """The most favourable price at which neither the peak nor the high-water mark moves;
+    ``None`` when the high-water mark moves at any price."""
+    if basis.quantity == 0:  # nothing open: the net PnL no longer depends on the price
+        return peak if net_at(basis, basis.entry) <= position.hwm_pnl else None
+    # net(ltp) > hwm  <=>  sign * (ltp - entry) > (hwm + fees - realized) / quantity; net is
+    # monotonic in the price, so checking the edge itself proves every price short of it.
+    edge = basis.entry + basis.sign * (position.hwm_pnl + basis.fees - basis.realized) \
+        / basis.quantity
+    if net_at(basis, edge) > position.hwm_pnl:
+        edge -= basis.sign * abs(edge) * MARGIN
+        if net_at(basis, edge) > position.hwm_pnl:
+            return None
+    return min(peak, edge) if basis.side is Side.LONG else max(peak, edge)

@@ -13,7 +13,7 @@ from decimal import Decimal
 from pydantic import Field
 
 from models.common import IST, AwareDatetime, Frozen, Side
-from models.marks import Basis, basis_of, net_at
+from models.marks import Basis, basis_of, net_at, trail_stop_at
 from models.policy import ExitPolicy, PortfolioLimits, RiskConfig, SessionCalendar
 from models.position import PRICED, ExitReason, Position, PositionStatus
 
@@ -62,19 +62,6 @@ def _favourable(side: Side, a: Decimal, b: Decimal) -> Decimal:
     return max(a, b) if side is Side.LONG else min(a, b)
 
 
-def _trail_stop(entry: Decimal, sign: int, peak: Decimal, policy: ExitPolicy) -> Decimal | None:
-    trailing = policy.trailing
-    if trailing.mode == "off":
-        return None
-    peak_pct = sign * (peak - entry) / entry
-    if trailing.mode == "percent":
-        if peak_pct < trailing.activation_pct:
-            return None
-        return peak * (1 - sign * trailing.trail_pct)
-    offsets = [offset for threshold, offset in trailing.tiers if peak_pct >= threshold]
-    return entry * (1 + sign * offsets[-1]) if offsets else None
-
-
 def update_marks(position: Position, ltp: Decimal, policy: ExitPolicy,
                  basis: Basis | None = None) -> Position:
     """Fold one price into peak price, high-water mark and trailing stop (never loosening).
@@ -91,7 +78,7 @@ def update_marks(position: Position, ltp: Decimal, policy: ExitPolicy,
     side = basis.side
     peak = _favourable(side, position.peak_price or basis.entry, ltp)
     hwm = max(position.hwm_pnl, net_at(basis, ltp), _ZERO)
-    stop = _trail_stop(basis.entry, basis.sign, peak, policy)
+    stop = trail_stop_at(basis.entry, basis.sign, peak, policy)
     if position.trail_stop is not None:
         stop = position.trail_stop if stop is None else _favourable(side, position.trail_stop,
                                                                       stop)

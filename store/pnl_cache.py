@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Protocol
@@ -24,18 +25,25 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.typing import EncodableT, FieldT
 
-from models.common import AwareDatetime, Frozen
 from store.urls import redact_text, redact_url
 
 
-class PnLEntry(Frozen):
+@dataclass(frozen=True, slots=True)
+class PnLEntry:
+    """One position's valuation in the cache.
+
+    A frozen dataclass, not a pydantic model: the PnL writer makes one per open position per
+    flush, from values that are already typed (``Decimal``, aware ``datetime``); what comes back
+    from Redis is parsed field by field in ``_decode``.
+    """
+
     position_id: str
     pnl: Decimal
     pnl_pct: Decimal
     ltp: Decimal
     hwm_pnl: Decimal
     peak_price: Decimal | None
-    updated_at: AwareDatetime
+    updated_at: datetime
 
 
 class PnLCache(Protocol):
@@ -138,11 +146,13 @@ def decode_entry(position_id: str, fields: Mapping[str, str]) -> PnLEntry | None
     """The entry stored in a hash, or None (logged) when the hash is not one of ours."""
     try:
         peak = fields["peak_price"]
+        updated_at = datetime.fromisoformat(fields["updated_at"])
+        if updated_at.tzinfo is None:
+            raise ValueError("updated_at has no UTC offset")
         return PnLEntry(position_id=position_id, pnl=Decimal(fields["pnl"]),
                         pnl_pct=Decimal(fields["pnl_pct"]), ltp=Decimal(fields["ltp"]),
                         hwm_pnl=Decimal(fields["hwm_pnl"]),
-                        peak_price=Decimal(peak) if peak else None,
-                        updated_at=datetime.fromisoformat(fields["updated_at"]))
+                        peak_price=Decimal(peak) if peak else None, updated_at=updated_at)
     except (KeyError, ValueError, InvalidOperation) as error:
         logger.warning("PnL cache: unreadable hash for {}: {!r}", position_id, error)
         return None

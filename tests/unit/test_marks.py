@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from models import lifecycle
 from models.common import IST, Segment, Side
-from models.marks import basis_of, net_at, pct_at, quiet
+from models.marks import band, basis_of, net_at, pct_at, quiet
 from models.orders import OrderStatus
 from models.policy import ExitPolicy, RiskConfig, SessionCalendar, TrailingPolicy
 from models.position import OrderRole, Position
@@ -192,3 +192,51 @@ def test_the_guard_does_not_outlive_a_change_of_orders_or_trailing_stop() -> Non
     assert not guard.holds(trailed, Decimal(100), True, t(10, 1))
     more = active(Side.LONG, 200, "100")
     assert not guard.holds(more, Decimal(100), True, t(10, 1))
+
+
+@settings(max_examples=1000)
+@given(positions(), policies(), moments(), st.lists(factors, min_size=1, max_size=4),
+       st.lists(st.tuples(factors, st.integers(0, 600)), min_size=1, max_size=6))
+def test_a_price_inside_the_band_changes_nothing(position: Position, config: RiskConfig,
+                                                 start: datetime, before: list[Decimal],
+                                                 path: list[tuple[Decimal, int]]) -> None:
+    entry = position.entry_price
+    assert entry is not None
+    for factor in before:
+        position = update_marks(position, _price(entry, factor), config.policy)
+    basis = basis_of(position, config.policy)
+    assert basis is not None
+    guard = None
+    if evaluate(position, None, start, config) is None:
+        guard = quiet(position, basis, start, config)
+    found = band(position, basis, guard, config.policy)
+    if found is None:
+        return
+    now = start
+    for factor, seconds in path:
+        ltp = _price(entry, factor)
+        now += timedelta(seconds=seconds)
+        inside = (found.low is None or ltp >= found.low) and (
+            found.high is None or ltp <= found.high)
+        if not inside or (found.until is not None and now >= found.until):
+            continue
+        assert update_marks(position, ltp, config.policy, basis) is position
+        assert evaluate(position, PriceMark(ltp=ltp, at=now), now, config) is None
+
+
+def test_a_band_needs_a_peak_a_settled_trail_and_a_guard() -> None:
+    config = RiskConfig()
+    fresh = active(Side.LONG, 100, "100")
+    basis = basis_of(fresh, config.policy)
+    assert basis is not None
+    assert band(fresh, basis, quiet(fresh, basis, t(10), config), config.policy) is None
+    position = update_marks(fresh, Decimal(101), config.policy)
+    assert band(position, basis, None, config.policy) is None  # ACTIVE without a guard
+    found = band(position, basis, quiet(position, basis, t(10), config), config.policy)
+    assert found is not None and found.low is not None and found.high is not None
+    assert Decimal(88) < found.low < Decimal("88.01")  # the stop loss at -12 %
+    assert found.high == Decimal(101)  # past the peak, the marks move
+    assert found.until == t(15, 15)  # square-off
+    unsettled = position.model_copy(update={"peak_price": Decimal(110)})  # armed, no stop yet
+    assert band(unsettled, basis, quiet(unsettled, basis, t(10), config),
+                config.policy) is None

@@ -1,0 +1,148 @@
+"""Prices reach a tracker only when they can matter to it, and the PnL writer values everyone.
+
+The index keeps each tracker's band (``BandChanged``): a price inside it is not told (except as
+a refresh now and then), a price outside it is told at once, ahead of the rest of the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import pykka
+import pytest
+
+from actors.index import IndexActor, OpenPositions
+from actors.metrics import Metrics
+from actors.pnl_writer import PnLWriterActor
+from actors.protocol import BandChanged, Flush, Route, Snapshot
+from models.common import Instrument, Segment
+from models.marks import Band
+from models.messages import PriceBatch, PriceUpdate
+from models.policy import ExitPolicy
+from models.rules import PriceMark
+from store.pnl_cache import InMemoryPnLCache
+from tests.actors.test_tracker_flow import (
+    INSTRUMENT,
+    T0,
+    FakeGateway,
+    FakeStore,
+    Sink,
+    System,
+    entry,
+    open_position,
+    price,
+)
+from tests.unit.builders import active
+
+OTHER = Instrument(segment=Segment.NSE_EQ, security_id="11536")
+
+
+@pytest.fixture
+def system() -> Iterator[System]:
+    built = System(FakeStore(), FakeGateway())
+    yield built
+    pykka.ActorRegistry.stop_all()
+
+
+def handled(system: System) -> int:
+    return system.ctx.metrics.get("prices_handled")
+
+
+def test_when_a_price_stays_inside_the_band_then_the_tracker_is_not_told(
+        system: System) -> None:
+    open_position(system, entry())
+    price(system, "201")  # no band known yet: told, and the tracker answers with its band
+    before = handled(system)
+    for ltp in ("200.50", "199", "200.99"):
+        price(system, ltp)
+    assert handled(system) == before
+    assert system.gateway.placed == {}
+
+
+def test_when_a_price_crosses_the_stop_then_it_is_told_and_the_exit_placed(
+        system: System) -> None:
+    pid = open_position(system, entry())
+    price(system, "201")
+    price(system, "200")
+    price(system, "176")  # -12 %: outside the band
+    assert f"X-{pid}-1" in system.gateway.placed
+
+
+def test_when_a_new_peak_comes_then_the_tracker_is_told_and_its_trail_follows(
+        system: System) -> None:
+    pid = open_position(system, entry())
+    price(system, "201")
+    before = handled(system)
+    price(system, "210")  # +5 %: a new peak arms the trailing stop
+    assert handled(system) == before + 1
+    price(system, "204")  # 210 * (1 - 2.5 %) = 204.75: the trailing stop fires
+    assert system.gateway.placed[f"X-{pid}-1"]
+
+
+def test_when_the_refresh_is_due_then_a_quiet_price_is_told(system: System) -> None:
+    open_position(system, entry())
+    price(system, "201")
+    before = handled(system)
+    system.clock.now += timedelta(seconds=3)  # past the refresh interval (2.5 s at most)
+    price(system, "200.50")
+    assert handled(system) == before + 1
+
+
+class Recorder(pykka.ThreadingActor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.got: list[Instrument] = []
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, PriceUpdate):
+            self.got.append(message.instrument)
+        return list(self.got)
+
+
+def test_crossings_are_told_before_refreshes_and_a_new_route_starts_without_a_band() -> None:
+    index = IndexActor.start(None)
+    recorder = Recorder.start()
+    try:
+        index.tell(Route("P-quiet", OTHER, recorder))
+        index.tell(Route("P-cross", INSTRUMENT, recorder))
+        quiet = Band(low=Decimal(90), high=Decimal(110), until=None)
+        for pid in ("P-quiet", "P-cross"):
+            index.tell(BandChanged(pid, quiet))
+        batch = PriceBatch(prices=((OTHER, PriceMark(ltp=Decimal(100), at=T0)),
+                                   (INSTRUMENT, PriceMark(ltp=Decimal(80), at=T0))),
+                           correlation_id="b", sent_at=T0)
+        index.tell(batch)
+        index.ask(OpenPositions(), timeout=5)
+        assert recorder.ask("?", timeout=5) == [INSTRUMENT, OTHER]  # OTHER: first refresh
+        index.tell(batch)  # OTHER is quiet now, INSTRUMENT still crossing
+        index.tell(Route("P-quiet", OTHER, recorder))  # a restart: no band until it says
+        index.tell(batch)
+        index.ask(OpenPositions(), timeout=5)
+        # Without a band every price crosses: both, in batch order.
+        assert recorder.ask("?", timeout=5) == [INSTRUMENT, OTHER, INSTRUMENT, OTHER,
+                                                INSTRUMENT]
+    finally:
+        pykka.ActorRegistry.stop_all()
+
+
+def test_the_pnl_writer_values_every_open_position_from_the_batch() -> None:
+    cache = InMemoryPnLCache()
+    writer = PnLWriterActor.start(cache, ExitPolicy(), Metrics(), lambda: T0)
+    sink = Sink.start()
+    try:
+        long_one = active(qty=100, price="200").model_copy(update={"security_id": "47012"})
+        writer.proxy().seed([long_one], []).get(timeout=5)
+        mark = PriceMark(ltp=Decimal("210"), at=T0)
+        writer.tell(PriceBatch(prices=((INSTRUMENT, mark),), correlation_id="b", sent_at=T0))
+        writer.ask(Flush(at=T0), timeout=5)
+        entry_ = cache.read(long_one.position_id)
+        assert entry_ is not None
+        assert (entry_.ltp, entry_.pnl, entry_.pnl_pct) == (
+            Decimal(210), Decimal(980), Decimal("0.05"))  # 10 x 100 - one fee of 20
+        assert writer.proxy().day_net().get(timeout=5) == Decimal(980)
+        assert sink.ask(Snapshot(), timeout=5) == []
+    finally:
+        pykka.ActorRegistry.stop_all()
