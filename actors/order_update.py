@@ -4,11 +4,10 @@ Every raw frame is stored as received, parsed once, de-duplicated, and routed to
 that owns the order: its entry order, one of its exit orders (known by the deterministic client
 id in ``CorrelationId`` even before the broker's order number is), or an untracked order whose
 fill reduces opposite positions and whose remainder opens a new one. An update for an unknown
-order without a fill is parked (persisted) until the order becomes known.
-
-The actor owns the parking, so it knows in memory which orders have updates parked (those of an
-earlier run are read at start-up): a new position costs a store query only when something is
-waiting for its order.
+order without a fill is parked (persisted) until the order becomes known; the actor knows which
+orders have updates parked (those of an earlier run are read at start-up), so a new position
+costs a store query only when something waits for it. Frames that queue up are stored in one
+transaction before they are routed (``frame_batch.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from loguru import logger
 from pykka import ActorRef
 
 from actors.dispatch import SingletonActor
+from actors.frame_batch import BatchesFrames
 from actors.metrics import Metrics
 from actors.protocol import KnownPosition
 from models.allocation import Allocation, Share, allocate, share_progress
@@ -40,12 +40,13 @@ from models.messages import (
 from models.orders import OrderProgress, OrderUpdate
 from models.position import OPEN, OrderRole, Position, new_position
 from models.wire import Rejection, parse_order_update
-from store.ports import Store
+from store.ports import FrameBatches, Store, StoreError
+from store.records import ReceivedFrame
 
 Owner = tuple[str, OrderRole, int | None]
 
 
-class OrderUpdateActor(SingletonActor):
+class OrderUpdateActor(SingletonActor, BatchesFrames):
     trace_kind = "orders"
 
     def __init__(self, store: Store, supervisor: ActorRef[Any] | None,
@@ -54,6 +55,7 @@ class OrderUpdateActor(SingletonActor):
                  park_limit: int = 10_000) -> None:
         super().__init__()
         self.store, self.supervisor, self.clock, self.metrics = store, supervisor, clock, metrics
+        self.batches = store if isinstance(store, FrameBatches) else None
         self.prefix = correlation_prefix
         self.owners: dict[str, Owner] = {}
         self.positions: dict[str, Position] = {}
@@ -119,10 +121,8 @@ class OrderUpdateActor(SingletonActor):
     def on_receive(self, message: Any) -> Any:
         match message:
             case OrderUpdateReceived():
-                self._received(message)
-            case PositionOpened() | PositionChanged() | PositionClosed():
-                self._position_event(message.position)
-            case KnownPosition():
+                self.hold(message)
+            case PositionOpened() | PositionChanged() | PositionClosed() | KnownPosition():
                 self._position_event(message.position)
             case _:
                 logger.warning("order update actor ignores {}", type(message).__name__)
@@ -144,24 +144,48 @@ class OrderUpdateActor(SingletonActor):
             self._unpark(position.entry_order_no)
 
     # Updates ----------------------------------------------------------------------------------
-    def _received(self, message: OrderUpdateReceived) -> None:
-        parsed = parse_order_update(message.raw)
+    def handle_frames(self, frames: list[OrderUpdateReceived]) -> None:
+        """Store every frame as received, durably, then route it (after all of a batch)."""
+        parsed = [parse_order_update(frame.raw) for frame in frames]
         now = self.clock()
-        if isinstance(parsed, Rejection):
-            self.store.record_order_update(message.raw, now, order_no=parsed.order_no,
-                                           accepted=False, reason=parsed.reason)
+        rows = [ReceivedFrame(raw=frame.raw, received_at=now, order_no=update.order_no,
+                              accepted=isinstance(update, OrderUpdate),
+                              reason=update.reason if isinstance(update, Rejection) else None)
+                for frame, update in zip(frames, parsed, strict=True)]
+        batched = self._record_batch(rows)
+        for frame, update, row in zip(frames, parsed, rows, strict=True):
+            if not batched:
+                self.store.record_order_update(row.raw, row.received_at, order_no=row.order_no,
+                                               accepted=row.accepted, reason=row.reason)
+            self._accept(frame, update)
+
+    def _record_batch(self, rows: list[ReceivedFrame]) -> bool:
+        """One transaction for the frames. False for a single frame, a store that cannot, or
+        a batch that failed: then each frame is stored and routed in turn, as if it came alone,
+        so a frame the store refuses does not take the others down with it."""
+        if len(rows) < 2 or self.batches is None:
+            return False
+        try:
+            self.batches.record_order_updates(rows)
+        except StoreError as error:
+            logger.warning("{} order-update frames not stored as a batch ({}); one by one",
+                           len(rows), error)
+            return False
+        return True
+
+    def _accept(self, frame: OrderUpdateReceived, update: OrderUpdate | Rejection) -> None:
+        if isinstance(update, Rejection):
             self.metrics.incr("rejected_updates")
-            logger.bind(order_no=parsed.order_no).warning(
-                "order update rejected: {} (raw stored: {:.300})", parsed.reason, message.raw)
+            logger.bind(order_no=update.order_no).warning(
+                "order update rejected: {} (raw stored: {:.300})", update.reason, frame.raw)
             return
-        self.store.record_order_update(message.raw, now, order_no=parsed.order_no, accepted=True)
-        key = parsed.dedup_key()
+        key = update.dedup_key()
         if key in self.seen:
             return
         self.seen[key] = None
         if len(self.seen) > self.dedup_window:
             self.seen.popitem(last=False)
-        self._route(parsed, message, raw=message.raw)
+        self._route(update, frame, raw=frame.raw)
 
     def _route(self, update: OrderUpdate, cause: Message, *, raw: str) -> None:
         exit_id = parse_exit_client_id(update.correlation_id)

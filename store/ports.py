@@ -12,11 +12,18 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from models.common import Instrument, Segment, TxnType
 from models.position import Fill, Position, PositionStatus
-from store.records import DeadLetter, ExitAttempt, KillSwitch, ParkedUpdate, StoredOrderUpdate
+from store.records import (
+    DeadLetter,
+    ExitAttempt,
+    KillSwitch,
+    ParkedUpdate,
+    ReceivedFrame,
+    StoredOrderUpdate,
+)
 
 
 class StoreError(Exception):
@@ -98,6 +105,16 @@ class Store(Protocol):
 
     def counts(self) -> Mapping[str, int]:
         """Rows per table, for status views and tests."""
+
+
+@runtime_checkable
+class FrameBatches(Protocol):
+    """A store that can record several raw frames at once (the SQL stores can); the order-update
+    actor uses it when frames queue up, and ``record_order_update`` one by one otherwise."""
+
+    def record_order_updates(self, frames: Sequence[ReceivedFrame]) -> list[int]:
+        """Store the frames in one transaction, in order; their sequence numbers, ascending.
+        Every frame is durable when this returns, or none is stored."""
 
 
 # Broker gateway ports (SPEC §4.3, §5) -------------------------------------------------------

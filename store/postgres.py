@@ -15,8 +15,11 @@ not the process.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
+from functools import lru_cache
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -24,6 +27,7 @@ from psycopg.conninfo import conninfo_to_dict
 from models.position import Fill, Position
 from store.pg_pool import Connection, ConnectionPool
 from store.ports import StoreError
+from store.records import ReceivedFrame
 from store.schema import POSTGRES
 from store.sql import UPSERT_POSITION, SqlStore
 from store.sql_rows import Clock, Cursor, Tx, utc_now
@@ -43,6 +47,20 @@ _SAVE_POSITION = (
     f"json_to_recordset(?::json) AS f({', '.join(f'{c} {t}' for c, t in _FILL_TYPES.items())}) "
     "ON CONFLICT DO NOTHING) "
     "SELECT count(*) FROM pos")
+# Frames as one JSON array, so the text (and its plan) is the same for any number of them; the
+# ordinality keeps their order, so their sequence numbers follow the order they came in.
+_RECORD_FRAMES = (
+    "INSERT INTO order_updates (received_at, order_no, accepted, reason, raw) "
+    "SELECT f.received_at, f.order_no, f.accepted, f.reason, f.raw FROM ROWS FROM ("
+    "json_to_recordset(?::json) AS (received_at timestamptz, order_no text, accepted boolean, "
+    "reason text, raw text)) WITH ORDINALITY AS f(received_at, order_no, accepted, reason, raw, n) "
+    "ORDER BY f.n RETURNING seq")
+
+
+@lru_cache(maxsize=512)
+def _placeholders(sql: str) -> str:
+    """``?`` → ``%s``, once per statement text (psycopg then caches its own parse of it)."""
+    return sql.replace("?", "%s")
 
 
 class PostgresStore(SqlStore):
@@ -77,13 +95,20 @@ class PostgresStore(SqlStore):
 
     @contextmanager
     def _transaction(self, write: bool) -> Iterator[Cursor]:
-        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
-            yield cursor
+        pooled = self._pool.take()
+        try:
+            with pooled.conn.transaction():
+                yield pooled.cursor
+        finally:
+            self._pool.give(pooled)
 
     @contextmanager
     def _statement(self) -> Iterator[Cursor]:
-        with self._pool.connection() as conn, conn.cursor() as cursor:
-            yield cursor
+        pooled = self._pool.take()
+        try:
+            yield pooled.cursor
+        finally:
+            self._pool.give(pooled)
 
     def _close_connection(self) -> None:
         self._pool.close()
@@ -94,6 +119,23 @@ class PostgresStore(SqlStore):
             row = tx.one(_SAVE_POSITION, (*self._position_row(position), rows))
         return row is not None and int(row[0]) > 0
 
+    def record_order_updates(self, frames: Sequence[ReceivedFrame]) -> list[int]:
+        """One statement, so one commit for the whole batch."""
+        if not frames:
+            return []
+        rows = json.dumps([{"received_at": self._iso(f.received_at), "order_no": f.order_no,
+                            "accepted": f.accepted, "reason": f.reason, "raw": f.raw}
+                           for f in frames], ensure_ascii=False)
+        with self._tx(statements=1) as tx:
+            found = tx.all(_RECORD_FRAMES, (rows,))
+        if len(found) != len(frames):
+            raise StoreError(f"{self.safe_name}: {len(found)} frames stored of {len(frames)}")
+        return sorted(int(row[0]) for row in found)
+
+    def _iso(self, at: datetime) -> str:
+        self._bind(at)  # refuses a naive datetime
+        return at.isoformat()
+
     def _insert_id(self, tx: Tx, sql: str, params: Sequence[object], key: str) -> int:
         row = tx.one(f"{sql} RETURNING {key}", params)
         if row is None:
@@ -101,7 +143,7 @@ class PostgresStore(SqlStore):
         return int(row[0])
 
     def _sql(self, sql: str) -> str:
-        return sql.replace("?", "%s")
+        return _placeholders(sql)
 
     def _describe(self, error: Exception) -> str:
         return redact_text(super()._describe(error), self._url)

@@ -1,7 +1,9 @@
-"""Values the store returns besides positions and fills."""
+"""Values the store takes and returns besides positions and fills."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 
 from models.common import AwareDatetime, Frozen
@@ -15,6 +17,18 @@ class StoredOrderUpdate(Frozen):
     received_at: AwareDatetime
     raw: str
     order_no: str | None = None
+    accepted: bool
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedFrame:
+    """A raw broker frame to store, as ``Store.record_order_update`` takes it, for a batch (a
+    slotted dataclass: one is built per frame on the order-update path)."""
+
+    raw: str
+    received_at: datetime
+    order_no: str | None
     accepted: bool
     reason: str | None = None
 

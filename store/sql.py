@@ -30,7 +30,14 @@ from pydantic import BaseModel
 
 from models.position import OPEN, Fill, Position, PositionStatus
 from store.ports import StaleWriteError, StoreError
-from store.records import DeadLetter, ExitAttempt, KillSwitch, ParkedUpdate, StoredOrderUpdate
+from store.records import (
+    DeadLetter,
+    ExitAttempt,
+    KillSwitch,
+    ParkedUpdate,
+    ReceivedFrame,
+    StoredOrderUpdate,
+)
 from store.schema import LATEST, SCHEMA_VERSION_TABLE, TABLES, Dialect, steps_after
 from store.sql_rows import (
     Clock,
@@ -53,6 +60,9 @@ UPSERT_POSITION = (
     + ", ".join(f"{c} = excluded.{c}" for c in _POSITION_COLUMNS[1:])
     + " WHERE positions.version < excluded.version")
 _OPEN_STATUSES = tuple(sorted(OPEN))
+_PLAIN = frozenset({str, int, bool, type(None)})
+_INSERT_UPDATE = ("INSERT INTO order_updates (received_at, order_no, accepted, reason, raw) "
+                  "VALUES (?, ?, ?, ?, ?)")
 
 
 class SqlStore:
@@ -95,6 +105,8 @@ class SqlStore:
 
     def _bind(self, value: object) -> object:
         """A Python value as the driver should receive it; a backend extends this."""
+        if type(value) in _PLAIN:  # most values: one set lookup instead of the checks below
+            return value
         if isinstance(value, Enum):
             return value.value
         if isinstance(value, datetime) and value.utcoffset() is None:
@@ -210,10 +222,16 @@ class SqlStore:
     # Raw order updates and parking -------------------------------------------------------------
     def record_order_update(self, raw: str, received_at: datetime, *, order_no: str | None,
                             accepted: bool, reason: str | None = None) -> int:
-        sql = ("INSERT INTO order_updates (received_at, order_no, accepted, reason, raw) "
-               "VALUES (?, ?, ?, ?, ?)")
         with self._tx(statements=1) as tx:
-            return self._insert_id(tx, sql, (received_at, order_no, accepted, reason, raw), "seq")
+            return self._insert_id(tx, _INSERT_UPDATE, (received_at, order_no, accepted, reason,
+                                                        raw), "seq")
+
+    def record_order_updates(self, frames: Sequence[ReceivedFrame]) -> list[int]:
+        """One statement per frame in one transaction; a backend may do it in one statement."""
+        with self._tx() as tx:
+            return [self._insert_id(tx, _INSERT_UPDATE, (f.received_at, f.order_no, f.accepted,
+                                                         f.reason, f.raw), "seq")
+                    for f in frames]
 
     def order_updates(self) -> list[StoredOrderUpdate]:
         return self._select(StoredOrderUpdate, "order_updates", "ORDER BY seq")
