@@ -35,14 +35,20 @@ _STOP = object()
 
 
 class Dispatcher:
-    """A fixed pool of worker threads running scheduled mailboxes, first come first served."""
+    """A fixed pool of worker threads running scheduled mailboxes, first come first served,
+    except that an urgent mailbox (one woken by a message marked ``urgent``, such as a price
+    that crossed a position's band) goes ahead of every ordinary one."""
 
     def __init__(self, workers: int = 4, *, throughput: int = 16, name: str = "dispatch") -> None:
         if workers < 1 or throughput < 1:
             raise ValueError("workers and throughput must be at least 1")
         self.throughput = throughput
         self.name = name
-        self._runnable: queue.SimpleQueue[Callable[[], None] | object] = queue.SimpleQueue()
+        # Tasks wait in two deques; the C SimpleQueue carries one token per task to wake a
+        # worker, which then takes an urgent task if there is one.
+        self._urgent: deque[Callable[[], None] | object] = deque()
+        self._ordinary: deque[Callable[[], None] | object] = deque()
+        self._tokens: queue.SimpleQueue[None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._workers = workers
@@ -60,16 +66,17 @@ class Dispatcher:
                 self._threads.append(thread)
         return self
 
-    def submit(self, task: Callable[[], None]) -> None:
+    def submit(self, task: Callable[[], None], *, urgent: bool = False) -> None:
         if self._closed:
             raise RuntimeError(f"dispatcher {self.name} is shut down")
         if not self._threads:
             self.start()
-        self._runnable.put(task)
+        (self._urgent if urgent else self._ordinary).append(task)
+        self._tokens.put(None)
 
     def pending(self) -> int:
         """Mailboxes waiting for a worker: a measure of how far behind the pool is."""
-        return self._runnable.qsize()
+        return len(self._urgent) + len(self._ordinary)
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Stop the workers after the tasks already queued; actors should be stopped first."""
@@ -77,13 +84,18 @@ class Dispatcher:
             self._closed = True
             threads, self._threads = self._threads, []
         for _ in threads:
-            self._runnable.put(_STOP)
+            self._ordinary.append(_STOP)
+            self._tokens.put(None)
         for thread in threads:
             thread.join(timeout)
 
     def _work(self) -> None:
         while True:
-            task = self._runnable.get()
+            self._tokens.get()
+            try:
+                task = self._urgent.popleft()
+            except IndexError:
+                task = self._ordinary.popleft()
             if task is _STOP:
                 return
             assert callable(task)
@@ -129,14 +141,16 @@ class _Mailbox:
 
     # The pykka ActorInbox protocol ------------------------------------------------------------
     def put(self, envelope: Envelope[Any], /) -> None:
-        kind = type(envelope.message)
+        message = envelope.message
+        kind = type(message)
+        urgent = getattr(message, "urgent", False) is True
         if kind in self._conflate and envelope.reply_to is None:
-            self._put_latest(kind, envelope)
+            self._put_latest(kind, envelope, urgent)
             return
         self._queue.append([envelope, stamp(), None])
-        self._wake()
+        self._wake(urgent)
 
-    def _put_latest(self, kind: type, envelope: Envelope[Any]) -> None:
+    def _put_latest(self, kind: type, envelope: Envelope[Any], urgent: bool) -> None:
         with self._lock:
             waiting = self._latest.get(kind)
             if waiting is not None:  # still queued: the newer message takes its place
@@ -146,14 +160,14 @@ class _Mailbox:
             entry = [envelope, stamp(), kind]
             self._latest[kind] = entry
             self._queue.append(entry)
-        self._wake()
+        self._wake(urgent)
 
-    def _wake(self) -> None:
+    def _wake(self, urgent: bool = False) -> None:
         with self._lock:
             if self._scheduled:
-                return
+                return  # already on the run queue (or running): it keeps its place
             self._scheduled = True
-        self._submit()
+        self._submit(urgent)
 
     def _pop(self) -> list[Any]:
         entry = self._queue.popleft()
@@ -177,10 +191,10 @@ class _Mailbox:
         self._actor, self._dispatcher = actor, dispatcher
         dispatcher.submit(self._first_turn)
 
-    def _submit(self) -> None:
+    def _submit(self, urgent: bool = False) -> None:
         assert self._dispatcher is not None
         try:
-            self._dispatcher.submit(self._turn)
+            self._dispatcher.submit(self._turn, urgent=urgent)
         except RuntimeError:
             self._fail_pending()
 

@@ -114,46 +114,48 @@ class IndexActor(SingletonActor):
         self.pnl = pnl
 
     def _fan_out(self, batch: PriceBatch) -> None:
-        crossing: list[tuple[ActorRef[Any], PriceUpdate]] = []
         refresh: list[tuple[ActorRef[Any], PriceUpdate]] = []
+        told = 0
         for instrument, mark in batch.prices:
             owners = self.routes.get(instrument)
             if owners:
-                self._select(batch, instrument, mark, owners, crossing, refresh)
-        told = 0
-        for ref, update in crossing + refresh:  # crossings first: they may be exits
-            try:
-                ref.tell(update)
-            except ActorDeadError:
-                continue  # a tracker between crash and restart; its next price will come
-            told += 1
+                told += self._cross(batch, instrument, mark, owners, refresh)
+        for ref, update in refresh:  # after every crossing of the batch: those may be exits
+            told += _tell(ref, update)
         self.fanned_out += told
         if self.metrics is not None:
             self.metrics.incr("price_deliveries", told)
         if self.pnl is not None:
             self.pnl.tell(batch)
 
-    def _select(self, batch: PriceBatch, instrument: Instrument, mark: PriceMark,
-                owners: dict[str, ActorRef[Any]],
-                crossing: list[tuple[ActorRef[Any], PriceUpdate]],
-                refresh: list[tuple[ActorRef[Any], PriceUpdate]]) -> None:
-        """The owners on ``instrument`` that must see ``mark``, each told once."""
-        update: PriceUpdate | None = None
-        chosen: dict[ActorRef[Any], int] = {}
+    def _cross(self, batch: PriceBatch, instrument: Instrument, mark: PriceMark,
+               owners: dict[str, ActorRef[Any]],
+               refresh: list[tuple[ActorRef[Any], PriceUpdate]]) -> int:
+        """Tell ``mark`` at once, marked urgent, to the owners whose band it crosses; queue it
+        in ``refresh`` for those whose refresh is due. Each owner hears it once."""
         ltp, at = mark.ltp, mark.at
+        verdicts: dict[ActorRef[Any], int] = {}
         for position_id, ref in owners.items():
             watch = self.watches.get(position_id)
             verdict = CROSSING if watch is None else watch.verdict(ltp, at)
-            if verdict == QUIET:
+            if verdict != QUIET:
+                if watch is not None:
+                    watch.told_at = at
+                verdicts[ref] = max(verdict, verdicts.get(ref, QUIET))
+        if not verdicts:
+            return 0
+        ids = batch.caused()
+        told, quiet = 0, None
+        for ref, verdict in verdicts.items():
+            if verdict == CROSSING:
+                told += _tell(ref, PriceUpdate(instrument=instrument, mark=mark, urgent=True,
+                                               sent_at=batch.sent_at, **ids))
                 continue
-            if watch is not None:
-                watch.told_at = at
-            chosen[ref] = max(verdict, chosen.get(ref, QUIET))
-        for ref, verdict in chosen.items():
-            if update is None:
-                update = PriceUpdate(instrument=instrument, mark=mark, sent_at=batch.sent_at,
-                                     **batch.caused())
-            (crossing if verdict == CROSSING else refresh).append((ref, update))
+            if quiet is None:
+                quiet = PriceUpdate(instrument=instrument, mark=mark, sent_at=batch.sent_at,
+                                    **ids)
+            refresh.append((ref, quiet))
+        return told
 
     def _track(self, position: Position) -> None:
         if position.status in CLOSED:
@@ -208,6 +210,14 @@ class IndexActor(SingletonActor):
             return list(self.positions.values())
         owners = self.routes.get(instrument, {})
         return [self.positions[pid] for pid in owners if pid in self.positions]
+
+
+def _tell(ref: ActorRef[Any], update: PriceUpdate) -> int:
+    try:
+        ref.tell(update)
+    except ActorDeadError:
+        return 0  # a tracker between crash and restart; its next price will come
+    return 1
 
 
 def _instrument(position: Position) -> Instrument:

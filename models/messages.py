@@ -91,6 +91,8 @@ class PriceBatch(Message):
 class PriceUpdate(Message):
     instrument: Instrument
     mark: PriceMark
+    urgent: bool = False
+    """The price crossed the receiver's band (it may fire a rule): handled ahead of others."""
 
 
 class QuoteRequested(Message):
