@@ -22,8 +22,8 @@ from tests.fakes import FakeGateway, FakeStore
 
 
 class Flow(System):
-    def __init__(self) -> None:
-        super().__init__(FakeStore(), FakeGateway())
+    def __init__(self, store: FakeStore | None = None) -> None:
+        super().__init__(store or FakeStore(), FakeGateway())
         self.orders = OrderUpdateActor.start(self.store, self.supervisor, self.clock,
                                              self.ctx.metrics)
         peers = self.supervisor.proxy().peers.get(timeout=5)

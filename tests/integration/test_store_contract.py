@@ -28,9 +28,9 @@ from models.position import (
     new_position,
 )
 from store.factory import open_store
-from store.ports import StaleWriteError, Store, StoreError
+from store.ports import FrameBatches, StaleWriteError, Store, StoreError
 from store.postgres import PostgresStore
-from store.records import DeadLetter, ExitAttempt, KillSwitch, ParkedUpdate
+from store.records import DeadLetter, ExitAttempt, KillSwitch, ParkedUpdate, ReceivedFrame
 from store.schema import LATEST
 from store.sqlite import SqliteStore
 from store.urls import redact_text, redact_url
@@ -275,6 +275,38 @@ def test_raw_order_updates_are_kept_in_order(store: Store) -> None:
     assert all(u.received_at.utcoffset() is not None for u in stored)
 
 
+def frames_batch() -> list[ReceivedFrame]:
+    return [ReceivedFrame(raw='{"Type":"order_alert","Data":{"OrderNo":"O1"}}',
+                          received_at=T0, order_no="O1", accepted=True),
+            ReceivedFrame(raw="not json: \"quotes\", \\ back-slashes, é €, a\nnewline",
+                          received_at=T0 + timedelta(microseconds=1), order_no=None,
+                          accepted=False, reason="unparsable"),
+            ReceivedFrame(raw="{}", received_at=datetime(2025, 1, 6, 3, 46, tzinfo=UTC),
+                          order_no="O2", accepted=False, reason="no OrderNo")]
+
+
+def test_raw_frames_stored_in_one_call_keep_their_order_and_values(store: Store) -> None:
+    assert isinstance(store, FrameBatches)
+    first = store.record_order_update("before", T0, order_no=None, accepted=True)
+    batch = frames_batch()
+    seqs = store.record_order_updates(batch)
+    assert seqs == sorted(seqs) and len(set(seqs)) == 3 and seqs[0] > first
+    assert store.record_order_updates([]) == []
+    stored = store.order_updates()[1:]
+    assert [u.seq for u in stored] == seqs
+    assert [ReceivedFrame(raw=u.raw, received_at=u.received_at, order_no=u.order_no,
+                          accepted=u.accepted, reason=u.reason) for u in stored] == batch
+
+
+def test_a_batch_with_a_frame_that_cannot_be_stored_stores_none(store: Store) -> None:
+    assert isinstance(store, FrameBatches)
+    naive = ReceivedFrame(raw="x", received_at=T0.replace(tzinfo=None), order_no=None,
+                          accepted=True)
+    with pytest.raises(ValueError, match="naive"):
+        store.record_order_updates([*frames_batch(), naive])
+    assert store.order_updates() == []
+
+
 def test_parked_updates_are_taken_once_oldest_first(store: Store) -> None:
     store.park_update("O1", "first", T0)
     store.park_update("O2", "other", T0 + timedelta(seconds=1))
@@ -394,7 +426,7 @@ def test_a_closed_store_raises_store_error(store: Store) -> None:
     store.close()  # closing twice is harmless
 
 
-def test_calls_from_many_threads_share_the_connection_safely(store: Store) -> None:
+def test_calls_from_many_threads_are_safe(store: Store) -> None:
     def record(thread: int) -> None:
         for n in range(25):
             store.record_order_update(f"{thread}:{n}", T0, order_no=None, accepted=True)
