@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pykka
+from loguru import logger
 
 from models.messages import OrderUpdateReceived
 
@@ -58,8 +59,15 @@ class BatchesFrames(pykka.ThreadingActor):
 
     def flush_frames(self) -> None:
         held, self._held = self._held, []
-        if held:
+        if not held:
+            return
+        try:
             self.handle_frames(held)
+        except Exception as error:
+            # Loud even when the flush runs inside an ask, whose caller alone gets the error.
+            logger.error("handling {} held order-update frames failed, those not yet stored "
+                         "are lost: {}: {}", len(held), type(error).__name__, error)
+            raise
 
     def _handle_receive(self, message: Any) -> Any:
         if isinstance(message, FlushFrames):
