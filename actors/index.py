@@ -46,7 +46,8 @@ class OpenPositions:
     instrument: Instrument | None = None
 
 
-QUIET, REFRESH, CROSSING = 0, 1, 2
+QUIET, REFRESH, MARKS, CROSSING = 0, 1, 2, 3
+"""What a price is to one position: nothing; a refresh; a move of its marks; a possible exit."""
 
 
 class _Watch:
@@ -62,10 +63,13 @@ class _Watch:
 
     def verdict(self, ltp: Decimal, at: datetime) -> int:
         band = self.band
-        if band is None or (band.low is not None and ltp < band.low) or (
-                band.high is not None and ltp > band.high) or (
+        if band is None or (band.rule_low is not None and ltp < band.rule_low) or (
+                band.rule_high is not None and ltp > band.rule_high) or (
                 band.until is not None and at >= band.until):
             return CROSSING
+        if (band.low is not None and ltp < band.low) or (
+                band.high is not None and ltp > band.high):
+            return MARKS
         told = self.told_at
         return REFRESH if told is None or at - told >= self.refresh else QUIET
 
@@ -114,13 +118,14 @@ class IndexActor(SingletonActor):
         self.pnl = pnl
 
     def _fan_out(self, batch: PriceBatch) -> None:
+        later: list[tuple[ActorRef[Any], PriceUpdate]] = []
         refresh: list[tuple[ActorRef[Any], PriceUpdate]] = []
         told = 0
         for instrument, mark in batch.prices:
             owners = self.routes.get(instrument)
             if owners:
-                told += self._cross(batch, instrument, mark, owners, refresh)
-        for ref, update in refresh:  # after every crossing of the batch: those may be exits
+                told += self._cross(batch, instrument, mark, owners, later, refresh)
+        for ref, update in later + refresh:  # after every possible exit of the batch
             told += _tell(ref, update)
         self.fanned_out += told
         if self.metrics is not None:
@@ -129,10 +134,11 @@ class IndexActor(SingletonActor):
             self.pnl.tell(batch)
 
     def _cross(self, batch: PriceBatch, instrument: Instrument, mark: PriceMark,
-               owners: dict[str, ActorRef[Any]],
+               owners: dict[str, ActorRef[Any]], later: list[tuple[ActorRef[Any], PriceUpdate]],
                refresh: list[tuple[ActorRef[Any], PriceUpdate]]) -> int:
-        """Tell ``mark`` at once, marked urgent, to the owners whose band it crosses; queue it
-        in ``refresh`` for those whose refresh is due. Each owner hears it once."""
+        """Tell ``mark`` at once, marked urgent, to the owners for whom it may be an exit; queue
+        it in ``later`` for those whose marks it moves, in ``refresh`` for those whose refresh
+        is due. Each owner hears it once."""
         ltp, at = mark.ltp, mark.at
         verdicts: dict[ActorRef[Any], int] = {}
         for position_id, ref in owners.items():
@@ -145,16 +151,16 @@ class IndexActor(SingletonActor):
         if not verdicts:
             return 0
         ids = batch.caused()
-        told, quiet = 0, None
+        told, ordinary = 0, None
         for ref, verdict in verdicts.items():
             if verdict == CROSSING:
                 told += _tell(ref, PriceUpdate(instrument=instrument, mark=mark, urgent=True,
                                                sent_at=batch.sent_at, **ids))
                 continue
-            if quiet is None:
-                quiet = PriceUpdate(instrument=instrument, mark=mark, sent_at=batch.sent_at,
-                                    **ids)
-            refresh.append((ref, quiet))
+            if ordinary is None:
+                ordinary = PriceUpdate(instrument=instrument, mark=mark, sent_at=batch.sent_at,
+                                       **ids)
+            (later if verdict == MARKS else refresh).append((ref, ordinary))
         return told
 
     def _track(self, position: Position) -> None:

@@ -1,17 +1,22 @@
 """PnLWriterActor: the PnL cache writer and the portfolio's running valuation.
 
-It values every open position itself: the index tells it each ``PriceBatch``, and it keeps, per
-instrument, the basis of each open position (from the position events) and its marks (peak,
-high-water mark — from the events and from the trackers' ``PnLMarked``, sent when a mark moves).
-On each ``Flush`` it writes what changed to the cache in one round trip and tells the supervisor
-the day's net PnL (realised plus unrealised, after fees) for the kill switch. A cache outage
-costs only the cache.
+It values every open position itself. The index tells it each ``PriceBatch``; the position
+events tell it each position's basis (entry price, open quantity, realised PnL, fees) and marks;
+the trackers' ``PnLMarked`` (sent when a mark moves) keep peak and high-water mark current.
+
+Per instrument it keeps a ``_Book``: since every position's net PnL is linear in the price,
+``net = constant + slope * ltp`` summed over the book, a price costs O(1) per instrument for the
+day's total, whatever the number of positions on it. The supervisor hears that total
+(``PortfolioValued``) on every ``Flush``, for the kill switch. The cache entries, one per
+position, are made only when the cache is written: at most once per ``cache_every`` (one
+pipelined round trip), for the positions whose price or marks changed. A cache outage costs only
+the cache.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -29,31 +34,64 @@ from models.position import CLOSED, PRICED, Position
 from models.rules import pnl
 from store.pnl_cache import PnLCache, PnLEntry
 
+_ZERO = Decimal(0)
+
 
 class _Held:
     """The writer's copy of what it needs to value one open position."""
 
-    __slots__ = ("basis", "hwm", "peak", "position")
+    __slots__ = ("basis", "hwm", "peak")
 
-    def __init__(self, position: Position, basis: Basis | None) -> None:
-        self.position, self.basis = position, basis
+    def __init__(self, position: Position, policy: ExitPolicy) -> None:
+        self.basis: Basis | None = basis_of(position, policy) if position.status in PRICED \
+            else None
         self.hwm, self.peak = position.hwm_pnl, position.peak_price
+
+
+class _Book:
+    """One instrument: its open positions, their summed valuation line, its last price."""
+
+    __slots__ = ("at", "constant", "held", "ltp", "slope")
+
+    def __init__(self) -> None:
+        self.held: dict[str, _Held] = {}
+        self.constant, self.slope = _ZERO, 0
+        self.ltp: Decimal | None = None
+        self.at: datetime | None = None
+
+    def refit(self) -> None:
+        """Sum ``net = realized - fees + sign * (ltp - entry) * quantity`` over the book."""
+        constant, slope = _ZERO, 0
+        for held in self.held.values():
+            basis = held.basis
+            if basis is not None:
+                constant += basis.realized - basis.fees - basis.sign * basis.entry * basis.quantity
+                slope += basis.sign * basis.quantity
+        self.constant, self.slope = constant, slope
+
+    def value(self) -> Decimal:
+        return _ZERO if self.ltp is None else self.constant + self.slope * self.ltp
 
 
 class PnLWriterActor(SingletonActor):
     trace_kind = "pnl"
 
     def __init__(self, cache: PnLCache, policy: ExitPolicy, metrics: Metrics,
-                 clock: Callable[[], datetime], supervisor: ActorRef[Any] | None = None) -> None:
+                 clock: Callable[[], datetime], supervisor: ActorRef[Any] | None = None, *,
+                 cache_every: timedelta = timedelta(seconds=1)) -> None:
         super().__init__()
         self.cache, self.policy, self.metrics, self.clock = cache, policy, metrics, clock
         self.supervisor = supervisor
-        self.held: dict[Instrument, dict[str, _Held]] = {}
-        self.by_id: dict[str, _Held] = {}
-        self.dirty: dict[str, PnLEntry] = {}
-        self.deletes: set[str] = set()
-        self.open_net: dict[str, Decimal] = {}
+        self.cache_every = cache_every
+        self.books: dict[Instrument, _Book] = {}
+        self.where: dict[str, Instrument] = {}
         self.closed_net: dict[str, Decimal] = {}
+        self.open_total = _ZERO
+        """The sum of every book's value, kept up to date price by price."""
+        self.priced: set[Instrument] = set()
+        self.marked: set[str] = set()
+        self.deletes: set[str] = set()
+        self.written_at: datetime | None = None
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -64,7 +102,7 @@ class PnLWriterActor(SingletonActor):
             case PositionOpened() | PositionChanged() | PositionClosed():
                 self._position(message.position)
             case Flush():
-                self._flush(message.at)
+                self._flush(message.at, complete=message.complete)
             case _:
                 logger.warning("pnl writer ignores {}", type(message).__name__)
         return None
@@ -81,59 +119,82 @@ class PnLWriterActor(SingletonActor):
 
     def _position(self, position: Position) -> None:
         pid = position.position_id
-        book = self.held.setdefault(_instrument(position), {})
+        instrument = Instrument(segment=position.segment, security_id=position.security_id)
+        book = self.books.setdefault(instrument, _Book())
+        before = book.value()
         if position.status in CLOSED:
-            book.pop(pid, None)
-            self.by_id.pop(pid, None)
-            self.dirty.pop(pid, None)
+            book.held.pop(pid, None)
+            self.where.pop(pid, None)
+            self.marked.discard(pid)
             self.deletes.add(pid)
-            self.open_net.pop(pid, None)
             self.closed_net[pid] = pnl(position, None, self.policy).net
-            return
-        self.closed_net.pop(pid, None)
-        self.deletes.discard(pid)
-        book[pid] = self.by_id[pid] = _Held(position, basis_of(position, self.policy))
+        else:
+            book.held[pid] = _Held(position, self.policy)
+            self.where[pid] = instrument
+            self.closed_net.pop(pid, None)
+            self.deletes.discard(pid)
+            self.marked.add(pid)
+        book.refit()
+        self.open_total += book.value() - before
 
     def _priced(self, batch: PriceBatch) -> None:
         for instrument, mark in batch.prices:
-            book = self.held.get(instrument)
-            if not book:
+            book = self.books.get(instrument)
+            if book is None or not book.held:
                 continue
-            for pid, held in book.items():
-                if held.basis is None or held.position.status not in PRICED:
-                    continue
-                net = net_at(held.basis, mark.ltp)
-                self.open_net[pid] = net
-                self.dirty[pid] = PnLEntry(
-                    position_id=pid, pnl=net, pnl_pct=pct_at(held.basis, mark.ltp),
-                    ltp=mark.ltp, hwm_pnl=max(held.hwm, net, Decimal(0)),
-                    peak_price=held.peak, updated_at=batch.sent_at)
+            before = book.value()
+            book.ltp, book.at = mark.ltp, batch.sent_at
+            self.open_total += book.value() - before
+            self.priced.add(instrument)
 
     def _marked(self, message: PnLMarked) -> None:
-        pid = message.position_id
-        if pid in self.closed_net:
+        instrument = self.where.get(message.position_id)
+        if instrument is None:
             return  # a price that raced the close: the position is no longer valued
-        held = self.by_id.get(pid)
-        if held is not None:
-            held.hwm, held.peak = message.hwm_pnl, message.peak_price
-        self.open_net[pid] = message.pnl
-        self.dirty[pid] = PnLEntry(
-            position_id=pid, pnl=message.pnl, pnl_pct=message.pnl_pct, ltp=message.ltp,
-            hwm_pnl=message.hwm_pnl, peak_price=message.peak_price, updated_at=message.sent_at)
+        held = self.books[instrument].held[message.position_id]
+        held.hwm, held.peak = message.hwm_pnl, message.peak_price
+        book = self.books[instrument]
+        if book.ltp is None:  # the tracker was priced before the writer saw a batch
+            before = book.value()
+            book.ltp, book.at = message.ltp, message.sent_at
+            self.open_total += book.value() - before
+        self.marked.add(message.position_id)
 
     def day_net(self) -> Decimal:
-        return sum(self.open_net.values(), Decimal(0)) + sum(self.closed_net.values(), Decimal(0))
+        return self.open_total + sum(self.closed_net.values(), _ZERO)
 
-    def _flush(self, at: datetime) -> None:
-        if self.dirty or self.deletes:
-            entries, deletes = list(self.dirty.values()), sorted(self.deletes)
-            self.dirty, self.deletes = {}, set()
-            before = self.cache.roundtrips
-            self.cache.write(entries, deletes)
-            self.metrics.incr("redis_roundtrips", self.cache.roundtrips - before)
+    def _flush(self, at: datetime, *, complete: bool = False) -> None:
+        if (self.priced or self.marked or self.deletes) and (
+                complete or self.written_at is None or at - self.written_at >= self.cache_every):
+            self._write(at)
         if self.supervisor is not None:
             self.supervisor.tell(PortfolioValued(net=self.day_net(), at=at))
 
+    def _write(self, at: datetime) -> None:
+        entries = self._entries()
+        deletes = sorted(self.deletes)
+        self.priced, self.marked, self.deletes = set(), set(), set()
+        self.written_at = at
+        # Summed afresh now and then, so rounding in the running total cannot accumulate.
+        self.open_total = sum((book.value() for book in self.books.values()), _ZERO)
+        if entries or deletes:
+            before = self.cache.roundtrips
+            self.cache.write(entries, deletes)
+            self.metrics.incr("redis_roundtrips", self.cache.roundtrips - before)
 
-def _instrument(position: Position) -> Instrument:
-    return Instrument(segment=position.segment, security_id=position.security_id)
+    def _entries(self) -> list[PnLEntry]:
+        wanted: dict[str, Instrument] = {pid: self.where[pid] for pid in self.marked
+                                         if pid in self.where}
+        for instrument in self.priced:
+            wanted.update(dict.fromkeys(self.books[instrument].held, instrument))
+        entries = []
+        for pid, instrument in wanted.items():
+            book = self.books[instrument]
+            held = book.held[pid]
+            if held.basis is None or book.ltp is None or book.at is None:
+                continue
+            net = net_at(held.basis, book.ltp)
+            entries.append(PnLEntry(
+                position_id=pid, pnl=net, pnl_pct=pct_at(held.basis, book.ltp), ltp=book.ltp,
+                hwm_pnl=max(held.hwm, net, _ZERO), peak_price=held.peak, updated_at=book.at))
+        return entries

@@ -60,6 +60,8 @@ class Watch:
 @dataclass(frozen=True, slots=True)
 class Flush:
     at: datetime
+    complete: bool = False
+    """Write everything now, whatever the cadence (settling, stopping)."""
 
 
 @dataclass(frozen=True, slots=True)

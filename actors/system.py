@@ -58,6 +58,9 @@ class Parts:
     supervision: Supervision = field(default_factory=Supervision)
     workers: int = 4
     correlation_prefix: str | None = None
+    cache_every: timedelta = timedelta(seconds=1)
+    """How often the PnL cache is written (0: every flush); the kill switch is valued on every
+    flush regardless."""
     switch_interval: float | None = 0.0005
     """Seconds a thread may hold the GIL while others wait (CPython's default is 0.005): the
     actors share one interpreter, and a crossing price should not wait 5 ms behind a busy one.
@@ -90,7 +93,7 @@ class System:
         self.supervisor = RiskSupervisor.start(ctx, p.gateway, supervision=p.supervision,
                                                dispatcher=self.dispatcher)
         self.pnl = PnLWriterActor.start(p.cache, p.config.policy, p.metrics, p.clock,
-                                        self.supervisor)
+                                        self.supervisor, cache_every=p.cache_every)
         self.index.proxy().set_pnl(self.pnl).get(timeout=ASK)
         self.orders = OrderUpdateActor.start(p.store, self.supervisor, p.clock, p.metrics,
                                              correlation_prefix=p.correlation_prefix)
@@ -154,7 +157,7 @@ class System:
                     ref.ask(Snapshot(), timeout=ASK)
                 except pykka.ActorDeadError:
                     continue
-            self.pnl.ask(Flush(at=self.parts.clock()), timeout=ASK)
+            self.pnl.ask(Flush(at=self.parts.clock(), complete=True), timeout=ASK)
 
     # Stop -------------------------------------------------------------------------------------
     def quiesce(self) -> None:
@@ -175,7 +178,7 @@ class System:
             except pykka.ActorDeadError:
                 continue
         self.supervisor.proxy().checkpoint_quarantined().get(timeout=ASK)
-        self.pnl.ask(Flush(at=self.parts.clock()), timeout=ASK)
+        self.pnl.ask(Flush(at=self.parts.clock(), complete=True), timeout=ASK)
         pykka.ActorRegistry.stop_all(block=True, timeout=ASK)
         self.dispatcher.shutdown()
         logger.info("stopped: mailboxes drained, state flushed")

@@ -128,7 +128,8 @@ class ActorRig:
         market = TapeMarket([])
         self.system = System(Parts(
             store=store, cache=self.cache, gateway=PaperExchange(market, latency=timedelta(0)),
-            quotes=None, config=CONFIG, clock=self.clock, workers=4)).start(ticker=False)
+            quotes=None, config=CONFIG, clock=self.clock, workers=4,
+            cache_every=timedelta(0))).start(ticker=False)
         self.metrics = self.system.parts.metrics
         self.count = len(book)
 
@@ -156,7 +157,7 @@ class ActorRig:
 def _flush(at: Any) -> Any:
     from actors.protocol import Flush
 
-    return Flush(at=at)
+    return Flush(at=at, complete=True)
 
 
 def timed(fn: Callable[[], object], repeats: int) -> list[float]:

@@ -148,11 +148,17 @@ class Band:
     """A price within ``[low, high]`` with an exchange time before ``until`` changes
     nothing for the position: no exit rule fires and no mark (peak, high-water mark, trailing
     stop) moves. ``None`` is an open side. The index delivers a position only the prices outside
-    its band (and a refresh now and then), so a quiet market costs a tracker nothing."""
+    its band (and a refresh now and then), so a quiet market costs a tracker nothing.
+
+    ``rule_low`` and ``rule_high`` are the part of the band set by the exit rules: a price
+    beyond them may be an exit and goes ahead of everything else; one that only moves a mark
+    (a new peak) is told at once too, but in the ordinary queue."""
 
     low: Decimal | None
     high: Decimal | None
     until: datetime | None
+    rule_low: Decimal | None = None
+    rule_high: Decimal | None = None
 
 
 def band(position: Position, basis: Basis | None, guard: Quiet | None,
@@ -171,12 +177,15 @@ def band(position: Position, basis: Basis | None, guard: Quiet | None,
     if marks is None:
         return None
     # Out of session the guard has no price band: no price rule fires before ``until``.
-    low, high = (guard.low, guard.high) if watching_rules and guard is not None else (None, None)
+    rule_low, rule_high = (guard.low, guard.high) if watching_rules and guard is not None \
+        else (None, None)
+    low, high = rule_low, rule_high
     if basis.side is Side.LONG:
         high = marks if high is None else min(high, marks)
     else:
         low = marks if low is None else max(low, marks)
-    return Band(low=low, high=high, until=guard.until if watching_rules and guard else None)
+    return Band(low=low, high=high, until=guard.until if watching_rules and guard else None,
+                rule_low=rule_low, rule_high=rule_high)
 
 
 def trail_stop_at(entry: Decimal, sign: int, peak: Decimal, policy: ExitPolicy) -> Decimal | None:

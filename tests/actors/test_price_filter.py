@@ -94,36 +94,51 @@ def test_when_the_refresh_is_due_then_a_quiet_price_is_told(system: System) -> N
 class Recorder(pykka.ThreadingActor):
     def __init__(self) -> None:
         super().__init__()
-        self.got: list[Instrument] = []
+        self.got: list[tuple[Instrument, bool]] = []
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, PriceUpdate):
-            self.got.append(message.instrument)
+            self.got.append((message.instrument, message.urgent))
         return list(self.got)
 
 
-def test_crossings_are_told_before_refreshes_and_a_new_route_starts_without_a_band() -> None:
+def test_exits_are_told_first_and_urgent_then_mark_moves_then_refreshes() -> None:
     index = IndexActor.start(None)
     recorder = Recorder.start()
+    third = Instrument(segment=Segment.BSE_EQ, security_id="500325")
     try:
-        index.tell(Route("P-quiet", OTHER, recorder))
-        index.tell(Route("P-cross", INSTRUMENT, recorder))
-        quiet = Band(low=Decimal(90), high=Decimal(110), until=None)
-        for pid in ("P-quiet", "P-cross"):
-            index.tell(BandChanged(pid, quiet))
+        for pid, instrument in (("P-quiet", OTHER), ("P-peak", third), ("P-stop", INSTRUMENT)):
+            index.tell(Route(pid, instrument, recorder))
+            index.tell(BandChanged(pid, Band(low=Decimal(90), high=Decimal(110), until=None,
+                                             rule_low=Decimal(90), rule_high=Decimal(150))))
         batch = PriceBatch(prices=((OTHER, PriceMark(ltp=Decimal(100), at=T0)),
+                                   (third, PriceMark(ltp=Decimal(120), at=T0)),
                                    (INSTRUMENT, PriceMark(ltp=Decimal(80), at=T0))),
                            correlation_id="b", sent_at=T0)
         index.tell(batch)
         index.ask(OpenPositions(), timeout=5)
-        assert recorder.ask("?", timeout=5) == [INSTRUMENT, OTHER]  # OTHER: first refresh
-        index.tell(batch)  # OTHER is quiet now, INSTRUMENT still crossing
-        index.tell(Route("P-quiet", OTHER, recorder))  # a restart: no band until it says
+        # The stop comes first although its instrument is last in the batch, then the new
+        # peak, then the quiet position's first refresh.
+        assert recorder.ask("?", timeout=5) == [(INSTRUMENT, True), (third, False),
+                                                (OTHER, False)]
+    finally:
+        pykka.ActorRegistry.stop_all()
+
+
+def test_a_new_route_starts_without_a_band() -> None:
+    index = IndexActor.start(None)
+    recorder = Recorder.start()
+    try:
+        index.tell(Route("P1", OTHER, recorder))
+        index.tell(BandChanged("P1", Band(low=Decimal(90), high=Decimal(110), until=None)))
+        batch = PriceBatch(prices=((OTHER, PriceMark(ltp=Decimal(100), at=T0)),),
+                           correlation_id="b", sent_at=T0)
+        index.tell(batch)  # the first refresh
+        index.tell(batch)  # quiet: not told
+        index.tell(Route("P1", OTHER, recorder))  # a restart: no band until it says
         index.tell(batch)
         index.ask(OpenPositions(), timeout=5)
-        # Without a band every price crosses: both, in batch order.
-        assert recorder.ask("?", timeout=5) == [INSTRUMENT, OTHER, INSTRUMENT, OTHER,
-                                                INSTRUMENT]
+        assert recorder.ask("?", timeout=5) == [(OTHER, False), (OTHER, True)]
     finally:
         pykka.ActorRegistry.stop_all()
 
