@@ -29,8 +29,9 @@ from store.pg_pool import Connection, ConnectionPool
 from store.ports import StoreError
 from store.records import ReceivedFrame
 from store.schema import POSTGRES
-from store.sql import UPSERT_POSITION, SqlStore
+from store.sql import SqlStore
 from store.sql_rows import Clock, Cursor, Tx, utc_now
+from store.sql_text import UPSERT_POSITION
 from store.urls import redact_text, redact_url
 
 _FILL_TYPES = {"position_id": "text", "order_no": "text", "role": "text", "cum_qty": "bigint",
@@ -103,7 +104,7 @@ class PostgresStore(SqlStore):
             self._pool.give(pooled)
 
     @contextmanager
-    def _statement(self) -> Iterator[Cursor]:
+    def _statement(self, write: bool) -> Iterator[Cursor]:
         pooled = self._pool.take()
         try:
             yield pooled.cursor

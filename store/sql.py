@@ -1,16 +1,17 @@
 """The ``Store`` port written once in SQL; ``postgres.py`` and ``sqlite.py`` add a connection.
 
-A backend supplies four things: a transaction yielding a DB-API cursor, its placeholder style,
-how a Python value is bound (``Decimal`` and aware ``datetime`` natively in PostgreSQL, as exact
-text in SQLite) and the exceptions its driver raises, which leave here as ``StoreError`` with
-the driver's error as the cause. ``sql_rows.py`` holds the plumbing: the cursor, the
-transaction handle and the mapping of rows to records.
+A backend supplies a transaction and a single statement yielding a DB-API cursor, its
+placeholder style, how a Python value is bound (``Decimal`` and aware ``datetime`` natively in
+PostgreSQL, as exact text in SQLite) and its driver's exceptions, which leave as ``StoreError``
+with the driver's error as the cause. ``sql_rows.py`` holds the plumbing (cursor, transaction
+handle, rows to records), ``sql_text.py`` the shared SQL.
 
-A call is one short transaction. A call that is a single statement runs alone in autocommit
-(``_tx(statements=1)``): the database commits it before answering, so it is as durable and as
-atomic as an explicit transaction, without the ``BEGIN`` and ``COMMIT`` round trips. Actors call
-from several threads; how calls share connections is the backend's business (a pool for
-PostgreSQL, a lock around the one SQLite connection), never a lock on domain data.
+A call is one short transaction. A call that is one statement says so (``_tx(statements=1)``)
+and the backend may run it alone in autocommit: PostgreSQL commits it before answering, as
+durable and atomic as an explicit transaction without the ``BEGIN`` and ``COMMIT`` round trips
+(SQLite keeps ``BEGIN IMMEDIATE`` for writes). Actors call from several threads; how calls
+share connections is the backend's (a pool for PostgreSQL, a lock around the one SQLite
+connection), never a lock on domain data.
 
 ``queries`` counts the statements sent (a row of an ``executemany`` is one; a data-modifying
 ``WITH`` is one, since it is one statement and one round trip), not ``BEGIN`` and ``COMMIT``.
@@ -29,7 +30,7 @@ from loguru import logger
 from pydantic import BaseModel
 
 from models.position import OPEN, Fill, Position, PositionStatus
-from store.ports import StaleWriteError, StoreError
+from store.ports import StoreError
 from store.records import (
     DeadLetter,
     ExitAttempt,
@@ -50,19 +51,10 @@ from store.sql_rows import (
     records,
     utc_now,
 )
+from store.sql_text import INSERT_ORDER_UPDATE, UPSERT_POSITION, check_not_stale, schema_version_of
 
-_POSITION_COLUMNS = ("position_id", "entry_order_no", "segment", "security_id", "side", "status",
-                     "version", "created_at", "opened_at", "exited_at", "updated_at", "data")
-UPSERT_POSITION = (
-    f"INSERT INTO positions ({', '.join(_POSITION_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in _POSITION_COLUMNS)}) "
-    "ON CONFLICT (position_id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in _POSITION_COLUMNS[1:])
-    + " WHERE positions.version < excluded.version")
 _OPEN_STATUSES = tuple(sorted(OPEN))
 _PLAIN = frozenset({str, int, bool, type(None)})
-_INSERT_UPDATE = ("INSERT INTO order_updates (received_at, order_no, accepted, reason, raw) "
-                  "VALUES (?, ?, ?, ?, ?)")
 
 
 class SqlStore:
@@ -84,14 +76,13 @@ class SqlStore:
         """An explicit transaction: committed when the block ends, rolled back if it raises."""
         raise NotImplementedError
 
-    def _statement(self) -> AbstractContextManager[Cursor]:
-        """A cursor in autocommit, for exactly one statement (its own transaction)."""
+    def _statement(self, write: bool) -> AbstractContextManager[Cursor]:
+        """A cursor for exactly one statement, in autocommit where the backend can."""
         raise NotImplementedError
 
     def _save_in_one_statement(self, position: Position, fills: Sequence[Fill]) -> bool:
-        """Write the position (if its version is newer) and its fills in one statement; False
-        when this backend cannot or the position row was not written (the caller then runs the
-        transaction that tells a repeated write from a stale one)."""
+        """Write the position (if newer) and its fills in one statement; False when the backend
+        cannot or the row was not written (then a transaction tells a repeat from a stale)."""
         return False
 
     def _close_connection(self) -> None:
@@ -124,7 +115,7 @@ class SqlStore:
             raise StoreError(f"{self.safe_name}: the store is closed")
         tx: Tx | None = None
         try:
-            with self._transaction(write) if statements is None else self._statement() \
+            with self._transaction(write) if statements is None else self._statement(write) \
                     as cursor:
                 tx = Tx(cursor, self._sql, self._bind, limit=statements)
                 yield tx
@@ -152,7 +143,7 @@ class SqlStore:
             if self.dialect.migration_lock:
                 tx.run(self.dialect.migration_lock)
             tx.run(self.dialect.render(SCHEMA_VERSION_TABLE))
-            current = _version(tx)
+            current = schema_version_of(tx)
             if current > LATEST:
                 raise StoreError(f"{self.safe_name}: schema version {current} is newer than "
                                  f"this program's {LATEST}; upgrade the program")
@@ -167,7 +158,7 @@ class SqlStore:
         with self._tx(write=False) as tx:
             if tx.one(self.dialect.table_exists, ("schema_version",)) is None:
                 return 0
-            return _version(tx)
+            return schema_version_of(tx)
 
     # Positions and fills ----------------------------------------------------------------------
     def save_position(self, position: Position, fills: Sequence[Fill] = ()) -> None:
@@ -175,7 +166,7 @@ class SqlStore:
             return
         with self._tx() as tx:
             if not tx.run(UPSERT_POSITION, self._position_row(position)).rowcount:
-                _check_not_stale(tx, position)
+                check_not_stale(tx, position)
             tx.many(insert_sql("fills", Fill, conflict="ON CONFLICT DO NOTHING"),
                     [record_values(fill) for fill in fills])
 
@@ -189,7 +180,7 @@ class SqlStore:
             rows = [self._position_row(p) for p in latest.values()]
             if tx.many(UPSERT_POSITION, rows) < len(rows):
                 for position in latest.values():
-                    _check_not_stale(tx, position)
+                    check_not_stale(tx, position)
 
     def _position_row(self, p: Position) -> tuple[object, ...]:
         return (p.position_id, p.entry_order_no, p.segment, p.security_id, p.side, p.status,
@@ -197,7 +188,7 @@ class SqlStore:
                 p.model_dump_json())
 
     def load_position(self, position_id: str) -> Position | None:
-        with self._tx(statements=1) as tx:
+        with self._tx(write=False, statements=1) as tx:
             row = tx.one("SELECT data FROM positions WHERE position_id = ?", (position_id,))
         return None if row is None else decode_position(row[0])
 
@@ -211,7 +202,7 @@ class SqlStore:
         return self._positions("WHERE status = ?", (status,))
 
     def _positions(self, where: str, params: Sequence[object]) -> list[Position]:
-        with self._tx(statements=1) as tx:
+        with self._tx(write=False, statements=1) as tx:
             rows = tx.all(f"SELECT data FROM positions {where} "
                           "ORDER BY created_at, position_id", params)
         return [decode_position(row[0]) for row in rows]
@@ -222,15 +213,15 @@ class SqlStore:
     # Raw order updates and parking -------------------------------------------------------------
     def record_order_update(self, raw: str, received_at: datetime, *, order_no: str | None,
                             accepted: bool, reason: str | None = None) -> int:
+        values = (received_at, order_no, accepted, reason, raw)
         with self._tx(statements=1) as tx:
-            return self._insert_id(tx, _INSERT_UPDATE, (received_at, order_no, accepted, reason,
-                                                        raw), "seq")
+            return self._insert_id(tx, INSERT_ORDER_UPDATE, values, "seq")
 
     def record_order_updates(self, frames: Sequence[ReceivedFrame]) -> list[int]:
         """One statement per frame in one transaction; a backend may do it in one statement."""
         with self._tx() as tx:
-            return [self._insert_id(tx, _INSERT_UPDATE, (f.received_at, f.order_no, f.accepted,
-                                                         f.reason, f.raw), "seq")
+            return [self._insert_id(tx, INSERT_ORDER_UPDATE, (f.received_at, f.order_no,
+                                                              f.accepted, f.reason, f.raw), "seq")
                     for f in frames]
 
     def order_updates(self) -> list[StoredOrderUpdate]:
@@ -293,7 +284,7 @@ class SqlStore:
 
     def counts(self) -> Mapping[str, int]:
         sql = " UNION ALL ".join(f"SELECT '{t}', COUNT(*) FROM {t}" for t in TABLES)
-        with self._tx(statements=1) as tx:
+        with self._tx(write=False, statements=1) as tx:
             return {str(name): int(count) for name, count in tx.all(sql)}
 
     # Records <-> rows --------------------------------------------------------------------------
@@ -304,27 +295,7 @@ class SqlStore:
 
     def _select(self, model: type[R], table: str, tail: str,
                 params: Sequence[object] = ()) -> list[R]:
-        with self._tx(statements=1) as tx:
+        with self._tx(write=False, statements=1) as tx:
             rows = tx.all(f"SELECT {', '.join(model.model_fields)} FROM {table} {tail}", params)
         return records(model, rows)
 
-
-def _version(tx: Tx) -> int:
-    row = tx.one("SELECT COALESCE(MAX(version), 0) FROM schema_version")
-    return int(row[0]) if row else 0
-
-
-def _check_not_stale(tx: Tx, position: Position) -> None:
-    """After an upsert that changed nothing: the same write again is fine, anything else is
-    a writer that lost the race (an older version, or another content at the same version)."""
-    row = tx.one("SELECT version, data FROM positions WHERE position_id = ?",
-                 (position.position_id,))
-    if row is None:
-        raise StoreError(f"position {position.position_id} was neither inserted nor found")
-    stored = int(row[0])
-    if stored == position.version and decode_position(row[1]) == position:
-        return
-    what = "different content at the same version" if stored == position.version else \
-        f"version {stored}"
-    raise StaleWriteError(f"position {position.position_id}: write of version "
-                          f"{position.version} refused, the store holds {what}")

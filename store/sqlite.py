@@ -4,8 +4,8 @@ Exact decimals are stored as text and aware datetimes as ISO-8601 text in UTC wi
 microseconds, so they read back exactly and text order is time order. The connection runs in
 autocommit mode so that every transaction is an explicit ``BEGIN``: ``BEGIN IMMEDIATE`` for a
 write takes the write lock up front, so two processes on one file wait (``timeout``) instead
-of failing to upgrade a read lock; a call that is one statement runs without ``BEGIN``, as its
-own transaction. WAL lets a reader (``run.py positions``) run beside a writer.
+of failing to upgrade a read lock; a read that is one statement runs without ``BEGIN``. WAL lets
+a reader (``run.py positions``) run beside a writer.
 
 One connection serves every thread, so a lock serialises its use (it guards the connection,
 not domain data, and is held for one short transaction).
@@ -16,7 +16,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -54,7 +54,7 @@ class SqliteStore(SqlStore):
 
     @contextmanager
     def _transaction(self, write: bool) -> Iterator[Cursor]:
-        with self._statement() as cursor:
+        with self._cursor() as cursor:
             cursor.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 yield cursor
@@ -64,8 +64,14 @@ class SqliteStore(SqlStore):
                     cursor.execute("ROLLBACK")
                 raise
 
+    def _statement(self, write: bool) -> AbstractContextManager[Cursor]:
+        # A write keeps BEGIN IMMEDIATE: alone in autocommit, a statement's read snapshot could
+        # go stale before it takes the write lock (SQLITE_BUSY_SNAPSHOT, not retried) when
+        # another process writes the file. A read needs no transaction of its own.
+        return self._transaction(write=True) if write else self._cursor()
+
     @contextmanager
-    def _statement(self) -> Iterator[sqlite3.Cursor]:
+    def _cursor(self) -> Iterator[sqlite3.Cursor]:
         with self._lock:
             cursor = self._conn.cursor()
             try:
