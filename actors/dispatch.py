@@ -53,6 +53,9 @@ class Dispatcher:
         self._lock = threading.Lock()
         self._workers = workers
         self._closed = False
+        self._counted = threading.Lock()
+        self.conflated = 0
+        """Messages replaced in a mailbox by a newer one before they were handled."""
 
     def start(self) -> Dispatcher:
         with self._lock:
@@ -73,6 +76,10 @@ class Dispatcher:
             self.start()
         (self._urgent if urgent else self._ordinary).append(task)
         self._tokens.put(None)
+
+    def count_conflated(self) -> None:
+        with self._counted:
+            self.conflated += 1
 
     def pending(self) -> int:
         """Mailboxes waiting for a worker: a measure of how far behind the pool is."""
@@ -156,6 +163,8 @@ class _Mailbox:
             if waiting is not None:  # still queued: the newer message takes its place
                 waiting[0], waiting[1] = envelope, stamp()
                 self.conflated += 1
+                if self._dispatcher is not None:
+                    self._dispatcher.count_conflated()
                 return
             entry = [envelope, stamp(), kind]
             self._latest[kind] = entry

@@ -120,15 +120,17 @@ class IndexActor(SingletonActor):
     def _fan_out(self, batch: PriceBatch) -> None:
         later: list[tuple[ActorRef[Any], PriceUpdate]] = []
         refresh: list[tuple[ActorRef[Any], PriceUpdate]] = []
-        told = 0
+        told = checked = 0
         for instrument, mark in batch.prices:
             owners = self.routes.get(instrument)
             if owners:
+                checked += len(owners)
                 told += self._cross(batch, instrument, mark, owners, later, refresh)
         for ref, update in later + refresh:  # after every possible exit of the batch
             told += _tell(ref, update)
         self.fanned_out += told
         if self.metrics is not None:
+            self.metrics.incr("price_checks", checked)
             self.metrics.incr("price_deliveries", told)
         if self.pnl is not None:
             self.pnl.tell(batch)

@@ -183,18 +183,27 @@ class PnLWriterActor(SingletonActor):
             self.metrics.incr("redis_roundtrips", self.cache.roundtrips - before)
 
     def _entries(self) -> list[PnLEntry]:
-        wanted: dict[str, Instrument] = {pid: self.where[pid] for pid in self.marked
-                                         if pid in self.where}
+        entries: list[PnLEntry] = []
+        done: set[str] = set()
         for instrument in self.priced:
-            wanted.update(dict.fromkeys(self.books[instrument].held, instrument))
-        entries = []
-        for pid, instrument in wanted.items():
             book = self.books[instrument]
-            held = book.held[pid]
-            if held.basis is None or book.ltp is None or book.at is None:
-                continue
-            net = net_at(held.basis, book.ltp)
-            entries.append(PnLEntry(
-                position_id=pid, pnl=net, pnl_pct=pct_at(held.basis, book.ltp), ltp=book.ltp,
-                hwm_pnl=max(held.hwm, net, _ZERO), peak_price=held.peak, updated_at=book.at))
+            for pid, held in book.held.items():
+                done.add(pid)
+                _entry(entries, pid, held, book)
+        for pid in self.marked - done:
+            instrument = self.where.get(pid)
+            if instrument is not None:
+                book = self.books[instrument]
+                _entry(entries, pid, book.held[pid], book)
         return entries
+
+
+def _entry(entries: list[PnLEntry], pid: str, held: _Held, book: _Book) -> None:
+    """Append the cache entry of a position valued at its book's price (if it has both)."""
+    basis, ltp, at = held.basis, book.ltp, book.at
+    if basis is None or ltp is None or at is None:
+        return
+    net = net_at(basis, ltp)
+    entries.append(PnLEntry(position_id=pid, pnl=net, pnl_pct=pct_at(basis, ltp), ltp=ltp,
+                            hwm_pnl=max(held.hwm, net, _ZERO), peak_price=held.peak,
+                            updated_at=at))

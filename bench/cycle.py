@@ -1,6 +1,7 @@
 """One price cycle at N positions: this system against the old design and the floor.
 
-- *floor*: a plain loop folding the prices into the positions and evaluating the rules;
+- *floor*: a plain loop folding the prices into the positions and evaluating the rules with
+  the trackers' own pure core (basis, quiet guard, valuation), every position every cycle;
 - *old design* (SPEC §1): per cycle, query the active positions from the database, read each
   position's PnL from Redis one by one, one quote call per segment, several passes over the
   positions, write each PnL back;
@@ -13,7 +14,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -28,6 +29,7 @@ from broker.exchange import PaperExchange
 from broker.market import TapeMarket
 from broker.quotes import PaperQuoteApi
 from models.common import Instrument, Segment
+from models.marks import Basis, Quiet, basis_of, net_at, pct_at, quiet
 from models.policy import RiskConfig
 from models.position import Position, PositionStatus
 from models.rules import PriceMark, evaluate, update_marks
@@ -37,13 +39,32 @@ from store.ports import Store
 CONFIG = RiskConfig()
 
 
-def floor_cycle(book: list[Position], prices: dict[Instrument, Decimal]) -> None:
-    now = T0
-    for position in book:
-        instrument = Instrument(segment=position.segment, security_id=position.security_id)
-        ltp = prices[instrument]
-        marked = update_marks(position, ltp, CONFIG.policy)
-        evaluate(marked, PriceMark(ltp=ltp, at=now), now, CONFIG)
+class Floor:
+    """The floor: the trackers' pure core in one plain loop over every position, no actors, no
+    I/O. Like a tracker, each position keeps its basis and quiet guard between prices (the
+    rules run in full only near a trigger) and is valued for the cache at every price."""
+
+    def __init__(self, book: list[Position]) -> None:
+        self.state: list[tuple[Instrument, Position, Basis | None, Quiet | None]] = [
+            (Instrument(segment=p.segment, security_id=p.security_id), p,
+             basis_of(p, CONFIG.policy), None) for p in book]
+
+    def cycle(self, prices: dict[Instrument, Decimal], now: datetime = T0) -> int:
+        """Fold one price per instrument into every position; the number of exits decided."""
+        marks = {instrument: PriceMark(ltp=ltp, at=now) for instrument, ltp in prices.items()}
+        exits, state = 0, []
+        for instrument, position, basis, guard in self.state:
+            mark = marks[instrument]
+            position = update_marks(position, mark.ltp, CONFIG.policy, basis)
+            if basis is not None:
+                net_at(basis, mark.ltp), pct_at(basis, mark.ltp)  # the cache's valuation
+            if guard is None or not guard.holds(position, mark.ltp, True, now):
+                if evaluate(position, mark, now, CONFIG) is not None:
+                    exits += 1
+                guard = quiet(position, basis, now, CONFIG) if basis is not None else None
+            state.append((instrument, position, basis, guard))
+        self.state = state
+        return exits
 
 
 class OldDesign:
@@ -173,7 +194,10 @@ def compare(count: int, *, store: Store, store_url: str | None, cache: PnLCache,
             redis_url: str | None, repeats: int) -> dict[str, Any]:
     on = instruments(max(1, count // 5))
     book = positions(count, on)
-    floor = timed(lambda: floor_cycle(book, quiet_prices(on, 1)), repeats)
+    floor_loop = Floor(book)
+    floor_step = iter(range(10**9))
+    floor_loop.cycle(quiet_prices(on, next(floor_step)))  # warm-up, as the actors' first cycle
+    floor = timed(lambda: floor_loop.cycle(quiet_prices(on, next(floor_step))), repeats)
     rig = ActorRig(store, cache, book)
     counts: list[dict[str, int]] = []
     step = iter(range(10**9))

@@ -15,6 +15,7 @@ from typing import Any
 
 from bench.workload import instruments, positions, quiet_prices
 from models.common import Instrument, Side
+from models.marks import Basis, Quiet, basis_of, quiet
 from models.policy import RiskConfig
 from models.position import Position
 from models.rules import PriceMark, evaluate, update_marks
@@ -81,11 +82,13 @@ def instrument_of(position: Position) -> Instrument:
 
 def floor(plan: Plan, clock: Any, *, batched: bool) -> list[float]:
     """Decision latencies (ms) of a plain loop on the same prices: each price evaluated as it
-    arrives, or (``batched``) the step's prices conflated and then evaluated in one pass."""
+    arrives, or (``batched``) the step's prices conflated and then evaluated in one pass. Each
+    position keeps its basis and quiet guard between prices, as a tracker does."""
     side = sides(plan)
-    book: dict[Instrument, list[Position]] = {}
+    book: dict[Instrument, list[_Kept]] = {}
     for position in plan.book:
-        book.setdefault(instrument_of(position), []).append(position)
+        book.setdefault(instrument_of(position), []).append(
+            (position, basis_of(position, CONFIG.policy), None))
     latencies: list[float] = []
     for step in range(plan.steps):
         arrived: dict[Instrument, tuple[float, Decimal]] = {}
@@ -99,15 +102,22 @@ def floor(plan: Plan, clock: Any, *, batched: bool) -> list[float]:
     return latencies
 
 
-def _fold(book: dict[Instrument, list[Position]], instrument: Instrument,
+_Kept = tuple[Position, Basis | None, Quiet | None]
+
+
+def _fold(book: dict[Instrument, list[_Kept]], instrument: Instrument,
           seen: tuple[float, Decimal], clock: Any, latencies: list[float]) -> None:
     began, ltp = seen
     now = clock()
-    kept = []
-    for position in book.get(instrument, ()):
-        marked = update_marks(position, ltp, CONFIG.policy)
-        if evaluate(marked, PriceMark(ltp=ltp, at=now), now, CONFIG) is None:
-            kept.append(marked)
+    mark = PriceMark(ltp=ltp, at=now)
+    kept: list[_Kept] = []
+    for position, basis, guard in book.get(instrument, ()):
+        marked = update_marks(position, ltp, CONFIG.policy, basis)
+        if guard is not None and guard.holds(marked, ltp, True, now):
+            kept.append((marked, basis, guard))
+        elif evaluate(marked, mark, now, CONFIG) is None:
+            guard = quiet(marked, basis, now, CONFIG) if basis is not None else None
+            kept.append((marked, basis, guard))
         else:
             latencies.append((time.perf_counter() - began) * 1000)
     book[instrument] = kept

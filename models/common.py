@@ -84,6 +84,16 @@ class Instrument(Frozen):
     def __str__(self) -> str:
         return f"{self.segment}:{self.security_id}"
 
+    # Instruments key the index, the batcher and the PnL books, so they are hashed and compared
+    # for every price; pydantic's generic __eq__ costs several times this.
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Instrument):
+            return NotImplemented
+        return self.security_id == other.security_id and self.segment is other.segment
+
+    def __hash__(self) -> int:
+        return hash((self.segment, self.security_id))
+
 
 def money(value: Decimal) -> Decimal:
     """Round to paise for display and reports; computations keep full precision."""

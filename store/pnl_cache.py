@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import redis
 from loguru import logger
@@ -28,13 +27,13 @@ from redis.typing import EncodableT, FieldT
 from store.urls import redact_text, redact_url
 
 
-@dataclass(frozen=True, slots=True)
-class PnLEntry:
+class PnLEntry(NamedTuple):
     """One position's valuation in the cache.
 
-    A frozen dataclass, not a pydantic model: the PnL writer makes one per open position per
-    flush, from values that are already typed (``Decimal``, aware ``datetime``); what comes back
-    from Redis is parsed field by field in ``_decode``.
+    An immutable named tuple, not a pydantic model: the PnL writer makes one per open position
+    per cache write, from values that are already typed (``Decimal``, aware ``datetime``), and a
+    tuple is the cheapest immutable value to make; what comes back from Redis is parsed field by
+    field in ``decode_entry``.
     """
 
     position_id: str
