@@ -191,9 +191,9 @@ class PnLWriterActor(SingletonActor):
                 done.add(pid)
                 _entry(entries, pid, held, book)
         for pid in self.marked - done:
-            instrument = self.where.get(pid)
-            if instrument is not None:
-                book = self.books[instrument]
+            where = self.where.get(pid)
+            if where is not None:
+                book = self.books[where]
                 _entry(entries, pid, book.held[pid], book)
         return entries
 
