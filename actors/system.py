@@ -41,6 +41,9 @@ from store.ports import OrderGateway, QuoteApi, Store
 
 ASK = 10.0
 """Seconds an edge waits for an actor's answer."""
+SETTLE = 300.0
+"""Seconds ``settle`` waits for each actor: it waits *behind* everything queued, which under
+a backlog can be far more than an ordinary answer."""
 
 
 @dataclass
@@ -148,16 +151,16 @@ class System:
     def settle(self, rounds: int = 3) -> None:
         """Wait until what was told has been handled (FIFO mailboxes, pipeline order)."""
         for _ in range(rounds):
-            self.orders.proxy().parked.get(timeout=ASK)
-            self.batcher.proxy().pending.get(timeout=ASK)
-            self.index.ask(OpenPositions(), timeout=ASK)
-            self.supervisor.ask(Snapshot(), timeout=ASK)
-            for ref in self.supervisor.proxy().tracker_refs().get(timeout=ASK):
+            self.orders.proxy().parked.get(timeout=SETTLE)
+            self.batcher.proxy().pending.get(timeout=SETTLE)
+            self.index.ask(OpenPositions(), timeout=SETTLE)
+            self.supervisor.ask(Snapshot(), timeout=SETTLE)
+            for ref in self.supervisor.proxy().tracker_refs().get(timeout=SETTLE):
                 try:
-                    ref.ask(Snapshot(), timeout=ASK)
+                    ref.ask(Snapshot(), timeout=SETTLE)
                 except pykka.ActorDeadError:
                     continue
-            self.pnl.ask(Flush(at=self.parts.clock(), complete=True), timeout=ASK)
+            self.pnl.ask(Flush(at=self.parts.clock(), complete=True), timeout=SETTLE)
 
     # Stop -------------------------------------------------------------------------------------
     def quiesce(self) -> None:
