@@ -54,10 +54,12 @@ def _cycles(pg: str | None, rd: str | None, scratch: Path, repeats: int) -> list
     rows = []
     for count in (10, 100, 1000):
         store, url = fresh_store(pg, scratch)
+        store2, _ = fresh_store(pg, scratch)
         rows.append({"benchmark": f"price cycle at {count:,} positions", **cycle.compare(
             count, store=store, store_url=url if pg else None, cache=fresh_cache(rd),
-            redis_url=rd, repeats=repeats)})
+            redis_url=rd, repeats=repeats, store2=store2)})
         store.close()
+        store2.close()
     return rows
 
 

@@ -142,20 +142,31 @@ class CountingCache:
 
 
 class ActorRig:
-    def __init__(self, store: Store, cache: PnLCache, book: list[Position]) -> None:
+    """The system under the cycle benchmark: one price per instrument per cycle, the clock
+    moving ``period`` a cycle (a market changing 10 times a second). With
+    ``cache_each_cycle`` the PnL cache is written at the end of every cycle; without, at the
+    product's own cadence (``Parts.cache_every``, once a second)."""
+
+    def __init__(self, store: Store, cache: PnLCache, book: list[Position], *,
+                 cache_each_cycle: bool = True, period: timedelta = timedelta(seconds=0.1)
+                 ) -> None:
         store.save_positions(book)
         self.store, self.cache = store, CountingCache(cache)
         self.clock = ManualClock(T0)
+        self.period, self.cache_each_cycle = period, cache_each_cycle
         market = TapeMarket([])
-        self.system = System(Parts(
-            store=store, cache=self.cache, gateway=PaperExchange(market, latency=timedelta(0)),
-            quotes=None, config=CONFIG, clock=self.clock, workers=4,
-            cache_every=timedelta(0))).start(ticker=False)
+        parts = Parts(store=store, cache=self.cache,
+                      gateway=PaperExchange(market, latency=timedelta(0)), quotes=None,
+                      config=CONFIG, clock=self.clock, workers=4)
+        if cache_each_cycle:
+            parts.cache_every = timedelta(0)
+        self.system = System(parts).start(ticker=False)
         self.metrics = self.system.parts.metrics
         self.count = len(book)
 
     def cycle(self, prices: dict[Instrument, Decimal]) -> dict[str, int]:
         db0, rt0, w0 = self.store.queries, self.cache.roundtrips, len(self.cache.per_write)
+        self.clock.set(self.clock() + self.period)
         for instrument, ltp in prices.items():
             self.system.tick(instrument, ltp, self.clock())
         self.system.step(self.clock(), timer=False)
@@ -165,7 +176,7 @@ class ActorRig:
         self.system.index.ask(OpenPositions(instrument=None), timeout=30)
         while self.metrics.get("prices_handled") < self.metrics.get("price_deliveries"):
             time.sleep(0.0002)
-        self.system.pnl.ask(_flush(self.clock()), timeout=30)
+        self.system.pnl.ask(_flush(self.clock(), complete=self.cache_each_cycle), timeout=30)
         writes = self.cache.per_write[w0:]
         return {"db_queries": self.store.queries - db0,
                 "redis_roundtrips": self.cache.roundtrips - rt0,
@@ -175,10 +186,10 @@ class ActorRig:
         self.system.stop()
 
 
-def _flush(at: Any) -> Any:
+def _flush(at: Any, *, complete: bool) -> Any:
     from actors.protocol import Flush
 
-    return Flush(at=at, complete=True)
+    return Flush(at=at, complete=complete)
 
 
 def timed(fn: Callable[[], object], repeats: int) -> list[float]:
@@ -190,23 +201,39 @@ def timed(fn: Callable[[], object], repeats: int) -> list[float]:
     return out
 
 
+def _actors(store: Store, cache: PnLCache, book: list[Position], on: list[Instrument],
+            repeats: int, *, cache_each_cycle: bool) -> tuple[list[float], list[dict[str, int]]]:
+    """Cycle times (ms) of the actors, one warm-up cycle first, and each cycle's counts."""
+    rig = ActorRig(store, cache, book, cache_each_cycle=cache_each_cycle)
+    counts: list[dict[str, int]] = []
+    step = iter(range(10**9))
+    rig.cycle(quiet_prices(on, next(step)))  # every tracker hears its first price
+    try:
+        return timed(lambda: counts.append(rig.cycle(quiet_prices(on, next(step)))),
+                     repeats), counts
+    finally:
+        rig.stop()
+
+
 def compare(count: int, *, store: Store, store_url: str | None, cache: PnLCache,
-            redis_url: str | None, repeats: int) -> dict[str, Any]:
+            redis_url: str | None, repeats: int, store2: Store | None = None) -> dict[str, Any]:
+    """``store2``, a second fresh store, adds the variant that writes the cache every cycle."""
     on = instruments(max(1, count // 5))
     book = positions(count, on)
     floor_loop = Floor(book)
     floor_step = iter(range(10**9))
     floor_loop.cycle(quiet_prices(on, next(floor_step)))  # warm-up, as the actors' first cycle
     floor = timed(lambda: floor_loop.cycle(quiet_prices(on, next(floor_step))), repeats)
-    rig = ActorRig(store, cache, book)
-    counts: list[dict[str, int]] = []
-    step = iter(range(10**9))
-    actors = timed(lambda: counts.append(rig.cycle(quiet_prices(on, next(step)))), repeats)
-    rig.stop()
+    actors, counts = _actors(store, cache, book, on, repeats, cache_each_cycle=False)
+    written, _ = _actors(store2, cache, book, on, repeats, cache_each_cycle=True) \
+        if store2 is not None else ([], [])
     steady = counts[1:] or counts  # the first cycle warms up; the rest are steady state
     row: dict[str, Any] = {"positions": count, "instruments": len(on),
                            "floor_ms": statistics.median(floor),
                            "actors_ms": statistics.median(actors),
+                           "actors_mean_ms": statistics.mean(actors[1:] or actors),
+                           "actors_cache_each_cycle_ms": statistics.median(written)
+                           if written else None,
                            "db_queries_per_cycle": max(c["db_queries"] for c in steady),
                            "redis_roundtrips_per_cycle": max(c["redis_roundtrips"]
                                                              for c in steady),
@@ -233,7 +260,13 @@ def figures(row: dict[str, Any]) -> list[dict[str, Any]]:
     base = f"floor {row['floor_ms']:.2f} ms" + (f"; old {old:,.1f} ms" if old else "")
     ratio = f"{row['actors_vs_floor']:.1f}x floor"
     out = [figure("cycle time (median)", row["actors_ms"], "ms", baseline=base,
-                  ratio=ratio + (f"; old/actors {row['old_vs_actors']:.1f}x" if old else ""))]
+                  ratio=ratio + (f"; old/actors {row['old_vs_actors']:.1f}x" if old else "")
+                  + f"; mean {row['actors_mean_ms']:.2f} ms (cache written once a second)")]
+    each = row.get("actors_cache_each_cycle_ms")
+    if each:
+        out.append(figure("cycle time, cache written every cycle (median)", each, "ms",
+                          baseline=base, ratio=f"{each / row['floor_ms']:.1f}x floor" + (
+                              f"; old/actors {old / each:.1f}x" if old else "")))
     if old and row["positions"] >= 1_000:
         out.append(at_least("old design / actors, cycle time", row["old_vs_actors"], 50, "x",
                             baseline=f"old {old:,.1f} ms", ratio=f"actors {row['actors_ms']:.1f}"
