@@ -9,8 +9,6 @@ mixin records start, end, outcome and mailbox depth around ``_handle_receive``.
 from __future__ import annotations
 
 import json
-import queue
-import re
 import threading
 import time
 from collections import deque
@@ -20,15 +18,16 @@ from typing import Any
 
 from loguru import logger
 
+from actors.trace_render import Entry, LineRenderer, domain_keys, to_dict
+from actors.trace_text import redact, summarize
+
+__all__ = ["Traced", "Tracer", "current_actor", "domain_keys", "install", "iter_records",
+           "redact", "stamp", "summarize", "tracer"]
+
 _local = threading.local()
-_SECRET = re.compile(r"(?i)((?:password|passwd|token|secret|access[_-]?token|api[_-]?key)"
-                     r"['\"]?\s*[:=]\s*['\"]?)([^'\",\s)]+)")
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)([^@\s]+)(@)")
-
-
-def redact(text: str) -> str:
-    """Tokens and passwords never reach a record, a log line or a report."""
-    return _URL_PASSWORD.sub(r"\1***\3", _SECRET.sub(r"\1***", text))
+_perf_ns = time.perf_counter_ns
+Item = Entry | dict[str, Any]
+"""What a ring holds: an actor's compact entry, or a ready record (lifecycle events)."""
 
 
 def current_actor() -> str:
@@ -36,16 +35,22 @@ def current_actor() -> str:
 
 
 class Tracer:
-    """Collects records: an always-on ring per actor, and a file sink when asked for."""
+    """Collects records: an always-on ring per actor, and a file sink when asked for.
+
+    Entries are rendered into records only when they leave the actor's path: on ``dump`` and in
+    the sink's writer thread, which polls a plain deque (an append is all an actor pays).
+    """
 
     def __init__(self, path: Path | None = None, *, ring: int = 256,
-                 max_backlog: int = 200_000) -> None:
+                 max_backlog: int = 200_000, poll_s: float = 0.02) -> None:
         self.ring_size = ring
-        self.rings: dict[str, deque[dict[str, Any]]] = {}
+        self.rings: dict[str, deque[Item]] = {}
         self.dropped = 0
         self.written = 0
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(max_backlog)
-        self._path = path
+        self._pending: deque[Item] = deque()
+        self._max_backlog = max_backlog
+        self._poll_s = poll_s
+        self._closing = threading.Event()
         self._writer: threading.Thread | None = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,49 +62,58 @@ class Tracer:
     def enabled(self) -> bool:
         return self._writer is not None
 
-    def record(self, actor: str, record: dict[str, Any]) -> None:
+    def record(self, actor: str, record: Item) -> None:
         ring = self.rings.get(actor)
         if ring is None:
             ring = self.rings.setdefault(actor, deque(maxlen=self.ring_size))
         ring.append(record)
         if self._writer is not None:
-            try:
-                self._queue.put_nowait(record)
-            except queue.Full:
+            if len(self._pending) < self._max_backlog:
+                self._pending.append(record)
+            else:
                 self.dropped += 1
 
     def lifecycle(self, actor: str, event: str, **fields: Any) -> None:
         self.record(actor, {"kind": "lifecycle", "event": event, "receiver": actor,
-                            "start_ns": time.perf_counter_ns(), **fields})
+                            "start_ns": _perf_ns(), **fields})
 
     def dump(self, actor: str) -> list[dict[str, Any]]:
-        """The flight recorder of one actor: its most recent records, oldest first."""
-        return list(self.rings.get(actor, ()))
+        """The flight recorder of one actor: its most recent records, oldest first, redacted."""
+        return [to_dict(item) for item in list(self.rings.get(actor, ()))]
 
     def close(self) -> None:
         if self._writer is not None:
-            self._queue.put(None)
+            self._closing.set()
             self._writer.join(30)
             self._writer = None
         if self.dropped:
             logger.warning("trace sink fell behind: {} records dropped", self.dropped)
 
     def _write(self, path: Path) -> None:
+        renderer = LineRenderer()
         with path.open("a", encoding="utf-8") as out:
             while True:
-                batch = [self._queue.get()]
-                while len(batch) < 2048:
-                    try:
-                        batch.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-                done = None in batch
-                lines = [json.dumps(r, default=str) for r in batch if r is not None]
-                out.write("".join(line + "\n" for line in lines))
-                out.flush()
-                self.written += len(lines)
-                if done:
+                closing = self._closing.is_set()
+                batch = self._take(4096)
+                if batch:
+                    out.write(renderer.lines(batch))
+                    out.flush()
+                    self.written += len(batch)
+                if closing and not self._pending:
                     return
+                if len(batch) < 4096:
+                    # Let entries gather: bigger batches share more rendering per message.
+                    self._closing.wait(self._poll_s)
+
+    def _take(self, most: int) -> list[Item]:
+        batch: list[Item] = []
+        pending = self._pending
+        try:
+            while len(batch) < most:
+                batch.append(pending.popleft())
+        except IndexError:
+            pass  # drained
+        return batch
 
 
 _tracer: Tracer | None = None
@@ -115,56 +129,23 @@ def tracer() -> Tracer | None:
     return _tracer
 
 
-def domain_keys(message: Any) -> dict[str, Any]:
-    keys: dict[str, Any] = {}
-    position = getattr(message, "position", None)
-    keys["position_id"] = getattr(message, "position_id", None) or getattr(
-        position, "position_id", None)
-    update = getattr(message, "update", None)
-    keys["order_no"] = getattr(update, "order_no", None) or getattr(message, "order_no", None)
-    instrument = getattr(message, "instrument", None)
-    if instrument is None and position is not None:
-        keys["instrument"] = f"{position.segment}:{position.security_id}"
-    elif instrument is not None:
-        keys["instrument"] = str(instrument)
-    return {k: v for k, v in keys.items() if v is not None}
-
-
-_OMIT = {"message_id", "correlation_id", "causation_id", "sent_at"}
-
-
-def summarize(message: Any, limit: int = 400) -> str:
-    """Type and fields, with a nested position shortened to its id, status and quantity."""
-    fields = getattr(type(message), "model_fields", None)
-    if fields is None:
-        text = repr(message)
-    else:
-        parts = []
-        for name in fields:
-            if name in _OMIT:
-                continue
-            value = getattr(message, name)
-            if hasattr(value, "position_id") and hasattr(value, "orders"):
-                value = f"<{value.position_id} {value.status} qty={value.quantity}>"
-            parts.append(f"{name}={value!r}" if not isinstance(value, str) or name != "position"
-                         else f"{name}={value}")
-        text = f"{type(message).__name__}({', '.join(parts)})"
-    text = redact(text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def stamp() -> tuple[int, str]:
     """What an inbox stores with an envelope: enqueue time and the sending actor."""
-    return time.perf_counter_ns(), current_actor()
+    return _perf_ns(), getattr(_local, "actor", None) or "outside"
 
 
 class Traced:
-    """Mixin for pykka actors: records each message it handles when a tracer is installed."""
+    """Mixin for pykka actors: records each message it handles when a tracer is installed.
+
+    On the actor's path only the entry is built (a tuple of what is already at hand); the name
+    is fixed when the first message is handled (kind, key and incarnation are set by then).
+    """
 
     trace_kind = "actor"
     trace_key = ""
     incarnation = 0
     _last_stamp: tuple[int, str] | None = None
+    _trace_name: str | None = None
 
     @property
     def trace_name(self) -> str:
@@ -174,14 +155,18 @@ class Traced:
 
     def _handle_receive(self, message: Any) -> Any:
         active = _tracer
-        previous = getattr(_local, "actor", None)
-        _local.actor = self.trace_name
+        local = _local
+        previous = getattr(local, "actor", None)
+        name = self._trace_name
+        if name is None:
+            name = self._trace_name = self.trace_name
+        local.actor = name
         if active is None:
             try:
                 return super()._handle_receive(message)  # type: ignore[misc]
             finally:
-                _local.actor = previous
-        start = time.perf_counter_ns()
+                local.actor = previous
+        start = _perf_ns()
         outcome = "ok"
         try:
             return super()._handle_receive(message)  # type: ignore[misc]
@@ -189,29 +174,15 @@ class Traced:
             outcome = f"{type(error).__name__}: {redact(str(error))[:200]}"
             raise
         finally:
-            _local.actor = previous
-            active.record(self.trace_name, self._record(message, start, outcome))
+            local.actor = previous
+            active.record(name, (message, name, self._last_stamp, start, _perf_ns(),
+                                 self._mailbox_depth(), outcome))
 
-    def _record(self, message: Any, start: int, outcome: str) -> dict[str, Any]:
-        enqueued, sender = self._last_stamp or (start, "outside")
-        end = time.perf_counter_ns()
-        inbox = getattr(self, "actor_inbox", None)
-        depth = inbox.qsize() if inbox is not None and hasattr(inbox, "qsize") else None
-        return {
-            "kind": "message", "message_id": getattr(message, "message_id", None),
-            "correlation_id": getattr(message, "correlation_id", None),
-            "causation_id": getattr(message, "causation_id", None),
-            "sender": sender, "receiver": self.trace_name, "type": type(message).__name__,
-            "payload": summarize(message), **domain_keys(message),
-            "sent_at": _iso(getattr(message, "sent_at", None)),
-            "enqueued_ns": enqueued, "start_ns": start, "end_ns": end,
-            "wait_us": (start - enqueued) // 1000, "handle_us": (end - start) // 1000,
-            "mailbox_depth": depth, "outcome": outcome,
-        }
-
-
-def _iso(value: Any) -> str | None:
-    return value.isoformat() if value is not None else None
+    def _mailbox_depth(self) -> int | None:
+        try:
+            return int(self.actor_inbox.qsize())  # type: ignore[attr-defined]
+        except AttributeError:
+            return None
 
 
 def iter_records(path: Path) -> Iterable[dict[str, Any]]:

@@ -1,0 +1,198 @@
+"""Trace records are rendered off the actors' path, the same in the sink and in a dump, and
+never show a secret."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pykka
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pykka.messages import ProxyCall
+
+from actors import trace_render, tracing
+from actors.dispatch import SingletonActor
+from actors.trace_text import Plan, redact, scrub, summarize, summary_of
+from actors.tracing import Tracer, iter_records
+from models.common import IST, Frozen, Instrument, Segment
+from models.position import ExitReason
+from tests.actors.test_tracker_flow import System, entry, open_position, price
+from tests.fakes import FakeGateway, FakeStore
+
+T0 = datetime(2026, 11, 23, 10, 0, tzinfo=IST)
+SECRETS = ("s3cret", "abc.def", "hunter2", "tok-42")
+
+
+@dataclass(frozen=True)
+class Note:
+    message_id: str
+    correlation_id: str
+    text: str
+    sent_at: datetime
+
+
+class Boom(Exception):
+    pass
+
+
+class Echo(SingletonActor):
+    trace_kind = "echo"
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Note) and message.text.startswith("boom"):
+            raise Boom(message.text)
+        return "ok"
+
+
+@pytest.fixture
+def echo(tmp_path: Path) -> Iterator[tuple[pykka.ActorRef[Any], Tracer, Path]]:
+    path = tmp_path / "trace.jsonl"
+    tracer = Tracer(path)
+    tracing.install(tracer)
+    ref = Echo.start()
+    yield ref, tracer, path
+    pykka.ActorRegistry.stop_all()
+    tracing.install(None)
+    tracer.close()
+
+
+def note(n: int, text: str) -> Note:
+    return Note(message_id=f"m{n}", correlation_id="c1", text=text, sent_at=T0)
+
+
+def test_when_messages_and_errors_hold_secrets_then_no_record_or_dump_shows_them(
+        echo: tuple[pykka.ActorRef[Any], Tracer, Path]) -> None:
+    ref, tracer, path = echo
+    assert ref.ask(note(1, "postgresql://app:s3cret@db/x access_token=abc.def"), timeout=5)
+    with pytest.raises(Boom):
+        ref.ask(note(2, "boom: password: 'hunter2'"), timeout=5)
+    tracer.lifecycle("echo", "crash", error="redis://u:tok-42@cache/0 refused")
+    dumped = json.dumps(tracer.dump("echo"))
+    tracer.close()
+    written = path.read_text()
+    records = list(iter_records(path))
+
+    assert [r.get("message_id") for r in records] == ["m1", "m2", None]
+    assert records[1]["outcome"].startswith("Boom: boom: password:")
+    assert records[2]["error"] == "redis://u:***@cache/0 refused"
+    for secret in SECRETS:
+        assert secret not in written and secret not in dumped
+
+
+def test_when_a_traced_system_runs_then_sink_lines_equal_the_flight_recorders(
+        tmp_path: Path) -> None:
+    path = tmp_path / "trace.jsonl"
+    tracer = Tracer(path)
+    tracing.install(tracer)
+    try:
+        system = System(FakeStore(), FakeGateway())
+        pid = open_position(system, entry())
+        price(system, "176")
+        price(system, "199")
+        pykka.ActorRegistry.stop_all()
+    finally:
+        tracing.install(None)
+        tracer.close()
+    by_receiver: dict[str, list[dict[str, Any]]] = {}
+    for record in iter_records(path):
+        by_receiver.setdefault(record["receiver"], []).append(record)
+
+    assert set(by_receiver) == set(tracer.rings) == {"index", "supervisor", f"tracker:{pid}#0"}
+    for actor, written in by_receiver.items():
+        assert len(written) < tracer.ring_size  # the ring still holds every record
+        assert json.loads(json.dumps(tracer.dump(actor), default=str)) == written
+
+
+def test_when_only_the_ring_is_on_then_nothing_is_rendered_until_a_dump(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    rendered: list[object] = []
+
+    def counting(message: object, plan: Plan) -> str:
+        rendered.append(message)
+        return summary_of(message, plan)
+
+    monkeypatch.setattr(trace_render, "summary_of", counting)
+    tracer = Tracer(None)
+    tracing.install(tracer)
+    try:
+        ref = Echo.start()
+        for n in range(20):
+            ref.ask(note(n, f"n={n}"), timeout=5)
+        assert rendered == []
+        dump = tracer.dump("echo")
+    finally:
+        pykka.ActorRegistry.stop_all()
+        tracing.install(None)
+    assert [r["payload"] for r in dump] == [
+        f"Note(text='n={n}')" for n in range(20)]
+    assert len(rendered) == 20
+
+
+class Mark(Frozen):
+    ltp: Decimal
+    at: datetime
+
+
+class Sample(Frozen):
+    message_id: str
+    instrument: Instrument
+    mark: Mark
+    reason: ExitReason
+    detail: str
+    legs: tuple[Mark, ...]
+    sent_at: datetime
+
+
+def test_summary_shows_values_in_short_forms_and_keeps_enum_reprs() -> None:
+    mark = Mark(ltp=Decimal("100.05"), at=T0)
+    sample = Sample(message_id="m1", instrument=Instrument(segment=Segment.NSE_FNO,
+                                                           security_id="47012"),
+                    mark=mark, reason=ExitReason.STOP_LOSS, detail="pnl -12%", legs=(mark,),
+                    sent_at=T0)
+    assert summarize(sample) == (
+        "Sample(instrument=NSE_FNO:47012, mark=Mark(ltp=Decimal('100.05'), "
+        "at=2026-11-23T10:00:00+05:30), reason=<ExitReason.STOP_LOSS: 'STOP_LOSS'>, "
+        "detail='pnl -12%', legs=(Mark(ltp=Decimal('100.05'), at=2026-11-23T10:00:00+05:30)))")
+
+
+class Counted:
+    shown = 0
+
+    def __repr__(self) -> str:
+        Counted.shown += 1
+        return "Counted()"
+
+
+def test_when_a_message_is_huge_then_its_summary_is_cut_before_all_of_it_is_formatted() -> None:
+    call = ProxyCall(attr_path=("load",), args=([Counted() for _ in range(10_000)],),
+                     kwargs={})
+    text = summarize(call)
+    assert len(text) <= 400 and text.endswith("...")
+    assert text.startswith("ProxyCall(attr_path=('load'), args=([Counted(), Counted()")
+    assert Counted.shown < 100
+
+
+# Secrets as they appear in text: a keyword, a separator and a value, or a URL with a password;
+# keywords also in letters that (?i) matches but lower() does not make ASCII (long s, dotless i).
+_KEYWORDS = st.sampled_from([
+    "password", "PassWD", "token", "TOKEN", "Secret", "api_key", "API-KEY", "apikey",
+    "access-token", "\u017fecret", "pa\u017f\u017fword", "ap\u0131_key", "tokens", "PriceUpdate"])
+_SEPARATORS = st.sampled_from(["=", ": ", "='", '": "', " = ", ""])
+_VALUES = st.text(alphabet="ab.12-_\u017f\u0131@:/'é)", max_size=8)
+_URLS = st.tuples(st.sampled_from(["postgresql", "redis", "\u017f", ""]), st.just("://"), _VALUES,
+                  st.sampled_from([":", ""]), _VALUES, st.sampled_from(["@", ""]), _VALUES)
+_TEXTS = st.lists(st.one_of(st.tuples(_KEYWORDS, _SEPARATORS, _VALUES).map("".join),
+                            _URLS.map("".join), _VALUES), max_size=5).map(" ".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_TEXTS)
+def test_redact_skips_the_regexes_only_where_they_would_change_nothing(text: str) -> None:
+    assert redact(text) == scrub(text)
