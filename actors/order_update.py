@@ -289,6 +289,8 @@ class OrderUpdateActor(SingletonActor, BatchesFrames):
 
 
 def _entry_progress(allocation: Allocation) -> OrderProgress:
+    if not allocation.shares:  # the common case, an order that reduced nothing: all of it
+        return allocation.seen
     qty = allocation.seen.traded_qty - sum(s.qty for s in allocation.shares)
     value = allocation.seen.traded_value - sum((s.value for s in allocation.shares), Decimal(0))
     return OrderProgress(order_no=allocation.order_no, status=allocation.seen.status,
