@@ -7,10 +7,10 @@ the trackers' ``PnLMarked`` (sent when a mark moves) keep peak and high-water ma
 Per instrument it keeps a ``_Book``: since every position's net PnL is linear in the price,
 ``net = constant + slope * ltp`` summed over the book, a price costs O(1) per instrument for the
 day's total, whatever the number of positions on it. The supervisor hears that total
-(``PortfolioValued``) on every ``Flush``, for the kill switch. The cache entries, one per
-position, are made only when the cache is written: at most once per ``cache_every`` (one
-pipelined round trip), for the positions whose price or marks changed. A cache outage costs only
-the cache.
+(``PortfolioValued``) on every ``Flush``, for the kill switch. Once per ``cache_every`` the
+positions whose price or marks changed are due a cache write; their entries are made and written
+a chunk per flush (one pipelined round trip each), so no flush holds the interpreter for long.
+A ``Flush(complete=True)`` writes everything at once. A cache outage costs only the cache.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ from models.rules import pnl
 from store.pnl_cache import PnLCache, PnLEntry
 
 _ZERO = Decimal(0)
+CHUNK = 250
+"""Cache entries written per flush at least; a cadence's writes take at most ten flushes."""
 
 
 class _Held:
@@ -92,6 +94,9 @@ class PnLWriterActor(SingletonActor):
         self.marked: set[str] = set()
         self.deletes: set[str] = set()
         self.written_at: datetime | None = None
+        self.due: list[str] = []
+        """Positions to write to the cache, a chunk per flush."""
+        self.chunk = CHUNK
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -164,38 +169,43 @@ class PnLWriterActor(SingletonActor):
         return self.open_total + sum(self.closed_net.values(), _ZERO)
 
     def _flush(self, at: datetime, *, complete: bool = False) -> None:
-        if (self.priced or self.marked or self.deletes) and (
-                complete or self.written_at is None or at - self.written_at >= self.cache_every):
-            self._write(at)
+        if complete or (not self.due and (self.written_at is None
+                                          or at - self.written_at >= self.cache_every)):
+            self._take_due(at)
+        if self.due or self.deletes:
+            self._write(len(self.due) if complete else self.chunk)
         if self.supervisor is not None:
             self.supervisor.tell(PortfolioValued(net=self.day_net(), at=at))
 
-    def _write(self, at: datetime) -> None:
-        entries = self._entries()
-        deletes = sorted(self.deletes)
-        self.priced, self.marked, self.deletes = set(), set(), set()
+    def _take_due(self, at: datetime) -> None:
+        """The cadence is up: every position whose price or marks changed is due a write."""
+        due = dict.fromkeys(self.due)
+        for instrument in self.priced:
+            due.update(dict.fromkeys(self.books[instrument].held))
+        due.update(dict.fromkeys(self.marked))
+        self.due = list(due)
+        self.chunk = max(CHUNK, -(-len(self.due) // 10))
+        self.priced, self.marked = set(), set()
         self.written_at = at
         # Summed afresh now and then, so rounding in the running total cannot accumulate.
         self.open_total = sum((book.value() for book in self.books.values()), _ZERO)
+
+    def _write(self, count: int) -> None:
+        """Write ``count`` due positions (valued now) and the pending deletes: one round trip.
+        A cadence's writes are spread over the next flushes, so no flush holds the GIL long."""
+        batch, self.due = self.due[:count], self.due[count:]
+        entries: list[PnLEntry] = []
+        for pid in batch:
+            instrument = self.where.get(pid)
+            if instrument is not None:
+                book = self.books[instrument]
+                _entry(entries, pid, book.held[pid], book)
+        deletes = sorted(self.deletes)
+        self.deletes = set()
         if entries or deletes:
             before = self.cache.roundtrips
             self.cache.write(entries, deletes)
             self.metrics.incr("redis_roundtrips", self.cache.roundtrips - before)
-
-    def _entries(self) -> list[PnLEntry]:
-        entries: list[PnLEntry] = []
-        done: set[str] = set()
-        for instrument in self.priced:
-            book = self.books[instrument]
-            for pid, held in book.held.items():
-                done.add(pid)
-                _entry(entries, pid, held, book)
-        for pid in self.marked - done:
-            where = self.where.get(pid)
-            if where is not None:
-                book = self.books[where]
-                _entry(entries, pid, book.held[pid], book)
-        return entries
 
 
 def _entry(entries: list[PnLEntry], pid: str, held: _Held, book: _Book) -> None:

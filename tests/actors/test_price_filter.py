@@ -161,3 +161,28 @@ def test_the_pnl_writer_values_every_open_position_from_the_batch() -> None:
         assert sink.ask(Snapshot(), timeout=5) == []
     finally:
         pykka.ActorRegistry.stop_all()
+
+
+def test_the_cache_write_of_a_cadence_is_spread_over_flushes_and_complete_writes_all() -> None:
+    cache = InMemoryPnLCache()
+    writer = PnLWriterActor.start(cache, ExitPolicy(), Metrics(), lambda: T0)
+    try:
+        book = [active(qty=10, price="200").model_copy(update={
+            "security_id": "47012", "position_id": f"P{n}", "entry_order_no": f"E{n}"})
+            for n in range(600)]
+        writer.proxy().seed(book, []).get(timeout=5)
+        batch = PriceBatch(prices=((INSTRUMENT, PriceMark(ltp=Decimal("201"), at=T0)),),
+                           correlation_id="b", sent_at=T0)
+        writer.tell(batch)
+        written = []
+        for _ in range(3):
+            writer.ask(Flush(at=T0), timeout=5)
+            written.append(len(cache.read_all()))
+        assert written == [250, 500, 600]  # a chunk per flush, all within one cadence
+        writer.tell(batch)
+        writer.ask(Flush(at=T0), timeout=5)  # the cadence (1 s) is not up: nothing new is due
+        assert cache.roundtrips == 3
+        writer.ask(Flush(at=T0, complete=True), timeout=5)
+        assert cache.roundtrips == 4 and len(cache.read_all()) == 600
+    finally:
+        pykka.ActorRegistry.stop_all()
