@@ -64,10 +64,10 @@ class Parts:
     cache_every: timedelta = timedelta(seconds=1)
     """How often the PnL cache is written (0: every flush); the kill switch is valued on every
     flush regardless."""
-    switch_interval: float | None = 0.0005
-    """Seconds a thread may hold the GIL while others wait (CPython's default is 0.005): the
-    actors share one interpreter, and a crossing price should not wait 5 ms behind a busy one.
-    None leaves the interpreter's setting alone."""
+    switch_interval: float | None = None
+    """Seconds a thread may hold the GIL while others wait (``sys.setswitchinterval``); None
+    leaves CPython's 5 ms. Measured: 0.5 ms did not lower the price-to-decision latency here
+    and cost a quarter of the order-update throughput."""
 
 
 class System:
