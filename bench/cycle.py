@@ -225,9 +225,11 @@ def compare(count: int, *, store: Store, store_url: str | None, cache: PnLCache,
     floor_loop.cycle(quiet_prices(on, next(floor_step)))  # warm-up, as the actors' first cycle
     floor = timed(lambda: floor_loop.cycle(quiet_prices(on, next(floor_step))), repeats)
     actors, counts = _actors(store, cache, book, on, repeats, cache_each_cycle=False)
-    written, _ = _actors(store2, cache, book, on, repeats, cache_each_cycle=True) \
-        if store2 is not None else ([], [])
-    steady = counts[1:] or counts  # the first cycle warms up; the rest are steady state
+    written, written_counts = _actors(store2, cache, book, on, repeats,
+                                      cache_each_cycle=True) if store2 is not None else ([], [])
+    # Round trips per flush are read where every cycle writes the cache; at the product's
+    # cadence most cycles write nothing.
+    steady = counts + written_counts
     row: dict[str, Any] = {"positions": count, "instruments": len(on),
                            "floor_ms": statistics.median(floor),
                            "actors_ms": statistics.median(actors),
