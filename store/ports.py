@@ -4,7 +4,9 @@
 Error tree of the store::
 
     StoreError                 any failure of the storage backend (connection, SQL, disk)
-    └── StaleWriteError        a position write carried a version older than the stored one
+    ├── StaleWriteError        a position write carried a version older than the stored one
+    └── StoreRefused           the backend is up but cannot hold a value of this call (text it
+                               cannot encode, a broken constraint): the same call fails again
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ class StoreError(Exception):
 
 class StaleWriteError(StoreError):
     """A position write was older than what is stored: a restarted actor raced its past self."""
+
+
+class StoreRefused(StoreError):
+    """The data, not the store: retrying the same call will not help, another value may."""
 
 
 class Store(Protocol):
@@ -70,7 +76,8 @@ class Store(Protocol):
     # Raw order updates and parking -----------------------------------------------------------
     def record_order_update(self, raw: str, received_at: datetime, *, order_no: str | None,
                             accepted: bool, reason: str | None = None) -> int:
-        """Store a raw frame as received and return its sequence number."""
+        """Store a raw frame as received and return its sequence number. Any text is kept
+        exactly, a NUL too; ``StoreRefused`` when the backend cannot hold a value even so."""
 
     def order_updates(self) -> list[StoredOrderUpdate]: ...
 

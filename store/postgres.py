@@ -8,7 +8,10 @@ case of every state change; only when that statement changes nothing (the same w
 a stale one) does the store fall back to the transaction that tells the two apart.
 
 Decimals go to ``NUMERIC`` and aware datetimes to ``TIMESTAMPTZ`` natively and come back as
-``Decimal`` and aware ``datetime``. A connection the server dropped is replaced on the next
+``Decimal`` and aware ``datetime``. Text, which PostgreSQL cannot hold with a NUL in it, goes
+through ``pg_text.escape_nul`` (every bound string, and the strings of the frames and fills sent
+as JSON) and comes back through ``unescape_nul``: a frame with a NUL is stored, exactly, and
+ordinary text is stored as is. A connection the server dropped is replaced on the next
 call, so a database restart costs the calls made while it was down (each a ``StoreError``),
 not the process.
 """
@@ -26,11 +29,12 @@ from psycopg.conninfo import conninfo_to_dict
 
 from models.position import Fill, Position
 from store.pg_pool import Connection, ConnectionPool
+from store.pg_text import MARK, escape_nul, unescape_nul
 from store.ports import StoreError
 from store.records import ReceivedFrame
 from store.schema import POSTGRES
 from store.sql import SqlStore
-from store.sql_rows import Clock, Cursor, Tx, utc_now
+from store.sql_rows import Clock, Cursor, Row, Tx, utc_now
 from store.sql_text import UPSERT_POSITION
 from store.urls import redact_text, redact_url
 
@@ -58,6 +62,10 @@ _RECORD_FRAMES = (
     "ORDER BY f.n RETURNING seq")
 
 
+def _escaped(value: object) -> object:
+    return escape_nul(value) if isinstance(value, str) else value
+
+
 @lru_cache(maxsize=512)
 def _placeholders(sql: str) -> str:
     """``?`` → ``%s``, once per statement text (psycopg then caches its own parse of it)."""
@@ -71,6 +79,7 @@ class PostgresStore(SqlStore):
 
     dialect = POSTGRES
     driver_errors = (psycopg.Error,)
+    refused_errors = (psycopg.DataError, psycopg.IntegrityError)
 
     def __init__(self, url: str, *, clock: Clock = utc_now, connect_timeout: int = 5,
                  pool_size: int = 8, pool_wait: float = 30.0) -> None:
@@ -116,6 +125,9 @@ class PostgresStore(SqlStore):
 
     def _save_in_one_statement(self, position: Position, fills: Sequence[Fill]) -> bool:
         rows = f"[{','.join(fill.model_dump_json() for fill in fills)}]"
+        if "\\u0000" in rows or MARK in rows:  # rare: text to escape, as _bind does
+            rows = json.dumps([{k: _escaped(v) for k, v in fill.model_dump(mode="json").items()}
+                               for fill in fills], ensure_ascii=False)
         with self._tx(statements=1) as tx:
             row = tx.one(_SAVE_POSITION, (*self._position_row(position), rows))
         return row is not None and int(row[0]) > 0
@@ -124,8 +136,9 @@ class PostgresStore(SqlStore):
         """One statement, so one commit for the whole batch."""
         if not frames:
             return []
-        rows = json.dumps([{"received_at": self._iso(f.received_at), "order_no": f.order_no,
-                            "accepted": f.accepted, "reason": f.reason, "raw": f.raw}
+        rows = json.dumps([{"received_at": self._iso(f.received_at),
+                            "order_no": _escaped(f.order_no), "accepted": f.accepted,
+                            "reason": _escaped(f.reason), "raw": escape_nul(f.raw)}
                            for f in frames], ensure_ascii=False)
         with self._tx(statements=1) as tx:
             found = tx.all(_RECORD_FRAMES, (rows,))
@@ -145,6 +158,14 @@ class PostgresStore(SqlStore):
 
     def _sql(self, sql: str) -> str:
         return _placeholders(sql)
+
+    def _bind(self, value: object) -> object:
+        if type(value) is str:
+            return escape_nul(value)
+        return super()._bind(value)
+
+    def _read(self, row: Row) -> Row:
+        return tuple(unescape_nul(v) if type(v) is str else v for v in row)
 
     def _describe(self, error: Exception) -> str:
         return redact_text(super()._describe(error), self._url)

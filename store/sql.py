@@ -2,9 +2,12 @@
 
 A backend supplies a transaction and a single statement yielding a DB-API cursor, its
 placeholder style, how a Python value is bound (``Decimal`` and aware ``datetime`` natively in
-PostgreSQL, as exact text in SQLite) and its driver's exceptions, which leave as ``StoreError``
-with the driver's error as the cause. ``sql_rows.py`` holds the plumbing (cursor, transaction
-handle, rows to records), ``sql_text.py`` the shared SQL.
+PostgreSQL, as exact text in SQLite; text PostgreSQL cannot hold, escaped, and read back by
+``_read``) and its driver's exceptions, which leave as ``StoreError`` with the driver's error as
+the cause (``StoreRefused`` for those that blame the data, such as text the driver cannot
+encode, so a caller can tell a value to set aside from an outage to wait out). ``sql_rows.py``
+holds the plumbing (cursor, transaction handle, rows to records), ``sql_text.py`` the shared
+SQL.
 
 A call is one short transaction. A call that is one statement says so (``_tx(statements=1)``)
 and the backend may run it alone in autocommit: PostgreSQL commits it before answering, as
@@ -30,7 +33,7 @@ from loguru import logger
 from pydantic import BaseModel
 
 from models.position import OPEN, Fill, Position, PositionStatus
-from store.ports import StoreError
+from store.ports import StoreError, StoreRefused
 from store.records import (
     DeadLetter,
     ExitAttempt,
@@ -44,6 +47,7 @@ from store.sql_rows import (
     Clock,
     Cursor,
     R,
+    Row,
     Tx,
     decode_position,
     insert_sql,
@@ -62,6 +66,8 @@ class SqlStore:
 
     dialect: ClassVar[Dialect]
     driver_errors: ClassVar[tuple[type[Exception], ...]]
+    refused_errors: ClassVar[tuple[type[Exception], ...]] = ()
+    """The driver's errors that blame the data, not the connection (``StoreRefused``)."""
 
     def __init__(self, *, safe_name: str, clock: Clock = utc_now) -> None:
         self._count_lock = threading.Lock()
@@ -104,6 +110,11 @@ class SqlStore:
             raise ValueError(f"{self.safe_name}: a naive datetime cannot be stored: {value}")
         return value
 
+    def _read(self, row: Row) -> Row:
+        """A row as read back, before it becomes a record: a backend undoes what ``_bind`` did
+        to text it could not store as is."""
+        return row
+
     def _describe(self, error: Exception) -> str:
         return f"{self.safe_name}: {type(error).__name__}: {error}"
 
@@ -119,8 +130,12 @@ class SqlStore:
                     as cursor:
                 tx = Tx(cursor, self._sql, self._bind, limit=statements)
                 yield tx
+        except self.refused_errors as error:
+            raise StoreRefused(self._describe(error)) from error
         except self.driver_errors as error:
             raise StoreError(self._describe(error)) from error
+        except UnicodeError as error:  # text the driver cannot encode (a lone surrogate)
+            raise StoreRefused(self._describe(error)) from error
         finally:
             if tx is not None:
                 with self._count_lock:
@@ -238,7 +253,7 @@ class SqlStore:
             if rows:  # by id, so an update parked meanwhile by another process stays
                 tx.run("DELETE FROM parked_updates WHERE order_no = ? AND id <= ?",
                        (order_no, rows[-1][0]))
-        return records(ParkedUpdate, [row[1:] for row in rows])
+        return records(ParkedUpdate, [self._read(row[1:]) for row in rows])
 
     def parked_updates(self) -> list[ParkedUpdate]:
         return self._select(ParkedUpdate, "parked_updates", "ORDER BY id")
@@ -297,5 +312,5 @@ class SqlStore:
                 params: Sequence[object] = ()) -> list[R]:
         with self._tx(write=False, statements=1) as tx:
             rows = tx.all(f"SELECT {', '.join(model.model_fields)} FROM {table} {tail}", params)
-        return records(model, rows)
+        return records(model, [self._read(row) for row in rows])
 

@@ -1,11 +1,12 @@
 """The embedded store on SQLite (stdlib ``sqlite3``), the default when no database URL is set.
 
-Exact decimals are stored as text and aware datetimes as ISO-8601 text in UTC with
-microseconds, so they read back exactly and text order is time order. The connection runs in
-autocommit mode so that every transaction is an explicit ``BEGIN``: ``BEGIN IMMEDIATE`` for a
-write takes the write lock up front, so two processes on one file wait (``timeout``) instead
-of failing to upgrade a read lock; a read that is one statement runs without ``BEGIN``. WAL lets
-a reader (``run.py positions``) run beside a writer.
+Text is stored as is (SQLite holds any character, a NUL too). Exact decimals are stored as text
+and aware datetimes as ISO-8601 text in UTC with microseconds, so they read back exactly and
+text order is time order. The connection runs in autocommit mode so that every transaction is
+an explicit ``BEGIN``: ``BEGIN IMMEDIATE`` for a write takes the write lock up front, so two
+processes on one file wait (``timeout``) instead of failing to upgrade a read lock; a read that
+is one statement runs without ``BEGIN``. WAL lets a reader (``run.py positions``) run beside a
+writer.
 
 One connection serves every thread, so a lock serialises its use (it guards the connection,
 not domain data, and is held for one short transaction).
@@ -34,6 +35,7 @@ class SqliteStore(SqlStore):
 
     dialect = SQLITE
     driver_errors = (sqlite3.Error,)
+    refused_errors = (sqlite3.DataError, sqlite3.IntegrityError)
 
     def __init__(self, path: str | Path, *, clock: Clock = utc_now, timeout: float = 5.0) -> None:
         self.path = Path(path)

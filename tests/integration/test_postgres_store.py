@@ -15,7 +15,7 @@ import pytest
 
 from models.orders import OrderStatus
 from store.pg_pool import ConnectionPool
-from store.ports import StoreError
+from store.ports import StoreError, StoreRefused
 from store.postgres import PostgresStore
 from store.records import ReceivedFrame
 from tests.integration.test_store_contract import T0, pending, rich_position, step, update
@@ -73,11 +73,37 @@ def test_a_batch_of_frames_is_one_statement_committed_on_return(
 
 def test_a_frame_the_server_refuses_fails_its_whole_batch(store: PostgresStore) -> None:
     frames = [ReceivedFrame(raw="fine", received_at=T0, order_no=None, accepted=True),
-              ReceivedFrame(raw="a NUL \x00 byte", received_at=T0, order_no=None,
+              ReceivedFrame(raw="a lone surrogate \ud800", received_at=T0, order_no=None,
                             accepted=False, reason="unparsable")]
-    with pytest.raises(StoreError):
+    with pytest.raises(StoreRefused):
         store.record_order_updates(frames)
     assert store.order_updates() == []
+
+
+def test_text_with_a_nul_is_stored_escaped_and_ordinary_text_as_is(
+        store: PostgresStore, reader: psycopg.Connection[tuple[Any, ...]]) -> None:
+    store.record_order_update('{"OrderNo":"E1\x00"}', T0, order_no="E1\x00", accepted=False,
+                              reason="NUL in OrderNo")
+    store.record_order_updates([ReceivedFrame(raw='{"OrderNo":"E2"} \\ \u2400', received_at=T0,
+                                              order_no="E2", accepted=True)])
+    rows = reader.execute("SELECT raw, order_no FROM order_updates ORDER BY seq").fetchall()
+    assert rows == [('\u2400{"OrderNo":"E1\\0"}', "\u2400E1\\0"),
+                    ('{"OrderNo":"E2"} \\ \u2400', "E2")]
+    assert [u.raw for u in store.order_updates()] == ['{"OrderNo":"E1\x00"}',
+                                                      '{"OrderNo":"E2"} \\ \u2400']
+
+
+@pytest.mark.parametrize("order_no", ["E\x009", "\u2400E9"])
+def test_a_position_whose_order_number_needs_escaping_is_saved_with_its_fills_in_one_statement(
+        store: PostgresStore, order_no: str) -> None:
+    position, fills = step(pending(order_no), update(order_no, OrderStatus.TRADED, 100,
+                                                     "100.00", at=T0))
+    before = store.queries
+    store.save_position(position, fills)
+    assert store.queries - before == 1
+    assert store.load_position(position.position_id) == position
+    assert store.fills(position.position_id) == list(fills)
+    assert fills and all(f.order_no == order_no for f in fills)
 
 
 def test_a_call_waiting_on_the_database_does_not_hold_up_the_others(

@@ -28,7 +28,7 @@ from models.position import (
     new_position,
 )
 from store.factory import open_store
-from store.ports import FrameBatches, StaleWriteError, Store, StoreError
+from store.ports import FrameBatches, StaleWriteError, Store, StoreError, StoreRefused
 from store.postgres import PostgresStore
 from store.records import DeadLetter, ExitAttempt, KillSwitch, ParkedUpdate, ReceivedFrame
 from store.schema import LATEST
@@ -319,6 +319,49 @@ def test_parked_updates_are_taken_once_oldest_first(store: Store) -> None:
                                   raw="second")]
     assert store.take_parked("O1") == []
     assert [p.raw for p in store.parked_updates()] == ["other"]
+
+
+NUL_TEXTS = ["a NUL \x00 inside", "\x00", "ends \\0 with \\ and NUL\x00", "\u2400 starts marked",
+             "\u2400\x00\\0", "no NUL: \\0 and \u2400"]
+
+
+def test_text_with_a_nul_is_stored_and_read_back_exactly(store: Store) -> None:
+    assert isinstance(store, FrameBatches)
+    for n, text in enumerate(NUL_TEXTS):
+        store.record_order_update(text, T0, order_no=f"O{n}{text}", accepted=False,
+                                  reason=f"why {text}")
+    store.record_order_updates([ReceivedFrame(raw=text, received_at=T0, order_no=text,
+                                              accepted=True, reason=text)
+                                for text in NUL_TEXTS])
+    stored = store.order_updates()
+    assert [u.raw for u in stored] == NUL_TEXTS * 2
+    assert [u.order_no for u in stored] == [f"O{n}{t}" for n, t in enumerate(NUL_TEXTS)] + \
+        NUL_TEXTS
+    assert [u.reason for u in stored] == [f"why {t}" for t in NUL_TEXTS] + NUL_TEXTS
+
+
+def test_parked_text_with_a_nul_is_taken_back_by_its_order_number(store: Store) -> None:
+    store.park_update("E\x001", "raw \x00 one", T0)
+    store.park_update("E1", "plain", T0)
+    assert [p.raw for p in store.parked_updates()] == ["raw \x00 one", "plain"]
+    assert store.take_parked("E\x001") == [ParkedUpdate(order_no="E\x001", parked_at=T0,
+                                                        raw="raw \x00 one")]
+    assert [p.order_no for p in store.parked_updates()] == ["E1"]
+
+
+def test_text_the_driver_cannot_encode_is_refused_and_the_store_goes_on(store: Store) -> None:
+    assert isinstance(store, FrameBatches)
+    surrogate = "a lone surrogate \ud800"
+    with pytest.raises(StoreRefused):
+        store.record_order_update(surrogate, T0, order_no=None, accepted=False)
+    with pytest.raises(StoreRefused):
+        store.record_order_updates([*frames_batch(), ReceivedFrame(
+            raw=surrogate, received_at=T0, order_no=None, accepted=False)])
+    with pytest.raises(StoreRefused):
+        store.park_update("E1", surrogate, T0)
+    store.record_order_update("fine", T0, order_no=None, accepted=True)
+    assert [u.raw for u in store.order_updates()] == ["fine"]
+    assert store.parked_updates() == []
 
 
 # Exits, dead letters, kill switch ----------------------------------------------------------------
