@@ -6,6 +6,11 @@ the outcome. This module renders entries into the record the readers know (``app
 ``run.py trace``): as dicts when a flight recorder is dumped, and as JSON lines in the sink's
 writer thread. Everything here redacts: secrets never reach a record, a log line or a report.
 
+Once the writer has rendered an entry it puts the rendered head (a string, which the garbage
+collector does not track) in place of the message, so a ring stops keeping messages alive: held
+for longer, they would be promoted to the oldest generation, and every full collection would
+walk them.
+
 The writer shares the GIL with the actors, so rendering is kept cheap: the part of a record that
 depends only on the message (ids, type, payload summary, domain keys) is rendered once per
 message object in a batch (one ``PriceUpdate`` goes to every tracker on its instrument, one
@@ -21,10 +26,21 @@ from datetime import datetime
 from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 
-from actors.trace_text import Plan, field_of, iso, plan_of, redact, summary_of
+from actors.trace_text import Plan, field_of, is_bulky, iso, plan_of, redact, summary_of
 
-Entry = tuple[Any, str, "tuple[int, str] | None", int, int, "int | None", str]
-"""message, receiver, (enqueued_ns, sender) or None, start_ns, end_ns, mailbox depth, outcome"""
+Entry = list[Any]
+"""[message, receiver, (enqueued_ns, sender) or None, start_ns, end_ns, mailbox depth, outcome,
+head]: a list, so that the writer can put the rendered head (a plain string) in place of the
+message (then None)."""
+
+
+def entry(message: Any, receiver: str, stamp: tuple[int, str] | None, start: int, end: int,
+          depth: int | None, outcome: str) -> Entry:
+    """What an actor keeps of a handled message: the message itself (it is immutable), or for
+    one that holds collections its head, rendered now, so a ring does not keep them alive."""
+    if is_bulky(message):
+        return [None, receiver, stamp, start, end, depth, outcome, head_json(message)]
+    return [message, receiver, stamp, start, end, depth, outcome, None]
 
 
 def domain_keys(message: Any) -> dict[str, Any]:
@@ -32,23 +48,29 @@ def domain_keys(message: Any) -> dict[str, Any]:
 
 
 def _domain_keys(message: Any, plan: Plan) -> dict[str, Any]:
+    position_id, order_no, instrument = _key_values(message, plan)
+    keys = {"position_id": position_id, "order_no": order_no, "instrument": instrument}
+    return {key: value for key, value in keys.items() if value is not None}
+
+
+def _key_values(message: Any, plan: Plan) -> tuple[Any, Any, str | None]:
+    """The position, order and instrument a message is about (None for each it does not name)."""
     if not plan.keyed:
-        return {}  # most messages name no position, order or instrument
-    got = dict(zip(plan.keyed, plan.keys(message), strict=True))
-    position = got.get("position")
-    keys: dict[str, Any] = {}
-    position_id = got.get("position_id") or field_of(position, "position_id")
-    if position_id is not None:
-        keys["position_id"] = position_id
-    order_no = field_of(got.get("update"), "order_no") or got.get("order_no")
-    if order_no is not None:
-        keys["order_no"] = order_no
-    instrument = got.get("instrument")
+        return None, None, None  # most messages name no position, order or instrument
+    position, position_id, update, order_no, instrument = plan.keys(message)
     if instrument is not None:
-        keys["instrument"] = str(instrument)
+        instrument = str(instrument)
     elif position is not None:
-        keys["instrument"] = f"{position.segment}:{position.security_id}"
-    return keys
+        instrument = f"{position.segment}:{position.security_id}"
+    return (position_id or field_of(position, "position_id"),
+            field_of(update, "order_no") or order_no, instrument)
+
+
+def _keys_json(message: Any, plan: Plan) -> str:
+    position_id, order_no, instrument = _key_values(message, plan)
+    return ((f'"position_id": {_js(position_id)}, ' if position_id is not None else "")
+            + (f'"order_no": {_js(order_no)}, ' if order_no is not None else "")
+            + (f'"instrument": {_js(instrument)}, ' if instrument is not None else ""))
 
 
 def _head(message: Any, plan: Plan) -> tuple[Any, Any, Any, str, dict[str, Any], Any]:
@@ -72,12 +94,12 @@ def head_json(message: Any) -> str:
     plan = plan_of(type(message))
     if plan.constant is not None:
         return plan.constant
-    message_id, correlation_id, causation_id, payload, keys, sent_at = _head(message, plan)
+    message_id, correlation_id, causation_id, sent_at = plan.ids(message)
+    keys = _keys_json(message, plan) if plan.keyed else ""
     text = (f'"message_id": {_js(message_id)}, "correlation_id": {_js(correlation_id)}, '
             f'"causation_id": {_js(causation_id)}, "type": {plan.type_json}, '
-            f'"payload": {_quote(payload)}, '
-            + "".join([f'"{key}": {_js(value)}, ' for key, value in keys.items()])
-            + f'"sent_at": {_js(sent_at)}')
+            f'"payload": {_quote(summary_of(message, plan))}, {keys}"sent_at": '
+            f'{_js(iso(sent_at) if isinstance(sent_at, datetime) else sent_at)}')
     if plan.fields == ():
         plan.constant = text  # nothing in it depends on the instance
     return text
@@ -99,9 +121,10 @@ def to_dict(item: Entry | dict[str, Any]) -> dict[str, Any]:
     if isinstance(item, dict):
         return {k: v if isinstance(v, _JSON_SCALARS) else redact(str(v))
                 for k, v in item.items()}
-    message, receiver, stamp, start, end, depth, outcome = item
+    message, receiver, stamp, start, end, depth, outcome, rendered = item
     enqueued, sender = stamp or (start, "outside")
-    return {"kind": "message", **message_head(message), "sender": sender, "receiver": receiver,
+    head = message_head(message) if rendered is None else json.loads(f"{{{rendered}}}")
+    return {"kind": "message", **head, "sender": sender, "receiver": receiver,
             "enqueued_ns": enqueued, "start_ns": start, "end_ns": end,
             "wait_us": (start - enqueued) // 1000, "handle_us": (end - start) // 1000,
             "mailbox_depth": depth, "outcome": outcome}
@@ -109,6 +132,9 @@ def to_dict(item: Entry | dict[str, Any]) -> dict[str, Any]:
 
 def _safe_str(value: Any) -> str:
     return redact(str(value))
+
+
+_OK = _quote("ok")
 
 
 class LineRenderer:
@@ -122,25 +148,32 @@ class LineRenderer:
         out = []
         for item in batch:
             if isinstance(item, dict):
-                out.append(json.dumps(to_dict(item)))
+                out.append(json.dumps(to_dict(item)) + "\n")
                 continue
-            head = heads.get(id(item[0]))
+            head = item[7]
             if head is None:
-                head = heads[id(item[0])] = head_json(item[0])
+                message = item[0]
+                head = heads.get(id(message))
+                if head is None:
+                    head = heads[id(message)] = head_json(message)
+                item[7], item[0] = head, None
             out.append(self._line(item, head))
         if len(self._names) > 100_000:
             self._names.clear()  # actor names churn with restarts; keep the cache bounded
-        return "".join(line + "\n" for line in out)
+        return "".join(out)
 
     def _line(self, item: Entry, head: str) -> str:
-        _, receiver, stamp, start, end, depth, outcome = item
+        _, receiver, stamp, start, end, depth, outcome, _ = item
         enqueued, sender = stamp or (start, "outside")
-        return (f'{{"kind": "message", {head}, "sender": {self._name(sender)}, '
-                f'"receiver": {self._name(receiver)}, "enqueued_ns": {enqueued}, '
+        names = self._names
+        return (f'{{"kind": "message", {head}, '
+                f'"sender": {names.get(sender) or self._name(sender)}, '
+                f'"receiver": {names.get(receiver) or self._name(receiver)}, '
+                f'"enqueued_ns": {enqueued}, '
                 f'"start_ns": {start}, "end_ns": {end}, "wait_us": {(start - enqueued) // 1000}, '
                 f'"handle_us": {(end - start) // 1000}, '
-                f'"mailbox_depth": {"null" if depth is None else int(depth)}, '
-                f'"outcome": {self._name(outcome) if outcome == "ok" else _quote(outcome)}}}')
+                f'"mailbox_depth": {"null" if depth is None else depth}, '
+                f'"outcome": {_OK if outcome == "ok" else _quote(outcome)}}}\n')
 
     def _name(self, name: str) -> str:
         quoted = self._names.get(name)

@@ -1,10 +1,11 @@
 """What a message looks like in a trace (SPEC §8): a short, redacted summary of its fields.
 
 Rendering runs off the actors' path but shares the GIL with them (see ``actors.trace_render``),
-so it is kept cheap: how each type is shown is worked out once per type (its fields, read in one
-``attrgetter`` call; a ``%`` template when every value is shown by its ``repr``), values are
-formatted without pydantic's ``repr``, long sequences stop once the text would be cut anyway,
-and the redaction regexes run only on text that could hold a secret.
+so it is kept cheap: how each type is shown is worked out once per type (a ``Plan``), including
+a summariser generated for its fields; values are shown without pydantic's ``repr`` (an
+instrument as ``NSE_FNO:123``, a datetime in ISO form, a position as its id, status and
+quantity); long sequences stop once the text would be cut anyway; and the redaction regexes run
+only on text that could hold a secret.
 """
 
 from __future__ import annotations
@@ -15,14 +16,17 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from decimal import Decimal
 from enum import Enum
-from operator import attrgetter
 from typing import Any
 
+_ROOM = 400  # characters of summary kept; also how far a nested sequence is formatted
 _OMIT = ("message_id", "correlation_id", "causation_id", "sent_at")
 _KEYED = ("position", "position_id", "update", "order_no", "instrument")
 _SECRET = re.compile(r"(?i)((?:password|passwd|token|secret|access[_-]?token|api[_-]?key)"
                      r"['\"]?\s*[:=]\s*['\"]?)([^'\",\s)]+)")
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)([^@\s]+)(@)")
+
+Show = Callable[[Any], str]
+Read = Callable[[Any], tuple[Any, ...]]
 
 
 def redact(text: str) -> str:
@@ -45,58 +49,44 @@ def scrub(text: str) -> str:
 
 
 class Plan:
-    """What rendering a type needs, worked out once per type: its fields (None when it has no
-    declared fields: rendered through ``repr`` and ``getattr``) and how its values are shown."""
+    """How a type is rendered, worked out once: its declared fields (None for a type without:
+    shown by ``repr``, read by ``getattr``), readers for its ids and domain keys, its summary."""
 
-    __slots__ = ("all", "constant", "fields", "has", "ids", "keyed", "keys", "shape", "summary",
+    __slots__ = ("bulky", "constant", "fields", "has", "ids", "keyed", "keys", "shape", "show",
                  "type_json")
 
     def __init__(self, cls: type) -> None:
         self.fields = _declared(cls)
-        self.has = frozenset(self.fields or ())
-        self.all = _Fields(cls, self.fields or ())
-        self.summary = _Fields(cls, tuple(n for n in self.fields or () if n not in _OMIT))
         known = self.fields is not None
+        self.has = frozenset(self.fields or ())
         self.ids = _reader(_OMIT, self.has if known else None)
-        self.keyed = tuple(n for n in _KEYED if not known or n in self.has)
-        self.keys = _reader(self.keyed, self.has if known else None)
+        self.keyed = not known or bool(self.has.intersection(_KEYED))
+        self.keys = _reader(_KEYED, self.has if known else None)
         self.shape = _shape(cls, self.fields)
+        self.show: Show = repr
+        if self.fields is not None:
+            self.show = _compile_show(cls, tuple(n for n in self.fields if n not in _OMIT))
         self.type_json = json.dumps(cls.__name__)
         self.constant: str | None = None  # the head of a type without fields, once rendered
-        if self.shape in _LEAF:
+        self.bulky: bool | None = None  # decided by the first message of the type
+        if issubclass(cls, Enum):
+            _PLAIN.setdefault(cls, _enum_show(cls))
+        elif self.shape in _LEAF:
             _PLAIN.setdefault(cls, _LEAF[self.shape])
-        if self.shape == "repr":
-            _REPRS.add(cls)
+        elif self.shape == "model":  # as a value inside another message: every field
+            _PLAIN.setdefault(cls, _compile_show(cls, self.fields or ()))
 
 
-class _Fields:
-    """Some fields of a type: their labels, their values read in one call, and a template for
-    when every value is shown by its ``repr`` (one ``%`` in C instead of a loop)."""
-
-    __slots__ = ("labels", "template", "values")
-
-    def __init__(self, cls: type, names: tuple[str, ...]) -> None:
-        self.labels = tuple(f"{name}=" for name in names)
-        self.template = f"{cls.__name__}({', '.join(f'{name}=%r' for name in names)})"
-        self.values: Callable[[Any], tuple[Any, ...]] = _none
-        if len(names) == 1:
-            one = attrgetter(names[0])
-            self.values = lambda value: (one(value),)
-        elif names:
-            self.values = attrgetter(*names)
-
-
-def _none(value: Any) -> tuple[Any, ...]:
-    return ()
-
-
-def _reader(names: tuple[str, ...], has: frozenset[str] | None) -> Callable[[Any], tuple[Any, ...]]:
-    """Reads ``names`` in one call (None for a name the type lacks): one C call when the type
-    declares them all, ``getattr`` one by one otherwise (types without declared fields)."""
-    if has is not None and has.issuperset(names):
-        return _Fields(object, names).values
-    present = tuple(name if has is None or name in has else "" for name in names)
-    return lambda value: tuple(getattr(value, name, None) if name else None for name in present)
+def _reader(names: tuple[str, ...], has: frozenset[str] | None) -> Read:
+    """Reads ``names`` in one call, None for a name the type lacks (``getattr`` with a default
+    for a type without declared fields); generated like ``_compile_show``."""
+    reads = ", ".join("None" if has is not None and name not in has
+                      else f"value.{name}" if has is not None
+                      else f"getattr(value, {name!r}, None)" for name in names)
+    namespace: dict[str, Any] = {}
+    exec(f"def read(value):\n    return ({reads}{',' if names else ''})\n", namespace)
+    read: Read = namespace["read"]
+    return read
 
 
 def _declared(cls: type) -> tuple[str, ...] | None:
@@ -152,34 +142,38 @@ def iso(value: Any) -> str:
 _iso_memo: dict[int, tuple[Any, str]] = {}
 
 
-_LEAF: dict[str, Callable[[Any], str]] = {"repr": repr, "iso": iso, "str": str}
-# How a value of each leaf type is shown, filled in as plans are made: most values are found
-# here at once.
-_PLAIN: dict[type, Callable[[Any], str]] = {
-    str: repr, Decimal: repr, int: repr, type(None): repr, bool: repr, float: repr,
-    datetime: iso}
-_REPRS = {cls for cls, show in _PLAIN.items() if show is repr}
+def _enum_show(cls: type[Enum]) -> Show:
+    """An enum member's repr, looked up: ``Enum.__repr__`` is Python code, members are few and
+    live as long as their class."""
+    shown = {id(member): repr(member) for member in cls}
+    return lambda member: shown.get(id(member)) or repr(member)
 
 
-def _value(value: Any, room: int) -> str:
+def _position(value: Any) -> str:
+    return f"<{value.position_id} {value.status} qty={value.quantity}>"
+
+
+_LEAF: dict[str, Show] = {"repr": repr, "iso": iso, "str": str, "position": _position}
+# How a value of each type is shown, filled in as plans are made (sequences and mappings are
+# not here: they need to know how much room is left).
+_PLAIN: dict[type, Show] = {str: repr, Decimal: repr, int: repr, type(None): repr, bool: repr,
+                            float: repr, datetime: iso}
+
+
+def _value(value: Any, room: int = _ROOM) -> str:
     plain = _PLAIN.get(type(value))
     if plain is not None:
         return plain(value)
-    plan = plan_of(type(value))
-    shape = plan.shape
-    if shape in _LEAF:
-        return _LEAF[shape](value)
-    if shape == "position":
-        return f"<{value.position_id} {value.status} qty={value.quantity}>"
+    shape = plan_of(type(value)).shape  # the plan registers how to show most types in _PLAIN
     if shape == "items":
         return f"[{_items(value, room)}]" if isinstance(value, list) else f"({_items(value, room)})"
     if shape == "mapping":
         return f"{{{_items(value.items(), room, _pair)}}}"
-    return _model(value, plan.all, room)
+    return _PLAIN[type(value)](value)
 
 
 def _items(values: Iterable[Any], room: int,
-           show: Callable[[Any, int], str] | None = None) -> str:
+           show: Callable[[Any, int], str] = _value) -> str:
     """Items until the text would be cut anyway; each item is whole, so a secret (never split by
     ", ") is either redacted whole or not shown."""
     parts: list[str] = []
@@ -188,7 +182,7 @@ def _items(values: Iterable[Any], room: int,
         if used > room:
             parts.append("...")
             break
-        parts.append((show or _value)(value, room - used))
+        parts.append(show(value, room - used))
         used += len(parts[-1]) + 2
     return ", ".join(parts)
 
@@ -197,26 +191,46 @@ def _pair(item: tuple[Any, Any], room: int) -> str:
     return f"{_value(item[0], room)}: {_value(item[1], room)}"
 
 
-def _model(value: Any, fields: _Fields, room: int) -> str:
-    values = fields.values(value)
-    if _REPRS.issuperset(map(type, values)):
-        return fields.template % values
-    parts = []
-    for label, field in zip(fields.labels, values, strict=True):
-        plain = _PLAIN.get(type(field))
-        parts.append(label + (plain(field) if plain is not None else _value(field, room)))
-    return f"{type(value).__name__}({', '.join(parts)})"
+def _compile_show(cls: type, names: tuple[str, ...]) -> Show:
+    """``Type(name=value, ...)`` for ``names``, as straight-line code generated once per type
+    (as dataclasses generate ``__repr__``): this runs for every traced message, and a loop over
+    the fields costs three times as much. Field names are identifiers (pydantic, dataclasses
+    and NamedTuples require it), so they are safe in the source."""
+    if not all(name.isidentifier() for name in names):
+        return repr
+    reads = "".join(f"    a{i} = value.{name}\n    f{i} = _PLAIN.get(type(a{i}))\n"
+                    for i, name in enumerate(names))
+    shown = ", ".join(f"{name}={{f{i}(a{i}) if f{i} is not None else _value(a{i})}}"
+                      for i, name in enumerate(names))
+    title = cls.__name__.replace("{", "{{").replace("}", "}}")
+    source = f"def show(value):\n{reads}    return f{f'{title}({shown})'!r}\n"
+    namespace: dict[str, Any] = {"_PLAIN": _PLAIN, "_value": _value}
+    exec(source, namespace)  # the source is built above from identifiers only
+    show: Show = namespace["show"]
+    return show
 
 
-def summarize(message: Any, limit: int = 400) -> str:
+def summarize(message: Any, limit: int = _ROOM) -> str:
     """Type and fields, with a nested position shortened to its id, status and quantity."""
     return summary_of(message, plan_of(type(message)), limit)
 
 
-def summary_of(message: Any, plan: Plan, limit: int = 400) -> str:
-    text = repr(message) if plan.fields is None else _model(message, plan.summary, limit)
-    text = redact(text)
+def summary_of(message: Any, plan: Plan, limit: int = _ROOM) -> str:
+    text = redact(plan.show(message))
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def is_bulky(message: Any) -> bool:
+    """Whether a message holds collections (a batch of prices, a bulk load), judged by the first
+    message of its type. Such a message is summarised when it is handled rather than kept, so a
+    flight recorder does not keep whole batches alive (and the garbage collector busy)."""
+    plan = plan_of(type(message))
+    bulky = plan.bulky
+    if bulky is None:
+        values = [getattr(message, name, None) for name in plan.fields or ()]
+        bulky = plan.bulky = any(plan_of(type(value)).shape in ("items", "mapping")
+                                 for value in values)
+    return bulky
 
 
 def field_of(value: Any, name: str) -> Any:

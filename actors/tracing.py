@@ -18,7 +18,7 @@ from typing import Any
 
 from loguru import logger
 
-from actors.trace_render import Entry, LineRenderer, domain_keys, to_dict
+from actors.trace_render import Entry, LineRenderer, domain_keys, entry, to_dict
 from actors.trace_text import redact, summarize
 
 __all__ = ["Traced", "Tracer", "current_actor", "domain_keys", "install", "iter_records",
@@ -175,8 +175,8 @@ class Traced:
             raise
         finally:
             local.actor = previous
-            active.record(name, (message, name, self._last_stamp, start, _perf_ns(),
-                                 self._mailbox_depth(), outcome))
+            active.record(name, entry(message, name, self._last_stamp, start, _perf_ns(),
+                                      self._mailbox_depth(), outcome))
 
     def _mailbox_depth(self) -> int | None:
         try:
