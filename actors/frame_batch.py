@@ -13,7 +13,8 @@ routed in order, when
   kept, so nothing told after a frame is handled before it.
 
 A frame is thus held only while other messages, already queued, are handled: under light load
-every frame is stored and routed at once, as before.
+every frame is stored and routed at once, as before. When no frame is held, those same moments
+give ``store_later`` its chance to store what a store outage left in memory.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ class BatchesFrames(pykka.ThreadingActor):
         """Store, then route, these frames, in order."""
         raise NotImplementedError
 
+    def store_later(self) -> None:
+        """Store what the store did not take earlier, if it is time to try again."""
+
     def hold(self, frame: OrderUpdateReceived) -> None:
         self._held.append(frame)
         if len(self._held) >= self.batch_limit or self.actor_inbox.empty():
@@ -59,15 +63,17 @@ class BatchesFrames(pykka.ThreadingActor):
 
     def flush_frames(self) -> None:
         held, self._held = self._held, []
-        if not held:
-            return
         try:
-            self.handle_frames(held)
-        except Exception as error:
-            # Loud even when the flush runs inside an ask, whose caller alone gets the error.
-            logger.error("handling {} held order-update frames failed, those not yet stored "
-                         "are lost: {}: {}", len(held), type(error).__name__, error)
-            raise
+            if held:
+                self.handle_frames(held)
+            else:
+                self.store_later()
+        except Exception:
+            # Not the store's failure (handle_frames keeps what it does not take) but a bug:
+            # logged, and not raised, since a tell handler that raises stops the actor, and
+            # every fill after it would be lost.
+            logger.opt(exception=True).error("handling {} held order-update frames failed",
+                                             len(held))
 
     def _handle_receive(self, message: Any) -> Any:
         if isinstance(message, FlushFrames):

@@ -8,14 +8,18 @@ order without a fill is parked (persisted) until the order becomes known; the ac
 orders have updates parked (those of an earlier run are read at start-up), so a new position
 costs a store query only when something waits for it. Frames that queue up are stored in one
 transaction before they are routed (``frame_batch.py``).
+
+The actor never stops for the store or for a payload: its store calls go through
+``OrderAudit`` (``order_audit.py``), which keeps in memory what the store does not take and
+stores it later, while the updates are routed all the same; an update whose ids hold a NUL is
+rejected (``order_screen.py``); a frame that breaks the routing itself is logged and skipped.
 """
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable
-from datetime import datetime
-from decimal import Decimal
+from datetime import datetime, timedelta
 from typing import Any
 
 from loguru import logger
@@ -24,8 +28,11 @@ from pykka import ActorRef
 from actors.dispatch import SingletonActor
 from actors.frame_batch import BatchesFrames
 from actors.metrics import Metrics
+from actors.order_audit import OrderAudit, RetryStore
+from actors.order_screen import screen
 from actors.protocol import KnownPosition
-from models.allocation import Allocation, Share, allocate, share_progress
+from actors.split_orders import entry_progress, rebuilt_allocation
+from models.allocation import Allocation, allocate, share_progress
 from models.common import parse_exit_client_id, position_id_for
 from models.messages import (
     ApplyOrderUpdate,
@@ -36,11 +43,12 @@ from models.messages import (
     PositionChanged,
     PositionClosed,
     PositionOpened,
+    TimerFired,
 )
 from models.orders import OrderProgress, OrderUpdate
 from models.position import OPEN, OrderRole, Position, new_position
 from models.wire import Rejection, parse_order_update
-from store.ports import FrameBatches, Store, StoreError
+from store.ports import Store
 from store.records import ReceivedFrame
 
 Owner = tuple[str, OrderRole, int | None]
@@ -52,10 +60,12 @@ class OrderUpdateActor(SingletonActor, BatchesFrames):
     def __init__(self, store: Store, supervisor: ActorRef[Any] | None,
                  clock: Callable[[], datetime], metrics: Metrics, *,
                  correlation_prefix: str | None = None, dedup_window: int = 100_000,
-                 park_limit: int = 10_000) -> None:
+                 park_limit: int = 10_000, unstored_limit: int = 100_000,
+                 retry_every: timedelta = timedelta(seconds=1)) -> None:
         super().__init__()
         self.store, self.supervisor, self.clock, self.metrics = store, supervisor, clock, metrics
-        self.batches = store if isinstance(store, FrameBatches) else None
+        self.audit = OrderAudit(store, metrics, clock, limit=unstored_limit,
+                                retry_every=retry_every)
         self.prefix = correlation_prefix
         self.owners: dict[str, Owner] = {}
         self.positions: dict[str, Position] = {}
@@ -66,9 +76,16 @@ class OrderUpdateActor(SingletonActor, BatchesFrames):
         self.allocations: dict[str, Allocation] = {}
         self.seen: OrderedDict[tuple[object, ...], None] = OrderedDict()
         self.dedup_window, self.park_limit = dedup_window, park_limit
-        self.parked = 0
-        self.parked_for: Counter[str] = Counter()
-        """order number → updates parked for it (in the store) and not yet taken back."""
+
+    @property
+    def parked(self) -> int:
+        """Updates parked for orders not known yet (in the store or, in an outage, memory)."""
+        return self.audit.parked
+
+    @property
+    def unstored(self) -> int:
+        """Frames waiting in memory to be stored (non-zero only while the store fails)."""
+        return self.audit.unstored
 
     # Start-up and position events -------------------------------------------------------------
     def load(self, positions: list[Position]) -> None:
@@ -76,9 +93,7 @@ class OrderUpdateActor(SingletonActor, BatchesFrames):
         self._rebuild_allocations(positions)
         for position in positions:
             self._learn(position)
-        parked = self.store.parked_updates()
-        self.parked_for = Counter(item.order_no for item in parked)
-        self.parked = len(parked)
+        self.audit.load_parked()
 
     def set_supervisor(self, supervisor: ActorRef[Any]) -> None:
         self.supervisor = supervisor
@@ -96,26 +111,8 @@ class OrderUpdateActor(SingletonActor, BatchesFrames):
         split = {o.progress.order_no for p in positions for o in p.orders
                  if o.role is OrderRole.OPPOSITE}
         for number in split:
-            shares, opened, seen = [], None, OrderProgress.empty(number)
-            qty, value = 0, Decimal(0)
-            for position in positions:
-                order = position.order(number)
-                if order is None:
-                    continue
-                qty += order.progress.traded_qty
-                value += order.progress.traded_value
-                seen = seen.join(order.progress.model_copy(update={"traded_qty": 0,
-                                                                   "traded_value": Decimal(0)}))
-                if order.role is OrderRole.ENTRY:
-                    opened = position.position_id
-                else:
-                    shares.append(Share(position_id=position.position_id,
-                                        qty=order.progress.traded_qty,
-                                        value=order.progress.traded_value))
-            seen = seen.model_copy(update={"traded_qty": qty, "traded_value": value})
-            self.allocations[number] = Allocation(order_no=number, seen=seen,
-                                                  shares=tuple(shares), opened=opened)
-            for share in shares:
+            allocation = self.allocations[number] = rebuilt_allocation(number, positions)
+            for share in allocation.shares:
                 self.allocated.setdefault(share.position_id, {})[number] = share.qty
 
     def on_receive(self, message: Any) -> Any:
@@ -124,6 +121,10 @@ class OrderUpdateActor(SingletonActor, BatchesFrames):
                 self.hold(message)
             case PositionOpened() | PositionChanged() | PositionClosed() | KnownPosition():
                 self._position_event(message.position)
+            case RetryStore():
+                self.store_later(force=True)
+            case TimerFired():
+                self.store_later()
             case _:
                 logger.warning("order update actor ignores {}", type(message).__name__)
         return None
@@ -143,35 +144,28 @@ class OrderUpdateActor(SingletonActor, BatchesFrames):
         if not known:
             self._unpark(position.entry_order_no)
 
+    def on_stop(self) -> None:
+        self.audit.close()
+
+    def store_later(self, *, force: bool = False) -> None:
+        """Store what an outage left in memory, if its wait is over (or ``force``)."""
+        self.audit.retry(force=force)
+        self._recheck()
+
     # Updates ----------------------------------------------------------------------------------
     def handle_frames(self, frames: list[OrderUpdateReceived]) -> None:
-        """Store every frame as received, durably, then route it (after all of a batch)."""
-        parsed = [parse_order_update(frame.raw) for frame in frames]
+        """Store every frame as received, durably, then route it (after all of a batch); a
+        frame the store does not take now is kept and stored later, and routed all the same."""
+        parsed = [screen(parse_order_update(frame.raw), frame.raw) for frame in frames]
         now = self.clock()
         rows = [ReceivedFrame(raw=frame.raw, received_at=now, order_no=update.order_no,
                               accepted=isinstance(update, OrderUpdate),
                               reason=update.reason if isinstance(update, Rejection) else None)
                 for frame, update in zip(frames, parsed, strict=True)]
-        batched = self._record_batch(rows)
-        for frame, update, row in zip(frames, parsed, rows, strict=True):
-            if not batched:
-                self.store.record_order_update(row.raw, row.received_at, order_no=row.order_no,
-                                               accepted=row.accepted, reason=row.reason)
+        self.audit.record(rows)
+        for frame, update in zip(frames, parsed, strict=True):
             self._accept(frame, update)
-
-    def _record_batch(self, rows: list[ReceivedFrame]) -> bool:
-        """One transaction for the frames. False for a single frame, a store that cannot, or
-        a batch that failed: then each frame is stored and routed in turn, as if it came alone,
-        so a frame the store refuses does not take the others down with it."""
-        if len(rows) < 2 or self.batches is None:
-            return False
-        try:
-            self.batches.record_order_updates(rows)
-        except StoreError as error:
-            logger.warning("{} order-update frames not stored as a batch ({}); one by one",
-                           len(rows), error)
-            return False
-        return True
+        self._recheck()
 
     def _accept(self, frame: OrderUpdateReceived, update: OrderUpdate | Rejection) -> None:
         if isinstance(update, Rejection):
@@ -185,7 +179,17 @@ class OrderUpdateActor(SingletonActor, BatchesFrames):
         self.seen[key] = None
         if len(self.seen) > self.dedup_window:
             self.seen.popitem(last=False)
-        self._route(update, frame, raw=frame.raw)
+        self._route_guarded(update, frame, raw=frame.raw)
+
+    def _route_guarded(self, update: OrderUpdate, cause: Message, *, raw: str) -> None:
+        """Route, and outlive a bug the payload triggers: the frame is stored, the actor must
+        stay up for the fills that follow."""
+        try:
+            self._route(update, cause, raw=raw)
+        except Exception:
+            self.metrics.incr("order_update_errors")
+            logger.opt(exception=True).bind(order_no=update.order_no).error(
+                "order update not routed, a bug (raw stored: {:.300})", raw)
 
     def _route(self, update: OrderUpdate, cause: Message, *, raw: str) -> None:
         exit_id = parse_exit_client_id(update.correlation_id)
@@ -208,25 +212,26 @@ class OrderUpdateActor(SingletonActor, BatchesFrames):
         return self.prefix is None or (update.correlation_id or "").startswith(self.prefix)
 
     def _park(self, update: OrderUpdate, raw: str) -> None:
-        self.store.park_update(update.order_no, raw, self.clock())
-        self.parked_for[update.order_no] += 1
-        self.parked += 1
+        self.audit.park(update.order_no, raw)
         if self.parked > self.park_limit:
             logger.error("{} order updates parked for unknown orders (limit {})", self.parked,
                          self.park_limit)
 
     def _unpark(self, order_no: str) -> None:
-        if order_no not in self.parked_for:
+        if not self.audit.has_parked(order_no):
             return
-        parked = self.store.take_parked(order_no)
-        del self.parked_for[order_no]
-        self.parked = max(0, self.parked - len(parked))
-        for item in parked:
-            update = parse_order_update(item.raw)
+        for item in self.audit.take(order_no):
+            update = screen(parse_order_update(item.raw), item.raw)
             if isinstance(update, OrderUpdate):
                 cause = OrderUpdateReceived(raw=item.raw, correlation_id=f"parked-{order_no}",
                                             sent_at=self.clock(), source="parked")
-                self._route(update, cause, raw=item.raw)
+                self._route_guarded(update, cause, raw=item.raw)
+
+    def _recheck(self) -> None:
+        """Parked updates the store could not give back: look again, for known orders."""
+        for order_no in self.audit.recheck():
+            if order_no in self.owners or order_no in self.allocations:
+                self._unpark(order_no)
 
     # Untracked orders -------------------------------------------------------------------------
     def _untracked(self, update: OrderUpdate, cause: Message) -> None:
@@ -246,7 +251,7 @@ class OrderUpdateActor(SingletonActor, BatchesFrames):
             allocation = self._open(update, allocation, cause)
         if allocation.opened is not None:
             self._tell(ApplyProgress(position_id=allocation.opened,
-                                     progress=_entry_progress(allocation), role=OrderRole.ENTRY,
+                                     progress=entry_progress(allocation), role=OrderRole.ENTRY,
                                      sent_at=self.clock(), **cause.caused()))
         self.allocations[update.order_no] = allocation
         for share in allocation.shares:
@@ -287,12 +292,3 @@ class OrderUpdateActor(SingletonActor, BatchesFrames):
         if self.supervisor is not None:
             self.supervisor.tell(message)
 
-
-def _entry_progress(allocation: Allocation) -> OrderProgress:
-    if not allocation.shares:  # the common case, an order that reduced nothing: all of it
-        return allocation.seen
-    qty = allocation.seen.traded_qty - sum(s.qty for s in allocation.shares)
-    value = allocation.seen.traded_value - sum((s.value for s in allocation.shares), Decimal(0))
-    return OrderProgress(order_no=allocation.order_no, status=allocation.seen.status,
-                         traded_qty=qty, traded_value=value,
-                         updated_at=allocation.seen.updated_at)

@@ -8,12 +8,25 @@ from datetime import datetime
 
 from models.common import Instrument, TxnType
 from models.position import OPEN, Fill, Position, PositionStatus
-from store.ports import GatewayError, StaleWriteError, StoreError
-from store.records import DeadLetter, ExitAttempt, KillSwitch, ParkedUpdate, StoredOrderUpdate
+from store.ports import GatewayError, StaleWriteError, StoreError, StoreRefused
+from store.records import (
+    DeadLetter,
+    ExitAttempt,
+    KillSwitch,
+    ParkedUpdate,
+    ReceivedFrame,
+    StoredOrderUpdate,
+)
 
 
 class FakeStore:
-    """The Store port in memory, with the same idempotence rules as the real ones."""
+    """The Store port in memory, with the same idempotence rules as the real ones.
+
+    Switches make calls fail as a database outage does (``StoreError``, nothing written):
+    ``fail_loads`` (``load_position``), ``fail_frames`` (``record_order_update(s)``),
+    ``fail_parks`` (``park_update``, ``take_parked``, ``parked_updates``); ``refuse_text``
+    makes a frame or park whose text contains it fail as data the backend cannot hold
+    (``StoreRefused``). ``failed_calls`` counts the calls that failed."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -26,6 +39,10 @@ class FakeStore:
         self.latch: KillSwitch | None = None
         self._queries = 0
         self.fail_loads = False
+        self.fail_frames = False
+        self.fail_parks = False
+        self.refuse_text: str | None = None
+        self.failed_calls = 0
 
     @property
     def queries(self) -> int:
@@ -33,6 +50,14 @@ class FakeStore:
 
     def _q(self) -> None:
         self._queries += 1
+
+    def _check(self, down: bool, *texts: str | None) -> None:
+        if down:
+            self.failed_calls += 1
+            raise StoreError("the fake database is down")
+        if self.refuse_text is not None and any(self.refuse_text in (t or "") for t in texts):
+            self.failed_calls += 1
+            raise StoreRefused(f"the fake database cannot hold {self.refuse_text!r}")
 
     def migrate(self) -> None: ...
 
@@ -77,26 +102,41 @@ class FakeStore:
 
     def record_order_update(self, raw: str, received_at: datetime, *, order_no: str | None,
                             accepted: bool, reason: str | None = None) -> int:
+        return self._record([ReceivedFrame(raw=raw, received_at=received_at,
+                                           order_no=order_no, accepted=accepted,
+                                           reason=reason)])[0]
+
+    def record_order_updates(self, frames: Sequence[ReceivedFrame]) -> list[int]:
+        return self._record(frames)
+
+    def _record(self, frames: Sequence[ReceivedFrame]) -> list[int]:
+        """All the frames, or none when a switch makes the call fail."""
         with self._lock:
             self._q()
-            seq = len(self.updates) + 1
-            self.updates.append(StoredOrderUpdate(seq=seq, received_at=received_at, raw=raw,
-                                                  order_no=order_no, accepted=accepted,
-                                                  reason=reason))
-            return seq
+            for f in frames:
+                self._check(self.fail_frames, f.raw, f.order_no, f.reason)
+            start = len(self.updates)
+            for seq, f in enumerate(frames, start + 1):
+                self.updates.append(StoredOrderUpdate(seq=seq, received_at=f.received_at,
+                                                      raw=f.raw, order_no=f.order_no,
+                                                      accepted=f.accepted, reason=f.reason))
+            return list(range(start + 1, len(self.updates) + 1))
 
     def order_updates(self) -> list[StoredOrderUpdate]:
         return list(self.updates)
 
     def park_update(self, order_no: str, raw: str, parked_at: datetime) -> None:
+        self._check(self.fail_parks, order_no, raw)
         self.parked.append(ParkedUpdate(order_no=order_no, parked_at=parked_at, raw=raw))
 
     def take_parked(self, order_no: str) -> list[ParkedUpdate]:
+        self._check(self.fail_parks)
         taken = [p for p in self.parked if p.order_no == order_no]
         self.parked = [p for p in self.parked if p.order_no != order_no]
         return taken
 
     def parked_updates(self) -> list[ParkedUpdate]:
+        self._check(self.fail_parks)
         return list(self.parked)
 
     def record_exit_attempt(self, attempt: ExitAttempt) -> bool:

@@ -14,7 +14,7 @@ from models.messages import OrderUpdateReceived
 from models.orders import OrderStatus
 from models.position import PositionStatus
 from store.ports import StoreError
-from store.records import ParkedUpdate, ReceivedFrame, StoredOrderUpdate
+from store.records import ParkedUpdate, ReceivedFrame
 from tests.actors.test_order_updates import Flow, frame
 from tests.actors.test_tracker_flow import T0
 from tests.fakes import FakeStore
@@ -42,13 +42,9 @@ class BatchingStore(FakeStore):
     def record_order_updates(self, frames: Sequence[ReceivedFrame]) -> list[int]:
         if self.refuse_batches:
             raise StoreError("the fake database refuses batches")
+        stored = super().record_order_updates(frames)
         self.batches.append([f.raw for f in frames])
-        start = len(self.updates)
-        for n, f in enumerate(frames, start + 1):
-            self.updates.append(StoredOrderUpdate(seq=n, received_at=f.received_at, raw=f.raw,
-                                                  order_no=f.order_no, accepted=f.accepted,
-                                                  reason=f.reason))
-        return list(range(start + 1, len(self.updates) + 1))
+        return stored
 
     def take_parked(self, order_no: str) -> list[ParkedUpdate]:
         self.takes.append(order_no)

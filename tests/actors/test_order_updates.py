@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 import pykka
 import pytest
@@ -22,10 +23,10 @@ from tests.fakes import FakeGateway, FakeStore
 
 
 class Flow(System):
-    def __init__(self, store: FakeStore | None = None) -> None:
+    def __init__(self, store: FakeStore | None = None, **options: Any) -> None:
         super().__init__(store or FakeStore(), FakeGateway())
         self.orders = OrderUpdateActor.start(self.store, self.supervisor, self.clock,
-                                             self.ctx.metrics)
+                                             self.ctx.metrics, **options)
         peers = self.supervisor.proxy().peers.get(timeout=5)
         self.supervisor.proxy().wire(replace(peers, orders=self.orders)).get(timeout=5)
 

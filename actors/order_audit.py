@@ -1,0 +1,317 @@
+"""The order-update actor's calls to the store, and what it keeps while the store fails: raw
+frames and parked updates are stored later, so the actor never stops and nothing is lost
+(SPEC §2, §4.1, §6). No method here raises.
+
+- **Frames.** A frame that could not be stored is kept in memory, in order, and the update it
+  carries is still routed: the fill matters more than its audit row, and the trackers persist
+  their own state. Frames that come while some wait queue up behind them, so the table keeps
+  the order frames came in, each once. At most ``limit`` wait; past that the oldest is dropped
+  and its raw text logged at error level, the one record left of it.
+- **Refusals.** A frame the store cannot hold although it is up (``StoreRefused``, or an error
+  that is no ``StoreError``) would hold up those behind it for ever: it is stored in a safe
+  form instead, its texts as ``ascii()`` (``ast.literal_eval`` gives them back), its reason
+  saying so.
+- **Parks.** An update parked while the store fails is kept in memory, delivered from there
+  when its order becomes known, and stored when the store is back if it is still parked. The
+  orders whose ``take_parked`` failed are handed back by ``recheck`` once the store works;
+  the start-up read of what is parked is retried too, and until it succeeds every new order
+  looks for parked updates.
+
+What waits is stored, oldest first, at the first chance once ``retry_every`` has passed since
+the last failure: the next frames, any other message the actor handles (``FlushFrames``, asks,
+position events, a ``TimerFired``), and at its stop; a ``RetryStore`` tries at once. The wait
+keeps a store that is down from costing a timeout per frame: fills go on being routed at full
+speed while the store is tried once per ``retry_every``.
+
+An outage is logged at error level once, when it starts, with what is kept, and once more at
+warning level when it ends, with what was stored late. ``unstored`` and the metrics
+``unstored_frames`` and ``unstored_parks`` (in the status and the report) count what waits.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from itertools import chain, islice
+
+from loguru import logger
+
+from actors.metrics import Metrics
+from store.ports import FrameBatches, Store, StoreError, StoreRefused
+from store.records import ParkedUpdate, ReceivedFrame
+
+
+@dataclass(frozen=True, slots=True)
+class RetryStore:
+    """To the order-update actor: store what waits now, whatever the wait (an operator, a
+    health probe, a test)."""
+
+
+@dataclass(slots=True)
+class _Outage:
+    since: datetime
+    error: str
+    announced: bool = False
+    late_frames: int = 0
+    late_parks: int = 0
+
+
+def refused(error: Exception) -> bool:
+    """The data, not the store: the same call would fail again while the store is up."""
+    return isinstance(error, StoreRefused) or not isinstance(error, StoreError)
+
+
+def safe_form(row: ReceivedFrame, error: Exception) -> ReceivedFrame:
+    """The frame with its texts as ASCII Python literals, which any store can hold."""
+    refusal = _brief(error).encode("ascii", "backslashreplace").decode()
+    why = f"stored as ascii(), the store refused it as received: {refusal}"
+    return ReceivedFrame(raw=ascii(row.raw), received_at=row.received_at,
+                         order_no=None if row.order_no is None else ascii(row.order_no),
+                         accepted=row.accepted,
+                         reason=why if row.reason is None else f"{why}; {row.reason!a}")
+
+
+def _brief(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}"[:300]
+
+
+class OrderAudit:
+    """Owned by one actor and called from its thread only."""
+
+    def __init__(self, store: Store, metrics: Metrics, clock: Callable[[], datetime], *,
+                 limit: int = 100_000, retry_every: timedelta = timedelta(seconds=1),
+                 chunk: int = 500) -> None:
+        self.store, self.metrics, self.clock = store, metrics, clock
+        self.batches = store if isinstance(store, FrameBatches) else None
+        self.limit, self.retry_every, self.chunk = limit, retry_every, chunk
+        self.frames: deque[ReceivedFrame] = deque()
+        """Frames not stored yet, oldest first."""
+        self.parks: deque[ParkedUpdate] = deque()
+        """Parked updates not stored yet, oldest first."""
+        self.unstorable: list[ParkedUpdate] = []
+        """Parked updates the store refused: in memory until their order is known."""
+        self.stored_for: Counter[str] = Counter()
+        """Order number → updates parked for it in the store."""
+        self.stored_total = 0
+        self.parked_known = True
+        """Whether ``stored_for`` is known (False while the start-up read fails)."""
+        self.untaken: set[str] = set()
+        """Orders to look up again: their parked updates could not be taken."""
+        self._outage: _Outage | None = None
+        self._next_try: datetime | None = None
+        self._gauges = (0, 0)
+
+    @property
+    def unstored(self) -> int:
+        """Frames waiting to be stored."""
+        return len(self.frames)
+
+    @property
+    def parked(self) -> int:
+        """Updates parked, in the store and in memory."""
+        return self.stored_total + len(self.parks) + len(self.unstorable)
+
+    @property
+    def waiting(self) -> bool:
+        return bool(self.frames or self.parks or self.untaken) or not self.parked_known
+
+    # Frames -----------------------------------------------------------------------------------
+    def record(self, rows: Sequence[ReceivedFrame]) -> None:
+        """Store the frames, in order; keep for later those the store does not take now."""
+        if self.frames:  # behind those that wait, so the table keeps the order they came in
+            self._keep(rows)
+            self.retry()
+            return
+        stored = self._write(rows)
+        self._keep(rows[stored:])
+        self._settle()
+
+    def _write(self, rows: Sequence[ReceivedFrame]) -> int:
+        """Store ``rows`` in order, in one transaction when there are several; how many, from
+        the first, are stored: all, unless the store failed."""
+        if len(rows) > 1 and self.batches is not None:
+            try:
+                self.batches.record_order_updates(rows)
+                return len(rows)
+            except Exception as error:  # one by one: a refused frame takes no other down
+                if self._outage is None:  # in an outage, its own log says it all
+                    logger.warning("{} order-update frames not stored as a batch ({}); one by "
+                                   "one", len(rows), _brief(error))
+        for n, row in enumerate(rows):
+            if not self._write_one(row):
+                return n
+        return len(rows)
+
+    def _write_one(self, row: ReceivedFrame) -> bool:
+        try:
+            self._record(row)
+            return True
+        except Exception as error:
+            if not refused(error):
+                self._failed(error)
+                return False
+            safe = safe_form(row, error)
+        logger.bind(order_no=row.order_no).error("order-update frame {}: {:.500}", safe.reason,
+                                                 safe.raw)
+        try:
+            self._record(safe)
+            return True
+        except Exception as error:
+            self._failed(error)
+            return False
+
+    def _record(self, row: ReceivedFrame) -> None:
+        self.store.record_order_update(row.raw, row.received_at, order_no=row.order_no,
+                                       accepted=row.accepted, reason=row.reason)
+
+    def _keep(self, rows: Sequence[ReceivedFrame]) -> None:
+        self.frames.extend(rows)
+        while len(self.frames) > self.limit:
+            dropped = self.frames.popleft()
+            self.metrics.incr("unstored_frames_dropped")
+            logger.error("order-update frame dropped: {} frames already wait for the store; its "
+                         "raw text is recorded only here: {}", self.limit, dropped.raw)
+
+    # Parked updates ---------------------------------------------------------------------------
+    def load_parked(self) -> None:
+        """Learn what is parked in the store (at start-up); retried until it succeeds."""
+        self._load_parked()
+        self._settle()
+
+    def _load_parked(self) -> None:
+        try:
+            parked = self.store.parked_updates()
+        except Exception as error:
+            self.parked_known = False
+            self._failed(error)
+            return
+        self.stored_for = Counter(item.order_no for item in parked)
+        self.stored_total = len(parked)
+        if not self.parked_known:  # orders learnt meanwhile may have updates waiting
+            self.parked_known = True
+            self.untaken |= set(self.stored_for)
+
+    def has_parked(self, order_no: str) -> bool:
+        if not self.parked_known or order_no in self.stored_for:
+            return True
+        return any(item.order_no == order_no for item in chain(self.parks, self.unstorable))
+
+    def park(self, order_no: str, raw: str) -> None:
+        item = ParkedUpdate(order_no=order_no, parked_at=self.clock(), raw=raw)
+        if self.parks or not self._place(item):  # behind those that wait, as frames do
+            self.parks.append(item)
+            if len(self.parks) > self.limit:
+                dropped = self.parks.popleft()
+                logger.error("parked update dropped: {} already wait for the store; its raw "
+                             "text is recorded only here: {}", self.limit, dropped.raw)
+        self._settle()
+
+    def _place(self, item: ParkedUpdate) -> bool:
+        """Store a parked update, or set it aside if the store refuses it; False on failure."""
+        try:
+            self.store.park_update(item.order_no, item.raw, item.parked_at)
+        except Exception as error:
+            if not refused(error):
+                self._failed(error)
+                return False
+            logger.bind(order_no=item.order_no).error(
+                "parked update refused by the store ({}), kept in memory until its order is "
+                "known: {:.500}", _brief(error), item.raw)
+            self.unstorable.append(item)
+            return True
+        self.stored_for[item.order_no] += 1
+        self.stored_total += 1
+        return True
+
+    def take(self, order_no: str) -> list[ParkedUpdate]:
+        """The updates parked for ``order_no``, from the store then from memory; if the store
+        fails, those it holds are handed back by ``recheck`` once it works."""
+        taken: list[ParkedUpdate] = []
+        if not self.parked_known or order_no in self.stored_for:
+            try:
+                taken = self.store.take_parked(order_no)
+            except Exception as error:
+                self._failed(error)
+                self.untaken.add(order_no)
+            else:
+                self.stored_total -= self.stored_for.pop(order_no, 0)
+        kept = [item for item in chain(self.parks, self.unstorable) if item.order_no == order_no]
+        if kept:
+            self.parks = deque(item for item in self.parks if item.order_no != order_no)
+            self.unstorable = [item for item in self.unstorable if item.order_no != order_no]
+        self._settle()
+        return [*taken, *kept]
+
+    def recheck(self) -> Iterator[str]:
+        """Orders to look up again for parked updates, while the store works: one that fails
+        again is kept (``take``) and ends the round."""
+        while self.untaken and self._next_try is None:
+            yield self.untaken.pop()
+
+    # Retries ----------------------------------------------------------------------------------
+    def retry(self, *, force: bool = False) -> None:
+        """Store what waits, oldest first, once the wait since the last failure is over."""
+        if self.waiting and (force or self._next_try is None or self.clock() >= self._next_try):
+            self._next_try = None
+            if not self.parked_known:
+                self._load_parked()
+            if self._next_try is None and self._write_kept_frames():
+                self._place_kept_parks()
+        self._settle()
+
+    def _write_kept_frames(self) -> bool:
+        while self.frames:
+            chunk = list(islice(self.frames, self.chunk))
+            stored = self._write(chunk)
+            for _ in range(stored):
+                self.frames.popleft()
+            if self._outage is not None:
+                self._outage.late_frames += stored
+            if stored < len(chunk):
+                return False
+        return True
+
+    def _place_kept_parks(self) -> None:
+        while self.parks and self._place(self.parks[0]):
+            self.parks.popleft()
+            if self._outage is not None:
+                self._outage.late_parks += 1
+
+    def close(self) -> None:
+        """At the stop: a last try, then whatever still waits is logged in full."""
+        self.retry(force=True)
+        for row in self.frames:
+            logger.error("order-update frame not stored at the stop: {}", row.raw)
+        for item in chain(self.parks, self.unstorable):
+            logger.error("parked update of {} not stored at the stop: {}", item.order_no,
+                         item.raw)
+
+    # Outages ----------------------------------------------------------------------------------
+    def _failed(self, error: Exception) -> None:
+        now = self.clock()
+        self._next_try = now + self.retry_every
+        if self._outage is None:
+            self._outage = _Outage(since=now, error=_brief(error))
+
+    def _settle(self) -> None:
+        """Log an outage's start and end, once each; publish the counts of what waits."""
+        outage = self._outage
+        if outage is not None and not self.waiting:
+            logger.warning("order-update store back after {}: {} frames and {} parked updates "
+                           "stored late, in order", self.clock() - outage.since,
+                           outage.late_frames, outage.late_parks)
+            self._outage = None
+        elif outage is not None and not outage.announced:
+            outage.announced = True
+            logger.error("order-update store failing ({}): {} frames and {} parked updates kept "
+                         "in memory (at most {} each), {} orders to look up again; stored at "
+                         "the next frames or messages, {:g} s apart at least; updates are still "
+                         "routed", outage.error, len(self.frames), len(self.parks), self.limit,
+                         len(self.untaken), self.retry_every.total_seconds())
+        frames, parks = len(self.frames), len(self.parks) + len(self.unstorable)
+        if (frames, parks) != self._gauges:
+            self.metrics.incr("unstored_frames", frames - self._gauges[0])
+            self.metrics.incr("unstored_parks", parks - self._gauges[1])
+            self._gauges = (frames, parks)
