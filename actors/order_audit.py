@@ -1,30 +1,25 @@
-"""The order-update actor's calls to the store, and what it keeps while the store fails: raw
-frames and parked updates are stored later, so the actor never stops and nothing is lost
-(SPEC §2, §4.1, §6). No method here raises.
+"""The order-update actor's calls to the store, none of which raises, and what it keeps while
+the store fails, to store later: the actor never stops and nothing is lost (SPEC §4.1, §6).
 
-- **Frames.** A frame that could not be stored is kept in memory, in order, and the update it
-  carries is still routed: the fill matters more than its audit row, and the trackers persist
-  their own state. Frames that come while some wait queue up behind them, so the table keeps
-  the order frames came in, each once. At most ``limit`` wait; past that the oldest is dropped
-  and its raw text logged at error level, the one record left of it.
+- **Frames.** One that could not be stored is kept in memory and the update it carries is
+  still routed: the fill matters more than its audit row, and the trackers persist their own
+  state. Frames that come meanwhile queue up behind it, so the table keeps the order frames
+  came in, each once. Past ``limit`` the oldest is dropped, its raw text logged at error level.
 - **Refusals.** A frame the store cannot hold although it is up (``StoreRefused``, or an error
-  that is no ``StoreError``) would hold up those behind it for ever: it is stored in a safe
-  form instead, its texts as ``ascii()`` (``ast.literal_eval`` gives them back), its reason
-  saying so.
-- **Parks.** An update parked while the store fails is kept in memory, delivered from there
-  when its order becomes known, and stored when the store is back if it is still parked. The
-  orders whose ``take_parked`` failed are handed back by ``recheck`` once the store works;
-  the start-up read of what is parked is retried too, and until it succeeds every new order
-  looks for parked updates.
+  that is no ``StoreError``) would hold up those behind it for ever: it is stored with its
+  texts as ``ascii()`` instead (``ast.literal_eval`` reverses it), its reason saying so.
+- **Parks.** One that could not be stored is kept in memory, delivered from there when its
+  order becomes known, stored when the store is back if still parked. Orders whose
+  ``take_parked`` failed come back from ``recheck`` once the store works; a failed start-up
+  read of the parked updates is retried, and until then every new order looks for some.
 
 What waits is stored, oldest first, at the first chance once ``retry_every`` has passed since
 the last failure: the next frames, any other message the actor handles (``FlushFrames``, asks,
-position events, a ``TimerFired``), and at its stop; a ``RetryStore`` tries at once. The wait
-keeps a store that is down from costing a timeout per frame: fills go on being routed at full
-speed while the store is tried once per ``retry_every``.
+position events, a ``TimerFired``), its stop; a ``RetryStore`` tries at once. So a store that
+is down costs one attempt per ``retry_every``, not a timeout per frame, and fills flow on.
 
-An outage is logged at error level once, when it starts, with what is kept, and once more at
-warning level when it ends, with what was stored late. ``unstored`` and the metrics
+An outage is logged at error level when it starts, with what is kept, and at warning level
+when it ends, with what was stored late: once each. ``unstored`` and the metrics
 ``unstored_frames`` and ``unstored_parks`` (in the status and the report) count what waits.
 """
 

@@ -1,13 +1,12 @@
 """The ``Store`` port written once in SQL; ``postgres.py`` and ``sqlite.py`` add a connection.
 
 A backend supplies a transaction and a single statement yielding a DB-API cursor, its
-placeholder style, how a Python value is bound (``Decimal`` and aware ``datetime`` natively in
-PostgreSQL, as exact text in SQLite; text PostgreSQL cannot hold, escaped, and read back by
-``_read``) and its driver's exceptions, which leave as ``StoreError`` with the driver's error as
-the cause (``StoreRefused`` for those that blame the data, such as text the driver cannot
-encode, so a caller can tell a value to set aside from an outage to wait out). ``sql_rows.py``
-holds the plumbing (cursor, transaction handle, rows to records), ``sql_text.py`` the shared
-SQL.
+placeholder style, how a Python value is bound and read back (``Decimal`` and aware
+``datetime`` natively in PostgreSQL, as exact text in SQLite; text with a NUL escaped in
+PostgreSQL) and its driver's exceptions, which leave as ``StoreError`` with the driver's error
+as the cause, ``StoreRefused`` for those that blame the data (a value to set aside, not an
+outage to wait out). ``sql_rows.py`` holds the plumbing (cursor, transaction handle, rows to
+records), ``sql_text.py`` the shared SQL.
 
 A call is one short transaction. A call that is one statement says so (``_tx(statements=1)``)
 and the backend may run it alone in autocommit: PostgreSQL commits it before answering, as
@@ -111,8 +110,7 @@ class SqlStore:
         return value
 
     def _read(self, row: Row) -> Row:
-        """A row as read back, before it becomes a record: a backend undoes what ``_bind`` did
-        to text it could not store as is."""
+        """A row before it becomes a record: a backend undoes what ``_bind`` did to text."""
         return row
 
     def _describe(self, error: Exception) -> str:
