@@ -97,6 +97,8 @@ class OrderAudit:
         self._outage: _Outage | None = None
         self._next_try: datetime | None = None
         self._gauges = (0, 0)
+        for gauge in ("unstored_frames", "unstored_parks"):  # shown at 0 before any outage
+            metrics.incr(gauge, 0)
 
     @property
     def unstored(self) -> int:

@@ -18,15 +18,19 @@ from models.messages import OrderUpdateReceived
 from models.orders import OrderStatus, OrderUpdate
 from models.position import ExitReason, PositionStatus, Side
 from models.wire import to_dhan_frame
+from store.ports import Store
 from tests.actors.test_tracker_flow import T0, System, price
 from tests.fakes import FakeGateway, FakeStore
 
 
 class Flow(System):
-    def __init__(self, store: FakeStore | None = None, **options: Any) -> None:
+    """The trackers and the order-update actor on ``store``, or the actor on ``orders_store``."""
+
+    def __init__(self, store: FakeStore | None = None, *, orders_store: Store | None = None,
+                 **options: Any) -> None:
         super().__init__(store or FakeStore(), FakeGateway())
-        self.orders = OrderUpdateActor.start(self.store, self.supervisor, self.clock,
-                                             self.ctx.metrics, **options)
+        self.orders = OrderUpdateActor.start(orders_store or self.store, self.supervisor,
+                                             self.clock, self.ctx.metrics, **options)
         peers = self.supervisor.proxy().peers.get(timeout=5)
         self.supervisor.proxy().wire(replace(peers, orders=self.orders)).get(timeout=5)
 

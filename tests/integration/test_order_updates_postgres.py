@@ -1,17 +1,22 @@
-"""Frames with a NUL through the order-update actor into the real PostgreSQL store: stored
-exactly (the store escapes NUL), rejected or routed with a clear reason, and the actor lives."""
+"""The order-update actor on the real PostgreSQL store: frames with a NUL are stored exactly
+(the store escapes NUL) and rejected or routed with a clear reason; a dropped connection costs
+no frame and no fill; the actor lives through both."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
+import psycopg
 import pykka
 import pytest
 
+from actors.order_audit import RetryStore
 from models.orders import OrderStatus
 from store.postgres import PostgresStore
 from tests.actors.test_order_store_outage import with_nul
 from tests.actors.test_order_updates import Flow, frame
+from tests.fakes import FakeStore
 
 pytestmark = pytest.mark.integration
 
@@ -47,3 +52,28 @@ def test_a_frame_with_a_nul_is_stored_in_postgres_and_the_actor_lives(
     assert flow.orders.proxy().unstored.get(timeout=5) == 0
     assert {p.position_id: p.quantity for p in store.load_open_positions()} == {
         "PE1": 100, "PE2": 40}
+
+
+def test_when_postgres_drops_the_connection_then_the_fill_is_routed_and_its_frame_stored_later(
+        pg_url: str) -> None:
+    name = f"orders-{uuid.uuid4().hex[:8]}"
+    orders_store = PostgresStore(f"{pg_url}&application_name={name}")
+    orders_store.migrate()
+    trackers = FakeStore()
+    flow = Flow(trackers, orders_store=orders_store)
+    try:
+        raws = [frame("E1", OrderStatus.TRADED, 100), frame("E2", OrderStatus.TRADED, 40)]
+        flow.send(raws[0])
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE application_name = %s", (name,))
+        flow.send(raws[1])
+        assert trackers.positions["PE2"].quantity == 40  # routed while its frame waits
+        assert flow.orders.proxy().unstored.get(timeout=5) == 1
+        flow.orders.tell(RetryStore())
+        flow.settle()
+        assert [u.raw for u in orders_store.order_updates()] == raws
+        assert flow.orders.proxy().unstored.get(timeout=5) == 0
+    finally:
+        pykka.ActorRegistry.stop_all()
+        orders_store.close()
