@@ -144,7 +144,9 @@ class LineRenderer:
         self._names: dict[str, str] = {}
 
     def lines(self, batch: Iterable[Entry | dict[str, Any]]) -> str:
-        heads: dict[int, str] = {}  # id(message) is unique while the batch holds the message
+        # Heads by id of message: every message in the batch was alive when the batch was
+        # taken, so no two share an id, even once a rendered one is dropped from its entry.
+        heads: dict[int, str] = {}
         out = []
         for item in batch:
             if isinstance(item, dict):

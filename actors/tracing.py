@@ -4,6 +4,10 @@ optional JSON-lines sink that never blocks an actor.
 Actors opt in with the ``Traced`` mixin. Their inboxes stamp each envelope with the enqueue time
 and the sending actor (the actor handling a message on the sending thread, or ``outside``); the
 mixin records start, end, outcome and mailbox depth around ``_handle_receive``.
+
+An actor pays only for keeping what it already has (``actors.trace_render.entry``); the record
+(summary, redaction, domain keys, ISO times) is rendered when it leaves the actor's path: when a
+flight recorder is dumped, and in the sink's writer thread.
 """
 
 from __future__ import annotations
@@ -61,6 +65,11 @@ class Tracer:
     @property
     def enabled(self) -> bool:
         return self._writer is not None
+
+    @property
+    def backlog(self) -> int:
+        """Records waiting for the writer (how far the sink is behind)."""
+        return len(self._pending)
 
     def record(self, actor: str, record: Item) -> None:
         ring = self.rings.get(actor)
@@ -137,7 +146,7 @@ def stamp() -> tuple[int, str]:
 class Traced:
     """Mixin for pykka actors: records each message it handles when a tracer is installed.
 
-    On the actor's path only the entry is built (a tuple of what is already at hand); the name
+    On the actor's path only the entry is built (a list of what is already at hand); the name
     is fixed when the first message is handled (kind, key and incarnation are set by then).
     """
 

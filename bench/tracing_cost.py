@@ -32,16 +32,21 @@ def _tracer(mode: str, scratch: Path) -> Tracer | None:
     return Tracer(scratch / f"trace-{mode}.jsonl" if mode == "jsonl" else None)
 
 
-def _cycle_ms(pg: str | None, rd: str | None, scratch: Path, repeats: int) -> float:
+def _cycle_ms(pg: str | None, rd: str | None, scratch: Path, repeats: int
+              ) -> tuple[float, int]:
+    """Median cycle time, and the records the sink had still to write when the cycles ended
+    (a sink that lags would hide its cost from the cycles)."""
     on = instruments(200)
     store, _ = fresh_store(pg, scratch)
     rig = ActorRig(store, fresh_cache(rd), positions(1_000, on))
     step = itertools.count()
     rig.cycle(quiet_prices(on, next(step)))  # warm-up
     times = timed(lambda: rig.cycle(quiet_prices(on, next(step))), repeats)
+    active = tracing.tracer()
+    behind = active.backlog if active is not None else 0
     rig.stop()
     store.close()
-    return statistics.median(times)
+    return statistics.median(times), behind
 
 
 def _updates_per_s(pg: str | None, scratch: Path, frames: int) -> float:
@@ -56,7 +61,8 @@ def _measure(mode: str, pg: str | None, rd: str | None, scratch: Path, repeats: 
     tracer = _tracer(mode, scratch)
     tracing.install(tracer)
     try:
-        out: dict[str, Any] = {"cycle_ms": _cycle_ms(pg, rd, scratch, repeats)}
+        cycle_ms, behind = _cycle_ms(pg, rd, scratch, repeats)
+        out: dict[str, Any] = {"cycle_ms": cycle_ms, "backlog_after_cycles": behind}
         if frames:
             out["updates_per_s"] = _updates_per_s(pg, scratch, frames)
     finally:
@@ -76,7 +82,8 @@ def run(pg: str | None, rd: str | None, scratch: Path, *, repeats: int,
         got = results[mode]
         cost = 1 - off["cycle_ms"] / got["cycle_ms"]
         extra = (f"; {got['records_written']:,} records written, {got['records_dropped']:,} "
-                 f"dropped" if mode == "jsonl" else "")
+                 f"dropped, {got['backlog_after_cycles']:,} still to write when the cycles "
+                 f"ended" if mode == "jsonl" else "")
         figures.append(_cost(f"tracing {mode}: price cycle at 1,000", cost, mode,
                              f"off {off['cycle_ms']:.1f} ms/cycle",
                              f"{got['cycle_ms']:.1f} ms/cycle = "
