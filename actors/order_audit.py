@@ -19,57 +19,26 @@ position events, a ``TimerFired``), its stop; a ``RetryStore`` tries at once. So
 is down costs one attempt per ``retry_every``, not a timeout per frame, and fills flow on.
 
 An outage is logged at error level when it starts, with what is kept, and at warning level
-when it ends, with what was stored late: once each. ``unstored`` and the metrics
-``unstored_frames`` and ``unstored_parks`` (in the status and the report) count what waits.
+when it ends, with what was stored late: once each (``store_outage.py``). ``unstored`` and the
+metrics ``unstored_frames`` and ``unstored_parks`` (in the status and the report) count what
+waits.
 """
 
 from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import chain, islice
 
 from loguru import logger
 
 from actors.metrics import Metrics
-from store.ports import FrameBatches, Store, StoreError, StoreRefused
+from actors.store_outage import Outage, RetryStore, brief, refused, safe_form
+from store.ports import FrameBatches, Store
 from store.records import ParkedUpdate, ReceivedFrame
 
-
-@dataclass(frozen=True, slots=True)
-class RetryStore:
-    """To the order-update actor: store what waits now, whatever the wait (an operator, a
-    health probe, a test)."""
-
-
-@dataclass(slots=True)
-class _Outage:
-    since: datetime
-    error: str
-    announced: bool = False
-    late_frames: int = 0
-    late_parks: int = 0
-
-
-def refused(error: Exception) -> bool:
-    """The data, not the store: the same call would fail again while the store is up."""
-    return isinstance(error, StoreRefused) or not isinstance(error, StoreError)
-
-
-def safe_form(row: ReceivedFrame, error: Exception) -> ReceivedFrame:
-    """The frame with its texts as ASCII Python literals, which any store can hold."""
-    refusal = _brief(error).encode("ascii", "backslashreplace").decode()
-    why = f"stored as ascii(), the store refused it as received: {refusal}"
-    return ReceivedFrame(raw=ascii(row.raw), received_at=row.received_at,
-                         order_no=None if row.order_no is None else ascii(row.order_no),
-                         accepted=row.accepted,
-                         reason=why if row.reason is None else f"{why}; {row.reason!a}")
-
-
-def _brief(error: Exception) -> str:
-    return f"{type(error).__name__}: {error}"[:300]
+__all__ = ["OrderAudit", "RetryStore"]
 
 
 class OrderAudit:
@@ -80,7 +49,7 @@ class OrderAudit:
                  chunk: int = 500) -> None:
         self.store, self.metrics, self.clock = store, metrics, clock
         self.batches = store if isinstance(store, FrameBatches) else None
-        self.limit, self.retry_every, self.chunk = limit, retry_every, chunk
+        self.limit, self.chunk = limit, chunk
         self.frames: deque[ReceivedFrame] = deque()
         """Frames not stored yet, oldest first."""
         self.parks: deque[ParkedUpdate] = deque()
@@ -94,8 +63,7 @@ class OrderAudit:
         """Whether ``stored_for`` is known (False while the start-up read fails)."""
         self.untaken: set[str] = set()
         """Orders to look up again: their parked updates could not be taken."""
-        self._outage: _Outage | None = None
-        self._next_try: datetime | None = None
+        self.outage = Outage(clock, retry_every)
         self._gauges = (0, 0)
         for gauge in ("unstored_frames", "unstored_parks"):  # shown at 0 before any outage
             metrics.incr(gauge, 0)
@@ -117,7 +85,7 @@ class OrderAudit:
     # Frames -----------------------------------------------------------------------------------
     def record(self, rows: Sequence[ReceivedFrame]) -> None:
         """Store the frames, in order; keep for later those the store does not take now."""
-        if self.frames:  # behind those that wait, so the table keeps the order they came in
+        if self.frames or self.outage.backing_off():  # behind those waiting, in order
             self._keep(rows)
             self.retry()
             return
@@ -133,9 +101,9 @@ class OrderAudit:
                 self.batches.record_order_updates(rows)
                 return len(rows)
             except Exception as error:  # one by one: a refused frame takes no other down
-                if self._outage is None:  # in an outage, its own log says it all
+                if self.outage.since is None:  # in an outage, its own log says it all
                     logger.warning("{} order-update frames not stored as a batch ({}); one by "
-                                   "one", len(rows), _brief(error))
+                                   "one", len(rows), brief(error))
         for n, row in enumerate(rows):
             if not self._write_one(row):
                 return n
@@ -147,7 +115,7 @@ class OrderAudit:
             return True
         except Exception as error:
             if not refused(error):
-                self._failed(error)
+                self.outage.failed(error)
                 return False
             safe = safe_form(row, error)
         logger.bind(order_no=row.order_no).error("order-update frame {}: {:.500}", safe.reason,
@@ -156,7 +124,7 @@ class OrderAudit:
             self._record(safe)
             return True
         except Exception as error:
-            self._failed(error)
+            self.outage.failed(error)
             return False
 
     def _record(self, row: ReceivedFrame) -> None:
@@ -182,7 +150,7 @@ class OrderAudit:
             parked = self.store.parked_updates()
         except Exception as error:
             self.parked_known = False
-            self._failed(error)
+            self.outage.failed(error)
             return
         self.stored_for = Counter(item.order_no for item in parked)
         self.stored_total = len(parked)
@@ -197,7 +165,7 @@ class OrderAudit:
 
     def park(self, order_no: str, raw: str) -> None:
         item = ParkedUpdate(order_no=order_no, parked_at=self.clock(), raw=raw)
-        if self.parks or not self._place(item):  # behind those that wait, as frames do
+        if self.parks or self.outage.backing_off() or not self._place(item):  # as frames do
             self.parks.append(item)
             if len(self.parks) > self.limit:
                 dropped = self.parks.popleft()
@@ -211,11 +179,11 @@ class OrderAudit:
             self.store.park_update(item.order_no, item.raw, item.parked_at)
         except Exception as error:
             if not refused(error):
-                self._failed(error)
+                self.outage.failed(error)
                 return False
             logger.bind(order_no=item.order_no).error(
                 "parked update refused by the store ({}), kept in memory until its order is "
-                "known: {:.500}", _brief(error), item.raw)
+                "known: {:.500}", brief(error), item.raw)
             self.unstorable.append(item)
             return True
         self.stored_for[item.order_no] += 1
@@ -225,15 +193,7 @@ class OrderAudit:
     def take(self, order_no: str) -> list[ParkedUpdate]:
         """The updates parked for ``order_no``, from the store then from memory; if the store
         fails, those it holds are handed back by ``recheck`` once it works."""
-        taken: list[ParkedUpdate] = []
-        if not self.parked_known or order_no in self.stored_for:
-            try:
-                taken = self.store.take_parked(order_no)
-            except Exception as error:
-                self._failed(error)
-                self.untaken.add(order_no)
-            else:
-                self.stored_total -= self.stored_for.pop(order_no, 0)
+        taken = self._take_stored(order_no)
         kept = [item for item in chain(self.parks, self.unstorable) if item.order_no == order_no]
         if kept:
             self.parks = deque(item for item in self.parks if item.order_no != order_no)
@@ -241,20 +201,35 @@ class OrderAudit:
         self._settle()
         return [*taken, *kept]
 
+    def _take_stored(self, order_no: str) -> list[ParkedUpdate]:
+        if self.parked_known and order_no not in self.stored_for:
+            return []
+        if self.outage.backing_off():
+            self.untaken.add(order_no)
+            return []
+        try:
+            taken = self.store.take_parked(order_no)
+        except Exception as error:
+            self.outage.failed(error)
+            self.untaken.add(order_no)
+            return []
+        self.stored_total -= self.stored_for.pop(order_no, 0)
+        return taken
+
     def recheck(self) -> Iterator[str]:
         """Orders to look up again for parked updates, while the store works: one that fails
         again is kept (``take``) and ends the round."""
-        while self.untaken and self._next_try is None:
+        while self.untaken and not self.outage.failing:
             yield self.untaken.pop()
 
     # Retries ----------------------------------------------------------------------------------
     def retry(self, *, force: bool = False) -> None:
         """Store what waits, oldest first, once the wait since the last failure is over."""
-        if self.waiting and (force or self._next_try is None or self.clock() >= self._next_try):
-            self._next_try = None
+        if self.waiting and (force or not self.outage.backing_off()):
+            self.outage.next_try = None
             if not self.parked_known:
                 self._load_parked()
-            if self._next_try is None and self._write_kept_frames():
+            if not self.outage.failing and self._write_kept_frames():
                 self._place_kept_parks()
         self._settle()
 
@@ -264,8 +239,7 @@ class OrderAudit:
             stored = self._write(chunk)
             for _ in range(stored):
                 self.frames.popleft()
-            if self._outage is not None:
-                self._outage.late_frames += stored
+            self.outage.stored_late(frames=stored)
             if stored < len(chunk):
                 return False
         return True
@@ -273,8 +247,7 @@ class OrderAudit:
     def _place_kept_parks(self) -> None:
         while self.parks and self._place(self.parks[0]):
             self.parks.popleft()
-            if self._outage is not None:
-                self._outage.late_parks += 1
+            self.outage.stored_late(parks=1)
 
     def close(self) -> None:
         """At the stop: a last try, then whatever still waits is logged in full."""
@@ -286,27 +259,10 @@ class OrderAudit:
                          item.raw)
 
     # Outages ----------------------------------------------------------------------------------
-    def _failed(self, error: Exception) -> None:
-        now = self.clock()
-        self._next_try = now + self.retry_every
-        if self._outage is None:
-            self._outage = _Outage(since=now, error=_brief(error))
-
     def _settle(self) -> None:
         """Log an outage's start and end, once each; publish the counts of what waits."""
-        outage = self._outage
-        if outage is not None and not self.waiting:
-            logger.warning("order-update store back after {}: {} frames and {} parked updates "
-                           "stored late, in order", self.clock() - outage.since,
-                           outage.late_frames, outage.late_parks)
-            self._outage = None
-        elif outage is not None and not outage.announced:
-            outage.announced = True
-            logger.error("order-update store failing ({}): {} frames and {} parked updates kept "
-                         "in memory (at most {} each), {} orders to look up again; stored at "
-                         "the next frames or messages, {:g} s apart at least; updates are still "
-                         "routed", outage.error, len(self.frames), len(self.parks), self.limit,
-                         len(self.untaken), self.retry_every.total_seconds())
+        self.outage.settle(waiting=self.waiting, frames=len(self.frames), parks=len(self.parks),
+                           orders=len(self.untaken), limit=self.limit)
         frames, parks = len(self.frames), len(self.parks) + len(self.unstorable)
         if (frames, parks) != self._gauges:
             self.metrics.incr("unstored_frames", frames - self._gauges[0])

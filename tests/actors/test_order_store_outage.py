@@ -18,7 +18,7 @@ from actors.frame_batch import FlushFrames
 from actors.order_audit import RetryStore
 from actors.protocol import KnownPosition
 from models.common import Segment, TxnType
-from models.messages import CreatePosition
+from models.messages import CreatePosition, TimerFired
 from models.orders import OrderStatus, OrderUpdate
 from models.position import PositionStatus, Side, new_position
 from tests.actors.test_order_frame_batches import BatchingStore, queued
@@ -106,16 +106,18 @@ def test_a_retry_store_stores_the_waiting_frames_at_once_in_order(
     assert len(store.updates) == len(raws)
 
 
-def test_a_flush_frames_stores_the_waiting_frames_once_the_interval_has_passed(
-        flow: Flow, store: FakeStore) -> None:
+@pytest.mark.parametrize("message", [FlushFrames(), TimerFired(name="tick", correlation_id="t",
+                                                               sent_at=T0)])
+def test_any_message_stores_the_waiting_frames_once_the_interval_has_passed(
+        flow: Flow, store: FakeStore, message: object) -> None:
     store.fail_frames = True
     flow.send(fills(1)[0])
     store.fail_frames = False
-    flow.orders.tell(FlushFrames())
+    flow.orders.tell(message)
     flow.settle()
     assert store.updates == []  # too soon: a store that is down is not hammered
     flow.clock.now += timedelta(seconds=1)
-    flow.orders.tell(FlushFrames())
+    flow.orders.tell(message)
     flow.settle()
     assert [u.raw for u in store.updates] == fills(1)
 
