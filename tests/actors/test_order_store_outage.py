@@ -260,6 +260,17 @@ def test_a_park_kept_in_memory_is_stored_when_the_store_is_back(prefixed: Flow,
     assert store.positions["PE1"].quantity == 100
 
 
+def test_a_park_the_store_cannot_hold_is_kept_in_memory_and_delivered_when_known(
+        prefixed: Flow, store: FakeStore) -> None:
+    store.refuse_text = "\U0001f4a5"
+    raw = frame("E1", OrderStatus.TRADED, 100, correlation="other-X").replace("X", "\U0001f4a5")
+    prefixed.send(raw)
+    assert ast.literal_eval(store.updates[0].raw) == raw  # the frame, in its safe form
+    assert store.parked == [] and prefixed.orders.proxy().parked.get(timeout=5) == 1
+    make_known(prefixed)
+    assert store.positions["PE1"].quantity == 100
+
+
 def test_when_taking_parked_updates_fails_then_it_is_retried_and_they_are_delivered(
         prefixed: Flow, store: FakeStore) -> None:
     parked_fill(prefixed)
