@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from decimal import Decimal
 from enum import Enum
+from keyword import iskeyword
 from typing import Any
 
 _ROOM = 400  # characters of summary kept; also how far a nested sequence is formatted
@@ -52,7 +53,7 @@ class Plan:
     """How a type is rendered, worked out once: its declared fields (None for a type without:
     shown by ``repr``, read by ``getattr``), readers for its ids and domain keys, its summary."""
 
-    __slots__ = ("bulky", "constant", "fields", "has", "ids", "keyed", "keys", "shape", "show",
+    __slots__ = ("constant", "fields", "has", "ids", "keyed", "keys", "shape", "show",
                  "type_json")
 
     def __init__(self, cls: type) -> None:
@@ -65,16 +66,17 @@ class Plan:
         self.shape = _shape(cls, self.fields)
         self.show: Show = repr
         if self.fields is not None:
-            self.show = _compile_show(cls, tuple(n for n in self.fields if n not in _OMIT))
+            names = tuple(n for n in self.fields if n not in _OMIT)
+            self.show = _lazy(cls, names, lambda show: setattr(self, "show", show))
         self.type_json = json.dumps(cls.__name__)
         self.constant: str | None = None  # the head of a type without fields, once rendered
-        self.bulky: bool | None = None  # decided by the first message of the type
         if issubclass(cls, Enum):
             _PLAIN.setdefault(cls, _enum_show(cls))
         elif self.shape in _LEAF:
             _PLAIN.setdefault(cls, _LEAF[self.shape])
         elif self.shape == "model":  # as a value inside another message: every field
-            _PLAIN.setdefault(cls, _compile_show(cls, self.fields or ()))
+            _PLAIN.setdefault(cls, _lazy(cls, self.fields or (),
+                                         lambda show: _PLAIN.__setitem__(cls, show)))
 
 
 def _reader(names: tuple[str, ...], has: frozenset[str] | None) -> Read:
@@ -191,12 +193,21 @@ def _pair(item: tuple[Any, Any], room: int) -> str:
     return f"{_value(item[0], room)}: {_value(item[1], room)}"
 
 
+def _lazy(cls: type, names: tuple[str, ...], install: Callable[[Show], None]) -> Show:
+    """A summariser compiled when first used (and then installed in place of this one)."""
+    def first(value: Any) -> str:
+        show = _compile_show(cls, names)
+        install(show)
+        return show(value)
+    return first
+
+
 def _compile_show(cls: type, names: tuple[str, ...]) -> Show:
     """``Type(name=value, ...)`` for ``names``, as straight-line code generated once per type
     (as dataclasses generate ``__repr__``): this runs for every traced message, and a loop over
     the fields costs three times as much. Field names are identifiers (pydantic, dataclasses
     and NamedTuples require it), so they are safe in the source."""
-    if not all(name.isidentifier() for name in names):
+    if not all(name.isidentifier() and not iskeyword(name) for name in names):
         return repr
     reads = "".join(f"    a{i} = value.{name}\n    f{i} = _PLAIN.get(type(a{i}))\n"
                     for i, name in enumerate(names))
@@ -223,14 +234,20 @@ def summary_of(message: Any, plan: Plan, limit: int = _ROOM) -> str:
 def is_bulky(message: Any) -> bool:
     """Whether a message holds collections (a batch of prices, a bulk load), judged by the first
     message of its type. Such a message is summarised when it is handled rather than kept, so a
-    flight recorder does not keep whole batches alive (and the garbage collector busy)."""
-    plan = plan_of(type(message))
-    bulky = plan.bulky
+    flight recorder does not keep whole batches alive (and the garbage collector busy). Cheap:
+    it runs on the actor's path, for every message."""
+    bulky = _bulky.get(type(message))
     if bulky is None:
-        values = [getattr(message, name, None) for name in plan.fields or ()]
-        bulky = plan.bulky = any(plan_of(type(value)).shape in ("items", "mapping")
-                                 for value in values)
+        fields = _declared(type(message)) or ()
+        values = [getattr(message, name, None) for name in fields]
+        bulky = _bulky[type(message)] = any(
+            isinstance(value, _COLLECTIONS) and _declared(type(value)) is None
+            for value in values)
     return bulky
+
+
+_bulky: dict[type, bool] = {}
+_COLLECTIONS = (tuple, list, set, frozenset, dict)
 
 
 def field_of(value: Any, name: str) -> Any:

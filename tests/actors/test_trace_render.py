@@ -3,7 +3,9 @@ never show a secret."""
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -133,6 +135,49 @@ def test_when_only_the_ring_is_on_then_nothing_is_rendered_until_a_dump(
     assert [r["payload"] for r in dump] == [
         f"Note(text='n={n}')" for n in range(20)]
     assert len(rendered) == 20
+
+
+@dataclass(frozen=True)
+class Batch:
+    message_id: str
+    correlation_id: str
+    items: tuple[int, ...]
+    sent_at: datetime
+
+
+def test_when_a_message_holds_a_collection_then_the_ring_keeps_its_summary_not_the_message(
+        ) -> None:
+    tracer = Tracer(None)
+    tracing.install(tracer)
+    try:
+        ref = Echo.start()
+        batch = Batch(message_id="b1", correlation_id="c1", items=tuple(range(1000)), sent_at=T0)
+        ref.ask(batch, timeout=5)
+        ref.ask(note(2, "the actor loop lets go of the batch"), timeout=5)
+        gone = weakref.ref(batch)
+        del batch
+        gc.collect()
+        dump = tracer.dump("echo")
+    finally:
+        pykka.ActorRegistry.stop_all()
+        tracing.install(None)
+    assert gone() is None
+    assert dump[0]["message_id"] == "b1"
+    assert dump[0]["payload"].startswith("Batch(items=(0, 1, 2, ")
+
+
+def test_when_the_sink_has_written_an_entry_then_the_ring_no_longer_holds_its_message(
+        echo: tuple[pykka.ActorRef[Any], Tracer, Path]) -> None:
+    ref, tracer, path = echo
+    message = note(1, "kept until written")
+    ref.ask(message, timeout=5)
+    ref.ask(note(2, "the actor loop lets go of the first"), timeout=5)
+    gone = weakref.ref(message)
+    del message
+    tracer.close()  # the writer has rendered everything
+    gc.collect()
+    assert gone() is None
+    assert tracer.dump("echo") == list(iter_records(path))
 
 
 class Mark(Frozen):
