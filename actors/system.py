@@ -107,7 +107,8 @@ class System:
         p.gateway.subscribe(self.order_frame)
         if ticker:
             self.ticker = Ticker(p.clock, p.schedule, flush_to=[self.batcher, self.pnl],
-                                 timer_to=[self.supervisor], on_step=on_step).start()
+                                 timer_to=[self.supervisor, self.orders],
+                                 on_step=on_step).start()
         return self
 
     def _load(self) -> None:
@@ -134,7 +135,8 @@ class System:
 
     def step(self, now: datetime, *, timer: bool) -> None:
         """Advance time by hand (replay): a flush and, when asked, a timer."""
-        fire(now, flush_to=[self.batcher, self.pnl], timer_to=[self.supervisor], timer=timer)
+        fire(now, flush_to=[self.batcher, self.pnl], timer_to=[self.supervisor, self.orders],
+             timer=timer)
 
     # Views ------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

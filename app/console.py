@@ -21,7 +21,9 @@ def status_line(status: Mapping[str, Any], clock_text: str) -> str:
             f"day net {'-' if net is None else f'{net:.2f}'} | oldest price {age_text} | "
             f"exits: {exits_text} | "
             f"unprotected {len(status.get('unprotected', []))} | quarantined {len(quarantined)} | "
-            f"restarts {metrics.get('actor_restarts', 0)}")
+            f"restarts {metrics.get('actor_restarts', 0)}"
+            + (f" | order frames not yet stored {metrics['unstored_frames']}"
+               if metrics.get("unstored_frames") else ""))
 
 
 def print_summary(report: Mapping[str, Any], out: TextIO) -> None:

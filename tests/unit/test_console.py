@@ -16,3 +16,12 @@ def test_status_line_shows_state_positions_pnl_price_age_exits_and_alerts() -> N
     assert line == ("[10:31:07] HALTED | open 4 (exiting 1) | exited 2 | day net -1234.50 | "
                     "oldest price 2.2s | exits: STOP_LOSS 2 | unprotected 1 | quarantined 0 | "
                     "restarts 4")
+
+
+def test_status_line_shows_order_frames_waiting_for_the_store_only_when_there_are_some() -> None:
+    base = {"trading_state": "RUNNING", "positions": {}, "exits_by_reason": {},
+            "unprotected": [], "quarantined": []}
+    waiting = status_line({**base, "metrics": {"unstored_frames": 12}}, "10:00:00")
+    assert waiting.endswith(" | order frames not yet stored 12")
+    assert "not yet stored" not in status_line({**base, "metrics": {"unstored_frames": 0}},
+                                               "10:00:00")
