@@ -26,7 +26,7 @@ from datetime import datetime
 from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 
-from actors.trace_text import Plan, field_of, is_bulky, iso, plan_of, redact, summary_of
+from actors.trace_text import Plan, field_of, is_bulky, iso, plan_of, redact, short, summary_of
 
 Entry = list[Any]
 """[message, receiver, (enqueued_ns, sender) or None, start_ns, end_ns, mailbox depth, outcome,
@@ -59,7 +59,7 @@ def _key_values(message: Any, plan: Plan) -> tuple[Any, Any, str | None]:
         return None, None, None  # most messages name no position, order or instrument
     position, position_id, update, order_no, instrument = plan.keys(message)
     if instrument is not None:
-        instrument = str(instrument)
+        instrument = short(instrument)
     elif position is not None:
         instrument = f"{position.segment}:{position.security_id}"
     return (position_id or field_of(position, "position_id"),

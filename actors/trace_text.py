@@ -155,7 +155,21 @@ def _position(value: Any) -> str:
     return f"<{value.position_id} {value.status} qty={value.quantity}>"
 
 
-_LEAF: dict[str, Show] = {"repr": repr, "iso": iso, "str": str, "position": _position}
+def short(value: Any) -> str:
+    """``str(value)``, remembered for the domain values that define a short form."""
+    # Domain values with a short form (instruments) are few, long-lived and shown in most
+    # messages; like ``iso``, the memo holds the value, so its id is not reused meanwhile.
+    hit = _str_memo.get(id(value))
+    if hit is not None and hit[0] is value:
+        return hit[1]
+    if len(_str_memo) >= 4096:
+        _str_memo.clear()
+    text = _str_memo[id(value)] = (value, str(value))
+    return text[1]
+
+
+_str_memo: dict[int, tuple[Any, str]] = {}
+_LEAF: dict[str, Show] = {"repr": repr, "iso": iso, "str": short, "position": _position}
 # How a value of each type is shown, filled in as plans are made (sequences and mappings are
 # not here: they need to know how much room is left).
 _PLAIN: dict[type, Show] = {str: repr, Decimal: repr, int: repr, type(None): repr, bool: repr,

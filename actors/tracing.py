@@ -100,12 +100,12 @@ class Tracer:
 
     def _write(self, path: Path) -> None:
         renderer = LineRenderer()
-        with path.open("a", encoding="utf-8") as out:
+        with path.open("ab") as out:  # the lines are ASCII, so encoding them is a copy
             while True:
                 closing = self._closing.is_set()
                 batch = self._take(4096)
                 if batch:
-                    out.write(renderer.lines(batch))
+                    out.write(renderer.lines(batch).encode())
                     out.flush()
                     self.written += len(batch)
                 if closing and not self._pending:
@@ -115,14 +115,8 @@ class Tracer:
                     self._closing.wait(self._poll_s)
 
     def _take(self, most: int) -> list[Item]:
-        batch: list[Item] = []
-        pending = self._pending
-        try:
-            while len(batch) < most:
-                batch.append(pending.popleft())
-        except IndexError:
-            pass  # drained
-        return batch
+        pending = self._pending  # only this thread takes from it, so len() is a lower bound
+        return [pending.popleft() for _ in range(min(most, len(pending)))]
 
 
 _tracer: Tracer | None = None
