@@ -70,6 +70,8 @@ class Plan:
             self.show = _lazy(cls, names, lambda show: setattr(self, "show", show))
         self.type_json = json.dumps(cls.__name__)
         self.constant: str | None = None  # the head of a type without fields, once rendered
+        if self.shape == "str" and _frozen(cls):
+            _MEMO_TYPES.add(cls)
         if issubclass(cls, Enum):
             _PLAIN.setdefault(cls, _enum_show(cls))
         elif self.shape in _LEAF:
@@ -89,6 +91,14 @@ def _reader(names: tuple[str, ...], has: frozenset[str] | None) -> Read:
     exec(f"def read(value):\n    return ({reads}{',' if names else ''})\n", namespace)
     read: Read = namespace["read"]
     return read
+
+
+def _frozen(cls: type) -> bool:
+    """A frozen pydantic model or dataclass: its text cannot change."""
+    config = getattr(cls, "model_config", None)
+    params = getattr(cls, "__dataclass_params__", None)
+    return bool((isinstance(config, dict) and config.get("frozen"))
+                or (params is not None and getattr(params, "frozen", False)))
 
 
 def _declared(cls: type) -> tuple[str, ...] | None:
@@ -156,9 +166,12 @@ def _position(value: Any) -> str:
 
 
 def short(value: Any) -> str:
-    """``str(value)``, remembered for the domain values that define a short form."""
-    # Domain values with a short form (instruments) are few, long-lived and shown in most
-    # messages; like ``iso``, the memo holds the value, so its id is not reused meanwhile.
+    """``str(value)``, remembered for the frozen domain values that define a short form."""
+    # Instruments are few, long-lived and shown in most messages. Like ``iso``, the memo holds
+    # the value, so its id is not reused meanwhile; only frozen values are held, so no actor
+    # (an ActorRef has a short form too) is kept alive by it.
+    if type(value) not in _MEMO_TYPES:
+        return str(value)
     hit = _str_memo.get(id(value))
     if hit is not None and hit[0] is value:
         return hit[1]
@@ -169,6 +182,7 @@ def short(value: Any) -> str:
 
 
 _str_memo: dict[int, tuple[Any, str]] = {}
+_MEMO_TYPES: set[type] = set()
 _LEAF: dict[str, Show] = {"repr": repr, "iso": iso, "str": short, "position": _position}
 # How a value of each type is shown, filled in as plans are made (sequences and mappings are
 # not here: they need to know how much room is left).

@@ -50,6 +50,8 @@ class Echo(SingletonActor):
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Note) and message.text.startswith("boom"):
             raise Boom(message.text)
+        if message == "who are you":
+            return weakref.ref(self)
         return "ok"
 
 
@@ -178,6 +180,32 @@ def test_when_the_sink_has_written_an_entry_then_the_ring_no_longer_holds_its_me
     gc.collect()
     assert gone() is None
     assert tracer.dump("echo") == list(iter_records(path))
+
+
+@dataclass(frozen=True)
+class Introduce:
+    """A message naming an actor, in a collection (so it is summarised when handled)."""
+
+    refs: tuple[pykka.ActorRef[Any], ...]
+
+
+def test_when_traced_actors_stop_then_tracing_keeps_none_of_them_alive(tmp_path: Path) -> None:
+    tracer: Tracer | None = Tracer(tmp_path / "trace.jsonl")
+    tracing.install(tracer)
+    target = Echo.start()
+    probe = Echo.start()
+    probe.ask(Introduce(refs=(target,)), timeout=5)
+    probe.ask(note(1, f"about {target}"), timeout=5)
+    actor = target.ask("who are you", timeout=5)
+    target.stop()
+    probe.stop()
+    tracing.install(None)
+    assert tracer is not None
+    tracer.close()
+    assert "ActorRef" not in json.dumps(tracer.dump("echo"))  # actor refs shown by name only
+    del tracer, target
+    gc.collect()
+    assert actor() is None
 
 
 class Mark(Frozen):
