@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pykka
 import pytest
@@ -196,7 +196,7 @@ def test_when_traced_actors_stop_then_tracing_keeps_none_of_them_alive(tmp_path:
     probe = Echo.start()
     probe.ask(Introduce(refs=(target,)), timeout=5)
     probe.ask(note(1, f"about {target}"), timeout=5)
-    actor = target.ask("who are you", timeout=5)
+    actor = cast("weakref.ref[Echo]", target.ask("who are you", timeout=5))
     target.stop()
     probe.stop()
     tracing.install(None)
