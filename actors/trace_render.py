@@ -82,6 +82,34 @@ def _head(message: Any, plan: Plan) -> tuple[Any, Any, Any, str, dict[str, Any],
 
 def message_head(message: Any) -> dict[str, Any]:
     """The part of a record that depends only on the message."""
+    try:
+        return _message_head(message)
+    except Exception as error:  # a summary must never break a dump on a crash
+        return _unsummarised(message, error)
+
+
+def head_json(message: Any) -> str:
+    """``message_head`` as the inside of a JSON object, written without ``json.dumps``."""
+    try:
+        return _head_json(message)
+    except Exception as error:  # a summary must never break an actor or the sink
+        return json.dumps(_unsummarised(message, error), default=_safe_str)[1:-1]
+
+
+def _unsummarised(message: Any, error: Exception) -> dict[str, Any]:
+    """The head of a message whose summary failed (a field whose ``str`` raises, say)."""
+    def read(name: str) -> Any:
+        try:
+            return getattr(message, name, None)
+        except Exception:  # as above: whatever the message does, the record is written
+            return None
+    name = type(message).__name__
+    return {"message_id": read("message_id"), "correlation_id": read("correlation_id"),
+            "causation_id": read("causation_id"), "type": name,
+            "payload": f"{name}(<not summarised: {type(error).__name__}>)", "sent_at": None}
+
+
+def _message_head(message: Any) -> dict[str, Any]:
     plan = plan_of(type(message))
     message_id, correlation_id, causation_id, payload, keys, sent_at = _head(message, plan)
     return {"message_id": message_id, "correlation_id": correlation_id,
@@ -89,8 +117,7 @@ def message_head(message: Any) -> dict[str, Any]:
             **keys, "sent_at": sent_at}
 
 
-def head_json(message: Any) -> str:
-    """``message_head`` as the inside of a JSON object, written without ``json.dumps``."""
+def _head_json(message: Any) -> str:
     plan = plan_of(type(message))
     if plan.constant is not None:
         return plan.constant

@@ -208,6 +208,29 @@ def test_when_traced_actors_stop_then_tracing_keeps_none_of_them_alive(tmp_path:
     assert actor() is None
 
 
+class Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("cannot say")
+
+
+@dataclass(frozen=True)
+class Odd:
+    message_id: str
+    value: Unprintable
+
+
+def test_when_a_message_cannot_be_summarised_then_it_is_still_handled_and_recorded(
+        echo: tuple[pykka.ActorRef[Any], Tracer, Path]) -> None:
+    ref, tracer, path = echo
+    assert ref.ask(Odd(message_id="o1", value=Unprintable()), timeout=5) == "ok"
+    dumped = tracer.dump("echo")
+    tracer.close()
+    written = list(iter_records(path))
+    assert dumped == written
+    assert written[0]["message_id"] == "o1"
+    assert written[0]["payload"] == "Odd(<not summarised: RuntimeError>)"
+
+
 class Mark(Frozen):
     ltp: Decimal
     at: datetime
