@@ -146,8 +146,7 @@ _JSON_SCALARS = (int, float, bool, type(None))
 def to_dict(item: Entry | dict[str, Any]) -> dict[str, Any]:
     """One record as the readers know it (a flight-recorder dump)."""
     if isinstance(item, dict):
-        return {k: v if isinstance(v, _JSON_SCALARS) else redact(str(v))
-                for k, v in item.items()}
+        return {k: v if isinstance(v, _JSON_SCALARS) else _safe_str(v) for k, v in item.items()}
     message, receiver, stamp, start, end, depth, outcome, rendered = item
     enqueued, sender = stamp or (start, "outside")
     head = message_head(message) if rendered is None else json.loads(f"{{{rendered}}}")
@@ -158,7 +157,11 @@ def to_dict(item: Entry | dict[str, Any]) -> dict[str, Any]:
 
 
 def _safe_str(value: Any) -> str:
-    return redact(str(value))
+    try:
+        text = str(value)
+    except Exception:  # as in head_json: a value that cannot be shown is named instead
+        text = f"<{type(value).__name__}>"
+    return redact(text)
 
 
 _OK = _quote("ok")

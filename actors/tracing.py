@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from loguru import logger
 
@@ -49,7 +49,8 @@ class Tracer:
                  max_backlog: int = 200_000, poll_s: float = 0.02) -> None:
         self.ring_size = ring
         self.rings: dict[str, deque[Item]] = {}
-        self.dropped = 0
+        self.dropped = 0  # records the sink had no room for
+        self.failed = 0  # records it could not write
         self.written = 0
         self._pending: deque[Item] = deque()
         self._max_backlog = max_backlog
@@ -97,22 +98,41 @@ class Tracer:
             self._writer = None
         if self.dropped:
             logger.warning("trace sink fell behind: {} records dropped", self.dropped)
+        if self.failed:
+            logger.error("trace sink failed to write {} records", self.failed)
 
     def _write(self, path: Path) -> None:
+        try:
+            out = path.open("ab")  # the lines are ASCII, so encoding them is a copy
+        except OSError:
+            logger.exception("trace sink cannot open {}; records will be dropped", path)
+            return
+        with out:
+            self._drain(out)
+
+    def _drain(self, out: BinaryIO) -> None:
         renderer = LineRenderer()
-        with path.open("ab") as out:  # the lines are ASCII, so encoding them is a copy
-            while True:
-                closing = self._closing.is_set()
-                batch = self._take(4096)
-                if batch:
-                    out.write(renderer.lines(batch).encode())
-                    out.flush()
-                    self.written += len(batch)
-                if closing and not self._pending:
-                    return
-                if len(batch) < 4096:
-                    # Let entries gather: bigger batches share more rendering per message.
-                    self._closing.wait(self._poll_s)
+        while True:
+            closing = self._closing.is_set()
+            batch = self._take(4096)
+            if batch:
+                self._write_batch(batch, renderer, out)
+            if closing and not self._pending:
+                return
+            if len(batch) < 4096:
+                # Let entries gather: bigger batches share more rendering per message.
+                self._closing.wait(self._poll_s)
+
+    def _write_batch(self, batch: list[Item], renderer: LineRenderer, out: BinaryIO) -> None:
+        try:
+            out.write(renderer.lines(batch).encode())
+            out.flush()
+        except Exception:  # a full disk, say: count the loss and keep the writer alive
+            if not self.failed:
+                logger.exception("trace sink could not write {} records", len(batch))
+            self.failed += len(batch)
+        else:
+            self.written += len(batch)
 
     def _take(self, most: int) -> list[Item]:
         pending = self._pending  # only this thread takes from it, so len() is a lower bound

@@ -17,6 +17,7 @@ import pykka
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from loguru import logger
 from pykka.messages import ProxyCall
 
 from actors import trace_render, tracing
@@ -229,6 +230,20 @@ def test_when_a_message_cannot_be_summarised_then_it_is_still_handled_and_record
     assert dumped == written
     assert written[0]["message_id"] == "o1"
     assert written[0]["payload"] == "Odd(<not summarised: RuntimeError>)"
+
+
+def test_when_the_sink_cannot_open_its_file_then_it_says_so_and_counts_what_it_drops(
+        tmp_path: Path) -> None:
+    lines: list[str] = []
+    sink = logger.add(lines.append, level="WARNING")
+    tracer = Tracer(tmp_path, max_backlog=5)  # a directory: it cannot be opened for writing
+    for n in range(10):
+        tracer.lifecycle("echo", "spawn", n=n, error=Unprintable())
+    tracer.close()
+    logger.remove(sink)
+    assert tracer.dropped == 5 and tracer.written == 0
+    assert any("trace sink cannot open" in line for line in lines)
+    assert [r["error"] for r in tracer.dump("echo")] == ["<Unprintable>"] * 10
 
 
 class Mark(Frozen):
