@@ -35,7 +35,7 @@ from models.rules import pnl
 from store.pnl_cache import PnLCache, PnLEntry
 
 _ZERO = Decimal(0)
-CHUNK = 250
+CHUNK = 100
 """Cache entries written per flush at least; a cadence's writes take at most ten flushes."""
 
 

@@ -90,7 +90,7 @@ class System:
         stale = p.config.policy.stale_after_seconds
         self.batcher = LTPBatcherActor.start(None, p.quotes, p.clock, p.metrics,
                                              stale_after=timedelta(seconds=float(stale)))
-        self.index = IndexActor.start(self.batcher, refresh=timedelta(seconds=float(stale)) / 2,
+        self.index = IndexActor.start(self.batcher, refresh=timedelta(seconds=float(stale)) * 0.8,
                                       metrics=p.metrics)
         self.batcher.proxy().set_index(self.index).get(timeout=ASK)
         self.supervisor = RiskSupervisor.start(ctx, p.gateway, supervision=p.supervision,

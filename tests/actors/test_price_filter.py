@@ -86,7 +86,7 @@ def test_when_the_refresh_is_due_then_a_quiet_price_is_told(system: System) -> N
     open_position(system, entry())
     price(system, "201")
     before = handled(system)
-    system.clock.now += timedelta(seconds=3)  # past the refresh interval (2.5 s at most)
+    system.clock.now += timedelta(seconds=4.1)  # past the refresh interval (4 s at most)
     price(system, "200.50")
     assert handled(system) == before + 1
 
@@ -178,11 +178,14 @@ def test_the_cache_write_of_a_cadence_is_spread_over_flushes_and_complete_writes
         for _ in range(3):
             writer.ask(Flush(at=T0), timeout=5)
             written.append(len(cache.read_all()))
-        assert written == [250, 500, 600]  # a chunk per flush, all within one cadence
+        assert written == [100, 200, 300]  # a chunk per flush (a tenth of what is due)
+        for _ in range(7):
+            writer.ask(Flush(at=T0), timeout=5)
+        assert len(cache.read_all()) == 600 and cache.roundtrips == 6  # all within ten flushes
         writer.tell(batch)
         writer.ask(Flush(at=T0), timeout=5)  # the cadence (1 s) is not up: nothing new is due
-        assert cache.roundtrips == 3
+        assert cache.roundtrips == 6
         writer.ask(Flush(at=T0, complete=True), timeout=5)
-        assert cache.roundtrips == 4 and len(cache.read_all()) == 600
+        assert cache.roundtrips == 7 and len(cache.read_all()) == 600
     finally:
         pykka.ActorRegistry.stop_all()
