@@ -7,8 +7,9 @@ ones it can concern: each tracker keeps the index informed of its ``Band`` (``Ba
 the prices inside which no rule of its position fires and no mark moves. A price outside the
 band is told at once, ahead of the rest of the batch (those positions may be exiting); a price
 inside it only as a refresh (every 40 to 80 % of ``stale_after``, spread by position), so the
-tracker's own price does not go stale while its market is live. A position without a known band gets every price. The whole
-batch then goes to the PnL writer, which values every position itself.
+tracker's own price does not go stale while its market is live. A position without a known band
+gets every price. The whole batch then goes to the PnL writer, which values every position
+itself.
 """
 
 from __future__ import annotations
