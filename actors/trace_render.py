@@ -29,9 +29,9 @@ from typing import Any
 from actors.trace_text import Plan, field_of, is_bulky, iso, plan_of, redact, short, summary_of
 
 Entry = list[Any]
-"""[message, receiver, (enqueued_ns, sender) or None, start_ns, end_ns, mailbox depth, outcome,
-head]: a list, so that the writer can put the rendered head (a plain string) in place of the
-message (then None)."""
+"""[message, receiver, stamp, start_ns, end_ns, mailbox depth, outcome, head]: the stamp is
+(enqueued_ns, sender), or None or (0, ...) when the message was not stamped. A list, so that
+the writer can put the rendered head (a plain string) in place of the message (then None)."""
 
 
 def entry(message: Any, receiver: str, stamp: tuple[int, str] | None, start: int, end: int,
@@ -148,7 +148,7 @@ def to_dict(item: Entry | dict[str, Any]) -> dict[str, Any]:
     if isinstance(item, dict):
         return {k: v if isinstance(v, _JSON_SCALARS) else _safe_str(v) for k, v in item.items()}
     message, receiver, stamp, start, end, depth, outcome, rendered = item
-    enqueued, sender = stamp or (start, "outside")
+    enqueued, sender = stamp if stamp and stamp[0] else (start, "outside")
     head = message_head(message) if rendered is None else json.loads(f"{{{rendered}}}")
     return {"kind": "message", **head, "sender": sender, "receiver": receiver,
             "enqueued_ns": enqueued, "start_ns": start, "end_ns": end,
@@ -196,7 +196,7 @@ class LineRenderer:
 
     def _line(self, item: Entry, head: str) -> str:
         _, receiver, stamp, start, end, depth, outcome, _ = item
-        enqueued, sender = stamp or (start, "outside")
+        enqueued, sender = stamp if stamp and stamp[0] else (start, "outside")
         names = self._names
         return (f'{{"kind": "message", {head}, '
                 f'"sender": {names.get(sender) or self._name(sender)}, '

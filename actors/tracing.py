@@ -153,8 +153,14 @@ def tracer() -> Tracer | None:
 
 
 def stamp() -> tuple[int, str]:
-    """What an inbox stores with an envelope: enqueue time and the sending actor."""
+    """What an inbox stores with an envelope: enqueue time and the sending actor (nothing to
+    measure while no tracer is installed: every message pays for this, traced or not)."""
+    if _tracer is None:
+        return _UNSTAMPED
     return _perf_ns(), getattr(_local, "actor", None) or "outside"
+
+
+_UNSTAMPED = (0, "outside")  # records of messages stamped so take their start as enqueue time
 
 
 class Traced:

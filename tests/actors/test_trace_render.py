@@ -246,6 +246,17 @@ def test_when_the_sink_cannot_open_its_file_then_it_says_so_and_counts_what_it_d
     assert [r["error"] for r in tracer.dump("echo")] == ["<Unprintable>"] * 10
 
 
+def test_when_a_message_was_sent_before_tracing_began_then_its_wait_counts_from_its_start(
+        ) -> None:
+    assert tracing.stamp() == (0, "outside")  # no tracer: inboxes stamp nothing
+    unstamped = [note(1, "early"), "echo", tracing.stamp(), 7_000_000, 9_000_000, 0, "ok", None]
+    record = trace_render.to_dict(list(unstamped))
+    line = json.loads(trace_render.LineRenderer().lines([list(unstamped)]))
+    assert record == line
+    assert (line["enqueued_ns"], line["wait_us"], line["sender"]) == (7_000_000, 0, "outside")
+    assert line["handle_us"] == 2_000
+
+
 class Mark(Frozen):
     ltp: Decimal
     at: datetime
