@@ -29,7 +29,14 @@ from actors.metrics import Metrics
 from actors.protocol import BandChanged, Route, Unroute, Watch
 from models.common import Instrument
 from models.marks import Band
-from models.messages import PositionChanged, PositionClosed, PositionOpened, PriceBatch, PriceUpdate
+from models.messages import (
+    PositionChanged,
+    PositionClosed,
+    PositionOpened,
+    PriceBatch,
+    PriceUpdate,
+    new_id,
+)
 from models.position import CLOSED, Position
 from models.rules import PriceMark
 
@@ -55,10 +62,11 @@ QUIET, REFRESH, MARKS, CROSSING = 0, 1, 2, 3
 class _Watch:
     """The index's view of one position's band and of the last price it was told."""
 
-    __slots__ = ("band", "refresh", "told_at")
+    __slots__ = ("band", "instrument", "refresh", "told_at")
 
-    def __init__(self, position_id: str, refresh: timedelta) -> None:
+    def __init__(self, position_id: str, instrument: Instrument, refresh: timedelta) -> None:
         self.band: Band | None = None
+        self.instrument = instrument
         # Spread over [refresh / 2, refresh) by position, so refreshes do not come in bursts.
         self.refresh = refresh * (0.5 + (zlib.crc32(position_id.encode()) % 1000) / 2000)
         self.told_at: datetime | None = None
@@ -88,6 +96,8 @@ class IndexActor(SingletonActor):
         self.refresh = refresh
         self.metrics = metrics
         self.watches: dict[str, _Watch] = {}
+        self.last_marks: dict[Instrument, PriceMark] = {}
+        """The last price of each instrument, for a band that changes between batches."""
         self.routes: dict[Instrument, dict[str, ActorRef[Any]]] = {}
         self.positions: dict[str, Position] = {}
         self.owners: dict[str, ActorRef[Any]] = {}
@@ -99,9 +109,7 @@ class IndexActor(SingletonActor):
             case PriceBatch():
                 self._fan_out(message)
             case BandChanged():
-                watch = self.watches.get(message.position_id)
-                if watch is not None:
-                    watch.band = message.band
+                self._band_changed(message)
             case PositionOpened() | PositionChanged() | PositionClosed():
                 self._track(message.position)
             case Route():
@@ -119,11 +127,31 @@ class IndexActor(SingletonActor):
     def set_pnl(self, pnl: ActorRef[Any]) -> None:
         self.pnl = pnl
 
+    def _band_changed(self, message: BandChanged) -> None:
+        """A new band is checked against the instrument's last price at once: a band that
+        tightened (a fill moved the stop, a failed exit made the rules apply again) while that
+        price was on its way must not leave the position without it until the next one."""
+        watch = self.watches.get(message.position_id)
+        if watch is None:
+            return
+        watch.band = message.band
+        mark = self.last_marks.get(watch.instrument)
+        ref = self.routes.get(watch.instrument, {}).get(message.position_id)
+        if mark is None or ref is None:
+            return
+        verdict = watch.verdict(mark.ltp, mark.at)
+        if verdict in (CROSSING, MARKS):
+            watch.told_at = mark.at
+            _tell(ref, PriceUpdate(instrument=watch.instrument, mark=mark,
+                                   urgent=verdict == CROSSING, correlation_id=new_id(),
+                                   sent_at=mark.at))
+
     def _fan_out(self, batch: PriceBatch) -> None:
         later: list[tuple[ActorRef[Any], PriceUpdate]] = []
         refresh: list[tuple[ActorRef[Any], PriceUpdate]] = []
         told = checked = 0
         for instrument, mark in batch.prices:
+            self.last_marks[instrument] = mark
             owners = self.routes.get(instrument)
             if owners:
                 checked += len(owners)
@@ -189,7 +217,7 @@ class IndexActor(SingletonActor):
         owners[position_id] = ref
         self.owners[position_id] = ref
         # A new owner (a restart, a quarantine) starts with every price, until it says otherwise.
-        self.watches[position_id] = _Watch(position_id, self.refresh)
+        self.watches[position_id] = _Watch(position_id, instrument, self.refresh)
 
     def _unroute(self, position_id: str, instrument: Instrument) -> None:
         owners = self.routes.get(instrument)
@@ -208,7 +236,8 @@ class IndexActor(SingletonActor):
                 fresh.append(instrument)
             self.routes.setdefault(instrument, {})[position.position_id] = ref
             self.owners[position.position_id] = ref
-            self.watches[position.position_id] = _Watch(position.position_id, self.refresh)
+            self.watches[position.position_id] = _Watch(position.position_id, instrument,
+                                                        self.refresh)
             self.positions[position.position_id] = position
         if fresh:
             self._watch(tuple(fresh), watching=True)

@@ -189,3 +189,23 @@ def test_the_cache_write_of_a_cadence_is_spread_over_flushes_and_complete_writes
         assert cache.roundtrips == 7 and len(cache.read_all()) == 600
     finally:
         pykka.ActorRegistry.stop_all()
+
+
+def test_when_a_band_tightens_past_the_last_price_then_that_price_is_told_at_once() -> None:
+    index = IndexActor.start(None)
+    recorder = Recorder.start()
+    try:
+        index.tell(Route("P1", OTHER, recorder))
+        wide = Band(low=Decimal(90), high=Decimal(110), until=None, rule_low=Decimal(90),
+                    rule_high=Decimal(110))
+        index.tell(BandChanged("P1", wide))
+        index.tell(PriceBatch(prices=((OTHER, PriceMark(ltp=Decimal(95), at=T0)),),
+                              correlation_id="b", sent_at=T0))  # the first refresh
+        index.tell(BandChanged("P1", wide))  # 95 still inside: nothing more
+        tighter = Band(low=Decimal(96), high=Decimal(110), until=None, rule_low=Decimal(96),
+                       rule_high=Decimal(110))  # e.g. a fill moved the stop above 95
+        index.tell(BandChanged("P1", tighter))
+        index.ask(OpenPositions(), timeout=5)
+        assert recorder.ask("?", timeout=5) == [(OTHER, False), (OTHER, True)]
+    finally:
+        pykka.ActorRegistry.stop_all()
