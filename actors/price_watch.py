@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from actors.keeping import KeeperContext, Out, Target
 from actors.protocol import ProtectionChanged
 from models.common import Instrument
-from models.marks import Band, Basis, Quiet, band, basis_of, net_at, pct_at, quiet
+from models.marks import Band, Basis, Quiet, band, basis_of, fits, net_at, pct_at, quiet
 from models.messages import Message, PnLMarked, PriceUpdate, QuoteRequested, TimerFired
 from models.position import ExitReason, Position, PositionStatus
 from models.rules import ExitDecision, PriceMark, evaluate, is_unprotected, pnl, update_marks
@@ -72,7 +72,7 @@ class PriceWatch:
 
     def _current_basis(self) -> Basis | None:
         """The position's basis, derived again only when its orders changed."""
-        if self._basis is None or self._basis.orders is not self.position.orders:
+        if not fits(self._basis, self.position):
             self._basis = basis_of(self.position, self.ctx.config.policy)
         return self._basis
 

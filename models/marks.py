@@ -71,6 +71,7 @@ def basis_of(position: Position, policy: ExitPolicy) -> Basis | None:
 
 
 def fits(basis: Basis | None, position: Position) -> bool:
+    """Whether ``basis`` was derived from this position's orders (and so may be used)."""
     return basis is not None and basis.orders is position.orders
 
 

@@ -13,7 +13,7 @@ from decimal import Decimal
 from pydantic import Field
 
 from models.common import IST, AwareDatetime, Frozen, Side
-from models.marks import Basis, basis_of, net_at, trail_stop_at
+from models.marks import Basis, basis_of, fits, net_at, trail_stop_at
 from models.policy import ExitPolicy, PortfolioLimits, RiskConfig, SessionCalendar
 from models.position import PRICED, ExitReason, Position, PositionStatus
 
@@ -71,7 +71,7 @@ def update_marks(position: Position, ltp: Decimal, policy: ExitPolicy,
     """
     if position.status not in PRICED:
         return position
-    if basis is None or basis.orders is not position.orders:
+    if basis is None or not fits(basis, position):
         basis = basis_of(position, policy)
         if basis is None:
             return position
