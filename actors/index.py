@@ -102,7 +102,6 @@ class IndexActor(SingletonActor):
         self.positions: dict[str, Position] = {}
         self.owners: dict[str, ActorRef[Any]] = {}
         """Each position's owner, kept after it closes: a late entry fill may re-open it."""
-        self.fanned_out = 0
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -158,7 +157,6 @@ class IndexActor(SingletonActor):
                 told += self._cross(batch, instrument, mark, owners, later, refresh)
         for ref, update in later + refresh:  # after every possible exit of the batch
             told += _tell(ref, update)
-        self.fanned_out += told
         if self.metrics is not None:
             self.metrics.incr("price_checks", checked)
             self.metrics.incr("price_deliveries", told)
