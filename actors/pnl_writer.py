@@ -156,9 +156,11 @@ class PnLWriterActor(SingletonActor):
         instrument = self.where.get(message.position_id)
         if instrument is None:
             return  # a price that raced the close: the position is no longer valued
-        held = self.books[instrument].held[message.position_id]
-        held.hwm, held.peak = message.hwm_pnl, message.peak_price
         book = self.books[instrument]
+        held = book.held.get(message.position_id)
+        if held is None:
+            return
+        held.hwm, held.peak = message.hwm_pnl, message.peak_price
         if book.ltp is None:  # the tracker was priced before the writer saw a batch
             before = book.value()
             book.ltp, book.at = message.ltp, message.sent_at
