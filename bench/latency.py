@@ -73,8 +73,7 @@ def drive(system: Any, plan: Plan, clock: Any, market: TapeMarket, depths: Depth
             time.sleep(delay)
         out.late_ms.append(max(0.0, -delay) * 1000)
         out.carry.append(depths.sample())
-        for instrument in plan.on:
-            ltp = plan.price(instrument, step, side.get(instrument, Side.LONG))
+        for instrument, ltp in plan.step_prices(step, side):
             now = clock()
             if plan.crash_at.get(instrument) == step:
                 market.set_price(instrument, ltp, now)  # the exit fills at the crashed price

@@ -45,6 +45,12 @@ class Plan:
             base = base * (1 - side.sign * CROSS)
         return quiet_prices([instrument], step, base)[instrument]
 
+    def step_prices(self, step: int, side: dict[Instrument, Side]) -> list[tuple[Instrument,
+                                                                                Decimal]]:
+        """Every instrument's price at ``step``, in tick order: made before a step's ticks, so
+        generating the workload is not timed as part of the pipeline."""
+        return [(i, self.price(i, step, side.get(i, Side.LONG))) for i in self.on]
+
     def refills(self, step: int) -> list[Instrument]:
         """Instruments whose stopped-out positions are replaced now (``REFILL_AFTER`` steps
         after their crash), so the book stays at its size for the whole run."""
@@ -92,8 +98,7 @@ def floor(plan: Plan, clock: Any, *, batched: bool) -> list[float]:
     latencies: list[float] = []
     for step in range(plan.steps):
         arrived: dict[Instrument, tuple[float, Decimal]] = {}
-        for instrument in plan.on:
-            ltp = plan.price(instrument, step, side.get(instrument, Side.LONG))
+        for instrument, ltp in plan.step_prices(step, side):
             arrived[instrument] = (time.perf_counter(), ltp)
             if not batched:
                 _fold(book, instrument, arrived.pop(instrument), clock, latencies)
