@@ -26,7 +26,7 @@ from pykka import ActorDeadError, ActorRef
 
 from actors.dispatch import SingletonActor
 from actors.metrics import Metrics
-from actors.protocol import BandChanged, Route, Unroute, Watch
+from actors.protocol import BandChanged, Flush, Route, Unroute, Watch
 from models.common import Instrument
 from models.marks import Band
 from models.messages import (
@@ -84,6 +84,58 @@ class _Watch:
         return REFRESH if told is None or at - told >= self.refresh else QUIET
 
 
+class _Reach:
+    """What the bands of one instrument's positions say of a price, for all of them at once.
+
+    Some position may exit below ``low``, above ``high``, from ``until`` on, or at any price
+    while one of them has no known band (``open``): the union of their rule bands. Inside
+    ``[marks_low, marks_high]`` (the intersection of their whole bands) and before
+    ``refresh_at`` (the earliest refresh due) a price is nothing to any of them. One or two
+    comparisons per instrument find a batch's possible exits before any position's verdict is
+    taken, and skip the instruments where nothing is due."""
+
+    __slots__ = ("high", "low", "marks_high", "marks_low", "open", "refresh_at", "until")
+
+    def __init__(self, watches: list[_Watch | None]) -> None:
+        self.low: Decimal | None = None
+        self.high: Decimal | None = None
+        self.marks_low: Decimal | None = None
+        self.marks_high: Decimal | None = None
+        self.until: datetime | None = None
+        self.refresh_at: datetime | None = None
+        """Unknown until a batch has checked every position of the instrument."""
+        self.open = False
+        for watch in watches:
+            band = None if watch is None else watch.band
+            if band is None:
+                self.open = True
+                return
+            self.low = _higher(self.low, band.rule_low)
+            self.high = _lower(self.high, band.rule_high)
+            self.marks_low = _higher(self.marks_low, band.low)
+            self.marks_high = _lower(self.marks_high, band.high)
+            self.until = _lower(self.until, band.until)
+
+    def crosses(self, ltp: Decimal, at: datetime) -> bool:
+        return self.open or (self.low is not None and ltp < self.low) or (
+            self.high is not None and ltp > self.high) or (
+            self.until is not None and at >= self.until)
+
+    def quiet(self, ltp: Decimal, at: datetime) -> bool:
+        """Nothing to any position (given that it does not ``cross``)."""
+        return self.refresh_at is not None and at < self.refresh_at and (
+            self.marks_low is None or ltp >= self.marks_low) and (
+            self.marks_high is None or ltp <= self.marks_high)
+
+
+def _higher(a: Any, b: Any) -> Any:
+    return b if a is None or (b is not None and b > a) else a
+
+
+def _lower(a: Any, b: Any) -> Any:
+    return b if a is None or (b is not None and b < a) else a
+
+
 class IndexActor(SingletonActor):
     trace_kind = "index"
 
@@ -99,6 +151,9 @@ class IndexActor(SingletonActor):
         self.last_marks: dict[Instrument, PriceMark] = {}
         """The last price of each instrument, for a band that changes between batches."""
         self.routes: dict[Instrument, dict[str, ActorRef[Any]]] = {}
+        self.reach: dict[Instrument, _Reach] = {}
+        """Each instrument's ``_Reach``; dropped when a band or an owner changes, made again
+        at the instrument's next price."""
         self.positions: dict[str, Position] = {}
         self.owners: dict[str, ActorRef[Any]] = {}
         """Each position's owner, kept after it closes: a late entry fill may re-open it."""
@@ -107,6 +162,9 @@ class IndexActor(SingletonActor):
         match message:
             case PriceBatch():
                 self._fan_out(message)
+            case Flush():
+                if self.pnl is not None:  # behind this flush's batch (see LTPBatcherActor)
+                    self.pnl.tell(message)
             case BandChanged():
                 self._band_changed(message)
             case PositionOpened() | PositionChanged() | PositionClosed():
@@ -134,6 +192,7 @@ class IndexActor(SingletonActor):
         if watch is None:
             return
         watch.band = message.band
+        self.reach.pop(watch.instrument, None)
         mark = self.last_marks.get(watch.instrument)
         ref = self.routes.get(watch.instrument, {}).get(message.position_id)
         if mark is None or ref is None:
@@ -146,16 +205,30 @@ class IndexActor(SingletonActor):
                                    sent_at=mark.at))
 
     def _fan_out(self, batch: PriceBatch) -> None:
+        """Possible exits first: the instruments whose price is beyond their ``_Reach`` are
+        checked position by position (and their exits told) before any other instrument; then
+        the rest; then, after every possible exit of the batch, the ordinary prices."""
         later: list[tuple[ActorRef[Any], PriceUpdate]] = []
         refresh: list[tuple[ActorRef[Any], PriceUpdate]] = []
+        inside: list[tuple[Instrument, PriceMark, dict[str, ActorRef[Any]], _Reach]] = []
         told = checked = 0
         for instrument, mark in batch.prices:
             self.last_marks[instrument] = mark
             owners = self.routes.get(instrument)
-            if owners:
-                checked += len(owners)
-                told += self._cross(batch, instrument, mark, owners, later, refresh)
-        for ref, update in later + refresh:  # after every possible exit of the batch
+            if not owners:
+                continue
+            checked += len(owners)
+            reach = self.reach.get(instrument)
+            if reach is None:
+                reach = self.reach[instrument] = _Reach([self.watches.get(pid)
+                                                         for pid in owners])
+            if reach.crosses(mark.ltp, mark.at):
+                told += self._cross(batch, instrument, mark, owners, later, refresh, reach)
+            elif not reach.quiet(mark.ltp, mark.at):
+                inside.append((instrument, mark, owners, reach))
+        for instrument, mark, owners, reach in inside:
+            told += self._cross(batch, instrument, mark, owners, later, refresh, reach)
+        for ref, update in later + refresh:
             told += _tell(ref, update)
         if self.metrics is not None:
             self.metrics.incr("price_checks", checked)
@@ -165,12 +238,13 @@ class IndexActor(SingletonActor):
 
     def _cross(self, batch: PriceBatch, instrument: Instrument, mark: PriceMark,
                owners: dict[str, ActorRef[Any]], later: list[tuple[ActorRef[Any], PriceUpdate]],
-               refresh: list[tuple[ActorRef[Any], PriceUpdate]]) -> int:
+               refresh: list[tuple[ActorRef[Any], PriceUpdate]], reach: _Reach) -> int:
         """Tell ``mark`` at once, marked urgent, to the owners for whom it may be an exit; queue
         it in ``later`` for those whose marks it moves, in ``refresh`` for those whose refresh
-        is due. Each owner hears it once."""
+        is due. Each owner hears it once. ``reach`` learns when the next refresh is due."""
         ltp, at = mark.ltp, mark.at
         verdicts: dict[ActorRef[Any], int] = {}
+        refresh_at: datetime | None = None
         for position_id, ref in owners.items():
             watch = self.watches.get(position_id)
             verdict = CROSSING if watch is None else watch.verdict(ltp, at)
@@ -178,6 +252,12 @@ class IndexActor(SingletonActor):
                 if watch is not None:
                     watch.told_at = at
                 verdicts[ref] = max(verdict, verdicts.get(ref, QUIET))
+            if watch is not None:
+                told_at = watch.told_at
+                due = at if told_at is None else told_at + watch.refresh
+                if refresh_at is None or due < refresh_at:
+                    refresh_at = due
+        reach.refresh_at = refresh_at
         if not verdicts:
             return 0
         ids = batch.caused()
@@ -214,6 +294,7 @@ class IndexActor(SingletonActor):
             self._watch((instrument,), watching=True)
         owners[position_id] = ref
         self.owners[position_id] = ref
+        self.reach.pop(instrument, None)
         # A new owner (a restart, a quarantine) starts with every price, until it says otherwise.
         self.watches[position_id] = _Watch(position_id, instrument, self.refresh)
 
@@ -222,6 +303,7 @@ class IndexActor(SingletonActor):
         if owners is None or owners.pop(position_id, None) is None:
             return
         self.watches.pop(position_id, None)
+        self.reach.pop(instrument, None)
         if not owners:
             del self.routes[instrument]
             self._watch((instrument,), watching=False)
@@ -233,6 +315,7 @@ class IndexActor(SingletonActor):
             if instrument not in self.routes:
                 fresh.append(instrument)
             self.routes.setdefault(instrument, {})[position.position_id] = ref
+            self.reach.pop(instrument, None)
             self.owners[position.position_id] = ref
             self.watches[position.position_id] = _Watch(position.position_id, instrument,
                                                         self.refresh)

@@ -1,7 +1,8 @@
 """LTPBatcherActor: the only source of prices (SPEC §2, §4.3).
 
 Pushed ticks are conflated per instrument (latest wins) and flushed as one ``PriceBatch`` per
-``Flush``. Instruments whose price is stale, or that a tracker asked about, are polled from the
+``Flush``; the ``Flush`` itself follows the batch down the pipeline (the index hands it on to the
+PnL writer). Instruments whose price is stale, or that a tracker asked about, are polled from the
 quote API in as few calls as its limits allow (⌈n / max_instruments⌉ over all segments, at most one
 call per ``min_interval_seconds``). When a batch call fails, the next calls go one instrument at a
 time; throttling or repeated failures open a circuit breaker with back-off.
@@ -72,7 +73,7 @@ class LTPBatcherActor(SingletonActor):
             case PriceTick():
                 self.pending[message.instrument] = message.mark
             case Flush():
-                self._flush(message.at)
+                self._flush(message)
             case QuoteRequested():
                 self.asked.add(message.instrument)
             case Watch():
@@ -93,15 +94,21 @@ class LTPBatcherActor(SingletonActor):
                 for i in self.watched]
         return max(ages) if ages else None
 
-    def _flush(self, now: datetime) -> None:
+    def _flush(self, flush: Flush) -> None:
+        """The batch, then the flush itself: it goes on down the pipeline (index, PnL writer)
+        behind the batch, so whatever values on a flush sees this flush's prices, and does its
+        work only after the index has told the trackers their possible exits."""
+        now = flush.at
         self._poll(now)
-        if not self.pending or self.index is None:
+        if self.index is None:
             return
-        batch, self.pending = self.pending, {}
-        self.last.update(batch)
-        self.metrics.incr("price_batches")
-        self.index.tell(PriceBatch(prices=tuple(batch.items()), correlation_id=new_id(),
-                                   sent_at=now))
+        if self.pending:
+            batch, self.pending = self.pending, {}
+            self.last.update(batch)
+            self.metrics.incr("price_batches")
+            self.index.tell(PriceBatch(prices=tuple(batch.items()), correlation_id=new_id(),
+                                       sent_at=now))
+        self.index.tell(flush)
 
     def stale(self, now: datetime) -> list[Instrument]:
         wanted = (self.watched | self.asked) - self.pending.keys()

@@ -106,7 +106,7 @@ class System:
         self._load()
         p.gateway.subscribe(self.order_frame)
         if ticker:
-            self.ticker = Ticker(p.clock, p.schedule, flush_to=[self.batcher, self.pnl],
+            self.ticker = Ticker(p.clock, p.schedule, flush_to=[self.batcher],
                                  timer_to=[self.supervisor, self.orders],
                                  on_step=on_step).start()
         return self
@@ -135,7 +135,7 @@ class System:
 
     def step(self, now: datetime, *, timer: bool) -> None:
         """Advance time by hand (replay): a flush and, when asked, a timer."""
-        fire(now, flush_to=[self.batcher, self.pnl], timer_to=[self.supervisor, self.orders],
+        fire(now, flush_to=[self.batcher], timer_to=[self.supervisor, self.orders],
              timer=timer)
 
     # Views ------------------------------------------------------------------------------------

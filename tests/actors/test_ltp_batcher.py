@@ -75,6 +75,15 @@ def test_when_ticks_arrive_between_flushes_then_latest_per_instrument_wins(rig: 
     assert rig.flush() == batches  # nothing new: no second batch
 
 
+def test_every_flush_goes_on_to_the_index_behind_its_batch(rig: Rig) -> None:
+    rig.batcher.tell(PriceTick(instrument=inst(1), mark=PriceMark(ltp=Decimal(100), at=T0),
+                               correlation_id="t", sent_at=T0))
+    rig.flush()
+    rig.flush(1)  # no prices: the flush goes on alone
+    got = [type(m).__name__ for m in rig.sink.ask(Snapshot(), timeout=5)]
+    assert got == ["PriceBatch", "Flush", "Flush"]
+
+
 def test_when_2500_instruments_stale_then_three_calls_one_per_second(rig: Rig) -> None:
     watched = tuple(inst(n) for n in range(1500)) + tuple(inst(n, Segment.NSE_EQ)
                                                           for n in range(1000))
