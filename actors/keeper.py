@@ -23,7 +23,7 @@ from actors.price_watch import PriceWatch
 from actors.protocol import Checkpoint, ResumeExit
 from models import lifecycle
 from models.common import exit_client_id
-from models.marks import Basis, Quiet
+from models.marks import Band, Basis, Quiet
 from models.messages import (
     ApplyOrderUpdate,
     ApplyProgress,
@@ -67,6 +67,7 @@ class PositionKeeper(PriceWatch):
         self._stale_after = timedelta(seconds=float(context.config.policy.stale_after_seconds))
         self._basis: Basis | None = None
         self._quiet: Quiet | None = None
+        self._band: tuple[Position, Quiet | None, Band | None] | None = None
         self.log = logger.bind(position_id=position.position_id)
 
     # Dispatch ---------------------------------------------------------------------------------
@@ -167,11 +168,14 @@ class PositionKeeper(PriceWatch):
         attempt = position.exit_attempt
         client_id = exit_client_id(position.position_id, attempt)
         # The intent is durable before anyone hears of it: a restart re-places the same attempt.
-        self.ctx.store.record_exit_attempt(ExitAttempt(
-            position_id=position.position_id, attempt=attempt, client_id=client_id,
-            reason=decision.reason, quantity=position.quantity, requested_at=now))
+        # One write for the attempt and the EXITING position (one commit on the way to the
+        # broker).
         before = self.position
-        self._save(position)
+        self.ctx.store.record_exit(ExitAttempt(
+            position_id=position.position_id, attempt=attempt, client_id=client_id,
+            reason=decision.reason, quantity=position.quantity, requested_at=now), position)
+        self.position = position
+        self._saved_marks = _marks(position)
         self.log.info("exit requested: {} {} (attempt {})", decision.reason, decision.detail,
                       attempt)
         out = self._announce(before, cause)

@@ -31,6 +31,7 @@ class PriceWatch:
     log: Logger
     _basis: Basis | None
     _quiet: Quiet | None
+    _band: tuple[Position, Quiet | None, Band | None] | None
     _quote_asked: datetime | None
     _stale_after: timedelta
 
@@ -64,7 +65,12 @@ class PriceWatch:
             return None  # a standing or retried exit: every price
         position = self.position
         guard = self._quiet if position.status is PositionStatus.ACTIVE else None
-        return band(position, self._current_basis(), guard, self.ctx.config.policy)
+        known = self._band  # a band depends only on the position and its guard: derive it once
+        if known is not None and known[0] is position and known[1] is guard:
+            return known[2]
+        result = band(position, self._current_basis(), guard, self.ctx.config.policy)
+        self._band = (position, guard, result)
+        return result
 
     def on_timer(self, message: TimerFired) -> Out:
         self._checkpoint()

@@ -92,6 +92,13 @@ class Store(Protocol):
     def record_exit_attempt(self, attempt: ExitAttempt) -> bool:
         """Insert the attempt; False when (position_id, attempt) is already stored."""
 
+    def record_exit(self, attempt: ExitAttempt, position: Position) -> bool:
+        """``record_exit_attempt`` and ``save_position`` (no fills) as one write: the exit's
+        intent and the position that requests it are stored together, in one round trip where
+        the backend can. Returns what ``record_exit_attempt`` would; raises as
+        ``save_position`` does (the attempt stays stored: it is the intent, and a restart
+        resumes it)."""
+
     def update_exit_attempt(self, client_id: str, *, order_no: str | None = None,
                             outcome: str | None = None) -> None: ...
 

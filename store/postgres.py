@@ -31,10 +31,10 @@ from models.position import Fill, Position
 from store.pg_pool import Connection, ConnectionPool
 from store.pg_text import MARK, escape_nul, unescape_nul
 from store.ports import StoreError
-from store.records import ReceivedFrame
+from store.records import ExitAttempt, ReceivedFrame
 from store.schema import POSTGRES
 from store.sql import SqlStore
-from store.sql_rows import Clock, Cursor, Row, Tx, utc_now
+from store.sql_rows import Clock, Cursor, Row, Tx, insert_sql, record_values, utc_now
 from store.sql_text import UPSERT_POSITION
 from store.urls import redact_text, redact_url
 
@@ -52,6 +52,11 @@ _SAVE_POSITION = (
     f"json_to_recordset(?::json) AS f({', '.join(f'{c} {t}' for c, t in _FILL_TYPES.items())}) "
     "ON CONFLICT DO NOTHING) "
     "SELECT count(*) FROM pos")
+# An exit's intent and the EXITING position it belongs to, in one statement (one commit).
+_RECORD_EXIT = (
+    f"WITH attempt AS ({insert_sql('exit_attempts', ExitAttempt, 'ON CONFLICT DO NOTHING')} "
+    f"RETURNING 1), pos AS ({UPSERT_POSITION} RETURNING 1) "
+    "SELECT (SELECT count(*) FROM attempt), (SELECT count(*) FROM pos)")
 # Frames as one JSON array, so the text (and its plan) is the same for any number of them; the
 # ordinality keeps their order, so their sequence numbers follow the order they came in.
 _RECORD_FRAMES = (
@@ -131,6 +136,18 @@ class PostgresStore(SqlStore):
         with self._tx(statements=1) as tx:
             row = tx.one(_SAVE_POSITION, (*self._position_row(position), rows))
         return row is not None and int(row[0]) > 0
+
+    def _record_exit_in_one_statement(self, attempt: ExitAttempt,
+                                      position: Position) -> bool | None:
+        with self._tx(statements=1) as tx:
+            row = tx.one(_RECORD_EXIT, (*record_values(attempt), *self._position_row(position)))
+        if row is None:
+            raise StoreError(f"{self.safe_name}: recording an exit returned no row")
+        recorded = int(row[0]) > 0
+        if int(row[1]) > 0:
+            return recorded
+        self.save_position(position)  # not written: a repeat, or raises as stale
+        return recorded
 
     def record_order_updates(self, frames: Sequence[ReceivedFrame]) -> list[int]:
         """One statement, so one commit for the whole batch."""

@@ -260,6 +260,26 @@ class SqlStore:
     def record_exit_attempt(self, attempt: ExitAttempt) -> bool:
         return self._insert(attempt, "exit_attempts", conflict="ON CONFLICT DO NOTHING")
 
+    def record_exit(self, attempt: ExitAttempt, position: Position) -> bool:
+        recorded = self._record_exit_in_one_statement(attempt, position)
+        if recorded is not None:
+            return recorded
+        with self._tx() as tx:
+            recorded = tx.run(insert_sql("exit_attempts", ExitAttempt,
+                                         conflict="ON CONFLICT DO NOTHING"),
+                              record_values(attempt)).rowcount > 0
+            written = tx.run(UPSERT_POSITION, self._position_row(position)).rowcount > 0
+        if not written:  # a repeat, or stale: save_position tells (the attempt stays stored)
+            self.save_position(position)
+        return recorded
+
+    def _record_exit_in_one_statement(self, attempt: ExitAttempt,
+                                      position: Position) -> bool | None:
+        """Both writes of ``record_exit`` in one statement: whether the attempt was new, or
+        None when the backend cannot or the position row was not written (``save_position``
+        then tells a repeat from a stale write)."""
+        return None
+
     def update_exit_attempt(self, client_id: str, *, order_no: str | None = None,
                             outcome: str | None = None) -> None:
         with self._tx(statements=1) as tx:

@@ -146,6 +146,11 @@ class FakeStore:
         self.attempts[key] = attempt
         return True
 
+    def record_exit(self, attempt: ExitAttempt, position: Position) -> bool:
+        recorded = self.record_exit_attempt(attempt)
+        self.save_position(position)
+        return recorded
+
     def update_exit_attempt(self, client_id: str, *, order_no: str | None = None,
                             outcome: str | None = None) -> None:
         for key, attempt in self.attempts.items():

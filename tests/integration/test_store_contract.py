@@ -388,6 +388,35 @@ def test_an_exit_attempt_is_recorded_once_and_updated(store: Store) -> None:
     assert store.exit_attempts() == [updated, attempt("PE9"), attempt(number=2)]
 
 
+def test_an_exit_is_recorded_with_its_position_in_one_write(backend: Backend,
+                                                            store: Store) -> None:
+    before = active("E1")
+    store.save_position(before)
+    after = request_exit(before, ExitReason.STOP_LOSS, T0 + timedelta(minutes=1)).position
+    queries = store.queries
+    assert store.record_exit(attempt("PE1"), after) is True
+    # PostgreSQL: one statement (one commit); SQLite: one transaction of two.
+    assert store.queries - queries == (1 if backend.name == "postgres" else 2)
+    assert store.load_position("PE1") == after
+    assert store.exit_attempts("PE1") == [attempt("PE1")]
+    # A repeat (a retried message, a restart) changes nothing and says so.
+    assert store.record_exit(attempt("PE1", reason=ExitReason.MANUAL), after) is False
+    assert store.load_position("PE1") == after
+    assert store.exit_attempts("PE1") == [attempt("PE1")]
+
+
+def test_an_exit_for_a_stale_position_is_refused_but_its_intent_is_kept(store: Store) -> None:
+    before = active("E1")
+    newer = before.model_copy(update={"version": before.version + 5})
+    store.save_position(newer)
+    stale = request_exit(before, ExitReason.STOP_LOSS, T0 + timedelta(minutes=1)).position
+    assert stale.version < newer.version
+    with pytest.raises(StaleWriteError):
+        store.record_exit(attempt("PE1"), stale)
+    assert store.load_position("PE1") == newer
+    assert store.exit_attempts("PE1") == [attempt("PE1")]
+
+
 def letter(n: int) -> DeadLetter:
     return DeadLetter(recorded_at=T0 + timedelta(seconds=n), actor=f"tracker:PE{n}",
                       message_type="PriceChanged", message_id=f"m{n}", correlation_id="c1",
