@@ -226,6 +226,10 @@ class IndexActor(SingletonActor):
                 told += self._cross(batch, instrument, mark, owners, later, refresh, reach)
             elif not reach.quiet(mark.ltp, mark.at):
                 inside.append((instrument, mark, owners, reach))
+        if told:
+            # Let the trackers just told a possible exit take the interpreter now: a woken
+            # thread otherwise waits for the rest of the fan-out or the 5 ms switch interval.
+            time.sleep(0)
         for instrument, mark, owners, reach in inside:
             told += self._cross(batch, instrument, mark, owners, later, refresh, reach)
         for ref, update in later + refresh:
@@ -260,21 +264,18 @@ class IndexActor(SingletonActor):
         reach.refresh_at = refresh_at
         if not verdicts:
             return 0
-        ids = batch.caused()
+        correlation_id, causation_id = batch.correlation_id, batch.message_id
         told, ordinary = 0, None
         for ref, verdict in verdicts.items():
             if verdict == CROSSING:
-                told += _tell(ref, PriceUpdate(instrument=instrument, mark=mark, urgent=True,
-                                               sent_at=batch.sent_at, **ids))
+                told += _tell(ref, PriceUpdate(
+                    instrument=instrument, mark=mark, urgent=True, sent_at=batch.sent_at,
+                    correlation_id=correlation_id, causation_id=causation_id))
                 continue
             if ordinary is None:
                 ordinary = PriceUpdate(instrument=instrument, mark=mark, sent_at=batch.sent_at,
-                                       **ids)
+                                       correlation_id=correlation_id, causation_id=causation_id)
             (later if verdict == MARKS else refresh).append((ref, ordinary))
-        if told:
-            # Let the trackers just told a possible exit take the interpreter now: a woken
-            # thread otherwise waits for the rest of the fan-out or the 5 ms switch interval.
-            time.sleep(0)
         return told
 
     def _track(self, position: Position) -> None:

@@ -27,6 +27,7 @@ from models.marks import Band, Basis, Quiet
 from models.messages import (
     ApplyOrderUpdate,
     ApplyProgress,
+    Cause,
     ExitOrderFailed,
     ExitOrderPlaced,
     ExitRequested,
@@ -89,7 +90,7 @@ class PositionKeeper(PriceWatch):
                                            at=self.ctx.clock())
         return self._commit(applied, message)
 
-    def _commit(self, applied: Applied, cause: Message) -> Out:
+    def _commit(self, applied: Applied, cause: Cause) -> Out:
         if applied.rejection:
             self._reject(applied.rejection, cause)
             return []
@@ -105,7 +106,7 @@ class PositionKeeper(PriceWatch):
             out += self._evaluate(cause)
         return out
 
-    def _reject(self, reason: str, cause: Message) -> None:
+    def _reject(self, reason: str, cause: Cause) -> None:
         self.log.warning("rejected {}: {}", type(cause).__name__, reason)
         self.ctx.metrics.incr("rejected_updates")
         self.ctx.store.record_dead_letter(DeadLetter(
@@ -115,7 +116,7 @@ class PositionKeeper(PriceWatch):
             position_id=self.position.position_id, error=f"rejected: {reason}",
             payload=summary(cause)))
 
-    def _announce(self, before: Position, cause: Message) -> Out:
+    def _announce(self, before: Position, cause: Cause) -> Out:
         now, position = self.ctx.clock(), self.position
         ids = cause.caused()
         event: Message
@@ -158,7 +159,7 @@ class PositionKeeper(PriceWatch):
         decision = ExitDecision(reason=message.reason, detail=message.detail)
         return self._exit(decision, message)
 
-    def _exit(self, decision: ExitDecision, cause: Message) -> Out:
+    def _exit(self, decision: ExitDecision, cause: Cause) -> Out:
         now = self.ctx.clock()
         applied = lifecycle.request_exit(self.position, decision.reason, now)
         if applied.rejection:

@@ -13,7 +13,7 @@ from actors.keeping import KeeperContext, Out, Target
 from actors.protocol import ProtectionChanged
 from models.common import Instrument
 from models.marks import Band, Basis, Quiet, band, basis_of, fits, net_at, pct_at, quiet
-from models.messages import Message, PnLMarked, PriceUpdate, QuoteRequested, TimerFired
+from models.messages import Cause, PnLMarked, PriceUpdate, QuoteRequested, TimerFired
 from models.position import ExitReason, Position, PositionStatus
 from models.rules import ExitDecision, PriceMark, evaluate, is_unprotected, pnl, update_marks
 
@@ -42,7 +42,7 @@ class PriceWatch:
     def _checkpoint(self, *, force: bool = False) -> None:
         raise NotImplementedError
 
-    def _exit(self, decision: ExitDecision, cause: Message) -> Out:
+    def _exit(self, decision: ExitDecision, cause: Cause) -> Out:
         raise NotImplementedError
 
     # Prices and time --------------------------------------------------------------------------
@@ -82,7 +82,7 @@ class PriceWatch:
             self._basis = basis_of(self.position, self.ctx.config.policy)
         return self._basis
 
-    def _valuation(self, cause: Message, basis: Basis | None, now: datetime) -> PnLMarked:
+    def _valuation(self, cause: Cause, basis: Basis | None, now: datetime) -> PnLMarked:
         assert self.mark is not None
         ltp, position = self.mark.ltp, self.position
         if basis is None:  # no entry fill yet: rules.pnl knows what that is worth
@@ -95,7 +95,7 @@ class PriceWatch:
                          realized=realized, sent_at=now, correlation_id=cause.correlation_id,
                          causation_id=cause.message_id)
 
-    def _evaluate(self, cause: Message, now: datetime | None = None) -> Out:
+    def _evaluate(self, cause: Cause, now: datetime | None = None) -> Out:
         if self.position.status is not PositionStatus.ACTIVE:
             return []
         now = self.ctx.clock() if now is None else now
@@ -130,7 +130,7 @@ class PriceWatch:
             quiet(self.position, basis, now, self.ctx.config)
         return decision
 
-    def _watch_freshness(self, now: datetime, in_session: bool, cause: Message) -> Out:
+    def _watch_freshness(self, now: datetime, in_session: bool, cause: Cause) -> Out:
         policy, calendar = self.ctx.config.policy, self.ctx.config.calendar
         out: Out = []
         stale_after = self._stale_after

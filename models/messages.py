@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Protocol
 
 from pydantic import Field
 
@@ -49,9 +50,45 @@ class OrderUpdateReceived(Message):
     source: str = "broker"
 
 
-class PriceTick(Message):
+class Cause(Protocol):
+    """What a message sent while handling another needs of it: any message here, pydantic
+    model or dataclass."""
+
+    @property
+    def correlation_id(self) -> str: ...
+
+    @property
+    def message_id(self) -> str: ...
+
+    @property
+    def causation_id(self) -> str | None: ...
+
+    def caused(self) -> dict[str, str]: ...
+
+
+class _Caused:
+    """``Message.caused`` for the dataclass messages of the price path."""
+
+    __slots__ = ()
+    correlation_id: str
+    message_id: str
+
+    def caused(self) -> dict[str, str]:
+        return {"correlation_id": self.correlation_id, "causation_id": self.message_id}
+
+
+@dataclass(frozen=True, slots=True)
+class PriceTick(_Caused):
+    """A pushed price, feed → batcher. A frozen dataclass, as are ``PriceBatch`` and
+    ``PriceUpdate``: the price path makes one per tick, per flush and per instrument told, and
+    each is built from values already checked (the ``PriceMark`` checks itself)."""
+
     instrument: Instrument
     mark: PriceMark
+    correlation_id: str
+    sent_at: datetime
+    causation_id: str | None = None
+    message_id: str = field(default_factory=new_id)
 
 
 class TimerFired(Message):
@@ -84,15 +121,25 @@ class CreatePosition(Message):
 
 
 # Prices -----------------------------------------------------------------------------------------
-class PriceBatch(Message):
+@dataclass(frozen=True, slots=True)
+class PriceBatch(_Caused):
     prices: tuple[tuple[Instrument, PriceMark], ...]
+    correlation_id: str
+    sent_at: datetime
+    causation_id: str | None = None
+    message_id: str = field(default_factory=new_id)
 
 
-class PriceUpdate(Message):
+@dataclass(frozen=True, slots=True)
+class PriceUpdate(_Caused):
     instrument: Instrument
     mark: PriceMark
+    sent_at: datetime
+    correlation_id: str
+    causation_id: str | None = None
     urgent: bool = False
     """The price crossed the receiver's band (it may fire a rule): handled ahead of others."""
+    message_id: str = field(default_factory=new_id)
 
 
 class QuoteRequested(Message):
