@@ -7,6 +7,7 @@ returns, and reports any failure to the supervisor with the message that caused 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -19,7 +20,7 @@ from actors.keeper import KeeperContext, PositionKeeper, Target, summary
 from actors.protocol import BandChanged, Snapshot, TrackerFailed
 from actors.tracing import tracer
 from models.marks import Band
-from models.messages import PriceUpdate
+from models.messages import ExitRequested, PriceUpdate
 from models.position import Position
 from models.rules import PriceMark
 
@@ -41,10 +42,16 @@ class Peers:
 
 
 def deliver(peers: Peers, out: list[tuple[Target, object]]) -> None:
+    exiting = False
     for target, message in out:
         ref = peers.ref(target)
         if ref is not None:
             ref.tell(message)
+            exiting = exiting or type(message) is ExitRequested
+    if exiting:
+        # The supervisor places the exit: let it take the interpreter now rather than after
+        # this worker's next tasks or the 5 ms switch interval.
+        time.sleep(0)
 
 
 class TrackerActor(PooledActor):
