@@ -109,7 +109,8 @@ class System:
         # collector's sight: a full collection otherwise walks all of it and stops every thread
         # for a hundred milliseconds or more, mid-session. The cost: cyclic garbage among these
         # objects (a start-up tracker that stops) is not reclaimed; it is bounded by the book
-        # loaded at start-up.
+        # loaded at start-up. What is already garbage is collected first, not frozen.
+        gc.collect()
         gc.freeze()
         p.gateway.subscribe(self.order_frame)
         if ticker:

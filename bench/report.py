@@ -15,6 +15,7 @@ import json
 import math
 import os
 import platform
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -125,12 +126,27 @@ def rounded(value: Any) -> Any:
     return value
 
 
+def gauge_ms(loops: int = 2_000_000) -> float:
+    """Milliseconds this interpreter takes for a fixed loop (best of three), so runs on machines
+    of different speed (or one machine at different times) can be told apart: every figure
+    here is CPU-bound on one interpreter."""
+    best = math.inf
+    for _ in range(3):
+        began = time.perf_counter()
+        total = 0
+        for i in range(loops):
+            total += i * i
+        best = min(best, time.perf_counter() - began)
+    return best * 1000
+
+
 def write(rows: list[dict[str, Any]], out: Path, *, command: str, services: str,
           seconds: float, full: bool) -> str:
     """Print-ready table; appends the run to ``out`` and, for a full run, rewrites the summary."""
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     machine = (f"{platform.machine()}, {os.cpu_count()} cores, Python "
-               f"{platform.python_version()}, {platform.system()} {platform.release()}")
+               f"{platform.python_version()}, {platform.system()} {platform.release()}, "
+               f"interpreter gauge {gauge_ms():.0f} ms")
     text = out.read_text(encoding="utf-8") if out.exists() else HEADER
     if SUMMARY_START not in text:
         text = text.rstrip("\n") + f"\n\n{SUMMARY_START}\n{SUMMARY_END}\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import tomllib
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, ValidationError, field_validator
@@ -20,7 +21,9 @@ class PolicyError(ValueError):
     """A policy or configuration value is wrong; the message names the key."""
 
 
+@lru_cache(maxsize=256)
 def _hhmm(value: str) -> time | None:
+    """``"HH:MM"`` as a time (``""``: none); cached, the time rules ask on every evaluation."""
     if value == "":
         return None
     try:

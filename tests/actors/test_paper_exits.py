@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -57,6 +58,18 @@ def rig() -> Iterator[Rig]:
     yield built
     built.system.stop()
     pykka.ActorRegistry.stop_all()
+
+
+def test_a_started_system_keeps_what_it_loaded_out_of_full_collections() -> None:
+    # Start-up freezes what is alive: a full collection does not walk it (no long pauses).
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    built = Rig(RiskConfig())
+    try:
+        assert gc.get_freeze_count() > 0
+    finally:
+        built.system.stop()
+        pykka.ActorRegistry.stop_all()
 
 
 def test_when_order_fills_then_pending_active_exiting_exited_with_real_fill_prices(
