@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -151,6 +151,8 @@ class IndexActor(SingletonActor):
         self.last_marks: dict[Instrument, PriceMark] = {}
         """The last price of each instrument, for a band that changes between batches."""
         self.routes: dict[Instrument, dict[str, ActorRef[Any]]] = {}
+        self._exits_told = False
+        """Possible exits were told since the last flush went on to the PnL writer."""
         self.reach: dict[Instrument, _Reach] = {}
         """Each instrument's ``_Reach``; dropped when a band or an owner changes, made again
         at the instrument's next price."""
@@ -164,7 +166,8 @@ class IndexActor(SingletonActor):
                 self._fan_out(message)
             case Flush():
                 if self.pnl is not None:  # behind this flush's batch (see LTPBatcherActor)
-                    self.pnl.tell(message)
+                    exits, self._exits_told = self._exits_told, False
+                    self.pnl.tell(replace(message, exits=True) if exits else message)
             case BandChanged():
                 self._band_changed(message)
             case PositionOpened() | PositionChanged() | PositionClosed():
@@ -227,6 +230,7 @@ class IndexActor(SingletonActor):
             elif not reach.quiet(mark.ltp, mark.at):
                 inside.append((instrument, mark, owners, reach))
         if told:
+            self._exits_told = True
             # Let the trackers just told a possible exit take the interpreter now: a woken
             # thread otherwise waits for the rest of the fan-out or the 5 ms switch interval.
             time.sleep(0)

@@ -10,7 +10,10 @@ day's total, whatever the number of positions on it. The supervisor hears that t
 (``PortfolioValued``) on every ``Flush``, for the kill switch. Once per ``cache_every`` the
 positions whose price or marks changed are due a cache write; their entries are made and written
 a chunk per flush (one pipelined round trip each), so no flush holds the interpreter for long.
-A ``Flush(complete=True)`` writes everything at once. A cache outage costs only the cache.
+A flush behind a batch that told possible exits (``Flush.exits``) leaves its cache write to the
+next flush (never two in a row), so the writer is out of the way while those exits are decided
+and placed. A ``Flush(complete=True)`` writes everything at once. A cache outage costs only the
+cache.
 """
 
 from __future__ import annotations
@@ -97,6 +100,8 @@ class PnLWriterActor(SingletonActor):
         self.due: list[str] = []
         """Positions to write to the cache, a chunk per flush."""
         self.chunk = CHUNK
+        self.deferred = False
+        """The last flush left its cache write to this one (exits were in flight)."""
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -107,7 +112,7 @@ class PnLWriterActor(SingletonActor):
             case PositionOpened() | PositionChanged() | PositionClosed():
                 self._position(message.position)
             case Flush():
-                self._flush(message.at, complete=message.complete)
+                self._flush(message.at, complete=message.complete, exits=message.exits)
             case _:
                 logger.warning("pnl writer ignores {}", type(message).__name__)
         return None
@@ -170,14 +175,18 @@ class PnLWriterActor(SingletonActor):
     def day_net(self) -> Decimal:
         return self.open_total + sum(self.closed_net.values(), _ZERO)
 
-    def _flush(self, at: datetime, *, complete: bool = False) -> None:
+    def _flush(self, at: datetime, *, complete: bool = False, exits: bool = False) -> None:
+        if self.supervisor is not None:
+            self.supervisor.tell(PortfolioValued(net=self.day_net(), at=at))
+        if exits and not complete and not self.deferred:
+            self.deferred = True  # exits are in flight: the cache waits one flush (never two)
+            return
+        self.deferred = False
         if complete or (not self.due and (self.written_at is None
                                           or at - self.written_at >= self.cache_every)):
             self._take_due(at)
         if self.due or self.deletes:
             self._write(len(self.due) if complete else self.chunk)
-        if self.supervisor is not None:
-            self.supervisor.tell(PortfolioValued(net=self.day_net(), at=at))
 
     def _take_due(self, at: datetime) -> None:
         """The cadence is up: every position whose price or marks changed is due a write."""

@@ -62,6 +62,10 @@ class Flush:
     at: datetime
     complete: bool = False
     """Write everything now, whatever the cadence (settling, stopping)."""
+    exits: bool = False
+    """The index told possible exits from this flush's batch: the PnL writer values and
+    checks the kill switch as ever, but leaves its cache write to the next flush, so it does
+    not hold the interpreter while those exits are decided and placed."""
 
 
 @dataclass(frozen=True, slots=True)

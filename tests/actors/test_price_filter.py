@@ -17,7 +17,7 @@ import pytest
 from actors.index import IndexActor, OpenPositions
 from actors.metrics import Metrics
 from actors.pnl_writer import PnLWriterActor
-from actors.protocol import BandChanged, Flush, Route, Snapshot
+from actors.protocol import BandChanged, Flush, PortfolioValued, Route, Snapshot
 from models.common import Instrument, Segment
 from models.marks import Band
 from models.messages import PriceBatch, PriceUpdate
@@ -187,6 +187,32 @@ def test_the_cache_write_of_a_cadence_is_spread_over_flushes_and_complete_writes
         assert cache.roundtrips == 6
         writer.ask(Flush(at=T0, complete=True), timeout=5)
         assert cache.roundtrips == 7 and len(cache.read_all()) == 600
+    finally:
+        pykka.ActorRegistry.stop_all()
+
+
+def test_a_flush_behind_possible_exits_leaves_the_cache_write_to_the_next_one() -> None:
+    cache = InMemoryPnLCache()
+    supervisor = Sink.start()
+    writer = PnLWriterActor.start(cache, ExitPolicy(), Metrics(), lambda: T0, supervisor)
+    try:
+        book = [active(qty=10, price="200").model_copy(update={
+            "security_id": "47012", "position_id": f"P{n}", "entry_order_no": f"E{n}"})
+            for n in range(300)]
+        writer.proxy().seed(book, []).get(timeout=5)
+        writer.tell(PriceBatch(prices=((INSTRUMENT, PriceMark(ltp=Decimal("201"), at=T0)),),
+                               correlation_id="b", sent_at=T0))
+        written = []
+        for exits in (True, True, False, True):
+            writer.ask(Flush(at=T0, exits=exits), timeout=5)
+            written.append(len(cache.read_all()))
+        # Deferred once, never twice in a row; the kill switch hears every flush regardless.
+        assert written == [0, 100, 200, 200]
+        valued = [m for m in supervisor.ask(Snapshot(), timeout=5)
+                  if isinstance(m, PortfolioValued)]
+        assert [m.net for m in valued] == [Decimal(-3000)] * 4  # 300 x (+10 - 20 of fees)
+        writer.ask(Flush(at=T0, exits=True, complete=True), timeout=5)  # complete: never waits
+        assert len(cache.read_all()) == 300
     finally:
         pykka.ActorRegistry.stop_all()
 

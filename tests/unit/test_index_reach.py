@@ -241,4 +241,19 @@ def test_a_flush_follows_the_batch_to_the_pnl_writer() -> None:
     flush = Flush(at=T0)
     index.on_receive(batch)
     index.on_receive(flush)
-    assert pnl.got == [batch, flush]
+    assert pnl.got == [batch, flush]  # no position: no possible exit
+
+
+def test_a_flush_behind_possible_exits_says_so() -> None:
+    index = IndexActor(None, refresh=REFRESH_EVERY)
+    pnl = Pnl()
+    index.pnl = pnl  # type: ignore[assignment]
+    log: list[tuple[str, str, Decimal, bool]] = []
+    index.on_receive(Route("A", INSTRUMENTS[0], Owner("A", log)))  # type: ignore[arg-type]
+    index.on_receive(BandChanged("A", QUIET_BAND))
+    for ltp in (100, 100, 80, 100):
+        index.on_receive(batch_at(ltp))
+        index.on_receive(Flush(at=T0))
+    flushes = [m for m in pnl.got if isinstance(m, Flush)]
+    assert [f.exits for f in flushes] == [False, False, True, False]
+    assert [t[3] for t in log] == [False, True]  # the first refresh, then the stop
