@@ -83,7 +83,8 @@ def run_all(quick: bool, pg: str | None, rd: str | None, scratch: Path) -> list[
     rows.append(_step("start-up", lambda: isolated(
         "startup", "--positions", "2000" if quick else "10000")))
     rows.append(_step("tracing cost", lambda: tracing_cost.run(
-        pg, rd, scratch, repeats=5 if quick else 15, frames=0 if quick else 3_000)))
+        pg, rd, scratch, repeats=5 if quick else 15, frames=0 if quick else 3_000,
+        rounds=1 if quick else 3)))
     return rows
 
 

@@ -4,8 +4,9 @@ flight recorder only (``Tracer(None)``), and with the JSON-lines sink (``Tracer(
 The work is the price cycle at 1,000 positions (``cycle.ActorRig``: every instrument ticks, every
 tracker evaluates, the PnL cache is flushed) and, in the full run, order updates end to end.
 Each mode starts its own system on a fresh store, with the tracer installed before the actors
-start, as ``run.py`` does; the sink's writer thread runs during the measurement, so its CPU is
-part of the cost. Cost = 1 - throughput(mode) / throughput(off).
+start, as ``run.py`` does; the full run measures the modes in three interleaved rounds. The
+sink's writer thread runs during the measurement, so its CPU is part of the cost.
+Cost = 1 - throughput(mode) / throughput(off).
 """
 
 from __future__ import annotations
@@ -74,8 +75,15 @@ def _measure(mode: str, pg: str | None, rd: str | None, scratch: Path, repeats: 
 
 
 def run(pg: str | None, rd: str | None, scratch: Path, *, repeats: int,
-        frames: int) -> dict[str, Any]:
-    results = {mode: _measure(mode, pg, rd, scratch, repeats, frames) for mode in MODES}
+        frames: int, rounds: int = 1) -> dict[str, Any]:
+    """``rounds`` > 1: every mode is measured once per round, the order rotating from round to
+    round, and each figure is the median over the rounds, so a machine whose speed drifts
+    during the run does not bias one mode."""
+    runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
+    for k in range(rounds):
+        for mode in MODES[k % len(MODES):] + MODES[:k % len(MODES)]:
+            runs[mode].append(_measure(mode, pg, rd, scratch, repeats, frames))
+    results = {mode: _median(got) for mode, got in runs.items()}
     off = results["off"]
     figures = []
     for mode in MODES[1:]:
@@ -95,7 +103,18 @@ def run(pg: str | None, rd: str | None, scratch: Path, *, repeats: int,
                                  f"{got['updates_per_s']:,.0f}/s = "
                                  f"{got['updates_per_s'] / off['updates_per_s']:.2f}x"))
     return {"benchmark": "tracing cost: off / ring only / JSONL sink", **results,
-            "repeats": repeats, "frames": frames, "figures": figures}
+            "repeats": repeats, "frames": frames, "rounds": rounds,
+            "cycle_ms_by_round": {mode: [r["cycle_ms"] for r in got] for mode, got in runs.items()},
+            "figures": figures}
+
+
+def _median(got: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each measured figure's median over the rounds (counts: the last round's)."""
+    out = dict(got[-1])
+    for key in ("cycle_ms", "updates_per_s"):
+        if key in out:
+            out[key] = statistics.median(r[key] for r in got)
+    return out
 
 
 def _cost(name: str, cost: float, mode: str, baseline: str, ratio: str) -> dict[str, Any]:
