@@ -96,6 +96,13 @@ class PnLWriterActor(SingletonActor):
         self.priced: set[Instrument] = set()
         self.marked: set[str] = set()
         self.deletes: set[str] = set()
+        self.marked_since: set[str] = set()
+        self.deletes_since: set[str] = set()
+        """Marks moved and positions closed since the last flush: an ordinary flush writes what
+        it finds in ``marked`` and ``deletes`` (before the last flush), then moves these there.
+        What trackers send races with the flush on its way behind the batch; with this lag the
+        race decides only which later flush writes it, so a replay's cache writes are the same
+        every time. A complete flush writes both."""
         self.written_at: datetime | None = None
         self.due: list[str] = []
         """Positions to write to the cache, a chunk per flush."""
@@ -136,14 +143,16 @@ class PnLWriterActor(SingletonActor):
             book.held.pop(pid, None)
             self.where.pop(pid, None)
             self.marked.discard(pid)
-            self.deletes.add(pid)
+            self.marked_since.discard(pid)
+            self.deletes_since.add(pid)
             self.closed_net[pid] = pnl(position, None, self.policy).net
         else:
             book.held[pid] = _Held(position, self.policy)
             self.where[pid] = instrument
             self.closed_net.pop(pid, None)
             self.deletes.discard(pid)
-            self.marked.add(pid)
+            self.deletes_since.discard(pid)
+            self.marked_since.add(pid)
         book.refit()
         self.open_total += book.value() - before
 
@@ -170,7 +179,7 @@ class PnLWriterActor(SingletonActor):
             before = book.value()
             book.ltp, book.at = message.ltp, message.sent_at
             self.open_total += book.value() - before
-        self.marked.add(message.position_id)
+        self.marked_since.add(message.position_id)
 
     def day_net(self) -> Decimal:
         return self.open_total + sum(self.closed_net.values(), _ZERO)
@@ -178,15 +187,26 @@ class PnLWriterActor(SingletonActor):
     def _flush(self, at: datetime, *, complete: bool = False, exits: bool = False) -> None:
         if self.supervisor is not None:
             self.supervisor.tell(PortfolioValued(net=self.day_net(), at=at))
-        if exits and not complete and not self.deferred:
-            self.deferred = True  # exits are in flight: the cache waits one flush (never two)
-            return
-        self.deferred = False
-        if complete or (not self.due and (self.written_at is None
-                                          or at - self.written_at >= self.cache_every)):
-            self._take_due(at)
-        if self.due or self.deletes:
-            self._write(len(self.due) if complete else self.chunk)
+        if complete:
+            self._catch_up()
+        try:
+            if exits and not complete and not self.deferred:
+                self.deferred = True  # exits are in flight: the cache waits one flush, not two
+                return
+            self.deferred = False
+            if complete or (not self.due and (self.written_at is None
+                                              or at - self.written_at >= self.cache_every)):
+                self._take_due(at)
+            if self.due or self.deletes:
+                self._write(len(self.due) if complete else self.chunk)
+        finally:
+            self._catch_up()
+
+    def _catch_up(self) -> None:
+        """What came since the last flush becomes what the next one writes."""
+        self.marked |= self.marked_since
+        self.deletes |= self.deletes_since
+        self.marked_since, self.deletes_since = set(), set()
 
     def _take_due(self, at: datetime) -> None:
         """The cadence is up: every position whose price or marks changed is due a write."""
