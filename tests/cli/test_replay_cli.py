@@ -48,9 +48,16 @@ def test_when_session_replayed_then_each_position_exits_for_its_reason_at_real_p
 
 def test_when_replayed_twice_then_reports_are_identical(tmp_path: Path) -> None:
     first, second = replay(tmp_path, "a"), replay(tmp_path, "b")
+    trips = []
     for report in (first, second):
         report.pop("started_at"), report.pop("ended_at")
+        # How many cache writes carry the same entries is the one figure thread timing decides:
+        # the PnL writer writes what has reached it when a flush does, and the trackers'
+        # messages race with the flush travelling behind the batch. Everything else (states,
+        # prices, reasons, PnL, every other counter) is decided by the inputs.
+        trips.append(report["metrics"].pop("redis_roundtrips"))
     assert first == second
+    assert min(trips) > 0 and max(trips) - min(trips) <= 2, trips
 
 
 def test_when_orders_file_is_malformed_then_clear_error_and_no_report(tmp_path: Path) -> None:
