@@ -101,8 +101,9 @@ class PnLWriterActor(SingletonActor):
         """Marks moved and positions closed since the last flush: an ordinary flush writes what
         it finds in ``marked`` and ``deletes`` (before the last flush), then moves these there.
         What trackers send races with the flush on its way behind the batch; with this lag the
-        race decides only which later flush writes it, so a replay's cache writes are the same
-        every time. A complete flush writes both."""
+        race mostly decides only which later flush writes an entry, not how many writes there
+        are (a replay's count of them can still differ by one or two). A complete flush writes
+        both."""
         self.written_at: datetime | None = None
         self.due: list[str] = []
         """Positions to write to the cache, a chunk per flush."""
