@@ -146,6 +146,10 @@ class PositionKeeper(PriceWatch):
 
     def _save(self, position: Position, fills: tuple[Fill, ...] = ()) -> None:
         self.ctx.store.save_position(position, fills)
+        self._stored(position)
+
+    def _stored(self, position: Position) -> None:
+        """``position`` is what the store holds now: it becomes the keeper's."""
         self.position = position
         self._saved_marks = _marks(position)
 
@@ -175,8 +179,7 @@ class PositionKeeper(PriceWatch):
         self.ctx.store.record_exit(ExitAttempt(
             position_id=position.position_id, attempt=attempt, client_id=client_id,
             reason=decision.reason, quantity=position.quantity, requested_at=now), position)
-        self.position = position
-        self._saved_marks = _marks(position)
+        self._stored(position)
         self.log.info("exit requested: {} {} (attempt {})", decision.reason, decision.detail,
                       attempt)
         out = self._announce(before, cause)

@@ -22,6 +22,7 @@ from models.common import Instrument, Segment
 from models.marks import Band
 from models.messages import PriceBatch, PriceUpdate
 from models.policy import ExitPolicy
+from models.position import Position
 from models.rules import PriceMark
 from store.pnl_cache import InMemoryPnLCache
 from tests.actors.test_tracker_flow import (
@@ -163,14 +164,18 @@ def test_the_pnl_writer_values_every_open_position_from_the_batch() -> None:
         pykka.ActorRegistry.stop_all()
 
 
+def book_of(count: int) -> list[Position]:
+    """``count`` positions of 10 bought at 200 on ``INSTRUMENT``."""
+    return [active(qty=10, price="200").model_copy(update={
+        "security_id": INSTRUMENT.security_id, "position_id": f"P{n}",
+        "entry_order_no": f"E{n}"}) for n in range(count)]
+
+
 def test_the_cache_write_of_a_cadence_is_spread_over_flushes_and_complete_writes_all() -> None:
     cache = InMemoryPnLCache()
     writer = PnLWriterActor.start(cache, ExitPolicy(), Metrics(), lambda: T0)
     try:
-        book = [active(qty=10, price="200").model_copy(update={
-            "security_id": "47012", "position_id": f"P{n}", "entry_order_no": f"E{n}"})
-            for n in range(600)]
-        writer.proxy().seed(book, []).get(timeout=5)
+        writer.proxy().seed(book_of(600), []).get(timeout=5)
         batch = PriceBatch(prices=((INSTRUMENT, PriceMark(ltp=Decimal("201"), at=T0)),),
                            correlation_id="b", sent_at=T0)
         writer.tell(batch)
@@ -196,10 +201,7 @@ def test_a_flush_behind_possible_exits_leaves_the_cache_write_to_the_next_one() 
     supervisor = Sink.start()
     writer = PnLWriterActor.start(cache, ExitPolicy(), Metrics(), lambda: T0, supervisor)
     try:
-        book = [active(qty=10, price="200").model_copy(update={
-            "security_id": "47012", "position_id": f"P{n}", "entry_order_no": f"E{n}"})
-            for n in range(300)]
-        writer.proxy().seed(book, []).get(timeout=5)
+        writer.proxy().seed(book_of(300), []).get(timeout=5)
         writer.tell(PriceBatch(prices=((INSTRUMENT, PriceMark(ltp=Decimal("201"), at=T0)),),
                                correlation_id="b", sent_at=T0))
         written = []
