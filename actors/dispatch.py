@@ -43,13 +43,18 @@ class _Mailbox:
     """
 
     __slots__ = ("_actor", "_conflate", "_dispatcher", "_latest", "_lock", "_queue",
-                 "_scheduled", "conflated")
+                 "_running", "_scheduled", "_turns", "_urgent_queued", "conflated")
 
     def __init__(self, conflate: frozenset[type] = frozenset()) -> None:
         self._queue: deque[list[Any]] = deque()
         self._lock = threading.Lock()
-        # Scheduled until the actor starts, so messages told early wait for on_start().
+        # Scheduled until the actor starts, so messages told early wait for on_start(); no
+        # urgent turn either before then (see ``_wake``).
         self._scheduled = True
+        self._turns = 1
+        """Turns of this mailbox on the dispatcher's queues, not yet started."""
+        self._running = False
+        self._urgent_queued = True
         self._actor: PooledActor | None = None
         self._dispatcher: Dispatcher | None = None
         self._conflate = conflate
@@ -76,17 +81,23 @@ class _Mailbox:
                 self.conflated += 1
                 if self._dispatcher is not None:
                     self._dispatcher.count_conflated()
-                return
-            entry = [envelope, stamp(), kind]
-            self._latest[kind] = entry
-            self._queue.append(entry)
-        self._wake(urgent)
+            else:
+                entry = [envelope, stamp(), kind]
+                self._latest[kind] = entry
+                self._queue.append(entry)
+        if waiting is None or urgent:
+            self._wake(urgent)
 
     def _wake(self, urgent: bool = False) -> None:
         with self._lock:
-            if self._scheduled:
-                return  # already on the run queue (or running): it keeps its place
+            # On the run queue already (or running): it keeps its place, unless this message
+            # is urgent and the turn waiting is an ordinary one. Then an urgent turn goes too;
+            # whichever starts first runs the mailbox, the other finds it running or empty.
+            if self._scheduled and (not urgent or self._running or self._urgent_queued):
+                return
             self._scheduled = True
+            self._turns += 1
+            self._urgent_queued = self._urgent_queued or urgent
         self._submit(urgent)
 
     def _pop(self) -> list[Any]:
@@ -126,6 +137,12 @@ class _Mailbox:
     def _turn(self) -> None:
         actor = self._actor
         assert actor is not None and self._dispatcher is not None
+        with self._lock:
+            self._turns -= 1
+            if self._running:
+                return  # the mailbox's other turn runs now and takes its messages
+            self._running = True
+            self._urgent_queued = False
         stopped = actor.actor_stopped
         for _ in range(self._dispatcher.throughput):
             if stopped.is_set() or not self._queue:
@@ -134,11 +151,15 @@ class _Mailbox:
             actor._handle_envelope(envelope)
         if stopped.is_set():
             self._fail_pending()
-            return  # stays "scheduled" forever: a stopped actor is never run again
+            return  # stays "scheduled" (and running) forever: a stopped actor never runs again
         with self._lock:
+            self._running = False
+            if self._turns:
+                return  # a turn still queued takes whatever is left
             if not self._queue:
                 self._scheduled = False
                 return
+            self._turns += 1
         self._submit()
 
     def _fail_pending(self) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -141,9 +142,12 @@ class IndexActor(SingletonActor):
 
     def __init__(self, batcher: ActorRef[Any] | None = None, *,
                  refresh: timedelta = timedelta(seconds=2.5),
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None,
+                 gate: Callable[[], None] | None = None) -> None:
         super().__init__()
         self.batcher = batcher
+        self.gate = gate
+        """Called before the ordinary part of a fan-out: ``Dispatcher.yield_to_urgent``."""
         self.pnl: ActorRef[Any] | None = None
         self.refresh = refresh
         self.metrics = metrics
@@ -234,6 +238,8 @@ class IndexActor(SingletonActor):
             # Let the trackers just told a possible exit take the interpreter now: a woken
             # thread otherwise waits for the rest of the fan-out or the 5 ms switch interval.
             time.sleep(0)
+        if self.gate is not None:  # the ordinary prices wait while those exits are decided
+            self.gate()
         for instrument, mark, owners, reach in inside:
             told += self._cross(batch, instrument, mark, owners, later, refresh, reach)
         for ref, update in later + refresh:

@@ -12,8 +12,9 @@ positions whose price or marks changed are due a cache write; their entries are 
 a chunk per flush (one pipelined round trip each), so no flush holds the interpreter for long.
 A flush behind a batch that told possible exits (``Flush.exits``) leaves its cache write to the
 next flush (never two in a row), so the writer is out of the way while those exits are decided
-and placed. A ``Flush(complete=True)`` writes everything at once. A cache outage costs only the
-cache.
+and placed; and every message waits while urgent work runs on the trackers' dispatcher
+(``gate``: ``Dispatcher.yield_to_urgent``, bounded). A ``Flush(complete=True)`` writes
+everything at once. A cache outage costs only the cache.
 """
 
 from __future__ import annotations
@@ -83,8 +84,10 @@ class PnLWriterActor(SingletonActor):
 
     def __init__(self, cache: PnLCache, policy: ExitPolicy, metrics: Metrics,
                  clock: Callable[[], datetime], supervisor: ActorRef[Any] | None = None, *,
-                 cache_every: timedelta = timedelta(seconds=1)) -> None:
+                 cache_every: timedelta = timedelta(seconds=1),
+                 gate: Callable[[], None] | None = None) -> None:
         super().__init__()
+        self.gate = gate
         self.cache, self.policy, self.metrics, self.clock = cache, policy, metrics, clock
         self.supervisor = supervisor
         self.cache_every = cache_every
@@ -112,6 +115,8 @@ class PnLWriterActor(SingletonActor):
         """The last flush left its cache write to this one (exits were in flight)."""
 
     def on_receive(self, message: Any) -> Any:
+        if self.gate is not None:
+            self.gate()
         match message:
             case PriceBatch():
                 self._priced(message)

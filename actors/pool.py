@@ -1,7 +1,21 @@
 """The shared pool of worker threads that pooled actors run on (SPEC §2, execution model).
 
 A ``Dispatcher`` runs scheduled mailboxes (``actors/dispatch.py``) on a fixed number of threads,
-first come first served, except that urgent mailboxes go first.
+first come first served, except that urgent work (a price that may be an exit) goes first in
+three ways:
+
+- an urgent mailbox is taken ahead of every ordinary one;
+- ``reserve`` more threads run only urgent mailboxes, so a possible exit never waits for a
+  worker that is busy, say blocked in another position's durable write;
+- while urgent mailboxes are queued or running, ordinary work waits (``yield_to_urgent``), for
+  at most ``hold`` seconds from when that urgent work began. One interpreter runs every thread
+  here, and a thread back from its I/O waits for whichever holds the interpreter; ordinary work
+  (refreshes, fills of earlier exits, the PnL writer's valuation, the rest of a fan-out) kept
+  out of the way for those milliseconds leaves the interpreter to the exits. The bound keeps a
+  long urgent burst (every position crossing at once, a store outage stalling exits) from
+  starving anything: past it, ordinary work runs as usual until no urgent work is left.
+
+Singleton actors doing ordinary work opt in by calling ``yield_to_urgent`` themselves.
 """
 
 from __future__ import annotations
@@ -9,6 +23,7 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -16,27 +31,41 @@ _STOP = object()
 
 
 class Dispatcher:
-    """A fixed pool of worker threads running scheduled mailboxes, first come first served,
-    except that an urgent mailbox (one woken by a message marked ``urgent``, such as a price
-    that crossed a position's band) goes ahead of every ordinary one."""
+    """A fixed pool of worker threads running scheduled mailboxes; see the module docstring."""
 
-    def __init__(self, workers: int = 4, *, throughput: int = 16, name: str = "dispatch") -> None:
+    def __init__(self, workers: int = 4, *, throughput: int = 16, name: str = "dispatch",
+                 reserve: int = 0, hold: float = 0.0) -> None:
         if workers < 1 or throughput < 1:
             raise ValueError("workers and throughput must be at least 1")
+        if reserve < 0 or hold < 0:
+            raise ValueError("reserve and hold must not be negative")
         self.throughput = throughput
         self.name = name
-        # Tasks wait in two deques; the C SimpleQueue carries one token per task to wake a
-        # worker, which then takes an urgent task if there is one.
-        self._urgent: deque[Callable[[], None] | object] = deque()
+        self.hold = hold
+        # Tasks wait in two deques. Every task puts a token in ``_tokens`` (the C SimpleQueue
+        # that wakes the ordinary workers, which take an urgent task if there is one); an
+        # urgent task also puts one in ``_urgent_tokens`` for the reserved workers. A token may
+        # find its task taken by the other kind of worker: the worker goes back to waiting.
+        # There are never fewer tokens in ``_tokens`` than tasks in the deques, so no task is
+        # left behind.
+        self._urgent: deque[Callable[[], None]] = deque()
         self._ordinary: deque[Callable[[], None] | object] = deque()
         self._tokens: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self._urgent_tokens: queue.SimpleQueue[None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
+        self._reserved: list[threading.Thread] = []
         self._lock = threading.Lock()
-        self._workers = workers
+        self._workers, self._reserve = workers, reserve
         self._closed = False
         self._counted = threading.Lock()
+        self._urgent_now = 0
+        """Urgent tasks queued or running (counted only when ``hold`` is set)."""
+        self._urgent_since = 0.0
+        self._calm = threading.Condition(threading.Lock())
         self.conflated = 0
         """Messages replaced in a mailbox by a newer one before they were handled."""
+        self.held = 0
+        """Times ordinary work waited for urgent work."""
 
     def start(self) -> Dispatcher:
         with self._lock:
@@ -44,19 +73,59 @@ class Dispatcher:
                 return self
             counter = itertools.count()
             for _ in range(self._workers):
-                thread = threading.Thread(target=self._work, daemon=True,
-                                          name=f"{self.name}-{next(counter)}")
-                thread.start()
-                self._threads.append(thread)
+                self._threads.append(self._thread(self._work, f"{self.name}-{next(counter)}"))
+            for _ in range(self._reserve):
+                self._reserved.append(self._thread(self._work_urgent,
+                                                   f"{self.name}-urgent-{next(counter)}"))
         return self
+
+    @staticmethod
+    def _thread(target: Callable[[], None], name: str) -> threading.Thread:
+        thread = threading.Thread(target=target, daemon=True, name=name)
+        thread.start()
+        return thread
 
     def submit(self, task: Callable[[], None], *, urgent: bool = False) -> None:
         if self._closed:
             raise RuntimeError(f"dispatcher {self.name} is shut down")
         if not self._threads:
             self.start()
-        (self._urgent if urgent else self._ordinary).append(task)
+        if urgent:
+            if self.hold:
+                with self._calm:
+                    if not self._urgent_now:
+                        self._urgent_since = time.monotonic()
+                    self._urgent_now += 1
+                    self._urgent.append(task)
+                    self._calm.notify_all()  # a worker holding back runs it
+            else:
+                self._urgent.append(task)
+            if self._reserve:
+                self._urgent_tokens.put(None)
+        else:
+            self._ordinary.append(task)
         self._tokens.put(None)
+
+    def yield_to_urgent(self) -> None:
+        """Ordinary work calls this before it starts: while urgent tasks are queued or running,
+        wait until there are none, or until ``hold`` seconds after that urgent work began."""
+        if self._urgent_now:
+            self._hold_back(worker=False)
+
+    def _hold_back(self, *, worker: bool) -> None:
+        """The wait of ``yield_to_urgent``; a worker stops waiting as soon as an urgent task
+        is queued, to run it."""
+        waited = False
+        with self._calm:
+            while self._urgent_now and not (worker and self._urgent):
+                left = self._urgent_since + self.hold - time.monotonic()
+                if left <= 0:
+                    break
+                waited = True
+                self._calm.wait(left)
+        if waited:
+            with self._counted:
+                self.held += 1
 
     def count_conflated(self) -> None:
         with self._counted:
@@ -71,10 +140,13 @@ class Dispatcher:
         with self._lock:
             self._closed = True
             threads, self._threads = self._threads, []
+            reserved, self._reserved = self._reserved, []
+        for _ in reserved:
+            self._urgent_tokens.put(None)
         for _ in threads:
             self._ordinary.append(_STOP)
             self._tokens.put(None)
-        for thread in threads:
+        for thread in threads + reserved:
             thread.join(timeout)
 
     def _work(self) -> None:
@@ -83,11 +155,48 @@ class Dispatcher:
             try:
                 task = self._urgent.popleft()
             except IndexError:
-                task = self._ordinary.popleft()
-            if task is _STOP:
+                pass
+            else:
+                self._run_urgent(task)
+                continue
+            if self._urgent_now:
+                self._hold_back(worker=True)
+                try:  # urgent work that came while this worker waited goes first
+                    task = self._urgent.popleft()
+                except IndexError:
+                    pass
+                else:
+                    self._run_urgent(task)
+                    continue
+            try:
+                ordinary = self._ordinary.popleft()
+            except IndexError:
+                continue  # a reserved worker took the urgent task this token was for
+            if ordinary is _STOP:
                 return
-            assert callable(task)
+            assert callable(ordinary)
+            ordinary()
+
+    def _work_urgent(self) -> None:
+        while True:
+            self._urgent_tokens.get()
+            if self._closed:
+                return
+            try:
+                task = self._urgent.popleft()
+            except IndexError:
+                continue  # an ordinary worker took it first
+            self._run_urgent(task)
+
+    def _run_urgent(self, task: Callable[[], None]) -> None:
+        try:
             task()
+        finally:
+            if self.hold:
+                with self._calm:
+                    self._urgent_now -= 1
+                    if not self._urgent_now:
+                        self._calm.notify_all()
 
 
 _default: Dispatcher | None = None

@@ -61,6 +61,10 @@ class Parts:
     schedule: Schedule = field(default_factory=Schedule)
     supervision: Supervision = field(default_factory=Supervision)
     workers: int = 4
+    reserve: int = 4
+    """Dispatcher threads that run only urgent work (possible exits): see ``actors/pool.py``."""
+    hold: float = 0.02
+    """Seconds ordinary work may be held back while urgent work runs (0: never)."""
     correlation_prefix: str | None = None
     cache_every: timedelta = timedelta(seconds=1)
     """How often the PnL cache is written (0: every flush); the kill switch is valued on every
@@ -74,7 +78,8 @@ class Parts:
 class System:
     def __init__(self, parts: Parts) -> None:
         self.parts = parts
-        self.dispatcher = Dispatcher(workers=parts.workers, name="trackers")
+        self.dispatcher = Dispatcher(workers=parts.workers, name="trackers",
+                                     reserve=parts.reserve, hold=parts.hold)
         self.ticker: Ticker | None = None
         self.started_at: datetime | None = None
         self._stopped = False
@@ -92,12 +97,14 @@ class System:
         self.batcher = LTPBatcherActor.start(None, p.quotes, p.clock, p.metrics,
                                              stale_after=timedelta(seconds=float(stale)))
         self.index = IndexActor.start(self.batcher, refresh=timedelta(seconds=float(stale)) * 0.8,
-                                      metrics=p.metrics)
+                                      metrics=p.metrics,
+                                      gate=self.dispatcher.yield_to_urgent)
         self.batcher.proxy().set_index(self.index).get(timeout=ASK)
         self.supervisor = RiskSupervisor.start(ctx, p.gateway, supervision=p.supervision,
                                                dispatcher=self.dispatcher)
         self.pnl = PnLWriterActor.start(p.cache, p.config.policy, p.metrics, p.clock,
-                                        self.supervisor, cache_every=p.cache_every)
+                                        self.supervisor, cache_every=p.cache_every,
+                                        gate=self.dispatcher.yield_to_urgent)
         self.index.proxy().set_pnl(self.pnl).get(timeout=ASK)
         self.orders = OrderUpdateActor.start(p.store, self.supervisor, p.clock, p.metrics,
                                              correlation_prefix=p.correlation_prefix)

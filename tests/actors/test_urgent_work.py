@@ -1,0 +1,196 @@
+"""Urgent work first: reserved workers, ordinary work held back, an urgent message promoting a
+mailbox already queued as ordinary (``actors/pool.py``, ``actors/dispatch.py``)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pykka
+import pytest
+
+from actors.dispatch import Dispatcher, PooledActor
+
+
+@pytest.fixture
+def pools() -> Iterator[Callable[..., Dispatcher]]:
+    made: list[Dispatcher] = []
+
+    def make(**options: Any) -> Dispatcher:
+        dispatcher = Dispatcher(name="test", **options).start()
+        made.append(dispatcher)
+        return dispatcher
+
+    yield make
+    pykka.ActorRegistry.stop_all()
+    for dispatcher in made:
+        dispatcher.shutdown()
+
+
+def _occupy(pool: Dispatcher, count: int) -> tuple[threading.Event, threading.Barrier]:
+    """``count`` ordinary tasks that hold their workers until the event is set."""
+    release = threading.Event()
+    started = threading.Barrier(count + 1, timeout=5)
+
+    def busy() -> None:
+        started.wait()
+        release.wait(30)
+
+    for _ in range(count):
+        pool.submit(busy)
+    started.wait()
+    return release, started
+
+
+def test_when_every_ordinary_worker_is_busy_then_a_reserved_one_runs_urgent_work(
+        pools: Callable[..., Dispatcher]) -> None:
+    pool = pools(workers=2, reserve=1)
+    release, _ = _occupy(pool, 2)
+    ran = threading.Event()
+    pool.submit(ran.set, urgent=True)
+    assert ran.wait(2)
+    late = threading.Event()
+    pool.submit(late.set)  # ordinary: only the busy workers take it
+    assert not late.wait(0.2)
+    release.set()
+    assert late.wait(5)
+
+
+def test_without_reserve_urgent_work_waits_for_a_worker(
+        pools: Callable[..., Dispatcher]) -> None:
+    pool = pools(workers=2, reserve=0)
+    release, _ = _occupy(pool, 2)
+    ran = threading.Event()
+    pool.submit(ran.set, urgent=True)
+    assert not ran.wait(0.2)
+    release.set()
+    assert ran.wait(5)
+
+
+def test_while_urgent_work_runs_ordinary_work_waits_for_it(
+        pools: Callable[..., Dispatcher]) -> None:
+    pool = pools(workers=2, reserve=1, hold=5.0)
+    inside, finish = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def exit_work() -> None:
+        inside.set()
+        finish.wait(5)
+        order.append("urgent")
+
+    pool.submit(exit_work, urgent=True)
+    assert inside.wait(5)
+    done = threading.Event()
+    pool.submit(lambda: (order.append("ordinary"), done.set()))
+    assert not done.wait(0.2)  # two ordinary workers are idle, and hold back
+    finish.set()
+    assert done.wait(5)
+    assert order == ["urgent", "ordinary"]
+    assert pool.held >= 1
+
+
+def test_ordinary_work_is_held_back_no_longer_than_the_hold(
+        pools: Callable[..., Dispatcher]) -> None:
+    pool = pools(workers=1, reserve=1, hold=0.05)
+    finish = threading.Event()
+    pool.submit(lambda: finish.wait(5), urgent=True)  # an urgent task that never ends soon
+    done = threading.Event()
+    began = time.monotonic()
+    pool.submit(done.set)
+    assert done.wait(2)
+    assert time.monotonic() - began >= 0.04
+    later = threading.Event()
+    pool.submit(later.set)  # the same urgent work, past its hold: no wait at all
+    assert later.wait(0.5)
+    finish.set()
+
+
+def test_a_singleton_yielding_to_urgent_work_waits_only_while_there_is_some(
+        pools: Callable[..., Dispatcher]) -> None:
+    pool = pools(workers=1, reserve=1, hold=5.0)
+    pool.yield_to_urgent()  # nothing urgent: returns at once
+    inside, finish = threading.Event(), threading.Event()
+    pool.submit(lambda: (inside.set(), finish.wait(5)), urgent=True)
+    assert inside.wait(5)
+    released = threading.Event()
+
+    def singleton() -> None:
+        pool.yield_to_urgent()
+        released.set()
+
+    threading.Thread(target=singleton, daemon=True).start()
+    assert not released.wait(0.2)
+    finish.set()
+    assert released.wait(5)
+
+
+def test_a_worker_holding_back_runs_urgent_work_that_arrives_meanwhile(
+        pools: Callable[..., Dispatcher]) -> None:
+    pool = pools(workers=1, reserve=0, hold=5.0)
+    release = threading.Event()
+    first = threading.Event()
+    pool.submit(lambda: (first.set(), release.wait(5)), urgent=True)
+    assert first.wait(5)
+    # The only worker runs the first urgent task; queue an ordinary task, then another urgent
+    # one: when the worker is free it must take the urgent one although urgent work remains.
+    order: list[str] = []
+    done = threading.Event()
+    pool.submit(lambda: (order.append("ordinary"), done.set()))
+    pool.submit(lambda: order.append("urgent"), urgent=True)
+    release.set()
+    assert done.wait(5)
+    assert order == ["urgent", "ordinary"]
+
+
+class Urgent:
+    urgent = True
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+class Recorder(PooledActor):
+    def __init__(self, urgent_seen: threading.Event | None = None) -> None:
+        super().__init__()
+        self.seen: list[Any] = []
+        self.inside = 0
+        self.overlaps = 0
+        self.urgent_seen = urgent_seen
+
+    def on_receive(self, message: Any) -> Any:
+        self.inside += 1
+        self.overlaps += self.inside > 1
+        self.seen.append(message.value if isinstance(message, Urgent) else message)
+        if isinstance(message, Urgent) and self.urgent_seen is not None:
+            self.urgent_seen.set()
+        self.inside -= 1
+        return list(self.seen)
+
+
+def test_an_urgent_message_promotes_a_mailbox_queued_as_ordinary(
+        pools: Callable[..., Dispatcher]) -> None:
+    pool = pools(workers=1, reserve=1)
+    urgent_seen = threading.Event()
+    recorder = Recorder.start_on(pool, urgent_seen)
+    assert recorder.ask("started", timeout=5) == ["started"]
+    release, _ = _occupy(pool, 1)
+    recorder.tell("ordinary")  # queued behind the busy worker
+    recorder.tell(Urgent(1))  # promotes: the reserved worker runs the mailbox now
+    assert urgent_seen.wait(2)  # while the ordinary worker is still busy
+    release.set()
+    assert recorder.ask("after", timeout=5) == ["started", "ordinary", 1, "after"]
+    assert recorder.proxy().overlaps.get(timeout=5) == 0
+
+
+def test_many_mixed_messages_are_all_handled_once_and_in_order(
+        pools: Callable[..., Dispatcher]) -> None:
+    pool = pools(workers=3, reserve=2, hold=0.01, throughput=2)
+    actors = [Recorder.start_on(pool) for _ in range(20)]
+    for n in range(200):
+        for ref in actors:
+            ref.tell(Urgent(n) if n % 7 == 0 else n)
+    for ref in actors:
+        assert ref.ask("end", timeout=10) == [*range(200), "end"]
+        assert ref.proxy().overlaps.get(timeout=5) == 0
