@@ -91,6 +91,8 @@ class System:
         if p.switch_interval is not None:
             sys.setswitchinterval(p.switch_interval)
         self.dispatcher.start()
+        # Every tracker thread, the order-update actor and the supervisor may write at once.
+        p.store.prepare(p.workers + p.reserve + 2)
         self.started_at = p.clock()
         ctx = KeeperContext(store=p.store, config=p.config, clock=p.clock, metrics=p.metrics)
         stale = p.config.policy.stale_after_seconds

@@ -54,6 +54,29 @@ class ConnectionPool:
         """Open a connection now, so a bad URL or an unreachable server fails at start-up."""
         self.give(self.take())
 
+    def fill(self, count: int) -> None:
+        """Open connections until ``count`` (at most ``size``) are open, idle or in use."""
+        with self._free:
+            missing = min(count, self._size) - self._opened
+            if self._closed or missing <= 0:
+                return
+            self._opened += missing  # reserved before connecting, outside the lock
+        opened: list[Pooled] = []
+        dropped: list[Pooled] = []
+        try:
+            for _ in range(missing):
+                opened.append(Pooled(self._connect()))
+        finally:
+            with self._free:
+                self._opened -= missing - len(opened)
+                if self._closed:
+                    self._opened -= len(opened)
+                    dropped, opened = opened, []
+                else:
+                    self._idle[:0] = opened  # behind those used lately: they stay in use first
+                self._free.notify_all()
+            _close_all(dropped)
+
     def close(self) -> None:
         """Close the idle connections now and the others as they are given back."""
         with self._free:

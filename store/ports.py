@@ -52,6 +52,11 @@ class Store(Protocol):
 
     def schema_version(self) -> int: ...
 
+    def prepare(self, concurrency: int) -> None:
+        """Get ready for ``concurrency`` callers at once (open the connections they will need
+        now, not in the middle of a burst of exits); a store without connections does
+        nothing."""
+
     def close(self) -> None: ...
 
     # Positions and fills ---------------------------------------------------------------------

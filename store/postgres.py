@@ -80,14 +80,15 @@ def _placeholders(sql: str) -> str:
 class PostgresStore(SqlStore):
     """``PostgresStore("postgresql://user:pw@host/db")``; the URL may choose a schema with
     ``?options=-csearch_path%3Dname``. Connects at once, so a bad URL fails at start-up;
-    opens more connections (up to ``pool_size``) only when threads call at the same time."""
+    opens more connections (up to ``pool_size``) when threads call at the same time, or ahead
+    of time with ``prepare``."""
 
     dialect = POSTGRES
     driver_errors = (psycopg.Error,)
     refused_errors = (psycopg.DataError, psycopg.IntegrityError)
 
     def __init__(self, url: str, *, clock: Clock = utc_now, connect_timeout: int = 5,
-                 pool_size: int = 8, pool_wait: float = 30.0) -> None:
+                 pool_size: int = 12, pool_wait: float = 30.0) -> None:
         super().__init__(safe_name=redact_url(url), clock=clock)
         self._url = url
         self._connect_timeout = connect_timeout
@@ -99,6 +100,11 @@ class PostgresStore(SqlStore):
     def connections(self) -> int:
         """Connections open now (for tests and status views)."""
         return self._pool.opened
+
+    def prepare(self, concurrency: int) -> None:
+        """Open connections up to ``concurrency`` (at most the pool's size) now: opening one
+        costs several milliseconds, which a burst of exits on as many threads should not pay."""
+        self._pool.fill(concurrency)
 
     def _connect(self) -> Connection:
         try:

@@ -143,6 +143,9 @@ class SqlStore:
     def queries(self) -> int:
         return self._queries
 
+    def prepare(self, concurrency: int) -> None:
+        return None
+
     def close(self) -> None:
         with self._count_lock:
             if self._closed:

@@ -64,6 +64,8 @@ class FakeStore:
     def schema_version(self) -> int:
         return 1
 
+    def prepare(self, concurrency: int) -> None: ...
+
     def close(self) -> None: ...
 
     def save_position(self, position: Position, fills: Sequence[Fill] = ()) -> None:

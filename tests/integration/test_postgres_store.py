@@ -193,3 +193,47 @@ def test_a_closed_pool_refuses_and_closes_what_comes_back(pool: ConnectionPool) 
         pool.take()
     pool.give(out)
     assert out.conn.closed and pool.opened == 0
+
+
+def test_filling_the_pool_opens_idle_connections_up_to_its_size(pool: ConnectionPool) -> None:
+    pool.fill(5)  # more than its size of 2
+    assert pool.opened == 2
+    first, second = pool.take(), pool.take()
+    assert first.conn is not second.conn and pool.opened == 2  # taken, not opened anew
+    pool.give(first)
+    pool.give(second)
+    pool.fill(2)
+    assert pool.opened == 2
+
+
+def test_filling_a_closed_pool_opens_nothing(pool: ConnectionPool) -> None:
+    pool.close()
+    pool.fill(2)
+    assert pool.opened == 0
+
+
+def test_a_failed_connect_while_filling_keeps_what_was_opened(pg_url: str) -> None:
+    calls = []
+
+    def connect() -> psycopg.Connection[tuple[Any, ...]]:
+        calls.append(1)
+        if len(calls) == 2:
+            raise StoreError("server went away")
+        return psycopg.connect(pg_url, autocommit=True)
+
+    made = ConnectionPool(connect, size=3, wait=0.2, name="test")
+    try:
+        with pytest.raises(StoreError, match="went away"):
+            made.fill(3)
+        assert made.opened == 1
+        taken = made.take()
+        assert taken.cursor.execute("SELECT 1").fetchone() == (1,)
+        made.give(taken)
+    finally:
+        made.close()
+
+
+def test_a_store_prepared_for_concurrent_callers_has_their_connections_open(
+        store: PostgresStore) -> None:
+    store.prepare(6)
+    assert store.connections == 6
