@@ -182,11 +182,12 @@ class PositionKeeper(PriceWatch):
         self._stored(position)
         self.log.info("exit requested: {} {} (attempt {})", decision.reason, decision.detail,
                       attempt)
-        out = self._announce(before, cause)
-        out.append((Target.SUPERVISOR, ExitRequested(
+        # The supervisor hears first: it places the order, and each tell wakes a thread that
+        # competes for the interpreter; the announcements can wait that long.
+        out: Out = [(Target.SUPERVISOR, ExitRequested(
             position=position, decision=decision, attempt=attempt, client_id=client_id,
-            sent_at=now, **cause.caused())))
-        return out
+            sent_at=now, **cause.caused()))]
+        return out + self._announce(before, cause)
 
     def on_resume(self, message: ResumeExit) -> Out:
         position = self.position
