@@ -4,8 +4,10 @@ A ``ThreadingActor`` owns an OS thread; at 10,000 positions that is 10,000 threa
 and slow to wake. A ``PooledActor`` owns only a mailbox. When a message arrives at an idle
 mailbox, the mailbox is scheduled on its ``Dispatcher``; a worker thread then runs that actor for
 at most ``throughput`` messages (fairness) and reschedules it if more are waiting. One message at
-a time per actor is guaranteed by the scheduling flag: a mailbox is on the run queue, or being
-run, at most once.
+a time per actor is guaranteed by the mailbox's state: it is being run by at most one turn. An
+urgent message (``urgent = True``, a price that may be an exit) schedules its mailbox as urgent;
+if the mailbox already waits as ordinary, an urgent turn is queued beside that one, and whichever
+starts first runs the mailbox while the other finds it running or empty.
 
 pykka's ``ActorRef``, ``tell``, ``ask`` and proxies work unchanged, and failures behave as in
 ``ThreadingActor``: a raising ``tell`` handler is logged, stops the actor and reaches
