@@ -64,9 +64,11 @@ def test_a_started_system_keeps_what_it_loaded_out_of_full_collections() -> None
     # Start-up freezes what is alive: a full collection does not walk it (no long pauses).
     gc.unfreeze()
     assert gc.get_freeze_count() == 0
+    assert gc.isenabled()
     built = Rig(RiskConfig())
     try:
         assert gc.get_freeze_count() > 0
+        assert gc.isenabled()  # off only while starting
     finally:
         built.system.stop()
         pykka.ActorRegistry.stop_all()
