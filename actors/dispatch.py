@@ -30,7 +30,7 @@ from pykka._envelope import Envelope
 from actors.pool import Dispatcher, default_dispatcher
 from actors.tracing import Traced, stamp
 
-__all__ = ["Dispatcher", "PooledActor", "SingletonActor", "default_dispatcher"]
+__all__ = ["Dispatcher", "PooledActor", "SingletonActor", "StampedQueue", "default_dispatcher"]
 
 logger = logging.getLogger("pykka")
 
@@ -238,7 +238,7 @@ class PooledActor(Traced, pykka.Actor):
             ActorRegistry.stop_all(block=False)
 
 
-class _StampedQueue:
+class StampedQueue:
     """A ``ThreadingActor`` inbox that remembers when and from whom each envelope came.
 
     On ``queue.SimpleQueue``: the singletons' inboxes take thousands of messages a second, and
@@ -273,6 +273,6 @@ class SingletonActor(Traced, pykka.ThreadingActor):
         super().__init__(*args, **kwargs)
         self._inbox_owner.append(self)
 
-    def _create_actor_inbox(self) -> _StampedQueue:  # type: ignore[override]
+    def _create_actor_inbox(self) -> StampedQueue:  # type: ignore[override]
         # pykka calls this through the instance, so the inbox can know its actor.
-        return _StampedQueue(self._inbox_owner)
+        return StampedQueue(self._inbox_owner)

@@ -2,22 +2,29 @@
 
 Pushed ticks are conflated per instrument (latest wins) and flushed as one ``PriceBatch`` per
 ``Flush``; the ``Flush`` itself follows the batch down the pipeline (the index hands it on to the
-PnL writer). Instruments whose price is stale, or that a tracker asked about, are polled from the
-quote API in as few calls as its limits allow (⌈n / max_instruments⌉ over all segments, at most one
-call per ``min_interval_seconds``). When a batch call fails, the next calls go one instrument at a
+PnL writer). The conflation starts in the batcher's mailbox (``_TickMailbox``): a told tick is
+kept there per instrument, not queued, and the next ``Flush`` takes them along, so the feed's
+tick wakes no thread and the batcher handles one message per flush instead of one per tick.
+
+Instruments whose price is stale, or that a tracker asked about, are polled from the quote API
+in as few calls as its limits allow (⌈n / max_instruments⌉ over all segments, at most one call
+per ``min_interval_seconds``). When a batch call fails, the next calls go one instrument at a
 time; throttling or repeated failures open a circuit breaker with back-off.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from loguru import logger
 from pykka import ActorRef
+from pykka._envelope import Envelope
 
-from actors.dispatch import SingletonActor
+from actors.dispatch import SingletonActor, StampedQueue
 from actors.metrics import Metrics
 from actors.protocol import Flush, Watch
 from models.common import Instrument, Segment
@@ -51,8 +58,48 @@ class Breaker:
                            self.failures)
 
 
+@dataclass(frozen=True, slots=True)
+class Ticked:
+    """A ``Flush`` and the ticks told before it, as the batcher's mailbox hands them over."""
+
+    flush: Flush
+    ticks: dict[Instrument, PriceMark]
+
+
+class _TickMailbox(StampedQueue):
+    """The batcher's inbox. A told ``PriceTick`` is not queued: its mark replaces the
+    instrument's previous one in a dict (latest wins), and the next ``Flush`` put here leaves
+    with all of them, as ``Ticked``. A flush therefore carries exactly the ticks told before it,
+    in the feed's order, whatever the batcher's thread was doing meanwhile."""
+
+    def __init__(self, owner: list[Any]) -> None:
+        super().__init__(owner)
+        self._ticks: dict[Instrument, PriceMark] = {}
+        self._lock = threading.Lock()
+        self.ticks = 0
+        """Ticks told so far."""
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        message = item.message
+        kind = type(message)
+        if kind is PriceTick and item.reply_to is None:
+            with self._lock:
+                self._ticks[message.instrument] = message.mark
+                self.ticks += 1
+            return
+        if kind is Flush:
+            with self._lock:
+                ticks, self._ticks = self._ticks, {}
+            if ticks:
+                item = Envelope(Ticked(flush=message, ticks=ticks), reply_to=item.reply_to)
+        super().put(item, block, timeout)
+
+
 class LTPBatcherActor(SingletonActor):
     trace_kind = "batcher"
+
+    def _create_actor_inbox(self) -> _TickMailbox:  # type: ignore[override]
+        return _TickMailbox(self._inbox_owner)
 
     def __init__(self, index: ActorRef[Any] | None, quotes: QuoteApi | None,
                  clock: Callable[[], datetime], metrics: Metrics, *,
@@ -70,7 +117,10 @@ class LTPBatcherActor(SingletonActor):
 
     def on_receive(self, message: Any) -> Any:
         match message:
-            case PriceTick():
+            case Ticked():
+                self.pending.update(message.ticks)
+                self._flush(message.flush)
+            case PriceTick():  # asked, not told: the mailbox did not keep it
                 self.pending[message.instrument] = message.mark
             case Flush():
                 self._flush(message)

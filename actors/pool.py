@@ -43,11 +43,11 @@ class Dispatcher:
         self.name = name
         self.hold = hold
         # Tasks wait in two deques. Every task puts a token in ``_tokens`` (the C SimpleQueue
-        # that wakes the ordinary workers, which take an urgent task if there is one); an
-        # urgent task also puts one in ``_urgent_tokens`` for the reserved workers. A token may
-        # find its task taken by the other kind of worker: the worker goes back to waiting.
-        # There are never fewer tokens in ``_tokens`` than tasks in the deques, so no task is
-        # left behind.
+        # that wakes the ordinary workers, which take an urgent task when no reserved worker is
+        # free); an urgent task also puts one in ``_urgent_tokens`` for the reserved workers. A
+        # token may find its task taken by the other kind of worker: the worker goes back to
+        # waiting. Each queue holds at least a token per task its workers may take, so no task
+        # is left behind.
         self._urgent: deque[Callable[[], None]] = deque()
         self._ordinary: deque[Callable[[], None] | object] = deque()
         self._tokens: queue.SimpleQueue[None] = queue.SimpleQueue()
@@ -58,6 +58,9 @@ class Dispatcher:
         self._workers, self._reserve = workers, reserve
         self._closed = False
         self._counted = threading.Lock()
+        self._idle_reserved = reserve
+        """Reserved workers waiting for urgent work: while one is, ordinary workers leave urgent
+        tasks to it and keep to ordinary work."""
         self._urgent_now = 0
         """Urgent tasks queued or running (counted only when ``hold`` is set)."""
         self._urgent_since = 0.0
@@ -117,7 +120,8 @@ class Dispatcher:
         is queued, to run it."""
         waited = False
         with self._calm:
-            while self._urgent_now and not (worker and self._urgent):
+            while self._urgent_now and not (worker and self._urgent and
+                                            not self._idle_reserved):
                 left = self._urgent_since + self.hold - time.monotonic()
                 if left <= 0:
                     break
@@ -149,29 +153,29 @@ class Dispatcher:
         for thread in threads + reserved:
             thread.join(timeout)
 
+    def _take_urgent(self) -> Callable[[], None] | None:
+        """An urgent task for an ordinary worker: only when no reserved worker is free."""
+        if not self._urgent or self._idle_reserved:
+            return None
+        try:
+            return self._urgent.popleft()
+        except IndexError:
+            return None
+
     def _work(self) -> None:
         while True:
             self._tokens.get()
-            try:
-                task = self._urgent.popleft()
-            except IndexError:
-                pass
-            else:
+            task = self._take_urgent()
+            if task is None and self._urgent_now:
+                self._hold_back(worker=True)
+                task = self._take_urgent()  # urgent work that came while this one waited
+            if task is not None:
                 self._run_urgent(task)
                 continue
-            if self._urgent_now:
-                self._hold_back(worker=True)
-                try:  # urgent work that came while this worker waited goes first
-                    task = self._urgent.popleft()
-                except IndexError:
-                    pass
-                else:
-                    self._run_urgent(task)
-                    continue
             try:
                 ordinary = self._ordinary.popleft()
             except IndexError:
-                continue  # a reserved worker took the urgent task this token was for
+                continue  # the urgent task this token was for is a reserved worker's
             if ordinary is _STOP:
                 return
             assert callable(ordinary)
@@ -186,7 +190,13 @@ class Dispatcher:
                 task = self._urgent.popleft()
             except IndexError:
                 continue  # an ordinary worker took it first
-            self._run_urgent(task)
+            with self._counted:
+                self._idle_reserved -= 1
+            try:
+                self._run_urgent(task)
+            finally:
+                with self._counted:
+                    self._idle_reserved += 1
 
     def _run_urgent(self, task: Callable[[], None]) -> None:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import timedelta
 from decimal import Decimal
@@ -28,10 +29,15 @@ class FakeQuotes:
         self.calls: list[int] = []
         self.fail_batches = 0
         self.throttle = 0
+        self.hold: threading.Event | None = None
+        self.entered = threading.Event()
 
     def ltp(self, request: Mapping[Segment, Sequence[int]]) -> dict[Instrument, Decimal]:
         size = sum(len(ids) for ids in request.values())
         self.calls.append(size)
+        if self.hold is not None:
+            self.entered.set()
+            self.hold.wait(5)
         if self.throttle:
             self.throttle -= 1
             raise QuoteThrottled("429")
@@ -73,6 +79,39 @@ def test_when_ticks_arrive_between_flushes_then_latest_per_instrument_wins(rig: 
     assert len(batches) == 1
     assert batches[0].prices == ((inst(1), PriceMark(ltp=Decimal("102"), at=T0)),)
     assert rig.flush() == batches  # nothing new: no second batch
+
+
+def test_a_flush_carries_exactly_the_ticks_told_before_it(rig: Rig) -> None:
+    # The batcher is kept busy (its quote call blocks), so everything below waits in its
+    # mailbox at once: the ticks told after the first flush must still go with the second one.
+    release = threading.Event()
+    rig.quotes.hold = release
+    rig.batcher.tell(Watch(instruments=(inst(9),)))
+    rig.batcher.tell(Flush(at=rig.clock.now))  # polls inst 9, and waits there
+    for ltp in ("100", "101"):
+        rig.batcher.tell(tick(1, ltp))
+    rig.batcher.tell(Flush(at=rig.clock.now))
+    rig.batcher.tell(tick(1, "102"))
+    rig.batcher.tell(tick(2, "50"))
+    assert rig.quotes.entered.wait(5)
+    release.set()
+    batches = [tuple(p for p in b.prices if p[0] != inst(9)) for b in rig.flush()]
+    assert [b for b in batches if b] == [
+        ((inst(1), PriceMark(ltp=Decimal("101"), at=T0)),),
+        ((inst(1), PriceMark(ltp=Decimal("102"), at=T0)), (inst(2), PriceMark(ltp=Decimal("50"),
+                                                                              at=T0)))]
+    assert rig.batcher.actor_inbox.ticks == 4  # type: ignore[attr-defined]
+
+
+def test_an_asked_tick_is_handled_as_a_message(rig: Rig) -> None:
+    rig.batcher.ask(tick(3, "70"), timeout=5)
+    assert [b.prices for b in rig.flush()] == [((inst(3), PriceMark(ltp=Decimal("70"),
+                                                                     at=T0)),)]
+
+
+def tick(n: int, ltp: str) -> PriceTick:
+    return PriceTick(instrument=inst(n), mark=PriceMark(ltp=Decimal(ltp), at=T0),
+                     correlation_id="t", sent_at=T0)
 
 
 def test_every_flush_goes_on_to_the_index_behind_its_batch(rig: Rig) -> None:
