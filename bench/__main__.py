@@ -84,7 +84,7 @@ def run_all(quick: bool, pg: str | None, rd: str | None, scratch: Path) -> list[
         "startup", "--positions", "2000" if quick else "10000")))
     rows.append(_step("tracing cost", lambda: tracing_cost.run(
         pg, rd, scratch, repeats=5 if quick else 15, frames=0 if quick else 3_000,
-        rounds=1 if quick else 3)))
+        rounds=1 if quick else 5)))
     return rows
 
 

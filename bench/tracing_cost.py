@@ -4,7 +4,7 @@ flight recorder only (``Tracer(None)``), and with the JSON-lines sink (``Tracer(
 The work is the price cycle at 1,000 positions (``cycle.ActorRig``: every instrument ticks, every
 tracker evaluates, the PnL cache is flushed) and, in the full run, order updates end to end.
 Each mode starts its own system on a fresh store, with the tracer installed before the actors
-start, as ``run.py`` does; the full run measures the modes in three interleaved rounds. The
+start, as ``run.py`` does; the full run measures the modes in five interleaved rounds. The
 sink's writer thread runs during the measurement, so its CPU is part of the cost.
 Cost = 1 - throughput(mode) / throughput(off).
 """
