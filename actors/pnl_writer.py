@@ -191,6 +191,7 @@ class PnLWriterActor(SingletonActor):
         return self.open_total + sum(self.closed_net.values(), _ZERO)
 
     def _flush(self, at: datetime, *, complete: bool = False, exits: bool = False) -> None:
+        self.metrics.incr("pnl_flushes")  # each may cost one cache round trip, never more
         if self.supervisor is not None:
             self.supervisor.tell(PortfolioValued(net=self.day_net(), at=at))
         if complete:

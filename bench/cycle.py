@@ -163,6 +163,7 @@ class ActorRig:
         self.system = System(parts).start(ticker=False)
         self.metrics = self.system.parts.metrics
         self.count = len(book)
+        self.batcher = self.system.batcher.proxy()  # made once: a proxy introspects the actor
 
     def cycle(self, prices: dict[Instrument, Decimal]) -> dict[str, int]:
         db0, rt0, w0 = self.store.queries, self.cache.roundtrips, len(self.cache.per_write)
@@ -172,7 +173,7 @@ class ActorRig:
         self.system.step(self.clock(), timer=False)
         # Done when the batch is fanned out, every tracker told a price has handled it, and
         # the PnL writer (told the batch after the fan-out) has valued it and flushed.
-        self.system.batcher.proxy().pending.get(timeout=30)
+        self.batcher.pending.get(timeout=30)
         self.system.index.ask(OpenPositions(instrument=None), timeout=30)
         while self.metrics.get("prices_handled") < self.metrics.get("price_deliveries"):
             time.sleep(0.0002)

@@ -92,7 +92,9 @@ class Instrument(Frozen):
         return self.security_id == other.security_id and self.segment is other.segment
 
     def __hash__(self) -> int:
-        return hash((self.segment, self.security_id))
+        # The id alone (its hash is cached by the str): the same id in two segments only shares
+        # a bucket, and __eq__ tells them apart. Hashing the Enum would call Python code.
+        return hash(self.security_id)
 
 
 def money(value: Decimal) -> Decimal:

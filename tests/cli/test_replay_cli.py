@@ -55,9 +55,11 @@ def test_when_replayed_twice_then_reports_are_identical(tmp_path: Path) -> None:
         # the PnL writer writes what has reached it when a flush does, and the trackers'
         # messages race with the flush travelling behind the batch. Everything else (states,
         # prices, reasons, PnL, every other counter) is decided by the inputs.
+        # Its bound is input-determined: at most one round trip per flush the writer handled.
         trips.append(report["metrics"].pop("redis_roundtrips"))
     assert first == second
-    assert min(trips) > 0 and max(trips) - min(trips) <= 2, trips
+    flushes = first["metrics"]["pnl_flushes"]
+    assert all(0 < n <= flushes for n in trips), (trips, flushes)
 
 
 def test_when_orders_file_is_malformed_then_clear_error_and_no_report(tmp_path: Path) -> None:
