@@ -61,9 +61,13 @@ class OrderUpdateActor(SingletonActor, BatchesFrames):
                  clock: Callable[[], datetime], metrics: Metrics, *,
                  correlation_prefix: str | None = None, dedup_window: int = 100_000,
                  park_limit: int = 10_000, unstored_limit: int = 100_000,
-                 retry_every: timedelta = timedelta(seconds=1)) -> None:
+                 retry_every: timedelta = timedelta(seconds=1),
+                 gate: Callable[[], None] | None = None) -> None:
         super().__init__()
         self.store, self.supervisor, self.clock, self.metrics = store, supervisor, clock, metrics
+        self.gate = gate
+        """Called before each message: ``Dispatcher.yield_to_urgent`` (an update waits, at most
+        the dispatcher's hold, while possible exits are decided and placed)."""
         self.audit = OrderAudit(store, metrics, clock, limit=unstored_limit,
                                 retry_every=retry_every)
         self.prefix = correlation_prefix
@@ -116,6 +120,8 @@ class OrderUpdateActor(SingletonActor, BatchesFrames):
                 self.allocated.setdefault(share.position_id, {})[number] = share.qty
 
     def on_receive(self, message: Any) -> Any:
+        if self.gate is not None:
+            self.gate()
         match message:
             case OrderUpdateReceived():
                 self.hold(message)

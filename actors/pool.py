@@ -15,7 +15,9 @@ three ways:
   long urgent burst (every position crossing at once, a store outage stalling exits) from
   starving anything: past it, ordinary work runs as usual until no urgent work is left.
 
-Singleton actors doing ordinary work opt in by calling ``yield_to_urgent`` themselves.
+Singleton actors doing ordinary work opt in by calling ``yield_to_urgent`` themselves: the
+index (before the ordinary part of a fan-out), the PnL writer and the order-update actor (before
+each message). The supervisor does not: it places the exits.
 """
 
 from __future__ import annotations

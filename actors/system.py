@@ -119,7 +119,8 @@ class System:
                                         gate=self.dispatcher.yield_to_urgent)
         self.index.proxy().set_pnl(self.pnl).get(timeout=ASK)
         self.orders = OrderUpdateActor.start(p.store, self.supervisor, p.clock, p.metrics,
-                                             correlation_prefix=p.correlation_prefix)
+                                             correlation_prefix=p.correlation_prefix,
+                                             gate=self.dispatcher.yield_to_urgent)
         peers = Peers(supervisor=self.supervisor, index=self.index, pnl=self.pnl,
                       batcher=self.batcher, orders=self.orders)
         self.supervisor.proxy().wire(peers).get(timeout=ASK)
