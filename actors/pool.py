@@ -147,6 +147,8 @@ class Dispatcher:
             self._closed = True
             threads, self._threads = self._threads, []
             reserved, self._reserved = self._reserved, []
+        with self._counted:
+            self._idle_reserved = 0  # the reserved workers stop: urgent tasks left go to the rest
         for _ in reserved:
             self._urgent_tokens.put(None)
         for _ in threads:
@@ -198,7 +200,8 @@ class Dispatcher:
                 self._run_urgent(task)
             finally:
                 with self._counted:
-                    self._idle_reserved += 1
+                    if not self._closed:
+                        self._idle_reserved += 1
 
     def _run_urgent(self, task: Callable[[], None]) -> None:
         try:
