@@ -45,7 +45,8 @@ class _Mailbox:
     """
 
     __slots__ = ("_actor", "_conflate", "_dispatcher", "_latest", "_lock", "_queue",
-                 "_running", "_scheduled", "_turns", "_urgent_queued", "conflated")
+                 "_running", "_scheduled", "_turns", "_urgent_later", "_urgent_queued",
+                 "conflated")
 
     def __init__(self, conflate: frozenset[type] = frozenset()) -> None:
         self._queue: deque[list[Any]] = deque()
@@ -57,6 +58,8 @@ class _Mailbox:
         """Turns of this mailbox on the dispatcher's queues, not yet started."""
         self._running = False
         self._urgent_queued = True
+        self._urgent_later = False
+        """An urgent message came while a turn ran: the turn that follows is urgent too."""
         self._actor: PooledActor | None = None
         self._dispatcher: Dispatcher | None = None
         self._conflate = conflate
@@ -96,6 +99,8 @@ class _Mailbox:
             # is urgent and the turn waiting is an ordinary one. Then an urgent turn goes too;
             # whichever starts first runs the mailbox, the other finds it running or empty.
             if self._scheduled and (not urgent or self._running or self._urgent_queued):
+                if urgent and self._running:
+                    self._urgent_later = True
                 return
             self._scheduled = True
             self._turns += 1
@@ -156,13 +161,15 @@ class _Mailbox:
             return  # stays "scheduled" (and running) forever: a stopped actor never runs again
         with self._lock:
             self._running = False
+            urgent, self._urgent_later = self._urgent_later, False
             if self._turns:
                 return  # a turn still queued takes whatever is left
             if not self._queue:
                 self._scheduled = False
                 return
             self._turns += 1
-        self._submit()
+            self._urgent_queued = urgent
+        self._submit(urgent)
 
     def _fail_pending(self) -> None:
         """What ``ThreadingActor``'s teardown does: answer every waiting ``ask``."""

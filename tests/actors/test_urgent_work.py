@@ -194,3 +194,35 @@ def test_many_mixed_messages_are_all_handled_once_and_in_order(
     for ref in actors:
         assert ref.ask("end", timeout=10) == [*range(200), "end"]
         assert ref.proxy().overlaps.get(timeout=5) == 0
+
+
+class Holding(Recorder):
+    """Blocks in its message "hold" until the event is set."""
+
+    def __init__(self, release: threading.Event, entered: threading.Event,
+                 urgent_seen: threading.Event) -> None:
+        super().__init__(urgent_seen)
+        self.release, self.entered = release, entered
+
+    def on_receive(self, message: Any) -> Any:
+        if message == "hold":
+            self.entered.set()
+            self.release.wait(5)
+        return super().on_receive(message)
+
+
+def test_an_urgent_message_that_comes_while_its_mailbox_runs_keeps_its_urgency(
+        pools: Callable[..., Dispatcher]) -> None:
+    pool = pools(workers=1, reserve=1, throughput=1)
+    release, entered, urgent_seen = threading.Event(), threading.Event(), threading.Event()
+    actor = Holding.start_on(pool, release, entered, urgent_seen)
+    actor.tell("hold")  # runs on the only ordinary worker, one message a turn
+    assert entered.wait(5)
+    actor.tell(Urgent(1))  # arrives while the mailbox runs
+    busy = threading.Event()
+    pool.submit(lambda: busy.wait(30))  # what the ordinary worker takes next
+    release.set()
+    try:
+        assert urgent_seen.wait(2)  # the next turn went urgent: a reserved worker ran it
+    finally:
+        busy.set()
