@@ -13,7 +13,9 @@ three ways:
   (refreshes, fills of earlier exits, the PnL writer's valuation, the rest of a fan-out) kept
   out of the way for those milliseconds leaves the interpreter to the exits. The bound keeps a
   long urgent burst (every position crossing at once, a store outage stalling exits) from
-  starving anything: past it, ordinary work runs as usual until no urgent work is left.
+  starving anything: past it, ordinary work runs as usual until no urgent work is left; and a
+  new hold starts at most ``2 * hold`` after the last one did, so short bursts back to back
+  hold ordinary work half the time at most.
 
 Singleton actors doing ordinary work opt in by calling ``yield_to_urgent`` themselves: the
 index (before the ordinary part of a fan-out), the PnL writer and the order-update actor (before
@@ -23,6 +25,7 @@ each message). The supervisor does not: it places the exits.
 from __future__ import annotations
 
 import itertools
+import math
 import queue
 import threading
 import time
@@ -65,7 +68,10 @@ class Dispatcher:
         tasks to it and keep to ordinary work."""
         self._urgent_now = 0
         """Urgent tasks queued or running (counted only when ``hold`` is set)."""
-        self._urgent_since = 0.0
+        self._urgent_since = -math.inf
+        """When the current hold began: at most one hold starts per ``2 * hold`` seconds, so a
+        stream of short urgent bursts (positions on standing exits told every price, say)
+        holds ordinary work back half the time at most, never for good."""
         self._calm = threading.Condition(threading.Lock())
         self.conflated = 0
         """Messages replaced in a mailbox by a newer one before they were handled."""
@@ -98,8 +104,9 @@ class Dispatcher:
         if urgent:
             if self.hold:
                 with self._calm:
-                    if not self._urgent_now:
-                        self._urgent_since = time.monotonic()
+                    now = time.monotonic()
+                    if not self._urgent_now and now - self._urgent_since >= 2 * self.hold:
+                        self._urgent_since = now
                     self._urgent_now += 1
                     self._urgent.append(task)
                     self._calm.notify_all()  # a worker holding back runs it
@@ -114,7 +121,7 @@ class Dispatcher:
     def yield_to_urgent(self) -> None:
         """Ordinary work calls this before it starts: while urgent tasks are queued or running,
         wait until there are none, or until ``hold`` seconds after that urgent work began."""
-        if self._urgent_now:
+        if self._urgent_now and time.monotonic() < self._urgent_since + self.hold:
             self._hold_back(worker=False)
 
     def _hold_back(self, *, worker: bool) -> None:
@@ -170,7 +177,8 @@ class Dispatcher:
         while True:
             self._tokens.get()
             task = self._take_urgent()
-            if task is None and self._urgent_now:
+            if task is None and self._urgent_now and \
+                    time.monotonic() < self._urgent_since + self.hold:
                 self._hold_back(worker=True)
                 task = self._take_urgent()  # urgent work that came while this one waited
             if task is not None:

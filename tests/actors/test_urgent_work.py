@@ -107,6 +107,25 @@ def test_ordinary_work_is_held_back_no_longer_than_the_hold(
     finish.set()
 
 
+def test_urgent_bursts_back_to_back_share_one_hold(pools: Callable[..., Dispatcher]) -> None:
+    pool = pools(workers=1, reserve=1, hold=0.3)
+    done_first = threading.Event()
+    pool.submit(done_first.set, urgent=True)  # a short burst: its hold began now
+    assert done_first.wait(5)
+    time.sleep(0.2)
+    finish = threading.Event()
+    pool.submit(lambda: finish.wait(5), urgent=True)  # the next burst, within 2 * hold
+    ran = threading.Event()
+    began = time.monotonic()
+    pool.submit(ran.set)
+    try:
+        assert ran.wait(2)
+        # Held to the first burst's hold (~0.1 s left), not a fresh one of 0.3 s.
+        assert time.monotonic() - began < 0.25
+    finally:
+        finish.set()
+
+
 def test_a_singleton_yielding_to_urgent_work_waits_only_while_there_is_some(
         pools: Callable[..., Dispatcher]) -> None:
     pool = pools(workers=1, reserve=1, hold=5.0)
