@@ -104,9 +104,9 @@ class PnLWriterActor(SingletonActor):
         """Marks moved and positions closed since the last flush: an ordinary flush writes what
         it finds in ``marked`` and ``deletes`` (before the last flush), then moves these there.
         What trackers send races with the flush on its way behind the batch; with this lag the
-        race mostly decides only which later flush writes an entry, not how many writes there
-        are (a replay's count of them can still differ by one or two). A complete flush writes
-        both."""
+        race mostly decides only which later flush writes an entry; how many writes there are
+        still depends on thread timing (two replays of one session: 14 to 17), bounded by one
+        per flush (``pnl_flushes``). A complete flush writes both."""
         self.written_at: datetime | None = None
         self.due: list[str] = []
         """Positions to write to the cache, a chunk per flush."""
