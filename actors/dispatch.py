@@ -171,8 +171,35 @@ class _Mailbox:
             self._urgent_queued = urgent
         self._submit(urgent)
 
+    def take_told(self) -> list[Any]:
+        """Remove and return the told messages still queued, oldest first; asks stay queued.
+
+        For a stopped actor (from its own thread, the only one that takes from the queue):
+        what was told to it before it stopped is handed on instead of dropped."""
+        told, kept = [], deque()
+        with self._lock:
+            while self._queue:
+                entry = self._queue.popleft()
+                if entry[2] is not None:
+                    del self._latest[entry[2]]
+                if entry[0].reply_to is None:
+                    if not isinstance(entry[0].message, messages._ActorStop):
+                        told.append(entry[0].message)
+                else:
+                    kept.append(entry)
+            self._queue.extend(kept)
+        return told
+
     def _fail_pending(self) -> None:
-        """What ``ThreadingActor``'s teardown does: answer every waiting ``ask``."""
+        """What ``ThreadingActor``'s teardown does: answer every waiting ``ask``; told messages
+        still queued (those that came after ``on_failure`` took the others) go to
+        ``PooledActor.on_undelivered``."""
+        told = self.take_told()
+        if told and self._actor is not None:
+            try:
+                self._actor.on_undelivered(told)
+            except Exception:
+                logger.exception(f"{self._actor} lost {len(told)} undelivered messages")
         while self._queue:
             envelope = self._pop()[0]
             if envelope.reply_to is None:
@@ -221,6 +248,20 @@ class PooledActor(Traced, pykka.Actor):
         ActorRegistry.register(obj.actor_ref)
         obj._start_actor_loop()
         return obj.actor_ref
+
+    def take_told(self) -> list[Any]:
+        """The told messages still queued, removed, oldest first (see ``_Mailbox.take_told``):
+        for ``on_failure``, to hand on what the actor will never handle."""
+        inbox = self.actor_inbox
+        assert isinstance(inbox, _Mailbox)
+        return inbox.take_told()
+
+    def on_undelivered(self, told: list[Any]) -> None:
+        """Told messages left in the mailbox when the actor stopped after a failure (or
+        arrived as it stopped); override to hand them on. By default they are logged, never
+        dropped silently."""
+        logger.error(f"{self} stopped with {len(told)} told messages not handled: "
+                     f"{', '.join(sorted({type(m).__name__ for m in told}))}")
 
     def _handle_envelope(self, envelope: Envelope[Any]) -> None:
         """One message, with the exact failure semantics of ``Actor._actor_loop_running``."""

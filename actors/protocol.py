@@ -47,6 +47,18 @@ class TrackerFailed:
     at: datetime
     position: Position | None = None
     """The tracker's last state: a fallback when the store cannot be read."""
+    undelivered: tuple[Any, ...] = ()
+    """Told messages queued behind the one that broke it, oldest first: the supervisor hands
+    them to the next incarnation (a fill among them must not be lost with the tracker)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Undelivered:
+    """Supervisor: messages that reached a tracker as it stopped, for its next incarnation."""
+
+    position_id: str
+    incarnation: int
+    messages: tuple[Any, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,8 @@
 
 It is the hub between order flow and trackers: it starts one ``TrackerActor`` per position,
 forwards each position's messages to its current incarnation, restarts a failed tracker from the
-store (the breaking message is dead-lettered, never replayed), and after ``max_restarts`` in
+store (the breaking message is dead-lettered, never replayed; the messages queued behind it, a
+fill or an exit request among them, go to the next incarnation first), and after ``max_restarts`` in
 ``window`` quarantines the position: the supervisor then runs that position's ``PositionKeeper``
 itself, so its exit rules keep being evaluated. Many failures at once open a breaker that pauses
 restarts (the failed positions are kept protected the same way meanwhile).
@@ -29,6 +30,7 @@ from actors.protocol import (
     Route,
     Snapshot,
     TrackerFailed,
+    Undelivered,
 )
 from actors.tracing import tracer
 from actors.tracker import Peers, TrackerActor, deliver
@@ -157,6 +159,8 @@ class RiskSupervisor(SingletonActor):
                 self._request_exit(message)
             case TrackerFailed():
                 self._failed(message)
+            case Undelivered():
+                self._redeliver(message.position_id, message.messages)
             case PositionOpened() | PositionChanged() | PositionClosed():
                 self._position_event(message)
             case ProtectionChanged():
@@ -303,7 +307,16 @@ class RiskSupervisor(SingletonActor):
     def _failed(self, message: TrackerFailed) -> None:
         child = self.children.get(message.position_id)
         if child is None or message.incarnation != child.incarnation:
+            self._redeliver(message.position_id, message.undelivered)
             return
+        # What was queued behind the breaking message is older than anything told since:
+        # first in line for the next incarnation (or the supervisor's own keeper).
+        child.pending[:0] = message.undelivered
+        if message.undelivered:
+            logger.bind(position_id=message.position_id).warning(
+                "{} messages queued behind the failure go to its next owner: {}",
+                len(message.undelivered),
+                ", ".join(type(m).__name__ for m in message.undelivered))
         log = logger.bind(position_id=message.position_id)
         log.error("tracker failed (incarnation {}): {}", message.incarnation, message.error)
         self._dead_letter(f"tracker:{message.position_id}#{message.incarnation}", message,
@@ -318,6 +331,18 @@ class RiskSupervisor(SingletonActor):
             self._adopt(child, message, quarantine=True)
         else:
             self._restart(child, message.position)
+
+    def _redeliver(self, position_id: str, messages: tuple[Any, ...]) -> None:
+        """Messages a failed tracker never handled: to the position's current owner."""
+        child = self.children.get(position_id)
+        if messages:
+            logger.bind(position_id=position_id).warning(
+                "{} messages a failed tracker had not handled: delivered again", len(messages))
+        for message in messages:
+            if child is None:
+                self._dead_letter("supervisor", message, f"unknown position {position_id}")
+            else:
+                self._send(child, message)
 
     def _note_failure(self, child: _Child, now: datetime) -> None:
         for queue, window in ((child.failures, self.rules.window),

@@ -13,11 +13,11 @@ from types import TracebackType
 from typing import Any
 
 from loguru import logger
-from pykka import ActorRef
+from pykka import ActorDeadError, ActorRef
 
 from actors.dispatch import PooledActor
 from actors.keeper import KeeperContext, PositionKeeper, Target, summary
-from actors.protocol import BandChanged, Snapshot, TrackerFailed
+from actors.protocol import BandChanged, Snapshot, TrackerFailed, Undelivered
 from actors.tracing import tracer
 from models.marks import Band
 from models.messages import ExitRequested, PriceUpdate
@@ -69,6 +69,7 @@ class TrackerActor(PooledActor):
         self.trace_key = position.position_id
         self._current: object = None
         self._band: Band | None = None
+        self._failed = False
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Snapshot):
@@ -92,6 +93,8 @@ class TrackerActor(PooledActor):
                    exception_value: BaseException | None,
                    traceback: TracebackType | None) -> None:
         message = self._current
+        self._failed = True
+        undelivered = tuple(self.take_told())
         active = tracer()
         if active is not None:
             active.lifecycle(self.trace_name, "crash", error=str(exception_value)[:200])
@@ -107,6 +110,22 @@ class TrackerActor(PooledActor):
             correlation_id=getattr(message, "correlation_id", None),
             causation_id=getattr(message, "causation_id", None),
             payload=summary(message), at=self.keeper.ctx.clock(),
-            position=self.keeper.position))
+            position=self.keeper.position, undelivered=undelivered))
+
+    def on_undelivered(self, told: list[Any]) -> None:
+        """Told as the tracker stopped: after a failure they follow the report to the
+        supervisor, for the next incarnation; at a normal stop they are only logged."""
+        pid = self.keeper.position.position_id
+        if not self._failed:
+            logger.bind(position_id=pid).warning(
+                "tracker stopped with {} messages not handled: {}", len(told),
+                ", ".join(summary(m, 200) for m in told))
+            return
+        try:
+            self.peers.supervisor.tell(Undelivered(pid, self.incarnation, tuple(told)))
+        except ActorDeadError:
+            logger.bind(position_id=pid).error(
+                "tracker failed; {} messages it had not handled are lost with the supervisor "
+                "stopped: {}", len(told), ", ".join(summary(m, 200) for m in told))
 
 

@@ -175,3 +175,57 @@ def test_asked_messages_are_never_conflated(pool: Dispatcher) -> None:
     futures = [ref.ask(Reading(value), block=False) for value in (1, 2)]
     gate.set()
     assert [future.get(timeout=5)[-1] for future in futures] == [1, 2]
+
+
+class Gated(PooledActor):
+    """Breaks on "boom" once ``gate`` opens, so messages can queue up behind it first."""
+
+    def __init__(self, gate: threading.Event, left: list[Any], done: threading.Event,
+                 taken: list[Any]) -> None:
+        super().__init__()
+        self.gate, self.left, self.done, self.taken = gate, left, done, taken
+
+    def on_receive(self, message: Any) -> Any:
+        if message == "boom":
+            self.gate.wait(5)
+            raise ValueError("boom")
+        return message
+
+    def on_failure(self, *exc_info: Any) -> None:
+        self.taken.extend(self.take_told())
+
+    def on_undelivered(self, told: list[Any]) -> None:
+        self.left.extend(told)
+        self.done.set()
+
+
+def test_when_tell_handler_raises_then_messages_queued_behind_it_are_handed_on_not_dropped(
+        pool: Dispatcher) -> None:
+    gate, done, left, taken = threading.Event(), threading.Event(), [], []
+    ref = Gated.start_on(pool, gate, left, done, taken)
+    ref.tell("boom")
+    ref.tell("fill 1")
+    ref.tell("fill 2")
+    asked = ref.ask("question", block=False)
+    gate.set()
+    with pytest.raises(pykka.ActorDeadError):
+        asked.get(timeout=5)  # an ask is still answered, as by ThreadingActor
+    assert taken == ["fill 1", "fill 2"]  # on_failure took them, in order
+    assert not ref.is_alive()
+    assert left == [] and not done.is_set()  # nothing else was left to hand on
+
+
+def test_when_on_failure_takes_nothing_then_queued_messages_reach_on_undelivered(
+        pool: Dispatcher) -> None:
+    gate, done, left, taken = threading.Event(), threading.Event(), [], []
+
+    class Untaking(Gated):
+        def on_failure(self, *exc_info: Any) -> None:
+            pass
+
+    ref = Untaking.start_on(pool, gate, left, done, taken)
+    for message in ("boom", "fill 1", "fill 2"):
+        ref.tell(message)
+    gate.set()
+    assert done.wait(5)
+    assert left == ["fill 1", "fill 2"] and taken == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -15,8 +16,10 @@ from actors.protocol import Snapshot
 from actors.risk_supervisor import Supervision
 from actors.tracker import TrackerActor
 from models.common import exit_client_id
-from models.messages import PriceUpdate, TimerFired
-from models.position import ExitReason, PositionStatus
+from models.messages import ApplyOrderUpdate, PriceUpdate, RequestExit, TimerFired
+from models.orders import OrderStatus
+from models.position import ExitReason, OrderRole, PositionStatus
+from models.rules import PriceMark
 from tests.actors.test_tracker_flow import INSTRUMENT, System, entry, open_position, price
 from tests.fakes import FakeGateway, FakeStore
 
@@ -119,3 +122,70 @@ def test_when_store_is_down_at_restart_then_supervisor_keeps_the_position_protec
     price(system, "176")
     assert exit_client_id(bad, 1) in system.gateway.placed
     assert system.store.positions[bad].exit_reason is ExitReason.STOP_LOSS
+
+
+@pytest.fixture
+def gated(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[System, threading.Event]]:
+    """BROKEN's tracker breaks on a price once the gate opens: what the test tells it before
+    then queues up behind the breaking message."""
+    original = TrackerActor.on_receive
+    gate = threading.Event()
+
+    def on_receive(self: TrackerActor, message: Any) -> Any:
+        if isinstance(message, PriceUpdate) and self.keeper.position.position_id == BROKEN:
+            self._current = message
+            gate.wait(5)
+            raise RuntimeError("tracker bug on a price")
+        return original(self, message)
+
+    monkeypatch.setattr(TrackerActor, "on_receive", on_receive)
+    built = System(FakeStore(), FakeGateway())
+    yield built, gate
+    gate.set()
+    pykka.ActorRegistry.stop_all()
+
+
+def _break_with_queued(system: System, gate: threading.Event, *queued: Any) -> None:
+    (ref,) = system.supervisor.proxy().tracker_refs().get(timeout=5)
+    mark = PriceMark(ltp=Decimal("199"), at=system.clock.now)
+    ref.tell(PriceUpdate(instrument=INSTRUMENT, mark=mark, correlation_id="p",
+                         sent_at=system.clock.now))
+    for message in queued:
+        ref.tell(message)
+    gate.set()
+    wait_for(lambda: system.ctx.metrics.get("actor_restarts") == 1)
+    system.settle()
+
+
+def wait_for(condition: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_when_tracker_breaks_then_a_fill_queued_behind_it_reaches_the_next_incarnation(
+        gated: tuple[System, threading.Event]) -> None:
+    system, gate = gated
+    pid = open_position(system, entry(order_no="BAD", qty=100, status=OrderStatus.PENDING))
+    assert system.store.positions[pid].quantity == 100
+    rest = entry(order_no="BAD", qty=200).model_copy(update={"traded_qty": 200})
+    _break_with_queued(system, gate, ApplyOrderUpdate(
+        position_id=pid, update=rest, role=OrderRole.ENTRY, correlation_id="fill",
+        sent_at=system.clock.now))
+    stored = system.store.positions[pid]
+    assert stored.quantity == 200  # the fill that waited behind the crash was applied
+    assert sum(fill.qty for fill in system.store.fills(pid)) == 200
+    (letter,) = system.store.dead_letters()  # only the breaking message is dead-lettered
+    assert letter.message_type == "PriceUpdate"
+
+
+def test_when_tracker_breaks_then_an_exit_request_queued_behind_it_is_still_carried_out(
+        gated: tuple[System, threading.Event]) -> None:
+    system, gate = gated
+    pid = open_position(system, entry(order_no="BAD"))
+    _break_with_queued(system, gate, RequestExit(
+        position_id=pid, reason=ExitReason.MANUAL, correlation_id="op",
+        sent_at=system.clock.now))
+    assert exit_client_id(pid, 1) in system.gateway.placed
+    assert system.store.positions[pid].exit_reason is ExitReason.MANUAL
