@@ -121,6 +121,16 @@ class _Mailbox:
     def empty(self) -> bool:
         return not self._queue
 
+    def next_told(self) -> type | None:
+        """The type of the message next in line if it was told (None if empty or an ask).
+
+        Only the owner's thread takes from the queue, so what it sees here comes next."""
+        queue = self._queue
+        if not queue:
+            return None
+        envelope = queue[0][0]
+        return None if envelope.reply_to is not None else type(envelope.message)
+
     def qsize(self) -> int:
         return len(self._queue)
 
@@ -248,6 +258,13 @@ class PooledActor(Traced, pykka.Actor):
         ActorRegistry.register(obj.actor_ref)
         obj._start_actor_loop()
         return obj.actor_ref
+
+    def next_told(self) -> type | None:
+        """The type of the told message next in this actor's mailbox, if any (see
+        ``_Mailbox.next_told``): for the actor's own thread, to know what follows."""
+        inbox = self.actor_inbox
+        assert isinstance(inbox, _Mailbox)
+        return inbox.next_told()
 
     def take_told(self) -> list[Any]:
         """The told messages still queued, removed, oldest first (see ``_Mailbox.take_told``):

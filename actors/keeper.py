@@ -3,12 +3,15 @@
 ``PositionKeeper`` is what a ``TrackerActor`` runs, and what the ``RiskSupervisor`` runs for a
 quarantined position, so a position is never unprotected while its actor is broken. It calls the
 pure core, persists every change *before* returning the messages that announce it, and returns
-those messages as ``(Target, message)`` pairs for the shell to send.
+those messages as ``(Target, message)`` pairs for the shell to send. Order updates that queue up
+for the position (a burst of partial fills) are applied one by one and stored together, in one
+write and one commit, after the last of them (``_Unsaved``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from loguru import logger
@@ -70,14 +73,38 @@ class PositionKeeper(PriceWatch):
         self._quiet: Quiet | None = None
         self._band: tuple[Position, Quiet | None, Band | None] | None = None
         self.log = logger.bind(position_id=position.position_id)
+        self._unsaved: _Unsaved | None = None
+        self._more = False
 
     # Dispatch ---------------------------------------------------------------------------------
-    def handle(self, message: object) -> Out:
+    def handle(self, message: object, *, more: bool = False) -> Out:
+        """Handle ``message``; ``more`` says that an order update of this position is next in
+        line (the tracker's mailbox knows): the write of an order update may then wait for
+        it, so a burst of fills costs one commit (see ``_Unsaved``)."""
         handler = _HANDLERS.get(type(message))
         if handler is None:
             self.log.warning("tracker ignores {}", type(message).__name__)
-            return []
-        return handler(self, message)
+            return self.store_unsaved()
+        out = [] if type(message) in DEFERRABLE else self.store_unsaved()
+        self._more = more
+        try:
+            out += handler(self, message)
+        finally:
+            self._more = False
+        if not more:
+            out += self.store_unsaved()
+        return out
+
+    @property
+    def stored(self) -> Position:
+        """The position as the store holds it (``position`` may hold changes not stored yet)."""
+        return self.position if self._unsaved is None else self._unsaved.before
+
+    def take_unsaved(self) -> list[Cause]:
+        """The order updates applied but not stored, oldest first, forgotten: when the keeper
+        fails, they go to the position's next owner, which starts from ``stored``."""
+        unsaved, self._unsaved = self._unsaved, None
+        return [] if unsaved is None else unsaved.messages
 
     # Order updates ----------------------------------------------------------------------------
     def on_update(self, message: ApplyOrderUpdate) -> Out:
@@ -96,8 +123,18 @@ class PositionKeeper(PriceWatch):
             return []
         if applied.position is self.position:
             return []
-        before = self.position
-        self._save(applied.position, applied.fills)
+        unsaved = self._unsaved
+        if self._more and applied.event is not Event.EXIT_FAILED and type(cause) in DEFERRABLE \
+                and (unsaved is None or len(unsaved.messages) < DEFER_LIMIT):
+            if unsaved is None:
+                unsaved = self._unsaved = _Unsaved(before=self.position)
+            unsaved.add(cause, applied.fills)
+            self.position = applied.position
+            return []
+        before = self.stored
+        fills = applied.fills if unsaved is None else (*unsaved.fills, *applied.fills)
+        self._save(applied.position, fills)
+        self._unsaved = None
         out = self._announce(before, cause)
         if applied.event is Event.EXIT_FAILED:
             self.retry_at = self.ctx.clock() + retry_delay(self.position.exit_attempt)
@@ -105,6 +142,16 @@ class PositionKeeper(PriceWatch):
                              self.retry_at)
             out += self._evaluate(cause)
         return out
+
+    def store_unsaved(self) -> Out:
+        """Store what order updates changed without storing it yet (see ``_Unsaved``), and
+        return its announcement."""
+        unsaved = self._unsaved
+        if unsaved is None:
+            return []
+        self._save(self.position, unsaved.fills)
+        self._unsaved = None
+        return self._announce(unsaved.before, unsaved.messages[-1])
 
     def _reject(self, reason: str, cause: Cause) -> None:
         self.log.warning("rejected {}: {}", type(cause).__name__, reason)
@@ -211,6 +258,34 @@ class PositionKeeper(PriceWatch):
         self.ctx.store.update_exit_attempt(message.client_id, outcome=f"FAILED: {message.reason}")
         applied = lifecycle.exit_failed(self.position, message.attempt)
         return self._commit(applied, message)
+
+
+DEFERRABLE = frozenset({ApplyOrderUpdate, ApplyProgress})
+"""Messages whose write may wait for the next one of them (``PositionKeeper.handle``)."""
+DEFER_LIMIT = 64
+"""Order updates applied at most before their write (one commit for all of them)."""
+
+
+@dataclass
+class _Unsaved:
+    """Order updates applied while more of them were next in line, not stored yet.
+
+    Their state is stored in one write (position and every fill, one commit) after the last of
+    the run, before anyone hears of it: an announcement never shows a state the store does not
+    hold, and a restart starts from the store. They wait only while the mailbox holds more
+    order updates for the position, which come first; any other message stores them before it
+    is handled. If the keeper fails before they are stored, ``take_unsaved`` hands them to the
+    next owner, which applies them again on top of the stored state (an update applied twice
+    is a no-op)."""
+
+    before: Position
+    """The state stored before the first of them, from which their change is announced."""
+    messages: list[Cause] = field(default_factory=list)
+    fills: tuple[Fill, ...] = ()
+
+    def add(self, message: Cause, fills: tuple[Fill, ...]) -> None:
+        self.messages.append(message)
+        self.fills = (*self.fills, *fills)
 
 
 def _marks(position: Position) -> tuple[object, ...]:

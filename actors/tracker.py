@@ -6,6 +6,7 @@ returns, and reports any failure to the supervisor with the message that caused 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from loguru import logger
 from pykka import ActorDeadError, ActorRef
 
 from actors.dispatch import PooledActor
-from actors.keeper import KeeperContext, PositionKeeper, Target, summary
+from actors.keeper import DEFERRABLE, KeeperContext, PositionKeeper, Target, summary
 from actors.protocol import BandChanged, Snapshot, TrackerFailed, Undelivered
 from actors.tracing import tracer
 from models.marks import Band
@@ -75,7 +76,8 @@ class TrackerActor(PooledActor):
         if isinstance(message, Snapshot):
             return self.keeper.position
         self._current = message
-        deliver(self.peers, self.keeper.handle(message))
+        more = type(message) in DEFERRABLE and self.next_told() in DEFERRABLE
+        deliver(self.peers, self.keeper.handle(message, more=more))
         self._current = None
         band = self.keeper.band()
         if band != self._band:  # the index filters prices with it: keep it exact
@@ -84,6 +86,10 @@ class TrackerActor(PooledActor):
         return None
 
     def on_stop(self) -> None:
+        # Nothing is held at a stop told in turn (the order updates before it store theirs);
+        # a stop that cuts in (the process stopping every actor at once) stores it here.
+        with contextlib.suppress(ActorDeadError):  # peers stopped first: the store has it
+            deliver(self.peers, self.keeper.store_unsaved())
         active = tracer()
         if active is not None:
             active.lifecycle(self.trace_name, "stop",
@@ -94,7 +100,10 @@ class TrackerActor(PooledActor):
                    traceback: TracebackType | None) -> None:
         message = self._current
         self._failed = True
-        undelivered = tuple(self.take_told())
+        # Order updates applied but not stored yet come first: the next owner starts from the
+        # stored state and applies them again, then what is still queued.
+        stored = self.keeper.stored
+        undelivered = (*self.keeper.take_unsaved(), *self.take_told())
         active = tracer()
         if active is not None:
             active.lifecycle(self.trace_name, "crash", error=str(exception_value)[:200])
@@ -110,7 +119,7 @@ class TrackerActor(PooledActor):
             correlation_id=getattr(message, "correlation_id", None),
             causation_id=getattr(message, "causation_id", None),
             payload=summary(message), at=self.keeper.ctx.clock(),
-            position=self.keeper.position, undelivered=undelivered))
+            position=stored, undelivered=undelivered))
 
     def on_undelivered(self, told: list[Any]) -> None:
         """Told as the tracker stopped: after a failure they follow the report to the

@@ -3,9 +3,10 @@
 The actors: every frame told to ``System.order_frame`` (what the broker gateway calls), timed
 until ``settle`` says every mailbox is empty. Baselines in the same run, each on its own fresh
 store of the same kind: the *floor with the same I/O* (a plain loop that parses, applies the
-update with the same pure functions and makes the store calls the actors make: the raw frames
-stored in batches of the order-update actor's size, as it does when frames queue up, as they
-do here, then per update the position with its fill) and the *floor* (parse and apply only, no
+update with the same pure functions and makes the store calls the actors make at best: the raw
+frames stored in batches of the order-update actor's size, as it does when frames queue up, as
+they do here, then each position the batch changed written once with its fills, as a tracker
+does with the updates that queue up in its mailbox) and the *floor* (parse and apply only, no
 I/O). ``commit_ms`` is one durable single-row INSERT (its own transaction, WAL flushed) on the
 same server: the I/O unit every state change pays.
 """
@@ -31,7 +32,7 @@ from models import lifecycle
 from models.common import Segment, TxnType, position_id_for
 from models.orders import OrderStatus, OrderUpdate
 from models.policy import RiskConfig
-from models.position import OrderRole, Position, new_position
+from models.position import Fill, OrderRole, Position, new_position
 from models.wire import Rejection, parse_order_update, to_dhan_frame
 from store.pnl_cache import InMemoryPnLCache
 from store.ports import FrameBatches, Store
@@ -89,6 +90,7 @@ def plain_loop(batch: list[str], store: Store | None) -> float:
         updates = [parse_order_update(raw) for raw in batch[start:start + size]]
         if store is not None:
             _record(store, batch[start:start + size], updates)
+        changed: dict[str, list[Fill]] = {}
         for update in updates:
             assert isinstance(update, OrderUpdate) and update.txn_type is not None
             position = book.get(update.order_no) or new_position(
@@ -96,8 +98,10 @@ def plain_loop(batch: list[str], store: Store | None) -> float:
                 side=update.txn_type.opens, created_at=update.updated_at or T0)
             applied = lifecycle.apply_update(position, update, OrderRole.ENTRY, at=T0)
             book[update.order_no] = applied.position
-            if store is not None:
-                store.save_position(applied.position, applied.fills)
+            changed.setdefault(update.order_no, []).extend(applied.fills)
+        if store is not None:  # each position once per batch, with its fills: one commit
+            for order_no, fills in changed.items():
+                store.save_position(book[order_no], fills)
     return len(batch) / (time.perf_counter() - began)
 
 

@@ -24,7 +24,8 @@ class FakeStore:
 
     Switches make calls fail as a database outage does (``StoreError``, nothing written):
     ``fail_loads`` (``load_position``), ``fail_frames`` (``record_order_update(s)``),
-    ``fail_parks`` (``park_update``, ``take_parked``, ``parked_updates``); ``refuse_text``
+    ``fail_parks`` (``park_update``, ``take_parked``, ``parked_updates``), ``fail_saves`` (the
+    next that many ``save_position`` calls); ``refuse_text``
     makes a frame or park whose text contains it fail as data the backend cannot hold
     (``StoreRefused``). ``failed_calls`` counts the calls that failed."""
 
@@ -41,6 +42,9 @@ class FakeStore:
         self.fail_loads = False
         self.fail_frames = False
         self.fail_parks = False
+        self.fail_saves = 0
+        self.saves = 0
+        """``save_position`` calls that wrote (one commit each in a real store)."""
         self.refuse_text: str | None = None
         self.failed_calls = 0
 
@@ -71,11 +75,15 @@ class FakeStore:
     def save_position(self, position: Position, fills: Sequence[Fill] = ()) -> None:
         with self._lock:
             self._q()
+            if self.fail_saves > 0:
+                self.fail_saves -= 1
+                self._check(True)
             stored = self.positions.get(position.position_id)
             if stored is not None and (stored.version > position.version or (
                     stored.version == position.version and stored != position)):
                 raise StaleWriteError(position.position_id)
             self.positions[position.position_id] = position
+            self.saves += 1
             for fill in fills:
                 self.fill_rows.setdefault((fill.position_id, fill.order_no, fill.cum_qty), fill)
 

@@ -1,0 +1,186 @@
+"""Order updates that queue up for one position are stored in one write (one commit), and
+nothing they carry is lost when the write or the tracker fails."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pykka
+import pytest
+
+from actors.keeper import DEFER_LIMIT, KeeperContext, PositionKeeper, Target
+from actors.metrics import Metrics
+from actors.protocol import Snapshot
+from actors.tracker import TrackerActor
+from models.common import Side
+from models.messages import ApplyOrderUpdate, PositionChanged, PositionOpened, PriceUpdate
+from models.orders import OrderStatus
+from models.policy import RiskConfig
+from models.position import OrderRole, PositionStatus, new_position
+from models.rules import PriceMark
+from store.ports import StoreError
+from tests.actors.test_tracker_flow import INSTRUMENT, T0, System, entry
+from tests.fakes import FakeGateway, FakeStore
+
+PID = "PE1"
+
+
+def fill(traded: int) -> ApplyOrderUpdate:
+    """The entry order E1 (100 lots) with ``traded`` filled so far (cumulative)."""
+    update = entry(order_no="E1", qty=100, status=OrderStatus.TRADED if traded == 100
+                   else OrderStatus.PENDING).model_copy(update={"traded_qty": traded})
+    return ApplyOrderUpdate(position_id=PID, update=update, role=OrderRole.ENTRY,
+                            correlation_id=f"fill-{traded}", sent_at=T0)
+
+
+@pytest.fixture
+def keeper() -> PositionKeeper:
+    ctx = KeeperContext(store=FakeStore(), config=RiskConfig(), clock=lambda: T0,
+                        metrics=Metrics())
+    position = new_position(entry(order_no="E1"), position_id=PID, side=Side.LONG,
+                            created_at=T0)
+    return PositionKeeper(position, ctx)
+
+
+def store_of(keeper: PositionKeeper) -> FakeStore:
+    store = keeper.ctx.store
+    assert isinstance(store, FakeStore)
+    return store
+
+
+def test_when_updates_queue_up_then_they_are_stored_in_one_write_and_announced_once(
+        keeper: PositionKeeper) -> None:
+    store = store_of(keeper)
+    assert keeper.handle(fill(20), more=True) == []
+    assert keeper.handle(fill(50), more=True) == []
+    assert store.saves == 0 and PID not in store.positions  # nothing announced either
+    out = keeper.handle(fill(80))
+    assert store.saves == 1
+    assert store.positions[PID].quantity == 80
+    assert sorted(f.cum_qty for f in store.fills(PID)) == [20, 50, 80]
+    assert [target for target, _ in out] == [Target.INDEX, Target.SUPERVISOR, Target.PNL,
+                                             Target.ORDERS]
+    event = out[0][1]  # from the state stored before the run: PENDING → ACTIVE is an opening
+    assert isinstance(event, PositionOpened) and event.correlation_id == "fill-80"
+    assert event.position == store.positions[PID] == keeper.position
+
+
+def test_when_the_last_update_changes_nothing_then_the_run_is_stored_all_the_same(
+        keeper: PositionKeeper) -> None:
+    keeper.handle(fill(20), more=True)
+    out = keeper.handle(fill(20))  # a repeat: no change of its own
+    assert store_of(keeper).positions[PID].quantity == 20
+    assert isinstance(out[0][1], PositionOpened)
+
+
+def test_when_another_message_comes_then_held_updates_are_stored_before_it(
+        keeper: PositionKeeper) -> None:
+    store = store_of(keeper)
+    keeper.handle(fill(100), more=True)
+    # A price at the stop loss (-12 %): the exit is recorded on top of the stored fill.
+    out = keeper.handle(PriceUpdate(instrument=INSTRUMENT, mark=PriceMark(
+        ltp=Decimal("176"), at=T0), correlation_id="p", sent_at=T0))
+    assert [f.cum_qty for f in store.fills(PID)] == [100]
+    assert store.saves == 2  # the held fill, then the exit's EXITING state
+    assert store.positions[PID].status is PositionStatus.EXITING
+    events = [type(message).__name__ for target, message in out if target is Target.INDEX]
+    assert events == ["PositionOpened", "PositionChanged"]  # opened, then exiting
+
+
+def test_when_the_write_fails_then_held_updates_are_handed_back_and_the_stored_state_kept(
+        keeper: PositionKeeper) -> None:
+    store = store_of(keeper)
+    before = keeper.position
+    first, second = fill(20), fill(50)
+    keeper.handle(first, more=True)
+    store.fail_saves = 1
+    with pytest.raises(StoreError):
+        keeper.handle(second)
+    assert keeper.stored is before  # what a restart starts from
+    assert keeper.take_unsaved() == [first]  # the failing one is the tracker's to report
+    assert keeper.take_unsaved() == []
+
+
+def test_when_more_updates_queue_than_the_limit_then_they_are_stored_in_several_writes(
+        keeper: PositionKeeper) -> None:
+    store = store_of(keeper)
+    for traded in range(1, DEFER_LIMIT + 2):
+        keeper.handle(fill(traded), more=True)
+    assert store.saves == 1 and store.positions[PID].quantity == DEFER_LIMIT + 1
+    keeper.handle(fill(DEFER_LIMIT + 2))
+    assert store.saves == 2 and len(store.fills(PID)) == DEFER_LIMIT + 2
+
+
+# Through the actors ----------------------------------------------------------------------------
+@pytest.fixture
+def held(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[System, threading.Event]]:
+    """The tracker waits on its first fill until the gate opens, so the fills the test tells
+    it meanwhile queue up in its mailbox."""
+    original = TrackerActor.on_receive
+    gate = threading.Event()
+
+    def on_receive(self: TrackerActor, message: Any) -> Any:
+        if isinstance(message, ApplyOrderUpdate):
+            gate.wait(5)
+        return original(self, message)
+
+    monkeypatch.setattr(TrackerActor, "on_receive", on_receive)
+    system = System(FakeStore(), FakeGateway())
+    position = new_position(entry(order_no="E1"), position_id=PID, side=Side.LONG,
+                            created_at=T0)
+    from models.messages import CreatePosition
+    system.supervisor.tell(CreatePosition(position=position, correlation_id="c", sent_at=T0))
+    system.settle()
+    yield system, gate
+    gate.set()
+    pykka.ActorRegistry.stop_all()
+
+
+def _burst(system: System, gate: threading.Event, *traded: int) -> None:
+    for amount in traded:
+        system.supervisor.tell(fill(amount))
+    (ref,) = system.supervisor.proxy().tracker_refs().get(timeout=5)
+    deadline = time.monotonic() + 5
+    while ref.actor_inbox.qsize() < len(traded) - 1 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    gate.set()
+
+
+def test_when_fills_queue_up_at_a_tracker_then_few_writes_store_them_all(
+        held: tuple[System, threading.Event]) -> None:
+    system, gate = held
+    _burst(system, gate, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
+    system.settle()
+    store = system.store
+    assert store.positions[PID].quantity == 100
+    assert len(store.fills(PID)) == 10
+    assert store.saves == 1  # the nine behind the first were queued when it was handled
+    announced = [m for m in system.sink.ask(Snapshot(), timeout=5)
+                 if isinstance(m, PositionOpened | PositionChanged)]
+    # One announcement (the sink stands for both the PnL writer and the order-update actor).
+    assert len({m.message_id for m in announced}) == 1
+    assert {m.position.quantity for m in announced} == {100}
+
+
+def test_when_a_tracker_fails_holding_fills_then_its_next_incarnation_stores_them(
+        held: tuple[System, threading.Event]) -> None:
+    system, gate = held
+    system.store.fail_saves = 1  # the write of the queued run fails once
+    _burst(system, gate, 10, 20, 30, 40)
+    deadline = time.monotonic() + 5
+    while system.ctx.metrics.get("actor_restarts") < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    system.settle()
+    store = system.store
+    # The run's write failed while the last fill was handled: that one broke the tracker and is
+    # dead-lettered, as any message that breaks one; the three held before it reach the next
+    # incarnation, which starts from the stored state and stores them.
+    (letter,) = store.dead_letters()
+    assert letter.message_type == "ApplyOrderUpdate" and letter.correlation_id == "fill-40"
+    assert store.positions[PID].quantity == 30
+    assert sorted(f.cum_qty for f in store.fills(PID)) == [10, 20, 30]
+
