@@ -21,9 +21,11 @@ import queue
 import sys
 import threading
 from collections import deque
+from types import TracebackType
 from typing import Any, ClassVar
 
 import pykka
+from loguru import logger as _log
 from pykka import ActorDeadError, ActorRegistry, messages
 from pykka._envelope import Envelope
 
@@ -331,12 +333,30 @@ class StampedQueue:
 
 
 class SingletonActor(Traced, pykka.ThreadingActor):
-    """A traced ``ThreadingActor``: the few singletons keep a thread of their own."""
+    """A traced ``ThreadingActor``: the few singletons keep a thread of their own.
+
+    Each serves every position (the index fans out every price, the batcher every tick, the PnL
+    writer feeds the kill switch), so one told message that raises must not stop it, as it
+    stops a ``ThreadingActor``: the failure is logged with its traceback, counted in
+    ``failures``, and the actor goes on with the next message. An ask that raises still gets
+    the exception back."""
+
+    failures = 0
+    """Told messages whose handler raised (each logged at error level)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._inbox_owner: list[Any] = []
         super().__init__(*args, **kwargs)
         self._inbox_owner.append(self)
+
+    def _handle_failure(self, exception_type: type[BaseException] | None,
+                        exception_value: BaseException | None,
+                        traceback: TracebackType | None) -> None:
+        # pykka would log, unregister and stop the actor here.
+        self.failures += 1
+        _log.opt(exception=(exception_type, exception_value, traceback)).error(
+            "{} failed on a told message ({} so far) and goes on with the next",
+            self.trace_name, self.failures)
 
     def _create_actor_inbox(self) -> StampedQueue:  # type: ignore[override]
         # pykka calls this through the instance, so the inbox can know its actor.

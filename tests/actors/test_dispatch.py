@@ -8,7 +8,7 @@ from typing import Any
 import pykka
 import pytest
 
-from actors.dispatch import Dispatcher, PooledActor
+from actors.dispatch import Dispatcher, PooledActor, SingletonActor
 
 
 @pytest.fixture
@@ -229,3 +229,30 @@ def test_when_on_failure_takes_nothing_then_queued_messages_reach_on_undelivered
     gate.set()
     assert done.wait(5)
     assert left == ["fill 1", "fill 2"] and taken == []
+
+
+class Singleton(SingletonActor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.handled: list[Any] = []
+
+    def on_receive(self, message: Any) -> Any:
+        if message == "boom":
+            raise ValueError("a bug on one message")
+        self.handled.append(message)
+        return list(self.handled)
+
+
+def test_when_a_singleton_raises_on_a_told_message_then_it_goes_on_with_the_next() -> None:
+    ref = Singleton.start()
+    try:
+        for message in ("before", "boom", "after"):
+            ref.tell(message)
+        assert ref.ask("asked", timeout=5) == ["before", "after", "asked"]
+        assert ref.is_alive()
+        assert ref.proxy().failures.get(timeout=5) == 1
+        with pytest.raises(ValueError, match="a bug"):
+            ref.ask("boom", timeout=5)  # an ask still gets its exception back
+        assert ref.is_alive()
+    finally:
+        ref.stop()

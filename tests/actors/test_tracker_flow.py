@@ -194,3 +194,22 @@ def test_when_late_entry_fill_reopens_closed_position_then_it_is_priced_again(
     assert system.index.ask(OpenPositions(INSTRUMENT), timeout=5)[0].position_id == pid
     price(system, "170")  # the re-opened 50 are protected: stop loss fires again
     assert exit_client_id(pid, 2) in system.gateway.placed
+
+
+def test_when_the_index_breaks_on_one_batch_then_the_next_prices_still_protect_positions(
+        system: System, monkeypatch: pytest.MonkeyPatch) -> None:
+    pid = open_position(system, entry())
+    original = IndexActor._fan_out
+    broken = [True]
+
+    def fan_out(self: IndexActor, batch: PriceBatch) -> None:
+        if broken.pop() if broken else False:
+            raise RuntimeError("index bug on one batch")
+        original(self, batch)
+
+    monkeypatch.setattr(IndexActor, "_fan_out", fan_out)
+    price(system, "199")  # breaks the index's fan-out once
+    price(system, "176")  # -12 %: the stop loss must still fire
+    assert system.index.is_alive()
+    assert exit_client_id(pid, 1) in system.gateway.placed
+    assert system.store.positions[pid].exit_reason is ExitReason.STOP_LOSS
