@@ -12,7 +12,9 @@ What is measured, all on one clock (wall time in session, ``common.session_clock
 - *exit decision*: ``exit_attempts.requested_at``, the clock the tracker read when the rule fired
   and before it persisted anything (``PositionKeeper._exit``);
 - *exit order at the broker*: ``PaperOrder.placed_at``, the clock read as the order reached the
-  paper exchange (``ClockedGateway``; zero exchange latency).
+  paper exchange (``ClockedGateway``; zero exchange latency);
+- beside the run, on PostgreSQL: a side process's one-row commits every 10 ms on the same
+  server (``commit_monitor``), since every exit order waits for one durable commit.
 
 Mailboxes are sampled just after each flush (peak) and just before the next ticks (what one step
 left for the next: growth shows there). Baselines in the same run: the *floor* evaluating each
@@ -31,11 +33,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from bench.commit_monitor import CommitMonitor
 from bench.common import (
     ClockedGateway,
     Depths,
     child_main,
     fresh_cache,
+    fresh_pg,
     fresh_store,
     peak,
     session_clock,
@@ -113,7 +117,8 @@ def run(pg: str | None, rd: str | None, scratch: Path, *, seconds: float,
     system = start_system(store, fresh_cache(rd), clock, ClockedGateway(exchange, clock))
     depths = Depths(system)
     evals0 = system.parts.metrics.get("evaluations")
-    driven = drive(system, plan, clock, market, depths)
+    with CommitMonitor(fresh_pg(pg) if pg else None) as monitor:
+        driven = drive(system, plan, clock, market, depths)
     drain_s = _drain(system, store, plan)
     evaluations = system.parts.metrics.get("evaluations") - evals0
     still_open = len(system.open_positions())
@@ -125,6 +130,7 @@ def run(pg: str | None, rd: str | None, scratch: Path, *, seconds: float,
     store.close()
     row.update(drain_s=drain_s, evaluations=evaluations,
                evaluations_per_s=evaluations / driven.seconds, seconds=driven.seconds)
+    row["server_commit_ms"] = monitor.summary()
     row["floor_immediate_ms"] = summary_ms(floor(plan, clock, batched=False))
     row["floor_batched_ms"] = summary_ms(floor(plan, clock, batched=True))
     row["figures"] = _figures(row, old_cycle_ms)
@@ -210,6 +216,7 @@ def _figures(row: dict[str, Any], old_cycle_ms: float | None) -> list[dict[str, 
                ratio=f"p95 {dec['p95']:.1f} ms"),
         below("p99 price-in → exit order at broker", order["p99"], 20, "ms",
               ratio=f"p50 {order['p50']:.1f}, p95 {order['p95']:.1f} ms", why=why),
+        *_server_commits(row.get("server_commit_ms")),
         figure("exits decided / expected (closed)", row["exits_decided"], "",
                ratio=f"of {row['exits_expected']} ({row['positions_closed']} closed, "
                      f"{row['unexpected_exits']} unexpected); {row['open_at_end']:,} open; "
@@ -225,6 +232,16 @@ def _figures(row: dict[str, Any], old_cycle_ms: float | None) -> list[dict[str, 
         figure("evaluations per second", row["evaluations_per_s"], "/s",
                ratio=f"driver late p99 {row['driver_late_ms']['p99']:.1f} ms"),
     ]
+
+
+def _server_commits(commits: dict[str, float] | None) -> list[dict[str, Any]]:
+    """The side process's commits during the run (``commit_monitor``): an exit's order waits
+    for one durable commit, so a stall of the server's or the disk's shows in both."""
+    if not commits:
+        return []
+    return [figure("p99 one-row commit on the same server, side process", commits["p99"],
+                   "ms", ratio=f"p50 {commits['p50']:.2f}, max {commits['max']:.0f} ms over "
+                               f"{commits['n']:,} commits during the run")]
 
 
 def main(argv: list[str] | None = None) -> int:
