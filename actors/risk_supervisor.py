@@ -99,6 +99,9 @@ class RiskSupervisor(SingletonActor):
         self.status: dict[str, str] = {}
         self.day_net: Decimal | None = None
         self.unprotected: set[str] = set()
+        self._kept: dict[str, _Child] = {}
+        """The children whose keeper the supervisor runs itself (quarantined, or adopted while
+        restarts are paused)."""
 
     def wire(self, peers: Peers) -> None:
         """Set the peers (supervisor = this actor) before the first message."""
@@ -132,6 +135,7 @@ class RiskSupervisor(SingletonActor):
             child = _Child(position.position_id, instrument, ref, incarnation)
             self.children[position.position_id] = child
         child.ref, child.incarnation, child.keeper = ref, incarnation, None
+        self._kept.pop(position.position_id, None)
         _lifecycle(f"tracker:{position.position_id}#{incarnation}",
                    "restart" if incarnation else "spawn", position_id=position.position_id)
         return child
@@ -229,7 +233,7 @@ class RiskSupervisor(SingletonActor):
                 deliver(self.peers, [(target, message)])
 
     def _quarantined_price(self, message: PriceUpdate) -> None:
-        for child in list(self.children.values()):
+        for child in list(self._kept.values()):  # the few the supervisor keeps, not them all
             if child.keeper is not None and child.instrument == message.instrument:
                 self._deliver(child.keeper.handle(message))
 
@@ -293,7 +297,7 @@ class RiskSupervisor(SingletonActor):
         now = self.ctx.clock()
         if self.paused_until is not None and now >= self.paused_until:
             self.paused_until = None
-            for child in self.children.values():
+            for child in list(self._kept.values()):
                 if child.keeper is not None and not child.quarantined:
                     self._restart(child, child.keeper.position)
         for child in list(self.children.values()):
@@ -386,6 +390,7 @@ class RiskSupervisor(SingletonActor):
             logger.error("{} has no known state: cannot protect it", child.position_id)
             return
         child.keeper = PositionKeeper(position, self.ctx, halted=self.halted)
+        self._kept[child.position_id] = child
         child.quarantined = quarantine
         _lifecycle(f"tracker:{child.position_id}#{child.incarnation}",
                    "quarantine" if quarantine else "adopted_while_paused",
@@ -417,7 +422,7 @@ class RiskSupervisor(SingletonActor):
         return [c.ref for c in self.children.values() if c.ref is not None and c.ref.is_alive()]
 
     def checkpoint_quarantined(self) -> None:
-        for child in self.children.values():
+        for child in self._kept.values():
             if child.keeper is not None:
                 child.keeper.handle(Checkpoint())
 
