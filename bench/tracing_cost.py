@@ -6,7 +6,8 @@ tracker evaluates, the PnL cache is flushed) and, in the full run, order updates
 Each mode starts its own system on a fresh store, with the tracer installed before the actors
 start, as ``run.py`` does; the full run measures the modes in five interleaved rounds. The
 sink's writer thread runs during the measurement, so its CPU is part of the cost.
-Cost = 1 - throughput(mode) / throughput(off).
+Cost = 1 - throughput(mode) / throughput(off), taken in each round (the modes of a round run back
+to back) and reported as the median over the rounds.
 """
 
 from __future__ import annotations
@@ -88,24 +89,36 @@ def run(pg: str | None, rd: str | None, scratch: Path, *, repeats: int,
     figures = []
     for mode in MODES[1:]:
         got = results[mode]
-        cost = 1 - off["cycle_ms"] / got["cycle_ms"]
+        # Each round measures every mode back to back: the cost is the median of the rounds'
+        # own ratios, so the machine's drift from round to round cancels within each pair.
+        cost = _paired_cost(runs["off"], runs[mode], "cycle_ms", lower_is_better=True)
         extra = (f"; {got['records_written']:,} records written, {got['records_dropped']:,} "
                  f"dropped, {got['backlog_after_cycles']:,} still to write when the cycles "
                  f"ended" if mode == "jsonl" else "")
         figures.append(_cost(f"tracing {mode}: price cycle at 1,000", cost, mode,
                              f"off {off['cycle_ms']:.1f} ms/cycle",
-                             f"{got['cycle_ms']:.1f} ms/cycle = "
-                             f"{off['cycle_ms'] / got['cycle_ms']:.2f}x throughput{extra}"))
+                             f"{got['cycle_ms']:.1f} ms/cycle (medians) = "
+                             f"{off['cycle_ms'] / got['cycle_ms']:.2f}x throughput; cost: "
+                             f"median of {rounds} rounds' own ratios{extra}"))
         if frames:
-            cost = 1 - got["updates_per_s"] / off["updates_per_s"]
+            cost = _paired_cost(runs["off"], runs[mode], "updates_per_s", lower_is_better=False)
             figures.append(_cost(f"tracing {mode}: order updates", cost, mode,
                                  f"off {off['updates_per_s']:,.0f}/s",
-                                 f"{got['updates_per_s']:,.0f}/s = "
-                                 f"{got['updates_per_s'] / off['updates_per_s']:.2f}x"))
+                                 f"{got['updates_per_s']:,.0f}/s (medians) = "
+                                 f"{got['updates_per_s'] / off['updates_per_s']:.2f}x; cost: "
+                                 f"median of {rounds} rounds' own ratios"))
     return {"benchmark": "tracing cost: off / ring only / JSONL sink", **results,
             "repeats": repeats, "frames": frames, "rounds": rounds,
             "cycle_ms_by_round": {mode: [r["cycle_ms"] for r in got] for mode, got in runs.items()},
             "figures": figures}
+
+
+def _paired_cost(off: list[dict[str, Any]], mode: list[dict[str, Any]], key: str, *,
+                 lower_is_better: bool) -> float:
+    """Throughput lost to a mode: the median over the rounds of each round's own ratio."""
+    costs = [1 - (o[key] / m[key] if lower_is_better else m[key] / o[key])
+             for o, m in zip(off, mode, strict=True)]
+    return statistics.median(costs)
 
 
 def _median(got: list[dict[str, Any]]) -> dict[str, Any]:
