@@ -338,8 +338,8 @@ class SingletonActor(Traced, pykka.ThreadingActor):
     Each serves every position (the index fans out every price, the batcher every tick, the PnL
     writer feeds the kill switch), so one told message that raises must not stop it, as it
     stops a ``ThreadingActor``: the failure is logged with its traceback, counted in
-    ``failures``, and the actor goes on with the next message. An ask that raises still gets
-    the exception back."""
+    ``failures``, and the actor goes on with the next message (past ten failures, one in a
+    thousand is logged). An ask that raises still gets the exception back."""
 
     failures = 0
     """Told messages whose handler raised (each logged at error level)."""
@@ -352,11 +352,13 @@ class SingletonActor(Traced, pykka.ThreadingActor):
     def _handle_failure(self, exception_type: type[BaseException] | None,
                         exception_value: BaseException | None,
                         traceback: TracebackType | None) -> None:
-        # pykka would log, unregister and stop the actor here.
+        # pykka would log, unregister and stop the actor here. A bug that breaks every message
+        # is logged in full ten times, then once per thousand failures.
         self.failures += 1
-        _log.opt(exception=(exception_type, exception_value, traceback)).error(
-            "{} failed on a told message ({} so far) and goes on with the next",
-            self.trace_name, self.failures)
+        if self.failures <= 10 or self.failures % 1000 == 0:
+            _log.opt(exception=(exception_type, exception_value, traceback)).error(
+                "{} failed on a told message ({} so far) and goes on with the next",
+                self.trace_name, self.failures)
 
     def _create_actor_inbox(self) -> StampedQueue:  # type: ignore[override]
         # pykka calls this through the instance, so the inbox can know its actor.

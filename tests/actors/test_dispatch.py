@@ -256,3 +256,22 @@ def test_when_a_singleton_raises_on_a_told_message_then_it_goes_on_with_the_next
         assert ref.is_alive()
     finally:
         ref.stop()
+
+
+def test_when_a_singleton_breaks_on_every_message_then_its_log_does_not_flood() -> None:
+    from loguru import logger
+
+    lines: list[str] = []
+    sink = logger.add(lines.append, level="ERROR", format="{message}")
+    ref = Singleton.start()
+    try:
+        for _ in range(1_500):
+            ref.tell("boom")
+        assert ref.ask("after", timeout=10) == ["after"]
+        assert ref.proxy().failures.get(timeout=5) == 1_500
+    finally:
+        ref.stop()
+        logger.remove(sink)
+    failed = [line for line in lines if "failed on a told message" in line]
+    assert len(failed) == 11  # the first ten, then the thousandth
+    assert "(1000 so far)" in failed[-1]
