@@ -20,7 +20,15 @@ from models.messages import ApplyOrderUpdate, PriceUpdate, RequestExit, TimerFir
 from models.orders import OrderStatus
 from models.position import ExitReason, OrderRole, PositionStatus
 from models.rules import PriceMark
-from tests.actors.test_tracker_flow import INSTRUMENT, System, entry, open_position, price
+from tests.actors.test_tracker_flow import (
+    INSTRUMENT,
+    System,
+    entry,
+    hold_tracker,
+    open_position,
+    price,
+    wait_for,
+)
 from tests.fakes import FakeGateway, FakeStore
 
 BROKEN = "PBAD"
@@ -128,17 +136,8 @@ def test_when_store_is_down_at_restart_then_supervisor_keeps_the_position_protec
 def gated(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[System, threading.Event]]:
     """BROKEN's tracker breaks on a price once the gate opens: what the test tells it before
     then queues up behind the breaking message."""
-    original = TrackerActor.on_receive
-    gate = threading.Event()
-
-    def on_receive(self: TrackerActor, message: Any) -> Any:
-        if isinstance(message, PriceUpdate) and self.keeper.position.position_id == BROKEN:
-            self._current = message
-            gate.wait(5)
-            raise RuntimeError("tracker bug on a price")
-        return original(self, message)
-
-    monkeypatch.setattr(TrackerActor, "on_receive", on_receive)
+    gate = hold_tracker(monkeypatch, lambda tracker, message: isinstance(message, PriceUpdate)
+                        and tracker.keeper.position.position_id == BROKEN, breaks=True)
     built = System(FakeStore(), FakeGateway())
     yield built, gate
     gate.set()
@@ -155,13 +154,6 @@ def _break_with_queued(system: System, gate: threading.Event, *queued: Any) -> N
     gate.set()
     wait_for(lambda: system.ctx.metrics.get("actor_restarts") == 1)
     system.settle()
-
-
-def wait_for(condition: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 def test_when_tracker_breaks_then_a_fill_queued_behind_it_reaches_the_next_incarnation(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -15,7 +17,7 @@ from actors.keeper import KeeperContext
 from actors.metrics import Metrics
 from actors.protocol import Snapshot
 from actors.risk_supervisor import RiskSupervisor, Supervision
-from actors.tracker import Peers
+from actors.tracker import Peers, TrackerActor
 from models.common import IST, Instrument, Segment, Side, TxnType, exit_client_id
 from models.messages import (
     ApplyOrderUpdate,
@@ -87,6 +89,32 @@ def system() -> Iterator[System]:
     built = System(FakeStore(), FakeGateway())
     yield built
     pykka.ActorRegistry.stop_all()
+
+
+def hold_tracker(monkeypatch: pytest.MonkeyPatch, holds: Callable[[TrackerActor, Any], bool],
+                 *, breaks: bool = False) -> threading.Event:
+    """Patch the trackers: a message ``holds`` picks waits until the returned gate opens (then
+    raises, with ``breaks``), so what a test tells meanwhile queues up behind it."""
+    original = TrackerActor.on_receive
+    gate = threading.Event()
+
+    def on_receive(self: TrackerActor, message: Any) -> Any:
+        if holds(self, message):
+            self._current = message
+            gate.wait(5)
+            if breaks:
+                raise RuntimeError("tracker bug on a held message")
+        return original(self, message)
+
+    monkeypatch.setattr(TrackerActor, "on_receive", on_receive)
+    return gate
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.005)
 
 
 def entry(order_no: str = "E1", qty: int = 100, price: str = "200", status: OrderStatus =

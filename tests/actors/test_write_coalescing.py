@@ -4,10 +4,8 @@ nothing they carry is lost when the write or the tracker fails."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from decimal import Decimal
-from typing import Any
 
 import pykka
 import pytest
@@ -15,15 +13,20 @@ import pytest
 from actors.keeper import DEFER_LIMIT, KeeperContext, PositionKeeper, Target
 from actors.metrics import Metrics
 from actors.protocol import Snapshot
-from actors.tracker import TrackerActor
 from models.common import Side
-from models.messages import ApplyOrderUpdate, PositionChanged, PositionOpened, PriceUpdate
+from models.messages import (
+    ApplyOrderUpdate,
+    CreatePosition,
+    PositionChanged,
+    PositionOpened,
+    PriceUpdate,
+)
 from models.orders import OrderStatus
 from models.policy import RiskConfig
 from models.position import OrderRole, PositionStatus, new_position
 from models.rules import PriceMark
 from store.ports import StoreError
-from tests.actors.test_tracker_flow import INSTRUMENT, T0, System, entry
+from tests.actors.test_tracker_flow import INSTRUMENT, T0, System, entry, hold_tracker, wait_for
 from tests.fakes import FakeGateway, FakeStore
 
 PID = "PE1"
@@ -120,19 +123,11 @@ def test_when_more_updates_queue_than_the_limit_then_they_are_stored_in_several_
 def held(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[System, threading.Event]]:
     """The tracker waits on its first fill until the gate opens, so the fills the test tells
     it meanwhile queue up in its mailbox."""
-    original = TrackerActor.on_receive
-    gate = threading.Event()
-
-    def on_receive(self: TrackerActor, message: Any) -> Any:
-        if isinstance(message, ApplyOrderUpdate):
-            gate.wait(5)
-        return original(self, message)
-
-    monkeypatch.setattr(TrackerActor, "on_receive", on_receive)
+    gate = hold_tracker(monkeypatch, lambda tracker, message: isinstance(message,
+                                                                         ApplyOrderUpdate))
     system = System(FakeStore(), FakeGateway())
     position = new_position(entry(order_no="E1"), position_id=PID, side=Side.LONG,
                             created_at=T0)
-    from models.messages import CreatePosition
     system.supervisor.tell(CreatePosition(position=position, correlation_id="c", sent_at=T0))
     system.settle()
     yield system, gate
@@ -144,9 +139,7 @@ def _burst(system: System, gate: threading.Event, *traded: int) -> None:
     for amount in traded:
         system.supervisor.tell(fill(amount))
     (ref,) = system.supervisor.proxy().tracker_refs().get(timeout=5)
-    deadline = time.monotonic() + 5
-    while ref.actor_inbox.qsize() < len(traded) - 1 and time.monotonic() < deadline:
-        time.sleep(0.005)
+    wait_for(lambda: ref.actor_inbox.qsize() >= len(traded) - 1)
     gate.set()
 
 
@@ -171,9 +164,7 @@ def test_when_a_tracker_fails_holding_fills_then_its_next_incarnation_stores_the
     system, gate = held
     system.store.fail_saves = 1  # the write of the queued run fails once
     _burst(system, gate, 10, 20, 30, 40)
-    deadline = time.monotonic() + 5
-    while system.ctx.metrics.get("actor_restarts") < 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: system.ctx.metrics.get("actor_restarts") >= 1)
     system.settle()
     store = system.store
     # The run's write failed while the last fill was handled: that one broke the tracker and is
