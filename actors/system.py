@@ -24,7 +24,7 @@ from loguru import logger
 from actors.dispatch import Dispatcher
 from actors.index import BulkLoad, IndexActor, OpenPositions
 from actors.keeper import KeeperContext
-from actors.ltp_batcher import LTPBatcherActor
+from actors.ltp_batcher import LTPBatcherActor, tick_feed
 from actors.metrics import Metrics
 from actors.order_update import OrderUpdateActor
 from actors.pnl_writer import PnLWriterActor
@@ -33,7 +33,7 @@ from actors.risk_supervisor import RiskSupervisor, Supervision
 from actors.timers import Schedule, Ticker, fire
 from actors.tracker import Peers
 from models.common import IST, Instrument
-from models.messages import OrderUpdateReceived, PriceTick, new_id
+from models.messages import OrderUpdateReceived, new_id
 from models.policy import RiskConfig
 from models.position import Position, PositionStatus
 from models.rules import PriceMark
@@ -108,6 +108,7 @@ class System:
         stale = p.config.policy.stale_after_seconds
         self.batcher = LTPBatcherActor.start(None, p.quotes, p.clock, p.metrics,
                                              stale_after=timedelta(seconds=float(stale)))
+        self._feed = tick_feed(self.batcher)
         self.index = IndexActor.start(self.batcher, refresh=timedelta(seconds=float(stale)) * 0.8,
                                       metrics=p.metrics,
                                       gate=self.dispatcher.yield_to_urgent)
@@ -160,9 +161,7 @@ class System:
                                              sent_at=self.parts.clock()))
 
     def tick(self, instrument: Instrument, ltp: Any, at: datetime) -> None:
-        mark = PriceMark(ltp=ltp, at=at)
-        self.batcher.tell(PriceTick(instrument=instrument, mark=mark, correlation_id=new_id(),
-                                    sent_at=self.parts.clock()))
+        self._feed(instrument, PriceMark(ltp=ltp, at=at))
 
     def step(self, now: datetime, *, timer: bool) -> None:
         """Advance time by hand (replay): a flush and, when asked, a timer."""

@@ -164,6 +164,7 @@ class ActorRig:
         self.metrics = self.system.parts.metrics
         self.count = len(book)
         self.batcher = self.system.batcher.proxy()  # made once: a proxy introspects the actor
+        self.pnl = self.system.pnl.proxy()
 
     def cycle(self, prices: dict[Instrument, Decimal]) -> dict[str, int]:
         db0, rt0, w0 = self.store.queries, self.cache.roundtrips, len(self.cache.per_write)
@@ -172,12 +173,15 @@ class ActorRig:
             self.system.tick(instrument, ltp, self.clock())
         self.system.step(self.clock(), timer=False)
         # Done when the batch is fanned out, every tracker told a price has handled it, and
-        # the PnL writer (told the batch after the fan-out) has valued it and flushed.
+        # the PnL writer (told the batch and the flush after the fan-out) has handled both.
         self.batcher.pending.get(timeout=30)
         self.system.index.ask(OpenPositions(instrument=None), timeout=30)
         while self.metrics.get("prices_handled") < self.metrics.get("price_deliveries"):
             time.sleep(0.0002)
-        self.system.pnl.ask(_flush(self.clock(), complete=self.cache_each_cycle), timeout=30)
+        if self.cache_each_cycle:
+            self.system.pnl.ask(_flush(self.clock(), complete=True), timeout=30)
+        else:  # the step's own flush is ahead of this ask: one flush a cycle, as in a live run
+            self.pnl.day_net().get(timeout=30)
         writes = self.cache.per_write[w0:]
         return {"db_queries": self.store.queries - db0,
                 "redis_roundtrips": self.cache.roundtrips - rt0,

@@ -11,7 +11,7 @@ from typing import Any
 import pykka
 import pytest
 
-from actors.ltp_batcher import LTPBatcherActor
+from actors.ltp_batcher import LTPBatcherActor, tick_feed
 from actors.metrics import Metrics
 from actors.protocol import Flush, Snapshot, Watch
 from models.common import Instrument, Segment
@@ -107,6 +107,22 @@ def test_an_asked_tick_is_handled_as_a_message(rig: Rig) -> None:
     rig.batcher.ask(tick(3, "70"), timeout=5)
     assert [b.prices for b in rig.flush()] == [((inst(3), PriceMark(ltp=Decimal("70"),
                                                                      at=T0)),)]
+
+
+def test_the_feed_puts_marks_where_told_ticks_go_and_stops_with_the_batcher(rig: Rig) -> None:
+    feed = tick_feed(rig.batcher)
+    rig.batcher.tell(tick(1, "100"))
+    feed(inst(1), PriceMark(ltp=Decimal("101"), at=T0))  # after a told tick: latest wins
+    feed(inst(2), PriceMark(ltp=Decimal("50"), at=T0))
+    assert [b.prices for b in rig.flush()] == [(
+        (inst(1), PriceMark(ltp=Decimal("101"), at=T0)),
+        (inst(2), PriceMark(ltp=Decimal("50"), at=T0)))]
+    assert rig.batcher.actor_inbox.ticks == 3  # type: ignore[attr-defined]
+    with pytest.raises(TypeError, match="not a price batcher"):
+        tick_feed(rig.sink)
+    rig.batcher.stop()
+    with pytest.raises(pykka.ActorDeadError):
+        feed(inst(1), PriceMark(ltp=Decimal("102"), at=T0))
 
 
 def tick(n: int, ltp: str) -> PriceTick:
