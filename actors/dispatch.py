@@ -188,7 +188,8 @@ class _Mailbox:
 
         For a stopped actor (from its own thread, the only one that takes from the queue):
         what was told to it before it stopped is handed on instead of dropped."""
-        told, kept = [], deque()
+        told: list[Any] = []
+        kept: deque[Any] = deque()
         with self._lock:
             while self._queue:
                 entry = self._queue.popleft()
@@ -338,11 +339,12 @@ class SingletonActor(Traced, pykka.ThreadingActor):
     Each serves every position (the index fans out every price, the batcher every tick, the PnL
     writer feeds the kill switch), so one told message that raises must not stop it, as it
     stops a ``ThreadingActor``: the failure is logged with its traceback, counted in
-    ``failures``, and the actor goes on with the next message (past ten failures, one in a
+    ``told_failures``, and the actor goes on with the next message (past ten failures, one in a
     thousand is logged). An ask that raises still gets the exception back."""
 
-    failures = 0
-    """Told messages whose handler raised (each logged at error level)."""
+    told_failures = 0
+    """Told messages whose handler raised (each logged at error level). Named apart from
+    anything a subclass counts: the supervisor's ``failures`` is its restart history."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._inbox_owner: list[Any] = []
@@ -354,11 +356,11 @@ class SingletonActor(Traced, pykka.ThreadingActor):
                         traceback: TracebackType | None) -> None:
         # pykka would log, unregister and stop the actor here. A bug that breaks every message
         # is logged in full ten times, then once per thousand failures.
-        self.failures += 1
-        if self.failures <= 10 or self.failures % 1000 == 0:
+        self.told_failures += 1
+        if self.told_failures <= 10 or self.told_failures % 1000 == 0:
             _log.opt(exception=(exception_type, exception_value, traceback)).error(
                 "{} failed on a told message ({} so far) and goes on with the next",
-                self.trace_name, self.failures)
+                self.trace_name, self.told_failures)
 
     def _create_actor_inbox(self) -> StampedQueue:  # type: ignore[override]
         # pykka calls this through the instance, so the inbox can know its actor.

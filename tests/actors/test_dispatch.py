@@ -250,7 +250,7 @@ def test_when_a_singleton_raises_on_a_told_message_then_it_goes_on_with_the_next
             ref.tell(message)
         assert ref.ask("asked", timeout=5) == ["before", "after", "asked"]
         assert ref.is_alive()
-        assert ref.proxy().failures.get(timeout=5) == 1
+        assert ref.proxy().told_failures.get(timeout=5) == 1
         with pytest.raises(ValueError, match="a bug"):
             ref.ask("boom", timeout=5)  # an ask still gets its exception back
         assert ref.is_alive()
@@ -268,7 +268,7 @@ def test_when_a_singleton_breaks_on_every_message_then_its_log_does_not_flood() 
         for _ in range(1_500):
             ref.tell("boom")
         assert ref.ask("after", timeout=10) == ["after"]
-        assert ref.proxy().failures.get(timeout=5) == 1_500
+        assert ref.proxy().told_failures.get(timeout=5) == 1_500
     finally:
         ref.stop()
         logger.remove(sink)

@@ -13,7 +13,7 @@ import pykka
 import pytest
 
 from actors.protocol import Snapshot
-from actors.risk_supervisor import Supervision
+from actors.risk_supervisor import RiskSupervisor, Supervision
 from actors.tracker import TrackerActor
 from models.common import exit_client_id
 from models.messages import ApplyOrderUpdate, PriceUpdate, RequestExit, TimerFired
@@ -181,3 +181,31 @@ def test_when_tracker_breaks_then_an_exit_request_queued_behind_it_is_still_carr
         sent_at=system.clock.now))
     assert exit_client_id(pid, 1) in system.gateway.placed
     assert system.store.positions[pid].exit_reason is ExitReason.MANUAL
+
+
+def test_when_the_supervisor_breaks_on_a_message_and_on_its_dead_letter_then_it_goes_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The supervisor catches what a message raises and dead-letters it; when that write fails
+    # too, the failure reaches the singletons' handler, whose counter must not be the
+    # supervisor's own restart history.
+    def unavailable(self: RiskSupervisor, *args: Any) -> None:
+        raise RuntimeError("dead letters unavailable")
+
+    def broken(self: RiskSupervisor, message: Any) -> None:
+        raise RuntimeError("supervisor bug on a price")
+
+    monkeypatch.setattr(RiskSupervisor, "_dead_letter", unavailable)
+    monkeypatch.setattr(RiskSupervisor, "_quarantined_price", broken)
+    system = System(FakeStore(), FakeGateway())
+    try:
+        pid = open_position(system, entry(order_no="SUP"))
+        system.supervisor.tell(PriceUpdate(instrument=INSTRUMENT, mark=PriceMark(
+            ltp=Decimal(176), at=system.clock.now), correlation_id="p", sent_at=system.clock.now))
+        snapshot = system.supervisor.ask(Snapshot(), timeout=5)
+        assert system.supervisor.is_alive()
+        assert system.supervisor.proxy().told_failures.get(timeout=5) == 1
+        assert snapshot["quarantined"] == []
+        price(system, "176")  # the supervisor still places the exit its tracker asks for
+        assert exit_client_id(pid, 1) in system.gateway.placed
+    finally:
+        pykka.ActorRegistry.stop_all()
