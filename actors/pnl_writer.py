@@ -96,7 +96,8 @@ class PnLWriterActor(SingletonActor):
         self.closed_net: dict[str, Decimal] = {}
         self.open_total = _ZERO
         """The sum of every book's value, kept up to date price by price."""
-        self.priced: set[Instrument] = set()
+        self.priced: set[_Book] = set()
+        """The books priced since the cadence's last write (by identity: no instrument hash)."""
         self.marked: set[str] = set()
         self.deletes: set[str] = set()
         self.marked_since: set[str] = set()
@@ -163,14 +164,22 @@ class PnLWriterActor(SingletonActor):
         self.open_total += book.value() - before
 
     def _priced(self, batch: PriceBatch) -> None:
+        """Each book takes its price; the running total moves by ``slope * (new - old)``, the
+        change of ``constant + slope * ltp`` (re-summed from the books at every cadence)."""
+        books, priced, at = self.books, self.priced, batch.sent_at
+        total = self.open_total
         for instrument, mark in batch.prices:
-            book = self.books.get(instrument)
+            book = books.get(instrument)
             if book is None or not book.held:
                 continue
-            before = book.value()
-            book.ltp, book.at = mark.ltp, batch.sent_at
-            self.open_total += book.value() - before
-            self.priced.add(instrument)
+            ltp, last = mark.ltp, book.ltp
+            if last is None:
+                total += book.constant + book.slope * ltp
+            elif book.slope and ltp != last:
+                total += book.slope * (ltp - last)
+            book.ltp, book.at = ltp, at
+            priced.add(book)
+        self.open_total = total
 
     def _marked(self, message: PnLMarked) -> None:
         instrument = self.where.get(message.position_id)
@@ -218,8 +227,8 @@ class PnLWriterActor(SingletonActor):
     def _take_due(self, at: datetime) -> None:
         """The cadence is up: every position whose price or marks changed is due a write."""
         due = dict.fromkeys(self.due)
-        for instrument in self.priced:
-            due.update(dict.fromkeys(self.books[instrument].held))
+        for book in self.priced:
+            due.update(dict.fromkeys(book.held))
         due.update(dict.fromkeys(self.marked))
         self.due = list(due)
         self.chunk = max(CHUNK, -(-len(self.due) // 10))
