@@ -10,11 +10,14 @@ day's total, whatever the number of positions on it. The supervisor hears that t
 (``PortfolioValued``) on every ``Flush``, for the kill switch. Once per ``cache_every`` the
 positions whose price or marks changed are due a cache write; their entries are made and written
 a chunk per flush (one pipelined round trip each), so no flush holds the interpreter for long.
+The round trip itself is the ``CacheWriterActor``'s (``actors/cache_writer.py``, started and
+stopped with this actor): the writer hands it a chunk and goes on, with at most one write in
+flight (a flush that finds one still out leaves what is due to a later flush).
 A flush behind a batch that told possible exits (``Flush.exits``) leaves its cache write to the
 next flush (never two in a row), so the writer is out of the way while those exits are decided
 and placed; and every message waits while urgent work runs on the trackers' dispatcher
 (``gate``: ``Dispatcher.yield_to_urgent``, bounded). A ``Flush(complete=True)`` writes
-everything at once. A cache outage costs only the cache.
+everything at once and waits until it is written. A cache outage costs only the cache.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import pykka
 from loguru import logger
 from pykka import ActorRef
 
+from actors.cache_writer import CacheWriterActor, WriteCache
 from actors.dispatch import SingletonActor
 from actors.metrics import Metrics
 from actors.protocol import Flush, PortfolioValued
@@ -41,6 +46,9 @@ from store.pnl_cache import PnLCache, PnLEntry
 _ZERO = Decimal(0)
 CHUNK = 100
 """Cache entries written per flush at least; a cadence's writes take at most ten flushes."""
+SETTLE_SECONDS = 10.0
+"""How long a complete flush (or a stop) waits for the cache write in flight: far more than
+the cache's own socket timeout, after which a write gives up by itself."""
 
 
 class _Held:
@@ -114,6 +122,17 @@ class PnLWriterActor(SingletonActor):
         self.chunk = CHUNK
         self.deferred = False
         """The last flush left its cache write to this one (exits were in flight)."""
+        self.writer: ActorRef[Any] | None = None
+        self.in_flight: pykka.Future[Any] | None = None
+        """The answer to the last write handed to the cache writer, until it has come."""
+
+    def on_start(self) -> None:
+        self.writer = CacheWriterActor.start(self.cache, self.metrics)
+
+    def on_stop(self) -> None:
+        self.settle_cache()
+        if self.writer is not None:
+            self.writer.stop()
 
     def on_receive(self, message: Any) -> Any:
         if self.gate is not None:
@@ -214,7 +233,9 @@ class PnLWriterActor(SingletonActor):
                                               or at - self.written_at >= self.cache_every)):
                 self._take_due(at)
             if self.due or self.deletes:
-                self._write(len(self.due) if complete else self.chunk)
+                self._write(len(self.due) if complete else self.chunk, wait=complete)
+            elif complete:
+                self.settle_cache()  # nothing new, but what is in flight lands first
         finally:
             self._catch_up()
 
@@ -237,9 +258,40 @@ class PnLWriterActor(SingletonActor):
         # Summed afresh now and then, so rounding in the running total cannot accumulate.
         self.open_total = sum((book.value() for book in self.books.values()), _ZERO)
 
-    def _write(self, count: int) -> None:
-        """Write ``count`` due positions (valued now) and the pending deletes: one round trip.
-        A cadence's writes are spread over the next flushes, so no flush holds the GIL long."""
+    def settle_cache(self) -> None:
+        """Wait (bounded) until the write in flight, if any, is done."""
+        if self.in_flight is None:
+            return
+        try:
+            self.in_flight.get(timeout=SETTLE_SECONDS)
+        except pykka.Timeout:
+            logger.warning("PnL cache write still running after {}s; not waiting longer",
+                           SETTLE_SECONDS)
+        except Exception as error:  # a bug in the writer: the cache only is degraded
+            logger.opt(exception=error).error("PnL cache write failed")
+        self.in_flight = None
+
+    def _writing(self) -> bool:
+        """Whether the last write handed over is still under way."""
+        if self.in_flight is None:
+            return False
+        try:
+            self.in_flight.get(timeout=0)
+        except pykka.Timeout:
+            return True
+        except Exception as error:  # as in settle_cache
+            logger.opt(exception=error).error("PnL cache write failed")
+        self.in_flight = None
+        return False
+
+    def _write(self, count: int, *, wait: bool = False) -> None:
+        """Hand the cache writer ``count`` due positions (valued now) and the pending deletes:
+        one round trip. A cadence's writes are spread over the next flushes, so no flush holds
+        the GIL long; while the last write is still out, they wait for a later flush."""
+        if wait:
+            self.settle_cache()
+        elif self._writing():
+            return
         batch, self.due = self.due[:count], self.due[count:]
         entries: list[PnLEntry] = []
         for pid in batch:
@@ -249,10 +301,13 @@ class PnLWriterActor(SingletonActor):
                 _entry(entries, pid, book.held[pid], book)
         deletes = sorted(self.deletes)
         self.deletes = set()
-        if entries or deletes:
-            before = self.cache.roundtrips
-            self.cache.write(entries, deletes)
-            self.metrics.incr("redis_roundtrips", self.cache.roundtrips - before)
+        if not entries and not deletes:
+            return
+        assert self.writer is not None, "started in on_start"
+        self.in_flight = self.writer.ask(WriteCache(tuple(entries), tuple(deletes)),
+                                         block=False)
+        if wait:
+            self.settle_cache()
 
 
 def _entry(entries: list[PnLEntry], pid: str, held: _Held, book: _Book) -> None:

@@ -6,7 +6,8 @@ a refresh now and then), a price outside it is told at once, ahead of the rest o
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -24,7 +25,7 @@ from models.messages import PriceBatch, PriceUpdate
 from models.policy import ExitPolicy
 from models.position import Position
 from models.rules import PriceMark
-from store.pnl_cache import InMemoryPnLCache
+from store.pnl_cache import InMemoryPnLCache, PnLEntry
 from tests.actors.test_tracker_flow import (
     INSTRUMENT,
     T0,
@@ -153,7 +154,7 @@ def test_the_pnl_writer_values_every_open_position_from_the_batch() -> None:
         writer.proxy().seed([long_one], []).get(timeout=5)
         mark = PriceMark(ltp=Decimal("210"), at=T0)
         writer.tell(PriceBatch(prices=((INSTRUMENT, mark),), correlation_id="b", sent_at=T0))
-        writer.ask(Flush(at=T0), timeout=5)
+        flushed(writer)
         entry_ = cache.read(long_one.position_id)
         assert entry_ is not None
         assert (entry_.ltp, entry_.pnl, entry_.pnl_pct) == (
@@ -161,6 +162,49 @@ def test_the_pnl_writer_values_every_open_position_from_the_batch() -> None:
         assert writer.proxy().day_net().get(timeout=5) == Decimal(980)
         assert sink.ask(Snapshot(), timeout=5) == []
     finally:
+        pykka.ActorRegistry.stop_all()
+
+
+def flushed(writer: pykka.ActorRef[Any], **flush: Any) -> None:
+    """An ordinary flush, then until its cache write (handed to the cache writer) is done."""
+    writer.ask(Flush(at=T0, **flush), timeout=5)
+    writer.proxy().settle_cache().get(timeout=5)
+
+
+class HeldCache(InMemoryPnLCache):
+    """Each write waits until the test lets it go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def write(self, entries: Sequence[PnLEntry], deletes: Sequence[str] = ()) -> bool:
+        self.entered.set()
+        assert self.release.wait(5)
+        return super().write(entries, deletes)
+
+
+def test_the_writer_goes_on_while_its_cache_write_is_out_and_keeps_one_in_flight() -> None:
+    cache = HeldCache()
+    writer = PnLWriterActor.start(cache, ExitPolicy(), Metrics(), lambda: T0)
+    try:
+        writer.proxy().seed(book_of(300), []).get(timeout=5)
+        writer.tell(PriceBatch(prices=((INSTRUMENT, PriceMark(ltp=Decimal("201"), at=T0)),),
+                               correlation_id="b", sent_at=T0))
+        writer.ask(Flush(at=T0), timeout=5)  # hands over the first chunk, does not wait
+        assert cache.entered.wait(5)
+        for _ in range(3):  # the write is still out: these flushes hand over nothing
+            writer.ask(Flush(at=T0), timeout=5)
+        assert writer.proxy().day_net().get(timeout=5) == Decimal(-3000)  # still answering
+        assert cache.roundtrips == 0
+        cache.release.set()
+        writer.proxy().settle_cache().get(timeout=5)
+        assert cache.roundtrips == 1 and len(cache.read_all()) == 100
+        writer.ask(Flush(at=T0, complete=True), timeout=5)  # the rest, and waits for it
+        assert cache.roundtrips == 2 and len(cache.read_all()) == 300
+    finally:
+        cache.release.set()
         pykka.ActorRegistry.stop_all()
 
 
@@ -181,14 +225,14 @@ def test_the_cache_write_of_a_cadence_is_spread_over_flushes_and_complete_writes
         writer.tell(batch)
         written = []
         for _ in range(3):
-            writer.ask(Flush(at=T0), timeout=5)
+            flushed(writer)
             written.append(len(cache.read_all()))
         assert written == [100, 200, 300]  # a chunk per flush (a tenth of what is due)
         for _ in range(7):
-            writer.ask(Flush(at=T0), timeout=5)
+            flushed(writer)
         assert len(cache.read_all()) == 600 and cache.roundtrips == 6  # all within ten flushes
         writer.tell(batch)
-        writer.ask(Flush(at=T0), timeout=5)  # the cadence (1 s) is not up: nothing new is due
+        flushed(writer)  # the cadence (1 s) is not up: nothing new is due
         assert cache.roundtrips == 6
         writer.ask(Flush(at=T0, complete=True), timeout=5)
         assert cache.roundtrips == 7 and len(cache.read_all()) == 600
@@ -206,7 +250,7 @@ def test_a_flush_behind_possible_exits_leaves_the_cache_write_to_the_next_one() 
                                correlation_id="b", sent_at=T0))
         written = []
         for exits in (True, True, False, True):
-            writer.ask(Flush(at=T0, exits=exits), timeout=5)
+            flushed(writer, exits=exits)
             written.append(len(cache.read_all()))
         # Deferred once, never twice in a row; the kill switch hears every flush regardless.
         assert written == [0, 100, 200, 200]
