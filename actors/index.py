@@ -95,9 +95,12 @@ class _Reach:
     comparisons per instrument find a batch's possible exits before any position's verdict is
     taken, and skip the instruments where nothing is due."""
 
-    __slots__ = ("high", "low", "marks_high", "marks_low", "open", "refresh_at", "until")
+    __slots__ = ("high", "low", "marks_high", "marks_low", "open", "owners", "refresh_at",
+                 "until")
 
-    def __init__(self, watches: list[_Watch | None]) -> None:
+    def __init__(self, owners: dict[str, ActorRef[Any]], watches: list[_Watch | None]) -> None:
+        self.owners = owners
+        """The instrument's owners (the index's own dict: a reach is dropped when it changes)."""
         self.low: Decimal | None = None
         self.high: Decimal | None = None
         self.marks_low: Decimal | None = None
@@ -127,6 +130,14 @@ class _Reach:
         return self.refresh_at is not None and at < self.refresh_at and (
             self.marks_low is None or ltp >= self.marks_low) and (
             self.marks_high is None or ltp <= self.marks_high)
+
+    def verdict(self, ltp: Decimal, at: datetime) -> int:
+        """``crosses`` and ``quiet`` in one call (the fan-out asks it of every price):
+        ``CROSSING`` (a position may exit), ``QUIET`` (nothing to any), or ``MARKS`` (look
+        at each position)."""
+        if self.crosses(ltp, at):
+            return CROSSING
+        return QUIET if self.quiet(ltp, at) else MARKS
 
 
 def _higher(a: Any, b: Any) -> Any:
@@ -219,19 +230,22 @@ class IndexActor(SingletonActor):
         refresh: list[tuple[ActorRef[Any], PriceUpdate]] = []
         inside: list[tuple[Instrument, PriceMark, dict[str, ActorRef[Any]], _Reach]] = []
         told = checked = 0
+        last_marks, reaches = self.last_marks, self.reach
         for instrument, mark in batch.prices:
-            self.last_marks[instrument] = mark
-            owners = self.routes.get(instrument)
-            if not owners:
-                continue
-            checked += len(owners)
-            reach = self.reach.get(instrument)
+            last_marks[instrument] = mark
+            reach = reaches.get(instrument)
             if reach is None:
-                reach = self.reach[instrument] = _Reach([self.watches.get(pid)
-                                                         for pid in owners])
-            if reach.crosses(mark.ltp, mark.at):
+                owners = self.routes.get(instrument)
+                if not owners:
+                    continue
+                reach = reaches[instrument] = _Reach(owners, [self.watches.get(pid)
+                                                              for pid in owners])
+            owners = reach.owners
+            checked += len(owners)
+            verdict = reach.verdict(mark.ltp, mark.at)
+            if verdict == CROSSING:
                 told += self._cross(batch, instrument, mark, owners, later, refresh, reach)
-            elif not reach.quiet(mark.ltp, mark.at):
+            elif verdict == MARKS:
                 inside.append((instrument, mark, owners, reach))
         if told:
             self._exits_told = True
