@@ -37,9 +37,19 @@ class Peers:
     orders: ActorRef[Any] | None
 
     def ref(self, target: Target) -> ActorRef[Any] | None:
-        return {Target.SUPERVISOR: self.supervisor, Target.INDEX: self.index,
-                Target.PNL: self.pnl, Target.BATCHER: self.batcher,
-                Target.ORDERS: self.orders}[target]
+        # Identity tests, most frequent first: once per message a tracker sends, where a
+        # dict built per call (and an Enum's Python-level hash) cost several times this.
+        if target is Target.PNL:
+            return self.pnl
+        if target is Target.INDEX:
+            return self.index
+        if target is Target.SUPERVISOR:
+            return self.supervisor
+        if target is Target.BATCHER:
+            return self.batcher
+        if target is Target.ORDERS:
+            return self.orders
+        raise ValueError(f"no peer for {target!r}")
 
 
 def deliver(peers: Peers, out: list[tuple[Target, object]]) -> None:

@@ -26,7 +26,7 @@ from actors.metrics import Metrics
 from actors.system import Parts, System
 from app.clocks import ManualClock
 from bench.report import at_least, figure
-from bench.workload import T0, instruments, positions, quiet_prices
+from bench.workload import QUIET_PERIOD, T0, instruments, positions, quiet_prices
 from broker.exchange import PaperExchange
 from broker.market import TapeMarket
 from broker.quotes import PaperQuoteApi
@@ -240,7 +240,8 @@ def _actors(store: Store, cache: PnLCache, book: list[Position], on: list[Instru
     rig = ActorRig(store, cache, book, cache_each_cycle=cache_each_cycle)
     counts: list[dict[str, int]] = []
     step = iter(range(10**9))
-    rig.cycle(quiet_prices(on, next(step)))  # every tracker hears its first price
+    for _ in range(QUIET_PERIOD):  # warm-up: every tracker priced, every peak set
+        rig.cycle(quiet_prices(on, next(step)))
     try:
         return timed(lambda: counts.append(rig.cycle(quiet_prices(on, next(step)))),
                      repeats), counts
@@ -255,7 +256,8 @@ def compare(count: int, *, store: Store, store_url: str | None, cache: PnLCache,
     book = positions(count, on)
     floor_loop = Floor(book)
     floor_step = iter(range(10**9))
-    floor_loop.cycle(quiet_prices(on, next(floor_step)))  # warm-up, as the actors' first cycle
+    for _ in range(QUIET_PERIOD):  # the same warm-up as the actors'
+        floor_loop.cycle(quiet_prices(on, next(floor_step)))
     floor = timed(lambda: floor_loop.cycle(quiet_prices(on, next(floor_step))), repeats)
     actors, counts = _actors(store, cache, book, on, repeats, cache_each_cycle=False)
     written, written_counts = _actors(store2, cache, book, on, repeats,

@@ -23,7 +23,7 @@ from bench import throughput
 from bench.common import fresh_cache, fresh_store
 from bench.cycle import ActorRig, timed
 from bench.report import figure
-from bench.workload import instruments, positions, quiet_prices
+from bench.workload import QUIET_PERIOD, instruments, positions, quiet_prices
 
 MODES = ("off", "ring", "jsonl")
 
@@ -42,7 +42,8 @@ def _cycle_ms(pg: str | None, rd: str | None, scratch: Path, repeats: int
     store, _ = fresh_store(pg, scratch)
     rig = ActorRig(store, fresh_cache(rd), positions(1_000, on))
     step = itertools.count()
-    rig.cycle(quiet_prices(on, next(step)))  # warm-up
+    for _ in range(QUIET_PERIOD):  # warm-up: every tracker priced, every peak set
+        rig.cycle(quiet_prices(on, next(step)))
     times = timed(lambda: rig.cycle(quiet_prices(on, next(step))), repeats)
     active = tracing.tracer()
     behind = active.backlog if active is not None else 0

@@ -45,8 +45,14 @@ def positions(count: int, on: list[Instrument], *, seed: int = 1,
     return made
 
 
+QUIET_PERIOD = 7
+"""Steps of ``quiet_prices``' wiggle: after one period every peak it reaches has been seen."""
+
+
 def quiet_prices(on: list[Instrument], step: int, base: Decimal = Decimal(100)
                  ) -> dict[Instrument, Decimal]:
-    """Prices that move every step but stay inside every rule's band (no exits): steady state."""
-    wiggle = Decimal(step % 7 - 3) / Decimal(100)  # -0.03 … +0.03
+    """Prices that move every step but stay inside every rule's band (no exits): steady state
+    once the first ``QUIET_PERIOD`` steps have set each position's peak (those steps move the
+    marks of the long positions, a delivery each)."""
+    wiggle = Decimal(step % QUIET_PERIOD - 3) / Decimal(100)  # -0.03 … +0.03
     return {instrument: base + wiggle for instrument in on}
