@@ -19,10 +19,11 @@ identity before use.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
+from functools import lru_cache
 
-from models.common import IST, Side
+from models.common import IST, Segment, Side
 from models.policy import SESSION_HOURS, ExitPolicy, RiskConfig
 from models.position import OrderRole, Position, PositionStatus, TrackedOrder
 
@@ -133,15 +134,26 @@ def _band(basis: Basis, trail: Decimal | None,
 def _next_change(position: Position, now: datetime, policy: ExitPolicy) -> datetime:
     """The first instant after ``now`` at which a time rule or the session could change: the
     session's open and close, square-off, ``exit_at``, the end of the holding time, midnight."""
-    local = now.astimezone(IST)
-    day = local.date()
-    clocks: list[time | None] = [*SESSION_HOURS[position.segment],
-                                 policy.square_off_time(position.segment), policy.exit_at_time]
+    segment = position.segment
+    moments = _day_moments(segment, now.astimezone(IST).date(), policy.square_off_time(segment),
+                           policy.exit_at_time)
+    upcoming = min(moment for moment in moments if moment > now)  # midnight always is
+    if policy.max_hold_minutes and position.opened_at is not None:
+        held_until = position.opened_at + timedelta(minutes=policy.max_hold_minutes)
+        if now < held_until < upcoming:
+            return held_until
+    return upcoming
+
+
+@lru_cache(maxsize=256)
+def _day_moments(segment: Segment, day: date, square_off: time | None,
+                 exit_at: time | None) -> tuple[datetime, ...]:
+    """The clock-of-day moments of ``_next_change`` on one day, the same for every position
+    of a segment under one policy: made once a day, not at every quiet guard."""
+    clocks = [*SESSION_HOURS[segment], square_off, exit_at]
     moments = [datetime.combine(day, clock, tzinfo=IST) for clock in clocks if clock is not None]
     moments.append(datetime.combine(day + timedelta(days=1), time(0), tzinfo=IST))
-    if policy.max_hold_minutes and position.opened_at is not None:
-        moments.append(position.opened_at + timedelta(minutes=policy.max_hold_minutes))
-    return min(moment for moment in moments if moment > now)
+    return tuple(moments)
 
 
 @dataclass(frozen=True, slots=True)

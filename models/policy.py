@@ -118,12 +118,10 @@ class SessionCalendar(Frozen):
     holidays: frozenset[date] = frozenset()
 
     def trading_day(self, day: date) -> bool:
-        return day.weekday() < 5 and day not in self.holidays
+        return _trading_day(self.holidays, day)
 
     def in_session(self, segment: Segment, now: datetime) -> bool:
-        local = now.astimezone(IST)
-        start, end = SESSION_HOURS[segment]
-        return self.trading_day(local.date()) and start <= local.time() < end
+        return _in_session(self.holidays, segment, now)
 
     def at(self, day: date, clock: time) -> datetime:
         """An exchange wall-clock time on ``day``, as an aware datetime."""
@@ -139,6 +137,20 @@ class SessionCalendar(Frozen):
                 return candidate
             day += timedelta(days=1)
         raise ValueError("no trading day in the next 30 days")
+
+
+@lru_cache(maxsize=1024)
+def _in_session(holidays: frozenset[date], segment: Segment, now: datetime) -> bool:
+    """``SessionCalendar.in_session``, remembered: one price's handling asks it of the same
+    instant several times (the rules, the quiet guard, freshness), as every position on a
+    segment does of one batch's time."""
+    local = now.astimezone(IST)
+    start, end = SESSION_HOURS[segment]
+    return _trading_day(holidays, local.date()) and start <= local.time() < end
+
+
+def _trading_day(holidays: frozenset[date], day: date) -> bool:
+    return day.weekday() < 5 and day not in holidays
 
 
 class RiskConfig(Frozen):

@@ -241,6 +241,15 @@ def test_configured_holidays_are_not_trading_days() -> None:
     assert not calendar.in_session(Segment.NSE_FNO, t(10, day=HOLIDAY))
 
 
+def test_in_session_answers_for_its_own_calendar_at_an_instant_already_asked() -> None:
+    # The answer is remembered per instant: another calendar's holidays must not share it.
+    now = t(10, day=HOLIDAY)
+    assert SessionCalendar().in_session(Segment.NSE_FNO, now)
+    assert not SessionCalendar(holidays=frozenset({HOLIDAY})).in_session(Segment.NSE_FNO, now)
+    assert SessionCalendar().in_session(Segment.NSE_FNO, now)
+    assert not SessionCalendar().in_session(Segment.NSE_FNO, t(16, day=HOLIDAY))
+
+
 def test_weekends_are_closed_and_weekdays_open_in_session_hours() -> None:
     calendar = SessionCalendar()
 
