@@ -260,29 +260,24 @@ class PnLWriterActor(SingletonActor):
 
     def settle_cache(self) -> None:
         """Wait (bounded) until the write in flight, if any, is done."""
-        if self.in_flight is None:
-            return
-        try:
-            self.in_flight.get(timeout=SETTLE_SECONDS)
-        except pykka.Timeout:
+        if not self._landed(SETTLE_SECONDS):
             logger.warning("PnL cache write still running after {}s; not waiting longer",
                            SETTLE_SECONDS)
+            self.in_flight = None
+
+    def _landed(self, timeout: float) -> bool:
+        """Whether the last write handed over is done (waiting up to ``timeout`` for it);
+        once it is, it is forgotten."""
+        if self.in_flight is None:
+            return True
+        try:
+            self.in_flight.get(timeout=timeout)
+        except pykka.Timeout:
+            return False
         except Exception as error:  # a bug in the writer: the cache only is degraded
             logger.opt(exception=error).error("PnL cache write failed")
         self.in_flight = None
-
-    def _writing(self) -> bool:
-        """Whether the last write handed over is still under way."""
-        if self.in_flight is None:
-            return False
-        try:
-            self.in_flight.get(timeout=0)
-        except pykka.Timeout:
-            return True
-        except Exception as error:  # as in settle_cache
-            logger.opt(exception=error).error("PnL cache write failed")
-        self.in_flight = None
-        return False
+        return True
 
     def _write(self, count: int, *, wait: bool = False) -> None:
         """Hand the cache writer ``count`` due positions (valued now) and the pending deletes:
@@ -290,7 +285,7 @@ class PnLWriterActor(SingletonActor):
         the GIL long; while the last write is still out, they wait for a later flush."""
         if wait:
             self.settle_cache()
-        elif self._writing():
+        elif not self._landed(0):
             return
         batch, self.due = self.due[:count], self.due[count:]
         entries: list[PnLEntry] = []
