@@ -46,9 +46,9 @@ class _Mailbox:
     it evaluates is the newest, never one that went stale while it waited.
     """
 
-    __slots__ = ("_actor", "_conflate", "_dispatcher", "_latest", "_lock", "_queue",
-                 "_running", "_scheduled", "_turns", "_urgent_later", "_urgent_queued",
-                 "conflated")
+    __slots__ = ("_actor", "_closed", "_conflate", "_dispatcher", "_drain_lock", "_latest",
+                 "_lock", "_queue", "_running", "_scheduled", "_turns", "_urgent_later",
+                 "_urgent_queued", "conflated")
 
     def __init__(self, conflate: frozenset[type] = frozenset()) -> None:
         self._queue: deque[list[Any]] = deque()
@@ -62,6 +62,10 @@ class _Mailbox:
         self._urgent_queued = True
         self._urgent_later = False
         """An urgent message came while a turn ran: the turn that follows is urgent too."""
+        self._closed = False
+        """The actor stopped and its last turn emptied the mailbox: whoever puts a message
+        after that answers (or hands on) that message itself, as nobody else will."""
+        self._drain_lock = threading.Lock()
         self._actor: PooledActor | None = None
         self._dispatcher: Dispatcher | None = None
         self._conflate = conflate
@@ -100,14 +104,22 @@ class _Mailbox:
             # On the run queue already (or running): it keeps its place, unless this message
             # is urgent and the turn waiting is an ordinary one. Then an urgent turn goes too;
             # whichever starts first runs the mailbox, the other finds it running or empty.
+            # A closed mailbox stays scheduled and running for good.
             if self._scheduled and (not urgent or self._running or self._urgent_queued):
                 if urgent and self._running:
                     self._urgent_later = True
-                return
-            self._scheduled = True
-            self._turns += 1
-            self._urgent_queued = self._urgent_queued or urgent
-        self._submit(urgent)
+                if not self._closed:
+                    return
+                late = True
+            else:
+                late = False
+                self._scheduled = True
+                self._turns += 1
+                self._urgent_queued = self._urgent_queued or urgent
+        if late:  # put after the last turn's clean-up (a tell that found the actor alive)
+            self._fail_pending()
+        else:
+            self._submit(urgent)
 
     def _pop(self) -> list[Any]:
         entry = self._queue.popleft()
@@ -169,6 +181,8 @@ class _Mailbox:
             envelope, actor._last_stamp, _ = self._pop()
             actor._handle_envelope(envelope)
         if stopped.is_set():
+            with self._lock:
+                self._closed = True
             self._fail_pending()
             return  # stays "scheduled" (and running) forever: a stopped actor never runs again
         with self._lock:
@@ -206,7 +220,12 @@ class _Mailbox:
     def _fail_pending(self) -> None:
         """What ``ThreadingActor``'s teardown does: answer every waiting ``ask``; told messages
         still queued (those that came after ``on_failure`` took the others) go to
-        ``PooledActor.on_undelivered``."""
+        ``PooledActor.on_undelivered``. Run by the last turn, then by any thread that puts a
+        message after it (one at a time)."""
+        with self._drain_lock:
+            self._fail_queued()
+
+    def _fail_queued(self) -> None:
         told = self.take_told()
         if told and self._actor is not None:
             try:

@@ -50,9 +50,9 @@ class Dispatcher:
         # Tasks wait in two deques. Every task puts a token in ``_tokens`` (the C SimpleQueue
         # that wakes the ordinary workers, which take an urgent task when no reserved worker is
         # free); an urgent task also puts one in ``_urgent_tokens`` for the reserved workers. A
-        # token may find its task taken by the other kind of worker: the worker goes back to
-        # waiting. Each queue holds at least a token per task its workers may take, so no task
-        # is left behind.
+        # token may find its task taken by the other kind of worker. A woken worker runs
+        # tasks until it finds none it may take, and only then waits for a token again, so a
+        # task queued after that finds a token put after it (see ``_drain``).
         self._urgent: deque[Callable[[], None]] = deque()
         self._ordinary: deque[Callable[[], None] | object] = deque()
         self._tokens: queue.SimpleQueue[None] = queue.SimpleQueue()
@@ -176,6 +176,18 @@ class Dispatcher:
     def _work(self) -> None:
         while True:
             self._tokens.get()
+            if not self._drain():
+                return
+
+    def _drain(self) -> bool:
+        """Run tasks until none is left that this ordinary worker may take (False: stop).
+
+        Tokens only wake workers; a worker goes back to waiting only after it found nothing
+        to take. Counting on one token per task is not enough: a token spent while a
+        reserved worker was free to take the urgent task in line, and that task then taken
+        by an ordinary worker on another task's token, would leave that other task queued
+        with no token left to wake anyone for it."""
+        while True:
             task = self._take_urgent()
             if task is None and self._urgent_now and \
                     time.monotonic() < self._urgent_since + self.hold:
@@ -187,9 +199,9 @@ class Dispatcher:
             try:
                 ordinary = self._ordinary.popleft()
             except IndexError:
-                continue  # the urgent task this token was for is a reserved worker's
+                return True  # nothing left but urgent work a free reserved worker takes
             if ordinary is _STOP:
-                return
+                return False
             assert callable(ordinary)
             ordinary()
 
@@ -198,18 +210,21 @@ class Dispatcher:
             self._urgent_tokens.get()
             if self._closed:
                 return
-            try:
-                task = self._urgent.popleft()
-            except IndexError:
-                continue  # an ordinary worker took it first
-            with self._counted:
-                self._idle_reserved -= 1
-            try:
-                self._run_urgent(task)
-            finally:
+            while True:  # as in ``_drain``: back to waiting only when no urgent task is left
+                try:
+                    task = self._urgent.popleft()
+                except IndexError:
+                    break  # an ordinary worker took it first
                 with self._counted:
-                    if not self._closed:
-                        self._idle_reserved += 1
+                    self._idle_reserved -= 1
+                try:
+                    self._run_urgent(task)
+                finally:
+                    with self._counted:
+                        if not self._closed:
+                            self._idle_reserved += 1
+                if self._closed:
+                    return
 
     def _run_urgent(self, task: Callable[[], None]) -> None:
         try:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pykka
 import pytest
+from pykka._envelope import Envelope
 
 from actors.dispatch import Dispatcher, PooledActor, SingletonActor
 
@@ -229,6 +231,30 @@ def test_when_on_failure_takes_nothing_then_queued_messages_reach_on_undelivered
     gate.set()
     assert done.wait(5)
     assert left == ["fill 1", "fill 2"] and taken == []
+
+
+def test_a_message_put_after_the_actor_stopped_is_answered_or_handed_on_not_left_waiting(
+        pool: Dispatcher) -> None:
+    """``tell`` checks that the actor is alive, then puts: the actor may stop in between.
+    What arrives after its last turn emptied the mailbox must not wait there for ever: an
+    ask gets ActorDeadError, a told message reaches on_undelivered."""
+    gate, done, left, taken = threading.Event(), threading.Event(), [], []
+    ref = Gated.start_on(pool, gate, left, done, taken)
+    gate.set()
+    ref.tell("boom")
+    inbox = ref.actor_inbox
+    deadline = time.monotonic() + 5
+    while ref.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert not ref.is_alive()
+    time.sleep(0.05)  # its last turn has cleaned up by now (with or without this, no loss)
+    asked: pykka.Future[Any] = pykka.ThreadingFuture()
+    inbox.put(Envelope("question", reply_to=asked))  # what ``ask`` does after its check
+    with pytest.raises(pykka.ActorDeadError):
+        asked.get(timeout=2)
+    inbox.put(Envelope("fill 3"))
+    assert done.wait(2)
+    assert left == ["fill 3"] and taken == []
 
 
 class Singleton(SingletonActor):

@@ -245,3 +245,34 @@ def test_an_urgent_message_that_comes_while_its_mailbox_runs_keeps_its_urgency(
         assert urgent_seen.wait(2)  # the next turn went urgent: a reserved worker ran it
     finally:
         busy.set()
+
+
+def test_no_task_is_left_queued_when_an_ordinary_worker_takes_urgent_work_left_to_a_reserved_one(
+        pools: Callable[..., Dispatcher]) -> None:
+    """Two urgent tasks come while the reserved worker is free, so both ordinary workers
+    leave them to it and spend their wake-ups; the reserved worker takes the first and stays
+    busy. An ordinary task then wakes an ordinary worker, which takes the second urgent task
+    first (no reserved worker is free now): the ordinary task must still run after it, not
+    wait for some later task to wake a worker. (The interleaving is forced by holding the
+    lock the reserved worker counts itself busy under, and watching the wake-up queue.)"""
+    pool = pools(workers=2, reserve=1)
+    hold_reserved, second, ordinary = threading.Event(), threading.Event(), threading.Event()
+    with pool._counted:  # the reserved worker pops the first task, then waits here: "free"
+        pool.submit(lambda: hold_reserved.wait(10), urgent=True)
+        pool.submit(second.set, urgent=True)
+        deadline = time.monotonic() + 5
+        while pool._tokens.qsize() and time.monotonic() < deadline:
+            time.sleep(0.001)  # both ordinary workers woke, left the urgent work, went back
+        assert pool._tokens.qsize() == 0
+        time.sleep(0.05)
+        assert not second.is_set()
+    deadline = time.monotonic() + 5
+    while pool._idle_reserved and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert pool._idle_reserved == 0  # the reserved worker runs the first task
+    try:
+        pool.submit(ordinary.set)
+        assert second.wait(2)
+        assert ordinary.wait(2), "the ordinary task was left queued with no worker woken for it"
+    finally:
+        hold_reserved.set()
