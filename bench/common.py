@@ -65,6 +65,24 @@ def fresh_pg(url: str) -> str:
 _schemas: list[tuple[str, str]] = []
 
 
+def checkpoint(url: str | None) -> bool:
+    """Have the server write out what earlier work left in its buffers (``CHECKPOINT``), so a
+    timed benchmark does not pay for the writes of the one before it. False (and a warning)
+    where the server refuses: the benchmark runs anyway."""
+    if url is None:
+        return False
+    import psycopg
+    from loguru import logger
+
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CHECKPOINT")
+    except psycopg.Error as error:
+        logger.warning("CHECKPOINT before the benchmark refused: {}", error)
+        return False
+    return True
+
+
 def drop_schemas() -> None:
     """Drop the schemas this process created (the benchmark leaves the database as it was)."""
     import psycopg
