@@ -76,7 +76,7 @@ def run_all(quick: bool, pg: str | None, rd: str | None, scratch: Path) -> list[
         "latency", "--seconds", "5" if quick else "30", *old)))
     if not quick:
         rows.append(_step("latency at 2 changes/s", lambda: isolated(
-            "latency", "--seconds", "10", "--changes-per-s", "2", *old)))
+            "latency", "--seconds", "30", "--changes-per-s", "2", *old)))
     sustained = ("--positions", "2000", "--instruments", "400", "--seconds", "3") if quick \
         else ("--positions", "10000", "--instruments", "2000", "--seconds", "30")
     rows.append(_step("sustained", lambda: isolated("sustained", *sustained)))
