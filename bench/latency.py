@@ -53,7 +53,7 @@ from bench.common import (
     total,
     wait_until,
 )
-from bench.price_path import WARM_STEPS, Plan, floor, instrument_of, make_plan, sides
+from bench.price_path import Plan, crash_span, floor, instrument_of, make_plan, sides
 from bench.report import below, figure
 from broker.exchange import PaperExchange
 from broker.market import TapeMarket
@@ -119,11 +119,10 @@ def run(pg: str | None, rd: str | None, scratch: Path, *, seconds: float,
     """SPEC §9's row at 10 changes/s; another rate is a diagnostic (no targets): the same
     pipeline with headroom, to tell its own latency from queueing."""
     period = 1 / changes_per_s
-    span = round(seconds / period) - WARM_STEPS - 5
     # One crash (five stop losses) every CRASH_EVERY steps at most, whatever the rate and
     # length: otherwise a short or slow run packs its crashes into a few steps, a burst of
     # simultaneous exits rather than this row's load.
-    crashes = max(1, min(CRASHES, span // CRASH_EVERY))
+    crashes = max(1, min(CRASHES, crash_span(round(seconds / period)) // CRASH_EVERY))
     plan = make_plan(1_000, 200, seconds, crashes=crashes, period=period)
     store, _ = fresh_store(pg, scratch)
     store.save_positions(plan.book)

@@ -57,13 +57,18 @@ class Plan:
         return [i for i, at in self.crash_at.items() if at + REFILL_AFTER == step]
 
 
+def crash_span(steps: int) -> int:
+    """Steps a run's crashes are spread over: after the warm-up, before the last few."""
+    return max(1, steps - WARM_STEPS - 5)
+
+
 def make_plan(count: int, instrument_count: int, seconds: float, crashes: int, *,
               period: float = PERIOD) -> Plan:
     on = instruments(instrument_count)
     book = positions(count, on)
     steps = round(seconds / period)
     plan = Plan(on=on, book=book, steps=steps, period=period)
-    span = max(1, steps - WARM_STEPS - 5)
+    span = crash_span(steps)
     stride = max(1, len(on) // crashes)
     for k in range(crashes):  # spread over the list (tick order) and over time
         instrument = on[(k * stride + k // 3) % len(on)]
