@@ -21,19 +21,19 @@ from typing import Any
 
 from loguru import logger
 
-from actors import tracing
-from actors.logging_bridge import route_stdlib_logging
+from actors.runtime.logging_bridge import route_stdlib_logging
 from actors.system import Parts, System
-from actors.tracing import Tracer, iter_records
+from actors.tracing import recorder as tracing
+from actors.tracing.recorder import Tracer, iter_records
+from actors.tracing.views import Filters, render
 from app.chart import write_pnl_chart
 from app.clocks import ManualClock, SessionClock, paper_session_start
 from app.console import print_summary, status_line
 from app.replay import Replayer, ReplayInputError, merge, read_orders, read_ticks
 from app.settings import Settings, SettingsError, load_settings
-from app.trace_views import Filters, render
-from broker.exchange import PaperExchange
-from broker.market import TapeMarket
 from broker.paper import PaperBroker, PaperConfig
+from broker.paper.exchange import PaperExchange
+from broker.paper.market import TapeMarket
 from models.common import IST
 from models.position import PositionStatus
 from models.report import build_report, position_row

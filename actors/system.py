@@ -21,24 +21,24 @@ from typing import Any
 import pykka
 from loguru import logger
 
-from actors.dispatch import Dispatcher
-from actors.index import BulkLoad, IndexActor, OpenPositions
-from actors.keeper import KeeperContext
-from actors.ltp_batcher import LTPBatcherActor, tick_feed
-from actors.metrics import Metrics
-from actors.order_update import OrderUpdateActor
-from actors.pnl_writer import PnLWriterActor
+from actors.orders.actor import OrderUpdateActor
+from actors.pnl.writer import PnLWriterActor
+from actors.prices.batcher import LTPBatcherActor, tick_feed
+from actors.prices.index import BulkLoad, IndexActor, OpenPositions
 from actors.protocol import Checkpoint, Flush, Snapshot
-from actors.risk_supervisor import RiskSupervisor, Supervision
-from actors.timers import Schedule, Ticker, fire
-from actors.tracker import Peers
+from actors.runtime.dispatch import Dispatcher
+from actors.runtime.metrics import Metrics
+from actors.runtime.timers import Schedule, Ticker, fire
+from actors.supervisor.actor import RiskSupervisor, Supervision
+from actors.tracker.actor import Peers
+from actors.tracker.keeper import KeeperContext
+from broker.ports import OrderGateway, QuoteApi
 from models.common import IST, Instrument
 from models.messages import OrderUpdateReceived, new_id
 from models.policy import RiskConfig
 from models.position import Position, PositionStatus
 from models.rules import PriceMark
-from store.pnl_cache import PnLCache
-from store.ports import OrderGateway, QuoteApi, Store
+from store.ports import PnLCache, Store
 
 ASK = 10.0
 """Seconds an edge waits for an actor's answer."""

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from app.clocks import ManualClock
-from broker.market import TapeError, read_tape
+from broker.paper.market import TapeError, read_tape
 from models.common import Instrument
 from models.wire import parse_order_update
 

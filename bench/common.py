@@ -21,12 +21,13 @@ from pykka import ActorRef
 from actors.system import Parts, System
 from app.clocks import SessionClock
 from bench.workload import T0
-from broker.exchange import PaperExchange
+from broker.paper.exchange import PaperExchange
+from broker.ports import QuoteApi
 from models.common import Instrument, TxnType
 from models.policy import RiskConfig
 from store.factory import open_store
-from store.pnl_cache import PnLCache, open_pnl_cache
-from store.ports import QuoteApi, Store
+from store.pnl_cache import open_pnl_cache
+from store.ports import PnLCache, Store
 
 PG = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")

@@ -21,22 +21,22 @@ from typing import Any
 
 import redis
 
-from actors.index import OpenPositions
-from actors.metrics import Metrics
+from actors.prices.index import OpenPositions
+from actors.runtime.metrics import Metrics
 from actors.system import Parts, System
 from app.clocks import ManualClock
 from bench.report import at_least, figure
 from bench.workload import QUIET_PERIOD, T0, instruments, positions, quiet_prices
-from broker.exchange import PaperExchange
-from broker.market import TapeMarket
-from broker.quotes import PaperQuoteApi
+from broker.paper.exchange import PaperExchange
+from broker.paper.market import TapeMarket
+from broker.paper.quotes import PaperQuoteApi
 from models.common import Instrument, Segment
 from models.marks import Basis, Quiet, basis_of, net_at, pct_at, quiet
 from models.policy import RiskConfig
 from models.position import Position, PositionStatus
 from models.rules import PriceMark, evaluate, update_marks
-from store.pnl_cache import PnLCache, PnLEntry
-from store.ports import Store
+from store.ports import PnLCache, Store
+from store.records import PnLEntry
 
 CONFIG = RiskConfig()
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pykka
 
-from actors.dispatch import Dispatcher, PooledActor
+from actors.runtime.dispatch import Dispatcher, PooledActor
 from bench.report import figure
 
 

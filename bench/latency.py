@@ -55,8 +55,8 @@ from bench.common import (
 )
 from bench.price_path import Plan, crash_span, floor, instrument_of, make_plan, sides
 from bench.report import below, figure
-from broker.exchange import PaperExchange
-from broker.market import TapeMarket
+from broker.paper.exchange import PaperExchange
+from broker.paper.market import TapeMarket
 from models.common import Instrument, Side
 from models.orders import OrderStatus, OrderUpdate
 from models.position import PositionStatus

@@ -20,14 +20,14 @@ from typing import Any
 
 import pykka
 
-from actors.ltp_batcher import LTPBatcherActor
-from actors.metrics import Metrics
+from actors.prices.batcher import LTPBatcherActor
 from actors.protocol import Flush, Watch
+from actors.runtime.metrics import Metrics
 from app.clocks import ManualClock
 from bench.report import figure
 from bench.workload import T0, instruments
-from broker.market import TapeMarket
-from broker.quotes import PaperQuoteApi
+from broker.paper.market import TapeMarket
+from broker.paper.quotes import PaperQuoteApi
 from models.messages import PriceBatch, PriceTick, new_id
 from models.rules import PriceMark
 

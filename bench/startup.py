@@ -33,9 +33,9 @@ from bench.common import (
 )
 from bench.report import below, figure
 from bench.workload import instruments, positions
-from broker.exchange import PaperExchange
-from broker.market import TapeMarket
-from broker.quotes import PaperQuoteApi
+from broker.paper.exchange import PaperExchange
+from broker.paper.market import TapeMarket
+from broker.paper.quotes import PaperQuoteApi
 from models.common import Instrument
 from store.factory import open_store
 

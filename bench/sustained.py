@@ -36,8 +36,8 @@ from bench.common import (
 from bench.cycle import Floor
 from bench.report import below, figure
 from bench.workload import instruments, positions, quiet_prices
-from broker.exchange import PaperExchange
-from broker.market import TapeMarket
+from broker.paper.exchange import PaperExchange
+from broker.paper.market import TapeMarket
 from models.common import Instrument
 
 PERIOD = 0.1

@@ -20,14 +20,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from actors.frame_batch import BatchesFrames
+from actors.orders.actor import OrderUpdateActor
 from actors.system import Parts, System
 from app.clocks import ManualClock
 from bench.common import depth, fresh_pg, fresh_store, wait_until
 from bench.report import at_least, figure
 from bench.workload import T0
-from broker.exchange import PaperExchange
-from broker.market import TapeMarket
+from broker.paper.exchange import PaperExchange
+from broker.paper.market import TapeMarket
 from models import lifecycle
 from models.common import Segment, TxnType, position_id_for
 from models.orders import OrderStatus, OrderUpdate
@@ -84,7 +84,7 @@ def plain_loop(batch: list[str], store: Store | None) -> float:
     """Updates per second of a loop doing the same work without actors (and, with ``store``
     None, without I/O)."""
     book: dict[str, Position] = {}
-    size = BatchesFrames.batch_limit
+    size = OrderUpdateActor.batch_limit
     began = time.perf_counter()
     for start in range(0, len(batch), size):
         updates = [parse_order_update(raw) for raw in batch[start:start + size]]

@@ -17,8 +17,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from actors import tracing
-from actors.tracing import Tracer
+from actors.tracing import recorder as tracing
+from actors.tracing.recorder import Tracer
 from bench import throughput
 from bench.common import fresh_cache, fresh_store
 from bench.cycle import ActorRig, timed

@@ -71,6 +71,9 @@ class Rejection(Frozen):
     reason: str
     raw: str
     order_no: str | None = None
+    traded_qty: int = 0
+    """Traded quantity the payload reported when it was read despite the error (a rejected
+    fill, for an operator to review): 0 when unknown."""
 
 
 class _Invalid(Exception):
@@ -83,7 +86,7 @@ def parse_order_update(raw: str | bytes) -> OrderUpdate | Rejection:
     data: dict[str, Any] | None = None
     try:
         data = _data_of(_load(text))
-        return _build(_Payload(data))
+        return _screen(_build(_Payload(data)), text)
     except _Invalid as invalid:
         hint = _Payload(data).order_no_hint() if data is not None else None
         return Rejection(reason=str(invalid), raw=text, order_no=hint)
@@ -300,6 +303,32 @@ def _show(value: object, limit: int = 40) -> str:
         return "a list"
     text = str(value) if isinstance(value, Decimal) else json.dumps(value, default=repr)
     return text if len(text) <= limit else f"{text[:limit - 3]}..."
+
+
+# NUL characters ------------------------------------------------------------------------------
+# A JSON frame may carry ``\\u0000`` inside a string, which parsing turns into a real NUL in an
+# otherwise valid update. In an id (order number, client id, security id, ...) it is corruption:
+# routing on it could open a second position for an order already known under its clean
+# number, so the update is rejected, naming the field; its raw frame is stored all the same
+# (the PostgreSQL store escapes NUL, ``store/pg_text.py``). In free text (the broker's reason,
+# the symbol) it cannot misroute anything, so it becomes U+FFFD and the update goes on.
+_NUL = "\x00"
+_NUL_IDS = ("order_no", "exch_order_no", "correlation_id", "security_id", "product",
+            "order_type")
+_FREE_TEXT = ("reason", "symbol")
+
+
+def _screen(update: OrderUpdate, raw: str) -> OrderUpdate | Rejection:
+    if _NUL not in raw and "\\u0000" not in raw:
+        return update  # the only ways a NUL gets into a parsed text: nothing more to look at
+    for name in _NUL_IDS:
+        value = getattr(update, name)
+        if isinstance(value, str) and _NUL in value:
+            return Rejection(reason=f"{name} holds a NUL character: {value!r}", raw=raw,
+                             order_no=update.order_no, traded_qty=update.traded_qty)
+    cleaned = {name: text.replace(_NUL, "\ufffd") for name in _FREE_TEXT
+               if _NUL in (text := getattr(update, name) or "")}
+    return update.model_copy(update=cleaned) if cleaned else update
 
 
 # The frame ------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import NamedTuple, Protocol
 
 import redis
 from loguru import logger
@@ -24,44 +23,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.typing import EncodableT, FieldT
 
+from store.ports import PnLCache
+from store.records import PnLEntry
 from store.urls import redact_text, redact_url
-
-
-class PnLEntry(NamedTuple):
-    """One position's valuation in the cache.
-
-    An immutable named tuple, not a pydantic model: the PnL writer makes one per open position
-    per cache write, from values that are already typed (``Decimal``, aware ``datetime``), and a
-    tuple is the cheapest immutable value to make; what comes back from Redis is parsed field by
-    field in ``decode_entry``.
-    """
-
-    position_id: str
-    pnl: Decimal
-    pnl_pct: Decimal
-    ltp: Decimal
-    hwm_pnl: Decimal
-    peak_price: Decimal | None
-    updated_at: datetime
-
-
-class PnLCache(Protocol):
-    def write(self, entries: Sequence[PnLEntry], deletes: Sequence[str] = ()) -> bool:
-        """Write entries and delete positions' keys in ONE round trip; False if it failed (never
-        raises). Within one call a delete wins over an entry of the same position; among entries
-        of one position the last wins."""
-
-    def read(self, position_id: str) -> PnLEntry | None: ...
-
-    def read_all(self) -> dict[str, PnLEntry]: ...
-
-    @property
-    def roundtrips(self) -> int: ...
-
-    @property
-    def failures(self) -> int: ...
-
-    def close(self) -> None: ...
 
 
 class PendingWrites:

@@ -11,18 +11,17 @@ Error tree of the store::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from decimal import Decimal
 from typing import Protocol, runtime_checkable
 
-from models.common import Instrument, Segment, TxnType
 from models.position import Fill, Position, PositionStatus
 from store.records import (
     DeadLetter,
     ExitAttempt,
     KillSwitch,
     ParkedUpdate,
+    PnLEntry,
     ReceivedFrame,
     StoredOrderUpdate,
 )
@@ -136,49 +135,23 @@ class FrameBatches(Protocol):
         Every frame is durable when this returns, or none is stored."""
 
 
-# Broker gateway ports (SPEC §4.3, §5) -------------------------------------------------------
-#
-#     GatewayError               the broker did not take a request
-#     ├── QuoteThrottled         429: the quote API's rate limit was hit
-#     └── QuoteTimeout           no answer in time
+class PnLCache(Protocol):
+    """The latest valuation of every open position (Redis, or in process); see
+    ``store/pnl_cache.py``."""
 
+    def write(self, entries: Sequence[PnLEntry], deletes: Sequence[str] = ()) -> bool:
+        """Write entries and delete positions' keys in ONE round trip; False if it failed (never
+        raises). Within one call a delete wins over an entry of the same position; among entries
+        of one position the last wins."""
 
-class GatewayError(Exception):
-    """The broker refused or failed a request; ``str()`` is safe to log (no secrets)."""
+    def read(self, position_id: str) -> PnLEntry | None: ...
 
+    def read_all(self) -> dict[str, PnLEntry]: ...
 
-class QuoteThrottled(GatewayError):
-    pass
+    @property
+    def roundtrips(self) -> int: ...
 
+    @property
+    def failures(self) -> int: ...
 
-class QuoteTimeout(GatewayError):
-    pass
-
-
-class QuoteApi(Protocol):
-    """DhanHQ ``POST /v2/marketfeed/ltp``: several segments in one request, integer ids."""
-
-    max_instruments: int
-    """Instruments allowed in one request over all segments (1,000 for DhanHQ)."""
-
-    min_interval_seconds: float
-    """Requests allowed per second, as an interval (1.0 for DhanHQ)."""
-
-    def ltp(self, request: Mapping[Segment, Sequence[int]]) -> dict[Instrument, Decimal]:
-        """Last traded prices; instruments the broker does not know are absent.
-        Raises ``QuoteThrottled``, ``QuoteTimeout`` or ``GatewayError``."""
-
-
-class OrderGateway(Protocol):
-    """Placing and cancelling orders. Order updates come back as raw frames to the sink."""
-
-    def place_order(self, *, client_id: str, instrument: Instrument, txn_type: TxnType,
-                    quantity: int, product: str | None) -> str:
-        """Place a MARKET order tagged with ``client_id`` (sent as its CorrelationId) and return
-        the broker's order number. Placing the same ``client_id`` again returns the first
-        order's number and places nothing. Raises ``GatewayError`` when refused."""
-
-    def cancel_order(self, order_no: str) -> None: ...
-
-    def subscribe(self, sink: Callable[[str], None]) -> None:
-        """Deliver every order update as the raw text of a DhanHQ websocket frame."""
+    def close(self) -> None: ...

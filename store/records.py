@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import NamedTuple
 
 from models.common import AwareDatetime, Frozen
 from models.position import ExitReason
@@ -68,3 +69,21 @@ class ParkedUpdate(Frozen):
     order_no: str
     parked_at: AwareDatetime
     raw: str
+
+
+class PnLEntry(NamedTuple):
+    """One position's valuation in the cache.
+
+    An immutable named tuple, not a pydantic model: the PnL writer makes one per open position
+    per cache write, from values that are already typed (``Decimal``, aware ``datetime``), and a
+    tuple is the cheapest immutable value to make; what comes back from Redis is parsed field by
+    field in ``decode_entry``.
+    """
+
+    position_id: str
+    pnl: Decimal
+    pnl_pct: Decimal
+    ltp: Decimal
+    hwm_pnl: Decimal
+    peak_price: Decimal | None
+    updated_at: datetime

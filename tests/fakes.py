@@ -6,9 +6,10 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 
+from broker.ports import GatewayError
 from models.common import Instrument, TxnType
 from models.position import OPEN, Fill, Position, PositionStatus
-from store.ports import GatewayError, StaleWriteError, StoreError, StoreRefused
+from store.ports import StaleWriteError, StoreError, StoreRefused
 from store.records import (
     DeadLetter,
     ExitAttempt,

@@ -8,9 +8,9 @@ from typing import Any
 
 import pykka
 import pytest
-from pykka._envelope import Envelope
 
-from actors.dispatch import Dispatcher, PooledActor, SingletonActor
+from actors.runtime.dispatch import Dispatcher, PooledActor, SingletonActor
+from actors.runtime.pykka_compat import Envelope
 
 
 @pytest.fixture

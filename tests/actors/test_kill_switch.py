@@ -13,8 +13,8 @@ from actors.protocol import Flush, PortfolioValued, Snapshot
 from actors.system import Parts
 from actors.system import System as Running
 from app.clocks import ManualClock
-from broker.exchange import PaperExchange
-from broker.market import TapeMarket
+from broker.paper.exchange import PaperExchange
+from broker.paper.market import TapeMarket
 from models.common import exit_client_id
 from models.lifecycle import apply_update, request_exit
 from models.orders import OrderStatus, OrderUpdate

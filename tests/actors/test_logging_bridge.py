@@ -6,7 +6,7 @@ import logging
 
 from loguru import logger
 
-from actors.logging_bridge import InterceptHandler, route_stdlib_logging
+from actors.runtime.logging_bridge import InterceptHandler, route_stdlib_logging
 
 
 def test_when_pykka_logs_an_error_then_loguru_receives_it_once() -> None:

@@ -11,13 +11,13 @@ from typing import Any
 import pykka
 import pytest
 
-from actors.ltp_batcher import LTPBatcherActor, tick_feed
-from actors.metrics import Metrics
+from actors.prices.batcher import LTPBatcherActor, tick_feed
 from actors.protocol import Flush, Snapshot, Watch
+from actors.runtime.metrics import Metrics
+from broker.ports import GatewayError, QuoteThrottled
 from models.common import Instrument, Segment
 from models.messages import PriceBatch, PriceTick, QuoteRequested
 from models.rules import PriceMark
-from store.ports import GatewayError, QuoteThrottled
 from tests.actors.test_tracker_flow import T0, Clock, Sink
 
 

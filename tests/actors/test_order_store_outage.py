@@ -14,8 +14,8 @@ import pykka
 import pytest
 from loguru import logger
 
-from actors.frame_batch import FlushFrames
-from actors.order_audit import RetryStore
+from actors.orders.actor import FlushFrames
+from actors.orders.audit import RetryStore
 from actors.protocol import KnownPosition
 from models.common import Segment, TxnType
 from models.messages import CreatePosition, TimerFired

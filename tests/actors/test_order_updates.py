@@ -12,7 +12,7 @@ from typing import Any
 import pykka
 import pytest
 
-from actors.order_update import OrderUpdateActor
+from actors.orders.actor import OrderUpdateActor
 from models.common import Segment, TxnType, exit_client_id
 from models.messages import OrderUpdateReceived
 from models.orders import OrderStatus, OrderUpdate

@@ -12,8 +12,8 @@ import pytest
 
 from actors.system import Parts, System
 from app.clocks import ManualClock
-from broker.exchange import PaperExchange
-from broker.market import TapeMarket
+from broker.paper.exchange import PaperExchange
+from broker.paper.market import TapeMarket
 from models.common import IST, Instrument, Segment, TxnType
 from models.policy import ExitPolicy, RiskConfig
 from models.position import ExitReason, PositionStatus

@@ -15,17 +15,18 @@ from typing import Any
 import pykka
 import pytest
 
-from actors.index import IndexActor, OpenPositions
-from actors.metrics import Metrics
-from actors.pnl_writer import PnLWriterActor
+from actors.pnl.writer import PnLWriterActor
+from actors.prices.index import IndexActor, OpenPositions
 from actors.protocol import BandChanged, Flush, PortfolioValued, Route, Snapshot
+from actors.runtime.metrics import Metrics
 from models.common import Instrument, Segment
 from models.marks import Band
 from models.messages import PriceBatch, PriceUpdate
 from models.policy import ExitPolicy
 from models.position import Position
 from models.rules import PriceMark
-from store.pnl_cache import InMemoryPnLCache, PnLEntry
+from store.pnl_cache import InMemoryPnLCache
+from store.records import PnLEntry
 from tests.actors.test_tracker_flow import (
     INSTRUMENT,
     T0,

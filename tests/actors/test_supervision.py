@@ -13,8 +13,8 @@ import pykka
 import pytest
 
 from actors.protocol import Snapshot
-from actors.risk_supervisor import RiskSupervisor, Supervision
-from actors.tracker import TrackerActor
+from actors.supervisor.actor import RiskSupervisor, Supervision
+from actors.tracker.actor import TrackerActor
 from models.common import exit_client_id
 from models.messages import ApplyOrderUpdate, PriceUpdate, RequestExit, TimerFired
 from models.orders import OrderStatus

@@ -16,10 +16,11 @@ import pykka
 import pytest
 from loguru import logger
 
-from actors import trace_render, tracing
-from actors.dispatch import SingletonActor
-from actors.trace_text import Plan, summary_of
-from actors.tracing import Tracer, iter_records
+from actors.runtime.dispatch import SingletonActor
+from actors.tracing import recorder as tracing
+from actors.tracing import render as trace_render
+from actors.tracing.recorder import Tracer, iter_records
+from actors.tracing.text import Plan, summary_of
 from models.common import IST
 from tests.actors.test_tracker_flow import System, entry, open_position, price
 from tests.fakes import FakeGateway, FakeStore

@@ -11,10 +11,11 @@ import pykka
 import pytest
 from loguru import logger
 
-from actors import keeper, tracing
-from actors.keeper import PositionKeeper
-from actors.tracing import Tracer, iter_records, redact
-from app.trace_views import Filters, render
+from actors.tracing import recorder as tracing
+from actors.tracing.recorder import Tracer, iter_records, redact
+from actors.tracing.views import Filters, render
+from actors.tracker import keeper
+from actors.tracker.keeper import PositionKeeper
 from models.messages import PriceUpdate
 from tests.actors.test_tracker_flow import System, entry, open_position, price
 from tests.fakes import FakeGateway, FakeStore

@@ -12,12 +12,12 @@ from typing import Any
 import pykka
 import pytest
 
-from actors.index import IndexActor, OpenPositions
-from actors.keeper import KeeperContext
-from actors.metrics import Metrics
+from actors.prices.index import IndexActor, OpenPositions
 from actors.protocol import Snapshot
-from actors.risk_supervisor import RiskSupervisor, Supervision
-from actors.tracker import Peers, TrackerActor
+from actors.runtime.metrics import Metrics
+from actors.supervisor.actor import RiskSupervisor, Supervision
+from actors.tracker.actor import Peers, TrackerActor
+from actors.tracker.keeper import KeeperContext
 from models.common import IST, Instrument, Segment, Side, TxnType, exit_client_id
 from models.messages import (
     ApplyOrderUpdate,

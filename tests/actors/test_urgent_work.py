@@ -11,7 +11,7 @@ from typing import Any
 import pykka
 import pytest
 
-from actors.dispatch import Dispatcher, PooledActor
+from actors.runtime.dispatch import Dispatcher, PooledActor
 
 
 @pytest.fixture

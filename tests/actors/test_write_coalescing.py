@@ -10,9 +10,9 @@ from decimal import Decimal
 import pykka
 import pytest
 
-from actors.keeper import DEFER_LIMIT, KeeperContext, PositionKeeper, Target
-from actors.metrics import Metrics
 from actors.protocol import Snapshot
+from actors.runtime.metrics import Metrics
+from actors.tracker.keeper import DEFER_LIMIT, KeeperContext, PositionKeeper, Target
 from models.common import Side
 from models.messages import (
     ApplyOrderUpdate,

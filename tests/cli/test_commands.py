@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from actors.tracing import iter_records
+from actors.tracing.recorder import iter_records
 from app.settings import SettingsError, load_settings
 from tests.cli.session import EXPECTED, write_session
 from tests.cli.test_replay_cli import run

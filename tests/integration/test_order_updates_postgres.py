@@ -11,7 +11,7 @@ import psycopg
 import pykka
 import pytest
 
-from actors.order_audit import RetryStore
+from actors.orders.audit import RetryStore
 from models.orders import OrderStatus
 from store.postgres import PostgresStore
 from tests.actors.test_order_store_outage import with_nul

@@ -16,7 +16,8 @@ import redis
 from loguru import logger
 
 from models.common import IST
-from store.pnl_cache import PnLEntry, RedisPnLCache
+from store.pnl_cache import RedisPnLCache
+from store.records import PnLEntry
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.index import CROSSING, MARKS, QUIET, REFRESH, IndexActor, _Watch
+from actors.prices.index import CROSSING, MARKS, QUIET, REFRESH, IndexActor, _Watch
 from actors.protocol import BandChanged, Flush, Route, Unroute
 from models.common import Instrument, Segment
 from models.marks import Band

@@ -10,12 +10,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.exchange import PaperExchange, order_update, split_quantity
-from broker.market import PaperMarket
+from broker.paper.exchange import PaperExchange, order_update, split_quantity
+from broker.paper.market import PaperMarket
+from broker.ports import GatewayError, OrderGateway
 from models.common import IST, Instrument, Segment, TxnType
 from models.orders import OrderStatus, OrderUpdate
 from models.wire import parse_order_update
-from store.ports import GatewayError, OrderGateway
 
 T0 = datetime(2025, 1, 6, 10, 0, tzinfo=IST)
 FNO = Instrument(segment=Segment.NSE_FNO, security_id="49081")

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.market import TICK, PaperMarket, TapeError, TapeMarket, Tick, to_tick
+from broker.paper.market import TICK, PaperMarket, TapeError, TapeMarket, Tick, to_tick
 from models.common import IST, Instrument, Segment
 
 T0 = datetime(2025, 1, 6, 10, 0, tzinfo=IST)

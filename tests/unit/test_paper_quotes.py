@@ -8,10 +8,10 @@ from decimal import Decimal
 
 import pytest
 
-from broker.market import PaperMarket
-from broker.quotes import PaperQuoteApi
+from broker.paper.market import PaperMarket
+from broker.paper.quotes import PaperQuoteApi
+from broker.ports import GatewayError, QuoteApi, QuoteThrottled, QuoteTimeout
 from models.common import IST, Instrument, Segment
-from store.ports import GatewayError, QuoteApi, QuoteThrottled, QuoteTimeout
 
 T0 = datetime(2025, 1, 6, 10, 0, tzinfo=IST)
 FNO_1 = Instrument(segment=Segment.NSE_FNO, security_id="49081")

@@ -9,10 +9,10 @@ from decimal import Decimal
 import pytest
 from pydantic import ValidationError
 
-from broker.exchange import PaperExchange
-from broker.market import PaperMarket
 from broker.paper import PaperBroker, PaperConfig, default_instruments
-from broker.strategy import PaperStrategy
+from broker.paper.exchange import PaperExchange
+from broker.paper.market import PaperMarket
+from broker.paper.strategy import PaperStrategy
 from models.common import IST, Instrument, Segment, TxnType
 from models.orders import OrderStatus, OrderUpdate
 from models.wire import parse_order_update

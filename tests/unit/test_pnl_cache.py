@@ -14,13 +14,13 @@ from loguru import logger
 from models.common import IST
 from store.pnl_cache import (
     InMemoryPnLCache,
-    PnLEntry,
     RedisPnLCache,
     decode_entry,
     encode_entry,
     open_pnl_cache,
     redact_url,
 )
+from store.records import PnLEntry
 
 if TYPE_CHECKING:
     from loguru import Record

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pykka.messages import ProxyCall
 
-from actors.trace_text import redact, scrub, summarize
+from actors.tracing.text import redact, scrub, summarize
 from models.common import IST, Frozen, Instrument, Segment
 from models.position import ExitReason
 

@@ -412,7 +412,9 @@ def test_never_raises_on_objects_with_random_fields(fields: dict[str, Any], wrap
     check_outcome(json.dumps({"Type": "order_alert", "Data": fields} if wrap else fields))
 
 
-TEXT = st.text(st.characters(codec="utf-8"), min_size=1, max_size=12).map(str.strip).filter(bool)
+# NUL excluded: the parser rejects it in an id and replaces it in free text (tested apart).
+TEXT = st.text(st.characters(codec="utf-8", blacklist_characters="\x00"), min_size=1,
+               max_size=12).map(str.strip).filter(bool)
 PRICE = st.decimals(min_value=0, max_value=10**7, places=2)
 # hypothesis takes naive bounds and attaches the zone from `timezones`
 EARLIEST, LATEST = datetime(2000, 1, 1), datetime(2100, 1, 1)  # noqa: DTZ001 - see above

@@ -31,17 +31,18 @@ import pykka
 from loguru import logger
 from pykka import ActorRef
 
-from actors.cache_writer import CacheWriterActor, WriteCache
-from actors.dispatch import SingletonActor
-from actors.metrics import Metrics
+from actors.pnl.cache_writer import CacheWriterActor, WriteCache
 from actors.protocol import Flush, PortfolioValued
+from actors.runtime.dispatch import SingletonActor
+from actors.runtime.metrics import Metrics
 from models.common import Instrument
 from models.marks import Basis, basis_of, net_at, pct_at
 from models.messages import PnLMarked, PositionChanged, PositionClosed, PositionOpened, PriceBatch
 from models.policy import ExitPolicy
 from models.position import CLOSED, PRICED, Position
 from models.rules import pnl
-from store.pnl_cache import PnLCache, PnLEntry
+from store.ports import PnLCache
+from store.records import PnLEntry
 
 _ZERO = Decimal(0)
 CHUNK = 100

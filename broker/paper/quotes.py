@@ -18,9 +18,9 @@ from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
-from broker.market import Market
+from broker.paper.market import Market
+from broker.ports import GatewayError, QuoteThrottled, QuoteTimeout
 from models.common import Instrument, Segment
-from store.ports import GatewayError, QuoteThrottled, QuoteTimeout
 
 THROTTLED = "805"
 TOO_MANY_INSTRUMENTS = "804"

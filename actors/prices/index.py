@@ -25,9 +25,9 @@ from typing import Any
 from loguru import logger
 from pykka import ActorDeadError, ActorRef
 
-from actors.dispatch import SingletonActor
-from actors.metrics import Metrics
 from actors.protocol import BandChanged, Flush, Route, Unroute, Watch
+from actors.runtime.dispatch import SingletonActor
+from actors.runtime.metrics import Metrics
 from models.common import Instrument
 from models.marks import Band
 from models.messages import (

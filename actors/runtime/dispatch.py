@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import sys
 import threading
 from collections import deque
 from types import TracebackType
@@ -26,11 +25,18 @@ from typing import Any, ClassVar
 
 import pykka
 from loguru import logger as _log
-from pykka import ActorDeadError, ActorRegistry, messages
-from pykka._envelope import Envelope
+from pykka import ActorDeadError, ActorRegistry
 
-from actors.pool import Dispatcher, default_dispatcher
-from actors.tracing import Traced, stamp
+from actors.runtime.pool import Dispatcher, default_dispatcher
+from actors.runtime.pykka_compat import (
+    Envelope,
+    Hooks,
+    PoolHooks,
+    handle_envelope,
+    is_stop,
+    run_setup,
+)
+from actors.tracing.recorder import Traced, stamp
 
 __all__ = ["Dispatcher", "PooledActor", "SingletonActor", "StampedQueue", "default_dispatcher"]
 
@@ -162,7 +168,7 @@ class _Mailbox:
 
     def _first_turn(self) -> None:
         assert self._actor is not None
-        self._actor._actor_loop_setup()
+        run_setup(self._actor)
         self._turn()
 
     def _turn(self) -> None:
@@ -179,7 +185,7 @@ class _Mailbox:
             if stopped.is_set() or not self._queue:
                 break
             envelope, actor._last_stamp, _ = self._pop()
-            actor._handle_envelope(envelope)
+            handle_envelope(actor, envelope)
         if stopped.is_set():
             with self._lock:
                 self._closed = True
@@ -210,7 +216,7 @@ class _Mailbox:
                 if entry[2] is not None:
                     del self._latest[entry[2]]
                 if entry[0].reply_to is None:
-                    if not isinstance(entry[0].message, messages._ActorStop):
+                    if not is_stop(entry[0].message):
                         told.append(entry[0].message)
                 else:
                     kept.append(entry)
@@ -236,7 +242,7 @@ class _Mailbox:
             envelope = self._pop()[0]
             if envelope.reply_to is None:
                 continue
-            if isinstance(envelope.message, messages._ActorStop):
+            if is_stop(envelope.message):
                 envelope.reply_to.set(None)
             else:
                 envelope.reply_to.set_exception(exc_info=(
@@ -245,7 +251,7 @@ class _Mailbox:
                     None))
 
 
-class PooledActor(Traced, pykka.Actor):
+class PooledActor(Traced, PoolHooks, pykka.Actor):
     """A pykka actor without a thread of its own; see the module docstring.
 
     Set ``dispatcher`` on the class (or pass ``dispatcher=`` to ``start``) to choose the pool.
@@ -255,15 +261,10 @@ class PooledActor(Traced, pykka.Actor):
     conflate: ClassVar[frozenset[type]] = frozenset()
     """Message types told to this actor that a newer one of the same type replaces."""
 
-    @classmethod
-    def _create_actor_inbox(cls) -> _Mailbox:
-        return _Mailbox(cls.conflate)
+    def make_inbox(self) -> _Mailbox:
+        return _Mailbox(self.conflate)
 
-    @staticmethod
-    def _create_future() -> pykka.Future[Any]:
-        return pykka.ThreadingFuture()
-
-    def _start_actor_loop(self) -> None:
+    def start_loop(self) -> None:
         pool = self._dispatcher_override or self.dispatcher or default_dispatcher()
         inbox = self.actor_inbox
         assert isinstance(inbox, _Mailbox)
@@ -278,7 +279,7 @@ class PooledActor(Traced, pykka.Actor):
         obj = cls(*args, **kwargs)
         obj._dispatcher_override = dispatcher
         ActorRegistry.register(obj.actor_ref)
-        obj._start_actor_loop()
+        obj.start_loop()
         return obj.actor_ref
 
     def next_told(self) -> type | None:
@@ -301,28 +302,6 @@ class PooledActor(Traced, pykka.Actor):
         dropped silently."""
         logger.error(f"{self} stopped with {len(told)} told messages not handled: "
                      f"{', '.join(sorted({type(m).__name__ for m in told}))}")
-
-    def _handle_envelope(self, envelope: Envelope[Any]) -> None:
-        """One message, with the exact failure semantics of ``Actor._actor_loop_running``."""
-        try:
-            response = self._handle_receive(envelope.message)
-            if envelope.reply_to is not None:
-                envelope.reply_to.set(response)
-        except Exception:
-            if envelope.reply_to is not None:
-                logger.info(f"Exception returned from {self} to caller:",
-                            exc_info=sys.exc_info())
-                envelope.reply_to.set_exception()
-            else:
-                self._handle_failure(*sys.exc_info())
-                try:
-                    self.on_failure(*sys.exc_info())
-                except Exception:
-                    self._handle_failure(*sys.exc_info())
-        except BaseException:
-            logger.debug(f"{sys.exc_info()[1]!r} in {self}. Stopping all actors.")
-            self._stop()
-            ActorRegistry.stop_all(block=False)
 
 
 class StampedQueue:
@@ -352,7 +331,7 @@ class StampedQueue:
         return self._items.qsize()
 
 
-class SingletonActor(Traced, pykka.ThreadingActor):
+class SingletonActor(Traced, Hooks, pykka.ThreadingActor):
     """A traced ``ThreadingActor``: the few singletons keep a thread of their own.
 
     Each serves every position (the index fans out every price, the batcher every tick, the PnL
@@ -370,9 +349,9 @@ class SingletonActor(Traced, pykka.ThreadingActor):
         super().__init__(*args, **kwargs)
         self._inbox_owner.append(self)
 
-    def _handle_failure(self, exception_type: type[BaseException] | None,
-                        exception_value: BaseException | None,
-                        traceback: TracebackType | None) -> None:
+    def handle_failure(self, exception_type: type[BaseException] | None,
+                       exception_value: BaseException | None,
+                       traceback: TracebackType | None) -> None:
         # pykka would log, unregister and stop the actor here. A bug that breaks every message
         # is logged in full ten times, then once per thousand failures.
         self.told_failures += 1
@@ -381,6 +360,6 @@ class SingletonActor(Traced, pykka.ThreadingActor):
                 "{} failed on a told message ({} so far) and goes on with the next",
                 self.trace_name, self.told_failures)
 
-    def _create_actor_inbox(self) -> StampedQueue:  # type: ignore[override]
-        # pykka calls this through the instance, so the inbox can know its actor.
+    def make_inbox(self) -> StampedQueue:
+        # pykka makes it from Actor.__init__, through the instance: the inbox knows its actor.
         return StampedQueue(self._inbox_owner)

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from actors.dispatch import SingletonActor
-from actors.metrics import Metrics
-from store.pnl_cache import PnLCache, PnLEntry
+from actors.runtime.dispatch import SingletonActor
+from actors.runtime.metrics import Metrics
+from store.ports import PnLCache
+from store.records import PnLEntry
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """What a message looks like in a trace (SPEC §8): a short, redacted summary of its fields.
 
-Rendering runs off the actors' path but shares the GIL with them (see ``actors.trace_render``),
+Rendering runs off the actors' path but shares the GIL with them (see ``actors.tracing.render``),
 so it is kept cheap: how each type is shown is worked out once per type (a ``Plan``), including
 a summariser generated for its fields; values are shown without pydantic's ``repr`` (an
 instrument as ``NSE_FNO:123``, a datetime in ISO form, a position as its id, status and

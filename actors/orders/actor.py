@@ -7,32 +7,36 @@ fill reduces opposite positions and whose remainder opens a new one. An update f
 order without a fill is parked (persisted) until the order becomes known; the actor knows which
 orders have updates parked (those of an earlier run are read at start-up), so a new position
 costs a store query only when something waits for it. Frames that queue up are stored in one
-transaction before they are routed (``frame_batch.py``).
+transaction before they are routed (``hold``).
 
 The actor never stops for the store or for a payload: its store calls go through
 ``OrderAudit`` (``order_audit.py``), which keeps in memory what the store does not take and
 stores it later, while the updates are routed all the same; an update whose ids hold a NUL is
-rejected (``order_screen.py``); a frame that breaks the routing itself is logged and skipped.
+rejected by the parser; a frame that breaks the routing itself is logged and skipped.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from loguru import logger
 from pykka import ActorRef
 
-from actors.dispatch import SingletonActor
-from actors.frame_batch import BatchesFrames
-from actors.metrics import Metrics
-from actors.order_audit import OrderAudit, RetryStore
-from actors.order_screen import screen
+from actors.orders.audit import OrderAudit, RetryStore
 from actors.protocol import KnownPosition
-from actors.split_orders import entry_progress, rebuilt_allocation
-from models.allocation import Allocation, allocate, share_progress
+from actors.runtime.dispatch import SingletonActor
+from actors.runtime.metrics import Metrics
+from models.allocation import (
+    Allocation,
+    allocate,
+    entry_progress,
+    rebuilt_allocation,
+    share_progress,
+)
 from models.common import parse_exit_client_id, position_id_for
 from models.messages import (
     ApplyOrderUpdate,
@@ -54,8 +58,15 @@ from store.records import ReceivedFrame
 Owner = tuple[str, OrderRole, int | None]
 
 
-class OrderUpdateActor(SingletonActor, BatchesFrames):
+@dataclass(frozen=True, slots=True)
+class FlushFrames:
+    """To the order-update actor itself: store and route the frames held for a batch."""
+
+
+class OrderUpdateActor(SingletonActor):
     trace_kind = "orders"
+    batch_limit = 64
+    """Frames stored in one transaction at most."""
 
     def __init__(self, store: Store, supervisor: ActorRef[Any] | None,
                  clock: Callable[[], datetime], metrics: Metrics, *,
@@ -80,6 +91,8 @@ class OrderUpdateActor(SingletonActor, BatchesFrames):
         self.allocations: dict[str, Allocation] = {}
         self.seen: OrderedDict[tuple[object, ...], None] = OrderedDict()
         self.dedup_window, self.park_limit = dedup_window, park_limit
+        self._held: list[OrderUpdateReceived] = []
+        self._flush_told = False
 
     @property
     def parked(self) -> int:
@@ -118,6 +131,45 @@ class OrderUpdateActor(SingletonActor, BatchesFrames):
             allocation = self.allocations[number] = rebuilt_allocation(number, positions)
             for share in allocation.shares:
                 self.allocated.setdefault(share.position_id, {})[number] = share.qty
+
+    # Frames in batches ------------------------------------------------------------------------
+    # Every raw frame is stored, durably, before the update it carries is routed (SPEC §4.1).
+    # Stored one by one, that is one commit per frame on this actor's single thread, the
+    # ceiling of the whole order path. So a frame that arrives while more messages are waiting
+    # is held; the held frames are stored in one transaction and then routed in order, when the
+    # batch is full or a frame finds the inbox empty; when the ``FlushFrames`` told at the first
+    # held frame comes up (a quiet feed never strands one); or before any other message, a
+    # proxy call or a stop too (``intercept``), so mailbox order is kept. Under light load every
+    # frame is stored and routed at once.
+    def intercept(self, message: Any) -> bool:
+        if isinstance(message, FlushFrames):
+            self._flush_told = False
+            self.flush_frames()
+            return True
+        if not isinstance(message, OrderUpdateReceived):
+            self.flush_frames()
+        return False
+
+    def hold(self, frame: OrderUpdateReceived) -> None:
+        self._held.append(frame)
+        if len(self._held) >= self.batch_limit or self.actor_inbox.empty():
+            self.flush_frames()
+        elif not self._flush_told:
+            self._flush_told = True
+            self.actor_ref.tell(FlushFrames())
+
+    def flush_frames(self) -> None:
+        held, self._held = self._held, []
+        try:
+            if held:
+                self.handle_frames(held)
+            else:
+                self.store_later()
+        except Exception:
+            # Not the store's failure (handle_frames keeps what it does not take) but a bug:
+            # logged, not raised, so the actor goes on with the fills that follow.
+            logger.opt(exception=True).error("handling {} held order-update frames failed",
+                                             len(held))
 
     def on_receive(self, message: Any) -> Any:
         if self.gate is not None:
@@ -162,7 +214,7 @@ class OrderUpdateActor(SingletonActor, BatchesFrames):
     def handle_frames(self, frames: list[OrderUpdateReceived]) -> None:
         """Store every frame as received, durably, then route it (after all of a batch); a
         frame the store does not take now is kept and stored later, and routed all the same."""
-        parsed = [screen(parse_order_update(frame.raw), frame.raw) for frame in frames]
+        parsed = [parse_order_update(frame.raw) for frame in frames]
         now = self.clock()
         rows = [ReceivedFrame(raw=frame.raw, received_at=now, order_no=update.order_no,
                               accepted=isinstance(update, OrderUpdate),
@@ -176,8 +228,14 @@ class OrderUpdateActor(SingletonActor, BatchesFrames):
     def _accept(self, frame: OrderUpdateReceived, update: OrderUpdate | Rejection) -> None:
         if isinstance(update, Rejection):
             self.metrics.incr("rejected_updates")
-            logger.bind(order_no=update.order_no).warning(
-                "order update rejected: {} (raw stored: {:.300})", update.reason, frame.raw)
+            # A rejected fill is real exposure nobody tracks: an operator must look at it.
+            log = logger.bind(order_no=update.order_no)
+            if update.traded_qty > 0:
+                log.error("a fill of {} rejected: {}; review its stored raw frame: {:.300}",
+                          update.traded_qty, update.reason, frame.raw)
+            else:
+                log.warning("order update rejected: {} (raw stored: {:.300})", update.reason,
+                            frame.raw)
             return
         key = update.dedup_key()
         if key in self.seen:
@@ -227,7 +285,7 @@ class OrderUpdateActor(SingletonActor, BatchesFrames):
         if not self.audit.has_parked(order_no):
             return
         for item in self.audit.take(order_no):
-            update = screen(parse_order_update(item.raw), item.raw)
+            update = parse_order_update(item.raw)
             if isinstance(update, OrderUpdate):
                 cause = OrderUpdateReceived(raw=item.raw, correlation_id=f"parked-{order_no}",
                                             sent_at=self.clock(), source="parked")

@@ -4,10 +4,10 @@ Nothing here owns a thread or reads a clock: whoever drives it (a driver thread 
 clock, or a replay on a simulated one) calls ``advance(now)``. The parts live in their own
 modules and are re-exported here::
 
-    PaperMarket / TapeMarket   prices            broker.market
-    PaperExchange              OrderGateway      broker.exchange
-    PaperQuoteApi              QuoteApi          broker.quotes
-    PaperStrategy              entry orders      broker.strategy
+    PaperMarket / TapeMarket   prices            broker.paper.market
+    PaperExchange              OrderGateway      broker.paper.exchange
+    PaperQuoteApi              QuoteApi          broker.paper.quotes
+    PaperStrategy              entry orders      broker.paper.strategy
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from decimal import Decimal
 
 from pydantic import Field
 
-from broker.exchange import PaperExchange, PaperOrder, split_quantity
-from broker.market import Market, PaperMarket, TapeError, TapeMarket, Tick, read_tape
-from broker.quotes import PaperQuoteApi
-from broker.strategy import PaperStrategy, PlannedOrder, default_quantity
+from broker.paper.exchange import PaperExchange, PaperOrder, split_quantity
+from broker.paper.market import Market, PaperMarket, TapeError, TapeMarket, Tick, read_tape
+from broker.paper.quotes import PaperQuoteApi
+from broker.paper.strategy import PaperStrategy, PlannedOrder, default_quantity
 from models.common import Frozen, Instrument, Segment
 
 __all__ = [

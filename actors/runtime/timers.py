@@ -44,7 +44,7 @@ class Ticker:
                  on_step: Callable[[datetime], None] | None = None) -> None:
         self.clock, self.schedule = clock, schedule
         self.flush_to, self.timer_to, self.on_step = flush_to, timer_to, on_step
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> Ticker:
@@ -53,14 +53,14 @@ class Ticker:
         return self
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         if self._thread is not None:
             self._thread.join(5)
 
     def _run(self) -> None:
         last_timer = self.clock()
         interval = self.schedule.flush_every.total_seconds()
-        while not self._stop.wait(interval):
+        while not self._halt.wait(interval):
             now = self.clock()
             try:
                 if self.on_step is not None:

@@ -16,10 +16,10 @@ from typing import Any
 from loguru import logger
 from pykka import ActorDeadError, ActorRef
 
-from actors.dispatch import PooledActor
-from actors.keeper import DEFERRABLE, KeeperContext, PositionKeeper, Target, summary
 from actors.protocol import BandChanged, Snapshot, TrackerFailed, Undelivered
-from actors.tracing import tracer
+from actors.runtime.dispatch import PooledActor
+from actors.tracing.recorder import tracer
+from actors.tracker.keeper import DEFERRABLE, KeeperContext, PositionKeeper, Target, summary
 from models.marks import Band
 from models.messages import ExitRequested, PriceUpdate
 from models.position import Position

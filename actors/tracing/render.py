@@ -15,7 +15,7 @@ The writer shares the GIL with the actors, so rendering is kept cheap: the part 
 depends only on the message (ids, type, payload summary, domain keys) is rendered once per
 message object in a batch (one ``PriceUpdate`` goes to every tracker on its instrument, one
 message to a chain of actors), straight into JSON text without ``json.dumps``; the summary
-itself is ``actors.trace_text``.
+itself is ``actors.tracing.text``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from datetime import datetime
 from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 
-from actors.trace_text import Plan, field_of, is_bulky, iso, plan_of, redact, short, summary_of
+from actors.tracing.text import Plan, field_of, is_bulky, iso, plan_of, redact, short, summary_of
 
 Entry = list[Any]
 """[message, receiver, stamp, start_ns, end_ns, mailbox depth, outcome, head]: the stamp is

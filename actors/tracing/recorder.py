@@ -3,7 +3,8 @@ optional JSON-lines sink that never blocks an actor.
 
 Actors opt in with the ``Traced`` mixin. Their inboxes stamp each envelope with the enqueue time
 and the sending actor (the actor handling a message on the sending thread, or ``outside``); the
-mixin records start, end, outcome and mailbox depth around ``_handle_receive``.
+mixin records start, end, outcome and mailbox depth around ``receive``
+(``actors/runtime/pykka_compat.py``).
 
 An actor pays only for keeping what it already has (``actors.trace_render.entry``); the record
 (summary, redaction, domain keys, ISO times) is rendered when it leaves the actor's path: when a
@@ -22,8 +23,8 @@ from typing import Any, BinaryIO
 
 from loguru import logger
 
-from actors.trace_render import Entry, LineRenderer, domain_keys, entry, to_dict
-from actors.trace_text import redact, summarize
+from actors.tracing.render import Entry, LineRenderer, domain_keys, entry, to_dict
+from actors.tracing.text import redact, summarize
 
 __all__ = ["Traced", "Tracer", "current_actor", "domain_keys", "install", "iter_records",
            "redact", "stamp", "summarize", "tracer"]
@@ -182,7 +183,7 @@ class Traced:
             return self.trace_kind
         return f"{self.trace_kind}:{self.trace_key}#{self.incarnation}"
 
-    def _handle_receive(self, message: Any) -> Any:
+    def receive(self, message: Any) -> Any:
         active = _tracer
         local = _local
         previous = getattr(local, "actor", None)
@@ -192,13 +193,13 @@ class Traced:
         local.actor = name
         if active is None:
             try:
-                return super()._handle_receive(message)  # type: ignore[misc]
+                return super().receive(message)  # type: ignore[misc]
             finally:
                 local.actor = previous
         start = _perf_ns()
         outcome = "ok"
         try:
-            return super()._handle_receive(message)  # type: ignore[misc]
+            return super().receive(message)  # type: ignore[misc]
         except BaseException as error:
             outcome = f"{type(error).__name__}: {redact(str(error))[:200]}"
             raise

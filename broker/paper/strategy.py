@@ -14,9 +14,9 @@ from datetime import datetime, timedelta
 
 from loguru import logger
 
-from broker.exchange import PaperExchange
+from broker.paper.exchange import PaperExchange
+from broker.ports import GatewayError
 from models.common import Instrument, Segment, Side
-from store.ports import GatewayError
 
 QuantityRule = Callable[[random.Random, Instrument], int]
 """Draws an order's quantity for an instrument from the strategy's RNG."""

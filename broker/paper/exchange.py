@@ -22,11 +22,11 @@ from decimal import Decimal
 
 from loguru import logger
 
-from broker.market import TICK, Market
+from broker.paper.market import TICK, Market
+from broker.ports import GatewayError
 from models.common import IST, Instrument, TxnType
 from models.orders import OrderStatus, OrderUpdate
 from models.wire import to_dhan_frame
-from store.ports import GatewayError
 
 EXCH_ORDER_BASE = 1_100_000_000_000_000
 """Exchange order numbers are numeric, as NSE's are; the paper ones count up from here."""

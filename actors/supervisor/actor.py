@@ -20,8 +20,6 @@ from typing import Any
 from loguru import logger
 from pykka import ActorDeadError, ActorRef
 
-from actors.dispatch import Dispatcher, SingletonActor, default_dispatcher
-from actors.keeper import KeeperContext, PositionKeeper, Target
 from actors.protocol import (
     Checkpoint,
     PortfolioValued,
@@ -32,8 +30,11 @@ from actors.protocol import (
     TrackerFailed,
     Undelivered,
 )
-from actors.tracing import tracer
-from actors.tracker import Peers, TrackerActor, deliver
+from actors.runtime.dispatch import Dispatcher, SingletonActor, default_dispatcher
+from actors.tracing.recorder import tracer
+from actors.tracker.actor import Peers, TrackerActor, deliver
+from actors.tracker.keeper import KeeperContext, PositionKeeper, Target
+from broker.ports import GatewayError, OrderGateway
 from models.common import Instrument
 from models.messages import (
     ApplyOrderUpdate,
@@ -53,7 +54,6 @@ from models.messages import (
 )
 from models.position import CLOSED, ExitReason, Position, PositionStatus
 from models.rules import kill_switch_breached
-from store.ports import GatewayError, OrderGateway
 from store.records import DeadLetter, KillSwitch
 
 

@@ -22,15 +22,15 @@ from typing import Any
 
 from loguru import logger
 from pykka import ActorDeadError, ActorRef
-from pykka._envelope import Envelope
 
-from actors.dispatch import SingletonActor, StampedQueue
-from actors.metrics import Metrics
 from actors.protocol import Flush, Watch
+from actors.runtime.dispatch import SingletonActor, StampedQueue
+from actors.runtime.metrics import Metrics
+from actors.runtime.pykka_compat import envelope
+from broker.ports import GatewayError, QuoteApi, QuoteThrottled
 from models.common import Instrument, Segment
 from models.messages import PriceBatch, PriceTick, QuoteRequested, new_id
 from models.rules import PriceMark
-from store.ports import GatewayError, QuoteApi, QuoteThrottled
 
 
 class Breaker:
@@ -95,7 +95,7 @@ class _TickMailbox(StampedQueue):
             with self._lock:
                 ticks, self._ticks = self._ticks, {}
             if ticks:
-                item = Envelope(Ticked(flush=message, ticks=ticks), reply_to=item.reply_to)
+                item = envelope(Ticked(flush=message, ticks=ticks), item.reply_to)
         super().put(item, block, timeout)
 
 
@@ -121,7 +121,7 @@ def tick_feed(batcher: ActorRef[Any]) -> Callable[[Instrument, PriceMark], None]
 class LTPBatcherActor(SingletonActor):
     trace_kind = "batcher"
 
-    def _create_actor_inbox(self) -> _TickMailbox:  # type: ignore[override]
+    def make_inbox(self) -> _TickMailbox:
         return _TickMailbox(self._inbox_owner)
 
     def __init__(self, index: ActorRef[Any] | None, quotes: QuoteApi | None,

@@ -1,0 +1,58 @@
+"""The broker ports actors depend on (SPEC §4.3, §5); the paper broker and the DhanHQ gateway
+implement them.
+
+Error tree::
+
+    GatewayError               the broker did not take a request
+    ├── QuoteThrottled         429: the quote API's rate limit was hit
+    └── QuoteTimeout           no answer in time
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from decimal import Decimal
+from typing import Protocol
+
+from models.common import Instrument, Segment, TxnType
+
+
+class GatewayError(Exception):
+    """The broker refused or failed a request; ``str()`` is safe to log (no secrets)."""
+
+
+class QuoteThrottled(GatewayError):
+    pass
+
+
+class QuoteTimeout(GatewayError):
+    pass
+
+
+class QuoteApi(Protocol):
+    """DhanHQ ``POST /v2/marketfeed/ltp``: several segments in one request, integer ids."""
+
+    max_instruments: int
+    """Instruments allowed in one request over all segments (1,000 for DhanHQ)."""
+
+    min_interval_seconds: float
+    """Requests allowed per second, as an interval (1.0 for DhanHQ)."""
+
+    def ltp(self, request: Mapping[Segment, Sequence[int]]) -> dict[Instrument, Decimal]:
+        """Last traded prices; instruments the broker does not know are absent.
+        Raises ``QuoteThrottled``, ``QuoteTimeout`` or ``GatewayError``."""
+
+
+class OrderGateway(Protocol):
+    """Placing and cancelling orders. Order updates come back as raw frames to the sink."""
+
+    def place_order(self, *, client_id: str, instrument: Instrument, txn_type: TxnType,
+                    quantity: int, product: str | None) -> str:
+        """Place a MARKET order tagged with ``client_id`` (sent as its CorrelationId) and return
+        the broker's order number. Placing the same ``client_id`` again returns the first
+        order's number and places nothing. Raises ``GatewayError`` when refused."""
+
+    def cancel_order(self, order_no: str) -> None: ...
+
+    def subscribe(self, sink: Callable[[str], None]) -> None:
+        """Deliver every order update as the raw text of a DhanHQ websocket frame."""
