@@ -37,20 +37,21 @@ from models.allocation import (
     rebuilt_allocation,
     share_progress,
 )
-from models.common import parse_exit_client_id, position_id_for
+from models.common import Side, parse_exit_client_id, position_id_for
 from models.messages import (
     ApplyOrderUpdate,
     ApplyProgress,
     CreatePosition,
     Message,
     OrderUpdateReceived,
+    Overfilled,
     PositionChanged,
     PositionClosed,
     PositionOpened,
     TimerFired,
 )
 from models.orders import OrderProgress, OrderUpdate
-from models.position import OPEN, OrderRole, Position, new_position
+from models.position import OPEN, OrderRole, Position, TrackedOrder, new_position
 from models.wire import Rejection, parse_order_update
 from store.ports import Store
 from store.records import ReceivedFrame
@@ -91,6 +92,8 @@ class OrderUpdateActor(SingletonActor):
         self.allocations: dict[str, Allocation] = {}
         self.seen: OrderedDict[tuple[object, ...], None] = OrderedDict()
         self.dedup_window, self.park_limit = dedup_window, park_limit
+        self.remainders: set[str] = set()
+        """Positions opened for over-fills (their entry order is another position's exit)."""
         self._held: list[OrderUpdateReceived] = []
         self._flush_told = False
 
@@ -120,7 +123,9 @@ class OrderUpdateActor(SingletonActor):
         self._put(position)
         for order in position.orders:
             number = order.progress.order_no
-            if order.role is not OrderRole.OPPOSITE and number not in self.allocations:
+            owner = self.owners.get(number)
+            if order.role is not OrderRole.OPPOSITE and number not in self.allocations and (
+                    owner is None or owner[0] == pid):  # an over-fill's remainder owns nothing
                 self.owners[number] = (pid, order.role, order.attempt)
 
     def _rebuild_allocations(self, positions: list[Position]) -> None:
@@ -179,6 +184,8 @@ class OrderUpdateActor(SingletonActor):
                 self.hold(message)
             case PositionOpened() | PositionChanged() | PositionClosed() | KnownPosition():
                 self._position_event(message.position)
+            case Overfilled():
+                self._overfilled(message)
             case RetryStore():
                 self.store_later(force=True)
             case TimerFired():
@@ -264,15 +271,23 @@ class OrderUpdateActor(SingletonActor):
             pid, role, attempt = owner
             self._tell(ApplyOrderUpdate(position_id=pid, update=update, role=role,
                                         attempt=attempt, sent_at=self.clock(), **cause.caused()))
-        elif update.order_no in self.allocations or self._fill_of_untracked(update):
+        elif update.order_no in self.allocations or (self._fill_of_untracked(update) and (
+                self._tracks_entry(update) or any(qty for _, qty in self._opposites(update)))):
             self._untracked(update, cause)
         else:
             self._park(update, raw)
 
     def _fill_of_untracked(self, update: OrderUpdate) -> bool:
-        if update.traded_qty <= 0 or update.txn_type is None or update.segment is None \
-                or update.security_id is None or not update.segment.tradable:
-            return False
+        """A fill of an order nobody placed through us: whatever the tracking policy, it
+        reduces opposite positions (SPEC §11.2); the policy decides only whether its remainder
+        opens a position (``_tracks_entry``)."""
+        return update.traded_qty > 0 and update.txn_type is not None and \
+            update.segment is not None and update.security_id is not None and \
+            update.segment.tradable
+
+    def _tracks_entry(self, update: OrderUpdate) -> bool:
+        """Whether the policy tracks this order as an entry; one it does not track is parked
+        (its order may become known) unless it reduces an opposite position."""
         return self.prefix is None or (update.correlation_id or "").startswith(self.prefix)
 
     def _park(self, update: OrderUpdate, raw: str) -> None:
@@ -310,7 +325,11 @@ class OrderUpdateActor(SingletonActor):
                                      progress=share_progress(allocation, share),
                                      role=OrderRole.OPPOSITE, sent_at=self.clock(),
                                      **cause.caused()))
-        opened_now = left_qty > 0 and allocation.opened is None
+        opened_now = left_qty > 0 and allocation.opened is None and self._tracks_entry(update)
+        if left_qty > 0 and not opened_now and allocation.opened is None:
+            logger.bind(order_no=update.order_no).info(
+                "{} of order {} left untracked: its correlation id {!r} lacks the prefix {!r}",
+                left_qty, update.order_no, update.correlation_id, self.prefix)
         if opened_now:
             allocation = self._open(update, allocation, cause)
         if allocation.opened is not None:
@@ -351,6 +370,31 @@ class OrderUpdateActor(SingletonActor):
                                           position.side, update.order_no, update.segment,
                                           update.security_id)
         return allocation.model_copy(update={"opened": pid})
+
+    def _overfilled(self, message: Overfilled) -> None:
+        """Open (once) and feed the position that tracks an over-fill's opposite remainder;
+        the order stays routed to the position it over-filled."""
+        source = message.position
+        pid = position_id_for(message.progress.order_no)
+        if pid not in self.positions and pid not in self.remainders:
+            remainder = Position(position_id=pid, entry_order_no=message.progress.order_no,
+                                 segment=source.segment, security_id=source.security_id,
+                                 side=Side.SHORT if source.side is Side.LONG else Side.LONG,
+                                 product=source.product,
+                                 created_at=message.progress.updated_at or self.clock(),
+                                 orders=(TrackedOrder(role=OrderRole.ENTRY, progress=OrderProgress.
+                                                      empty(message.progress.order_no)),))
+            self.remainders.add(pid)
+            self._put(remainder)
+            self._tell(CreatePosition(position=remainder, sent_at=self.clock(),
+                                      **message.caused()))
+            logger.bind(position_id=pid).error(
+                "new {} position {} for the {} that exit order {} filled past {}'s open "
+                "quantity", remainder.side, pid, message.progress.traded_qty,
+                message.progress.order_no, source.position_id)
+        self._tell(ApplyProgress(position_id=pid, progress=message.progress,
+                                 role=OrderRole.ENTRY, sent_at=self.clock(),
+                                 **message.caused()))
 
     def _tell(self, message: Message) -> None:
         if self.supervisor is not None:

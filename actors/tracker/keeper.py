@@ -31,6 +31,7 @@ from models.messages import (
     ExitOrderPlaced,
     ExitRequested,
     Message,
+    Overfilled,
     PnLMarked,
     PositionChanged,
     PositionClosed,
@@ -41,6 +42,7 @@ from models.messages import (
     TimerFired,
     new_id,
 )
+from models.orders import OrderProgress, OrderStatus
 from models.policy import RiskConfig
 from models.position import (
     CLOSED,
@@ -48,6 +50,7 @@ from models.position import (
     Event,
     ExitReason,
     Fill,
+    OrderRole,
     Position,
     PositionStatus,
 )
@@ -108,6 +111,7 @@ class PositionKeeper:
         self._more = False
         self._announced = position
         """The state the last announcement told (or the one this keeper started from)."""
+        self._excess_told = 0
         self.outage: _Outage | None = None
         """Set while writes fail: the state lives in memory, protected, until it is stored."""
         if unstored:
@@ -154,8 +158,14 @@ class PositionKeeper:
 
     # Order updates ----------------------------------------------------------------------------
     def on_update(self, message: ApplyOrderUpdate) -> Out:
+        update = message.update
+        if update.status is OrderStatus.TRADED and update.traded_qty == 0:
+            self.log.warning("TRADED update of {} without a traded quantity: taken as traded in "
+                             "full{}", update.order_no, "" if update.fill_price else
+                             ", priced at the last known price until the broker's book says")
         applied = lifecycle.apply_update(self.position, message.update, message.role,
-                                         attempt=message.attempt, at=self.ctx.clock())
+                                         attempt=message.attempt, at=self.ctx.clock(),
+                                         last_price=self.mark.ltp if self.mark else None)
         return self._commit(applied, message)
 
     def on_progress(self, message: ApplyProgress) -> Out:
@@ -226,7 +236,29 @@ class PositionKeeper:
             event = PositionOpened(position=position, sent_at=now, **ids)
         else:
             event = PositionChanged(position=position, sent_at=now, **ids)
-        return [(target, event) for target in ANNOUNCE]
+        return [(target, event) for target in ANNOUNCE] + self._hand_on_excess(cause)
+
+    def _hand_on_excess(self, cause: Cause) -> Out:
+        """Exit fills past what was open (SPEC §11.1): the order-update actor opens the
+        opposite remainder as a position of its own; told again until it is (cumulative, so
+        idempotent), and alarmed."""
+        position = self.position
+        excess = position.excess_qty
+        if excess <= self._excess_told or position.exit_price is None:
+            return []
+        exits = [o for o in position.orders if o.role is not OrderRole.ENTRY]
+        order = max(exits, key=lambda o: (o.attempt or 0, o.progress.updated_at or
+                                          position.created_at))
+        progress = OrderProgress(order_no=order.progress.order_no, status=order.progress.status,
+                                 traded_qty=excess, traded_value=position.exit_price * excess,
+                                 updated_at=order.progress.updated_at)
+        self._excess_told = excess
+        self.log.error("OVER-FILL: exit fills of {} went {} past the open quantity; the "
+                       "opposite remainder is tracked as a position of its own",
+                       order.progress.order_no, excess)
+        return [(Target.ORDERS, Overfilled(position_id=position.position_id, position=position,
+                                           progress=progress, sent_at=self.ctx.clock(),
+                                           **cause.caused()))]
 
     def on_checkpoint(self, message: Checkpoint) -> Out:
         self._checkpoint(force=True)
@@ -363,6 +395,8 @@ class PositionKeeper:
 
     def on_timer(self, message: TimerFired) -> Out:
         out = self._retry_store(self.ctx.clock())
+        if self.outage is None:
+            out += self._hand_on_excess(message)
         self._checkpoint()
         return out + self._evaluate(message)
 
