@@ -17,7 +17,7 @@ rejected by the parser; a frame that breaks the routing itself is logged and ski
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -37,7 +37,8 @@ from models.allocation import (
     rebuilt_allocation,
     share_progress,
 )
-from models.common import Side, parse_exit_client_id, position_id_for
+from models.books import BookKey, BooksReport, compare
+from models.common import Side, TxnType, parse_exit_client_id, position_id_for
 from models.messages import (
     ApplyOrderUpdate,
     ApplyProgress,
@@ -50,13 +51,20 @@ from models.messages import (
     PositionOpened,
     TimerFired,
 )
-from models.orders import OrderProgress, OrderUpdate
+from models.orders import OrderProgress, OrderStatus, OrderUpdate
 from models.position import OPEN, OrderRole, Position, TrackedOrder, new_position
 from models.wire import Rejection, parse_order_update
 from store.ports import Store
 from store.records import ReceivedFrame
 
 Owner = tuple[str, OrderRole, int | None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Booked:
+    key: BookKey
+    sign: int
+    traded: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +100,8 @@ class OrderUpdateActor(SingletonActor):
         self.allocations: dict[str, Allocation] = {}
         self.seen: OrderedDict[tuple[object, ...], None] = OrderedDict()
         self.dedup_window, self.park_limit = dedup_window, park_limit
+        self.booked: dict[str, _Booked] = {}
+        """Every order's cumulative fill as the broker reported it (``books``)."""
         self.remainders: set[str] = set()
         """Positions opened for over-fills (their entry order is another position's exit)."""
         self._held: list[OrderUpdateReceived] = []
@@ -121,6 +131,7 @@ class OrderUpdateActor(SingletonActor):
     def _learn(self, position: Position) -> None:
         pid = position.position_id
         self._put(position)
+        self._book_position(position)
         for order in position.orders:
             number = order.progress.order_no
             owner = self.owners.get(number)
@@ -250,7 +261,60 @@ class OrderUpdateActor(SingletonActor):
         self.seen[key] = None
         if len(self.seen) > self.dedup_window:
             self.seen.popitem(last=False)
+        self._book(update)
         self._route_guarded(update, frame, raw=frame.raw)
+
+    # The broker's book -------------------------------------------------------------------------
+    def _book(self, update: OrderUpdate) -> None:
+        """Keep the broker's word on this order's cumulative fill (a TRADED order traded all of
+        its quantity), for ``books``."""
+        booked = self.booked.get(update.order_no)
+        key: BookKey | None = booked.key if booked else None
+        if update.segment is not None and update.security_id is not None:
+            key = (update.segment, update.security_id, update.product)
+        sign = booked.sign if booked else 0
+        if update.txn_type is not None:
+            sign = 1 if update.txn_type is TxnType.BUY else -1
+        traded = max(update.traded_qty, update.quantity or 0
+                     if update.status is OrderStatus.TRADED else 0)
+        if key is None or not sign:
+            if traded:
+                logger.bind(order_no=update.order_no).warning(
+                    "a fill of {} names no instrument or side: the book check cannot count it",
+                    traded)
+            return
+        self.booked[update.order_no] = _Booked(key, sign, max(traded, booked.traded
+                                                              if booked else 0))
+
+    def _book_position(self, position: Position) -> None:
+        """What a position recorded of its own orders (a TRADED frame that gave no quantity
+        counts as what the position took of it)."""
+        key = (position.segment, position.security_id, position.product)
+        for order in position.orders:
+            if order.role is OrderRole.OPPOSITE or order.progress.order_no in self.allocations:
+                continue  # the order's own frames count it, whole
+            txn = position.side.entry_txn if order.role is OrderRole.ENTRY \
+                else position.side.exit_txn
+            number = order.progress.order_no
+            booked = self.booked.get(number)
+            traded = max(order.progress.traded_qty, booked.traded if booked else 0)
+            if traded:
+                self.booked[number] = _Booked(booked.key if booked else key,
+                                              1 if txn is TxnType.BUY else -1, traded)
+
+    def books(self) -> BooksReport:
+        """The broker's book against ours, for what this process has seen since it started
+        (the positions it loaded count as the broker reported them)."""
+        broker: dict[BookKey, int] = defaultdict(int)
+        untracked: dict[BookKey, int] = defaultdict(int)
+        for number, booked in self.booked.items():
+            broker[booked.key] += booked.sign * booked.traded
+            allocation = self.allocations.get(number)
+            if number in self.owners or (allocation is not None and allocation.opened):
+                continue
+            shared = sum(s.qty for s in allocation.shares) if allocation is not None else 0
+            untracked[booked.key] += booked.sign * max(0, booked.traded - shared)
+        return compare(broker, self.positions.values(), untracked)
 
     def _route_guarded(self, update: OrderUpdate, cause: Message, *, raw: str) -> None:
         """Route, and outlive a bug the payload triggers: the frame is stored, the actor must

@@ -31,6 +31,12 @@ def flow() -> Iterator[Flow]:
     pykka.ActorRegistry.stop_all()
 
 
+def books_agree(flow: Flow) -> bool:
+    report = flow.orders.proxy().books().get(timeout=5)
+    assert report.agree, report.line()
+    return True
+
+
 def _without(raw: str, *keys: str) -> str:
     document = json.loads(raw)
     for key in keys:
@@ -50,11 +56,14 @@ def test_with_a_prefix_policy_a_manual_close_at_the_broker_still_closes_the_posi
     price(prefixed, "170")  # far below the stop loss: nothing left to exit
     assert prefixed.gateway.placed == {}
     assert "PM1" not in prefixed.store.positions  # no remainder: nothing opened from it
+    assert books_agree(prefixed)
 
 
 def test_with_a_prefix_policy_an_untracked_entry_is_still_not_tracked(prefixed: Flow) -> None:
     prefixed.send(frame("X1", OrderStatus.TRADED, 100))
     assert prefixed.store.positions == {}
+    report = prefixed.orders.proxy().books().get(timeout=5)
+    assert report.agree and report.untracked == {"NSE_FNO:47012/I": 100}
 
 
 def _exiting(flow: Flow) -> str:
@@ -76,6 +85,7 @@ def test_a_traded_exit_update_without_quantities_closes_the_position(flow: Flow)
     assert position.exit_price == Decimal("170")
     price(flow, "160")
     assert list(flow.gateway.placed) == [client_id]  # no second exit
+    assert books_agree(flow)
 
 
 def test_a_traded_exit_update_without_quantities_or_price_closes_it_at_the_known_price(
@@ -89,6 +99,7 @@ def test_a_traded_exit_update_without_quantities_or_price_closes_it_at_the_known
     assert position.exit_price is not None
     price(flow, "160")
     assert list(flow.gateway.placed) == [client_id]
+    assert books_agree(flow)
 
 
 def test_an_exit_fill_larger_than_the_position_opens_the_opposite_remainder(flow: Flow) -> None:
@@ -105,3 +116,5 @@ def test_an_exit_fill_larger_than_the_position_opens_the_opposite_remainder(flow
     assert (short.side.value, short.quantity, short.status) == ("SHORT", 50,
                                                                 PositionStatus.ACTIVE)
     assert short.entry_price == Decimal("170")
+    assert books_agree(flow)
+

@@ -46,6 +46,7 @@ def test_when_500_position_session_ends_then_store_index_and_cache_agree(
         cached = {key.decode().removeprefix("pnl:tracker:")
                   for key in raw.scan_iter("pnl:tracker:*")}
         status = system.status()
+        books = system.books()
     finally:
         system.stop()
         pykka.ActorRegistry.stop_all()
@@ -57,6 +58,7 @@ def test_when_500_position_session_ends_then_store_index_and_cache_agree(
     assert cached == priced
     assert status["metrics"]["dead_letters"] == 0
     assert status["quarantined"] == []
+    assert books.agree, books.line()  # every fill the paper broker reported is tracked
 
 
 def _merged(store: object) -> int:
