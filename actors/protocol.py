@@ -128,3 +128,9 @@ class BandChanged:
 
     position_id: str
     band: Band | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClearKillSwitch:
+    """Supervisor → trackers: the kill switch was reset (by an operator, or a new exchange day
+    began): a standing KILL_SWITCH exit is no longer retried; positions already exiting go on."""
