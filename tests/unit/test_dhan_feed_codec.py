@@ -11,8 +11,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from broker.dhan.feed_codec import (
-    HEADER, DisconnectPacket, FeedDecodeError, OtherPacket, TickerPacket, decode,
-    encode_disconnect, encode_ticker, float32_decimal, parse_subscription,
+    HEADER,
+    DisconnectPacket,
+    FeedDecodeError,
+    OtherPacket,
+    TickerPacket,
+    decode,
+    encode_disconnect,
+    encode_ticker,
+    float32_decimal,
+    parse_subscription,
     subscription_messages,
 )
 from models.common import Instrument, Segment

@@ -9,7 +9,13 @@ import jwt
 import pytest
 
 from broker.dhan.token import (
-    Secret, TokenError, TokenSource, expires_at, expiry_warning_due, scrub, time_left,
+    Secret,
+    TokenError,
+    TokenSource,
+    expires_at,
+    expiry_warning_due,
+    scrub,
+    time_left,
 )
 
 NOW = datetime(2026, 1, 5, 4, 0, tzinfo=UTC)
