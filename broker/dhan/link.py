@@ -158,24 +158,27 @@ class Link:
             return self._safe(f"handshake refused: HTTP {error.response.status_code}")
         except (OSError, TimeoutError, WebSocketException) as error:
             return self._safe(f"cannot connect: {type(error).__name__}: {error}")
-        self._conn = conn
-        try:
-            if self._stop.is_set():
-                return "stopped"
-            self.on_open(conn)
-            self.connects += 1
-            self._set(LinkState.LIVE, "")
-            self._connected()
-            for message in conn:
-                self.on_message(message)
-            return "closed by the server"
-        except ConnectionClosed as closed:
-            return self._safe(f"connection lost: {closed}")
-        except (OSError, TimeoutError, WebSocketException) as error:
-            return self._safe(f"connection failed: {type(error).__name__}: {error}")
-        finally:
-            self._conn = None
-            conn.close()
+        with conn:  # websockets wants its connections used as context managers
+            self._conn = conn
+            try:
+                return self._serve(conn)
+            except ConnectionClosed as closed:
+                return self._safe(f"connection lost: {closed}")
+            except (OSError, TimeoutError, WebSocketException) as error:
+                return self._safe(f"connection failed: {type(error).__name__}: {error}")
+            finally:
+                self._conn = None
+
+    def _serve(self, conn: ClientConnection) -> str:
+        if self._stop.is_set():
+            return "stopped"
+        self.on_open(conn)
+        self.connects += 1
+        self._set(LinkState.LIVE, "")
+        self._connected()
+        for message in conn:
+            self.on_message(message)
+        return "closed by the server"
 
     def _connected(self) -> None:
         if self._on_connected is None:
