@@ -18,12 +18,14 @@ import pytest
 from loguru import logger
 
 from broker.dhan import (
+    Answer,
     Bucket,
     DhanRest,
     LinkState,
     MarketFeed,
     OrderSocket,
     Outcome,
+    PlacedOrder,
     RateLimits,
     TokenSource,
 )
@@ -69,7 +71,7 @@ class Venue:
                         limiter=limits)
 
     def place(self, rest: DhanRest, client_id: str, price: str = "101",
-              txn: TxnType = TxnType.BUY) -> object:
+              txn: TxnType = TxnType.BUY) -> Answer[PlacedOrder]:
         return rest.place_order(correlation_id=client_id, instrument=FNO, txn_type=txn,
                                 quantity=75, price=Decimal(price), product="I")
 
@@ -109,7 +111,7 @@ def test_a_placement_is_placed_and_its_frames_come_on_the_order_socket(venue: Ve
 def test_a_refused_placement_is_rejected(venue: Venue) -> None:
     venue.exchange.fail_next()
     answer = venue.place(venue.rest(), "X-R1-1")
-    assert (answer.outcome, answer.code) == (Outcome.REJECTED, "DH-906")  # type: ignore[attr-defined]
+    assert (answer.outcome, answer.code) == (Outcome.REJECTED, "DH-906")
     assert venue.exchange.orders() == []
 
 
@@ -128,10 +130,10 @@ def test_a_lost_answer_is_unknown_and_resolved_by_correlation_id(venue: Venue) -
 def test_a_late_answer_is_unknown_and_the_order_was_taken_once(venue: Venue) -> None:
     venue.fake.delay_placements(1.0)
     rest = venue.rest(timeout=0.3)
-    assert venue.place(rest, "X-L1-1").outcome is Outcome.UNKNOWN  # type: ignore[attr-defined]
+    assert venue.place(rest, "X-L1-1").outcome is Outcome.UNKNOWN
     assert len(venue.exchange.orders()) == 1
     again = venue.place(rest, "X-L1-1")  # the same client id places nothing new
-    assert again.outcome is Outcome.OK  # type: ignore[attr-defined]
+    assert again.outcome is Outcome.OK
     assert len(venue.exchange.orders()) == 1
 
 
@@ -139,7 +141,7 @@ def test_429_on_placement_is_unknown_and_on_quotes_raises_throttled(venue: Venue
     rest = venue.rest()
     venue.fake.throttle(Bucket.ORDERS)
     answer = venue.place(rest, "X-T1-1")
-    assert (answer.outcome, answer.code) == (Outcome.UNKNOWN, "DH-904")  # type: ignore[attr-defined]
+    assert (answer.outcome, answer.code) == (Outcome.UNKNOWN, "DH-904")
     assert rest.order_by_correlation("X-T1-1").outcome is Outcome.NOT_FOUND
     venue.fake.throttle(Bucket.QUOTE)
     with pytest.raises(QuoteThrottled):
@@ -151,15 +153,16 @@ def test_429_on_placement_is_unknown_and_on_quotes_raises_throttled(venue: Venue
 def test_static_ip_refusal_is_reported_as_such(venue: Venue) -> None:
     venue.fake.refuse_ip = True
     answer = venue.place(venue.rest(), "X-I1-1")
-    assert answer.outcome is Outcome.IP_REFUSED  # type: ignore[attr-defined]
-    assert "whitelisted" in answer.detail  # type: ignore[attr-defined]
+    assert answer.outcome is Outcome.IP_REFUSED
+    assert "whitelisted" in answer.detail
 
 
 def test_modify_and_cancel_a_resting_order(venue: Venue) -> None:
     rest = venue.rest()
     venue.exchange.rest_next(2)
-    first = venue.place(rest, "X-M1-1", price="95").value  # type: ignore[attr-defined]
-    second = venue.place(rest, "X-M1-2", price="95").value  # type: ignore[attr-defined]
+    first, second = (venue.place(rest, "X-M1-1", price="95").value,
+                     venue.place(rest, "X-M1-2", price="95").value)
+    assert first is not None and second is not None
     modified = rest.modify_order(first.order_id, quantity=75, price=Decimal("100.5"))
     assert modified.ok and modified.value is not None
     assert modified.value.status == "TRADED"
@@ -188,7 +191,7 @@ def test_the_clients_own_limiter_keeps_orders_within_ten_a_second(venue: Venue) 
     rest = venue.rest()
     rest.limit_wait = 3.0
     for k in range(13):
-        assert venue.place(rest, f"X-S{k}-1").outcome is Outcome.OK  # type: ignore[attr-defined]
+        assert venue.place(rest, f"X-S{k}-1").outcome is Outcome.OK
     times = [r.at for r in venue.fake.requests_in(Bucket.ORDERS)]
     assert len(times) == 13
     assert all(times[i + 10] - times[i] >= 0.95 for i in range(len(times) - 10))
@@ -197,9 +200,9 @@ def test_the_clients_own_limiter_keeps_orders_within_ten_a_second(venue: Venue) 
 def test_the_limiter_answers_limited_without_sending(venue: Venue) -> None:
     rest = venue.rest(limits=RateLimits({Bucket.ORDERS: "1/minute"}))
     rest.limit_wait = 0.1
-    assert venue.place(rest, "X-Q1-1").outcome is Outcome.OK  # type: ignore[attr-defined]
+    assert venue.place(rest, "X-Q1-1").outcome is Outcome.OK
     limited = venue.place(rest, "X-Q2-1")
-    assert limited.outcome is Outcome.LIMITED  # type: ignore[attr-defined]
+    assert limited.outcome is Outcome.LIMITED
     assert len(venue.fake.requests_in(Bucket.ORDERS)) == 1
 
 
@@ -271,6 +274,8 @@ def test_the_order_socket_reconnects_after_a_drop_with_back_off(venue: Venue) ->
     wait_until(lambda: len(frames) == 6)
     last = json.loads(frames[-1])["Data"]
     assert (last["orderNo"], last["status"], last["tradedQty"]) == ("PB2", "Traded", 75)
+    parsed = parse_order_update(frames[-1])
+    assert isinstance(parsed, OrderUpdate) and parsed.status is OrderStatus.TRADED
     socket.stop()
 
 
