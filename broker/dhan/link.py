@@ -14,6 +14,7 @@ Every text that leaves (logs, states' details) is scrubbed of the token and of a
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -27,6 +28,24 @@ from websockets.sync.client import ClientConnection, connect
 from broker.dhan.token import Secret, TokenError, scrub
 
 BACKOFF: tuple[float, ...] = (1, 2, 5, 10, 30, 60)
+
+
+class _Scrubbed(logging.Filter):
+    """websockets' own log records with any ``token=`` URL parameter redacted."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = scrub(record.getMessage()), None
+        return True
+
+
+def _websockets_logger() -> logging.Logger:
+    """The logger given to websockets: WARNING and up only (its DEBUG lines echo frames, and the
+    login frame holds the token), scrubbed. Configured on first use, not at import."""
+    log = logging.getLogger("broker.dhan.websockets")
+    if not any(isinstance(f, _Scrubbed) for f in log.filters):
+        log.setLevel(logging.WARNING)
+        log.addFilter(_Scrubbed())
+    return log
 
 
 class LinkState(StrEnum):
@@ -67,6 +86,7 @@ class Link:
         self.open_timeout, self.ping_interval, self.ping_timeout = (
             open_timeout, ping_interval, ping_timeout)
         self._rng = rng or random.Random()
+        self._ws_log = _websockets_logger()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._conn: ClientConnection | None = None
@@ -148,7 +168,7 @@ class Link:
             url = self._url()
             conn = connect(url, open_timeout=self.open_timeout, ping_interval=self.ping_interval,
                            ping_timeout=self.ping_timeout, close_timeout=2, compression=None,
-                           max_size=2**22, proxy=None)
+                           max_size=2**22, proxy=None, logger=self._ws_log)
         except TokenError as error:
             raise TokenRefused(str(error)) from None
         except InvalidStatus as error:

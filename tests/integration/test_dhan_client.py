@@ -9,6 +9,7 @@ exception's text.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -319,14 +320,32 @@ def test_the_token_never_reaches_a_log_line_or_an_exception(venue: Venue) -> Non
     lines: list[str] = []
     sink = logger.add(lambda message: lines.append(str(message)), level="DEBUG",
                       backtrace=True, diagnose=False)
+    records = _Collect()  # the libraries' stdlib logging too, at DEBUG
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(records)
+    root.setLevel(logging.DEBUG)
     texts: list[str] = []
     try:
         texts += _failures_with(venue)
     finally:
         logger.remove(sink)
+        root.removeHandler(records)
+        root.setLevel(level)
+    assert any(line.startswith(("httpx", "httpcore")) for line in records.lines)
+    lines += records.lines
     assert lines, "the failures were logged"
     for text in lines + texts:
         assert TOKEN not in text and "fake-dhan-secret-token" not in text
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.name}: {record.getMessage()}")
 
 
 def _failures_with(venue: Venue) -> list[str]:
