@@ -14,6 +14,23 @@ thread and report through callbacks::
     feed_codec.py    the feed's binary packets and JSON requests (pure)
     token.py         TokenSource, Secret, expiry, scrub
 
+Driving it from a gateway actor (each call blocks at most its timeout plus ``limit_wait``)::
+
+    tokens = TokenSource(path=settings.access_token_file)       # or DHAN_ACCESS_TOKEN
+    rest = DhanRest(api_url, client_id, tokens, timeout=httpx.Timeout(2.0, read=3.0))
+    answer = rest.place_order(correlation_id=exit_id, instrument=..., txn_type=TxnType.SELL,
+                              quantity=75, price=Decimal("101.05"), product="I")
+    match answer.outcome:   # OK / REJECTED / UNKNOWN / TOKEN_INVALID / IP_REFUSED / LIMITED
+        case Outcome.UNKNOWN: rest.order_by_correlation(exit_id)   # later, after a settle delay
+    socket = OrderSocket(order_ws_url, client_id, tokens, sink=tell_order_updates,
+                         on_state=tell_link_state, on_connected=tell_reconcile)
+    feed = MarketFeed(feed_ws_url, client_id, tokens, on_tick=tell_tick)
+    socket.start(); feed.start(); feed.subscribe(instruments)
+    ...; socket.stop(); feed.stop(); rest.close()
+
+After TOKEN_INVALID a link's thread has ended; a new token (``tokens.reload()`` / ``set``) and
+``start()`` resume it. The REST client resumes by itself once the source gives a new token.
+
 Error tree (everything else is an outcome value)::
 
     broker.ports.GatewayError      quote API only (the QuoteApi port raises)
