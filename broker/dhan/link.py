@@ -87,7 +87,7 @@ class Link:
             open_timeout, ping_interval, ping_timeout)
         self._rng = rng or random.Random()
         self._ws_log = _websockets_logger()
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._conn: ClientConnection | None = None
         self._lock = threading.Lock()
@@ -110,14 +110,14 @@ class Link:
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 return
-            self._stop.clear()
+            self._stopping.clear()
             self._thread = threading.Thread(target=self._run, name=f"dhan-{self.name}",
                                             daemon=True)
             self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Close the connection and join the thread."""
-        self._stop.set()
+        self._stopping.set()
         conn = self._conn
         if conn is not None:
             conn.close()
@@ -144,14 +144,14 @@ class Link:
     def _run(self) -> None:
         attempt = 0
         self._set(LinkState.CONNECTING, "")
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
             started = time.monotonic()
             try:
                 outcome = self._session()
             except TokenRefused as refused:
                 self._set(LinkState.TOKEN_INVALID, self._safe(str(refused)))
                 return
-            if self._stop.is_set():
+            if self._stopping.is_set():
                 break
             if time.monotonic() - started >= self.stable_after:
                 attempt = 0
@@ -159,7 +159,7 @@ class Link:
             attempt += 1
             self.delays.append(delay)
             self._set(LinkState.RECONNECTING, f"{outcome}; retrying in {delay:.1f} s")
-            self._stop.wait(delay)
+            self._stopping.wait(delay)
         self._set(LinkState.STOPPED, "")
 
     def _session(self) -> str:
@@ -190,7 +190,7 @@ class Link:
                 self._conn = None
 
     def _serve(self, conn: ClientConnection) -> str:
-        if self._stop.is_set():
+        if self._stopping.is_set():
             return "stopped"
         self.on_open(conn)
         self.connects += 1
