@@ -194,13 +194,12 @@ class DhanRest:
                            readable=raw.readable)
         if verdict.outcome is Outcome.OK:
             return _prices(raw.body)
+        detail = self._answer(verdict, raw, None, "POST /marketfeed/ltp").detail
         if verdict.code == "timeout":
-            raise QuoteTimeout(f"quote API: {verdict.detail}")
+            raise QuoteTimeout(f"quote API: {detail}")
         if raw.status == 429 or verdict.code in ("805", "DH-904"):
-            raise QuoteThrottled(f"quote API 429: {verdict.detail}")
-        if verdict.outcome is Outcome.TOKEN_INVALID:
-            self._refuse(verdict.detail)
-        raise GatewayError(f"quote API {verdict.outcome}: {verdict.detail}")
+            raise QuoteThrottled(f"quote API 429: {detail}")
+        raise GatewayError(f"quote API {verdict.outcome}: {detail}")
 
     # The one seam -------------------------------------------------------------------------------
     def _send(self, bucket: Bucket, method: str, path: str,

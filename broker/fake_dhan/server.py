@@ -17,6 +17,7 @@ late), ``lose_placements(n)`` (taken, never answered), ``expire_token()``, ``ref
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -84,7 +85,8 @@ class _Peer:
         self.subscribed: set[Instrument] = set()
 
     def push(self, message: str | bytes | None) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, message)
+        with contextlib.suppress(RuntimeError):  # a stopped server: nobody listens any more
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, message)
 
     async def pump(self) -> None:
         while (message := await self.queue.get()) is not None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from broker.dhan.book import RowError, order_of, position_of, product_type, status_text, trade_of
 from broker.dhan.outcomes import Outcome, classify, error_of
@@ -109,3 +111,19 @@ def test_products_and_statuses_are_normalised() -> None:
         "INTRADAY", "CNC", "MARGIN", "INTRADAY", "MARGIN"]
     assert [status_text(s) for s in ("Traded", "Part-Traded", "PART_TRADED", "Canceled")] == [
         "TRADED", "PART_TRADED", "PART_TRADED", "CANCELLED"]
+
+
+@given(st.one_of(st.none(), st.integers(100, 599)),
+       st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                    lambda inner: st.lists(inner, max_size=3)
+                    | st.dictionaries(st.text(max_size=12), inner, max_size=4), max_leaves=10),
+       st.booleans(), st.booleans())
+def test_any_answer_is_classified_and_only_a_2xx_is_ok(status: int | None, body: object,
+                                                       placement: bool, lookup: bool) -> None:
+    verdict = classify(status, body, transport=None if status else "ReadError: reset",
+                       placement=placement, lookup=lookup)
+    assert verdict.outcome in Outcome
+    if verdict.outcome is Outcome.OK:
+        assert status is not None and 200 <= status < 300
+    if status is not None and status >= 500:
+        assert verdict.outcome in (Outcome.UNKNOWN, Outcome.TOKEN_INVALID, Outcome.IP_REFUSED)
