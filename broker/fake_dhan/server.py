@@ -55,6 +55,9 @@ from models.common import Instrument, Segment, TxnType
 from models.orders import OrderUpdate
 from models.wire import parse_order_update
 
+MAX_MODIFICATIONS = 25
+"""DhanHQ's cap on modifications of one order."""
+
 TOKEN_ERROR = {"errorType": "Invalid_Authentication", "errorCode": "DH-901",
                "errorMessage": "Client ID or user generated access token is invalid or expired."}
 THROTTLE_ERROR = {"errorType": "Rate_Limit", "errorCode": "DH-904",
@@ -108,6 +111,10 @@ class FakeDhan:
         self.feed_requests: list[tuple[int, int]] = []
         """(request code, instrument count) of every feed subscription message."""
         self.logins = 0
+        self.placements: list[str] = []
+        """The correlation id of every placement taken. The paper exchange answers a repeated
+        correlation id with the first order (DhanHQ would place a second one), so a test of
+        "never placed twice" asserts on this list."""
         self.camel_case = False
         self.refuse_ip = False
         self.packets_per_message = 1
@@ -294,8 +301,8 @@ class FakeDhan:
             order_no = self.exchange.place_order(**order)
         except GatewayError as error:
             return _order_error(str(error))
-        status = self.exchange.order(order_no).status.value
         with self._lock:
+            self.placements.append(order["client_id"])
             delay = self._delays.pop(0) if self._delays else None
             lost = self._lost > 0
             self._lost -= 1 if lost else 0
@@ -303,7 +310,7 @@ class FakeDhan:
             await self._hang()
         if delay is not None:
             await asyncio.sleep(delay)
-        return JSONResponse({"orderId": order_no, "orderStatus": status})
+        return JSONResponse({"orderId": order_no, "orderStatus": "TRANSIT"})  # as DhanHQ answers
 
     async def _hang(self) -> None:
         """No answer: wait until the server stops (the client times out first)."""
@@ -315,6 +322,9 @@ class FakeDhan:
         if refused is not None:
             return refused
         order_no = request.path_params["order_id"]
+        known = [o for o in self.exchange.orders() if o.order_no == order_no]
+        if known and known[0].modifications >= MAX_MODIFICATIONS:
+            return _order_error(f"order {order_no}: at most {MAX_MODIFICATIONS} modifications")
         try:
             body = json.loads(await request.body(), parse_float=Decimal)
             price = _decimal(body.get("price"))

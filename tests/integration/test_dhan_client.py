@@ -96,6 +96,7 @@ def test_a_placement_is_placed_and_its_frames_come_on_the_order_socket(venue: Ve
     answer = rest.place_order(correlation_id="X-P1-1", instrument=FNO, txn_type=TxnType.SELL,
                               quantity=75, price=Decimal("99.5"), product="I")
     assert answer.outcome is Outcome.OK and answer.value is not None
+    assert answer.value.status == "TRANSIT"  # DhanHQ's usual first answer
     wait_until(lambda: len(frames) == 3)
     updates = [parse_order_update(frame) for frame in frames]
     assert all(isinstance(u, OrderUpdate) for u in updates)
@@ -133,9 +134,8 @@ def test_a_late_answer_is_unknown_and_the_order_was_taken_once(venue: Venue) -> 
     rest = venue.rest(timeout=0.3)
     assert venue.place(rest, "X-L1-1").outcome is Outcome.UNKNOWN
     assert len(venue.exchange.orders()) == 1
-    again = venue.place(rest, "X-L1-1")  # the same client id places nothing new
-    assert again.outcome is Outcome.OK
-    assert len(venue.exchange.orders()) == 1
+    assert rest.order_by_correlation("X-L1-1").ok  # resolved: it was placed
+    assert venue.fake.placements == ["X-L1-1"]
 
 
 def test_429_on_placement_is_unknown_and_on_quotes_raises_throttled(venue: Venue) -> None:
@@ -171,6 +171,20 @@ def test_modify_and_cancel_a_resting_order(venue: Venue) -> None:
     assert venue.exchange.order(second.order_id).status is OrderStatus.CANCELLED
     refused = rest.cancel_order(second.order_id)
     assert (refused.outcome, refused.code) == (Outcome.REJECTED, "DH-906")
+
+
+def test_an_order_takes_at_most_25_modifications(venue: Venue) -> None:
+    rest = venue.rest()
+    rest.limit_wait = 5.0
+    venue.exchange.rest_next()
+    placed = venue.place(rest, "X-M2-1", price="90").value
+    assert placed is not None
+    for k in range(25):
+        price = Decimal("90") + Decimal("0.05") * k
+        assert rest.modify_order(placed.order_id, quantity=75, price=price).ok
+    refused = rest.modify_order(placed.order_id, quantity=75, price=Decimal("91.5"))
+    assert (refused.outcome, refused.code) == (Outcome.REJECTED, "DH-906")
+    assert venue.exchange.order(placed.order_id).modifications == 25
 
 
 def test_books_and_quotes(venue: Venue) -> None:
