@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Final
 
 import jwt
+from loguru import logger
 
 REDACTED: Final = "***"
 WARN_BEFORE = timedelta(minutes=30)
@@ -94,6 +95,7 @@ class TokenSource:
         self._environ = environ if environ is not None else os.environ
         self._lock = threading.Lock()
         self._current: Secret | None = None
+        self._warned: Secret | None = None
 
     def current(self) -> Secret:
         with self._lock:
@@ -106,6 +108,22 @@ class TokenSource:
         with self._lock:
             self._current = self._read()
             return self._current
+
+    def warn_if_expiring(self, now: datetime, before: timedelta = WARN_BEFORE
+                         ) -> timedelta | None:
+        """Time left on the current token; logs one warning per token once it is within
+        ``before`` of its expiry (or expired). None when the expiry is unknown."""
+        token = self.current()
+        left = time_left(token, now)
+        if left is None or left > before:
+            return left
+        with self._lock:
+            first = self._warned != token
+            self._warned = token
+        if first:
+            logger.warning("the DhanHQ access token expires in {:.0f} min: renew it",
+                           left.total_seconds() / 60)
+        return left
 
     def set(self, token: str) -> None:
         """Replace the token (an operator handing a new one, or a test)."""

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import jwt
 import pytest
+from loguru import logger
 
 from broker.dhan.token import (
     Secret,
@@ -84,3 +85,18 @@ def test_scrub_removes_the_token_and_urls_embedding_it() -> None:
     cleaned = scrub(text, [Secret(token)])
     assert token not in cleaned and "abc" not in cleaned
     assert "token=***&clientId=1" in cleaned and "access_token=***" in cleaned
+
+
+def test_an_expiring_token_is_warned_about_once() -> None:
+    lines: list[str] = []
+    sink = logger.add(lambda message: lines.append(str(message)), level="WARNING")
+    try:
+        source = TokenSource(token=make_token(NOW + timedelta(minutes=45)))
+        assert source.warn_if_expiring(NOW) == timedelta(minutes=45)
+        assert lines == []
+        assert source.warn_if_expiring(NOW + timedelta(minutes=20)) == timedelta(minutes=25)
+        source.warn_if_expiring(NOW + timedelta(minutes=21))
+        assert len(lines) == 1 and "expires in 25 min" in lines[0]
+        assert source.current().reveal() not in lines[0]
+    finally:
+        logger.remove(sink)
