@@ -65,11 +65,14 @@ class Venue:
         self.exchange = PaperExchange(self.market, start=T0, latency=timedelta(0))
         self.fake = FakeDhan(self.exchange, self.market, client_id=CLIENT, valid_token=TOKEN)
         self.tokens = TokenSource(token=TOKEN)
+        self.clients: list[DhanRest] = []
 
     def rest(self, *, timeout: float = 2.0, limits: RateLimits | None = None,
              tokens: TokenSource | None = None) -> DhanRest:
-        return DhanRest(self.fake.rest_url, CLIENT, tokens or self.tokens, timeout=timeout,
-                        limiter=limits)
+        client = DhanRest(self.fake.rest_url, CLIENT, tokens or self.tokens, timeout=timeout,
+                          limiter=limits)
+        self.clients.append(client)
+        return client
 
     def place(self, rest: DhanRest, client_id: str, price: str = "101",
               txn: TxnType = TxnType.BUY) -> Answer[PlacedOrder]:
@@ -82,6 +85,8 @@ def venue() -> Iterator[Venue]:
     venue = Venue()
     venue.fake.start()
     yield venue
+    for client in venue.clients:
+        client.close()
     venue.fake.stop()
 
 
@@ -387,7 +392,7 @@ def _failures_with(venue: Venue) -> list[str]:
     dead.start()
     wait_until(lambda: len(dead.delays) >= 2)
     dead.stop()
-    lost = DhanRest(venue.fake.rest_url, CLIENT, venue.tokens, timeout=0.2)
+    lost = venue.rest(timeout=0.2)
     venue.fake.lose_placements(1)
     texts.append(repr(lost.place_order(correlation_id="X-S2-1", instrument=FNO,
                                        txn_type=TxnType.BUY, quantity=1, price=Decimal("1"))))
