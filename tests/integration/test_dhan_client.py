@@ -301,6 +301,27 @@ def test_the_order_socket_reconnects_after_a_drop_with_back_off(venue: Venue) ->
     socket.stop()
 
 
+def test_fills_while_disconnected_are_not_replayed_but_are_in_the_books(venue: Venue) -> None:
+    frames: list[str] = []
+    books: list[list[str]] = []
+    rest = venue.rest()
+
+    def reconcile() -> None:  # what the gateway does on every (re)connect
+        answer = rest.orders()
+        books.append([o.status for o in answer.value or []])
+
+    socket = OrderSocket(venue.fake.order_ws_url, CLIENT, venue.tokens, sink=frames.append,
+                         on_connected=reconcile, backoff=(1.0,), login_grace=0.1)
+    socket.start()
+    wait_until(lambda: len(books) == 1)
+    venue.fake.drop_order_sockets()
+    wait_until(lambda: socket.state is LinkState.RECONNECTING)
+    assert venue.place(rest, "X-D1-1").ok  # fills at once, while nobody listens
+    wait_until(lambda: len(books) == 2)
+    assert frames == [] and books == [[], ["TRADED"]]
+    socket.stop()
+
+
 def test_back_off_follows_the_schedule_with_jitter() -> None:
     schedule = (1, 2, 5, 10, 30, 60)
     for attempt, base in enumerate([*schedule, 60, 60]):
