@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
+from urllib.parse import quote, unquote
 
 import httpx
 from loguru import logger
@@ -107,10 +108,10 @@ class DhanRest:
                      order_type: str = "LIMIT", validity: str = "DAY") -> Answer[PlacedOrder]:
         body = {"dhanClientId": self.client_id, "orderId": order_id, "orderType": order_type,
                 "quantity": quantity, "price": price, "validity": validity}
-        return self._order_call("PUT", f"/orders/{order_id}", body)
+        return self._order_call("PUT", f"/orders/{_segment(order_id)}", body)
 
     def cancel_order(self, order_id: str) -> Answer[PlacedOrder]:
-        return self._order_call("DELETE", f"/orders/{order_id}", None)
+        return self._order_call("DELETE", f"/orders/{_segment(order_id)}", None)
 
     def _order_call(self, method: str, path: str, body: dict[str, Any] | None, *,
                     placement: bool = False) -> Answer[PlacedOrder]:
@@ -120,23 +121,23 @@ class DhanRest:
         verdict = classify(raw.status, raw.body, transport=raw.transport, sent=raw.sent,
                            placement=placement, readable=raw.readable)
         value = None
-        if verdict.outcome is Outcome.OK and isinstance(raw.body, Mapping):
-            fields = normalised(raw.body)
-            order_id = fields.get("orderid")
-            value = PlacedOrder(order_id=str(order_id) if order_id not in (None, "") else
-                                path.rsplit("/", 1)[-1],
-                                status=str(fields["orderstatus"]) if fields.get("orderstatus")
-                                else None)
+        if verdict.outcome is Outcome.OK:
+            fields = normalised(raw.body) if isinstance(raw.body, Mapping) else {}
+            order_id, status = fields.get("orderid"), fields.get("orderstatus")
+            value = PlacedOrder(  # a modification or cancellation may answer without the id
+                order_id=str(order_id) if order_id not in (None, "") else unquote(
+                    path.rsplit("/", 1)[-1]),
+                status=str(status) if status not in (None, "") else None)
         return self._answer(verdict, raw, value, f"{method} {path}")
 
     # Reads ------------------------------------------------------------------------------------
     def order(self, order_id: str) -> Answer[BrokerOrder]:
         """``GET /orders/{id}``: DhanHQ answers a one-element array (an object is accepted)."""
-        return self._read_one(f"/orders/{order_id}")
+        return self._read_one(f"/orders/{_segment(order_id)}")
 
     def order_by_correlation(self, correlation_id: str) -> Answer[BrokerOrder]:
         """``GET /orders/external/{correlationId}``: the order we tagged, or NOT_FOUND."""
-        return self._read_one(f"/orders/external/{correlation_id}")
+        return self._read_one(f"/orders/external/{_segment(correlation_id)}")
 
     def orders(self) -> Answer[list[BrokerOrder]]:
         return self._read_list("/orders", order_of)
@@ -267,6 +268,11 @@ class DhanRest:
         return scrub(f"{type(error).__name__}: {error}", [token])
 
 
+def _segment(value: str) -> str:
+    """One URL path segment: an id with ``/``, ``?`` or spaces cannot change the path."""
+    return quote(value, safe="")
+
+
 def _dumps(body: dict[str, Any]) -> str:
     """JSON for DhanHQ, which wants prices as numbers. A price has at most 15 significant digits
     (tick-sized rupees), so the float's shortest repr is the Decimal's own text."""
@@ -282,8 +288,8 @@ def _prices(body: object) -> dict[Instrument, Decimal]:
     for segment, quotes in data.items():
         if segment not in Segment.__members__ or not isinstance(quotes, Mapping):
             continue
-        for security_id, quote in quotes.items():
-            price = normalised(quote).get("lastprice") if isinstance(quote, Mapping) else None
+        for security_id, entry in quotes.items():
+            price = normalised(entry).get("lastprice") if isinstance(entry, Mapping) else None
             try:
                 value = Decimal(str(price))
             except ArithmeticError:
