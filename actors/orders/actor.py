@@ -123,6 +123,7 @@ class OrderUpdateActor(SingletonActor):
         self._rebuild_allocations(positions)
         for position in positions:
             self._learn(position)
+        self._book_allocations(positions)
         self.audit.load_parked()
 
     def set_supervisor(self, supervisor: ActorRef[Any]) -> None:
@@ -301,6 +302,21 @@ class OrderUpdateActor(SingletonActor):
             if traded:
                 self.booked[number] = _Booked(booked.key if booked else key,
                                               1 if txn is TxnType.BUY else -1, traded)
+
+    def _book_allocations(self, positions: list[Position]) -> None:
+        """At start-up: each split order, whole, as the positions it touched recorded it."""
+        by_id = {p.position_id: p for p in positions}
+        for number, allocation in self.allocations.items():
+            touched = [by_id[s.position_id] for s in allocation.shares
+                       if s.position_id in by_id]
+            opened = by_id.get(allocation.opened) if allocation.opened else None
+            source = opened or (touched[0] if touched else None)
+            if source is None or not allocation.seen.traded_qty:
+                continue
+            txn = source.side.entry_txn if opened is not None else source.side.exit_txn
+            self.booked[number] = _Booked((source.segment, source.security_id, source.product),
+                                          1 if txn is TxnType.BUY else -1,
+                                          allocation.seen.traded_qty)
 
     def books(self) -> BooksReport:
         """The broker's book against ours, for what this process has seen since it started
