@@ -22,8 +22,13 @@ from pykka import ActorDeadError, ActorRef
 
 from actors.protocol import (
     Checkpoint,
+    Halt,
+    Operator,
+    OperatorOutcome,
     PortfolioValued,
     ProtectionChanged,
+    ResetKillSwitch,
+    Resume,
     ResumeExit,
     Route,
     Snapshot,
@@ -93,6 +98,8 @@ class RiskSupervisor(SingletonActor):
         self.children: dict[str, _Child] = {}
         self.peers: Peers | None = None
         self.halted = False
+        self.operator_halt: Operator | None = None
+        """Set by an operator's ``Halt`` (``halted`` is the kill switch's latch)."""
         self.failures: deque[datetime] = deque()
         self.paused_until: datetime | None = None
         self.exits: Counter[str] = Counter()
@@ -178,6 +185,8 @@ class RiskSupervisor(SingletonActor):
                 self._timer(message)
             case Snapshot():
                 return self.snapshot()
+            case Halt() | Resume() | ResetKillSwitch():
+                return self._operator(message)
             case _:
                 logger.warning("supervisor ignores {}", type(message).__name__)
         return None
@@ -242,6 +251,8 @@ class RiskSupervisor(SingletonActor):
         position = message.position
         ids = message.caused()
         now = self.ctx.clock()
+        self.ctx.metrics.observe("decision_to_order_seconds",
+                                 (now - message.sent_at).total_seconds())
         try:
             order_no = self.gateway.place_order(
                 client_id=message.client_id,
@@ -249,6 +260,8 @@ class RiskSupervisor(SingletonActor):
                 txn_type=position.side.exit_txn, quantity=position.quantity,
                 product=position.product)
         except GatewayError as error:
+            code = getattr(error, "code", None) or type(error).__name__
+            self.ctx.metrics.incr(f"gateway_errors.{code}")
             logger.bind(position_id=position.position_id).warning(
                 "exit order {} refused: {}", message.client_id, error)
             reply: Message = ExitOrderFailed(position_id=position.position_id,
@@ -292,6 +305,11 @@ class RiskSupervisor(SingletonActor):
             self._forward(position.position_id, RequestExit(
                 reason=ExitReason.KILL_SWITCH, position_id=position.position_id,
                 sent_at=self.ctx.clock(), **message.caused()))
+        elif isinstance(message, PositionOpened) and self.operator_halt is not None:
+            self._forward(position.position_id, RequestExit(
+                reason=ExitReason.MANUAL, position_id=position.position_id,
+                sent_at=self.ctx.clock(), detail="opened while trading is halted by the operator",
+                **message.caused()))
 
     def _timer(self, message: TimerFired) -> None:
         now = self.ctx.clock()
@@ -428,7 +446,10 @@ class RiskSupervisor(SingletonActor):
 
     def snapshot(self) -> dict[str, Any]:
         statuses = Counter(self.status.values())
-        return {"trading_state": "HALTED" if self.halted else "RUNNING",
+        return {"trading_state": self._trading_state(),
+                "kill_switch": self.halted,
+                "halted_by": None if self.operator_halt is None else {
+                    "operator": self.operator_halt.name, "at": self.operator_halt.at.isoformat()},
                 "positions": dict(statuses), "exits_by_reason": dict(self.exits),
                 "quarantined": sorted(c.position_id for c in self.children.values()
                                       if c.quarantined),
@@ -436,6 +457,33 @@ class RiskSupervisor(SingletonActor):
                 "restarts_paused_until": self.paused_until.isoformat()
                 if self.paused_until else None,
                 "at": self.ctx.clock().isoformat()}
+
+
+    # Operator commands (SPEC §12) -------------------------------------------------------------
+    def _trading_state(self) -> str:
+        return "HALTED" if self.halted or self.operator_halt is not None else "RUNNING"
+
+    def _operator(self, message: Halt | Resume | ResetKillSwitch) -> OperatorOutcome:
+        who = message.operator
+        if isinstance(message, Halt):
+            self.operator_halt = self.operator_halt or who
+            done, detail = True, "trading halted"
+        elif isinstance(message, Resume):
+            done = not self.halted
+            detail = "the kill switch is latched: reset it to resume" if self.halted \
+                else "trading resumed"
+            if done:
+                self.operator_halt = None
+        else:
+            was = self.ctx.store.reset_kill_switch()
+            self.halted, self.operator_halt = False, None
+            done, detail = True, "kill switch reset" if was else "kill switch was not latched"
+        logger.warning("operator {} ({}): {}: {}", who.name, who.address,
+                       type(message).__name__, detail)
+        _lifecycle("supervisor", "operator", command=type(message).__name__,
+                   operator=who.name, address=who.address, detail=detail,
+                   message_id=message.message_id, correlation_id=message.correlation_id)
+        return OperatorOutcome(done=done, trading_state=self._trading_state(), detail=detail)
 
 
 def _lifecycle(actor: str, event: str, **fields: Any) -> None:

@@ -357,6 +357,9 @@ class PositionKeeper:
         if applied.rejection:
             self.log.info("exit not requested: {}", applied.rejection)
             return []
+        if isinstance(cause, PriceUpdate):  # the console's price→decision histogram
+            self.ctx.metrics.observe("price_to_decision_seconds",
+                                     (now - cause.mark.at).total_seconds())
         position = applied.position
         attempt = position.exit_attempt
         client_id = exit_client_id(position.position_id, attempt)
