@@ -40,7 +40,8 @@ function showStatus(status) {
   $("mode").textContent = status.mode || "";
   const gw = status.gateway || {};
   $("gateway").textContent = `${gw.kind || "?"} ${gw.state || ""}`;
-  $("token").textContent = gw.token_expires_at ? new Date(gw.token_expires_at).toLocaleString() : "n/a";
+  $("token").textContent = gw.token_expires_at
+    ? new Date(gw.token_expires_at).toLocaleString("en-IN", { timeZone: "Asia/Kolkata" }) : "n/a";
   const net = status.day_net;
   const daynet = $("daynet");
   daynet.textContent = net === null ? "–" : `₹${net}`;
@@ -62,7 +63,7 @@ function showActions(actions) {
   list.replaceChildren();
   if (!actions.length) list.append(el("li", null, "none yet"));
   for (const a of actions.slice().reverse()) {
-    const when = new Date(a.at).toLocaleTimeString();
+    const when = new Date(a.at).toLocaleTimeString("en-IN", { timeZone: "Asia/Kolkata" });
     list.append(el("li", a.ok ? null : "bad",
       `${when} ${a.operator}@${a.address}: ${a.action}${a.target ? " " + a.target : ""} — ${a.outcome}`));
   }
@@ -169,7 +170,8 @@ function showExits(exits) {
   if (!pnlPlot) {
     pnlPlot = new uPlot({
       width: chartWidth("pnl-chart"), height: 220, legend: { show: false },
-      scales: { x: { time: true } },
+      scales: { x: { time: true, range: (u, min, max) => (min === max || min === null
+        ? [(min || 0) - 600, (max || 0) + 600] : [min, max]) } }, tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), "Asia/Kolkata"),
       axes: [axis, { ...axis, size: 60 }],
       series: [{}, { label: "cumulative net ₹", stroke: "#4c8dff", width: 2,
         fill: "rgba(76,141,255,.08)",

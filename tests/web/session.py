@@ -2,7 +2,8 @@
 
 Real actors, a real SQLite store, the paper broker, uvicorn on its thread: what ``run.py``
 starts, minus the terminal. The policy keeps positions open (no take profit or trailing
-within reach of a short test) so the tests decide when they close.
+within reach of a short test) so the tests decide when they close; every entry is a BUY by
+default, so no entry order reduces another position.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def wait_for(check: Callable[[], Any], timeout: float = 20.0, every: float = 0.1
 @contextmanager
 def paper_console(tmp: Path, *, positions: int = 4, instruments: int = 4,
                   push_every: float = 0.5, policy: dict[str, Any] | None = None,
-                  interval_ms: int = 100,
+                  interval_ms: int = 100, long_ratio: float = 1.0,
                   before_start: Callable[[Store], None] | None = None) -> Iterator[Session]:
     tracing.install(Tracer(None))
     config = risk_config_from_mapping(POLICY if policy is None else policy)
@@ -78,7 +79,8 @@ def paper_console(tmp: Path, *, positions: int = 4, instruments: int = 4,
     if before_start is not None:
         before_start(store)
     broker = PaperBroker(PaperConfig(positions=positions, instruments=instruments, seed=5,
-                                     interval_ms=interval_ms, latency_ms=10), start=clock(),
+                                     interval_ms=interval_ms, latency_ms=10,
+                                     long_ratio=long_ratio), start=clock(),
                          order_prefix="W")
     system = System(Parts(store=store, cache=InMemoryPnLCache(), gateway=broker.exchange,
                           quotes=broker.quotes, config=config, clock=clock))
