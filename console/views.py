@@ -16,7 +16,7 @@ from models.common import money
 from models.marks import basis_of, stop_price
 from models.policy import ExitPolicy
 from models.position import Position
-from models.report import position_row
+from models.report import exit_curve, position_row
 from models.rules import pnl
 
 
@@ -59,18 +59,8 @@ def status_view(status: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def pnl_curve(closed: Iterable[Position], policy: ExitPolicy) -> list[dict[str, Any]]:
-    """Cumulative realised net PnL at each exit, oldest first: the chart's points (each one
-    an exit, marked with its reason)."""
-    total = Decimal(0)
-    points = []
-    for position in sorted((p for p in closed if p.exited_at is not None),
-                           key=lambda p: (p.exited_at, p.position_id)):
-        net = pnl(position, None, policy).net
-        total += net
-        assert position.exited_at is not None
-        points.append({"at": position.exited_at.isoformat(),
-                       "t": position.exited_at.timestamp(), "position_id": position.position_id,
-                       "reason": None if position.exit_reason is None
-                       else str(position.exit_reason),
-                       "net": _text(net), "cumulative": _text(total)})
-    return points
+    """The chart's points: ``models.report.exit_curve`` (the report chart's curve) over the
+    report rows of the closed positions; each point is an exit, marked with its reason."""
+    return [{"at": p.at.isoformat(), "t": p.at.timestamp(), "position_id": p.position_id,
+             "reason": p.reason, "pnl": _text(p.pnl), "cumulative": _text(p.cumulative)}
+            for p in exit_curve(position_row(c, policy) for c in closed)]

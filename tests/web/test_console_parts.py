@@ -88,7 +88,7 @@ def test_pnl_curve_accumulates_net_exits_in_time_order() -> None:
         return position.model_copy(update={"position_id": position_id, "exited_at": at})
 
     points = pnl_curve([exited("P1", "110", t(11)), exited("P2", "95", t(10))], ExitPolicy())
-    # Net of two ₹20 fees each; the earlier exit first.
-    assert [(p["position_id"], p["net"], p["cumulative"]) for p in points] == [
-        ("P2", "-90.00", "-90.00"), ("P1", "60.00", "-30.00")]
+    # Realised (gross, as in the report and its chart); the earlier exit first.
+    assert [(p["position_id"], p["pnl"], p["cumulative"]) for p in points] == [
+        ("P2", "-50.00", "-50.00"), ("P1", "100.00", "50.00")]
     assert points[0]["reason"] == "STOP_LOSS"

@@ -82,7 +82,7 @@ def test_dashboard_loads_and_the_table_fills(page: Any, session: Session) -> Non
     assert page.locator("#live").get_attribute("class") == "dot on"
     first = rows(page).first
     assert first.locator(".c-status").inner_text() == "ACTIVE"
-    assert first.locator(".c-stop_price").inner_text() not in ("", "–")
+    assert first.locator(".c-stop_price").inner_text() not in ("", "\u2013")  # an en dash: none
     shot(page, "loaded")
 
 
