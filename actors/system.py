@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pykka
@@ -46,7 +47,7 @@ from actors.tracker.keeper import KeeperContext
 from broker.ports import OrderGateway, QuoteApi
 from models.common import IST, Instrument
 from models.messages import OrderUpdateReceived, RequestExit, new_id
-from models.policy import RiskConfig
+from models.policy import ExitPolicy, RiskConfig
 from models.position import CLOSED, ExitReason, Position, PositionStatus
 from models.rules import PriceMark, update_marks
 from store.ports import PnLCache, Store
@@ -99,6 +100,20 @@ class PositionView:
     mark: PriceMark | None
     unprotected: bool = False
     quarantined: bool = False
+    peak_price: Decimal | None = None
+    """As last marked by the position's tracker (the index's ``position`` moves only with
+    orders); ``marked`` folds it in."""
+    hwm_pnl: Decimal | None = None
+
+    def marked(self, policy: ExitPolicy) -> Position:
+        """The position with its last marks: peak, high-water mark and the never-loosening
+        trailing stop that peak sets (``rules.update_marks``)."""
+        if self.peak_price is None:
+            return self.position
+        position = update_marks(self.position, self.peak_price, policy)
+        hwm = max(self.hwm_pnl or position.hwm_pnl, self.position.hwm_pnl)
+        return position if hwm == position.hwm_pnl else position.model_copy(
+            update={"hwm_pnl": hwm})
 
 
 class System:
@@ -215,14 +230,11 @@ class System:
             MarkedPositions(), block=True, timeout=ASK)
         peaks = self.pnl.proxy().peaks().get(timeout=ASK)
         unprotected, quarantined = set(status["unprotected"]), set(status["quarantined"])
-        policy = self.parts.config.policy
         views = []
         for position, mark in marked:
-            peak, hwm = peaks.get(position.position_id, (None, position.hwm_pnl))
-            if peak is not None:  # the never-loosening trailing stop, derived from the peak
-                position = update_marks(position, peak, policy).model_copy(
-                    update={"hwm_pnl": max(hwm, position.hwm_pnl)})
-            views.append(PositionView(position=position, mark=mark,
+            peak, hwm = peaks.get(position.position_id, (None, None))
+            views.append(PositionView(position=position, mark=mark, peak_price=peak,
+                                      hwm_pnl=hwm,
                                       unprotected=position.position_id in unprotected,
                                       quarantined=position.position_id in quarantined))
         return views

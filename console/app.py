@@ -35,7 +35,7 @@ from actors.system import System
 from console.audit import AuditLog
 from console.metrics import render_metrics
 from console.token import HEADER, token_matches
-from console.views import live_row, pnl_curve, status_view
+from console.views import RowMaker, pnl_curve, status_view
 from models.report import position_row
 
 STATIC = Path(__file__).parent / "static"
@@ -71,6 +71,7 @@ class Snapshots:
         self._made = 0.0
         self._value: dict[str, Any] | None = None
         self._exits: tuple[int, dict[str, Any]] | None = None
+        self._rows = RowMaker(system.parts.config.policy)
 
     def current(self) -> dict[str, Any]:
         with self._lock:
@@ -83,8 +84,7 @@ class Snapshots:
         system = self.system
         status = system.status()
         now = system.parts.clock()
-        policy = system.parts.config.policy
-        rows = [live_row(view, policy, now) for view in system.positions(status)]
+        rows = self._rows.rows(system.positions(status), now)
         return {"status": {**status_view(status), "gateway": _gateway(system),
                            "mode": self.config.mode,
                            "operator_actions": self.config.audit.recent[-10:]},

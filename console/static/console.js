@@ -100,7 +100,8 @@ function fillRow(tr, row) {
     const text = cellText(row, key);
     if (td.textContent !== text) {
       td.textContent = text;
-      if (key === "last_price") { td.classList.remove("flash"); void td.offsetWidth; td.classList.add("flash"); }
+      // Two alternating animation classes restart the flash without forcing a layout.
+      if (key === "last_price") td.dataset.flash = td.dataset.flash === "a" ? "b" : "a";
     }
     if (key === "pnl") td.className = `c-pnl num ${Number(row.pnl) < 0 ? "neg" : "pos"}`;
     if (key === "status") td.className = `c-status status-${row.status}`;
@@ -125,16 +126,21 @@ function showPositions(rows) {
     const x = sortValue(a, key), y = sortValue(b, key);
     return (x < y ? -1 : x > y ? 1 : 0) * (state.asc ? 1 : -1);
   });
-  const fragment = document.createDocumentFragment();
+  const order = [];
   for (const row of shown) {
     seen.add(row.position_id);
     let tr = state.rows.get(row.position_id);
     if (!tr) { tr = makeRow(row); state.rows.set(row.position_id, tr); }
     fillRow(tr, row);
-    fragment.append(tr);
+    order.push(tr);
   }
   for (const [id, tr] of state.rows) if (!seen.has(id)) { tr.remove(); state.rows.delete(id); }
-  body.append(fragment);  // moves rows into the sorted order without rebuilding them
+  const current = body.children;
+  if (current.length !== order.length || order.some((tr, i) => current[i] !== tr)) {
+    const fragment = document.createDocumentFragment();
+    fragment.append(...order);
+    body.append(fragment);  // moves rows into the sorted order without rebuilding them
+  }
   $("empty").hidden = shown.length > 0;
   $("n-rows").textContent = `(${shown.length}${shown.length !== rows.length ? ` of ${rows.length}` : ""})`;
   state.lastRows = rows;
