@@ -193,8 +193,9 @@ function showExits(exits) {
   reasonPlot = new uPlot({
     width: chartWidth("reason-chart"), height: 170, legend: { show: false },
     scales: { x: { time: false, range: [-0.6, Math.max(reasons.length - 0.4, 0.4)] } },
-    axes: [{ ...axis, values: (u, ticks) => ticks.map((t) => (reasons[t] ? reasons[t][0] : "")),
-      splits: () => rx, font: "10px system-ui" }, { ...axis, size: 40 }],
+    axes: [{ ...axis, values: (u, ticks) => ticks.map((t) => (reasons[t]
+      ? reasons[t][0].replace("_", "\n") : "")), splits: () => rx, font: "10px system-ui",
+      size: 44 }, { ...axis, size: 40 }],
     series: [{}, { label: "exits", stroke: "#4c8dff", fill: "rgba(76,141,255,.5)",
       paths: uPlot.paths.bars({ size: [0.6, 60] }), points: { show: false } }],
   }, [rx, ry], $("reason-chart"));
