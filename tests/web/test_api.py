@@ -4,6 +4,7 @@ real paper session."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -181,6 +182,16 @@ def test_metrics_speak_prometheus_with_latency_histograms(tmp_path: Path) -> Non
                  "tracker_gateway_errors"):
         assert families[name].type == "counter", name
     assert families["tracker_gateway_up"].samples[0].value == 1
+    # The Grafana dashboard in docs/ queries only what is exported here (the token's expiry
+    # is exported by a gateway that has a token; paper has none).
+    board = json.loads((Path(__file__).resolve().parents[2] / "docs" /
+                        "grafana-dashboard.json").read_text(encoding="utf-8"))
+    queried = {name for panel in board["panels"] for target in panel["targets"]
+               for name in re.findall(r"\btracker_[a-z_]+", target["expr"])}
+    exported = {sample.name for family in families.values() for sample in family.samples}
+    exported |= {f"{family.name}_total" for family in families.values()
+                 if family.type == "counter"}  # a family with no sample yet
+    assert queried - exported == {"tracker_token_expiry_seconds"}
 
 
 def test_probes_and_openapi_schema(tmp_path: Path) -> None:

@@ -92,3 +92,4 @@ def test_pnl_curve_accumulates_net_exits_in_time_order() -> None:
     assert [(p["position_id"], p["pnl"], p["cumulative"]) for p in points] == [
         ("P2", "-50.00", "-50.00"), ("P1", "100.00", "50.00")]
     assert points[0]["reason"] == "STOP_LOSS"
+
