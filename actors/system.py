@@ -312,6 +312,11 @@ class System:
         return {"kind": type(self.parts.gateway).__name__, "state": "UP",
                 "token_expires_at": None}
 
+    def yield_to_urgent(self) -> None:
+        """For work beside the actors (the console): wait while possible exits are being
+        decided on the trackers' dispatcher (bounded by its ``hold``)."""
+        self.dispatcher.yield_to_urgent()
+
     def store_reachable(self) -> bool:
         try:
             self.parts.store.schema_version()

@@ -63,28 +63,38 @@ class ActionResult(BaseModel):
 
 class Snapshots:
     """The latest status and positions, made at most once per ``every`` seconds whatever the
-    number of readers."""
+    number of readers, and encoded once for every push stream."""
 
     def __init__(self, system: System, config: ConsoleConfig) -> None:
         self.system, self.every, self.config = system, config.push_every, config
         self._lock = threading.Lock()
         self._made = 0.0
         self._value: dict[str, Any] | None = None
+        self._encoded = ""
         self._exits: tuple[int, dict[str, Any]] | None = None
         self._rows = RowMaker(system.parts.config.policy)
 
     def current(self) -> dict[str, Any]:
+        return self._current()[0]
+
+    def encoded(self) -> tuple[dict[str, Any], str]:
+        """The snapshot and its JSON text (the push streams send the text as it is)."""
+        return self._current()
+
+    def _current(self) -> tuple[dict[str, Any], str]:
         with self._lock:
             if self._value is None or time.monotonic() - self._made >= self.every:
                 self._value = self._make()
+                self._encoded = _encode(self._value, self.system)
                 self._made = time.monotonic()
-            return self._value
+            return self._value, self._encoded
 
     def _make(self) -> dict[str, Any]:
         system = self.system
         status = system.status()
         now = system.parts.clock()
-        rows = self._rows.rows(system.positions(status), now)
+        rows = self._rows.rows(system.positions(status), now,
+                               pause=lambda: _let_the_price_path_run(system))
         return {"status": {**status_view(status), "gateway": _gateway(system),
                            "mode": self.config.mode,
                            "operator_actions": self.config.audit.recent[-10:]},
@@ -100,6 +110,32 @@ class Snapshots:
                                                            self.system.parts.config.policy),
                                        "exits_by_reason": status.get("exits_by_reason", {})})
             return self._exits[1]
+
+
+CHUNK = 100
+"""Rows made or encoded between two pauses for the price path."""
+
+
+def _let_the_price_path_run(system: System) -> None:
+    """A pause in the console's work on a big book: wait while possible exits are being
+    decided (``Dispatcher.yield_to_urgent``), then give up the interpreter (``sleep(0)``), so
+    the actors' threads waiting for it go first. Without these pauses, making and encoding
+    1,000 rows held it for tens of milliseconds at a time, and the p99 price-to-decision of
+    ``python -m bench.latency --dashboard`` was 2-4x that of the run without the page."""
+    system.yield_to_urgent()
+    time.sleep(0)
+
+
+def _encode(snapshot: dict[str, Any], system: System) -> str:
+    """``json.dumps(snapshot)``, a chunk of rows at a time (the encoder never lets go of the
+    interpreter while it runs)."""
+    rows = snapshot["positions"]
+    parts = []
+    for start in range(0, len(rows), CHUNK):
+        parts.append(",".join(json.dumps(row) for row in rows[start:start + CHUNK]))
+        _let_the_price_path_run(system)
+    head = json.dumps({k: v for k, v in snapshot.items() if k != "positions"})
+    return head[:-1] + ', "positions": [' + ",".join(parts) + "]}"
 
 
 def _gateway(system: System) -> dict[str, Any]:
@@ -262,12 +298,12 @@ async def _events(request: Request, snapshots: Snapshots, every: float,
     exits_seen: int | None = None
     while not stopping.is_set() and not await request.is_disconnected():
         try:
-            snapshot = await run_in_threadpool(snapshots.current)
+            snapshot, text = await run_in_threadpool(snapshots.encoded)
         except Exception as error:  # an ask timed out under load: tell the page, go on
             logger.warning("console push skipped: {}", type(error).__name__)
             yield f"event: trouble\ndata: {json.dumps(type(error).__name__)}\n\n"
         else:
-            yield f"event: snapshot\ndata: {json.dumps(snapshot)}\n\n"
+            yield f"event: snapshot\ndata: {text}\n\n"
             count = sum(snapshot["status"].get("exits_by_reason", {}).values())
             if count != exits_seen:
                 exits = await run_in_threadpool(snapshots.exits, snapshot["status"])

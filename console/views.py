@@ -6,7 +6,7 @@ numbers, for sorting in the page.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -52,10 +52,16 @@ class RowMaker:
         self.policy = policy
         self._fixed: dict[str, _Fixed] = {}
 
-    def rows(self, views: Iterable[PositionView], now: datetime) -> list[dict[str, Any]]:
+    def rows(self, views: Iterable[PositionView], now: datetime,
+             pause: Callable[[], None] | None = None,
+             every: int = 100) -> list[dict[str, Any]]:
+        """The rows; ``pause`` is called after each ``every`` rows (the console lets the
+        price path run there)."""
         fixed, made = self._fixed, {}
         rows = []
-        for view in views:
+        for n, view in enumerate(views, 1):
+            if pause is not None and n % every == 0:
+                pause()
             pid = view.position.position_id
             known = fixed.get(pid)
             if known is None or known.source is not view.position or \

@@ -38,7 +38,7 @@ def test_an_open_dashboard_on_1000_positions_does_not_slow_the_price_path() -> N
     page = watched["dashboard"]
     # The table filled with all 1,000 (the benchmark waits for it); at the end a few stopped
     # out positions may be waiting for their replacements.
-    assert page["table_filled_s"] < 30 and page["rows_shown"] >= 950 and page["pushes"] >= 6
+    assert page["table_filled_s"] < 30 and page["rows_shown"] >= 950 and page["pushes_during"] >= 6
     for row in (plain, watched):  # every planned exit decided, ordered and closed
         assert row["exits_decided"] == row["exits_expected"] > 0
         assert row["positions_closed"] == row["exits_expected"]
