@@ -49,8 +49,6 @@ class ConsoleConfig:
     push_every: float = 1.0
     """Seconds between pushes of status and positions to the open dashboards."""
     mode: str = "paper"
-    stale_readiness_s: float = 30.0
-    """``/readyz`` fails while the oldest watched price is older than this."""
 
 
 class ActionResult(BaseModel):
@@ -195,8 +193,10 @@ def build_app(system: System, config: ConsoleConfig) -> FastAPI:
             checks["actors"] = f"no answer ({type(error).__name__})"
         else:
             checks["actors"] = True
-            age = status.get("max_price_age_s")
-            checks["prices_fresh"] = age is None or age <= config.stale_readiness_s
+            # Fresh in the domain's sense: no position in session without a fresh price for
+            # too long (UNPROTECTED, ``models.rules.is_unprotected``); out of session hours no
+            # price moves, and that is not a reason to be unready.
+            checks["prices_fresh"] = not status.get("unprotected")
             checks["gateway"] = system.gateway_status().get("state") == "UP"
         ready = all(value is True for value in checks.values())
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready
