@@ -243,6 +243,10 @@ async function openStory(id) {
     table(story.exit_attempts, ["attempt", "client_id", "reason", "quantity", "requested_at", "order_no", "outcome"]));
 }
 
+function istTime(iso) {
+  return new Date(iso).toLocaleString("en-IN", { timeZone: "Asia/Kolkata", hour12: false }) + " IST";
+}
+
 function table(items, keys) {
   if (!items.length) return el("p", "muted", "none");
   const t = el("table");
@@ -251,7 +255,8 @@ function table(items, keys) {
   t.append(head);
   for (const item of items) {
     const tr = el("tr");
-    keys.forEach((k) => tr.append(el("td", null, item[k] ?? "–")));
+    keys.forEach((k) => tr.append(el("td", null, k.endsWith("at") && item[k]
+      ? istTime(item[k]) : (item[k] ?? "–"))));
     t.append(tr);
   }
   return t;
