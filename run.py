@@ -139,6 +139,8 @@ def _on_signals(stop: threading.Event) -> None:
 def _finish(system: System, store: Store, mode: str, started: datetime, ended: datetime,
             report_path: Path | None) -> int:
     metrics = system.parts.metrics
+    system.quiesce()
+    books = system.books()
     system.stop()
     active = tracing.tracer()
     if active is not None:
@@ -147,6 +149,10 @@ def _finish(system: System, store: Store, mode: str, started: datetime, ended: d
     metrics.incr("db_queries", store.queries)
     report = build_report(mode, started, ended, store.list_positions(),
                           system.parts.config.policy, metrics.snapshot())
+    report["books"] = books.as_dict()
+    if not books.agree:
+        logger.error("the broker's book and ours differ at the end of the session: {}",
+                     books.line())
     if report_path is not None:
         _write_atomically(report_path, json.dumps(report, indent=2))
         chart = report_path.with_suffix(".png")

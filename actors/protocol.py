@@ -47,6 +47,9 @@ class TrackerFailed:
     at: datetime
     position: Position | None = None
     """The tracker's last state: a fallback when the store cannot be read."""
+    unstored: bool = False
+    """``position`` is newer than the store's (writes were failing): the next owner starts from
+    it, not from the store, and stores it."""
     undelivered: tuple[Any, ...] = ()
     """Told messages queued behind the one that broke it, oldest first: the supervisor hands
     them to the next incarnation (a fill among them must not be lost with the tracker)."""

@@ -45,6 +45,7 @@ from actors.tracing.views import Filters, Trace, story
 from actors.tracker.actor import Peers
 from actors.tracker.keeper import KeeperContext
 from broker.ports import OrderGateway, QuoteApi
+from models.books import BooksReport
 from models.common import IST, Instrument
 from models.messages import OrderUpdateReceived, RequestExit, new_id
 from models.policy import ExitPolicy, RiskConfig
@@ -215,7 +216,14 @@ class System:
         snapshot["metrics"] = self.parts.metrics.snapshot()
         snapshot["max_price_age_s"] = self.batcher.proxy().price_age(self.parts.clock()).get(
             timeout=ASK)
+        snapshot["books"] = self.books().line()
         return snapshot
+
+    def books(self) -> BooksReport:
+        """The broker's book against ours (SPEC §11.1), as the order-update actor sees them;
+        meaningful once the system has settled."""
+        report: BooksReport = self.orders.proxy().books().get(timeout=ASK)
+        return report
 
     def open_positions(self) -> list[Position]:
         result: list[Position] = self.index.ask(OpenPositions(), block=True, timeout=ASK)

@@ -113,6 +113,15 @@ class ApplyProgress(Message):
     role: OrderRole
 
 
+class Overfilled(Message):
+    """Tracker → order-update actor: exit fills went past what was open; the excess (cumulative,
+    of ``progress.order_no``) is opposite exposure that a position of its own must track."""
+
+    position_id: str
+    position: Position
+    progress: OrderProgress
+
+
 class CreatePosition(Message):
     """Start tracking a new position for an entry order, then apply its first update."""
 

@@ -59,6 +59,7 @@ from models.messages import (
 )
 from models.position import CLOSED, ExitReason, Position, PositionStatus
 from models.rules import kill_switch_breached
+from store.ports import StoreError
 from store.records import DeadLetter, KillSwitch
 
 
@@ -69,6 +70,17 @@ class Supervision:
     mass_failures: int = 20
     mass_window: timedelta = timedelta(seconds=10)
     pause: timedelta = timedelta(seconds=5)
+    backoff: timedelta = timedelta(seconds=1)
+    """Wait before the second restart in ``window``, doubling with each failure after it (the
+    first restart is at once); meanwhile the supervisor keeps the position itself."""
+    backoff_cap: timedelta = timedelta(seconds=30)
+
+    def restart_delay(self, failures: int) -> timedelta:
+        """How long a position waits for its restart after ``failures`` in the window."""
+        if failures <= 1:
+            return timedelta(0)
+        delay: timedelta = min(self.backoff_cap, self.backoff * 2 ** (failures - 2))
+        return delay
 
 
 @dataclass
@@ -83,6 +95,9 @@ class _Child:
     quarantined: bool = False
     pending: list[Message] = field(default_factory=list)
     """Messages that reached a crashed tracker before its restart: delivered to the next one."""
+    restart_at: datetime | None = None
+    """When the supervisor hands a position it keeps during a restart's back-off to a new
+    tracker."""
 
 
 class RiskSupervisor(SingletonActor):
@@ -106,6 +121,9 @@ class RiskSupervisor(SingletonActor):
         self.status: dict[str, str] = {}
         self.day_net: Decimal | None = None
         self.unprotected: set[str] = set()
+        self._orphans: list[tuple[str, Message]] = []
+        """Messages for a position the store could not be asked about (it was failing): tried
+        again at each timer, never dropped."""
         self._kept: dict[str, _Child] = {}
         """The children whose keeper the supervisor runs itself (quarantined, or adopted while
         restarts are paused)."""
@@ -132,16 +150,19 @@ class RiskSupervisor(SingletonActor):
                 child.ref.tell(ResumeExit())
         return routes
 
-    def _spawn(self, position: Position, incarnation: int = 0) -> _Child:
+    def _spawn(self, position: Position, incarnation: int = 0, *,
+               unstored: bool = False) -> _Child:
         assert self.peers is not None
         ref = TrackerActor.start_on(self.dispatcher, position, self.ctx, self.peers,
-                                    incarnation=incarnation, halted=self.halted)
+                                    incarnation=incarnation, halted=self.halted,
+                                    unstored=unstored)
         instrument = Instrument(segment=position.segment, security_id=position.security_id)
         child = self.children.get(position.position_id)
         if child is None:
             child = _Child(position.position_id, instrument, ref, incarnation)
             self.children[position.position_id] = child
         child.ref, child.incarnation, child.keeper = ref, incarnation, None
+        child.restart_at = None
         self._kept.pop(position.position_id, None)
         _lifecycle(f"tracker:{position.position_id}#{incarnation}",
                    "restart" if incarnation else "spawn", position_id=position.position_id)
@@ -194,7 +215,14 @@ class RiskSupervisor(SingletonActor):
     def _forward(self, position_id: str, message: Message) -> None:
         child = self.children.get(position_id)
         if child is None:
-            stored = self.ctx.store.load_position(position_id)
+            try:
+                stored = self.ctx.store.load_position(position_id)
+            except StoreError as error:
+                self._orphans.append((position_id, message))
+                logger.bind(position_id=position_id).error(
+                    "cannot look up {} for a {} ({}); kept, tried again each second",
+                    position_id, type(message).__name__, error)
+                return
             if stored is None:
                 self._dead_letter("supervisor", message, f"unknown position {position_id}")
                 return
@@ -313,11 +341,18 @@ class RiskSupervisor(SingletonActor):
 
     def _timer(self, message: TimerFired) -> None:
         now = self.ctx.clock()
+        if self._orphans:
+            orphans, self._orphans = self._orphans, []
+            for position_id, orphan in orphans:
+                self._forward(position_id, orphan)
         if self.paused_until is not None and now >= self.paused_until:
             self.paused_until = None
+        if self.paused_until is None:
             for child in list(self._kept.values()):
-                if child.keeper is not None and not child.quarantined:
-                    self._restart(child, child.keeper.position)
+                keeper = child.keeper
+                if keeper is not None and not child.quarantined and (
+                        child.restart_at is None or now >= child.restart_at):
+                    self._restart(child, keeper.position, unstored=keeper.unstored)
         for child in list(self.children.values()):
             if self.status.get(child.position_id) in CLOSED:
                 continue
@@ -345,14 +380,20 @@ class RiskSupervisor(SingletonActor):
                           message.error)
         now = message.at
         self._note_failure(child, now)
+        delay = self.rules.restart_delay(len(child.failures))
         if self.paused_until is not None and now < self.paused_until:
             self._adopt(child, message, quarantine=False)
         elif len(child.failures) > self.rules.max_restarts:
             log.error("QUARANTINED after {} failures in {}; the supervisor keeps evaluating its "
                       "exit rules", len(child.failures), self.rules.window)
             self._adopt(child, message, quarantine=True)
+        elif delay:
+            log.warning("restart {} of {} in {} (back-off); the supervisor keeps it meanwhile",
+                        len(child.failures), self.rules.window, delay)
+            self._adopt(child, message, quarantine=False)
+            child.restart_at = now + delay
         else:
-            self._restart(child, message.position)
+            self._restart(child, message.position, unstored=message.unstored)
 
     def _redeliver(self, position_id: str, messages: tuple[Any, ...]) -> None:
         """Messages a failed tracker never handled: to the position's current owner."""
@@ -377,37 +418,45 @@ class RiskSupervisor(SingletonActor):
             logger.error("{} tracker failures in {}: restarts paused until {}",
                          len(self.failures), self.rules.mass_window, self.paused_until)
 
-    def _restart(self, child: _Child, fallback: Position | None) -> None:
-        """Rebuild from the store; if the store cannot answer, the supervisor keeps the
-        position (from the last state it knows) so it is never left without an owner."""
-        try:
-            position = self.ctx.store.load_position(child.position_id) or fallback
-        except Exception as error:  # the store may be what is failing
-            logger.error("cannot read {} to restart it ({}); the supervisor keeps it",
-                         child.position_id, error)
-            position = None
+    def _restart(self, child: _Child, last: Position | None, *, unstored: bool = False) -> None:
+        """A new tracker from the newest state known: the store's, or ``last`` (the failed
+        owner's) when the store cannot answer or ``unstored`` says the store is behind it. The
+        new tracker stores a state the store does not hold yet; it never starts empty."""
+        position, behind = self._newest(child.position_id, last, unstored)
         if position is None:
-            self._keep(child, fallback)
+            logger.error("{} has no known state: cannot restart it", child.position_id)
             return
         self.ctx.metrics.incr("actor_restarts")
-        self._spawn(position, child.incarnation + 1)
+        self._spawn(position, child.incarnation + 1, unstored=behind)
         self._route(child)
         self._flush_pending(child)
 
-    def _adopt(self, child: _Child, message: TrackerFailed, *, quarantine: bool) -> None:
+    def _newest(self, position_id: str, last: Position | None,
+                unstored: bool) -> tuple[Position | None, bool]:
+        """The state to continue from, and whether the store is behind it."""
         try:
-            position = self.ctx.store.load_position(child.position_id) or message.position
-        except Exception:  # the store may be what failed: fall back to the last known state
-            position = message.position
-        self._keep(child, position, quarantine=quarantine)
+            stored = self.ctx.store.load_position(position_id)
+        except Exception as error:  # the store may be what is failing
+            logger.bind(position_id=position_id).error(
+                "cannot read {} ({}); continuing from its last state in memory", position_id,
+                error)
+            return last, last is not None
+        if last is not None and (stored is None or (unstored and last.version >= stored.version)):
+            return last, True
+        return stored, False
+
+    def _adopt(self, child: _Child, message: TrackerFailed, *, quarantine: bool) -> None:
+        position, behind = self._newest(child.position_id, message.position, message.unstored)
+        self._keep(child, position, quarantine=quarantine, unstored=behind)
 
     def _keep(self, child: _Child, position: Position | None, *,
-              quarantine: bool = False) -> None:
+              quarantine: bool = False, unstored: bool = False) -> None:
         """The supervisor runs the position's keeper itself: it is never without an owner."""
         if position is None:
             logger.error("{} has no known state: cannot protect it", child.position_id)
             return
-        child.keeper = PositionKeeper(position, self.ctx, halted=self.halted)
+        child.keeper = PositionKeeper(position, self.ctx, halted=self.halted,
+                                      unstored=unstored)
         self._kept[child.position_id] = child
         child.quarantined = quarantine
         _lifecycle(f"tracker:{child.position_id}#{child.incarnation}",
