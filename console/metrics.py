@@ -85,6 +85,10 @@ def _status_metrics(status: dict[str, Any]) -> Iterator[Metric]:
                             "price for too long.", value=len(status.get("unprotected", [])))
     yield GaugeMetricFamily(f"{PREFIX}_quarantined_positions", "Positions whose tracker was "
                             "quarantined.", value=len(status.get("quarantined", [])))
+    if "books" in status:  # the broker's book against ours (SPEC §11.1)
+        yield GaugeMetricFamily(f"{PREFIX}_books_agree", "1 while the broker's net quantities "
+                                "agree with our open positions.",
+                                value=1 if status["books"] == "books: agree" else 0)
     net = status.get("day_net")
     if net is not None:
         yield GaugeMetricFamily(f"{PREFIX}_day_net_pnl_rupees", "Day net PnL, realised plus "

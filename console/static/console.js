@@ -47,6 +47,9 @@ function showStatus(status) {
   daynet.textContent = net === null ? "–" : `₹${net}`;
   daynet.className = net === null ? "" : (Number(net) < 0 ? "neg" : "pos");
   $("age").textContent = status.max_price_age_s === null ? "–" : fmtAge(status.max_price_age_s);
+  const books = $("books");
+  books.textContent = status.books || "";
+  books.className = !status.books || status.books === "books: agree" ? "" : "neg";
   const counts = status.positions || {};
   $("n-active").textContent = counts.ACTIVE || 0;
   $("n-exiting").textContent = counts.EXITING || 0;

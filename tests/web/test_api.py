@@ -182,6 +182,7 @@ def test_metrics_speak_prometheus_with_latency_histograms(tmp_path: Path) -> Non
                  "tracker_gateway_errors"):
         assert families[name].type == "counter", name
     assert families["tracker_gateway_up"].samples[0].value == 1
+    assert families["tracker_books_agree"].samples[0].value == 1
     # The Grafana dashboard in docs/ queries only what is exported here (the token's expiry
     # is exported by a gateway that has a token; paper has none).
     board = json.loads((Path(__file__).resolve().parents[2] / "docs" /
