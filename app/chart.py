@@ -62,8 +62,10 @@ def pnl_chart_png(report: Mapping[str, Any]) -> bytes:
         axes.legend(loc="best", fontsize=8, frameon=False)
     axes.set_title(_title(report, points), fontsize=11, loc="left")
     axes.set_ylabel("cumulative realised PnL (₹)")
-    axes.xaxis.set_major_formatter(
-        mdates.DateFormatter("%H:%M", tz=IST))  # type: ignore[no-untyped-call]
+    locator = mdates.AutoDateLocator(tz=IST)  # type: ignore[no-untyped-call]
+    axes.xaxis.set_major_locator(locator)
+    axes.xaxis.set_major_formatter(mdates.ConciseDateFormatter(  # type: ignore[no-untyped-call]
+        locator, tz=IST, show_offset=False))
     axes.grid(True, color="#eeeeee")
     out = io.BytesIO()
     figure.savefig(out, format="png", dpi=DPI)
