@@ -271,6 +271,9 @@ document.addEventListener("keydown", (e) => { if (e.key === "Escape") $("story")
 const tokenInput = $("op-token");
 tokenInput.value = sessionStorage.getItem("operator-token") || "";
 tokenInput.addEventListener("change", () => sessionStorage.setItem("operator-token", tokenInput.value));
+const nameInput = $("op-name");
+nameInput.value = localStorage.getItem("operator-name") || "";
+nameInput.addEventListener("change", () => localStorage.setItem("operator-name", nameInput.value));
 
 function toast(text, good) {
   const t = $("toast");
@@ -284,7 +287,7 @@ function toast(text, good) {
 async function act(path, question) {
   if (!window.confirm(question)) return;
   const answer = await fetch(path, { method: "POST",
-    headers: { "X-Operator-Token": tokenInput.value } });
+    headers: { "X-Operator-Token": tokenInput.value, "X-Operator": nameInput.value.replace(/[^A-Za-z0-9 ._@-]/g, "").slice(0, 40) || "operator" } });
   let body = {};
   try { body = await answer.json(); } catch (e) { /* not JSON: the status says enough */ }
   if (answer.ok) toast(body.detail || "done", true);

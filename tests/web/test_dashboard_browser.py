@@ -128,6 +128,7 @@ def test_closing_a_position_fails_without_the_token_and_works_with_it(
     session.system.settle()
     assert status_of(session, position_id) is PositionStatus.ACTIVE
 
+    page.fill("#op-name", "asha")
     page.fill("#op-token", TOKEN)
     close.click()
     page.wait_for_selector("#toast.good:not([hidden])", timeout=10_000)
@@ -136,5 +137,6 @@ def test_closing_a_position_fails_without_the_token_and_works_with_it(
     page.wait_for_selector(f"tr[data-id='{position_id}']", state="detached", timeout=10_000)
     page.wait_for_function("document.querySelector('#reason-chart').dataset.reasons"
                            ".includes('MANUAL=1')", timeout=10_000)
-    assert "close" in page.locator("#actions").inner_text()
+    page.wait_for_function("document.querySelector('#actions').textContent"
+                           ".includes('asha@127.0.0.1: close')", timeout=10_000)
     shot(page, "closed")
