@@ -131,6 +131,12 @@ class BandChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class ClearKillSwitch:
+    """Supervisor → trackers: the kill switch was reset (by an operator, or a new exchange day
+    began): a standing KILL_SWITCH exit is no longer retried; positions already exiting go on."""
+
+
+@dataclass(frozen=True, slots=True)
 class Operator:
     """Who asked for an operator command, and from where (recorded and traced, SPEC §12)."""
 

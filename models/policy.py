@@ -100,6 +100,14 @@ class ExitPolicy(Frozen):
 class PortfolioLimits(Frozen):
     daily_loss_limit: Decimal = Field(default=Decimal(0), ge=0, le=10**12)
     """Rupees; 0 turns the kill switch off."""
+    kill_switch_carries: bool = False
+    """A kill switch latched on an earlier exchange day still halts trading (SPEC §11.7)."""
+
+    def latch_in_force(self, latched_at: datetime, now: datetime) -> bool:
+        """Whether a latch made at ``latched_at`` halts trading ``now``: on its own exchange
+        day, and on later ones only if ``kill_switch_carries``."""
+        return self.kill_switch_carries or \
+            latched_at.astimezone(IST).date() >= now.astimezone(IST).date()
 
 
 SESSION_HOURS: dict[Segment, tuple[time, time]] = {

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -22,6 +22,7 @@ from pykka import ActorDeadError, ActorRef
 
 from actors.protocol import (
     Checkpoint,
+    ClearKillSwitch,
     Halt,
     Operator,
     OperatorOutcome,
@@ -40,7 +41,7 @@ from actors.tracing.recorder import tracer
 from actors.tracker.actor import Peers, TrackerActor, deliver
 from actors.tracker.keeper import KeeperContext, PositionKeeper, Target
 from broker.ports import GatewayError, OrderGateway
-from models.common import Instrument
+from models.common import IST, Instrument
 from models.messages import (
     ApplyOrderUpdate,
     ApplyProgress,
@@ -121,6 +122,10 @@ class RiskSupervisor(SingletonActor):
         self.status: dict[str, str] = {}
         self.day_net: Decimal | None = None
         self.unprotected: set[str] = set()
+        self.rearm_below: tuple[date, Decimal] | None = None
+        """After an operator's reset: the day's net that trips the kill switch again."""
+        self._latch: KillSwitch | None = None
+        """A latch the store has not taken yet."""
         self._orphans: list[tuple[str, Message]] = []
         """Messages for a position the store could not be asked about (it was failing): tried
         again at each timer, never dropped."""
@@ -136,10 +141,15 @@ class RiskSupervisor(SingletonActor):
     def start_positions(self, positions: list[Position]) -> list[tuple[Position, ActorRef[Any]]]:
         """Spawn a tracker per open position; returns the routes for the index's bulk load."""
         latch = self.ctx.store.kill_switch()
-        if latch is not None:
+        now = self.ctx.clock()
+        if latch is not None and self.ctx.config.portfolio.latch_in_force(latch.latched_at, now):
             self.halted = True
             logger.error("kill switch latched at {} ({}): trading HALTED", latch.latched_at,
                          latch.reason)
+        elif latch is not None:
+            logger.warning("kill switch latched at {} ({}), an earlier exchange day: it does not "
+                           "carry over (portfolio.kill_switch_carries = false)",
+                           latch.latched_at, latch.reason)
         routes = []
         for position in positions:
             child = self._spawn(position)
@@ -311,11 +321,16 @@ class RiskSupervisor(SingletonActor):
 
     def _portfolio(self, message: PortfolioValued) -> None:
         self.day_net = message.net
-        if self.halted or not kill_switch_breached(message.net, self.ctx.config.portfolio):
+        rearm = self.rearm_below
+        if rearm is not None and rearm[0] != message.at.astimezone(IST).date():
+            self.rearm_below = rearm = None  # a new exchange day: the limit alone again
+        if self.halted or not kill_switch_breached(message.net, self.ctx.config.portfolio) or (
+                rearm is not None and message.net > rearm[1]):
             return
         self.halted = True
-        self.ctx.store.latch_kill_switch(KillSwitch(
-            latched_at=message.at, reason="daily loss limit breached", day_pnl=message.net))
+        self._latch = KillSwitch(latched_at=message.at, reason="daily loss limit breached",
+                                 day_pnl=message.net)
+        self._store_latch()
         logger.error("KILL SWITCH: day net {} <= -{}; trading HALTED, exiting everything",
                      message.net, self.ctx.config.portfolio.daily_loss_limit)
         self._request_exit(RequestExit(reason=ExitReason.KILL_SWITCH, correlation_id=new_id(),
@@ -341,6 +356,8 @@ class RiskSupervisor(SingletonActor):
 
     def _timer(self, message: TimerFired) -> None:
         now = self.ctx.clock()
+        if self.halted:
+            self._check_latch(now, message)
         if self._orphans:
             orphans, self._orphans = self._orphans, []
             for position_id, orphan in orphans:
@@ -359,6 +376,44 @@ class RiskSupervisor(SingletonActor):
             if child.ref is not None and not child.ref.is_alive():
                 continue  # crashed, restart on its way: timers are not worth queueing
             self._send(child, message)
+
+    def _store_latch(self) -> bool:
+        """The latch is durable (SPEC §3.4) before a reset can be read back; a store that fails
+        leaves it pending, stored at the next timer, trading HALTED meanwhile."""
+        if self._latch is None:
+            return True
+        try:
+            self.ctx.store.latch_kill_switch(self._latch)
+        except StoreError as error:
+            logger.error("cannot store the kill switch latch ({}): HALTED in memory, storing "
+                         "again each second", error)
+            return False
+        self._latch = None
+        return True
+
+    def _check_latch(self, now: datetime, cause: TimerFired) -> None:
+        """While HALTED, once a second: an operator's reset (``run.py reset-kill-switch``
+        clears the store's latch) or a new exchange day resumes trading. After a reset the
+        switch trips again only if the day's net falls another ``daily_loss_limit`` below
+        where it stood at the reset (else the same loss would trip it at once)."""
+        if not self._store_latch():
+            return
+        try:
+            latch = self.ctx.store.kill_switch()
+        except StoreError as error:
+            logger.warning("cannot read the kill switch latch ({}); still HALTED", error)
+            return
+        if latch is not None and self.ctx.config.portfolio.latch_in_force(latch.latched_at, now):
+            return
+        self.halted = False
+        if latch is None and self.day_net is not None:
+            self.rearm_below = (now.astimezone(IST).date(),
+                                self.day_net - self.ctx.config.portfolio.daily_loss_limit)
+        logger.warning("kill switch {}: trading RUNNING again", "reset by an operator"
+                       if latch is None else f"of {latch.latched_at:%Y-%m-%d} ends with its day")
+        for child in self.children.values():
+            if self.status.get(child.position_id) not in CLOSED:
+                self._send(child, ClearKillSwitch())  # type: ignore[arg-type]
 
     # Supervision ------------------------------------------------------------------------------
     def _failed(self, message: TrackerFailed) -> None:
@@ -507,7 +562,6 @@ class RiskSupervisor(SingletonActor):
                 if self.paused_until else None,
                 "at": self.ctx.clock().isoformat()}
 
-
     # Operator commands (SPEC §12) -------------------------------------------------------------
     def _trading_state(self) -> str:
         return "HALTED" if self.halted or self.operator_halt is not None else "RUNNING"
@@ -525,8 +579,14 @@ class RiskSupervisor(SingletonActor):
                 self.operator_halt = None
         else:
             was = self.ctx.store.reset_kill_switch()
-            self.halted, self.operator_halt = False, None
-            done, detail = True, "kill switch reset" if was else "kill switch was not latched"
+            if self.halted:  # what the next timer would find: resumed, re-armed, trackers told
+                now = self.ctx.clock()
+                self._check_latch(now, TimerFired(name="operator reset", sent_at=now,
+                                                  correlation_id=message.correlation_id))
+            self.operator_halt = None
+            done = not self.halted
+            detail = ("kill switch reset" if was else "kill switch was not latched") if done \
+                else "the kill switch is still latched (see the log)"
         logger.warning("operator {} ({}): {}: {}", who.name, who.address,
                        type(message).__name__, detail)
         _lifecycle("supervisor", "operator", command=type(message).__name__,

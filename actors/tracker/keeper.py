@@ -18,7 +18,7 @@ from enum import Enum
 
 from loguru import logger
 
-from actors.protocol import Checkpoint, ProtectionChanged, ResumeExit
+from actors.protocol import Checkpoint, ClearKillSwitch, ProtectionChanged, ResumeExit
 from actors.runtime.metrics import Metrics
 from models import lifecycle
 from models.common import Instrument, exit_client_id
@@ -541,6 +541,12 @@ class PositionKeeper:
         except StoreError as error:  # an audit column only: the position's state is elsewhere
             self.log.warning("could not record exit {} {}: {}", client_id, changes, error)
 
+    def on_clear_kill_switch(self, message: ClearKillSwitch) -> Out:
+        if self.sticky is ExitReason.KILL_SWITCH:
+            self.sticky = None
+            self.retry_at = None
+        return []
+
     def on_exit_placed(self, message: ExitOrderPlaced) -> Out:
         self._audit_exit(message.client_id, order_no=message.order_no, outcome="PLACED")
         return []
@@ -619,4 +625,5 @@ _HANDLERS: dict[type, Callable[[PositionKeeper, object], Out]] = {
     ExitOrderFailed: PositionKeeper.on_exit_failed,  # type: ignore[dict-item]
     Checkpoint: PositionKeeper.on_checkpoint,  # type: ignore[dict-item]
     ResumeExit: PositionKeeper.on_resume,  # type: ignore[dict-item]
+    ClearKillSwitch: PositionKeeper.on_clear_kill_switch,  # type: ignore[dict-item]
 }
