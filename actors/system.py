@@ -340,6 +340,8 @@ class System:
             self.batcher.proxy().pending.get(timeout=SETTLE)
             self.index.ask(OpenPositions(), timeout=SETTLE)
             self.supervisor.ask(Snapshot(), timeout=SETTLE)
+            for gateway in self.supervisor.proxy().gateway_refs.get(timeout=SETTLE):
+                gateway.ask(Snapshot(), timeout=SETTLE)
             for ref in self.supervisor.proxy().tracker_refs().get(timeout=SETTLE):
                 try:
                     ref.ask(Snapshot(), timeout=SETTLE)

@@ -81,6 +81,9 @@ class ExitPolicy(Frozen):
     stale_after_seconds: Decimal = Field(default=Decimal(5), gt=0, le=3600)
     unprotected_after_seconds: Decimal = Field(default=Decimal(30), gt=0, le=3600)
     fee_per_order: Decimal = Field(default=Decimal(20), ge=0, le=100_000)
+    exit_timeout_ms: int = Field(default=10_000, ge=100, le=3_600_000)
+    """An exit order without a terminal update this long is looked up at the broker and
+    resolved (SPEC §11.6)."""
     trailing: TrailingPolicy = TrailingPolicy()
     square_off: dict[Segment, HHMM] = Field(default_factory=lambda: dict(DEFAULT_SQUARE_OFF))
 

@@ -11,6 +11,7 @@ restarts (the failed positions are kept protected the same way meanwhile).
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -20,6 +21,7 @@ from typing import Any
 from loguru import logger
 from pykka import ActorDeadError, ActorRef
 
+from actors.gateway.actor import GatewayActor
 from actors.protocol import (
     Checkpoint,
     ClearKillSwitch,
@@ -40,16 +42,21 @@ from actors.runtime.dispatch import Dispatcher, SingletonActor, default_dispatch
 from actors.tracing.recorder import tracer
 from actors.tracker.actor import Peers, TrackerActor, deliver
 from actors.tracker.keeper import KeeperContext, PositionKeeper, Target
-from broker.ports import GatewayError, OrderGateway
+from broker.ports import OrderGateway
 from models.common import IST, Instrument
 from models.messages import (
     ApplyOrderUpdate,
     ApplyProgress,
+    CancelExitOrder,
     CreatePosition,
     ExitOrderFailed,
+    ExitOrderLookedUp,
     ExitOrderPlaced,
+    ExitOrderUnknown,
     ExitRequested,
+    LookUpExitOrder,
     Message,
+    PlaceExitOrder,
     PositionChanged,
     PositionClosed,
     PositionOpened,
@@ -112,6 +119,10 @@ class RiskSupervisor(SingletonActor):
         self.ctx, self.gateway = context, gateway
         self.rules = supervision or Supervision()
         self.children: dict[str, _Child] = {}
+        self._gateway_of: dict[str, ActorRef[Any]] = {}
+        self._gateway_turn = itertools.count()
+        self.gateway_refs: list[ActorRef[Any]] = []
+        """The ``GatewayActor``s this supervisor's exits go through (its children)."""
         self.peers: Peers | None = None
         self.halted = False
         self.operator_halt: Operator | None = None
@@ -132,6 +143,18 @@ class RiskSupervisor(SingletonActor):
         self._kept: dict[str, _Child] = {}
         """The children whose keeper the supervisor runs itself (quarantined, or adopted while
         restarts are paused)."""
+
+    GATEWAYS = 4
+    """Gateway actors: a slow broker call holds up only the positions routed to its actor (a
+    position's calls all go to one, in order)."""
+
+    def on_start(self) -> None:
+        self.gateway_refs = [GatewayActor.start(self.gateway, self.ctx.clock, self.ctx.metrics,
+                                                self.actor_ref) for _ in range(self.GATEWAYS)]
+
+    def on_stop(self) -> None:
+        for ref in self.gateway_refs:
+            ref.stop()
 
     def wire(self, peers: Peers) -> None:
         """Set the peers (supervisor = this actor) before the first message."""
@@ -189,8 +212,11 @@ class RiskSupervisor(SingletonActor):
 
     def _dispatch(self, message: Any) -> Any:
         match message:
-            case ApplyOrderUpdate() | ApplyProgress() | ExitOrderPlaced() | ExitOrderFailed():
+            case ApplyOrderUpdate() | ApplyProgress() | ExitOrderPlaced() | ExitOrderFailed() \
+                    | ExitOrderUnknown() | ExitOrderLookedUp():
                 self._forward(message.position_id, message)
+            case LookUpExitOrder() | CancelExitOrder():
+                self._to_gateway(message)
             case CreatePosition():
                 self._create(message)
             case PriceUpdate():
@@ -286,30 +312,26 @@ class RiskSupervisor(SingletonActor):
 
     # Exits ------------------------------------------------------------------------------------
     def _place_exit(self, message: ExitRequested) -> None:
+        """The gateway actor places it and answers with a message: the supervisor never waits
+        on the broker."""
         position = message.position
-        ids = message.caused()
-        now = self.ctx.clock()
-        self.ctx.metrics.observe("decision_to_order_seconds",
-                                 (now - message.sent_at).total_seconds())
-        try:
-            order_no = self.gateway.place_order(
-                client_id=message.client_id,
-                instrument=Instrument(segment=position.segment, security_id=position.security_id),
-                txn_type=position.side.exit_txn, quantity=position.quantity,
-                product=position.product)
-        except GatewayError as error:
-            code = getattr(error, "code", None) or type(error).__name__
-            self.ctx.metrics.incr(f"gateway_errors.{code}")
-            logger.bind(position_id=position.position_id).warning(
-                "exit order {} refused: {}", message.client_id, error)
-            reply: Message = ExitOrderFailed(position_id=position.position_id,
-                                             attempt=message.attempt, client_id=message.client_id,
-                                             reason=str(error), sent_at=now, **ids)
-        else:
-            reply = ExitOrderPlaced(position_id=position.position_id, attempt=message.attempt,
-                                    client_id=message.client_id, order_no=order_no,
-                                    sent_at=now, **ids)
-        self._forward(position.position_id, reply)
+        self._to_gateway(PlaceExitOrder(
+            client_id=message.client_id, position_id=position.position_id,
+            attempt=message.attempt,
+            instrument=Instrument(segment=position.segment, security_id=position.security_id),
+            txn_type=position.side.exit_txn, quantity=position.quantity,
+            product=position.product, sent_at=self.ctx.clock(), decided_at=message.sent_at,
+            **message.caused()))
+
+    def _to_gateway(self, message: LookUpExitOrder | CancelExitOrder | PlaceExitOrder) -> None:
+        """A position's calls go to one gateway actor, in order; positions take the actors in
+        turn, so a slow call holds up as few others as possible."""
+        pid = message.position_id
+        ref = self._gateway_of.get(pid)
+        if ref is None:
+            refs = self.gateway_refs
+            ref = self._gateway_of[pid] = refs[next(self._gateway_turn) % len(refs)]
+        ref.tell(message)
 
     def _request_exit(self, message: RequestExit) -> None:
         if message.position_id is not None:
@@ -342,6 +364,7 @@ class RiskSupervisor(SingletonActor):
         self.status[position.position_id] = position.status
         if isinstance(message, PositionClosed):
             self.unprotected.discard(position.position_id)
+            self._gateway_of.pop(position.position_id, None)
             if before not in CLOSED and position.exit_reason:
                 self.exits[position.exit_reason] += 1
         if isinstance(message, PositionOpened) and self.halted:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from enum import Enum
 
 from loguru import logger
@@ -26,10 +27,14 @@ from models.marks import Band, Basis, Quiet, band, basis_of, fits, net_at, pct_a
 from models.messages import (
     ApplyOrderUpdate,
     ApplyProgress,
+    CancelExitOrder,
     Cause,
     ExitOrderFailed,
+    ExitOrderLookedUp,
     ExitOrderPlaced,
+    ExitOrderUnknown,
     ExitRequested,
+    LookUpExitOrder,
     Message,
     Overfilled,
     PnLMarked,
@@ -112,6 +117,10 @@ class PositionKeeper:
         self._announced = position
         """The state the last announcement told (or the one this keeper started from)."""
         self._excess_told = 0
+        self.exit_deadline: datetime | None = None
+        """When the current exit attempt is looked up at the broker if it has not ended."""
+        self._not_found = 0
+        self._exit_timeout = timedelta(milliseconds=context.config.policy.exit_timeout_ms)
         self.outage: _Outage | None = None
         """Set while writes fail: the state lives in memory, protected, until it is stored."""
         if unstored:
@@ -192,6 +201,8 @@ class PositionKeeper:
         saved = self._save(applied.position, fills, cause)
         self._unsaved = None
         out = self._announce(cause) if saved else []
+        if before.status is PositionStatus.EXITING and self.position.status in CLOSED:
+            out += self._cancel_live_exits(cause)
         if applied.event is Event.EXIT_FAILED:
             self.retry_at = self.ctx.clock() + retry_delay(self.position.exit_attempt)
             self.log.warning("exit attempt {} failed; retry at {}", before.exit_attempt,
@@ -394,9 +405,11 @@ class PositionKeeper:
         return result
 
     def on_timer(self, message: TimerFired) -> Out:
-        out = self._retry_store(self.ctx.clock())
+        now = self.ctx.clock()
+        out = self._retry_store(now)
         if self.outage is None:
             out += self._hand_on_excess(message)
+        out += self._watch_exit(now, message)
         self._checkpoint()
         return out + self._evaluate(message)
 
@@ -496,6 +509,7 @@ class PositionKeeper:
         if isinstance(cause, PriceUpdate):  # the console's price→decision histogram
             self.ctx.metrics.observe("price_to_decision_seconds",
                                      (now - cause.mark.at).total_seconds())
+        self.exit_deadline, self._not_found = now + self._exit_timeout, 0
         position = applied.position
         attempt = position.exit_attempt
         client_id = exit_client_id(position.position_id, attempt)
@@ -527,6 +541,7 @@ class PositionKeeper:
         if position.status is not PositionStatus.EXITING or position.exit_reason is None:
             return []
         now = self.ctx.clock()
+        self.exit_deadline, self._not_found = now + self._exit_timeout, 0
         client_id = exit_client_id(position.position_id, position.exit_attempt)
         self.log.info("resuming exit attempt {} ({}) after a restart", position.exit_attempt,
                       position.exit_reason)
@@ -534,6 +549,76 @@ class PositionKeeper:
         return [(Target.SUPERVISOR, ExitRequested(
             position=position, decision=decision, attempt=position.exit_attempt,
             client_id=client_id, correlation_id=new_id(), sent_at=now))]
+
+    # Exits that do not end (SPEC §11.6) ---------------------------------------------------------
+    def _watch_exit(self, now: datetime, cause: Cause) -> Out:
+        """Past the attempt's time-out without a terminal update: ask the broker's book."""
+        position = self.position
+        if position.status is not PositionStatus.EXITING:
+            self.exit_deadline = None
+            return []
+        if self.exit_deadline is None:
+            self.exit_deadline = now + self._exit_timeout
+        if now < self.exit_deadline:
+            return []
+        self.exit_deadline = now + self._exit_timeout  # asked again then, if nothing ends it
+        self.log.warning("exit attempt {} has not ended after {}: looking it up",
+                         position.exit_attempt, self._exit_timeout)
+        return [(Target.SUPERVISOR, LookUpExitOrder(
+            position_id=position.position_id, attempt=position.exit_attempt,
+            client_id=exit_client_id(position.position_id, position.exit_attempt),
+            sent_at=now, **cause.caused()))]
+
+    def on_exit_unknown(self, message: ExitOrderUnknown) -> Out:
+        """No answer proves the placement either way: look it up soon, place nothing."""
+        self._audit_exit(message.client_id, outcome=f"UNKNOWN: {message.reason}")
+        if message.attempt == self.position.exit_attempt:
+            self.exit_deadline = self.ctx.clock() + _SETTLE
+        return []
+
+    def on_exit_looked_up(self, message: ExitOrderLookedUp) -> Out:
+        position = self.position
+        if message.attempt != position.exit_attempt or \
+                position.status is not PositionStatus.EXITING or message.error is not None:
+            return []  # an earlier attempt, or nothing to resolve; a failed look-up: again later
+        now = self.ctx.clock()
+        if not message.found:
+            self._not_found += 1
+            if self._not_found < 2:  # a placement may still be on its way: look once more
+                self.exit_deadline = now + _SETTLE
+                return []
+            self.log.warning("exit {} not found at the broker twice: a new attempt",
+                             message.client_id)
+            return self._commit(lifecycle.exit_failed(position, message.attempt), message)
+        assert message.order_no is not None and message.status is not None
+        value = (message.avg_price or Decimal(0)) * message.traded_qty
+        progress = OrderProgress(order_no=message.order_no, status=message.status,
+                                 traded_qty=message.traded_qty if message.avg_price else 0,
+                                 traded_value=value if message.avg_price else Decimal(0),
+                                 quantity=message.quantity or None)
+        out = self._commit(lifecycle.apply_progress(position, progress, OrderRole.EXIT,
+                                                    attempt=message.attempt, at=now), message)
+        if self.position.status is PositionStatus.EXITING and not message.status.terminal:
+            # It rests at the broker: cancel it; its CANCELLED update fails the attempt, and
+            # the next one is placed with back-off (standing reasons at once).
+            self.log.warning("exit order {} rests unfilled ({} of {}): cancelling it to place "
+                             "anew", message.order_no, message.traded_qty, message.quantity)
+            out.append((Target.SUPERVISOR, CancelExitOrder(
+                position_id=position.position_id, order_no=message.order_no, sent_at=now,
+                **message.caused())))
+        return out
+
+    def _cancel_live_exits(self, cause: Cause) -> Out:
+        """Flat at the broker (a manual close filled first): no exit of ours may stay live
+        (SPEC §11.2)."""
+        live = [o.progress.order_no for o in self.position.orders
+                if o.role is OrderRole.EXIT and not o.progress.status.terminal]
+        for order_no in live:
+            self.log.warning("position closed by another order: cancelling our exit order {}",
+                             order_no)
+        return [(Target.SUPERVISOR, CancelExitOrder(
+            position_id=self.position.position_id, order_no=order_no, sent_at=self.ctx.clock(),
+            **cause.caused())) for order_no in live]
 
     def _audit_exit(self, client_id: str, **changes: str) -> None:
         try:
@@ -585,6 +670,9 @@ class _Unsaved:
         self.fills = (*self.fills, *fills)
 
 
+_SETTLE = timedelta(seconds=1)
+"""Wait before looking an exit up after an unknown outcome, and before a second look."""
+
 _OUTAGE_BACKOFF = (timedelta(seconds=1), timedelta(seconds=2), timedelta(seconds=5),
                    timedelta(seconds=10), timedelta(seconds=30))
 """Waits between tries to store what a store outage left in memory."""
@@ -626,4 +714,6 @@ _HANDLERS: dict[type, Callable[[PositionKeeper, object], Out]] = {
     Checkpoint: PositionKeeper.on_checkpoint,  # type: ignore[dict-item]
     ResumeExit: PositionKeeper.on_resume,  # type: ignore[dict-item]
     ClearKillSwitch: PositionKeeper.on_clear_kill_switch,  # type: ignore[dict-item]
+    ExitOrderUnknown: PositionKeeper.on_exit_unknown,  # type: ignore[dict-item]
+    ExitOrderLookedUp: PositionKeeper.on_exit_looked_up,  # type: ignore[dict-item]
 }

@@ -30,7 +30,7 @@ from decimal import Decimal
 from loguru import logger
 
 from broker.paper.market import TICK, Market
-from broker.ports import GatewayError
+from broker.ports import GatewayError, OrderView
 from models.common import IST, Instrument, TxnType
 from models.orders import OrderStatus, OrderUpdate
 from models.wire import to_dhan_frame
@@ -177,6 +177,16 @@ class PaperExchange:
                 self._working[order_no] = None
             self._update(changed, at, status=OrderStatus.PENDING)
             self._work(at)
+
+    def find_order(self, client_id: str) -> OrderView | None:
+        """``OrderGateway.find_order``: the order placed with ``client_id``, as the book shows
+        it."""
+        order = self.lookup(client_id)
+        if order is None:
+            return None
+        return OrderView(order_no=order.order_no, client_id=client_id, status=order.status,
+                         quantity=order.quantity, traded_qty=order.filled_qty,
+                         avg_price=order.avg_price)
 
     def lookup(self, client_id: str) -> PaperOrder | None:
         """The order placed with ``client_id`` (its CorrelationId), or None."""
