@@ -34,6 +34,10 @@ from app.settings import Settings, SettingsError, load_settings
 from broker.paper import PaperBroker, PaperConfig
 from broker.paper.exchange import PaperExchange
 from broker.paper.market import TapeMarket
+from console.app import ConsoleConfig, build_app
+from console.audit import AuditLog
+from console.server import DEFAULT_BIND, Bind, BindError, ConsoleServer, parse_bind
+from console.token import TokenError, operator_token
 from models.common import IST
 from models.position import PositionStatus
 from models.report import build_report, position_row
@@ -64,9 +68,39 @@ def build_system(settings: Settings, clock: Callable[[], datetime]) -> Built:
     return Built(system=System(parts), broker=broker, store=store)
 
 
+# Console ------------------------------------------------------------------------------------------
+def start_console(system: System, settings: Settings, bind: Bind | None,
+                  mode: str) -> ConsoleServer | None:
+    """The operator console beside the actors (SPEC §12); None when ``--http off``."""
+    if bind is None:
+        return None
+    token, source = operator_token(os.environ, settings.data_dir)
+    app = build_app(system, ConsoleConfig(
+        token=token, mode=mode, audit=AuditLog(settings.data_dir / "operator-actions.jsonl")))
+    server = ConsoleServer(app, bind).start()
+    print(f"dashboard: {server.url}  (operator token: {source})", flush=True)
+    return server
+
+
+def _console_or_stop(system: System, settings: Settings, bind: Bind | None,
+                     mode: str) -> ConsoleServer | None:
+    """A console that cannot start (port taken, token file unreadable) stops the run."""
+    try:
+        return start_console(system, settings, bind, mode)
+    except (TokenError, OSError):
+        system.stop()
+        raise
+
+
+def _stop_console(server: ConsoleServer | None) -> None:
+    if server is not None:
+        server.stop()
+
+
 # Paper --------------------------------------------------------------------------------------------
 def run_paper(settings: Settings, *, duration: float | None, report: Path | None,
-              live_status: bool, trace: Path | None = None) -> int:
+              live_status: bool, trace: Path | None = None,
+              http: Bind | None = None) -> int:
     tracing.install(Tracer(trace))
     clock = SessionClock(paper_session_start(datetime.now(IST), settings.risk.calendar))
     built = build_system(settings, clock)
@@ -81,11 +115,15 @@ def run_paper(settings: Settings, *, duration: float | None, report: Path | None
     system.start(on_step=step)
     started = clock()
     logger.info("paper session started at exchange time {}", started.isoformat())
-    while not stop.wait(1.0):
-        if live_status:
-            print(status_line(system.status(), clock().strftime("%H:%M:%S")), flush=True)
-        if duration is not None and (clock() - started).total_seconds() >= duration:
-            break
+    console = _console_or_stop(system, settings, http, "paper")
+    try:
+        while not stop.wait(1.0):
+            if live_status:
+                print(status_line(system.status(), clock().strftime("%H:%M:%S")), flush=True)
+            if duration is not None and (clock() - started).total_seconds() >= duration:
+                break
+    finally:
+        _stop_console(console)
     return _finish(system, built.store, "paper", started, clock(), report)
 
 
@@ -135,7 +173,7 @@ def _write_atomically(path: Path, text: str) -> None:
 
 # Replay -----------------------------------------------------------------------------------------
 def run_replay(settings: Settings, orders: Path, ticks: Path | None, report: Path | None,
-               db: str | None, trace: Path | None = None) -> int:
+               db: str | None, trace: Path | None = None, http: Bind | None = None) -> int:
     try:
         updates = read_orders(orders)
         tape = read_ticks(ticks) if ticks is not None else []
@@ -158,7 +196,11 @@ def run_replay(settings: Settings, orders: Path, ticks: Path | None, report: Pat
                       correlation_prefix=settings.correlation_prefix)
         system = System(parts).start(ticker=False)
         started = clock()
-        ended = Replayer(system, clock, market, exchange).play(events)
+        console = _console_or_stop(system, settings, http, "replay")
+        try:
+            ended = Replayer(system, clock, market, exchange).play(events)
+        finally:
+            _stop_console(console)
         return _finish(system, store, "replay", started, ended, report)
 
 
@@ -225,6 +267,10 @@ def parser() -> argparse.ArgumentParser:
     replay.add_argument("--ticks", type=Path, help="price tape CSV ts,segment,security_id,ltp")
     replay.add_argument("--report", type=Path, help="write the JSON report here")
     replay.add_argument("--trace", type=Path, help="write message traces as JSON lines")
+    replay.add_argument("--http", default="off", help="serve the operator console on "
+                        "HOST:PORT while replaying (default: off)")
+    paper.add_argument("--http", default=DEFAULT_BIND, help="operator console HOST:PORT, or "
+                       f"off (default {DEFAULT_BIND})")
     positions = commands.add_parser("positions", help="list positions from the store")
     positions.add_argument("--status", help="PENDING, ACTIVE, EXITING, EXITED or CANCELLED")
     positions.add_argument("--json", action="store_true", help="JSON like the report")
@@ -245,6 +291,8 @@ def parser() -> argparse.ArgumentParser:
         sub.add_argument("--policy", type=Path, help="policy TOML file",
                          default=argparse.SUPPRESS)
     top.add_argument("--trace", type=Path, help="write message traces as JSON lines")
+    top.add_argument("--http", default=DEFAULT_BIND, help="operator console HOST:PORT, or off "
+                     f"(default {DEFAULT_BIND})")
     return top
 
 
@@ -267,15 +315,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_reset_kill_switch(settings)
         if args.command == "replay":
             return run_replay(settings, args.orders, args.ticks, args.report,
-                              getattr(args, "database_url", None), args.trace)
+                              getattr(args, "database_url", None), args.trace,
+                              http=parse_bind(args.http))
         if args.command == "paper":
             return run_paper(settings, duration=args.duration, report=args.report,
-                             live_status=False, trace=args.trace)
+                             live_status=False, trace=args.trace, http=parse_bind(args.http))
         return run_paper(settings, duration=None, live_status=True, trace=args.trace,
-                         report=settings.data_dir / "last-session.json")
-    except SettingsError as error:
+                         report=settings.data_dir / "last-session.json",
+                         http=parse_bind(args.http))
+    except (SettingsError, BindError) as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
+    except (TokenError, OSError) as error:
+        print(f"console error: {error}", file=sys.stderr)
+        return 1
     except StoreError as error:
         print(f"store error: {error}", file=sys.stderr)
         return 1

@@ -134,3 +134,50 @@ class BandChanged:
 class ClearKillSwitch:
     """Supervisor → trackers: the kill switch was reset (by an operator, or a new exchange day
     began): a standing KILL_SWITCH exit is no longer retried; positions already exiting go on."""
+
+
+@dataclass(frozen=True, slots=True)
+class Operator:
+    """Who asked for an operator command, and from where (recorded and traced, SPEC §12)."""
+
+    name: str
+    address: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Halt:
+    """Operator → supervisor: trading HALTED. Open positions stay protected by their rules;
+    a position that opens while halted is closed at once (``MANUAL``)."""
+
+    operator: Operator
+    correlation_id: str
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """Operator → supervisor: trading RUNNING again (refused while the kill switch is latched:
+    that takes ``ResetKillSwitch``)."""
+
+    operator: Operator
+    correlation_id: str
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResetKillSwitch:
+    """Operator → supervisor: clear the latched kill switch in the store and resume trading."""
+
+    operator: Operator
+    correlation_id: str
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorOutcome:
+    """The supervisor's answer to an operator command."""
+
+    done: bool
+    trading_state: str
+    detail: str

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pykka
@@ -24,21 +25,32 @@ from loguru import logger
 from actors.orders.actor import OrderUpdateActor
 from actors.pnl.writer import PnLWriterActor
 from actors.prices.batcher import LTPBatcherActor, tick_feed
-from actors.prices.index import BulkLoad, IndexActor, OpenPositions
-from actors.protocol import Checkpoint, Flush, Snapshot
+from actors.prices.index import BulkLoad, IndexActor, MarkedPositions, OpenPositions
+from actors.protocol import (
+    Checkpoint,
+    Flush,
+    Halt,
+    Operator,
+    OperatorOutcome,
+    ResetKillSwitch,
+    Resume,
+    Snapshot,
+)
 from actors.runtime.dispatch import Dispatcher
 from actors.runtime.metrics import Metrics
 from actors.runtime.timers import Schedule, Ticker, fire
 from actors.supervisor.actor import RiskSupervisor, Supervision
+from actors.tracing import recorder as tracing
+from actors.tracing.views import Filters, Trace, story
 from actors.tracker.actor import Peers
 from actors.tracker.keeper import KeeperContext
 from broker.ports import OrderGateway, QuoteApi
 from models.books import BooksReport
 from models.common import IST, Instrument
-from models.messages import OrderUpdateReceived, new_id
-from models.policy import RiskConfig
-from models.position import Position, PositionStatus
-from models.rules import PriceMark
+from models.messages import OrderUpdateReceived, RequestExit, new_id
+from models.policy import ExitPolicy, RiskConfig
+from models.position import CLOSED, ExitReason, Position, PositionStatus
+from models.rules import PriceMark, update_marks
 from store.ports import PnLCache, Store
 
 ASK = 10.0
@@ -70,10 +82,39 @@ class Parts:
     cache_every: timedelta = timedelta(seconds=1)
     """How often the PnL cache is written (0: every flush); the kill switch is valued on every
     flush regardless."""
+    gateway_status: Callable[[], dict[str, Any]] | None = None
+    """The broker gateway's state for the console: ``kind``, ``state`` (``UP`` or a reason,
+    e.g. ``TOKEN_INVALID``), ``token_expires_at`` (aware datetime or None); None: the
+    gateway needs no token and is always up (paper, replay)."""
     switch_interval: float | None = None
     """Seconds a thread may hold the GIL while others wait (``sys.setswitchinterval``); None
     leaves CPython's 5 ms. Measured: 0.5 ms did not lower the price-to-decision latency here
     and cost a quarter of the order-update throughput."""
+
+
+@dataclass(frozen=True, slots=True)
+class PositionView:
+    """An open position as the operator console shows it: peak, high-water mark and trailing
+    stop as last marked, and its instrument's last price (``None``: not priced yet)."""
+
+    position: Position
+    mark: PriceMark | None
+    unprotected: bool = False
+    quarantined: bool = False
+    peak_price: Decimal | None = None
+    """As last marked by the position's tracker (the index's ``position`` moves only with
+    orders); ``marked`` folds it in."""
+    hwm_pnl: Decimal | None = None
+
+    def marked(self, policy: ExitPolicy) -> Position:
+        """The position with its last marks: peak, high-water mark and the never-loosening
+        trailing stop that peak sets (``rules.update_marks``)."""
+        if self.peak_price is None:
+            return self.position
+        position = update_marks(self.position, self.peak_price, policy)
+        hwm = max(self.hwm_pnl or position.hwm_pnl, self.position.hwm_pnl)
+        return position if hwm == position.hwm_pnl else position.model_copy(
+            update={"hwm_pnl": hwm})
 
 
 class System:
@@ -188,6 +229,110 @@ class System:
         result: list[Position] = self.index.ask(OpenPositions(), block=True, timeout=ASK)
         return result
 
+    # Operator console (SPEC §12): asked from the HTTP server's thread, always with a timeout --
+    def positions(self, status: dict[str, Any] | None = None) -> list[PositionView]:
+        """Every open position with its last price and marks (``status``: a ``status()`` the
+        caller already has, for the UNPROTECTED and quarantined flags)."""
+        status = self.status() if status is None else status
+        marked: list[tuple[Position, PriceMark | None]] = self.index.ask(
+            MarkedPositions(), block=True, timeout=ASK)
+        peaks = self.pnl.proxy().peaks().get(timeout=ASK)
+        unprotected, quarantined = set(status["unprotected"]), set(status["quarantined"])
+        views = []
+        for position, mark in marked:
+            peak, hwm = peaks.get(position.position_id, (None, None))
+            views.append(PositionView(position=position, mark=mark, peak_price=peak,
+                                      hwm_pnl=hwm,
+                                      unprotected=position.position_id in unprotected,
+                                      quarantined=position.position_id in quarantined))
+        return views
+
+    def request_exit(self, position_id: str, operator: Operator) -> bool:
+        """Close one open position (``MANUAL``); False when no open position has that id."""
+        known = {p.position_id: p for p in self.open_positions()}
+        position = known.get(position_id)
+        if position is None or position.status in CLOSED:
+            return False
+        self.supervisor.tell(RequestExit(
+            reason=ExitReason.MANUAL, position_id=position_id, correlation_id=new_id(),
+            sent_at=self.parts.clock(), detail=f"operator {operator.name} ({operator.address})"))
+        return True
+
+    def flatten(self, operator: Operator) -> int:
+        """Close every open position (``MANUAL``); returns how many were open."""
+        count = len(self.open_positions())
+        self.supervisor.tell(RequestExit(
+            reason=ExitReason.MANUAL, correlation_id=new_id(), sent_at=self.parts.clock(),
+            detail=f"flatten by operator {operator.name} ({operator.address})"))
+        return count
+
+    def halt(self, operator: Operator) -> OperatorOutcome:
+        return self._operator(Halt(operator, new_id(), new_id()))
+
+    def resume(self, operator: Operator) -> OperatorOutcome:
+        return self._operator(Resume(operator, new_id(), new_id()))
+
+    def reset_kill_switch(self, operator: Operator) -> OperatorOutcome:
+        return self._operator(ResetKillSwitch(operator, new_id(), new_id()))
+
+    def _operator(self, command: Halt | Resume | ResetKillSwitch) -> OperatorOutcome:
+        outcome: OperatorOutcome = self.supervisor.ask(command, block=True, timeout=ASK)
+        return outcome
+
+    def story(self, position_id: str) -> dict[str, Any] | None:
+        """One position's story (SPEC §8): its trace records still in the flight recorders,
+        told as ``run.py trace --position`` tells them, and its stored fills and exit
+        attempts. None when the store does not know the position."""
+        store = self.parts.store
+        position = store.load_position(position_id)
+        if position is None:
+            return None
+        active = tracing.tracer()
+        records = []
+        if active is not None:
+            for actor in list(active.rings):
+                if actor.startswith(f"tracker:{position_id}#") or actor == "supervisor":
+                    records += [r for r in active.dump(actor)
+                                if r.get("position_id") == position_id]
+        return {"position": position, "trace": story(Trace(records),
+                                                     Filters(position=position_id)),
+                "fills": store.fills(position_id),
+                "exit_attempts": store.exit_attempts(position_id)}
+
+    def closed_today(self) -> list[Position]:
+        """Positions exited during the current exchange day, from the store."""
+        today = self.parts.clock().astimezone(IST).date()
+        return [p for p in self.parts.store.list_positions(PositionStatus.EXITED)
+                if p.exited_at is not None and p.exited_at.astimezone(IST).date() == today]
+
+    def mailbox_depths(self) -> dict[str, int]:
+        """Messages waiting per singleton actor, and in all tracker mailboxes together."""
+        depths = {name: _depth(ref) for name, ref in (
+            ("orders", self.orders), ("batcher", self.batcher), ("index", self.index),
+            ("pnl", self.pnl), ("supervisor", self.supervisor))}
+        refs = self.supervisor.proxy().tracker_refs().get(timeout=ASK)
+        depths["trackers"] = sum(_depth(ref) for ref in refs)
+        return depths
+
+    def gateway_status(self) -> dict[str, Any]:
+        if self.parts.gateway_status is not None:
+            return self.parts.gateway_status()
+        return {"kind": type(self.parts.gateway).__name__, "state": "UP",
+                "token_expires_at": None}
+
+    def yield_to_urgent(self) -> None:
+        """For work beside the actors (the console): wait while possible exits are being
+        decided on the trackers' dispatcher (bounded by its ``hold``)."""
+        self.dispatcher.yield_to_urgent()
+
+    def store_reachable(self) -> bool:
+        try:
+            self.parts.store.schema_version()
+        except Exception as error:  # any failure of the store is "not ready", never a crash
+            logger.warning("readiness: store unreachable: {}", type(error).__name__)
+            return False
+        return True
+
     def settle(self, rounds: int = 3) -> None:
         """Wait until what was told has been handled (FIFO mailboxes, pipeline order)."""
         for _ in range(rounds):
@@ -227,3 +372,8 @@ class System:
         pykka.ActorRegistry.stop_all(block=True, timeout=ASK)
         self.dispatcher.shutdown()
         logger.info("stopped: mailboxes drained, state flushed")
+
+
+def _depth(ref: pykka.ActorRef[Any]) -> int:
+    inbox = getattr(ref, "actor_inbox", None)
+    return int(inbox.qsize()) if inbox is not None else 0

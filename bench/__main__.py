@@ -32,6 +32,7 @@ from bench import (
     tracing_cost,
 )
 from bench.common import drop_schemas, fresh_cache, fresh_store, services
+from bench.dashboard import dashboard_available
 
 
 def isolated(module: str, *args: str) -> dict[str, Any]:
@@ -74,6 +75,9 @@ def run_all(quick: bool, pg: str | None, rd: str | None, scratch: Path) -> list[
     old = ("--old-cycle-ms", str(old_1000)) if old_1000 else ()
     rows.append(_step("latency", lambda: isolated(
         "latency", "--seconds", "5" if quick else "30", *old)))
+    if dashboard_available():
+        rows.append(_step("latency, dashboard open", lambda: isolated(
+            "latency", "--seconds", "5" if quick else "30", "--dashboard", *old)))
     if not quick:
         rows.append(_step("latency at 2 changes/s", lambda: isolated(
             "latency", "--seconds", "30", "--changes-per-s", "2", *old)))

@@ -32,6 +32,8 @@ import argparse
 import math
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -115,9 +117,12 @@ def _refill(system: Any, plan: Plan, instrument: Instrument, side: Side, step: i
 
 
 def run(pg: str | None, rd: str | None, scratch: Path, *, seconds: float,
-        old_cycle_ms: float | None = None, changes_per_s: int = 10) -> dict[str, Any]:
+        old_cycle_ms: float | None = None, changes_per_s: int = 10,
+        dashboard: bool = False) -> dict[str, Any]:
     """SPEC §9's row at 10 changes/s; another rate is a diagnostic (no targets): the same
-    pipeline with headroom, to tell its own latency from queueing."""
+    pipeline with headroom, to tell its own latency from queueing. ``dashboard``: the same
+    row with the operator console's dashboard open in a browser throughout (issue 18's load
+    check: the page must not slow the price path)."""
     period = 1 / changes_per_s
     # One crash (five stop losses) every CRASH_EVERY steps at most, whatever the rate and
     # length: otherwise a short or slow run packs its crashes into a few steps, a burst of
@@ -133,7 +138,8 @@ def run(pg: str | None, rd: str | None, scratch: Path, *, seconds: float,
     depths = Depths(system)
     evals0 = system.parts.metrics.get("evaluations")
     checkpointed = checkpoint(pg)  # the benchmarks before this one wrote a great deal
-    with CommitMonitor(fresh_pg(pg) if pg else None) as monitor:
+    with CommitMonitor(fresh_pg(pg) if pg else None) as monitor, _viewer(
+            system, dashboard, len(plan.book)) as viewed:
         driven = drive(system, plan, clock, market, depths)
     drain_s = _drain(system, store, plan)
     evaluations = system.parts.metrics.get("evaluations") - evals0
@@ -151,12 +157,26 @@ def run(pg: str | None, rd: str | None, scratch: Path, *, seconds: float,
     row["floor_immediate_ms"] = summary_ms(floor(plan, clock, batched=False))
     row["floor_batched_ms"] = summary_ms(floor(plan, clock, batched=True))
     row["figures"] = _figures(row, old_cycle_ms)
+    if dashboard:
+        row["dashboard"] = viewed
+        row["benchmark"] += ", dashboard open"
     if changes_per_s != 10:
         row["benchmark"] = row["benchmark"].replace("10 changes/s", f"{changes_per_s} changes/s")
         row["benchmark"] += " (diagnostic: below SPEC load)"
         for fig in row["figures"]:
             fig.update(target="", met=None, miss="")
     return row
+
+
+@contextmanager
+def _viewer(system: Any, dashboard: bool, rows: int) -> Iterator[dict[str, Any]]:
+    if not dashboard:
+        yield {}
+        return
+    from bench.dashboard import dashboard_open
+
+    with dashboard_open(system, rows) as seen:
+        yield seen
 
 
 def _drain(system: Any, store: Any, plan: Plan) -> float:
@@ -277,10 +297,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--changes-per-s", type=int, default=10)
     parser.add_argument("--old-cycle-ms", type=float, default=None)
+    parser.add_argument("--dashboard", action="store_true",
+                        help="with the console's dashboard open in headless chromium")
     args = parser.parse_args(argv)
     return child_main(lambda pg, rd, scratch: run(
         pg, rd, scratch, seconds=args.seconds, old_cycle_ms=args.old_cycle_ms,
-        changes_per_s=args.changes_per_s))
+        changes_per_s=args.changes_per_s, dashboard=args.dashboard))
 
 
 if __name__ == "__main__":

@@ -119,17 +119,23 @@ def quiet(position: Position, basis: Basis, now: datetime, config: RiskConfig) -
                  until=_next_change(position, now, policy), in_session=in_session)
 
 
+def stop_price(basis: Basis, trail: Decimal | None, policy: ExitPolicy) -> Decimal:
+    """The price that stops the position out: the tighter of its stop loss and its trailing
+    stop (``rules.evaluate`` fires at or beyond it: below for a long, above for a short)."""
+    loss = basis.entry * (1 - basis.sign * policy.stop_loss_pct)
+    if trail is None:
+        return loss
+    return max(loss, trail) if basis.side is Side.LONG else min(loss, trail)
+
+
 def _band(basis: Basis, trail: Decimal | None,
           policy: ExitPolicy) -> tuple[Decimal | None, Decimal | None]:
     """Prices strictly between which stop loss, trailing stop and take profit all stay quiet."""
-    entry = basis.entry
-    loss = entry * (1 - basis.sign * policy.stop_loss_pct)
-    profit = entry * (1 + basis.sign * policy.take_profit_pct)
+    profit = basis.entry * (1 + basis.sign * policy.take_profit_pct)
+    stop = stop_price(basis, trail, policy)
     if basis.side is Side.LONG:
-        low = loss if trail is None else max(loss, trail)
-        return low + abs(low) * MARGIN, profit - abs(profit) * MARGIN
-    high = loss if trail is None else min(loss, trail)
-    return profit + abs(profit) * MARGIN, high - abs(high) * MARGIN
+        return stop + abs(stop) * MARGIN, profit - abs(profit) * MARGIN
+    return profit + abs(profit) * MARGIN, stop - abs(stop) * MARGIN
 
 
 def _next_change(position: Position, now: datetime, policy: ExitPolicy) -> datetime:

@@ -216,6 +216,8 @@ class PlaceExitOrder(Message):
     txn_type: TxnType
     quantity: int = Field(gt=0)
     product: str | None = None
+    decided_at: AwareDatetime | None = None
+    """When the exit was decided (the console's decision→order histogram)."""
 
 
 class ExitOrderPlaced(Message):

@@ -6,9 +6,9 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
-from models.common import money
+from models.common import IST, money
 from models.policy import ExitPolicy
 from models.position import Position, PositionStatus
 from models.rules import pnl
@@ -67,3 +67,32 @@ def build_report(mode: str, started_at: datetime, ended_at: datetime,
         },
         "metrics": dict(metrics),
     }
+
+
+class ExitPoint(NamedTuple):
+    """One exit on the cumulative PnL curve (the report's chart and the dashboard's)."""
+
+    at: datetime
+    position_id: str
+    reason: str
+    pnl: Decimal
+    cumulative: Decimal
+
+
+def aware(text: str) -> datetime:
+    """An ISO-8601 time as an aware datetime; a naive one is exchange (IST) time."""
+    moment = datetime.fromisoformat(text)
+    return moment if moment.utcoffset() is not None else moment.replace(tzinfo=IST)
+
+
+def exit_curve(rows: Iterable[Mapping[str, Any]]) -> list[ExitPoint]:
+    """Cumulative realised PnL over report rows (SPEC §7 shape), one point per exit in time
+    order (ties by position id); an exit without a realised PnL adds zero."""
+    found = sorted(((aware(row["exited_at"]), str(row.get("position_id", "")),
+                     row.get("exit_reason") or "UNKNOWN", Decimal(row.get("realized_pnl") or 0))
+                    for row in rows if row.get("exited_at")), key=lambda item: item[:2])
+    points, total = [], Decimal(0)
+    for at, position_id, reason, realized in found:
+        total += realized
+        points.append(ExitPoint(at, position_id, reason, realized, total))
+    return points

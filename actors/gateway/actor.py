@@ -61,18 +61,22 @@ class GatewayActor(SingletonActor):
     def _place(self, message: PlaceExitOrder) -> Message:
         ids = message.caused()
         log = logger.bind(position_id=message.position_id)
+        self.metrics.observe("decision_to_order_seconds", (
+            self.clock() - (message.decided_at or message.sent_at)).total_seconds())
         try:
             order_no = self.gateway.place_order(
                 client_id=message.client_id, instrument=message.instrument,
                 txn_type=message.txn_type, quantity=message.quantity, product=message.product)
         except GatewayError as error:
             self.metrics.incr("gateway_rejections")
+            self.metrics.incr(f"gateway_errors.{_code(error)}")
             log.warning("exit order {} refused: {}", message.client_id, error)
             return ExitOrderFailed(position_id=message.position_id, attempt=message.attempt,
                                    client_id=message.client_id, reason=str(error),
                                    sent_at=self.clock(), **ids)
         except Exception as error:  # no answer proves the outcome: look it up, never re-send
             self.metrics.incr("gateway_unknown_outcomes")
+            self.metrics.incr(f"gateway_errors.{_code(error)}")
             log.opt(exception=error).error("exit order {}: outcome unknown ({}: {}); it will "
                                            "be looked up", message.client_id,
                                            type(error).__name__, error)
@@ -106,3 +110,9 @@ class GatewayActor(SingletonActor):
         except Exception as error:  # finished meanwhile, or the broker refused: the book says
             logger.bind(position_id=message.position_id).warning(
                 "cancel of exit order {} failed: {}", message.order_no, error)
+
+
+def _code(error: BaseException) -> str:
+    """The broker's error code when the error carries one, else the error's kind (the label
+    of the console's ``tracker_gateway_errors_total``)."""
+    return str(getattr(error, "code", None) or type(error).__name__)

@@ -56,6 +56,12 @@ class OpenPositions:
     instrument: Instrument | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class MarkedPositions:
+    """Ask: every open position with its instrument's last price (``None``: none yet), for
+    the operator console."""
+
+
 QUIET, REFRESH, MARKS, CROSSING = 0, 1, 2, 3
 """What a price is to one position: nothing; a refresh; a move of its marks; a possible exit."""
 
@@ -195,6 +201,9 @@ class IndexActor(SingletonActor):
                 self._bulk_load(message)
             case OpenPositions():
                 return self._open(message.instrument)
+            case MarkedPositions():
+                marks = self.last_marks
+                return [(p, marks.get(_instrument(p))) for p in self.positions.values()]
             case _:
                 logger.warning("index ignores {}", type(message).__name__)
         return None

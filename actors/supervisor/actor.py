@@ -25,8 +25,13 @@ from actors.gateway.actor import GatewayActor
 from actors.protocol import (
     Checkpoint,
     ClearKillSwitch,
+    Halt,
+    Operator,
+    OperatorOutcome,
     PortfolioValued,
     ProtectionChanged,
+    ResetKillSwitch,
+    Resume,
     ResumeExit,
     Route,
     Snapshot,
@@ -120,6 +125,8 @@ class RiskSupervisor(SingletonActor):
         """The ``GatewayActor``s this supervisor's exits go through (its children)."""
         self.peers: Peers | None = None
         self.halted = False
+        self.operator_halt: Operator | None = None
+        """Set by an operator's ``Halt`` (``halted`` is the kill switch's latch)."""
         self.failures: deque[datetime] = deque()
         self.paused_until: datetime | None = None
         self.exits: Counter[str] = Counter()
@@ -235,6 +242,8 @@ class RiskSupervisor(SingletonActor):
                 self._timer(message)
             case Snapshot():
                 return self.snapshot()
+            case Halt() | Resume() | ResetKillSwitch():
+                return self._operator(message)
             case _:
                 logger.warning("supervisor ignores {}", type(message).__name__)
         return None
@@ -311,7 +320,8 @@ class RiskSupervisor(SingletonActor):
             attempt=message.attempt,
             instrument=Instrument(segment=position.segment, security_id=position.security_id),
             txn_type=position.side.exit_txn, quantity=position.quantity,
-            product=position.product, sent_at=self.ctx.clock(), **message.caused()))
+            product=position.product, sent_at=self.ctx.clock(), decided_at=message.sent_at,
+            **message.caused()))
 
     def _to_gateway(self, message: LookUpExitOrder | CancelExitOrder | PlaceExitOrder) -> None:
         """A position's calls go to one gateway actor, in order; positions take the actors in
@@ -361,6 +371,11 @@ class RiskSupervisor(SingletonActor):
             self._forward(position.position_id, RequestExit(
                 reason=ExitReason.KILL_SWITCH, position_id=position.position_id,
                 sent_at=self.ctx.clock(), **message.caused()))
+        elif isinstance(message, PositionOpened) and self.operator_halt is not None:
+            self._forward(position.position_id, RequestExit(
+                reason=ExitReason.MANUAL, position_id=position.position_id,
+                sent_at=self.ctx.clock(), detail="opened while trading is halted by the operator",
+                **message.caused()))
 
     def _timer(self, message: TimerFired) -> None:
         now = self.ctx.clock()
@@ -558,7 +573,10 @@ class RiskSupervisor(SingletonActor):
 
     def snapshot(self) -> dict[str, Any]:
         statuses = Counter(self.status.values())
-        return {"trading_state": "HALTED" if self.halted else "RUNNING",
+        return {"trading_state": self._trading_state(),
+                "kill_switch": self.halted,
+                "halted_by": None if self.operator_halt is None else {
+                    "operator": self.operator_halt.name, "at": self.operator_halt.at.isoformat()},
                 "positions": dict(statuses), "exits_by_reason": dict(self.exits),
                 "quarantined": sorted(c.position_id for c in self.children.values()
                                       if c.quarantined),
@@ -566,6 +584,38 @@ class RiskSupervisor(SingletonActor):
                 "restarts_paused_until": self.paused_until.isoformat()
                 if self.paused_until else None,
                 "at": self.ctx.clock().isoformat()}
+
+    # Operator commands (SPEC §12) -------------------------------------------------------------
+    def _trading_state(self) -> str:
+        return "HALTED" if self.halted or self.operator_halt is not None else "RUNNING"
+
+    def _operator(self, message: Halt | Resume | ResetKillSwitch) -> OperatorOutcome:
+        who = message.operator
+        if isinstance(message, Halt):
+            self.operator_halt = self.operator_halt or who
+            done, detail = True, "trading halted"
+        elif isinstance(message, Resume):
+            done = not self.halted
+            detail = "the kill switch is latched: reset it to resume" if self.halted \
+                else "trading resumed"
+            if done:
+                self.operator_halt = None
+        else:
+            was = self.ctx.store.reset_kill_switch()
+            if self.halted:  # what the next timer would find: resumed, re-armed, trackers told
+                now = self.ctx.clock()
+                self._check_latch(now, TimerFired(name="operator reset", sent_at=now,
+                                                  correlation_id=message.correlation_id))
+            self.operator_halt = None
+            done = not self.halted
+            detail = ("kill switch reset" if was else "kill switch was not latched") if done \
+                else "the kill switch is still latched (see the log)"
+        logger.warning("operator {} ({}): {}: {}", who.name, who.address,
+                       type(message).__name__, detail)
+        _lifecycle("supervisor", "operator", command=type(message).__name__,
+                   operator=who.name, address=who.address, detail=detail,
+                   message_id=message.message_id, correlation_id=message.correlation_id)
+        return OperatorOutcome(done=done, trading_state=self._trading_state(), detail=detail)
 
 
 def _lifecycle(actor: str, event: str, **fields: Any) -> None:

@@ -506,6 +506,9 @@ class PositionKeeper:
         if applied.rejection:
             self.log.info("exit not requested: {}", applied.rejection)
             return []
+        if isinstance(cause, PriceUpdate):  # the console's price→decision histogram
+            self.ctx.metrics.observe("price_to_decision_seconds",
+                                     (now - cause.mark.at).total_seconds())
         self.exit_deadline, self._not_found = now + self._exit_timeout, 0
         position = applied.position
         attempt = position.exit_attempt

@@ -36,7 +36,8 @@ def test_when_killed_then_restart_continues_positions_without_loss_or_second_exi
         tmp_path: Path, pg_url: str) -> None:
     (tmp_path / "tracker.toml").write_text(CONFIG, encoding="utf-8")
     first = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "paper", "--positions",
-                              "30", "--duration", "60", "--db", pg_url], cwd=tmp_path,
+                              "30", "--duration", "60", "--db", pg_url, "--http", "off"],
+                             cwd=tmp_path,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -56,8 +57,8 @@ def test_when_killed_then_restart_continues_positions_without_loss_or_second_exi
     assert before, "the first run stored no position"
 
     report = tmp_path / "second.json"
-    second = run("paper", "--positions", "0", "--duration", "8", "--db", pg_url, "--report",
-                 report, cwd=tmp_path)
+    second = run("paper", "--positions", "0", "--duration", "8", "--db", pg_url, "--http", "off",
+                 "--report", report, cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-2000:]
     after = {p["position_id"]: p for p in json.loads(report.read_text())["positions"]}
     assert set(after) == set(before)  # none lost, none doubled
@@ -76,12 +77,13 @@ def test_when_kill_switch_latched_then_restart_is_halted_until_reset(
         tmp_path: Path, pg_url: str) -> None:
     (tmp_path / "tracker.toml").write_text(
         "[paper]\ninterval_ms = 100\n[portfolio]\ndaily_loss_limit = 1\n", encoding="utf-8")
-    done = run("paper", "--positions", "5", "--duration", "4", "--db", pg_url, cwd=tmp_path)
+    done = run("paper", "--positions", "5", "--duration", "4", "--db", pg_url, "--http", "off",
+               cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert _rows(pg_url, "select count(*) from kill_switch")[0][0] == 1
     report = tmp_path / "halted.json"
-    again = run("paper", "--positions", "2", "--duration", "4", "--db", pg_url, "--report",
-                report, cwd=tmp_path)
+    again = run("paper", "--positions", "2", "--duration", "4", "--db", pg_url, "--http", "off",
+                "--report", report, cwd=tmp_path)
     assert "HALTED" in again.stderr
     positions = json.loads(report.read_text())["positions"]
     assert all(p["status"] in ("EXITED", "EXITING") for p in positions)
