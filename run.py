@@ -17,9 +17,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from loguru import logger
+from redis.connection import parse_url as parse_redis_url
 
 from actors.runtime.logging_bridge import route_stdlib_logging
 from actors.system import Parts, System
@@ -37,9 +38,14 @@ from broker.paper.market import TapeMarket
 from models.common import IST
 from models.position import PositionStatus
 from models.report import build_report, position_row
-from store.factory import open_store
+from store.factory import check_database_url, open_store
 from store.pnl_cache import open_pnl_cache
 from store.ports import Store, StoreError
+from store.urls import redact_text
+
+
+class InputError(ValueError):
+    """Bad input from the user (a URL, a path, a flag's value): one line on stderr, exit 2."""
 
 
 @dataclass
@@ -158,13 +164,12 @@ def run_replay(settings: Settings, orders: Path, ticks: Path | None, report: Pat
 
 # Store commands -----------------------------------------------------------------------------------
 def run_positions(settings: Settings, status: str | None, as_json: bool) -> int:
-    store = open_store(settings.database_url, settings.data_dir)
     try:
         wanted = PositionStatus(status.upper()) if status else None
     except ValueError:
         allowed = ", ".join(s.value for s in PositionStatus)
-        print(f"--status: unknown status {status!r} (allowed: {allowed})", file=sys.stderr)
-        return 2
+        raise InputError(f"--status: unknown status {status!r} (allowed: {allowed})") from None
+    store = open_store(settings.database_url, settings.data_dir)
     rows = [position_row(p, settings.risk.policy) for p in store.list_positions(wanted)]
     store.close()
     if as_json:
@@ -189,7 +194,7 @@ def run_reset_kill_switch(settings: Settings) -> int:
 
 def run_trace(args: argparse.Namespace) -> int:
     if not args.file.is_file():
-        print(f"trace: no such file {args.file}", file=sys.stderr)
+        print(f"trace: {args.file}: no such file", file=sys.stderr)
         return 2
     filters = Filters(position=args.position, order=args.order, security=args.security,
                       actor=args.actor, errors=args.errors)
@@ -203,13 +208,30 @@ def run_trace(args: argparse.Namespace) -> int:
 
 
 # Arguments ----------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (the usage is one ``--help`` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="run.py", description="Position tracker and risk "
-                                  "supervisor. With no command: a paper session until Ctrl-C.")
+    top = _Parser(prog="run.py", description="Position tracker and risk "
+                  "supervisor. With no command: a paper session until Ctrl-C.")
     commands = top.add_subparsers(dest="command")
     paper = commands.add_parser("paper", help="a bounded paper session")
     paper.add_argument("--positions", type=int, help="entry orders the strategy places")
-    paper.add_argument("--duration", type=float, help="seconds of exchange time to run")
+    paper.add_argument("--duration", type=_positive, help="seconds of exchange time to run")
     paper.add_argument("--seed", type=int, help="random seed of market and strategy")
     paper.add_argument("--report", type=Path, help="write the JSON report here")
     paper.add_argument("--trace", type=Path, help="write message traces as JSON lines")
@@ -242,6 +264,37 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def preflight(settings: Settings, outputs: Sequence[Path | None]) -> None:
+    """Refuse bad input before anything starts: URLs that name no store or cache, and output
+    files that cannot be written. Connects to nothing."""
+    try:
+        check_database_url(settings.database_url)
+    except ValueError as error:
+        raise InputError(f"--db / DATABASE_URL: {error}") from None
+    if settings.redis_url is not None:
+        try:
+            parse_redis_url(settings.redis_url)
+        except ValueError as error:
+            text = redact_text(str(error), settings.redis_url)
+            raise InputError(f"--redis / REDIS_URL: {text}") from None
+    for path in outputs:
+        if path is None:
+            continue
+        if path.is_dir():
+            raise InputError(f"{path}: is a folder, not a file to write")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise InputError(f"{path}: cannot create its folder ({error.strerror})") from None
+        if not os.access(path.parent, os.W_OK):
+            raise InputError(f"{path}: its folder is not writable")
+
+
+def one_line(error: BaseException) -> str:
+    """An error's text on one line (drivers add hints on further lines)."""
+    return " ".join(str(error).split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logger.remove()
     logger.add(sys.stderr, level=os.environ.get("LOG_LEVEL", "INFO").upper())
@@ -255,6 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(config_file=Path("tracker.toml"),
                                  policy_file=getattr(args, "policy", None),
                                  environ=os.environ, flags=flags)
+        preflight(settings, [getattr(args, "report", None), getattr(args, "trace", None)])
         if args.command == "positions":
             return run_positions(settings, args.status, args.json)
         if args.command == "reset-kill-switch":
@@ -268,10 +322,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_paper(settings, duration=None, live_status=True, trace=args.trace,
                          report=settings.data_dir / "last-session.json")
     except SettingsError as error:
-        print(f"configuration error: {error}", file=sys.stderr)
+        print(f"configuration error: {one_line(error)}", file=sys.stderr)
+        return 2
+    except InputError as error:
+        command = f"run.py {args.command}" if args.command else "run.py"
+        print(f"{command}: {one_line(error)}", file=sys.stderr)
         return 2
     except StoreError as error:
-        print(f"store error: {error}", file=sys.stderr)
+        print(f"store error: {one_line(error)}", file=sys.stderr)
         return 1
 
 
