@@ -7,7 +7,6 @@ returns, and reports any failure to the supervisor with the message that caused 
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from dataclasses import dataclass
 from types import TracebackType
@@ -18,7 +17,7 @@ from pykka import ActorDeadError, ActorRef
 
 from actors.protocol import BandChanged, Snapshot, TrackerFailed, Undelivered
 from actors.runtime.dispatch import PooledActor
-from actors.tracing.recorder import tracer
+from actors.tracing.recorder import dump_on_crash, tracer
 from actors.tracker.keeper import DEFERRABLE, KeeperContext, PositionKeeper, Target, summary
 from models.marks import Band
 from models.messages import ExitRequested, PriceUpdate
@@ -114,13 +113,7 @@ class TrackerActor(PooledActor):
         # stored state and applies them again, then what is still queued.
         stored = self.keeper.stored
         undelivered = (*self.keeper.take_unsaved(), *self.take_told())
-        active = tracer()
-        if active is not None:
-            active.lifecycle(self.trace_name, "crash", error=str(exception_value)[:200])
-            logger.error("flight recorder of {} (last {} messages):\n{}", self.trace_name,
-                         len(active.dump(self.trace_name)),
-                         "\n".join(json.dumps(r, default=str)
-                                   for r in active.dump(self.trace_name)))
+        dump_on_crash(self.trace_name, exception_value)
         self.peers.supervisor.tell(TrackerFailed(
             position_id=self.keeper.position.position_id, incarnation=self.incarnation,
             error=f"{exception_type.__name__ if exception_type else 'Error'}: {exception_value}",
