@@ -252,7 +252,9 @@ def parser() -> argparse.ArgumentParser:
     trace.add_argument("--security", help="only this security id")
     trace.add_argument("--actor", help="only this actor (e.g. supervisor, tracker:P123)")
     trace.add_argument("--errors", action="store_true", help="only failures and dead letters")
-    trace.add_argument("--format", choices=("tree", "timeline", "chrome"), default="tree")
+    trace.add_argument("--format", choices=("tree", "timeline", "chrome", "json"), default="tree",
+                       help="tree: causal trees, or a position's story with --position / --order; "
+                       "json: the same for tools")
     for sub in (top, *commands.choices.values()):
         sub.add_argument("--db", dest="database_url", help="database URL (overrides "
                          "DATABASE_URL)", default=argparse.SUPPRESS)

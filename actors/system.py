@@ -30,6 +30,7 @@ from actors.runtime.dispatch import Dispatcher
 from actors.runtime.metrics import Metrics
 from actors.runtime.timers import Schedule, Ticker, fire
 from actors.supervisor.actor import RiskSupervisor, Supervision
+from actors.tracing.recorder import tracer
 from actors.tracker.actor import Peers
 from actors.tracker.keeper import KeeperContext
 from broker.ports import OrderGateway, QuoteApi
@@ -104,6 +105,10 @@ class System:
         # Every tracker thread, the order-update actor and the supervisor may write at once.
         p.store.prepare(p.workers + p.reserve + 2)
         self.started_at = p.clock()
+        active = tracer()
+        if active is not None:  # what a trace's story needs to value a position
+            active.lifecycle("system", "start", at=self.started_at.isoformat(),
+                             fee_per_order=str(p.config.policy.fee_per_order))
         ctx = KeeperContext(store=p.store, config=p.config, clock=p.clock, metrics=p.metrics)
         stale = p.config.policy.stale_after_seconds
         self.batcher = LTPBatcherActor.start(None, p.quotes, p.clock, p.metrics,

@@ -281,7 +281,7 @@ class PositionKeeper:
         return PnLMarked(position_id=position.position_id, ltp=ltp, pnl=net, pnl_pct=pct,
                          hwm_pnl=position.hwm_pnl, peak_price=position.peak_price,
                          realized=realized, sent_at=now, correlation_id=cause.correlation_id,
-                         causation_id=cause.message_id)
+                         causation_id=cause.message_id, trail_stop=position.trail_stop)
 
     def _evaluate(self, cause: Cause, now: datetime | None = None) -> Out:
         if self.position.status is not PositionStatus.ACTIVE:
