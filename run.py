@@ -32,7 +32,7 @@ from app.clocks import ManualClock, SessionClock, paper_session_start
 from app.console import print_summary, status_line
 from app.replay import Replayer, ReplayInputError, merge, read_orders, read_ticks
 from app.settings import Settings, SettingsError, load_settings
-from broker.paper import PaperBroker, PaperConfig
+from broker.paper import PaperBroker, PaperConfig, entry_interval
 from broker.paper.exchange import PaperExchange
 from broker.paper.market import TapeMarket
 from models.common import IST
@@ -55,14 +55,17 @@ class Built:
     store: Store
 
 
-def build_system(settings: Settings, clock: Callable[[], datetime]) -> Built:
-    """The one place where ports meet adapters."""
+def build_system(settings: Settings, clock: Callable[[], datetime], *,
+                 entry_gap: timedelta | None = None) -> Built:
+    """The one place where ports meet adapters. ``entry_gap`` overrides the strategy's pace."""
     store = open_store(settings.database_url, settings.data_dir)
     paper = settings.paper
+    interval_ms = paper.interval_ms if entry_gap is None else \
+        int(entry_gap / timedelta(milliseconds=1))
     broker = PaperBroker(PaperConfig(
         positions=paper.positions, instruments=paper.instruments, seed=paper.seed,
         latency_ms=paper.latency_ms, long_ratio=paper.long_ratio,
-        interval_ms=paper.interval_ms, volatility=paper.volatility), start=clock(),
+        interval_ms=interval_ms, volatility=paper.volatility), start=clock(),
         order_prefix=f"PB{datetime.now(IST):%H%M%S}-")
     parts = Parts(store=store, cache=open_pnl_cache(settings.redis_url),
                   gateway=broker.exchange, quotes=broker.quotes, config=settings.risk,
@@ -72,10 +75,11 @@ def build_system(settings: Settings, clock: Callable[[], datetime]) -> Built:
 
 # Paper --------------------------------------------------------------------------------------------
 def run_paper(settings: Settings, *, duration: float | None, report: Path | None,
-              live_status: bool, trace: Path | None = None) -> int:
+              live_status: bool, trace: Path | None = None, burst: bool = False) -> int:
+    gap = _entry_plan(settings, duration, burst)
     tracing.install(Tracer(trace))
     clock = SessionClock(paper_session_start(datetime.now(IST), settings.risk.calendar))
-    built = build_system(settings, clock)
+    built = build_system(settings, clock, entry_gap=gap)
     system, broker = built.system, built.broker
 
     def step(now: datetime) -> None:
@@ -92,7 +96,45 @@ def run_paper(settings: Settings, *, duration: float | None, report: Path | None
             print(status_line(system.status(), clock().strftime("%H:%M:%S")), flush=True)
         if duration is not None and (clock() - started).total_seconds() >= duration:
             break
-    return _finish(system, built.store, "paper", started, clock(), report)
+    return _finish(system, built.store, "paper", started, clock(), report,
+                   entries=(settings.paper.positions, broker))
+
+
+def _entry_plan(settings: Settings, duration: float | None, burst: bool) -> timedelta:
+    """The strategy's pace: all ``--positions`` entries within the first half of a bounded
+    session (or at once with ``--burst``), said on stderr when it differs from the configured
+    pace, and when the session is too short for them to fill."""
+    paper = settings.paper
+    configured = timedelta(milliseconds=paper.interval_ms)
+    length = timedelta(seconds=duration) if duration is not None else None
+    gap = entry_interval(paper.positions, configured, length, burst=burst)
+    if paper.positions > 1 and gap != configured and not burst and length is not None:
+        print(f"paper: {paper.positions} entries spread over the first "
+              f"{(length / 2).total_seconds():g} s of the session, one every "
+              f"{gap.total_seconds() * 1000:.0f} ms (at the configured "
+              f"{paper.interval_ms} ms they would need "
+              f"{(configured * (paper.positions - 1)).total_seconds():g} s)", file=sys.stderr)
+    latency = timedelta(milliseconds=paper.latency_ms)
+    if length is not None and paper.positions and gap * (paper.positions - 1) + latency * 2 \
+            > length:
+        print(f"paper: --duration {duration:g} s is too short for {paper.positions} entries "
+              f"to fill (the paper exchange answers after {paper.latency_ms} ms); some "
+              "positions may not open", file=sys.stderr)
+    return gap
+
+
+def _opened_of_requested(requested: int, broker: PaperBroker, store: Store) -> str:
+    """How many of this session's entry orders became positions, and why not all did."""
+    ours = set(broker.strategy.order_nos.values())
+    opened = sum(1 for p in store.list_positions()
+                 if p.entry_order_no in ours and p.opened_at is not None)
+    line = f"paper: {opened} of {requested} requested positions opened"
+    if opened < requested:
+        placed, refused = len(ours), len(broker.strategy.failures)
+        line += (f" ({placed} entry orders placed, {refused} refused, "
+                 f"{requested - placed - refused} not yet due when the session ended: "
+                 "a longer --duration, or --burst, opens them all)")
+    return line
 
 
 def _on_signals(stop: threading.Event) -> None:
@@ -105,7 +147,7 @@ def _on_signals(stop: threading.Event) -> None:
 
 
 def _finish(system: System, store: Store, mode: str, started: datetime, ended: datetime,
-            report_path: Path | None) -> int:
+            report_path: Path | None, *, entries: tuple[int, PaperBroker] | None = None) -> int:
     metrics = system.parts.metrics
     system.stop()
     active = tracing.tracer()
@@ -121,6 +163,8 @@ def _finish(system: System, store: Store, mode: str, started: datetime, ended: d
         write_pnl_chart(report, chart)
         logger.info("report written to {} (chart: {})", report_path, chart)
     print_summary(report, sys.stdout)
+    if entries is not None:
+        print(_opened_of_requested(entries[0], entries[1], store))
     store.close()
     return 0
 
@@ -231,7 +275,9 @@ def parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command")
     paper = commands.add_parser("paper", help="a bounded paper session")
     paper.add_argument("--positions", type=int, help="entry orders the strategy places")
-    paper.add_argument("--duration", type=_positive, help="seconds of exchange time to run")
+    paper.add_argument("--duration", type=_positive, help="seconds of exchange time to run; "
+                       "the entries are spread over its first half")
+    paper.add_argument("--burst", action="store_true", help="place every entry at the start")
     paper.add_argument("--seed", type=int, help="random seed of market and strategy")
     paper.add_argument("--report", type=Path, help="write the JSON report here")
     paper.add_argument("--trace", type=Path, help="write message traces as JSON lines")
@@ -319,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_replay(settings, args.orders, args.ticks, args.report,
                               getattr(args, "database_url", None), args.trace)
         if args.command == "paper":
-            return run_paper(settings, duration=args.duration, report=args.report,
+            return run_paper(settings, duration=args.duration, report=args.report, burst=args.burst,
                              live_status=False, trace=args.trace)
         return run_paper(settings, duration=None, live_status=True, trace=args.trace,
                          report=settings.data_dir / "last-session.json")
