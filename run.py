@@ -179,7 +179,7 @@ def _write_atomically(path: Path, text: str) -> None:
 
 # Replay -----------------------------------------------------------------------------------------
 def run_replay(settings: Settings, orders: Path, ticks: Path | None, report: Path | None,
-               db: str | None, trace: Path | None = None) -> int:
+               db: str | None, trace: Path | None = None, *, stepped: bool = False) -> int:
     try:
         updates = read_orders(orders)
         tape = read_ticks(ticks) if ticks is not None else []
@@ -199,10 +199,10 @@ def run_replay(settings: Settings, orders: Path, ticks: Path | None, report: Pat
         exchange = PaperExchange(market, latency=timedelta(0), order_prefix="RX")
         parts = Parts(store=store, cache=open_pnl_cache(settings.redis_url), gateway=exchange,
                       quotes=None, config=settings.risk, clock=clock,
-                      correlation_prefix=settings.correlation_prefix)
+                      correlation_prefix=settings.correlation_prefix, deadlines=not stepped)
         system = System(parts).start(ticker=False)
         started = clock()
-        ended = Replayer(system, clock, market, exchange).play(events)
+        ended = Replayer(system, clock, market, exchange, stepped=stepped).play(events)
         return _finish(system, store, "replay", started, ended, report)
 
 
@@ -287,6 +287,8 @@ def parser() -> argparse.ArgumentParser:
     replay.add_argument("--ticks", type=Path, help="price tape CSV ts,segment,security_id,ltp")
     replay.add_argument("--report", type=Path, help="write the JSON report here")
     replay.add_argument("--trace", type=Path, help="write message traces as JSON lines")
+    replay.add_argument("--stepped", action="store_true", help="a timer every simulated second "
+                        "and one tick at a time (slow; the same decisions, for checking)")
     positions = commands.add_parser("positions", help="list positions from the store")
     positions.add_argument("--status", help="PENDING, ACTIVE, EXITING, EXITED or CANCELLED")
     positions.add_argument("--json", action="store_true", help="JSON like the report")
@@ -363,7 +365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_reset_kill_switch(settings)
         if args.command == "replay":
             return run_replay(settings, args.orders, args.ticks, args.report,
-                              getattr(args, "database_url", None), args.trace)
+                              getattr(args, "database_url", None), args.trace,
+                              stepped=args.stepped)
         if args.command == "paper":
             return run_paper(settings, duration=args.duration, report=args.report, burst=args.burst,
                              live_status=False, trace=args.trace)

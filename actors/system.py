@@ -25,7 +25,7 @@ from actors.orders.actor import OrderUpdateActor
 from actors.pnl.writer import PnLWriterActor
 from actors.prices.batcher import LTPBatcherActor, tick_feed
 from actors.prices.index import BulkLoad, IndexActor, OpenPositions
-from actors.protocol import Checkpoint, Flush, Snapshot
+from actors.protocol import Checkpoint, Flush, NextDeadline, Snapshot
 from actors.runtime.dispatch import Dispatcher
 from actors.runtime.metrics import Metrics
 from actors.runtime.timers import Schedule, Ticker, fire
@@ -67,6 +67,8 @@ class Parts:
     hold: float = 0.02
     """Seconds ordinary work may be held back while urgent work runs (0: never)."""
     correlation_prefix: str | None = None
+    deadlines: bool = False
+    """Trackers tell the supervisor their next deadlines, for ``next_deadline`` (replay)."""
     cache_every: timedelta = timedelta(seconds=1)
     """How often the PnL cache is written (0: every flush); the kill switch is valued on every
     flush regardless."""
@@ -128,7 +130,7 @@ class System:
                                              correlation_prefix=p.correlation_prefix,
                                              gate=self.dispatcher.yield_to_urgent)
         peers = Peers(supervisor=self.supervisor, index=self.index, pnl=self.pnl,
-                      batcher=self.batcher, orders=self.orders)
+                      batcher=self.batcher, orders=self.orders, deadlines=p.deadlines)
         self.supervisor.proxy().wire(peers).get(timeout=ASK)
         self._load()
         # Everything alive now (code, adapters, the loaded book) is moved out of the cyclic
@@ -172,6 +174,12 @@ class System:
         """Advance time by hand (replay): a flush and, when asked, a timer."""
         fire(now, flush_to=[self.batcher], timer_to=[self.supervisor, self.orders],
              timer=timer)
+
+    def next_deadline(self) -> datetime | None:
+        """The earliest instant at which a timer can change a decision (``DUE``: the next
+        timer; None: none can). Needs ``Parts.deadlines``; ask it after ``settle``."""
+        moment: datetime | None = self.supervisor.ask(NextDeadline(), block=True, timeout=SETTLE)
+        return moment
 
     # Views ------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

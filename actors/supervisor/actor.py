@@ -21,7 +21,10 @@ from loguru import logger
 from pykka import ActorDeadError, ActorRef
 
 from actors.protocol import (
+    DUE,
     Checkpoint,
+    DeadlineChanged,
+    NextDeadline,
     PortfolioValued,
     ProtectionChanged,
     ResumeExit,
@@ -102,6 +105,8 @@ class RiskSupervisor(SingletonActor):
         self._kept: dict[str, _Child] = {}
         """The children whose keeper the supervisor runs itself (quarantined, or adopted while
         restarts are paused)."""
+        self.deadlines: dict[str, datetime | None] = {}
+        """Each tracker's next deadline, as it told (``DeadlineChanged``, replay only)."""
 
     def wire(self, peers: Peers) -> None:
         """Set the peers (supervisor = this actor) before the first message."""
@@ -178,6 +183,10 @@ class RiskSupervisor(SingletonActor):
                 self._timer(message)
             case Snapshot():
                 return self.snapshot()
+            case DeadlineChanged():
+                self.deadlines[message.position_id] = message.at
+            case NextDeadline():
+                return self.next_deadline()
             case _:
                 logger.warning("supervisor ignores {}", type(message).__name__)
         return None
@@ -292,6 +301,18 @@ class RiskSupervisor(SingletonActor):
             self._forward(position.position_id, RequestExit(
                 reason=ExitReason.KILL_SWITCH, position_id=position.position_id,
                 sent_at=self.ctx.clock(), **message.caused()))
+
+    def next_deadline(self) -> datetime | None:
+        """The earliest instant at which a timer can change anything here (``DUE``: the next
+        timer; None: no timer can): the end of a restart pause, and each open position's next
+        deadline (a tracker that has not told one is due)."""
+        moments: list[datetime | None] = [self.paused_until]
+        for child in self.children.values():
+            if self.status.get(child.position_id) in CLOSED:
+                continue
+            moments.append(child.keeper.next_deadline() if child.keeper is not None
+                           else self.deadlines.get(child.position_id, DUE))
+        return min((moment for moment in moments if moment is not None), default=None)
 
     def _timer(self, message: TimerFired) -> None:
         now = self.ctx.clock()

@@ -9,13 +9,14 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
 from loguru import logger
 from pykka import ActorDeadError, ActorRef
 
-from actors.protocol import BandChanged, Snapshot, TrackerFailed, Undelivered
+from actors.protocol import DUE, BandChanged, DeadlineChanged, Snapshot, TrackerFailed, Undelivered
 from actors.runtime.dispatch import PooledActor
 from actors.tracing.recorder import dump_on_crash, tracer
 from actors.tracker.keeper import DEFERRABLE, KeeperContext, PositionKeeper, Target, summary
@@ -34,6 +35,8 @@ class Peers:
     pnl: ActorRef[Any]
     batcher: ActorRef[Any] | None
     orders: ActorRef[Any] | None
+    deadlines: bool = False
+    """Tell the supervisor each change of the position's next deadline (replay skips time)."""
 
     def ref(self, target: Target) -> ActorRef[Any] | None:
         # Identity tests, most frequent first: once per message a tracker sends, where a
@@ -79,6 +82,7 @@ class TrackerActor(PooledActor):
         self.trace_key = position.position_id
         self._current: object = None
         self._band: Band | None = None
+        self._deadline: datetime | None = DUE
         self._failed = False
 
     def on_receive(self, message: Any) -> Any:
@@ -92,6 +96,12 @@ class TrackerActor(PooledActor):
         if band != self._band:  # the index filters prices with it: keep it exact
             self._band = band
             self.peers.index.tell(BandChanged(self.keeper.position.position_id, band))
+        if self.peers.deadlines:
+            deadline = self.keeper.next_deadline()
+            if deadline != self._deadline:
+                self._deadline = deadline
+                self.peers.supervisor.tell(DeadlineChanged(self.keeper.position.position_id,
+                                                           deadline))
         return None
 
     def on_stop(self) -> None:

@@ -18,7 +18,7 @@ from enum import Enum
 
 from loguru import logger
 
-from actors.protocol import Checkpoint, ProtectionChanged, ResumeExit
+from actors.protocol import DUE, Checkpoint, ProtectionChanged, ResumeExit
 from actors.runtime.metrics import Metrics
 from models import lifecycle
 from models.common import Instrument, exit_client_id
@@ -259,6 +259,25 @@ class PositionKeeper:
         result = band(position, self._current_basis(), guard, self.ctx.config.policy)
         self._band = (position, guard, result)
         return result
+
+    def next_deadline(self) -> datetime | None:
+        """The next instant at which a timer can change what this position does (``DUE``: at
+        the next timer; None: no timer can). Before it a timer only re-checks what cannot have
+        changed (the quiet guard holds), so a replay may skip the time in between."""
+        position = self.position
+        if self._unsaved is not None or position.status is PositionStatus.EXITING:
+            return DUE  # a write to retry; an exit in flight
+        if position.status is not PositionStatus.ACTIVE:
+            return None
+        if self.sticky is not None:
+            return DUE
+        if self.retry_at is not None:
+            return self.retry_at
+        guard = self._quiet
+        if guard is None or guard.orders is not position.orders or \
+                guard.trail_stop != position.trail_stop:
+            return DUE  # not evaluated since it changed
+        return guard.until
 
     def on_timer(self, message: TimerFired) -> Out:
         self._checkpoint()
