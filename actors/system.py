@@ -68,7 +68,9 @@ class Parts:
     """Seconds ordinary work may be held back while urgent work runs (0: never)."""
     correlation_prefix: str | None = None
     deadlines: bool = False
-    """Trackers tell the supervisor their next deadlines, for ``next_deadline`` (replay)."""
+    """Replay on a simulated clock: trackers tell the supervisor their next deadlines (for
+    ``next_deadline``), and ``settle`` waits for the trackers' dispatcher to go idle rather
+    than asking each tracker."""
     cache_every: timedelta = timedelta(seconds=1)
     """How often the PnL cache is written (0: every flush); the kill switch is valued on every
     flush regardless."""
@@ -82,8 +84,10 @@ class System:
     def __init__(self, parts: Parts) -> None:
         self.parts = parts
         self.dispatcher = Dispatcher(workers=parts.workers, name="trackers",
-                                     reserve=parts.reserve, hold=parts.hold)
+                                     reserve=parts.reserve, hold=parts.hold,
+                                     count_idle=parts.deadlines)
         self.ticker: Ticker | None = None
+        self._pings: list[Any] | None = None
         self.started_at: datetime | None = None
         self._stopped = False
 
@@ -195,6 +199,9 @@ class System:
 
     def settle(self, rounds: int = 3) -> None:
         """Wait until what was told has been handled (FIFO mailboxes, pipeline order)."""
+        if self.parts.deadlines:
+            self._settle_on_idle(rounds)
+            return
         for _ in range(rounds):
             self.orders.proxy().parked.get(timeout=SETTLE)
             self.batcher.proxy().pending.get(timeout=SETTLE)
@@ -205,6 +212,20 @@ class System:
                     ref.ask(Snapshot(), timeout=SETTLE)
                 except pykka.ActorDeadError:
                     continue
+            self.pnl.ask(Flush(at=self.parts.clock(), complete=True), timeout=SETTLE)
+
+    def _settle_on_idle(self, rounds: int) -> None:
+        """``settle`` for a replay: each singleton in pipeline order answers a cheap question
+        (an attribute, through a proxy made once) once it has handled what was queued before
+        it, and the trackers are waited for all at once, until their dispatcher is idle."""
+        if self._pings is None:
+            self._pings = [ref.proxy() for ref in (self.orders, self.batcher, self.index,
+                                                   self.supervisor)]
+        for _ in range(rounds):
+            for proxy in self._pings:
+                proxy.actor_urn.get(timeout=SETTLE)
+            if not self.dispatcher.wait_idle(SETTLE):
+                raise TimeoutError(f"trackers still busy after {SETTLE:g} s")
             self.pnl.ask(Flush(at=self.parts.clock(), complete=True), timeout=SETTLE)
 
     # Stop -------------------------------------------------------------------------------------

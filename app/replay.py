@@ -17,7 +17,7 @@ it is there to prove that.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -109,7 +109,7 @@ def whole_second_from(moment: datetime) -> datetime:
     return floor if floor == moment else floor + timedelta(seconds=1)
 
 
-def batches(events: list[Event]) -> Iterator[list[Event]]:
+def batches(events: Iterable[Event]) -> Iterator[list[Event]]:
     """Each update alone; ticks of distinct instruments at one instant together."""
     batch: list[Event] = []
     seen: set[Instrument] = set()
@@ -144,7 +144,8 @@ class Replayer:
         self.stepped = stepped
         self.stats = ReplayStats()
 
-    def play(self, events: list[Event], *, tail: timedelta = timedelta(seconds=5)) -> datetime:
+    def play(self, events: Iterable[Event], *,
+             tail: timedelta = timedelta(seconds=5)) -> datetime:
         now = self.clock()
         for batch in ([e] for e in events) if self.stepped else batches(events):
             at = batch[0].at
