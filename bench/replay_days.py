@@ -133,6 +133,49 @@ def busy_ticks(on: list[Instrument], start: datetime, end: datetime, *, every: t
         moment += every
 
 
+MIXED_POLICY = {"policy": {"max_hold_minutes": 10, "exit_at": "15:00",
+                           "square_off": {"NSE_FNO": "15:15"}}}
+"""The time rules a mixed day exercises, besides the price rules."""
+
+
+def mixed_day(day: date = DAY, *, positions: int = 10, instruments: int = 5,
+              seed: int = 3) -> tuple[list[str], list[TickEvent]]:
+    """A long afternoon for proving that event-driven replay decides as the stepped one does:
+    entries from 14:40 (some partly filled, one cancelled), ticks at irregular instants (whole
+    and fractional seconds, gaps of up to a minute, two instruments sometimes at one instant),
+    a random walk that crosses stops and trailing stops, and the time rules of
+    ``MIXED_POLICY``: held 10 minutes, out at 15:00, square-off at 15:15."""
+    rng = random.Random(seed)
+    on = busy_instruments(instruments)
+    frames: list[str] = []
+    for n in range(positions):
+        instrument = on[n % instruments]
+        side = "B" if (n % instruments) % 2 == 0 else "S"
+        when = at("14:40", day) + timedelta(seconds=67 * n + rng.randint(0, 30))
+        qty = 25 * rng.randint(1, 4)
+        if n == 5:
+            frames.append(frame(f"ME{n}", side, instrument.security_id, qty, None, when,
+                                status="CANCELLED", traded=0))
+            continue
+        if n % 4 == 1:  # filled in two parts, a minute apart
+            frames.append(frame(f"ME{n}", side, instrument.security_id, qty, Decimal(100),
+                                when, status="PENDING", traded=qty // 2 or 1))
+            when += timedelta(minutes=1)
+        frames.append(frame(f"ME{n}", side, instrument.security_id, qty, Decimal("100.5"),
+                            when))
+    ticks: list[TickEvent] = []
+    prices = {instrument: 100.0 for instrument in on}
+    moment, line = at("14:40", day), 1
+    while moment < at("15:20", day):
+        moment += timedelta(milliseconds=rng.choice((1000, 2500, 7000, 13250, 60000)))
+        for instrument in rng.sample(on, rng.choice((1, 1, 2))):
+            prices[instrument] *= 1 + rng.gauss(0, 0.015)
+            line += 1
+            ticks.append(TickEvent(at=moment, line=line, instrument=instrument,
+                                   ltp=to_tick(Decimal(repr(round(prices[instrument], 2))))))
+    return frames, ticks
+
+
 def merged(updates: list[UpdateEvent], ticks: Iterable[TickEvent]) -> Iterator[Event]:
     """``app.replay.merge`` for a stream of ticks in time order: by time, updates first on a
     tie."""
@@ -243,7 +286,7 @@ def run_busy(*, positions: int, instruments: int, start: datetime,
 
 def run(quick: bool, scratch: Path) -> list[dict[str, Any]]:
     rows = [run_quiet(scratch, baseline=not quick)]
-    end = at("09:45") if quick else at("15:30")
+    end = at("09:25") if quick else at("15:30")
     rows.append(run_busy(positions=500, instruments=200, start=at("09:15"), end=end,
                          scratch=scratch))
     return rows
