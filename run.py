@@ -30,7 +30,8 @@ from actors.tracing.views import Filters, render
 from app.chart import write_pnl_chart
 from app.clocks import ManualClock, SessionClock, paper_session_start
 from app.console import print_summary, status_line
-from app.replay import Replayer, ReplayInputError, merge, read_orders, read_ticks
+from app.days import Day, DaysError, combine, find_days, pair_days, policy_names, table
+from app.replay import Event, Replayer, ReplayInputError, merge, read_orders, read_ticks
 from app.settings import Settings, SettingsError, load_settings
 from broker.paper import PaperBroker, PaperConfig, entry_interval
 from broker.paper.exchange import PaperExchange
@@ -148,6 +149,19 @@ def _on_signals(stop: threading.Event) -> None:
 
 def _finish(system: System, store: Store, mode: str, started: datetime, ended: datetime,
             report_path: Path | None, *, entries: tuple[int, PaperBroker] | None = None) -> int:
+    report = _stop(system, store, mode, started, ended)
+    if report_path is not None:
+        _publish(report, report_path)
+    print_summary(report, sys.stdout)
+    if entries is not None:
+        print(_opened_of_requested(entries[0], entries[1], store))
+    store.close()
+    return 0
+
+
+def _stop(system: System, store: Store, mode: str, started: datetime,
+          ended: datetime) -> dict[str, Any]:
+    """Stop the system (and the trace sink) and report on what the store holds."""
     metrics = system.parts.metrics
     system.stop()
     active = tracing.tracer()
@@ -155,18 +169,8 @@ def _finish(system: System, store: Store, mode: str, started: datetime, ended: d
         active.close()
         tracing.install(None)
     metrics.incr("db_queries", store.queries)
-    report = build_report(mode, started, ended, store.list_positions(),
-                          system.parts.config.policy, metrics.snapshot())
-    if report_path is not None:
-        _write_atomically(report_path, json.dumps(report, indent=2))
-        chart = report_path.with_suffix(".png")
-        write_pnl_chart(report, chart)
-        logger.info("report written to {} (chart: {})", report_path, chart)
-    print_summary(report, sys.stdout)
-    if entries is not None:
-        print(_opened_of_requested(entries[0], entries[1], store))
-    store.close()
-    return 0
+    return build_report(mode, started, ended, store.list_positions(),
+                        system.parts.config.policy, metrics.snapshot())
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -178,18 +182,50 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 # Replay -----------------------------------------------------------------------------------------
-def run_replay(settings: Settings, orders: Path, ticks: Path | None, report: Path | None,
+def run_replay(runs: Sequence[tuple[str, Settings]], days: Sequence[Day], report: Path | None,
                db: str | None, trace: Path | None = None, *, stepped: bool = False) -> int:
+    """Each day under each policy (``runs``: a name and the settings carrying its policy). One
+    day under one policy prints and writes the session report as ever; more print a table with
+    a column per policy and write one document with every report and the totals."""
+    single = len(days) == 1 and len(runs) == 1
+    if not single and (db is not None or trace is not None):
+        raise InputError("--db and --trace keep one replay: give one day and one policy")
+    inputs = [(day, _read_day(day)) for day in days]
+    if single:
+        settings = runs[0][1]
+        one = _replay_day(settings, inputs[0][1], db, trace, stepped)
+        if report is not None:
+            _publish(one, report)
+        print_summary(one, sys.stdout)
+        return 0
+    reports: dict[tuple[str, str], dict[str, Any]] = {}
+    for day, events in inputs:
+        for name, settings in runs:
+            reports[day.name, name] = _replay_day(settings, events, None, None, stepped)
+            summary = reports[day.name, name]["summary"]
+            logger.info("day {} under {}: net PnL {}, exits {}", day.name, name,
+                        summary["net_pnl"], summary["exits_by_reason"])
+    combined = combine([day.name for day, _ in inputs], [name for name, _ in runs], reports)
+    if report is not None:
+        _write_atomically(report, json.dumps(combined, indent=2))
+        logger.info("report written to {}", report)
+    print("\n".join(table(combined)))
+    return 0
+
+
+def _read_day(day: Day) -> list[Event]:
     try:
-        updates = read_orders(orders)
-        tape = read_ticks(ticks) if ticks is not None else []
+        updates = read_orders(day.orders)
+        tape = read_ticks(day.ticks) if day.ticks is not None else []
     except ReplayInputError as error:
-        print(f"replay: {error}", file=sys.stderr)
-        return 2
+        raise InputError(str(error)) from None
     if not updates and not tape:
-        print(f"replay: {orders} has no order updates", file=sys.stderr)
-        return 2
-    events = merge(updates, tape)
+        raise InputError(f"{day.orders} has no order updates")
+    return merge(updates, tape)
+
+
+def _replay_day(settings: Settings, events: list[Event], db: str | None, trace: Path | None,
+                stepped: bool) -> dict[str, Any]:
     tracing.install(Tracer(trace))
     clock = ManualClock(events[0].at - timedelta(seconds=1))
     with tempfile.TemporaryDirectory(prefix="replay-") as scratch:
@@ -203,7 +239,16 @@ def run_replay(settings: Settings, orders: Path, ticks: Path | None, report: Pat
         system = System(parts).start(ticker=False)
         started = clock()
         ended = Replayer(system, clock, market, exchange, stepped=stepped).play(events)
-        return _finish(system, store, "replay", started, ended, report)
+        report = _stop(system, store, "replay", started, ended)
+        store.close()
+        return report
+
+
+def _publish(report: dict[str, Any], path: Path) -> None:
+    _write_atomically(path, json.dumps(report, indent=2))
+    chart = path.with_suffix(".png")
+    write_pnl_chart(report, chart)
+    logger.info("report written to {} (chart: {})", path, chart)
 
 
 # Store commands -----------------------------------------------------------------------------------
@@ -282,9 +327,15 @@ def parser() -> argparse.ArgumentParser:
     paper.add_argument("--report", type=Path, help="write the JSON report here")
     paper.add_argument("--trace", type=Path, help="write message traces as JSON lines")
     replay = commands.add_parser("replay", help="play a recorded session through the actors")
-    replay.add_argument("--orders", type=Path, required=True,
-                        help="order updates, one DhanHQ frame per line (JSONL)")
-    replay.add_argument("--ticks", type=Path, help="price tape CSV ts,segment,security_id,ltp")
+    replay.add_argument("--orders", type=Path, action="append", default=[],
+                        help="order updates, one DhanHQ frame per line (JSONL); repeat for "
+                        "several days")
+    replay.add_argument("--ticks", type=Path, action="append", default=[],
+                        help="price tape CSV ts,segment,security_id,ltp; one per --orders")
+    replay.add_argument("--days", type=Path, help="a folder of days: sub-folders with "
+                        "orders.jsonl (and ticks.csv), or NAME.jsonl files (and NAME.csv)")
+    replay.add_argument("--policy", type=Path, action="append", dest="policies", default=[],
+                        help="policy TOML file; repeat to compare policies side by side")
     replay.add_argument("--report", type=Path, help="write the JSON report here")
     replay.add_argument("--trace", type=Path, help="write message traces as JSON lines")
     replay.add_argument("--stepped", action="store_true", help="a timer every simulated second "
@@ -308,8 +359,9 @@ def parser() -> argparse.ArgumentParser:
                          "DATABASE_URL)", default=argparse.SUPPRESS)
         sub.add_argument("--redis", dest="redis_url", help="Redis URL (overrides REDIS_URL)",
                          default=argparse.SUPPRESS)
-        sub.add_argument("--policy", type=Path, help="policy TOML file",
-                         default=argparse.SUPPRESS)
+        if sub is not replay:
+            sub.add_argument("--policy", type=Path, help="policy TOML file",
+                             default=argparse.SUPPRESS)
     top.add_argument("--trace", type=Path, help="write message traces as JSON lines")
     return top
 
@@ -340,6 +392,31 @@ def preflight(settings: Settings, outputs: Sequence[Path | None]) -> None:
             raise InputError(f"{path}: its folder is not writable")
 
 
+def _days(args: argparse.Namespace) -> list[Day]:
+    if args.days is not None and args.orders:
+        raise InputError("give --orders files or a --days folder, not both")
+    if args.days is None and not args.orders:
+        raise InputError("give --orders FILE (repeat for several days) or --days FOLDER")
+    try:
+        return find_days(args.days) if args.days is not None else \
+            pair_days(args.orders, args.ticks)
+    except DaysError as error:
+        raise InputError(str(error)) from None
+
+
+def _policy_runs(args: argparse.Namespace, flags: dict[str, Any]) -> list[tuple[str, Settings]]:
+    """The settings for each ``--policy`` of a replay (one run on the configured policy when
+    none is given)."""
+    files: list[Path | None] = list(args.policies) or [None]
+    try:
+        names = policy_names(files)
+    except DaysError as error:
+        raise InputError(str(error)) from None
+    return [(name, load_settings(config_file=Path("tracker.toml"), policy_file=path,
+                                 environ=os.environ, flags=flags))
+            for name, path in zip(names, files, strict=True)]
+
+
 def one_line(error: BaseException) -> str:
     """An error's text on one line (drivers add hints on further lines)."""
     return " ".join(str(error).split())
@@ -364,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "reset-kill-switch":
             return run_reset_kill_switch(settings)
         if args.command == "replay":
-            return run_replay(settings, args.orders, args.ticks, args.report,
+            return run_replay(_policy_runs(args, flags), _days(args), args.report,
                               getattr(args, "database_url", None), args.trace,
                               stepped=args.stepped)
         if args.command == "paper":
