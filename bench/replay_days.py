@@ -286,7 +286,7 @@ def run_busy(*, positions: int, instruments: int, start: datetime,
 
 def run(quick: bool, scratch: Path) -> list[dict[str, Any]]:
     rows = [run_quiet(scratch, baseline=not quick)]
-    end = at("09:25") if quick else at("15:30")
+    end = at("09:35") if quick else at("15:30")
     rows.append(run_busy(positions=500, instruments=200, start=at("09:15"), end=end,
                          scratch=scratch))
     return rows
