@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 
 from loguru import logger
 from redis.connection import parse_url as parse_redis_url
+from tqdm import tqdm
 
 from actors.runtime.logging_bridge import route_stdlib_logging
 from actors.system import Parts, System
@@ -191,17 +192,31 @@ def run_replay(runs: Sequence[tuple[str, Settings]], days: Sequence[Day], report
     if not single and (db is not None or trace is not None):
         raise InputError("--db and --trace keep one replay: give one day and one policy")
     inputs = [(day, _read_day(day)) for day in days]
-    if single:
-        settings = runs[0][1]
-        one = _replay_day(settings, inputs[0][1], db, trace, stepped)
+    # On a terminal only (tqdm's disable=None): a report piped elsewhere stays clean.
+    bar = tqdm(total=sum(len(events) for _, events in inputs) * len(runs), unit="ev",
+               unit_scale=True, disable=None, file=sys.stderr, leave=False)
+    try:
+        return _replay_all(runs, inputs, report, db, trace, stepped, bar)
+    finally:
+        bar.close()
+
+
+def _replay_all(runs: Sequence[tuple[str, Settings]], inputs: list[tuple[Day, list[Event]]],
+                report: Path | None, db: str | None, trace: Path | None, stepped: bool,
+                bar: Any) -> int:
+    if len(inputs) == 1 and len(runs) == 1:
+        bar.set_description(f"replay {inputs[0][0].name}")
+        one = _replay_day(runs[0][1], inputs[0][1], db, trace, stepped, bar.update)
         if report is not None:
             _publish(one, report)
         print_summary(one, sys.stdout)
         return 0
     reports: dict[tuple[str, str], dict[str, Any]] = {}
-    for day, events in inputs:
+    for number, (day, events) in enumerate(inputs, 1):
         for name, settings in runs:
-            reports[day.name, name] = _replay_day(settings, events, None, None, stepped)
+            bar.set_description(f"day {number}/{len(inputs)} {day.name} {name}")
+            reports[day.name, name] = _replay_day(settings, events, None, None, stepped,
+                                                  bar.update)
             summary = reports[day.name, name]["summary"]
             logger.info("day {} under {}: net PnL {}, exits {}", day.name, name,
                         summary["net_pnl"], summary["exits_by_reason"])
@@ -225,7 +240,8 @@ def _read_day(day: Day) -> list[Event]:
 
 
 def _replay_day(settings: Settings, events: list[Event], db: str | None, trace: Path | None,
-                stepped: bool) -> dict[str, Any]:
+                stepped: bool, progress: Callable[[int], object] | None = None
+                ) -> dict[str, Any]:
     tracing.install(Tracer(trace))
     clock = ManualClock(events[0].at - timedelta(seconds=1))
     with tempfile.TemporaryDirectory(prefix="replay-") as scratch:
@@ -238,7 +254,8 @@ def _replay_day(settings: Settings, events: list[Event], db: str | None, trace: 
                       correlation_prefix=settings.correlation_prefix, deadlines=not stepped)
         system = System(parts).start(ticker=False)
         started = clock()
-        ended = Replayer(system, clock, market, exchange, stepped=stepped).play(events)
+        ended = Replayer(system, clock, market, exchange, stepped=stepped,
+                         progress=progress).play(events)
         report = _stop(system, store, "replay", started, ended)
         store.close()
         return report

@@ -17,7 +17,7 @@ it is there to prove that.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -139,9 +139,11 @@ class Replayer:
     Event-driven replay needs the system built with ``Parts(deadlines=True)``."""
 
     def __init__(self, system: Any, clock: ManualClock, market: Any, exchange: Any, *,
-                 stepped: bool = False) -> None:
+                 stepped: bool = False,
+                 progress: Callable[[int], object] | None = None) -> None:
+        """``progress`` hears the number of events of each batch once it is played."""
         self.system, self.clock, self.market, self.exchange = system, clock, market, exchange
-        self.stepped = stepped
+        self.stepped, self.progress = stepped, progress
         self.stats = ReplayStats()
 
     def play(self, events: Iterable[Event], *,
@@ -167,6 +169,8 @@ class Replayer:
                 self.system.step(now, timer=False)
             self.system.settle()
             self._exchange(now)
+            if self.progress is not None:
+                self.progress(len(batch))
         end = now + tail
         self._advance(now, end)
         return end
