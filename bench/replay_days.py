@@ -28,6 +28,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from loguru import logger
+
 from actors.system import Parts, System
 from app.clocks import ManualClock
 from app.replay import Event, Replayer, TickEvent, UpdateEvent, merge, read_orders
@@ -298,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", type=Path, help="write the quiet day and a 30-minute busy "
                         "day as replay folders here, and replay nothing")
     args = parser.parse_args(argv)
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
     if args.write is not None:
         write_day(args.write / "quiet", quiet_day())
         on = busy_instruments(200)
