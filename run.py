@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 
 from loguru import logger
 from redis.connection import parse_url as parse_redis_url
-from tqdm import tqdm
+from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no type hints
 
 from actors.runtime.logging_bridge import route_stdlib_logging
 from actors.system import Parts, System
@@ -392,7 +392,7 @@ def preflight(settings: Settings, outputs: Sequence[Path | None]) -> None:
         raise InputError(f"--db / DATABASE_URL: {error}") from None
     if settings.redis_url is not None:
         try:
-            parse_redis_url(settings.redis_url)
+            parse_redis_url(settings.redis_url)  # type: ignore[no-untyped-call]  # redis-py
         except ValueError as error:
             text = redact_text(str(error), settings.redis_url)
             raise InputError(f"--redis / REDIS_URL: {text}") from None
