@@ -31,7 +31,17 @@ from actors.tracing.views import Filters, render
 from app.chart import write_pnl_chart
 from app.clocks import ManualClock, SessionClock, paper_session_start
 from app.console import print_summary, status_line
-from app.days import Day, DaysError, combine, find_days, pair_days, policy_names, table
+from app.days import (
+    Day,
+    DaysError,
+    chart_name,
+    combine,
+    find_days,
+    pair_days,
+    policy_names,
+    policy_report,
+    table,
+)
 from app.replay import Event, Replayer, ReplayInputError, merge, read_orders, read_ticks
 from app.settings import Settings, SettingsError, load_settings
 from broker.paper import PaperBroker, PaperConfig, entry_interval
@@ -223,7 +233,9 @@ def _replay_all(runs: Sequence[tuple[str, Settings]], inputs: list[tuple[Day, li
     combined = combine([day.name for day, _ in inputs], [name for name, _ in runs], reports)
     if report is not None:
         _write_atomically(report, json.dumps(combined, indent=2))
-        logger.info("report written to {}", report)
+        for name, _ in runs:  # a chart of cumulative PnL per policy, over every day
+            write_pnl_chart(policy_report(combined, name), chart_name(report, name))
+        logger.info("report written to {} (a chart per policy beside it)", report)
     print("\n".join(table(combined)))
     return 0
 

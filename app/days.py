@@ -112,3 +112,19 @@ def table(combined: Mapping[str, Any]) -> list[str]:
     for policy in policies:
         lines.append(f"{policy}: exits {combined['total'][policy]['exits_by_reason']}")
     return lines
+
+
+def policy_report(combined: Mapping[str, Any], policy: str) -> dict[str, Any]:
+    """Every day of one policy as one session report (its positions, from the first day's
+    start to the last day's end, the total net PnL): what its cumulative PnL chart shows."""
+    reports = [day["reports"][policy] for day in combined["days"]]
+    return {"mode": "replay", "started_at": reports[0]["started_at"],
+            "ended_at": reports[-1]["ended_at"],
+            "positions": [row for report in reports for row in report["positions"]],
+            "summary": {"net_pnl": combined["total"][policy]["net_pnl"]}}
+
+
+def chart_name(report: Path, policy: str) -> Path:
+    """``month.json`` and policy ``tight`` → ``month-tight.png``."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in policy)
+    return report.with_name(f"{report.stem}-{safe}.png")

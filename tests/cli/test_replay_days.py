@@ -33,6 +33,8 @@ def test_when_a_folder_of_days_is_replayed_under_two_policies_then_one_column_ea
     head, *_ = done.stdout.splitlines()
     assert head.split() == ["day", "policy", "tight"]
     combined = json.loads(report.read_text())
+    for name in ("policy", "tight"):  # a cumulative PnL chart per policy, over both days
+        assert (tmp_path / f"month-{name}.png").read_bytes().startswith(b"\x89PNG")
     assert [d["day"] for d in combined["days"]] == ["2026-11-23", "2026-11-24"]
     alone = tmp_path / "alone.json"
     single = run("replay", "--orders", orders, "--ticks", ticks, "--policy", tight, "--report",
