@@ -174,14 +174,21 @@ def _stop(system: System, store: Store, mode: str, started: datetime,
           ended: datetime) -> dict[str, Any]:
     """Stop the system (and the trace sink) and report on what the store holds."""
     metrics = system.parts.metrics
+    system.quiesce()
+    books = system.books()
     system.stop()
     active = tracing.tracer()
     if active is not None:
         active.close()
         tracing.install(None)
     metrics.incr("db_queries", store.queries)
-    return build_report(mode, started, ended, store.list_positions(),
-                        system.parts.config.policy, metrics.snapshot())
+    report = build_report(mode, started, ended, store.list_positions(),
+                          system.parts.config.policy, metrics.snapshot())
+    report["books"] = books.as_dict()
+    if not books.agree:
+        logger.error("the broker's book and ours differ at the end of the session: {}",
+                     books.line())
+    return report
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -47,6 +47,9 @@ class TrackerFailed:
     at: datetime
     position: Position | None = None
     """The tracker's last state: a fallback when the store cannot be read."""
+    unstored: bool = False
+    """``position`` is newer than the store's (writes were failing): the next owner starts from
+    it, not from the store, and stores it."""
     undelivered: tuple[Any, ...] = ()
     """Told messages queued behind the one that broke it, oldest first: the supervisor hands
     them to the next incarnation (a fill among them must not be lost with the tracker)."""
@@ -144,3 +147,9 @@ class DeadlineChanged:
 class NextDeadline:
     """Ask the supervisor: the earliest instant at which a timer can change anything, ``DUE``
     at the next timer, None when no timer can. Replay skips the time before it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClearKillSwitch:
+    """Supervisor → trackers: the kill switch was reset (by an operator, or a new exchange day
+    began): a standing KILL_SWITCH exit is no longer retried; positions already exiting go on."""

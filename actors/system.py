@@ -34,6 +34,7 @@ from actors.tracing.recorder import tracer
 from actors.tracker.actor import Peers
 from actors.tracker.keeper import KeeperContext
 from broker.ports import OrderGateway, QuoteApi
+from models.books import BooksReport
 from models.common import IST, Instrument
 from models.messages import OrderUpdateReceived, new_id
 from models.policy import RiskConfig
@@ -191,7 +192,14 @@ class System:
         snapshot["metrics"] = self.parts.metrics.snapshot()
         snapshot["max_price_age_s"] = self.batcher.proxy().price_age(self.parts.clock()).get(
             timeout=ASK)
+        snapshot["books"] = self.books().line()
         return snapshot
+
+    def books(self) -> BooksReport:
+        """The broker's book against ours (SPEC §11.1), as the order-update actor sees them;
+        meaningful once the system has settled."""
+        report: BooksReport = self.orders.proxy().books().get(timeout=ASK)
+        return report
 
     def open_positions(self) -> list[Position]:
         result: list[Position] = self.index.ask(OpenPositions(), block=True, timeout=ASK)
@@ -207,6 +215,8 @@ class System:
             self.batcher.proxy().pending.get(timeout=SETTLE)
             self.index.ask(OpenPositions(), timeout=SETTLE)
             self.supervisor.ask(Snapshot(), timeout=SETTLE)
+            for gateway in self.supervisor.proxy().gateway_refs.get(timeout=SETTLE):
+                gateway.ask(Snapshot(), timeout=SETTLE)
             for ref in self.supervisor.proxy().tracker_refs().get(timeout=SETTLE):
                 try:
                     ref.ask(Snapshot(), timeout=SETTLE)
@@ -215,12 +225,14 @@ class System:
             self.pnl.ask(Flush(at=self.parts.clock(), complete=True), timeout=SETTLE)
 
     def _settle_on_idle(self, rounds: int) -> None:
-        """``settle`` for a replay: each singleton in pipeline order answers a cheap question
+        """``settle`` for a replay: each singleton in pipeline order (the exit gateways after the
+        supervisor) answers a cheap question
         (an attribute, through a proxy made once) once it has handled what was queued before
         it, and the trackers are waited for all at once, until their dispatcher is idle."""
         if self._pings is None:
+            gateways = self.supervisor.proxy().gateway_refs.get(timeout=SETTLE)
             self._pings = [ref.proxy() for ref in (self.orders, self.batcher, self.index,
-                                                   self.supervisor)]
+                                                   self.supervisor, *gateways)]
         for _ in range(rounds):
             for proxy in self._pings:
                 proxy.actor_urn.get(timeout=SETTLE)

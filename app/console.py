@@ -21,7 +21,7 @@ def status_line(status: Mapping[str, Any], clock_text: str) -> str:
             f"day net {'-' if net is None else f'{net:.2f}'} | oldest price {age_text} | "
             f"exits: {exits_text} | "
             f"unprotected {len(status.get('unprotected', []))} | quarantined {len(quarantined)} | "
-            f"restarts {metrics.get('actor_restarts', 0)}"
+            f"restarts {metrics.get('actor_restarts', 0)} | {status.get('books', 'books: ?')}"
             + (f" | order frames not yet stored {metrics['unstored_frames']}"
                if metrics.get("unstored_frames") else ""))
 
@@ -44,3 +44,9 @@ def print_summary(report: Mapping[str, Any], out: TextIO) -> None:
               f"{summary['exited']}, cancelled {summary['cancelled']}, net PnL "
               f"{summary['net_pnl']} | exits {summary['exits_by_reason']}\n")
     out.write(f"metrics {report['metrics']}\n")
+    books = report.get("books")
+    if books is not None:
+        differences = books.get("differences", {})
+        out.write("books: agree\n" if books.get("agree") else
+                  "books: DIFFER " + "; ".join(f"{key} broker {d['broker']:+d} ours {d['ours']:+d}"
+                                               for key, d in differences.items()) + "\n")

@@ -14,7 +14,10 @@ from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Protocol
 
-from models.common import Instrument, Segment, TxnType
+from pydantic import Field
+
+from models.common import Frozen, Instrument, Segment, TxnType
+from models.orders import OrderStatus
 
 
 class GatewayError(Exception):
@@ -43,6 +46,17 @@ class QuoteApi(Protocol):
         Raises ``QuoteThrottled``, ``QuoteTimeout`` or ``GatewayError``."""
 
 
+class OrderView(Frozen):
+    """An order as the broker's book shows it (a look-up by our client id)."""
+
+    order_no: str
+    client_id: str
+    status: OrderStatus
+    quantity: int = Field(ge=0)
+    traded_qty: int = Field(default=0, ge=0)
+    avg_price: Decimal | None = None
+
+
 class OrderGateway(Protocol):
     """Placing and cancelling orders. Order updates come back as raw frames to the sink."""
 
@@ -52,7 +66,13 @@ class OrderGateway(Protocol):
         the broker's order number. Placing the same ``client_id`` again returns the first
         order's number and places nothing. Raises ``GatewayError`` when refused."""
 
-    def cancel_order(self, order_no: str) -> None: ...
+    def cancel_order(self, order_no: str) -> None:
+        """Cancel what has not filled; raises ``GatewayError`` for an unknown or finished
+        order."""
+
+    def find_order(self, client_id: str) -> OrderView | None:
+        """The order placed with ``client_id`` (our exit client id), or None if the broker
+        knows none (SPEC §10: resolving an unknown outcome or an exit that never filled)."""
 
     def subscribe(self, sink: Callable[[str], None]) -> None:
         """Deliver every order update as the raw text of a DhanHQ websocket frame."""

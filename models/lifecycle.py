@@ -8,8 +8,9 @@ traded quantity, so a seen update changes nothing.
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 
-from models.orders import OrderProgress, OrderUpdate
+from models.orders import OrderProgress, OrderStatus, OrderUpdate, traded_in_full
 from models.position import (
     Applied,
     Event,
@@ -24,12 +25,22 @@ from models.position import (
 
 
 def apply_update(position: Position, update: OrderUpdate, role: OrderRole, *,
-                 attempt: int | None = None, at: datetime | None = None) -> Applied:
-    """Merge one broker update of an order this position owns (its entry or one of its exits)."""
+                 attempt: int | None = None, at: datetime | None = None,
+                 last_price: Decimal | None = None) -> Applied:
+    """Merge one broker update of an order this position owns (its entry or one of its exits).
+
+    A TRADED update means fully traded (``orders.traded_in_full``): for our exit order the
+    quantity it was placed for is what it closes (the open quantity plus what it traded), and
+    ``last_price`` prices what the update leaves unpriced."""
     # Pass the update's own observation, not its join with what was seen: the join happens in
     # ``apply_progress`` all the same, and ``opened_at`` needs the time *this* update reported
     # its traded quantity (a joined progress carries the latest time of any update).
     observed = OrderProgress.empty(update.order_no).merge(update)
+    tracked = position.order(update.order_no)
+    prior = tracked.progress if tracked is not None else None
+    known = position.quantity + (prior.traded_qty if prior else 0) \
+        if role is OrderRole.EXIT else None
+    observed = traded_in_full(observed, update, prior, known, last_price)
     return apply_progress(position, observed, role, attempt=attempt,
                           at=update.updated_at or at)
 
@@ -97,8 +108,10 @@ def _event(before: Position, after: Position, role: OrderRole, order: TrackedOrd
     if closed and fill is not None:
         return Event.EXIT_FILLED
     current = order.attempt == before.exit_attempt and before.status is PositionStatus.EXITING
-    if current and status.terminal:
+    if current and (status.failed or (status is OrderStatus.TRADED
+                                      and order.progress.traded_qty > 0)):
         # Failed, or traded in full while the entry grew meanwhile: back to ACTIVE, retried.
+        # A TRADED update that says nothing of quantity proves no failure: nothing happens.
         return Event.EXIT_FAILED
     return Event.EXIT_FILL if fill is not None else None
 

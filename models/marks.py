@@ -65,7 +65,8 @@ def basis_of(position: Position, policy: ExitPolicy) -> Basis | None:
         return None
     entry = entry_value / entry_qty
     sign = position.side.sign
-    realized = sign * (exit_value / exit_qty - entry) * exit_qty if exit_qty else 0
+    closed = min(entry_qty, exit_qty)  # Position.closed_qty: an over-fill is not this one's
+    realized = sign * (exit_value / exit_qty - entry) * closed if exit_qty else 0
     return Basis(orders=position.orders, side=position.side, sign=sign, entry=entry,
                  quantity=max(0, entry_qty - exit_qty), realized=Decimal(realized),
                  fees=policy.fee_per_order * executed)

@@ -18,7 +18,7 @@ from typing import Protocol
 from pydantic import Field
 
 from models.common import AwareDatetime, Frozen, Instrument, TxnType
-from models.orders import OrderProgress, OrderUpdate
+from models.orders import OrderProgress, OrderStatus, OrderUpdate
 from models.position import ExitReason, OrderRole, Position
 from models.rules import ExitDecision, PriceMark
 
@@ -111,6 +111,15 @@ class ApplyProgress(Message):
     position_id: str
     progress: OrderProgress
     role: OrderRole
+
+
+class Overfilled(Message):
+    """Tracker → order-update actor: exit fills went past what was open; the excess (cumulative,
+    of ``progress.order_no``) is opposite exposure that a position of its own must track."""
+
+    position_id: str
+    position: Position
+    progress: OrderProgress
 
 
 class CreatePosition(Message):
@@ -219,7 +228,51 @@ class ExitOrderPlaced(Message):
 
 
 class ExitOrderFailed(Message):
+    """The broker did not take the exit order (a definitive rejection): retried with back-off."""
+
     position_id: str
     attempt: int
     client_id: str
     reason: str
+
+
+class ExitOrderUnknown(Message):
+    """No answer proves whether the exit order was taken (a time-out, a reset, an unexpected
+    error): never placed again blindly; resolved by looking the client id up."""
+
+    position_id: str
+    attempt: int
+    client_id: str
+    reason: str
+
+
+class LookUpExitOrder(Message):
+    """Tracker → gateway (through the supervisor): how does the broker's book show this exit?"""
+
+    position_id: str
+    attempt: int
+    client_id: str
+
+
+class ExitOrderLookedUp(Message):
+    """The gateway's answer to ``LookUpExitOrder``: ``found`` is False when the broker knows no
+    order for the client id; ``error`` is set when the look-up itself failed."""
+
+    position_id: str
+    attempt: int
+    client_id: str
+    found: bool = False
+    order_no: str | None = None
+    status: OrderStatus | None = None
+    quantity: int = 0
+    traded_qty: int = 0
+    avg_price: Decimal | None = None
+    error: str | None = None
+
+
+class CancelExitOrder(Message):
+    """Tracker → gateway: cancel the exit order (it rests unfilled past its time-out, or the
+    position went flat at the broker meanwhile)."""
+
+    position_id: str
+    order_no: str

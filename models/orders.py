@@ -96,6 +96,8 @@ class OrderProgress(Frozen):
     traded_qty: int = 0
     traded_value: Decimal = Decimal(0)
     updated_at: AwareDatetime | None = None
+    quantity: int | None = None
+    """The order's quantity, the largest any update reported (``None``: none did)."""
 
     @classmethod
     def empty(cls, order_no: str) -> OrderProgress:
@@ -106,7 +108,8 @@ class OrderProgress(Frozen):
         value = price * update.traded_qty if price is not None else Decimal(0)
         return self.join(OrderProgress(order_no=self.order_no, status=update.status,
                                        traded_qty=update.traded_qty if price is not None else 0,
-                                       traded_value=value, updated_at=update.updated_at))
+                                       traded_value=value, updated_at=update.updated_at,
+                                       quantity=update.quantity or None))
 
     def join(self, other: OrderProgress) -> OrderProgress:
         """The least upper bound of two observations of the same order."""
@@ -114,6 +117,41 @@ class OrderProgress(Frozen):
         qty, value = max((self.traded_qty, self.traded_value),
                          (other.traded_qty, other.traded_value))
         times = [t for t in (self.updated_at, other.updated_at) if t is not None]
+        sizes = [q for q in (self.quantity, other.quantity) if q is not None]
         joined = OrderProgress(order_no=self.order_no, status=status, traded_qty=qty,
-                               traded_value=value, updated_at=max(times) if times else None)
+                               traded_value=value, updated_at=max(times) if times else None,
+                               quantity=max(sizes) if sizes else None)
         return self if joined == self else joined
+
+    def average(self) -> Decimal | None:
+        return self.traded_value / self.traded_qty if self.traded_qty else None
+
+
+def traded_in_full(observed: OrderProgress, update: OrderUpdate, prior: OrderProgress | None,
+                   known_qty: int | None, fallback_price: Decimal | None) -> OrderProgress:
+    """A TRADED order traded all of its quantity (SPEC §11.3), whatever the update says of it.
+
+    The quantity is the largest known: the update's, an earlier update's (``prior``), or the
+    caller's (``known_qty``: the quantity an exit order of ours was placed for). What the update
+    leaves unpriced is priced at its average, else the earlier average, else ``fallback_price``
+    (the last price seen: an estimate, the caller says so). Without any quantity or price the
+    observation is returned as it is: it then proves nothing, neither a fill nor a failure.
+    """
+    if update.status is not OrderStatus.TRADED:
+        return observed
+    sizes = [q for q in (update.quantity, prior.quantity if prior else None, known_qty) if q]
+    done = max(observed.traded_qty, prior.traded_qty if prior else 0)
+    if not sizes or max(sizes) <= done:
+        return observed
+    qty = max(sizes)
+    if update.fill_price is not None:
+        value = update.fill_price * qty
+    else:
+        base = prior if prior is not None and prior.traded_qty else None
+        unit = base.average() if base is not None else fallback_price
+        if unit is None:
+            return observed
+        value = (base.traded_value if base else Decimal(0)) + unit * (qty - (base.traded_qty
+                                                                            if base else 0))
+    return observed.model_copy(update={"traded_qty": qty, "traded_value": value,
+                                       "quantity": qty})

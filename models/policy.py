@@ -81,6 +81,9 @@ class ExitPolicy(Frozen):
     stale_after_seconds: Decimal = Field(default=Decimal(5), gt=0, le=3600)
     unprotected_after_seconds: Decimal = Field(default=Decimal(30), gt=0, le=3600)
     fee_per_order: Decimal = Field(default=Decimal(20), ge=0, le=100_000)
+    exit_timeout_ms: int = Field(default=10_000, ge=100, le=3_600_000)
+    """An exit order without a terminal update this long is looked up at the broker and
+    resolved (SPEC §11.6)."""
     trailing: TrailingPolicy = TrailingPolicy()
     square_off: dict[Segment, HHMM] = Field(default_factory=lambda: dict(DEFAULT_SQUARE_OFF))
 
@@ -100,6 +103,14 @@ class ExitPolicy(Frozen):
 class PortfolioLimits(Frozen):
     daily_loss_limit: Decimal = Field(default=Decimal(0), ge=0, le=10**12)
     """Rupees; 0 turns the kill switch off."""
+    kill_switch_carries: bool = False
+    """A kill switch latched on an earlier exchange day still halts trading (SPEC §11.7)."""
+
+    def latch_in_force(self, latched_at: datetime, now: datetime) -> bool:
+        """Whether a latch made at ``latched_at`` halts trading ``now``: on its own exchange
+        day, and on later ones only if ``kill_switch_carries``."""
+        return self.kill_switch_carries or \
+            latched_at.astimezone(IST).date() >= now.astimezone(IST).date()
 
 
 SESSION_HOURS: dict[Segment, tuple[time, time]] = {

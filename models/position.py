@@ -85,6 +85,9 @@ TRANSITIONS: dict[tuple[PositionStatus, Event], PositionStatus] = {
     # contradictory stream) or after the position closed re-opens it, so it is watched again.
     (S.CANCELLED, E.ENTRY_FILL): S.ACTIVE,
     (S.EXITED, E.ENTRY_FILL): S.ACTIVE,
+    # An exit fill beyond what was open: the position stays closed, the excess is handed on.
+    (S.EXITED, E.EXIT_FILL): S.EXITED,
+    (S.EXITED, E.EXIT_FILLED): S.EXITED,
 }
 del S, E
 
@@ -148,6 +151,17 @@ class Position(Frozen):
     def quantity(self) -> int:
         """Open quantity: entered minus exited, never below zero."""
         return max(0, self.entry_qty - self.exit_qty)
+
+    @property
+    def closed_qty(self) -> int:
+        """What the exits closed of this position: at most what it entered."""
+        return min(self.entry_qty, self.exit_qty)
+
+    @property
+    def excess_qty(self) -> int:
+        """Exit fills beyond what was open (a manual close raced ours): the opposite exposure
+        they opened belongs to a position of its own (SPEC §11.1)."""
+        return max(0, self.exit_qty - self.entry_qty)
 
     @property
     def entry_price(self) -> Decimal | None:

@@ -33,7 +33,7 @@ def position_row(position: Position, policy: ExitPolicy) -> dict[str, Any]:
         "security_id": position.security_id,
         "side": str(position.side),
         "status": str(position.status),
-        "quantity": position.exit_qty if exited else position.quantity,
+        "quantity": position.closed_qty if exited else position.quantity,
         "entry_price": _text(position.entry_price),
         "exit_price": _text(position.exit_price),
         "exit_reason": str(position.exit_reason) if position.exit_reason and exited else None,

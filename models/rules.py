@@ -73,7 +73,7 @@ def pnl(position: Position, ltp: Decimal | None, policy: ExitPolicy) -> PnL:
         return PnL(gross=Decimal(0), net=-fees, pct=Decimal(0), unrealized=Decimal(0),
                    realized=Decimal(0))
     exit_price = position.exit_price
-    realized = sign * (exit_price - entry) * position.exit_qty if exit_price is not None else 0
+    realized = sign * (exit_price - entry) * position.closed_qty if exit_price is not None else 0
     mark = ltp if ltp is not None else exit_price if exit_price is not None else entry
     unrealized = sign * (mark - entry) * position.quantity
     gross = Decimal(realized) + unrealized

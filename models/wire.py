@@ -48,6 +48,15 @@ _KEYS: dict[str, tuple[str, ...]] = {
     "symbol": ("Symbol", "symbol", "trading_symbol"),
     "lot_size": ("LotSize", "lot_size"),
 }
+# The live socket has been seen sending every key in camelCase (``orderNo``, ``txnType``): each
+# PascalCase key is also looked for in that form, right after it.
+def _with_camel_case(keys: tuple[str, ...]) -> tuple[str, ...]:
+    camel = {key: key[:1].lower() + key[1:] for key in keys}
+    return tuple(form for key in keys
+                 for form in ((key,) if camel[key] in keys else (key, camel[key])))
+
+
+_KEYS = {field: _with_camel_case(keys) for field, keys in _KEYS.items()}
 _PRICES = ("avg_traded_price", "traded_price", "price")
 _TEXTS = ("security_id", "product", "order_type", "correlation_id", "exch_order_no", "reason",
           "symbol")

@@ -6,8 +6,9 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 
-from broker.ports import GatewayError
+from broker.ports import GatewayError, OrderView
 from models.common import Instrument, TxnType
+from models.orders import OrderStatus
 from models.position import OPEN, Fill, Position, PositionStatus
 from store.ports import StaleWriteError, StoreError, StoreRefused
 from store.records import (
@@ -199,6 +200,7 @@ class FakeGateway:
     def __init__(self) -> None:
         self.placed: dict[str, tuple[str, Instrument, TxnType, int]] = {}
         self.refuse = 0
+        self.cancelled: list[str] = []
         self.sink: Callable[[str], None] | None = None
 
     def place_order(self, *, client_id: str, instrument: Instrument, txn_type: TxnType,
@@ -212,7 +214,16 @@ class FakeGateway:
         self.placed[client_id] = (order_no, instrument, txn_type, quantity)
         return order_no
 
-    def cancel_order(self, order_no: str) -> None: ...
+    def cancel_order(self, order_no: str) -> None:
+        self.cancelled.append(order_no)
+
+    def find_order(self, client_id: str) -> OrderView | None:
+        placed = self.placed.get(client_id)
+        if placed is None:
+            return None
+        order_no, _, _, quantity = placed
+        return OrderView(order_no=order_no, client_id=client_id, status=OrderStatus.PENDING,
+                         quantity=quantity)
 
     def subscribe(self, sink: Callable[[str], None]) -> None:
         self.sink = sink

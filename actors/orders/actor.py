@@ -17,7 +17,7 @@ rejected by the parser; a frame that breaks the routing itself is logged and ski
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -37,25 +37,34 @@ from models.allocation import (
     rebuilt_allocation,
     share_progress,
 )
-from models.common import parse_exit_client_id, position_id_for
+from models.books import BookKey, BooksReport, compare
+from models.common import Side, TxnType, parse_exit_client_id, position_id_for
 from models.messages import (
     ApplyOrderUpdate,
     ApplyProgress,
     CreatePosition,
     Message,
     OrderUpdateReceived,
+    Overfilled,
     PositionChanged,
     PositionClosed,
     PositionOpened,
     TimerFired,
 )
-from models.orders import OrderProgress, OrderUpdate
-from models.position import OPEN, OrderRole, Position, new_position
+from models.orders import OrderProgress, OrderStatus, OrderUpdate
+from models.position import OPEN, OrderRole, Position, TrackedOrder, new_position
 from models.wire import Rejection, parse_order_update
 from store.ports import Store
 from store.records import ReceivedFrame
 
 Owner = tuple[str, OrderRole, int | None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Booked:
+    key: BookKey
+    sign: int
+    traded: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +100,10 @@ class OrderUpdateActor(SingletonActor):
         self.allocations: dict[str, Allocation] = {}
         self.seen: OrderedDict[tuple[object, ...], None] = OrderedDict()
         self.dedup_window, self.park_limit = dedup_window, park_limit
+        self.booked: dict[str, _Booked] = {}
+        """Every order's cumulative fill as the broker reported it (``books``)."""
+        self.remainders: set[str] = set()
+        """Positions opened for over-fills (their entry order is another position's exit)."""
         self._held: list[OrderUpdateReceived] = []
         self._flush_told = False
 
@@ -118,9 +131,12 @@ class OrderUpdateActor(SingletonActor):
     def _learn(self, position: Position) -> None:
         pid = position.position_id
         self._put(position)
+        self._book_position(position)
         for order in position.orders:
             number = order.progress.order_no
-            if order.role is not OrderRole.OPPOSITE and number not in self.allocations:
+            owner = self.owners.get(number)
+            if order.role is not OrderRole.OPPOSITE and number not in self.allocations and (
+                    owner is None or owner[0] == pid):  # an over-fill's remainder owns nothing
                 self.owners[number] = (pid, order.role, order.attempt)
 
     def _rebuild_allocations(self, positions: list[Position]) -> None:
@@ -179,6 +195,8 @@ class OrderUpdateActor(SingletonActor):
                 self.hold(message)
             case PositionOpened() | PositionChanged() | PositionClosed() | KnownPosition():
                 self._position_event(message.position)
+            case Overfilled():
+                self._overfilled(message)
             case RetryStore():
                 self.store_later(force=True)
             case TimerFired():
@@ -243,7 +261,60 @@ class OrderUpdateActor(SingletonActor):
         self.seen[key] = None
         if len(self.seen) > self.dedup_window:
             self.seen.popitem(last=False)
+        self._book(update)
         self._route_guarded(update, frame, raw=frame.raw)
+
+    # The broker's book -------------------------------------------------------------------------
+    def _book(self, update: OrderUpdate) -> None:
+        """Keep the broker's word on this order's cumulative fill (a TRADED order traded all of
+        its quantity), for ``books``."""
+        booked = self.booked.get(update.order_no)
+        key: BookKey | None = booked.key if booked else None
+        if update.segment is not None and update.security_id is not None:
+            key = (update.segment, update.security_id, update.product)
+        sign = booked.sign if booked else 0
+        if update.txn_type is not None:
+            sign = 1 if update.txn_type is TxnType.BUY else -1
+        traded = max(update.traded_qty, update.quantity or 0
+                     if update.status is OrderStatus.TRADED else 0)
+        if key is None or not sign:
+            if traded:
+                logger.bind(order_no=update.order_no).warning(
+                    "a fill of {} names no instrument or side: the book check cannot count it",
+                    traded)
+            return
+        self.booked[update.order_no] = _Booked(key, sign, max(traded, booked.traded
+                                                              if booked else 0))
+
+    def _book_position(self, position: Position) -> None:
+        """What a position recorded of its own orders (a TRADED frame that gave no quantity
+        counts as what the position took of it)."""
+        key = (position.segment, position.security_id, position.product)
+        for order in position.orders:
+            if order.role is OrderRole.OPPOSITE or order.progress.order_no in self.allocations:
+                continue  # the order's own frames count it, whole
+            txn = position.side.entry_txn if order.role is OrderRole.ENTRY \
+                else position.side.exit_txn
+            number = order.progress.order_no
+            booked = self.booked.get(number)
+            traded = max(order.progress.traded_qty, booked.traded if booked else 0)
+            if traded:
+                self.booked[number] = _Booked(booked.key if booked else key,
+                                              1 if txn is TxnType.BUY else -1, traded)
+
+    def books(self) -> BooksReport:
+        """The broker's book against ours, for what this process has seen since it started
+        (the positions it loaded count as the broker reported them)."""
+        broker: dict[BookKey, int] = defaultdict(int)
+        untracked: dict[BookKey, int] = defaultdict(int)
+        for number, booked in self.booked.items():
+            broker[booked.key] += booked.sign * booked.traded
+            allocation = self.allocations.get(number)
+            if number in self.owners or (allocation is not None and allocation.opened):
+                continue
+            shared = sum(s.qty for s in allocation.shares) if allocation is not None else 0
+            untracked[booked.key] += booked.sign * max(0, booked.traded - shared)
+        return compare(broker, self.positions.values(), untracked)
 
     def _route_guarded(self, update: OrderUpdate, cause: Message, *, raw: str) -> None:
         """Route, and outlive a bug the payload triggers: the frame is stored, the actor must
@@ -264,15 +335,23 @@ class OrderUpdateActor(SingletonActor):
             pid, role, attempt = owner
             self._tell(ApplyOrderUpdate(position_id=pid, update=update, role=role,
                                         attempt=attempt, sent_at=self.clock(), **cause.caused()))
-        elif update.order_no in self.allocations or self._fill_of_untracked(update):
+        elif update.order_no in self.allocations or (self._fill_of_untracked(update) and (
+                self._tracks_entry(update) or any(qty for _, qty in self._opposites(update)))):
             self._untracked(update, cause)
         else:
             self._park(update, raw)
 
     def _fill_of_untracked(self, update: OrderUpdate) -> bool:
-        if update.traded_qty <= 0 or update.txn_type is None or update.segment is None \
-                or update.security_id is None or not update.segment.tradable:
-            return False
+        """A fill of an order nobody placed through us: whatever the tracking policy, it
+        reduces opposite positions (SPEC §11.2); the policy decides only whether its remainder
+        opens a position (``_tracks_entry``)."""
+        return update.traded_qty > 0 and update.txn_type is not None and \
+            update.segment is not None and update.security_id is not None and \
+            update.segment.tradable
+
+    def _tracks_entry(self, update: OrderUpdate) -> bool:
+        """Whether the policy tracks this order as an entry; one it does not track is parked
+        (its order may become known) unless it reduces an opposite position."""
         return self.prefix is None or (update.correlation_id or "").startswith(self.prefix)
 
     def _park(self, update: OrderUpdate, raw: str) -> None:
@@ -310,7 +389,11 @@ class OrderUpdateActor(SingletonActor):
                                      progress=share_progress(allocation, share),
                                      role=OrderRole.OPPOSITE, sent_at=self.clock(),
                                      **cause.caused()))
-        opened_now = left_qty > 0 and allocation.opened is None
+        opened_now = left_qty > 0 and allocation.opened is None and self._tracks_entry(update)
+        if left_qty > 0 and not opened_now and allocation.opened is None:
+            logger.bind(order_no=update.order_no).info(
+                "{} of order {} left untracked: its correlation id {!r} lacks the prefix {!r}",
+                left_qty, update.order_no, update.correlation_id, self.prefix)
         if opened_now:
             allocation = self._open(update, allocation, cause)
         if allocation.opened is not None:
@@ -351,6 +434,31 @@ class OrderUpdateActor(SingletonActor):
                                           position.side, update.order_no, update.segment,
                                           update.security_id)
         return allocation.model_copy(update={"opened": pid})
+
+    def _overfilled(self, message: Overfilled) -> None:
+        """Open (once) and feed the position that tracks an over-fill's opposite remainder;
+        the order stays routed to the position it over-filled."""
+        source = message.position
+        pid = position_id_for(message.progress.order_no)
+        if pid not in self.positions and pid not in self.remainders:
+            remainder = Position(position_id=pid, entry_order_no=message.progress.order_no,
+                                 segment=source.segment, security_id=source.security_id,
+                                 side=Side.SHORT if source.side is Side.LONG else Side.LONG,
+                                 product=source.product,
+                                 created_at=message.progress.updated_at or self.clock(),
+                                 orders=(TrackedOrder(role=OrderRole.ENTRY, progress=OrderProgress.
+                                                      empty(message.progress.order_no)),))
+            self.remainders.add(pid)
+            self._put(remainder)
+            self._tell(CreatePosition(position=remainder, sent_at=self.clock(),
+                                      **message.caused()))
+            logger.bind(position_id=pid).error(
+                "new {} position {} for the {} that exit order {} filled past {}'s open "
+                "quantity", remainder.side, pid, message.progress.traded_qty,
+                message.progress.order_no, source.position_id)
+        self._tell(ApplyProgress(position_id=pid, progress=message.progress,
+                                 role=OrderRole.ENTRY, sent_at=self.clock(),
+                                 **message.caused()))
 
     def _tell(self, message: Message) -> None:
         if self.supervisor is not None:

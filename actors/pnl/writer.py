@@ -35,7 +35,7 @@ from actors.pnl.cache_writer import CacheWriterActor, WriteCache
 from actors.protocol import Flush, PortfolioValued
 from actors.runtime.dispatch import SingletonActor
 from actors.runtime.metrics import Metrics
-from models.common import Instrument
+from models.common import IST, Instrument
 from models.marks import Basis, basis_of, net_at, pct_at
 from models.messages import PnLMarked, PositionChanged, PositionClosed, PositionOpened, PriceBatch
 from models.policy import ExitPolicy
@@ -103,6 +103,8 @@ class PnLWriterActor(SingletonActor):
         self.books: dict[Instrument, _Book] = {}
         self.where: dict[str, Instrument] = {}
         self.closed_net: dict[str, Decimal] = {}
+        """Net PnL of the positions closed today (the day is the exchange's: IST)."""
+        self.day = clock().astimezone(IST).date()
         self.open_total = _ZERO
         """The sum of every book's value, kept up to date price by price."""
         self.priced: set[_Book] = set()
@@ -221,6 +223,12 @@ class PnLWriterActor(SingletonActor):
 
     def _flush(self, at: datetime, *, complete: bool = False, exits: bool = False) -> None:
         self.metrics.incr("pnl_flushes")  # each may cost one cache round trip, never more
+        day = at.astimezone(IST).date()
+        if day > self.day:  # a new exchange day: what closed before it no longer counts
+            logger.info("exchange day {} begins: {} positions closed on {} leave the day's PnL",
+                        day, len(self.closed_net), self.day)
+            self.day = day
+            self.closed_net.clear()
         if self.supervisor is not None:
             self.supervisor.tell(PortfolioValued(net=self.day_net(), at=at))
         if complete:

@@ -11,18 +11,21 @@ restarts (the failed positions are kept protected the same way meanwhile).
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from loguru import logger
 from pykka import ActorDeadError, ActorRef
 
+from actors.gateway.actor import GatewayActor
 from actors.protocol import (
     DUE,
     Checkpoint,
+    ClearKillSwitch,
     DeadlineChanged,
     NextDeadline,
     PortfolioValued,
@@ -37,16 +40,21 @@ from actors.runtime.dispatch import Dispatcher, SingletonActor, default_dispatch
 from actors.tracing.recorder import tracer
 from actors.tracker.actor import Peers, TrackerActor, deliver
 from actors.tracker.keeper import KeeperContext, PositionKeeper, Target
-from broker.ports import GatewayError, OrderGateway
-from models.common import Instrument
+from broker.ports import OrderGateway
+from models.common import IST, Instrument
 from models.messages import (
     ApplyOrderUpdate,
     ApplyProgress,
+    CancelExitOrder,
     CreatePosition,
     ExitOrderFailed,
+    ExitOrderLookedUp,
     ExitOrderPlaced,
+    ExitOrderUnknown,
     ExitRequested,
+    LookUpExitOrder,
     Message,
+    PlaceExitOrder,
     PositionChanged,
     PositionClosed,
     PositionOpened,
@@ -57,6 +65,7 @@ from models.messages import (
 )
 from models.position import CLOSED, ExitReason, Position, PositionStatus
 from models.rules import kill_switch_breached
+from store.ports import StoreError
 from store.records import DeadLetter, KillSwitch
 
 
@@ -67,6 +76,17 @@ class Supervision:
     mass_failures: int = 20
     mass_window: timedelta = timedelta(seconds=10)
     pause: timedelta = timedelta(seconds=5)
+    backoff: timedelta = timedelta(seconds=1)
+    """Wait before the second restart in ``window``, doubling with each failure after it (the
+    first restart is at once); meanwhile the supervisor keeps the position itself."""
+    backoff_cap: timedelta = timedelta(seconds=30)
+
+    def restart_delay(self, failures: int) -> timedelta:
+        """How long a position waits for its restart after ``failures`` in the window."""
+        if failures <= 1:
+            return timedelta(0)
+        delay: timedelta = min(self.backoff_cap, self.backoff * 2 ** (failures - 2))
+        return delay
 
 
 @dataclass
@@ -81,6 +101,9 @@ class _Child:
     quarantined: bool = False
     pending: list[Message] = field(default_factory=list)
     """Messages that reached a crashed tracker before its restart: delivered to the next one."""
+    restart_at: datetime | None = None
+    """When the supervisor hands a position it keeps during a restart's back-off to a new
+    tracker."""
 
 
 class RiskSupervisor(SingletonActor):
@@ -94,6 +117,10 @@ class RiskSupervisor(SingletonActor):
         self.ctx, self.gateway = context, gateway
         self.rules = supervision or Supervision()
         self.children: dict[str, _Child] = {}
+        self._gateway_of: dict[str, ActorRef[Any]] = {}
+        self._gateway_turn = itertools.count()
+        self.gateway_refs: list[ActorRef[Any]] = []
+        """The ``GatewayActor``s this supervisor's exits go through (its children)."""
         self.peers: Peers | None = None
         self.halted = False
         self.failures: deque[datetime] = deque()
@@ -102,11 +129,30 @@ class RiskSupervisor(SingletonActor):
         self.status: dict[str, str] = {}
         self.day_net: Decimal | None = None
         self.unprotected: set[str] = set()
+        self.rearm_below: tuple[date, Decimal] | None = None
+        """After an operator's reset: the day's net that trips the kill switch again."""
+        self._latch: KillSwitch | None = None
+        """A latch the store has not taken yet."""
+        self._orphans: list[tuple[str, Message]] = []
+        """Messages for a position the store could not be asked about (it was failing): tried
+        again at each timer, never dropped."""
         self._kept: dict[str, _Child] = {}
         """The children whose keeper the supervisor runs itself (quarantined, or adopted while
         restarts are paused)."""
         self.deadlines: dict[str, datetime | None] = {}
         """Each tracker's next deadline, as it told (``DeadlineChanged``, replay only)."""
+
+    GATEWAYS = 4
+    """Gateway actors: a slow broker call holds up only the positions routed to its actor (a
+    position's calls all go to one, in order)."""
+
+    def on_start(self) -> None:
+        self.gateway_refs = [GatewayActor.start(self.gateway, self.ctx.clock, self.ctx.metrics,
+                                                self.actor_ref) for _ in range(self.GATEWAYS)]
+
+    def on_stop(self) -> None:
+        for ref in self.gateway_refs:
+            ref.stop()
 
     def wire(self, peers: Peers) -> None:
         """Set the peers (supervisor = this actor) before the first message."""
@@ -116,10 +162,15 @@ class RiskSupervisor(SingletonActor):
     def start_positions(self, positions: list[Position]) -> list[tuple[Position, ActorRef[Any]]]:
         """Spawn a tracker per open position; returns the routes for the index's bulk load."""
         latch = self.ctx.store.kill_switch()
-        if latch is not None:
+        now = self.ctx.clock()
+        if latch is not None and self.ctx.config.portfolio.latch_in_force(latch.latched_at, now):
             self.halted = True
             logger.error("kill switch latched at {} ({}): trading HALTED", latch.latched_at,
                          latch.reason)
+        elif latch is not None:
+            logger.warning("kill switch latched at {} ({}), an earlier exchange day: it does not "
+                           "carry over (portfolio.kill_switch_carries = false)",
+                           latch.latched_at, latch.reason)
         routes = []
         for position in positions:
             child = self._spawn(position)
@@ -130,16 +181,19 @@ class RiskSupervisor(SingletonActor):
                 child.ref.tell(ResumeExit())
         return routes
 
-    def _spawn(self, position: Position, incarnation: int = 0) -> _Child:
+    def _spawn(self, position: Position, incarnation: int = 0, *,
+               unstored: bool = False) -> _Child:
         assert self.peers is not None
         ref = TrackerActor.start_on(self.dispatcher, position, self.ctx, self.peers,
-                                    incarnation=incarnation, halted=self.halted)
+                                    incarnation=incarnation, halted=self.halted,
+                                    unstored=unstored)
         instrument = Instrument(segment=position.segment, security_id=position.security_id)
         child = self.children.get(position.position_id)
         if child is None:
             child = _Child(position.position_id, instrument, ref, incarnation)
             self.children[position.position_id] = child
         child.ref, child.incarnation, child.keeper = ref, incarnation, None
+        child.restart_at = None
         self._kept.pop(position.position_id, None)
         _lifecycle(f"tracker:{position.position_id}#{incarnation}",
                    "restart" if incarnation else "spawn", position_id=position.position_id)
@@ -156,8 +210,11 @@ class RiskSupervisor(SingletonActor):
 
     def _dispatch(self, message: Any) -> Any:
         match message:
-            case ApplyOrderUpdate() | ApplyProgress() | ExitOrderPlaced() | ExitOrderFailed():
+            case ApplyOrderUpdate() | ApplyProgress() | ExitOrderPlaced() | ExitOrderFailed() \
+                    | ExitOrderUnknown() | ExitOrderLookedUp():
                 self._forward(message.position_id, message)
+            case LookUpExitOrder() | CancelExitOrder():
+                self._to_gateway(message)
             case CreatePosition():
                 self._create(message)
             case PriceUpdate():
@@ -194,7 +251,14 @@ class RiskSupervisor(SingletonActor):
     def _forward(self, position_id: str, message: Message) -> None:
         child = self.children.get(position_id)
         if child is None:
-            stored = self.ctx.store.load_position(position_id)
+            try:
+                stored = self.ctx.store.load_position(position_id)
+            except StoreError as error:
+                self._orphans.append((position_id, message))
+                logger.bind(position_id=position_id).error(
+                    "cannot look up {} for a {} ({}); kept, tried again each second",
+                    position_id, type(message).__name__, error)
+                return
             if stored is None:
                 self._dead_letter("supervisor", message, f"unknown position {position_id}")
                 return
@@ -248,26 +312,25 @@ class RiskSupervisor(SingletonActor):
 
     # Exits ------------------------------------------------------------------------------------
     def _place_exit(self, message: ExitRequested) -> None:
+        """The gateway actor places it and answers with a message: the supervisor never waits
+        on the broker."""
         position = message.position
-        ids = message.caused()
-        now = self.ctx.clock()
-        try:
-            order_no = self.gateway.place_order(
-                client_id=message.client_id,
-                instrument=Instrument(segment=position.segment, security_id=position.security_id),
-                txn_type=position.side.exit_txn, quantity=position.quantity,
-                product=position.product)
-        except GatewayError as error:
-            logger.bind(position_id=position.position_id).warning(
-                "exit order {} refused: {}", message.client_id, error)
-            reply: Message = ExitOrderFailed(position_id=position.position_id,
-                                             attempt=message.attempt, client_id=message.client_id,
-                                             reason=str(error), sent_at=now, **ids)
-        else:
-            reply = ExitOrderPlaced(position_id=position.position_id, attempt=message.attempt,
-                                    client_id=message.client_id, order_no=order_no,
-                                    sent_at=now, **ids)
-        self._forward(position.position_id, reply)
+        self._to_gateway(PlaceExitOrder(
+            client_id=message.client_id, position_id=position.position_id,
+            attempt=message.attempt,
+            instrument=Instrument(segment=position.segment, security_id=position.security_id),
+            txn_type=position.side.exit_txn, quantity=position.quantity,
+            product=position.product, sent_at=self.ctx.clock(), **message.caused()))
+
+    def _to_gateway(self, message: LookUpExitOrder | CancelExitOrder | PlaceExitOrder) -> None:
+        """A position's calls go to one gateway actor, in order; positions take the actors in
+        turn, so a slow call holds up as few others as possible."""
+        pid = message.position_id
+        ref = self._gateway_of.get(pid)
+        if ref is None:
+            refs = self.gateway_refs
+            ref = self._gateway_of[pid] = refs[next(self._gateway_turn) % len(refs)]
+        ref.tell(message)
 
     def _request_exit(self, message: RequestExit) -> None:
         if message.position_id is not None:
@@ -279,11 +342,16 @@ class RiskSupervisor(SingletonActor):
 
     def _portfolio(self, message: PortfolioValued) -> None:
         self.day_net = message.net
-        if self.halted or not kill_switch_breached(message.net, self.ctx.config.portfolio):
+        rearm = self.rearm_below
+        if rearm is not None and rearm[0] != message.at.astimezone(IST).date():
+            self.rearm_below = rearm = None  # a new exchange day: the limit alone again
+        if self.halted or not kill_switch_breached(message.net, self.ctx.config.portfolio) or (
+                rearm is not None and message.net > rearm[1]):
             return
         self.halted = True
-        self.ctx.store.latch_kill_switch(KillSwitch(
-            latched_at=message.at, reason="daily loss limit breached", day_pnl=message.net))
+        self._latch = KillSwitch(latched_at=message.at, reason="daily loss limit breached",
+                                 day_pnl=message.net)
+        self._store_latch()
         logger.error("KILL SWITCH: day net {} <= -{}; trading HALTED, exiting everything",
                      message.net, self.ctx.config.portfolio.daily_loss_limit)
         self._request_exit(RequestExit(reason=ExitReason.KILL_SWITCH, correlation_id=new_id(),
@@ -295,6 +363,7 @@ class RiskSupervisor(SingletonActor):
         self.status[position.position_id] = position.status
         if isinstance(message, PositionClosed):
             self.unprotected.discard(position.position_id)
+            self._gateway_of.pop(position.position_id, None)
             if before not in CLOSED and position.exit_reason:
                 self.exits[position.exit_reason] += 1
         if isinstance(message, PositionOpened) and self.halted:
@@ -316,17 +385,64 @@ class RiskSupervisor(SingletonActor):
 
     def _timer(self, message: TimerFired) -> None:
         now = self.ctx.clock()
+        if self.halted:
+            self._check_latch(now, message)
+        if self._orphans:
+            orphans, self._orphans = self._orphans, []
+            for position_id, orphan in orphans:
+                self._forward(position_id, orphan)
         if self.paused_until is not None and now >= self.paused_until:
             self.paused_until = None
+        if self.paused_until is None:
             for child in list(self._kept.values()):
-                if child.keeper is not None and not child.quarantined:
-                    self._restart(child, child.keeper.position)
+                keeper = child.keeper
+                if keeper is not None and not child.quarantined and (
+                        child.restart_at is None or now >= child.restart_at):
+                    self._restart(child, keeper.position, unstored=keeper.unstored)
         for child in list(self.children.values()):
             if self.status.get(child.position_id) in CLOSED:
                 continue
             if child.ref is not None and not child.ref.is_alive():
                 continue  # crashed, restart on its way: timers are not worth queueing
             self._send(child, message)
+
+    def _store_latch(self) -> bool:
+        """The latch is durable (SPEC §3.4) before a reset can be read back; a store that fails
+        leaves it pending, stored at the next timer, trading HALTED meanwhile."""
+        if self._latch is None:
+            return True
+        try:
+            self.ctx.store.latch_kill_switch(self._latch)
+        except StoreError as error:
+            logger.error("cannot store the kill switch latch ({}): HALTED in memory, storing "
+                         "again each second", error)
+            return False
+        self._latch = None
+        return True
+
+    def _check_latch(self, now: datetime, cause: TimerFired) -> None:
+        """While HALTED, once a second: an operator's reset (``run.py reset-kill-switch``
+        clears the store's latch) or a new exchange day resumes trading. After a reset the
+        switch trips again only if the day's net falls another ``daily_loss_limit`` below
+        where it stood at the reset (else the same loss would trip it at once)."""
+        if not self._store_latch():
+            return
+        try:
+            latch = self.ctx.store.kill_switch()
+        except StoreError as error:
+            logger.warning("cannot read the kill switch latch ({}); still HALTED", error)
+            return
+        if latch is not None and self.ctx.config.portfolio.latch_in_force(latch.latched_at, now):
+            return
+        self.halted = False
+        if latch is None and self.day_net is not None:
+            self.rearm_below = (now.astimezone(IST).date(),
+                                self.day_net - self.ctx.config.portfolio.daily_loss_limit)
+        logger.warning("kill switch {}: trading RUNNING again", "reset by an operator"
+                       if latch is None else f"of {latch.latched_at:%Y-%m-%d} ends with its day")
+        for child in self.children.values():
+            if self.status.get(child.position_id) not in CLOSED:
+                self._send(child, ClearKillSwitch())  # type: ignore[arg-type]
 
     # Supervision ------------------------------------------------------------------------------
     def _failed(self, message: TrackerFailed) -> None:
@@ -348,14 +464,20 @@ class RiskSupervisor(SingletonActor):
                           message.error)
         now = message.at
         self._note_failure(child, now)
+        delay = self.rules.restart_delay(len(child.failures))
         if self.paused_until is not None and now < self.paused_until:
             self._adopt(child, message, quarantine=False)
         elif len(child.failures) > self.rules.max_restarts:
             log.error("QUARANTINED after {} failures in {}; the supervisor keeps evaluating its "
                       "exit rules", len(child.failures), self.rules.window)
             self._adopt(child, message, quarantine=True)
+        elif delay:
+            log.warning("restart {} of {} in {} (back-off); the supervisor keeps it meanwhile",
+                        len(child.failures), self.rules.window, delay)
+            self._adopt(child, message, quarantine=False)
+            child.restart_at = now + delay
         else:
-            self._restart(child, message.position)
+            self._restart(child, message.position, unstored=message.unstored)
 
     def _redeliver(self, position_id: str, messages: tuple[Any, ...]) -> None:
         """Messages a failed tracker never handled: to the position's current owner."""
@@ -380,37 +502,45 @@ class RiskSupervisor(SingletonActor):
             logger.error("{} tracker failures in {}: restarts paused until {}",
                          len(self.failures), self.rules.mass_window, self.paused_until)
 
-    def _restart(self, child: _Child, fallback: Position | None) -> None:
-        """Rebuild from the store; if the store cannot answer, the supervisor keeps the
-        position (from the last state it knows) so it is never left without an owner."""
-        try:
-            position = self.ctx.store.load_position(child.position_id) or fallback
-        except Exception as error:  # the store may be what is failing
-            logger.error("cannot read {} to restart it ({}); the supervisor keeps it",
-                         child.position_id, error)
-            position = None
+    def _restart(self, child: _Child, last: Position | None, *, unstored: bool = False) -> None:
+        """A new tracker from the newest state known: the store's, or ``last`` (the failed
+        owner's) when the store cannot answer or ``unstored`` says the store is behind it. The
+        new tracker stores a state the store does not hold yet; it never starts empty."""
+        position, behind = self._newest(child.position_id, last, unstored)
         if position is None:
-            self._keep(child, fallback)
+            logger.error("{} has no known state: cannot restart it", child.position_id)
             return
         self.ctx.metrics.incr("actor_restarts")
-        self._spawn(position, child.incarnation + 1)
+        self._spawn(position, child.incarnation + 1, unstored=behind)
         self._route(child)
         self._flush_pending(child)
 
-    def _adopt(self, child: _Child, message: TrackerFailed, *, quarantine: bool) -> None:
+    def _newest(self, position_id: str, last: Position | None,
+                unstored: bool) -> tuple[Position | None, bool]:
+        """The state to continue from, and whether the store is behind it."""
         try:
-            position = self.ctx.store.load_position(child.position_id) or message.position
-        except Exception:  # the store may be what failed: fall back to the last known state
-            position = message.position
-        self._keep(child, position, quarantine=quarantine)
+            stored = self.ctx.store.load_position(position_id)
+        except Exception as error:  # the store may be what is failing
+            logger.bind(position_id=position_id).error(
+                "cannot read {} ({}); continuing from its last state in memory", position_id,
+                error)
+            return last, last is not None
+        if last is not None and (stored is None or (unstored and last.version >= stored.version)):
+            return last, True
+        return stored, False
+
+    def _adopt(self, child: _Child, message: TrackerFailed, *, quarantine: bool) -> None:
+        position, behind = self._newest(child.position_id, message.position, message.unstored)
+        self._keep(child, position, quarantine=quarantine, unstored=behind)
 
     def _keep(self, child: _Child, position: Position | None, *,
-              quarantine: bool = False) -> None:
+              quarantine: bool = False, unstored: bool = False) -> None:
         """The supervisor runs the position's keeper itself: it is never without an owner."""
         if position is None:
             logger.error("{} has no known state: cannot protect it", child.position_id)
             return
-        child.keeper = PositionKeeper(position, self.ctx, halted=self.halted)
+        child.keeper = PositionKeeper(position, self.ctx, halted=self.halted,
+                                      unstored=unstored)
         self._kept[child.position_id] = child
         child.quarantined = quarantine
         _lifecycle(f"tracker:{child.position_id}#{child.incarnation}",

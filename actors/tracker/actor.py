@@ -74,9 +74,10 @@ class TrackerActor(PooledActor):
 
     def __init__(self, position: Position, context: KeeperContext, peers: Peers, *,
                  incarnation: int = 0, halted: bool = False,
-                 mark: PriceMark | None = None) -> None:
+                 mark: PriceMark | None = None, unstored: bool = False) -> None:
         super().__init__()
-        self.keeper = PositionKeeper(position, context, halted=halted, mark=mark)
+        self.keeper = PositionKeeper(position, context, halted=halted, mark=mark,
+                                     unstored=unstored)
         self.peers = peers
         self.incarnation = incarnation
         self.trace_key = position.position_id
@@ -108,7 +109,7 @@ class TrackerActor(PooledActor):
         # Nothing is held at a stop told in turn (the order updates before it store theirs);
         # a stop that cuts in (the process stopping every actor at once) stores it here.
         with contextlib.suppress(ActorDeadError):  # peers stopped first: the store has it
-            deliver(self.peers, self.keeper.store_unsaved())
+            deliver(self.peers, self.keeper.store_now())
         active = tracer()
         if active is not None:
             active.lifecycle(self.trace_name, "stop",
@@ -132,7 +133,7 @@ class TrackerActor(PooledActor):
             correlation_id=getattr(message, "correlation_id", None),
             causation_id=getattr(message, "causation_id", None),
             payload=summary(message), at=self.keeper.ctx.clock(),
-            position=stored, undelivered=undelivered))
+            position=stored, unstored=self.keeper.unstored, undelivered=undelivered))
 
     def on_undelivered(self, told: list[Any]) -> None:
         """Told as the tracker stopped: after a failure they follow the report to the

@@ -14,11 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from enum import Enum
 
 from loguru import logger
 
-from actors.protocol import DUE, Checkpoint, ProtectionChanged, ResumeExit
+from actors.protocol import DUE, Checkpoint, ClearKillSwitch, ProtectionChanged, ResumeExit
 from actors.runtime.metrics import Metrics
 from models import lifecycle
 from models.common import Instrument, exit_client_id
@@ -26,11 +27,16 @@ from models.marks import Band, Basis, Quiet, band, basis_of, fits, net_at, pct_a
 from models.messages import (
     ApplyOrderUpdate,
     ApplyProgress,
+    CancelExitOrder,
     Cause,
     ExitOrderFailed,
+    ExitOrderLookedUp,
     ExitOrderPlaced,
+    ExitOrderUnknown,
     ExitRequested,
+    LookUpExitOrder,
     Message,
+    Overfilled,
     PnLMarked,
     PositionChanged,
     PositionClosed,
@@ -41,6 +47,7 @@ from models.messages import (
     TimerFired,
     new_id,
 )
+from models.orders import OrderProgress, OrderStatus
 from models.policy import RiskConfig
 from models.position import (
     CLOSED,
@@ -48,11 +55,12 @@ from models.position import (
     Event,
     ExitReason,
     Fill,
+    OrderRole,
     Position,
     PositionStatus,
 )
 from models.rules import ExitDecision, PriceMark, evaluate, is_unprotected, pnl, update_marks
-from store.ports import Store
+from store.ports import StaleWriteError, Store, StoreError
 from store.records import DeadLetter, ExitAttempt
 
 STICKY = frozenset({ExitReason.KILL_SWITCH, ExitReason.MANUAL, ExitReason.SESSION_END})
@@ -87,7 +95,9 @@ def retry_delay(attempt: int) -> timedelta:
 
 class PositionKeeper:
     def __init__(self, position: Position, context: KeeperContext, *, halted: bool = False,
-                 mark: PriceMark | None = None) -> None:
+                 mark: PriceMark | None = None, unstored: bool = False) -> None:
+        """``unstored``: ``position`` is newer than what the store holds (a failed keeper's
+        in-memory state during a store outage): it is written at the first chance."""
         self.position = position
         self.ctx = context
         self.mark = mark
@@ -104,6 +114,19 @@ class PositionKeeper:
         self.log = logger.bind(position_id=position.position_id)
         self._unsaved: _Unsaved | None = None
         self._more = False
+        self._announced = position
+        """The state the last announcement told (or the one this keeper started from)."""
+        self._excess_told = 0
+        self.exit_deadline: datetime | None = None
+        """When the current exit attempt is looked up at the broker if it has not ended."""
+        self._not_found = 0
+        self._exit_timeout = timedelta(milliseconds=context.config.policy.exit_timeout_ms)
+        self.outage: _Outage | None = None
+        """Set while writes fail: the state lives in memory, protected, until it is stored."""
+        if unstored:
+            now = context.clock()
+            self.outage = _Outage(since=now, next_try=now, cause=None,
+                                  before=position.model_copy(update={"version": 0}))
 
     # Dispatch ---------------------------------------------------------------------------------
     def handle(self, message: object, *, more: bool = False) -> Out:
@@ -126,8 +149,15 @@ class PositionKeeper:
 
     @property
     def stored(self) -> Position:
-        """The position as the store holds it (``position`` may hold changes not stored yet)."""
+        """The state the position's next owner starts from after a failure of this one (the
+        order updates applied since, held for one write, are handed on): what the store holds,
+        or, while writes fail (``unstored``), a state only memory holds."""
         return self.position if self._unsaved is None else self._unsaved.before
+
+    @property
+    def unstored(self) -> bool:
+        """Writes are failing: the position's state is only in memory."""
+        return self.outage is not None
 
     def take_unsaved(self) -> list[Cause]:
         """The order updates applied but not stored, oldest first, forgotten: when the keeper
@@ -137,8 +167,14 @@ class PositionKeeper:
 
     # Order updates ----------------------------------------------------------------------------
     def on_update(self, message: ApplyOrderUpdate) -> Out:
+        update = message.update
+        if update.status is OrderStatus.TRADED and update.traded_qty == 0:
+            self.log.warning("TRADED update of {} without a traded quantity: taken as traded in "
+                             "full{}", update.order_no, "" if update.fill_price else
+                             ", priced at the last known price until the broker's book says")
         applied = lifecycle.apply_update(self.position, message.update, message.role,
-                                         attempt=message.attempt, at=self.ctx.clock())
+                                         attempt=message.attempt, at=self.ctx.clock(),
+                                         last_price=self.mark.ltp if self.mark else None)
         return self._commit(applied, message)
 
     def on_progress(self, message: ApplyProgress) -> Out:
@@ -162,9 +198,11 @@ class PositionKeeper:
             return []
         before = self.stored
         fills = applied.fills if unsaved is None else (*unsaved.fills, *applied.fills)
-        self._save(applied.position, fills)
+        saved = self._save(applied.position, fills, cause)
         self._unsaved = None
-        out = self._announce(before, cause)
+        out = self._announce(cause) if saved else []
+        if before.status is PositionStatus.EXITING and self.position.status in CLOSED:
+            out += self._cancel_live_exits(cause)
         if applied.event is Event.EXIT_FAILED:
             self.retry_at = self.ctx.clock() + retry_delay(self.position.exit_attempt)
             self.log.warning("exit attempt {} failed; retry at {}", before.exit_attempt,
@@ -178,22 +216,28 @@ class PositionKeeper:
         unsaved = self._unsaved
         if unsaved is None:
             return []
-        self._save(self.position, unsaved.fills)
+        cause = unsaved.messages[-1]
+        saved = self._save(self.position, unsaved.fills, cause)
         self._unsaved = None
-        return self._announce(unsaved.before, unsaved.messages[-1])
+        return self._announce(cause) if saved else []
 
     def _reject(self, reason: str, cause: Cause) -> None:
         self.log.warning("rejected {}: {}", type(cause).__name__, reason)
         self.ctx.metrics.incr("rejected_updates")
-        self.ctx.store.record_dead_letter(DeadLetter(
-            recorded_at=self.ctx.clock(), actor=f"tracker:{self.position.position_id}",
-            message_type=type(cause).__name__, message_id=cause.message_id,
-            correlation_id=cause.correlation_id, causation_id=cause.causation_id,
-            position_id=self.position.position_id, error=f"rejected: {reason}",
-            payload=summary(cause)))
+        try:
+            self.ctx.store.record_dead_letter(DeadLetter(
+                recorded_at=self.ctx.clock(), actor=f"tracker:{self.position.position_id}",
+                message_type=type(cause).__name__, message_id=cause.message_id,
+                correlation_id=cause.correlation_id, causation_id=cause.causation_id,
+                position_id=self.position.position_id, error=f"rejected: {reason}",
+                payload=summary(cause)))
+        except StoreError as error:  # the rejection is logged above; only its row is lost
+            self.log.error("could not record the rejection ({}): {}", error, summary(cause))
 
-    def _announce(self, before: Position, cause: Cause) -> Out:
+    def _announce(self, cause: Cause) -> Out:
+        """The change since the last announcement (the store holds it by now)."""
         now, position = self.ctx.clock(), self.position
+        before, self._announced = self._announced, position
         ids = cause.caused()
         event: Message
         if position.status in CLOSED:
@@ -203,7 +247,29 @@ class PositionKeeper:
             event = PositionOpened(position=position, sent_at=now, **ids)
         else:
             event = PositionChanged(position=position, sent_at=now, **ids)
-        return [(target, event) for target in ANNOUNCE]
+        return [(target, event) for target in ANNOUNCE] + self._hand_on_excess(cause)
+
+    def _hand_on_excess(self, cause: Cause) -> Out:
+        """Exit fills past what was open (SPEC §11.1): the order-update actor opens the
+        opposite remainder as a position of its own; told again until it is (cumulative, so
+        idempotent), and alarmed."""
+        position = self.position
+        excess = position.excess_qty
+        if excess <= self._excess_told or position.exit_price is None:
+            return []
+        exits = [o for o in position.orders if o.role is not OrderRole.ENTRY]
+        order = max(exits, key=lambda o: (o.attempt or 0, o.progress.updated_at or
+                                          position.created_at))
+        progress = OrderProgress(order_no=order.progress.order_no, status=order.progress.status,
+                                 traded_qty=excess, traded_value=position.exit_price * excess,
+                                 updated_at=order.progress.updated_at)
+        self._excess_told = excess
+        self.log.error("OVER-FILL: exit fills of {} went {} past the open quantity; the "
+                       "opposite remainder is tracked as a position of its own",
+                       order.progress.order_no, excess)
+        return [(Target.ORDERS, Overfilled(position_id=position.position_id, position=position,
+                                           progress=progress, sent_at=self.ctx.clock(),
+                                           **cause.caused()))]
 
     def on_checkpoint(self, message: Checkpoint) -> Out:
         self._checkpoint(force=True)
@@ -220,9 +286,87 @@ class PositionKeeper:
         if _marks(self.position) != self._saved_marks:
             self._save(self.position.model_copy(update={"version": self.position.version + 1}))
 
-    def _save(self, position: Position, fills: tuple[Fill, ...] = ()) -> None:
-        self.ctx.store.save_position(position, fills)
+    def _save(self, position: Position, fills: tuple[Fill, ...] = (),
+              cause: Cause | None = None, intent: ExitAttempt | None = None) -> bool:
+        """Store ``position`` with its new ``fills`` (and an exit ``intent``, in the same
+        write); False when the store failed. Then the state is kept in memory, the position
+        stays protected (prices and rules go on), and the write is tried again with back-off
+        (``_retry_store``), or with the next write once that is over; announcements wait for
+        it (nobody hears of a state the store does not hold), exit requests do not."""
+        outage = self.outage
+        now = self.ctx.clock()
+        if outage is not None:
+            outage.fills += fills
+            outage.exits += [intent] if intent is not None else []
+            outage.cause = cause or outage.cause
+            self.position = position
+            if now < outage.next_try:
+                return False
+            return self._write_held(now)
+        try:
+            if intent is not None:
+                self.ctx.store.record_exit(intent, position)
+            else:
+                self.ctx.store.save_position(position, fills)
+        except StaleWriteError:
+            raise  # a newer incarnation wrote: this one must stop (the supervisor restarts it)
+        except StoreError as error:
+            self.outage = _Outage(since=now, next_try=now + _OUTAGE_BACKOFF[0], cause=cause,
+                                  before=self._announced, fills=list(fills),
+                                  exits=[intent] if intent is not None else [])
+            self.position = position
+            self.ctx.metrics.incr("store_write_failures")
+            self.log.error("store write failed ({}); the position is kept in memory and stays "
+                           "protected; retrying", error)
+            return False
         self._stored(position)
+        return True
+
+    def store_now(self) -> Out:
+        """At a stop: store what waits, whatever the back-off; what the store still refuses is
+        logged in full (a restart rebuilds it from the broker's book)."""
+        out = self.store_unsaved()
+        out += self._retry_store(self.ctx.clock(), force=True)
+        if self.outage is not None:
+            self.log.error("stopping with state the store never took: {!r}; fills {!r}; exit "
+                           "intents {!r}", self.position, self.outage.fills, self.outage.exits)
+        return out
+
+    def _retry_store(self, now: datetime, *, force: bool = False) -> Out:
+        """Write what an outage left in memory, if its back-off is over; its announcement."""
+        outage = self.outage
+        if outage is None or (now < outage.next_try and not force):
+            return []
+        cause = outage.cause
+        # One version past the one in memory: marks may have moved without a version.
+        self.position = self.position.model_copy(update={"version": self.position.version + 1})
+        if not self._write_held(now) or cause is None or self.position == self._announced:
+            return []
+        return self._announce(cause)
+
+    def _write_held(self, now: datetime) -> bool:
+        """One try at what an outage holds: exit intents, the latest state, every fill."""
+        outage = self.outage
+        assert outage is not None
+        try:
+            for attempt in outage.exits:
+                self.ctx.store.record_exit_attempt(attempt)
+            self.ctx.store.save_position(self.position, tuple(outage.fills))
+        except StaleWriteError:
+            raise
+        except StoreError as error:
+            outage.tries += 1
+            outage.next_try = now + _OUTAGE_BACKOFF[min(outage.tries, len(_OUTAGE_BACKOFF) - 1)]
+            if outage.tries in (1, 10) or outage.tries % 60 == 0:
+                self.log.error("store still failing after {} ({} tries): {}", now - outage.since,
+                               outage.tries, error)
+            return False
+        self.outage = None
+        self._stored(self.position)
+        self.log.warning("store back: the position's state held in memory for {} is stored "
+                         "({} fills, {} exit intents)", now - outage.since, len(outage.fills),
+                         len(outage.exits))
+        return True
 
     def _stored(self, position: Position) -> None:
         """``position`` is what the store holds now: it becomes the keeper's."""
@@ -265,8 +409,13 @@ class PositionKeeper:
         the next timer; None: no timer can). Before it a timer only re-checks what cannot have
         changed (the quiet guard holds), so a replay may skip the time in between."""
         position = self.position
-        if self._unsaved is not None or position.status is PositionStatus.EXITING:
-            return DUE  # a write to retry; an exit in flight
+        if self.outage is not None:
+            return self.outage.next_try  # a write to retry
+        if self._unsaved is not None or (position.excess_qty > self._excess_told
+                                         and position.exit_price is not None):
+            return DUE  # a write held for the next update; an over-fill to hand on
+        if position.status is PositionStatus.EXITING:
+            return self.exit_deadline or DUE  # an exit in flight: looked up at its time-out
         if position.status is not PositionStatus.ACTIVE:
             return None
         if self.sticky is not None:
@@ -280,8 +429,13 @@ class PositionKeeper:
         return guard.until
 
     def on_timer(self, message: TimerFired) -> Out:
+        now = self.ctx.clock()
+        out = self._retry_store(now)
+        if self.outage is None:
+            out += self._hand_on_excess(message)
+        out += self._watch_exit(now, message)
         self._checkpoint()
-        return self._evaluate(message)
+        return out + self._evaluate(message)
 
     def _current_basis(self) -> Basis | None:
         """The position's basis, derived again only when its orders changed."""
@@ -376,17 +530,24 @@ class PositionKeeper:
         if applied.rejection:
             self.log.info("exit not requested: {}", applied.rejection)
             return []
+        self.exit_deadline, self._not_found = now + self._exit_timeout, 0
         position = applied.position
         attempt = position.exit_attempt
         client_id = exit_client_id(position.position_id, attempt)
         # The intent is durable before anyone hears of it: a restart re-places the same attempt.
         # One write for the attempt and the EXITING position (one commit on the way to the
         # broker).
-        before = self.position
-        self.ctx.store.record_exit(ExitAttempt(
-            position_id=position.position_id, attempt=attempt, client_id=client_id,
-            reason=decision.reason, quantity=position.quantity, requested_at=now), position)
-        self._stored(position)
+        intent = ExitAttempt(position_id=position.position_id, attempt=attempt,
+                             client_id=client_id, reason=decision.reason,
+                             quantity=position.quantity, requested_at=now)
+        if not self._save(position, cause=cause, intent=intent):
+            # The store is failing: the exit goes on all the same (a position is never left
+            # without its exit for the store); its intent is stored with the rest once the
+            # store is back. The client id is the same after a restart from the older state,
+            # so the gateway finds an order already placed for it instead of placing another.
+            return [(Target.SUPERVISOR, ExitRequested(
+                position=position, decision=decision, attempt=attempt, client_id=client_id,
+                sent_at=now, **cause.caused()))]
         self.log.info("exit requested: {} {} (attempt {})", decision.reason, decision.detail,
                       attempt)
         # The supervisor hears first: it places the order, and each tell wakes a thread that
@@ -394,13 +555,14 @@ class PositionKeeper:
         out: Out = [(Target.SUPERVISOR, ExitRequested(
             position=position, decision=decision, attempt=attempt, client_id=client_id,
             sent_at=now, **cause.caused()))]
-        return out + self._announce(before, cause)
+        return out + self._announce(cause)
 
     def on_resume(self, message: ResumeExit) -> Out:
         position = self.position
         if position.status is not PositionStatus.EXITING or position.exit_reason is None:
             return []
         now = self.ctx.clock()
+        self.exit_deadline, self._not_found = now + self._exit_timeout, 0
         client_id = exit_client_id(position.position_id, position.exit_attempt)
         self.log.info("resuming exit attempt {} ({}) after a restart", position.exit_attempt,
                       position.exit_reason)
@@ -409,13 +571,94 @@ class PositionKeeper:
             position=position, decision=decision, attempt=position.exit_attempt,
             client_id=client_id, correlation_id=new_id(), sent_at=now))]
 
+    # Exits that do not end (SPEC §11.6) ---------------------------------------------------------
+    def _watch_exit(self, now: datetime, cause: Cause) -> Out:
+        """Past the attempt's time-out without a terminal update: ask the broker's book."""
+        position = self.position
+        if position.status is not PositionStatus.EXITING:
+            self.exit_deadline = None
+            return []
+        if self.exit_deadline is None:
+            self.exit_deadline = now + self._exit_timeout
+        if now < self.exit_deadline:
+            return []
+        self.exit_deadline = now + self._exit_timeout  # asked again then, if nothing ends it
+        self.log.warning("exit attempt {} has not ended after {}: looking it up",
+                         position.exit_attempt, self._exit_timeout)
+        return [(Target.SUPERVISOR, LookUpExitOrder(
+            position_id=position.position_id, attempt=position.exit_attempt,
+            client_id=exit_client_id(position.position_id, position.exit_attempt),
+            sent_at=now, **cause.caused()))]
+
+    def on_exit_unknown(self, message: ExitOrderUnknown) -> Out:
+        """No answer proves the placement either way: look it up soon, place nothing."""
+        self._audit_exit(message.client_id, outcome=f"UNKNOWN: {message.reason}")
+        if message.attempt == self.position.exit_attempt:
+            self.exit_deadline = self.ctx.clock() + _SETTLE
+        return []
+
+    def on_exit_looked_up(self, message: ExitOrderLookedUp) -> Out:
+        position = self.position
+        if message.attempt != position.exit_attempt or \
+                position.status is not PositionStatus.EXITING or message.error is not None:
+            return []  # an earlier attempt, or nothing to resolve; a failed look-up: again later
+        now = self.ctx.clock()
+        if not message.found:
+            self._not_found += 1
+            if self._not_found < 2:  # a placement may still be on its way: look once more
+                self.exit_deadline = now + _SETTLE
+                return []
+            self.log.warning("exit {} not found at the broker twice: a new attempt",
+                             message.client_id)
+            return self._commit(lifecycle.exit_failed(position, message.attempt), message)
+        assert message.order_no is not None and message.status is not None
+        value = (message.avg_price or Decimal(0)) * message.traded_qty
+        progress = OrderProgress(order_no=message.order_no, status=message.status,
+                                 traded_qty=message.traded_qty if message.avg_price else 0,
+                                 traded_value=value if message.avg_price else Decimal(0),
+                                 quantity=message.quantity or None)
+        out = self._commit(lifecycle.apply_progress(position, progress, OrderRole.EXIT,
+                                                    attempt=message.attempt, at=now), message)
+        if self.position.status is PositionStatus.EXITING and not message.status.terminal:
+            # It rests at the broker: cancel it; its CANCELLED update fails the attempt, and
+            # the next one is placed with back-off (standing reasons at once).
+            self.log.warning("exit order {} rests unfilled ({} of {}): cancelling it to place "
+                             "anew", message.order_no, message.traded_qty, message.quantity)
+            out.append((Target.SUPERVISOR, CancelExitOrder(
+                position_id=position.position_id, order_no=message.order_no, sent_at=now,
+                **message.caused())))
+        return out
+
+    def _cancel_live_exits(self, cause: Cause) -> Out:
+        """Flat at the broker (a manual close filled first): no exit of ours may stay live
+        (SPEC §11.2)."""
+        live = [o.progress.order_no for o in self.position.orders
+                if o.role is OrderRole.EXIT and not o.progress.status.terminal]
+        for order_no in live:
+            self.log.warning("position closed by another order: cancelling our exit order {}",
+                             order_no)
+        return [(Target.SUPERVISOR, CancelExitOrder(
+            position_id=self.position.position_id, order_no=order_no, sent_at=self.ctx.clock(),
+            **cause.caused())) for order_no in live]
+
+    def _audit_exit(self, client_id: str, **changes: str) -> None:
+        try:
+            self.ctx.store.update_exit_attempt(client_id, **changes)
+        except StoreError as error:  # an audit column only: the position's state is elsewhere
+            self.log.warning("could not record exit {} {}: {}", client_id, changes, error)
+
+    def on_clear_kill_switch(self, message: ClearKillSwitch) -> Out:
+        if self.sticky is ExitReason.KILL_SWITCH:
+            self.sticky = None
+            self.retry_at = None
+        return []
+
     def on_exit_placed(self, message: ExitOrderPlaced) -> Out:
-        self.ctx.store.update_exit_attempt(message.client_id, order_no=message.order_no,
-                                           outcome="PLACED")
+        self._audit_exit(message.client_id, order_no=message.order_no, outcome="PLACED")
         return []
 
     def on_exit_failed(self, message: ExitOrderFailed) -> Out:
-        self.ctx.store.update_exit_attempt(message.client_id, outcome=f"FAILED: {message.reason}")
+        self._audit_exit(message.client_id, outcome=f"FAILED: {message.reason}")
         applied = lifecycle.exit_failed(self.position, message.attempt)
         return self._commit(applied, message)
 
@@ -448,6 +691,29 @@ class _Unsaved:
         self.fills = (*self.fills, *fills)
 
 
+_SETTLE = timedelta(seconds=1)
+"""Wait before looking an exit up after an unknown outcome, and before a second look."""
+
+_OUTAGE_BACKOFF = (timedelta(seconds=1), timedelta(seconds=2), timedelta(seconds=5),
+                   timedelta(seconds=10), timedelta(seconds=30))
+"""Waits between tries to store what a store outage left in memory."""
+
+
+@dataclass
+class _Outage:
+    """What a keeper holds while its writes fail (SPEC §11.4)."""
+
+    since: datetime
+    next_try: datetime
+    cause: Cause | None
+    """The latest message whose change waits to be stored (and then announced)."""
+    before: Position
+    """What the store held when the outage began: the change is announced from it."""
+    fills: list[Fill] = field(default_factory=list)
+    exits: list[ExitAttempt] = field(default_factory=list)
+    tries: int = 0
+
+
 def _marks(position: Position) -> tuple[object, ...]:
     return (position.peak_price, position.hwm_pnl, position.trail_stop)
 
@@ -468,4 +734,7 @@ _HANDLERS: dict[type, Callable[[PositionKeeper, object], Out]] = {
     ExitOrderFailed: PositionKeeper.on_exit_failed,  # type: ignore[dict-item]
     Checkpoint: PositionKeeper.on_checkpoint,  # type: ignore[dict-item]
     ResumeExit: PositionKeeper.on_resume,  # type: ignore[dict-item]
+    ClearKillSwitch: PositionKeeper.on_clear_kill_switch,  # type: ignore[dict-item]
+    ExitOrderUnknown: PositionKeeper.on_exit_unknown,  # type: ignore[dict-item]
+    ExitOrderLookedUp: PositionKeeper.on_exit_looked_up,  # type: ignore[dict-item]
 }

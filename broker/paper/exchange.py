@@ -2,8 +2,15 @@
 
 An order is accepted at once (TRANSIT, then PENDING) and arrives at the exchange ``latency``
 later, where it fills at the market's price then, plus ``slippage`` against the trader, in
-``partial_fills`` parts ``latency`` apart. Every update goes to the subscribers as the raw text
-of a DhanHQ websocket frame, so paper and live share every code path after the gateway.
+``partial_fills`` parts ``latency`` apart. A LIMIT (``LMT``) order fills only while the market
+is at or better than its price (a buy at or below, a sell at or above), at the market price
+(slippage never past the limit); one that is not marketable on arrival works until it is,
+checked at every ``advance``. ``modify_order`` changes a live order's price or quantity and
+emits a PENDING update carrying the new values (DhanHQ sends "Modified"; our vocabulary has no
+such status, and a modification changes nothing in the order's progress). ``rest_next`` /
+``resting`` make placements rest unfilled until cancelled or modified to a marketable price.
+Every update goes to the subscribers as the raw text of a DhanHQ websocket frame, so paper and
+live share every code path after the gateway.
 
 Time moves only through ``advance(now)`` (or the ``now`` of a placement); with zero latency an
 order fills before ``place_order`` returns. The placing thread (an actor) and the driving thread
@@ -23,7 +30,7 @@ from decimal import Decimal
 from loguru import logger
 
 from broker.paper.market import TICK, Market
-from broker.ports import GatewayError
+from broker.ports import GatewayError, OrderView
 from models.common import IST, Instrument, TxnType
 from models.orders import OrderStatus, OrderUpdate
 from models.wire import to_dhan_frame
@@ -48,6 +55,10 @@ class PaperOrder:
     filled_qty: int = 0
     traded_value: Decimal = Decimal(0)
     reason: str | None = None
+    order_type: str = "MKT"
+    price: Decimal | None = None
+    """The limit price of an ``LMT`` order; None for a MARKET order."""
+    modifications: int = 0
 
     @property
     def avg_price(self) -> Decimal | None:
@@ -107,7 +118,11 @@ class PaperExchange:
         self._by_client: dict[str, str] = {}
         self._due: list[_Due] = []
         self._seq = 0
-        self._fail = self._reject = 0
+        self._fail = self._reject = self._rest = 0
+        self.resting = False
+        """Every placement rests unfilled until cancelled or modified to a marketable price."""
+        self._resting: set[str] = set()
+        self._working: dict[str, None] = {}  # LMT orders waiting for the market, in arrival order
         self._sinks: list[Callable[[str], None]] = []
         self._lock = threading.RLock()
         if start is not None:
@@ -119,28 +134,73 @@ class PaperExchange:
             self._sinks.append(sink)
 
     def place_order(self, *, client_id: str, instrument: Instrument, txn_type: TxnType,
-                    quantity: int, product: str | None, now: datetime | None = None) -> str:
-        """Accept a MARKET order and return its number; the same ``client_id`` again returns
-        the first order's number and places nothing. Raises ``GatewayError`` when refused."""
+                    quantity: int, product: str | None, order_type: str = "MKT",
+                    price: Decimal | None = None, now: datetime | None = None) -> str:
+        """Accept a MARKET (``MKT``) or LIMIT (``LMT``, with ``price``) order and return its
+        number; the same ``client_id`` again returns the first order's number and places
+        nothing. Raises ``GatewayError`` when refused."""
         with self._lock:
             at = self._time(now)
             known = self._by_client.get(client_id)
             if known is not None:
                 return known
             self._refuse_if_needed(client_id, instrument, quantity)
-            order = self._accept(client_id, instrument, txn_type, quantity, product, at)
+            _check_order_type(client_id, order_type, price)
+            order = self._accept(client_id, instrument, txn_type, quantity, product, at,
+                                 order_type=order_type, price=price)
             self._process_due(at)  # with zero latency the order has filled already
             return order.order_no
+
+    def modify_order(self, order_no: str, *, price: Decimal | None = None,
+                     quantity: int | None = None, now: datetime | None = None) -> None:
+        """Change a live order's limit price (it becomes an ``LMT`` order) and/or its total
+        quantity; emits a PENDING update with the new values. A resting order modified to a
+        price works like any limit order from then on. Raises ``GatewayError`` for an unknown
+        or terminal order, or a change that cannot apply."""
+        with self._lock:
+            at = self._time(now)
+            order = self._live(order_no, "modify")
+            if price is None and quantity is None:
+                raise GatewayError(f"modify: nothing to change on order {order_no}")
+            if price is not None and price <= 0:
+                raise GatewayError(f"modify: price must be positive, got {price}")
+            if quantity is not None and quantity <= order.filled_qty:
+                raise GatewayError(f"modify: quantity {quantity} must exceed the "
+                                   f"{order.filled_qty} already traded on order {order_no}")
+            changed = replace(order, modifications=order.modifications + 1,
+                              quantity=order.quantity if quantity is None else quantity,
+                              price=order.price if price is None else price,
+                              order_type="LMT" if price is not None else order.order_type)
+            self._orders[order_no] = changed
+            if price is not None and order_no in self._resting:
+                self._resting.discard(order_no)
+                self._working[order_no] = None
+            self._update(changed, at, status=OrderStatus.PENDING)
+            self._work(at)
+
+    def find_order(self, client_id: str) -> OrderView | None:
+        """``OrderGateway.find_order``: the order placed with ``client_id``, as the book shows
+        it."""
+        order = self.lookup(client_id)
+        if order is None:
+            return None
+        return OrderView(order_no=order.order_no, client_id=client_id, status=order.status,
+                         quantity=order.quantity, traded_qty=order.filled_qty,
+                         avg_price=order.avg_price)
+
+    def lookup(self, client_id: str) -> PaperOrder | None:
+        """The order placed with ``client_id`` (its CorrelationId), or None."""
+        with self._lock:
+            order_no = self._by_client.get(client_id)
+            return None if order_no is None else self._orders[order_no]
 
     def cancel_order(self, order_no: str, *, now: datetime | None = None) -> None:
         """Cancel what has not filled yet; the update carries the cumulative traded quantity."""
         with self._lock:
             at = self._time(now)
-            order = self._orders.get(order_no)
-            if order is None:
-                raise GatewayError(f"cancel: unknown order {order_no}")
-            if order.status.terminal:
-                raise GatewayError(f"cancel: order {order_no} is already {order.status}")
+            order = self._live(order_no, "cancel")
+            self._resting.discard(order_no)
+            self._working.pop(order_no, None)
             self._update(order, at, status=OrderStatus.CANCELLED, reason="Cancelled by user")
 
     # Driving -------------------------------------------------------------------------------
@@ -158,6 +218,12 @@ class PaperExchange:
         """The next ``n`` placements are accepted, then REJECTED when they arrive."""
         with self._lock:
             self._reject += n
+
+    def rest_next(self, n: int = 1) -> None:
+        """The next ``n`` placements are accepted (TRANSIT, PENDING), then rest unfilled until
+        cancelled or modified to a marketable price."""
+        with self._lock:
+            self._rest += n
 
     # Views -----------------------------------------------------------------------------------
     def orders(self) -> list[PaperOrder]:
@@ -186,6 +252,14 @@ class PaperExchange:
             raise GatewayError("the paper exchange has no time yet: advance it or pass now=")
         return self.now
 
+    def _live(self, order_no: str, action: str) -> PaperOrder:
+        order = self._orders.get(order_no)
+        if order is None:
+            raise GatewayError(f"{action}: unknown order {order_no}")
+        if order.status.terminal:
+            raise GatewayError(f"{action}: order {order_no} is already {order.status}")
+        return order
+
     def _refuse_if_needed(self, client_id: str, instrument: Instrument, quantity: int) -> None:
         if client_id in self.reject_client_ids:
             raise GatewayError(f"order {client_id} refused by the paper exchange")
@@ -198,12 +272,14 @@ class PaperExchange:
             raise GatewayError(f"order {client_id}: {instrument.segment} is not tradable")
 
     def _accept(self, client_id: str, instrument: Instrument, txn_type: TxnType, quantity: int,
-                product: str | None, at: datetime) -> PaperOrder:
+                product: str | None, at: datetime, *, order_type: str = "MKT",
+                price: Decimal | None = None) -> PaperOrder:
         self.placed_count += 1
         number = self.placed_count
         order = PaperOrder(client_id=client_id, order_no=f"{self.order_prefix}{number}",
                            exch_order_no=str(EXCH_ORDER_BASE + number), instrument=instrument,
-                           txn_type=txn_type, quantity=quantity, product=product, placed_at=at)
+                           txn_type=txn_type, quantity=quantity, product=product, placed_at=at,
+                           order_type=order_type, price=price)
         self._orders[order.order_no] = order
         self._by_client[client_id] = order.order_no
         logger.bind(order_no=order.order_no, client_id=client_id).debug(
@@ -215,6 +291,10 @@ class PaperExchange:
             self._schedule(_Due(arrival, self._next_seq(), order.order_no, 0, reject=True))
             return order
         self._update(order, at, status=OrderStatus.PENDING)
+        if self.resting or self._rest > 0:
+            self._rest = max(0, self._rest - 1)
+            self._resting.add(order.order_no)
+            return order
         for k, qty in enumerate(split_quantity(quantity, self.partial_fills)):
             self._schedule(_Due(arrival + self.latency * k, self._next_seq(), order.order_no, qty))
         return order
@@ -235,20 +315,43 @@ class PaperExchange:
             if due.reject:
                 self._update(order, due.at, status=OrderStatus.REJECTED,
                              reason="RMS: rejected by the paper exchange (reject_next)")
+            elif order.order_type == "LMT":
+                self._working[order.order_no] = None
             else:
-                self._fill(order, due)
+                self._fill(order, due.at, due.qty)
+        self._work(now)
 
-    def _fill(self, order: PaperOrder, due: _Due) -> None:
+    def _work(self, now: datetime) -> None:
+        """Fill every working LIMIT order the market has reached, in arrival order."""
+        for order_no in list(self._working):
+            order = self._orders[order_no]
+            if order.status.terminal:
+                del self._working[order_no]
+                continue
+            market = self.market.get(order.instrument)
+            if market is None or order.price is None or not _marketable(order, market):
+                continue
+            self._fill(order, now, order.remaining, limit=order.price)
+            if self._orders[order_no].status.terminal:
+                del self._working[order_no]
+
+    def _fill(self, order: PaperOrder, at: datetime, qty: int,
+              limit: Decimal | None = None) -> None:
         price = self.market.get(order.instrument)
         if price is None:
-            self._update(order, due.at, status=OrderStatus.REJECTED,
+            self._update(order, at, status=OrderStatus.REJECTED,
                          reason=f"no market price for {order.instrument}")
             return
         price = self._slipped(order.txn_type, price)
-        filled = order.filled_qty + due.qty
+        if limit is not None:  # slippage never takes a limit order past its price
+            price = min(price, limit) if order.txn_type is TxnType.BUY else max(price, limit)
+        qty = min(qty, order.remaining)  # a modification may have lowered the quantity
+        if qty <= 0:
+            return
+        filled = order.filled_qty + qty
         status = OrderStatus.TRADED if filled == order.quantity else OrderStatus.PENDING
-        self._update(order, due.at, status=status, filled_qty=filled,
-                     traded_value=order.traded_value + price * due.qty, traded_price=price)
+        self._update(order, at, status=status, filled_qty=filled,
+                     traded_value=order.traded_value + price * qty, traded_price=price)
 
     def _slipped(self, txn_type: TxnType, price: Decimal) -> Decimal:
         """Slippage goes against the trader: a buy pays more, a sell gets less."""
@@ -279,13 +382,30 @@ class PaperExchange:
                 logger.exception("paper exchange: an order-update subscriber failed")
 
 
+def _check_order_type(client_id: str, order_type: str, price: Decimal | None) -> None:
+    if order_type not in ("MKT", "LMT"):
+        raise GatewayError(f"order {client_id}: order type must be MKT or LMT, got "
+                           f"{order_type!r}")
+    if order_type == "LMT" and (price is None or price <= 0):
+        raise GatewayError(f"order {client_id}: a LMT order needs a positive price, got {price}")
+
+
+def _marketable(order: PaperOrder, market: Decimal) -> bool:
+    """A buy limit fills at or below its price, a sell limit at or above."""
+    assert order.price is not None
+    if order.txn_type is TxnType.BUY:
+        return market <= order.price
+    return market >= order.price
+
+
 def order_update(order: PaperOrder, at: datetime, *, traded_price: Decimal | None = None,
                  reason: str | None = None) -> OrderUpdate:
     """The update the exchange sends for ``order`` in its current state, at ``at``."""
     return OrderUpdate(
         order_no=order.order_no, exch_order_no=order.exch_order_no, status=order.status,
         segment=order.instrument.segment, security_id=order.instrument.security_id,
-        txn_type=order.txn_type, product=order.product, order_type="MKT",
+        txn_type=order.txn_type, product=order.product, order_type=order.order_type,
+        price=order.price,
         quantity=order.quantity, traded_qty=order.filled_qty,
         avg_traded_price=order.avg_price, traded_price=traded_price,
         correlation_id=order.client_id, reason=reason,

@@ -50,16 +50,31 @@ def system(monkeypatch: pytest.MonkeyPatch) -> Iterator[System]:
     pykka.ActorRegistry.stop_all()
 
 
+def timer(system: System, after: timedelta) -> None:
+    system.clock.now += after
+    system.supervisor.tell(TimerFired(name="tick", correlation_id="t", sent_at=system.clock.now))
+    system.settle()
+
+
 def test_when_tracker_raises_then_restarted_then_quarantined_and_still_exits(
         system: System) -> None:
     bad = open_position(system, entry(order_no="BAD"))
     good = open_position(system, entry(order_no="GOOD"))
     assert bad == BROKEN
-    for ltp in ("199", "198", "197"):
-        price(system, ltp)
+    price(system, "199")  # the first failure: restarted at once
+    assert system.ctx.metrics.get("actor_restarts") == 1
+    price(system, "198")  # the second: the supervisor keeps it for the back-off, 1 s
+    snapshot = system.supervisor.ask(Snapshot(), timeout=5)
+    assert snapshot["quarantined"] == [] and system.ctx.metrics.get("actor_restarts") == 1
+    timer(system, timedelta(milliseconds=500))
+    assert system.ctx.metrics.get("actor_restarts") == 1  # not before the back-off is over
+    timer(system, timedelta(milliseconds=600))
+    assert system.ctx.metrics.get("actor_restarts") == 2
+    price(system, "197")  # the third, past max_restarts (2): quarantined
     snapshot = system.supervisor.ask(Snapshot(), timeout=5)
     assert snapshot["quarantined"] == [BROKEN]
-    assert system.ctx.metrics.get("actor_restarts") == 2
+    timer(system, timedelta(seconds=30))
+    assert system.ctx.metrics.get("actor_restarts") == 2  # a quarantine is not restarted
     letters = system.store.dead_letters()
     assert len(letters) == 3
     assert all(letter.message_type == "PriceUpdate" and letter.correlation_id == "p"
@@ -121,13 +136,15 @@ def test_when_many_trackers_fail_at_once_then_restarts_pause_and_positions_stay_
     assert fragile.supervisor.ask(Snapshot(), timeout=5)["restarts_paused_until"] is None
 
 
-def test_when_store_is_down_at_restart_then_supervisor_keeps_the_position_protected(
+def test_when_store_is_down_at_restart_then_the_position_goes_on_from_its_last_state(
         system: System) -> None:
     bad = open_position(system, entry(order_no="BAD"))
     system.store.fail_loads = True
     price(system, "199")  # the tracker breaks; its restart cannot read the store
+    assert system.ctx.metrics.get("actor_restarts") == 1  # from the state it had in memory
     system.store.fail_loads = False
-    price(system, "176")
+    price(system, "176")  # breaks the new tracker too: the supervisor keeps it (back-off)
+    price(system, "175")
     assert exit_client_id(bad, 1) in system.gateway.placed
     assert system.store.positions[bad].exit_reason is ExitReason.STOP_LOSS
 

@@ -105,7 +105,8 @@ def test_when_a_traced_system_runs_then_sink_lines_equal_the_flight_recorders(
     for record in iter_records(path):
         by_receiver.setdefault(record["receiver"], []).append(record)
 
-    assert set(by_receiver) == set(tracer.rings) == {"index", "supervisor", f"tracker:{pid}#0"}
+    assert set(by_receiver) == set(tracer.rings) == {"index", "supervisor", "gateway",
+                                                     f"tracker:{pid}#0"}
     for actor, written in by_receiver.items():
         assert len(written) < tracer.ring_size  # the ring still holds every record
         assert json.loads(json.dumps(tracer.dump(actor), default=str)) == written

@@ -75,6 +75,9 @@ class System:
         """FIFO mailboxes: asking every actor in the chain, in order, drains what was told."""
         for _ in range(4):
             self.supervisor.ask(Snapshot(), timeout=5)
+            for gateway in self.supervisor.proxy().gateway_refs.get(timeout=5):
+                gateway.ask(Snapshot(), timeout=5)
+            self.supervisor.ask(Snapshot(), timeout=5)  # the gateway's answers
             self.index.ask(OpenPositions(), timeout=5)
             for ref in self.supervisor.proxy().tracker_refs().get(timeout=5):
                 try:

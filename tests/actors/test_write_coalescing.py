@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from decimal import Decimal
 
 import pykka
@@ -20,12 +21,12 @@ from models.messages import (
     PositionChanged,
     PositionOpened,
     PriceUpdate,
+    TimerFired,
 )
 from models.orders import OrderStatus
 from models.policy import RiskConfig
 from models.position import OrderRole, PositionStatus, new_position
 from models.rules import PriceMark
-from store.ports import StoreError
 from tests.actors.test_tracker_flow import INSTRUMENT, T0, System, entry, hold_tracker, wait_for
 from tests.fakes import FakeGateway, FakeStore
 
@@ -94,18 +95,29 @@ def test_when_another_message_comes_then_held_updates_are_stored_before_it(
     assert events == ["PositionOpened", "PositionChanged"]  # opened, then exiting
 
 
-def test_when_the_write_fails_then_held_updates_are_handed_back_and_the_stored_state_kept(
-        keeper: PositionKeeper) -> None:
-    store = store_of(keeper)
-    before = keeper.position
+def test_when_the_write_fails_then_the_state_is_kept_in_memory_and_stored_when_the_store_is_back(
+        ) -> None:
+    now = [T0]
+    store = FakeStore()
+    ctx = KeeperContext(store=store, config=RiskConfig(), clock=lambda: now[0],
+                        metrics=Metrics())
+    keeper = PositionKeeper(new_position(entry(order_no="E1"), position_id=PID, side=Side.LONG,
+                                         created_at=T0), ctx)
     first, second = fill(20), fill(50)
     keeper.handle(first, more=True)
     store.fail_saves = 1
-    with pytest.raises(StoreError):
-        keeper.handle(second)
-    assert keeper.stored is before  # what a restart starts from
-    assert keeper.take_unsaved() == [first]  # the failing one is the tracker's to report
-    assert keeper.take_unsaved() == []
+    out = keeper.handle(second)  # the write of both fails: nothing raised, nothing announced
+    assert out == [] and keeper.unstored and PID not in store.positions
+    assert keeper.position.quantity == 50 and keeper.position.status is PositionStatus.ACTIVE
+    assert keeper.take_unsaved() == []  # nothing to hand on: the keeper holds it all
+    now[0] = T0 + timedelta(milliseconds=500)
+    keeper.handle(TimerFired(name="tick", correlation_id="t", sent_at=now[0]))
+    assert PID not in store.positions and store.failed_calls == 1  # no try before the back-off
+    now[0] = T0 + timedelta(seconds=1)
+    out = keeper.handle(TimerFired(name="tick", correlation_id="t", sent_at=now[0]))
+    assert not keeper.unstored and store.positions[PID].quantity == 50
+    assert len(store.fills(PID)) == 2  # both fills, none lost
+    assert [type(m).__name__ for t, m in out if t is Target.INDEX] == ["PositionOpened"]
 
 
 def test_when_more_updates_queue_than_the_limit_then_they_are_stored_in_several_writes(
@@ -159,19 +171,20 @@ def test_when_fills_queue_up_at_a_tracker_then_few_writes_store_them_all(
     assert {m.position.quantity for m in announced} == {100}
 
 
-def test_when_a_tracker_fails_holding_fills_then_its_next_incarnation_stores_them(
+def test_when_the_write_of_queued_fills_fails_then_none_is_lost_and_all_are_stored_later(
         held: tuple[System, threading.Event]) -> None:
     system, gate = held
     system.store.fail_saves = 1  # the write of the queued run fails once
     _burst(system, gate, 10, 20, 30, 40)
-    wait_for(lambda: system.ctx.metrics.get("actor_restarts") >= 1)
     system.settle()
     store = system.store
-    # The run's write failed while the last fill was handled: that one broke the tracker and is
-    # dead-lettered, as any message that breaks one; the three held before it reach the next
-    # incarnation, which starts from the stored state and stores them.
-    (letter,) = store.dead_letters()
-    assert letter.message_type == "ApplyOrderUpdate" and letter.correlation_id == "fill-40"
-    assert store.positions[PID].quantity == 30
-    assert sorted(f.cum_qty for f in store.fills(PID)) == [10, 20, 30]
-
+    # Nothing broke: the tracker holds the four fills in memory (a store outage is no bug),
+    # nothing is dead-lettered or restarted, and the position is not announced before it is
+    # stored.
+    assert store.dead_letters() == [] and system.ctx.metrics.get("actor_restarts") == 0
+    assert PID not in store.positions
+    system.clock.now += timedelta(seconds=1)
+    system.supervisor.tell(TimerFired(name="tick", correlation_id="t", sent_at=system.clock.now))
+    system.settle()
+    assert store.positions[PID].quantity == 40
+    assert sorted(f.cum_qty for f in store.fills(PID)) == [10, 20, 30, 40]

@@ -12,10 +12,11 @@ def test_status_line_shows_state_positions_pnl_price_age_exits_and_alerts() -> N
                                                                  "EXITED": 2},
                         "exits_by_reason": {"STOP_LOSS": 2}, "day_net": Decimal("-1234.5"),
                         "unprotected": ["P1"], "quarantined": [], "max_price_age_s": 2.25,
-                        "metrics": {"actor_restarts": 4}}, "10:31:07")
+                        "metrics": {"actor_restarts": 4},
+                        "books": "books: DIFFER NSE_FNO:1/I broker +100 ours +0"}, "10:31:07")
     assert line == ("[10:31:07] HALTED | open 4 (exiting 1) | exited 2 | day net -1234.50 | "
                     "oldest price 2.2s | exits: STOP_LOSS 2 | unprotected 1 | quarantined 0 | "
-                    "restarts 4")
+                    "restarts 4 | books: DIFFER NSE_FNO:1/I broker +100 ours +0")
 
 
 def test_status_line_shows_order_frames_waiting_for_the_store_only_when_there_are_some() -> None:

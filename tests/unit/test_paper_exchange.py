@@ -302,3 +302,150 @@ def test_a_failing_subscriber_does_not_stop_the_others() -> None:
     desk.exchange.subscribe(seen.append)
     desk.place()
     assert len(seen) == 2 == len(desk.frames)
+
+
+# LIMIT orders, modification, look-up and resting ---------------------------------------------
+def place_limit(desk: Desk, price: str, *, client_id: str = "L1", txn: TxnType = TxnType.BUY,
+                qty: int = 100) -> str:
+    return desk.exchange.place_order(client_id=client_id, instrument=FNO, txn_type=txn,
+                                     quantity=qty, product="I", order_type="LMT",
+                                     price=Decimal(price))
+
+
+def test_marketable_buy_limit_fills_at_the_market_price_on_arrival() -> None:
+    desk = Desk()
+    order_no = place_limit(desk, "101")
+    desk.exchange.advance(T0 + LATENCY)
+    order = desk.exchange.order(order_no)
+    assert order.status is OrderStatus.TRADED
+    assert order.avg_price == Decimal("100")
+    last = desk.updates()[-1]
+    assert (last.order_type, last.price, last.traded_price) == ("LMT", Decimal("101"),
+                                                               Decimal("100"))
+
+
+def test_buy_limit_below_market_works_until_the_market_comes_down_to_it() -> None:
+    desk = Desk()
+    order_no = place_limit(desk, "99")
+    desk.exchange.advance(T0 + LATENCY)
+    assert desk.exchange.order(order_no).status is OrderStatus.PENDING
+    desk.move("99.50", T0 + LATENCY * 2)
+    desk.exchange.advance(T0 + LATENCY * 2)
+    assert desk.exchange.order(order_no).status is OrderStatus.PENDING
+    desk.move("98.75", T0 + LATENCY * 3)
+    desk.exchange.advance(T0 + LATENCY * 3)
+    order = desk.exchange.order(order_no)
+    assert (order.status, order.avg_price) == (OrderStatus.TRADED, Decimal("98.75"))
+
+
+def test_sell_limit_fills_only_at_or_above_its_price() -> None:
+    desk = Desk()
+    order_no = place_limit(desk, "100.50", txn=TxnType.SELL)
+    desk.exchange.advance(T0 + LATENCY)
+    assert desk.exchange.order(order_no).status is OrderStatus.PENDING
+    desk.move("100.50", T0 + LATENCY * 2)
+    desk.exchange.advance(T0 + LATENCY * 2)
+    order = desk.exchange.order(order_no)
+    assert (order.status, order.avg_price) == (OrderStatus.TRADED, Decimal("100.50"))
+
+
+def test_slippage_never_takes_a_limit_order_past_its_price() -> None:
+    desk = Desk(slippage=Decimal("2"))
+    order_no = place_limit(desk, "101")
+    desk.exchange.advance(T0 + LATENCY)
+    assert desk.exchange.order(order_no).avg_price == Decimal("101")
+
+
+def test_limit_order_needs_a_positive_price_and_a_known_type() -> None:
+    desk = Desk()
+    with pytest.raises(GatewayError, match="positive price"):
+        desk.exchange.place_order(client_id="X", instrument=FNO, txn_type=TxnType.BUY,
+                                  quantity=1, product="I", order_type="LMT")
+    with pytest.raises(GatewayError, match="MKT or LMT"):
+        desk.exchange.place_order(client_id="Y", instrument=FNO, txn_type=TxnType.BUY,
+                                  quantity=1, product="I", order_type="SL")
+    assert desk.exchange.orders() == []
+
+
+def test_modify_to_a_marketable_price_fills_the_working_order() -> None:
+    desk = Desk()
+    order_no = place_limit(desk, "95")
+    desk.exchange.advance(T0 + LATENCY)
+    desk.exchange.modify_order(order_no, price=Decimal("100.25"))
+    order = desk.exchange.order(order_no)
+    assert (order.status, order.price, order.modifications) == (
+        OrderStatus.TRADED, Decimal("100.25"), 1)
+    statuses = [(u.status, u.price) for u in desk.updates()]
+    assert statuses[-2:] == [(OrderStatus.PENDING, Decimal("100.25")),
+                             (OrderStatus.TRADED, Decimal("100.25"))]
+
+
+def test_modify_quantity_keeps_the_order_working_with_the_new_quantity() -> None:
+    desk = Desk()
+    order_no = place_limit(desk, "95", qty=100)
+    desk.exchange.advance(T0 + LATENCY)
+    desk.exchange.modify_order(order_no, quantity=50)
+    assert desk.updates()[-1].quantity == 50
+    desk.move("94", T0 + LATENCY * 2)
+    desk.exchange.advance(T0 + LATENCY * 2)
+    order = desk.exchange.order(order_no)
+    assert (order.status, order.filled_qty) == (OrderStatus.TRADED, 50)
+
+
+def test_modify_refuses_unknown_terminal_and_empty_changes() -> None:
+    desk = Desk(latency=timedelta(0))
+    filled = desk.place("F1")
+    with pytest.raises(GatewayError, match="already TRADED"):
+        desk.exchange.modify_order(filled, price=Decimal("1"))
+    with pytest.raises(GatewayError, match="unknown order"):
+        desk.exchange.modify_order("NOPE", price=Decimal("1"))
+    desk.exchange.rest_next()
+    resting = desk.place("R1")
+    with pytest.raises(GatewayError, match="nothing to change"):
+        desk.exchange.modify_order(resting)
+    with pytest.raises(GatewayError, match="must exceed"):
+        desk.exchange.modify_order(resting, quantity=0)
+
+
+def test_rest_next_orders_rest_until_cancelled() -> None:
+    desk = Desk(latency=timedelta(0))
+    desk.exchange.rest_next(1)
+    resting = desk.place("R1")
+    desk.exchange.advance(T0 + timedelta(minutes=5))
+    assert desk.exchange.order(resting).status is OrderStatus.PENDING
+    normal = desk.place("N1")
+    assert desk.exchange.order(normal).status is OrderStatus.TRADED
+    desk.exchange.cancel_order(resting)
+    assert desk.exchange.order(resting).status is OrderStatus.CANCELLED
+
+
+def test_resting_order_modified_to_a_marketable_price_fills() -> None:
+    desk = Desk(latency=timedelta(0))
+    desk.exchange.resting = True
+    order_no = desk.place("R1", txn=TxnType.SELL)
+    desk.exchange.modify_order(order_no, price=Decimal("105"))  # not marketable: still works
+    desk.exchange.advance(T0 + timedelta(seconds=1))
+    assert desk.exchange.order(order_no).status is OrderStatus.PENDING
+    desk.exchange.modify_order(order_no, price=Decimal("99"))
+    order = desk.exchange.order(order_no)
+    assert (order.status, order.avg_price) == (OrderStatus.TRADED, Decimal("100"))
+
+
+def test_lookup_finds_an_order_by_its_client_id() -> None:
+    desk = Desk()
+    order_no = desk.place("CID-7")
+    found = desk.exchange.lookup("CID-7")
+    assert found is not None and found.order_no == order_no
+    assert desk.exchange.lookup("CID-8") is None
+
+
+def test_every_frame_of_limit_orders_parses() -> None:
+    desk = Desk()
+    place_limit(desk, "99", client_id="A")
+    place_limit(desk, "101", client_id="B", txn=TxnType.SELL)
+    desk.exchange.advance(T0 + LATENCY)
+    desk.move("102", T0 + LATENCY * 2)
+    desk.exchange.advance(T0 + LATENCY * 2)
+    assert all(isinstance(parse_order_update(f), OrderUpdate) for f in desk.frames)
+    assert [o.status for o in desk.exchange.orders()] == [OrderStatus.PENDING,
+                                                         OrderStatus.TRADED]

@@ -389,16 +389,19 @@ def test_opened_at_is_the_earliest_entry_fill_time_whatever_the_delivery_order(
 
 
 # Rejected transitions -----------------------------------------------------------------------------
-def test_when_an_exit_fill_arrives_on_an_exited_position_then_rejected_and_unchanged() -> None:
+def test_when_an_exit_fill_arrives_on_an_exited_position_then_kept_as_excess() -> None:
     exited = apply_exit(exiting(), exit_update(OrderStatus.TRADED, 100, "110", at=t(11, 1)))
 
     applied = lifecycle.apply_update(exited, exit_update(
         OrderStatus.TRADED, 20, "111", at=t(11, 2), order_no="X9", quantity=20),
         OrderRole.EXIT, attempt=1)
 
-    assert applied.rejection == "EXIT_FILLED is not allowed in status EXITED"
-    assert applied.position is exited
-    assert applied.fills == ()
+    # Never dropped (SPEC §11.1): the position stays EXITED, its closed quantity and realised
+    # PnL unchanged, and the 20 are excess, for a position of their own.
+    assert applied.rejection is None
+    assert applied.position.status is PositionStatus.EXITED
+    assert applied.position.closed_qty == 100 and applied.position.excess_qty == 20
+    assert [f.qty for f in applied.fills] == [20]
 
 
 @pytest.mark.parametrize("status", ["pending", "exiting", "exited", "cancelled"])

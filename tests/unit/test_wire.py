@@ -448,3 +448,19 @@ def test_dhan_frame_has_the_live_stream_shape() -> None:
 
     assert frame_data == {"Type": "order_alert", "Data": {
         key: value for key, value in DATA.items() if key != "RemainingQuantity"}}
+
+
+def test_camel_case_frames_as_the_live_socket_sends_them_are_read() -> None:
+    frame = ('{"Type": "order_alert", "Data": {"orderNo": "1125", "exchOrderNo": "1100", '
+             '"status": "Part-Traded", "txnType": "S", "quantity": 75, "tradedQty": 25, '
+             '"avgTradedPrice": 101.5, "securityId": "49081", "exchange": "NSE", '
+             '"segment": "D", "product": "I", "orderType": "LMT", "price": 101, '
+             '"correlationId": "X-P1-1", "lastUpdatedTime": "2025-01-06 10:00:01", '
+             '"reasonDescription": "ok"}}')
+    update = parse_order_update(frame)
+    assert isinstance(update, OrderUpdate), update
+    assert (update.order_no, update.exch_order_no, update.status, update.traded_qty) == (
+        "1125", "1100", OrderStatus.PART_TRADED, 25)
+    assert (update.avg_traded_price, update.correlation_id, update.order_type) == (
+        Decimal("101.5"), "X-P1-1", "LMT")
+    assert update.segment is Segment.NSE_FNO and update.updated_at is not None

@@ -1,0 +1,299 @@
+"""The DhanHQ REST client (SPEC §10): blocking calls with explicit timeouts that return ``Answer``
+values, over one ``httpx.Client``.
+
+Every call waits for a slot of its rate-limit bucket first (at most ``limit_wait`` seconds, else
+``LIMITED`` and nothing is sent), sends ``access-token`` / ``client-id`` headers with the current
+token, and classifies the answer (``broker.dhan.outcomes``). A refused token is remembered: until
+the token source gives another one, calls answer ``TOKEN_INVALID`` without sending anything (no
+retry loop). The quote call implements ``broker.ports.QuoteApi`` and so raises the port's
+errors. No text leaving this module holds the token.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, TypeVar
+from urllib.parse import quote, unquote
+
+import httpx
+from loguru import logger
+
+from broker.dhan.book import (
+    BrokerOrder,
+    BrokerPosition,
+    BrokerTrade,
+    RowError,
+    order_of,
+    position_of,
+    product_type,
+    trade_of,
+)
+from broker.dhan.limits import Bucket, RateLimits
+from broker.dhan.outcomes import Answer, Classified, Outcome, classify, normalised
+from broker.dhan.token import Secret, TokenError, TokenSource, scrub
+from broker.ports import GatewayError, QuoteThrottled, QuoteTimeout
+from models.common import Instrument, Segment, TxnType
+
+T = TypeVar("T")
+
+DEFAULT_BASE_URL = "https://api.dhan.co/v2"
+MAX_CORRELATION_ID = 30
+DEFAULT_TIMEOUT = httpx.Timeout(connect=2.0, read=3.0, write=2.0, pool=1.0)
+
+
+@dataclass(frozen=True)
+class PlacedOrder:
+    order_id: str
+    status: str | None
+
+
+@dataclass(frozen=True)
+class _Raw:
+    """One exchange on the wire: status and parsed body, or the transport failure."""
+
+    status: int | None
+    body: object
+    readable: bool
+    transport: str | None
+    sent: bool
+    elapsed: float
+
+
+class DhanRest:
+    """Implements ``QuoteApi``; every order and read call returns an ``Answer``."""
+
+    max_instruments = 1000
+    min_interval_seconds = 1.0
+
+    def __init__(self, base_url: str, client_id: str, token_source: TokenSource, *,
+                 timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+                 limiter: RateLimits | None = None, limit_wait: float = 1.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.client_id = client_id
+        self.tokens = token_source
+        self.limiter = limiter if limiter is not None else RateLimits()
+        self.limit_wait = limit_wait
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout,
+                                  transport=transport, headers={
+                                      "client-id": client_id, "Accept": "application/json",
+                                      "Content-Type": "application/json"})
+        self._refused: Secret | None = None
+        self._lock = threading.Lock()
+        self.on_token_invalid: Callable[[str], None] | None = None
+        """Called (with a safe detail) the first time a token is refused."""
+
+    def close(self) -> None:
+        self._http.close()
+
+    # Orders -----------------------------------------------------------------------------------
+    def place_order(self, *, correlation_id: str, instrument: Instrument, txn_type: TxnType,
+                    quantity: int, price: Decimal, product: str | None = None,
+                    order_type: str = "LIMIT", validity: str = "DAY") -> Answer[PlacedOrder]:
+        if not 0 < len(correlation_id) <= MAX_CORRELATION_ID:
+            raise ValueError(f"correlation id must be 1..{MAX_CORRELATION_ID} characters, "
+                             f"got {len(correlation_id)}")
+        body = {"dhanClientId": self.client_id, "correlationId": correlation_id,
+                "transactionType": txn_type.value, "exchangeSegment": instrument.segment.value,
+                "productType": product_type(product), "orderType": order_type,
+                "validity": validity, "securityId": instrument.security_id,
+                "quantity": quantity, "price": price}
+        return self._order_call("POST", "/orders", body, placement=True)
+
+    def modify_order(self, order_id: str, *, quantity: int, price: Decimal,
+                     order_type: str = "LIMIT", validity: str = "DAY") -> Answer[PlacedOrder]:
+        body = {"dhanClientId": self.client_id, "orderId": order_id, "orderType": order_type,
+                "quantity": quantity, "price": price, "validity": validity}
+        return self._order_call("PUT", f"/orders/{_segment(order_id)}", body)
+
+    def cancel_order(self, order_id: str) -> Answer[PlacedOrder]:
+        return self._order_call("DELETE", f"/orders/{_segment(order_id)}", None)
+
+    def _order_call(self, method: str, path: str, body: dict[str, Any] | None, *,
+                    placement: bool = False) -> Answer[PlacedOrder]:
+        raw = self._send(Bucket.ORDERS, method, path, body)
+        if isinstance(raw, Answer):
+            return raw
+        verdict = classify(raw.status, raw.body, transport=raw.transport, sent=raw.sent,
+                           placement=placement, readable=raw.readable)
+        value = None
+        if verdict.outcome is Outcome.OK:
+            fields = normalised(raw.body) if isinstance(raw.body, Mapping) else {}
+            order_id, status = fields.get("orderid"), fields.get("orderstatus")
+            value = PlacedOrder(  # a modification or cancellation may answer without the id
+                order_id=str(order_id) if order_id not in (None, "") else unquote(
+                    path.rsplit("/", 1)[-1]),
+                status=str(status) if status not in (None, "") else None)
+        return self._answer(verdict, raw, value, f"{method} {path}")
+
+    # Reads ------------------------------------------------------------------------------------
+    def order(self, order_id: str) -> Answer[BrokerOrder]:
+        """``GET /orders/{id}``: DhanHQ answers a one-element array (an object is accepted)."""
+        return self._read_one(f"/orders/{_segment(order_id)}")
+
+    def order_by_correlation(self, correlation_id: str) -> Answer[BrokerOrder]:
+        """``GET /orders/external/{correlationId}``: the order we tagged, or NOT_FOUND."""
+        return self._read_one(f"/orders/external/{_segment(correlation_id)}")
+
+    def orders(self) -> Answer[list[BrokerOrder]]:
+        return self._read_list("/orders", order_of)
+
+    def trades(self) -> Answer[list[BrokerTrade]]:
+        return self._read_list("/trades", trade_of)
+
+    def positions(self) -> Answer[list[BrokerPosition]]:
+        return self._read_list("/positions", position_of)
+
+    def _read_one(self, path: str) -> Answer[BrokerOrder]:
+        answer = self._read_list(path, order_of, lookup=True)
+        if not answer.ok:
+            return Answer(answer.outcome, None, answer.code, answer.detail, answer.http_status,
+                          answer.elapsed)
+        rows = answer.value or []
+        if not rows:
+            return Answer(Outcome.NOT_FOUND, None, answer.code, f"GET {path}: no order",
+                          answer.http_status, answer.elapsed)
+        return Answer(Outcome.OK, rows[0], None, answer.detail, answer.http_status,
+                      answer.elapsed)
+
+    def _read_list(self, path: str, parse: Callable[[object], T], *,
+                   lookup: bool = False) -> Answer[list[T]]:
+        raw = self._send(Bucket.READS, "GET", path, None)
+        if isinstance(raw, Answer):
+            return Answer(raw.outcome, None, raw.code, raw.detail)
+        verdict = classify(raw.status, raw.body, transport=raw.transport, sent=raw.sent,
+                           lookup=lookup, readable=raw.readable)
+        if verdict.outcome is not Outcome.OK:
+            return self._answer(verdict, raw, None, f"GET {path}")
+        body = raw.body
+        if isinstance(body, Mapping) and isinstance(normalised(body).get("data"), list):
+            body = normalised(body)["data"]  # an enveloped list, read liberally
+        rows = body if isinstance(body, list) else [body]
+        values: list[T] = []
+        for row in rows:
+            try:
+                values.append(parse(row))
+            except RowError as error:
+                logger.bind(path=path).warning("DhanHQ {}: row skipped: {}", path, error)
+        return self._answer(verdict, raw, values, f"GET {path}")
+
+    # Quotes (QuoteApi) --------------------------------------------------------------------------
+    def ltp(self, request: Mapping[Segment, Sequence[int]]) -> dict[Instrument, Decimal]:
+        """``POST /marketfeed/ltp``. ``last_price: 0`` is no price; ids left out are absent.
+        Raises ``QuoteThrottled``, ``QuoteTimeout`` or ``GatewayError``."""
+        body = {Segment(segment).value: [int(i) for i in ids] for segment, ids in request.items()}
+        raw = self._send(Bucket.QUOTE, "POST", "/marketfeed/ltp", body)
+        if isinstance(raw, Answer):
+            if raw.outcome is Outcome.LIMITED:
+                raise QuoteThrottled(f"quote API: {raw.detail}")
+            raise GatewayError(f"quote API: {raw.outcome}: {raw.detail}")
+        verdict = classify(raw.status, raw.body, transport=raw.transport, sent=raw.sent,
+                           readable=raw.readable)
+        if verdict.outcome is Outcome.OK:
+            return _prices(raw.body)
+        detail = self._answer(verdict, raw, None, "POST /marketfeed/ltp").detail
+        if verdict.code == "timeout":
+            raise QuoteTimeout(f"quote API: {detail}")
+        if raw.status == 429 or verdict.code in ("805", "DH-904"):
+            raise QuoteThrottled(f"quote API 429: {detail}")
+        raise GatewayError(f"quote API {verdict.outcome}: {detail}")
+
+    # The one seam -------------------------------------------------------------------------------
+    def _send(self, bucket: Bucket, method: str, path: str,
+              body: dict[str, Any] | None) -> _Raw | Answer[Any]:
+        try:
+            token = self.tokens.current()
+        except TokenError as error:
+            return Answer(Outcome.TOKEN_INVALID, code="no-token", detail=str(error))
+        with self._lock:
+            if self._refused is not None and token == self._refused:
+                return Answer(Outcome.TOKEN_INVALID, code="refused",
+                              detail="the access token was refused; waiting for a new one")
+        if not self.limiter.acquire(bucket, self.limit_wait):
+            return Answer(Outcome.LIMITED, code="limited",
+                          detail=f"no {bucket} slot within {self.limit_wait:g} s: not sent")
+        content = _dumps(body) if body is not None else None
+        started = time.monotonic()
+        try:
+            response = self._http.request(method, path, content=content,
+                                          headers={"access-token": token.reveal()})
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
+            return _Raw(None, None, False, self._safe(token, error), False,
+                        time.monotonic() - started)
+        except httpx.HTTPError as error:
+            return _Raw(None, None, False, self._safe(token, error), True,
+                        time.monotonic() - started)
+        elapsed = time.monotonic() - started
+        try:
+            parsed: object = json.loads(response.content, parse_float=Decimal) \
+                if response.content.strip() else None
+            readable = True
+        except ValueError:
+            parsed, readable = None, False
+        return _Raw(response.status_code, parsed, readable, None, True, elapsed)
+
+    def _answer(self, verdict: Classified, raw: _Raw, value: T | None,
+                what: str) -> Answer[T]:
+        token = self._current_or_none()
+        detail = scrub(verdict.detail, [token] if token is not None else [])
+        if verdict.outcome is Outcome.TOKEN_INVALID:
+            self._refuse(detail)
+        elif verdict.outcome not in (Outcome.OK, Outcome.NOT_FOUND):
+            logger.bind(call=what, outcome=verdict.outcome.value).warning(
+                "DhanHQ {}: {} ({})", what, verdict.outcome.value, detail)
+        return Answer(verdict.outcome, value, verdict.code, detail, raw.status, raw.elapsed)
+
+    def _refuse(self, detail: str) -> None:
+        token = self._current_or_none()
+        with self._lock:
+            first = self._refused != token
+            self._refused = token
+        if first:
+            logger.error("DhanHQ refused the access token: {}", detail)
+            if self.on_token_invalid is not None:
+                self.on_token_invalid(detail)
+
+    def _current_or_none(self) -> Secret | None:
+        try:
+            return self.tokens.current()
+        except TokenError:
+            return None
+
+    @staticmethod
+    def _safe(token: Secret, error: Exception) -> str:
+        return scrub(f"{type(error).__name__}: {error}", [token])
+
+
+def _segment(value: str) -> str:
+    """One URL path segment: an id with ``/``, ``?`` or spaces cannot change the path."""
+    return quote(value, safe="")
+
+
+def _dumps(body: dict[str, Any]) -> str:
+    """JSON for DhanHQ, which wants prices as numbers. A price has at most 15 significant digits
+    (tick-sized rupees), so the float's shortest repr is the Decimal's own text."""
+    return json.dumps({key: float(value) if isinstance(value, Decimal) else value
+                       for key, value in body.items()})
+
+
+def _prices(body: object) -> dict[Instrument, Decimal]:
+    data = normalised(body).get("data") if isinstance(body, Mapping) else None
+    prices: dict[Instrument, Decimal] = {}
+    if not isinstance(data, Mapping):
+        raise GatewayError("quote API: answer without data")
+    for segment, quotes in data.items():
+        if segment not in Segment.__members__ or not isinstance(quotes, Mapping):
+            continue
+        for security_id, entry in quotes.items():
+            price = normalised(entry).get("lastprice") if isinstance(entry, Mapping) else None
+            try:
+                value = Decimal(str(price))
+            except ArithmeticError:
+                continue
+            if value.is_finite() and value > 0:
+                prices[Instrument(segment=Segment(segment), security_id=str(security_id))] = value
+    return prices

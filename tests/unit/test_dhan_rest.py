@@ -1,0 +1,116 @@
+"""The DhanHQ REST client's wire details, on httpx's in-memory transport."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from decimal import Decimal
+
+import httpx
+import pytest
+
+from broker.dhan.limits import RateLimits
+from broker.dhan.outcomes import Answer, Outcome
+from broker.dhan.rest import DhanRest, PlacedOrder
+from broker.dhan.token import TokenSource
+from broker.ports import GatewayError, QuoteThrottled, QuoteTimeout
+from models.common import Instrument, Segment, TxnType
+
+FNO = Instrument(segment=Segment.NSE_FNO, security_id="49081")
+TOKEN = "the-secret-token-value"
+
+
+def client(handler: Callable[[httpx.Request], httpx.Response]) -> tuple[DhanRest,
+                                                                       list[httpx.Request]]:
+    seen: list[httpx.Request] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return handler(request)
+
+    rest = DhanRest("https://api.example/v2", "1000000001", TokenSource(token=TOKEN),
+                    limiter=RateLimits(), transport=httpx.MockTransport(record))
+    return rest, seen
+
+
+def place(rest: DhanRest) -> Answer[PlacedOrder]:
+    return rest.place_order(correlation_id="X-P1-1", instrument=FNO, txn_type=TxnType.SELL,
+                            quantity=75, price=Decimal("101.05"), product="I")
+
+
+def test_placement_body_and_headers_are_dhans() -> None:
+    rest, seen = client(lambda r: httpx.Response(200, json={"orderId": "1125",
+                                                            "orderStatus": "TRANSIT"}))
+    answer = place(rest)
+    assert answer.outcome is Outcome.OK
+    [request] = seen
+    assert (request.method, request.url.path) == ("POST", "/v2/orders")
+    assert request.headers["access-token"] == TOKEN
+    assert request.headers["client-id"] == "1000000001"
+    assert request.headers["content-type"] == "application/json"
+    assert json.loads(request.content) == {
+        "dhanClientId": "1000000001", "correlationId": "X-P1-1", "transactionType": "SELL",
+        "exchangeSegment": "NSE_FNO", "productType": "INTRADAY", "orderType": "LIMIT",
+        "validity": "DAY", "securityId": "49081", "quantity": 75, "price": 101.05}
+
+
+def test_ids_go_in_one_path_segment() -> None:
+    rest, seen = client(lambda r: httpx.Response(200, json=[]))
+    assert rest.order_by_correlation("../orders?x=1").outcome is Outcome.NOT_FOUND
+    assert seen[0].url.raw_path == b"/v2/orders/external/..%2Forders%3Fx%3D1"
+
+
+def test_an_unreadable_2xx_is_unknown() -> None:
+    rest, _ = client(lambda r: httpx.Response(200, content=b"<html>gateway</html>"))
+    answer = place(rest)
+    assert (answer.outcome, answer.code) == (Outcome.UNKNOWN, "200")
+
+
+def test_transport_failures_after_and_before_sending() -> None:
+    def timeout(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    def refused(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    assert place(client(timeout)[0]).outcome is Outcome.UNKNOWN
+    answer = place(client(refused)[0])
+    assert (answer.outcome, answer.code) == (Outcome.REJECTED, "not-sent")
+
+
+def test_a_get_order_answer_of_one_element_is_the_order() -> None:
+    rest, _ = client(lambda r: httpx.Response(200, json=[{
+        "orderId": "1125", "orderStatus": "TRADED", "filledQty": "75", "quantity": 75}]))
+    answer = rest.order("1125")
+    assert answer.ok and answer.value is not None
+    assert (answer.value.order_id, answer.value.filled_qty) == ("1125", 75)
+
+
+def test_quotes_skip_zero_prices_and_missing_ids() -> None:
+    body = {"data": {"NSE_FNO": {"49081": {"last_price": 368.15}, "49082": {"last_price": 0}},
+                     "NSE_EQ": {"11536": {"LastPrice": "2501.5"}}}, "status": "success"}
+    rest, seen = client(lambda r: httpx.Response(200, json=body))
+    prices = rest.ltp({Segment.NSE_FNO: [49081, 49082, 49083], Segment.NSE_EQ: [11536]})
+    assert prices == {FNO: Decimal("368.15"),
+                      Instrument(segment=Segment.NSE_EQ, security_id="11536"): Decimal("2501.5")}
+    assert json.loads(seen[0].content) == {"NSE_FNO": [49081, 49082, 49083], "NSE_EQ": [11536]}
+
+
+@pytest.mark.parametrize(("response", "error"), [
+    (httpx.Response(429, json={"data": {"805": "Too many requests"}, "status": "failed"}),
+     QuoteThrottled),
+    (httpx.Response(500, json={"data": {"800": "Internal"}, "status": "failed"}), GatewayError),
+])
+def test_quote_failures_raise_the_ports_errors(response: httpx.Response,
+                                               error: type[Exception]) -> None:
+    rest, _ = client(lambda r: response)
+    with pytest.raises(error):
+        rest.ltp({Segment.NSE_FNO: [49081]})
+
+
+def test_a_quote_timeout_raises_quote_timeout() -> None:
+    def timeout(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    with pytest.raises(QuoteTimeout):
+        client(timeout)[0].ltp({Segment.NSE_FNO: [49081]})
