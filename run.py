@@ -17,9 +17,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from loguru import logger
+from redis.connection import parse_url as parse_redis_url
+from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no type hints
 
 from actors.runtime.logging_bridge import route_stdlib_logging
 from actors.system import Parts, System
@@ -29,9 +31,20 @@ from actors.tracing.views import Filters, render
 from app.chart import write_pnl_chart
 from app.clocks import ManualClock, SessionClock, paper_session_start
 from app.console import print_summary, status_line
-from app.replay import Replayer, ReplayInputError, merge, read_orders, read_ticks
+from app.days import (
+    Day,
+    DaysError,
+    chart_name,
+    combine,
+    find_days,
+    pair_days,
+    policy_names,
+    policy_report,
+    table,
+)
+from app.replay import Event, Replayer, ReplayInputError, merge, read_orders, read_ticks
 from app.settings import Settings, SettingsError, load_settings
-from broker.paper import PaperBroker, PaperConfig
+from broker.paper import PaperBroker, PaperConfig, entry_interval
 from broker.paper.exchange import PaperExchange
 from broker.paper.market import TapeMarket
 from console.app import ConsoleConfig, build_app
@@ -41,9 +54,14 @@ from console.token import TokenError, operator_token
 from models.common import IST
 from models.position import PositionStatus
 from models.report import build_report, position_row
-from store.factory import open_store
+from store.factory import check_database_url, open_store
 from store.pnl_cache import open_pnl_cache
 from store.ports import Store, StoreError
+from store.urls import redact_text
+
+
+class InputError(ValueError):
+    """Bad input from the user (a URL, a path, a flag's value): one line on stderr, exit 2."""
 
 
 @dataclass
@@ -53,14 +71,17 @@ class Built:
     store: Store
 
 
-def build_system(settings: Settings, clock: Callable[[], datetime]) -> Built:
-    """The one place where ports meet adapters."""
+def build_system(settings: Settings, clock: Callable[[], datetime], *,
+                 entry_gap: timedelta | None = None) -> Built:
+    """The one place where ports meet adapters. ``entry_gap`` overrides the strategy's pace."""
     store = open_store(settings.database_url, settings.data_dir)
     paper = settings.paper
+    interval_ms = paper.interval_ms if entry_gap is None else \
+        int(entry_gap / timedelta(milliseconds=1))
     broker = PaperBroker(PaperConfig(
         positions=paper.positions, instruments=paper.instruments, seed=paper.seed,
         latency_ms=paper.latency_ms, long_ratio=paper.long_ratio,
-        interval_ms=paper.interval_ms, volatility=paper.volatility), start=clock(),
+        interval_ms=interval_ms, volatility=paper.volatility), start=clock(),
         order_prefix=f"PB{datetime.now(IST):%H%M%S}-")
     parts = Parts(store=store, cache=open_pnl_cache(settings.redis_url),
                   gateway=broker.exchange, quotes=broker.quotes, config=settings.risk,
@@ -99,11 +120,12 @@ def _stop_console(server: ConsoleServer | None) -> None:
 
 # Paper --------------------------------------------------------------------------------------------
 def run_paper(settings: Settings, *, duration: float | None, report: Path | None,
-              live_status: bool, trace: Path | None = None,
+              live_status: bool, trace: Path | None = None, burst: bool = False,
               http: Bind | None = None) -> int:
+    gap = _entry_plan(settings, duration, burst)
     tracing.install(Tracer(trace))
     clock = SessionClock(paper_session_start(datetime.now(IST), settings.risk.calendar))
-    built = build_system(settings, clock)
+    built = build_system(settings, clock, entry_gap=gap)
     system, broker = built.system, built.broker
 
     def step(now: datetime) -> None:
@@ -124,7 +146,45 @@ def run_paper(settings: Settings, *, duration: float | None, report: Path | None
                 break
     finally:
         _stop_console(console)
-    return _finish(system, built.store, "paper", started, clock(), report)
+    return _finish(system, built.store, "paper", started, clock(), report,
+                   entries=(settings.paper.positions, broker))
+
+
+def _entry_plan(settings: Settings, duration: float | None, burst: bool) -> timedelta:
+    """The strategy's pace: all ``--positions`` entries within the first half of a bounded
+    session (or at once with ``--burst``), said on stderr when it differs from the configured
+    pace, and when the session is too short for them to fill."""
+    paper = settings.paper
+    configured = timedelta(milliseconds=paper.interval_ms)
+    length = timedelta(seconds=duration) if duration is not None else None
+    gap = entry_interval(paper.positions, configured, length, burst=burst)
+    if paper.positions > 1 and gap != configured and not burst and length is not None:
+        print(f"paper: {paper.positions} entries spread over the first "
+              f"{(length / 2).total_seconds():g} s of the session, one every "
+              f"{gap.total_seconds() * 1000:.0f} ms (at the configured "
+              f"{paper.interval_ms} ms they would need "
+              f"{(configured * (paper.positions - 1)).total_seconds():g} s)", file=sys.stderr)
+    latency = timedelta(milliseconds=paper.latency_ms)
+    if length is not None and paper.positions and gap * (paper.positions - 1) + latency * 2 \
+            > length:
+        print(f"paper: --duration {duration:g} s is too short for {paper.positions} entries "
+              f"to fill (the paper exchange answers after {paper.latency_ms} ms); some "
+              "positions may not open", file=sys.stderr)
+    return gap
+
+
+def _opened_of_requested(requested: int, broker: PaperBroker, store: Store) -> str:
+    """How many of this session's entry orders became positions, and why not all did."""
+    ours = set(broker.strategy.order_nos.values())
+    opened = sum(1 for p in store.list_positions()
+                 if p.entry_order_no in ours and p.opened_at is not None)
+    line = f"paper: {opened} of {requested} requested positions opened"
+    if opened < requested:
+        placed, refused = len(ours), len(broker.strategy.failures)
+        line += (f" ({placed} entry orders placed, {refused} refused, "
+                 f"{requested - placed - refused} not yet due when the session ended: "
+                 "a longer --duration, or --burst, opens them all)")
+    return line
 
 
 def _on_signals(stop: threading.Event) -> None:
@@ -137,7 +197,20 @@ def _on_signals(stop: threading.Event) -> None:
 
 
 def _finish(system: System, store: Store, mode: str, started: datetime, ended: datetime,
-            report_path: Path | None) -> int:
+            report_path: Path | None, *, entries: tuple[int, PaperBroker] | None = None) -> int:
+    report = _stop(system, store, mode, started, ended)
+    if report_path is not None:
+        _publish(report, report_path)
+    print_summary(report, sys.stdout)
+    if entries is not None:
+        print(_opened_of_requested(entries[0], entries[1], store))
+    store.close()
+    return 0
+
+
+def _stop(system: System, store: Store, mode: str, started: datetime,
+          ended: datetime) -> dict[str, Any]:
+    """Stop the system (and the trace sink) and report on what the store holds."""
     metrics = system.parts.metrics
     system.quiesce()
     books = system.books()
@@ -153,14 +226,7 @@ def _finish(system: System, store: Store, mode: str, started: datetime, ended: d
     if not books.agree:
         logger.error("the broker's book and ours differ at the end of the session: {}",
                      books.line())
-    if report_path is not None:
-        _write_atomically(report_path, json.dumps(report, indent=2))
-        chart = report_path.with_suffix(".png")
-        write_pnl_chart(report, chart)
-        logger.info("report written to {} (chart: {})", report_path, chart)
-    print_summary(report, sys.stdout)
-    store.close()
-    return 0
+    return report
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -172,18 +238,68 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 # Replay -----------------------------------------------------------------------------------------
-def run_replay(settings: Settings, orders: Path, ticks: Path | None, report: Path | None,
-               db: str | None, trace: Path | None = None, http: Bind | None = None) -> int:
+def run_replay(runs: Sequence[tuple[str, Settings]], days: Sequence[Day], report: Path | None,
+               db: str | None, trace: Path | None = None, *, stepped: bool = False,
+               http: Bind | None = None) -> int:
+    """Each day under each policy (``runs``: a name and the settings carrying its policy). One
+    day under one policy prints and writes the session report as ever; more print a table with
+    a column per policy and write one document with every report and the totals."""
+    single = len(days) == 1 and len(runs) == 1
+    if not single and (db is not None or trace is not None):
+        raise InputError("--db and --trace keep one replay: give one day and one policy")
+    inputs = [(day, _read_day(day)) for day in days]
+    # On a terminal only (tqdm's disable=None): a report piped elsewhere stays clean.
+    bar = tqdm(total=sum(len(events) for _, events in inputs) * len(runs), unit="ev",
+               unit_scale=True, disable=None, file=sys.stderr, leave=False)
     try:
-        updates = read_orders(orders)
-        tape = read_ticks(ticks) if ticks is not None else []
+        return _replay_all(runs, inputs, report, db, trace, stepped, bar, http)
+    finally:
+        bar.close()
+
+
+def _replay_all(runs: Sequence[tuple[str, Settings]], inputs: list[tuple[Day, list[Event]]],
+                report: Path | None, db: str | None, trace: Path | None, stepped: bool,
+                bar: Any, http: Bind | None = None) -> int:
+    if len(inputs) == 1 and len(runs) == 1:
+        bar.set_description(f"replay {inputs[0][0].name}")
+        one = _replay_day(runs[0][1], inputs[0][1], db, trace, stepped, bar.update, http)
+        if report is not None:
+            _publish(one, report)
+        print_summary(one, sys.stdout)
+        return 0
+    reports: dict[tuple[str, str], dict[str, Any]] = {}
+    for number, (day, events) in enumerate(inputs, 1):
+        for name, settings in runs:
+            bar.set_description(f"day {number}/{len(inputs)} {day.name} {name}")
+            reports[day.name, name] = _replay_day(settings, events, None, None, stepped,
+                                                  bar.update)
+            summary = reports[day.name, name]["summary"]
+            logger.info("day {} under {}: net PnL {}, exits {}", day.name, name,
+                        summary["net_pnl"], summary["exits_by_reason"])
+    combined = combine([day.name for day, _ in inputs], [name for name, _ in runs], reports)
+    if report is not None:
+        _write_atomically(report, json.dumps(combined, indent=2))
+        for name, _ in runs:  # a chart of cumulative PnL per policy, over every day
+            write_pnl_chart(policy_report(combined, name), chart_name(report, name))
+        logger.info("report written to {} (a chart per policy beside it)", report)
+    print("\n".join(table(combined)))
+    return 0
+
+
+def _read_day(day: Day) -> list[Event]:
+    try:
+        updates = read_orders(day.orders)
+        tape = read_ticks(day.ticks) if day.ticks is not None else []
     except ReplayInputError as error:
-        print(f"replay: {error}", file=sys.stderr)
-        return 2
+        raise InputError(str(error)) from None
     if not updates and not tape:
-        print(f"replay: {orders} has no order updates", file=sys.stderr)
-        return 2
-    events = merge(updates, tape)
+        raise InputError(f"{day.orders} has no order updates")
+    return merge(updates, tape)
+
+
+def _replay_day(settings: Settings, events: list[Event], db: str | None, trace: Path | None,
+                stepped: bool, progress: Callable[[int], object] | None = None,
+                http: Bind | None = None) -> dict[str, Any]:
     tracing.install(Tracer(trace))
     clock = ManualClock(events[0].at - timedelta(seconds=1))
     with tempfile.TemporaryDirectory(prefix="replay-") as scratch:
@@ -193,26 +309,31 @@ def run_replay(settings: Settings, orders: Path, ticks: Path | None, report: Pat
         exchange = PaperExchange(market, latency=timedelta(0), order_prefix="RX")
         parts = Parts(store=store, cache=open_pnl_cache(settings.redis_url), gateway=exchange,
                       quotes=None, config=settings.risk, clock=clock,
-                      correlation_prefix=settings.correlation_prefix)
+                      correlation_prefix=settings.correlation_prefix, deadlines=not stepped)
         system = System(parts).start(ticker=False)
         started = clock()
-        console = _console_or_stop(system, settings, http, "replay")
-        try:
-            ended = Replayer(system, clock, market, exchange).play(events)
-        finally:
-            _stop_console(console)
-        return _finish(system, store, "replay", started, ended, report)
+        ended = Replayer(system, clock, market, exchange, stepped=stepped,
+                         progress=progress).play(events)
+        report = _stop(system, store, "replay", started, ended)
+        store.close()
+        return report
+
+
+def _publish(report: dict[str, Any], path: Path) -> None:
+    _write_atomically(path, json.dumps(report, indent=2))
+    chart = path.with_suffix(".png")
+    write_pnl_chart(report, chart)
+    logger.info("report written to {} (chart: {})", path, chart)
 
 
 # Store commands -----------------------------------------------------------------------------------
 def run_positions(settings: Settings, status: str | None, as_json: bool) -> int:
-    store = open_store(settings.database_url, settings.data_dir)
     try:
         wanted = PositionStatus(status.upper()) if status else None
     except ValueError:
         allowed = ", ".join(s.value for s in PositionStatus)
-        print(f"--status: unknown status {status!r} (allowed: {allowed})", file=sys.stderr)
-        return 2
+        raise InputError(f"--status: unknown status {status!r} (allowed: {allowed})") from None
+    store = open_store(settings.database_url, settings.data_dir)
     rows = [position_row(p, settings.risk.policy) for p in store.list_positions(wanted)]
     store.close()
     if as_json:
@@ -237,7 +358,7 @@ def run_reset_kill_switch(settings: Settings) -> int:
 
 def run_trace(args: argparse.Namespace) -> int:
     if not args.file.is_file():
-        print(f"trace: no such file {args.file}", file=sys.stderr)
+        print(f"trace: {args.file}: no such file", file=sys.stderr)
         return 2
     filters = Filters(position=args.position, order=args.order, security=args.security,
                       actor=args.actor, errors=args.errors)
@@ -251,26 +372,53 @@ def run_trace(args: argparse.Namespace) -> int:
 
 
 # Arguments ----------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (the usage is one ``--help`` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="run.py", description="Position tracker and risk "
-                                  "supervisor. With no command: a paper session until Ctrl-C.")
+    top = _Parser(prog="run.py", description="Position tracker and risk "
+                  "supervisor. With no command: a paper session until Ctrl-C.")
     commands = top.add_subparsers(dest="command")
     paper = commands.add_parser("paper", help="a bounded paper session")
     paper.add_argument("--positions", type=int, help="entry orders the strategy places")
-    paper.add_argument("--duration", type=float, help="seconds of exchange time to run")
+    paper.add_argument("--duration", type=_positive, help="seconds of exchange time to run; "
+                       "the entries are spread over its first half")
+    paper.add_argument("--burst", action="store_true", help="place every entry at the start")
     paper.add_argument("--seed", type=int, help="random seed of market and strategy")
     paper.add_argument("--report", type=Path, help="write the JSON report here")
     paper.add_argument("--trace", type=Path, help="write message traces as JSON lines")
     replay = commands.add_parser("replay", help="play a recorded session through the actors")
-    replay.add_argument("--orders", type=Path, required=True,
-                        help="order updates, one DhanHQ frame per line (JSONL)")
-    replay.add_argument("--ticks", type=Path, help="price tape CSV ts,segment,security_id,ltp")
+    replay.add_argument("--orders", type=Path, action="append", default=[],
+                        help="order updates, one DhanHQ frame per line (JSONL); repeat for "
+                        "several days")
+    replay.add_argument("--ticks", type=Path, action="append", default=[],
+                        help="price tape CSV ts,segment,security_id,ltp; one per --orders")
+    replay.add_argument("--days", type=Path, help="a folder of days: sub-folders with "
+                        "orders.jsonl (and ticks.csv), or NAME.jsonl files (and NAME.csv)")
+    replay.add_argument("--policy", type=Path, action="append", dest="policies", default=[],
+                        help="policy TOML file; repeat to compare policies side by side")
     replay.add_argument("--report", type=Path, help="write the JSON report here")
     replay.add_argument("--trace", type=Path, help="write message traces as JSON lines")
     replay.add_argument("--http", default="off", help="serve the operator console on "
                         "HOST:PORT while replaying (default: off)")
     paper.add_argument("--http", default=DEFAULT_BIND, help="operator console HOST:PORT, or "
                        f"off (default {DEFAULT_BIND})")
+    replay.add_argument("--stepped", action="store_true", help="a timer every simulated second "
+                        "and one tick at a time (slow; the same decisions, for checking)")
     positions = commands.add_parser("positions", help="list positions from the store")
     positions.add_argument("--status", help="PENDING, ACTIVE, EXITING, EXITED or CANCELLED")
     positions.add_argument("--json", action="store_true", help="JSON like the report")
@@ -282,18 +430,77 @@ def parser() -> argparse.ArgumentParser:
     trace.add_argument("--security", help="only this security id")
     trace.add_argument("--actor", help="only this actor (e.g. supervisor, tracker:P123)")
     trace.add_argument("--errors", action="store_true", help="only failures and dead letters")
-    trace.add_argument("--format", choices=("tree", "timeline", "chrome"), default="tree")
+    trace.add_argument("--format", choices=("tree", "timeline", "chrome", "json"), default="tree",
+                       help="tree: causal trees, or a position's story with --position / --order; "
+                       "json: the same for tools")
     for sub in (top, *commands.choices.values()):
         sub.add_argument("--db", dest="database_url", help="database URL (overrides "
                          "DATABASE_URL)", default=argparse.SUPPRESS)
         sub.add_argument("--redis", dest="redis_url", help="Redis URL (overrides REDIS_URL)",
                          default=argparse.SUPPRESS)
-        sub.add_argument("--policy", type=Path, help="policy TOML file",
-                         default=argparse.SUPPRESS)
+        if sub is not replay:
+            sub.add_argument("--policy", type=Path, help="policy TOML file",
+                             default=argparse.SUPPRESS)
     top.add_argument("--trace", type=Path, help="write message traces as JSON lines")
     top.add_argument("--http", default=DEFAULT_BIND, help="operator console HOST:PORT, or off "
                      f"(default {DEFAULT_BIND})")
     return top
+
+
+def preflight(settings: Settings, outputs: Sequence[Path | None]) -> None:
+    """Refuse bad input before anything starts: URLs that name no store or cache, and output
+    files that cannot be written. Connects to nothing."""
+    try:
+        check_database_url(settings.database_url)
+    except ValueError as error:
+        raise InputError(f"--db / DATABASE_URL: {error}") from None
+    if settings.redis_url is not None:
+        try:
+            parse_redis_url(settings.redis_url)  # type: ignore[no-untyped-call]  # redis-py
+        except ValueError as error:
+            text = redact_text(str(error), settings.redis_url)
+            raise InputError(f"--redis / REDIS_URL: {text}") from None
+    for path in outputs:
+        if path is None:
+            continue
+        if path.is_dir():
+            raise InputError(f"{path}: is a folder, not a file to write")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise InputError(f"{path}: cannot create its folder ({error.strerror})") from None
+        if not os.access(path.parent, os.W_OK):
+            raise InputError(f"{path}: its folder is not writable")
+
+
+def _days(args: argparse.Namespace) -> list[Day]:
+    if args.days is not None and args.orders:
+        raise InputError("give --orders files or a --days folder, not both")
+    if args.days is None and not args.orders:
+        raise InputError("give --orders FILE (repeat for several days) or --days FOLDER")
+    try:
+        return find_days(args.days) if args.days is not None else \
+            pair_days(args.orders, args.ticks)
+    except DaysError as error:
+        raise InputError(str(error)) from None
+
+
+def _policy_runs(args: argparse.Namespace, flags: dict[str, Any]) -> list[tuple[str, Settings]]:
+    """The settings for each ``--policy`` of a replay (one run on the configured policy when
+    none is given)."""
+    files: list[Path | None] = list(args.policies) or [None]
+    try:
+        names = policy_names(files)
+    except DaysError as error:
+        raise InputError(str(error)) from None
+    return [(name, load_settings(config_file=Path("tracker.toml"), policy_file=path,
+                                 environ=os.environ, flags=flags))
+            for name, path in zip(names, files, strict=True)]
+
+
+def one_line(error: BaseException) -> str:
+    """An error's text on one line (drivers add hints on further lines)."""
+    return " ".join(str(error).split())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -309,28 +516,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(config_file=Path("tracker.toml"),
                                  policy_file=getattr(args, "policy", None),
                                  environ=os.environ, flags=flags)
+        preflight(settings, [getattr(args, "report", None), getattr(args, "trace", None)])
         if args.command == "positions":
             return run_positions(settings, args.status, args.json)
         if args.command == "reset-kill-switch":
             return run_reset_kill_switch(settings)
         if args.command == "replay":
-            return run_replay(settings, args.orders, args.ticks, args.report,
+            return run_replay(_policy_runs(args, flags), _days(args), args.report,
                               getattr(args, "database_url", None), args.trace,
-                              http=parse_bind(args.http))
+                              stepped=args.stepped, http=parse_bind(args.http))
         if args.command == "paper":
             return run_paper(settings, duration=args.duration, report=args.report,
-                             live_status=False, trace=args.trace, http=parse_bind(args.http))
+                             burst=args.burst, live_status=False, trace=args.trace,
+                             http=parse_bind(args.http))
         return run_paper(settings, duration=None, live_status=True, trace=args.trace,
                          report=settings.data_dir / "last-session.json",
                          http=parse_bind(args.http))
     except (SettingsError, BindError) as error:
-        print(f"configuration error: {error}", file=sys.stderr)
+        print(f"configuration error: {one_line(error)}", file=sys.stderr)
+        return 2
+    except InputError as error:
+        command = f"run.py {args.command}" if args.command else "run.py"
+        print(f"{command}: {one_line(error)}", file=sys.stderr)
         return 2
     except (TokenError, OSError) as error:
         print(f"console error: {error}", file=sys.stderr)
         return 1
     except StoreError as error:
-        print(f"store error: {error}", file=sys.stderr)
+        print(f"store error: {one_line(error)}", file=sys.stderr)
         return 1
 
 

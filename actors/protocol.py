@@ -6,7 +6,7 @@ Frozen dataclasses (not pydantic) because they hold ``ActorRef``s, which are not
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -128,6 +128,25 @@ class BandChanged:
 
     position_id: str
     band: Band | None
+
+
+DUE = datetime.min.replace(tzinfo=UTC)
+"""A deadline that is due at the next timer (a position not evaluated since it changed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadlineChanged:
+    """Tracker → supervisor, when deadlines are asked for (replay): the next instant at which a
+    timer can change what this position does (``PositionKeeper.next_deadline``)."""
+
+    position_id: str
+    at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class NextDeadline:
+    """Ask the supervisor: the earliest instant at which a timer can change anything, ``DUE``
+    at the next timer, None when no timer can. Replay skips the time before it."""
 
 
 @dataclass(frozen=True, slots=True)

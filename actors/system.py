@@ -30,6 +30,7 @@ from actors.protocol import (
     Checkpoint,
     Flush,
     Halt,
+    NextDeadline,
     Operator,
     OperatorOutcome,
     ResetKillSwitch,
@@ -41,7 +42,8 @@ from actors.runtime.metrics import Metrics
 from actors.runtime.timers import Schedule, Ticker, fire
 from actors.supervisor.actor import RiskSupervisor, Supervision
 from actors.tracing import recorder as tracing
-from actors.tracing.views import Filters, Trace, story
+from actors.tracing.recorder import tracer
+from actors.tracing.story import narrate, position_story
 from actors.tracker.actor import Peers
 from actors.tracker.keeper import KeeperContext
 from broker.ports import OrderGateway, QuoteApi
@@ -79,6 +81,10 @@ class Parts:
     hold: float = 0.02
     """Seconds ordinary work may be held back while urgent work runs (0: never)."""
     correlation_prefix: str | None = None
+    deadlines: bool = False
+    """Replay on a simulated clock: trackers tell the supervisor their next deadlines (for
+    ``next_deadline``), and ``settle`` waits for the trackers' dispatcher to go idle rather
+    than asking each tracker."""
     cache_every: timedelta = timedelta(seconds=1)
     """How often the PnL cache is written (0: every flush); the kill switch is valued on every
     flush regardless."""
@@ -121,8 +127,10 @@ class System:
     def __init__(self, parts: Parts) -> None:
         self.parts = parts
         self.dispatcher = Dispatcher(workers=parts.workers, name="trackers",
-                                     reserve=parts.reserve, hold=parts.hold)
+                                     reserve=parts.reserve, hold=parts.hold,
+                                     count_idle=parts.deadlines)
         self.ticker: Ticker | None = None
+        self._pings: list[Any] | None = None
         self.started_at: datetime | None = None
         self._stopped = False
 
@@ -146,6 +154,10 @@ class System:
         # Every tracker thread, the order-update actor and the supervisor may write at once.
         p.store.prepare(p.workers + p.reserve + 2)
         self.started_at = p.clock()
+        active = tracer()
+        if active is not None:  # what a trace's story needs to value a position
+            active.lifecycle("system", "start", at=self.started_at.isoformat(),
+                             fee_per_order=str(p.config.policy.fee_per_order))
         ctx = KeeperContext(store=p.store, config=p.config, clock=p.clock, metrics=p.metrics)
         stale = p.config.policy.stale_after_seconds
         self.batcher = LTPBatcherActor.start(None, p.quotes, p.clock, p.metrics,
@@ -165,7 +177,7 @@ class System:
                                              correlation_prefix=p.correlation_prefix,
                                              gate=self.dispatcher.yield_to_urgent)
         peers = Peers(supervisor=self.supervisor, index=self.index, pnl=self.pnl,
-                      batcher=self.batcher, orders=self.orders)
+                      batcher=self.batcher, orders=self.orders, deadlines=p.deadlines)
         self.supervisor.proxy().wire(peers).get(timeout=ASK)
         self._load()
         # Everything alive now (code, adapters, the loaded book) is moved out of the cyclic
@@ -209,6 +221,12 @@ class System:
         """Advance time by hand (replay): a flush and, when asked, a timer."""
         fire(now, flush_to=[self.batcher], timer_to=[self.supervisor, self.orders],
              timer=timer)
+
+    def next_deadline(self) -> datetime | None:
+        """The earliest instant at which a timer can change a decision (``DUE``: the next
+        timer; None: none can). Needs ``Parts.deadlines``; ask it after ``settle``."""
+        moment: datetime | None = self.supervisor.ask(NextDeadline(), block=True, timeout=SETTLE)
+        return moment
 
     # Views ------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -294,8 +312,8 @@ class System:
                 if actor.startswith(f"tracker:{position_id}#") or actor == "supervisor":
                     records += [r for r in active.dump(actor)
                                 if r.get("position_id") == position_id]
-        return {"position": position, "trace": story(Trace(records),
-                                                     Filters(position=position_id)),
+        return {"position": position,
+                "trace": narrate(position_story(records, position_id)),
                 "fills": store.fills(position_id),
                 "exit_attempts": store.exit_attempts(position_id)}
 
@@ -335,6 +353,9 @@ class System:
 
     def settle(self, rounds: int = 3) -> None:
         """Wait until what was told has been handled (FIFO mailboxes, pipeline order)."""
+        if self.parts.deadlines:
+            self._settle_on_idle(rounds)
+            return
         for _ in range(rounds):
             self.orders.proxy().parked.get(timeout=SETTLE)
             self.batcher.proxy().pending.get(timeout=SETTLE)
@@ -347,6 +368,22 @@ class System:
                     ref.ask(Snapshot(), timeout=SETTLE)
                 except pykka.ActorDeadError:
                     continue
+            self.pnl.ask(Flush(at=self.parts.clock(), complete=True), timeout=SETTLE)
+
+    def _settle_on_idle(self, rounds: int) -> None:
+        """``settle`` for a replay: each singleton in pipeline order (the exit gateways after the
+        supervisor) answers a cheap question
+        (an attribute, through a proxy made once) once it has handled what was queued before
+        it, and the trackers are waited for all at once, until their dispatcher is idle."""
+        if self._pings is None:
+            gateways = self.supervisor.proxy().gateway_refs.get(timeout=SETTLE)
+            self._pings = [ref.proxy() for ref in (self.orders, self.batcher, self.index,
+                                                   self.supervisor, *gateways)]
+        for _ in range(rounds):
+            for proxy in self._pings:
+                proxy.actor_urn.get(timeout=SETTLE)
+            if not self.dispatcher.wait_idle(SETTLE):
+                raise TimeoutError(f"trackers still busy after {SETTLE:g} s")
             self.pnl.ask(Flush(at=self.parts.clock(), complete=True), timeout=SETTLE)
 
     # Stop -------------------------------------------------------------------------------------

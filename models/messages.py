@@ -189,6 +189,8 @@ class PnLMarked:
     correlation_id: str
     causation_id: str | None = None
     message_id: str = field(default_factory=new_id)
+    trail_stop: Decimal | None = None
+    """The trailing stop in force (None: not armed), so a trace shows when it armed and moved."""
 
 
 # Exits ------------------------------------------------------------------------------------------

@@ -34,26 +34,43 @@ def open_store(database_url: str | None, data_dir: Path = Path("data")) -> Store
     return store
 
 
-def _open(database_url: str | None, data_dir: Path) -> SqlStore:
-    # Imported here so an SQLite-only run never loads psycopg.
-    if database_url is None:
-        from store.sqlite import SqliteStore
+def check_database_url(database_url: str | None) -> None:
+    """Raises the ``ValueError`` ``open_store`` would for this URL, without connecting: a
+    command line can refuse bad input before it starts anything."""
+    _scheme(database_url)
 
-        return SqliteStore(data_dir / DEFAULT_FILE)
+
+def _scheme(database_url: str | None) -> str | None:
+    """``postgresql``, ``sqlite`` or None (the default file); ``ValueError`` otherwise."""
+    if database_url is None:
+        return None
     scheme = database_url.partition("://")[0].lower() if "://" in database_url else ""
     if not _SCHEME.fullmatch(scheme):
         scheme = ""  # not a scheme at all, and possibly carrying a secret: never echoed
     if scheme in _POSTGRES:
-        from store.postgres import PostgresStore
-
-        return PostgresStore(database_url)
+        return "postgresql"
     if scheme == "sqlite":
-        from store.sqlite import SqliteStore
-
-        return SqliteStore(sqlite_path(database_url))
+        sqlite_path(database_url)
+        return "sqlite"
     if not scheme:
         raise ValueError(f"the database URL has no valid scheme; use {_SUPPORTED}")
     raise ValueError(f"unsupported database URL scheme {scheme!r}; use {_SUPPORTED}")
+
+
+def _open(database_url: str | None, data_dir: Path) -> SqlStore:
+    # Imported here so an SQLite-only run never loads psycopg.
+    scheme = _scheme(database_url)
+    if database_url is None or scheme is None:
+        from store.sqlite import SqliteStore
+
+        return SqliteStore(data_dir / DEFAULT_FILE)
+    if scheme == "postgresql":
+        from store.postgres import PostgresStore
+
+        return PostgresStore(database_url)
+    from store.sqlite import SqliteStore
+
+    return SqliteStore(sqlite_path(database_url))
 
 
 def sqlite_path(url: str) -> Path:

@@ -36,7 +36,7 @@ from actors.runtime.pykka_compat import (
     is_stop,
     run_setup,
 )
-from actors.tracing.recorder import Traced, stamp
+from actors.tracing.recorder import Traced, dump_on_crash, stamp
 
 __all__ = ["Dispatcher", "PooledActor", "SingletonActor", "StampedQueue", "default_dispatcher"]
 
@@ -359,6 +359,7 @@ class SingletonActor(Traced, Hooks, pykka.ThreadingActor):
             _log.opt(exception=(exception_type, exception_value, traceback)).error(
                 "{} failed on a told message ({} so far) and goes on with the next",
                 self.trace_name, self.told_failures)
+            dump_on_crash(self.trace_name, exception_value)
 
     def make_inbox(self) -> StampedQueue:
         # pykka makes it from Actor.__init__, through the instance: the inbox knows its actor.

@@ -39,7 +39,7 @@ class Dispatcher:
     """A fixed pool of worker threads running scheduled mailboxes; see the module docstring."""
 
     def __init__(self, workers: int = 4, *, throughput: int = 16, name: str = "dispatch",
-                 reserve: int = 0, hold: float = 0.0) -> None:
+                 reserve: int = 0, hold: float = 0.0, count_idle: bool = False) -> None:
         if workers < 1 or throughput < 1:
             raise ValueError("workers and throughput must be at least 1")
         if reserve < 0 or hold < 0:
@@ -77,6 +77,10 @@ class Dispatcher:
         """Messages replaced in a mailbox by a newer one before they were handled."""
         self.held = 0
         """Times ordinary work waited for urgent work."""
+        self._count_idle = count_idle
+        self._outstanding = 0
+        """Tasks submitted and not yet finished, when ``count_idle`` (for ``wait_idle``)."""
+        self._idle = threading.Condition(threading.Lock())
 
     def start(self) -> Dispatcher:
         with self._lock:
@@ -101,6 +105,8 @@ class Dispatcher:
             raise RuntimeError(f"dispatcher {self.name} is shut down")
         if not self._threads:
             self.start()
+        if self._count_idle:
+            task = self._tracked(task)
         if urgent:
             if self.hold:
                 with self._calm:
@@ -117,6 +123,30 @@ class Dispatcher:
         else:
             self._ordinary.append(task)
         self._tokens.put(None)
+
+    def _tracked(self, task: Callable[[], None]) -> Callable[[], None]:
+        with self._idle:
+            self._outstanding += 1
+
+        def run() -> None:
+            try:
+                task()
+            finally:
+                with self._idle:
+                    self._outstanding -= 1
+                    if not self._outstanding:
+                        self._idle.notify_all()
+        return run
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until every task submitted has finished (a task that submits another, a
+        mailbox with more to do, keeps it busy); False if ``timeout`` seconds passed first.
+        Only for a dispatcher made with ``count_idle`` (a replay's: it costs a lock per task,
+        which the live price path does not pay)."""
+        if not self._count_idle:
+            raise RuntimeError(f"dispatcher {self.name} does not count its tasks")
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._outstanding, timeout)
 
     def yield_to_urgent(self) -> None:
         """Ordinary work calls this before it starts: while urgent tasks are queued or running,

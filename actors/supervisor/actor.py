@@ -23,9 +23,12 @@ from pykka import ActorDeadError, ActorRef
 
 from actors.gateway.actor import GatewayActor
 from actors.protocol import (
+    DUE,
     Checkpoint,
     ClearKillSwitch,
+    DeadlineChanged,
     Halt,
+    NextDeadline,
     Operator,
     OperatorOutcome,
     PortfolioValued,
@@ -143,6 +146,8 @@ class RiskSupervisor(SingletonActor):
         self._kept: dict[str, _Child] = {}
         """The children whose keeper the supervisor runs itself (quarantined, or adopted while
         restarts are paused)."""
+        self.deadlines: dict[str, datetime | None] = {}
+        """Each tracker's next deadline, as it told (``DeadlineChanged``, replay only)."""
 
     GATEWAYS = 4
     """Gateway actors: a slow broker call holds up only the positions routed to its actor (a
@@ -244,6 +249,10 @@ class RiskSupervisor(SingletonActor):
                 return self.snapshot()
             case Halt() | Resume() | ResetKillSwitch():
                 return self._operator(message)
+            case DeadlineChanged():
+                self.deadlines[message.position_id] = message.at
+            case NextDeadline():
+                return self.next_deadline()
             case _:
                 logger.warning("supervisor ignores {}", type(message).__name__)
         return None
@@ -376,6 +385,18 @@ class RiskSupervisor(SingletonActor):
                 reason=ExitReason.MANUAL, position_id=position.position_id,
                 sent_at=self.ctx.clock(), detail="opened while trading is halted by the operator",
                 **message.caused()))
+
+    def next_deadline(self) -> datetime | None:
+        """The earliest instant at which a timer can change anything here (``DUE``: the next
+        timer; None: no timer can): the end of a restart pause, and each open position's next
+        deadline (a tracker that has not told one is due)."""
+        moments: list[datetime | None] = [self.paused_until]
+        for child in self.children.values():
+            if self.status.get(child.position_id) in CLOSED:
+                continue
+            moments.append(child.keeper.next_deadline() if child.keeper is not None
+                           else self.deadlines.get(child.position_id, DUE))
+        return min((moment for moment in moments if moment is not None), default=None)
 
     def _timer(self, message: TimerFired) -> None:
         now = self.ctx.clock()

@@ -26,8 +26,8 @@ from loguru import logger
 from actors.tracing.render import Entry, LineRenderer, domain_keys, entry, to_dict
 from actors.tracing.text import redact, summarize
 
-__all__ = ["Traced", "Tracer", "current_actor", "domain_keys", "install", "iter_records",
-           "redact", "stamp", "summarize", "tracer"]
+__all__ = ["Traced", "Tracer", "current_actor", "domain_keys", "dump_on_crash", "install",
+           "iter_records", "redact", "stamp", "summarize", "tracer"]
 
 _local = threading.local()
 _perf_ns = time.perf_counter_ns
@@ -141,6 +141,18 @@ class Tracer:
 
 
 _tracer: Tracer | None = None
+
+
+def dump_on_crash(actor: str, error: BaseException | None) -> None:
+    """The crash of ``actor`` as a lifecycle record, and its flight recorder (the messages it
+    handled last, the breaking one included) in the log. Nothing without a tracer."""
+    active = _tracer
+    if active is None:
+        return
+    active.lifecycle(actor, "crash", error=redact(str(error))[:200])
+    records = active.dump(actor)
+    logger.error("flight recorder of {} (last {} messages):\n{}", actor, len(records),
+                 "\n".join(json.dumps(r, default=str) for r in records))
 
 
 def install(tracer: Tracer | None) -> None:

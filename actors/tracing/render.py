@@ -57,13 +57,14 @@ def _key_values(message: Any, plan: Plan) -> tuple[Any, Any, str | None]:
     """The position, order and instrument a message is about (None for each it does not name)."""
     if not plan.keyed:
         return None, None, None  # most messages name no position, order or instrument
-    position, position_id, update, order_no, instrument = plan.keys(message)
+    position, position_id, update, order_no, instrument, progress = plan.keys(message)
     if instrument is not None:
         instrument = short(instrument)
     elif position is not None:
         instrument = f"{position.segment}:{position.security_id}"
     return (position_id or field_of(position, "position_id"),
-            field_of(update, "order_no") or order_no, instrument)
+            field_of(update, "order_no") or order_no or field_of(progress, "order_no"),
+            instrument)
 
 
 def _keys_json(message: Any, plan: Plan) -> str:

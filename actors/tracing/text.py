@@ -21,7 +21,7 @@ from typing import Any
 
 _ROOM = 400  # characters of summary kept; also how far a nested sequence is formatted
 _OMIT = ("message_id", "correlation_id", "causation_id", "sent_at")
-_KEYED = ("position", "position_id", "update", "order_no", "instrument")
+_KEYED = ("position", "position_id", "update", "order_no", "instrument", "progress")
 _SECRET = re.compile(r"(?i)((?:password|passwd|token|secret|access[_-]?token|api[_-]?key)"
                      r"['\"]?\s*[:=]\s*['\"]?)([^'\",\s)]+)")
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)([^@\s]+)(@)")
@@ -162,7 +162,29 @@ def _enum_show(cls: type[Enum]) -> Show:
 
 
 def _position(value: Any) -> str:
-    return f"<{value.position_id} {value.status} qty={value.quantity}>"
+    """A position's id, status and quantity, and the numbers a trace's story is told with."""
+    text = (f"<{value.position_id} {value.status} {value.side} qty={value.quantity} "
+            f"order={value.entry_order_no}")
+    entry, exit_ = value.entry_price, value.exit_price
+    if entry is not None:
+        text += f" entry={_number(entry)}"
+    if exit_ is not None:
+        text += f" exit={_number(exit_)} exited={value.exit_qty}"
+    if value.peak_price is not None:
+        text += f" peak={_number(value.peak_price)}"
+    if value.trail_stop is not None:
+        text += f" stop={_number(value.trail_stop)}"
+    if value.exit_reason is not None:
+        text += f" reason={value.exit_reason}"
+    return text + ">"
+
+
+def _number(value: Decimal) -> str:
+    """A price as a trader reads it: plain digits, at most 6 decimals (an average of fills)."""
+    return f"{value.quantize(_MICRO).normalize():f}" if abs(value) < _HUGE else f"{value:f}"
+
+
+_MICRO, _HUGE = Decimal("0.000001"), Decimal(10) ** 15
 
 
 def short(value: Any) -> str:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+from actors.tracing.story import field_value, narrate, owner_of_order, position_story
 
 Record = dict[str, Any]
 
@@ -23,26 +25,45 @@ class Filters:
 
 @dataclass
 class Trace:
+    """Records as causal trees: a node is one message (told to one or more actors), its children
+    the messages sent while handling it. A record without a ``message_id`` (a pykka proxy call
+    from an edge, an actor's stop) has no place in a tree and is left out of it; every message
+    whose cause is not in the trace (an order frame, a timer, a price batch, an operator's
+    command) is the root of its own tree."""
+
     records: list[Record]
-    by_id: dict[str, Record] = field(default_factory=dict)
-    children: dict[str | None, list[Record]] = field(default_factory=lambda: defaultdict(list))
+    deliveries: dict[str, list[Record]] = field(default_factory=lambda: defaultdict(list))
+    children: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
 
     def __post_init__(self) -> None:
         for record in self.records:
-            if record.get("kind") != "message":
-                continue
-            self.by_id[record["message_id"]] = record
-        for record in self.records:
-            if record.get("kind") == "message":
-                parent = record.get("causation_id")
-                self.children[parent if parent in self.by_id else None].append(record)
+            if record.get("kind") == "message" and record.get("message_id"):
+                self.deliveries[record["message_id"]].append(record)
+        for message_id, told in self.deliveries.items():
+            parent = told[0].get("causation_id")
+            if parent in self.deliveries and parent != message_id:
+                self.children[parent].append(message_id)
 
-    def root_of(self, record: Record) -> Record:
-        seen = set()
-        while (parent := record.get("causation_id")) in self.by_id and parent not in seen:
+    @property
+    def by_id(self) -> dict[str, Record]:
+        return {message_id: told[0] for message_id, told in self.deliveries.items()}
+
+    def root_of(self, record: Record) -> Record | None:
+        """The outside event ``record`` descends from (None for a record outside any tree)."""
+        message_id = record.get("message_id")
+        if not message_id or message_id not in self.deliveries:
+            return None
+        seen = {message_id}
+        while (parent := self.deliveries[message_id][0].get("causation_id")) \
+                in self.deliveries and parent not in seen:
             seen.add(parent)
-            record = self.by_id[parent]
-        return record
+            message_id = parent
+        return self.deliveries[message_id][0]
+
+    def roots(self) -> list[Record]:
+        return [told[0] for message_id, told in self.deliveries.items()
+                if told[0].get("causation_id") not in self.deliveries
+                or told[0].get("causation_id") == message_id]
 
 
 def matches(record: Record, filters: Filters) -> bool:
@@ -59,38 +80,48 @@ def matches(record: Record, filters: Filters) -> bool:
                 and record.get("event") not in {"crash", "dead_letter", "quarantine"})
 
 
-def _line(record: Record) -> str:
+def _line(record: Record, receivers: list[str] | None = None) -> str:
     keys = " ".join(f"{k}={record[k]}" for k in ("position_id", "order_no", "instrument")
                     if record.get(k))
     outcome = "" if record.get("outcome", "ok") == "ok" else f"  !! {record['outcome']}"
-    return (f"{record['type']} {record.get('sender', '?')} → {record['receiver']} "
+    told = ", ".join(receivers) if receivers else record["receiver"]
+    return (f"{record['type']} {record.get('sender', '?')} → {told} "
             f"[{record.get('sent_at') or ''}] {keys}{outcome}")
 
 
 def tree(trace: Trace, filters: Filters) -> list[str]:
-    """Causal trees of the outside events that touched what the filters select."""
+    """Causal trees of the outside events that touched what the filters select: one root per
+    outside event, each message once with every actor it was told to."""
     roots: dict[str, Record] = {}
-    for record in trace.records:
-        if record.get("kind") == "message" and matches(record, filters):
-            root = trace.root_of(record)
+    everything = filters == Filters()
+    for record in trace.roots() if everything else trace.records:
+        if record.get("kind") != "message" or not matches(record, filters):
+            continue
+        root = trace.root_of(record)
+        if root is not None:
             roots.setdefault(root["message_id"], root)
     lines: list[str] = []
+    seen: set[str] = set()
     for root in roots.values():
-        _walk(trace, root, 0, lines, set())
+        _walk(trace, root["message_id"], 0, lines, seen)
     return lines
 
 
-def _walk(trace: Trace, record: Record, depth: int, lines: list[str], seen: set[str]) -> None:
-    if record["message_id"] in seen:
+def _walk(trace: Trace, message_id: str, depth: int, lines: list[str], seen: set[str]) -> None:
+    if message_id in seen:
         return
-    seen.add(record["message_id"])
-    lines.append("  " * depth + ("└─ " if depth else "") + _line(record))
-    for child in trace.children.get(record["message_id"], []):
+    seen.add(message_id)
+    told = trace.deliveries[message_id]
+    lines.append("  " * depth + ("└─ " if depth else "") +
+                 _line(told[0], [str(r.get("receiver")) for r in told]) +
+                 "".join(f"  !! {r['receiver']}: {r['outcome']}" for r in told[1:]
+                         if r.get("outcome", "ok") != "ok"))
+    for child in trace.children.get(message_id, []):
         _walk(trace, child, depth + 1, lines, seen)
 
 
-def story(trace: Trace, filters: Filters) -> list[str]:
-    """One position's life in order: updates, prices that mattered, the rule, the exit."""
+def messages(trace: Trace, filters: Filters) -> list[str]:
+    """The messages of a position's life that tell it: updates, the rule, the exit."""
     lines = []
     interesting = {"ApplyOrderUpdate", "ApplyProgress", "CreatePosition", "PositionOpened",
                    "ExitRequested", "ExitOrderPlaced", "ExitOrderFailed", "PositionClosed",
@@ -105,11 +136,11 @@ def story(trace: Trace, filters: Filters) -> list[str]:
 
 
 def _why(record: Record) -> str:
-    payload = str(record.get("payload", ""))
-    if record["type"] == "ExitRequested" and "detail='" in payload:
-        reason = payload.split("ExitReason.", 1)[-1].split(":", 1)[0]
-        detail = payload.split("detail='", 1)[1].split("'", 1)[0]
-        return f"\n    rule: {reason}: {detail}"
+    if record["type"] == "ExitRequested":
+        payload = str(record.get("payload", ""))
+        reason, detail = field_value(payload, "reason"), field_value(payload, "detail")
+        if reason and detail:
+            return f"\n    rule: {reason}: {detail}"
     return ""
 
 
@@ -156,19 +187,39 @@ def chrome(records: Iterable[Record]) -> dict[str, Any]:
 
 
 def render(records: list[Record], view: str, filters: Filters) -> str:
+    """What ``run.py trace`` prints: ``chrome`` and ``json`` as JSON documents; a position's
+    story (``--position`` or ``--order``), or causal trees."""
     if view == "chrome":
         return json.dumps(chrome(r for r in records if matches(r, filters)))
     trace = Trace(records)
     if view == "timeline":
         lines = timeline(trace, filters)
-    elif filters.position or filters.order:
-        if filters.order and not filters.position:
-            owner = next((r.get("position_id") for r in records
-                          if r.get("order_no") == filters.order and r.get("position_id")), None)
-            filters = Filters(position=owner, order=None if owner else filters.order,
-                              security=filters.security, actor=filters.actor,
-                              errors=filters.errors)
-        lines = [*story(trace, filters), "", "causal trees:", *tree(trace, filters)]
-    else:
+        return "\n".join(lines) if lines else "no matching records"
+    owner = filters.position
+    if filters.order and not owner:
+        owner = owner_of_order(records, filters.order)
+        if owner is None:
+            return f"no position owns order {filters.order} in this trace"
+    if owner is None:
+        if view == "json":
+            return json.dumps({"trees": [_tree_json(trace, root["message_id"])
+                                         for root in trace.roots() if matches(root, filters)]})
         lines = tree(trace, filters)
-    return "\n".join(lines) if lines else "no matching records"
+        return "\n".join(lines) if lines else "no matching records"
+    if not any(r.get("position_id") == owner for r in records):
+        return f"no records of position {owner} in this trace"
+    story = position_story(records, owner)
+    if view == "json":
+        return json.dumps(story, indent=2)
+    selected = replace(filters, position=owner, order=None)
+    return "\n".join([*narrate(story), "", "messages:", *messages(trace, selected), "",
+                      "causal trees:", *tree(trace, selected)])
+
+
+def _tree_json(trace: Trace, message_id: str) -> dict[str, Any]:
+    told = trace.deliveries[message_id]
+    first = told[0]
+    return {"type": first.get("type"), "message_id": message_id, "sender": first.get("sender"),
+            "receivers": [r.get("receiver") for r in told], "sent_at": first.get("sent_at"),
+            **{k: first[k] for k in ("position_id", "order_no", "instrument") if first.get(k)},
+            "children": [_tree_json(trace, child) for child in trace.children.get(message_id, [])]}

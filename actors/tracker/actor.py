@@ -7,18 +7,18 @@ returns, and reports any failure to the supervisor with the message that caused 
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
 from loguru import logger
 from pykka import ActorDeadError, ActorRef
 
-from actors.protocol import BandChanged, Snapshot, TrackerFailed, Undelivered
+from actors.protocol import DUE, BandChanged, DeadlineChanged, Snapshot, TrackerFailed, Undelivered
 from actors.runtime.dispatch import PooledActor
-from actors.tracing.recorder import tracer
+from actors.tracing.recorder import dump_on_crash, tracer
 from actors.tracker.keeper import DEFERRABLE, KeeperContext, PositionKeeper, Target, summary
 from models.marks import Band
 from models.messages import ExitRequested, PriceUpdate
@@ -35,6 +35,8 @@ class Peers:
     pnl: ActorRef[Any]
     batcher: ActorRef[Any] | None
     orders: ActorRef[Any] | None
+    deadlines: bool = False
+    """Tell the supervisor each change of the position's next deadline (replay skips time)."""
 
     def ref(self, target: Target) -> ActorRef[Any] | None:
         # Identity tests, most frequent first: once per message a tracker sends, where a
@@ -81,6 +83,7 @@ class TrackerActor(PooledActor):
         self.trace_key = position.position_id
         self._current: object = None
         self._band: Band | None = None
+        self._deadline: datetime | None = DUE
         self._failed = False
 
     def on_receive(self, message: Any) -> Any:
@@ -94,6 +97,12 @@ class TrackerActor(PooledActor):
         if band != self._band:  # the index filters prices with it: keep it exact
             self._band = band
             self.peers.index.tell(BandChanged(self.keeper.position.position_id, band))
+        if self.peers.deadlines:
+            deadline = self.keeper.next_deadline()
+            if deadline != self._deadline:
+                self._deadline = deadline
+                self.peers.supervisor.tell(DeadlineChanged(self.keeper.position.position_id,
+                                                           deadline))
         return None
 
     def on_stop(self) -> None:
@@ -115,13 +124,7 @@ class TrackerActor(PooledActor):
         # stored state and applies them again, then what is still queued.
         stored = self.keeper.stored
         undelivered = (*self.keeper.take_unsaved(), *self.take_told())
-        active = tracer()
-        if active is not None:
-            active.lifecycle(self.trace_name, "crash", error=str(exception_value)[:200])
-            logger.error("flight recorder of {} (last {} messages):\n{}", self.trace_name,
-                         len(active.dump(self.trace_name)),
-                         "\n".join(json.dumps(r, default=str)
-                                   for r in active.dump(self.trace_name)))
+        dump_on_crash(self.trace_name, exception_value)
         self.peers.supervisor.tell(TrackerFailed(
             position_id=self.keeper.position.position_id, incarnation=self.incarnation,
             error=f"{exception_type.__name__ if exception_type else 'Error'}: {exception_value}",

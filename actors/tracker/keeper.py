@@ -19,7 +19,7 @@ from enum import Enum
 
 from loguru import logger
 
-from actors.protocol import Checkpoint, ClearKillSwitch, ProtectionChanged, ResumeExit
+from actors.protocol import DUE, Checkpoint, ClearKillSwitch, ProtectionChanged, ResumeExit
 from actors.runtime.metrics import Metrics
 from models import lifecycle
 from models.common import Instrument, exit_client_id
@@ -404,6 +404,30 @@ class PositionKeeper:
         self._band = (position, guard, result)
         return result
 
+    def next_deadline(self) -> datetime | None:
+        """The next instant at which a timer can change what this position does (``DUE``: at
+        the next timer; None: no timer can). Before it a timer only re-checks what cannot have
+        changed (the quiet guard holds), so a replay may skip the time in between."""
+        position = self.position
+        if self.outage is not None:
+            return self.outage.next_try  # a write to retry
+        if self._unsaved is not None or (position.excess_qty > self._excess_told
+                                         and position.exit_price is not None):
+            return DUE  # a write held for the next update; an over-fill to hand on
+        if position.status is PositionStatus.EXITING:
+            return self.exit_deadline or DUE  # an exit in flight: looked up at its time-out
+        if position.status is not PositionStatus.ACTIVE:
+            return None
+        if self.sticky is not None:
+            return DUE
+        if self.retry_at is not None:
+            return self.retry_at
+        guard = self._quiet
+        if guard is None or guard.orders is not position.orders or \
+                guard.trail_stop != position.trail_stop:
+            return DUE  # not evaluated since it changed
+        return guard.until
+
     def on_timer(self, message: TimerFired) -> Out:
         now = self.ctx.clock()
         out = self._retry_store(now)
@@ -430,7 +454,7 @@ class PositionKeeper:
         return PnLMarked(position_id=position.position_id, ltp=ltp, pnl=net, pnl_pct=pct,
                          hwm_pnl=position.hwm_pnl, peak_price=position.peak_price,
                          realized=realized, sent_at=now, correlation_id=cause.correlation_id,
-                         causation_id=cause.message_id)
+                         causation_id=cause.message_id, trail_stop=position.trail_stop)
 
     def _evaluate(self, cause: Cause, now: datetime | None = None) -> Out:
         if self.position.status is not PositionStatus.ACTIVE:

@@ -28,7 +28,7 @@ from models.common import Frozen, Instrument, Segment
 __all__ = [
     "Market", "PaperBroker", "PaperConfig", "PaperExchange", "PaperMarket", "PaperOrder",
     "PaperQuoteApi", "PaperStrategy", "PlannedOrder", "TapeError", "TapeMarket", "Tick",
-    "default_instruments", "default_quantity", "read_tape", "split_quantity",
+    "default_instruments", "default_quantity", "entry_interval", "read_tape", "split_quantity",
 ]
 
 FNO_BASE_ID = 40000
@@ -60,6 +60,21 @@ def default_instruments(count: int, equity_ratio: float = 0.2) -> list[Instrumen
     eq = [Instrument(segment=Segment.NSE_EQ, security_id=str(EQ_BASE_ID + i))
           for i in range(equities)]
     return fno + eq
+
+
+def entry_interval(positions: int, interval: timedelta, duration: timedelta | None, *,
+                   burst: bool = False, share: float = 0.5) -> timedelta:
+    """The gap between entry orders that places all ``positions`` within the first ``share`` of
+    a session of ``duration``: ``interval`` when they fit at that pace, closer together when
+    not, none at all for a ``burst`` (all at the start). Without a duration (a session until
+    Ctrl-C) the pace is ``interval``."""
+    if not 0 < share <= 1:
+        raise ValueError(f"share must be in (0, 1], got {share}")
+    if burst or positions <= 1:
+        return timedelta(0)
+    if duration is None or interval * (positions - 1) <= duration * share:
+        return interval
+    return duration * share / (positions - 1)
 
 
 class PaperBroker:

@@ -3,6 +3,11 @@
 Order ``n`` (from 1) is due at ``start + (n - 1) * interval`` with client id
 ``f"{client_prefix}-{n}"``; its instrument, side and quantity are drawn when the strategy is
 built, so the same seed gives the same orders however ``advance`` is called.
+
+Each instrument is traded on one side only, drawn once so that a share ``long_ratio`` of the
+instruments is long: an entry opposite to an open position on the same instrument would be read
+as closing it (SPEC §3.2, an exit we did not ask for), not as a new position, and the session
+would open fewer positions than asked.
 """
 
 from __future__ import annotations
@@ -61,7 +66,8 @@ class PaperStrategy:
         self.exchange, self.product = exchange, product
         rule = quantity if callable(quantity) else _fixed(quantity)
         rng = random.Random(seed)
-        self.plan = [_draw(rng, n, instruments, long_ratio, rule, start + interval * (n - 1),
+        sides = _sides(rng, instruments, long_ratio)
+        self.plan = [_draw(rng, n, instruments, sides, rule, start + interval * (n - 1),
                            client_prefix) for n in range(1, positions + 1)]
         self.order_nos: dict[str, str] = {}
         self.failures: dict[str, str] = {}
@@ -106,10 +112,25 @@ def _fixed(quantity: int) -> QuantityRule:
     return lambda rng, instrument: quantity
 
 
-def _draw(rng: random.Random, n: int, instruments: Sequence[Instrument], long_ratio: float,
-          rule: QuantityRule, due: datetime, prefix: str) -> PlannedOrder:
+def _sides(rng: random.Random, instruments: Sequence[Instrument],
+           long_ratio: float) -> dict[Instrument, Side]:
+    """The side each instrument is traded on: ``round(len * long_ratio)`` of them long, which
+    ones drawn (at least one of each side when the ratio is strictly between 0 and 1 and there
+    are two instruments or more)."""
+    distinct = list(dict.fromkeys(instruments))
+    longs = round(len(distinct) * long_ratio)
+    if 0 < long_ratio < 1 and len(distinct) >= 2:
+        longs = min(max(longs, 1), len(distinct) - 1)
+    chosen = set(rng.sample(range(len(distinct)), longs))
+    return {instrument: Side.LONG if i in chosen else Side.SHORT
+            for i, instrument in enumerate(distinct)}
+
+
+def _draw(rng: random.Random, n: int, instruments: Sequence[Instrument],
+          sides: dict[Instrument, Side], rule: QuantityRule, due: datetime,
+          prefix: str) -> PlannedOrder:
     instrument = rng.choice(instruments)
-    side = Side.LONG if rng.random() < long_ratio else Side.SHORT
+    side = sides[instrument]
     quantity = rule(rng, instrument)
     if quantity <= 0:
         raise ValueError(f"the quantity rule gave {quantity} for {instrument}")

@@ -109,3 +109,24 @@ def test_when_sink_falls_behind_then_records_are_dropped_and_counted(tmp_path: P
     with fifo.open("rb") as reader:  # unblock the writer so close() returns
         tracer.close()
         assert reader.read()
+
+
+def test_when_a_singleton_breaks_on_a_told_message_then_its_flight_recorder_is_logged(
+        traced: tuple[System, Tracer, Path]) -> None:
+    from tests.actors.test_dispatch import Singleton
+
+    lines: list[str] = []
+    sink = logger.add(lines.append, level="ERROR")
+    ref = Singleton.start()
+    try:
+        for message in ("first-note", "boom", "after"):
+            ref.tell(message)
+        assert ref.ask("asked", timeout=5) == ["first-note", "after", "asked"]
+    finally:
+        ref.stop()
+        logger.remove(sink)
+    dump = next(line for line in lines if "flight recorder of actor" in line)
+    assert "first-note" in dump  # what it handled before
+    assert "ValueError: a bug on one message" in dump  # and the message that broke it
+    crash = [r for r in traced[1].dump("actor") if r.get("event") == "crash"]
+    assert crash and "a bug on one message" in crash[0]["error"]

@@ -194,3 +194,26 @@ def test_paper_config_is_frozen_and_validated() -> None:
         PaperConfig(partial_fills=0)
     with pytest.raises(ValidationError, match="unknown"):
         PaperConfig(unknown=1)  # type: ignore[call-arg]
+
+
+def test_an_instrument_is_entered_on_one_side_only_so_entries_never_close_each_other() -> None:
+    subject = strategy(positions=200, long_ratio=0.5)
+    run(subject, T0 + timedelta(seconds=60))
+    sides: dict[Instrument, set[TxnType]] = {}
+    for order in subject.exchange.orders():
+        sides.setdefault(order.instrument, set()).add(order.txn_type)
+    assert all(len(txns) == 1 for txns in sides.values())
+    assert {txn for txns in sides.values() for txn in txns} == {TxnType.BUY, TxnType.SELL}
+
+
+def test_entries_fit_in_the_first_half_of_a_bounded_session_or_come_at_once() -> None:
+    from broker.paper import entry_interval
+
+    pace = timedelta(milliseconds=500)
+    assert entry_interval(10, pace, timedelta(seconds=60)) == pace  # they fit at that pace
+    squeezed = entry_interval(201, pace, timedelta(seconds=30))
+    assert squeezed == timedelta(milliseconds=75) and squeezed * 200 <= timedelta(seconds=15)
+    assert entry_interval(200, pace, timedelta(seconds=30), burst=True) == timedelta(0)
+    assert entry_interval(200, pace, None) == pace  # until Ctrl-C: the configured pace
+    with pytest.raises(ValueError, match="share"):
+        entry_interval(2, pace, timedelta(seconds=1), share=0)

@@ -1,0 +1,318 @@
+"""Replay speed (SPEC §9, second wave): a quiet day and a busy day through the real actors.
+
+- **Quiet day**: 30 DhanHQ order updates between 10:02 and 15:30 for 6 positions, no ticks (the
+  day of issue 19: 2 min 53 s when the clock stepped through every second). Target < 3 s.
+- **Busy day**: 500 positions entered over the first minutes, 200 instruments ticking once a
+  second each from 09:15 to 15:30, prices on a seeded random walk that crosses stops, trailing
+  stops and targets; the rest squared off at 15:15. Target >= 60x real time.
+
+The generators write ordinary inputs (DhanHQ frames, tape ticks): ``write_day`` puts them in a
+folder as ``orders.jsonl`` and ``ticks.csv`` for ``run.py replay``. The busy day's 4.5 million
+ticks are generated as the replay consumes them, never held at once.
+
+Baseline in the same run (full run only): the quiet day replayed the old way, a timer every
+simulated second (``Replayer(stepped=True)``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from actors.system import Parts, System
+from app.clocks import ManualClock
+from app.replay import Event, Replayer, TickEvent, UpdateEvent, merge, read_orders
+from bench.report import at_least, below, figure
+from broker.paper.exchange import PaperExchange
+from broker.paper.market import TapeMarket, to_tick
+from models.common import IST, Instrument, Segment
+from models.policy import RiskConfig
+from models.report import build_report
+from store.pnl_cache import InMemoryPnLCache
+from store.sqlite import SqliteStore
+
+DAY = date(2026, 11, 23)  # a Monday
+QUIET_TARGET_S = 3.0
+BUSY_TARGET_X = 60.0
+
+
+def at(clock: str, day: date = DAY) -> datetime:
+    hours, minutes, *seconds = (int(part) for part in clock.split(":"))
+    return datetime(day.year, day.month, day.day, hours, minutes, seconds[0] if seconds else 0,
+                    tzinfo=IST)
+
+
+def frame(order_no: str, txn: str, security: str, qty: int, price: Decimal | None,
+          when: datetime, *, status: str = "TRADED", traded: int | None = None) -> str:
+    data: dict[str, Any] = {
+        "OrderNo": order_no, "Status": status, "TxnType": txn, "Quantity": qty,
+        "TradedQty": qty if traded is None else traded, "SecurityId": security,
+        "Exchange": "NSE", "Segment": "D", "Product": "I", "OrderType": "MKT",
+        "LastUpdatedTime": when.strftime("%Y-%m-%d %H:%M:%S")}
+    if price is not None:
+        data["AvgTradedPrice"] = str(price)
+    return json.dumps({"Type": "order_alert", "Data": data})
+
+
+def quiet_day(day: date = DAY) -> list[str]:
+    """30 frames, 10:02 to 15:30: six entries (a pending frame, a fill, a duplicate), four of
+    them closed by hand from the broker's app later in the day (a pending frame and a fill);
+    the other two are left to the 15:15 square-off. No ticks."""
+    frames: list[str] = []
+    start = at("10:02", day)
+    for n in range(6):
+        when = start + timedelta(minutes=37 * n)
+        qty, price = 25 * (n + 1), Decimal(100 + 10 * n)
+        frames.append(frame(f"Q{n}", "B", str(50100 + n), qty, None, when, status="PENDING",
+                            traded=0))
+        frames.append(frame(f"Q{n}", "B", str(50100 + n), qty, price,
+                            when + timedelta(seconds=1)))
+        frames.append(frame(f"Q{n}", "B", str(50100 + n), qty, price,
+                            when + timedelta(seconds=2)))  # the socket repeats itself
+    for n in range(4):
+        when = at("14:00", day) + timedelta(minutes=19 * n)
+        qty, price = 25 * (n + 1), Decimal(101 + 10 * n)
+        frames.append(frame(f"M{n}", "S", str(50100 + n), qty, None, when, status="PENDING",
+                            traded=0))
+        frames.append(frame(f"M{n}", "S", str(50100 + n), qty, price,
+                            when + timedelta(seconds=3)))
+    frames += [frame("X1", "B", "59999", 10, None, at("15:29", day), status="REJECTED",
+                     traded=0),
+               frame("X2", "B", "59998", 10, None, at("15:30", day), status="CANCELLED",
+                     traded=0),
+               frame("Q0", "B", "50100", 25, Decimal(100), at("15:30", day)),  # late repeats
+               frame("Q1", "B", "50101", 50, Decimal(110), at("15:30", day))]
+    assert len(frames) == 30
+    return frames
+
+
+def busy_instruments(count: int) -> list[Instrument]:
+    return [Instrument(segment=Segment.NSE_FNO, security_id=str(70000 + n))
+            for n in range(count)]
+
+
+def busy_entries(positions: int, on: list[Instrument], start: datetime, *,
+                 seed: int = 5) -> list[str]:
+    """One entry per position, 600 ms apart from ``start``, each instrument on one side."""
+    rng = random.Random(seed)
+    sides = {instrument: "B" if n % 2 == 0 else "S" for n, instrument in enumerate(on)}
+    frames = []
+    for n in range(positions):
+        instrument = on[n % len(on)]
+        when = start + timedelta(milliseconds=600 * n)
+        frames.append(frame(f"BE{n}", sides[instrument], instrument.security_id,
+                            rng.choice((25, 50, 75)), Decimal(100), when))
+    return frames
+
+
+def busy_ticks(on: list[Instrument], start: datetime, end: datetime, *, every: timedelta =
+               timedelta(seconds=1), seed: int = 9, volatility: float = 0.0008
+               ) -> Iterator[TickEvent]:
+    """Every instrument once per ``every`` from ``start`` to ``end``, all at the same instants,
+    on a seeded random walk from 100 (about 5 % an hour: trailing stops arm and fire, a few
+    stops and targets are crossed through the day, the rest is squared off at 15:15)."""
+    rng = random.Random(seed)
+    prices = {instrument: 100.0 for instrument in on}
+    moment, line = start, 1
+    while moment <= end:
+        for instrument in on:
+            price = prices[instrument] * (1 + rng.gauss(0, volatility))
+            prices[instrument] = min(max(price, 20.0), 500.0)
+            line += 1
+            yield TickEvent(at=moment, line=line, instrument=instrument,
+                            ltp=to_tick(Decimal(repr(round(prices[instrument], 2)))))
+        moment += every
+
+
+MIXED_POLICY = {"policy": {"max_hold_minutes": 10, "exit_at": "15:00",
+                           "square_off": {"NSE_FNO": "15:15"}}}
+"""The time rules a mixed day exercises, besides the price rules."""
+
+
+def mixed_day(day: date = DAY, *, positions: int = 10, instruments: int = 5,
+              seed: int = 3) -> tuple[list[str], list[TickEvent]]:
+    """A long afternoon for proving that event-driven replay decides as the stepped one does:
+    entries from 14:40 (some partly filled, one cancelled), ticks at irregular instants (whole
+    and fractional seconds, gaps of up to a minute, two instruments sometimes at one instant),
+    a random walk that crosses stops and trailing stops, and the time rules of
+    ``MIXED_POLICY``: held 10 minutes, out at 15:00, square-off at 15:15."""
+    rng = random.Random(seed)
+    on = busy_instruments(instruments)
+    frames: list[str] = []
+    for n in range(positions):
+        instrument = on[n % instruments]
+        side = "B" if (n % instruments) % 2 == 0 else "S"
+        when = at("14:40", day) + timedelta(seconds=67 * n + rng.randint(0, 30))
+        qty = 25 * rng.randint(1, 4)
+        if n == 5:
+            frames.append(frame(f"ME{n}", side, instrument.security_id, qty, None, when,
+                                status="CANCELLED", traded=0))
+            continue
+        if n % 4 == 1:  # filled in two parts, a minute apart
+            frames.append(frame(f"ME{n}", side, instrument.security_id, qty, Decimal(100),
+                                when, status="PENDING", traded=qty // 2 or 1))
+            when += timedelta(minutes=1)
+        frames.append(frame(f"ME{n}", side, instrument.security_id, qty, Decimal("100.5"),
+                            when))
+    ticks: list[TickEvent] = []
+    prices = {instrument: 100.0 for instrument in on}
+    moment, line = at("14:40", day), 1
+    while moment < at("15:20", day):
+        moment += timedelta(milliseconds=rng.choice((1000, 2500, 7000, 13250, 60000)))
+        for instrument in rng.sample(on, rng.choice((1, 1, 2))):
+            prices[instrument] *= 1 + rng.gauss(0, 0.015)
+            line += 1
+            ticks.append(TickEvent(at=moment, line=line, instrument=instrument,
+                                   ltp=to_tick(Decimal(repr(round(prices[instrument], 2))))))
+    return frames, ticks
+
+
+def merged(updates: list[UpdateEvent], ticks: Iterable[TickEvent]) -> Iterator[Event]:
+    """``app.replay.merge`` for a stream of ticks in time order: by time, updates first on a
+    tie."""
+    pending = iter(updates)
+    update = next(pending, None)
+    for tick in ticks:
+        while update is not None and update.at <= tick.at:
+            yield update
+            update = next(pending, None)
+        yield tick
+    while update is not None:
+        yield update
+        update = next(pending, None)
+
+
+def write_day(folder: Path, frames: list[str], ticks: Iterable[TickEvent] = ()) -> None:
+    """The day as ``run.py replay`` reads it: ``orders.jsonl`` and, with ticks, ``ticks.csv``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "orders.jsonl").write_text("\n".join(frames) + "\n", encoding="utf-8")
+    rows = [f"{t.at.isoformat()},{t.instrument.segment},{t.instrument.security_id},{t.ltp}"
+            for t in ticks]
+    if rows:
+        (folder / "ticks.csv").write_text("ts,segment,security_id,ltp\n" + "\n".join(rows)
+                                          + "\n", encoding="utf-8")
+
+
+def replay(events: Iterable[Event], first: datetime, config: RiskConfig, scratch: Path, *,
+           stepped: bool = False) -> tuple[dict[str, Any], float, Replayer]:
+    """One replay as ``run.py replay`` runs it (fresh SQLite store, in-process cache); the
+    report and the wall-clock seconds of the play itself."""
+    clock = ManualClock(first - timedelta(seconds=1))
+    store = SqliteStore(scratch / f"replay-{time.monotonic_ns()}.sqlite3")
+    store.migrate()
+    market = TapeMarket([])
+    exchange = PaperExchange(market, latency=timedelta(0), order_prefix="RX")
+    parts = Parts(store=store, cache=InMemoryPnLCache(), gateway=exchange, quotes=None,
+                  config=config, clock=clock, deadlines=not stepped)
+    system = System(parts).start(ticker=False)
+    started = clock()
+    replayer = Replayer(system, clock, market, exchange, stepped=stepped)
+    began = time.perf_counter()
+    ended = replayer.play(events)
+    seconds = time.perf_counter() - began
+    system.stop()
+    report = build_report("replay", started, ended, store.list_positions(), config.policy,
+                          parts.metrics.snapshot())
+    store.close()
+    return report, seconds, replayer
+
+
+def decisions(report: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """What must not change between two replays of the same input."""
+    return [(p["position_id"], p["status"], p["exit_reason"], p["exit_price"], p["exited_at"],
+             p["realized_pnl"]) for p in report["positions"]] + [report["summary"]["net_pnl"]]
+
+
+def _quiet_events(scratch: Path) -> list[Event]:
+    folder = scratch / "quiet"
+    write_day(folder, quiet_day())
+    return merge(read_orders(folder / "orders.jsonl"), [])
+
+
+def run_quiet(scratch: Path, *, baseline: bool) -> dict[str, Any]:
+    config = RiskConfig()
+    events = _quiet_events(scratch)
+    report, seconds, replayer = replay(events, events[0].at, config, scratch)
+    figures = [below("quiet day (30 updates, 10:02-15:30, no ticks)", seconds, QUIET_TARGET_S,
+                     "s")]
+    row: dict[str, Any] = {"benchmark": "replay of a quiet day", "seconds": seconds,
+                           "timers": replayer.stats.timers,
+                           "exits": report["summary"]["exits_by_reason"]}
+    if baseline:
+        old, old_seconds, old_replayer = replay(events, events[0].at, config, scratch,
+                                                stepped=True)
+        same = decisions(old) == decisions(report)
+        figures[0].update(baseline=f"stepped {old_seconds:.1f} s",
+                          ratio=f"{old_seconds / seconds:.0f}x faster")
+        figures.append(figure("same decisions as the stepped replay", float(same),
+                              target="1", met=same))
+        row.update(stepped_seconds=old_seconds, stepped_timers=old_replayer.stats.timers,
+                   same_decisions=same)
+    row["figures"] = figures
+    return row
+
+
+def busy_events(positions: int, instruments: int, start: datetime,
+                end: datetime) -> tuple[list[UpdateEvent], Iterator[Event]]:
+    on = busy_instruments(instruments)
+    folder_free = [UpdateEvent(at=start + timedelta(milliseconds=600 * n), line=n + 1, raw=raw)
+                   for n, raw in enumerate(busy_entries(positions, on, start))]
+    return folder_free, merged(folder_free, busy_ticks(on, start, end))
+
+
+def run_busy(*, positions: int, instruments: int, start: datetime,
+             end: datetime, scratch: Path) -> dict[str, Any]:
+    updates, events = busy_events(positions, instruments, start, end)
+    report, seconds, replayer = replay(events, updates[0].at, RiskConfig(), scratch)
+    simulated = (end - start).total_seconds()
+    speed = simulated / seconds
+    name = (f"busy day ({positions} positions, {instruments} instruments x 1 tick/s, "
+            f"{start:%H:%M}-{end:%H:%M})")
+    return {"benchmark": "replay of a busy day", "seconds": seconds, "simulated_s": simulated,
+            "events": replayer.stats.events, "batches": replayer.stats.batches,
+            "timers": replayer.stats.timers, "exits": report["summary"]["exits_by_reason"],
+            "figures": [at_least(name, speed, BUSY_TARGET_X, "x real time",
+                                 baseline=f"{seconds:.0f} s for {simulated:,.0f} s")]}
+
+
+def run(quick: bool, scratch: Path) -> list[dict[str, Any]]:
+    rows = [run_quiet(scratch, baseline=not quick)]
+    end = at("09:35") if quick else at("15:30")
+    rows.append(run_busy(positions=500, instruments=200, start=at("09:15"), end=end,
+                         scratch=scratch))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.replay_days")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--write", type=Path, help="write the quiet day and a 30-minute busy "
+                        "day as replay folders here, and replay nothing")
+    args = parser.parse_args(argv)
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+    if args.write is not None:
+        write_day(args.write / "quiet", quiet_day())
+        on = busy_instruments(200)
+        write_day(args.write / "busy", busy_entries(500, on, at("09:15")),
+                  busy_ticks(on, at("09:15"), at("09:45")))
+        return 0
+    with tempfile.TemporaryDirectory() as scratch:
+        for row in run(args.quick, Path(scratch)):
+            print(json.dumps(row, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
