@@ -44,6 +44,7 @@ from actors.supervisor.actor import RiskSupervisor, Supervision
 from actors.tracing import recorder as tracing
 from actors.tracing.recorder import tracer
 from actors.tracing.story import narrate, position_story
+from actors.tracing.views import Filters, Trace, messages
 from actors.tracker.actor import Peers
 from actors.tracker.keeper import KeeperContext
 from broker.ports import OrderGateway, QuoteApi
@@ -312,8 +313,10 @@ class System:
                 if actor.startswith(f"tracker:{position_id}#") or actor == "supervisor":
                     records += [r for r in active.dump(actor)
                                 if r.get("position_id") == position_id]
+        told = narrate(position_story(records, position_id))
         return {"position": position,
-                "trace": narrate(position_story(records, position_id)),
+                "trace": [*told, "", "messages:",
+                          *messages(Trace(records), Filters(position=position_id))],
                 "fills": store.fills(position_id),
                 "exit_attempts": store.exit_attempts(position_id)}
 
