@@ -202,10 +202,14 @@ class System:
         positions = self.parts.store.load_open_positions()
         routes = self.supervisor.proxy().start_positions(positions).get(timeout=60)
         self.index.tell(BulkLoad(routes=tuple(routes)))
-        self.orders.proxy().load(positions).get(timeout=60)
         today = self.parts.clock().astimezone(IST).date()
         closed = [p for p in self.parts.store.list_positions(PositionStatus.EXITED)
                   if p.exited_at is not None and p.exited_at.astimezone(IST).date() == today]
+        # The orders of today's closed positions too: an update of one of them delivered
+        # again after the restart (a reconnect, a reconcile) must find its owner, not open a
+        # position of its own.
+        known = sorted(closed + positions, key=lambda p: (p.created_at, p.position_id))
+        self.orders.proxy().load(known).get(timeout=60)
         self.pnl.proxy().seed(positions, closed).get(timeout=60)
         logger.info("supervising {} open positions from the store", len(positions))
 

@@ -432,10 +432,10 @@ class OrderUpdateActor(SingletonActor):
         return [(p.position_id, self._open_qty(p, update.order_no)) for p in candidates]
 
     def _open_qty(self, position: Position, order_no: str) -> int:
-        """Open quantity, counting every allocation we made even if not yet announced back."""
-        allocated = sum(qty for number, qty in
-                        self.allocated.get(position.position_id, {}).items()
-                        if number != order_no)
+        """Open quantity, counting every allocation we made even if not yet announced back,
+        this order's own included: ``allocate`` adds its new fill to the share it already
+        has, so a burst of one order's partial fills cannot allocate past what is open."""
+        allocated = sum(self.allocated.get(position.position_id, {}).values())
         exited = sum(o.progress.traded_qty for o in position.orders if o.role is OrderRole.EXIT)
         return max(0, position.entry_qty - exited - allocated)
 

@@ -5,16 +5,25 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import timedelta
 from decimal import Decimal
 
 import pykka
 import pytest
 
+from actors.system import Parts, System
+from app.clocks import ManualClock
+from broker.paper.exchange import PaperExchange
+from broker.paper.market import TapeMarket
 from models.common import TxnType, exit_client_id
+from models.messages import OrderUpdateReceived
 from models.orders import OrderStatus
+from models.policy import RiskConfig
 from models.position import ExitReason, PositionStatus
+from store.pnl_cache import InMemoryPnLCache
 from tests.actors.test_order_updates import Flow, frame
-from tests.actors.test_tracker_flow import price
+from tests.actors.test_tracker_flow import T0, price
+from tests.fakes import FakeStore
 
 
 @pytest.fixture
@@ -118,3 +127,50 @@ def test_an_exit_fill_larger_than_the_position_opens_the_opposite_remainder(flow
     assert short.entry_price == Decimal("170")
     assert books_agree(flow)
 
+
+
+def test_an_update_of_a_closed_position_delivered_again_after_a_restart_opens_nothing() -> None:
+    """Found by the model-based search: BUY 1, SELL 1 (a manual close), restart, the SELL's
+    frame again (a reconnect, a reconcile): it must find the order, not open a SHORT."""
+    store, clock = FakeStore(), ManualClock(T0)
+
+    def start() -> System:
+        return System(Parts(store=store, cache=InMemoryPnLCache(),
+                            gateway=PaperExchange(TapeMarket([]), start=T0), quotes=None,
+                            config=RiskConfig(), clock=clock)).start(ticker=False)
+
+    first = start()
+    buy = frame("B1", OrderStatus.TRADED, 1, qty=1)
+    sell = frame("B2", OrderStatus.TRADED, 1, txn=TxnType.SELL, qty=1, seconds=1)
+    for raw in (buy, sell):
+        first.order_frame(raw)
+        first.settle()
+    assert store.positions["PB1"].status is PositionStatus.EXITED
+    first.stop()
+    pykka.ActorRegistry.stop_all()
+    clock.set(T0 + timedelta(seconds=5))
+    second = start()
+    try:
+        second.order_frame(sell)
+        second.settle()
+        assert sorted(store.positions) == ["PB1"]
+        assert second.books().agree, second.books().line()
+    finally:
+        second.stop()
+
+
+def test_a_burst_of_one_orders_partial_fills_reduces_no_more_than_was_open(flow: Flow) -> None:
+    """Found by the model-based search: fills that come before the reduced position's close is
+    announced must not be allocated to it again."""
+    flow.send(frame("B1", OrderStatus.TRADED, 75, qty=75))
+    flow.send(frame("M2", OrderStatus.TRADED, 100, txn=TxnType.SELL, qty=100, seconds=1))
+    assert flow.store.positions["PM2"].quantity == 25  # the SHORT remainder of the close
+    for traded, status in ((25, OrderStatus.PENDING), (50, OrderStatus.PENDING),
+                           (75, OrderStatus.TRADED)):
+        flow.orders.tell(OrderUpdateReceived(raw=frame("B3", status, traded, qty=75, seconds=2),
+                                             correlation_id="burst", sent_at=T0))
+    flow.settle()
+    assert flow.store.positions["PM2"].status is PositionStatus.EXITED
+    remainder = flow.store.positions["PB3"]
+    assert (remainder.side.value, remainder.quantity) == ("LONG", 50)
+    assert books_agree(flow)
