@@ -37,8 +37,11 @@ from tests.fakes import FakeStore
 
 INSTRUMENT = Instrument(segment=Segment.NSE_FNO, security_id="47012")
 EXAMPLES = int(os.environ.get("MODEL_EXAMPLES", "60"))
-# Not in the default run yet: it still finds sequences where the books disagree (a restart after
-# reordered partial fills during a store outage; see issue 15's note). MODEL_BASED=1 runs it.
+# Not in the default run yet: it still finds failures (e.g. a position closed by another order
+# while our exit order rests, the exit left live; see issue 15's note). MODEL_BASED=1 runs it.
+# Found and fixed so far, each now a test in tests/actors/test_broker_safety.py: split orders
+# not counted after a restart; a burst of partial fills allocated past what was open; a closed
+# position's frame delivered again after a restart opening a position.
 pytestmark = pytest.mark.skipif(os.environ.get("MODEL_BASED") != "1",
                                 reason="model-based search still finds open failures "
                                        "(issue 15); run with MODEL_BASED=1")
