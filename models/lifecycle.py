@@ -37,10 +37,12 @@ def apply_update(position: Position, update: OrderUpdate, role: OrderRole, *,
     # its traded quantity (a joined progress carries the latest time of any update).
     observed = OrderProgress.empty(update.order_no).merge(update)
     tracked = position.order(update.order_no)
-    prior = tracked.progress if tracked is not None else None
-    known = position.quantity + (prior.traded_qty if prior else 0) \
-        if role is OrderRole.EXIT else None
-    observed = traded_in_full(observed, update, prior, known, last_price)
+    prior = tracked.progress if tracked is not None else OrderProgress.empty(update.order_no)
+    known = position.quantity + prior.traded_qty if role is OrderRole.EXIT else None
+    joined = prior.join(observed)
+    completed = traded_in_full(joined, known, update.fill_price or last_price)
+    if completed is not joined:  # the update said TRADED; its quantities were short of it
+        observed = completed
     return apply_progress(position, observed, role, attempt=attempt,
                           at=update.updated_at or at)
 

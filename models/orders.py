@@ -98,6 +98,9 @@ class OrderProgress(Frozen):
     updated_at: AwareDatetime | None = None
     quantity: int | None = None
     """The order's quantity, the largest any update reported (``None``: none did)."""
+    full: bool = False
+    """An update said TRADED without a traded quantity: the order traded all of it
+    (``traded_in_full``)."""
 
     @classmethod
     def empty(cls, order_no: str) -> OrderProgress:
@@ -109,7 +112,9 @@ class OrderProgress(Frozen):
         return self.join(OrderProgress(order_no=self.order_no, status=update.status,
                                        traded_qty=update.traded_qty if price is not None else 0,
                                        traded_value=value, updated_at=update.updated_at,
-                                       quantity=update.quantity or None))
+                                       quantity=update.quantity or None,
+                                       full=update.status is OrderStatus.TRADED
+                                       and update.traded_qty == 0))
 
     def join(self, other: OrderProgress) -> OrderProgress:
         """The least upper bound of two observations of the same order."""
@@ -120,38 +125,34 @@ class OrderProgress(Frozen):
         sizes = [q for q in (self.quantity, other.quantity) if q is not None]
         joined = OrderProgress(order_no=self.order_no, status=status, traded_qty=qty,
                                traded_value=value, updated_at=max(times) if times else None,
-                               quantity=max(sizes) if sizes else None)
+                               quantity=max(sizes) if sizes else None,
+                               full=self.full or other.full)
         return self if joined == self else joined
 
     def average(self) -> Decimal | None:
         return self.traded_value / self.traded_qty if self.traded_qty else None
 
 
-def traded_in_full(observed: OrderProgress, update: OrderUpdate, prior: OrderProgress | None,
-                   known_qty: int | None, fallback_price: Decimal | None) -> OrderProgress:
-    """A TRADED order traded all of its quantity (SPEC §11.3), whatever the update says of it.
+def traded_in_full(progress: OrderProgress, known_qty: int | None = None,
+                   fallback_price: Decimal | None = None) -> OrderProgress:
+    """A TRADED update without a traded quantity means the order traded all of it (SPEC §11.3).
 
-    The quantity is the largest known: the update's, an earlier update's (``prior``), or the
-    caller's (``known_qty``: the quantity an exit order of ours was placed for). What the update
-    leaves unpriced is priced at its average, else the earlier average, else ``fallback_price``
-    (the last price seen: an estimate, the caller says so). Without any quantity or price the
-    observation is returned as it is: it then proves nothing, neither a fill nor a failure.
+    ``progress`` is the join of the order's updates; the quantity is the largest known: theirs,
+    or the caller's (``known_qty``: the quantity an exit order of ours was placed for). What no
+    update priced is priced at the order's average, else ``fallback_price`` (the last price
+    seen: an estimate). Without a quantity or a price the progress is returned as it is: it then
+    proves nothing, neither a fill nor a failure; a later update that names the quantity
+    completes it.
     """
-    if update.status is not OrderStatus.TRADED:
-        return observed
-    sizes = [q for q in (update.quantity, prior.quantity if prior else None, known_qty) if q]
-    done = max(observed.traded_qty, prior.traded_qty if prior else 0)
-    if not sizes or max(sizes) <= done:
-        return observed
+    if not progress.full:
+        return progress  # a TRADED update with its traded quantity is taken at its word
+    sizes = [q for q in (progress.quantity, known_qty) if q]
+    if not sizes or max(sizes) <= progress.traded_qty:
+        return progress
     qty = max(sizes)
-    if update.fill_price is not None:
-        value = update.fill_price * qty
-    else:
-        base = prior if prior is not None and prior.traded_qty else None
-        unit = base.average() if base is not None else fallback_price
-        if unit is None:
-            return observed
-        value = (base.traded_value if base else Decimal(0)) + unit * (qty - (base.traded_qty
-                                                                            if base else 0))
-    return observed.model_copy(update={"traded_qty": qty, "traded_value": value,
-                                       "quantity": qty})
+    unit = progress.average() if progress.traded_qty else fallback_price
+    if unit is None:
+        return progress
+    return progress.model_copy(update={
+        "traded_qty": qty, "quantity": qty,
+        "traded_value": progress.traded_value + unit * (qty - progress.traded_qty)})

@@ -51,7 +51,7 @@ from models.messages import (
     PositionOpened,
     TimerFired,
 )
-from models.orders import OrderProgress, OrderStatus, OrderUpdate
+from models.orders import OrderProgress, OrderStatus, OrderUpdate, traded_in_full
 from models.position import OPEN, OrderRole, Position, TrackedOrder, new_position
 from models.wire import Rejection, parse_order_update
 from store.ports import Store
@@ -65,6 +65,9 @@ class _Booked:
     key: BookKey
     sign: int
     traded: int
+    quantity: int = 0
+    full: bool = False
+    """An update said TRADED without a traded quantity: the whole ``quantity`` traded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,8 +279,11 @@ class OrderUpdateActor(SingletonActor):
         sign = booked.sign if booked else 0
         if update.txn_type is not None:
             sign = 1 if update.txn_type is TxnType.BUY else -1
+        quantity = max(update.quantity or 0, booked.quantity if booked else 0)
+        full = (update.status is OrderStatus.TRADED and update.traded_qty == 0) or (
+            booked is not None and booked.full)
         traded = max(update.traded_qty, update.quantity or 0
-                     if update.status is OrderStatus.TRADED else 0)
+                     if update.status is OrderStatus.TRADED else 0, quantity if full else 0)
         if key is None or not sign:
             if traded:
                 logger.bind(order_no=update.order_no).warning(
@@ -285,7 +291,7 @@ class OrderUpdateActor(SingletonActor):
                     traded)
             return
         self.booked[update.order_no] = _Booked(key, sign, max(traded, booked.traded
-                                                              if booked else 0))
+                                                              if booked else 0), quantity, full)
 
     def _book_position(self, position: Position) -> None:
         """What a position recorded of its own orders (a TRADED frame that gave no quantity
@@ -361,9 +367,15 @@ class OrderUpdateActor(SingletonActor):
         """A fill of an order nobody placed through us: whatever the tracking policy, it
         reduces opposite positions (SPEC §11.2); the policy decides only whether its remainder
         opens a position (``_tracks_entry``)."""
-        return update.traded_qty > 0 and update.txn_type is not None and \
+        return self._traded(update) > 0 and update.txn_type is not None and \
             update.segment is not None and update.security_id is not None and \
             update.segment.tradable
+
+    def _traded(self, update: OrderUpdate) -> int:
+        """What the broker says the order traded: a TRADED update without a quantity traded
+        the order's quantity known from its earlier updates."""
+        booked = self.booked.get(update.order_no)
+        return booked.traded if booked is not None else update.traded_qty
 
     def _tracks_entry(self, update: OrderUpdate) -> bool:
         """Whether the policy tracks this order as an entry; one it does not track is parked
@@ -397,7 +409,10 @@ class OrderUpdateActor(SingletonActor):
         assert update.txn_type is not None
         allocation = self.allocations.get(update.order_no) or Allocation(
             order_no=update.order_no, seen=OrderProgress.empty(update.order_no))
-        progress = allocation.seen.merge(update)
+        booked = self.booked.get(update.order_no)
+        progress = traded_in_full(allocation.seen.merge(update),
+                                  booked.quantity if booked is not None else None,
+                                  update.fill_price)
         remaining = [] if allocation.opened else self._opposites(update)
         allocation, left_qty, _ = allocate(allocation, progress, remaining)
         for share in allocation.shares:

@@ -174,3 +174,14 @@ def test_a_burst_of_one_orders_partial_fills_reduces_no_more_than_was_open(flow:
     remainder = flow.store.positions["PB3"]
     assert (remainder.side.value, remainder.quantity) == ("LONG", 50)
     assert books_agree(flow)
+
+
+def test_a_traded_frame_without_quantities_of_an_unknown_order_opens_its_whole_quantity(
+        flow: Flow) -> None:
+    """Found by the model-based search: the order's quantity came in its earlier frames only."""
+    flow.send(frame("B7", OrderStatus.PENDING, 0, qty=75))  # parked: no fill yet
+    flow.send(frame("B7", OrderStatus.PENDING, 50, qty=75, seconds=1))
+    traded = frame("B7", OrderStatus.TRADED, 75, qty=75, avg="200", seconds=2)
+    flow.send(_without(traded, "TradedQty", "Quantity", "RemainingQuantity"))
+    assert flow.store.positions["PB7"].quantity == 75
+    assert books_agree(flow)

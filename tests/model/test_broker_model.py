@@ -16,6 +16,7 @@ import os
 import random
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 import pykka
 import pytest
@@ -27,6 +28,7 @@ from actors.system import Parts, System
 from app.clocks import ManualClock
 from broker.paper.exchange import PaperExchange
 from broker.paper.market import TapeMarket
+from broker.ports import OrderView
 from models.common import Instrument, Segment, TxnType
 from models.orders import OrderStatus
 from models.policy import RiskConfig
@@ -37,11 +39,13 @@ from tests.fakes import FakeStore
 
 INSTRUMENT = Instrument(segment=Segment.NSE_FNO, security_id="47012")
 EXAMPLES = int(os.environ.get("MODEL_EXAMPLES", "60"))
-# Not in the default run yet: it still finds failures (e.g. a position closed by another order
-# while our exit order rests, the exit left live; see issue 15's note). MODEL_BASED=1 runs it.
-# Found and fixed so far, each now a test in tests/actors/test_broker_safety.py: split orders
-# not counted after a restart; a burst of partial fills allocated past what was open; a closed
-# position's frame delivered again after a restart opening a position.
+# Not in the default run yet: it passed two 40-example runs after its last fixes, but it found
+# flaky failures before them (timing is involved), and a failure here must not block every
+# landing until it has run clean for longer. MODEL_BASED=1 runs it. Found and fixed so far, each
+# now a test in tests/actors/test_broker_safety.py: split orders not counted after a restart; a
+# burst of partial fills allocated past what was open; a closed position's frame delivered again
+# after a restart opening a position; a TRADED frame without quantities of an order known only
+# from earlier frames.
 pytestmark = pytest.mark.skipif(os.environ.get("MODEL_BASED") != "1",
                                 reason="model-based search still finds open failures "
                                        "(issue 15); run with MODEL_BASED=1")
@@ -56,6 +60,7 @@ class Wire:
     def __init__(self) -> None:
         self.system: System | None = None
         self.held: list[str] = []
+        self.missed: list[str] = []
         self.last: str | None = None
         self.strip_next_traded = False
         self.reorder = False
@@ -74,14 +79,45 @@ class Wire:
             self.deliver(frame)
 
     def deliver(self, frame: str) -> None:
+        """A frame sent while the process is down (a restart) reaches the next one, as a
+        reconnect's reconcile would bring it: the broker's word is never lost on the way."""
         assert self.system is not None
-        self.system.order_frame(frame)
+        try:
+            self.system.order_frame(frame)
+        except pykka.ActorDeadError:
+            self.missed.append(frame)
+
+    def reconnect(self, system: System) -> None:
+        self.system = system
+        missed, self.missed = self.missed, []
+        for frame in missed:
+            self.deliver(frame)
 
     def release(self, rng: random.Random) -> None:
         held, self.held = self.held, []
         rng.shuffle(held)
         for frame in held:
             self.deliver(frame)
+
+
+class Gateway:
+    """The exchange as the system's gateway; its frames reach the system only through the
+    ``Wire`` (never by a subscription of its own, which would bypass what the wire does)."""
+
+    def __init__(self, exchange: PaperExchange) -> None:
+        self.exchange = exchange
+
+    def place_order(self, **order: Any) -> str:
+        return self.exchange.place_order(**order)
+
+    def cancel_order(self, order_no: str) -> None:
+        self.exchange.cancel_order(order_no)
+
+    def find_order(self, client_id: str) -> OrderView | None:
+        return self.exchange.find_order(client_id)
+
+    def subscribe(self, sink: Any) -> None:
+        pass
 
 
 class BrokerModel(RuleBasedStateMachine):
@@ -104,10 +140,11 @@ class BrokerModel(RuleBasedStateMachine):
         self.system = self._start()
 
     def _start(self) -> System:
-        system = System(Parts(store=self.store, cache=InMemoryPnLCache(), gateway=self.exchange,
+        system = System(Parts(store=self.store, cache=InMemoryPnLCache(),
+                              gateway=Gateway(self.exchange),
                               quotes=None, config=RiskConfig(), clock=self.clock))
-        self.wire.system = system
         system.start(ticker=False)
+        self.wire.reconnect(system)
         return system
 
     def teardown(self) -> None:
