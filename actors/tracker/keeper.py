@@ -123,10 +123,12 @@ class PositionKeeper:
         self._exit_timeout = timedelta(milliseconds=context.config.policy.exit_timeout_ms)
         self.outage: _Outage | None = None
         """Set while writes fail: the state lives in memory, protected, until it is stored."""
+        self._tell_when_stored = unstored
+        """Started from a state the store never took: nobody may have heard of it either, so
+        it is announced once stored."""
         if unstored:
             now = context.clock()
-            self.outage = _Outage(since=now, next_try=now, cause=None,
-                                  before=position.model_copy(update={"version": 0}))
+            self.outage = _Outage(since=now, next_try=now, cause=None)
 
     # Dispatch ---------------------------------------------------------------------------------
     def handle(self, message: object, *, more: bool = False) -> Out:
@@ -238,6 +240,7 @@ class PositionKeeper:
         """The change since the last announcement (the store holds it by now)."""
         now, position = self.ctx.clock(), self.position
         before, self._announced = self._announced, position
+        self._tell_when_stored = False
         ids = cause.caused()
         event: Message
         if position.status in CLOSED:
@@ -312,7 +315,7 @@ class PositionKeeper:
             raise  # a newer incarnation wrote: this one must stop (the supervisor restarts it)
         except StoreError as error:
             self.outage = _Outage(since=now, next_try=now + _OUTAGE_BACKOFF[0], cause=cause,
-                                  before=self._announced, fills=list(fills),
+                                  fills=list(fills),
                                   exits=[intent] if intent is not None else [])
             self.position = position
             self.ctx.metrics.incr("store_write_failures")
@@ -332,15 +335,17 @@ class PositionKeeper:
                            "intents {!r}", self.position, self.outage.fills, self.outage.exits)
         return out
 
-    def _retry_store(self, now: datetime, *, force: bool = False) -> Out:
+    def _retry_store(self, now: datetime, *, force: bool = False,
+                     cause: Cause | None = None) -> Out:
         """Write what an outage left in memory, if its back-off is over; its announcement."""
         outage = self.outage
         if outage is None or (now < outage.next_try and not force):
             return []
-        cause = outage.cause
+        cause = outage.cause or cause
         # One version past the one in memory: marks may have moved without a version.
         self.position = self.position.model_copy(update={"version": self.position.version + 1})
-        if not self._write_held(now) or cause is None or self.position == self._announced:
+        if not self._write_held(now) or cause is None or (
+                self.position == self._announced and not self._tell_when_stored):
             return []
         return self._announce(cause)
 
@@ -430,7 +435,7 @@ class PositionKeeper:
 
     def on_timer(self, message: TimerFired) -> Out:
         now = self.ctx.clock()
-        out = self._retry_store(now)
+        out = self._retry_store(now, cause=message)
         if self.outage is None:
             out += self._hand_on_excess(message)
         out += self._watch_exit(now, message)
@@ -710,8 +715,6 @@ class _Outage:
     next_try: datetime
     cause: Cause | None
     """The latest message whose change waits to be stored (and then announced)."""
-    before: Position
-    """What the store held when the outage began: the change is announced from it."""
     fills: list[Fill] = field(default_factory=list)
     exits: list[ExitAttempt] = field(default_factory=list)
     tries: int = 0
