@@ -366,10 +366,6 @@ class System:
         for _ in range(rounds):
             self.orders.proxy().parked.get(timeout=SETTLE)
             self.batcher.proxy().pending.get(timeout=SETTLE)
-            quoter = self.batcher.proxy().quoter.get(timeout=SETTLE)
-            if quoter is not None:  # a quote call out: its answer reaches the batcher first
-                quoter.ask(Snapshot(), timeout=SETTLE)
-                self.batcher.ask(Snapshot(), timeout=SETTLE)
             self.index.ask(OpenPositions(), timeout=SETTLE)
             self.supervisor.ask(Snapshot(), timeout=SETTLE)
             for gateway in self.supervisor.proxy().gateway_refs.get(timeout=SETTLE):

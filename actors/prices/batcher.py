@@ -8,10 +8,8 @@ tick wakes no thread and the batcher handles one message per flush instead of on
 
 Instruments whose price is stale, or that a tracker asked about, are polled from the quote API
 in as few calls as its limits allow (⌈n / max_instruments⌉ over all segments, at most one call
-per ``min_interval_seconds``), one call out at a time; the call itself is the ``QuoteActor``'s
-(``actors/gateway/quotes.py``), whose answer joins the next flush, so the batcher never waits on
-the network. When a batch call fails, the next calls go one instrument at a time; throttling or
-repeated failures open a circuit breaker with back-off.
+per ``min_interval_seconds``). When a batch call fails, the next calls go one instrument at a
+time; throttling or repeated failures open a circuit breaker with back-off.
 """
 
 from __future__ import annotations
@@ -25,12 +23,11 @@ from typing import Any
 from loguru import logger
 from pykka import ActorDeadError, ActorRef
 
-from actors.gateway.quotes import FetchQuotes, QuoteActor, QuotesFetched
-from actors.protocol import Flush, Snapshot, Watch
+from actors.protocol import Flush, Watch
 from actors.runtime.dispatch import SingletonActor, StampedQueue
 from actors.runtime.metrics import Metrics
 from actors.runtime.pykka_compat import envelope
-from broker.ports import QuoteApi
+from broker.ports import GatewayError, QuoteApi, QuoteThrottled
 from models.common import Instrument, Segment
 from models.messages import PriceBatch, PriceTick, QuoteRequested, new_id
 from models.rules import PriceMark
@@ -140,18 +137,6 @@ class LTPBatcherActor(SingletonActor):
         self.breaker = Breaker()
         self.single_mode = False
         self.last_call: datetime | None = None
-        self.quoter: ActorRef[Any] | None = None
-        """The ``QuoteActor`` making this batcher's quote calls (started with it)."""
-        self.fetching = False
-        """A quote call is out: the next waits for its answer (one call at a time)."""
-
-    def on_start(self) -> None:
-        if self.quotes is not None:
-            self.quoter = QuoteActor.start(self.quotes, self.actor_ref)
-
-    def on_stop(self) -> None:
-        if self.quoter is not None:
-            self.quoter.stop()
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -164,10 +149,6 @@ class LTPBatcherActor(SingletonActor):
                 self._flush(message)
             case QuoteRequested():
                 self.asked.add(message.instrument)
-            case QuotesFetched():
-                self._fetched(message)
-            case Snapshot():
-                return None  # an edge settling: what was told before is handled
             case Watch():
                 if message.watching:
                     self.watched.update(message.instruments)
@@ -210,7 +191,7 @@ class LTPBatcherActor(SingletonActor):
                       key=str)
 
     def _poll(self, now: datetime) -> None:
-        if self.quotes is None or self.fetching or not self.breaker.allows(now):
+        if self.quotes is None or not self.breaker.allows(now):
             return
         interval = timedelta(seconds=self.quotes.min_interval_seconds)
         if self.last_call is not None and now - self.last_call < interval:
@@ -233,30 +214,23 @@ class LTPBatcherActor(SingletonActor):
             return
         self.last_call = now
         self.metrics.incr("quote_api_calls")
-        assert self.quoter is not None, "started in on_start"
-        self.fetching = True
-        self.quoter.tell(FetchQuotes(tuple(chunk), request, now))
-
-    def _fetched(self, answer: QuotesFetched) -> None:
-        """The quote actor's answer: its prices go out with the next flush."""
-        self.fetching = False
-        now, chunk = answer.at, answer.chunk
-        if answer.throttled:
+        try:
+            prices = self.quotes.ltp(request)
+        except QuoteThrottled as error:
             self.breaker.failure(now, throttled=True)
-            logger.warning("quote API throttled: {}", answer.failure)
+            logger.warning("quote API throttled: {}", error)
             return
-        if answer.failure is not None:
-            self._failed(chunk, now, answer.failure)
+        except GatewayError as error:
+            self._failed(chunk, now, error)
             return
         self.breaker.success()
         self.single_mode = False
-        prices = answer.prices
         for instrument in chunk:
             self.asked.discard(instrument)
-            if instrument in prices and instrument not in self.pending:
+            if instrument in prices:
                 self.pending[instrument] = PriceMark(ltp=prices[instrument], at=now)
 
-    def _failed(self, chunk: tuple[Instrument, ...], now: datetime, error: str) -> None:
+    def _failed(self, chunk: list[Instrument], now: datetime, error: GatewayError) -> None:
         self.breaker.failure(now)
         if len(chunk) > 1:
             logger.warning("batch quote of {} failed ({}); falling back to single calls",
