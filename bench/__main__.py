@@ -1,5 +1,5 @@
-"""``python -m bench [--quick]``: run every benchmark of SPEC §9, print a table, append the run to
-BENCHMARKS.md (and, for a full run, rewrite its summary).
+"""``python -m bench [--quick]``: run every benchmark of SPEC §9, print a table, write the raw run
+to bench/results/ as JSON and, for a full run, rewrite BENCHMARKS.md's one-page summary.
 
 Real PostgreSQL and Redis are used when ``BENCH_DATABASE_URL`` / ``BENCH_REDIS_URL`` (defaults:
 the local test services) answer; otherwise the embedded SQLite store and the in-process cache.
@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="a reduced set, under a minute")
     parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
+    parser.add_argument("--results", type=Path, default=Path("bench/results"),
+                        help="folder for the raw run (JSON)")
     args = parser.parse_args(argv)
     logger.remove()
     logger.add(sys.stderr, level="WARNING")
@@ -116,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     where = (f"PostgreSQL: {'yes' if pg else 'no (SQLite)'}, "
              f"Redis: {'yes' if rd else 'no (in-process cache)'}")
     print(report.write(rows, args.out, command=command, services=where, seconds=seconds,
-                       full=not args.quick))
-    print(f"\n{command}: {seconds:.0f} s; appended to {args.out}")
+                       full=not args.quick, results=args.results))
+    print(f"\n{command}: {seconds:.0f} s; raw run in {args.results}, report {args.out}")
     return 0
 
 

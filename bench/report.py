@@ -4,9 +4,9 @@ Every benchmark returns rows: ``{"benchmark": name, "figures": [figure, …], �
 figure is one measured value with its baseline and ratio side by side (as text, measured in the
 same run) and, when SPEC §9 sets one, its target and whether it was met.
 
-BENCHMARKS.md keeps three parts: a summary of the latest full run (rewritten between markers),
-the hand-written analysis (kept as it is), and every run appended at the end (machine, date,
-command, table and the raw JSON).
+BENCHMARKS.md is one page: what, how to reproduce, the machine, target / result / commit, and a
+summary of the latest full run (rewritten between markers). Every run's raw figures go to
+``bench/results/<time>-{quick,full}.json``, never into the Markdown.
 """
 
 from __future__ import annotations
@@ -141,8 +141,10 @@ def gauge_ms(loops: int = 2_000_000) -> float:
 
 
 def write(rows: list[dict[str, Any]], out: Path, *, command: str, services: str,
-          seconds: float, full: bool) -> str:
-    """Print-ready table; appends the run to ``out`` and, for a full run, rewrites the summary."""
+          seconds: float, full: bool, results: Path = Path("bench/results")) -> str:
+    """Print-ready table. The run goes to ``results`` as JSON (raw runs are kept there, not in
+    the report); ``out`` stays one page: its summary is rewritten by a full run (or filled in
+    when empty)."""
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     machine = (f"{platform.machine()}, {os.cpu_count()} cores, Python "
                f"{platform.python_version()}, {platform.system()} {platform.release()}, "
@@ -155,9 +157,11 @@ def write(rows: list[dict[str, Any]], out: Path, *, command: str, services: str,
         _, _, tail = rest.partition(SUMMARY_END)
         block = summary(rows, f"`{command}`, {stamp}, {machine}; {services}")
         text = f"{head}{SUMMARY_START}\n{block}\n{SUMMARY_END}{tail}"
-    raw = json.dumps(rounded(rows), indent=1, default=str)
-    text = (text.rstrip("\n") + f"\n\n## {stamp} — `{command}` ({seconds:.0f} s)\n\n"
-            f"{machine}; {services}\n\n{markdown(rows)}\n\n<details><summary>raw figures "
-            f"(JSON)</summary>\n\n```json\n{raw}\n```\n\n</details>\n")
     out.write_text(text, encoding="utf-8")
+    results.mkdir(parents=True, exist_ok=True)
+    run = {"at": stamp, "command": command, "seconds": round(seconds), "machine": machine,
+           "services": services, "rows": rounded(rows)}
+    name = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + ("-full" if full else "-quick")
+    (results / f"{name}.json").write_text(json.dumps(run, indent=1, default=str) + "\n",
+                                          encoding="utf-8")
     return table(rows)
