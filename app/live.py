@@ -57,6 +57,9 @@ from models.position import Position
 from models.wire import to_dhan_frame
 
 RECONCILE_MARK = '"Source": "RECONCILE"'
+FOLLOW_EVERY = 1.0
+"""Seconds between comparisons of the feed's subscriptions with the open positions (the quote
+API prices a new position meanwhile)."""
 TOKEN_RECHECK = 5.0
 """Seconds between reads of the token source while the token is refused."""
 
@@ -112,7 +115,7 @@ class LiveSession:
         self._thread: threading.Thread | None = None
         self._seen: dict[str, tuple[str, int]] = {}
         """Order id → (status, filled quantity) as last given to the system by a read."""
-        self._next_poll = 0.0
+        self._next_poll = self._next_follow = 0.0
         self._refused: Secret | None = None
         self._token_checked = 0.0
         self.socket_state = self.feed_state = LinkState.STOPPED.value
@@ -202,7 +205,9 @@ class LiveSession:
         elif now >= self._next_poll:
             self.poll()
             self._next_poll = time.monotonic() + self._poll_every()
-        self._follow_positions()
+        if now >= self._next_follow:  # an ask of the index: once a second is enough
+            self._next_follow = now + FOLLOW_EVERY
+            self._follow_positions()
 
     def _poll_every(self) -> float:
         return self.poll_active if self._exits_in_flight() else self.poll_idle

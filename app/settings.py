@@ -11,7 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from pydantic import AwareDatetime, Field, ValidationError
+from pydantic import AwareDatetime, Field, ValidationError, field_validator
 
 from models.common import Frozen
 from models.policy import PolicyError, RiskConfig, risk_config_from_mapping
@@ -56,6 +56,12 @@ class DhanSettings(Frozen):
     session_start: AwareDatetime | None = None
     """For drills against the loopback fake only: exchange time starts here and runs with the
     wall clock (``DHAN_SESSION_START``); live trading leaves it unset (the wall clock)."""
+
+
+    @field_validator("access_token_file", mode="before")
+    @classmethod
+    def _no_empty_path(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
 
 DHAN_ENV = {"client_id": "DHAN_CLIENT_ID", "api_url": "DHAN_API_URL",

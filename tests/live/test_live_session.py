@@ -164,6 +164,7 @@ def test_a_manual_close_at_the_broker_is_a_broker_exit(tmp_path: Path) -> None:
         venue.enter(FUT, TxnType.BUY, 75)
         run = LiveRun(venue, tmp_path)
         started(run)
+        venue.fake.camel_case = True  # frames as some accounts get them: camelCase keys
         venue.enter(FUT, TxnType.SELL, 75)  # the trader closes it in the broker's app
         run.wait_log("(0 subscribed)", 15)
         venue.set_price(FUT, "90")  # would have been a stop loss: nothing may be sent now
