@@ -111,7 +111,7 @@ class LiveSession:
         self._held: list[str] | None = None
         """Socket frames held while a reconcile reads the books (None: not holding)."""
         self._reconcile_due = threading.Event()
-        self._stop = threading.Event()
+        self._done = threading.Event()
         self._thread: threading.Thread | None = None
         self._seen: dict[str, tuple[str, int]] = {}
         """Order id → (status, filled quantity) as last given to the system by a read."""
@@ -134,7 +134,7 @@ class LiveSession:
 
     def stop(self) -> None:
         """Feeds first: no frame or tick arrives after this returns."""
-        self._stop.set()
+        self._done.set()
         self.socket.stop()
         self.feed.stop()
         if self._thread is not None:
@@ -184,12 +184,12 @@ class LiveSession:
 
     # The session thread -------------------------------------------------------------------------
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while not self._done.is_set():
             try:
                 self._step()
             except Exception:  # the session thread outlives any one failure
                 logger.exception("live session step failed")
-            self._stop.wait(0.2)
+            self._done.wait(0.2)
 
     def _step(self) -> None:
         now = time.monotonic()
@@ -200,7 +200,7 @@ class LiveSession:
             self._reconcile_due.clear()
             if not self.reconcile():
                 self._reconcile_due.set()
-                self._stop.wait(2.0)
+                self._done.wait(2.0)
             self._next_poll = time.monotonic() + self._poll_every()
         elif now >= self._next_poll:
             self.poll()

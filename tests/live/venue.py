@@ -75,7 +75,7 @@ class Venue:
                                       latency=timedelta(milliseconds=20),
                                       partial_fills=partial_fills)
         self.fake = FakeDhan(self.exchange, self.market, client_id=CLIENT, valid_token=TOKEN)
-        self._stop = threading.Event()
+        self._done = threading.Event()
         self._driver = threading.Thread(target=self._drive, name="venue", daemon=True)
         self._entries = 0
 
@@ -85,12 +85,12 @@ class Venue:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
+        self._done.set()
         self._driver.join(timeout=5)
         self.fake.stop()
 
     def _drive(self) -> None:
-        while not self._stop.wait(0.02):
+        while not self._done.wait(0.02):
             self.fake.advance(self.clock())
 
     # What a trader does at the broker ----------------------------------------------------------
