@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import re
 import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 from loguru import logger
 from redis.connection import parse_url as parse_redis_url
@@ -42,8 +45,12 @@ from app.days import (
     policy_report,
     table,
 )
+from app.live import LiveSession, would_exit_rows
 from app.replay import Event, Replayer, ReplayInputError, merge, read_orders, read_ticks
 from app.settings import Settings, SettingsError, load_settings
+from broker.dhan import DhanRest, TokenSource
+from broker.dhan import TokenError as DhanTokenError
+from broker.dhan.gateway import DhanGateway, NotingQuotes, ShadowGateway
 from broker.paper import PaperBroker, PaperConfig, entry_interval
 from broker.paper.exchange import PaperExchange
 from broker.paper.market import TapeMarket
@@ -197,8 +204,11 @@ def _on_signals(stop: threading.Event) -> None:
 
 
 def _finish(system: System, store: Store, mode: str, started: datetime, ended: datetime,
-            report_path: Path | None, *, entries: tuple[int, PaperBroker] | None = None) -> int:
+            report_path: Path | None, *, entries: tuple[int, PaperBroker] | None = None,
+            extra: Callable[[Store], dict[str, Any]] | None = None) -> int:
     report = _stop(system, store, mode, started, ended)
+    if extra is not None:
+        report.update(extra(store))
     if report_path is not None:
         _publish(report, report_path)
     print_summary(report, sys.stdout)
@@ -235,6 +245,112 @@ def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
+
+
+# Live (SPEC §10) ----------------------------------------------------------------------------------
+_TOKEN_TEXT = re.compile(r"[A-Za-z0-9._~+/=-]{8,4096}")
+
+
+def live_credentials(settings: Settings, environ: Mapping[str, str]) -> TokenSource:
+    """The client id and token of a live session, checked before anything connects: a missing
+    or malformed one is an ``InputError`` naming the variable, never echoing its value."""
+    dhan = settings.dhan
+    if not dhan.client_id:
+        raise InputError("DHAN_CLIENT_ID is not set: the DhanHQ client id of the account "
+                         "(export DHAN_CLIENT_ID=...)")
+    if not dhan.client_id.isdigit() or len(dhan.client_id) > 20:
+        raise InputError("DHAN_CLIENT_ID is malformed: DhanHQ client ids are digits only")
+    for name, url, schemes in (("DHAN_API_URL", dhan.api_url, ("http", "https")),
+                               ("DHAN_ORDER_WS_URL", dhan.order_ws_url, ("ws", "wss")),
+                               ("DHAN_FEED_WS_URL", dhan.feed_ws_url, ("ws", "wss"))):
+        parsed = urlsplit(url)
+        if parsed.scheme not in schemes or not parsed.hostname:
+            raise InputError(f"{name} must be a {' or '.join(schemes)} URL with a host")
+    if not environ.get("DHAN_ACCESS_TOKEN", "").strip() and dhan.access_token_file is None:
+        raise InputError("DHAN_ACCESS_TOKEN is not set (or set access_token_file under [dhan] "
+                         "in tracker.toml): the account's access token from web.dhan.co")
+    tokens = TokenSource(path=dhan.access_token_file, environ=environ)
+    name = "DHAN_ACCESS_TOKEN" if environ.get("DHAN_ACCESS_TOKEN", "").strip() else \
+        f"the token file {dhan.access_token_file}"
+    try:
+        token = tokens.current()
+    except DhanTokenError as error:
+        raise InputError(str(error)) from None
+    if not _TOKEN_TEXT.fullmatch(token.reveal()):
+        raise InputError(f"{name} is malformed: a DhanHQ access token is one line of letters, "
+                         "digits and . _ - (a JWT)")
+    return tokens
+
+
+def run_live(settings: Settings, *, shadow: bool, duration: float | None,
+             report: Path | None, trace: Path | None, http: Bind | None) -> int:
+    tokens = live_credentials(settings, os.environ)
+    dhan = settings.dhan
+    for name in ("httpx", "httpcore"):  # a line per request at INFO: the session logs its own
+        logging.getLogger(name).setLevel(logging.WARNING)
+    clock: Callable[[], datetime] = SessionClock(dhan.session_start) \
+        if dhan.session_start is not None else _wall_clock
+    tracing.install(Tracer(trace))
+    store = open_store(settings.database_url, settings.data_dir)
+    rest = DhanRest(dhan.api_url, dhan.client_id or "", tokens,
+                    timeout=dhan.request_timeout_seconds)
+    gateway = DhanGateway(rest, protection_pct=dhan.exit_protection_pct, tick=dhan.tick_size,
+                          max_modifications=dhan.exit_max_modifications,
+                          chase_after_seconds=dhan.exit_chase_after_ms / 1000)
+    shadowing = ShadowGateway(gateway, clock) if shadow else None
+    holder: list[LiveSession] = []
+    parts = Parts(store=store, cache=open_pnl_cache(settings.redis_url),
+                  gateway=shadowing or gateway, quotes=NotingQuotes(rest, gateway),
+                  config=settings.risk, clock=clock,
+                  correlation_prefix=settings.correlation_prefix,
+                  gateway_status=lambda: holder[0].gateway_status())
+    system = System(parts)
+    session = LiveSession(system, rest, gateway, tokens, client_id=dhan.client_id or "",
+                          order_ws_url=dhan.order_ws_url, feed_ws_url=dhan.feed_ws_url,
+                          clock=clock, poll_active=dhan.poll_active_seconds,
+                          poll_idle=dhan.poll_idle_seconds, shadow=shadowing,
+                          correlation_prefix=settings.correlation_prefix)
+    holder.append(session)
+    stop = threading.Event()
+    _on_signals(stop)
+    signal.signal(signal.SIGHUP, lambda signum, frame: session.reload_token())
+    system.start()
+    session.start()
+    mode = "shadow" if shadow else "live"
+    started = clock()
+    logger.info("{} session on DhanHQ account {} started{}", mode,
+                _masked(dhan.client_id or ""), " (SHADOW: no order is placed, modified or "
+                "cancelled)" if shadow else "")
+    console = _console_or_stop(system, settings, http, mode)
+    try:
+        while not stop.wait(1.0):
+            print(f"{status_line(system.status(), clock().strftime('%H:%M:%S'))} | "
+                  f"{session.status_line()}", flush=True)
+            if duration is not None and (clock() - started).total_seconds() >= duration:
+                break
+    finally:
+        _stop_console(console)
+        session.stop()
+
+    def extra(store: Store) -> dict[str, Any]:
+        out: dict[str, Any] = {"gateway": session.report()}
+        if shadowing is not None:
+            attempts = {a.client_id: a for a in store.exit_attempts()}
+            out["would_exit"] = would_exit_rows(shadowing, attempts)
+        return out
+
+    try:
+        return _finish(system, store, mode, started, clock(), report, extra=extra)
+    finally:
+        rest.close()
+
+
+def _wall_clock() -> datetime:
+    return datetime.now(IST)
+
+
+def _masked(client_id: str) -> str:
+    return "*" * max(0, len(client_id) - 4) + client_id[-4:]
 
 
 # Replay -----------------------------------------------------------------------------------------
@@ -422,6 +538,16 @@ def parser() -> argparse.ArgumentParser:
     positions = commands.add_parser("positions", help="list positions from the store")
     positions.add_argument("--status", help="PENDING, ACTIVE, EXITING, EXITED or CANCELLED")
     positions.add_argument("--json", action="store_true", help="JSON like the report")
+    live = commands.add_parser("live", help="watch a DhanHQ account (DHAN_CLIENT_ID, "
+                               "DHAN_ACCESS_TOKEN)")
+    live.add_argument("--shadow", action="store_true", help="decide and report exits "
+                      "(would_exit) but place, modify and cancel nothing")
+    live.add_argument("--duration", type=_positive, help="seconds to run (default: until "
+                      "Ctrl-C)")
+    live.add_argument("--report", type=Path, help="write the JSON report here")
+    live.add_argument("--trace", type=Path, help="write message traces as JSON lines")
+    live.add_argument("--http", default=DEFAULT_BIND, help="operator console HOST:PORT, or "
+                      f"off (default {DEFAULT_BIND})")
     commands.add_parser("reset-kill-switch", help="operator reset of the latched kill switch")
     trace = commands.add_parser("trace", help="views of a trace file written with --trace")
     trace.add_argument("file", type=Path)
@@ -525,6 +651,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_replay(_policy_runs(args, flags), _days(args), args.report,
                               getattr(args, "database_url", None), args.trace,
                               stepped=args.stepped, http=parse_bind(args.http))
+        if args.command == "live":
+            return run_live(settings, shadow=args.shadow, duration=args.duration,
+                            report=args.report, trace=args.trace, http=parse_bind(args.http))
         if args.command == "paper":
             return run_paper(settings, duration=args.duration, report=args.report,
                              burst=args.burst, live_status=False, trace=args.trace,

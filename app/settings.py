@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import AwareDatetime, Field, ValidationError, field_validator
 
 from models.common import Frozen
 from models.policy import PolicyError, RiskConfig, risk_config_from_mapping
@@ -31,12 +32,50 @@ class PaperSettings(Frozen):
     """Standard deviation of one 100 ms step of the simulated random walk."""
 
 
+class DhanSettings(Frozen):
+    """``[dhan]`` in ``tracker.toml`` (SPEC §10); ``DHAN_*`` environment variables win."""
+
+    client_id: str | None = None
+    """``DHAN_CLIENT_ID``."""
+    access_token_file: Path | None = None
+    """Read when ``DHAN_ACCESS_TOKEN`` is not set; read again when the token is refused or on
+    SIGHUP."""
+    api_url: str = "https://api.dhan.co/v2"
+    order_ws_url: str = "wss://api-order-update.dhan.co"
+    feed_ws_url: str = "wss://api-feed.dhan.co"
+    exit_protection_pct: Decimal = Field(default=Decimal("0.01"), ge=0, lt=Decimal("0.2"))
+    """An exit is a LIMIT order this far beyond the last price (a fraction: 0.01 is 1 %)."""
+    tick_size: Decimal = Field(default=Decimal("0.05"), gt=0, le=100)
+    exit_chase_after_ms: int = Field(default=1_500, ge=100, le=600_000)
+    exit_max_modifications: int = Field(default=10, ge=0, le=25)
+    poll_active_seconds: float = Field(default=5.0, gt=0, le=3_600)
+    """The order book is read this often while an exit of ours is in flight ..."""
+    poll_idle_seconds: float = Field(default=60.0, gt=0, le=3_600)
+    """... and this often otherwise (the socket has no replay and may go quiet)."""
+    request_timeout_seconds: float = Field(default=3.0, gt=0, le=60)
+    session_start: AwareDatetime | None = None
+    """For drills against the loopback fake only: exchange time starts here and runs with the
+    wall clock (``DHAN_SESSION_START``); live trading leaves it unset (the wall clock)."""
+
+
+    @field_validator("access_token_file", mode="before")
+    @classmethod
+    def _no_empty_path(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+
+DHAN_ENV = {"client_id": "DHAN_CLIENT_ID", "api_url": "DHAN_API_URL",
+            "order_ws_url": "DHAN_ORDER_WS_URL", "feed_ws_url": "DHAN_FEED_WS_URL",
+            "session_start": "DHAN_SESSION_START"}
+
+
 class Settings(Frozen):
     database_url: str | None = None
     redis_url: str | None = None
     data_dir: Path = Path("data")
     risk: RiskConfig = RiskConfig()
     paper: PaperSettings = PaperSettings()
+    dhan: DhanSettings = DhanSettings()
     correlation_prefix: str | None = None
     """Track only orders whose CorrelationId starts with this (default: every order)."""
 
@@ -69,6 +108,11 @@ def load_settings(*, config_file: Path | None = None, policy_file: Path | None =
     for key, env in (("database_url", "DATABASE_URL"), ("redis_url", "REDIS_URL")):
         if environ.get(env):
             values[key] = environ[env]
+    dhan = dict(values.pop("dhan", {}) or {})
+    for key, env in DHAN_ENV.items():
+        if environ.get(env):
+            dhan[key] = environ[env]
+    values["dhan"] = dhan
     paper = dict(values.pop("paper", {}) or {})
     for key, value in flags.items():
         if value is None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from pydantic import Field
 
@@ -76,3 +76,22 @@ class OrderGateway(Protocol):
 
     def subscribe(self, sink: Callable[[str], None]) -> None:
         """Deliver every order update as the raw text of a DhanHQ websocket frame."""
+
+
+@runtime_checkable
+class ChasingGateway(Protocol):
+    """A gateway whose exits are LIMIT orders that may rest: its gateway actor re-prices them
+    toward the market ``chase_after_seconds`` after placement and after each modification
+    (SPEC §10 "Exit orders"). The paper exchange fills MARKET orders and does not chase."""
+
+    chase_after_seconds: float
+
+    def chase(self, order_no: str) -> Decimal | None:
+        """Re-price the exit order toward the market; the new limit, or None when there is
+        nothing to do. Raises ``GatewayError`` when the broker refuses (it has finished)."""
+
+    def modifications_left(self, order_no: str) -> int:
+        """How many more times the order may be chased (0: it is left to the time-out)."""
+
+    def forget(self, order_no: str) -> None:
+        """The order has ended: no more chasing."""

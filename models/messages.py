@@ -272,6 +272,24 @@ class ExitOrderLookedUp(Message):
     error: str | None = None
 
 
+class ExitOrderChased(Message):
+    """Gateway → supervisor: a resting exit order was re-priced toward the market (SPEC §10
+    "Exit orders"); traced and counted, nothing to decide."""
+
+    position_id: str
+    attempt: int
+    order_no: str
+    price: Decimal
+    modification: int
+
+
+class ExitSettled(Message):
+    """Supervisor → the position's gateway actor: the position's exit has ended (closed, or
+    back to ACTIVE): stop chasing its order."""
+
+    position_id: str
+
+
 class CancelExitOrder(Message):
     """Tracker → gateway: cancel the exit order (it rests unfilled past its time-out, or the
     position went flat at the broker meanwhile)."""

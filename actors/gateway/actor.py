@@ -6,12 +6,19 @@ supervisor, which hands them to the position's owner. Every outcome of a placeme
 classified: placed (``ExitOrderPlaced``), refused for sure (``GatewayError``:
 ``ExitOrderFailed``, retried with back-off), or unknown (any other failure: ``ExitOrderUnknown``,
 resolved by a look-up, never placed again blindly).
+
+A gateway whose exits are LIMIT orders (``ChasingGateway``: DhanHQ) has its resting exits
+chased: at each timer past ``chase_after_seconds`` since the placement or the last
+modification, the order is re-priced toward the market (``ExitOrderChased`` tells the
+supervisor, so every step is traced); after the last allowed modification it is left to the
+keeper's time-out, which looks it up, cancels it and places a new attempt.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from loguru import logger
@@ -20,17 +27,31 @@ from pykka import ActorRef
 from actors.protocol import Snapshot
 from actors.runtime.dispatch import SingletonActor
 from actors.runtime.metrics import Metrics
-from broker.ports import GatewayError, OrderGateway
+from broker.ports import ChasingGateway, GatewayError, OrderGateway
 from models.messages import (
     CancelExitOrder,
+    ExitOrderChased,
     ExitOrderFailed,
     ExitOrderLookedUp,
     ExitOrderPlaced,
     ExitOrderUnknown,
+    ExitSettled,
     LookUpExitOrder,
     Message,
     PlaceExitOrder,
+    TimerFired,
 )
+
+
+@dataclass
+class _Chase:
+    order_no: str
+    attempt: int
+    since: datetime
+    """The placement or the last modification."""
+    modifications: int = 0
+    ids: dict[str, Any] = field(default_factory=dict)
+    """The placement's correlation and causation: a chase belongs to the same causal tree."""
 
 
 class GatewayActor(SingletonActor):
@@ -40,20 +61,69 @@ class GatewayActor(SingletonActor):
                  reply_to: ActorRef[Any]) -> None:
         super().__init__()
         self.gateway, self.clock, self.metrics, self.reply_to = gateway, clock, metrics, reply_to
+        self.chaser = gateway if isinstance(gateway, ChasingGateway) else None
+        self._chasing: dict[str, _Chase] = {}
+        """Position id → its resting exit order (chasing gateways only)."""
 
     def on_receive(self, message: Any) -> Any:
         match message:
             case PlaceExitOrder():
-                self._reply(self._place(message))
+                answer = self._place(message)
+                if isinstance(answer, ExitOrderPlaced) and self.chaser is not None:
+                    self._chasing[message.position_id] = _Chase(
+                        answer.order_no, message.attempt, self.clock(), ids=answer.caused())
+                self._reply(answer)
             case LookUpExitOrder():
                 self._reply(self._look_up(message))
             case CancelExitOrder():
+                self._stop_chasing(message.position_id, message.order_no)
                 self._cancel(message)
+            case TimerFired():
+                self._chase()
+            case ExitSettled():
+                self._stop_chasing(message.position_id)
             case Snapshot():
                 return None  # an edge waiting for what was told before it (settle)
             case _:
                 logger.warning("gateway ignores {}", type(message).__name__)
         return None
+
+    def _chase(self) -> None:
+        chaser = self.chaser
+        if chaser is None or not self._chasing:
+            return
+        now = self.clock()
+        after = timedelta(seconds=chaser.chase_after_seconds)
+        for position_id, chase in list(self._chasing.items()):
+            if now - chase.since < after:
+                continue
+            log = logger.bind(position_id=position_id)
+            try:
+                price = chaser.chase(chase.order_no)
+            except Exception as error:  # finished meanwhile, most likely: its update says
+                log.warning("chasing exit order {} failed: {}", chase.order_no, error)
+                self._stop_chasing(position_id)
+                continue
+            chase.since = now
+            if price is not None:
+                self.metrics.incr("exit_chases")
+                chase.modifications += 1
+                self._reply(ExitOrderChased(
+                    position_id=position_id, attempt=chase.attempt, order_no=chase.order_no,
+                    price=price, modification=chase.modifications, sent_at=now,
+                    **chase.ids))
+            if chaser.modifications_left(chase.order_no) <= 0:
+                log.warning("exit order {} still rests after its last modification: left to "
+                            "the time-out (look-up, cancel, a new attempt)", chase.order_no)
+                del self._chasing[position_id]
+
+    def _stop_chasing(self, position_id: str, order_no: str | None = None) -> None:
+        chase = self._chasing.get(position_id)
+        if chase is None or (order_no is not None and chase.order_no != order_no):
+            return
+        del self._chasing[position_id]
+        if self.chaser is not None:
+            self.chaser.forget(chase.order_no)
 
     def _reply(self, message: Message) -> None:
         self.reply_to.tell(message)
@@ -68,6 +138,11 @@ class GatewayActor(SingletonActor):
                 client_id=message.client_id, instrument=message.instrument,
                 txn_type=message.txn_type, quantity=message.quantity, product=message.product)
         except GatewayError as error:
+            if _code(error) == "SHADOW":  # --shadow: decided, recorded, not placed
+                self.metrics.incr("shadow_exits")
+                return ExitOrderFailed(position_id=message.position_id, attempt=message.attempt,
+                                       client_id=message.client_id, reason=str(error),
+                                       sent_at=self.clock(), **ids)
             self.metrics.incr("gateway_rejections")
             self.metrics.incr(f"gateway_errors.{_code(error)}")
             log.warning("exit order {} refused: {}", message.client_id, error)

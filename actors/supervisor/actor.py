@@ -52,11 +52,13 @@ from models.messages import (
     ApplyProgress,
     CancelExitOrder,
     CreatePosition,
+    ExitOrderChased,
     ExitOrderFailed,
     ExitOrderLookedUp,
     ExitOrderPlaced,
     ExitOrderUnknown,
     ExitRequested,
+    ExitSettled,
     LookUpExitOrder,
     Message,
     PlaceExitOrder,
@@ -245,6 +247,12 @@ class RiskSupervisor(SingletonActor):
                 self._portfolio(message)
             case TimerFired():
                 self._timer(message)
+                for ref in self.gateway_refs:  # they chase resting exit orders
+                    ref.tell(message)
+            case ExitOrderChased():
+                logger.bind(position_id=message.position_id).info(
+                    "exit order {} re-priced to {} (modification {})", message.order_no,
+                    message.price, message.modification)
             case Snapshot():
                 return self.snapshot()
             case Halt() | Resume() | ResetKillSwitch():
@@ -373,9 +381,17 @@ class RiskSupervisor(SingletonActor):
         self.status[position.position_id] = position.status
         if isinstance(message, PositionClosed):
             self.unprotected.discard(position.position_id)
-            self._gateway_of.pop(position.position_id, None)
+            gateway = self._gateway_of.pop(position.position_id, None)
+            if gateway is not None:
+                gateway.tell(ExitSettled(position_id=position.position_id,
+                                         sent_at=self.ctx.clock(), **message.caused()))
             if before not in CLOSED and position.exit_reason:
                 self.exits[position.exit_reason] += 1
+        elif before == PositionStatus.EXITING and position.status != PositionStatus.EXITING:
+            gateway = self._gateway_of.get(position.position_id)
+            if gateway is not None:  # the exit failed or was cancelled: a new attempt follows
+                gateway.tell(ExitSettled(position_id=position.position_id,
+                                         sent_at=self.ctx.clock(), **message.caused()))
         if isinstance(message, PositionOpened) and self.halted:
             self._forward(position.position_id, RequestExit(
                 reason=ExitReason.KILL_SWITCH, position_id=position.position_id,

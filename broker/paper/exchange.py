@@ -4,10 +4,11 @@ An order is accepted at once (TRANSIT, then PENDING) and arrives at the exchange
 later, where it fills at the market's price then, plus ``slippage`` against the trader, in
 ``partial_fills`` parts ``latency`` apart. A LIMIT (``LMT``) order fills only while the market
 is at or better than its price (a buy at or below, a sell at or above), at the market price
-(slippage never past the limit); one that is not marketable on arrival works until it is,
-checked at every ``advance``. ``modify_order`` changes a live order's price or quantity and
-emits a PENDING update carrying the new values (DhanHQ sends "Modified"; our vocabulary has no
-such status, and a modification changes nothing in the order's progress). ``rest_next`` /
+(slippage never past the limit), in ``partial_fills`` parts at least ``latency`` apart; one
+that is not marketable on arrival works until it is, checked at every ``advance``.
+``modify_order`` changes a live order's price or quantity and emits a PENDING update carrying
+the new values (DhanHQ sends "Modified"; our vocabulary has no such status, and a
+modification changes nothing in the order's progress). ``rest_next`` /
 ``resting`` make placements rest unfilled until cancelled or modified to a marketable price.
 Every update goes to the subscribers as the raw text of a DhanHQ websocket frame, so paper and
 live share every code path after the gateway.
@@ -123,6 +124,8 @@ class PaperExchange:
         """Every placement rests unfilled until cancelled or modified to a marketable price."""
         self._resting: set[str] = set()
         self._working: dict[str, None] = {}  # LMT orders waiting for the market, in arrival order
+        self._part_due: dict[str, datetime] = {}
+        """A partly filled LMT order's next part is due then (``partial_fills`` > 1)."""
         self._sinks: list[Callable[[str], None]] = []
         self._lock = threading.RLock()
         if start is not None:
@@ -331,9 +334,16 @@ class PaperExchange:
             market = self.market.get(order.instrument)
             if market is None or order.price is None or not _marketable(order, market):
                 continue
-            self._fill(order, now, order.remaining, limit=order.price)
+            due = self._part_due.get(order_no)
+            if due is not None and now < due:
+                continue
+            part = split_quantity(order.quantity, self.partial_fills)[0]
+            self._fill(order, now, min(order.remaining, part), limit=order.price)
             if self._orders[order_no].status.terminal:
                 del self._working[order_no]
+                self._part_due.pop(order_no, None)
+            else:
+                self._part_due[order_no] = now + self.latency
 
     def _fill(self, order: PaperOrder, at: datetime, qty: int,
               limit: Decimal | None = None) -> None:
