@@ -45,7 +45,7 @@ def positions(draw: st.DrawFn) -> Position:
     position = active(side, qty, str(draw(prices)), segment=segment)
     position = position.model_copy(update={"opened_at": t(9, 16)})
     if draw(st.booleans()):
-        position = ok(lifecycle.request_exit(position, lifecycle.ExitReason.STOP_LOSS, t(11)))
+        position = ok(lifecycle.request_exit(position, ExitReason.STOP_LOSS, t(11)))
         done = draw(st.integers(min_value=0, max_value=qty - 1))
         if done:
             part = exit_update(OrderStatus.PENDING, done, str(draw(prices)), at=t(11, 1),
