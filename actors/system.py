@@ -53,7 +53,7 @@ from models.common import IST, Instrument
 from models.messages import OrderUpdateReceived, RequestExit, new_id
 from models.policy import ExitPolicy, RiskConfig
 from models.position import CLOSED, ExitReason, Position, PositionStatus
-from models.rules import PriceMark, update_marks
+from models.rules import PriceMark, freshness_limit, update_marks
 from store.ports import PnLCache, Store
 
 ASK = 10.0
@@ -160,11 +160,11 @@ class System:
             active.lifecycle("system", "start", at=self.started_at.isoformat(),
                              fee_per_order=str(p.config.policy.fee_per_order))
         ctx = KeeperContext(store=p.store, config=p.config, clock=p.clock, metrics=p.metrics)
-        stale = p.config.policy.stale_after_seconds
+        stale = freshness_limit(p.config.policy)
         self.batcher = LTPBatcherActor.start(None, p.quotes, p.clock, p.metrics,
-                                             stale_after=timedelta(seconds=float(stale)))
+                                             stale_after=stale)
         self._feed = tick_feed(self.batcher)
-        self.index = IndexActor.start(self.batcher, refresh=timedelta(seconds=float(stale)) * 0.8,
+        self.index = IndexActor.start(self.batcher, refresh=stale * 0.8,
                                       metrics=p.metrics,
                                       gate=self.dispatcher.yield_to_urgent)
         self.batcher.proxy().set_index(self.index).get(timeout=ASK)

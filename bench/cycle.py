@@ -184,13 +184,14 @@ class ActorRig:
         self.clock = ManualClock(T0)
         self.period, self.cache_each_cycle = period, cache_each_cycle
         market = TapeMarket([])
+        metrics = CycleMetrics()
         parts = Parts(store=store, cache=self.cache,
                       gateway=PaperExchange(market, latency=timedelta(0)), quotes=None,
-                      config=CONFIG, clock=self.clock, workers=4, metrics=CycleMetrics())
+                      config=CONFIG, clock=self.clock, workers=4, metrics=metrics)
         if cache_each_cycle:
             parts.cache_every = timedelta(0)
         self.system = System(parts).start(ticker=False)
-        self.metrics = self.system.parts.metrics
+        self.metrics = metrics
         self.count = len(book)
         self.batcher = self.system.batcher.proxy()  # made once: a proxy introspects the actor
         self.pnl = self.system.pnl.proxy()

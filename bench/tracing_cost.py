@@ -119,7 +119,7 @@ def _paired_cost(off: list[dict[str, Any]], mode: list[dict[str, Any]], key: str
     """Throughput lost to a mode: the median over the rounds of each round's own ratio."""
     costs = [1 - (o[key] / m[key] if lower_is_better else m[key] / o[key])
              for o, m in zip(off, mode, strict=True)]
-    return statistics.median(costs)
+    return float(statistics.median(costs))
 
 
 def _median(got: list[dict[str, Any]]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from models.marks import basis_of, net_at, pct_at, stop_price
 from models.policy import ExitPolicy
 from models.position import Position
 from models.report import exit_curve, position_row
-from models.rules import pnl
+from models.rules import freshness_limit, is_fresh, pnl
 
 
 def _text(value: Decimal | None) -> str | None:
@@ -95,7 +95,8 @@ def _row(fixed: _Fixed, view: PositionView, policy: ExitPolicy,
     age = None if mark is None else max(0.0, (now - mark.at).total_seconds())
     flags = [name for name, on in (
         ("UNPROTECTED", view.unprotected), ("QUARANTINED", view.quarantined),
-        ("STALE", age is not None and age > float(policy.stale_after_seconds)),
+        ("STALE", mark is not None and not is_fresh(mark.at, now, freshness_limit(policy),
+                                                     in_session=True)),
         ("TRAILING", position.trail_stop is not None)) if on]
     return {**fixed.row, "last_price": _text(ltp),
             "price_age_s": None if age is None else round(age, 3),

@@ -1,13 +1,21 @@
-"""The per-price arithmetic of a position, made cheap by deriving what changes only with orders.
+"""Each formula of a position's valuation and each threshold of its exit rules, written once;
+and the quiet guard and band built from them.
 
-A price arrives far more often than a position changes: thousands of prices per second against a
-few fills per position per day. ``Basis`` holds what a valuation needs that depends only on the
-position's orders and the policy (entry price, open quantity, realised PnL, fees), so folding a
-price is a handful of ``Decimal`` operations instead of summing the orders again each time.
+*Valuation* (SPEC §3.3): ``Basis`` holds what a valuation needs that depends only on the
+position's orders and the policy (entry price, open quantity, realised PnL, fees), derived from
+the position's own quantities (``Position.quantity``, ``closed_qty``, ``entry_price``,
+``exit_price``). ``net_at`` and ``pct_at`` value it at a price; ``rules.pnl`` and the PnL writer's
+running total (``net_line``) are built from them. A price arrives far more often than a position
+changes, so folding a price is a handful of ``Decimal`` operations.
+
+*Thresholds* (SPEC §3.4): the price at which the stop loss fires (``stop_loss_price``), take profit
+(``take_profit_price``), the trailing stop a peak sets (``trail_stop_at``), and which side of a
+level a price is on (``stopped_out``, ``target_reached``). ``rules.evaluate`` fires a rule with
+them, and the quiet guard and band below are bounded by them: nothing here inverts a rule.
 
 ``Quiet`` answers "can any exit rule fire?" without running them: while the exchange clock is
 before ``until`` and a fresh price stays strictly inside ``(low, high)``, ``rules.evaluate``
-returns ``None``. The band is widened by a relative ``MARGIN`` far above ``Decimal`` rounding,
+returns ``None``. The band is narrowed by a relative ``MARGIN`` far above ``Decimal`` rounding,
 so a price near a trigger always goes through the real rules: the guard can only skip work, never
 change a decision.
 
@@ -25,7 +33,7 @@ from functools import lru_cache
 
 from models.common import IST, Segment, Side
 from models.policy import SESSION_HOURS, ExitPolicy, RiskConfig
-from models.position import OrderRole, Position, PositionStatus, TrackedOrder
+from models.position import Position, PositionStatus, TrackedOrder
 
 MARGIN = Decimal("1e-9")
 """Relative width kept between the quiet band and a trigger; rounding error is ~1e-27."""
@@ -48,28 +56,15 @@ class Basis:
 
 def basis_of(position: Position, policy: ExitPolicy) -> Basis | None:
     """The basis of a position with an entry price (``None`` before its first entry fill)."""
-    entry_qty, exit_qty = 0, 0
-    entry_value, exit_value = _ZERO, _ZERO
-    executed = 0
-    for order in position.orders:
-        progress = order.progress
-        if progress.traded_qty > 0:
-            executed += 1
-        if order.role is OrderRole.ENTRY:
-            entry_qty += progress.traded_qty
-            entry_value += progress.traded_value
-        else:
-            exit_qty += progress.traded_qty
-            exit_value += progress.traded_value
-    if not entry_qty:
+    entry = position.entry_price
+    if entry is None:
         return None
-    entry = entry_value / entry_qty
     sign = position.side.sign
-    closed = min(entry_qty, exit_qty)  # Position.closed_qty: an over-fill is not this one's
-    realized = sign * (exit_value / exit_qty - entry) * closed if exit_qty else 0
+    exit_price = position.exit_price
+    realized = _ZERO if exit_price is None else \
+        realized_pnl(sign, entry, exit_price, position.closed_qty)
     return Basis(orders=position.orders, side=position.side, sign=sign, entry=entry,
-                 quantity=max(0, entry_qty - exit_qty), realized=Decimal(realized),
-                 fees=policy.fee_per_order * executed)
+                 quantity=position.quantity, realized=realized, fees=fees_of(position, policy))
 
 
 def fits(basis: Basis | None, position: Position) -> bool:
@@ -77,16 +72,102 @@ def fits(basis: Basis | None, position: Position) -> bool:
     return basis is not None and basis.orders is position.orders
 
 
+def order_fees(executed_orders: int, fee_per_order: Decimal) -> Decimal:
+    """Fees: one fee per executed order (an order that traded anything)."""
+    return fee_per_order * executed_orders
+
+
+def fees_of(position: Position, policy: ExitPolicy) -> Decimal:
+    """The fees a position has paid so far under ``policy``."""
+    return order_fees(position.executed_orders, policy.fee_per_order)
+
+
+def realized_pnl(sign: int, entry: Decimal, exit_price: Decimal, closed_qty: int) -> Decimal:
+    """Gross PnL of what exits closed: ``sign * (exit - entry) * closed`` (before fees)."""
+    return sign * (exit_price - entry) * closed_qty
+
+
+def pct_of(entry: Decimal, sign: int, price: Decimal) -> Decimal:
+    """``pnl_pct``: how far ``price`` is in profit from ``entry``, a fraction (SPEC §3.3)."""
+    return sign * (price - entry) / entry
+
+
+def unrealized_at(basis: Basis, ltp: Decimal) -> Decimal:
+    """Gross PnL of the open quantity at ``ltp``."""
+    return basis.sign * (ltp - basis.entry) * basis.quantity
+
+
+def gross_at(basis: Basis, ltp: Decimal) -> Decimal:
+    """Realised plus unrealised PnL at ``ltp``, before fees."""
+    return basis.realized + unrealized_at(basis, ltp)
+
+
 def net_at(basis: Basis, ltp: Decimal) -> Decimal:
-    """``rules.pnl(position, ltp, policy).net``, term for term."""
-    return (basis.realized + basis.sign * (ltp - basis.entry) * basis.quantity) - basis.fees
+    """Net PnL at ``ltp``: gross less fees (``rules.pnl(...).net``)."""
+    return gross_at(basis, ltp) - basis.fees
 
 
 def pct_at(basis: Basis, ltp: Decimal) -> Decimal:
-    """``rules.pnl(position, ltp, policy).pct``."""
-    return basis.sign * (ltp - basis.entry) / basis.entry
+    """``pnl_pct`` at ``ltp`` (``rules.pnl(...).pct``)."""
+    return pct_of(basis.entry, basis.sign, ltp)
 
 
+def net_line(basis: Basis) -> tuple[Decimal, int]:
+    """``net_at`` as a line in the price, ``(constant, slope)``: ``net_at(basis, ltp)`` is
+    ``constant + slope * ltp`` (up to ``Decimal`` rounding), so a book of positions on one
+    instrument is valued by summing lines."""
+    return net_at(basis, _ZERO), basis.sign * basis.quantity
+
+
+# Thresholds of the price rules (SPEC §3.4) -----------------------------------------------------
+def favourable(side: Side, a: Decimal, b: Decimal) -> Decimal:
+    """The better of two prices for ``side`` (the higher for a long, the lower for a short);
+    of two stops, the tighter."""
+    return max(a, b) if side is Side.LONG else min(a, b)
+
+
+def stop_loss_price(entry: Decimal, sign: int, policy: ExitPolicy) -> Decimal:
+    """The price at which the stop loss fires: ``pnl_pct <= -stop_loss_pct``."""
+    return entry * (1 - sign * policy.stop_loss_pct)
+
+
+def take_profit_price(entry: Decimal, sign: int, policy: ExitPolicy) -> Decimal:
+    """The price at which take profit fires: ``pnl_pct >= take_profit_pct``."""
+    return entry * (1 + sign * policy.take_profit_pct)
+
+
+def stopped_out(sign: int, ltp: Decimal, stop: Decimal) -> bool:
+    """A price at or beyond a stop (at or below for a long, at or above for a short)."""
+    return sign * (ltp - stop) <= 0
+
+
+def target_reached(sign: int, ltp: Decimal, target: Decimal) -> bool:
+    """A price at or beyond a profit target (at or above for a long, at or below for a short)."""
+    return sign * (ltp - target) >= 0
+
+
+def trail_stop_at(entry: Decimal, sign: int, peak: Decimal, policy: ExitPolicy) -> Decimal | None:
+    """The trailing stop a peak price sets (before the never-loosen rule), or ``None``."""
+    trailing = policy.trailing
+    if trailing.mode == "off":
+        return None
+    peak_pct = pct_of(entry, sign, peak)
+    if trailing.mode == "percent":
+        if peak_pct < trailing.activation_pct:
+            return None
+        return peak * (1 - sign * trailing.trail_pct)
+    offsets = [offset for threshold, offset in trailing.tiers if peak_pct >= threshold]
+    return entry * (1 + sign * offsets[-1]) if offsets else None
+
+
+def stop_price(basis: Basis, trail: Decimal | None, policy: ExitPolicy) -> Decimal:
+    """The price that stops the position out: the tighter of its stop loss and its trailing
+    stop (``rules.evaluate`` fires at or beyond it: below for a long, above for a short)."""
+    loss = stop_loss_price(basis.entry, basis.sign, policy)
+    return loss if trail is None else favourable(basis.side, loss, trail)
+
+
+# The quiet guard and the band ------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Quiet:
     """No exit rule can fire before ``until`` while a fresh price is inside ``(low, high)``."""
@@ -119,19 +200,10 @@ def quiet(position: Position, basis: Basis, now: datetime, config: RiskConfig) -
                  until=_next_change(position, now, policy), in_session=in_session)
 
 
-def stop_price(basis: Basis, trail: Decimal | None, policy: ExitPolicy) -> Decimal:
-    """The price that stops the position out: the tighter of its stop loss and its trailing
-    stop (``rules.evaluate`` fires at or beyond it: below for a long, above for a short)."""
-    loss = basis.entry * (1 - basis.sign * policy.stop_loss_pct)
-    if trail is None:
-        return loss
-    return max(loss, trail) if basis.side is Side.LONG else min(loss, trail)
-
-
 def _band(basis: Basis, trail: Decimal | None,
           policy: ExitPolicy) -> tuple[Decimal | None, Decimal | None]:
     """Prices strictly between which stop loss, trailing stop and take profit all stay quiet."""
-    profit = basis.entry * (1 + basis.sign * policy.take_profit_pct)
+    profit = take_profit_price(basis.entry, basis.sign, policy)
     stop = stop_price(basis, trail, policy)
     if basis.side is Side.LONG:
         return stop + abs(stop) * MARGIN, profit - abs(profit) * MARGIN
@@ -208,20 +280,6 @@ def band(position: Position, basis: Basis | None, guard: Quiet | None,
                 rule_low=rule_low, rule_high=rule_high)
 
 
-def trail_stop_at(entry: Decimal, sign: int, peak: Decimal, policy: ExitPolicy) -> Decimal | None:
-    """The trailing stop a peak price sets (before the never-loosen rule), or ``None``."""
-    trailing = policy.trailing
-    if trailing.mode == "off":
-        return None
-    peak_pct = sign * (peak - entry) / entry
-    if trailing.mode == "percent":
-        if peak_pct < trailing.activation_pct:
-            return None
-        return peak * (1 - sign * trailing.trail_pct)
-    offsets = [offset for threshold, offset in trailing.tiers if peak_pct >= threshold]
-    return entry * (1 + sign * offsets[-1]) if offsets else None
-
-
 def _trail_settled(position: Position, basis: Basis, peak: Decimal, policy: ExitPolicy) -> bool:
     """Folding the peak again would not move the trailing stop (it is derived from the peak)."""
     stop = trail_stop_at(basis.entry, basis.sign, peak, policy)
@@ -230,7 +288,7 @@ def _trail_settled(position: Position, basis: Basis, peak: Decimal, policy: Exit
         return True
     if trail is None:
         return False
-    return (max(trail, stop) if basis.side is Side.LONG else min(trail, stop)) == trail
+    return favourable(basis.side, trail, stop) == trail
 
 
 def _marks_edge(position: Position, basis: Basis, peak: Decimal) -> Decimal | None:

@@ -2,7 +2,12 @@
 
 ``evaluate(position, mark, now, config)`` returns the exit decision of highest priority or
 ``None``. ``update_marks`` folds a price into the peak price, the high-water mark and the trailing
-stop, which never loosens. Nothing here reads a clock: ``now`` is an input.
+stop, which never loosens. ``is_fresh`` says whether a price may fire a price rule. Nothing here
+reads a clock: ``now`` is an input.
+
+The formulas are written once, in ``models.marks``: PnL (``basis_of``, ``net_at``, ``pct_at``),
+the stop-loss and take-profit prices, the trailing stop a peak sets, which side of a level a
+price is on. The rules here fire with them, and the quiet guard and band are bounded by them.
 """
 
 from __future__ import annotations
@@ -11,8 +16,24 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from models.common import IST, Frozen, Side
-from models.marks import Basis, basis_of, fits, net_at, trail_stop_at
+from models.common import IST, Frozen
+from models.marks import (
+    Basis,
+    basis_of,
+    favourable,
+    fees_of,
+    fits,
+    gross_at,
+    net_at,
+    pct_at,
+    pct_of,
+    stop_loss_price,
+    stopped_out,
+    take_profit_price,
+    target_reached,
+    trail_stop_at,
+    unrealized_at,
+)
 from models.policy import ExitPolicy, PortfolioLimits, RiskConfig, SessionCalendar
 from models.position import PRICED, ExitReason, Position, PositionStatus
 
@@ -65,24 +86,17 @@ class ExitDecision(Frozen):
 
 
 def pnl(position: Position, ltp: Decimal | None, policy: ExitPolicy) -> PnL:
-    """Gross is realised (exit fills) plus unrealised (open quantity at ``ltp``); fees per order."""
-    entry = position.entry_price
-    sign = position.side.sign
-    fees = policy.fee_per_order * position.executed_orders
-    if entry is None:
-        return PnL(gross=Decimal(0), net=-fees, pct=Decimal(0), unrealized=Decimal(0),
-                   realized=Decimal(0))
+    """Gross is realised (exit fills) plus unrealised (open quantity at ``ltp``); fees per order.
+
+    Without ``ltp`` the open quantity is valued at the exit price, else at the entry price."""
+    basis = basis_of(position, policy)
+    if basis is None:
+        return PnL(gross=_ZERO, net=-fees_of(position, policy), pct=_ZERO, unrealized=_ZERO,
+                   realized=_ZERO)
     exit_price = position.exit_price
-    realized = sign * (exit_price - entry) * position.closed_qty if exit_price is not None else 0
-    mark = ltp if ltp is not None else exit_price if exit_price is not None else entry
-    unrealized = sign * (mark - entry) * position.quantity
-    gross = Decimal(realized) + unrealized
-    return PnL(gross=gross, net=gross - fees, pct=sign * (mark - entry) / entry,
-               unrealized=unrealized, realized=Decimal(realized))
-
-
-def _favourable(side: Side, a: Decimal, b: Decimal) -> Decimal:
-    return max(a, b) if side is Side.LONG else min(a, b)
+    mark = ltp if ltp is not None else exit_price if exit_price is not None else basis.entry
+    return PnL(gross=gross_at(basis, mark), net=net_at(basis, mark), pct=pct_at(basis, mark),
+               unrealized=unrealized_at(basis, mark), realized=basis.realized)
 
 
 def update_marks(position: Position, ltp: Decimal, policy: ExitPolicy,
@@ -99,23 +113,34 @@ def update_marks(position: Position, ltp: Decimal, policy: ExitPolicy,
         if basis is None:
             return position
     side = basis.side
-    peak = _favourable(side, position.peak_price or basis.entry, ltp)
+    peak = favourable(side, position.peak_price or basis.entry, ltp)
     hwm = max(position.hwm_pnl, net_at(basis, ltp), _ZERO)
     stop = trail_stop_at(basis.entry, basis.sign, peak, policy)
     if position.trail_stop is not None:
-        stop = position.trail_stop if stop is None else _favourable(side, position.trail_stop,
+        stop = position.trail_stop if stop is None else favourable(side, position.trail_stop,
                                                                       stop)
     if peak == position.peak_price and hwm == position.hwm_pnl and stop == position.trail_stop:
         return position
     return position.model_copy(update={"peak_price": peak, "hwm_pnl": hwm, "trail_stop": stop})
 
 
+def freshness_limit(policy: ExitPolicy) -> timedelta:
+    """How old a price may be and still fire a price rule (``stale_after_seconds``)."""
+    return timedelta(seconds=float(policy.stale_after_seconds))
+
+
+def is_fresh(at: datetime, now: datetime, limit: timedelta, in_session: bool) -> bool:
+    """A price seen ``at`` may fire a price rule at ``now``: it is at most ``limit`` old, or
+    its market is out of session hours (no price moves then, so the last one is never stale).
+    """
+    return not in_session or now - at <= limit
+
+
 def price_is_fresh(position: Position, mark: PriceMark, now: datetime, policy: ExitPolicy,
                    calendar: SessionCalendar) -> bool:
-    """Out of session hours no price moves, so the last one is never stale."""
-    if not calendar.in_session(position.segment, now):
-        return True
-    return now - mark.at <= timedelta(seconds=float(policy.stale_after_seconds))
+    """``is_fresh`` for a position's price under ``policy`` and ``calendar``."""
+    return is_fresh(mark.at, now, freshness_limit(policy),
+                    calendar.in_session(position.segment, now))
 
 
 def is_unprotected(position: Position, mark: PriceMark | None, now: datetime,
@@ -136,18 +161,19 @@ def _price_rules(position: Position, ltp: Decimal, policy: ExitPolicy) -> list[E
     entry = position.entry_price
     assert entry is not None  # checked by the caller: only priced positions are evaluated
     sign = position.side.sign
-    pct = sign * (ltp - entry) / entry
     fired = []
-    if pct <= -policy.stop_loss_pct:
+    if stopped_out(sign, ltp, stop_loss_price(entry, sign, policy)):
         fired.append(ExitDecision(reason=ExitReason.STOP_LOSS, price=ltp,
-                                  detail=f"pnl {pct:.4%} <= -{policy.stop_loss_pct:.2%}"))
+                                  detail=f"pnl {pct_of(entry, sign, ltp):.4%} <= "
+                                         f"-{policy.stop_loss_pct:.2%}"))
     stop = position.trail_stop
-    if stop is not None and sign * (ltp - stop) <= 0:
+    if stop is not None and stopped_out(sign, ltp, stop):
         fired.append(ExitDecision(reason=ExitReason.TRAILING_STOP, price=ltp,
                                   detail=f"price {ltp} crossed trailing stop {stop:.4f}"))
-    if pct >= policy.take_profit_pct:
+    if target_reached(sign, ltp, take_profit_price(entry, sign, policy)):
         fired.append(ExitDecision(reason=ExitReason.TAKE_PROFIT, price=ltp,
-                                  detail=f"pnl {pct:.4%} >= {policy.take_profit_pct:.2%}"))
+                                  detail=f"pnl {pct_of(entry, sign, ltp):.4%} >= "
+                                         f"{policy.take_profit_pct:.2%}"))
     return fired
 
 

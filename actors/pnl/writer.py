@@ -36,7 +36,7 @@ from actors.protocol import Flush, PortfolioValued
 from actors.runtime.dispatch import SingletonActor
 from actors.runtime.metrics import Metrics
 from models.common import IST, Instrument
-from models.marks import Basis, basis_of, net_at, pct_at
+from models.marks import Basis, basis_of, net_at, net_line, pct_at
 from models.messages import PnLMarked, PositionChanged, PositionClosed, PositionOpened, PriceBatch
 from models.policy import ExitPolicy
 from models.position import CLOSED, PRICED, Position
@@ -75,13 +75,14 @@ class _Book:
         self.at: datetime | None = None
 
     def refit(self) -> None:
-        """Sum ``net = realized - fees + sign * (ltp - entry) * quantity`` over the book."""
+        """Sum the positions' valuation lines (``marks.net_line``) over the book."""
         constant, slope = _ZERO, 0
         for held in self.held.values():
             basis = held.basis
             if basis is not None:
-                constant += basis.realized - basis.fees - basis.sign * basis.entry * basis.quantity
-                slope += basis.sign * basis.quantity
+                line_constant, line_slope = net_line(basis)
+                constant += line_constant
+                slope += line_slope
         self.constant, self.slope = constant, slope
 
     def value(self) -> Decimal:

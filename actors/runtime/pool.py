@@ -53,8 +53,8 @@ class Dispatcher:
         # token may find its task taken by the other kind of worker. A woken worker runs
         # tasks until it finds none it may take, and only then waits for a token again, so a
         # task queued after that finds a token put after it (see ``_drain``).
-        self._urgent: deque[Callable[[], None]] = deque()
-        self._ordinary: deque[Callable[[], None] | object] = deque()
+        self._urgent: deque[Callable[[], object]] = deque()
+        self._ordinary: deque[Callable[[], object] | object] = deque()
         self._tokens: queue.SimpleQueue[None] = queue.SimpleQueue()
         self._urgent_tokens: queue.SimpleQueue[None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
@@ -95,12 +95,12 @@ class Dispatcher:
         return self
 
     @staticmethod
-    def _thread(target: Callable[[], None], name: str) -> threading.Thread:
+    def _thread(target: Callable[[], object], name: str) -> threading.Thread:
         thread = threading.Thread(target=target, daemon=True, name=name)
         thread.start()
         return thread
 
-    def submit(self, task: Callable[[], None], *, urgent: bool = False) -> None:
+    def submit(self, task: Callable[[], object], *, urgent: bool = False) -> None:
         if self._closed:
             raise RuntimeError(f"dispatcher {self.name} is shut down")
         if not self._threads:
@@ -124,7 +124,7 @@ class Dispatcher:
             self._ordinary.append(task)
         self._tokens.put(None)
 
-    def _tracked(self, task: Callable[[], None]) -> Callable[[], None]:
+    def _tracked(self, task: Callable[[], object]) -> Callable[[], object]:
         with self._idle:
             self._outstanding += 1
 
@@ -194,7 +194,7 @@ class Dispatcher:
         for thread in threads + reserved:
             thread.join(timeout)
 
-    def _take_urgent(self) -> Callable[[], None] | None:
+    def _take_urgent(self) -> Callable[[], object] | None:
         """An urgent task for an ordinary worker: only when no reserved worker is free."""
         if not self._urgent or self._idle_reserved:
             return None
@@ -256,7 +256,7 @@ class Dispatcher:
                 if self._closed:
                     return
 
-    def _run_urgent(self, task: Callable[[], None]) -> None:
+    def _run_urgent(self, task: Callable[[], object]) -> None:
         try:
             task()
         finally:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from models.marks import order_fees, realized_pnl
+
 Record = dict[str, Any]
 
 _FIELD = (r"(?:Decimal\('(?P<d>[^']*)'\)"  # Decimal('1.5')
@@ -281,8 +283,8 @@ def _value(closed: dict[str, Any], side: str | None, fee: Decimal | None, execut
         closed.update(realized=None, net=None, fees=None)
         return
     sign = -1 if side == "SHORT" else 1
-    gross = sign * (exit_ - entry) * closed["qty"]
-    fees = fee * executed if fee is not None else None
+    gross = realized_pnl(sign, entry, exit_, closed["qty"])
+    fees = order_fees(executed, fee) if fee is not None else None
     closed.update(realized=_money(gross), net=_money(gross - fees) if fees is not None else None,
                   fees=_money(fees) if fees is not None else None, executed_orders=executed,
                   fee_per_order=_money(fee) if fee is not None else None)

@@ -59,7 +59,16 @@ from models.position import (
     Position,
     PositionStatus,
 )
-from models.rules import ExitDecision, PriceMark, evaluate, is_unprotected, pnl, update_marks
+from models.rules import (
+    ExitDecision,
+    PriceMark,
+    evaluate,
+    freshness_limit,
+    is_fresh,
+    is_unprotected,
+    pnl,
+    update_marks,
+)
 from store.ports import StaleWriteError, Store, StoreError
 from store.records import DeadLetter, ExitAttempt
 
@@ -107,7 +116,7 @@ class PositionKeeper:
         self._checkpointed = context.clock()
         self._saved_marks = _marks(position)
         self._quote_asked: datetime | None = None
-        self._stale_after = timedelta(seconds=float(context.config.policy.stale_after_seconds))
+        self._stale_after = freshness_limit(context.config.policy)
         self._basis: Basis | None = None
         self._quiet: Quiet | None = None
         self._band: tuple[Position, Quiet | None, Band | None] | None = None
@@ -486,7 +495,7 @@ class PositionKeeper:
     def _decide(self, now: datetime, in_session: bool) -> ExitDecision | None:
         """The rules' decision; skipped while the quiet guard proves it would be ``None``."""
         mark, guard = self.mark, self._quiet
-        fresh = mark is not None and (not in_session or now - mark.at <= self._stale_after)
+        fresh = mark is not None and is_fresh(mark.at, now, self._stale_after, in_session)
         if guard is not None and guard.holds(self.position, mark.ltp if mark else None, fresh,
                                              now):
             return None
@@ -500,7 +509,7 @@ class PositionKeeper:
         policy, calendar = self.ctx.config.policy, self.ctx.config.calendar
         out: Out = []
         stale_after = self._stale_after
-        stale = self.mark is None or (in_session and now - self.mark.at > stale_after)
+        stale = self.mark is None or not is_fresh(self.mark.at, now, stale_after, in_session)
         asked_recently = self._quote_asked is not None and now - self._quote_asked < stale_after
         if stale and not asked_recently:
             self._quote_asked = now

@@ -9,7 +9,7 @@ from typing import Any
 import pykka
 import pytest
 
-from actors.runtime.dispatch import Dispatcher, PooledActor, SingletonActor
+from actors.runtime.dispatch import Dispatcher, PooledActor, SingletonActor, _Mailbox
 from actors.runtime.pykka_compat import Envelope
 
 
@@ -161,12 +161,13 @@ def test_when_readings_wait_in_a_mailbox_then_only_the_latest_is_handled_in_firs
     for value in range(2, 6):
         ref.tell(Reading(value))
     inbox = ref.actor_inbox
+    assert isinstance(inbox, _Mailbox)
     assert inbox.qsize() == 2
     gate.set()
     assert ref.ask("done", timeout=5) == ["hold", 5, "order update", "done"]
-    assert inbox.conflated == 4  # type: ignore[attr-defined]
+    assert inbox.conflated == 4
     ref.tell(Reading(6))  # after the handled one, a new reading queues anew
-    assert ref.ask("again", timeout=5)[-2:] == [6, "again"]
+    assert ref.ask("again", block=True, timeout=5)[-2:] == [6, "again"]
 
 
 def test_asked_messages_are_never_conflated(pool: Dispatcher) -> None:
@@ -203,7 +204,9 @@ class Gated(PooledActor):
 
 def test_when_tell_handler_raises_then_messages_queued_behind_it_are_handed_on_not_dropped(
         pool: Dispatcher) -> None:
-    gate, done, left, taken = threading.Event(), threading.Event(), [], []
+    gate, done = threading.Event(), threading.Event()
+    left: list[Any] = []
+    taken: list[Any] = []
     ref = Gated.start_on(pool, gate, left, done, taken)
     ref.tell("boom")
     ref.tell("fill 1")
@@ -219,7 +222,9 @@ def test_when_tell_handler_raises_then_messages_queued_behind_it_are_handed_on_n
 
 def test_when_on_failure_takes_nothing_then_queued_messages_reach_on_undelivered(
         pool: Dispatcher) -> None:
-    gate, done, left, taken = threading.Event(), threading.Event(), [], []
+    gate, done = threading.Event(), threading.Event()
+    left: list[Any] = []
+    taken: list[Any] = []
 
     class Untaking(Gated):
         def on_failure(self, *exc_info: Any) -> None:
@@ -238,7 +243,9 @@ def test_a_message_put_after_the_actor_stopped_is_answered_or_handed_on_not_left
     """``tell`` checks that the actor is alive, then puts: the actor may stop in between.
     What arrives after its last turn emptied the mailbox must not wait there for ever: an
     ask gets ActorDeadError, a told message reaches on_undelivered."""
-    gate, done, left, taken = threading.Event(), threading.Event(), [], []
+    gate, done = threading.Event(), threading.Event()
+    left: list[Any] = []
+    taken: list[Any] = []
     ref = Gated.start_on(pool, gate, left, done, taken)
     gate.set()
     ref.tell("boom")

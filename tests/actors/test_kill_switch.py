@@ -15,11 +15,11 @@ from actors.system import System as Running
 from app.clocks import ManualClock
 from broker.paper.exchange import PaperExchange
 from broker.paper.market import TapeMarket
-from models.common import exit_client_id
+from models.common import Side, exit_client_id
 from models.lifecycle import apply_update, request_exit
 from models.orders import OrderStatus, OrderUpdate
 from models.policy import PortfolioLimits, RiskConfig
-from models.position import ExitReason, OrderRole, PositionStatus, Side, new_position
+from models.position import ExitReason, OrderRole, PositionStatus, new_position
 from store.pnl_cache import InMemoryPnLCache
 from tests.actors.test_tracker_flow import T0, System, entry, open_position
 from tests.fakes import FakeGateway, FakeStore
@@ -38,11 +38,11 @@ def test_when_day_loss_reaches_limit_then_halted_latched_and_all_exit(system: Sy
     second = open_position(system, entry(order_no="B"))
     system.supervisor.tell(PortfolioValued(net=Decimal("-4999.99"), at=T0))
     system.settle()
-    assert system.supervisor.ask(Snapshot(), timeout=5)["trading_state"] == "RUNNING"
+    assert system.supervisor.ask(Snapshot(), block=True, timeout=5)["trading_state"] == "RUNNING"
 
     system.supervisor.tell(PortfolioValued(net=Decimal("-5000"), at=T0))
     system.settle()
-    assert system.supervisor.ask(Snapshot(), timeout=5)["trading_state"] == "HALTED"
+    assert system.supervisor.ask(Snapshot(), block=True, timeout=5)["trading_state"] == "HALTED"
     assert system.store.kill_switch() is not None
     for pid in (first, second):
         assert system.store.positions[pid].exit_reason is ExitReason.KILL_SWITCH

@@ -60,7 +60,7 @@ class Rig:
     def flush(self, seconds: float = 0) -> list[PriceBatch]:
         self.clock.now += timedelta(seconds=seconds)
         self.batcher.ask(Flush(at=self.clock.now), timeout=5)
-        got: list[Any] = self.sink.ask(Snapshot(), timeout=5)
+        got: list[Any] = self.sink.ask(Snapshot(), block=True, timeout=5)
         return [m for m in got if isinstance(m, PriceBatch)]
 
 

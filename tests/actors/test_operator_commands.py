@@ -35,12 +35,13 @@ def system() -> Iterator[System]:
 
 
 def command(system: System, kind: type[Halt | Resume | ResetKillSwitch]) -> OperatorOutcome:
-    outcome: OperatorOutcome = system.supervisor.ask(kind(ASHA, new_id(), new_id()), timeout=5)
+    outcome: OperatorOutcome = system.supervisor.ask(kind(ASHA, new_id(), new_id()),
+                                                          block=True, timeout=5)
     return outcome
 
 
 def state(system: System) -> dict[str, object]:
-    snapshot: dict[str, object] = system.supervisor.ask(Snapshot(), timeout=5)
+    snapshot: dict[str, object] = system.supervisor.ask(Snapshot(), block=True, timeout=5)
     return snapshot
 
 

@@ -17,10 +17,10 @@ from loguru import logger
 from actors.orders.actor import FlushFrames
 from actors.orders.audit import RetryStore
 from actors.protocol import KnownPosition
-from models.common import Segment, TxnType
+from models.common import Segment, Side, TxnType
 from models.messages import CreatePosition, TimerFired
 from models.orders import OrderStatus, OrderUpdate
-from models.position import PositionStatus, Side, new_position
+from models.position import PositionStatus, new_position
 from tests.actors.test_order_frame_batches import BatchingStore, queued
 from tests.actors.test_order_updates import Flow, frame
 from tests.actors.test_tracker_flow import T0

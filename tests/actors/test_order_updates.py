@@ -13,10 +13,10 @@ import pykka
 import pytest
 
 from actors.orders.actor import OrderUpdateActor
-from models.common import Segment, TxnType, exit_client_id
+from models.common import Segment, Side, TxnType, exit_client_id
 from models.messages import OrderUpdateReceived
 from models.orders import OrderStatus, OrderUpdate
-from models.position import ExitReason, PositionStatus, Side
+from models.position import ExitReason, PositionStatus
 from models.wire import to_dhan_frame
 from store.ports import Store
 from tests.actors.test_tracker_flow import T0, System, price

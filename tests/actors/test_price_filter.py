@@ -30,14 +30,13 @@ from store.records import PnLEntry
 from tests.actors.test_tracker_flow import (
     INSTRUMENT,
     T0,
-    FakeGateway,
-    FakeStore,
     Sink,
     System,
     entry,
     open_position,
     price,
 )
+from tests.fakes import FakeGateway, FakeStore
 from tests.unit.builders import active
 
 OTHER = Instrument(segment=Segment.NSE_EQ, security_id="11536")

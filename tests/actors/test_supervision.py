@@ -64,14 +64,14 @@ def test_when_tracker_raises_then_restarted_then_quarantined_and_still_exits(
     price(system, "199")  # the first failure: restarted at once
     assert system.ctx.metrics.get("actor_restarts") == 1
     price(system, "198")  # the second: the supervisor keeps it for the back-off, 1 s
-    snapshot = system.supervisor.ask(Snapshot(), timeout=5)
+    snapshot = system.supervisor.ask(Snapshot(), block=True, timeout=5)
     assert snapshot["quarantined"] == [] and system.ctx.metrics.get("actor_restarts") == 1
     timer(system, timedelta(milliseconds=500))
     assert system.ctx.metrics.get("actor_restarts") == 1  # not before the back-off is over
     timer(system, timedelta(milliseconds=600))
     assert system.ctx.metrics.get("actor_restarts") == 2
     price(system, "197")  # the third, past max_restarts (2): quarantined
-    snapshot = system.supervisor.ask(Snapshot(), timeout=5)
+    snapshot = system.supervisor.ask(Snapshot(), block=True, timeout=5)
     assert snapshot["quarantined"] == [BROKEN]
     timer(system, timedelta(seconds=30))
     assert system.ctx.metrics.get("actor_restarts") == 2  # a quarantine is not restarted
@@ -121,7 +121,7 @@ def test_when_many_trackers_fail_at_once_then_restarts_pause_and_positions_stay_
         fragile: System) -> None:
     pids = [open_position(fragile, entry(order_no=f"M{n}")) for n in range(3)]
     price(fragile, "199")
-    snapshot = fragile.supervisor.ask(Snapshot(), timeout=5)
+    snapshot = fragile.supervisor.ask(Snapshot(), block=True, timeout=5)
     assert snapshot["restarts_paused_until"] is not None
     assert fragile.ctx.metrics.get("actor_restarts") == 2  # the third failure paused restarts
     price(fragile, "176")  # stop loss: the supervisor evaluates the position it adopted
@@ -133,7 +133,8 @@ def test_when_many_trackers_fail_at_once_then_restarts_pause_and_positions_stay_
     fragile.clock.now += timedelta(seconds=6)
     fragile.supervisor.tell(TimerFired(name="tick", correlation_id="t", sent_at=fragile.clock.now))
     fragile.settle()
-    assert fragile.supervisor.ask(Snapshot(), timeout=5)["restarts_paused_until"] is None
+    snapshot = fragile.supervisor.ask(Snapshot(), block=True, timeout=5)
+    assert snapshot["restarts_paused_until"] is None
 
 
 def test_when_store_is_down_at_restart_then_the_position_goes_on_from_its_last_state(
@@ -218,7 +219,7 @@ def test_when_the_supervisor_breaks_on_a_message_and_on_its_dead_letter_then_it_
         pid = open_position(system, entry(order_no="SUP"))
         system.supervisor.tell(PriceUpdate(instrument=INSTRUMENT, mark=PriceMark(
             ltp=Decimal(176), at=system.clock.now), correlation_id="p", sent_at=system.clock.now))
-        snapshot = system.supervisor.ask(Snapshot(), timeout=5)
+        snapshot = system.supervisor.ask(Snapshot(), block=True, timeout=5)
         assert system.supervisor.is_alive()
         assert system.supervisor.proxy().told_failures.get(timeout=5) == 1
         assert snapshot["quarantined"] == []

@@ -150,7 +150,7 @@ def test_when_entry_fills_then_position_active_and_persisted(system: System) -> 
     stored = system.store.positions[pid]
     assert stored.status is PositionStatus.ACTIVE
     assert stored.entry_price == Decimal("200")
-    assert system.index.ask(OpenPositions(INSTRUMENT), timeout=5)[0].position_id == pid
+    assert system.index.ask(OpenPositions(INSTRUMENT), block=True, timeout=5)[0].position_id == pid
 
 
 def test_when_stop_hit_then_exit_order_placed_and_exit_fill_closes_at_real_price(
@@ -188,7 +188,8 @@ def test_when_exit_refused_then_back_to_active_and_retried_with_same_rule(system
     system.gateway.refuse = 1
     price(system, "176")
     assert system.store.positions[pid].status is PositionStatus.ACTIVE
-    assert system.store.attempts[(pid, 1)].outcome.startswith("FAILED")
+    outcome = system.store.attempts[(pid, 1)].outcome
+    assert outcome is not None and outcome.startswith("FAILED")
     system.clock.now += timedelta(seconds=1)
     price(system, "175")
     assert exit_client_id(pid, 2) in system.gateway.placed
@@ -222,7 +223,7 @@ def test_when_late_entry_fill_reopens_closed_position_then_it_is_priced_again(
                                             sent_at=T0))
     system.settle()
     assert system.store.positions[pid].status is PositionStatus.ACTIVE
-    assert system.index.ask(OpenPositions(INSTRUMENT), timeout=5)[0].position_id == pid
+    assert system.index.ask(OpenPositions(INSTRUMENT), block=True, timeout=5)[0].position_id == pid
     price(system, "170")  # the re-opened 50 are protected: stop loss fires again
     assert exit_client_id(pid, 2) in system.gateway.placed
 

@@ -83,7 +83,12 @@ def test_while_urgent_work_runs_ordinary_work_waits_for_it(
     pool.submit(exit_work, urgent=True)
     assert inside.wait(5)
     done = threading.Event()
-    pool.submit(lambda: (order.append("ordinary"), done.set()))
+
+    def ordinary() -> None:
+        order.append("ordinary")
+        done.set()
+
+    pool.submit(ordinary)
     assert not done.wait(0.2)  # two ordinary workers are idle, and hold back
     finish.set()
     assert done.wait(5)
@@ -131,7 +136,11 @@ def test_a_singleton_yielding_to_urgent_work_waits_only_while_there_is_some(
     pool = pools(workers=1, reserve=1, hold=5.0)
     pool.yield_to_urgent()  # nothing urgent: returns at once
     inside, finish = threading.Event(), threading.Event()
-    pool.submit(lambda: (inside.set(), finish.wait(5)), urgent=True)
+    def exit_work() -> None:
+        inside.set()
+        finish.wait(5)
+
+    pool.submit(exit_work, urgent=True)
     assert inside.wait(5)
     released = threading.Event()
 
@@ -150,13 +159,22 @@ def test_a_worker_holding_back_runs_urgent_work_that_arrives_meanwhile(
     pool = pools(workers=1, reserve=0, hold=5.0)
     release = threading.Event()
     first = threading.Event()
-    pool.submit(lambda: (first.set(), release.wait(5)), urgent=True)
+    def first_exit() -> None:
+        first.set()
+        release.wait(5)
+
+    pool.submit(first_exit, urgent=True)
     assert first.wait(5)
     # The only worker runs the first urgent task; queue an ordinary task, then another urgent
     # one: when the worker is free it must take the urgent one although urgent work remains.
     order: list[str] = []
     done = threading.Event()
-    pool.submit(lambda: (order.append("ordinary"), done.set()))
+
+    def ordinary() -> None:
+        order.append("ordinary")
+        done.set()
+
+    pool.submit(ordinary)
     pool.submit(lambda: order.append("urgent"), urgent=True)
     release.set()
     assert done.wait(5)

@@ -40,8 +40,9 @@ def report(*rows: dict[str, Any], net: str = "0.00") -> dict[str, Any]:
 def decode(data: bytes) -> np.ndarray[Any, Any]:
     """RGB pixels as 0-255 integers, rows top to bottom."""
     assert data.startswith(SIGNATURE)
-    image = matplotlib.image.imread(io.BytesIO(data), format="png")
-    return np.rint(image[..., :3] * 255).astype(int)
+    image: np.ndarray[Any, Any] = matplotlib.image.imread(io.BytesIO(data), format="png")
+    pixels: np.ndarray[Any, Any] = np.rint(image[..., :3] * 255).astype(int)
+    return pixels
 
 
 def where(image: np.ndarray[Any, Any], colour: str) -> np.ndarray[Any, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -26,6 +27,8 @@ from tests.actors.test_tracker_flow import T0
 
 INSTRUMENTS = [Instrument(segment=Segment.NSE_FNO, security_id=str(60000 + n)) for n in range(3)]
 REFRESH_EVERY = timedelta(seconds=8)  # long, so a skipped instrument is often not due
+Told = tuple[str, str, Decimal, bool]
+"""A delivery: position id, instrument, price, urgent."""
 
 
 @dataclass(eq=False)
@@ -89,9 +92,10 @@ class Reference:
         self.watches[pid] = _Watch(pid, instrument, REFRESH_EVERY)
         self.where[pid] = instrument
 
-    def batch(self, prices_: list[tuple[Instrument, PriceMark]]) -> list[tuple[str, str, Decimal,
-                                                                               bool]]:
-        urgent, later, refresh = [], [], []
+    def batch(self, prices_: list[tuple[Instrument, PriceMark]]) -> list[Told]:
+        urgent: list[Told] = []
+        later: list[Told] = []
+        refresh: list[Told] = []
         for instrument, mark in prices_:
             for pid, watch in self.watches.items():
                 if self.where[pid] != instrument:
@@ -107,8 +111,8 @@ class Reference:
 
 @settings(max_examples=500, deadline=None)
 @given(st.lists(bands(), min_size=8, max_size=8), st.lists(steps, min_size=1, max_size=30))
-def test_the_reach_tells_each_position_what_its_own_band_says(first: list[Band | None],
-                                                              script: list[tuple]) -> None:
+def test_the_reach_tells_each_position_what_its_own_band_says(
+        first: list[Band | None], script: list[tuple[Any, ...]]) -> None:
     index = IndexActor(None, refresh=REFRESH_EVERY)
     pnl = Pnl()
     index.pnl = pnl  # type: ignore[assignment]

@@ -9,15 +9,24 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from models import lifecycle
 from models.common import IST, Segment, Side
-from models.marks import band, basis_of, net_at, pct_at, quiet
+from models.marks import (
+    MARGIN,
+    band,
+    basis_of,
+    net_at,
+    pct_at,
+    quiet,
+    stop_price,
+    take_profit_price,
+)
 from models.orders import OrderStatus
 from models.policy import ExitPolicy, RiskConfig, SessionCalendar, TrailingPolicy
-from models.position import OrderRole, Position
+from models.position import ExitReason, OrderRole, Position, PositionStatus
 from models.rules import PriceMark, evaluate, pnl, update_marks
 from tests.unit.builders import EXIT_NO, active, exit_update, ok, pending, t
 
@@ -36,7 +45,7 @@ def positions(draw: st.DrawFn) -> Position:
     position = active(side, qty, str(draw(prices)), segment=segment)
     position = position.model_copy(update={"opened_at": t(9, 16)})
     if draw(st.booleans()):
-        position = ok(lifecycle.request_exit(position, lifecycle.ExitReason.STOP_LOSS, t(11)))
+        position = ok(lifecycle.request_exit(position, ExitReason.STOP_LOSS, t(11)))
         done = draw(st.integers(min_value=0, max_value=qty - 1))
         if done:
             part = exit_update(OrderStatus.PENDING, done, str(draw(prices)), at=t(11, 1),
@@ -86,6 +95,22 @@ def test_basis_values_a_position_exactly_as_pnl_does(position: Position, ltp: De
     assert (net_at(basis, at), pct_at(basis, at), basis.realized) == (
         value.net, value.pct, value.realized)
     assert basis.quantity == position.quantity
+
+
+@given(positions(), prices, st.sampled_from([0, 20]))
+def test_pnl_is_the_cash_flow_of_the_fills(position: Position, ltp: Decimal, fee: int) -> None:
+    """SPEC §3.3 from the fills themselves: what the exits received plus the open quantity at
+    ``ltp``, less what the entries paid (a short the other way round), less a fee per executed
+    order. The drawn prices and quantities keep every average exact, so equality is exact."""
+    policy = ExitPolicy(fee_per_order=Decimal(fee))
+    paid = sum((o.progress.traded_value for o in position.orders if o.role is OrderRole.ENTRY),
+               Decimal(0))
+    received = sum((o.progress.traded_value for o in position.orders
+                    if o.role is not OrderRole.ENTRY), Decimal(0))
+    executed = sum(1 for o in position.orders if o.progress.traded_qty > 0)
+    gross = position.side.sign * (received + ltp * position.quantity - paid)
+    value = pnl(position, ltp, policy)
+    assert (value.gross, value.net) == (gross, gross - fee * executed)
 
 
 def test_a_position_without_an_entry_fill_has_no_basis() -> None:
@@ -142,6 +167,42 @@ def test_while_the_guard_holds_no_rule_fires(position: Position, config: RiskCon
 
 def _price(entry: Decimal, factor: Decimal) -> Decimal:
     return max(Decimal("0.05"), (entry * factor).quantize(Decimal("0.05")))
+
+
+PRICE_RULES = {ExitReason.STOP_LOSS, ExitReason.TRAILING_STOP, ExitReason.TAKE_PROFIT}
+
+
+@settings(max_examples=1000)
+@given(positions(), policies(), st.lists(factors, max_size=3))
+def test_the_guard_gives_way_exactly_where_a_price_rule_fires(
+        position: Position, config: RiskConfig, before: list[Decimal]) -> None:
+    """The guard's band ends at the rules' own thresholds: a price at the stop (the tighter
+    of stop loss and trailing stop) or at the take-profit price is not quiet and fires a price
+    rule; a price ``2 * MARGIN`` inside both is quiet and fires nothing."""
+    assume(position.status is PositionStatus.ACTIVE)  # the rules watch only ACTIVE positions
+    entry = position.entry_price
+    assert entry is not None
+    for factor in before:
+        position = update_marks(position, _price(entry, factor), config.policy)
+    now = t(10, 5)  # a trading day, in session for every segment drawn
+    if evaluate(position, None, now, config) is not None:
+        return  # a time rule fires: no guard is made
+    basis = basis_of(position, config.policy)
+    assert basis is not None
+    guard = quiet(position, basis, now, config)
+    sign = basis.sign
+    stop = stop_price(basis, position.trail_stop, config.policy)
+    target = take_profit_price(basis.entry, sign, config.policy)
+    for edge in (stop, target):
+        assert not guard.holds(position, edge, True, now)
+        decision = evaluate(position, PriceMark(ltp=edge, at=now), now, config)
+        assert decision is not None and decision.reason in PRICE_RULES
+    above_stop = stop * (1 + sign * 2 * MARGIN)
+    short_of_target = target * (1 - sign * 2 * MARGIN)
+    if sign * (short_of_target - above_stop) > 0:  # an open band: prices inside it are quiet
+        for inside in (above_stop, short_of_target):
+            assert guard.holds(position, inside, True, now)
+            assert evaluate(position, PriceMark(ltp=inside, at=now), now, config) is None
 
 
 def test_the_guard_gives_way_near_a_trigger() -> None:

@@ -18,9 +18,9 @@ from store.pnl_cache import (
     decode_entry,
     encode_entry,
     open_pnl_cache,
-    redact_url,
 )
 from store.records import PnLEntry
+from store.urls import redact_url
 
 if TYPE_CHECKING:
     from loguru import Record

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -29,6 +30,11 @@ def open_rows(session: Session, count: int) -> list[dict[str, Any]]:
 
         result: list[dict[str, Any]] = wait_for(priced)
         return result
+
+
+def exited(session: Session, position_id: str) -> Callable[[], bool]:
+    """Whether the store holds the position EXITED (for ``wait_for``)."""
+    return lambda: stored_status(session, position_id) is PositionStatus.EXITED
 
 
 def stored_status(session: Session, position_id: str) -> PositionStatus | None:
@@ -116,8 +122,7 @@ def test_flatten_closes_every_open_position(tmp_path: Path) -> None:
             answer = http.post("/api/flatten")
         assert answer.status_code == 200 and "3 open positions" in answer.json()["detail"]
         for row in rows:
-            wait_for(lambda pid=row["position_id"]: stored_status(session, pid)
-                     is PositionStatus.EXITED)
+            wait_for(exited(session, row["position_id"]))
         with session.client(None) as http:
             exits = wait_for(lambda: http.get("/api/exits").json()["points"])
     assert {p["reason"] for p in exits} == {"MANUAL"}
@@ -236,10 +241,10 @@ def test_readyz_fails_while_the_store_is_unreachable(tmp_path: Path) -> None:
 def test_push_stream_sends_snapshots_with_positions(tmp_path: Path) -> None:
     with paper_console(tmp_path, positions=2) as session:
         open_rows(session, 2)
-        events: list[tuple[str, Any]] = []
+        events: list[tuple[str | None, Any]] = []
         with session.client(None) as http, http.stream("GET", "/api/stream") as stream:
             assert stream.headers["content-type"].startswith("text/event-stream")
-            kind = None
+            kind: str | None = None
             for line in stream.iter_lines():
                 if line.startswith("event: "):
                     kind = line.removeprefix("event: ")
