@@ -12,8 +12,8 @@ from typing import Any
 
 from pykka import ActorRef
 
+from models.bands import Band
 from models.common import Instrument
-from models.marks import Band
 from models.position import Position
 
 

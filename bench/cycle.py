@@ -30,8 +30,9 @@ from bench.workload import QUIET_PERIOD, T0, instruments, positions, quiet_price
 from broker.paper.exchange import PaperExchange
 from broker.paper.market import TapeMarket
 from broker.paper.quotes import PaperQuoteApi
+from models.bands import Quiet, quiet
 from models.common import Instrument, Segment
-from models.marks import Basis, Quiet, basis_of, net_at, pct_at, quiet
+from models.marks import Basis, basis_of, net_at, pct_at
 from models.policy import RiskConfig
 from models.position import Position, PositionStatus
 from models.rules import PriceMark, evaluate, update_marks

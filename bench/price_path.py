@@ -14,8 +14,9 @@ from decimal import Decimal
 from typing import Any
 
 from bench.workload import instruments, positions, quiet_prices
+from models.bands import Quiet, quiet
 from models.common import Instrument, Side
-from models.marks import Basis, Quiet, basis_of, quiet
+from models.marks import Basis, basis_of
 from models.policy import RiskConfig
 from models.position import Position
 from models.rules import PriceMark, evaluate, update_marks

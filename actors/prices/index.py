@@ -15,11 +15,9 @@ itself.
 from __future__ import annotations
 
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 from loguru import logger
@@ -28,8 +26,8 @@ from pykka import ActorDeadError, ActorRef
 from actors.protocol import BandChanged, Flush, Route, Unroute, Watch
 from actors.runtime.dispatch import SingletonActor
 from actors.runtime.metrics import Metrics
+from models.bands import CROSSING, MARKS, QUIET, BandWatch, Reach
 from models.common import Instrument
-from models.marks import Band
 from models.messages import (
     PositionChanged,
     PositionClosed,
@@ -62,98 +60,6 @@ class MarkedPositions:
     the operator console."""
 
 
-QUIET, REFRESH, MARKS, CROSSING = 0, 1, 2, 3
-"""What a price is to one position: nothing; a refresh; a move of its marks; a possible exit."""
-
-
-class _Watch:
-    """The index's view of one position's band and of the last price it was told."""
-
-    __slots__ = ("band", "instrument", "refresh", "told_at")
-
-    def __init__(self, position_id: str, instrument: Instrument, refresh: timedelta) -> None:
-        self.band: Band | None = None
-        self.instrument = instrument
-        # Spread over [refresh / 2, refresh) by position, so refreshes do not come in bursts.
-        self.refresh = refresh * (0.5 + (zlib.crc32(position_id.encode()) % 1000) / 2000)
-        self.told_at: datetime | None = None
-
-    def verdict(self, ltp: Decimal, at: datetime) -> int:
-        band = self.band
-        if band is None or (band.rule_low is not None and ltp < band.rule_low) or (
-                band.rule_high is not None and ltp > band.rule_high) or (
-                band.until is not None and at >= band.until):
-            return CROSSING
-        if (band.low is not None and ltp < band.low) or (
-                band.high is not None and ltp > band.high):
-            return MARKS
-        told = self.told_at
-        return REFRESH if told is None or at - told >= self.refresh else QUIET
-
-
-class _Reach:
-    """What the bands of one instrument's positions say of a price, for all of them at once.
-
-    Some position may exit below ``low``, above ``high``, from ``until`` on, or at any price
-    while one of them has no known band (``open``): the union of their rule bands. Inside
-    ``[marks_low, marks_high]`` (the intersection of their whole bands) and before
-    ``refresh_at`` (the earliest refresh due) a price is nothing to any of them. One or two
-    comparisons per instrument find a batch's possible exits before any position's verdict is
-    taken, and skip the instruments where nothing is due."""
-
-    __slots__ = ("high", "low", "marks_high", "marks_low", "open", "owners", "refresh_at",
-                 "until")
-
-    def __init__(self, owners: dict[str, ActorRef[Any]], watches: list[_Watch | None]) -> None:
-        self.owners = owners
-        """The instrument's owners (the index's own dict: a reach is dropped when it changes)."""
-        self.low: Decimal | None = None
-        self.high: Decimal | None = None
-        self.marks_low: Decimal | None = None
-        self.marks_high: Decimal | None = None
-        self.until: datetime | None = None
-        self.refresh_at: datetime | None = None
-        """Unknown until a batch has checked every position of the instrument."""
-        self.open = False
-        for watch in watches:
-            band = None if watch is None else watch.band
-            if band is None:
-                self.open = True
-                return
-            self.low = _higher(self.low, band.rule_low)
-            self.high = _lower(self.high, band.rule_high)
-            self.marks_low = _higher(self.marks_low, band.low)
-            self.marks_high = _lower(self.marks_high, band.high)
-            self.until = _lower(self.until, band.until)
-
-    def crosses(self, ltp: Decimal, at: datetime) -> bool:
-        return self.open or (self.low is not None and ltp < self.low) or (
-            self.high is not None and ltp > self.high) or (
-            self.until is not None and at >= self.until)
-
-    def quiet(self, ltp: Decimal, at: datetime) -> bool:
-        """Nothing to any position (given that it does not ``cross``)."""
-        return self.refresh_at is not None and at < self.refresh_at and (
-            self.marks_low is None or ltp >= self.marks_low) and (
-            self.marks_high is None or ltp <= self.marks_high)
-
-    def verdict(self, ltp: Decimal, at: datetime) -> int:
-        """``crosses`` and ``quiet`` in one call (the fan-out asks it of every price):
-        ``CROSSING`` (a position may exit), ``QUIET`` (nothing to any), or ``MARKS`` (look
-        at each position)."""
-        if self.crosses(ltp, at):
-            return CROSSING
-        return QUIET if self.quiet(ltp, at) else MARKS
-
-
-def _higher(a: Any, b: Any) -> Any:
-    return b if a is None or (b is not None and b > a) else a
-
-
-def _lower(a: Any, b: Any) -> Any:
-    return b if a is None or (b is not None and b < a) else a
-
-
 class IndexActor(SingletonActor):
     trace_kind = "index"
 
@@ -168,14 +74,14 @@ class IndexActor(SingletonActor):
         self.pnl: ActorRef[Any] | None = None
         self.refresh = refresh
         self.metrics = metrics
-        self.watches: dict[str, _Watch] = {}
+        self.watches: dict[str, BandWatch] = {}
         self.last_marks: dict[Instrument, PriceMark] = {}
         """The last price of each instrument, for a band that changes between batches."""
         self.routes: dict[Instrument, dict[str, ActorRef[Any]]] = {}
         self._exits_told = False
         """Possible exits were told since the last flush went on to the PnL writer."""
-        self.reach: dict[Instrument, _Reach] = {}
-        """Each instrument's ``_Reach``; dropped when a band or an owner changes, made again
+        self.reach: dict[Instrument, Reach] = {}
+        """Each instrument's ``Reach``; dropped when a band or an owner changes, made again
         at the instrument's next price."""
         self.positions: dict[str, Position] = {}
         self.owners: dict[str, ActorRef[Any]] = {}
@@ -232,12 +138,12 @@ class IndexActor(SingletonActor):
                                    sent_at=mark.at))
 
     def _fan_out(self, batch: PriceBatch) -> None:
-        """Possible exits first: the instruments whose price is beyond their ``_Reach`` are
+        """Possible exits first: the instruments whose price is beyond their ``Reach`` are
         checked position by position (and their exits told) before any other instrument; then
         the rest; then, after every possible exit of the batch, the ordinary prices."""
         later: list[tuple[ActorRef[Any], PriceUpdate]] = []
         refresh: list[tuple[ActorRef[Any], PriceUpdate]] = []
-        inside: list[tuple[Instrument, PriceMark, dict[str, ActorRef[Any]], _Reach]] = []
+        inside: list[tuple[Instrument, PriceMark, dict[str, ActorRef[Any]], Reach]] = []
         told = checked = 0
         last_marks, reaches = self.last_marks, self.reach
         for instrument, mark in batch.prices:
@@ -247,7 +153,7 @@ class IndexActor(SingletonActor):
                 owners = self.routes.get(instrument)
                 if not owners:
                     continue
-                reach = reaches[instrument] = _Reach(owners, [self.watches.get(pid)
+                reach = reaches[instrument] = Reach(owners, [self.watches.get(pid)
                                                               for pid in owners])
             owners = reach.owners
             checked += len(owners)
@@ -275,7 +181,7 @@ class IndexActor(SingletonActor):
 
     def _cross(self, batch: PriceBatch, instrument: Instrument, mark: PriceMark,
                owners: dict[str, ActorRef[Any]], later: list[tuple[ActorRef[Any], PriceUpdate]],
-               refresh: list[tuple[ActorRef[Any], PriceUpdate]], reach: _Reach) -> int:
+               refresh: list[tuple[ActorRef[Any], PriceUpdate]], reach: Reach) -> int:
         """Tell ``mark`` at once, marked urgent, to the owners for whom it may be an exit; queue
         it in ``later`` for those whose marks it moves, in ``refresh`` for those whose refresh
         is due. Each owner hears it once. ``reach`` learns when the next refresh is due."""
@@ -330,7 +236,7 @@ class IndexActor(SingletonActor):
         self.owners[position_id] = ref
         self.reach.pop(instrument, None)
         # A new owner (a restart, a quarantine) starts with every price, until it says otherwise.
-        self.watches[position_id] = _Watch(position_id, instrument, self.refresh)
+        self.watches[position_id] = BandWatch(position_id, instrument, self.refresh)
 
     def _unroute(self, position_id: str, instrument: Instrument) -> None:
         owners = self.routes.get(instrument)
@@ -351,7 +257,7 @@ class IndexActor(SingletonActor):
             self.routes.setdefault(instrument, {})[position.position_id] = ref
             self.reach.pop(instrument, None)
             self.owners[position.position_id] = ref
-            self.watches[position.position_id] = _Watch(position.position_id, instrument,
+            self.watches[position.position_id] = BandWatch(position.position_id, instrument,
                                                         self.refresh)
             self.positions[position.position_id] = position
         if fresh:

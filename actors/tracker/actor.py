@@ -20,7 +20,7 @@ from actors.protocol import DUE, BandChanged, DeadlineChanged, Snapshot, Tracker
 from actors.runtime.dispatch import PooledActor
 from actors.tracing.recorder import dump_on_crash, tracer
 from actors.tracker.keeper import DEFERRABLE, KeeperContext, PositionKeeper, Target, summary
-from models.marks import Band
+from models.bands import Band
 from models.messages import ExitRequested, PriceUpdate
 from models.position import Position
 from models.rules import PriceMark

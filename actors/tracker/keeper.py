@@ -22,8 +22,9 @@ from loguru import logger
 from actors.protocol import DUE, Checkpoint, ClearKillSwitch, ProtectionChanged, ResumeExit
 from actors.runtime.metrics import Metrics
 from models import lifecycle
+from models.bands import Band, Quiet, band, quiet
 from models.common import Instrument, exit_client_id
-from models.marks import Band, Basis, Quiet, band, basis_of, fits, net_at, pct_at, quiet
+from models.marks import Basis, basis_of, fits, net_at, pct_at
 from models.messages import (
     ApplyOrderUpdate,
     ApplyProgress,

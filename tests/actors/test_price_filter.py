@@ -19,8 +19,8 @@ from actors.pnl.writer import PnLWriterActor
 from actors.prices.index import IndexActor, OpenPositions
 from actors.protocol import BandChanged, Flush, PortfolioValued, Route, Snapshot
 from actors.runtime.metrics import Metrics
+from models.bands import Band
 from models.common import Instrument, Segment
-from models.marks import Band
 from models.messages import PriceBatch, PriceUpdate
 from models.policy import ExitPolicy
 from models.position import Position

@@ -3,7 +3,7 @@ position's own band says of each price (an exit urgently, a mark move or a due r
 ordinary queue, nothing otherwise), and every possible exit of a batch before anything else.
 
 The index is driven directly (no threads): its owners are recording refs, and the expected
-deliveries come from each position's ``_Watch`` verdict taken one by one, as the index did before
+deliveries come from each position's ``BandWatch`` verdict taken one by one, as the index did before
 it had a reach.
 """
 
@@ -17,10 +17,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.prices.index import CROSSING, MARKS, QUIET, REFRESH, IndexActor, _Watch
+from actors.prices.index import IndexActor
 from actors.protocol import BandChanged, Flush, Route, Unroute
+from models.bands import CROSSING, MARKS, QUIET, REFRESH, Band, BandWatch
 from models.common import Instrument, Segment
-from models.marks import Band
 from models.messages import PriceBatch, PriceUpdate
 from models.rules import PriceMark
 from tests.actors.test_tracker_flow import T0
@@ -84,12 +84,12 @@ class Reference:
     """Each position's verdict, one by one (no reach), in the order the index must tell them."""
 
     def __init__(self) -> None:
-        self.watches: dict[str, _Watch] = {}
+        self.watches: dict[str, BandWatch] = {}
         self.where: dict[str, Instrument] = {}
 
     def route(self, pid: str, instrument: Instrument) -> None:
         self.watches.pop(pid, None)  # a new route goes last, as in the index's owners
-        self.watches[pid] = _Watch(pid, instrument, REFRESH_EVERY)
+        self.watches[pid] = BandWatch(pid, instrument, REFRESH_EVERY)
         self.where[pid] = instrument
 
     def batch(self, prices_: list[tuple[Instrument, PriceMark]]) -> list[Told]:
@@ -222,7 +222,7 @@ def test_a_band_that_tightens_between_batches_is_what_the_next_price_meets() -> 
 def test_the_earliest_refresh_of_an_instrument_is_not_skipped() -> None:
     index = IndexActor(None, refresh=REFRESH_EVERY)
     log: list[tuple[str, str, Decimal, bool]] = []
-    spread = {pid: _Watch(pid, INSTRUMENTS[0], REFRESH_EVERY).refresh
+    spread = {pid: BandWatch(pid, INSTRUMENTS[0], REFRESH_EVERY).refresh
               for pid in (f"P{n}" for n in range(20))}
     slow, fast = max(spread, key=spread.__getitem__), min(spread, key=spread.__getitem__)
     assert spread[fast] < spread[slow]

@@ -13,17 +13,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from models import lifecycle
+from models.bands import MARGIN, band, quiet
 from models.common import IST, Segment, Side
-from models.marks import (
-    MARGIN,
-    band,
-    basis_of,
-    net_at,
-    pct_at,
-    quiet,
-    stop_price,
-    take_profit_price,
-)
+from models.marks import basis_of, net_at, pct_at, stop_price, take_profit_price
 from models.orders import OrderStatus
 from models.policy import ExitPolicy, RiskConfig, SessionCalendar, TrailingPolicy
 from models.position import ExitReason, OrderRole, Position, PositionStatus
