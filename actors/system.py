@@ -132,6 +132,8 @@ class System:
                                      count_idle=parts.deadlines)
         self.ticker: Ticker | None = None
         self._pings: list[Any] | None = None
+        self._quoter: pykka.ActorRef[Any] | None = None
+        """The batcher's ``QuoteActor`` (None without a quote API)."""
         self.started_at: datetime | None = None
         self._stopped = False
 
@@ -164,6 +166,7 @@ class System:
         self.batcher = LTPBatcherActor.start(None, p.quotes, p.clock, p.metrics,
                                              stale_after=stale)
         self._feed = tick_feed(self.batcher)
+        self._quoter = self.batcher.proxy().quoter.get(timeout=ASK)
         self.index = IndexActor.start(self.batcher, refresh=stale * 0.8,
                                       metrics=p.metrics,
                                       gate=self.dispatcher.yield_to_urgent)
@@ -366,6 +369,9 @@ class System:
         for _ in range(rounds):
             self.orders.proxy().parked.get(timeout=SETTLE)
             self.batcher.proxy().pending.get(timeout=SETTLE)
+            if self._quoter is not None:  # a quote call out: its answer reaches the batcher
+                self._quoter.ask(Snapshot(), timeout=SETTLE)
+                self.batcher.ask(Snapshot(), timeout=SETTLE)
             self.index.ask(OpenPositions(), timeout=SETTLE)
             self.supervisor.ask(Snapshot(), timeout=SETTLE)
             for gateway in self.supervisor.proxy().gateway_refs.get(timeout=SETTLE):
@@ -384,8 +390,9 @@ class System:
         it, and the trackers are waited for all at once, until their dispatcher is idle."""
         if self._pings is None:
             gateways = self.supervisor.proxy().gateway_refs.get(timeout=SETTLE)
-            self._pings = [ref.proxy() for ref in (self.orders, self.batcher, self.index,
-                                                   self.supervisor, *gateways)]
+            quoter = () if self._quoter is None else (self._quoter, self.batcher)
+            self._pings = [ref.proxy() for ref in (self.orders, self.batcher, *quoter,
+                                                   self.index, self.supervisor, *gateways)]
         for _ in range(rounds):
             for proxy in self._pings:
                 proxy.actor_urn.get(timeout=SETTLE)

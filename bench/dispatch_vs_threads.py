@@ -53,10 +53,11 @@ def _run(kind: str, count: int, messages: int) -> dict[str, float]:
         done.acquire()
     fan_s = time.perf_counter() - began
     began = time.perf_counter()
-    for ref in refs:
-        ref.stop(block=False)
-    for ref in refs:
-        ref.stop(block=True, timeout=30)
+    # One stop each, then wait for those: asking a stopping ThreadingActor to stop again races
+    # its last clean-up in pykka (the second ask put after it is never answered: 40 in 20,000).
+    stopping = [ref.stop(block=False) for ref in refs]
+    for future in stopping:
+        future.get(timeout=30)
     stop_s = time.perf_counter() - began
     pool.shutdown()
     return {"start_s": start_s, "deliveries_per_s": count * messages / fan_s, "stop_s": stop_s}

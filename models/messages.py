@@ -157,6 +157,35 @@ class QuoteRequested(Message):
     instrument: Instrument
 
 
+@dataclass(frozen=True, slots=True)
+class FetchQuotes(_Caused):
+    """Batcher → quote actor: make one quote API call for ``instruments`` (integer ids, at most
+    ``QuoteApi.max_instruments``). ``sent_at`` is when the batcher decided it."""
+
+    instruments: tuple[Instrument, ...]
+    correlation_id: str
+    sent_at: datetime
+    causation_id: str | None = None
+    message_id: str = field(default_factory=new_id)
+
+
+@dataclass(frozen=True, slots=True)
+class QuotesFetched(_Caused):
+    """Quote actor → batcher: the answer to one ``FetchQuotes``. ``sent_at`` is when the
+    answer came (the quote actor's clock after the call returned): the next call is counted
+    from it. ``failure`` is None when the call succeeded; ``throttled`` tells a 429 apart."""
+
+    instruments: tuple[Instrument, ...]
+    prices: tuple[tuple[Instrument, Decimal], ...]
+    asked_at: datetime
+    correlation_id: str
+    sent_at: datetime
+    failure: str | None = None
+    throttled: bool = False
+    causation_id: str | None = None
+    message_id: str = field(default_factory=new_id)
+
+
 # Position events --------------------------------------------------------------------------------
 class PositionOpened(Message):
     position: Position

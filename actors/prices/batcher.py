@@ -7,9 +7,16 @@ kept there per instrument, not queued, and the next ``Flush`` takes them along, 
 tick wakes no thread and the batcher handles one message per flush instead of one per tick.
 
 Instruments whose price is stale, or that a tracker asked about, are polled from the quote API
-in as few calls as its limits allow (⌈n / max_instruments⌉ over all segments, at most one call
-per ``min_interval_seconds``). When a batch call fails, the next calls go one instrument at a
-time; throttling or repeated failures open a circuit breaker with back-off.
+in as few calls as its limits allow (⌈n / max_instruments⌉ over all segments), one call out at a
+time, the next no sooner than ``min_interval_seconds`` after the previous one was answered. The
+call itself is the ``QuoteActor``'s (``actors/prices/quotes.py``), whose answer joins the next
+flush: the batcher never waits on the network. When a batch call fails, the next calls go one
+instrument at a time; throttling or repeated failures open a circuit breaker with back-off.
+
+Counting the interval from the answer, not from the request, is what keeps the calls to
+⌈n / max_instruments⌉ whatever the threads do (SPEC §9, ``bench/quote_calls.py``): the call
+reached the API before its answer came back, so the next one reaches it a full interval later
+even when the answer was handled late, and never meets a 429.
 """
 
 from __future__ import annotations
@@ -23,13 +30,21 @@ from typing import Any
 from loguru import logger
 from pykka import ActorDeadError, ActorRef
 
-from actors.protocol import Flush, Watch
+from actors.prices.quotes import QuoteActor
+from actors.protocol import Flush, Snapshot, Watch
 from actors.runtime.dispatch import SingletonActor, StampedQueue
 from actors.runtime.metrics import Metrics
 from actors.runtime.pykka_compat import envelope
-from broker.ports import GatewayError, QuoteApi, QuoteThrottled
+from broker.ports import QuoteApi
 from models.common import Instrument, Segment
-from models.messages import PriceBatch, PriceTick, QuoteRequested, new_id
+from models.messages import (
+    FetchQuotes,
+    PriceBatch,
+    PriceTick,
+    QuoteRequested,
+    QuotesFetched,
+    new_id,
+)
 from models.rules import PriceMark
 
 
@@ -137,6 +152,19 @@ class LTPBatcherActor(SingletonActor):
         self.breaker = Breaker()
         self.single_mode = False
         self.last_call: datetime | None = None
+        """When the last quote call was made, then when its answer came."""
+        self.quoter: ActorRef[Any] | None = None
+        """The ``QuoteActor`` making this batcher's quote calls (started with it)."""
+        self.fetching = False
+        """A quote call is out: no other goes before its answer."""
+
+    def on_start(self) -> None:
+        if self.quotes is not None:
+            self.quoter = QuoteActor.start(self.quotes, self.clock, self.actor_ref)
+
+    def on_stop(self) -> None:
+        if self.quoter is not None:
+            self.quoter.stop(block=False)  # a call still out ends on its own; nobody waits
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -149,6 +177,10 @@ class LTPBatcherActor(SingletonActor):
                 self._flush(message)
             case QuoteRequested():
                 self.asked.add(message.instrument)
+            case QuotesFetched():
+                self._fetched(message)
+            case Snapshot():
+                return None  # an edge waiting for what was told before it (settle)
             case Watch():
                 if message.watching:
                     self.watched.update(message.instruments)
@@ -190,8 +222,12 @@ class LTPBatcherActor(SingletonActor):
                        if (mark := self.last.get(i)) is None or now - mark.at > self.stale_after),
                       key=str)
 
+    def settled(self, now: datetime) -> bool:
+        """No quote call out, no price waiting for a flush and nothing stale at ``now``."""
+        return not self.fetching and not self.pending and not self.stale(now)
+
     def _poll(self, now: datetime) -> None:
-        if self.quotes is None or not self.breaker.allows(now):
+        if self.quotes is None or self.fetching or not self.breaker.allows(now):
             return
         interval = timedelta(seconds=self.quotes.min_interval_seconds)
         if self.last_call is not None and now - self.last_call < interval:
@@ -203,34 +239,51 @@ class LTPBatcherActor(SingletonActor):
         self._call(chunk, now)
 
     def _call(self, chunk: list[Instrument], now: datetime) -> None:
-        assert self.quotes is not None
-        request: dict[Segment, list[int]] = {}
+        asking: list[Instrument] = []
         for instrument in chunk:
             if instrument.security_id.isdigit():  # the quote API takes integer ids only
-                request.setdefault(instrument.segment, []).append(int(instrument.security_id))
+                asking.append(instrument)
             else:
                 self.asked.discard(instrument)
-        if not request:
+        if not asking or self.quoter is None:
             return
+        try:
+            self.quoter.tell(FetchQuotes(instruments=tuple(asking), correlation_id=new_id(),
+                                         sent_at=now))
+        except ActorDeadError:  # stopping: no more calls
+            return
+        self.fetching = True
         self.last_call = now
         self.metrics.incr("quote_api_calls")
-        try:
-            prices = self.quotes.ltp(request)
-        except QuoteThrottled as error:
+
+    def _fetched(self, answer: QuotesFetched) -> None:
+        """The quote actor's answer. Its prices go out with the next flush, stamped with when
+        they were asked for; a tick pushed since is newer and wins."""
+        self.fetching = False
+        now = answer.sent_at
+        if self.last_call is None or now > self.last_call:
+            self.last_call = now  # the next call's interval counts from the answer
+        chunk = answer.instruments
+        if answer.throttled:
             self.breaker.failure(now, throttled=True)
-            logger.warning("quote API throttled: {}", error)
+            logger.warning("quote API throttled: {}", answer.failure)
             return
-        except GatewayError as error:
-            self._failed(chunk, now, error)
+        if answer.failure is not None:
+            self._failed(chunk, now, answer.failure)
             return
         self.breaker.success()
         self.single_mode = False
+        prices = dict(answer.prices)
         for instrument in chunk:
             self.asked.discard(instrument)
-            if instrument in prices:
-                self.pending[instrument] = PriceMark(ltp=prices[instrument], at=now)
+            price = prices.get(instrument)
+            if price is None or instrument in self.pending:
+                continue
+            known = self.last.get(instrument)
+            if known is None or known.at <= answer.asked_at:
+                self.pending[instrument] = PriceMark(ltp=price, at=answer.asked_at)
 
-    def _failed(self, chunk: list[Instrument], now: datetime, error: GatewayError) -> None:
+    def _failed(self, chunk: tuple[Instrument, ...], now: datetime, error: str) -> None:
         self.breaker.failure(now)
         if len(chunk) > 1:
             logger.warning("batch quote of {} failed ({}); falling back to single calls",

@@ -240,15 +240,20 @@ class _Mailbox:
                 logger.exception(f"{self._actor} lost {len(told)} undelivered messages")
         while self._queue:
             envelope = self._pop()[0]
-            if envelope.reply_to is None:
-                continue
-            if is_stop(envelope.message):
-                envelope.reply_to.set(None)
-            else:
-                envelope.reply_to.set_exception(exc_info=(
-                    ActorDeadError,
-                    ActorDeadError(f"{self._actor} stopped before handling the message"),
-                    None))
+            if envelope.reply_to is not None:
+                _answer_stopped(envelope, self._actor)
+
+
+def _answer_stopped(envelope: Envelope[Any], actor: object) -> None:
+    """An ask that reached a stopped actor: a stop is done (None), anything else fails with
+    ``ActorDeadError``, as pykka's teardown answers them."""
+    assert envelope.reply_to is not None
+    if is_stop(envelope.message):
+        envelope.reply_to.set(None)
+    else:
+        envelope.reply_to.set_exception(exc_info=(
+            ActorDeadError, ActorDeadError(f"{actor} stopped before handling the message"),
+            None))
 
 
 class PooledActor(Traced, PoolHooks, pykka.Actor):
@@ -309,14 +314,44 @@ class StampedQueue:
 
     On ``queue.SimpleQueue``: the singletons' inboxes take thousands of messages a second, and
     its C ``put`` is several times cheaper than ``queue.Queue``'s lock and condition.
+
+    A put after the actor's last clean-up is answered by the putter (``close``). pykka's
+    ``ask`` checks that the actor is alive and then puts: an actor stopping in between had
+    emptied its inbox for the last time, and the ask (a second ``stop``, say) waited out its
+    timeout, a lost wake-up (1 in 20,000 stops asked twice, ``bench/dispatch_vs_threads.py``).
+    Without a lock on the hot path: a put adds, then reads ``closed``; ``close`` sets it, then
+    empties the queue. Whichever comes second finds the envelope, and either may take it.
     """
 
     def __init__(self, owner: list[Any]) -> None:
         self._items: queue.SimpleQueue[tuple[Any, tuple[int, str]]] = queue.SimpleQueue()
         self._owner = owner
+        self.closed = False
+        """The actor stopped and emptied this inbox for the last time."""
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         self._items.put((item, stamp()))
+        if self.closed:
+            self.close()
+
+    def close(self) -> None:
+        """From now on nobody takes from this inbox: answer every ask in it (a stop is done,
+        others fail with ``ActorDeadError``); told messages are logged, never kept waiting."""
+        self.closed = True
+        owner = self._owner[0] if self._owner else self
+        told: list[str] = []
+        while True:
+            try:
+                envelope = self._items.get(block=False)[0]
+            except queue.Empty:
+                break
+            if envelope.reply_to is not None:
+                _answer_stopped(envelope, owner)
+            elif not is_stop(envelope.message):
+                told.append(type(envelope.message).__name__)
+        if told:
+            logger.warning(f"{owner} stopped with {len(told)} told messages not handled: "
+                           f"{', '.join(sorted(set(told)))}")
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         item, stamped = self._items.get(block, timeout)
@@ -364,3 +399,10 @@ class SingletonActor(Traced, Hooks, pykka.ThreadingActor):
     def make_inbox(self) -> StampedQueue:
         # pykka makes it from Actor.__init__, through the instance: the inbox knows its actor.
         return StampedQueue(self._inbox_owner)
+
+    def teardown(self) -> None:
+        # Instead of pykka's: its blocking ``get`` after ``empty()`` would hang if a late
+        # putter took the last envelope in between.
+        inbox = self.actor_inbox
+        assert isinstance(inbox, StampedQueue)
+        inbox.close()

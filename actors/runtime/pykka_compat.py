@@ -18,6 +18,8 @@ pykka (private)                        here (public)
 ``Actor._handle_failure(*exc_info)``   ``Hooks.handle_failure(*exc_info)`` (default:
                                        pykka's, log and stop)
 ``Actor._actor_loop_setup()``          ``run_setup(actor)``
+``Actor._actor_loop_teardown()``       ``Hooks.teardown()`` (a ``ThreadingActor``'s last
+                                       act: answer what is left in the inbox)
 ``Actor._stop()``                      ``stop_now(actor)``
 ``Actor._start_actor_loop()``          ``PoolHooks.start_loop()``
 ``Actor._create_future()``             ``PoolHooks`` (a ``ThreadingFuture``)
@@ -54,6 +56,7 @@ PRIVATE_NAMES = (
     ("pykka.Actor", "_handle_receive"),
     ("pykka.Actor", "_handle_failure"),
     ("pykka.Actor", "_actor_loop_setup"),
+    ("pykka.Actor", "_actor_loop_teardown"),
     ("pykka.Actor", "_stop"),
 )
 """What this module relies on, for the upgrade test."""
@@ -117,6 +120,15 @@ class Hooks:
                         exception_value: BaseException | None,
                         traceback: TracebackType | None) -> None:
         self.handle_failure(exception_type, exception_value, traceback)
+
+    def teardown(self) -> None:
+        """Run by a ``ThreadingActor``'s thread once the actor stopped, its last act; pykka's
+        default answers the asks left in the inbox (a stop with None, others with
+        ``ActorDeadError``) and drops told messages."""
+        super()._actor_loop_teardown()  # type: ignore[misc]
+
+    def _actor_loop_teardown(self) -> None:
+        self.teardown()
 
 
 class PoolHooks(Hooks):

@@ -27,6 +27,11 @@ TOO_MANY_INSTRUMENTS = "804"
 INVALID_REQUEST = "814"
 INTERNAL_ERROR = "800"
 
+RESOLUTION = 1e-6
+"""Seconds: the finest step of the clocks read here (aware datetimes: a microsecond). Readings
+a whole interval apart may differ by 0.9999999999999998 s once taken as float seconds
+(1.05 and 2.05); such a request comes a full interval later and is admitted."""
+
 
 class _Failed(Exception):
     """A request answered with the failed shape: ``{"data": {code: message}, ...}``."""
@@ -108,7 +113,8 @@ class PaperQuoteApi:
         if self._throttle > 0:
             self._throttle -= 1
             raise _Failed(THROTTLED, "Too many requests: told to throttle")
-        if self._last_call is not None and now - self._last_call < self.min_interval_seconds:
+        if (self._last_call is not None
+                and now - self._last_call < self.min_interval_seconds - RESOLUTION):
             raise _Failed(THROTTLED, "Too many requests or connections: "
                           f"at most one request every {self.min_interval_seconds:g} s")
         self._last_call = now

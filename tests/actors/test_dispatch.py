@@ -9,7 +9,7 @@ from typing import Any
 import pykka
 import pytest
 
-from actors.runtime.dispatch import Dispatcher, PooledActor, SingletonActor, _Mailbox
+from actors.runtime.dispatch import Dispatcher, PooledActor, SingletonActor, StampedQueue, _Mailbox
 from actors.runtime.pykka_compat import Envelope
 
 
@@ -308,3 +308,56 @@ def test_when_a_singleton_breaks_on_every_message_then_its_log_does_not_flood() 
     failed = [line for line in lines if "failed on a told message" in line]
     assert len(failed) == 11  # the first ten, then the thousandth
     assert "(1000 so far)" in failed[-1]
+
+
+def test_an_ask_put_after_a_singleton_stopped_is_answered_not_left_waiting() -> None:
+    """pykka's ``ask`` checks that the actor is alive, then puts: the actor may stop and empty
+    its inbox for the last time in between (a second ``stop`` of the same actor waited out
+    its 30 s timeout that way). Such an ask is answered, a told message logged."""
+    ref = Singleton.start()
+    inbox = ref.actor_inbox
+    assert isinstance(inbox, StampedQueue)
+    ref.stop(block=True, timeout=5)
+    deadline = time.monotonic() + 5
+    while not inbox.closed and time.monotonic() < deadline:
+        time.sleep(0.001)  # the thread's last act follows the stop's answer
+    assert inbox.closed
+    asked: pykka.Future[Any] = pykka.ThreadingFuture()
+    inbox.put(Envelope("question", reply_to=asked))  # what ``ask`` does after its check
+    with pytest.raises(pykka.ActorDeadError):
+        asked.get(timeout=2)
+    inbox.put(Envelope("fill 3"))
+    assert inbox.qsize() == 0
+
+
+def test_asks_racing_a_singleton_stop_are_all_answered() -> None:
+    """Puts while the actor stops and tears down, from several threads at once, many times:
+    every ask is answered once (handled, or ActorDeadError), none is left waiting."""
+    for _ in range(30):
+        ref = Singleton.start()
+        inbox = ref.actor_inbox
+        go = threading.Barrier(4)
+
+        def putter(into: list[pykka.Future[Any]], inbox: Any = inbox,
+                   go: threading.Barrier = go) -> None:
+            go.wait()
+            for _ in range(150):
+                asked: pykka.Future[Any] = pykka.ThreadingFuture()
+                into.append(asked)
+                inbox.put(Envelope("question", reply_to=asked))  # alive when checked
+
+        batches: list[list[pykka.Future[Any]]] = [[], [], []]
+        threads = [threading.Thread(target=putter, args=(b,)) for b in batches]
+        for thread in threads:
+            thread.start()
+        go.wait()
+        ref.stop(block=False)
+        for thread in threads:
+            thread.join(5)
+        for asked in (f for b in batches for f in b):
+            try:
+                asked.get(timeout=2)
+            except pykka.ActorDeadError:
+                continue
+            except pykka.Timeout:
+                pytest.fail("an ask put as the actor stopped was never answered")

@@ -1,8 +1,10 @@
-"""LTPBatcherActor: conflation, stale polling in few calls, fallback, breaker."""
+"""LTPBatcherActor: conflation, stale polling in few calls (made by its QuoteActor), fallback,
+breaker."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import timedelta
 from decimal import Decimal
@@ -30,14 +32,20 @@ class FakeQuotes:
         self.fail_batches = 0
         self.throttle = 0
         self.hold: threading.Event | None = None
+        self.latency = 0.0
+        """Seconds each call takes (a live call: 100-500 ms)."""
         self.entered = threading.Event()
+        self.returned = threading.Event()
 
     def ltp(self, request: Mapping[Segment, Sequence[int]]) -> dict[Instrument, Decimal]:
         size = sum(len(ids) for ids in request.values())
         self.calls.append(size)
+        self.entered.set()
         if self.hold is not None:
-            self.entered.set()
             self.hold.wait(5)
+        if self.latency:
+            time.sleep(self.latency)  # the network's round trip, not a synchronisation
+        self.returned.set()
         if self.throttle:
             self.throttle -= 1
             raise QuoteThrottled("429")
@@ -52,16 +60,40 @@ def inst(n: int, segment: Segment = Segment.NSE_FNO) -> Instrument:
     return Instrument(segment=segment, security_id=str(n))
 
 
+class HeldMetrics(Metrics):
+    """Metrics whose ``quote_api_calls`` increment can be held: a way to keep the batcher's
+    own thread busy (it counts a call as it hands it to the quote actor)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold: threading.Event | None = None
+        self.entered = threading.Event()
+
+    def incr(self, name: str, n: int = 1) -> None:
+        super().incr(name, n)
+        if name == "quote_api_calls" and self.hold is not None:
+            self.entered.set()
+            self.hold.wait(5)
+
+
 class Rig:
     def __init__(self) -> None:
         self.clock, self.quotes, self.sink = Clock(), FakeQuotes(), Sink.start()
-        self.batcher = LTPBatcherActor.start(self.sink, self.quotes, self.clock, Metrics())
+        self.metrics = HeldMetrics()
+        self.batcher = LTPBatcherActor.start(self.sink, self.quotes, self.clock, self.metrics)
+        self.quoter = self.batcher.proxy().quoter.get(timeout=5)
 
     def flush(self, seconds: float = 0) -> list[PriceBatch]:
+        """A flush at ``seconds`` later, then the answer to a quote call it made, if any."""
         self.clock.now += timedelta(seconds=seconds)
         self.batcher.ask(Flush(at=self.clock.now), timeout=5)
+        self.settle()
         got: list[Any] = self.sink.ask(Snapshot(), block=True, timeout=5)
         return [m for m in got if isinstance(m, PriceBatch)]
+
+    def settle(self) -> None:
+        self.quoter.ask(Snapshot(), timeout=5)  # the call told before, made and answered
+        self.batcher.ask(Snapshot(), timeout=5)  # ... and its answer handled
 
 
 @pytest.fixture
@@ -82,10 +114,11 @@ def test_when_ticks_arrive_between_flushes_then_latest_per_instrument_wins(rig: 
 
 
 def test_a_flush_carries_exactly_the_ticks_told_before_it(rig: Rig) -> None:
-    # The batcher is kept busy (its quote call blocks), so everything below waits in its
-    # mailbox at once: the ticks told after the first flush must still go with the second one.
+    # The batcher's thread is kept busy (counting the quote call it hands on blocks), so
+    # everything below waits in its mailbox at once: the ticks told after the first flush must
+    # still go with the second one.
     release = threading.Event()
-    rig.quotes.hold = release
+    rig.metrics.hold = release
     rig.batcher.tell(Watch(instruments=(inst(9),)))
     rig.batcher.tell(Flush(at=rig.clock.now))  # polls inst 9, and waits there
     for ltp in ("100", "101"):
@@ -93,7 +126,7 @@ def test_a_flush_carries_exactly_the_ticks_told_before_it(rig: Rig) -> None:
     rig.batcher.tell(Flush(at=rig.clock.now))
     rig.batcher.tell(tick(1, "102"))
     rig.batcher.tell(tick(2, "50"))
-    assert rig.quotes.entered.wait(5)
+    assert rig.metrics.entered.wait(5)
     release.set()
     batches = [tuple(p for p in b.prices if p[0] != inst(9)) for b in rig.flush()]
     assert [b for b in batches if b] == [
@@ -169,3 +202,101 @@ def test_when_throttled_then_breaker_opens_and_no_calls_until_cooldown(rig: Rig)
     assert rig.quotes.calls == [1]
     rig.flush(1.5)
     assert rig.quotes.calls == [1, 1]
+
+
+def test_while_a_500ms_quote_call_is_out_ticks_keep_flowing_in_batches(rig: Rig) -> None:
+    rig.quotes.latency = 0.5
+    rig.batcher.tell(Watch(instruments=(inst(1),)))
+    rig.batcher.tell(Flush(at=rig.clock.now))  # inst 1 has no price: a quote call goes out
+    assert rig.quotes.entered.wait(5)
+    feed = tick_feed(rig.batcher)
+    in_flight = 0
+    for n in range(1, 1000):
+        rig.clock.now += timedelta(milliseconds=50)
+        feed(inst(2), PriceMark(ltp=Decimal(n), at=rig.clock.now))
+        rig.batcher.ask(Flush(at=rig.clock.now), timeout=5)
+        if rig.quotes.returned.is_set():
+            break
+        in_flight += 1  # this flush was handled before the call came back
+    assert in_flight >= 5, f"only {in_flight} flushes while the call was out"
+    rig.flush()  # the answer, once handled, ...
+    batches = [dict(b.prices) for b in rig.flush()]  # ... goes out with the next flush
+    assert [b[inst(2)].ltp for b in batches[:in_flight]] == [Decimal(n)
+                                                             for n in range(1, in_flight + 1)]
+    assert rig.quotes.calls == [1]
+    quoted = [b[inst(1)] for b in batches if inst(1) in b]  # joined a flush after the answer
+    assert quoted == [PriceMark(ltp=Decimal(101), at=T0)]  # stamped when it was asked
+    assert all(inst(1) not in b for b in batches[:in_flight])
+
+
+def test_the_next_call_waits_its_interval_from_the_answer_not_the_request(rig: Rig) -> None:
+    # A call answered late (the clock moved on while it was out) must not be followed by one
+    # that the API, counting from when the first arrived, could throttle.
+    rig.quotes.hold = threading.Event()
+    rig.batcher.tell(Watch(instruments=(inst(1), inst(2))))
+    rig.batcher.ask(Flush(at=rig.clock.now), timeout=5)
+    assert rig.quotes.entered.wait(5)
+    rig.clock.now += timedelta(seconds=0.6)  # answered 0.6 s after it was asked
+    rig.quotes.hold.set()
+    rig.settle()
+    rig.quotes.hold = None
+    rig.batcher.tell(Watch(instruments=(inst(3),)))
+    rig.flush(0.4)  # 1 s after the request, 0.4 s after the answer: no call
+    assert rig.quotes.calls == [2]
+    rig.flush(0.6)
+    assert rig.quotes.calls == [2, 1]
+
+
+def test_one_call_out_at_a_time_whatever_the_interval(rig: Rig) -> None:
+    rig.quotes.hold = threading.Event()
+    rig.batcher.tell(Watch(instruments=(inst(1),)))
+    rig.batcher.ask(Flush(at=rig.clock.now), timeout=5)
+    assert rig.quotes.entered.wait(5)
+    for _ in range(3):  # a second later each time, the call still out: none goes beside it
+        rig.clock.now += timedelta(seconds=1)
+        rig.batcher.ask(Flush(at=rig.clock.now), timeout=5)
+    rig.quotes.hold.set()
+    rig.settle()
+    assert rig.quotes.calls == [1]
+    assert rig.batcher.proxy().settled(rig.clock.now).get(timeout=5) is False  # price pending
+    rig.flush()
+    assert rig.batcher.proxy().settled(rig.clock.now).get(timeout=5) is True
+
+
+def test_a_tick_pushed_while_the_call_was_out_wins_over_its_quote(rig: Rig) -> None:
+    rig.quotes.hold = threading.Event()
+    rig.batcher.tell(Watch(instruments=(inst(1), inst(2))))
+    rig.batcher.ask(Flush(at=rig.clock.now), timeout=5)
+    assert rig.quotes.entered.wait(5)
+    rig.clock.now += timedelta(milliseconds=50)
+    pushed = PriceMark(ltp=Decimal("99.5"), at=rig.clock.now)
+    tick_feed(rig.batcher)(inst(1), pushed)
+    rig.batcher.ask(Flush(at=rig.clock.now), timeout=5)  # flushed before the answer
+    rig.quotes.hold.set()
+    rig.settle()  # the answer, handled
+    batches = [dict(b.prices) for b in rig.flush()]
+    assert batches == [{inst(1): pushed},
+                       {inst(2): PriceMark(ltp=Decimal(102), at=T0)}]  # no older inst 1
+
+
+class BrokenQuotes(FakeQuotes):
+    def ltp(self, request: Mapping[Segment, Sequence[int]]) -> dict[Instrument, Decimal]:
+        super().ltp(request)
+        raise RuntimeError("adapter bug")
+
+
+def test_an_unexpected_quote_failure_is_a_failed_call_and_polling_goes_on() -> None:
+    rig = Rig.__new__(Rig)
+    rig.clock, rig.quotes, rig.sink = Clock(), BrokenQuotes(), Sink.start()
+    rig.metrics = HeldMetrics()
+    rig.batcher = LTPBatcherActor.start(rig.sink, rig.quotes, rig.clock, rig.metrics)
+    rig.quoter = rig.batcher.proxy().quoter.get(timeout=5)
+    try:
+        rig.batcher.tell(Watch(instruments=(inst(1), inst(2))))
+        rig.flush()
+        rig.flush(1)  # the batch failed: one instrument at a time
+        assert rig.quotes.calls == [2, 1]
+        assert rig.quoter.is_alive() and rig.batcher.is_alive()
+        assert rig.batcher.proxy().fetching.get(timeout=5) is False
+    finally:
+        pykka.ActorRegistry.stop_all()

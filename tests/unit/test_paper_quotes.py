@@ -98,6 +98,17 @@ def test_a_second_request_within_a_second_is_throttled_with_the_429_shape(
     assert answer.startswith('{"data": {"805": "') and answer.endswith('"}, "status": "failed"}')
 
 
+def test_a_request_a_whole_second_later_is_admitted_whatever_float_makes_of_it(
+        api: PaperQuoteApi, clock: FakeClock) -> None:
+    clock.now = 1.05
+    api.ltp({Segment.NSE_FNO: [49081]})
+    clock.now = 2.05  # 2.05 - 1.05 == 0.9999999999999998
+    assert api.ltp({Segment.NSE_FNO: [49081]}) == {FNO_1: PRICES[FNO_1]}
+    clock.now = 3.0499
+    with pytest.raises(QuoteThrottled):
+        api.ltp({Segment.NSE_FNO: [49081]})
+
+
 def test_ltp_within_a_second_raises_quote_throttled(api: PaperQuoteApi, clock: FakeClock) -> None:
     api.ltp({Segment.NSE_FNO: [49081]})
     clock.now += 0.5
