@@ -122,13 +122,15 @@ class StoreStop:
 
 @dataclass(frozen=True, slots=True)
 class StopStored:
-    """Stop writer → tracker: the write of ``version`` is over. ``error``: it failed (the
-    tracker stores the stop itself); otherwise the store holds that version or a newer one."""
+    """Stop writer → tracker: the write of ``version`` is over: ``written``, or not (the
+    store holds that version or a newer one already), or it failed (``error``: the tracker
+    stores the stop itself)."""
 
     position_id: str
     version: int
     correlation_id: str
     message_id: str
+    written: bool = False
     error: str | None = None
     causation_id: str | None = None
 

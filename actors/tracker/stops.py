@@ -23,7 +23,7 @@ from typing import Any
 from loguru import logger
 from pykka import ActorDeadError
 
-from actors.protocol import StopStored, StoreStop
+from actors.protocol import Snapshot, StopStored, StoreStop
 from actors.runtime.dispatch import SingletonActor
 from actors.runtime.metrics import Metrics
 from models.messages import new_id
@@ -48,7 +48,8 @@ class StopWriterActor(SingletonActor):
         return True
 
     def on_receive(self, message: Any) -> Any:
-        logger.warning("stop writer ignores {}", type(message).__name__)
+        if not isinstance(message, Snapshot):  # a settle's question: answered once stored
+            logger.warning("stop writer ignores {}", type(message).__name__)
         return None
 
     def on_stop(self) -> None:
@@ -65,8 +66,9 @@ class StopWriterActor(SingletonActor):
             if kept is None or kept.position.version <= message.position.version:
                 newest[message.position.position_id] = message
         error: str | None = None
+        written: set[str] = set()
         try:
-            self.store.save_marks([m.position for m in newest.values()])
+            written = self.store.save_marks([m.position for m in newest.values()])
         except Exception as failure:  # every sender must hear back, whatever broke the write
             error = f"{type(failure).__name__}: {failure}"
             self.metrics.incr("stop_write_failures")
@@ -81,6 +83,7 @@ class StopWriterActor(SingletonActor):
                 message.owner.tell(StopStored(
                     position_id=position.position_id, version=position.version,
                     correlation_id=message.correlation_id, causation_id=message.message_id,
-                    message_id=new_id(), error=error))
+                    message_id=new_id(), error=error, written=position.position_id in written
+                    and newest[position.position_id] is message))
             except ActorDeadError:
                 continue  # a tracker that failed meanwhile: its next owner starts from memory
