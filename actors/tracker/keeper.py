@@ -6,7 +6,9 @@ pure core, persists every change *before* returning the messages that announce i
 those messages as ``(Target, message)`` pairs for the shell to send. Order updates that queue up
 for the position (a burst of partial fills) are applied one by one and stored together, in one
 write and one commit, after the last of them (``_Unsaved``). Prices and time go through the same
-keeper: marks, the quiet guard and band, freshness, then the rules.
+keeper: marks, the quiet guard and band, freshness, then the rules. A trailing stop that a price
+tightens is stored through the stop writer, batched with the other positions' (``_fold``,
+``actors/tracker/stops.py``), before a later price may move it again (SPEC §11.5).
 """
 
 from __future__ import annotations
