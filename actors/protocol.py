@@ -118,6 +118,7 @@ class StoreStop:
     owner: ActorRef[Any]
     correlation_id: str
     message_id: str
+    sent_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +131,7 @@ class StopStored:
     version: int
     correlation_id: str
     message_id: str
+    sent_at: datetime
     written: bool = False
     error: str | None = None
     causation_id: str | None = None

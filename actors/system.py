@@ -178,7 +178,7 @@ class System:
         self.orders = OrderUpdateActor.start(p.store, self.supervisor, p.clock, p.metrics,
                                              correlation_prefix=p.correlation_prefix,
                                              gate=self.dispatcher.yield_to_urgent)
-        self.stops = StopWriterActor.start(p.store, p.metrics)
+        self.stops = StopWriterActor.start(p.store, p.metrics, p.clock)
         peers = Peers(supervisor=self.supervisor, index=self.index, pnl=self.pnl,
                       batcher=self.batcher, orders=self.orders, deadlines=p.deadlines,
                       stops=self.stops)

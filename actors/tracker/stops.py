@@ -18,6 +18,8 @@ back, also when the write fails: then each tracker stores its own stop, and its 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from loguru import logger
@@ -33,9 +35,9 @@ from store.ports import Store
 class StopWriterActor(SingletonActor):
     trace_kind = "stops"
 
-    def __init__(self, store: Store, metrics: Metrics) -> None:
+    def __init__(self, store: Store, metrics: Metrics, clock: Callable[[], datetime]) -> None:
         super().__init__()
-        self.store, self.metrics = store, metrics
+        self.store, self.metrics, self.clock = store, metrics, clock
         self._due: list[StoreStop] = []
 
     def intercept(self, message: Any) -> bool:
@@ -77,13 +79,15 @@ class StopWriterActor(SingletonActor):
         else:
             self.metrics.incr("stop_writes")
             self.metrics.incr("stops_stored", len(newest))
+        now = self.clock()
         for message in due:
             position = message.position
             try:
                 message.owner.tell(StopStored(
                     position_id=position.position_id, version=position.version,
                     correlation_id=message.correlation_id, causation_id=message.message_id,
-                    message_id=new_id(), error=error, written=position.position_id in written
+                    message_id=new_id(), sent_at=now, error=error,
+                    written=position.position_id in written
                     and newest[position.position_id] is message))
             except ActorDeadError:
                 continue  # a tracker that failed meanwhile: its next owner starts from memory

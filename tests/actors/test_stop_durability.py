@@ -238,8 +238,8 @@ def price(ltp: str, at_ms: int = 0) -> PriceUpdate:
 
 def answer(sent: StoreStop, *, written: bool = True, error: str | None = None) -> StopStored:
     return StopStored(position_id=sent.position.position_id, version=sent.position.version,
-                      correlation_id=sent.correlation_id, message_id=new_id(), written=written,
-                      error=error)
+                      correlation_id=sent.correlation_id, message_id=new_id(),
+                      sent_at=sent.sent_at, written=written, error=error)
 
 
 def stops(out: list[tuple[Target, object]]) -> list[StoreStop]:
@@ -314,12 +314,12 @@ def test_the_writer_stores_what_waits_in_one_write_and_answers_every_sender() ->
     for position in book:
         store.save_position(position)
     owner = Sink.start()
-    writer = StopWriterActor.start(store, Metrics())
+    writer = StopWriterActor.start(store, Metrics(), lambda: T0)
     try:
         store.hold.clear()
         sent = [StoreStop(position=p.model_copy(update={
             "trail_stop": Decimal("204.75"), "version": p.version + 1}), owner=owner,
-            correlation_id="c", message_id=new_id()) for p in book]
+            correlation_id="c", message_id=new_id(), sent_at=T0) for p in book]
         writer.tell(sent[0])
         assert store.writing.wait(10)
         for message in sent[1:]:
@@ -327,7 +327,7 @@ def test_the_writer_stores_what_waits_in_one_write_and_answers_every_sender() ->
         newer = sent[1].position.model_copy(update={"version": sent[1].position.version + 1,
                                                     "trail_stop": Decimal("205")})
         writer.tell(StoreStop(position=newer, owner=owner, correlation_id="c",
-                              message_id=new_id()))
+                              message_id=new_id(), sent_at=T0))
         store.hold.set()
         writer.ask(Snapshot(), timeout=5)
         assert store.marks_writes == [1, 3]  # the three that waited: one write
