@@ -109,6 +109,38 @@ class Checkpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreStop:
+    """Tracker → stop writer: the position, one version on, whose trailing stop tightened;
+    stored with the others of its price batch in one write (SPEC §11.5), then ``owner`` hears
+    ``StopStored``. Until then the tracker folds no price that would move its stop again."""
+
+    position: Position
+    owner: ActorRef[Any]
+    correlation_id: str
+    message_id: str
+    sent_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StopStored:
+    """Stop writer → tracker: the write of ``version`` is over: ``written``, or not (the
+    store holds that version or a newer one already), or it failed (``error``: the tracker
+    stores the stop itself)."""
+
+    position_id: str
+    version: int
+    correlation_id: str
+    message_id: str
+    sent_at: datetime
+    written: bool = False
+    error: str | None = None
+    causation_id: str | None = None
+
+    def caused(self) -> dict[str, str]:
+        return {"correlation_id": self.correlation_id, "causation_id": self.message_id}
+
+
+@dataclass(frozen=True, slots=True)
 class ProtectionChanged:
     """A tracker lost (or regained) fresh prices: shown in status as UNPROTECTED."""
 

@@ -47,6 +47,7 @@ from actors.tracing.story import narrate, position_story
 from actors.tracing.views import Filters, Trace, messages
 from actors.tracker.actor import Peers
 from actors.tracker.keeper import KeeperContext
+from actors.tracker.stops import StopWriterActor
 from broker.ports import OrderGateway, QuoteApi
 from models.books import BooksReport
 from models.common import IST, Instrument
@@ -180,8 +181,10 @@ class System:
         self.orders = OrderUpdateActor.start(p.store, self.supervisor, p.clock, p.metrics,
                                              correlation_prefix=p.correlation_prefix,
                                              gate=self.dispatcher.yield_to_urgent)
+        self.stops = StopWriterActor.start(p.store, p.metrics, p.clock)
         peers = Peers(supervisor=self.supervisor, index=self.index, pnl=self.pnl,
-                      batcher=self.batcher, orders=self.orders, deadlines=p.deadlines)
+                      batcher=self.batcher, orders=self.orders, deadlines=p.deadlines,
+                      stops=self.stops)
         self.supervisor.proxy().wire(peers).get(timeout=ASK)
         self._load()
         # Everything alive now (code, adapters, the loaded book) is moved out of the cyclic
@@ -337,7 +340,7 @@ class System:
         """Messages waiting per singleton actor, and in all tracker mailboxes together."""
         depths = {name: _depth(ref) for name, ref in (
             ("orders", self.orders), ("batcher", self.batcher), ("index", self.index),
-            ("pnl", self.pnl), ("supervisor", self.supervisor))}
+            ("pnl", self.pnl), ("supervisor", self.supervisor), ("stops", self.stops))}
         refs = self.supervisor.proxy().tracker_refs().get(timeout=ASK)
         depths["trackers"] = sum(_depth(ref) for ref in refs)
         return depths
@@ -381,6 +384,7 @@ class System:
                     ref.ask(Snapshot(), timeout=SETTLE)
                 except pykka.ActorDeadError:
                     continue
+            self.stops.ask(Snapshot(), timeout=SETTLE)  # the stops trackers sent: stored
             self.pnl.ask(Flush(at=self.parts.clock(), complete=True), timeout=SETTLE)
 
     def _settle_on_idle(self, rounds: int) -> None:
@@ -392,7 +396,8 @@ class System:
             gateways = self.supervisor.proxy().gateway_refs.get(timeout=SETTLE)
             quoter = () if self._quoter is None else (self._quoter, self.batcher)
             self._pings = [ref.proxy() for ref in (self.orders, self.batcher, *quoter,
-                                                   self.index, self.supervisor, *gateways)]
+                                                   self.index, self.supervisor, *gateways,
+                                                   self.stops)]
         for _ in range(rounds):
             for proxy in self._pings:
                 proxy.actor_urn.get(timeout=SETTLE)

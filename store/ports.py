@@ -67,6 +67,13 @@ class Store(Protocol):
     def save_positions(self, positions: Sequence[Position]) -> None:
         """Upsert many positions in one transaction (marks checkpoints, bulk loads)."""
 
+    def save_marks(self, positions: Sequence[Position]) -> set[str]:
+        """Write positions whose trailing stop tightened, many at once (SPEC §11.5): each
+        replaces the stored row only where it is newer (a higher version), in one statement or
+        one transaction, durable when this returns. A position stored at the same or a newer
+        version is left as stored (its owner wrote since, or it is the same write again), and
+        one never stored is not created. Returns the ids of the positions written."""
+
     def load_position(self, position_id: str) -> Position | None: ...
 
     def load_open_positions(self) -> list[Position]:

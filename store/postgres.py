@@ -33,9 +33,9 @@ from store.pg_text import MARK, escape_nul, unescape_nul
 from store.ports import StoreError
 from store.records import ExitAttempt, ReceivedFrame
 from store.schema import POSTGRES
-from store.sql import SqlStore
+from store.sql import SqlStore, newest_of_each
 from store.sql_rows import Clock, Cursor, Row, Tx, insert_sql, record_values, utc_now
-from store.sql_text import UPSERT_POSITION
+from store.sql_text import POSITION_COLUMNS, UPSERT_POSITION
 from store.urls import redact_text, redact_url
 
 _FILL_TYPES = {"position_id": "text", "order_no": "text", "role": "text", "cum_qty": "bigint",
@@ -57,6 +57,19 @@ _RECORD_EXIT = (
     f"WITH attempt AS ({insert_sql('exit_attempts', ExitAttempt, 'ON CONFLICT DO NOTHING')} "
     f"RETURNING 1), pos AS ({UPSERT_POSITION} RETURNING 1) "
     "SELECT (SELECT count(*) FROM attempt), (SELECT count(*) FROM pos)")
+# Positions whose stop tightened (``save_marks``) as one JSON array: one statement, one commit,
+# whatever their number; each row replaces only an older version.
+_MARK_TYPES = {"position_id": "text", "entry_order_no": "text", "segment": "text",
+               "security_id": "text", "side": "text", "status": "text", "version": "bigint",
+               "created_at": "timestamptz", "opened_at": "timestamptz",
+               "exited_at": "timestamptz", "updated_at": "timestamptz", "data": "text"}
+assert tuple(_MARK_TYPES) == POSITION_COLUMNS, "the positions columns changed"
+_SAVE_MARKS = (
+    "UPDATE positions AS p SET "
+    + ", ".join(f"{c} = r.{c}" for c in list(_MARK_TYPES)[1:])
+    + " FROM json_to_recordset(?::json) AS r("
+    + ", ".join(f"{c} {t}" for c, t in _MARK_TYPES.items())
+    + ") WHERE p.position_id = r.position_id AND p.version < r.version RETURNING p.position_id")
 # Frames as one JSON array, so the text (and its plan) is the same for any number of them; the
 # ordinality keeps their order, so their sequence numbers follow the order they came in.
 _RECORD_FRAMES = (
@@ -154,6 +167,22 @@ class PostgresStore(SqlStore):
             return recorded
         self.save_position(position)  # not written: a repeat, or raises as stale
         return recorded
+
+    def save_marks(self, positions: Sequence[Position]) -> set[str]:
+        """One statement, so one commit for every position of the batch."""
+        latest = newest_of_each(positions)
+        if not latest:
+            return set()
+        rows = json.dumps([dict(zip(_MARK_TYPES, map(self._json_value, self._position_row(p)),
+                                    strict=True)) for p in latest], ensure_ascii=False)
+        with self._tx(statements=1) as tx:
+            written = tx.all(_SAVE_MARKS, (rows,))
+        return {str(self._read(row)[0]) for row in written}
+
+    def _json_value(self, value: object) -> object:
+        """A bound value as the JSON of ``_SAVE_MARKS`` carries it."""
+        value = self._bind(value)
+        return self._iso(value) if isinstance(value, datetime) else value
 
     def record_order_updates(self, frames: Sequence[ReceivedFrame]) -> list[int]:
         """One statement, so one commit for the whole batch."""

@@ -54,7 +54,13 @@ from store.sql_rows import (
     records,
     utc_now,
 )
-from store.sql_text import INSERT_ORDER_UPDATE, UPSERT_POSITION, check_not_stale, schema_version_of
+from store.sql_text import (
+    INSERT_ORDER_UPDATE,
+    UPDATE_NEWER_POSITION,
+    UPSERT_POSITION,
+    check_not_stale,
+    schema_version_of,
+)
 
 _OPEN_STATUSES = tuple(sorted(OPEN))
 _PLAIN = frozenset({str, int, bool, type(None)})
@@ -187,16 +193,22 @@ class SqlStore:
                     [record_values(fill) for fill in fills])
 
     def save_positions(self, positions: Sequence[Position]) -> None:
-        latest: dict[str, Position] = {}
-        for position in positions:
-            kept = latest.get(position.position_id)
-            if kept is None or kept.version < position.version:
-                latest[position.position_id] = position
+        latest = newest_of_each(positions)
         with self._tx() as tx:
-            rows = [self._position_row(p) for p in latest.values()]
+            rows = [self._position_row(p) for p in latest]
             if tx.many(UPSERT_POSITION, rows) < len(rows):
-                for position in latest.values():
+                for position in latest:
                     check_not_stale(tx, position)
+
+    def save_marks(self, positions: Sequence[Position]) -> set[str]:
+        """One statement per position, in one transaction (one commit); a backend may do it
+        in one statement."""
+        latest = newest_of_each(positions)
+        if not latest:
+            return set()
+        with self._tx() as tx:
+            return {p.position_id for p in latest if tx.run(UPDATE_NEWER_POSITION, (
+                *self._position_row(p)[1:], p.position_id, p.version)).rowcount > 0}
 
     def _position_row(self, p: Position) -> tuple[object, ...]:
         return (p.position_id, p.entry_order_no, p.segment, p.security_id, p.side, p.status,
@@ -335,3 +347,12 @@ class SqlStore:
             rows = tx.all(f"SELECT {', '.join(model.model_fields)} FROM {table} {tail}", params)
         return records(model, [self._read(row) for row in rows])
 
+
+def newest_of_each(positions: Sequence[Position]) -> list[Position]:
+    """The highest version of each position, in the order they first appear."""
+    latest: dict[str, Position] = {}
+    for position in positions:
+        kept = latest.get(position.position_id)
+        if kept is None or kept.version < position.version:
+            latest[position.position_id] = position
+    return list(latest.values())

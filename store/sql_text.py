@@ -6,14 +6,19 @@ from models.position import Position
 from store.ports import StaleWriteError, StoreError
 from store.sql_rows import Tx, decode_position
 
-_POSITION_COLUMNS = ("position_id", "entry_order_no", "segment", "security_id", "side", "status",
+POSITION_COLUMNS = ("position_id", "entry_order_no", "segment", "security_id", "side", "status",
                      "version", "created_at", "opened_at", "exited_at", "updated_at", "data")
 UPSERT_POSITION = (
-    f"INSERT INTO positions ({', '.join(_POSITION_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in _POSITION_COLUMNS)}) "
+    f"INSERT INTO positions ({', '.join(POSITION_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in POSITION_COLUMNS)}) "
     "ON CONFLICT (position_id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in _POSITION_COLUMNS[1:])
+    + ", ".join(f"{c} = excluded.{c}" for c in POSITION_COLUMNS[1:])
     + " WHERE positions.version < excluded.version")
+UPDATE_NEWER_POSITION = (
+    "UPDATE positions SET "
+    + ", ".join(f"{c} = ?" for c in POSITION_COLUMNS[1:])
+    + " WHERE position_id = ? AND version < ?")
+"""The marks write of one position (``Store.save_marks``): only over an older version."""
 INSERT_ORDER_UPDATE = ("INSERT INTO order_updates (received_at, order_no, accepted, reason, "
                        "raw) VALUES (?, ?, ?, ?, ?)")
 

@@ -27,7 +27,7 @@ class FakeStore:
     Switches make calls fail as a database outage does (``StoreError``, nothing written):
     ``fail_loads`` (``load_position``), ``fail_frames`` (``record_order_update(s)``),
     ``fail_parks`` (``park_update``, ``take_parked``, ``parked_updates``), ``fail_saves`` (the
-    next that many ``save_position`` calls); ``refuse_text``
+    next that many ``save_position`` calls), ``fail_marks`` (``save_marks``); ``refuse_text``
     makes a frame or park whose text contains it fail as data the backend cannot hold
     (``StoreRefused``). ``failed_calls`` counts the calls that failed."""
 
@@ -49,6 +49,10 @@ class FakeStore:
         """``save_position`` calls that wrote (one commit each in a real store)."""
         self.refuse_text: str | None = None
         self.failed_calls = 0
+        self.fail_marks = 0
+        """The next that many ``save_marks`` calls fail."""
+        self.marks_writes: list[int] = []
+        """Positions handed to each ``save_marks`` call, in order."""
 
     @property
     def queries(self) -> int:
@@ -92,6 +96,21 @@ class FakeStore:
     def save_positions(self, positions: Sequence[Position]) -> None:
         for position in positions:
             self.save_position(position)
+
+    def save_marks(self, positions: Sequence[Position]) -> set[str]:
+        with self._lock:
+            self._q()
+            if self.fail_marks > 0:
+                self.fail_marks -= 1
+                self._check(True)
+            self.marks_writes.append(len(positions))
+            written: set[str] = set()
+            for position in positions:
+                stored = self.positions.get(position.position_id)
+                if stored is not None and stored.version < position.version:
+                    self.positions[position.position_id] = position
+                    written.add(position.position_id)
+            return written
 
     def load_position(self, position_id: str) -> Position | None:
         self._q()

@@ -556,7 +556,10 @@ class RiskSupervisor(SingletonActor):
                 "cannot read {} ({}); continuing from its last state in memory", position_id,
                 error)
             return last, last is not None
-        if last is not None and (stored is None or (unstored and last.version >= stored.version)):
+        if last is not None and (stored is None or last.version > stored.version or (
+                unstored and last.version == stored.version)):
+            # The store is behind: a failed write, or a tightened stop still with the stop
+            # writer (SPEC §11.5): a stop in force never loosens across a restart.
             return last, True
         return stored, False
 

@@ -37,6 +37,8 @@ class Peers:
     orders: ActorRef[Any] | None
     deadlines: bool = False
     """Tell the supervisor each change of the position's next deadline (replay skips time)."""
+    stops: ActorRef[Any] | None = None
+    """The stop writer (``actors/tracker/stops.py``); None: each tracker stores its own."""
 
     def ref(self, target: Target) -> ActorRef[Any] | None:
         # Identity tests, most frequent first: once per message a tracker sends, where a
@@ -51,6 +53,8 @@ class Peers:
             return self.batcher
         if target is Target.ORDERS:
             return self.orders
+        if target is Target.STOPS:
+            return self.stops
         raise ValueError(f"no peer for {target!r}")
 
 
@@ -78,6 +82,8 @@ class TrackerActor(PooledActor):
         super().__init__()
         self.keeper = PositionKeeper(position, context, halted=halted, mark=mark,
                                      unstored=unstored)
+        if peers.stops is not None:
+            self.keeper.owner = self.actor_ref
         self.peers = peers
         self.incarnation = incarnation
         self.trace_key = position.position_id

@@ -6,7 +6,9 @@ pure core, persists every change *before* returning the messages that announce i
 those messages as ``(Target, message)`` pairs for the shell to send. Order updates that queue up
 for the position (a burst of partial fills) are applied one by one and stored together, in one
 write and one commit, after the last of them (``_Unsaved``). Prices and time go through the same
-keeper: marks, the quiet guard and band, freshness, then the rules.
+keeper: marks, the quiet guard and band, freshness, then the rules. A trailing stop that a price
+tightens is stored through the stop writer, batched with the other positions' (``_fold``,
+``actors/tracker/stops.py``), before a later price may move it again (SPEC §11.5).
 """
 
 from __future__ import annotations
@@ -16,10 +18,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import Enum
+from typing import Any
 
 from loguru import logger
+from pykka import ActorRef
 
-from actors.protocol import DUE, Checkpoint, ClearKillSwitch, ProtectionChanged, ResumeExit
+from actors.protocol import (
+    DUE,
+    Checkpoint,
+    ClearKillSwitch,
+    ProtectionChanged,
+    ResumeExit,
+    StopStored,
+    StoreStop,
+)
 from actors.runtime.metrics import Metrics
 from models import lifecycle
 from models.bands import Band, Quiet, band, quiet
@@ -83,6 +95,7 @@ class Target(Enum):
     PNL = "pnl"
     BATCHER = "batcher"
     ORDERS = "orders"
+    STOPS = "stops"
 
 
 Out = list[tuple[Target, object]]
@@ -116,6 +129,17 @@ class PositionKeeper:
         self.unprotected = False
         self._checkpointed = context.clock()
         self._saved_marks = _marks(position)
+        self._stored_version = -1 if unstored else position.version
+        """The newest version this keeper knows the store holds."""
+        self.owner: ActorRef[Any] | None = None
+        """The actor running this keeper, when a stop writer serves it (``_store_stop``)."""
+        self._stop_sent: Position | None = None
+        """The position whose tightened stop is with the stop writer, not yet answered."""
+        self._stop_sent_at = context.clock()
+        self._ahead: Position | None = None
+        """Marks of the prices that would have moved the stop again while it was with the
+        writer (only their peak counts), with the last of those prices."""
+        self._ahead_cause: PriceUpdate | None = None
         self._quote_asked: datetime | None = None
         self._stale_after = freshness_limit(context.config.policy)
         self._basis: Basis | None = None
@@ -387,6 +411,7 @@ class PositionKeeper:
         """``position`` is what the store holds now: it becomes the keeper's."""
         self.position = position
         self._saved_marks = _marks(position)
+        self._stored_version = max(self._stored_version, position.version)
 
     @property
     def instrument(self) -> Instrument:
@@ -397,14 +422,85 @@ class PositionKeeper:
         self.mark = mark = message.mark
         now = self.ctx.clock()
         self.ctx.metrics.incr("prices_handled")
+        return self._fold(mark.ltp, message, now) + self._evaluate(message, now)
+
+    # A stop never loosens across a restart (SPEC §11.5) -----------------------------------------
+    def _fold(self, ltp: Decimal, cause: PriceUpdate, now: datetime) -> Out:
+        """Fold a price into the marks. A stop it tightens goes to the stop writer, one version
+        on, and is durable before any later price may move it again: such a price waits in
+        ``_ahead`` meanwhile (its marks only; the rules see every price at once, so an exit
+        never waits, and an exit's write carries the marks)."""
         basis = self._current_basis()
         before = self.position
-        self.position = update_marks(before, mark.ltp, self.ctx.config.policy, basis)
+        moved = update_marks(before, ltp, self.ctx.config.policy, basis)
+        if moved is before:
+            return []
+        out: Out = []
+        if moved.trail_stop != before.trail_stop:
+            if self._stop_sent is not None:
+                self._ahead = update_marks(self._ahead or before, ltp, self.ctx.config.policy)
+                self._ahead_cause = cause
+                return []
+            self.position = moved.model_copy(update={"version": moved.version + 1})
+            out = self._store_stop(cause, now)
+        else:
+            self.position = moved
         # The PnL writer values every position from the price batches itself; it needs to
         # hear from the tracker only when a mark (peak, high-water mark) moved.
-        out: Out = [] if self.position is before else \
-            [(Target.PNL, self._valuation(message, basis, now))]
-        return out + self._evaluate(message, now)
+        return [(Target.PNL, self._valuation(cause, basis, now)), *out]
+
+    def _store_stop(self, cause: Cause, now: datetime) -> Out:
+        position = self.position
+        if self.owner is None or self.outage is not None:
+            # No stop writer (a position the supervisor keeps), or the store is failing: stored
+            # here and now (a failing store keeps it in memory and retries, SPEC §11.4).
+            self._save(position)
+            return []
+        self._stop_sent, self._stop_sent_at = position, now
+        return [(Target.STOPS, StoreStop(position=position, owner=self.owner,
+                                         correlation_id=cause.correlation_id,
+                                         message_id=new_id(), sent_at=now))]
+
+    def on_stop_stored(self, message: StopStored) -> Out:
+        sent = self._stop_sent
+        if sent is None or message.version != sent.version:
+            return []  # an answer this keeper no longer waits for (see ``_stop_overdue``)
+        self._stop_sent = None
+        if message.error is not None:
+            if self._stored_version < sent.version:  # not overtaken by a write of its own
+                self._save(self.position.model_copy(
+                    update={"version": self.position.version + 1}))
+        elif message.written:
+            self._stored_version = max(self._stored_version, sent.version)
+            self._saved_marks = _marks(sent)
+        elif self._stored_version < sent.version:
+            # Neither written nor overtaken by a write of this keeper: another owner of the
+            # position stored a newer state, so this one must stop, as at any stale write.
+            raise StaleWriteError(f"position {sent.position_id}: the stop of version "
+                                  f"{sent.version} was refused, the store holds a newer one")
+        return self._fold_ahead()
+
+    def _fold_ahead(self) -> Out:
+        """The prices that waited for the stop to be stored: their peak, folded now."""
+        ahead, cause = self._ahead, self._ahead_cause
+        self._ahead = self._ahead_cause = None
+        if ahead is None or ahead.peak_price is None or cause is None or self.mark is None:
+            return []
+        now = self.ctx.clock()
+        return self._fold(ahead.peak_price, cause, now) + self._evaluate(cause, now)
+
+    def _stop_overdue(self, now: datetime) -> Out:
+        """The stop writer has not answered for long (it should within a batch or two): the
+        keeper stores the stop itself rather than leave its marks frozen."""
+        sent = self._stop_sent
+        if sent is None or now - self._stop_sent_at < _STOP_PATIENCE:
+            return []
+        self.log.warning("the stop writer has not answered for {}: storing the stop here",
+                         now - self._stop_sent_at)
+        self._stop_sent = None
+        if self._stored_version < self.position.version:
+            self._save(self.position.model_copy(update={"version": self.position.version + 1}))
+        return self._fold_ahead()
 
     def band(self) -> Band | None:
         """The prices that can change this position now (see ``models.marks.Band``)."""
@@ -426,6 +522,8 @@ class PositionKeeper:
         position = self.position
         if self.outage is not None:
             return self.outage.next_try  # a write to retry
+        if self._stop_sent is not None or self._ahead is not None:
+            return DUE  # a stop with the writer, prices waiting for it
         if self._unsaved is not None or (position.excess_qty > self._excess_told
                                          and position.exit_price is not None):
             return DUE  # a write held for the next update; an over-fill to hand on
@@ -449,6 +547,7 @@ class PositionKeeper:
         if self.outage is None:
             out += self._hand_on_excess(message)
         out += self._watch_exit(now, message)
+        out += self._stop_overdue(now)
         self._checkpoint()
         return out + self._evaluate(message)
 
@@ -709,6 +808,9 @@ class _Unsaved:
         self.fills = (*self.fills, *fills)
 
 
+_STOP_PATIENCE = timedelta(seconds=2)
+"""How long a keeper waits for the stop writer's answer before storing its stop itself."""
+
 _SETTLE = timedelta(seconds=1)
 """Wait before looking an exit up after an unknown outcome, and before a second look."""
 
@@ -753,4 +855,5 @@ _HANDLERS: dict[type, Callable[[PositionKeeper, object], Out]] = {
     ClearKillSwitch: PositionKeeper.on_clear_kill_switch,  # type: ignore[dict-item]
     ExitOrderUnknown: PositionKeeper.on_exit_unknown,  # type: ignore[dict-item]
     ExitOrderLookedUp: PositionKeeper.on_exit_looked_up,  # type: ignore[dict-item]
+    StopStored: PositionKeeper.on_stop_stored,  # type: ignore[dict-item]
 }

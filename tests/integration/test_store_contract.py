@@ -231,6 +231,59 @@ def test_save_positions_upserts_many_and_refuses_a_stale_one(store: Store) -> No
     assert store.list_positions() == [a, newer_b]  # all or nothing
 
 
+def marked(position: Position, stop: str, *, versions: int = 1) -> Position:
+    """``position`` with a trailing stop tightened to ``stop``, ``versions`` later."""
+    return position.model_copy(update={
+        "peak_price": Decimal(stop) + 5, "hwm_pnl": Decimal("500"), "trail_stop": Decimal(stop),
+        "version": position.version + versions})
+
+
+def test_save_marks_writes_many_newer_positions_in_one_statement(store: Store) -> None:
+    a, b, c = active("E1"), active("E2"), exiting("E3")
+    store.save_positions([a, b, c])
+    before = store.queries
+    written = store.save_marks([marked(a, "101"), marked(b, "102"), marked(a, "103", versions=2),
+                                marked(c, "99")])
+    assert written == {a.position_id, b.position_id, c.position_id}
+    # One statement (PostgreSQL), or one per position in one transaction, one commit (SQLite).
+    assert store.queries - before == (1 if isinstance(store, PostgresStore) else 3)
+    assert store.load_position(a.position_id) == marked(a, "103", versions=2)  # the newest
+    assert store.load_position(b.position_id) == marked(b, "102")
+    assert store.load_position(c.position_id) == marked(c, "99")
+    assert store.save_marks([]) == set()
+
+
+def test_save_marks_never_replaces_a_newer_or_equal_version(store: Store) -> None:
+    a, b = active("E1"), active("E2")
+    newer_a = marked(a, "104", versions=3)  # its owner stored a later state meanwhile
+    store.save_positions([newer_a, marked(b, "102")])
+    written = store.save_marks([marked(a, "101"), marked(b, "102"), marked(b, "103", versions=2)])
+    assert written == {b.position_id}  # b's later version; a's older one, b's repeat: nothing
+    assert store.load_position(a.position_id) == newer_a
+    assert store.load_position(b.position_id) == marked(b, "103", versions=2)
+
+
+def test_save_marks_creates_no_position(store: Store) -> None:
+    assert store.save_marks([marked(active("E9"), "101")]) == set()
+    assert store.load_position(position_id_for("E9")) is None
+    assert store.counts()["positions"] == 0
+
+
+def test_save_marks_is_durable_across_a_reopen(backend: Backend) -> None:
+    first = open_store(backend.url)
+    position = active("E1")
+    first.save_position(position)
+    first.save_marks([marked(position, "101.936250")])
+    first.close()
+    again = open_store(backend.url)
+    try:
+        loaded = again.load_position(position.position_id)
+        assert loaded is not None and str(loaded.trail_stop) == "101.936250"
+        assert loaded == marked(position, "101.936250")
+    finally:
+        again.close()
+
+
 def test_open_positions_come_oldest_first_in_one_query(store: Store) -> None:
     # Creation times in two zones: the order is by instant, not by the text of the time.
     utc_0400 = datetime(2025, 1, 6, 4, 0, tzinfo=UTC)  # 09:30 IST
@@ -347,6 +400,14 @@ def test_parked_text_with_a_nul_is_taken_back_by_its_order_number(store: Store) 
     assert store.take_parked("E\x001") == [ParkedUpdate(order_no="E\x001", parked_at=T0,
                                                         raw="raw \x00 one")]
     assert [p.order_no for p in store.parked_updates()] == ["E1"]
+
+
+def test_a_marks_write_keeps_text_with_a_nul_exactly(store: Store) -> None:
+    position = active("E\x001")
+    store.save_position(position)
+    assert store.save_marks([marked(position, "101")]) == {position.position_id}
+    assert store.load_position(position.position_id) == marked(position, "101")
+    assert store.list_positions()[0].entry_order_no == "E\x001"
 
 
 def test_text_the_driver_cannot_encode_is_refused_and_the_store_goes_on(store: Store) -> None:
