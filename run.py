@@ -15,6 +15,7 @@ import signal
 import sys
 import tempfile
 import threading
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -422,7 +423,11 @@ def _replay_day(settings: Settings, events: list[Event], db: str | None, trace: 
         url = db or f"sqlite:///{Path(scratch) / 'replay.sqlite3'}"
         store = open_store(url, Path(scratch))
         market = TapeMarket([])
-        exchange = PaperExchange(market, latency=timedelta(0), order_prefix="RX")
+        # A store kept from an earlier run (--db, e.g. a replay started again after a crash)
+        # knows that run's exit order numbers: this run's exchange must not number its orders
+        # the same, or an update of a new exit is taken for an old one's.
+        prefix = "RX" if db is None else f"RX{uuid.uuid4().hex[:8]}-"
+        exchange = PaperExchange(market, latency=timedelta(0), order_prefix=prefix)
         parts = Parts(store=store, cache=open_pnl_cache(settings.redis_url), gateway=exchange,
                       quotes=None, config=settings.risk, clock=clock,
                       correlation_prefix=settings.correlation_prefix, deadlines=not stepped)
