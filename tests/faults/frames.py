@@ -30,7 +30,8 @@ def order_lives(store: Store) -> dict[str, OrderLife]:
     lives: dict[str, OrderLife] = {}
     for frame in store.order_updates():
         update = parse_order_update(frame.raw)
-        if not isinstance(update, OrderUpdate) or update.txn_type is None:
+        if not isinstance(update, OrderUpdate) or update.txn_type is None or \
+                update.segment is None or update.security_id is None:
             continue
         key: BookKey = (update.segment, update.security_id, update.product)
         life = lives.get(update.order_no)

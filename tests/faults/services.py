@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import psycopg
@@ -123,10 +124,8 @@ class Cluster:
         self.restarts += 1
 
     def remove(self) -> None:
-        try:
+        with suppress(RuntimeError, subprocess.TimeoutExpired):  # not running
             self.stop("immediate")
-        except (RuntimeError, subprocess.TimeoutExpired):
-            pass  # not running
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -233,7 +232,8 @@ class Proxy:
 
 def _reset(sock: socket.socket) -> None:
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        # linger on, 0 s: close() sends a reset, as a dropped connection looks to its peer
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
     except OSError:
         pass
