@@ -10,9 +10,8 @@ import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import pykka
 
@@ -21,9 +20,10 @@ from app.clocks import SessionClock, paper_session_start
 from broker.paper import PaperBroker, PaperConfig
 from broker.paper.exchange import PaperExchange
 from broker.ports import OrderView
-from models.books import BookKey, ours
+from models.books import BookKey, BooksReport, ours
 from models.common import IST, Instrument, TxnType, parse_exit_client_id
 from models.policy import RiskConfig
+from models.position import OrderRole
 from store.ports import PnLCache, Store
 
 
@@ -72,7 +72,6 @@ class PaperRun:
     gateway: WatchedExchange
     store: Store
     clock: Callable[[], datetime]
-    notes: dict[str, Any] = field(default_factory=dict)
 
 
 @contextmanager
@@ -129,3 +128,27 @@ def unfinished_attempts(store: Store) -> dict[str, list[str]]:
         if attempt.outcome is None or attempt.outcome == "PLACED":
             live[attempt.position_id].append(attempt.client_id)
     return {pid: ids for pid, ids in live.items() if len(ids) > 1}
+
+
+def settled_books(run: PaperRun) -> BooksReport:
+    """Stop the feeds, let every mailbox drain, and ask the system for its books check."""
+    run.system.quiesce()
+    return run.system.books()
+
+
+def assert_nothing_lost_or_doubled(run: PaperRun, books: BooksReport, store: Store) -> None:
+    """After the session has stopped (its state checkpointed): the system's own books check,
+    what ``store`` (opened afresh on the session's database) holds against every fill of the
+    paper exchange, no exit doubled."""
+    assert books.agree, books.line()
+    assert book_differences(exchange_book(run.broker.exchange), store) == {}
+    assert run.gateway.doubled == []
+    attempts = store.exit_attempts()
+    assert len({a.client_id for a in attempts}) == len(attempts)
+    positions = store.list_positions()
+    live = {p.position_id: [o.progress.order_no for o in p.orders
+                            if o.role is OrderRole.EXIT and not o.progress.status.terminal]
+            for p in positions}
+    assert {pid: orders for pid, orders in live.items() if len(orders) > 1} == {}
+    ids = [p.position_id for p in positions]
+    assert len(ids) == len(set(ids))

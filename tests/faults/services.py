@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -237,3 +237,32 @@ def _reset(sock: socket.socket) -> None:
         sock.close()
     except OSError:
         pass
+
+
+# Faults on a schedule ---------------------------------------------------------------------------
+class Periodic:
+    """Runs ``fault`` every ``every`` seconds on a thread of its own until stopped; keeps what
+    each call returned and the errors it raised (a fault that fails is a finding, not a
+    crash)."""
+
+    def __init__(self, fault: Callable[[], object], every: float) -> None:
+        self.fault, self.every = fault, every
+        self.results: list[object] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fault", daemon=True)
+
+    def __enter__(self) -> Periodic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(120)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                self.results.append(self.fault())
+            except Exception as error:  # noted; the test decides what it means
+                self.errors.append(f"{type(error).__name__}: {error}")
