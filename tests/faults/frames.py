@@ -53,9 +53,17 @@ def broker_net(lives: dict[str, OrderLife]) -> dict[BookKey, int]:
     return net
 
 
+def exchange_of(order_no: str) -> str:
+    """The run whose paper exchange numbered the order (``RX<run>-<n>``); recorded orders are
+    the day's own."""
+    head, dash, _ = order_no.rpartition("-")
+    return head if dash else "recorded"
+
+
 def overlapping_exits(lives: dict[str, OrderLife]) -> list[str]:
-    """Exit orders placed while another exit order of the same position was live (placed, not
-    ended) as far as the frames tell."""
+    """Exit orders placed at an exchange while another exit order of the same position was live
+    there (placed, not ended) as far as the frames tell. A run killed takes its paper exchange
+    with it: what was live there ends with it, so orders of different runs never overlap."""
     found = []
     exits = [(parse_exit_client_id(life.client_id), number, life)
              for number, life in lives.items()]
@@ -63,10 +71,23 @@ def overlapping_exits(lives: dict[str, OrderLife]) -> list[str]:
         if mine is None:
             continue
         for other, other_number, other_life in exits:
-            if other is None or other[0] != mine[0] or other_number == number:
+            if other is None or other[0] != mine[0] or other_number == number or \
+                    exchange_of(other_number) != exchange_of(number):
                 continue
             if other_life.first_seq < life.first_seq and \
                     (other_life.ended_seq is None or other_life.ended_seq > life.first_seq):
                 found.append(f"{number} ({life.client_id}) placed while {other_number} "
                              f"({other_life.client_id}) was live")
     return found
+
+
+def placed_twice(lives: dict[str, OrderLife]) -> dict[str, set[str]]:
+    """Exit client ids one exchange gave more than one order number (it must return the first
+    order for the same client id). A run started again after a kill has a new paper exchange,
+    which knows nothing of the earlier one's orders: there the same client id is a new order,
+    as the attempt it resumes may never have reached the dead exchange."""
+    numbers: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for number, life in lives.items():
+        if parse_exit_client_id(life.client_id) is not None and life.client_id is not None:
+            numbers[(exchange_of(number), life.client_id)].add(number)
+    return {client_id: found for (_, client_id), found in numbers.items() if len(found) > 1}

@@ -9,6 +9,7 @@ as the integration fixtures do (``tests/conftest.py``).
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import socket
 import struct
@@ -133,8 +134,13 @@ class Cluster:
 def throwaway_cluster() -> Iterator[Cluster]:
     if not PG_BIN or not (PG_BIN[-1] / "initdb").exists():
         unavailable("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
-    if os.geteuid() == 0 and shutil.which("runuser") is None:
-        unavailable("runuser is missing: initdb cannot run as root")
+    if os.geteuid() == 0:
+        if shutil.which("runuser") is None:
+            unavailable("runuser is missing: initdb cannot run as root")
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            unavailable("no postgres user to run initdb as (it refuses root)")
     cluster = Cluster(PG_BIN[-1])
     try:
         cluster.init().start()

@@ -51,7 +51,7 @@ def test_when_connections_terminated_every_few_seconds_then_books_agree(
 
 
 def test_when_server_restarted_every_few_seconds_then_books_agree(cluster: Cluster) -> None:
-    fault = Periodic(lambda: cluster.restart(down=1.0), every=3.0)
+    fault = Periodic(lambda: cluster.restart(down=1.0), every=2.5)
     _session_under(cluster.url, fault, seed=22)
     assert fault.errors == []
     assert cluster.restarts >= 3

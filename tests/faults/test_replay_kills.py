@@ -19,7 +19,7 @@ import pytest
 from models.books import ours
 from store.factory import open_store
 from tests.cli.session import EXPECTED, write_session
-from tests.faults.frames import broker_net, order_lives, overlapping_exits
+from tests.faults.frames import broker_net, order_lives, overlapping_exits, placed_twice
 
 pytestmark = pytest.mark.integration
 
@@ -116,11 +116,7 @@ def _assert_broker_agrees(own_db: str, story: list[str]) -> None:
              if len(life.instruments) > 1}
     assert mixed == {}, f"one order number, several instruments: {mixed}"
     net = {key: qty for key, qty in broker_net(lives).items() if qty}
-    assert net == {k: v for k, v in ours(open_positions).items() if v}, story
-    assert overlapping_exits(lives) == [], story
-    placed: dict[str, set[str]] = {}
-    for number, life in lives.items():
-        if life.client_id is not None and life.client_id.startswith("X-"):
-            placed.setdefault(life.client_id, set()).add(number)
-    assert {c: n for c, n in placed.items() if len(n) > 1} == {}, story
+    assert net == {k: v for k, v in ours(open_positions).items() if v}, (story, net)
+    assert overlapping_exits(lives) == [], (story, overlapping_exits(lives))
+    assert placed_twice(lives) == {}, story
     assert len({a.client_id for a in attempts}) == len(attempts)
