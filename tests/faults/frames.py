@@ -54,8 +54,9 @@ def broker_net(lives: dict[str, OrderLife]) -> dict[BookKey, int]:
 
 
 def exchange_of(order_no: str) -> str:
-    """The run whose paper exchange numbered the order (``RX<run>-<n>``); recorded orders are
-    the day's own."""
+    """The run whose paper exchange numbered the order: ``RX<run>-<n>`` after the first run on
+    a database; the first run's ``RX<n>`` share a group with the day's recorded orders, which
+    are no exits of ours."""
     head, dash, _ = order_no.rpartition("-")
     return head if dash else "recorded"
 

@@ -255,7 +255,7 @@ class Periodic:
         self.fault, self.every = fault, every
         self.results: list[object] = []
         self.errors: list[str] = []
-        self._stop = threading.Event()
+        self._ended = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fault", daemon=True)
 
     def __enter__(self) -> Periodic:
@@ -263,11 +263,11 @@ class Periodic:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
+        self._ended.set()
         self._thread.join(120)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.every):
+        while not self._ended.wait(self.every):
             try:
                 self.results.append(self.fault())
             except Exception as error:  # noted; the test decides what it means
