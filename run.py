@@ -15,6 +15,7 @@ import signal
 import sys
 import tempfile
 import threading
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -422,7 +423,8 @@ def _replay_day(settings: Settings, events: list[Event], db: str | None, trace: 
         url = db or f"sqlite:///{Path(scratch) / 'replay.sqlite3'}"
         store = open_store(url, Path(scratch))
         market = TapeMarket([])
-        exchange = PaperExchange(market, latency=timedelta(0), order_prefix="RX")
+        exchange = PaperExchange(market, latency=timedelta(0),
+                                 order_prefix=_replay_order_prefix(store))
         parts = Parts(store=store, cache=open_pnl_cache(settings.redis_url), gateway=exchange,
                       quotes=None, config=settings.risk, clock=clock,
                       correlation_prefix=settings.correlation_prefix, deadlines=not stepped)
@@ -433,6 +435,17 @@ def _replay_day(settings: Settings, events: list[Event], db: str | None, trace: 
         report = _stop(system, store, "replay", started, ended)
         store.close()
         return report
+
+
+def _replay_order_prefix(store: Store) -> str:
+    """``RX`` on an empty store (exit orders RX1, RX2, ...). A store kept from an earlier run
+    (``--db``, e.g. a replay started again after a crash) knows that run's exit order numbers:
+    this run's exchange must number its orders apart, or an update of a new exit is booked
+    against an old one's order."""
+    counts = store.counts()
+    if not counts.get("positions") and not counts.get("order_updates"):
+        return "RX"
+    return f"RX{uuid.uuid4().hex[:8]}-"
 
 
 def _publish(report: dict[str, Any], path: Path) -> None:
