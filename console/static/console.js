@@ -254,7 +254,16 @@ function showExits(exits) {
   }
   const reasons = Object.entries(exits.exits_by_reason || {}).sort((a, b) => b[1] - a[1]);
   const rx = reasons.map((_, i) => i), ry = reasons.map((r) => r[1]);
+  const names = reasons.map((r) => r[0]).join(",");
+  $("reason-chart").dataset.reasons = reasons.map((r) => `${r[0]}=${r[1]}`).join(",");
+  if (reasonPlot && names === state.reasonNames) {
+    // The same reasons in the same order: new counts only. (Making the chart anew measured
+    // the page's layout at every exit: the dashboard's costliest script on a busy book.)
+    reasonPlot.setData([rx, ry]);
+    return;
+  }
   if (reasonPlot) reasonPlot.destroy();
+  state.reasonNames = names;
   reasonPlot = new uPlot({
     width: chartWidth("reason-chart"), height: 170, legend: { show: false },
     scales: { x: { time: false, range: [-0.6, Math.max(reasons.length - 0.4, 0.4)] } },
@@ -264,7 +273,6 @@ function showExits(exits) {
     series: [{}, { label: "exits", stroke: "#4c8dff", fill: "rgba(76,141,255,.5)",
       paths: uPlot.paths.bars({ size: [0.6, 60] }), points: { show: false } }],
   }, [rx, ry], $("reason-chart"));
-  $("reason-chart").dataset.reasons = reasons.map((r) => `${r[0]}=${r[1]}`).join(",");
 }
 
 function drawExitMarks(u) {
@@ -284,6 +292,7 @@ function drawExitMarks(u) {
 
 window.addEventListener("resize", () => {
   if (pnlPlot) pnlPlot.setSize({ width: chartWidth("pnl-chart"), height: 220 });
+  state.reasonNames = null;  // made anew at the new width
   if (state.exits) showExits(state.exits);
 });
 
