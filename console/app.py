@@ -15,11 +15,11 @@ import json
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -39,6 +39,7 @@ from console.views import RowMaker, pnl_curve, status_view
 from models.report import position_row
 
 STATIC = Path(__file__).parent / "static"
+T = TypeVar("T")
 _NAME = re.compile(r"[^A-Za-z0-9 ._@-]")
 
 
@@ -105,11 +106,7 @@ class Snapshots:
                  "operator_actions": self.config.audit.recent[-10:]}
         at = now.isoformat()
         head = json.dumps({"status": shown, "at": at})
-        parts = []
-        for start in range(0, len(rows), CHUNK):
-            parts.append(",".join(rows[start:start + CHUNK]))
-            _let_the_price_path_run(system)
-        text = head[:-1] + ', "positions": [' + ",".join(parts) + "]}"
+        text = head[:-1] + ', "positions": [' + ",".join(rows) + "]}"  # one C call
         return Snapshot(status=shown, at=at, rows=rows, text=text)
 
     def exits(self, status: dict[str, Any]) -> dict[str, Any]:
@@ -117,25 +114,38 @@ class Snapshots:
         count = sum(status.get("exits_by_reason", {}).values())
         with self._lock:
             if self._exits is None or self._exits[0] != count:
-                closed = self.system.closed_today()
+                closed = _paced(self.system.closed_today(), self.system)
                 self._exits = (count, {"points": pnl_curve(closed,
                                                            self.system.parts.config.policy),
                                        "exits_by_reason": status.get("exits_by_reason", {})})
             return self._exits[1]
 
 
-CHUNK = 100
-"""Rows made or joined between two pauses for the price path."""
+CHUNK = 25
+"""Rows made between two pauses for the price path (about half a millisecond of work)."""
+PAUSE = 0.0005
+"""Seconds of each pause: long enough for a thread woken for the interpreter to take it.
+(``sleep(0)`` gives it up and takes it back before that thread has woken: chunks of 100 rows
+with such pauses still put 10-30 ms on the p99 price-to-decision of ``python -m bench.latency
+--dashboard``, at the pushes.)"""
 
 
 def _let_the_price_path_run(system: System) -> None:
     """A pause in the console's work on a big book: wait while possible exits are being
-    decided (``Dispatcher.yield_to_urgent``), then give up the interpreter (``sleep(0)``), so
+    decided (``Dispatcher.yield_to_urgent``), then give up the interpreter for ``PAUSE``, so
     the actors' threads waiting for it go first. Without these pauses, making and encoding
     1,000 rows held it for tens of milliseconds at a time, and the p99 price-to-decision of
     ``python -m bench.latency --dashboard`` was 2-4x that of the run without the page."""
     system.yield_to_urgent()
-    time.sleep(0)
+    time.sleep(PAUSE)
+
+
+def _paced(items: Iterable[T], system: System) -> Iterator[T]:
+    """``items``, with a pause for the price path after each ``CHUNK`` (a day's exits)."""
+    for n, item in enumerate(items, 1):
+        if n % CHUNK == 0:
+            _let_the_price_path_run(system)
+        yield item
 
 
 def _gateway(system: System) -> dict[str, Any]:
