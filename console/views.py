@@ -31,15 +31,20 @@ class _Fixed:
     fields are kept as JSON text: a dashboard's 1,000 rows then leave few objects behind for
     the cyclic collector, whose pauses stop every thread of the price path."""
 
-    __slots__ = ("basis", "head", "key", "position", "source", "stop")
+    __slots__ = ("basis", "head", "key", "sign", "source", "stop", "trailing", "unvalued")
 
-    def __init__(self, view: PositionView, policy: ExitPolicy) -> None:
+    def __init__(self, view: PositionView, policy: ExitPolicy,
+                 position: Position | None = None) -> None:
         self.source = view.position  # held: the identity compared below stays its own
         self.key = (view.peak_price, view.hwm_pnl)
-        self.position = position = view.marked(policy)
+        position = view.marked(policy) if position is None else position
         self.basis = basis_of(position, policy)
         self.stop = None if self.basis is None else stop_price(self.basis, position.trail_stop,
                                                                policy)
+        self.sign, self.trailing = position.side.sign, position.trail_stop is not None
+        # The marked copy is kept only where the PnL needs it: a cache of 1,000 copies made
+        # anew as peaks move was the console's main addition to the oldest generation.
+        self.unvalued = position if self.basis is None else None
         self.head = json.dumps(_fixed_fields(position, policy, self.stop))[:-1]
         """The fixed fields' JSON object without its closing brace."""
 
@@ -82,29 +87,29 @@ class RowMaker:
 def live_row(view: PositionView, policy: ExitPolicy, now: datetime) -> dict[str, Any]:
     """A report row (SPEC §7) plus what moves: last price and its age, PnL, the stop level and
     how far the price is from it (a fraction of the price; negative: at or beyond it)."""
-    fixed = _Fixed(view, policy)
-    return {**_fixed_fields(fixed.position, policy, fixed.stop),
-            **_live(fixed, view, policy, now)}
+    position = view.marked(policy)
+    fixed = _Fixed(view, policy, position)
+    return {**_fixed_fields(position, policy, fixed.stop), **_live(fixed, view, policy, now)}
 
 
 def _live(fixed: _Fixed, view: PositionView, policy: ExitPolicy,
           now: datetime) -> dict[str, Any]:
-    position, mark, basis, stop = fixed.position, view.mark, fixed.basis, fixed.stop
+    mark, basis, stop = view.mark, fixed.basis, fixed.stop
     ltp = None if mark is None else mark.ltp
-    if basis is None:
-        net, pct = pnl(position, ltp, policy).net, None
-    elif ltp is None:
-        net, pct = pnl(position, None, policy).net, None
+    if fixed.unvalued is not None:
+        net, pct = pnl(fixed.unvalued, ltp, policy).net, None
+    elif basis is None or ltp is None:
+        net, pct = pnl(view.marked(policy), None, policy).net, None
     else:
         net, pct = net_at(basis, ltp), pct_at(basis, ltp)
     distance = None
     if stop is not None and ltp:
-        distance = float(position.side.sign * (ltp - stop) / ltp)
+        distance = float(fixed.sign * (ltp - stop) / ltp)
     age = None if mark is None else max(0.0, (now - mark.at).total_seconds())
     flags = [name for name, on in (
         ("UNPROTECTED", view.unprotected), ("QUARANTINED", view.quarantined),
         ("STALE", age is not None and age > float(policy.stale_after_seconds)),
-        ("TRAILING", position.trail_stop is not None)) if on]
+        ("TRAILING", fixed.trailing)) if on]
     return {"last_price": _text(ltp),
             "price_age_s": None if age is None else round(age, 3),
             "pnl": _text(net), "pnl_pct": None if pct is None else round(float(pct) * 100, 3),
