@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import gc
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -259,22 +259,22 @@ class System:
         return result
 
     # Operator console (SPEC §12): asked from the HTTP server's thread, always with a timeout --
-    def positions(self, status: dict[str, Any] | None = None) -> list[PositionView]:
+    def positions(self, status: dict[str, Any] | None = None) -> Iterator[PositionView]:
         """Every open position with its last price and marks (``status``: a ``status()`` the
-        caller already has, for the UNPROTECTED and quarantined flags)."""
+        caller already has, for the UNPROTECTED and quarantined flags). The actors are asked
+        at once; each view is made as it is taken, so a caller that takes one at a time holds
+        one at a time (the console on a big book: few objects for the cyclic collector)."""
         status = self.status() if status is None else status
-        marked: list[tuple[Position, PriceMark | None]] = self.index.ask(
+        found: tuple[list[Position], dict[Instrument, PriceMark]] = self.index.ask(
             MarkedPositions(), block=True, timeout=ASK)
-        peaks = self.pnl.proxy().peaks().get(timeout=ASK)
+        peaks, hwms = self.pnl.proxy().peaks().get(timeout=ASK)
         unprotected, quarantined = set(status["unprotected"]), set(status["quarantined"])
-        views = []
-        for position, mark in marked:
-            peak, hwm = peaks.get(position.position_id, (None, None))
-            views.append(PositionView(position=position, mark=mark, peak_price=peak,
-                                      hwm_pnl=hwm,
-                                      unprotected=position.position_id in unprotected,
-                                      quarantined=position.position_id in quarantined))
-        return views
+        positions, by_instrument = found
+        marks = {(i.segment, i.security_id): mark for i, mark in by_instrument.items()}
+        return (PositionView(position=p, mark=marks.get((p.segment, p.security_id)),
+                             peak_price=peaks.get(p.position_id), hwm_pnl=hwms.get(p.position_id),
+                             unprotected=p.position_id in unprotected,
+                             quarantined=p.position_id in quarantined) for p in positions)
 
     def request_exit(self, position_id: str, operator: Operator) -> bool:
         """Close one open position (``MANUAL``); False when no open position has that id."""

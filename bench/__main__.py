@@ -26,6 +26,7 @@ from loguru import logger
 from bench import (
     cycle,
     dispatch_vs_threads,
+    latency,
     quote_calls,
     replay_days,
     report,
@@ -77,8 +78,10 @@ def run_all(quick: bool, pg: str | None, rd: str | None, scratch: Path) -> list[
     rows.append(_step("latency", lambda: isolated(
         "latency", "--seconds", "5" if quick else "30", *old)))
     if dashboard_available():
+        plain = rows[-1]
         rows.append(_step("latency, dashboard open", lambda: isolated(
             "latency", "--seconds", "5" if quick else "30", "--dashboard", *old)))
+        rows[-1]["figures"].append(latency.with_and_without(rows[-1], plain))
     if not quick:
         rows.append(_step("latency at 2 changes/s", lambda: isolated(
             "latency", "--seconds", "30", "--changes-per-s", "2", *old)))

@@ -160,6 +160,7 @@ def run(pg: str | None, rd: str | None, scratch: Path, *, seconds: float,
     if dashboard:
         row["dashboard"] = viewed
         row["benchmark"] += ", dashboard open"
+        row["figures"].append(_page_cost(viewed))
     if changes_per_s != 10:
         row["benchmark"] = row["benchmark"].replace("10 changes/s", f"{changes_per_s} changes/s")
         row["benchmark"] += " (diagnostic: below SPEC load)"
@@ -271,6 +272,27 @@ def _figures(row: dict[str, Any], old_cycle_ms: float | None) -> list[dict[str, 
         figure("evaluations per second", row["evaluations_per_s"], "/s",
                ratio=f"driver late p99 {row['driver_late_ms']['p99']:.1f} ms"),
     ]
+
+
+def _page_cost(seen: dict[str, Any]) -> dict[str, Any]:
+    """What the open page cost the machine the price path runs on (``bench.dashboard``)."""
+    work = seen.get("page_work_ms_per_s", {})
+    return figure("the page: browser CPU", seen.get("browser_cpu_s_per_s", math.nan), "cores",
+                  ratio=f"main thread {work.get('all', math.nan):.0f} ms/s (layout "
+                        f"{work.get('layout', math.nan):.0f}); {seen.get('rows_in_document')} of "
+                        f"{seen.get('rows_shown')} rows in the document; "
+                        f"{seen.get('pushes_during')} pushes")
+
+
+def with_and_without(watched: dict[str, Any], plain: dict[str, Any]) -> dict[str, Any]:
+    """The dashboard's row beside the row without it, from the same run of ``python -m
+    bench``: the page must leave the price path as it was (issue 18), within this machine's
+    noise (compare the run's two rows, not one row across runs)."""
+    seen, alone = watched["decision_ms"], plain["decision_ms"]
+    return figure("p99 decision with / without the page", seen["p99"] / alone["p99"], "x",
+                  baseline=f"without {alone['p99']:.2f} ms (p50 {alone['p50']:.2f})",
+                  ratio=f"with {seen['p99']:.2f} ms (p50 {seen['p50']:.2f}, "
+                        f"{seen['p50'] / alone['p50']:.2f}x)")
 
 
 def _commit_stalls(p99: float, commits: dict[str, float] | None) -> str:

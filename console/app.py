@@ -15,11 +15,11 @@ import json
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -39,6 +39,7 @@ from console.views import RowMaker, pnl_curve, status_view
 from models.report import position_row
 
 STATIC = Path(__file__).parent / "static"
+T = TypeVar("T")
 _NAME = re.compile(r"[^A-Za-z0-9 ._@-]")
 
 
@@ -59,81 +60,92 @@ class ActionResult(BaseModel):
     trading_state: str | None = None
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """Status and positions at one moment. The rows are kept as JSON text only (one string a
+    row, and the whole snapshot once more as the push streams send it): 1,000 rows of dicts
+    and lists held between pushes were thousands of objects promoted to the cyclic
+    collector's oldest generation every second, and its full collections, which stop every
+    thread, came three times as often with the dashboard open as without."""
+
+    status: dict[str, Any]
+    at: str
+    rows: list[str]
+    text: str
+
+    def positions_json(self) -> str:
+        return "[" + ",".join(self.rows) + "]"
+
+
 class Snapshots:
-    """The latest status and positions, made at most once per ``every`` seconds whatever the
-    number of readers, and encoded once for every push stream."""
+    """The latest snapshot, made at most once per ``every`` seconds whatever the number of
+    readers, and encoded once for every push stream."""
 
     def __init__(self, system: System, config: ConsoleConfig) -> None:
         self.system, self.every, self.config = system, config.push_every, config
         self._lock = threading.Lock()
         self._made = 0.0
-        self._value: dict[str, Any] | None = None
-        self._encoded = ""
+        self._value: Snapshot | None = None
         self._exits: tuple[int, dict[str, Any]] | None = None
         self._rows = RowMaker(system.parts.config.policy)
 
-    def current(self) -> dict[str, Any]:
-        return self._current()[0]
-
-    def encoded(self) -> tuple[dict[str, Any], str]:
-        """The snapshot and its JSON text (the push streams send the text as it is)."""
-        return self._current()
-
-    def _current(self) -> tuple[dict[str, Any], str]:
+    def current(self) -> Snapshot:
         with self._lock:
             if self._value is None or time.monotonic() - self._made >= self.every:
                 self._value = self._make()
-                self._encoded = _encode(self._value, self.system)
                 self._made = time.monotonic()
-            return self._value, self._encoded
+            return self._value
 
-    def _make(self) -> dict[str, Any]:
+    def _make(self) -> Snapshot:
         system = self.system
         status = system.status()
         now = system.parts.clock()
         rows = self._rows.rows(system.positions(status), now,
-                               pause=lambda: _let_the_price_path_run(system))
-        return {"status": {**status_view(status), "gateway": _gateway(system),
-                           "mode": self.config.mode,
-                           "operator_actions": self.config.audit.recent[-10:]},
-                "positions": rows, "at": now.isoformat()}
+                               pause=lambda: _let_the_price_path_run(system), every=CHUNK)
+        shown = {**status_view(status), "gateway": _gateway(system), "mode": self.config.mode,
+                 "operator_actions": self.config.audit.recent[-10:]}
+        at = now.isoformat()
+        head = json.dumps({"status": shown, "at": at})
+        text = head[:-1] + ', "positions": [' + ",".join(rows) + "]}"  # one C call
+        return Snapshot(status=shown, at=at, rows=rows, text=text)
 
     def exits(self, status: dict[str, Any]) -> dict[str, Any]:
         """The PnL curve, read from the store again only when the exit count moved."""
         count = sum(status.get("exits_by_reason", {}).values())
         with self._lock:
             if self._exits is None or self._exits[0] != count:
-                closed = self.system.closed_today()
+                closed = _paced(self.system.closed_today(), self.system)
                 self._exits = (count, {"points": pnl_curve(closed,
                                                            self.system.parts.config.policy),
                                        "exits_by_reason": status.get("exits_by_reason", {})})
             return self._exits[1]
 
 
-CHUNK = 100
-"""Rows made or encoded between two pauses for the price path."""
+CHUNK = 25
+"""Rows made between two pauses for the price path (about half a millisecond of work)."""
+PAUSE = 0.0005
+"""Seconds of each pause: long enough for a thread woken for the interpreter to take it.
+(``sleep(0)`` gives it up and takes it back before that thread has woken: chunks of 100 rows
+with such pauses still put 10-30 ms on the p99 price-to-decision of ``python -m bench.latency
+--dashboard``, at the pushes.)"""
 
 
 def _let_the_price_path_run(system: System) -> None:
     """A pause in the console's work on a big book: wait while possible exits are being
-    decided (``Dispatcher.yield_to_urgent``), then give up the interpreter (``sleep(0)``), so
+    decided (``Dispatcher.yield_to_urgent``), then give up the interpreter for ``PAUSE``, so
     the actors' threads waiting for it go first. Without these pauses, making and encoding
     1,000 rows held it for tens of milliseconds at a time, and the p99 price-to-decision of
     ``python -m bench.latency --dashboard`` was 2-4x that of the run without the page."""
     system.yield_to_urgent()
-    time.sleep(0)
+    time.sleep(PAUSE)
 
 
-def _encode(snapshot: dict[str, Any], system: System) -> str:
-    """``json.dumps(snapshot)``, a chunk of rows at a time (the encoder never lets go of the
-    interpreter while it runs)."""
-    rows = snapshot["positions"]
-    parts = []
-    for start in range(0, len(rows), CHUNK):
-        parts.append(",".join(json.dumps(row) for row in rows[start:start + CHUNK]))
-        _let_the_price_path_run(system)
-    head = json.dumps({k: v for k, v in snapshot.items() if k != "positions"})
-    return head[:-1] + ', "positions": [' + ",".join(parts) + "]}"
+def _paced(items: Iterable[T], system: System) -> Iterator[T]:
+    """``items``, with a pause for the price path after each ``CHUNK`` (a day's exits)."""
+    for n, item in enumerate(items, 1):
+        if n % CHUNK == 0:
+            _let_the_price_path_run(system)
+        yield item
 
 
 def _gateway(system: System) -> dict[str, Any]:
@@ -211,19 +223,19 @@ def build_app(system: System, config: ConsoleConfig) -> FastAPI:
     @app.get("/api/status", tags=["read"])
     def status() -> dict[str, Any]:
         """Trading state, counts, day PnL, flags, gateway and token state."""
-        result: dict[str, Any] = snapshots.current()["status"]
-        return result
+        return snapshots.current().status
 
-    @app.get("/api/positions", tags=["read"])
-    def positions() -> list[dict[str, Any]]:
+    @app.get("/api/positions", tags=["read"], response_class=Response, responses={200: {
+        "content": {"application/json": {"schema": {"type": "array",
+                                                    "items": {"type": "object"}}}}}})
+    def positions() -> Response:
         """Open positions: the report's fields plus last price, its age, PnL and stop."""
-        rows: list[dict[str, Any]] = snapshots.current()["positions"]
-        return rows
+        return Response(snapshots.current().positions_json(), media_type="application/json")
 
     @app.get("/api/exits", tags=["read"])
     def exits() -> dict[str, Any]:
         """Today's exits as a cumulative PnL curve, and the count per reason."""
-        return snapshots.exits(snapshots.current()["status"])
+        return snapshots.exits(snapshots.current().status)
 
     @app.get("/api/positions/{position_id}/story", tags=["read"])
     def position_story(position_id: str) -> dict[str, Any]:
@@ -298,15 +310,15 @@ async def _events(request: Request, snapshots: Snapshots, every: float,
     exits_seen: int | None = None
     while not stopping.is_set() and not await request.is_disconnected():
         try:
-            snapshot, text = await run_in_threadpool(snapshots.encoded)
+            snapshot = await run_in_threadpool(snapshots.current)
         except Exception as error:  # an ask timed out under load: tell the page, go on
             logger.warning("console push skipped: {}", type(error).__name__)
             yield f"event: trouble\ndata: {json.dumps(type(error).__name__)}\n\n"
         else:
-            yield f"event: snapshot\ndata: {text}\n\n"
-            count = sum(snapshot["status"].get("exits_by_reason", {}).values())
+            yield f"event: snapshot\ndata: {snapshot.text}\n\n"
+            count = sum(snapshot.status.get("exits_by_reason", {}).values())
             if count != exits_seen:
-                exits = await run_in_threadpool(snapshots.exits, snapshot["status"])
+                exits = await run_in_threadpool(snapshots.exits, snapshot.status)
                 exits_seen = count
                 yield f"event: exits\ndata: {json.dumps(exits)}\n\n"
         await asyncio.sleep(every)

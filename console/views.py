@@ -6,6 +6,7 @@ numbers, for sorting in the page.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from decimal import Decimal
@@ -26,37 +27,47 @@ def _text(value: Decimal | None) -> str | None:
 
 class _Fixed:
     """What a row needs that only a change of the position moves (its report fields, basis
-    and stop), kept while the system hands back the same ``Position`` value."""
+    and stop), kept while the system hands back the same ``Position`` value. The report
+    fields are kept as JSON text: a dashboard's 1,000 rows then leave few objects behind for
+    the cyclic collector, whose pauses stop every thread of the price path."""
 
-    __slots__ = ("basis", "key", "position", "row", "source", "stop")
+    __slots__ = ("basis", "head", "key", "sign", "source", "stop", "trailing", "unvalued")
 
-    def __init__(self, view: PositionView, policy: ExitPolicy) -> None:
+    def __init__(self, view: PositionView, policy: ExitPolicy,
+                 position: Position | None = None) -> None:
         self.source = view.position  # held: the identity compared below stays its own
         self.key = (view.peak_price, view.hwm_pnl)
-        self.position = position = view.marked(policy)
+        position = view.marked(policy) if position is None else position
         self.basis = basis_of(position, policy)
         self.stop = None if self.basis is None else stop_price(self.basis, position.trail_stop,
                                                                policy)
-        self.row = {**position_row(position, policy), "stop_price": _text(self.stop),
-                    "trail_stop": _text(position.trail_stop),
-                    "peak_price": _text(position.peak_price)}
+        self.sign, self.trailing = position.side.sign, position.trail_stop is not None
+        # The marked copy is kept only where the PnL needs it: a cache of 1,000 copies made
+        # anew as peaks move was the console's main addition to the oldest generation.
+        self.unvalued = position if self.basis is None else None
+        self.head = json.dumps(_fixed_fields(position, policy, self.stop))[:-1]
+        """The fixed fields' JSON object without its closing brace."""
+
+
+def _fixed_fields(position: Position, policy: ExitPolicy,
+                  stop: Decimal | None) -> dict[str, Any]:
+    return {**position_row(position, policy), "stop_price": _text(stop),
+            "trail_stop": _text(position.trail_stop), "peak_price": _text(position.peak_price)}
 
 
 class RowMaker:
-    """``live_row`` for a stream of snapshots: a position's fixed part is derived again only
-    when the position changed, so a push of 1,000 rows costs little more than their prices
-    (measured: 28 ms of one core per push at 1,000 positions without, see ``bench.latency
-    --dashboard``)."""
+    """``live_row`` for a stream of snapshots, as JSON text: a position's fixed part is
+    derived and encoded again only when the position changed, so a push of 1,000 rows costs
+    little more than their prices (see ``bench.latency --dashboard``)."""
 
     def __init__(self, policy: ExitPolicy) -> None:
         self.policy = policy
         self._fixed: dict[str, _Fixed] = {}
 
     def rows(self, views: Iterable[PositionView], now: datetime,
-             pause: Callable[[], None] | None = None,
-             every: int = 100) -> list[dict[str, Any]]:
-        """The rows; ``pause`` is called after each ``every`` rows (the console lets the
-        price path run there)."""
+             pause: Callable[[], None] | None = None, every: int = 100) -> list[str]:
+        """Each row as a JSON object's text; ``pause`` is called after each ``every`` rows
+        (the console lets the price path run there)."""
         fixed, made = self._fixed, {}
         rows = []
         for n, view in enumerate(views, 1):
@@ -68,7 +79,7 @@ class RowMaker:
                     known.key != (view.peak_price, view.hwm_pnl):
                 known = _Fixed(view, self.policy)
             made[pid] = known
-            rows.append(_row(known, view, self.policy, now))
+            rows.append(f"{known.head}, {json.dumps(_live(known, view, self.policy, now))[1:]}")
         self._fixed = made
         return rows
 
@@ -76,29 +87,31 @@ class RowMaker:
 def live_row(view: PositionView, policy: ExitPolicy, now: datetime) -> dict[str, Any]:
     """A report row (SPEC §7) plus what moves: last price and its age, PnL, the stop level and
     how far the price is from it (a fraction of the price; negative: at or beyond it)."""
-    return _row(_Fixed(view, policy), view, policy, now)
+    position = view.marked(policy)
+    fixed = _Fixed(view, policy, position)
+    return {**_fixed_fields(position, policy, fixed.stop), **_live(fixed, view, policy, now)}
 
 
-def _row(fixed: _Fixed, view: PositionView, policy: ExitPolicy,
-         now: datetime) -> dict[str, Any]:
-    position, mark, basis, stop = fixed.position, view.mark, fixed.basis, fixed.stop
+def _live(fixed: _Fixed, view: PositionView, policy: ExitPolicy,
+          now: datetime) -> dict[str, Any]:
+    mark, basis, stop = view.mark, fixed.basis, fixed.stop
     ltp = None if mark is None else mark.ltp
-    if basis is None:
-        net, pct = pnl(position, ltp, policy).net, None
-    elif ltp is None:
-        net, pct = pnl(position, None, policy).net, None
+    if fixed.unvalued is not None:
+        net, pct = pnl(fixed.unvalued, ltp, policy).net, None
+    elif basis is None or ltp is None:
+        net, pct = pnl(view.marked(policy), None, policy).net, None
     else:
         net, pct = net_at(basis, ltp), pct_at(basis, ltp)
     distance = None
     if stop is not None and ltp:
-        distance = float(position.side.sign * (ltp - stop) / ltp)
+        distance = float(fixed.sign * (ltp - stop) / ltp)
     age = None if mark is None else max(0.0, (now - mark.at).total_seconds())
     flags = [name for name, on in (
         ("UNPROTECTED", view.unprotected), ("QUARANTINED", view.quarantined),
         ("STALE", mark is not None and not is_fresh(mark.at, now, freshness_limit(policy),
                                                      in_session=True)),
-        ("TRAILING", position.trail_stop is not None)) if on]
-    return {**fixed.row, "last_price": _text(ltp),
+        ("TRAILING", fixed.trailing)) if on]
+    return {"last_price": _text(ltp),
             "price_age_s": None if age is None else round(age, 3),
             "pnl": _text(net), "pnl_pct": None if pct is None else round(float(pct) * 100, 3),
             "stop_distance_pct": None if distance is None else round(distance * 100, 3),

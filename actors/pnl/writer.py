@@ -164,11 +164,12 @@ class PnLWriterActor(SingletonActor):
         for position in closed_today:
             self.closed_net[position.position_id] = pnl(position, None, self.policy).net
 
-    def peaks(self) -> dict[str, tuple[Decimal | None, Decimal]]:
-        """Each open position's peak price and high-water mark as last marked (asked by the
-        operator console: the index's copies move only with orders)."""
-        return {pid: (held.peak, held.hwm) for book in self.books.values()
-                for pid, held in book.held.items()}
+    def peaks(self) -> tuple[dict[str, Decimal | None], dict[str, Decimal]]:
+        """Each open position's peak price, and its high-water mark, as last marked (asked by
+        the operator console: the index's copies move only with orders)."""
+        helds = [book.held for book in self.books.values()]
+        return ({pid: held.peak for held_by in helds for pid, held in held_by.items()},
+                {pid: held.hwm for held_by in helds for pid, held in held_by.items()})
 
     def _position(self, position: Position) -> None:
         pid = position.position_id

@@ -56,8 +56,9 @@ class OpenPositions:
 
 @dataclass(frozen=True, slots=True)
 class MarkedPositions:
-    """Ask: every open position with its instrument's last price (``None``: none yet), for
-    the operator console."""
+    """Ask: every open position, and the last price of each instrument priced so far, for
+    the operator console. Two copies made in one step each, so that the index is back on
+    prices at once; the console pairs them on its own thread."""
 
 
 class IndexActor(SingletonActor):
@@ -108,8 +109,7 @@ class IndexActor(SingletonActor):
             case OpenPositions():
                 return self._open(message.instrument)
             case MarkedPositions():
-                marks = self.last_marks
-                return [(p, marks.get(_instrument(p))) for p in self.positions.values()]
+                return list(self.positions.values()), dict(self.last_marks)
             case _:
                 logger.warning("index ignores {}", type(message).__name__)
         return None

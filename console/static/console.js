@@ -89,6 +89,10 @@ function makeRow(row) {
   return tr;
 }
 
+function setClass(node, name) {
+  if (node.className !== name) node.className = name;
+}
+
 function fillRow(tr, row) {
   COLUMNS.forEach((key, i) => {
     const td = tr.children[i];
@@ -101,13 +105,15 @@ function fillRow(tr, row) {
       return;
     }
     const text = cellText(row, key);
-    if (td.textContent !== text) {
-      td.textContent = text;
-      // Two alternating animation classes restart the flash without forcing a layout.
-      if (key === "last_price") td.dataset.flash = td.dataset.flash === "a" ? "b" : "a";
+    const had = td.textContent;
+    if (had !== text) td.textContent = text;
+    // A price that moved since the last push is tinted until the next one (a static tint: an
+    // animation would repaint the table many times a second); not a row just scrolled in.
+    if (key === "last_price" && td.classList.contains("moved") !== (had !== text && had !== "")) {
+      td.classList.toggle("moved");
     }
-    if (key === "pnl") td.className = `c-pnl num ${Number(row.pnl) < 0 ? "neg" : "pos"}`;
-    if (key === "status") td.className = `c-status status-${row.status}`;
+    if (key === "pnl") setClass(td, `c-pnl num ${Number(row.pnl) < 0 ? "neg" : "pos"}`);
+    if (key === "status") setClass(td, `c-status status-${row.status}`);
   });
 }
 
@@ -118,9 +124,30 @@ function sortValue(row, key) {
   return Array.isArray(v) ? v.join(" ") : (v || "");
 }
 
+// Only the rows in view (and a few either side) are in the document: a push of 1,000
+// positions then costs the browser the layout and style of a screenful, not of the whole
+// table (the page shares the machine with the price path; issue 18's load check). Spacer
+// rows stand in for the rest, so the scroll bar is that of the whole table.
+const OVERSCAN = 12;
+
+function spacer(height) {
+  const tr = el("tr", "spacer");
+  tr.setAttribute("aria-hidden", "true");
+  const td = el("td");
+  td.colSpan = COLUMNS.length + 1;
+  td.style.height = `${height}px`;
+  tr.append(td);
+  return tr;
+}
+
+function setHeight(tr, height) {
+  if (tr.dataset.h !== String(height)) {
+    tr.dataset.h = String(height);
+    tr.firstChild.style.height = `${height}px`;
+  }
+}
+
 function showPositions(rows) {
-  const body = document.querySelector("#positions tbody");
-  const seen = new Set();
   const filter = state.filter.toLowerCase();
   const shown = rows.filter((r) => !filter || [r.position_id, r.security_id, r.status, r.side,
     ...r.flags].join(" ").toLowerCase().includes(filter));
@@ -129,25 +156,60 @@ function showPositions(rows) {
     const x = sortValue(a, key), y = sortValue(b, key);
     return (x < y ? -1 : x > y ? 1 : 0) * (state.asc ? 1 : -1);
   });
+  state.shown = shown;
+  state.lastRows = rows;
+  renderRows(true);
+  $("positions").dataset.rows = shown.length;
+  $("empty").hidden = shown.length > 0;
+  $("n-rows").textContent = `(${shown.length}${shown.length !== rows.length ? ` of ${rows.length}` : ""})`;
+}
+
+// pushed: the rows' values are new (a push, a sort, a filter), else only the view moved.
+function renderRows(pushed) {
+  const shown = state.shown || [];
+  const wrap = document.querySelector(".table-wrap");
+  const body = document.querySelector("#positions tbody");
+  const height = state.rowHeight || 33;
+  const first = Math.max(0, Math.floor(wrap.scrollTop / height) - OVERSCAN);
+  const last = Math.min(shown.length,
+    first + Math.ceil(Math.max(wrap.clientHeight, 600) / height) + 2 * OVERSCAN);
   const order = [];
-  for (const row of shown) {
+  const seen = new Set();
+  for (let i = first; i < last; i++) {
+    const row = shown[i];
     seen.add(row.position_id);
     let tr = state.rows.get(row.position_id);
-    if (!tr) { tr = makeRow(row); state.rows.set(row.position_id, tr); }
-    fillRow(tr, row);
+    if (!tr) {
+      tr = makeRow(row);
+      state.rows.set(row.position_id, tr);
+      fillRow(tr, row);
+    } else if (pushed) {
+      fillRow(tr, row);
+    }
     order.push(tr);
   }
   for (const [id, tr] of state.rows) if (!seen.has(id)) { tr.remove(); state.rows.delete(id); }
+  const above = first * height, below = (shown.length - last) * height;
+  state.top = state.top || spacer(0);
+  state.bottom = state.bottom || spacer(0);
+  setHeight(state.top, above);
+  setHeight(state.bottom, below);
+  const wanted = [...(above ? [state.top] : []), ...order, ...(below ? [state.bottom] : [])];
   const current = body.children;
-  if (current.length !== order.length || order.some((tr, i) => current[i] !== tr)) {
-    const fragment = document.createDocumentFragment();
-    fragment.append(...order);
-    body.append(fragment);  // moves rows into the sorted order without rebuilding them
+  if (current.length !== wanted.length || wanted.some((tr, i) => current[i] !== tr)) {
+    body.replaceChildren(...wanted);  // moves rows into order without rebuilding them
   }
-  $("empty").hidden = shown.length > 0;
-  $("n-rows").textContent = `(${shown.length}${shown.length !== rows.length ? ` of ${rows.length}` : ""})`;
-  state.lastRows = rows;
+  if (order.length && !state.rowHeight) {
+    const measured = order[0].getBoundingClientRect().height;
+    if (measured > 0) { state.rowHeight = measured; if (measured !== height) renderRows(false); }
+  }
 }
+
+document.querySelector(".table-wrap").addEventListener("scroll", () => {
+  if (state.scrolling) return;
+  state.scrolling = true;
+  requestAnimationFrame(() => { state.scrolling = false; renderRows(false); });
+}, { passive: true });
 
 document.querySelectorAll("#positions th[data-key]").forEach((th) => {
   th.addEventListener("click", () => {
@@ -192,7 +254,16 @@ function showExits(exits) {
   }
   const reasons = Object.entries(exits.exits_by_reason || {}).sort((a, b) => b[1] - a[1]);
   const rx = reasons.map((_, i) => i), ry = reasons.map((r) => r[1]);
+  const names = reasons.map((r) => r[0]).join(",");
+  $("reason-chart").dataset.reasons = reasons.map((r) => `${r[0]}=${r[1]}`).join(",");
+  if (reasonPlot && names === state.reasonNames) {
+    // The same reasons in the same order: new counts only. (Making the chart anew measured
+    // the page's layout at every exit: the dashboard's costliest script on a busy book.)
+    reasonPlot.setData([rx, ry]);
+    return;
+  }
   if (reasonPlot) reasonPlot.destroy();
+  state.reasonNames = names;
   reasonPlot = new uPlot({
     width: chartWidth("reason-chart"), height: 170, legend: { show: false },
     scales: { x: { time: false, range: [-0.6, Math.max(reasons.length - 0.4, 0.4)] } },
@@ -202,7 +273,6 @@ function showExits(exits) {
     series: [{}, { label: "exits", stroke: "#4c8dff", fill: "rgba(76,141,255,.5)",
       paths: uPlot.paths.bars({ size: [0.6, 60] }), points: { show: false } }],
   }, [rx, ry], $("reason-chart"));
-  $("reason-chart").dataset.reasons = reasons.map((r) => `${r[0]}=${r[1]}`).join(",");
 }
 
 function drawExitMarks(u) {
@@ -222,6 +292,7 @@ function drawExitMarks(u) {
 
 window.addEventListener("resize", () => {
   if (pnlPlot) pnlPlot.setSize({ width: chartWidth("pnl-chart"), height: 220 });
+  state.reasonNames = null;  // made anew at the new width
   if (state.exits) showExits(state.exits);
 });
 

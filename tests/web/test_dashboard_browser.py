@@ -140,3 +140,36 @@ def test_closing_a_position_fails_without_the_token_and_works_with_it(
     page.wait_for_function("document.querySelector('#actions').textContent"
                            ".includes('asha@127.0.0.1: close')", timeout=10_000)
     shot(page, "closed")
+
+
+def test_a_big_table_keeps_only_the_rows_in_view_and_scrolls_to_every_one(
+        browser: Any, tmp_path: Path) -> None:
+    """At 120 positions the table counts them all, the document holds a screenful or so, and
+    scrolling to the end brings the last position (in the table's order) into view."""
+    with paper_console(tmp_path, positions=120, instruments=6, push_every=0.5,
+                       interval_ms=0) as running:
+        context = browser.new_context(viewport={"width": 1440, "height": 900})
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(running.url + "/")
+        page.wait_for_function("Number(document.querySelector('#positions').dataset.rows)"
+                               " >= 120", timeout=30_000)
+        in_document = page.evaluate(
+            "document.querySelectorAll('#positions tbody tr[data-id]').length")
+        assert 15 <= in_document < 120
+        with running.client() as http:
+            ids = sorted(row["position_id"] for row in http.get("/api/positions").json())
+        assert len(ids) == 120
+        page.eval_on_selector(".table-wrap", "wrap => { wrap.scrollTop = wrap.scrollHeight; }")
+        page.wait_for_selector(f"tr[data-id='{ids[-1]}']", timeout=10_000)
+        # The last row sits inside the scrolled view, not beyond the spacer.
+        inside = page.evaluate("""(id) => {
+            const wrap = document.querySelector('.table-wrap').getBoundingClientRect();
+            const row = document.querySelector(`tr[data-id='${id}']`).getBoundingClientRect();
+            return row.top >= wrap.top && row.bottom <= wrap.bottom + 1; }""", ids[-1])
+        assert inside
+        assert page.locator(f"tr[data-id='{ids[0]}']").count() == 0
+        shot(page, "scrolled-to-end")
+        context.close()
+        assert errors == [], errors

@@ -1,7 +1,15 @@
 """Issue 18's load check: with the dashboard open in a browser on 1,000 positions whose prices
 change 10 times a second, the price path keeps its pace. The latency benchmark's workload
-(``bench.latency``) runs twice in processes of their own, without and with the page open, and
-the exits decided in each are compared."""
+(``bench.latency``) runs twice in processes of their own, without and with the page open.
+
+What is asserted is what holds on a shared 2-core machine whatever else runs on it: every
+planned exit is decided, ordered and closed with the page open as without it, no backlog
+builds, the page shows the whole book at every push, and what a push costs the page does not
+grow with the book (a screenful of rows in the document, a small share of one core for the
+browser). The tail of the price-to-decision time is this machine's noise as much as anything
+in a run of a few seconds: ``python -m bench`` measures it, both rows side by side
+(BENCHMARKS.md, "with one dashboard client connected").
+"""
 
 from __future__ import annotations
 
@@ -36,16 +44,23 @@ def test_an_open_dashboard_on_1000_positions_does_not_slow_the_price_path() -> N
     plain = latency()
     watched = latency("--dashboard")
     page = watched["dashboard"]
-    # The table filled with all 1,000 (the benchmark waits for it); at the end a few stopped
-    # out positions may be waiting for their replacements.
-    assert page["table_filled_s"] < 30 and page["rows_shown"] >= 950 and page["pushes_during"] >= 6
     for row in (plain, watched):  # every planned exit decided, ordered and closed
-        assert row["exits_decided"] == row["exits_expected"] > 0
-        assert row["positions_closed"] == row["exits_expected"]
-        assert row["unexpected_exits"] == 0
-    # The typical price-to-decision time is the page's cost on the price path (the tail is
-    # this shared machine's noise as much as anything): within 2 ms of the run without it.
-    assert watched["decision_ms"]["p50"] <= plain["decision_ms"]["p50"] + 2.0, (plain, watched)
+        assert row["exits_decided"] == row["exits_expected"] > 0, row
+        assert row["exit_orders_placed"] == row["exits_expected"], row
+        assert row["positions_closed"] == row["exits_expected"], row
+        assert row["unexpected_exits"] == 0, row
+    # The table filled with all 1,000 (the benchmark waits for it); at the end a few stopped
+    # out positions may be waiting for their replacements. The page showed a push a second.
+    assert page["table_filled_s"] < 30 and page["rows_shown"] >= 950, page
+    assert page["pushes_during"] >= 6, page
+    # A push costs the page a screenful of rows, not the book: the page that laid out all
+    # 1,000 rows every second kept the browser busy with 0.45-0.75 of a core (measured with
+    # ``python -m bench.latency --dashboard``), this one with under a tenth.
+    assert 15 <= page["rows_in_document"] <= 100, page
+    assert page["browser_cpu_s_per_s"] < 0.3, page
     # No backlog builds while the page is open: the last quarter carries no more than the run
     # without the page.
     assert watched["carried_mean_q4"] <= plain["carried_mean_q4"] + 50, (plain, watched)
+    # The typical price-to-decision time stays within 2 ms of the run without the page (the
+    # median is steady enough on a shared machine; the tail is the benchmark's to show).
+    assert watched["decision_ms"]["p50"] <= plain["decision_ms"]["p50"] + 2.0, (plain, watched)
