@@ -109,12 +109,13 @@ class Venue:
 
 class LiveRun:
     """``python run.py live`` in ``folder`` against ``venue``: SQLite in the folder unless
-    ``database_url`` is given, the in-process PnL cache unless ``redis_url`` is."""
+    ``database_url`` is given, the in-process PnL cache unless ``redis_url`` is, no operator
+    console unless ``http`` binds one (``HOST:PORT``)."""
 
     def __init__(self, venue: Venue, folder: Path, *, policy: str, shadow: bool = False,
                  duration: float = 60.0, token: str = TOKEN, token_file: bool = False,
                  database_url: str | None = None, redis_url: str | None = None,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 http: str = "off", extra_env: dict[str, str] | None = None) -> None:
         self.venue, self.folder = venue, folder
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "tracker.toml").write_text(
@@ -139,7 +140,7 @@ class LiveRun:
             env["DHAN_ACCESS_TOKEN"] = token
         env.update(extra_env or {})
         args = [sys.executable, str(ROOT / "run.py"), "live", "--duration", str(duration),
-                "--report", str(self.report_path), "--http", "off"]
+                "--report", str(self.report_path), "--http", http]
         if shadow:
             args.append("--shadow")
         self._log = self.log_path.open("w", encoding="utf-8")
