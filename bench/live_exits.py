@@ -72,9 +72,11 @@ def instruments(count: int) -> list[Instrument]:
 
 
 def run(pg: str | None, rd: str | None, scratch: Path, *, positions: int = 200,
-        wave: int = 20, gap: float = 2.5) -> dict[str, Any]:
+        wave: int = 20, gap: float = 2.5, packets: int = 1) -> dict[str, Any]:
+    """``packets``: ticker packets per feed message (DhanHQ may send several in one)."""
     book = instruments(positions)
     with Venue({instrument: START for instrument in book}) as venue:
+        venue.fake.packets_per_message = packets
         for instrument in book:
             venue.enter(instrument, TxnType.BUY, LOT)
         wait_until(lambda: all(o.status is OrderStatus.TRADED
@@ -113,7 +115,8 @@ def run(pg: str | None, rd: str | None, scratch: Path, *, positions: int = 200,
     row = measure(book, crashed, published, orders, quotes)
     exited = [p for p in report["positions"] if p["status"] == "EXITED"]
     gateway = report.get("gateway", {})
-    row.update(positions=positions, wave=wave, gap_s=gap, start_s=started_s,
+    row.update(positions=positions, wave=wave, gap_s=gap, packets_per_message=packets,
+               start_s=started_s,
                exited=len(exited),
                stop_losses=report["summary"]["exits_by_reason"].get("STOP_LOSS", 0),
                books_agree=report["books"]["agree"],
@@ -295,9 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--positions", type=int, default=200)
     parser.add_argument("--wave", type=int, default=20, help="stop losses fired at once")
     parser.add_argument("--gap", type=float, default=2.5, help="seconds between waves")
+    parser.add_argument("--packets", type=int, default=1,
+                        help="ticker packets per feed message (diagnostic)")
     args = parser.parse_args(argv)
     return child_main(lambda pg, rd, scratch: run(pg, rd, scratch, positions=args.positions,
-                                                  wave=args.wave, gap=args.gap))
+                                                  wave=args.wave, gap=args.gap,
+                                                  packets=args.packets))
 
 
 if __name__ == "__main__":
