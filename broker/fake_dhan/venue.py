@@ -24,7 +24,6 @@ from typing import Any
 
 import jwt
 
-from app.clocks import SessionClock
 from broker.dhan.limits import Bucket
 from broker.fake_dhan.server import FakeDhan, Recorded
 from broker.paper.exchange import PaperExchange, PaperOrder
@@ -54,6 +53,17 @@ def wait_until(condition: Callable[[], bool], timeout: float = 15.0, what: str =
         time.sleep(0.05)
 
 
+class _Clock:
+    """Exchange time from ``start``, running with the wall clock (as ``app.clocks``'
+    ``SessionClock``, which ``run.py live`` uses with ``DHAN_SESSION_START``)."""
+
+    def __init__(self, start: datetime) -> None:
+        self.start, self._t0 = start, time.monotonic()
+
+    def __call__(self) -> datetime:
+        return self.start + timedelta(seconds=time.monotonic() - self._t0)
+
+
 class Venue:
     """The fake DhanHQ over a paper market of ``prices`` (every instrument's price is sent on
     the feed every ``step_seconds``, changed or not) and a paper exchange."""
@@ -61,14 +71,14 @@ class Venue:
     def __init__(self, prices: Mapping[Instrument, Decimal], *, partial_fills: int = 1,
                  token: str = TOKEN, step_seconds: float = 0.1,
                  latency: timedelta = timedelta(milliseconds=20)) -> None:
-        self.clock = SessionClock(START)
+        self.clock = _Clock(START)
         self.market = PaperMarket(list(prices), seed=1, volatility=0, start_prices=prices,
                                   step_seconds=step_seconds)
         self.market.advance(self.clock())
         self.exchange = PaperExchange(self.market, start=self.clock(), latency=latency,
                                       partial_fills=partial_fills)
         self.fake = FakeDhan(self.exchange, self.market, client_id=CLIENT, valid_token=token)
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._driver = threading.Thread(target=self._drive, name="venue", daemon=True)
         self._entries = 0
 
@@ -78,12 +88,12 @@ class Venue:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
+        self._halt.set()
         self._driver.join(timeout=5)
         self.fake.stop()
 
     def _drive(self) -> None:
-        while not self._stop.wait(0.02):
+        while not self._halt.wait(0.02):
             self.fake.advance(self.clock())
 
     # What a trader does at the broker ----------------------------------------------------------
