@@ -87,6 +87,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             cells = _cells(fig)
             lines.append("  ".join(cell.ljust(width) for cell, (_, width)
                                    in zip(cells, COLUMNS, strict=True)).rstrip())
+        if row.get("note"):
+            lines.append(f"  note: {row['note']}")
     return "\n".join(lines)
 
 

@@ -77,6 +77,10 @@ class Recorded:
     path: str
     at: float
     """``time.monotonic()`` when the request arrived."""
+    security_id: str | None = None
+    """A placement's ``securityId`` (None for every other request, or one without it)."""
+    correlation_id: str | None = None
+    """A placement's ``correlationId``."""
 
 
 class _Peer:
@@ -109,6 +113,10 @@ class FakeDhan:
         self.trades = TradeBook()
         self.requests: list[Recorded] = []
         self.feed_requests: list[tuple[int, int]] = []
+        self.published: dict[Instrument, tuple[Decimal, float]] = {}
+        """Each instrument's last published price and the ``time.monotonic()`` it was first
+        published at that price, just before it went to the feeds (a price published again
+        keeps its first time)."""
         """(request code, instrument count) of every feed subscription message."""
         self.logins = 0
         self.placements: list[str] = []
@@ -207,10 +215,16 @@ class FakeDhan:
     def publish(self, ticks: Iterable[tuple[Instrument, Decimal]], ltt: int | None = None) -> None:
         """Send ticks to every feed subscribed to them, ``packets_per_message`` per message."""
         stamp = int(time.time()) if ltt is None else ltt
+        priced = list(ticks)
         packets = [(instrument, encode_ticker(instrument, price, stamp))
-                   for instrument, price in ticks]
+                   for instrument, price in priced]
+        sent = time.monotonic()
         with self._lock:
             peers, per = list(self._feed_peers), max(1, self.packets_per_message)
+            for instrument, price in priced:
+                known = self.published.get(instrument)
+                if known is None or known[0] != price:
+                    self.published[instrument] = (price, sent)
         for peer in peers:
             mine = [packet for instrument, packet in packets if instrument in peer.subscribed]
             for start in range(0, len(mine), per):
@@ -268,11 +282,14 @@ class FakeDhan:
             peer.push(text)
 
     # REST ---------------------------------------------------------------------------------------
-    def _admit(self, request: Request, bucket: Bucket) -> Response | None:
-        """Record the request; the refusal to answer instead, if any."""
+    def _admit(self, request: Request, bucket: Bucket, *, at: float | None = None,
+               placement: tuple[str | None, str | None] = (None, None)) -> Response | None:
+        """Record the request (arrived ``at``, now if not given; a placement's security and
+        correlation ids); the refusal to answer instead, if any."""
+        arrived = time.monotonic() if at is None else at
         with self._lock:
-            self.requests.append(Recorded(bucket, request.method, request.url.path,
-                                          time.monotonic()))
+            self.requests.append(Recorded(bucket, request.method, request.url.path, arrived,
+                                          *placement))
             token_ok = request.headers.get("access-token") == self.valid_token != ""
             throttled = self._throttle.get(bucket, 0) > 0
             if token_ok and throttled:
@@ -290,11 +307,19 @@ class FakeDhan:
         return None
 
     async def _place(self, request: Request) -> Response:
-        refused = self._admit(request, Bucket.ORDERS)
+        arrived = time.monotonic()
+        body = await request.body()
+        try:
+            document = json.loads(body, parse_float=Decimal)
+        except ValueError:
+            document = None
+        refused = self._admit(request, Bucket.ORDERS, at=arrived, placement=_ids(document))
         if refused is not None:
             return refused
         try:
-            order = _placement(json.loads(await request.body(), parse_float=Decimal))
+            if not isinstance(document, dict):
+                raise ValueError("the body is not a JSON object")
+            order = _placement(document)
         except (ValueError, KeyError, TypeError, InvalidOperation) as error:
             return _input_error(f"invalid order: {error}")
         try:
@@ -462,6 +487,15 @@ class FakeDhan:
                 peer.push(None)
         else:
             peer.subscribed.difference_update(instruments)
+
+
+def _ids(document: object) -> tuple[str | None, str | None]:
+    """A placement body's ``securityId`` and ``correlationId``, as far as it has them."""
+    if not isinstance(document, dict):
+        return None, None
+    security, correlation = document.get("securityId"), document.get("correlationId")
+    return (None if security is None else str(security),
+            None if correlation is None else str(correlation))
 
 
 def _placement(body: dict[str, Any]) -> dict[str, Any]:

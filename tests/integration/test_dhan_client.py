@@ -115,6 +115,28 @@ def test_a_placement_is_placed_and_its_frames_come_on_the_order_socket(venue: Ve
     assert socket.state is LinkState.STOPPED and not socket.running
 
 
+def test_the_fake_records_what_the_live_benchmark_measures(venue: Venue) -> None:
+    """A placement's arrival with its security and correlation ids; the first time each price
+    of an instrument was published (a price published again keeps its first time)."""
+    before = time.monotonic()
+    venue.fake.publish([(FNO, Decimal("100"))])
+    first = venue.fake.published[FNO]
+    venue.fake.publish([(FNO, Decimal("100"))])
+    assert venue.fake.published[FNO] == first and first[0] == Decimal("100")
+    venue.fake.publish([(FNO, Decimal("94"))])
+    moved = venue.fake.published[FNO]
+    assert moved[0] == Decimal("94") and before <= first[1] <= moved[1]
+    rest = venue.rest()
+    assert venue.place(rest, "X-B1-1", price="94").ok
+    assert rest.orders().ok
+    placed = [r for r in venue.fake.requests if r.method == "POST"]
+    assert [(r.bucket, r.path, r.security_id, r.correlation_id) for r in placed] == [
+        (Bucket.ORDERS, "/v2/orders", "49081", "X-B1-1")]
+    assert moved[1] <= placed[0].at <= time.monotonic()
+    reads = [r for r in venue.fake.requests if r.method == "GET"]
+    assert [(r.security_id, r.correlation_id) for r in reads] == [(None, None)]
+
+
 def test_a_refused_placement_is_rejected(venue: Venue) -> None:
     venue.exchange.fail_next()
     answer = venue.place(venue.rest(), "X-R1-1")

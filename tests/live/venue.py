@@ -1,42 +1,20 @@
-"""A DhanHQ account on the loopback fake, and ``run.py live`` run against it as a user would.
-
-``Venue``: a still paper market (prices move only when a test sets them) and a paper exchange
-behind ``FakeDhan``, their time driven by a thread on the same exchange clock the session uses
-(``DHAN_SESSION_START``: 10:00 IST of a Monday, whatever the hour here). ``LiveRun``: the
-``run.py live`` subprocess in its own folder (store, ``tracker.toml``, report, log).
-"""
+"""The end-to-end tests' account on the loopback fake (``broker.fake_dhan.venue``): three
+instruments, the tests' policy, and a second token for the expiry episode."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import threading
-import time
-from collections.abc import Callable
-from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import jwt
+from broker.fake_dhan import venue as shared
+from broker.fake_dhan.venue import CLIENT, ROOT, TOKEN, access_token, wait_until
+from models.common import Instrument, Segment
 
-from app.clocks import SessionClock
-from broker.dhan.limits import Bucket
-from broker.fake_dhan import FakeDhan
-from broker.paper.exchange import PaperExchange
-from broker.paper.market import PaperMarket
-from models.common import IST, Instrument, Segment, TxnType
+__all__ = ["CLIENT", "EQ", "FUT", "OPT", "POLICY", "ROOT", "TOKEN", "TOKEN_2", "LiveRun",
+           "Venue", "wait_until"]
 
-ROOT = Path(__file__).resolve().parents[2]
-CLIENT = "1000000001"
-TOKEN = jwt.encode({"dhanClientId": CLIENT, "exp": int(time.time()) + 8 * 3600, "n": 1},
-                   "fake-dhan-signing-key-for-the-tests", algorithm="HS256")
-TOKEN_2 = jwt.encode({"dhanClientId": CLIENT, "exp": int(time.time()) + 9 * 3600, "n": 2},
-                     "fake-dhan-signing-key-for-the-tests", algorithm="HS256")
-START = datetime(2026, 11, 23, 10, 0, tzinfo=IST)  # a Monday, in market hours
+TOKEN_2 = access_token(2, 9)
 FUT = Instrument(segment=Segment.NSE_FNO, security_id="49081")
 OPT = Instrument(segment=Segment.NSE_FNO, security_id="49082")
 EQ = Instrument(segment=Segment.NSE_EQ, security_id="11536")
@@ -56,114 +34,14 @@ request_timeout_seconds = 1.5
 """
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what or condition}")
-        time.sleep(0.05)
-
-
-class Venue:
+class Venue(shared.Venue):
     def __init__(self, prices: dict[Instrument, Decimal] | None = None, *,
                  partial_fills: int = 1) -> None:
-        prices = prices or {FUT: Decimal("100"), OPT: Decimal("200"), EQ: Decimal("2500")}
-        self.clock = SessionClock(START)
-        self.market = PaperMarket(list(prices), seed=1, volatility=0, start_prices=prices)
-        self.market.advance(self.clock())
-        self.exchange = PaperExchange(self.market, start=self.clock(),
-                                      latency=timedelta(milliseconds=20),
-                                      partial_fills=partial_fills)
-        self.fake = FakeDhan(self.exchange, self.market, client_id=CLIENT, valid_token=TOKEN)
-        self._done = threading.Event()
-        self._driver = threading.Thread(target=self._drive, name="venue", daemon=True)
-        self._entries = 0
-
-    def __enter__(self) -> Venue:
-        self.fake.start()
-        self._driver.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._driver.join(timeout=5)
-        self.fake.stop()
-
-    def _drive(self) -> None:
-        while not self._done.wait(0.02):
-            self.fake.advance(self.clock())
-
-    # What a trader does at the broker ----------------------------------------------------------
-    def enter(self, instrument: Instrument, txn: TxnType, quantity: int, *,
-              correlation: str | None = None) -> str:
-        """An order from the broker's app or web (not from us): filled at the market."""
-        self._entries += 1
-        return self.exchange.place_order(
-            client_id=correlation or f"APP-{self._entries}", instrument=instrument,
-            txn_type=txn, quantity=quantity, product="I", now=self.clock())
-
-    def set_price(self, instrument: Instrument, price: str) -> None:
-        self.market.set_price(instrument, Decimal(price), self.clock())
-
-    def exits(self) -> list[Any]:
-        """The exit orders we placed (client ids X-...)."""
-        return [o for o in self.exchange.orders() if o.client_id.startswith("X-")]
-
-    def order_requests(self, method: str) -> list[Any]:
-        return [r for r in self.fake.requests_in(Bucket.ORDERS) if r.method == method]
+        super().__init__(prices or {FUT: Decimal("100"), OPT: Decimal("200"),
+                                    EQ: Decimal("2500")}, partial_fills=partial_fills)
 
 
-class LiveRun:
-    """``python run.py live`` in ``folder`` against ``venue``."""
-
-    def __init__(self, venue: Venue, folder: Path, *, shadow: bool = False,
-                 duration: float = 60.0, policy: str = POLICY,
-                 token_file: bool = False, extra_env: dict[str, str] | None = None) -> None:
-        self.venue, self.folder = venue, folder
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "tracker.toml").write_text(
-            policy + ('access_token_file = "token.txt"\n' if token_file else ""),
-            encoding="utf-8")
-        self.report_path = folder / "report.json"
-        self.log_path = folder / "run.log"
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith("DHAN_") and k not in ("DATABASE_URL", "REDIS_URL")}
-        env.update({"DHAN_CLIENT_ID": CLIENT, "DHAN_API_URL": venue.fake.rest_url,
-                    "DHAN_ORDER_WS_URL": venue.fake.order_ws_url,
-                    "DHAN_FEED_WS_URL": venue.fake.feed_ws_url,
-                    "DHAN_SESSION_START": venue.clock().isoformat(),
-                    "PYTHONPATH": str(ROOT), "LOG_LEVEL": "INFO"})
-        if token_file:
-            (folder / "token.txt").write_text(TOKEN, encoding="utf-8")
-        else:
-            env["DHAN_ACCESS_TOKEN"] = TOKEN
-        env.update(extra_env or {})
-        args = [sys.executable, str(ROOT / "run.py"), "live", "--duration", str(duration),
-                "--report", str(self.report_path), "--http", "off"]
-        if shadow:
-            args.append("--shadow")
-        self._log = self.log_path.open("w", encoding="utf-8")
-        self.process = subprocess.Popen(args, cwd=folder, env=env, stdout=self._log,
-                                        stderr=subprocess.STDOUT)
-
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def wait_log(self, text: str, timeout: float = 20.0) -> None:
-        wait_until(lambda: text in self.log() or self.process.poll() is not None, timeout,
-                   f"{text!r} in the log")
-        assert text in self.log(), f"{text!r} not in the log:\n{self.log()[-3000:]}"
-
-    def stop(self, timeout: float = 60.0) -> dict[str, Any]:
-        """Stop it as Ctrl-C would; the report it wrote."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-        try:
-            code = self.process.wait(timeout=timeout)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-            self._log.close()
-        assert code == 0, f"run.py live exited {code}:\n{self.log()[-4000:]}"
-        report: dict[str, Any] = json.loads(self.report_path.read_text(encoding="utf-8"))
-        return report
+class LiveRun(shared.LiveRun):
+    def __init__(self, venue: Venue, folder: Path, *, policy: str = POLICY,
+                 **kw: Any) -> None:
+        super().__init__(venue, folder, policy=policy, **kw)

@@ -1,0 +1,35 @@
+"""The live benchmark's counting at the fake (``bench.live_exits``): requests in a moving
+1 s window, and whether an exit found the order limiter's window free all along."""
+
+from __future__ import annotations
+
+from bench.live_exits import in_window, max_in_window, slot_free_throughout
+
+
+def test_a_window_is_half_open_and_the_fullest_is_found() -> None:
+    times = [0.0, 0.5, 0.999, 1.0, 1.2, 3.0]
+    assert in_window(times, 1.0, 1.0) == 3  # (0, 1]: 0.0 is out, 1.0 is in
+    assert in_window(times, 0.999, 1.0) == 3  # (-0.001, 0.999]
+    assert max_in_window(times, 1.0) == 4  # (0.2, 1.2]: 0.5, 0.999, 1.0, 1.2
+    assert max_in_window(times, 60.0) == 6
+    assert max_in_window([], 1.0) == 0
+
+
+def test_ten_in_the_second_before_means_no_slot() -> None:
+    burst = [0.01 * k for k in range(10)]  # ten requests in 90 ms
+    # A price at 0.5 s: the window (-0.5, 0.5] holds all ten, so the exit had to wait.
+    waited = 1.095
+    assert not slot_free_throughout(sorted([*burst, waited]), 0.5, waited)
+    # A price at 1.2 s: all ten have left the window (0.2, 1.2].
+    at_once = 1.21
+    assert slot_free_throughout(sorted([*burst, at_once]), 1.2, at_once)
+
+
+def test_a_request_between_the_price_and_the_exit_that_fills_the_window_counts() -> None:
+    nine = [0.3 + 0.01 * k for k in range(9)]
+    other = 1.0  # the tenth arrives after our price and before our request
+    ours = 1.05
+    times = sorted([*nine, other, ours])
+    assert in_window(times, 0.95, 1.0) == 9  # at the price there was room...
+    assert not slot_free_throughout(times, 0.95, ours)  # ...then there was none
+    assert slot_free_throughout(sorted([*nine, ours]), 0.95, ours)
