@@ -644,7 +644,8 @@ def one_line(error: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logger.remove()
-    logger.add(sys.stderr, level=os.environ.get("LOG_LEVEL", "INFO").upper())
+    # no variable values in tracebacks: a frame may hold a token or a password
+    logger.add(sys.stderr, level=os.environ.get("LOG_LEVEL", "INFO").upper(), diagnose=False)
     route_stdlib_logging()
     args = parser().parse_args(argv)
     flags = {k: getattr(args, k, None) for k in ("database_url", "redis_url", "positions",
