@@ -25,13 +25,14 @@ from typing import Any, ClassVar
 
 import pykka
 from loguru import logger as _log
-from pykka import ActorDeadError, ActorRegistry
+from pykka import ActorRegistry
 
 from actors.runtime.pool import Dispatcher, default_dispatcher
 from actors.runtime.pykka_compat import (
     Envelope,
     Hooks,
     PoolHooks,
+    answer_stopped,
     handle_envelope,
     is_stop,
     run_setup,
@@ -241,19 +242,7 @@ class _Mailbox:
         while self._queue:
             envelope = self._pop()[0]
             if envelope.reply_to is not None:
-                _answer_stopped(envelope, self._actor)
-
-
-def _answer_stopped(envelope: Envelope[Any], actor: object) -> None:
-    """An ask that reached a stopped actor: a stop is done (None), anything else fails with
-    ``ActorDeadError``, as pykka's teardown answers them."""
-    assert envelope.reply_to is not None
-    if is_stop(envelope.message):
-        envelope.reply_to.set(None)
-    else:
-        envelope.reply_to.set_exception(exc_info=(
-            ActorDeadError, ActorDeadError(f"{actor} stopped before handling the message"),
-            None))
+                answer_stopped(envelope, self._actor)
 
 
 class PooledActor(Traced, PoolHooks, pykka.Actor):
@@ -346,7 +335,7 @@ class StampedQueue:
             except queue.Empty:
                 break
             if envelope.reply_to is not None:
-                _answer_stopped(envelope, owner)
+                answer_stopped(envelope, owner)
             elif not is_stop(envelope.message):
                 told.append(type(envelope.message).__name__)
         if told:

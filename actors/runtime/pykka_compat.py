@@ -41,8 +41,8 @@ from pykka import ActorRegistry
 from pykka import messages as _messages
 from pykka._envelope import Envelope
 
-__all__ = ["PRIVATE_NAMES", "SUPPORTED", "Envelope", "Hooks", "PoolHooks", "envelope",
-           "handle_envelope", "is_stop", "run_setup", "stop_now"]
+__all__ = ["PRIVATE_NAMES", "SUPPORTED", "Envelope", "Hooks", "PoolHooks", "answer_stopped",
+           "envelope", "handle_envelope", "is_stop", "run_setup", "stop_now"]
 
 SUPPORTED = "4.5"
 """The pykka minor version these hooks were written against (``pyproject.toml`` pins it)."""
@@ -67,6 +67,18 @@ _log = logging.getLogger("pykka")
 def is_stop(message: object) -> bool:
     """Whether ``message`` is pykka's stop request (``ActorRef.stop``)."""
     return isinstance(message, _messages._ActorStop)
+
+
+def answer_stopped(envelope: Envelope[Any], actor: object) -> None:
+    """Answer an ask that reached a stopped actor as pykka's teardown does: a stop is done
+    (None), anything else fails with ``ActorDeadError``."""
+    assert envelope.reply_to is not None
+    if is_stop(envelope.message):
+        envelope.reply_to.set(None)
+    else:
+        envelope.reply_to.set_exception(exc_info=(
+            pykka.ActorDeadError,
+            pykka.ActorDeadError(f"{actor} stopped before handling the message"), None))
 
 
 def envelope(message: Any, reply_to: pykka.Future[Any] | None = None) -> Envelope[Any]:
