@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from loguru import logger
 
@@ -46,15 +46,14 @@ from broker.dhan import (
     Secret,
     TokenError,
     TokenSource,
-    product_type,
 )
 from broker.dhan.book import PRODUCT_TYPES
 from broker.dhan.gateway import DhanGateway, ShadowGateway
 from broker.dhan.token import expires_at
-from models.common import IST, Instrument, TxnType
+from models.books import BookKey, compare
+from models.common import IST, Instrument
 from models.orders import OrderUpdate
-from models.position import Position
-from models.wire import to_dhan_frame
+from models.wire import dhan_time, to_dhan_frame
 
 RECONCILE_MARK = '"Source": "RECONCILE"'
 FOLLOW_EVERY = 1.0
@@ -121,6 +120,7 @@ class LiveSession:
         self.socket_state = self.feed_state = LinkState.STOPPED.value
         self.polls = 0
         rest.on_token_invalid = self._on_token_refused
+        gateway.on_alarm = self._alarm
 
     # Life ---------------------------------------------------------------------------------------
     def start(self) -> LiveSession:
@@ -279,7 +279,12 @@ class LiveSession:
         if not force and self._seen.get(order.order_id) == state:
             return False
         self._seen[order.order_id] = state
-        frame = order_frame(order, prices.get(order.order_id))
+        try:
+            frame = order_frame(order, prices.get(order.order_id))
+        except ValueError as error:  # a row that cannot be an order update: the rest go on
+            logger.warning("order {} from the order book skipped: {}", order.order_id,
+                           " ".join(str(error).split()))
+            return False
         if frame is None:
             return False
         self.gateway.deliver(frame)
@@ -290,21 +295,18 @@ class LiveSession:
         return corr.startswith("X-") or (self.prefix is not None and corr.startswith(self.prefix))
 
     def _compare(self, rows: list[BrokerPosition]) -> dict[str, dict[str, int]]:
-        broker: dict[str, int] = {}
+        """DhanHQ's ``netQty`` per (segment, security, product) against our open positions
+        (``models.books.compare``): a difference is alarmed, never traded away."""
+        broker: dict[BookKey, int] = {}
         for row in rows:
-            key = _key(row.instrument, row.product)
+            key = (row.instrument.segment, row.instrument.security_id,
+                   _product_letter(row.product))
             broker[key] = broker.get(key, 0) + row.net_qty
-        ours: dict[str, int] = {}
-        for position in self.system.open_positions():
-            key = _key(Instrument(segment=position.segment, security_id=position.security_id),
-                       position.product)
-            ours[key] = ours.get(key, 0) + _signed(position)
-        differences = {key: {"broker": broker.get(key, 0), "ours": ours.get(key, 0)}
-                       for key in sorted(set(broker) | set(ours))
-                       if broker.get(key, 0) != ours.get(key, 0)}
+        report = compare(broker, self.system.open_positions())
+        differences = cast(dict[str, dict[str, int]], report.as_dict()["differences"])
         if differences:
             self._alarm("DhanHQ's positions differ from ours (nothing is traded to fix it; "
-                        f"every position stays protected): {differences}")
+                        f"every position stays protected): {report.line()}")
         return differences
 
     # Feed subscriptions ---------------------------------------------------------------------------
@@ -428,14 +430,10 @@ def _product_letter(product: str | None) -> str | None:
 
 
 def _time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    for form in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S"):
-        try:
-            return datetime.strptime(text[:19], form).replace(tzinfo=IST)
-        except ValueError:
-            continue
-    return None
+    try:
+        return dhan_time(text) if text else None
+    except (ValueError, OverflowError):
+        return None  # the order's time is not needed to apply it
 
 
 def _oldest_first(orders: list[BrokerOrder]) -> list[BrokerOrder]:
@@ -454,14 +452,6 @@ def _trade_prices(trades: list[BrokerTrade]) -> dict[str, Decimal]:
             trade.price * trade.quantity
         qty[trade.order_id] = qty.get(trade.order_id, 0) + trade.quantity
     return {order: value[order] / qty[order] for order in value}
-
-
-def _key(instrument: Instrument, product: str | None) -> str:
-    return f"{instrument.segment.value}:{instrument.security_id}:{product_type(product)}"
-
-
-def _signed(position: Position) -> int:
-    return position.quantity if position.side.exit_txn is TxnType.SELL else -position.quantity
 
 
 def _order_key(instrument: Instrument) -> tuple[str, str]:

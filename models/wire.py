@@ -259,9 +259,15 @@ def _time(payload: _Payload) -> datetime | None:
     if not isinstance(value, str):
         raise _Invalid(f"{key} must be a date-time text, got {_show(value)}")
     try:
-        moment = datetime.fromisoformat(value.strip())
+        return dhan_time(value)
     except (ValueError, OverflowError):
         raise _Invalid(f"{key} is not a date-time: {_show(value)}") from None
+
+
+def dhan_time(text: str) -> datetime:
+    """ISO-8601 or DhanHQ's "YYYY-MM-DD HH:MM:SS"; a time without an offset is IST. Raises
+    ``ValueError``."""
+    moment = datetime.fromisoformat(text.strip())
     return moment if moment.utcoffset() is not None else moment.replace(tzinfo=IST)
 
 
