@@ -45,7 +45,7 @@ from models.messages import (
     QuotesFetched,
     new_id,
 )
-from models.rules import PriceMark
+from models.rules import PriceMark, is_fresh
 
 
 class Breaker:
@@ -216,10 +216,14 @@ class LTPBatcherActor(SingletonActor):
         self.index.tell(flush)
 
     def stale(self, now: datetime) -> list[Instrument]:
+        """Watched or asked-about instruments whose last price is no longer fresh
+        (``rules.is_fresh`` under the policy's limit), to be polled from the quote API. The
+        batcher refreshes by age alone; session hours are the trackers' concern."""
         wanted = (self.watched | self.asked) - self.pending.keys()
         return sorted((i for i in wanted
                        if i.segment is not Segment.IDX_I or i in self.asked
-                       if (mark := self.last.get(i)) is None or now - mark.at > self.stale_after),
+                       if (mark := self.last.get(i)) is None
+                       or not is_fresh(mark.at, now, self.stale_after, in_session=True)),
                       key=str)
 
     def settled(self, now: datetime) -> bool:
