@@ -210,11 +210,14 @@ class BrokerModel(RuleBasedStateMachine):
         if self.wire.last is not None:
             self.wire.deliver(self.wire.last)
 
-    @rule(side=st.sampled_from(TxnType))
-    def frames_out_of_order(self, side: TxnType) -> None:
+    @rule(side=st.sampled_from(TxnType), external=st.booleans(), stripped=st.booleans())
+    def frames_out_of_order(self, side: TxnType, external: bool, stripped: bool) -> None:
+        """A partly filled order's frames shuffled: ours, or the trader's (a manual close
+        when opposite), its TRADED frame without quantities or not."""
         self.wire.reorder = True
+        self.wire.strip_next_traded = self.wire.strip_next_traded or stripped
         self.exchange.partial_fills = 3
-        self._order("S", side, 75)
+        self._order("M" if external else "S", side, 75)
         self.exchange.partial_fills = 1
         self._advance(timedelta(milliseconds=200), tick=False)
         self.wire.reorder = False
