@@ -34,7 +34,8 @@ class Unroute:
 
 @dataclass(frozen=True, slots=True)
 class TrackerFailed:
-    """A tracker's ``on_failure``: the supervisor restarts it, the message is dead-lettered."""
+    """A tracker's ``on_failure``: the supervisor restarts it; the message that broke it is
+    dead-lettered, except an order update's first failure (``retry``)."""
 
     position_id: str
     incarnation: int
@@ -53,6 +54,13 @@ class TrackerFailed:
     undelivered: tuple[Any, ...] = ()
     """Told messages queued behind the one that broke it, oldest first: the supervisor hands
     them to the next incarnation (a fill among them must not be lost with the tracker)."""
+    retry: Any = None
+    """The order update (``ApplyOrderUpdate``, ``ApplyProgress``) that broke it: a fill must
+    not be lost to a crash while it was being handled (a bug elsewhere, a store driver's
+    failure), so the supervisor hands it to the next owner once, after the ``applied`` first
+    messages of ``undelivered`` (applied before it, not stored yet), and dead-letters it as
+    poison if it breaks that owner too."""
+    applied: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -133,6 +133,10 @@ class System:
                                      count_idle=parts.deadlines)
         self.ticker: Ticker | None = None
         self._pings: list[Any] | None = None
+        """Proxies of the singletons ``settle`` waits for, in pipeline order (made once)."""
+        self._stops_ping: Any = None
+        self._supervisor: Any = None
+        """The supervisor's proxy, made once (``settle`` asks it for the trackers)."""
         self._quoter: pykka.ActorRef[Any] | None = None
         """The batcher's ``QuoteActor`` (None without a quote API)."""
         self.started_at: datetime | None = None
@@ -365,41 +369,53 @@ class System:
         return True
 
     def settle(self, rounds: int = 3) -> None:
-        """Wait until what was told has been handled (FIFO mailboxes, pipeline order)."""
+        """Wait until what was told has been handled (FIFO mailboxes, pipeline order): each
+        singleton, in pipeline order, answers a cheap question (an attribute, through a proxy
+        made once: making a proxy introspects the actor) once it has handled what was queued
+        before it, then each live tracker, the stop writer and the PnL writer."""
         if self.parts.deadlines:
             self._settle_on_idle(rounds)
             return
+        pings = self._singleton_pings()
         for _ in range(rounds):
-            self.orders.proxy().parked.get(timeout=SETTLE)
-            self.batcher.proxy().pending.get(timeout=SETTLE)
-            if self._quoter is not None:  # a quote call out: its answer reaches the batcher
-                self._quoter.ask(Snapshot(), timeout=SETTLE)
-                self.batcher.ask(Snapshot(), timeout=SETTLE)
-            self.index.ask(OpenPositions(), timeout=SETTLE)
-            self.supervisor.ask(Snapshot(), timeout=SETTLE)
-            for gateway in self.supervisor.proxy().gateway_refs.get(timeout=SETTLE):
-                gateway.ask(Snapshot(), timeout=SETTLE)
-            for ref in self.supervisor.proxy().tracker_refs().get(timeout=SETTLE):
+            for proxy in pings:
+                proxy.actor_urn.get(timeout=SETTLE)
+            for ref in self._tracker_refs():
                 try:
                     ref.ask(Snapshot(), timeout=SETTLE)
                 except pykka.ActorDeadError:
                     continue
-            self.stops.ask(Snapshot(), timeout=SETTLE)  # the stops trackers sent: stored
+            self._stops_ping.actor_urn.get(timeout=SETTLE)  # the stops trackers sent: stored
             self.pnl.ask(Flush(at=self.parts.clock(), complete=True), timeout=SETTLE)
+
+    def _singleton_pings(self) -> list[Any]:
+        """Proxies of the singletons before the trackers, in pipeline order (made once)."""
+        if self._pings is None:
+            gateways = self._supervisor_proxy().gateway_refs.get(timeout=SETTLE)
+            quoter = () if self._quoter is None else (self._quoter, self.batcher)
+            self._pings = [ref.proxy() for ref in (self.orders, self.batcher, *quoter,
+                                                   self.index, self.supervisor, *gateways)]
+            self._stops_ping = self.stops.proxy()
+        return self._pings
+
+    def _supervisor_proxy(self) -> Any:
+        if self._supervisor is None:
+            self._supervisor = self.supervisor.proxy()
+        return self._supervisor
+
+    def _tracker_refs(self) -> list[pykka.ActorRef[Any]]:
+        refs: list[pykka.ActorRef[Any]] = self._supervisor_proxy().tracker_refs().get(
+            timeout=SETTLE)
+        return refs
 
     def _settle_on_idle(self, rounds: int) -> None:
         """``settle`` for a replay: each singleton in pipeline order (the exit gateways after the
         supervisor) answers a cheap question
         (an attribute, through a proxy made once) once it has handled what was queued before
         it, and the trackers are waited for all at once, until their dispatcher is idle."""
-        if self._pings is None:
-            gateways = self.supervisor.proxy().gateway_refs.get(timeout=SETTLE)
-            quoter = () if self._quoter is None else (self._quoter, self.batcher)
-            self._pings = [ref.proxy() for ref in (self.orders, self.batcher, *quoter,
-                                                   self.index, self.supervisor, *gateways,
-                                                   self.stops)]
+        pings = [*self._singleton_pings(), self._stops_ping]
         for _ in range(rounds):
-            for proxy in self._pings:
+            for proxy in pings:
                 proxy.actor_urn.get(timeout=SETTLE)
             if not self.dispatcher.wait_idle(SETTLE):
                 raise TimeoutError(f"trackers still busy after {SETTLE:g} s")

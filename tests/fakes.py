@@ -29,7 +29,10 @@ class FakeStore:
     ``fail_parks`` (``park_update``, ``take_parked``, ``parked_updates``), ``fail_saves`` (the
     next that many ``save_position`` calls), ``fail_marks`` (``save_marks``); ``refuse_text``
     makes a frame or park whose text contains it fail as data the backend cannot hold
-    (``StoreRefused``). ``failed_calls`` counts the calls that failed."""
+    (``StoreRefused``); ``crash_fills`` makes the next that many ``save_position`` calls that
+    carry fills raise ``RuntimeError`` (not the store's outage: a crash of the caller, as a bug
+    or a driver's unexpected error would make it). ``failed_calls`` counts the calls that
+    failed."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -50,6 +53,7 @@ class FakeStore:
         self.refuse_text: str | None = None
         self.failed_calls = 0
         self.fail_marks = 0
+        self.crash_fills = 0
         """The next that many ``save_marks`` calls fail."""
         self.marks_writes: list[int] = []
         """Positions handed to each ``save_marks`` call, in order."""
@@ -84,6 +88,10 @@ class FakeStore:
             if self.fail_saves > 0:
                 self.fail_saves -= 1
                 self._check(True)
+            if fills and self.crash_fills > 0:
+                self.crash_fills -= 1
+                self.failed_calls += 1
+                raise RuntimeError("the fake store crashed its caller while storing fills")
             stored = self.positions.get(position.position_id)
             if stored is not None and (stored.version > position.version or (
                     stored.version == position.version and stored != position)):

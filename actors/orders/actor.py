@@ -105,6 +105,9 @@ class OrderUpdateActor(SingletonActor):
         self.dedup_window, self.park_limit = dedup_window, park_limit
         self.booked: dict[str, _Booked] = {}
         """Every order's cumulative fill as the broker reported it (``books``)."""
+        self.left_out: set[str] = set()
+        """Orders whose correlation id the prefix policy does not track as entries: only
+        their fills can be left untracked on purpose (``books``)."""
         self.remainders: set[str] = set()
         """Positions opened for over-fills (their entry order is another position's exit)."""
         self._held: list[OrderUpdateReceived] = []
@@ -284,6 +287,8 @@ class OrderUpdateActor(SingletonActor):
             booked is not None and booked.full)
         traded = max(update.traded_qty, update.quantity or 0
                      if update.status is OrderStatus.TRADED else 0, quantity if full else 0)
+        if not self._tracks_entry(update):
+            self.left_out.add(update.order_no)
         if key is None or not sign:
             if traded:
                 logger.bind(order_no=update.order_no).warning(
@@ -332,8 +337,9 @@ class OrderUpdateActor(SingletonActor):
         for number, booked in self.booked.items():
             broker[booked.key] += booked.sign * booked.traded
             allocation = self.allocations.get(number)
-            if number in self.owners or (allocation is not None and allocation.opened):
-                continue
+            if number in self.owners or (allocation is not None and allocation.opened) or \
+                    number not in self.left_out:
+                continue  # tracked: what positions lack of it is a difference, not left out
             shared = sum(s.qty for s in allocation.shares) if allocation is not None else 0
             untracked[booked.key] += booked.sign * max(0, booked.traded - shared)
         return compare(broker, self.positions.values(), untracked)
@@ -434,8 +440,10 @@ class OrderUpdateActor(SingletonActor):
         self.allocations[update.order_no] = allocation
         for share in allocation.shares:
             self.allocated.setdefault(share.position_id, {})[update.order_no] = share.qty
-        if opened_now:
-            self._unpark(update.order_no)  # earlier updates of this order: now it is known
+        # Updates of this order parked before it became known as untracked (a TRADED frame
+        # without quantities that came before its partial fills, a reordered stream): its
+        # own now, taken back in order.
+        self._unpark(update.order_no)
 
     def _opposites(self, update: OrderUpdate) -> list[tuple[str, int]]:
         assert update.txn_type is not None

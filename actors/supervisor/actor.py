@@ -12,7 +12,7 @@ restarts (the failed positions are kept protected the same way meanwhile).
 from __future__ import annotations
 
 import itertools
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -113,6 +113,10 @@ class _Child:
     tracker."""
 
 
+_RETRIED_KEPT = 10_000
+"""Order updates remembered as handed on after a crash (the oldest forgotten first)."""
+
+
 class RiskSupervisor(SingletonActor):
     trace_kind = "supervisor"
 
@@ -150,6 +154,9 @@ class RiskSupervisor(SingletonActor):
         restarts are paused)."""
         self.deadlines: dict[str, datetime | None] = {}
         """Each tracker's next deadline, as it told (``DeadlineChanged``, replay only)."""
+        self._retried: OrderedDict[str, None] = OrderedDict()
+        """Order updates that broke a tracker once and were handed to its next owner (by
+        message id): one that breaks again is poison (``_handed_on``)."""
 
     GATEWAYS = 4
     """Gateway actors: a slow broker call holds up only the positions routed to its actor (a
@@ -478,17 +485,17 @@ class RiskSupervisor(SingletonActor):
     # Supervision ------------------------------------------------------------------------------
     def _failed(self, message: TrackerFailed) -> None:
         child = self.children.get(message.position_id)
+        handed = self._handed_on(message)
         if child is None or message.incarnation != child.incarnation:
-            self._redeliver(message.position_id, message.undelivered)
+            self._redeliver(message.position_id, handed)
             return
         # What was queued behind the breaking message is older than anything told since:
         # first in line for the next incarnation (or the supervisor's own keeper).
-        child.pending[:0] = message.undelivered
-        if message.undelivered:
+        child.pending[:0] = handed
+        if handed:
             logger.bind(position_id=message.position_id).warning(
                 "{} messages queued behind the failure go to its next owner: {}",
-                len(message.undelivered),
-                ", ".join(type(m).__name__ for m in message.undelivered))
+                len(handed), ", ".join(type(m).__name__ for m in handed))
         log = logger.bind(position_id=message.position_id)
         log.error("tracker failed (incarnation {}): {}", message.incarnation, message.error)
         self._dead_letter(f"tracker:{message.position_id}#{message.incarnation}", message,
@@ -509,6 +516,29 @@ class RiskSupervisor(SingletonActor):
             child.restart_at = now + delay
         else:
             self._restart(child, message.position, unstored=message.unstored)
+
+    def _handed_on(self, message: TrackerFailed) -> tuple[Any, ...]:
+        """What a failed tracker's next owner gets: the messages it had not handled and, the
+        first time it breaks one, the order update that broke it (a fill is never lost to a
+        crash), after the updates applied before it; an update that breaks the next owner
+        too is poison: dead-lettered, not handed on again."""
+        undelivered, retry = message.undelivered, message.retry
+        if retry is None:
+            return undelivered
+        log = logger.bind(position_id=message.position_id)
+        if retry.message_id in self._retried:
+            del self._retried[retry.message_id]
+            log.error("POISON: {} broke the tracker again after its restart: dead-lettered, "
+                      "the broker's book will show the difference", type(retry).__name__)
+            self._dead_letter(f"tracker:{message.position_id}#{message.incarnation}", retry,
+                              f"poison: broke two owners of the position: {message.error}")
+            return undelivered
+        self._retried[retry.message_id] = None
+        while len(self._retried) > _RETRIED_KEPT:
+            self._retried.popitem(last=False)
+        log.warning("{} broke the tracker: handed to its next owner once",
+                    type(retry).__name__)
+        return (*undelivered[:message.applied], retry, *undelivered[message.applied:])
 
     def _redeliver(self, position_id: str, messages: tuple[Any, ...]) -> None:
         """Messages a failed tracker never handled: to the position's current owner."""

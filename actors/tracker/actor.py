@@ -129,7 +129,8 @@ class TrackerActor(PooledActor):
         # Order updates applied but not stored yet come first: the next owner starts from the
         # stored state and applies them again, then what is still queued.
         stored = self.keeper.stored
-        undelivered = (*self.keeper.take_unsaved(), *self.take_told())
+        applied = self.keeper.take_unsaved()
+        undelivered = (*applied, *self.take_told())
         dump_on_crash(self.trace_name, exception_value)
         self.peers.supervisor.tell(TrackerFailed(
             position_id=self.keeper.position.position_id, incarnation=self.incarnation,
@@ -139,7 +140,8 @@ class TrackerActor(PooledActor):
             correlation_id=getattr(message, "correlation_id", None),
             causation_id=getattr(message, "causation_id", None),
             payload=summary(message), at=self.keeper.ctx.clock(),
-            position=stored, unstored=self.keeper.unstored, undelivered=undelivered))
+            position=stored, unstored=self.keeper.unstored, undelivered=undelivered,
+            retry=message if type(message) in DEFERRABLE else None, applied=len(applied)))
 
     def on_undelivered(self, told: list[Any]) -> None:
         """Told as the tracker stopped: after a failure they follow the report to the

@@ -237,8 +237,7 @@ class PositionKeeper:
         saved = self._save(applied.position, fills, cause)
         self._unsaved = None
         out = self._announce(cause) if saved else []
-        if before.status is PositionStatus.EXITING and self.position.status in CLOSED:
-            out += self._cancel_live_exits(cause)
+        out += self._cancel_live_exits(before, cause)
         if applied.event is Event.EXIT_FAILED:
             self.retry_at = self.ctx.clock() + retry_delay(self.position.exit_attempt)
             self.log.warning("exit attempt {} failed; retry at {}", before.exit_attempt,
@@ -255,7 +254,8 @@ class PositionKeeper:
         cause = unsaved.messages[-1]
         saved = self._save(self.position, unsaved.fills, cause)
         self._unsaved = None
-        return self._announce(cause) if saved else []
+        out = self._announce(cause) if saved else []
+        return out + self._cancel_live_exits(unsaved.before, cause)
 
     def _reject(self, reason: str, cause: Cause) -> None:
         self.log.warning("rejected {}: {}", type(cause).__name__, reason)
@@ -746,9 +746,13 @@ class PositionKeeper:
                 **message.caused())))
         return out
 
-    def _cancel_live_exits(self, cause: Cause) -> Out:
+    def _cancel_live_exits(self, before: Position, cause: Cause) -> Out:
         """Flat at the broker (a manual close filled first): no exit of ours may stay live
-        (SPEC §11.2)."""
+        (SPEC §11.2). Whatever closed the position (from ACTIVE too: an attempt given up as
+        failed may still rest at the broker), and whichever write stored it (one update's, or
+        one for a run of them)."""
+        if before.status in CLOSED or self.position.status not in CLOSED:
+            return []
         live = [o.progress.order_no for o in self.position.orders
                 if o.role is OrderRole.EXIT and not o.progress.status.terminal]
         for order_no in live:

@@ -11,18 +11,27 @@ from decimal import Decimal
 import pykka
 import pytest
 
+from actors.runtime.metrics import Metrics
 from actors.system import Parts, System
+from actors.tracker.keeper import KeeperContext, PositionKeeper, Target
 from app.clocks import ManualClock
 from broker.paper.exchange import PaperExchange
 from broker.paper.market import TapeMarket
-from models.common import TxnType, exit_client_id
-from models.messages import OrderUpdateReceived
-from models.orders import OrderStatus
+from models.common import Segment, Side, TxnType, exit_client_id
+from models.messages import (
+    ApplyOrderUpdate,
+    ApplyProgress,
+    CancelExitOrder,
+    ExitOrderFailed,
+    OrderUpdateReceived,
+    RequestExit,
+)
+from models.orders import OrderProgress, OrderStatus, OrderUpdate
 from models.policy import RiskConfig
-from models.position import ExitReason, PositionStatus
+from models.position import ExitReason, OrderRole, PositionStatus, new_position
 from store.pnl_cache import InMemoryPnLCache
 from tests.actors.test_order_updates import Flow, frame
-from tests.actors.test_tracker_flow import T0, price
+from tests.actors.test_tracker_flow import T0, entry, price
 from tests.fakes import FakeStore
 
 
@@ -185,3 +194,167 @@ def test_a_traded_frame_without_quantities_of_an_unknown_order_opens_its_whole_q
     flow.send(_without(traded, "TradedQty", "Quantity", "RemainingQuantity"))
     assert flow.store.positions["PB7"].quantity == 75
     assert books_agree(flow)
+
+
+def test_a_fill_that_crashes_its_tracker_reaches_the_restarted_tracker(flow: Flow) -> None:
+    """Found by the model-based search: the fill the tracker was storing when it crashed was
+    dead-lettered with the crash, so the position kept quantity the broker had closed."""
+    flow.send(frame("E1", OrderStatus.TRADED, 100))
+    flow.store.crash_fills = 1  # the write of the next fill crashes the tracker
+    flow.send(frame("M1", OrderStatus.TRADED, 40, txn=TxnType.SELL, qty=40, avg="205",
+                    seconds=1))
+    assert flow.store.crash_fills == 0  # it did crash
+    assert flow.store.positions["PE1"].quantity == 60
+    assert books_agree(flow)
+
+
+def test_an_entry_fill_that_crashes_its_new_tracker_still_opens_the_position(flow: Flow) -> None:
+    flow.store.crash_fills = 1
+    flow.send(frame("E1", OrderStatus.TRADED, 100))
+    assert flow.store.crash_fills == 0
+    assert flow.store.positions["PE1"].quantity == 100
+    assert books_agree(flow)
+
+
+def test_a_fill_that_crashes_the_restarted_tracker_too_is_dead_lettered_as_poison(
+        flow: Flow) -> None:
+    flow.send(frame("E1", OrderStatus.TRADED, 100))
+    flow.store.crash_fills = 2  # the fill breaks its tracker, and the next one
+    flow.send(frame("M1", OrderStatus.TRADED, 40, txn=TxnType.SELL, qty=40, avg="205",
+                    seconds=1))
+    assert flow.store.crash_fills == 0
+    poison = [letter for letter in flow.store.letters if letter.error.startswith("poison")]
+    assert [letter.message_type for letter in poison] == ["ApplyProgress"]
+    report = flow.orders.proxy().books().get(timeout=5)
+    assert not report.agree, "a fill lost to poison shows as a difference"
+    # handed on once only: the position is still owned and takes the fills that follow
+    flow.send(frame("M2", OrderStatus.TRADED, 30, txn=TxnType.SELL, qty=30, avg="205",
+                    seconds=2))
+    assert flow.store.positions["PE1"].quantity == 70
+
+
+def test_a_manual_close_traded_without_quantities_before_its_partial_fills_closes_it(
+        flow: Flow) -> None:
+    """Found by the model-based search: the TRADED frame came first, without quantities (no
+    fill known: parked); the partial fills that followed made the order a known untracked
+    order, but the parked frame was never taken back, and the books hid the difference as
+    untracked quantity."""
+    flow.send(frame("E1", OrderStatus.TRADED, 75, qty=75))
+    traded = frame("M1", OrderStatus.TRADED, 75, txn=TxnType.SELL, qty=75, avg="205",
+                   seconds=3)
+    flow.send(_without(traded, "TradedQty", "Quantity", "RemainingQuantity"))
+    flow.send(frame("M1", OrderStatus.PENDING, 25, txn=TxnType.SELL, qty=75, avg="205",
+                    seconds=1))
+    flow.send(frame("M1", OrderStatus.PENDING, 50, txn=TxnType.SELL, qty=75, avg="205",
+                    seconds=2))
+    position = flow.store.positions["PE1"]
+    assert (position.status, position.quantity) == (PositionStatus.EXITED, 0)
+    assert flow.orders.proxy().parked.get(timeout=5) == 0
+    report = flow.orders.proxy().books().get(timeout=5)
+    assert report.agree and report.untracked == {}, report.line()
+
+
+
+# A flat position keeps no live exit (SPEC §11.2), whichever write closes it ---------------------
+def _keeper_with_a_live_exit() -> PositionKeeper:
+    """PE1 LONG 100, EXITING, its exit order EX1 acknowledged and resting (PENDING)."""
+    keeper = PositionKeeper(new_position(entry(order_no="E1"), position_id="PE1", side=Side.LONG,
+                                         created_at=T0),
+                            KeeperContext(store=FakeStore(), config=RiskConfig(),
+                                          clock=lambda: T0, metrics=Metrics()))
+    keeper.handle(ApplyOrderUpdate(position_id="PE1", update=entry(order_no="E1"),
+                                   role=OrderRole.ENTRY, correlation_id="e", sent_at=T0))
+    keeper.handle(RequestExit(reason=ExitReason.STOP_LOSS, position_id="PE1",
+                              correlation_id="x", sent_at=T0))
+    resting = OrderUpdate(order_no="EX1", status=OrderStatus.PENDING, segment=Segment.NSE_FNO,
+                          security_id="47012", txn_type=TxnType.SELL, quantity=100,
+                          traded_qty=0, correlation_id=exit_client_id("PE1", 1), updated_at=T0)
+    keeper.handle(ApplyOrderUpdate(position_id="PE1", update=resting, role=OrderRole.EXIT,
+                                   attempt=1, correlation_id="x", sent_at=T0))
+    assert keeper.position.status is PositionStatus.EXITING
+    return keeper
+
+
+def _manual_close(qty: int = 100) -> ApplyProgress:
+    return ApplyProgress(position_id="PE1", role=OrderRole.OPPOSITE, correlation_id="m",
+                         sent_at=T0, progress=OrderProgress(
+                             order_no="M1", status=OrderStatus.TRADED, traded_qty=qty,
+                             traded_value=Decimal(205 * qty), quantity=qty, updated_at=T0))
+
+
+def _status(keeper: PositionKeeper) -> PositionStatus:
+    return keeper.position.status
+
+
+def _cancels(out: list[tuple[Target, object]]) -> list[str]:
+    return [m.order_no for _, m in out if isinstance(m, CancelExitOrder)]
+
+
+def test_a_close_stored_with_a_run_of_updates_cancels_the_live_exit() -> None:
+    """Found by the model-based search: the manual close came in a burst of updates, so its
+    write waited for the last of them (``store_unsaved``), which did not cancel our exit."""
+    keeper = _keeper_with_a_live_exit()
+    assert keeper.handle(_manual_close(), more=True) == []  # its write waits for the next
+    nothing_new = OrderUpdate(order_no="EX1", status=OrderStatus.PENDING,
+                              segment=Segment.NSE_FNO, security_id="47012",
+                              txn_type=TxnType.SELL, quantity=100, traded_qty=0,
+                              correlation_id=exit_client_id("PE1", 1), updated_at=T0)
+    out = keeper.handle(ApplyOrderUpdate(position_id="PE1", update=nothing_new,
+                                         role=OrderRole.EXIT, attempt=1, correlation_id="x",
+                                         sent_at=T0))
+    assert keeper.position.status is PositionStatus.EXITED
+    assert _cancels(out) == ["EX1"]
+
+
+def test_a_close_of_an_active_position_cancels_an_exit_that_still_rests() -> None:
+    """Found by the model-based search: an attempt given up as failed (the position ACTIVE
+    again) may still rest at the broker; a close from ACTIVE left it live on a flat
+    position."""
+    keeper = _keeper_with_a_live_exit()
+    keeper.handle(ExitOrderFailed(position_id="PE1", attempt=1,
+                                  client_id=exit_client_id("PE1", 1), reason="timed out",
+                                  correlation_id="x", sent_at=T0))
+    assert _status(keeper) is PositionStatus.ACTIVE
+    out = keeper.handle(_manual_close())
+    assert _status(keeper) is PositionStatus.EXITED
+    assert _cancels(out) == ["EX1"]
+
+
+def test_an_order_split_between_positions_is_counted_once_after_a_restart() -> None:
+    """Found by the model-based search: a manual SELL that reduced two positions was not
+    counted in the books after a restart (the positions loaded recorded only their shares),
+    and its later fills must go on reducing them, never past what was open."""
+    store, clock = FakeStore(), ManualClock(T0)
+
+    def start() -> System:
+        return System(Parts(store=store, cache=InMemoryPnLCache(),
+                            gateway=PaperExchange(TapeMarket([]), start=T0), quotes=None,
+                            config=RiskConfig(), clock=clock)).start(ticker=False)
+
+    first = start()
+    for raw in (frame("B1", OrderStatus.TRADED, 50, qty=50),
+                frame("B2", OrderStatus.TRADED, 50, qty=50, seconds=1),
+                frame("M1", OrderStatus.PENDING, 75, txn=TxnType.SELL, qty=150, seconds=2)):
+        first.order_frame(raw)
+        first.settle()
+    assert store.positions["PB1"].status is PositionStatus.EXITED
+    assert store.positions["PB2"].quantity == 25
+    assert first.books().agree, first.books().line()
+    first.stop()
+    pykka.ActorRegistry.stop_all()
+    clock.set(T0 + timedelta(seconds=5))
+    second = start()
+    try:
+        second.settle()
+        assert second.books().agree, second.books().line()
+        # the rest of the order: 25 closes PB2, 50 opens a SHORT of its own
+        second.order_frame(frame("M1", OrderStatus.TRADED, 150, txn=TxnType.SELL, qty=150,
+                                 seconds=6))
+        second.settle()
+        assert store.positions["PB2"].status is PositionStatus.EXITED
+        opened = {p.position_id: (p.side.value, p.quantity) for p in store.positions.values()
+                  if p.status not in (PositionStatus.EXITED,)}
+        assert opened == {"PM1": ("SHORT", 50)}, opened
+        assert second.books().agree, second.books().line()
+    finally:
+        second.stop()
