@@ -153,8 +153,8 @@ class FakeStore:
                                                       accepted=f.accepted, reason=f.reason))
             return list(range(start + 1, len(self.updates) + 1))
 
-    def order_updates(self) -> list[StoredOrderUpdate]:
-        return list(self.updates)
+    def order_updates(self, since: datetime | None = None) -> list[StoredOrderUpdate]:
+        return [u for u in self.updates if since is None or u.received_at >= since]
 
     def park_update(self, order_no: str, raw: str, parked_at: datetime) -> None:
         self._check(self.fail_parks, order_no, raw)

@@ -169,7 +169,8 @@ class RiskSupervisor(SingletonActor):
 
     # Start-up ---------------------------------------------------------------------------------
     def start_positions(self, positions: list[Position]) -> list[tuple[Position, ActorRef[Any]]]:
-        """Spawn a tracker per open position; returns the routes for the index's bulk load."""
+        """Spawn a tracker per open position; returns the routes for the index's bulk load.
+        Exits in flight wait for ``resume_exits``."""
         latch = self.ctx.store.kill_switch()
         now = self.ctx.clock()
         if latch is not None and self.ctx.config.portfolio.latch_in_force(latch.latched_at, now):
@@ -186,9 +187,26 @@ class RiskSupervisor(SingletonActor):
             assert child.ref is not None
             routes.append((position, child.ref))
             self.status[position.position_id] = position.status
-            if position.status is PositionStatus.EXITING:
-                child.ref.tell(ResumeExit())
         return routes
+
+    def resume_exits(self) -> int:
+        """Have every EXITING position resume its exit attempt (start-up, once the frames
+        stored before the stop are applied again: one of them may have ended the attempt);
+        how many were told. A tracker no longer EXITING by then ignores it."""
+        told = 0
+        for position_id, status in self.status.items():
+            child = self.children.get(position_id)
+            if status is not PositionStatus.EXITING or child is None:
+                continue
+            if child.keeper is not None:
+                self._deliver(child.keeper.handle(ResumeExit()))
+            elif child.ref is not None:
+                try:
+                    child.ref.tell(ResumeExit())
+                except ActorDeadError:  # crashed already: its restart reports to _failed
+                    continue
+            told += 1
+        return told
 
     def _spawn(self, position: Position, incarnation: int = 0, *,
                unstored: bool = False) -> _Child:
