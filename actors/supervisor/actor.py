@@ -27,6 +27,7 @@ from actors.protocol import (
     Checkpoint,
     ClearKillSwitch,
     DeadlineChanged,
+    ExitAudit,
     Halt,
     NextDeadline,
     Operator,
@@ -42,6 +43,7 @@ from actors.protocol import (
     Undelivered,
 )
 from actors.runtime.dispatch import Dispatcher, SingletonActor, default_dispatcher
+from actors.supervisor.audits import PendingAudits
 from actors.tracing.recorder import tracer
 from actors.tracker.actor import Peers, TrackerActor, deliver
 from actors.tracker.keeper import KeeperContext, PositionKeeper, Target
@@ -150,6 +152,8 @@ class RiskSupervisor(SingletonActor):
         restarts are paused)."""
         self.deadlines: dict[str, datetime | None] = {}
         """Each tracker's next deadline, as it told (``DeadlineChanged``, replay only)."""
+        self.audits = PendingAudits(context.store, context.clock)
+        """Exit attempts' audit columns the store did not take, written at the timers."""
 
     GATEWAYS = 4
     """Gateway actors: a slow broker call holds up only the positions routed to its actor (a
@@ -162,6 +166,7 @@ class RiskSupervisor(SingletonActor):
     def on_stop(self) -> None:
         for ref in self.gateway_refs:
             ref.stop()
+        self.audits.close()
 
     def wire(self, peers: Peers) -> None:
         """Set the peers (supervisor = this actor) before the first message."""
@@ -277,6 +282,8 @@ class RiskSupervisor(SingletonActor):
                 return self._operator(message)
             case DeadlineChanged():
                 self.deadlines[message.position_id] = message.at
+            case ExitAudit():
+                self.audits.add(message)
             case NextDeadline():
                 return self.next_deadline()
             case _:
@@ -424,7 +431,8 @@ class RiskSupervisor(SingletonActor):
         """The earliest instant at which a timer can change anything here (``DUE``: the next
         timer; None: no timer can): the end of a restart pause, and each open position's next
         deadline (a tracker that has not told one is due)."""
-        moments: list[datetime | None] = [self.paused_until]
+        moments: list[datetime | None] = [self.paused_until,
+                                          self.audits.next_try or DUE if self.audits else None]
         for child in self.children.values():
             if self.status.get(child.position_id) in CLOSED:
                 continue
@@ -436,6 +444,7 @@ class RiskSupervisor(SingletonActor):
         now = self.ctx.clock()
         if self.halted:
             self._check_latch(now, message)
+        self.audits.write()
         if self._orphans:
             orphans, self._orphans = self._orphans, []
             for position_id, orphan in orphans:

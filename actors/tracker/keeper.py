@@ -27,6 +27,7 @@ from actors.protocol import (
     DUE,
     Checkpoint,
     ClearKillSwitch,
+    ExitAudit,
     ProtectionChanged,
     ResumeExit,
     StopStored,
@@ -157,6 +158,12 @@ class PositionKeeper:
         self._exit_timeout = timedelta(milliseconds=context.config.policy.exit_timeout_ms)
         self.outage: _Outage | None = None
         """Set while writes fail: the state lives in memory, protected, until it is stored."""
+        self._held_audits: list[tuple[str, dict[str, str]]] = []
+        """Exit attempts' audit columns that wait for the outage's end (``_audit_exit``)."""
+        self._handed_audits: set[str] = set()
+        """Attempts whose audit columns the supervisor writes (one failed)."""
+        self._late_audits: Out = []
+        """Held audit columns the store did not take at the outage's end, to hand over."""
         self._tell_when_stored = unstored
         """Started from a state the store never took: nobody may have heard of it either, so
         it is announced once stored."""
@@ -181,6 +188,9 @@ class PositionKeeper:
             self._more = False
         if not more:
             out += self.store_unsaved()
+        if self._late_audits:  # held through an outage, then not taken: the supervisor's
+            out += self._late_audits
+            self._late_audits = []
         return out
 
     @property
@@ -405,6 +415,7 @@ class PositionKeeper:
         self.log.warning("store back: the position's state held in memory for {} is stored "
                          "({} fills, {} exit intents)", now - outage.since, len(outage.fills),
                          len(outage.exits))
+        self._late_audits += self._write_held_audits()
         return True
 
     def _stored(self, position: Position) -> None:
@@ -709,10 +720,10 @@ class PositionKeeper:
 
     def on_exit_unknown(self, message: ExitOrderUnknown) -> Out:
         """No answer proves the placement either way: look it up soon, place nothing."""
-        self._audit_exit(message.client_id, outcome=f"UNKNOWN: {message.reason}")
+        out = self._audit_exit(message.client_id, outcome=f"UNKNOWN: {message.reason}")
         if message.attempt == self.position.exit_attempt:
             self.exit_deadline = self.ctx.clock() + _SETTLE
-        return []
+        return out
 
     def on_exit_looked_up(self, message: ExitOrderLookedUp) -> Out:
         position = self.position
@@ -758,11 +769,29 @@ class PositionKeeper:
             position_id=self.position.position_id, order_no=order_no, sent_at=self.ctx.clock(),
             **cause.caused())) for order_no in live]
 
-    def _audit_exit(self, client_id: str, **changes: str) -> None:
-        try:
-            self.ctx.store.update_exit_attempt(client_id, **changes)
-        except StoreError as error:  # an audit column only: the position's state is elsewhere
-            self.log.warning("could not record exit {} {}: {}", client_id, changes, error)
+    def _audit_exit(self, client_id: str, **changes: str) -> Out:
+        """Write an attempt's audit columns. Held while this keeper's writes fail (the attempt
+        itself may not be stored yet: ``_write_held`` writes them after it); one the store
+        does not take goes to the supervisor, and every later one of that attempt after it,
+        to be written once the store is back (SPEC §11.4)."""
+        if self.outage is not None:
+            self._held_audits.append((client_id, changes))
+            return []
+        if client_id not in self._handed_audits:
+            try:
+                self.ctx.store.update_exit_attempt(client_id, **changes)
+                return []
+            except StoreError as error:  # an audit column only: the position's state is kept
+                self.log.warning("could not record exit {} {}: {}; kept to write later",
+                                 client_id, changes, error)
+                self._handed_audits.add(client_id)
+                return [(Target.SUPERVISOR, ExitAudit(client_id, **changes, error=str(error)))]
+        return [(Target.SUPERVISOR, ExitAudit(client_id, **changes))]
+
+    def _write_held_audits(self) -> Out:
+        held, self._held_audits = self._held_audits, []
+        return [out for client_id, changes in held
+                for out in self._audit_exit(client_id, **changes)]
 
     def on_clear_kill_switch(self, message: ClearKillSwitch) -> Out:
         if self.sticky is ExitReason.KILL_SWITCH:
@@ -771,13 +800,12 @@ class PositionKeeper:
         return []
 
     def on_exit_placed(self, message: ExitOrderPlaced) -> Out:
-        self._audit_exit(message.client_id, order_no=message.order_no, outcome="PLACED")
-        return []
+        return self._audit_exit(message.client_id, order_no=message.order_no, outcome="PLACED")
 
     def on_exit_failed(self, message: ExitOrderFailed) -> Out:
-        self._audit_exit(message.client_id, outcome=f"FAILED: {message.reason}")
+        out = self._audit_exit(message.client_id, outcome=f"FAILED: {message.reason}")
         applied = lifecycle.exit_failed(self.position, message.attempt)
-        return self._commit(applied, message)
+        return out + self._commit(applied, message)
 
 
 DEFERRABLE = frozenset({ApplyOrderUpdate, ApplyProgress})
