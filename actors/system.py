@@ -250,6 +250,7 @@ class System:
     def status(self) -> dict[str, Any]:
         snapshot: dict[str, Any] = self.supervisor.ask(Snapshot(), block=True, timeout=ASK)
         snapshot["metrics"] = self.parts.metrics.snapshot()
+        snapshot["alarms"] = self.parts.metrics.alarms()
         snapshot["max_price_age_s"] = self.batcher.proxy().price_age(self.parts.clock()).get(
             timeout=ASK)
         snapshot["books"] = self.books().line()

@@ -28,6 +28,7 @@ from typing import Any
 from loguru import logger
 from pykka import ActorRef
 
+from actors.anomalies import report_anomaly
 from actors.orders.audit import OrderAudit, RetryStore
 from actors.protocol import KnownPosition
 from actors.runtime.dispatch import SingletonActor
@@ -282,7 +283,8 @@ class OrderUpdateActor(SingletonActor):
         now = self.clock()
         rows = [ReceivedFrame(raw=frame.raw, received_at=now, order_no=update.order_no,
                               accepted=isinstance(update, OrderUpdate),
-                              reason=update.reason if isinstance(update, Rejection) else None)
+                              reason=update.reason if isinstance(update, Rejection)
+                              else update.anomaly)
                 for frame, update in zip(frames, parsed, strict=True)]
         self.audit.record(rows)
         for frame, update in zip(frames, parsed, strict=True):
@@ -304,6 +306,8 @@ class OrderUpdateActor(SingletonActor):
         if update.dedup_key() in self.seen:
             return
         self._remember(update)
+        if update.anomaly is not None:  # read the safe way; its row holds the reason
+            report_anomaly(self.metrics, self.clock(), update.anomaly, order_no=update.order_no)
         self._book(update)
         self._route_guarded(update, frame, raw=frame.raw)
 
@@ -344,9 +348,12 @@ class OrderUpdateActor(SingletonActor):
         for order in position.orders:
             if order.role is OrderRole.OPPOSITE or order.progress.order_no in self.allocations:
                 continue  # the order's own frames count it, whole
+            number = order.progress.order_no
+            owner = self.owners.get(number)
+            if owner is not None and owner[0] != position.position_id:
+                continue  # an over-fill's remainder: its order is the other position's exit
             txn = position.side.entry_txn if order.role is OrderRole.ENTRY \
                 else position.side.exit_txn
-            number = order.progress.order_no
             booked = self.booked.get(number)
             traded = max(order.progress.traded_qty, booked.traded if booked else 0)
             if traded:

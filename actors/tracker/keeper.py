@@ -23,6 +23,7 @@ from typing import Any
 from loguru import logger
 from pykka import ActorRef
 
+from actors.anomalies import report_anomaly
 from actors.protocol import (
     DUE,
     Checkpoint,
@@ -151,7 +152,8 @@ class PositionKeeper:
         self._more = False
         self._announced = position
         """The state the last announcement told (or the one this keeper started from)."""
-        self._excess_told = 0
+        self._excess_told: dict[str, int] = {}
+        """Per exit order, the excess the order-update actor was told of (``Overfilled``)."""
         self.exit_deadline: datetime | None = None
         """When the current exit attempt is looked up at the broker if it has not ended."""
         self._not_found = 0
@@ -294,29 +296,43 @@ class PositionKeeper:
             event = PositionOpened(position=position, sent_at=now, **ids)
         else:
             event = PositionChanged(position=position, sent_at=now, **ids)
-        return [(target, event) for target in ANNOUNCE] + self._hand_on_excess(cause)
+        return [(target, event) for target in ANNOUNCE] + self._hand_on_excess(
+            cause, closed=before.status in CLOSED)
 
-    def _hand_on_excess(self, cause: Cause) -> Out:
-        """Exit fills past what was open (SPEC §11.1): the order-update actor opens the
-        opposite remainder as a position of its own; told again until it is (cumulative, so
-        idempotent), and alarmed."""
+    def _hand_on_excess(self, cause: Cause, *, closed: bool = False) -> Out:
+        """Exit fills past what was open (SPEC §11.1): the order-update actor opens each exit
+        order's opposite remainder as a position of its own; told again until it is
+        (cumulative, so idempotent), and alarmed as an anomaly."""
         position = self.position
-        excess = position.excess_qty
-        if excess <= self._excess_told or position.exit_price is None:
+        if position.excess_qty <= sum(self._excess_told.values()):
             return []
-        exits = [o for o in position.orders if o.role is not OrderRole.ENTRY]
-        order = max(exits, key=lambda o: (o.attempt or 0, o.progress.updated_at or
-                                          position.created_at))
-        progress = OrderProgress(order_no=order.progress.order_no, status=order.progress.status,
-                                 traded_qty=excess, traded_value=position.exit_price * excess,
-                                 updated_at=order.progress.updated_at)
-        self._excess_told = excess
-        self.log.error("OVER-FILL: exit fills of {} went {} past the open quantity; the "
-                       "opposite remainder is tracked as a position of its own",
-                       order.progress.order_no, excess)
-        return [(Target.ORDERS, Overfilled(position_id=position.position_id, position=position,
-                                           progress=progress, sent_at=self.ctx.clock(),
-                                           **cause.caused()))]
+        out: Out = []
+        for progress in position.excess_fills():
+            number, excess = progress.order_no, progress.traded_qty
+            if excess <= self._excess_told.get(number, 0):
+                continue
+            self._excess_told[number] = excess
+            past = "a position already closed" if closed else "the open quantity"
+            report_anomaly(self.ctx.metrics, self.ctx.clock(),
+                           f"exit fills of order {number} went {excess} past {past}; the "
+                           "opposite remainder is tracked as a position of its own",
+                           position_id=position.position_id, order_no=number)
+            self._store_anomaly(cause, f"over-fill of {excess} by order {number}")
+            out.append((Target.ORDERS, Overfilled(
+                position_id=position.position_id, position=position, progress=progress,
+                sent_at=self.ctx.clock(), **cause.caused())))
+        return out
+
+    def _store_anomaly(self, cause: Cause, reason: str) -> None:
+        try:
+            self.ctx.store.record_dead_letter(DeadLetter(
+                recorded_at=self.ctx.clock(), actor=f"tracker:{self.position.position_id}",
+                message_type=type(cause).__name__, message_id=cause.message_id,
+                correlation_id=cause.correlation_id, causation_id=cause.causation_id,
+                position_id=self.position.position_id, error=f"anomaly: {reason}",
+                payload=summary(cause)))
+        except StoreError as error:  # alarmed above; only its row is lost
+            self.log.error("could not store the anomaly ({}): {}", error, reason)
 
     def on_checkpoint(self, message: Checkpoint) -> Out:
         self._checkpoint(force=True)
@@ -535,8 +551,7 @@ class PositionKeeper:
             return self.outage.next_try  # a write to retry
         if self._stop_sent is not None or self._ahead is not None:
             return DUE  # a stop with the writer, prices waiting for it
-        if self._unsaved is not None or (position.excess_qty > self._excess_told
-                                         and position.exit_price is not None):
+        if self._unsaved is not None or position.excess_qty > sum(self._excess_told.values()):
             return DUE  # a write held for the next update; an over-fill to hand on
         if position.status is PositionStatus.EXITING:
             return self.exit_deadline or DUE  # an exit in flight: looked up at its time-out
