@@ -234,6 +234,7 @@ def _stop(system: System, store: Store, mode: str, started: datetime,
     report = build_report(mode, started, ended, store.list_positions(),
                           system.parts.config.policy, metrics.snapshot())
     report["books"] = books.as_dict()
+    report["alarms"] = metrics.alarms()
     if not books.agree:
         logger.error("the broker's book and ours differ at the end of the session: {}",
                      books.line())

@@ -157,6 +157,18 @@ class ProtectionChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class ExitAudit:
+    """Tracker → supervisor: an exit attempt's audit columns the store did not take (or that
+    follow ones it did not), for the supervisor to write once it does
+    (``actors/supervisor/audits.py``)."""
+
+    client_id: str
+    order_no: str | None = None
+    outcome: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ResumeExit:
     """Start-up: an EXITING position re-sends its current attempt (same client id: the gateway
     places nothing twice)."""

@@ -50,7 +50,7 @@ from actors.tracker.keeper import KeeperContext
 from actors.tracker.stops import StopWriterActor
 from broker.ports import OrderGateway, QuoteApi
 from models.books import BooksReport
-from models.common import IST, Instrument
+from models.common import IST, Instrument, exchange_day_start
 from models.messages import OrderUpdateReceived, RequestExit, new_id
 from models.policy import ExitPolicy, RiskConfig
 from models.position import CLOSED, ExitReason, Position, PositionStatus
@@ -203,6 +203,9 @@ class System:
         gc.freeze()
         logger.debug("start-up: {} objects frozen", gc.get_freeze_count())
         p.gateway.subscribe(self.order_frame)
+        # Exits in flight at the last stop resume only now: the frames of an order placed
+        # before the gateway had a sink would be lost.
+        self.supervisor.proxy().resume_exits().get(timeout=60)
         if ticker:
             self.ticker = Ticker(p.clock, p.schedule, flush_to=[self.batcher],
                                  timer_to=[self.supervisor, self.orders],
@@ -221,6 +224,10 @@ class System:
         known = sorted(closed + positions, key=lambda p: (p.created_at, p.position_id))
         self.orders.proxy().load(known).get(timeout=60)
         self.pnl.proxy().seed(positions, closed).get(timeout=60)
+        # A frame stored but not routed when the last run died (a kill -9 between the two) is
+        # routed now, before exits resume: it may have ended an exit in flight, which must not
+        # be placed again.
+        self.orders.proxy().recover(exchange_day_start(self.parts.clock())).get(timeout=120)
         logger.info("supervising {} open positions from the store", len(positions))
 
     # Feeds ------------------------------------------------------------------------------------
@@ -247,6 +254,7 @@ class System:
     def status(self) -> dict[str, Any]:
         snapshot: dict[str, Any] = self.supervisor.ask(Snapshot(), block=True, timeout=ASK)
         snapshot["metrics"] = self.parts.metrics.snapshot()
+        snapshot["alarms"] = self.parts.metrics.alarms()
         snapshot["max_price_age_s"] = self.batcher.proxy().price_age(self.parts.clock()).get(
             timeout=ASK)
         snapshot["books"] = self.books().line()

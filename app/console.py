@@ -23,7 +23,9 @@ def status_line(status: Mapping[str, Any], clock_text: str) -> str:
             f"unprotected {len(status.get('unprotected', []))} | quarantined {len(quarantined)} | "
             f"restarts {metrics.get('actor_restarts', 0)} | {status.get('books', 'books: ?')}"
             + (f" | order frames not yet stored {metrics['unstored_frames']}"
-               if metrics.get("unstored_frames") else ""))
+               if metrics.get("unstored_frames") else "")
+            + (f" | ANOMALIES {metrics['anomalies']} (last: {status['alarms'][-1]})"
+               if metrics.get("anomalies") and status.get("alarms") else ""))
 
 
 def print_summary(report: Mapping[str, Any], out: TextIO) -> None:

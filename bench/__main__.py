@@ -3,10 +3,9 @@ to bench/results/ as JSON and, for a full run, rewrite BENCHMARKS.md's one-page 
 
 Real PostgreSQL and Redis are used when ``BENCH_DATABASE_URL`` / ``BENCH_REDIS_URL`` (defaults:
 the local test services) answer; otherwise the embedded SQLite store and the in-process cache.
-The latency, sustained-load, live (``run.py live`` against the fake DhanHQ) and start-up
-benchmarks each run in a process of their own, so that their memory, garbage and start-up are
-theirs alone. Benchmarks run one after another, never
-concurrently.
+The latency, sustained-load, live (``run.py live`` against the fake DhanHQ), trending-stops and
+start-up benchmarks each run in a process of their own, so that their memory, garbage and
+start-up are theirs alone. Benchmarks run one after another, never concurrently.
 """
 
 from __future__ import annotations
@@ -90,6 +89,8 @@ def run_all(quick: bool, pg: str | None, rd: str | None, scratch: Path) -> list[
         else ("--positions", "10000", "--instruments", "2000", "--seconds", "30")
     rows.append(_step("sustained", lambda: isolated("sustained", *sustained)))
     rows.append(_step("live exits", lambda: isolated("live_exits")))
+    rows.append(_step("trending stops", lambda: isolated(
+        "trending_stops", "--seconds", "5" if quick else "30")))
     rows.append(_step("start-up", lambda: isolated(
         "startup", "--positions", "2000" if quick else "10000")))
     rows.append(_step("tracing cost", lambda: tracing_cost.run(

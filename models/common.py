@@ -18,6 +18,12 @@ IST = timezone(timedelta(hours=5, minutes=30), "IST")
 PAISE = Decimal("0.01")
 
 
+def exchange_day_start(moment: datetime) -> datetime:
+    """The start (IST midnight) of the exchange day ``moment`` falls on: the day's PnL, the
+    kill switch and the frames a start-up applies again count from it (SPEC §11.7)."""
+    return datetime.combine(moment.astimezone(IST).date(), datetime.min.time(), tzinfo=IST)
+
+
 def _require_aware(value: datetime) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("datetime must be timezone-aware")

@@ -66,6 +66,9 @@ class OrderUpdate(Frozen):
     reason: str | None = None
     symbol: str | None = None
     lot_size: int | None = None
+    anomaly: str | None = None
+    """What the frame said that cannot be (a status nobody knows, more traded than ordered)
+    and how it was read instead: never dropped, alarmed by the order-update actor."""
 
     @property
     def fill_price(self) -> Decimal | None:

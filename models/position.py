@@ -163,6 +163,27 @@ class Position(Frozen):
         they opened belongs to a position of its own (SPEC §11.1)."""
         return max(0, self.exit_qty - self.entry_qty)
 
+    def excess_fills(self) -> list[OrderProgress]:
+        """The ``excess_qty`` per exit order, as the progress of the position each one's
+        excess opens (cumulative, at that order's average price). What was open goes to the
+        broker's own reductions first (they never take more than was open), then to our exit
+        orders in attempt order; so the excesses add up to ``excess_qty`` and a later exit's
+        fill on a closed position is that order's own excess, never counted twice."""
+        left, excess = self.entry_qty, []
+        exits = sorted((o for o in self.orders if o.role is not OrderRole.ENTRY),
+                       key=lambda o: (o.role is OrderRole.EXIT, o.attempt or 0,
+                                      o.progress.order_no))
+        for order in exits:
+            progress = order.progress
+            over = progress.traded_qty - min(left, progress.traded_qty)
+            left -= progress.traded_qty - over
+            if over:
+                excess.append(OrderProgress(
+                    order_no=progress.order_no, status=progress.status, traded_qty=over,
+                    traded_value=progress.traded_value * over / progress.traded_qty,
+                    updated_at=progress.updated_at))
+        return excess
+
     @property
     def entry_price(self) -> Decimal | None:
         qty, value = self._sum(OrderRole.ENTRY)

@@ -180,9 +180,15 @@ def _build(payload: _Payload) -> OrderUpdate:
     order_no = payload.text("order_no")
     if order_no is None:
         raise _Invalid("missing order number (OrderNo, order_no or order_id)")
-    status = _status(payload)
+    status, unknown = _status(payload)
     quantity = _quantity(*payload.get("quantity"))
-    traded = _traded(payload, status, quantity)
+    traded, over = _traded(payload, status, quantity)
+    if over is not None:  # the broker's fill stands: the order traded at least that much
+        quantity = traded
+    if unknown is not None:  # a status we do not know cannot prove the order over: live
+        status = OrderStatus.PART_TRADED if traded else OrderStatus.PENDING
+        unknown = f"{unknown}: read as {status} (a live order)"
+    anomaly = "; ".join(note for note in (unknown, over) if note is not None) or None
     prices = {name: _number(*payload.get(name), "a non-negative number") for name in _PRICES}
     if traded > 0 and not any(price is not None and price > 0 for price in prices.values()):
         raise _Invalid(f"traded quantity {traded} has no positive AvgTradedPrice, TradedPrice "
@@ -192,24 +198,29 @@ def _build(payload: _Payload) -> OrderUpdate:
         return OrderUpdate(order_no=order_no, status=status, quantity=quantity,
                            traded_qty=traded, txn_type=_txn_type(payload),
                            segment=_segment(payload), updated_at=_time(payload),
-                           lot_size=_quantity(*payload.get("lot_size")), **prices, **texts)
+                           lot_size=_quantity(*payload.get("lot_size")), anomaly=anomaly,
+                           **prices, **texts)
     except ValidationError as error:  # every field is checked above; this is the last guard
         raise _Invalid(f"invalid order update: {error}") from None
 
 
-def _traded(payload: _Payload, status: OrderStatus, quantity: int | None) -> int:
-    """Cumulative traded quantity; a TRADED order that omits it traded all of its quantity."""
+def _traded(payload: _Payload, status: OrderStatus | None,
+            quantity: int | None) -> tuple[int, str | None]:
+    """Cumulative traded quantity (a TRADED order that omits it traded all of its quantity),
+    and a note when it exceeds the order's quantity: the fill is kept all the same."""
     key, value = payload.get("traded_qty")
     traded = _quantity(key, value)
     if traded is None:
-        return quantity if status is OrderStatus.TRADED and quantity is not None else 0
+        return (quantity if status is OrderStatus.TRADED and quantity is not None else 0), None
     if quantity is not None and traded > quantity:
         quantity_key = payload.get("quantity")[0]
-        raise _Invalid(f"{key} {traded} exceeds {quantity_key} {quantity}")
-    return traded
+        return traded, (f"{key} {traded} exceeds {quantity_key} {quantity}: the {traded} "
+                        "traded are kept")
+    return traded, None
 
 
-def _status(payload: _Payload) -> OrderStatus:
+def _status(payload: _Payload) -> tuple[OrderStatus | None, str | None]:
+    """The status, or None and a note for a text that names none we know."""
     key, value = payload.get("status")
     if value is None:
         raise _Invalid("missing order status (Status, order_status or status)")
@@ -218,8 +229,8 @@ def _status(payload: _Payload) -> OrderStatus:
     name = "_".join(value.replace("-", " ").replace("_", " ").upper().split())
     name = _STATUS_ALIASES.get(name, name)
     if name not in OrderStatus.__members__:
-        raise _Invalid(f"unknown {key} {_show(value)}")
-    return OrderStatus(name)
+        return None, f"unknown {key} {_show(value)}"
+    return OrderStatus(name), None
 
 
 def _txn_type(payload: _Payload) -> TxnType | None:

@@ -90,7 +90,8 @@ class Store(Protocol):
         """Store a raw frame as received and return its sequence number. Any text is kept
         exactly, a NUL too; ``StoreRefused`` when the backend cannot hold a value even so."""
 
-    def order_updates(self) -> list[StoredOrderUpdate]: ...
+    def order_updates(self, since: datetime | None = None) -> list[StoredOrderUpdate]:
+        """The frames stored (received at ``since`` or later), in the order they were stored."""
 
     def park_update(self, order_no: str, raw: str, parked_at: datetime) -> None: ...
 

@@ -107,7 +107,13 @@ _V1: tuple[str, ...] = (
     )""",
 )
 
-MIGRATIONS: Mapping[int, tuple[str, ...]] = {1: _V1}
+_V2: tuple[str, ...] = (
+    # The frames of the current exchange day are read again at every start-up
+    # (``Store.order_updates(since)``): a range of the index, not a scan of every day's.
+    "CREATE INDEX order_updates_received_at ON order_updates (received_at)",
+)
+
+MIGRATIONS: Mapping[int, tuple[str, ...]] = {1: _V1, 2: _V2}
 """Version → the SQL steps that bring the schema from the previous version to it."""
 
 LATEST = max(MIGRATIONS)

@@ -252,8 +252,11 @@ class SqlStore:
                                                               f.accepted, f.reason, f.raw), "seq")
                     for f in frames]
 
-    def order_updates(self) -> list[StoredOrderUpdate]:
-        return self._select(StoredOrderUpdate, "order_updates", "ORDER BY seq")
+    def order_updates(self, since: datetime | None = None) -> list[StoredOrderUpdate]:
+        if since is None:
+            return self._select(StoredOrderUpdate, "order_updates", "ORDER BY seq")
+        return self._select(StoredOrderUpdate, "order_updates",
+                            "WHERE received_at >= ? ORDER BY seq", (since,))
 
     def park_update(self, order_no: str, raw: str, parked_at: datetime) -> None:
         self._insert(ParkedUpdate(order_no=order_no, parked_at=parked_at, raw=raw),

@@ -27,7 +27,9 @@ class FakeStore:
     Switches make calls fail as a database outage does (``StoreError``, nothing written):
     ``fail_loads`` (``load_position``), ``fail_frames`` (``record_order_update(s)``),
     ``fail_parks`` (``park_update``, ``take_parked``, ``parked_updates``), ``fail_saves`` (the
-    next that many ``save_position`` calls), ``fail_marks`` (``save_marks``); ``refuse_text``
+    next that many ``save_position`` calls, ``record_exit`` too), ``fail_marks``
+    (``save_marks``), ``fail_exits`` (``update_exit_attempt``: the attempts' audit columns);
+    ``refuse_text``
     makes a frame or park whose text contains it fail as data the backend cannot hold
     (``StoreRefused``); ``crash_fills`` makes the next that many ``save_position`` calls that
     carry fills raise ``RuntimeError`` (not the store's outage: a crash of the caller, as a bug
@@ -55,6 +57,7 @@ class FakeStore:
         self.fail_marks = 0
         self.crash_fills = 0
         """The next that many ``save_marks`` calls fail."""
+        self.fail_exits = False
         self.marks_writes: list[int] = []
         """Positions handed to each ``save_marks`` call, in order."""
 
@@ -161,8 +164,8 @@ class FakeStore:
                                                       accepted=f.accepted, reason=f.reason))
             return list(range(start + 1, len(self.updates) + 1))
 
-    def order_updates(self) -> list[StoredOrderUpdate]:
-        return list(self.updates)
+    def order_updates(self, since: datetime | None = None) -> list[StoredOrderUpdate]:
+        return [u for u in self.updates if since is None or u.received_at >= since]
 
     def park_update(self, order_no: str, raw: str, parked_at: datetime) -> None:
         self._check(self.fail_parks, order_no, raw)
@@ -186,12 +189,18 @@ class FakeStore:
         return True
 
     def record_exit(self, attempt: ExitAttempt, position: Position) -> bool:
-        recorded = self.record_exit_attempt(attempt)
-        self.save_position(position)
-        return recorded
+        """One write, as in a real store: a failure (an outage) writes nothing; a stale
+        position keeps the attempt stored."""
+        try:
+            self.save_position(position)
+        except StaleWriteError:
+            self.record_exit_attempt(attempt)
+            raise
+        return self.record_exit_attempt(attempt)
 
     def update_exit_attempt(self, client_id: str, *, order_no: str | None = None,
                             outcome: str | None = None) -> None:
+        self._check(self.fail_exits)
         for key, attempt in self.attempts.items():
             if attempt.client_id == client_id:
                 self.attempts[key] = attempt.model_copy(update={

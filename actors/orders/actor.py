@@ -7,10 +7,12 @@ fill reduces opposite positions and whose remainder opens a new one. An update f
 order without a fill is parked (persisted) until the order becomes known; the actor knows which
 orders have updates parked (those of an earlier run are read at start-up), so a new position
 costs a store query only when something waits for it. Frames that queue up are stored in one
-transaction before they are routed (``hold``).
+transaction before they are routed (``hold``). At start-up the frames stored since the exchange
+day began are routed again (``recover``): one stored just before a kill, never routed, is not
+lost, and the others change nothing.
 
 The actor never stops for the store or for a payload: its store calls go through
-``OrderAudit`` (``order_audit.py``), which keeps in memory what the store does not take and
+``OrderAudit`` (``audit.py``), which keeps in memory what the store does not take and
 stores it later, while the updates are routed all the same; an update whose ids hold a NUL is
 rejected by the parser; a frame that breaks the routing itself is logged and skipped.
 """
@@ -26,6 +28,7 @@ from typing import Any
 from loguru import logger
 from pykka import ActorRef
 
+from actors.anomalies import report_anomaly
 from actors.orders.audit import OrderAudit, RetryStore
 from actors.protocol import KnownPosition
 from actors.runtime.dispatch import SingletonActor
@@ -112,6 +115,8 @@ class OrderUpdateActor(SingletonActor):
         """Positions opened for over-fills (their entry order is another position's exit)."""
         self._held: list[OrderUpdateReceived] = []
         self._flush_told = False
+        self._parked_raws: set[str] | None = None
+        """While ``recover`` runs: the raw frames parked in the store already."""
 
     @property
     def parked(self) -> int:
@@ -131,6 +136,44 @@ class OrderUpdateActor(SingletonActor):
             self._learn(position)
         self._book_allocations(positions)
         self.audit.load_parked()
+
+    def recover(self, since: datetime) -> int:
+        """Route again the frames stored since ``since`` (the exchange day's start), after
+        ``load``: one stored but never routed before the last run died is applied now, before
+        exits resume; one already applied changes nothing (a position applies an update once)
+        and one already parked is not parked again. A frame of a closed position's order that
+        adds no fill is skipped: that position holds it. How many were routed."""
+        try:
+            frames = self.store.order_updates(since)
+            self._parked_raws = {item.raw for item in self.store.parked_updates()}
+        except Exception as error:  # the store failed: nothing to go on but the loaded state
+            logger.error("frames stored since {} not read again ({}): one stored but never "
+                         "routed before the last stop stays unapplied", since, error)
+            return 0
+        routed = 0
+        try:
+            for frame in frames:
+                update = parse_order_update(frame.raw)
+                if not frame.accepted or not isinstance(update, OrderUpdate) or \
+                        update.dedup_key() in self.seen or self._holds(update):
+                    continue
+                self._remember(update)
+                self._book(update)
+                cause = OrderUpdateReceived(raw=frame.raw, correlation_id=f"stored-{frame.seq}",
+                                            sent_at=self.clock(), source="stored")
+                self._route_guarded(update, cause, raw=frame.raw)
+                routed += 1
+        finally:
+            self._parked_raws = None
+        logger.info("{} of {} frames stored since {} routed again", routed, len(frames), since)
+        return routed
+
+    def _holds(self, update: OrderUpdate) -> bool:
+        """A closed position's order whose fill that position already holds in full."""
+        owner = self.owners.get(update.order_no)
+        booked = self.booked.get(update.order_no)
+        return owner is not None and owner[0] not in self.positions and \
+            update.traded_qty <= (booked.traded if booked is not None else 0)
 
     def set_supervisor(self, supervisor: ActorRef[Any]) -> None:
         self.supervisor = supervisor
@@ -243,7 +286,8 @@ class OrderUpdateActor(SingletonActor):
         now = self.clock()
         rows = [ReceivedFrame(raw=frame.raw, received_at=now, order_no=update.order_no,
                               accepted=isinstance(update, OrderUpdate),
-                              reason=update.reason if isinstance(update, Rejection) else None)
+                              reason=update.reason if isinstance(update, Rejection)
+                              else update.anomaly)
                 for frame, update in zip(frames, parsed, strict=True)]
         self.audit.record(rows)
         for frame, update in zip(frames, parsed, strict=True):
@@ -262,14 +306,18 @@ class OrderUpdateActor(SingletonActor):
                 log.warning("order update rejected: {} (raw stored: {:.300})", update.reason,
                             frame.raw)
             return
-        key = update.dedup_key()
-        if key in self.seen:
+        if update.dedup_key() in self.seen:
             return
-        self.seen[key] = None
-        if len(self.seen) > self.dedup_window:
-            self.seen.popitem(last=False)
+        self._remember(update)
+        if update.anomaly is not None:  # read the safe way; its row holds the reason
+            report_anomaly(self.metrics, self.clock(), update.anomaly, order_no=update.order_no)
         self._book(update)
         self._route_guarded(update, frame, raw=frame.raw)
+
+    def _remember(self, update: OrderUpdate) -> None:
+        self.seen[update.dedup_key()] = None
+        if len(self.seen) > self.dedup_window:
+            self.seen.popitem(last=False)
 
     # The broker's book -------------------------------------------------------------------------
     def _book(self, update: OrderUpdate) -> None:
@@ -305,9 +353,12 @@ class OrderUpdateActor(SingletonActor):
         for order in position.orders:
             if order.role is OrderRole.OPPOSITE or order.progress.order_no in self.allocations:
                 continue  # the order's own frames count it, whole
+            number = order.progress.order_no
+            owner = self.owners.get(number)
+            if owner is not None and owner[0] != position.position_id:
+                continue  # an over-fill's remainder: its order is the other position's exit
             txn = position.side.entry_txn if order.role is OrderRole.ENTRY \
                 else position.side.exit_txn
-            number = order.progress.order_no
             booked = self.booked.get(number)
             traded = max(order.progress.traded_qty, booked.traded if booked else 0)
             if traded:
@@ -366,7 +417,7 @@ class OrderUpdateActor(SingletonActor):
         elif update.order_no in self.allocations or (self._fill_of_untracked(update) and (
                 self._tracks_entry(update) or any(qty for _, qty in self._opposites(update)))):
             self._untracked(update, cause)
-        else:
+        elif self._parked_raws is None or raw not in self._parked_raws:
             self._park(update, raw)
 
     def _fill_of_untracked(self, update: OrderUpdate) -> bool:

@@ -1,5 +1,5 @@
-"""Counters the report and the benchmarks read (SPEC §7 ``metrics``), and latency histograms
-the operator console exports (SPEC §12).
+"""Counters the report and the benchmarks read (SPEC §7 ``metrics``), latency histograms the
+operator console exports (SPEC §12), and the latest alarms (``actors/anomalies.py``).
 
 Shared by every actor, so each increment takes a small lock: it guards these integers only,
 never domain state. A counter named ``family.label`` (``gateway_errors.DH-904``) is one
@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 
 NAMES = ("price_batches", "evaluations", "db_queries", "redis_roundtrips", "quote_api_calls",
-         "actor_restarts", "dead_letters", "rejected_updates")
+         "actor_restarts", "dead_letters", "rejected_updates", "anomalies")
+
+ALARMS_KEPT = 100
+"""The most recent alarms kept for the status and the report (all are logged)."""
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                    5.0)
@@ -45,6 +48,16 @@ class Metrics:
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
         self._series: dict[str, _Series] = {}
+        self._alarms: deque[str] = deque(maxlen=ALARMS_KEPT)
+
+    def alarm(self, text: str) -> None:
+        """An alarm an operator must see: in the status and the report (``alarms``)."""
+        with self._lock:
+            self._alarms.append(text)
+
+    def alarms(self) -> list[str]:
+        with self._lock:
+            return list(self._alarms)
 
     def incr(self, name: str, amount: int = 1) -> None:
         with self._lock:

@@ -27,6 +27,7 @@ from actors.protocol import (
     Checkpoint,
     ClearKillSwitch,
     DeadlineChanged,
+    ExitAudit,
     Halt,
     NextDeadline,
     Operator,
@@ -42,6 +43,7 @@ from actors.protocol import (
     Undelivered,
 )
 from actors.runtime.dispatch import Dispatcher, SingletonActor, default_dispatcher
+from actors.supervisor.audits import PendingAudits
 from actors.tracing.recorder import tracer
 from actors.tracker.actor import Peers, TrackerActor, deliver
 from actors.tracker.keeper import KeeperContext, PositionKeeper, Target
@@ -157,6 +159,8 @@ class RiskSupervisor(SingletonActor):
         self._retried: OrderedDict[str, None] = OrderedDict()
         """Order updates that broke a tracker once and were handed to its next owner (by
         message id): one that breaks again is poison (``_handed_on``)."""
+        self.audits = PendingAudits(context.store, context.clock)
+        """Exit attempts' audit columns the store did not take, written at the timers."""
 
     GATEWAYS = 4
     """Gateway actors: a slow broker call holds up only the positions routed to its actor (a
@@ -169,6 +173,7 @@ class RiskSupervisor(SingletonActor):
     def on_stop(self) -> None:
         for ref in self.gateway_refs:
             ref.stop()
+        self.audits.close()
 
     def wire(self, peers: Peers) -> None:
         """Set the peers (supervisor = this actor) before the first message."""
@@ -176,7 +181,8 @@ class RiskSupervisor(SingletonActor):
 
     # Start-up ---------------------------------------------------------------------------------
     def start_positions(self, positions: list[Position]) -> list[tuple[Position, ActorRef[Any]]]:
-        """Spawn a tracker per open position; returns the routes for the index's bulk load."""
+        """Spawn a tracker per open position; returns the routes for the index's bulk load.
+        Exits in flight wait for ``resume_exits``."""
         latch = self.ctx.store.kill_switch()
         now = self.ctx.clock()
         if latch is not None and self.ctx.config.portfolio.latch_in_force(latch.latched_at, now):
@@ -193,9 +199,26 @@ class RiskSupervisor(SingletonActor):
             assert child.ref is not None
             routes.append((position, child.ref))
             self.status[position.position_id] = position.status
-            if position.status is PositionStatus.EXITING:
-                child.ref.tell(ResumeExit())
         return routes
+
+    def resume_exits(self) -> int:
+        """Have every EXITING position resume its exit attempt (start-up, once the frames
+        stored before the stop are applied again: one of them may have ended the attempt);
+        how many were told. A tracker no longer EXITING by then ignores it."""
+        told = 0
+        for position_id, status in self.status.items():
+            child = self.children.get(position_id)
+            if status is not PositionStatus.EXITING or child is None:
+                continue
+            if child.keeper is not None:
+                self._deliver(child.keeper.handle(ResumeExit()))
+            elif child.ref is not None:
+                try:
+                    child.ref.tell(ResumeExit())
+                except ActorDeadError:  # crashed already: its restart reports to _failed
+                    continue
+            told += 1
+        return told
 
     def _spawn(self, position: Position, incarnation: int = 0, *,
                unstored: bool = False) -> _Child:
@@ -266,6 +289,8 @@ class RiskSupervisor(SingletonActor):
                 return self._operator(message)
             case DeadlineChanged():
                 self.deadlines[message.position_id] = message.at
+            case ExitAudit():
+                self.audits.add(message)
             case NextDeadline():
                 return self.next_deadline()
             case _:
@@ -413,7 +438,8 @@ class RiskSupervisor(SingletonActor):
         """The earliest instant at which a timer can change anything here (``DUE``: the next
         timer; None: no timer can): the end of a restart pause, and each open position's next
         deadline (a tracker that has not told one is due)."""
-        moments: list[datetime | None] = [self.paused_until]
+        moments: list[datetime | None] = [self.paused_until,
+                                          self.audits.next_try or DUE if self.audits else None]
         for child in self.children.values():
             if self.status.get(child.position_id) in CLOSED:
                 continue
@@ -425,6 +451,7 @@ class RiskSupervisor(SingletonActor):
         now = self.ctx.clock()
         if self.halted:
             self._check_latch(now, message)
+        self.audits.write()
         if self._orphans:
             orphans, self._orphans = self._orphans, []
             for position_id, orphan in orphans:

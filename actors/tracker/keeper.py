@@ -23,10 +23,12 @@ from typing import Any
 from loguru import logger
 from pykka import ActorRef
 
+from actors.anomalies import report_anomaly
 from actors.protocol import (
     DUE,
     Checkpoint,
     ClearKillSwitch,
+    ExitAudit,
     ProtectionChanged,
     ResumeExit,
     StopStored,
@@ -150,13 +152,20 @@ class PositionKeeper:
         self._more = False
         self._announced = position
         """The state the last announcement told (or the one this keeper started from)."""
-        self._excess_told = 0
+        self._excess_told: dict[str, int] = {}
+        """Per exit order, the excess the order-update actor was told of (``Overfilled``)."""
         self.exit_deadline: datetime | None = None
         """When the current exit attempt is looked up at the broker if it has not ended."""
         self._not_found = 0
         self._exit_timeout = timedelta(milliseconds=context.config.policy.exit_timeout_ms)
         self.outage: _Outage | None = None
         """Set while writes fail: the state lives in memory, protected, until it is stored."""
+        self._held_audits: list[tuple[str, dict[str, str]]] = []
+        """Exit attempts' audit columns that wait for the outage's end (``_audit_exit``)."""
+        self._handed_audits: set[str] = set()
+        """Attempts whose audit columns the supervisor writes (one failed)."""
+        self._late_audits: Out = []
+        """Held audit columns the store did not take at the outage's end, to hand over."""
         self._tell_when_stored = unstored
         """Started from a state the store never took: nobody may have heard of it either, so
         it is announced once stored."""
@@ -181,6 +190,9 @@ class PositionKeeper:
             self._more = False
         if not more:
             out += self.store_unsaved()
+        if self._late_audits:  # held through an outage, then not taken: the supervisor's
+            out += self._late_audits
+            self._late_audits = []
         return out
 
     @property
@@ -284,29 +296,43 @@ class PositionKeeper:
             event = PositionOpened(position=position, sent_at=now, **ids)
         else:
             event = PositionChanged(position=position, sent_at=now, **ids)
-        return [(target, event) for target in ANNOUNCE] + self._hand_on_excess(cause)
+        return [(target, event) for target in ANNOUNCE] + self._hand_on_excess(
+            cause, closed=before.status in CLOSED)
 
-    def _hand_on_excess(self, cause: Cause) -> Out:
-        """Exit fills past what was open (SPEC §11.1): the order-update actor opens the
-        opposite remainder as a position of its own; told again until it is (cumulative, so
-        idempotent), and alarmed."""
+    def _hand_on_excess(self, cause: Cause, *, closed: bool = False) -> Out:
+        """Exit fills past what was open (SPEC §11.1): the order-update actor opens each exit
+        order's opposite remainder as a position of its own; told again until it is
+        (cumulative, so idempotent), and alarmed as an anomaly."""
         position = self.position
-        excess = position.excess_qty
-        if excess <= self._excess_told or position.exit_price is None:
+        if position.excess_qty <= sum(self._excess_told.values()):
             return []
-        exits = [o for o in position.orders if o.role is not OrderRole.ENTRY]
-        order = max(exits, key=lambda o: (o.attempt or 0, o.progress.updated_at or
-                                          position.created_at))
-        progress = OrderProgress(order_no=order.progress.order_no, status=order.progress.status,
-                                 traded_qty=excess, traded_value=position.exit_price * excess,
-                                 updated_at=order.progress.updated_at)
-        self._excess_told = excess
-        self.log.error("OVER-FILL: exit fills of {} went {} past the open quantity; the "
-                       "opposite remainder is tracked as a position of its own",
-                       order.progress.order_no, excess)
-        return [(Target.ORDERS, Overfilled(position_id=position.position_id, position=position,
-                                           progress=progress, sent_at=self.ctx.clock(),
-                                           **cause.caused()))]
+        out: Out = []
+        for progress in position.excess_fills():
+            number, excess = progress.order_no, progress.traded_qty
+            if excess <= self._excess_told.get(number, 0):
+                continue
+            self._excess_told[number] = excess
+            past = "a position already closed" if closed else "the open quantity"
+            report_anomaly(self.ctx.metrics, self.ctx.clock(),
+                           f"exit fills of order {number} went {excess} past {past}; the "
+                           "opposite remainder is tracked as a position of its own",
+                           position_id=position.position_id, order_no=number)
+            self._store_anomaly(cause, f"over-fill of {excess} by order {number}")
+            out.append((Target.ORDERS, Overfilled(
+                position_id=position.position_id, position=position, progress=progress,
+                sent_at=self.ctx.clock(), **cause.caused())))
+        return out
+
+    def _store_anomaly(self, cause: Cause, reason: str) -> None:
+        try:
+            self.ctx.store.record_dead_letter(DeadLetter(
+                recorded_at=self.ctx.clock(), actor=f"tracker:{self.position.position_id}",
+                message_type=type(cause).__name__, message_id=cause.message_id,
+                correlation_id=cause.correlation_id, causation_id=cause.causation_id,
+                position_id=self.position.position_id, error=f"anomaly: {reason}",
+                payload=summary(cause)))
+        except StoreError as error:  # alarmed above; only its row is lost
+            self.log.error("could not store the anomaly ({}): {}", error, reason)
 
     def on_checkpoint(self, message: Checkpoint) -> Out:
         self._checkpoint(force=True)
@@ -405,6 +431,7 @@ class PositionKeeper:
         self.log.warning("store back: the position's state held in memory for {} is stored "
                          "({} fills, {} exit intents)", now - outage.since, len(outage.fills),
                          len(outage.exits))
+        self._late_audits += self._write_held_audits()
         return True
 
     def _stored(self, position: Position) -> None:
@@ -524,8 +551,7 @@ class PositionKeeper:
             return self.outage.next_try  # a write to retry
         if self._stop_sent is not None or self._ahead is not None:
             return DUE  # a stop with the writer, prices waiting for it
-        if self._unsaved is not None or (position.excess_qty > self._excess_told
-                                         and position.exit_price is not None):
+        if self._unsaved is not None or position.excess_qty > sum(self._excess_told.values()):
             return DUE  # a write held for the next update; an over-fill to hand on
         if position.status is PositionStatus.EXITING:
             return self.exit_deadline or DUE  # an exit in flight: looked up at its time-out
@@ -709,10 +735,10 @@ class PositionKeeper:
 
     def on_exit_unknown(self, message: ExitOrderUnknown) -> Out:
         """No answer proves the placement either way: look it up soon, place nothing."""
-        self._audit_exit(message.client_id, outcome=f"UNKNOWN: {message.reason}")
+        out = self._audit_exit(message.client_id, outcome=f"UNKNOWN: {message.reason}")
         if message.attempt == self.position.exit_attempt:
             self.exit_deadline = self.ctx.clock() + _SETTLE
-        return []
+        return out
 
     def on_exit_looked_up(self, message: ExitOrderLookedUp) -> Out:
         position = self.position
@@ -762,11 +788,29 @@ class PositionKeeper:
             position_id=self.position.position_id, order_no=order_no, sent_at=self.ctx.clock(),
             **cause.caused())) for order_no in live]
 
-    def _audit_exit(self, client_id: str, **changes: str) -> None:
-        try:
-            self.ctx.store.update_exit_attempt(client_id, **changes)
-        except StoreError as error:  # an audit column only: the position's state is elsewhere
-            self.log.warning("could not record exit {} {}: {}", client_id, changes, error)
+    def _audit_exit(self, client_id: str, **changes: str) -> Out:
+        """Write an attempt's audit columns. Held while this keeper's writes fail (the attempt
+        itself may not be stored yet: ``_write_held`` writes them after it); one the store
+        does not take goes to the supervisor, and every later one of that attempt after it,
+        to be written once the store is back (SPEC §11.4)."""
+        if self.outage is not None:
+            self._held_audits.append((client_id, changes))
+            return []
+        if client_id not in self._handed_audits:
+            try:
+                self.ctx.store.update_exit_attempt(client_id, **changes)
+                return []
+            except StoreError as error:  # an audit column only: the position's state is kept
+                self.log.warning("could not record exit {} {}: {}; kept to write later",
+                                 client_id, changes, error)
+                self._handed_audits.add(client_id)
+                return [(Target.SUPERVISOR, ExitAudit(client_id, **changes, error=str(error)))]
+        return [(Target.SUPERVISOR, ExitAudit(client_id, **changes))]
+
+    def _write_held_audits(self) -> Out:
+        held, self._held_audits = self._held_audits, []
+        return [out for client_id, changes in held
+                for out in self._audit_exit(client_id, **changes)]
 
     def on_clear_kill_switch(self, message: ClearKillSwitch) -> Out:
         if self.sticky is ExitReason.KILL_SWITCH:
@@ -775,13 +819,12 @@ class PositionKeeper:
         return []
 
     def on_exit_placed(self, message: ExitOrderPlaced) -> Out:
-        self._audit_exit(message.client_id, order_no=message.order_no, outcome="PLACED")
-        return []
+        return self._audit_exit(message.client_id, order_no=message.order_no, outcome="PLACED")
 
     def on_exit_failed(self, message: ExitOrderFailed) -> Out:
-        self._audit_exit(message.client_id, outcome=f"FAILED: {message.reason}")
+        out = self._audit_exit(message.client_id, outcome=f"FAILED: {message.reason}")
         applied = lifecycle.exit_failed(self.position, message.attempt)
-        return self._commit(applied, message)
+        return out + self._commit(applied, message)
 
 
 DEFERRABLE = frozenset({ApplyOrderUpdate, ApplyProgress})

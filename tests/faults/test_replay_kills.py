@@ -25,7 +25,9 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 KILLS = 3
-SEED = 15
+SEED = int(os.environ.get("KILL_SEED", "15"))
+"""The kill moments' seed: ``KILL_SEED=100 pytest tests/faults/test_replay_kills.py`` runs
+another one."""
 
 
 def _replay(folder: Path, db: str, report: Path, *,

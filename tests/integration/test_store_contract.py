@@ -144,7 +144,7 @@ def test_migrate_twice_is_harmless_and_reports_the_version(backend: Backend) -> 
         assert fresh.schema_version() == 0
         fresh.migrate()
         fresh.migrate()
-        assert fresh.schema_version() == LATEST == 1
+        assert fresh.schema_version() == LATEST == 2
         assert set(fresh.counts().values()) == {0}
     finally:
         fresh.close()
@@ -326,6 +326,23 @@ def test_raw_order_updates_are_kept_in_order(store: Store) -> None:
     assert [(u.raw, u.order_no, u.accepted, u.reason) for u in stored] == frames
     assert [u.received_at for u in stored] == [T0 + timedelta(seconds=i) for i in range(3)]
     assert all(u.received_at.utcoffset() is not None for u in stored)
+
+
+def test_frames_received_since_a_moment_come_in_the_order_they_were_stored(
+        store: Store) -> None:
+    """What a start-up reads again (the frames of the exchange day): ``since`` is inclusive,
+    and the order is the store's, not the clock's (a clock may step back)."""
+    day = T0.replace(hour=0, minute=0)
+    received = [day - timedelta(microseconds=1), day + timedelta(hours=2), day,
+                datetime(2025, 1, 5, 20, 0, tzinfo=UTC)]  # 01:30 IST on the 6th
+    seqs = [store.record_order_update(f"frame {n}", at, order_no=f"O{n}", accepted=True)
+            for n, at in enumerate(received)]
+    since = store.order_updates(since=day)
+    assert [(u.seq, u.raw) for u in since] == [(seqs[1], "frame 1"), (seqs[2], "frame 2"),
+                                               (seqs[3], "frame 3")]
+    assert since[0].received_at == day + timedelta(hours=2)
+    assert [u.seq for u in store.order_updates()] == seqs
+    assert store.order_updates(since=day + timedelta(days=1)) == []
 
 
 def frames_batch() -> list[ReceivedFrame]:

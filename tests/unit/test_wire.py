@@ -276,8 +276,14 @@ def test_when_status_missing_then_rejected() -> None:
         "missing order status (Status, order_status or status)")
 
 
-def test_when_status_unknown_then_rejected() -> None:
-    assert rejected(frame(Status="OPEN")).reason == 'unknown Status "OPEN"'
+def test_when_status_unknown_then_read_as_a_live_order_never_as_failed() -> None:
+    """Issue 15 "Bad input": a status nobody knows cannot prove the order over, and its fill
+    must not be dropped; the anomaly travels with the update (the actor alarms it)."""
+    filled = parsed(frame(Status="OPEN"))
+    assert (filled.status, filled.traded_qty) == (OrderStatus.PART_TRADED, 130)
+    assert filled.anomaly == 'unknown Status "OPEN": read as PART_TRADED (a live order)'
+    assert parsed(pending(Status="QUEUED")).status is OrderStatus.PENDING
+    assert parsed(frame()).anomaly is None
 
 
 def test_when_txn_type_unknown_then_rejected() -> None:
@@ -307,8 +313,10 @@ def test_when_number_absurdly_large_then_rejected() -> None:
         'Quantity is out of range (at most 1E+15), got "1E+999999"')
 
 
-def test_when_traded_exceeds_quantity_then_rejected() -> None:
-    assert rejected(frame(TradedQty=131)).reason == "TradedQty 131 exceeds Quantity 130"
+def test_when_traded_exceeds_quantity_then_the_traded_quantity_is_kept() -> None:
+    update = parsed(frame(TradedQty=131))
+    assert (update.traded_qty, update.quantity) == (131, 131)
+    assert update.anomaly == "TradedQty 131 exceeds Quantity 130: the 131 traded are kept"
 
 
 @pytest.mark.parametrize("field", ["AvgTradedPrice", "TradedPrice", "Price"])
@@ -345,17 +353,18 @@ def test_when_time_not_text_then_rejected() -> None:
 
 
 def test_when_rejected_then_raw_kept_exactly_and_order_no_found() -> None:
-    raw = frame(Status="WHATEVER") + "  \n"
+    raw = frame(TxnType="WHATEVER") + "  \n"
 
     assert rejected(raw).raw == raw
     assert rejected(raw).order_no == "1122334455"
 
 
 def test_when_rejected_bytes_then_raw_is_their_utf8_text() -> None:
-    rejection = rejected(b'{"OrderNo": "7", "Status": "\xff"}')
+    rejection = rejected(b'{"OrderNo": "7", "Status": "PENDING", "TxnType": "\xff"}')
 
-    assert rejection.raw == '{"OrderNo": "7", "Status": "\ufffd"}'
-    assert (rejection.order_no, rejection.reason) == ("7", 'unknown Status "\\ufffd"')
+    assert rejection.raw == '{"OrderNo": "7", "Status": "PENDING", "TxnType": "\ufffd"}'
+    assert (rejection.order_no, rejection.reason) == (
+        "7", 'unknown TxnType "\\ufffd" (expected B, S, BUY or SELL)')
 
 
 def test_when_status_not_text_then_rejected() -> None:
