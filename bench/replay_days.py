@@ -32,9 +32,16 @@ from loguru import logger
 
 from actors.system import Parts, System
 from app.clocks import ManualClock
-from app.replay import Event, Replayer, TickEvent, UpdateEvent, merge, read_orders
+from app.replay import (
+    Event,
+    Replayer,
+    TickEvent,
+    UpdateEvent,
+    merge,
+    read_orders,
+    replay_exchange,
+)
 from bench.report import at_least, below, figure
-from broker.paper.exchange import PaperExchange
 from broker.paper.market import TapeMarket, to_tick
 from models.common import IST, Instrument, Segment
 from models.policy import RiskConfig
@@ -54,11 +61,13 @@ def at(clock: str, day: date = DAY) -> datetime:
 
 
 def frame(order_no: str, txn: str, security: str, qty: int, price: Decimal | None,
-          when: datetime, *, status: str = "TRADED", traded: int | None = None) -> str:
+          when: datetime, *, status: str = "TRADED", traded: int | None = None,
+          segment: str = "D") -> str:
+    """A DhanHQ order frame; ``segment`` in DhanHQ's letters (D: NSE_FNO, E: NSE_EQ)."""
     data: dict[str, Any] = {
         "OrderNo": order_no, "Status": status, "TxnType": txn, "Quantity": qty,
         "TradedQty": qty if traded is None else traded, "SecurityId": security,
-        "Exchange": "NSE", "Segment": "D", "Product": "I", "OrderType": "MKT",
+        "Exchange": "NSE", "Segment": segment, "Product": "I", "OrderType": "MKT",
         "LastUpdatedTime": when.strftime("%Y-%m-%d %H:%M:%S")}
     if price is not None:
         data["AvgTradedPrice"] = str(price)
@@ -178,6 +187,105 @@ def mixed_day(day: date = DAY, *, positions: int = 10, instruments: int = 5,
     return frames, ticks
 
 
+LONG_POLICY = {"policy": {"stop_loss_pct": 0.03, "take_profit_pct": 0.025,
+                          "max_hold_minutes": 30, "exit_at": "15:12",
+                          "trailing": {"activation_pct": 0.012, "trail_pct": 0.006},
+                          "square_off": {"NSE_FNO": "15:10"}}}
+"""Every exit rule within a day: stop loss 3 %, target 2.5 %, a trailing stop armed at 1.2 %
+(0.6 % behind the peak), out after 30 minutes, NSE_FNO squared off at 15:10 (SESSION_END),
+everything else out at 15:12 (TIME_EXIT)."""
+
+
+def long_day(day: date = DAY, *, start: str = "09:15", end: str = "15:30", positions: int = 120,
+             instruments: int = 12, seed: int = 19) -> tuple[list[str], list[TickEvent]]:
+    """A whole trading day that exercises every rule of ``LONG_POLICY`` and the order path:
+    entries through the day on both sides (in NSE_FNO and NSE_EQ) at the market's price, a
+    fifth filled in two parts, some sent twice, some cancelled or rejected unfilled, a
+    seventh closed (in full or in part) by hand at the broker some minutes later; ticks at
+    irregular instants (fractional seconds, gaps of up to a minute and a half, up to three
+    instruments at one instant) on a seeded random walk. For proving that event-driven replay
+    decides exactly as the stepped one: a stepped replay of the whole day takes minutes, so a
+    test replays a part of it (``start``, ``end``)."""
+    rng = random.Random(seed)
+    first, last = at(start, day), at(end, day)
+    on = [Instrument(segment=Segment.NSE_FNO if n % 3 else Segment.NSE_EQ,
+                     security_id=str(80000 + n)) for n in range(instruments)]
+    ticks, prices = _long_ticks(rng, on, first, last)
+    frames: list[tuple[datetime, str]] = []
+    stop = min(last, at("15:05", day)) - timedelta(minutes=5)
+    for n in range(positions):
+        when = first + timedelta(seconds=30) + (stop - first) * (n / positions) + timedelta(
+            milliseconds=rng.randint(0, 60_000))
+        frames += _long_entry(rng, n, on[rng.randrange(instruments)], when, prices)
+    frames.sort(key=lambda pair: pair[0])  # stable: a frame's parts stay in order
+    return [raw for _, raw in frames], ticks
+
+
+def _long_ticks(rng: random.Random, on: list[Instrument], first: datetime, last: datetime
+                ) -> tuple[list[TickEvent], dict[Instrument, list[tuple[datetime, Decimal]]]]:
+    """The tape, and each instrument's prices in time order (entries are priced from them)."""
+    walk = {instrument: 100.0 + 20 * n for n, instrument in enumerate(on)}
+    prices: dict[Instrument, list[tuple[datetime, Decimal]]] = {i: [] for i in on}
+    ticks: list[TickEvent] = []
+    moment, line, chosen = first, 1, list(on)  # every instrument priced at the start
+    while moment <= last:
+        for instrument in chosen:
+            walk[instrument] = min(max(walk[instrument] * (1 + rng.gauss(0, 0.004)), 5.0),
+                                   5000.0)
+            ltp = to_tick(Decimal(repr(round(walk[instrument], 2))))
+            line += 1
+            ticks.append(TickEvent(at=moment, line=line, instrument=instrument, ltp=ltp))
+            prices[instrument].append((moment, ltp))
+        gap = 90_000 if rng.random() < 0.02 else rng.choice((250, 500, 1000, 1000, 1500, 2000,
+                                                              3000, 5000, 7000, 12_750))
+        moment += timedelta(milliseconds=gap)
+        chosen = rng.sample(on, rng.choice((1, 1, 1, 2, 3)))
+    return ticks, prices
+
+
+def _price_at(prices: list[tuple[datetime, Decimal]], when: datetime) -> Decimal:
+    earlier = [ltp for moment, ltp in prices if moment <= when]
+    return earlier[-1] if earlier else prices[0][1]
+
+
+def _long_entry(rng: random.Random, n: int, instrument: Instrument, when: datetime,
+                prices: dict[Instrument, list[tuple[datetime, Decimal]]]
+                ) -> list[tuple[datetime, str]]:
+    """One entry's frames and, for some, the hand-made close that follows."""
+    security = instrument.security_id
+    letter = "D" if instrument.segment is Segment.NSE_FNO else "E"
+    side, qty = rng.choice(("B", "S")), 25 * rng.randint(1, 4)
+    price = _price_at(prices[instrument], when)
+    order = f"LE{n}"
+    if n % 17 == 3:  # cancelled or rejected before any fill: opens nothing
+        status = "CANCELLED" if n % 2 else "REJECTED"
+        return [(when, frame(order, side, security, qty, None, when, status="PENDING",
+                             traded=0, segment=letter)),
+                (when + timedelta(seconds=2), frame(order, side, security, qty, None,
+                                                    when + timedelta(seconds=2), status=status,
+                                                    traded=0, segment=letter))]
+    out: list[tuple[datetime, str]] = []
+    if n % 5 == 1:  # filled in two parts
+        out.append((when, frame(order, side, security, qty, price, when, status="PENDING",
+                                traded=qty // 2, segment=letter)))
+        when += timedelta(seconds=rng.randint(5, 90))
+        price = _price_at(prices[instrument], when)
+    out.append((when, frame(order, side, security, qty, price, when, segment=letter)))
+    if n % 4 == 2:  # the socket repeats itself
+        out.append((when, frame(order, side, security, qty, price, when, segment=letter)))
+    if n % 7 == 4:  # closed by hand at the broker, in full or in part
+        later = when + timedelta(minutes=rng.randint(2, 25))
+        manual = f"LM{n}"
+        close = qty if n % 2 else qty // 2
+        out += [(later, frame(manual, "S" if side == "B" else "B", security, close, None,
+                              later, status="PENDING", traded=0, segment=letter)),
+                (later + timedelta(seconds=1),
+                 frame(manual, "S" if side == "B" else "B", security, close,
+                       _price_at(prices[instrument], later), later + timedelta(seconds=1),
+                       segment=letter))]
+    return out
+
+
 def merged(updates: list[UpdateEvent], ticks: Iterable[TickEvent]) -> Iterator[Event]:
     """``app.replay.merge`` for a stream of ticks in time order: by time, updates first on a
     tie."""
@@ -212,9 +320,9 @@ def replay(events: Iterable[Event], first: datetime, config: RiskConfig, scratch
     store = SqliteStore(scratch / f"replay-{time.monotonic_ns()}.sqlite3")
     store.migrate()
     market = TapeMarket([])
-    exchange = PaperExchange(market, latency=timedelta(0), order_prefix="RX")
+    exchange = replay_exchange(market, store)
     parts = Parts(store=store, cache=InMemoryPnLCache(), gateway=exchange, quotes=None,
-                  config=config, clock=clock, deadlines=not stepped)
+                  config=config, clock=clock, deadlines=not stepped, settle_on_idle=True)
     system = System(parts).start(ticker=False)
     started = clock()
     replayer = Replayer(system, clock, market, exchange, stepped=stepped)
@@ -232,6 +340,16 @@ def decisions(report: dict[str, Any]) -> list[tuple[Any, ...]]:
     """What must not change between two replays of the same input."""
     return [(p["position_id"], p["status"], p["exit_reason"], p["exit_price"], p["exited_at"],
              p["realized_pnl"]) for p in report["positions"]] + [report["summary"]["net_pnl"]]
+
+
+def outcome(report: dict[str, Any], replayer: Replayer) -> dict[str, Any]:
+    """Everything a replay decided: its report without the metrics (the work it took, which
+    differs by design between a stepped and an event-driven replay), and every order the
+    exchange took (name, client id, status, filled quantity, average price, when placed)."""
+    orders = [(o.order_no, o.client_id, str(o.status), o.filled_qty, o.avg_price,
+               o.placed_at.isoformat()) for o in replayer.exchange.orders()]
+    return {**{k: v for k, v in report.items() if k != "metrics"},
+            "exchange": sorted(orders, key=lambda order: order[0])}
 
 
 def _quiet_events(scratch: Path) -> list[Event]:

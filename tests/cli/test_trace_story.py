@@ -31,12 +31,12 @@ def test_when_asked_by_entry_order_then_the_story_explains_the_trailing_stop_wit
                  "10:02:00  price 106: peak 106, trailing stop armed at 103.35",
                  "10:02:30  price 103.3 (at 10:02:30) decided: TRAILING_STOP: price 103.3 "
                  "crossed trailing stop 103.3500",
-                 "exit order RX3 (X-PE3-1, attempt 1) placed",
-                 "fill 10 @ 103.3 (RX3, TRADED)",
+                 "exit order RX-PE3-1 (X-PE3-1, attempt 1) placed",
+                 "fill 10 @ 103.3 (RX-PE3-1, TRADED)",
                  "EXITED TRAILING_STOP: 10 @ 103.3; realised 33.00, net -7.00"):
         assert said in story, (said, story)
-    assert "ms after the PriceBatch came in; exit order RX3 placed after" in story
-    by_exit = run("trace", trace, "--order", "RX3", cwd=tmp)
+    assert "ms after the PriceBatch came in; exit order RX-PE3-1 placed after" in story
+    by_exit = run("trace", trace, "--order", "RX-PE3-1", cwd=tmp)
     assert by_exit.stdout.split("\nmessages:", 1)[0] == story  # the exit order finds it too
 
 
