@@ -12,6 +12,10 @@ ticks are generated as the replay consumes them, never held at once.
 
 Baseline in the same run (full run only): the quiet day replayed the old way, a timer every
 simulated second (``Replayer(stepped=True)``).
+
+- **Event-driven = stepped** (full run only): a long day (``long_day``: every exit rule of
+  ``LONG_POLICY``, parts, repeats, cancels, closes by hand; ticks at irregular instants)
+  replayed both ways: identical report and exit orders, and how long each took.
 """
 
 from __future__ import annotations
@@ -39,12 +43,13 @@ from app.replay import (
     UpdateEvent,
     merge,
     read_orders,
+    read_ticks,
     replay_exchange,
 )
 from bench.report import at_least, below, figure
 from broker.paper.market import TapeMarket, to_tick
 from models.common import IST, Instrument, Segment
-from models.policy import RiskConfig
+from models.policy import RiskConfig, risk_config_from_mapping
 from models.report import build_report
 from store.pnl_cache import InMemoryPnLCache
 from store.sqlite import SqliteStore
@@ -370,7 +375,7 @@ def run_quiet(scratch: Path, *, baseline: bool) -> dict[str, Any]:
     if baseline:
         old, old_seconds, old_replayer = replay(events, events[0].at, config, scratch,
                                                 stepped=True)
-        same = decisions(old) == decisions(report)
+        same = outcome(old, old_replayer) == outcome(report, replayer)
         figures[0].update(baseline=f"stepped {old_seconds:.1f} s",
                           ratio=f"{old_seconds / seconds:.0f}x faster")
         figures.append(figure("same decisions as the stepped replay", float(same),
@@ -404,17 +409,45 @@ def run_busy(*, positions: int, instruments: int, start: datetime,
                                  baseline=f"{seconds:.0f} s for {simulated:,.0f} s")]}
 
 
+def run_equivalence(scratch: Path, *, start: str = "09:15", end: str = "15:30",
+                    positions: int = 120, instruments: int = 12) -> dict[str, Any]:
+    """The long day (``long_day``, ``LONG_POLICY``) replayed event-driven and stepped (a timer
+    every simulated second, one tick at a time): whether the two decided the same, to the
+    report and every exit order (``outcome``), and how long each took."""
+    frames, ticks = long_day(start=start, end=end, positions=positions,
+                             instruments=instruments)
+    folder = scratch / "long"
+    write_day(folder, frames, ticks)
+    config = risk_config_from_mapping(LONG_POLICY)
+    events = merge(read_orders(folder / "orders.jsonl"), read_ticks(folder / "ticks.csv"))
+    fast, fast_s, driven = replay(events, events[0].at, config, scratch)
+    slow, slow_s, stepped = replay(events, events[0].at, config, scratch, stepped=True)
+    same = outcome(fast, driven) == outcome(slow, stepped)
+    name = (f"long day ({len(frames)} updates, {len(ticks):,} ticks, {positions} entries, "
+            f"{start}-{end}): event-driven = stepped")
+    return {"benchmark": "replay: event-driven = stepped", "identical": same,
+            "event_driven_s": fast_s, "stepped_s": slow_s, "timers": driven.stats.timers,
+            "stepped_timers": stepped.stats.timers, "exits": fast["summary"]["exits_by_reason"],
+            "figures": [figure(name, float(same), "(1: identical)", target="1", met=same,
+                               baseline=f"stepped {slow_s:.0f} s, event-driven {fast_s:.1f} s",
+                               ratio=f"{slow_s / fast_s:.0f}x faster")]}
+
+
 def run(quick: bool, scratch: Path) -> list[dict[str, Any]]:
     rows = [run_quiet(scratch, baseline=not quick)]
     end = at("09:35") if quick else at("15:30")
     rows.append(run_busy(positions=500, instruments=200, start=at("09:15"), end=end,
                          scratch=scratch))
+    if not quick:  # the stepped replay of the long day takes minutes
+        rows.append(run_equivalence(scratch))
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.replay_days")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--equivalence", action="store_true",
+                        help="only the long day, event-driven and stepped")
     parser.add_argument("--write", type=Path, help="write the quiet day and a 30-minute busy "
                         "day as replay folders here, and replay nothing")
     args = parser.parse_args(argv)
@@ -427,7 +460,9 @@ def main(argv: list[str] | None = None) -> int:
                   busy_ticks(on, at("09:15"), at("09:45")))
         return 0
     with tempfile.TemporaryDirectory() as scratch:
-        for row in run(args.quick, Path(scratch)):
+        rows = [run_equivalence(Path(scratch))] if args.equivalence else run(args.quick,
+                                                                               Path(scratch))
+        for row in rows:
             print(json.dumps(row, default=str))
     return 0
 
