@@ -51,7 +51,7 @@ from actors.tracker.stops import StopWriterActor
 from broker.ports import OrderGateway, QuoteApi
 from models.books import BooksReport
 from models.common import IST, Instrument
-from models.messages import OrderUpdateReceived, RequestExit, new_id
+from models.messages import Message, OrderUpdateReceived, RequestExit, new_id
 from models.policy import ExitPolicy, RiskConfig
 from models.position import CLOSED, ExitReason, Position, PositionStatus
 from models.rules import PriceMark, freshness_limit, update_marks
@@ -224,9 +224,12 @@ class System:
 
     # Feeds ------------------------------------------------------------------------------------
     def order_frame(self, raw: str) -> None:
-        """A raw broker frame: the gateway's sink."""
-        self.orders.tell(OrderUpdateReceived(raw=raw, correlation_id=new_id(),
-                                             sent_at=self.parts.clock()))
+        """A raw broker frame: the gateway's sink. A frame sent while an actor's handler calls
+        the broker (the paper exchange answers a placement at once) is a consequence of the
+        message being handled; any other is an outside event."""
+        cause = tracing.handling()
+        ids = cause.caused() if isinstance(cause, Message) else {"correlation_id": new_id()}
+        self.orders.tell(OrderUpdateReceived(raw=raw, sent_at=self.parts.clock(), **ids))
 
     def tick(self, instrument: Instrument, ltp: Any, at: datetime) -> None:
         self._feed(instrument, PriceMark(ltp=ltp, at=at))

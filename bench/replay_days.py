@@ -201,6 +201,23 @@ LONG_POLICY = {"policy": {"stop_loss_pct": 0.03, "take_profit_pct": 0.025,
 everything else out at 15:12 (TIME_EXIT)."""
 
 
+def policy_toml(mapping: dict[str, Any]) -> str:
+    """A policy mapping (``LONG_POLICY``) as the TOML file ``run.py replay --policy`` reads."""
+    lines: list[str] = []
+
+    def table(name: str, values: dict[str, Any]) -> None:
+        lines.append(f"[{name}]")
+        lines.extend(f"{key} = {json.dumps(value)}" for key, value in values.items()
+                     if not isinstance(value, dict))
+        for key, value in values.items():
+            if isinstance(value, dict):
+                table(f"{name}.{key}", value)
+
+    for name, values in mapping.items():
+        table(name, values)
+    return "\n".join(lines) + "\n"
+
+
 def long_day(day: date = DAY, *, start: str = "09:15", end: str = "15:30", positions: int = 120,
              instruments: int = 12, seed: int = 19) -> tuple[list[str], list[TickEvent]]:
     """A whole trading day that exercises every rule of ``LONG_POLICY`` and the order path:
@@ -448,8 +465,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--equivalence", action="store_true",
                         help="only the long day, event-driven and stepped")
-    parser.add_argument("--write", type=Path, help="write the quiet day and a 30-minute busy "
-                        "day as replay folders here, and replay nothing")
+    parser.add_argument("--write", type=Path, help="write the quiet day, a 30-minute busy "
+                        "day and the long day (with its policy.toml) as replay folders here, "
+                        "and replay nothing")
     args = parser.parse_args(argv)
     logger.remove()
     logger.add(sys.stderr, level="WARNING")
@@ -458,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
         on = busy_instruments(200)
         write_day(args.write / "busy", busy_entries(500, on, at("09:15")),
                   busy_ticks(on, at("09:15"), at("09:45")))
+        write_day(args.write / "long", *long_day())
+        (args.write / "long" / "policy.toml").write_text(policy_toml(LONG_POLICY),
+                                                          encoding="utf-8")
         return 0
     with tempfile.TemporaryDirectory() as scratch:
         rows = [run_equivalence(Path(scratch))] if args.equivalence else run(args.quick,
