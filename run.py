@@ -15,7 +15,6 @@ import signal
 import sys
 import tempfile
 import threading
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -47,13 +46,20 @@ from app.days import (
     table,
 )
 from app.live import LiveSession, would_exit_rows
-from app.replay import Event, Replayer, ReplayInputError, merge, read_orders, read_ticks
+from app.replay import (
+    Event,
+    Replayer,
+    ReplayInputError,
+    merge,
+    read_orders,
+    read_ticks,
+    replay_exchange,
+)
 from app.settings import Settings, SettingsError, load_settings
 from broker.dhan import DhanRest, TokenSource
 from broker.dhan import TokenError as DhanTokenError
 from broker.dhan.gateway import DhanGateway, NotingQuotes, ShadowGateway
 from broker.paper import PaperBroker, PaperConfig, entry_interval
-from broker.paper.exchange import PaperExchange
 from broker.paper.market import TapeMarket
 from console.app import ConsoleConfig, build_app
 from console.audit import AuditLog
@@ -424,11 +430,11 @@ def _replay_day(settings: Settings, events: list[Event], db: str | None, trace: 
         url = db or f"sqlite:///{Path(scratch) / 'replay.sqlite3'}"
         store = open_store(url, Path(scratch))
         market = TapeMarket([])
-        exchange = PaperExchange(market, latency=timedelta(0),
-                                 order_prefix=_replay_order_prefix(store))
+        exchange = replay_exchange(market, store)
         parts = Parts(store=store, cache=open_pnl_cache(settings.redis_url), gateway=exchange,
                       quotes=None, config=settings.risk, clock=clock,
-                      correlation_prefix=settings.correlation_prefix, deadlines=not stepped)
+                      correlation_prefix=settings.correlation_prefix, deadlines=not stepped,
+                      settle_on_idle=True)
         system = System(parts).start(ticker=False)
         started = clock()
         ended = Replayer(system, clock, market, exchange, stepped=stepped,
@@ -436,17 +442,6 @@ def _replay_day(settings: Settings, events: list[Event], db: str | None, trace: 
         report = _stop(system, store, "replay", started, ended)
         store.close()
         return report
-
-
-def _replay_order_prefix(store: Store) -> str:
-    """``RX`` on an empty store (exit orders RX1, RX2, ...). A store kept from an earlier run
-    (``--db``, e.g. a replay started again after a crash) knows that run's exit order numbers:
-    this run's exchange must number its orders apart, or an update of a new exit is booked
-    against an old one's order."""
-    counts = store.counts()
-    if not counts.get("positions") and not counts.get("order_updates"):
-        return "RX"
-    return f"RX{uuid.uuid4().hex[:8]}-"
 
 
 def _publish(report: dict[str, Any], path: Path) -> None:

@@ -127,6 +127,7 @@ class StoreStop:
     correlation_id: str
     message_id: str
     sent_at: datetime
+    causation_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,10 +177,14 @@ class ResumeExit:
 
 @dataclass(frozen=True, slots=True)
 class BandChanged:
-    """Tracker → index: the prices that matter to this position now (``None``: all of them)."""
+    """Tracker → index: the prices that matter to this position now (``None``: all of them).
+    The ids are those of the message whose handling changed the band: a price the index
+    tells at once for the new band belongs to that message's causal tree."""
 
     position_id: str
     band: Band | None
+    correlation_id: str | None = None
+    causation_id: str | None = None
 
 
 DUE = datetime.min.replace(tzinfo=UTC)

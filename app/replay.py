@@ -17,6 +17,7 @@ it is there to prove that.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -25,9 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from app.clocks import ManualClock
-from broker.paper.market import TapeError, read_tape
+from broker.paper.exchange import PaperExchange
+from broker.paper.market import Market, TapeError, read_tape
 from models.common import Instrument
 from models.wire import parse_order_update
+from store.ports import Store
 
 
 class ReplayInputError(ValueError):
@@ -125,6 +128,22 @@ def batches(events: Iterable[Event]) -> Iterator[list[Event]]:
         yield batch
 
 
+def replay_exchange(market: Market, store: Store) -> PaperExchange:
+    """The paper exchange a replay's exits fill on, at once (latency 0), each exit order named
+    by its client id: ``RX-<position>-<attempt>``. Numbered as they arrive, the exits decided
+    at one instant would take their numbers in whichever order the gateway actors' threads
+    ran, and two replays of one input would differ.
+
+    A store kept from an earlier run (``--db``, e.g. a replay started again after a crash)
+    knows that run's exit orders, and a position's attempt may be placed again on this run's
+    exchange: its orders are named apart (``R<run>-X-…``), or an update of a new exit would be
+    booked against an old one's order."""
+    counts = store.counts()
+    fresh = not counts.get("positions") and not counts.get("order_updates")
+    prefix = "R" if fresh else f"R{uuid.uuid4().hex[:8]}-"
+    return PaperExchange(market, latency=timedelta(0), order_prefix=prefix, numbering="client")
+
+
 @dataclass
 class ReplayStats:
     events: int = 0
@@ -136,7 +155,8 @@ class ReplayStats:
 class Replayer:
     """Plays merged events into a started system on a ``ManualClock`` (see the module doc).
 
-    Event-driven replay needs the system built with ``Parts(deadlines=True)``."""
+    Event-driven replay needs the system built with ``Parts(deadlines=True)``; a stepped one
+    is quick only with ``Parts(settle_on_idle=True)``."""
 
     def __init__(self, system: Any, clock: ManualClock, market: Any, exchange: Any, *,
                  stepped: bool = False,

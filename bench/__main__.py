@@ -96,8 +96,9 @@ def run_all(quick: bool, pg: str | None, rd: str | None, scratch: Path) -> list[
     rows.append(_step("tracing cost", lambda: tracing_cost.run(
         pg, rd, scratch, repeats=5 if quick else 15, frames=0 if quick else 3_000,
         rounds=1 if quick else 5)))
-    # Quick: the quiet day and 20 minutes of the busy day; full: the whole busy day, and the
-    # quiet day replayed the old way too (about three minutes) as the baseline.
+    # Quick: the quiet day and 20 minutes of the busy day; full: the whole busy day, the quiet
+    # day replayed the old way too (a timer every second) as the baseline, and the long day
+    # replayed event-driven and stepped (a few minutes).
     rows += _step("replay", lambda: replay_days.run(quick, scratch))
     return rows
 

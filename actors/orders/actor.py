@@ -45,6 +45,7 @@ from models.common import Side, TxnType, parse_exit_client_id, position_id_for
 from models.messages import (
     ApplyOrderUpdate,
     ApplyProgress,
+    Cause,
     CreatePosition,
     Message,
     OrderUpdateReceived,
@@ -243,8 +244,10 @@ class OrderUpdateActor(SingletonActor):
         match message:
             case OrderUpdateReceived():
                 self.hold(message)
-            case PositionOpened() | PositionChanged() | PositionClosed() | KnownPosition():
-                self._position_event(message.position)
+            case PositionOpened() | PositionChanged() | PositionClosed():
+                self._position_event(message.position, message)
+            case KnownPosition():
+                self._position_event(message.position, None)
             case Overfilled():
                 self._overfilled(message)
             case RetryStore():
@@ -264,11 +267,11 @@ class OrderUpdateActor(SingletonActor):
             self.positions.pop(position.position_id, None)
             self.by_instrument.get(key, {}).pop(position.position_id, None)
 
-    def _position_event(self, position: Position) -> None:
+    def _position_event(self, position: Position, cause: Cause | None) -> None:
         known = position.position_id in self.positions
         self._learn(position)
         if not known:
-            self._unpark(position.entry_order_no)
+            self._unpark(position.entry_order_no, cause)
 
     def on_stop(self) -> None:
         self.audit.close()
@@ -395,7 +398,7 @@ class OrderUpdateActor(SingletonActor):
             untracked[booked.key] += booked.sign * max(0, booked.traded - shared)
         return compare(broker, self.positions.values(), untracked)
 
-    def _route_guarded(self, update: OrderUpdate, cause: Message, *, raw: str) -> None:
+    def _route_guarded(self, update: OrderUpdate, cause: Cause, *, raw: str) -> None:
         """Route, and outlive a bug the payload triggers: the frame is stored, the actor must
         stay up for the fills that follow."""
         try:
@@ -405,7 +408,7 @@ class OrderUpdateActor(SingletonActor):
             logger.opt(exception=True).bind(order_no=update.order_no).error(
                 "order update not routed, a bug (raw stored: {:.300})", raw)
 
-    def _route(self, update: OrderUpdate, cause: Message, *, raw: str) -> None:
+    def _route(self, update: OrderUpdate, cause: Cause, *, raw: str) -> None:
         exit_id = parse_exit_client_id(update.correlation_id)
         if exit_id is not None and update.order_no not in self.owners:
             self.owners[update.order_no] = (exit_id[0], OrderRole.EXIT, exit_id[1])
@@ -445,15 +448,18 @@ class OrderUpdateActor(SingletonActor):
             logger.error("{} order updates parked for unknown orders (limit {})", self.parked,
                          self.park_limit)
 
-    def _unpark(self, order_no: str) -> None:
+    def _unpark(self, order_no: str, cause: Cause | None = None) -> None:
+        """Route the updates parked for ``order_no``, now known, as consequences of ``cause``
+        (the fill or the announcement that made it known: in a trace they hang under it);
+        without one (a recheck) each is an outside event of its own."""
         if not self.audit.has_parked(order_no):
             return
         for item in self.audit.take(order_no):
             update = parse_order_update(item.raw)
             if isinstance(update, OrderUpdate):
-                cause = OrderUpdateReceived(raw=item.raw, correlation_id=f"parked-{order_no}",
-                                            sent_at=self.clock(), source="parked")
-                self._route_guarded(update, cause, raw=item.raw)
+                self._route_guarded(update, cause or OrderUpdateReceived(
+                    raw=item.raw, correlation_id=f"parked-{order_no}", sent_at=self.clock(),
+                    source="parked"), raw=item.raw)
 
     def _recheck(self) -> None:
         """Parked updates the store could not give back: look again, for known orders."""
@@ -462,7 +468,7 @@ class OrderUpdateActor(SingletonActor):
                 self._unpark(order_no)
 
     # Untracked orders -------------------------------------------------------------------------
-    def _untracked(self, update: OrderUpdate, cause: Message) -> None:
+    def _untracked(self, update: OrderUpdate, cause: Cause) -> None:
         assert update.txn_type is not None
         allocation = self.allocations.get(update.order_no) or Allocation(
             order_no=update.order_no, seen=OrderProgress.empty(update.order_no))
@@ -492,9 +498,9 @@ class OrderUpdateActor(SingletonActor):
         for share in allocation.shares:
             self.allocated.setdefault(share.position_id, {})[update.order_no] = share.qty
         # Updates of this order parked before it became known as untracked (a TRADED frame
-        # without quantities that came before its partial fills, a reordered stream): its
-        # own now, taken back in order.
-        self._unpark(update.order_no)
+        # without quantities that came before its partial fills, a reordered stream), or
+        # before it opened a position: its own now, taken back in order, under their cause.
+        self._unpark(update.order_no, cause)
 
     def _opposites(self, update: OrderUpdate) -> list[tuple[str, int]]:
         assert update.txn_type is not None
@@ -513,7 +519,7 @@ class OrderUpdateActor(SingletonActor):
         exited = sum(o.progress.traded_qty for o in position.orders if o.role is OrderRole.EXIT)
         return max(0, position.entry_qty - exited - allocated)
 
-    def _open(self, update: OrderUpdate, allocation: Allocation, cause: Message) -> Allocation:
+    def _open(self, update: OrderUpdate, allocation: Allocation, cause: Cause) -> Allocation:
         assert update.txn_type is not None
         pid = position_id_for(update.order_no)
         position = new_position(update, position_id=pid, side=update.txn_type.opens,

@@ -134,8 +134,9 @@ class IndexActor(SingletonActor):
         if verdict in (CROSSING, MARKS):
             watch.told_at = mark.at
             _tell(ref, PriceUpdate(instrument=watch.instrument, mark=mark,
-                                   urgent=verdict == CROSSING, correlation_id=new_id(),
-                                   sent_at=mark.at))
+                                   urgent=verdict == CROSSING, sent_at=mark.at,
+                                   correlation_id=message.correlation_id or new_id(),
+                                   causation_id=message.causation_id))
 
     def _fan_out(self, batch: PriceBatch) -> None:
         """Possible exits first: the instruments whose price is beyond their ``Reach`` are

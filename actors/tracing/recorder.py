@@ -26,8 +26,8 @@ from loguru import logger
 from actors.tracing.render import Entry, LineRenderer, domain_keys, entry, to_dict
 from actors.tracing.text import redact, summarize
 
-__all__ = ["Traced", "Tracer", "current_actor", "domain_keys", "dump_on_crash", "install",
-           "iter_records", "redact", "stamp", "summarize", "tracer"]
+__all__ = ["Traced", "Tracer", "current_actor", "domain_keys", "dump_on_crash", "handling",
+           "install", "iter_records", "redact", "stamp", "summarize", "tracer"]
 
 _local = threading.local()
 _perf_ns = time.perf_counter_ns
@@ -37,6 +37,12 @@ Item = Entry | dict[str, Any]
 
 def current_actor() -> str:
     return getattr(_local, "actor", None) or "outside"
+
+
+def handling() -> Any:
+    """The message a traced actor is handling on this thread (None outside a handler): what
+    an edge told from within a handler is a consequence of (``System.order_frame``)."""
+    return getattr(_local, "message", None)
 
 
 class Tracer:
@@ -198,16 +204,16 @@ class Traced:
     def receive(self, message: Any) -> Any:
         active = _tracer
         local = _local
-        previous = getattr(local, "actor", None)
+        previous, handled = getattr(local, "actor", None), getattr(local, "message", None)
         name = self._trace_name
         if name is None:
             name = self._trace_name = self.trace_name
-        local.actor = name
+        local.actor, local.message = name, message
         if active is None:
             try:
                 return super().receive(message)  # type: ignore[misc]
             finally:
-                local.actor = previous
+                local.actor, local.message = previous, handled
         start = _perf_ns()
         outcome = "ok"
         try:
@@ -216,7 +222,7 @@ class Traced:
             outcome = f"{type(error).__name__}: {redact(str(error))[:200]}"
             raise
         finally:
-            local.actor = previous
+            local.actor, local.message = previous, handled
             active.record(name, entry(message, name, self._last_stamp, start, _perf_ns(),
                                       self._mailbox_depth(), outcome))
 

@@ -39,6 +39,10 @@ class Trace:
         for record in self.records:
             if record.get("kind") == "message" and record.get("message_id"):
                 self.deliveries[record["message_id"]].append(record)
+        for told in self.deliveries.values():
+            # In the order told, not handled: a message an actor passes on (the supervisor, a
+            # timer to the trackers) may be handled by them before the first receiver is done.
+            told.sort(key=_enqueued)
         for message_id, told in self.deliveries.items():
             parent = told[0].get("causation_id")
             if parent in self.deliveries and parent != message_id:
@@ -64,6 +68,10 @@ class Trace:
         return [told[0] for message_id, told in self.deliveries.items()
                 if told[0].get("causation_id") not in self.deliveries
                 or told[0].get("causation_id") == message_id]
+
+
+def _enqueued(record: Record) -> int:
+    return int(record.get("enqueued_ns") or record.get("start_ns") or 0)
 
 
 def matches(record: Record, filters: Filters) -> bool:

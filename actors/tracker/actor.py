@@ -102,7 +102,10 @@ class TrackerActor(PooledActor):
         band = self.keeper.band()
         if band != self._band:  # the index filters prices with it: keep it exact
             self._band = band
-            self.peers.index.tell(BandChanged(self.keeper.position.position_id, band))
+            self.peers.index.tell(BandChanged(
+                self.keeper.position.position_id, band,
+                correlation_id=getattr(message, "correlation_id", None),
+                causation_id=getattr(message, "message_id", None)))
         if self.peers.deadlines:
             deadline = self.keeper.next_deadline()
             if deadline != self._deadline:

@@ -486,6 +486,7 @@ class PositionKeeper:
         self._stop_sent, self._stop_sent_at = position, now
         return [(Target.STOPS, StoreStop(position=position, owner=self.owner,
                                          correlation_id=cause.correlation_id,
+                                         causation_id=cause.message_id,
                                          message_id=new_id(), sent_at=now))]
 
     def on_stop_stored(self, message: StopStored) -> Out:

@@ -13,6 +13,11 @@ modification changes nothing in the order's progress). ``rest_next`` /
 Every update goes to the subscribers as the raw text of a DhanHQ websocket frame, so paper and
 live share every code path after the gateway.
 
+Orders are numbered in the order they arrive (``PB1``, ``PB2``, ...), or with
+``numbering="client"`` named by their client id (``order_prefix`` + client id): placements made
+at one instant by several threads arrive in whichever order the threads run, so a replay names
+its exits by client id to be the same run after run.
+
 Time moves only through ``advance(now)`` (or the ``now`` of a placement); with zero latency an
 order fills before ``place_order`` returns. The placing thread (an actor) and the driving thread
 may differ, so one re-entrant lock serialises every call: this is the simulated broker's own
@@ -27,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Literal
 
 from loguru import logger
 
@@ -103,7 +109,8 @@ class PaperExchange:
     def __init__(self, market: Market, *, latency: timedelta = timedelta(milliseconds=50),
                  slippage: Decimal = Decimal(0), partial_fills: int = 1,
                  order_prefix: str = "PB", reject_client_ids: set[str] | None = None,
-                 start: datetime | None = None) -> None:
+                 start: datetime | None = None,
+                 numbering: Literal["arrival", "client"] = "arrival") -> None:
         if latency < timedelta(0):
             raise ValueError(f"latency must not be negative, got {latency}")
         if slippage < 0:
@@ -112,6 +119,9 @@ class PaperExchange:
             raise ValueError(f"partial_fills must be at least 1, got {partial_fills}")
         self.market, self.latency, self.slippage = market, latency, slippage
         self.partial_fills, self.order_prefix = partial_fills, order_prefix
+        if numbering not in ("arrival", "client"):
+            raise ValueError(f"numbering must be 'arrival' or 'client', got {numbering!r}")
+        self.numbering = numbering
         self.reject_client_ids = set(reject_client_ids or ())
         self.now: datetime | None = None
         self.placed_count = 0
@@ -279,7 +289,8 @@ class PaperExchange:
                 price: Decimal | None = None) -> PaperOrder:
         self.placed_count += 1
         number = self.placed_count
-        order = PaperOrder(client_id=client_id, order_no=f"{self.order_prefix}{number}",
+        name = client_id if self.numbering == "client" else str(number)
+        order = PaperOrder(client_id=client_id, order_no=f"{self.order_prefix}{name}",
                            exch_order_no=str(EXCH_ORDER_BASE + number), instrument=instrument,
                            txn_type=txn_type, quantity=quantity, product=product, placed_at=at,
                            order_type=order_type, price=price)

@@ -72,6 +72,20 @@ def test_order_numbers_are_the_prefix_and_a_counter() -> None:
     assert desk.exchange.placed_count == 3
 
 
+def test_orders_named_by_client_id_keep_their_names_whatever_order_they_arrive_in() -> None:
+    names = []
+    for clients in (["X-P1-1", "X-P2-1", "X-P3-2"], ["X-P3-2", "X-P1-1", "X-P2-1"]):
+        desk = Desk(order_prefix="R", numbering="client")
+        names.append({client: desk.place(client) for client in clients})
+        assert desk.updates()[0].order_no == "R" + clients[0]
+    assert names[0] == names[1] == {"X-P1-1": "RX-P1-1", "X-P2-1": "RX-P2-1", "X-P3-2": "RX-P3-2"}
+    desk = Desk(order_prefix="R", numbering="client")
+    assert desk.place("X-P1-1") == desk.place("X-P1-1") == "RX-P1-1"  # placed once
+    assert desk.exchange.placed_count == 1
+    with pytest.raises(ValueError, match="numbering"):
+        Desk(numbering="by-hash")
+
+
 def test_fill_uses_the_price_current_when_the_order_arrives_not_when_placed() -> None:
     desk = Desk()
     desk.place()
