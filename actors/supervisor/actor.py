@@ -12,6 +12,7 @@ restarts (the failed positions are kept protected the same way meanwhile).
 from __future__ import annotations
 
 import itertools
+import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -118,8 +119,9 @@ class RiskSupervisor(SingletonActor):
 
     def __init__(self, context: KeeperContext, gateway: OrderGateway, *,
                  supervision: Supervision | None = None,
-                 dispatcher: Dispatcher | None = None) -> None:
+                 dispatcher: Dispatcher | None = None, gateways: int | None = None) -> None:
         super().__init__()
+        self.gateways = self.GATEWAYS if gateways is None else max(1, gateways)
         self.dispatcher = dispatcher or default_dispatcher()
         self.ctx, self.gateway = context, gateway
         self.rules = supervision or Supervision()
@@ -152,12 +154,14 @@ class RiskSupervisor(SingletonActor):
         """Each tracker's next deadline, as it told (``DeadlineChanged``, replay only)."""
 
     GATEWAYS = 4
-    """Gateway actors: a slow broker call holds up only the positions routed to its actor (a
-    position's calls all go to one, in order)."""
+    """Gateway actors by default: a slow broker call holds up only the positions routed to its
+    actor (a position's calls all go to one, in order). A live session has more
+    (``Parts.gateways``): each DhanHQ call blocks its actor for a round trip, and a wave of
+    exits goes out in parallel up to the order limiter's 10/s."""
 
     def on_start(self) -> None:
         self.gateway_refs = [GatewayActor.start(self.gateway, self.ctx.clock, self.ctx.metrics,
-                                                self.actor_ref) for _ in range(self.GATEWAYS)]
+                                                self.actor_ref) for _ in range(self.gateways)]
 
     def on_stop(self) -> None:
         for ref in self.gateway_refs:
@@ -339,6 +343,7 @@ class RiskSupervisor(SingletonActor):
             txn_type=position.side.exit_txn, quantity=position.quantity,
             product=position.product, sent_at=self.ctx.clock(), decided_at=message.sent_at,
             **message.caused()))
+        _let_gateway_run()
 
     def _to_gateway(self, message: LookUpExitOrder | CancelExitOrder | PlaceExitOrder) -> None:
         """A position's calls go to one gateway actor, in order; positions take the actors in
@@ -662,3 +667,11 @@ def _lifecycle(actor: str, event: str, **fields: Any) -> None:
     active = tracer()
     if active is not None:
         active.lifecycle(actor, event, **fields)
+
+
+def _let_gateway_run() -> None:
+    """Hand the interpreter to the gateway actor just told an exit: its thread, woken by the
+    tell, otherwise waits up to CPython's switch interval (5 ms) while this one goes on with
+    the supervisor's next messages. The live benchmark's decision → order hop
+    (``bench/live_exits.py``)."""
+    time.sleep(0)
