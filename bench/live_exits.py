@@ -5,7 +5,9 @@ loopback fake DhanHQ served from this process (``broker.fake_dhan.venue``): a st
 market whose every price goes out on the feed every 100 ms (2,000 ticks/s at 200 instruments,
 SPEC §9's load) and a paper exchange. Before the session starts, 200 entries (one instrument
 each, LONG 75 at 100) are filled at the exchange; the session finds them by reconcile and
-subscribes their prices. Then the market crashes the instruments to 94 (-6 %: the 5 % stop
+subscribes their prices. The feed then goes quiet for 16 s (``FakeDhan.muted``): the
+session's prices go stale and the quote API prices the book (counted at the fake, <= 1/s).
+Then the market crashes the instruments to 94 (-6 %: the 5 % stop
 loss fires) in waves of 20, 2.5 s apart: each wave is twice the order limiter's 10/s (SPEC §10),
 so in each about 10 exits get a slot at once and the rest wait for the window to turn, and the
 window is empty again when the next wave comes.
@@ -278,8 +280,8 @@ def figures(row: dict[str, Any]) -> list[dict[str, Any]]:
            f"{free['p99'] / 25:.1f}x the limit (+{free['p99'] - 25:.0f} ms); {breakdown}")
     densest = row["densest_second_ms"]
     edges = (f"; its densest second: {sum(1 for t in densest if t <= 50)} in the first 50 ms, "
-             f"{sum(1 for t in densest if t > 950)} in the last 50 ms (the limiter counts a "
-             "request when it sends it, DhanHQ when it arrives: no margin for the time between)")
+             f"{sum(1 for t in densest if t > 950)} in the last 50 ms (DhanHQ counts a "
+             "request when it arrives; the limiter holds its slot until the answer)")
     orders_met = row["orders_max_1s"] <= ORDERS_PER_S and row["orders_max_60s"] <= ORDERS_PER_MIN
     return [
         below("p99 price → exit order at fake, slot free",
