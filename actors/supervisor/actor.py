@@ -22,7 +22,7 @@ from typing import Any
 from loguru import logger
 from pykka import ActorDeadError, ActorRef
 
-from actors.gateway.actor import GatewayActor
+from actors.gateway.actor import GatewayActor, exit_order
 from actors.protocol import (
     DUE,
     Checkpoint,
@@ -199,7 +199,8 @@ class RiskSupervisor(SingletonActor):
         assert self.peers is not None
         ref = TrackerActor.start_on(self.dispatcher, position, self.ctx, self.peers,
                                     incarnation=incarnation, halted=self.halted,
-                                    unstored=unstored)
+                                    unstored=unstored,
+                                    gateway=self._gateway_for(position.position_id))
         instrument = Instrument(segment=position.segment, security_id=position.security_id)
         child = self.children.get(position.position_id)
         if child is None:
@@ -233,7 +234,8 @@ class RiskSupervisor(SingletonActor):
             case PriceUpdate():
                 self._quarantined_price(message)
             case ExitRequested():
-                self._place_exit(message)
+                if not message.placed:  # else its tracker told the gateway actor itself
+                    self._place_exit(message)
             case RequestExit():
                 self._request_exit(message)
             case TrackerFailed():
@@ -333,27 +335,24 @@ class RiskSupervisor(SingletonActor):
 
     # Exits ------------------------------------------------------------------------------------
     def _place_exit(self, message: ExitRequested) -> None:
-        """The gateway actor places it and answers with a message: the supervisor never waits
-        on the broker."""
-        position = message.position
-        self._to_gateway(PlaceExitOrder(
-            client_id=message.client_id, position_id=position.position_id,
-            attempt=message.attempt,
-            instrument=Instrument(segment=position.segment, security_id=position.security_id),
-            txn_type=position.side.exit_txn, quantity=position.quantity,
-            product=position.product, sent_at=self.ctx.clock(), decided_at=message.sent_at,
-            **message.caused()))
+        """An exit of a position the supervisor keeps (its trackers tell their gateway actor
+        themselves). The gateway actor places it and answers with a message: the supervisor
+        never waits on the broker."""
+        self._to_gateway(exit_order(message, self.ctx.clock()))
         _let_gateway_run()
 
     def _to_gateway(self, message: LookUpExitOrder | CancelExitOrder | PlaceExitOrder) -> None:
-        """A position's calls go to one gateway actor, in order; positions take the actors in
-        turn, so a slow call holds up as few others as possible."""
-        pid = message.position_id
-        ref = self._gateway_of.get(pid)
+        self._gateway_for(message.position_id).tell(message)
+
+    def _gateway_for(self, position_id: str) -> ActorRef[Any]:
+        """A position's calls go to one gateway actor, in order, whoever sends them (each of
+        its trackers is given it, and the supervisor uses it for the positions it keeps);
+        positions take the actors in turn, so a slow call holds up as few others as possible."""
+        ref = self._gateway_of.get(position_id)
         if ref is None:
             refs = self.gateway_refs
-            ref = self._gateway_of[pid] = refs[next(self._gateway_turn) % len(refs)]
-        ref.tell(message)
+            ref = self._gateway_of[position_id] = refs[next(self._gateway_turn) % len(refs)]
+        return ref
 
     def _request_exit(self, message: RequestExit) -> None:
         if message.position_id is not None:
