@@ -99,7 +99,8 @@ def build_system(settings: Settings, clock: Callable[[], datetime], *,
         order_prefix=f"PB{datetime.now(IST):%H%M%S}-")
     parts = Parts(store=store, cache=open_pnl_cache(settings.redis_url),
                   gateway=broker.exchange, quotes=broker.quotes, config=settings.risk,
-                  clock=clock, correlation_prefix=settings.correlation_prefix)
+                  clock=clock, correlation_prefix=settings.correlation_prefix,
+                  urgent_prices=True)
     return Built(system=System(parts), broker=broker, store=store)
 
 
@@ -290,6 +291,15 @@ def live_credentials(settings: Settings, environ: Mapping[str, str]) -> TokenSou
     return tokens
 
 
+LIVE_GATEWAYS = 10
+"""Gateway actors of a live session: DhanHQ takes 10 orders a second, and each call holds its
+actor for a round trip, so a wave of exits goes out side by side rather than in a queue."""
+LIVE_RESERVE = 8
+"""Dispatcher threads kept for urgent work (possible exits) in a live session: each exit's
+tracker holds one through its durable exit intent (a commit), so a wave of stops decides and
+stores side by side; the other threads stay free for fills and refreshes."""
+
+
 def run_live(settings: Settings, *, shadow: bool, duration: float | None,
              report: Path | None, trace: Path | None, http: Bind | None) -> int:
     tokens = live_credentials(settings, os.environ)
@@ -311,7 +321,8 @@ def run_live(settings: Settings, *, shadow: bool, duration: float | None,
                   gateway=shadowing or gateway, quotes=NotingQuotes(rest, gateway),
                   config=settings.risk, clock=clock,
                   correlation_prefix=settings.correlation_prefix,
-                  gateway_status=lambda: holder[0].gateway_status())
+                  gateway_status=lambda: holder[0].gateway_status(), urgent_prices=True,
+                  gateways=LIVE_GATEWAYS, reserve=LIVE_RESERVE)
     system = System(parts)
     session = LiveSession(system, rest, gateway, tokens, client_id=dhan.client_id or "",
                           order_ws_url=dhan.order_ws_url, feed_ws_url=dhan.feed_ws_url,

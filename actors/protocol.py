@@ -89,6 +89,10 @@ class Flush:
     """The index told possible exits from this flush's batch: the PnL writer values and
     checks the kill switch as ever, but leaves its cache write to the next flush, so it does
     not hold the interpreter while those exits are decided and placed."""
+    urgent: bool = False
+    """Made by a tick beyond an exit edge (``actors/prices/edges.py``), not by the clock: the
+    batcher sends its batch at once and goes no further (no quote call, no flush down the
+    pipeline: the PnL writer keeps the clock's cadence)."""
 
 
 @dataclass(frozen=True, slots=True)

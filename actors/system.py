@@ -25,6 +25,7 @@ from loguru import logger
 from actors.orders.actor import OrderUpdateActor
 from actors.pnl.writer import PnLWriterActor
 from actors.prices.batcher import LTPBatcherActor, tick_feed
+from actors.prices.edges import PriceEdges
 from actors.prices.index import BulkLoad, IndexActor, MarkedPositions, OpenPositions
 from actors.protocol import (
     Checkpoint,
@@ -78,6 +79,8 @@ class Parts:
     schedule: Schedule = field(default_factory=Schedule)
     supervision: Supervision = field(default_factory=Supervision)
     workers: int = 4
+    gateways: int | None = None
+    """Gateway actors placing exits (None: the supervisor's default, ``GATEWAYS``)."""
     reserve: int = 4
     """Dispatcher threads that run only urgent work (possible exits): see ``actors/pool.py``."""
     hold: float = 0.02
@@ -97,6 +100,10 @@ class Parts:
     """The broker gateway's state for the console: ``kind``, ``state`` (``UP`` or a reason,
     e.g. ``TOKEN_INVALID``), ``token_expires_at`` (aware datetime or None); None: the
     gateway needs no token and is always up (paper, replay)."""
+    urgent_prices: bool = False
+    """A tick beyond an exit edge flushes its batch at once rather than at the next
+    ``Schedule.flush_every`` (``actors/prices/edges.py``): live and paper sessions. Off where
+    batches must be the clock's alone (replays, stepped benchmarks)."""
     switch_interval: float | None = None
     """Seconds a thread may hold the GIL while others wait (``sys.setswitchinterval``); None
     leaves CPython's 5 ms. Measured: 0.5 ms did not lower the price-to-decision latency here
@@ -171,16 +178,17 @@ class System:
                              fee_per_order=str(p.config.policy.fee_per_order))
         ctx = KeeperContext(store=p.store, config=p.config, clock=p.clock, metrics=p.metrics)
         stale = freshness_limit(p.config.policy)
+        self.edges = PriceEdges() if p.urgent_prices else None
         self.batcher = LTPBatcherActor.start(None, p.quotes, p.clock, p.metrics,
-                                             stale_after=stale)
+                                             stale_after=stale, edges=self.edges)
         self._feed = tick_feed(self.batcher)
         self._quoter = self.batcher.proxy().quoter.get(timeout=ASK)
         self.index = IndexActor.start(self.batcher, refresh=stale * 0.8,
                                       metrics=p.metrics,
-                                      gate=self.dispatcher.yield_to_urgent)
+                                      gate=self.dispatcher.yield_to_urgent, edges=self.edges)
         self.batcher.proxy().set_index(self.index).get(timeout=ASK)
         self.supervisor = RiskSupervisor.start(ctx, p.gateway, supervision=p.supervision,
-                                               dispatcher=self.dispatcher)
+                                               dispatcher=self.dispatcher, gateways=p.gateways)
         self.pnl = PnLWriterActor.start(p.cache, p.config.policy, p.metrics, p.clock,
                                         self.supervisor, cache_every=p.cache_every,
                                         gate=self.dispatcher.yield_to_urgent)

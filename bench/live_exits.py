@@ -5,7 +5,9 @@ loopback fake DhanHQ served from this process (``broker.fake_dhan.venue``): a st
 market whose every price goes out on the feed every 100 ms (2,000 ticks/s at 200 instruments,
 SPEC §9's load) and a paper exchange. Before the session starts, 200 entries (one instrument
 each, LONG 75 at 100) are filled at the exchange; the session finds them by reconcile and
-subscribes their prices. Then the market crashes the instruments to 94 (-6 %: the 5 % stop
+subscribes their prices. The feed then goes quiet for 16 s (``FakeDhan.muted``): the
+session's prices go stale and the quote API prices the book (counted at the fake, <= 1/s).
+Then the market crashes the instruments to 94 (-6 %: the 5 % stop
 loss fires) in waves of 20, 2.5 s apart: each wave is twice the order limiter's 10/s (SPEC §10),
 so in each about 10 exits get a slot at once and the rest wait for the window to turn, and the
 window is empty again when the next wave comes.
@@ -55,6 +57,9 @@ LOT = 75
 START = Decimal("100")
 CRASH = Decimal("94")
 ORDERS_PER_S, ORDERS_PER_MIN, QUOTES_PER_S = 10, 250, 1
+QUIET = 16.0
+"""Seconds the feed is quiet before the crash: a quote call each time the quote API's
+prices are stale again (5 s), 3 or 4 in all."""
 POLICY = """
 [policy]
 stop_loss_pct = 0.05
@@ -72,8 +77,10 @@ def instruments(count: int) -> list[Instrument]:
 
 
 def run(pg: str | None, rd: str | None, scratch: Path, *, positions: int = 200,
-        wave: int = 20, gap: float = 2.5, packets: int = 1) -> dict[str, Any]:
-    """``packets``: ticker packets per feed message (DhanHQ may send several in one)."""
+        wave: int = 20, gap: float = 2.5, packets: int = 1,
+        quiet: float = QUIET, trace: Path | None = None) -> dict[str, Any]:
+    """``packets``: ticker packets per feed message (DhanHQ may send several in one);
+    ``quiet``: seconds the feed goes quiet before the crash (the quote API prices meanwhile)."""
     book = instruments(positions)
     with Venue({instrument: START for instrument in book}) as venue:
         venue.fake.packets_per_message = packets
@@ -90,13 +97,14 @@ def run(pg: str | None, rd: str | None, scratch: Path, *, positions: int = 200,
         load_before = os.getloadavg()
         live = LiveRun(venue, scratch / "live", policy=POLICY, duration=3600,
                        database_url=fresh_pg(pg) if pg else None, redis_url=rd,
-                       http=f"127.0.0.1:{port}")
+                       http=f"127.0.0.1:{port}", trace=trace)
         try:
             began = time.monotonic()
             live.wait_log("reconcile:", 120)
             live.wait_log(f"({positions} subscribed)", 60)
             started_s = time.monotonic() - began
             time.sleep(2.0)  # every tracker priced by the feed, its band known to the index
+            _quiet(venue, quiet)
             crashed = _crash(venue, book, wave, gap)
             wait_until(lambda: len(_first_exits(venue.fake.requests_in(Bucket.ORDERS)))
                        >= positions, 120, "an exit order for every position")
@@ -127,6 +135,20 @@ def run(pg: str | None, rd: str | None, scratch: Path, *, positions: int = 200,
     row["figures"] = figures(row)
     row["note"] = NOTE
     return row
+
+
+def _quiet(venue: Venue, seconds: float) -> None:
+    """The feed goes quiet for ``seconds`` (connected, sending nothing): past the policy's
+    5 s the session's prices are stale and the quote API prices them, once a second at most.
+    Then the feed speaks again, long enough before the crash for every price to be its."""
+    if seconds <= 0:
+        return
+    venue.fake.muted = True
+    try:
+        time.sleep(seconds)
+    finally:
+        venue.fake.muted = False
+    time.sleep(1.0)
 
 
 def _free_port() -> int:
@@ -258,8 +280,8 @@ def figures(row: dict[str, Any]) -> list[dict[str, Any]]:
            f"{free['p99'] / 25:.1f}x the limit (+{free['p99'] - 25:.0f} ms); {breakdown}")
     densest = row["densest_second_ms"]
     edges = (f"; its densest second: {sum(1 for t in densest if t <= 50)} in the first 50 ms, "
-             f"{sum(1 for t in densest if t > 950)} in the last 50 ms (the limiter counts a "
-             "request when it sends it, DhanHQ when it arrives: no margin for the time between)")
+             f"{sum(1 for t in densest if t > 950)} in the last 50 ms (DhanHQ counts a "
+             "request when it arrives; the limiter holds its slot until the answer)")
     orders_met = row["orders_max_1s"] <= ORDERS_PER_S and row["orders_max_60s"] <= ORDERS_PER_MIN
     return [
         below("p99 price → exit order at fake, slot free",
@@ -300,10 +322,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gap", type=float, default=2.5, help="seconds between waves")
     parser.add_argument("--packets", type=int, default=1,
                         help="ticker packets per feed message (diagnostic)")
+    parser.add_argument("--quiet", type=float, default=QUIET,
+                        help="seconds the feed goes quiet before the crash (quote API)")
+    parser.add_argument("--trace", type=Path, default=None,
+                        help="the session's message trace (JSONL), for where the time goes")
     args = parser.parse_args(argv)
     return child_main(lambda pg, rd, scratch: run(pg, rd, scratch, positions=args.positions,
                                                   wave=args.wave, gap=args.gap,
-                                                  packets=args.packets))
+                                                  packets=args.packets, quiet=args.quiet,
+                                                  trace=args.trace))
 
 
 if __name__ == "__main__":

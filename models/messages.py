@@ -228,6 +228,9 @@ class ExitRequested(Message):
     decision: ExitDecision
     attempt: int
     client_id: str
+    placed: bool = False
+    """The tracker told the position's gateway actor the order itself (after storing the
+    intent): the supervisor only hears of it and must not place it again."""
 
 
 class RequestExit(Message):

@@ -235,12 +235,15 @@ class FakeGateway:
 
     def __init__(self) -> None:
         self.placed: dict[str, tuple[str, Instrument, TxnType, int]] = {}
+        self.calls: list[str] = []
+        """The client id of every ``place_order`` call, a repeated one included."""
         self.refuse = 0
         self.cancelled: list[str] = []
         self.sink: Callable[[str], None] | None = None
 
     def place_order(self, *, client_id: str, instrument: Instrument, txn_type: TxnType,
                     quantity: int, product: str | None) -> str:
+        self.calls.append(client_id)
         if client_id in self.placed:
             return self.placed[client_id][0]
         if self.refuse:

@@ -28,6 +28,7 @@ from actors.protocol import Snapshot
 from actors.runtime.dispatch import SingletonActor
 from actors.runtime.metrics import Metrics
 from broker.ports import ChasingGateway, GatewayError, OrderGateway
+from models.common import Instrument
 from models.messages import (
     CancelExitOrder,
     ExitOrderChased,
@@ -35,6 +36,7 @@ from models.messages import (
     ExitOrderLookedUp,
     ExitOrderPlaced,
     ExitOrderUnknown,
+    ExitRequested,
     ExitSettled,
     LookUpExitOrder,
     Message,
@@ -185,6 +187,19 @@ class GatewayActor(SingletonActor):
         except Exception as error:  # finished meanwhile, or the broker refused: the book says
             logger.bind(position_id=message.position_id).warning(
                 "cancel of exit order {} failed: {}", message.order_no, error)
+
+
+def exit_order(message: ExitRequested, now: datetime) -> PlaceExitOrder:
+    """The order an exit request asks a gateway actor to place (told by the tracker that
+    decided it, or by the supervisor for a position it keeps)."""
+    position = message.position
+    return PlaceExitOrder(
+        client_id=message.client_id, position_id=position.position_id,
+        attempt=message.attempt,
+        instrument=Instrument(segment=position.segment, security_id=position.security_id),
+        txn_type=position.side.exit_txn, quantity=position.quantity,
+        product=position.product, sent_at=now, decided_at=message.sent_at,
+        **message.caused())
 
 
 def _code(error: BaseException) -> str:

@@ -30,6 +30,7 @@ from typing import Any
 from loguru import logger
 from pykka import ActorDeadError, ActorRef
 
+from actors.prices.edges import PriceEdges
 from actors.prices.quotes import QuoteActor
 from actors.protocol import Flush, Snapshot, Watch
 from actors.runtime.dispatch import SingletonActor, StampedQueue
@@ -93,12 +94,29 @@ class _TickMailbox(StampedQueue):
         self._lock = threading.Lock()
         self.ticks = 0
         """Ticks told so far."""
+        self.edges: PriceEdges | None = None
+        """The index's exit edges: a tick beyond one flushes at once (None: never)."""
+        self._urgent: set[Instrument] = set()
+        """Instruments whose kept tick crossed an edge, for the next urgent flush."""
+        self.clock: Callable[[], datetime] | None = None
+        """The clock of an urgent flush (the batcher's)."""
 
     def put_tick(self, instrument: Instrument, mark: PriceMark) -> None:
-        """What a told ``PriceTick`` leaves here: its mark, in place of the instrument's last."""
+        """What a told ``PriceTick`` leaves here: its mark, in place of the instrument's last.
+        A tick beyond its instrument's exit edge (``PriceEdges``) is urgent: a ``Flush``
+        marked so follows it at once and takes it (the urgent ticks alone: the others wait for
+        the clock's flush, so the index's fan-out of an urgent batch is its possible exits
+        only, which nothing holds back) to the batcher."""
         with self._lock:
             self._ticks[instrument] = mark
             self.ticks += 1
+        edges = self.edges
+        if edges is not None and edges.crossed(instrument, mark.ltp):
+            with self._lock:
+                self._urgent.add(instrument)
+            clock = self.clock
+            self.put(envelope(Flush(at=mark.at if clock is None else clock(), urgent=True),
+                              None))
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         message = item.message
@@ -108,7 +126,13 @@ class _TickMailbox(StampedQueue):
             return
         if kind is Flush:
             with self._lock:
-                ticks, self._ticks = self._ticks, {}
+                if message.urgent:
+                    ticks = {i: self._ticks.pop(i) for i in self._urgent if i in self._ticks}
+                else:
+                    ticks, self._ticks = self._ticks, {}
+                self._urgent.clear()
+            if message.urgent and not ticks:
+                return  # an earlier urgent flush took them
             if ticks:
                 item = envelope(Ticked(flush=message, ticks=ticks), item.reply_to)
         super().put(item, block, timeout)
@@ -141,8 +165,12 @@ class LTPBatcherActor(SingletonActor):
 
     def __init__(self, index: ActorRef[Any] | None, quotes: QuoteApi | None,
                  clock: Callable[[], datetime], metrics: Metrics, *,
-                 stale_after: timedelta = timedelta(seconds=5)) -> None:
+                 stale_after: timedelta = timedelta(seconds=5),
+                 edges: PriceEdges | None = None) -> None:
         super().__init__()
+        inbox = self.actor_inbox
+        if edges is not None and isinstance(inbox, _TickMailbox):
+            inbox.edges, inbox.clock = edges, clock
         self.index, self.quotes, self.clock, self.metrics = index, quotes, clock, metrics
         self.stale_after = stale_after
         self.pending: dict[Instrument, PriceMark] = {}
@@ -204,16 +232,18 @@ class LTPBatcherActor(SingletonActor):
         behind the batch, so whatever values on a flush sees this flush's prices, and does its
         work only after the index has told the trackers their possible exits."""
         now = flush.at
-        self._poll(now)
+        if not flush.urgent:  # an urgent flush carries prices only: quote calls keep time
+            self._poll(now)
         if self.index is None:
             return
         if self.pending:
             batch, self.pending = self.pending, {}
             self.last.update(batch)
-            self.metrics.incr("price_batches")
+            self.metrics.incr("urgent_batches" if flush.urgent else "price_batches")
             self.index.tell(PriceBatch(prices=tuple(batch.items()), correlation_id=new_id(),
                                        sent_at=now))
-        self.index.tell(flush)
+        if not flush.urgent:
+            self.index.tell(flush)
 
     def stale(self, now: datetime) -> list[Instrument]:
         """Watched or asked-about instruments whose last price is no longer fresh

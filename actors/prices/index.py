@@ -23,6 +23,7 @@ from typing import Any
 from loguru import logger
 from pykka import ActorDeadError, ActorRef
 
+from actors.prices.edges import PriceEdges
 from actors.protocol import BandChanged, Flush, Route, Unroute, Watch
 from actors.runtime.dispatch import SingletonActor
 from actors.runtime.metrics import Metrics
@@ -67,9 +68,12 @@ class IndexActor(SingletonActor):
     def __init__(self, batcher: ActorRef[Any] | None = None, *,
                  refresh: timedelta = timedelta(seconds=2.5),
                  metrics: Metrics | None = None,
-                 gate: Callable[[], None] | None = None) -> None:
+                 gate: Callable[[], None] | None = None,
+                 edges: PriceEdges | None = None) -> None:
         super().__init__()
         self.batcher = batcher
+        self.edges = edges
+        """Where each instrument's exit edges are published for the feed (None: nowhere)."""
         self.gate = gate
         """Called before the ordinary part of a fan-out: ``Dispatcher.yield_to_urgent``."""
         self.pnl: ActorRef[Any] | None = None
@@ -125,7 +129,9 @@ class IndexActor(SingletonActor):
         if watch is None:
             return
         watch.band = message.band
-        self.reach.pop(watch.instrument, None)
+        self._drop_reach(watch.instrument)
+        if self.edges is not None and watch.instrument in self.routes:
+            self._reach(watch.instrument)  # its edges published again at once
         mark = self.last_marks.get(watch.instrument)
         ref = self.routes.get(watch.instrument, {}).get(message.position_id)
         if mark is None or ref is None:
@@ -151,11 +157,9 @@ class IndexActor(SingletonActor):
             last_marks[instrument] = mark
             reach = reaches.get(instrument)
             if reach is None:
-                owners = self.routes.get(instrument)
-                if not owners:
+                if not self.routes.get(instrument):
                     continue
-                reach = reaches[instrument] = Reach(owners, [self.watches.get(pid)
-                                                              for pid in owners])
+                reach = self._reach(instrument)
             owners = reach.owners
             checked += len(owners)
             verdict = reach.verdict(mark.ltp, mark.at)
@@ -168,7 +172,9 @@ class IndexActor(SingletonActor):
             # Let the trackers just told a possible exit take the interpreter now: a woken
             # thread otherwise waits for the rest of the fan-out or the 5 ms switch interval.
             time.sleep(0)
-        if self.gate is not None:  # the ordinary prices wait while those exits are decided
+        if self.gate is not None and (inside or later or refresh):
+            # the ordinary prices wait while those exits are decided (a batch of exits alone
+            # goes on at once: nothing is left of it to hold back)
             self.gate()
         for instrument, mark, owners, reach in inside:
             told += self._cross(batch, instrument, mark, owners, later, refresh, reach)
@@ -179,6 +185,22 @@ class IndexActor(SingletonActor):
             self.metrics.incr("price_deliveries", told)
         if self.pnl is not None:
             self.pnl.tell(batch)
+
+    def _reach(self, instrument: Instrument) -> Reach:
+        """The instrument's ``Reach``, made from its owners' bands; its exit edges published."""
+        owners = self.routes[instrument]
+        reach = self.reach[instrument] = Reach(owners, [self.watches.get(pid) for pid in owners])
+        if self.edges is not None:
+            if reach.open:  # a position without a band: every price goes to it anyway
+                self.edges.withdraw(instrument)
+            else:
+                self.edges.publish(instrument, reach.low, reach.high)
+        return reach
+
+    def _drop_reach(self, instrument: Instrument) -> None:
+        self.reach.pop(instrument, None)
+        if self.edges is not None:
+            self.edges.withdraw(instrument)
 
     def _cross(self, batch: PriceBatch, instrument: Instrument, mark: PriceMark,
                owners: dict[str, ActorRef[Any]], later: list[tuple[ActorRef[Any], PriceUpdate]],
@@ -235,7 +257,7 @@ class IndexActor(SingletonActor):
             self._watch((instrument,), watching=True)
         owners[position_id] = ref
         self.owners[position_id] = ref
-        self.reach.pop(instrument, None)
+        self._drop_reach(instrument)
         # A new owner (a restart, a quarantine) starts with every price, until it says otherwise.
         self.watches[position_id] = BandWatch(position_id, instrument, self.refresh)
 
@@ -244,7 +266,7 @@ class IndexActor(SingletonActor):
         if owners is None or owners.pop(position_id, None) is None:
             return
         self.watches.pop(position_id, None)
-        self.reach.pop(instrument, None)
+        self._drop_reach(instrument)
         if not owners:
             del self.routes[instrument]
             self._watch((instrument,), watching=False)
@@ -256,7 +278,7 @@ class IndexActor(SingletonActor):
             if instrument not in self.routes:
                 fresh.append(instrument)
             self.routes.setdefault(instrument, {})[position.position_id] = ref
-            self.reach.pop(instrument, None)
+            self._drop_reach(instrument)
             self.owners[position.position_id] = ref
             self.watches[position.position_id] = BandWatch(position.position_id, instrument,
                                                         self.refresh)

@@ -12,6 +12,7 @@ restarts (the failed positions are kept protected the same way meanwhile).
 from __future__ import annotations
 
 import itertools
+import time
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -21,7 +22,7 @@ from typing import Any
 from loguru import logger
 from pykka import ActorDeadError, ActorRef
 
-from actors.gateway.actor import GatewayActor
+from actors.gateway.actor import GatewayActor, exit_order
 from actors.protocol import (
     DUE,
     Checkpoint,
@@ -124,8 +125,9 @@ class RiskSupervisor(SingletonActor):
 
     def __init__(self, context: KeeperContext, gateway: OrderGateway, *,
                  supervision: Supervision | None = None,
-                 dispatcher: Dispatcher | None = None) -> None:
+                 dispatcher: Dispatcher | None = None, gateways: int | None = None) -> None:
         super().__init__()
+        self.gateways = self.GATEWAYS if gateways is None else max(1, gateways)
         self.dispatcher = dispatcher or default_dispatcher()
         self.ctx, self.gateway = context, gateway
         self.rules = supervision or Supervision()
@@ -163,12 +165,14 @@ class RiskSupervisor(SingletonActor):
         """Exit attempts' audit columns the store did not take, written at the timers."""
 
     GATEWAYS = 4
-    """Gateway actors: a slow broker call holds up only the positions routed to its actor (a
-    position's calls all go to one, in order)."""
+    """Gateway actors by default: a slow broker call holds up only the positions routed to its
+    actor (a position's calls all go to one, in order). A live session has more
+    (``Parts.gateways``): each DhanHQ call blocks its actor for a round trip, and a wave of
+    exits goes out in parallel up to the order limiter's 10/s."""
 
     def on_start(self) -> None:
         self.gateway_refs = [GatewayActor.start(self.gateway, self.ctx.clock, self.ctx.metrics,
-                                                self.actor_ref) for _ in range(self.GATEWAYS)]
+                                                self.actor_ref) for _ in range(self.gateways)]
 
     def on_stop(self) -> None:
         for ref in self.gateway_refs:
@@ -225,7 +229,8 @@ class RiskSupervisor(SingletonActor):
         assert self.peers is not None
         ref = TrackerActor.start_on(self.dispatcher, position, self.ctx, self.peers,
                                     incarnation=incarnation, halted=self.halted,
-                                    unstored=unstored)
+                                    unstored=unstored,
+                                    gateway=self._gateway_for(position.position_id))
         instrument = Instrument(segment=position.segment, security_id=position.security_id)
         child = self.children.get(position.position_id)
         if child is None:
@@ -259,7 +264,8 @@ class RiskSupervisor(SingletonActor):
             case PriceUpdate():
                 self._quarantined_price(message)
             case ExitRequested():
-                self._place_exit(message)
+                if not message.placed:  # else its tracker told the gateway actor itself
+                    self._place_exit(message)
             case RequestExit():
                 self._request_exit(message)
             case TrackerFailed():
@@ -361,26 +367,24 @@ class RiskSupervisor(SingletonActor):
 
     # Exits ------------------------------------------------------------------------------------
     def _place_exit(self, message: ExitRequested) -> None:
-        """The gateway actor places it and answers with a message: the supervisor never waits
-        on the broker."""
-        position = message.position
-        self._to_gateway(PlaceExitOrder(
-            client_id=message.client_id, position_id=position.position_id,
-            attempt=message.attempt,
-            instrument=Instrument(segment=position.segment, security_id=position.security_id),
-            txn_type=position.side.exit_txn, quantity=position.quantity,
-            product=position.product, sent_at=self.ctx.clock(), decided_at=message.sent_at,
-            **message.caused()))
+        """An exit of a position the supervisor keeps (its trackers tell their gateway actor
+        themselves). The gateway actor places it and answers with a message: the supervisor
+        never waits on the broker."""
+        self._to_gateway(exit_order(message, self.ctx.clock()))
+        _let_gateway_run()
 
     def _to_gateway(self, message: LookUpExitOrder | CancelExitOrder | PlaceExitOrder) -> None:
-        """A position's calls go to one gateway actor, in order; positions take the actors in
-        turn, so a slow call holds up as few others as possible."""
-        pid = message.position_id
-        ref = self._gateway_of.get(pid)
+        self._gateway_for(message.position_id).tell(message)
+
+    def _gateway_for(self, position_id: str) -> ActorRef[Any]:
+        """A position's calls go to one gateway actor, in order, whoever sends them (each of
+        its trackers is given it, and the supervisor uses it for the positions it keeps);
+        positions take the actors in turn, so a slow call holds up as few others as possible."""
+        ref = self._gateway_of.get(position_id)
         if ref is None:
             refs = self.gateway_refs
-            ref = self._gateway_of[pid] = refs[next(self._gateway_turn) % len(refs)]
-        ref.tell(message)
+            ref = self._gateway_of[position_id] = refs[next(self._gateway_turn) % len(refs)]
+        return ref
 
     def _request_exit(self, message: RequestExit) -> None:
         if message.position_id is not None:
@@ -719,3 +723,11 @@ def _lifecycle(actor: str, event: str, **fields: Any) -> None:
     active = tracer()
     if active is not None:
         active.lifecycle(actor, event, **fields)
+
+
+def _let_gateway_run() -> None:
+    """Hand the interpreter to the gateway actor just told an exit: its thread, woken by the
+    tell, otherwise waits up to CPython's switch interval (5 ms) while this one goes on with
+    the supervisor's next messages. The live benchmark's decision → order hop
+    (``bench/live_exits.py``)."""
+    time.sleep(0)

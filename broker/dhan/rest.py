@@ -72,7 +72,7 @@ class DhanRest:
 
     def __init__(self, base_url: str, client_id: str, token_source: TokenSource, *,
                  timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
-                 limiter: RateLimits | None = None, limit_wait: float = 1.0,
+                 limiter: RateLimits | None = None, limit_wait: float = 3.0,
                  transport: httpx.BaseTransport | None = None) -> None:
         self.client_id = client_id
         self.tokens = token_source
@@ -213,9 +213,16 @@ class DhanRest:
             if self._refused is not None and token == self._refused:
                 return Answer(Outcome.TOKEN_INVALID, code="refused",
                               detail="the access token was refused; waiting for a new one")
-        if not self.limiter.acquire(bucket, self.limit_wait):
-            return Answer(Outcome.LIMITED, code="limited",
-                          detail=f"no {bucket} slot within {self.limit_wait:g} s: not sent")
+        with self.limiter.slot(bucket, self.limit_wait) as taken:
+            if not taken:
+                return Answer(Outcome.LIMITED, code="limited",
+                              detail=f"no {bucket} slot within {self.limit_wait:g} s: not sent")
+            return self._exchange(token, method, path, body)
+
+    def _exchange(self, token: Secret, method: str, path: str,
+                  body: dict[str, Any] | None) -> _Raw:
+        """The request and its answer (the limiter's slot is held meanwhile: DhanHQ counts
+        the request when it arrives, which is surely done once the answer is back)."""
         content = _dumps(body) if body is not None else None
         started = time.monotonic()
         try:

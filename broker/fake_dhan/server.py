@@ -11,7 +11,8 @@ packet (reason 808). Every request is recorded with its receive time (monotonic)
 Fault switches (thread-safe, for tests): ``drop_order_sockets``, ``drop_feeds``,
 ``throttle(bucket, n)``, ``delay_placements(seconds, n)`` (the order is taken, its answer comes
 late), ``lose_placements(n)`` (taken, never answered), ``expire_token()``, ``refuse_ip``,
-``camel_case``, ``packets_per_message``.
+``camel_case``, ``packets_per_message``, ``muted`` (the feeds stay connected and send nothing:
+a feed gone quiet, so the session's prices go stale and the quote API prices them).
 """
 
 from __future__ import annotations
@@ -126,6 +127,8 @@ class FakeDhan:
         self.camel_case = False
         self.refuse_ip = False
         self.packets_per_message = 1
+        self.muted = False
+        """While set, no tick goes out on any feed (nor counts as published)."""
         self._lock = threading.Lock()
         self._throttle: dict[Bucket, int] = {}
         self._delays: list[float] = []
@@ -214,6 +217,8 @@ class FakeDhan:
 
     def publish(self, ticks: Iterable[tuple[Instrument, Decimal]], ltt: int | None = None) -> None:
         """Send ticks to every feed subscribed to them, ``packets_per_message`` per message."""
+        if self.muted:
+            return
         stamp = int(time.time()) if ltt is None else ltt
         priced = list(ticks)
         packets = [(instrument, encode_ticker(instrument, price, stamp))

@@ -125,7 +125,8 @@ class LiveRun:
     def __init__(self, venue: Venue, folder: Path, *, policy: str, shadow: bool = False,
                  duration: float = 60.0, token: str = TOKEN, token_file: bool = False,
                  database_url: str | None = None, redis_url: str | None = None,
-                 http: str = "off", extra_env: dict[str, str] | None = None) -> None:
+                 http: str = "off", extra_env: dict[str, str] | None = None,
+                 trace: Path | None = None) -> None:
         self.venue, self.folder = venue, folder
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "tracker.toml").write_text(
@@ -153,6 +154,8 @@ class LiveRun:
                 "--report", str(self.report_path), "--http", http]
         if shadow:
             args.append("--shadow")
+        if trace is not None:
+            args += ["--trace", str(trace)]
         self._log = self.log_path.open("w", encoding="utf-8")
         self.process = subprocess.Popen(args, cwd=folder, env=env, stdout=self._log,
                                         stderr=subprocess.STDOUT)

@@ -22,6 +22,7 @@ from models.common import IST, Instrument, Segment, Side, TxnType, exit_client_i
 from models.messages import (
     ApplyOrderUpdate,
     CreatePosition,
+    ExitRequested,
     PriceBatch,
     RequestExit,
 )
@@ -174,6 +175,35 @@ def test_when_stop_hit_then_exit_order_placed_and_exit_fill_closes_at_real_price
     assert final.exit_reason is ExitReason.STOP_LOSS
     assert final.exit_price == Decimal("175.50")
     assert system.store.attempts[(pid, 1)].outcome == "PLACED"
+
+
+def test_a_tracker_tells_its_gateway_actor_the_exit_itself_and_it_is_placed_once(
+        system: System, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The order goes from the tracker (its intent stored) to the position's gateway actor
+    without waiting for the supervisor, which only hears of it and places nothing."""
+    pid = open_position(system, entry())
+    held, release = threading.Event(), threading.Event()
+    original = RiskSupervisor._dispatch
+
+    def dispatch(self: RiskSupervisor, message: Any) -> Any:
+        if isinstance(message, ExitRequested):
+            assert message.placed
+            held.set()
+            release.wait(5)
+        return original(self, message)
+
+    monkeypatch.setattr(RiskSupervisor, "_dispatch", dispatch)
+    mark = PriceMark(ltp=Decimal("176"), at=system.clock.now)
+    system.index.tell(PriceBatch(prices=((INSTRUMENT, mark),), correlation_id="p",
+                                 sent_at=system.clock.now))
+    client_id = exit_client_id(pid, 1)
+    assert held.wait(5)
+    wait_for(lambda: client_id in system.gateway.placed)  # the supervisor is still held
+    assert system.store.attempts[(pid, 1)].client_id == client_id  # stored before it went
+    release.set()
+    system.settle()
+    assert system.gateway.calls == [client_id]
+    assert system.store.positions[pid].status is PositionStatus.EXITING
 
 
 def test_when_price_is_quiet_then_no_exit(system: System) -> None:
