@@ -27,3 +27,11 @@ def partition_name(partition: int) -> str:
     if not 0 <= partition < PARTITIONS:
         raise ValueError(f"partition {partition} is outside 0..{PARTITIONS - 1}")
     return f"p{partition:03d}"
+
+
+def lease_allows_send(deadline: float, now: float, margin: float) -> bool:
+    """Whether an order may still be sent under a lease that ends at ``deadline`` (both on the
+    runner's monotonic clock): only with more than ``margin`` to spare, so that the request has
+    left before the lease can pass to another runner (SPEC §13; the pause between this check
+    and the send is the gap ``margin`` bounds, docs/ARCHITECTURE.md "Scale-out")."""
+    return now + margin < deadline
