@@ -61,12 +61,18 @@ class Held:
 class Runner:
     def __init__(self, leases: Leases, transport: Transport, *, owner: str,
                  partitions: Iterable[int], deliver: Deliver, current: CurrentLease,
-                 batch: int = 100, pull_timeout: float = 0.05,
+                 batch: int = 100, pull_budget: float = 0.2, claim_every: float | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        """``pull_budget``: seconds one step waits for updates, shared by the partitions
+        (a step must come round to renewals well within a lease); ``claim_every``: seconds
+        between rounds of claims (a third of the lease by default: a claim is a transaction
+        per partition)."""
         self.leases, self.transport, self.owner = leases, transport, owner
         self.partitions = sorted(set(partitions))
         self.deliver, self.current = deliver, current
-        self.batch, self.pull_timeout, self.clock = batch, pull_timeout, clock
+        self.batch, self.pull_budget, self.clock = batch, pull_budget, clock
+        self.claim_every = leases.lease_seconds / 3 if claim_every is None else claim_every
+        self.next_claim = 0.0
         self.held: dict[int, Held] = {}
         self.delivered = 0
         self.log = logger.bind(runner=owner)
@@ -75,15 +81,22 @@ class Runner:
         return sorted(self.held)
 
     def step(self) -> None:
-        self._claim()
+        if self.clock() >= self.next_claim:
+            self._claim()
+            self.next_claim = self.clock() + self.claim_every
         self._renew()
-        for partition in list(self.held):
-            self._consume(partition)
+        now = self.clock()
+        ready = [p for p, held in sorted(self.held.items()) if now >= held.ready_at]
+        for partition in ready:
+            if partition in self.held:  # not dropped meanwhile
+                self._consume(partition, self.pull_budget / len(ready))
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
                 self.step()
+                if not self.held:
+                    stop.wait(self.pull_budget)  # nothing to pull: no busy loop of claims
             except (StoreError, TransportError) as error:
                 self.log.warning("runner step failed, trying again: {}", error)
                 stop.wait(1.0)
@@ -122,12 +135,10 @@ class Runner:
             except LeaseLost:
                 self._drop(partition, "its lease could not be renewed")
 
-    def _consume(self, partition: int) -> None:
+    def _consume(self, partition: int, timeout: float) -> None:
         held = self.held[partition]
-        if self.clock() < held.ready_at:
-            return
         for delivery in self.transport.pull_order_updates(partition, batch=self.batch,
-                                                          timeout=self.pull_timeout):
+                                                          timeout=timeout):
             self.current.set(held.lease)
             try:
                 self.deliver(partition, delivery.data)

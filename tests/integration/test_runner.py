@@ -57,7 +57,8 @@ class Rig:
         store = PostgresStore(self.url, lease=current)
         self.closing.append(store.close)
         return Runner(self.leases, self.transport, owner=owner, partitions=partitions,
-                      deliver=store_frames(store, lambda: T0), current=current)
+                      deliver=store_frames(store, lambda: T0), current=current,
+                      claim_every=0.0)
 
     def stored(self) -> list[str | None]:
         with psycopg.connect(self.url, autocommit=True) as conn:
@@ -98,6 +99,23 @@ def test_when_partition_held_by_another_then_runner_waits_and_takes_it_on_releas
     rig.transport.publish_order_update(ACCOUNT, "m-2", frame("E2"))
     second.step()  # a released lease: no wait
     assert second.owned() == [P] and rig.stored() == ["E2"]
+
+
+def test_when_claims_paced_then_a_free_partition_waits_for_the_next_round(rig: Rig) -> None:
+    now = [0.0]
+    holder = rig.runner("runner-a", [P])
+    current = CurrentLease()
+    paced = Runner(rig.leases, rig.transport, owner="runner-b", partitions=[P],
+                   deliver=lambda partition, data: None, current=current, claim_every=2.0,
+                   clock=lambda: now[0])
+    holder.step()
+    paced.step()
+    holder.release_all()
+    paced.step()
+    assert paced.owned() == []  # no claim before its next round
+    now[0] = 2.0
+    paced.step()
+    assert paced.owned() == [P]
 
 
 def test_when_lease_lost_then_partition_dropped_and_update_left_for_the_new_owner(
