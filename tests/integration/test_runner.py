@@ -5,6 +5,7 @@ partition whose lease it lost. ``run.py runner`` end to end on the real NATS Jet
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -179,3 +180,64 @@ def test_when_runner_given_bad_input_then_one_line_and_exit_2(
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2 and len(lines) == 1 and expected in lines[0], done.stderr
     assert not (tmp_path / "runner.db").exists()  # refused before anything was opened
+
+
+def _wait_for(path: Path, text: str, timeout: float) -> float:
+    """Seconds until ``text`` appears in the log at ``path``."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if text in path.read_text(errors="replace"):
+            return time.monotonic() - started
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} not in {path.name} after {timeout:g} s:\n"
+                         f"{path.read_text(errors='replace')[-2000:]}")
+
+
+def test_when_runner_paused_then_another_takes_over_and_the_resumed_one_stops_the_partition(
+        pg_url: str, nats_url: str, tmp_path: Path) -> None:
+    namespace = f"t{uuid.uuid4().hex[:10]}"
+    env = {**os.environ, "DATABASE_URL": pg_url}
+    env.pop("REDIS_URL", None)
+
+    def start(owner: str) -> tuple[subprocess.Popen[bytes], Path]:
+        log = tmp_path / f"{owner}.log"
+        with log.open("wb") as sink:
+            process = subprocess.Popen(
+                [sys.executable, "run.py", "runner", "--nats", nats_url, "--namespace",
+                 namespace, "--partitions", str(P), "--owner", owner, "--lease-seconds", "1"],
+                cwd=ROOT, env=env, stdout=sink, stderr=sink)
+        return process, log
+
+    publisher = JetStreamTransport(nats_url, namespace=namespace)
+    first, first_log = start("runner-a")
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        _wait_for(first_log, f"claimed partition {P}", 30)
+        first.send_signal(signal.SIGSTOP)  # paused past its lease
+        second, second_log = start("runner-b")
+        _wait_for(second_log, f"claimed partition {P}", 30)
+        publisher.publish_order_update(ACCOUNT, "m-1", frame("E1"))
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            for _ in range(200):  # the new owner acts after claim_wait (old lease + HTTP)
+                stored = [r[0] for r in conn.execute("SELECT order_no FROM order_updates")]
+                if stored:
+                    break
+                time.sleep(0.1)
+        assert stored == ["E1"]
+        first.send_signal(signal.SIGCONT)
+        _wait_for(first_log, f"partition {P} dropped", 30)  # its renewal was refused
+        for running in (first, second):
+            running.send_signal(signal.SIGTERM)
+            assert running.wait(30) == 0
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            assert [r[0] for r in conn.execute("SELECT order_no FROM order_updates")] == ["E1"]
+            assert conn.execute("SELECT owner, epoch FROM partition_leases").fetchall() == [
+                (None, 2)]  # runner-b released epoch 2; runner-a's release changed nothing
+    finally:
+        for leftover in (first, second):
+            if leftover is not None and leftover.poll() is None:
+                leftover.send_signal(signal.SIGCONT)
+                leftover.kill()
+                leftover.wait(10)
+        publisher.delete_stream()
+        publisher.close()
