@@ -464,7 +464,7 @@ def run_runner(settings: Settings, *, nats_url: str, partitions: str, owner: str
     # Imported here: a single-process run never loads the NATS client.
     from app.runner import CurrentLease, Runner, parse_partitions, store_frames
     from broker.transport.jetstream import JetStreamTransport
-    from broker.transport.ports import TransportError
+    from broker.transport.ports import TransportError, orders_wildcard
     from store.leases import PostgresLeases
     from store.postgres import PostgresStore
 
@@ -476,6 +476,10 @@ def run_runner(settings: Settings, *, nats_url: str, partitions: str, owner: str
         wanted = parse_partitions(partitions)
     except ValueError as error:
         raise InputError(f"--partitions: {error}") from None
+    try:
+        orders_wildcard(namespace)
+    except ValueError as error:
+        raise InputError(f"--namespace: {error}") from None
     open_store(url).close()  # migrated unfenced: a fenced store writes only under a lease
     leases = PostgresLeases(url, lease_seconds=lease_seconds)
     leases.migrate()
@@ -483,7 +487,7 @@ def run_runner(settings: Settings, *, nats_url: str, partitions: str, owner: str
     store = PostgresStore(url, lease=current)
     try:
         transport = JetStreamTransport(nats_url, namespace=namespace)
-    except (TransportError, ValueError) as error:
+    except TransportError as error:
         leases.close()
         store.close()
         print(f"transport error: {one_line(error)}", file=sys.stderr)

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import nats
 import nats.errors
 import nats.js.errors
+from loguru import logger
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
@@ -44,6 +45,19 @@ from models.partitions import partition_name, partition_of
 
 T = TypeVar("T")
 MSG_ID = "Nats-Msg-Id"
+
+
+async def _on_error(error: Exception) -> None:
+    # one line, no traceback: the client keeps reconnecting (and logged one per attempt)
+    logger.warning("NATS: {}: {}", type(error).__name__, error)
+
+
+async def _on_disconnected() -> None:
+    logger.warning("NATS: disconnected, reconnecting")
+
+
+async def _on_reconnected() -> None:
+    logger.info("NATS: reconnected")
 
 
 class _Loop:
@@ -132,7 +146,9 @@ class JetStreamTransport:
         try:
             self._nc: Client = self._loop.run(
                 nats.connect(url, connect_timeout=timeout, max_reconnect_attempts=-1,
-                             allow_reconnect=True), timeout + 1)
+                             allow_reconnect=True, error_cb=_on_error,
+                             disconnected_cb=_on_disconnected,
+                             reconnected_cb=_on_reconnected), timeout + 1)
         except BaseException:
             self._loop.stop()
             raise

@@ -171,6 +171,7 @@ def test_when_runner_command_runs_then_it_stores_updates_from_jetstream(
 @pytest.mark.parametrize(("args", "expected"), [
     (["--db", "sqlite:///runner.db"], "a runner needs PostgreSQL"),
     (["--db", "postgresql://postgres@127.0.0.1:1/x", "--partitions", "300"], "--partitions"),
+    (["--db", "postgresql://postgres@127.0.0.1:1/x", "--namespace", "a.b"], "--namespace"),
 ])
 def test_when_runner_given_bad_input_then_one_line_and_exit_2(
         tmp_path: Path, args: list[str], expected: str) -> None:
