@@ -19,8 +19,9 @@ Fenced (scale-out, SPEC §13): a store made with ``lease=`` (a callable giving t
 current ``Lease``) runs every write, one statement or several, in a transaction that first
 holds the lease row ``FOR SHARE`` (``store.leases.hold_fence``): under a lost lease it raises
 ``LeaseLost`` and writes nothing, and a takeover waits for it. It costs the ``BEGIN``, the
-fence and the ``COMMIT`` on every write. Reads are not fenced. Without a lease (a single
-process) nothing changes.
+fence and the ``COMMIT`` on every write. Reads are not fenced. Its connections end a
+transaction left idle for ``write_idle_timeout`` (a paused runner), as the leases' do. Without
+a lease (a single process) nothing changes.
 """
 
 from __future__ import annotations
@@ -110,10 +111,12 @@ class PostgresStore(SqlStore):
 
     def __init__(self, url: str, *, clock: Clock = utc_now, connect_timeout: int = 5,
                  pool_size: int = 12, pool_wait: float = 30.0,
-                 lease: Callable[[], Lease] | None = None) -> None:
+                 lease: Callable[[], Lease] | None = None,
+                 write_idle_timeout: float = 2.0) -> None:
         super().__init__(safe_name=redact_url(url), clock=clock)
         self._url = url
         self._lease = lease
+        self._idle_ms = max(1, round(write_idle_timeout * 1000))
         self._connect_timeout = connect_timeout
         self._pool = ConnectionPool(self._connect, size=pool_size, wait=pool_wait,
                                     name=self.safe_name)
@@ -133,7 +136,10 @@ class PostgresStore(SqlStore):
         try:
             # connect_timeout bounds the wait for an unreachable server; the URL's own wins.
             timeout = conninfo_to_dict(self._url).get("connect_timeout", self._connect_timeout)
-            return psycopg.connect(self._url, autocommit=True, connect_timeout=timeout)
+            conn = psycopg.connect(self._url, autocommit=True, connect_timeout=timeout)
+            if self._lease is not None:  # a paused fenced write must not hold a takeover
+                conn.execute(f"SET idle_in_transaction_session_timeout = {self._idle_ms}")
+            return conn
         except psycopg.Error as error:
             raise StoreError(self._describe(error)) from error
 

@@ -3,6 +3,7 @@ runner that lost its partition changes nothing; without a lease the store is as 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 
@@ -133,3 +134,20 @@ def test_when_no_lease_then_one_statement_writes_as_before(pg_url: str) -> None:
         assert plain.load_position(active("E5").position_id) == active("E5")
     finally:
         plain.close()
+
+
+def test_when_fenced_write_paused_then_server_ends_it_and_takeover_goes_on(pg_url: str) -> None:
+    short = PostgresLeases(pg_url, lease_seconds=0.3)
+    short.migrate()
+    lease = short.claim(43, "runner-a")
+    assert lease is not None
+    paused = PostgresStore(pg_url, lease=Holder(lease), write_idle_timeout=0.5)
+    try:
+        with pytest.raises(psycopg.Error), paused._transaction(write=True):
+            time.sleep(1.0)  # paused holding the fence, past its lease and the idle timeout
+            started = time.monotonic()
+            taken = short.claim(43, "runner-b")
+            assert taken is not None and time.monotonic() - started < 1.0
+    finally:
+        paused.close()
+        short.close()
