@@ -59,14 +59,17 @@ _LOCK_FOR_TAKEOVER = "SELECT 1 FROM partition_leases WHERE partition = %s FOR UP
 # Read after the lock is held, so the clock is read after any writer that held it committed.
 _READ = ("SELECT owner, epoch, expires_at, expires_at > clock_timestamp() "
          "FROM partition_leases WHERE partition = %s")
+# The clock is read once per statement (``now``), so a lease lasts exactly its length.
 _TAKE = (
-    "UPDATE partition_leases SET owner = %s, epoch = %s, claimed_at = clock_timestamp(), "
-    "expires_at = clock_timestamp() + make_interval(secs => %s) WHERE partition = %s "
+    "UPDATE partition_leases SET owner = %s, epoch = %s, claimed_at = now.t, "
+    "expires_at = now.t + make_interval(secs => %s) "
+    "FROM (SELECT clock_timestamp() AS t) AS now WHERE partition = %s "
     "RETURNING expires_at, claimed_at")
 _RENEW = (
-    "UPDATE partition_leases SET claimed_at = clock_timestamp(), "
-    "expires_at = clock_timestamp() + make_interval(secs => %s) "
-    "WHERE partition = %s AND owner = %s AND epoch = %s AND expires_at > clock_timestamp() "
+    "UPDATE partition_leases SET claimed_at = now.t, "
+    "expires_at = now.t + make_interval(secs => %s) "
+    "FROM (SELECT clock_timestamp() AS t) AS now "
+    "WHERE partition = %s AND owner = %s AND epoch = %s AND expires_at > now.t "
     "RETURNING expires_at, claimed_at")
 _RELEASE = (
     "UPDATE partition_leases SET owner = NULL, expires_at = clock_timestamp() "

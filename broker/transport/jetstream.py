@@ -178,16 +178,19 @@ class JetStreamTransport:
 
     def pull_order_updates(self, partition: int, *, batch: int = 100,
                            timeout: float = 1.0) -> list[Delivery]:
+        async def subscribe() -> Any:
+            return await self._js.pull_subscribe(
+                order_subject(partition, self._namespace),
+                durable=f"{self._consumer}-{partition_name(partition)}",
+                stream=self._stream,
+                config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT,
+                                      ack_wait=self._ack_wait, max_deliver=-1))
+
+        pull = self._pulls.get(partition)
+        if pull is None:  # the durable consumer is made (or found) once, in a call of its own
+            pull = self._pulls[partition] = self._run(subscribe())
+
         async def fetch() -> list[Msg]:
-            pull = self._pulls.get(partition)
-            if pull is None:
-                pull = await self._js.pull_subscribe(
-                    order_subject(partition, self._namespace),
-                    durable=f"{self._consumer}-{partition_name(partition)}",
-                    stream=self._stream,
-                    config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT,
-                                          ack_wait=self._ack_wait, max_deliver=-1))
-                self._pulls[partition] = pull
             try:
                 msgs: list[Msg] = await pull.fetch(batch, timeout=timeout)
             except nats.errors.TimeoutError:
