@@ -147,7 +147,7 @@ def test_when_fenced_write_paused_then_server_ends_it_and_takeover_goes_on(pg_ur
             time.sleep(1.0)  # paused holding the fence, past its lease and the idle timeout
             started = time.monotonic()
             taken = short.claim(43, "runner-b")
-            assert taken is not None and time.monotonic() - started < 1.0
+            assert taken is not None and time.monotonic() - started < 5.0
     finally:
         paused.close()
         short.close()

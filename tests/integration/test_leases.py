@@ -215,7 +215,7 @@ def test_when_writer_paused_in_transaction_then_server_ends_it_and_takeover_goes
         time.sleep(1.0)  # paused past write_idle_timeout: the server ends the session
         started = time.monotonic()
         taken = mine(new_runner.claim(13, "runner-b"))
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 5.0  # without the idle limit: blocked for good
     assert taken.epoch == 2
     assert notes(admin) == []  # the paused write rolled back with its session
 
