@@ -52,10 +52,6 @@ async def _on_error(error: Exception) -> None:
     logger.warning("NATS: {}: {}", type(error).__name__, error)
 
 
-async def _on_disconnected() -> None:
-    logger.warning("NATS: disconnected, reconnecting")
-
-
 async def _on_reconnected() -> None:
     logger.info("NATS: reconnected")
 
@@ -143,17 +139,22 @@ class JetStreamTransport:
         self._ack_wait, self._timeout = ack_wait, timeout
         self._loop = _Loop()
         self._pulls: dict[int, Any] = {}
+        self._closing = False
         try:
             self._nc: Client = self._loop.run(
                 nats.connect(url, connect_timeout=timeout, max_reconnect_attempts=-1,
                              allow_reconnect=True, error_cb=_on_error,
-                             disconnected_cb=_on_disconnected,
+                             disconnected_cb=self._on_disconnected,
                              reconnected_cb=_on_reconnected), timeout + 1)
         except BaseException:
             self._loop.stop()
             raise
         self._js = self._nc.jetstream(timeout=timeout)
         self._run(self._ensure_stream(duplicate_window))
+
+    async def _on_disconnected(self) -> None:
+        if not self._closing:
+            logger.warning("NATS: disconnected, reconnecting")
 
     @property
     def stream(self) -> str:
@@ -227,6 +228,7 @@ class JetStreamTransport:
         self._run(self._js.delete_stream(self._stream))
 
     def close(self) -> None:
+        self._closing = True
         try:
             self._run(self._nc.close())
         except TransportError:
