@@ -463,6 +463,63 @@ def _publish(report: dict[str, Any], path: Path) -> None:
 
 
 # Store commands -----------------------------------------------------------------------------------
+def run_runner(settings: Settings, *, nats_url: str, partitions: str, owner: str | None,
+               lease_seconds: float, duration: float | None, namespace: str = "") -> int:
+    """``run.py runner --nats URL``: the scale-out runner's skeleton (``app/runner.py``):
+    claims partitions on PostgreSQL, consumes their order updates from JetStream and stores
+    them fenced by the partition's lease. Not yet applied to positions."""
+    # Imported here: a single-process run never loads the NATS client.
+    from app.runner import CurrentLease, Runner, parse_partitions, store_frames
+    from broker.transport.jetstream import JetStreamTransport
+    from broker.transport.ports import TransportError, orders_wildcard
+    from store.leases import PostgresLeases
+    from store.postgres import PostgresStore
+
+    url = settings.database_url
+    if url is None or not url.lower().startswith(("postgresql://", "postgres://")):
+        raise InputError("a runner needs PostgreSQL (--db / DATABASE_URL): its leases live "
+                         "there")
+    try:
+        wanted = parse_partitions(partitions)
+    except ValueError as error:
+        raise InputError(f"--partitions: {error}") from None
+    try:
+        orders_wildcard(namespace)
+    except ValueError as error:
+        raise InputError(f"--namespace: {error}") from None
+    open_store(url).close()  # migrated unfenced: a fenced store writes only under a lease
+    leases = PostgresLeases(url, lease_seconds=lease_seconds)
+    leases.migrate()
+    current = CurrentLease()
+    store = PostgresStore(url, lease=current)
+    try:
+        transport = JetStreamTransport(nats_url, namespace=namespace)
+    except TransportError as error:
+        leases.close()
+        store.close()
+        print(f"transport error: {one_line(error)}", file=sys.stderr)
+        return 1
+    name = owner or f"runner-{uuid.uuid4().hex[:8]}"
+    runner = Runner(leases, transport, owner=name, partitions=wanted,
+                    deliver=store_frames(store, _wall_clock), current=current)
+    stop = threading.Event()
+    _on_signals(stop)
+    if duration is not None:
+        timer = threading.Timer(duration, stop.set)
+        timer.daemon = True
+        timer.start()
+    logger.info("runner {} on {} partitions", name, len(wanted))
+    try:
+        runner.run(stop)
+    finally:
+        runner.release_all()
+        transport.close()
+        store.close()
+        leases.close()
+    logger.info("runner {} stopped: {} updates stored", name, runner.delivered)
+    return 0
+
+
 def run_positions(settings: Settings, status: str | None, as_json: bool) -> int:
     try:
         wanted = PositionStatus(status.upper()) if status else None
@@ -568,6 +625,18 @@ def parser() -> argparse.ArgumentParser:
     live.add_argument("--trace", type=Path, help="write message traces as JSON lines")
     live.add_argument("--http", default=DEFAULT_BIND, help="operator console HOST:PORT, or "
                       f"off (default {DEFAULT_BIND})")
+    runner = commands.add_parser("runner", help="scale-out runner (skeleton): claims "
+                                 "partitions, stores their order updates from NATS JetStream")
+    runner.add_argument("--nats", required=True, help="NATS URL, e.g. nats://127.0.0.1:4222")
+    runner.add_argument("--partitions", default="0-255", help="partitions to claim, e.g. "
+                        "0-63,128 (default all)")
+    runner.add_argument("--owner", help="this runner's name in the leases (default: random)")
+    runner.add_argument("--namespace", default="", help="prefix of the NATS subjects and "
+                        "stream, for several deployments on one server (default none)")
+    runner.add_argument("--lease-seconds", type=_positive, default=6.0,
+                        help="lease length (default 6)")
+    runner.add_argument("--duration", type=_positive, help="seconds to run (default: until "
+                        "Ctrl-C)")
     commands.add_parser("reset-kill-switch", help="operator reset of the latched kill switch")
     trace = commands.add_parser("trace", help="views of a trace file written with --trace")
     trace.add_argument("file", type=Path)
@@ -668,6 +737,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_positions(settings, args.status, args.json)
         if args.command == "reset-kill-switch":
             return run_reset_kill_switch(settings)
+        if args.command == "runner":
+            return run_runner(settings, nats_url=args.nats, partitions=args.partitions,
+                              owner=args.owner, lease_seconds=args.lease_seconds,
+                              duration=args.duration, namespace=args.namespace)
         if args.command == "replay":
             return run_replay(_policy_runs(args, flags), _days(args), args.report,
                               getattr(args, "database_url", None), args.trace,

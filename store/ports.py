@@ -7,13 +7,18 @@ Error tree of the store::
     ├── StaleWriteError        a position write carried a version older than the stored one
     └── StoreRefused           the backend is up but cannot hold a value of this call (text it
                                cannot encode, a broken constraint): the same call fails again
+
+    LeaseLost                  not a StoreError (retrying cannot help): the partition's lease
+                               is another owner's now, or expired; stop the partition at once
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from models.position import Fill, Position, PositionStatus
 from store.records import (
@@ -163,3 +168,62 @@ class PnLCache(Protocol):
     def failures(self) -> int: ...
 
     def close(self) -> None: ...
+
+
+# Partition leases (SPEC §13) -----------------------------------------------------------------
+@dataclass(frozen=True)
+class Lease:
+    """Ownership of one partition until ``expires_at`` (the database server's clock).
+
+    ``epoch`` grows with every new owner: a write fenced by an older epoch changes nothing.
+    ``deadline`` is the same expiry on this process's ``time.monotonic()``, measured from
+    before the claim or renewal was sent, so it never falls after the server's expiry (barring
+    clock-rate drift): the check before an exit order is sent reads it, not a wall clock.
+    ``previous_expiry`` is the expiry of the owner this claim took over from (its lease
+    lapsed, it did not release it); ``None`` for a partition that was free or released."""
+
+    partition: int
+    owner: str
+    epoch: int
+    expires_at: datetime
+    claimed_at: datetime
+    deadline: float
+    previous_expiry: datetime | None = None
+
+
+class LeaseLost(Exception):
+    """The lease is not ours any more (another epoch, or expired): nothing was written."""
+
+    def __init__(self, partition: int, epoch: int, what: str = "write") -> None:
+        super().__init__(f"partition {partition}: lease epoch {epoch} lost ({what} refused)")
+        self.partition = partition
+        self.epoch = epoch
+
+
+class Leases(Protocol):
+    """Partition leases with fencing (``store/leases.py``, on PostgreSQL)."""
+
+    @property
+    def lease_seconds(self) -> float: ...
+
+    def claim(self, partition: int, owner: str) -> Lease | None:
+        """The partition's lease for ``owner``, or ``None`` while another owner's is live. A
+        claim of a free, released or expired lease takes a new epoch; ``owner``'s own live
+        lease is extended with its epoch."""
+
+    def renew(self, lease: Lease) -> Lease:
+        """Extend a live lease; ``LeaseLost`` when it expired or another epoch holds it."""
+
+    def release(self, lease: Lease) -> bool:
+        """Give the lease up now (graceful hand-over: the next owner need not wait); False when
+        it was not ours any more."""
+
+    def claim_wait(self, lease: Lease) -> float:
+        """Seconds a new owner waits after ``claim`` before it acts: out the old owner's lease
+        and its HTTP timeout, so an order the old owner was sending has reached the broker (or
+        failed) before the new owner looks it up by client id. 0 after a release."""
+
+    def fenced(self, lease: Lease) -> AbstractContextManager[Any]:
+        """A transaction in which writes happen only under ``lease``: yields a cursor, raises
+        ``LeaseLost`` (nothing written) when the lease is not live at its start, and holds a
+        takeover of the partition until it commits."""

@@ -14,12 +14,20 @@ as JSON) and comes back through ``unescape_nul``: a frame with a NUL is stored, 
 ordinary text is stored as is. A connection the server dropped is replaced on the next
 call, so a database restart costs the calls made while it was down (each a ``StoreError``),
 not the process.
+
+Fenced (scale-out, SPEC §13): a store made with ``lease=`` (a callable giving the partition's
+current ``Lease``) runs every write, one statement or several, in a transaction that first
+holds the lease row ``FOR SHARE`` (``store.leases.hold_fence``): under a lost lease it raises
+``LeaseLost`` and writes nothing, and a takeover waits for it. It costs the ``BEGIN``, the
+fence and the ``COMMIT`` on every write. Reads are not fenced. Its connections end a
+transaction left idle for ``write_idle_timeout`` (a paused runner), as the leases' do. Without
+a lease (a single process) nothing changes.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from functools import lru_cache
@@ -28,9 +36,10 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from models.position import Fill, Position
+from store.leases import hold_fence
 from store.pg_pool import Connection, ConnectionPool
 from store.pg_text import MARK, escape_nul, unescape_nul
-from store.ports import StoreError
+from store.ports import Lease, StoreError
 from store.records import ExitAttempt, ReceivedFrame
 from store.schema import POSTGRES
 from store.sql import SqlStore, newest_of_each
@@ -101,9 +110,13 @@ class PostgresStore(SqlStore):
     refused_errors = (psycopg.DataError, psycopg.IntegrityError)
 
     def __init__(self, url: str, *, clock: Clock = utc_now, connect_timeout: int = 5,
-                 pool_size: int = 12, pool_wait: float = 30.0) -> None:
+                 pool_size: int = 12, pool_wait: float = 30.0,
+                 lease: Callable[[], Lease] | None = None,
+                 write_idle_timeout: float = 2.0) -> None:
         super().__init__(safe_name=redact_url(url), clock=clock)
         self._url = url
+        self._lease = lease
+        self._idle_ms = max(1, round(write_idle_timeout * 1000))
         self._connect_timeout = connect_timeout
         self._pool = ConnectionPool(self._connect, size=pool_size, wait=pool_wait,
                                     name=self.safe_name)
@@ -123,7 +136,10 @@ class PostgresStore(SqlStore):
         try:
             # connect_timeout bounds the wait for an unreachable server; the URL's own wins.
             timeout = conninfo_to_dict(self._url).get("connect_timeout", self._connect_timeout)
-            return psycopg.connect(self._url, autocommit=True, connect_timeout=timeout)
+            conn = psycopg.connect(self._url, autocommit=True, connect_timeout=timeout)
+            if self._lease is not None:  # a paused fenced write must not hold a takeover
+                conn.execute(f"SET idle_in_transaction_session_timeout = {self._idle_ms}")
+            return conn
         except psycopg.Error as error:
             raise StoreError(self._describe(error)) from error
 
@@ -132,12 +148,18 @@ class PostgresStore(SqlStore):
         pooled = self._pool.take()
         try:
             with pooled.conn.transaction():
+                if write and self._lease is not None:
+                    hold_fence(pooled.cursor, self._lease())
                 yield pooled.cursor
         finally:
             self._pool.give(pooled)
 
     @contextmanager
     def _statement(self, write: bool) -> Iterator[Cursor]:
+        if write and self._lease is not None:  # the fence and the write commit together
+            with self._transaction(write) as cursor:
+                yield cursor
+            return
         pooled = self._pool.take()
         try:
             yield pooled.cursor

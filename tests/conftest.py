@@ -14,6 +14,7 @@ import pytest
 
 PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+NATS_URL = os.environ.get("TEST_NATS_URL", "nats://127.0.0.1:4222")
 
 
 def _unavailable(what: str, error: Exception) -> None:
@@ -62,3 +63,24 @@ def redis_url() -> Iterator[str]:
     yield REDIS_URL
     client.flushdb()
     client.close()
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> str:
+    """A NATS server with JetStream (tests name their streams and subjects uniquely, so runs
+    in parallel do not meet)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    where = urlsplit(NATS_URL)
+    try:
+        with socket.create_connection((where.hostname or "127.0.0.1", where.port or 4222),
+                                      timeout=3) as conn:
+            info = conn.recv(4096)
+            if not info.startswith(b"INFO"):
+                raise ConnectionError("not a NATS server")
+            if b'"jetstream":true' not in info.replace(b" ", b""):
+                raise ConnectionError("NATS runs without JetStream (start it with -js)")
+    except Exception as error:
+        _unavailable("NATS", error)
+    return NATS_URL

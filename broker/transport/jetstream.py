@@ -1,0 +1,237 @@
+"""The transport on NATS (nats-py): order updates on a JetStream stream, prices on plain subjects.
+
+- One stream (``ORDERS``, or ``<NAMESPACE>_ORDERS``) holds ``orders.>``; a publish carries the
+  ``Nats-Msg-Id`` header, so the server drops a repeat within ``duplicate_window`` (the
+  connector re-sending after a lost answer publishes once).
+- One durable pull consumer per partition (``<consumer>-pNNN``), explicit ack: an update pulled
+  and not acked within ``ack_wait`` is delivered again, to whoever pulls the partition next (its
+  new owner, after a crash). ``ack`` waits for the server's confirmation, so an acked update is
+  never delivered again.
+- Prices are core NATS: at most once, to whoever subscribes now.
+
+nats-py is asyncio; the rest of the tracker runs on threads. The client runs on an event loop
+of its own thread, and every method here is a blocking call that waits for its coroutine there
+(bounded by ``timeout``). Price handlers run on that thread: they must only hand the price on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import nats
+import nats.errors
+import nats.js.errors
+from loguru import logger
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as NatsSubscription
+from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
+
+from broker.transport.ports import (
+    Delivery,
+    PriceHandler,
+    Subscription,
+    TransportError,
+    order_subject,
+    orders_wildcard,
+    price_subject,
+)
+from models.partitions import partition_name, partition_of
+
+T = TypeVar("T")
+MSG_ID = "Nats-Msg-Id"
+
+
+async def _on_error(error: Exception) -> None:
+    # one line, no traceback: the client keeps reconnecting (and logged one per attempt)
+    logger.warning("NATS: {}: {}", type(error).__name__, error)
+
+
+async def _on_reconnected() -> None:
+    logger.info("NATS: reconnected")
+
+
+class _Loop:
+    """An event loop on a daemon thread of its own; ``run`` waits for a coroutine on it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="nats",
+                                        daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError as error:
+            future.cancel()
+            raise TransportError(f"NATS call timed out after {timeout:g} s") from error
+        except (nats.errors.Error, OSError) as error:
+            raise TransportError(f"NATS: {error}") from error
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+
+@dataclass
+class _Delivery:
+    loop: _Loop
+    msg: Msg
+    partition: int
+    timeout: float
+
+    @property
+    def subject(self) -> str:
+        return self.msg.subject
+
+    @property
+    def msg_id(self) -> str:
+        return (self.msg.headers or {}).get(MSG_ID, "")
+
+    @property
+    def data(self) -> bytes:
+        return self.msg.data
+
+    @property
+    def redelivered(self) -> bool:
+        return self.msg.metadata.num_delivered > 1
+
+    def ack(self) -> None:
+        self.loop.run(self.msg.ack_sync(timeout=self.timeout), self.timeout + 1)
+
+    def nak(self) -> None:
+        self.loop.run(self.msg.nak(), self.timeout)
+
+
+@dataclass
+class _PriceSubscription:
+    loop: _Loop
+    sub: NatsSubscription
+    nc: Client
+    timeout: float
+
+    def unsubscribe(self) -> None:
+        async def unsubscribe() -> None:
+            await self.sub.unsubscribe()
+            await self.nc.flush(timeout=math.ceil(self.timeout))
+
+        self.loop.run(unsubscribe(), self.timeout)
+
+
+class JetStreamTransport:
+    """``JetStreamTransport("nats://127.0.0.1:4222")``: connects at once (a ``TransportError``
+    when it cannot) and makes the order stream if it is missing."""
+
+    def __init__(self, url: str, *, namespace: str = "", consumer: str = "runner",
+                 ack_wait: float = 30.0, duplicate_window: float = 120.0,
+                 timeout: float = 5.0) -> None:
+        self._namespace, self._consumer = namespace, consumer
+        self._stream = f"{namespace.upper()}_ORDERS" if namespace else "ORDERS"
+        self._ack_wait, self._timeout = ack_wait, timeout
+        self._loop = _Loop()
+        self._pulls: dict[int, Any] = {}
+        self._closing = False
+        try:
+            self._nc: Client = self._loop.run(
+                nats.connect(url, connect_timeout=timeout, max_reconnect_attempts=-1,
+                             allow_reconnect=True, error_cb=_on_error,
+                             disconnected_cb=self._on_disconnected,
+                             reconnected_cb=_on_reconnected), timeout + 1)
+        except BaseException:
+            self._loop.stop()
+            raise
+        self._js = self._nc.jetstream(timeout=timeout)
+        self._run(self._ensure_stream(duplicate_window))
+
+    async def _on_disconnected(self) -> None:
+        if not self._closing:
+            logger.warning("NATS: disconnected, reconnecting")
+
+    @property
+    def stream(self) -> str:
+        return self._stream
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self._loop.run(coro, self._timeout + 1)
+
+    async def _ensure_stream(self, duplicate_window: float) -> None:
+        try:
+            await self._js.stream_info(self._stream)
+        except nats.js.errors.NotFoundError:
+            await self._js.add_stream(StreamConfig(
+                name=self._stream, subjects=[orders_wildcard(self._namespace)],
+                duplicate_window=duplicate_window))
+
+    def publish_order_update(self, account_id: str, msg_id: str, data: bytes) -> bool:
+        subject = order_subject(partition_of(account_id), self._namespace)
+        ack = self._run(self._js.publish(subject, data, stream=self._stream,
+                                         headers={MSG_ID: msg_id}))
+        return not ack.duplicate
+
+    def pull_order_updates(self, partition: int, *, batch: int = 100,
+                           timeout: float = 1.0) -> list[Delivery]:
+        async def subscribe() -> Any:
+            return await self._js.pull_subscribe(
+                order_subject(partition, self._namespace),
+                durable=f"{self._consumer}-{partition_name(partition)}",
+                stream=self._stream,
+                config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT,
+                                      ack_wait=self._ack_wait, max_deliver=-1))
+
+        pull = self._pulls.get(partition)
+        if pull is None:  # the durable consumer is made (or found) once, in a call of its own
+            pull = self._pulls[partition] = self._run(subscribe())
+
+        async def fetch() -> list[Msg]:
+            try:
+                msgs: list[Msg] = await pull.fetch(batch, timeout=timeout)
+            except nats.errors.TimeoutError:
+                return []
+            return msgs
+
+        msgs = self._loop.run(fetch(), timeout + self._timeout + 1)
+        return [_Delivery(self._loop, msg, partition, self._timeout) for msg in msgs]
+
+    def publish_price(self, segment: str, security_id: str, data: bytes) -> None:
+        self._run(self._nc.publish(price_subject(segment, security_id, self._namespace), data))
+
+    def subscribe_prices(self, segment: str, security_id: str,
+                         handler: PriceHandler) -> Subscription:
+        async def subscribe() -> NatsSubscription:
+            async def on_price(msg: Msg) -> None:
+                handler(msg.data)
+
+            sub = await self._nc.subscribe(
+                price_subject(segment, security_id, self._namespace), cb=on_price)
+            # the server has the subscription before this returns
+            await self._nc.flush(timeout=math.ceil(self._timeout))
+            return sub
+
+        return _PriceSubscription(self._loop, self._run(subscribe()), self._nc, self._timeout)
+
+    def flush(self) -> None:
+        """Wait until the server has every message published so far (prices are sent in the
+        background otherwise)."""
+        self._run(self._nc.flush(timeout=math.ceil(self._timeout)))
+
+    def delete_stream(self) -> None:
+        """Remove the order stream and its consumers (a namespace's tear-down)."""
+        self._run(self._js.delete_stream(self._stream))
+
+    def close(self) -> None:
+        self._closing = True
+        try:
+            self._run(self._nc.close())
+        except TransportError:
+            pass  # closing anyway: the loop goes with it
+        finally:
+            self._loop.stop()
