@@ -61,6 +61,8 @@ def _cases(tmp: Path) -> list[tuple[list[str | Path], str]]:
     ]
 
 
+# It starts run.py for every case (36 interpreter start-ups): minutes on a loaded 2-core box.
+@pytest.mark.timeout(600)
 def test_every_cli_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
     failures = []
     for args, expected in _cases(tmp_path):
