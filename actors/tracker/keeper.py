@@ -272,15 +272,7 @@ class PositionKeeper:
     def _reject(self, reason: str, cause: Cause) -> None:
         self.log.warning("rejected {}: {}", type(cause).__name__, reason)
         self.ctx.metrics.incr("rejected_updates")
-        try:
-            self.ctx.store.record_dead_letter(DeadLetter(
-                recorded_at=self.ctx.clock(), actor=f"tracker:{self.position.position_id}",
-                message_type=type(cause).__name__, message_id=cause.message_id,
-                correlation_id=cause.correlation_id, causation_id=cause.causation_id,
-                position_id=self.position.position_id, error=f"rejected: {reason}",
-                payload=summary(cause)))
-        except StoreError as error:  # the rejection is logged above; only its row is lost
-            self.log.error("could not record the rejection ({}): {}", error, summary(cause))
+        self._dead_letter(cause, f"rejected: {reason}")  # logged above; at worst its row is lost
 
     def _announce(self, cause: Cause) -> Out:
         """The change since the last announcement (the store holds it by now)."""
@@ -324,15 +316,20 @@ class PositionKeeper:
         return out
 
     def _store_anomaly(self, cause: Cause, reason: str) -> None:
+        self._dead_letter(cause, f"anomaly: {reason}")  # alarmed above; at worst its row is lost
+
+    def _dead_letter(self, cause: Cause, error: str) -> None:
+        """Store ``cause`` as a dead letter of this position; a store that refuses it costs the
+        row only (the caller has logged or alarmed it already)."""
         try:
             self.ctx.store.record_dead_letter(DeadLetter(
                 recorded_at=self.ctx.clock(), actor=f"tracker:{self.position.position_id}",
                 message_type=type(cause).__name__, message_id=cause.message_id,
                 correlation_id=cause.correlation_id, causation_id=cause.causation_id,
-                position_id=self.position.position_id, error=f"anomaly: {reason}",
-                payload=summary(cause)))
-        except StoreError as error:  # alarmed above; only its row is lost
-            self.log.error("could not store the anomaly ({}): {}", error, reason)
+                position_id=self.position.position_id, error=error, payload=summary(cause)))
+        except StoreError as failure:
+            self.log.error("could not store the dead letter ({}): {} {}", failure, error,
+                           summary(cause))
 
     def on_checkpoint(self, message: Checkpoint) -> Out:
         self._checkpoint(force=True)
