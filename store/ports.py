@@ -45,7 +45,13 @@ class StoreRefused(StoreError):
 
 
 class Store(Protocol):
-    """Durable state. Every method is one short transaction; re-applied writes are no-ops."""
+    """Durable state of one account. Every method is one short transaction; re-applied writes
+    are no-ops. Every row it writes carries ``account`` and every read sees only that
+    account's rows (a position id is unique per account)."""
+
+    @property
+    def account(self) -> str:
+        """The account whose state this store holds (fixed when it is made)."""
 
     @property
     def queries(self) -> int:
