@@ -31,3 +31,11 @@ def check_account(account_id: str) -> str:
     shown = f" {account_id!r}" if len(account_id) <= 80 and account_id.isprintable() else ""
     raise AccountError(f"malformed account id{shown}: 1 to 64 letters, digits, '_' or '-', "
                        "starting with a letter or digit")
+
+
+def shown(account_id: str) -> str:
+    """The account as a status line or a log names it: a DhanHQ client id (digits) masked
+    but for its last four, as the live session logs it; any other id as is."""
+    if account_id.isdigit():
+        return "*" * max(0, len(account_id) - 4) + account_id[-4:]
+    return account_id
