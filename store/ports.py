@@ -141,7 +141,7 @@ class Store(Protocol):
         """Clear the latch; False when it was not latched."""
 
     def counts(self) -> Mapping[str, int]:
-        """Rows per table, for status views and tests."""
+        """This account's rows per table, for status views and tests."""
 
 
 @runtime_checkable
