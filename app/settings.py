@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import AwareDatetime, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
-from models.accounts import DEFAULT_ACCOUNT, check_account
+from models.accounts import DEFAULT_ACCOUNT, AccountError, check_account
 from models.common import Frozen
 from models.policy import PolicyError, RiskConfig, risk_config_from_mapping
 
@@ -88,7 +89,10 @@ class Settings(Frozen):
     @field_validator("account")
     @classmethod
     def _well_formed_account(cls, value: str | None) -> str | None:
-        return None if value is None else check_account(value)
+        try:
+            return None if value is None else check_account(value)
+        except AccountError as error:  # its own words, without pydantic's "Value error, "
+            raise PydanticCustomError("account", str(error)) from None
 
     def account_id(self, *, live: bool = False) -> str:
         """The account this run serves: a live session's is its DhanHQ client id (a different

@@ -58,7 +58,7 @@ def _cases(tmp: Path) -> list[tuple[list[str | Path], str]]:
         (["trace", ticks], "not a JSON trace record"),
         (["trace", ticks, "--format", "pdf"], "invalid choice: 'pdf'"),
         (["dance"], "invalid choice: 'dance'"),
-        (["paper", "--account", "desk a"], "account: Value error, malformed account id"),
+        (["paper", "--account", "desk a"], "account: malformed account id 'desk a'"),
         (["positions", "--account", "a.b"], "malformed account id 'a.b'"),
     ]
 
