@@ -66,6 +66,7 @@ from console.app import ConsoleConfig, build_app
 from console.audit import AuditLog
 from console.server import DEFAULT_BIND, Bind, BindError, ConsoleServer, parse_bind
 from console.token import TokenError, operator_token
+from models.accounts import shown
 from models.common import IST
 from models.position import PositionStatus
 from models.report import build_report, position_row
@@ -89,7 +90,8 @@ class Built:
 def build_system(settings: Settings, clock: Callable[[], datetime], *,
                  entry_gap: timedelta | None = None) -> Built:
     """The one place where ports meet adapters. ``entry_gap`` overrides the strategy's pace."""
-    store = open_store(settings.database_url, settings.data_dir)
+    account = settings.account_id()
+    store = open_store(settings.database_url, settings.data_dir, account=account)
     paper = settings.paper
     interval_ms = paper.interval_ms if entry_gap is None else \
         int(entry_gap / timedelta(milliseconds=1))
@@ -98,9 +100,9 @@ def build_system(settings: Settings, clock: Callable[[], datetime], *,
         latency_ms=paper.latency_ms, long_ratio=paper.long_ratio,
         interval_ms=interval_ms, volatility=paper.volatility), start=clock(),
         order_prefix=f"PB{datetime.now(IST):%H%M%S}-")
-    parts = Parts(store=store, cache=open_pnl_cache(settings.redis_url),
+    parts = Parts(store=store, cache=open_pnl_cache(settings.redis_url, account),
                   gateway=broker.exchange, quotes=broker.quotes, config=settings.risk,
-                  clock=clock, correlation_prefix=settings.correlation_prefix,
+                  clock=clock, account=account, correlation_prefix=settings.correlation_prefix,
                   urgent_prices=True)
     return Built(system=System(parts), broker=broker, store=store)
 
@@ -240,7 +242,8 @@ def _stop(system: System, store: Store, mode: str, started: datetime,
         tracing.install(None)
     metrics.incr("db_queries", store.queries)
     report = build_report(mode, started, ended, store.list_positions(),
-                          system.parts.config.policy, metrics.snapshot())
+                          system.parts.config.policy, metrics.snapshot(),
+                          account=system.account)
     report["books"] = books.as_dict()
     report["alarms"] = metrics.alarms()
     if not books.agree:
@@ -309,8 +312,9 @@ def run_live(settings: Settings, *, shadow: bool, duration: float | None,
         logging.getLogger(name).setLevel(logging.WARNING)
     clock: Callable[[], datetime] = SessionClock(dhan.session_start) \
         if dhan.session_start is not None else _wall_clock
+    account = settings.account_id(live=True)
     tracing.install(Tracer(trace))
-    store = open_store(settings.database_url, settings.data_dir)
+    store = open_store(settings.database_url, settings.data_dir, account=account)
     rest = DhanRest(dhan.api_url, dhan.client_id or "", tokens,
                     timeout=dhan.request_timeout_seconds)
     gateway = DhanGateway(rest, protection_pct=dhan.exit_protection_pct, tick=dhan.tick_size,
@@ -318,9 +322,9 @@ def run_live(settings: Settings, *, shadow: bool, duration: float | None,
                           chase_after_seconds=dhan.exit_chase_after_ms / 1000)
     shadowing = ShadowGateway(gateway, clock) if shadow else None
     holder: list[LiveSession] = []
-    parts = Parts(store=store, cache=open_pnl_cache(settings.redis_url),
+    parts = Parts(store=store, cache=open_pnl_cache(settings.redis_url, account),
                   gateway=shadowing or gateway, quotes=NotingQuotes(rest, gateway),
-                  config=settings.risk, clock=clock,
+                  config=settings.risk, clock=clock, account=account,
                   correlation_prefix=settings.correlation_prefix,
                   gateway_status=lambda: holder[0].gateway_status(), urgent_prices=True,
                   gateways=LIVE_GATEWAYS, reserve=LIVE_RESERVE)
@@ -339,7 +343,7 @@ def run_live(settings: Settings, *, shadow: bool, duration: float | None,
     mode = "shadow" if shadow else "live"
     started = clock()
     logger.info("{} session on DhanHQ account {} started{}", mode,
-                _masked(dhan.client_id or ""), " (SHADOW: no order is placed, modified or "
+                shown(account), " (SHADOW: no order is placed, modified or "
                 "cancelled)" if shadow else "")
     console = _console_or_stop(system, settings, http, mode)
     try:
@@ -367,10 +371,6 @@ def run_live(settings: Settings, *, shadow: bool, duration: float | None,
 
 def _wall_clock() -> datetime:
     return datetime.now(IST)
-
-
-def _masked(client_id: str) -> str:
-    return "*" * max(0, len(client_id) - 4) + client_id[-4:]
 
 
 # Replay -----------------------------------------------------------------------------------------
@@ -440,11 +440,13 @@ def _replay_day(settings: Settings, events: list[Event], db: str | None, trace: 
     clock = ManualClock(events[0].at - timedelta(seconds=1))
     with tempfile.TemporaryDirectory(prefix="replay-") as scratch:
         url = db or f"sqlite:///{Path(scratch) / 'replay.sqlite3'}"
-        store = open_store(url, Path(scratch))
+        account = settings.account_id()
+        store = open_store(url, Path(scratch), account=account)
         market = TapeMarket([])
         exchange = replay_exchange(market, store)
-        parts = Parts(store=store, cache=open_pnl_cache(settings.redis_url), gateway=exchange,
-                      quotes=None, config=settings.risk, clock=clock,
+        parts = Parts(store=store, cache=open_pnl_cache(settings.redis_url, account),
+                      gateway=exchange, quotes=None, config=settings.risk, clock=clock,
+                      account=account,
                       correlation_prefix=settings.correlation_prefix, deadlines=not stepped,
                       settle_on_idle=True)
         system = System(parts).start(ticker=False)
@@ -527,7 +529,7 @@ def run_positions(settings: Settings, status: str | None, as_json: bool) -> int:
     except ValueError:
         allowed = ", ".join(s.value for s in PositionStatus)
         raise InputError(f"--status: unknown status {status!r} (allowed: {allowed})") from None
-    store = open_store(settings.database_url, settings.data_dir)
+    store = open_store(settings.database_url, settings.data_dir, account=settings.account_id())
     rows = [position_row(p, settings.risk.policy) for p in store.list_positions(wanted)]
     store.close()
     if as_json:
@@ -543,7 +545,7 @@ def run_positions(settings: Settings, status: str | None, as_json: bool) -> int:
 
 
 def run_reset_kill_switch(settings: Settings) -> int:
-    store = open_store(settings.database_url, settings.data_dir)
+    store = open_store(settings.database_url, settings.data_dir, account=settings.account_id())
     was = store.reset_kill_switch()
     store.close()
     print("kill switch reset: trading may resume" if was else "kill switch was not latched")
@@ -657,6 +659,10 @@ def parser() -> argparse.ArgumentParser:
         if sub is not replay:
             sub.add_argument("--policy", type=Path, help="policy TOML file",
                              default=argparse.SUPPRESS)
+        if sub is not runner:
+            sub.add_argument("--account", help="the account served (overrides "
+                             "TRACKER_ACCOUNT; default: paper, or DHAN_CLIENT_ID live)",
+                             default=argparse.SUPPRESS)
     top.add_argument("--trace", type=Path, help="write message traces as JSON lines")
     top.add_argument("--http", default=DEFAULT_BIND, help="operator console HOST:PORT, or off "
                      f"(default {DEFAULT_BIND})")
@@ -726,7 +732,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     route_stdlib_logging()
     args = parser().parse_args(argv)
     flags = {k: getattr(args, k, None) for k in ("database_url", "redis_url", "positions",
-                                                   "seed")}
+                                                   "seed", "account")}
     if args.command == "trace":
         return run_trace(args)
     try:

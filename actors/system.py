@@ -50,6 +50,7 @@ from actors.tracker.actor import Peers
 from actors.tracker.keeper import KeeperContext
 from actors.tracker.stops import StopWriterActor
 from broker.ports import OrderGateway, QuoteApi
+from models.accounts import DEFAULT_ACCOUNT, check_account
 from models.books import BooksReport
 from models.common import IST, Instrument, exchange_day_start
 from models.messages import Message, OrderUpdateReceived, RequestExit, new_id
@@ -67,7 +68,9 @@ a backlog can be far more than an ordinary answer."""
 
 @dataclass
 class Parts:
-    """The concrete adapters, chosen by the composition root."""
+    """The concrete adapters of one account, chosen by the composition root: a ``System``
+    serves one account (its store, cache, gateway and limits are that account's), and several
+    Systems may run side by side in one process, each with its own."""
 
     store: Store
     cache: PnLCache
@@ -75,6 +78,8 @@ class Parts:
     quotes: QuoteApi | None
     config: RiskConfig
     clock: Callable[[], datetime]
+    account: str = DEFAULT_ACCOUNT
+    """The account served: the store's (checked when the parts are made)."""
     metrics: Metrics = field(default_factory=Metrics)
     schedule: Schedule = field(default_factory=Schedule)
     supervision: Supervision = field(default_factory=Supervision)
@@ -108,6 +113,12 @@ class Parts:
     """Seconds a thread may hold the GIL while others wait (``sys.setswitchinterval``); None
     leaves CPython's 5 ms. Measured: 0.5 ms did not lower the price-to-decision latency here
     and cost a quarter of the order-update throughput."""
+
+    def __post_init__(self) -> None:
+        check_account(self.account)
+        if self.store.account != self.account:  # another account's rows: a wiring bug
+            raise ValueError(f"the store serves account {self.store.account!r}, the system "
+                             f"{self.account!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +162,11 @@ class System:
         """The batcher's ``QuoteActor`` (None without a quote API)."""
         self.started_at: datetime | None = None
         self._stopped = False
+
+    @property
+    def account(self) -> str:
+        """The account this system serves (fixed for its life)."""
+        return self.parts.account
 
     # Start ------------------------------------------------------------------------------------
     def start(self, *, ticker: bool = True,
@@ -267,6 +283,7 @@ class System:
     # Views ------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         snapshot: dict[str, Any] = self.supervisor.ask(Snapshot(), block=True, timeout=ASK)
+        snapshot["account"] = self.parts.account
         snapshot["metrics"] = self.parts.metrics.snapshot()
         snapshot["alarms"] = self.parts.metrics.alarms()
         snapshot["max_price_age_s"] = self.batcher.proxy().price_age(self.parts.clock()).get(
@@ -463,9 +480,19 @@ class System:
                 continue
         self.supervisor.proxy().checkpoint_quarantined().get(timeout=ASK)
         self.pnl.ask(Flush(at=self.parts.clock(), complete=True), timeout=ASK)
-        pykka.ActorRegistry.stop_all(block=True, timeout=ASK)
+        self._stop_actors()
         self.dispatcher.shutdown()
         logger.info("stopped: mailboxes drained, state flushed")
+
+    def _stop_actors(self) -> None:
+        """Stop this system's actors only (another account's system in the same process goes
+        on), newest first as pykka's ``stop_all`` would: the trackers, then the singletons in
+        the reverse of their start (each stops the helpers it started: the supervisor its
+        gateway actors, the PnL writer its cache writer, the batcher its quote actor)."""
+        trackers = self.supervisor.proxy().tracker_refs().get(timeout=ASK)
+        for ref in [*reversed(trackers), self.stops, self.orders, self.pnl, self.supervisor,
+                    self.index, self.batcher]:
+            ref.stop(block=True, timeout=ASK)
 
 
 def _depth(ref: pykka.ActorRef[Any]) -> int:

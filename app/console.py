@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, TextIO
 
+from models.accounts import shown
+
 
 def status_line(status: Mapping[str, Any], clock_text: str) -> str:
     positions = status.get("positions", {})
@@ -15,7 +17,9 @@ def status_line(status: Mapping[str, Any], clock_text: str) -> str:
     metrics = status.get("metrics", {})
     age = status.get("max_price_age_s")
     age_text = "-" if age is None else "never" if age == float("inf") else f"{age:.1f}s"
-    return (f"[{clock_text}] {status.get('trading_state', '?')} | open "
+    account = status.get("account")
+    return (f"[{clock_text}] {'' if account is None else f'account {shown(account)} | '}"
+            f"{status.get('trading_state', '?')} | open "
             f"{positions.get('ACTIVE', 0) + positions.get('EXITING', 0)} "
             f"(exiting {positions.get('EXITING', 0)}) | exited {positions.get('EXITED', 0)} | "
             f"day net {'-' if net is None else f'{net:.2f}'} | oldest price {age_text} | "
@@ -31,7 +35,9 @@ def status_line(status: Mapping[str, Any], clock_text: str) -> str:
 def print_summary(report: Mapping[str, Any], out: TextIO) -> None:
     summary = report["summary"]
     rows = report["positions"]
-    out.write(f"\n{report['mode']} session {report['started_at']} → {report['ended_at']}\n")
+    account = f" of account {shown(report['account'])}" if "account" in report else ""
+    out.write(f"\n{report['mode']} session{account} {report['started_at']} → "
+              f"{report['ended_at']}\n")
     header = f"{'position':<14}{'instrument':<20}{'side':<6}{'status':<10}{'qty':>7}" \
              f"{'entry':>11}{'exit':>11}  {'reason':<14}{'realized':>12}"
     out.write(header + "\n" + "-" * len(header) + "\n")

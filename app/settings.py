@@ -1,4 +1,5 @@
-"""Settings: flags > environment (``DATABASE_URL``, ``REDIS_URL``) > ``tracker.toml`` > defaults.
+"""Settings: flags > environment (``DATABASE_URL``, ``REDIS_URL``, ``TRACKER_ACCOUNT``) >
+``tracker.toml`` > defaults.
 
 Validation errors name the key and what is allowed; nothing here connects to anything.
 """
@@ -12,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import AwareDatetime, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
+from models.accounts import DEFAULT_ACCOUNT, AccountError, check_account
 from models.common import Frozen
 from models.policy import PolicyError, RiskConfig, risk_config_from_mapping
 
@@ -78,6 +81,30 @@ class Settings(Frozen):
     dhan: DhanSettings = DhanSettings()
     correlation_prefix: str | None = None
     """Track only orders whose CorrelationId starts with this (default: every order)."""
+    account: str | None = None
+    """The account of a paper session, a replay, ``positions`` and ``reset-kill-switch``
+    (``--account``, ``account`` in ``tracker.toml``, ``TRACKER_ACCOUNT``); None: the
+    DhanHQ client id in a live session, ``DEFAULT_ACCOUNT`` otherwise."""
+
+    @field_validator("account")
+    @classmethod
+    def _well_formed_account(cls, value: str | None) -> str | None:
+        try:
+            return None if value is None else check_account(value)
+        except AccountError as error:  # its own words, without pydantic's "Value error, "
+            raise PydanticCustomError("account", str(error)) from None
+
+    def account_id(self, *, live: bool = False) -> str:
+        """The account this run serves: a live session's is its DhanHQ client id (a different
+        ``account`` is a ``SettingsError``), any other run's the configured one or
+        ``DEFAULT_ACCOUNT``."""
+        if not live:
+            return self.account or DEFAULT_ACCOUNT
+        client = self.dhan.client_id or ""
+        if self.account is not None and self.account != client:
+            raise SettingsError("account: a live session's account is its DhanHQ client id "
+                                "(DHAN_CLIENT_ID); leave account unset or make them equal")
+        return check_account(client)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -105,7 +132,8 @@ def load_settings(*, config_file: Path | None = None, policy_file: Path | None =
         source = policy_file or config_file
         raise SettingsError(f"{source}: {error}") from None
     values: dict[str, Any] = {**data, "risk": risk}
-    for key, env in (("database_url", "DATABASE_URL"), ("redis_url", "REDIS_URL")):
+    for key, env in (("database_url", "DATABASE_URL"), ("redis_url", "REDIS_URL"),
+                     ("account", "TRACKER_ACCOUNT")):
         if environ.get(env):
             values[key] = environ[env]
     dhan = dict(values.pop("dhan", {}) or {})

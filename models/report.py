@@ -8,6 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, NamedTuple
 
+from models.accounts import DEFAULT_ACCOUNT
 from models.common import IST, money
 from models.policy import ExitPolicy
 from models.position import Position, PositionStatus
@@ -45,7 +46,8 @@ def position_row(position: Position, policy: ExitPolicy) -> dict[str, Any]:
 
 def build_report(mode: str, started_at: datetime, ended_at: datetime,
                  positions: Iterable[Position], policy: ExitPolicy,
-                 metrics: Mapping[str, int]) -> dict[str, Any]:
+                 metrics: Mapping[str, int], *, account: str = DEFAULT_ACCOUNT) -> dict[str, Any]:
+    """The session report of ``account`` (SPEC §7): ``positions`` are that account's."""
     ordered = sorted(positions, key=lambda p: (p.created_at, p.position_id))
     statuses = Counter(p.status for p in ordered)
     reasons = Counter(str(p.exit_reason) for p in ordered
@@ -54,6 +56,7 @@ def build_report(mode: str, started_at: datetime, ended_at: datetime,
                if p.status is not PositionStatus.CANCELLED), Decimal(0))
     return {
         "mode": mode,
+        "account": account,
         "started_at": started_at.isoformat(),
         "ended_at": ended_at.isoformat(),
         "positions": [position_row(p, policy) for p in ordered],

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from models.accounts import DEFAULT_ACCOUNT, check_account
 from store.ports import Store
 from store.sql import SqlStore
 
@@ -21,11 +22,12 @@ _SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
 _SUPPORTED = "postgresql://, postgres:// or sqlite:///PATH"
 
 
-def open_store(database_url: str | None, data_dir: Path = Path("data")) -> Store:
-    """The store for ``database_url``, migrated. Raises ``ValueError`` for a URL that names no
-    supported store (the message names the scheme, never the rest), ``StoreError`` when the
-    store cannot be opened or migrated."""
-    store = _open(database_url, data_dir)
+def open_store(database_url: str | None, data_dir: Path = Path("data"), *,
+               account: str = DEFAULT_ACCOUNT) -> Store:
+    """The store of ``account`` for ``database_url``, migrated. Raises ``ValueError`` for a URL
+    that names no supported store (the message names the scheme, never the rest), or for a
+    malformed account id; ``StoreError`` when the store cannot be opened or migrated."""
+    store = _open(database_url, data_dir, check_account(account))
     try:
         store.migrate()
     except BaseException:
@@ -57,20 +59,20 @@ def _scheme(database_url: str | None) -> str | None:
     raise ValueError(f"unsupported database URL scheme {scheme!r}; use {_SUPPORTED}")
 
 
-def _open(database_url: str | None, data_dir: Path) -> SqlStore:
+def _open(database_url: str | None, data_dir: Path, account: str) -> SqlStore:
     # Imported here so an SQLite-only run never loads psycopg.
     scheme = _scheme(database_url)
     if database_url is None or scheme is None:
         from store.sqlite import SqliteStore
 
-        return SqliteStore(data_dir / DEFAULT_FILE)
+        return SqliteStore(data_dir / DEFAULT_FILE, account=account)
     if scheme == "postgresql":
         from store.postgres import PostgresStore
 
-        return PostgresStore(database_url)
+        return PostgresStore(database_url, account=account)
     from store.sqlite import SqliteStore
 
-    return SqliteStore(sqlite_path(database_url))
+    return SqliteStore(sqlite_path(database_url), account=account)
 
 
 def sqlite_path(url: str) -> Path:

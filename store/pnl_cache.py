@@ -7,7 +7,9 @@ deletes), merged into the next write and sent again at most every ``retry_after_
 
 Redis layout: hash ``pnl:tracker:<position_id>`` with ``pnl``, ``pnl_pct``, ``ltp``, ``hwm_pnl``,
 ``peak_price`` (empty when unknown) and ``updated_at`` (ISO-8601 with offset), money as exact
-decimal strings; TTL 6 h, refreshed by every write.
+decimal strings; TTL 6 h, refreshed by every write. An account other than the default keeps
+its hashes under ``pnl:tracker:<account>:<position_id>`` (``key_prefix``), so accounts sharing
+one Redis never overwrite each other's entries.
 """
 
 from __future__ import annotations
@@ -23,9 +25,12 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.typing import EncodableT, FieldT
 
+from models.accounts import DEFAULT_ACCOUNT, check_account
 from store.ports import PnLCache
 from store.records import PnLEntry
 from store.urls import redact_text, redact_url
+
+PREFIX = "pnl:tracker:"
 
 
 class PendingWrites:
@@ -172,7 +177,7 @@ class RedisPnLCache:
     max_pending_deletes = 100_000
     """Deletes kept through an outage; past it the oldest are forgotten (their keys expire)."""
 
-    def __init__(self, url: str, *, ttl_seconds: int = 6 * 3600, key_prefix: str = "pnl:tracker:",
+    def __init__(self, url: str, *, ttl_seconds: int = 6 * 3600, key_prefix: str = PREFIX,
                  socket_timeout: float = 0.5, retry_after_seconds: float = 5.0,
                  clock: Callable[[], float] = time.monotonic,
                  client: redis.Redis | None = None) -> None:
@@ -277,9 +282,12 @@ class RedisPnLCache:
             logger.warning("PnL cache read failed at {}: {}", self._safe_url, _describe(error))
             return {}
         # A key of another type under our prefix replies with an error; an expired one with {}.
+        # Another account's keys share the default account's prefix: ``<prefix><account>:<id>``
+        # (a position id has no ``:``), so a rest with a ``:`` is not this account's.
         found = (decode_entry(key.removeprefix(self._prefix), _as_str(fields))
                  for key, fields in zip(keys, hashes, strict=True)
-                 if isinstance(fields, dict) and fields)
+                 if isinstance(fields, dict) and fields
+                 and ":" not in key.removeprefix(self._prefix))
         return {entry.position_id: entry for entry in found if entry is not None}
 
     def _scan(self) -> list[str]:
@@ -316,9 +324,16 @@ def _describe(error: Exception) -> str:
     return f"{type(error).__name__}: {redact_text(str(error))}"
 
 
-def open_pnl_cache(redis_url: str | None) -> PnLCache:
-    """The Redis cache for a URL, the in-process cache for None. Nothing connects until the
-    first write."""
+def key_prefix(account: str) -> str:
+    """The Redis keys of an account's positions: ``pnl:tracker:<position_id>`` for the default
+    account (SPEC §6, as before accounts), ``pnl:tracker:<account>:<position_id>`` for any
+    other, since a position id is unique per account only."""
+    return PREFIX if account == DEFAULT_ACCOUNT else f"{PREFIX}{check_account(account)}:"
+
+
+def open_pnl_cache(redis_url: str | None, account: str = DEFAULT_ACCOUNT) -> PnLCache:
+    """The Redis cache of ``account`` for a URL, the in-process cache for None. Nothing
+    connects until the first write."""
     if redis_url is None:
         return InMemoryPnLCache()
-    return RedisPnLCache(redis_url)
+    return RedisPnLCache(redis_url, key_prefix=key_prefix(account))

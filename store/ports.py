@@ -45,7 +45,13 @@ class StoreRefused(StoreError):
 
 
 class Store(Protocol):
-    """Durable state. Every method is one short transaction; re-applied writes are no-ops."""
+    """Durable state of one account. Every method is one short transaction; re-applied writes
+    are no-ops. Every row it writes carries ``account`` and every read sees only that
+    account's rows (a position id is unique per account)."""
+
+    @property
+    def account(self) -> str:
+        """The account whose state this store holds (fixed when it is made)."""
 
     @property
     def queries(self) -> int:
@@ -135,7 +141,7 @@ class Store(Protocol):
         """Clear the latch; False when it was not latched."""
 
     def counts(self) -> Mapping[str, int]:
-        """Rows per table, for status views and tests."""
+        """This account's rows per table, for status views and tests."""
 
 
 @runtime_checkable

@@ -35,6 +35,7 @@ from functools import lru_cache
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from models.accounts import DEFAULT_ACCOUNT
 from models.position import Fill, Position
 from store.leases import hold_fence
 from store.pg_pool import Connection, ConnectionPool
@@ -54,10 +55,11 @@ _FILL_COLUMNS = ", ".join(_FILL_TYPES)
 # The fills travel as one JSON array (decimals as exact strings, times in ISO-8601 with their
 # offset), so the text is the same for any number of fills and is prepared once per connection.
 # They are inserted only when the position row was written (``FROM pos``): a refused write
-# keeps its fills out, as the transaction does.
+# keeps its fills out, as the transaction does; they take the account of the row written.
 _SAVE_POSITION = (
-    f"WITH pos AS ({UPSERT_POSITION} RETURNING 1), "
-    f"new_fills AS (INSERT INTO fills ({_FILL_COLUMNS}) SELECT f.* FROM pos, "
+    f"WITH pos AS ({UPSERT_POSITION} RETURNING account), "
+    f"new_fills AS (INSERT INTO fills (account, {_FILL_COLUMNS}) SELECT pos.account, f.* "
+    "FROM pos, "
     f"json_to_recordset(?::json) AS f({', '.join(f'{c} {t}' for c, t in _FILL_TYPES.items())}) "
     "ON CONFLICT DO NOTHING) "
     "SELECT count(*) FROM pos")
@@ -68,22 +70,25 @@ _RECORD_EXIT = (
     "SELECT (SELECT count(*) FROM attempt), (SELECT count(*) FROM pos)")
 # Positions whose stop tightened (``save_marks``) as one JSON array: one statement, one commit,
 # whatever their number; each row replaces only an older version.
-_MARK_TYPES = {"position_id": "text", "entry_order_no": "text", "segment": "text",
-               "security_id": "text", "side": "text", "status": "text", "version": "bigint",
+_MARK_TYPES = {"account": "text", "position_id": "text", "entry_order_no": "text",
+               "segment": "text", "security_id": "text", "side": "text", "status": "text",
+               "version": "bigint",
                "created_at": "timestamptz", "opened_at": "timestamptz",
                "exited_at": "timestamptz", "updated_at": "timestamptz", "data": "text"}
 assert tuple(_MARK_TYPES) == POSITION_COLUMNS, "the positions columns changed"
 _SAVE_MARKS = (
     "UPDATE positions AS p SET "
-    + ", ".join(f"{c} = r.{c}" for c in list(_MARK_TYPES)[1:])
+    + ", ".join(f"{c} = r.{c}" for c in list(_MARK_TYPES)[2:])
     + " FROM json_to_recordset(?::json) AS r("
     + ", ".join(f"{c} {t}" for c, t in _MARK_TYPES.items())
-    + ") WHERE p.position_id = r.position_id AND p.version < r.version RETURNING p.position_id")
+    + ") WHERE p.account = r.account AND p.position_id = r.position_id "
+    "AND p.version < r.version RETURNING p.position_id")
 # Frames as one JSON array, so the text (and its plan) is the same for any number of them; the
 # ordinality keeps their order, so their sequence numbers follow the order they came in.
 _RECORD_FRAMES = (
-    "INSERT INTO order_updates (received_at, order_no, accepted, reason, raw) "
-    "SELECT f.received_at, f.order_no, f.accepted, f.reason, f.raw FROM ROWS FROM ("
+    "INSERT INTO order_updates (account, received_at, order_no, accepted, reason, raw) "
+    "SELECT CAST(? AS text), f.received_at, f.order_no, f.accepted, f.reason, f.raw "
+    "FROM ROWS FROM ("
     "json_to_recordset(?::json) AS (received_at timestamptz, order_no text, accepted boolean, "
     "reason text, raw text)) WITH ORDINALITY AS f(received_at, order_no, accepted, reason, raw, n) "
     "ORDER BY f.n RETURNING seq")
@@ -112,8 +117,8 @@ class PostgresStore(SqlStore):
     def __init__(self, url: str, *, clock: Clock = utc_now, connect_timeout: int = 5,
                  pool_size: int = 12, pool_wait: float = 30.0,
                  lease: Callable[[], Lease] | None = None,
-                 write_idle_timeout: float = 2.0) -> None:
-        super().__init__(safe_name=redact_url(url), clock=clock)
+                 write_idle_timeout: float = 2.0, account: str = DEFAULT_ACCOUNT) -> None:
+        super().__init__(safe_name=redact_url(url), clock=clock, account=account)
         self._url = url
         self._lease = lease
         self._idle_ms = max(1, round(write_idle_timeout * 1000))
@@ -181,7 +186,8 @@ class PostgresStore(SqlStore):
     def _record_exit_in_one_statement(self, attempt: ExitAttempt,
                                       position: Position) -> bool | None:
         with self._tx(statements=1) as tx:
-            row = tx.one(_RECORD_EXIT, (*record_values(attempt), *self._position_row(position)))
+            row = tx.one(_RECORD_EXIT, (*record_values(self.account, attempt),
+                                        *self._position_row(position)))
         if row is None:
             raise StoreError(f"{self.safe_name}: recording an exit returned no row")
         recorded = int(row[0]) > 0
@@ -215,7 +221,7 @@ class PostgresStore(SqlStore):
                             "reason": _escaped(f.reason), "raw": escape_nul(f.raw)}
                            for f in frames], ensure_ascii=False)
         with self._tx(statements=1) as tx:
-            found = tx.all(_RECORD_FRAMES, (rows,))
+            found = tx.all(_RECORD_FRAMES, (self.account, rows))
         if len(found) != len(frames):
             raise StoreError(f"{self.safe_name}: {len(found)} frames stored of {len(frames)}")
         return sorted(int(row[0]) for row in found)

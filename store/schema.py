@@ -8,7 +8,9 @@ filled in by a ``Dialect``:
 - ``{dec}``  an exact decimal: ``NUMERIC`` in PostgreSQL; ``TEXT`` in SQLite (a ``NUMERIC``
              column there would turn ``182.35`` into a float);
 - ``{id}``   an ever-increasing surrogate key (never reused, so it orders rows by insertion);
-- ``{bool}`` a boolean.
+- ``{bool}`` a boolean;
+- ``{account}`` the account that rows stored before accounts existed belong to, as an SQL
+             string literal (``Dialect.render``'s ``account``; a checked id, never user text).
 
 A released version is never edited: a change is a new version appended to ``MIGRATIONS``.
 """
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from models.accounts import DEFAULT_ACCOUNT, check_account
 
 SCHEMA_VERSION_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_version (
@@ -113,7 +117,91 @@ _V2: tuple[str, ...] = (
     "CREATE INDEX order_updates_received_at ON order_updates (received_at)",
 )
 
-MIGRATIONS: Mapping[int, tuple[str, ...]] = {1: _V1, 2: _V2}
+def _rebuilt(table: str, create: str, columns: str, *, order: str = "") -> tuple[str, ...]:
+    """Steps that rebuild ``table`` with an account column leading its keys (neither backend
+    can change a primary key or unique constraint in place in the same SQL): create the new
+    table, copy every row into it under ``{account}``, drop the old, rename the new."""
+    return (create.format(table=f"{table}_v3"),
+            f"INSERT INTO {table}_v3 (account, {columns}) "
+            f"SELECT {{account}}, {columns} FROM {table} {order}",
+            f"DROP TABLE {table}",
+            f"ALTER TABLE {table}_v3 RENAME TO {table}")
+
+
+_POSITION_COLUMNS = ("position_id, entry_order_no, segment, security_id, side, status, version, "
+                     "created_at, opened_at, exited_at, updated_at, data")
+# Accounts (SPEC §13): every row carries its account, and every key that identified a row
+# within the one account of a process leads with it now: a position id (made from its entry
+# order's number) is unique per account, not globally, so two accounts' paper exchanges may
+# number their orders alike. Rows stored before are the account's that migrates.
+_V3: tuple[str, ...] = (
+    *_rebuilt("positions", """
+    CREATE TABLE {table} (
+        account TEXT NOT NULL,
+        position_id TEXT NOT NULL,
+        entry_order_no TEXT NOT NULL,
+        segment TEXT NOT NULL,
+        security_id TEXT NOT NULL,
+        side TEXT NOT NULL,
+        status TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        created_at {{ts}} NOT NULL,
+        opened_at {{ts}},
+        exited_at {{ts}},
+        updated_at {{ts}} NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (account, position_id),
+        UNIQUE (account, entry_order_no)
+    )""", _POSITION_COLUMNS),
+    "CREATE INDEX positions_status ON positions (account, status)",
+    # The fills get new ids, in the order of the old ones (nothing refers to a fill's id).
+    *_rebuilt("fills", """
+    CREATE TABLE {table} (
+        id {{id}},
+        account TEXT NOT NULL,
+        position_id TEXT NOT NULL,
+        order_no TEXT NOT NULL,
+        role TEXT NOT NULL,
+        cum_qty BIGINT NOT NULL,
+        qty BIGINT NOT NULL,
+        price {{dec}} NOT NULL,
+        at {{ts}},
+        UNIQUE (account, position_id, order_no, cum_qty)
+    )""", "position_id, order_no, role, cum_qty, qty, price, at", order="ORDER BY id"),
+    *_rebuilt("exit_attempts", """
+    CREATE TABLE {table} (
+        account TEXT NOT NULL,
+        position_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        client_id TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        quantity BIGINT NOT NULL,
+        requested_at {{ts}} NOT NULL,
+        order_no TEXT,
+        outcome TEXT,
+        PRIMARY KEY (account, position_id, attempt),
+        UNIQUE (account, client_id)
+    )""", "position_id, attempt, client_id, reason, quantity, requested_at, order_no, outcome"),
+    # One row per account at most: its latch.
+    *_rebuilt("kill_switch", """
+    CREATE TABLE {table} (
+        account TEXT PRIMARY KEY,
+        latched_at {{ts}} NOT NULL,
+        reason TEXT NOT NULL,
+        day_pnl {{dec}}
+    )""", "latched_at, reason, day_pnl"),
+    # Rows only ever appended keep their table (and their sequence numbers); the store always
+    # writes the account, the default only fills the rows stored before.
+    "ALTER TABLE order_updates ADD COLUMN account TEXT NOT NULL DEFAULT {account}",
+    "DROP INDEX order_updates_received_at",
+    "CREATE INDEX order_updates_received_at ON order_updates (account, received_at)",
+    "ALTER TABLE parked_updates ADD COLUMN account TEXT NOT NULL DEFAULT {account}",
+    "DROP INDEX parked_updates_order_no",
+    "CREATE INDEX parked_updates_order_no ON parked_updates (account, order_no)",
+    "ALTER TABLE dead_letters ADD COLUMN account TEXT NOT NULL DEFAULT {account}",
+)
+
+MIGRATIONS: Mapping[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3}
 """Version → the SQL steps that bring the schema from the previous version to it."""
 
 LATEST = max(MIGRATIONS)
@@ -134,8 +222,11 @@ class Dialect:
     migration_lock: str | None = None
     """A statement run first in the migration transaction so two processes do not race."""
 
-    def render(self, statement: str) -> str:
-        return statement.format_map(self.types)
+    def render(self, statement: str, account: str = DEFAULT_ACCOUNT) -> str:
+        """``statement`` in this dialect; ``account`` (a checked account id) fills
+        ``{account}``."""
+        return statement.format_map({**self.types,
+                                     "account": "'" + check_account(account) + "'"})
 
 
 POSTGRES = Dialect(

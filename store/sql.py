@@ -15,6 +15,11 @@ durable and atomic as an explicit transaction without the ``BEGIN`` and ``COMMIT
 share connections is the backend's (a pool for PostgreSQL, a lock around the one SQLite
 connection), never a lock on domain data.
 
+Accounts (SPEC §13): a store serves one account (``account``, fixed when it is made). Every
+row it writes carries that account, every read and update filters by it, and every key leads
+with it (a position id is unique per account), so stores of several accounts on one database
+never see or change each other's rows. The account is a bound parameter, not work per row.
+
 ``queries`` counts the statements sent (a row of an ``executemany`` is one; a data-modifying
 ``WITH`` is one, since it is one statement and one round trip), not ``BEGIN`` and ``COMMIT``.
 """
@@ -31,6 +36,7 @@ from typing import ClassVar
 from loguru import logger
 from pydantic import BaseModel
 
+from models.accounts import DEFAULT_ACCOUNT, check_account
 from models.position import OPEN, Fill, Position, PositionStatus
 from store.ports import StoreError, StoreRefused
 from store.records import (
@@ -74,7 +80,10 @@ class SqlStore:
     refused_errors: ClassVar[tuple[type[Exception], ...]] = ()
     """The driver's errors that blame the data, not the connection (``StoreRefused``)."""
 
-    def __init__(self, *, safe_name: str, clock: Clock = utc_now) -> None:
+    def __init__(self, *, safe_name: str, clock: Clock = utc_now,
+                 account: str = DEFAULT_ACCOUNT) -> None:
+        self.account = check_account(account)
+        """The account whose rows this store reads and writes."""
         self._count_lock = threading.Lock()
         self._queries = 0
         self._clock = clock
@@ -170,8 +179,8 @@ class SqlStore:
                 raise StoreError(f"{self.safe_name}: schema version {current} is newer than "
                                  f"this program's {LATEST}; upgrade the program")
             for version, steps in steps_after(current):
-                for step in steps:
-                    tx.run(self.dialect.render(step))
+                for step in steps:  # rows from before accounts become this store's account's
+                    tx.run(self.dialect.render(step, self.account))
                 tx.run("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
                        (version, self._clock()))
                 logger.bind(store=self.safe_name).info("schema migrated to version {}", version)
@@ -188,9 +197,9 @@ class SqlStore:
             return
         with self._tx() as tx:
             if not tx.run(UPSERT_POSITION, self._position_row(position)).rowcount:
-                check_not_stale(tx, position)
+                check_not_stale(tx, self.account, position)
             tx.many(insert_sql("fills", Fill, conflict="ON CONFLICT DO NOTHING"),
-                    [record_values(fill) for fill in fills])
+                    [record_values(self.account, fill) for fill in fills])
 
     def save_positions(self, positions: Sequence[Position]) -> None:
         latest = newest_of_each(positions)
@@ -198,7 +207,7 @@ class SqlStore:
             rows = [self._position_row(p) for p in latest]
             if tx.many(UPSERT_POSITION, rows) < len(rows):
                 for position in latest:
-                    check_not_stale(tx, position)
+                    check_not_stale(tx, self.account, position)
 
     def save_marks(self, positions: Sequence[Position]) -> set[str]:
         """One statement per position, in one transaction (one commit); a backend may do it
@@ -208,55 +217,57 @@ class SqlStore:
             return set()
         with self._tx() as tx:
             return {p.position_id for p in latest if tx.run(UPDATE_NEWER_POSITION, (
-                *self._position_row(p)[1:], p.position_id, p.version)).rowcount > 0}
+                *self._position_row(p)[2:], self.account, p.position_id, p.version)
+            ).rowcount > 0}
 
     def _position_row(self, p: Position) -> tuple[object, ...]:
-        return (p.position_id, p.entry_order_no, p.segment, p.security_id, p.side, p.status,
-                p.version, p.created_at, p.opened_at, p.exited_at, self._clock(),
+        return (self.account, p.position_id, p.entry_order_no, p.segment, p.security_id, p.side,
+                p.status, p.version, p.created_at, p.opened_at, p.exited_at, self._clock(),
                 p.model_dump_json())
 
     def load_position(self, position_id: str) -> Position | None:
         with self._tx(write=False, statements=1) as tx:
-            row = tx.one("SELECT data FROM positions WHERE position_id = ?", (position_id,))
+            row = tx.one("SELECT data FROM positions WHERE account = ? AND position_id = ?",
+                         (self.account, position_id))
         return None if row is None else decode_position(row[0])
 
     def load_open_positions(self) -> list[Position]:
         marks = ", ".join("?" for _ in _OPEN_STATUSES)
-        return self._positions(f"WHERE status IN ({marks})", _OPEN_STATUSES)
+        return self._positions(f"AND status IN ({marks})", _OPEN_STATUSES)
 
     def list_positions(self, status: PositionStatus | None = None) -> list[Position]:
         if status is None:
             return self._positions("", ())
-        return self._positions("WHERE status = ?", (status,))
+        return self._positions("AND status = ?", (status,))
 
     def _positions(self, where: str, params: Sequence[object]) -> list[Position]:
         with self._tx(write=False, statements=1) as tx:
-            rows = tx.all(f"SELECT data FROM positions {where} "
-                          "ORDER BY created_at, position_id", params)
+            rows = tx.all(f"SELECT data FROM positions WHERE account = ? {where} "
+                          "ORDER BY created_at, position_id", (self.account, *params))
         return [decode_position(row[0]) for row in rows]
 
     def fills(self, position_id: str) -> list[Fill]:
-        return self._select(Fill, "fills", "WHERE position_id = ? ORDER BY id", (position_id,))
+        return self._select(Fill, "fills", "AND position_id = ? ORDER BY id", (position_id,))
 
     # Raw order updates and parking -------------------------------------------------------------
     def record_order_update(self, raw: str, received_at: datetime, *, order_no: str | None,
                             accepted: bool, reason: str | None = None) -> int:
-        values = (received_at, order_no, accepted, reason, raw)
+        values = (self.account, received_at, order_no, accepted, reason, raw)
         with self._tx(statements=1) as tx:
             return self._insert_id(tx, INSERT_ORDER_UPDATE, values, "seq")
 
     def record_order_updates(self, frames: Sequence[ReceivedFrame]) -> list[int]:
         """One statement per frame in one transaction; a backend may do it in one statement."""
         with self._tx() as tx:
-            return [self._insert_id(tx, INSERT_ORDER_UPDATE, (f.received_at, f.order_no,
-                                                              f.accepted, f.reason, f.raw), "seq")
-                    for f in frames]
+            return [self._insert_id(tx, INSERT_ORDER_UPDATE, (
+                self.account, f.received_at, f.order_no, f.accepted, f.reason, f.raw), "seq")
+                for f in frames]
 
     def order_updates(self, since: datetime | None = None) -> list[StoredOrderUpdate]:
         if since is None:
             return self._select(StoredOrderUpdate, "order_updates", "ORDER BY seq")
         return self._select(StoredOrderUpdate, "order_updates",
-                            "WHERE received_at >= ? ORDER BY seq", (since,))
+                            "AND received_at >= ? ORDER BY seq", (since,))
 
     def park_update(self, order_no: str, raw: str, parked_at: datetime) -> None:
         self._insert(ParkedUpdate(order_no=order_no, parked_at=parked_at, raw=raw),
@@ -265,10 +276,11 @@ class SqlStore:
     def take_parked(self, order_no: str) -> list[ParkedUpdate]:
         with self._tx() as tx:
             rows = tx.all("SELECT id, order_no, parked_at, raw FROM parked_updates "
-                          "WHERE order_no = ? ORDER BY id", (order_no,))
+                          "WHERE account = ? AND order_no = ? ORDER BY id",
+                          (self.account, order_no))
             if rows:  # by id, so an update parked meanwhile by another process stays
-                tx.run("DELETE FROM parked_updates WHERE order_no = ? AND id <= ?",
-                       (order_no, rows[-1][0]))
+                tx.run("DELETE FROM parked_updates WHERE account = ? AND order_no = ? "
+                       "AND id <= ?", (self.account, order_no, rows[-1][0]))
         return records(ParkedUpdate, [self._read(row[1:]) for row in rows])
 
     def parked_updates(self) -> list[ParkedUpdate]:
@@ -285,7 +297,7 @@ class SqlStore:
         with self._tx() as tx:
             recorded = tx.run(insert_sql("exit_attempts", ExitAttempt,
                                          conflict="ON CONFLICT DO NOTHING"),
-                              record_values(attempt)).rowcount > 0
+                              record_values(self.account, attempt)).rowcount > 0
             written = tx.run(UPSERT_POSITION, self._position_row(position)).rowcount > 0
         if not written:  # a repeat, or stale: save_position tells (the attempt stays stored)
             self.save_position(position)
@@ -302,14 +314,14 @@ class SqlStore:
                             outcome: str | None = None) -> None:
         with self._tx(statements=1) as tx:
             tx.run("UPDATE exit_attempts SET order_no = COALESCE(?, order_no), "
-                   "outcome = COALESCE(?, outcome) WHERE client_id = ?",
-                   (order_no, outcome, client_id))
+                   "outcome = COALESCE(?, outcome) WHERE account = ? AND client_id = ?",
+                   (order_no, outcome, self.account, client_id))
 
     def exit_attempts(self, position_id: str | None = None) -> list[ExitAttempt]:
         order = "ORDER BY requested_at, position_id, attempt"
         if position_id is None:
             return self._select(ExitAttempt, "exit_attempts", order)
-        return self._select(ExitAttempt, "exit_attempts", f"WHERE position_id = ? {order}",
+        return self._select(ExitAttempt, "exit_attempts", f"AND position_id = ? {order}",
                             (position_id,))
 
     # Supervision and portfolio -----------------------------------------------------------------
@@ -321,33 +333,40 @@ class SqlStore:
 
     def latch_kill_switch(self, state: KillSwitch) -> None:
         with self._tx(statements=1) as tx:
-            tx.run("INSERT INTO kill_switch (id, latched_at, reason, day_pnl) "
-                   "VALUES (1, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-                   (state.latched_at, state.reason, state.day_pnl))
+            tx.run("INSERT INTO kill_switch (account, latched_at, reason, day_pnl) "
+                   "VALUES (?, ?, ?, ?) ON CONFLICT (account) DO NOTHING",
+                   (self.account, state.latched_at, state.reason, state.day_pnl))
 
     def kill_switch(self) -> KillSwitch | None:
-        found = self._select(KillSwitch, "kill_switch", "WHERE id = 1")
+        found = self._select(KillSwitch, "kill_switch", "")
         return found[0] if found else None
 
     def reset_kill_switch(self) -> bool:
         with self._tx(statements=1) as tx:
-            return tx.run("DELETE FROM kill_switch WHERE id = 1").rowcount > 0
+            return tx.run("DELETE FROM kill_switch WHERE account = ?",
+                          (self.account,)).rowcount > 0
 
     def counts(self) -> Mapping[str, int]:
-        sql = " UNION ALL ".join(f"SELECT '{t}', COUNT(*) FROM {t}" for t in TABLES)
+        """This account's rows per table."""
+        sql = " UNION ALL ".join(f"SELECT '{t}', COUNT(*) FROM {t} WHERE account = ?"
+                                 for t in TABLES)
         with self._tx(write=False, statements=1) as tx:
-            return {str(name): int(count) for name, count in tx.all(sql)}
+            return {str(name): int(count)
+                    for name, count in tx.all(sql, [self.account] * len(TABLES))}
 
     # Records <-> rows --------------------------------------------------------------------------
     def _insert(self, record: BaseModel, table: str, *, conflict: str = "") -> bool:
         with self._tx(statements=1) as tx:
             sql = insert_sql(table, type(record), conflict)
-            return tx.run(sql, record_values(record)).rowcount > 0
+            return tx.run(sql, record_values(self.account, record)).rowcount > 0
 
     def _select(self, model: type[R], table: str, tail: str,
                 params: Sequence[object] = ()) -> list[R]:
+        """This account's rows of ``table``; ``tail`` goes on from ``WHERE account = ?`` (more
+        conditions starting with ``AND``, an ``ORDER BY``)."""
         with self._tx(write=False, statements=1) as tx:
-            rows = tx.all(f"SELECT {', '.join(model.model_fields)} FROM {table} {tail}", params)
+            rows = tx.all(f"SELECT {', '.join(model.model_fields)} FROM {table} "
+                          f"WHERE account = ? {tail}", (self.account, *params))
         return records(model, [self._read(row) for row in rows])
 
 

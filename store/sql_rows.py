@@ -81,13 +81,15 @@ class Tx:
 
 
 def insert_sql(table: str, model: type[BaseModel], conflict: str = "") -> str:
-    columns = list(model.model_fields)
+    """An insert of the account and a record's fields (``record_values``), in that order."""
+    columns = ["account", *model.model_fields]
     marks = ", ".join("?" for _ in columns)
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) {conflict}"
 
 
-def record_values(record: BaseModel) -> tuple[object, ...]:
-    return tuple(getattr(record, name) for name in type(record).model_fields)
+def record_values(account: str, record: BaseModel) -> tuple[object, ...]:
+    """The values of ``insert_sql``: the account, then the record's fields."""
+    return (account, *(getattr(record, name) for name in type(record).model_fields))
 
 
 def records(model: type[R], rows: Sequence[Row]) -> list[R]:

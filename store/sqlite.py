@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+from models.accounts import DEFAULT_ACCOUNT
 from store.ports import StoreError
 from store.schema import SQLITE
 from store.sql import SqlStore
@@ -37,9 +38,10 @@ class SqliteStore(SqlStore):
     driver_errors = (sqlite3.Error,)
     refused_errors = (sqlite3.DataError, sqlite3.IntegrityError)
 
-    def __init__(self, path: str | Path, *, clock: Clock = utc_now, timeout: float = 5.0) -> None:
+    def __init__(self, path: str | Path, *, clock: Clock = utc_now, timeout: float = 5.0,
+                 account: str = DEFAULT_ACCOUNT) -> None:
         self.path = Path(path)
-        super().__init__(safe_name=f"sqlite:{self.path}", clock=clock)
+        super().__init__(safe_name=f"sqlite:{self.path}", clock=clock, account=account)
         self._lock = threading.Lock()
         try:
             if str(path) != MEMORY:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 
 from broker.ports import GatewayError, OrderView
+from models.accounts import DEFAULT_ACCOUNT
 from models.common import Instrument, TxnType
 from models.orders import OrderStatus
 from models.position import OPEN, Fill, Position, PositionStatus
@@ -36,7 +37,8 @@ class FakeStore:
     or a driver's unexpected error would make it). ``failed_calls`` counts the calls that
     failed."""
 
-    def __init__(self) -> None:
+    def __init__(self, account: str = DEFAULT_ACCOUNT) -> None:
+        self.account = account
         self._lock = threading.Lock()
         self.positions: dict[str, Position] = {}
         self.fill_rows: dict[tuple[str, str, int], Fill] = {}

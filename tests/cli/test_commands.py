@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from actors.tracing.recorder import iter_records
 from app.settings import SettingsError, load_settings
 from tests.cli.session import EXPECTED, write_session
@@ -79,3 +81,23 @@ def test_settings_precedence_is_flags_then_environment_then_file(tmp_path: Path)
         assert "paper.positons" in str(error) and "unknown key" in str(error)
     else:
         raise AssertionError("a misspelt key must be an error")
+
+
+def test_the_account_comes_from_flag_environment_or_file_and_live_uses_the_client_id(
+        tmp_path: Path) -> None:
+    config = tmp_path / "tracker.toml"
+    config.write_text('account = "desk-file"\n', encoding="utf-8")
+    assert load_settings(environ={}, flags={}).account_id() == "paper"
+    assert load_settings(config_file=config, environ={}, flags={}).account_id() == "desk-file"
+    env = {"TRACKER_ACCOUNT": "desk-env"}
+    assert load_settings(config_file=config, environ=env, flags={}).account_id() == "desk-env"
+    assert load_settings(config_file=config, environ=env,
+                         flags={"account": "desk-flag"}).account_id() == "desk-flag"
+    live = {"DHAN_CLIENT_ID": "1100001234"}
+    assert load_settings(environ=live, flags={}).account_id(live=True) == "1100001234"
+    assert load_settings(environ=live, flags={}).account_id() == "paper"
+    with pytest.raises(SettingsError, match="a live session's account is its DhanHQ client id"):
+        load_settings(environ=live, flags={"account": "desk-b"}).account_id(live=True)
+    config.write_text('account = "bad account"\n', encoding="utf-8")
+    with pytest.raises(SettingsError, match=r"account: .*malformed account id"):
+        load_settings(config_file=config, environ={}, flags={})

@@ -30,7 +30,8 @@ def test_paper_prints_the_dashboard_url_and_serves_metrics_while_it_runs(
             assert http.get("/healthz").json() == {"status": "ok"}
             assert "Position tracker" in http.get("/").text
             deadline = time.monotonic() + 20
-            while 'tracker_positions{status="ACTIVE"} 3.0' not in http.get("/metrics").text:
+            active = 'tracker_positions{account="paper",status="ACTIVE"} 3.0'
+            while active not in http.get("/metrics").text:
                 assert time.monotonic() < deadline, "three positions never showed"
                 time.sleep(0.2)
             assert http.post("/api/flatten").status_code == 401

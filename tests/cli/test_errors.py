@@ -58,10 +58,12 @@ def _cases(tmp: Path) -> list[tuple[list[str | Path], str]]:
         (["trace", ticks], "not a JSON trace record"),
         (["trace", ticks, "--format", "pdf"], "invalid choice: 'pdf'"),
         (["dance"], "invalid choice: 'dance'"),
+        (["paper", "--account", "desk a"], "account: malformed account id 'desk a'"),
+        (["positions", "--account", "a.b"], "malformed account id 'a.b'"),
     ]
 
 
-# It starts run.py for every case (36 interpreter start-ups): minutes on a loaded 2-core box.
+# It starts run.py for every case (38 interpreter start-ups): minutes on a loaded 2-core box.
 @pytest.mark.timeout(600)
 def test_every_cli_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
     failures = []

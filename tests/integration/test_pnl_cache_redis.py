@@ -16,7 +16,7 @@ import redis
 from loguru import logger
 
 from models.common import IST
-from store.pnl_cache import RedisPnLCache
+from store.pnl_cache import RedisPnLCache, open_pnl_cache
 from store.records import PnLEntry
 
 pytestmark = pytest.mark.integration
@@ -221,3 +221,22 @@ def test_after_an_outage_pending_writes_land_in_one_round_trip(
         proxy.stop()
     assert sum("unavailable" in m for m in logs) == 1
     assert sum("PnL cache recovered" in m for m in logs) == 1
+
+
+def test_two_accounts_on_one_redis_keep_their_entries_apart(redis_url: str) -> None:
+    paper, desk = open_pnl_cache(redis_url), open_pnl_cache(redis_url, "desk-b")
+    try:
+        assert paper.write([entry("P1", "1.00")]) and desk.write([entry("P1", "2.00")])
+        client = redis.Redis.from_url(redis_url, decode_responses=True)
+        # The default account keeps SPEC §6's layout; another account's keys name it.
+        assert sorted(client.scan_iter("pnl:tracker:*")) == ["pnl:tracker:P1",
+                                                            "pnl:tracker:desk-b:P1"]
+        client.close()
+        assert {k: e.pnl for k, e in paper.read_all().items()} == {"P1": Decimal("1.00")}
+        assert {k: e.pnl for k, e in desk.read_all().items()} == {"P1": Decimal("2.00")}
+        assert desk.write([], ["P1"])
+        found = paper.read("P1")
+        assert desk.read("P1") is None and found is not None and found.pnl == Decimal("1.00")
+    finally:
+        paper.close()
+        desk.close()

@@ -144,7 +144,7 @@ def test_migrate_twice_is_harmless_and_reports_the_version(backend: Backend) -> 
         assert fresh.schema_version() == 0
         fresh.migrate()
         fresh.migrate()
-        assert fresh.schema_version() == LATEST == 2
+        assert fresh.schema_version() == LATEST == 3
         assert set(fresh.counts().values()) == {0}
     finally:
         fresh.close()

@@ -26,3 +26,12 @@ def test_status_line_shows_order_frames_waiting_for_the_store_only_when_there_ar
     assert waiting.endswith(" | order frames not yet stored 12")
     assert "not yet stored" not in status_line({**base, "metrics": {"unstored_frames": 0}},
                                                "10:00:00")
+
+
+def test_status_line_names_the_account_and_masks_a_client_id() -> None:
+    base = {"trading_state": "RUNNING", "positions": {}, "exits_by_reason": {},
+            "unprotected": [], "quarantined": [], "metrics": {}}
+    assert status_line({**base, "account": "desk-b"}, "10:00:00").startswith(
+        "[10:00:00] account desk-b | RUNNING | ")
+    assert status_line({**base, "account": "1100001234"}, "10:00:00").startswith(
+        "[10:00:00] account ******1234 | RUNNING | ")

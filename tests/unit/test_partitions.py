@@ -1,4 +1,5 @@
-"""Accounts hash to partitions by CRC-32 mod 256: fixed values, any process agrees."""
+"""Accounts hash to partitions by CRC-32 mod 256: fixed values, any process agrees; account ids
+are checked once, at the boundary."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from models.accounts import AccountError, check_account
 from models.partitions import PARTITIONS, partition_name, partition_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,3 +57,15 @@ def test_when_partition_named_then_zero_padded_and_bounded() -> None:
     for bad in (-1, 256):
         with pytest.raises(ValueError):
             partition_name(bad)
+
+
+# Account ids -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("good", ["paper", "1100001234", "desk-b", "A_1", "x" * 64])
+def test_a_well_formed_account_id_is_accepted(good: str) -> None:
+    assert check_account(good) == good
+
+
+@pytest.mark.parametrize("bad", ["", " 1100", "a.b", "a:b", "x" * 65, "-x", "_x", "a'b", "é"])
+def test_a_malformed_account_id_is_refused_with_what_is_allowed(bad: str) -> None:
+    with pytest.raises(AccountError, match="letters, digits"):
+        check_account(bad)

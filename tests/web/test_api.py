@@ -170,7 +170,8 @@ def test_metrics_speak_prometheus_with_latency_histograms(tmp_path: Path) -> Non
             http.post(f"/api/positions/{target}/close")
             wait_for(lambda: stored_status(session, target) is PositionStatus.EXITED)
             text = wait_for(lambda: (t := http.get("/metrics").text)
-                            and 'tracker_exits_total{reason="MANUAL"} 1.0' in t and t)
+                            and 'tracker_exits_total{account="paper",reason="MANUAL"} 1.0' in t
+                            and t)
             answer = http.get("/metrics")
     assert answer.headers["content-type"].startswith("text/plain")
     families = {f.name: f for f in text_string_to_metric_families(text)}
@@ -188,6 +189,8 @@ def test_metrics_speak_prometheus_with_latency_histograms(tmp_path: Path) -> Non
         assert families[name].type == "counter", name
     assert families["tracker_gateway_up"].samples[0].value == 1
     assert families["tracker_books_agree"].samples[0].value == 1
+    # Every sample names the account it belongs to (SPEC §13).
+    assert {s.labels.get("account") for f in families.values() for s in f.samples} == {"paper"}
     # The Grafana dashboard in docs/ queries only what is exported here (the token's expiry
     # is exported by a gateway that has a token; paper has none).
     board = json.loads((Path(__file__).resolve().parents[2] / "docs" /
