@@ -39,6 +39,7 @@ from actors.protocol import (
     Snapshot,
 )
 from actors.runtime.dispatch import Dispatcher
+from actors.runtime.inflight import InFlight, count_into, counting
 from actors.runtime.metrics import Metrics
 from actors.runtime.timers import Schedule, Ticker, fire
 from actors.supervisor.actor import RiskSupervisor, Supervision
@@ -162,6 +163,10 @@ class System:
         """The batcher's ``QuoteActor`` (None without a quote API)."""
         self.started_at: datetime | None = None
         self._stopped = False
+        self.inflight = InFlight() if parts.deadlines or parts.settle_on_idle else None
+        """A replay's count of the messages in flight (``settle``)."""
+        self._idle_total = -1
+        """``inflight.total`` when the last settle ended, idle."""
 
     @property
     def account(self) -> str:
@@ -182,6 +187,8 @@ class System:
 
     def _start(self, *, ticker: bool, on_step: Callable[[datetime], None] | None) -> None:
         p = self.parts
+        if self.inflight is not None:
+            count_into(self.inflight)  # every inbox made from now on counts its messages
         if p.switch_interval is not None:
             sys.setswitchinterval(p.switch_interval)
         self.dispatcher.start()
@@ -448,17 +455,24 @@ class System:
         return refs
 
     def _settle_on_idle(self, rounds: int) -> None:
-        """``settle`` for a replay: each singleton in pipeline order (the exit gateways after the
-        supervisor) answers a cheap question
-        (an attribute, through a proxy made once) once it has handled what was queued before
-        it, and the trackers are waited for all at once, until their dispatcher is idle."""
-        pings = [*self._singleton_pings(), self._stops_ping]
+        """``settle`` for a replay: until no message is in flight anywhere (queued or being
+        handled, ``actors.runtime.inflight``), then a complete PnL flush, ``rounds`` times,
+        and until what the last flush told (the day's PnL to the supervisor) is handled. Once
+        idle, a system that has been put no message since has nothing to settle."""
+        inflight = self.inflight
+        assert inflight is not None, "made for deadlines / settle_on_idle"
+        if inflight.count <= 0 and inflight.total == self._idle_total:
+            return  # not a message put since the last settle ended: nothing can have changed
         for _ in range(rounds):
-            for proxy in pings:
-                proxy.actor_urn.get(timeout=SETTLE)
-            if not self.dispatcher.wait_idle(SETTLE):
-                raise TimeoutError(f"trackers still busy after {SETTLE:g} s")
+            self._wait_idle(inflight)
             self.pnl.ask(Flush(at=self.parts.clock(), complete=True), timeout=SETTLE)
+        self._wait_idle(inflight)
+        self._idle_total = inflight.total
+
+    @staticmethod
+    def _wait_idle(inflight: InFlight) -> None:
+        if not inflight.wait_idle(SETTLE):
+            raise TimeoutError(f"{inflight.count} messages still in flight after {SETTLE:g} s")
 
     # Stop -------------------------------------------------------------------------------------
     def quiesce(self) -> None:
@@ -482,6 +496,8 @@ class System:
         self.pnl.ask(Flush(at=self.parts.clock(), complete=True), timeout=ASK)
         self._stop_actors()
         self.dispatcher.shutdown()
+        if self.inflight is not None and counting() is self.inflight:
+            count_into(None)
         logger.info("stopped: mailboxes drained, state flushed")
 
     def _stop_actors(self) -> None:

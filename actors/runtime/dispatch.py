@@ -27,6 +27,7 @@ import pykka
 from loguru import logger as _log
 from pykka import ActorRegistry
 
+from actors.runtime.inflight import InFlight, counting
 from actors.runtime.pool import Dispatcher, default_dispatcher
 from actors.runtime.pykka_compat import (
     Envelope,
@@ -55,7 +56,7 @@ class _Mailbox:
 
     __slots__ = ("_actor", "_closed", "_conflate", "_dispatcher", "_drain_lock", "_latest",
                  "_lock", "_queue", "_running", "_scheduled", "_turns", "_urgent_later",
-                 "_urgent_queued", "conflated")
+                 "_urgent_queued", "conflated", "inflight")
 
     def __init__(self, conflate: frozenset[type] = frozenset()) -> None:
         self._queue: deque[list[Any]] = deque()
@@ -79,6 +80,8 @@ class _Mailbox:
         self._latest: dict[type, list[Any]] = {}
         self.conflated = 0
         """Messages replaced by a newer one before they were handled."""
+        self.inflight: InFlight | None = counting()
+        """Counts each message put until it is handled or dropped (a replay's settle)."""
 
     # The pykka ActorInbox protocol ------------------------------------------------------------
     def put(self, envelope: Envelope[Any], /) -> None:
@@ -88,6 +91,8 @@ class _Mailbox:
         if kind in self._conflate and envelope.reply_to is None:
             self._put_latest(kind, envelope, urgent)
             return
+        if self.inflight is not None:
+            self.inflight.add()
         self._queue.append([envelope, stamp(), None])
         self._wake(urgent)
 
@@ -100,6 +105,8 @@ class _Mailbox:
                 if self._dispatcher is not None:
                     self._dispatcher.count_conflated()
             else:
+                if self.inflight is not None:  # a replaced message is not one more in flight
+                    self.inflight.add()
                 entry = [envelope, stamp(), kind]
                 self._latest[kind] = entry
                 self._queue.append(entry)
@@ -217,6 +224,8 @@ class _Mailbox:
                 if entry[2] is not None:
                     del self._latest[entry[2]]
                 if entry[0].reply_to is None:
+                    if self.inflight is not None:
+                        self.inflight.done()
                     if not is_stop(entry[0].message):
                         told.append(entry[0].message)
                 else:
@@ -241,6 +250,8 @@ class _Mailbox:
                 logger.exception(f"{self._actor} lost {len(told)} undelivered messages")
         while self._queue:
             envelope = self._pop()[0]
+            if self.inflight is not None:
+                self.inflight.done()
             if envelope.reply_to is not None:
                 answer_stopped(envelope, self._actor)
 
@@ -317,8 +328,12 @@ class StampedQueue:
         self._owner = owner
         self.closed = False
         """The actor stopped and emptied this inbox for the last time."""
+        self.inflight: InFlight | None = counting()
+        """Counts each message put until it is handled or dropped (a replay's settle)."""
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if self.inflight is not None:
+            self.inflight.add()
         self._items.put((item, stamp()))
         if self.closed:
             self.close()
@@ -334,6 +349,8 @@ class StampedQueue:
                 envelope = self._items.get(block=False)[0]
             except queue.Empty:
                 break
+            if self.inflight is not None:
+                self.inflight.done()
             if envelope.reply_to is not None:
                 answer_stopped(envelope, owner)
             elif not is_stop(envelope.message):

@@ -114,9 +114,15 @@ class Hooks:
     def receive(self, message: Any) -> Any:
         """Handle one message: ``intercept``, then pykka's dispatch (stop, proxy calls,
         ``on_receive``)."""
-        if self.intercept(message):
-            return None
-        return super()._handle_receive(message)  # type: ignore[misc]
+        try:
+            if self.intercept(message):
+                return None
+            return super()._handle_receive(message)  # type: ignore[misc]
+        finally:
+            # Handled: no longer in flight (a replay's settle, ``actors.runtime.inflight``).
+            inflight = getattr(self.actor_inbox, "inflight", None)  # type: ignore[attr-defined]
+            if inflight is not None:
+                inflight.done()
 
     def _handle_receive(self, message: Any) -> Any:
         return self.receive(message)
