@@ -419,18 +419,25 @@ def busy_events(positions: int, instruments: int, start: datetime,
 
 
 def run_busy(*, positions: int, instruments: int, start: datetime,
-             end: datetime, scratch: Path) -> dict[str, Any]:
+             end: datetime, scratch: Path, whole_day: bool = True) -> dict[str, Any]:
+    """The busy day from ``start`` to ``end``. SPEC §9's target is for the whole day
+    (``whole_day``); a part of it (the quick run's first 20 minutes, when all the entries come
+    and most exits happen: the busiest part, about half the whole day's pace) is reported
+    without a target."""
     updates, events = busy_events(positions, instruments, start, end)
     report, seconds, replayer = replay(events, updates[0].at, RiskConfig(), scratch)
     simulated = (end - start).total_seconds()
     speed = simulated / seconds
     name = (f"busy day ({positions} positions, {instruments} instruments x 1 tick/s, "
             f"{start:%H:%M}-{end:%H:%M})")
+    baseline = f"{seconds:.0f} s for {simulated:,.0f} s"
+    fig = (at_least(name, speed, BUSY_TARGET_X, "x real time", baseline=baseline) if whole_day
+           else figure(name, speed, "x real time", baseline=baseline,
+                       target="(whole day: >= 60)"))
     return {"benchmark": "replay of a busy day", "seconds": seconds, "simulated_s": simulated,
             "events": replayer.stats.events, "batches": replayer.stats.batches,
             "timers": replayer.stats.timers, "exits": report["summary"]["exits_by_reason"],
-            "figures": [at_least(name, speed, BUSY_TARGET_X, "x real time",
-                                 baseline=f"{seconds:.0f} s for {simulated:,.0f} s")]}
+            "figures": [fig]}
 
 
 def run_equivalence(scratch: Path, *, start: str = "09:15", end: str = "15:30",
@@ -461,7 +468,7 @@ def run(quick: bool, scratch: Path) -> list[dict[str, Any]]:
     rows = [run_quiet(scratch, baseline=not quick)]
     end = at("09:35") if quick else at("15:30")
     rows.append(run_busy(positions=500, instruments=200, start=at("09:15"), end=end,
-                         scratch=scratch))
+                         scratch=scratch, whole_day=not quick))
     if not quick:  # the stepped replay of the long day takes minutes
         rows.append(run_equivalence(scratch))
     return rows
