@@ -158,7 +158,8 @@ def _free_port() -> int:
         return port
 
 
-BUCKET = re.compile(r'^tracker_(\w+)_seconds_bucket\{le="([^"]+)"\} ([0-9.e+]+)$', re.M)
+BUCKET = re.compile(r'^tracker_(\w+)_seconds_bucket\{(?:[^}]*,)?le="([^"]+)"[^}]*\} ([0-9.e+]+)$',
+                    re.M)  # other labels (the account) may come before or after ``le``
 
 
 def _inside(port: int) -> dict[str, dict[str, float]]:
