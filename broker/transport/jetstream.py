@@ -45,6 +45,8 @@ from models.partitions import partition_name, partition_of
 
 T = TypeVar("T")
 MSG_ID = "Nats-Msg-Id"
+ACCOUNT = "Tracker-Account"
+"""The header naming the update's account (several accounts share a partition's subject)."""
 
 
 async def _on_error(error: Exception) -> None:
@@ -96,6 +98,10 @@ class _Delivery:
     @property
     def msg_id(self) -> str:
         return (self.msg.headers or {}).get(MSG_ID, "")
+
+    @property
+    def account(self) -> str:
+        return (self.msg.headers or {}).get(ACCOUNT, "")
 
     @property
     def data(self) -> bytes:
@@ -174,7 +180,8 @@ class JetStreamTransport:
     def publish_order_update(self, account_id: str, msg_id: str, data: bytes) -> bool:
         subject = order_subject(partition_of(account_id), self._namespace)
         ack = self._run(self._js.publish(subject, data, stream=self._stream,
-                                         headers={MSG_ID: msg_id}))
+                                         headers={MSG_ID: msg_id,
+                                                  ACCOUNT: account_id}))
         return not ack.duplicate
 
     def pull_order_updates(self, partition: int, *, batch: int = 100,
