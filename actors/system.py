@@ -162,6 +162,8 @@ class System:
         """The batcher's ``QuoteActor`` (None without a quote API)."""
         self.started_at: datetime | None = None
         self._stopped = False
+        self._halted = False
+        """The actors are stopped and the dispatcher shut down (by ``stop`` or ``abandon``)."""
 
     @property
     def account(self) -> str:
@@ -492,6 +494,7 @@ class System:
         self.pnl.ask(Flush(at=self.parts.clock(), complete=True), timeout=ASK)
         self._stop_actors()
         self.dispatcher.shutdown()
+        self._halted = True
         logger.info("stopped: mailboxes drained, state flushed")
 
     def abandon(self) -> None:

@@ -36,6 +36,7 @@ from broker.transport.ports import Delivery, Subscription, Transport
 from models.accounts import check_account
 from models.common import Instrument
 from models.partitions import partition_of
+from store.ports import LeaseLost
 
 FRAME_WAIT = 10.0
 """Seconds a runner waits for an order update to be stored before it naks it."""
@@ -125,8 +126,14 @@ class AccountSystems:
     def stop(self, partition: int, *, lost: bool) -> None:
         served = self.running.pop(partition, {})
         self.step()  # its instruments unsubscribed unless another partition holds them
+        refused: LeaseLost | None = None
         for one in served.values():
-            self._stop_one(one, lost=lost)
+            try:
+                self._stop_one(one, lost=lost or refused is not None)
+            except LeaseLost as error:
+                refused = error
+        if refused is not None:
+            raise refused
 
     def step(self) -> None:
         holders: dict[Instrument, list[Served]] = {}
@@ -175,11 +182,12 @@ class AccountSystems:
     def _stop_one(self, served: Served, *, lost: bool) -> None:
         started = time.monotonic()
         try:
-            if lost:
-                served.system.abandon()
-            else:
+            if not lost:
                 served.system.stop()
+        except LeaseLost:  # lost while stopping: abandoned below, writing nothing more
+            raise
         finally:
+            served.system.abandon()  # nothing left to do after an orderly stop
             served.close()
         logger.info("account {} stopped{} in {:.2f} s", served.system.account,
                     " at once" if lost else "", time.monotonic() - started)
