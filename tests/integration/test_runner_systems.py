@@ -100,12 +100,25 @@ class Rig:
         # each once (its message id is the frame's digest).
         self.connector = JetStreamTransport(nats_url, namespace=self.namespace)
         venue.exchange.subscribe(self._publish)
+        self.held: list[str] | None = None
+        """While not None, the connector is down: the broker's updates wait here."""
         self.runners: list[Served] = []
         self.closing: list[Callable[[], None]] = []
 
     def _publish(self, frame: str) -> None:
+        if self.held is not None:
+            self.held.append(frame)
+            return
         digest = hashlib.sha256(frame.encode()).hexdigest()[:32]
         self.connector.publish_order_update(ACCOUNT, digest, frame.encode())
+
+    def connector_down(self) -> None:
+        self.held = []
+
+    def connector_up(self) -> None:
+        held, self.held = self.held or [], None
+        for frame in held:
+            self._publish(frame)
 
     def runner(self, owner: str) -> Served:
         transport = JetStreamTransport(self.nats_url, namespace=self.namespace)
@@ -245,3 +258,26 @@ def test_when_runner_stops_gracefully_then_successor_takes_over_within_a_second(
 
     rig.price("94")
     _exited_once(rig, position_id)
+
+
+def test_when_runner_crashes_with_exit_in_flight_then_successor_finds_it_by_client_id(
+        rig: Rig) -> None:
+    first = rig.runner("runner-a").start()
+    position_id = _open_position(rig, first)
+    rig.connector_down()  # the exit's updates do not reach the runners yet
+    rig.price("94")
+    wait_until(lambda: len(rig.venue.exits()) == 1, 20, "the exit placed at the broker")
+    wait_until(lambda: rig.stored(PositionStatus.EXITING) == [(position_id, "EXITING")], 10,
+               "the exit in flight stored")
+    first.halt()  # crashed with its exit in flight: filled at the broker, not known here
+
+    second = rig.runner("runner-b").start()
+    wait_until(second.serving, 20, "runner-b serves the partition")
+    # looked up by its client id at the start, found filled: closed, and not placed again
+    wait_until(lambda: rig.stored(PositionStatus.EXITED) == [(position_id, "EXITED")], 20,
+               "the exit found at the broker and applied")
+    rig.connector_up()  # the fills arrive late: they change nothing
+    _exited_once(rig, position_id)
+    gets = [r for r in rig.venue.fake.requests
+            if r.method == "GET" and f"X-{position_id}-1" in r.path]
+    assert gets, "runner-b looked the exit up by its client id"
