@@ -238,7 +238,8 @@ def test_an_exit_intent_never_sent_before_a_kill_is_placed_once_after_its_look_u
     second.at(T0 + timedelta(seconds=6), "170")
     assert second.wire.look_ups[:1] == [exit_client_id("PE1", 1)]
     assert second.wire.placements == [exit_client_id("PE1", 1)]  # the same attempt, once
-    assert store.positions["PE1"].status is PositionStatus.EXITED
+    exited = store.positions["PE1"]
+    assert exited.status is PositionStatus.EXITED
 
 
 def _never_sent(**order: object) -> str:
