@@ -584,6 +584,45 @@ def run_runner(settings: Settings, *, nats_url: str, partitions: str | None,
     return 0
 
 
+def run_venue(settings: Settings, *, nats_url: str, port: int, namespace: str,
+              entry_every: float, duration: float | None) -> int:
+    """``run.py venue``: the paper broker every runner shares (``app/venue.py``)."""
+    from app.venue import PaperVenue
+    from broker.transport.jetstream import JetStreamTransport
+    from broker.transport.ports import TransportError, orders_wildcard
+
+    try:
+        orders_wildcard(namespace)
+    except ValueError as error:
+        raise InputError(f"--namespace: {error}") from None
+    if not 0 < port < 65536:
+        raise InputError(f"--port: {port} is not a TCP port")
+    if not settings.accounts:
+        raise InputError("--accounts: name the accounts whose entries the venue places")
+    try:
+        transport = JetStreamTransport(nats_url, namespace=namespace)
+    except TransportError as error:
+        print(f"transport error: {one_line(error)}", file=sys.stderr)
+        return 1
+    clock: Callable[[], datetime] = SessionClock(settings.dhan.session_start) \
+        if settings.dhan.session_start is not None else _wall_clock
+    venue = PaperVenue(transport, settings.accounts, clock=clock, entry_every=entry_every,
+                       seed=settings.paper.seed)
+    stop = threading.Event()
+    _on_signals(stop)
+    if duration is not None:
+        timer = threading.Timer(duration, stop.set)
+        timer.daemon = True
+        timer.start()
+    try:
+        venue.run(stop, port)
+    finally:
+        transport.close()
+    logger.info("paper venue stopped: {} entries, {} order updates published", venue.entries,
+                venue.published)
+    return 0
+
+
 def run_positions(settings: Settings, status: str | None, as_json: bool) -> int:
     try:
         wanted = PositionStatus(status.upper()) if status else None
@@ -704,6 +743,20 @@ def parser() -> argparse.ArgumentParser:
                         help="lease length (default 6)")
     runner.add_argument("--duration", type=_positive, help="seconds to run (default: until "
                         "Ctrl-C)")
+    venue = commands.add_parser("venue", help="the paper broker shared by runners: fake "
+                                "DhanHQ API, entries, order updates to JetStream, prices to "
+                                "NATS")
+    venue.add_argument("--nats", required=True, help="NATS URL, e.g. nats://127.0.0.1:4222")
+    venue.add_argument("--accounts", help="accounts whose entries it places, comma-separated "
+                       "(overrides accounts in tracker.toml)")
+    venue.add_argument("--port", type=int, default=8900, help="the fake DhanHQ's port on "
+                       "127.0.0.1 (default 8900)")
+    venue.add_argument("--namespace", default="", help="prefix of the NATS subjects and "
+                       "stream (as the runners')")
+    venue.add_argument("--entry-every", type=_positive, default=2.0,
+                       help="seconds between entries (default 2)")
+    venue.add_argument("--duration", type=_positive, help="seconds to run (default: until "
+                       "Ctrl-C)")
     commands.add_parser("reset-kill-switch", help="operator reset of the latched kill switch")
     trace = commands.add_parser("trace", help="views of a trace file written with --trace")
     trace.add_argument("file", type=Path)
@@ -723,7 +776,7 @@ def parser() -> argparse.ArgumentParser:
         if sub is not replay:
             sub.add_argument("--policy", type=Path, help="policy TOML file",
                              default=argparse.SUPPRESS)
-        if sub is not runner:
+        if sub not in (runner, venue):
             sub.add_argument("--account", help="the account served (overrides "
                              "TRACKER_ACCOUNT; default: paper, or DHAN_CLIENT_ID live)",
                              default=argparse.SUPPRESS)
@@ -814,6 +867,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_runner(settings, nats_url=args.nats, partitions=args.partitions,
                               owner=args.owner, lease_seconds=args.lease_seconds,
                               duration=args.duration, namespace=args.namespace)
+        if args.command == "venue":
+            return run_venue(settings, nats_url=args.nats, port=args.port,
+                             namespace=args.namespace, entry_every=args.entry_every,
+                             duration=args.duration)
         if args.command == "replay":
             return run_replay(_policy_runs(args, flags), _days(args), args.report,
                               getattr(args, "database_url", None), args.trace,
