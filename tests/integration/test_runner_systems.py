@@ -8,6 +8,11 @@ stop hands the partition over at once."""
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -23,6 +28,7 @@ from app.clocks import SessionClock
 from app.runner import Runner
 from app.serving import AccountSystems
 from app.settings import Settings, load_settings
+from app.venue import TOKEN as VENUE_TOKEN
 from broker.dhan import TokenSource
 from broker.fake_dhan.venue import CLIENT, TOKEN, Venue, wait_until
 from broker.transport.jetstream import JetStreamTransport
@@ -36,6 +42,7 @@ from store.ports import LeaseLost
 
 pytestmark = pytest.mark.integration
 
+ROOT = Path(__file__).resolve().parents[2]
 ACCOUNT = "desk-7"
 P = partition_of(ACCOUNT)
 FUT = Instrument(segment=Segment.NSE_FNO, security_id="49081")
@@ -281,3 +288,76 @@ def test_when_runner_crashes_with_exit_in_flight_then_successor_finds_it_by_clie
     gets = [r for r in rig.venue.fake.requests
             if r.method == "GET" and f"X-{position_id}-1" in r.path]
     assert gets, "runner-b looked the exit up by its client id"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_log(path: Path, text: str, timeout: float) -> None:
+    wait_until(lambda: text in path.read_text(errors="replace"), timeout,
+               f"{text!r} in {path.name}:\n{path.read_text(errors='replace')[-3000:]}")
+
+
+def test_when_runner_process_killed_then_another_serves_its_accounts(
+        pg_url: str, nats_url: str, tmp_path: Path) -> None:
+    """``run.py venue`` and ``run.py runner --accounts`` as a user runs them: the first runner
+    trades the account, is killed (-9), and the second takes the partition over and trades on;
+    both stop on SIGTERM with exit code 0, the lease released."""
+    namespace, port = f"t{uuid.uuid4().hex[:10]}", _free_port()
+    (tmp_path / "tracker.toml").write_text(
+        "[policy]\nstop_loss_pct = 0.002\ntake_profit_pct = 0.003\n", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DHAN_")}
+    env.pop("REDIS_URL", None)
+    env.update({"DATABASE_URL": pg_url, "DHAN_CLIENT_ID": CLIENT,
+                "DHAN_ACCESS_TOKEN": VENUE_TOKEN, "DHAN_API_URL": f"http://127.0.0.1:{port}/v2",
+                "PYTHONPATH": str(ROOT)})
+    common = ["--nats", nats_url, "--namespace", namespace, "--accounts", ACCOUNT]
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(*args: str, log: str) -> tuple[subprocess.Popen[bytes], Path]:
+        path = tmp_path / log
+        with path.open("wb") as sink:
+            process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args, *common],
+                                       cwd=tmp_path, env=env, stdout=sink, stderr=sink)
+        started.append(process)
+        return process, path
+
+    try:
+        venue, venue_log = start("venue", "--port", str(port), "--entry-every", "0.5",
+                                 log="venue.log")
+        _wait_log(venue_log, "paper venue: DhanHQ API", 30)
+        first, first_log = start("runner", "--owner", "runner-a", "--lease-seconds", "1.5",
+                                 log="runner-a.log")
+        _wait_log(first_log, f"serving partition {P}", 30)
+        _wait_log(first_log, "placed as order", 30)  # an exit of the account's
+        first.kill()
+        first.wait(10)
+        second, second_log = start("runner", "--owner", "runner-b", "--lease-seconds", "1.5",
+                                   log="runner-b.log")
+        _wait_log(second_log, f"serving partition {P}", 30)
+        _wait_log(second_log, "placed as order", 30)  # it trades on
+        for process in (second, venue):
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(30) == 0
+        assert f"released partition {P}" in second_log.read_text()
+        store = open_store(pg_url, account=ACCOUNT)
+        try:
+            attempts = store.exit_attempts()
+            exited = store.list_positions(PositionStatus.EXITED)
+        finally:
+            store.close()
+        assert exited and attempts
+        assert len({a.client_id for a in attempts}) == len(attempts)
+        logs = first_log.read_text() + second_log.read_text()
+        assert "past a position already closed" not in logs  # no exit filled twice
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+        cleanup = JetStreamTransport(nats_url, namespace=namespace)
+        cleanup.delete_stream()
+        cleanup.close()
