@@ -211,6 +211,9 @@ class Runner:
                 except LeaseLost:
                     self._drop(partition, "a write under its lease was refused at the stop")
                     continue
+                except Exception:  # stopped all the same (at once); the store has the state
+                    self.log.opt(exception=True).error("partition {}: the orderly stop "
+                                                       "failed", partition)
             self.leases.release(held.lease)
             self.log.info("released partition {}", partition)
         self.held.clear()

@@ -121,7 +121,12 @@ class AccountSystems:
                          delivery.account, partition)
             return None
         raw = delivery.data.decode("utf-8", errors="replace")
-        return served.system.store_frame(raw, timeout=self.frame_wait)
+        try:
+            return served.system.store_frame(raw, timeout=self.frame_wait)
+        except (pykka.Timeout, pykka.ActorDeadError) as error:  # not known to be stored
+            logger.warning("order update {} of account {} not stored in time ({}): it comes "
+                           "again", delivery.msg_id, delivery.account, type(error).__name__)
+            return False
 
     def stop(self, partition: int, *, lost: bool) -> None:
         served = self.running.pop(partition, {})
