@@ -286,7 +286,7 @@ class Runner:
                 continue
             if not stored:
                 delivery.nak()
-                if self._lost:  # the lease went with it: the rest is the next owner's
+                if partition in self._lost:  # the lease went with it: the next owner's
                     for left in deliveries[number + 1:]:
                         left.nak()
                     return
