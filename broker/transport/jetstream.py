@@ -72,6 +72,8 @@ class _Loop:
         try:
             return future.result(timeout)
         except TimeoutError as error:
+            if future.done():  # the call's own time-out (nats-py's), not this wait's
+                raise TransportError(f"NATS call timed out: {error or 'no answer'}") from error
             future.cancel()
             raise TransportError(f"NATS call timed out after {timeout:g} s") from error
         except (nats.errors.Error, OSError) as error:
@@ -201,7 +203,9 @@ class JetStreamTransport:
         async def fetch() -> list[Msg]:
             try:
                 msgs: list[Msg] = await pull.fetch(batch, timeout=timeout)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, TimeoutError):
+                # nats-py ends a fetch whose time ran out with either (its own, or asyncio's
+                # when the wait left for its second request is gone): nothing came.
                 return []
             return msgs
 
