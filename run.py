@@ -56,10 +56,13 @@ from app.replay import (
     read_ticks,
     replay_exchange,
 )
+from app.runner import CurrentLease, PartitionLease, Runner, parse_partitions, store_frames
+from app.serving import AccountSystems, Served
 from app.settings import Settings, SettingsError, load_settings
 from broker.dhan import DhanRest, TokenSource
 from broker.dhan import TokenError as DhanTokenError
 from broker.dhan.gateway import DhanGateway, NotingQuotes, ShadowGateway
+from broker.leased import leased
 from broker.paper import PaperBroker, PaperConfig, entry_interval
 from broker.paper.market import TapeMarket
 from console.app import ConsoleConfig, build_app
@@ -68,11 +71,13 @@ from console.server import DEFAULT_BIND, Bind, BindError, ConsoleServer, parse_b
 from console.token import TokenError, operator_token
 from models.accounts import shown
 from models.common import IST
+from models.partitions import PARTITIONS, partition_of
 from models.position import PositionStatus
 from models.report import build_report, position_row
 from store.factory import check_database_url, open_store
 from store.pnl_cache import open_pnl_cache
-from store.ports import Store, StoreError
+from store.ports import LeaseLost, Store, StoreError
+from store.postgres import PostgresStore
 from store.urls import redact_text
 
 
@@ -466,60 +471,155 @@ def _publish(report: dict[str, Any], path: Path) -> None:
 
 
 # Store commands -----------------------------------------------------------------------------------
-def run_runner(settings: Settings, *, nats_url: str, partitions: str, owner: str | None,
-               lease_seconds: float, duration: float | None, namespace: str = "") -> int:
-    """``run.py runner --nats URL``: the scale-out runner's skeleton (``app/runner.py``):
-    claims partitions on PostgreSQL, consumes their order updates from JetStream and stores
-    them fenced by the partition's lease. Not yet applied to positions."""
+RUNNER_SEND_MARGIN = 6.0
+"""A runner's lease is this many times the margin its exits keep before the lease's end
+(``broker.leased``): 1 s of a 6 s lease, a third of what is left when a renewal is due."""
+
+
+def build_runner_system(settings: Settings, account: str, lease: PartitionLease, *, url: str,
+                        clock: Callable[[], datetime], tokens: TokenSource,
+                        on_lease_lost: Callable[[LeaseLost], None],
+                        lease_seconds: float) -> Served:
+    """One account's System on a runner's partition (SPEC §13): its store fenced by the
+    partition's lease, its exits sent to the DhanHQ API (in paper runs the loopback fake
+    DhanHQ, one for every runner) only while the lease has ``lease_seconds /
+    RUNNER_SEND_MARGIN`` left."""
+    dhan = settings.dhan
+    store = PostgresStore(url, account=account, lease=lease, on_lease_lost=on_lease_lost)
+    rest = DhanRest(dhan.api_url, dhan.client_id or "", tokens,
+                    timeout=dhan.request_timeout_seconds)
+    gateway = DhanGateway(rest, protection_pct=dhan.exit_protection_pct, tick=dhan.tick_size,
+                          max_modifications=dhan.exit_max_modifications,
+                          chase_after_seconds=dhan.exit_chase_after_ms / 1000)
+    parts = Parts(store=store, cache=open_pnl_cache(settings.redis_url, account),
+                  gateway=leased(gateway, lease.deadline,
+                                 margin=lease_seconds / RUNNER_SEND_MARGIN),
+                  quotes=NotingQuotes(rest, gateway), config=settings.risk, clock=clock,
+                  account=account, correlation_prefix=settings.correlation_prefix,
+                  urgent_prices=True)
+
+    def close() -> None:
+        store.close()
+        rest.close()
+
+    return Served(System(parts), gateway.note_price, close)
+
+
+def run_runner(settings: Settings, *, nats_url: str, partitions: str | None,
+               owner: str | None, lease_seconds: float, duration: float | None,
+               namespace: str = "") -> int:
+    """``run.py runner --nats URL``: a scale-out runner (``app/runner.py``). With accounts
+    (``--accounts`` or ``accounts`` in ``tracker.toml``) it claims their partitions and runs a
+    System per account (``app/serving.py``); without, it stores its partitions' order updates
+    raw, fenced by their leases."""
     # Imported here: a single-process run never loads the NATS client.
-    from app.runner import CurrentLease, Runner, parse_partitions, store_frames
     from broker.transport.jetstream import JetStreamTransport
     from broker.transport.ports import TransportError, orders_wildcard
     from store.leases import PostgresLeases
-    from store.postgres import PostgresStore
 
     url = settings.database_url
     if url is None or not url.lower().startswith(("postgresql://", "postgres://")):
         raise InputError("a runner needs PostgreSQL (--db / DATABASE_URL): its leases live "
                          "there")
     try:
-        wanted = parse_partitions(partitions)
+        wanted = parse_partitions(partitions) if partitions is not None else None
     except ValueError as error:
         raise InputError(f"--partitions: {error}") from None
     try:
         orders_wildcard(namespace)
     except ValueError as error:
         raise InputError(f"--namespace: {error}") from None
+    accounts = settings.accounts
+    tokens = live_credentials(settings, os.environ) if accounts else None
+    if accounts:
+        mine = sorted({partition_of(account) for account in accounts})
+        wanted = mine if wanted is None else sorted(set(mine) & set(wanted))
+    elif wanted is None:
+        wanted = list(range(PARTITIONS))
     open_store(url).close()  # migrated unfenced: a fenced store writes only under a lease
-    leases = PostgresLeases(url, lease_seconds=lease_seconds)
+    leases = PostgresLeases(url, lease_seconds=lease_seconds,
+                            http_timeout=settings.dhan.request_timeout_seconds)
     leases.migrate()
-    current = CurrentLease()
-    store = PostgresStore(url, lease=current)
     try:
         transport = JetStreamTransport(nats_url, namespace=namespace)
     except TransportError as error:
         leases.close()
-        store.close()
         print(f"transport error: {one_line(error)}", file=sys.stderr)
         return 1
     name = owner or f"runner-{uuid.uuid4().hex[:8]}"
-    runner = Runner(leases, transport, owner=name, partitions=wanted,
-                    deliver=store_frames(store, _wall_clock), current=current)
+    closing: list[Callable[[], None]] = [leases.close, transport.close]
+    if tokens is not None:
+        clock: Callable[[], datetime] = SessionClock(settings.dhan.session_start) \
+            if settings.dhan.session_start is not None else _wall_clock
+        holder: list[Runner] = []
+        systems = AccountSystems(accounts, lambda account, lease: build_runner_system(
+            settings, account, lease, url=url, clock=clock, tokens=tokens,
+            on_lease_lost=holder[0].lease_lost, lease_seconds=lease_seconds),
+            transport, clock=clock)
+        runner = Runner(leases, transport, owner=name, partitions=wanted, serve=systems)
+        holder.append(runner)
+        closing.insert(0, systems.close)
+    else:
+        current = CurrentLease()
+        store = PostgresStore(url, lease=current)
+        closing.append(store.close)
+        runner = Runner(leases, transport, owner=name, partitions=wanted,
+                        deliver=store_frames(store, _wall_clock), current=current)
     stop = threading.Event()
     _on_signals(stop)
     if duration is not None:
         timer = threading.Timer(duration, stop.set)
         timer.daemon = True
         timer.start()
-    logger.info("runner {} on {} partitions", name, len(wanted))
+    logger.info("runner {} on {} partitions ({} accounts)", name, len(wanted), len(accounts))
     try:
         runner.run(stop)
     finally:
-        runner.release_all()
-        transport.close()
-        store.close()
-        leases.close()
+        try:
+            runner.release_all()
+        finally:
+            for close in closing:
+                close()
     logger.info("runner {} stopped: {} updates stored", name, runner.delivered)
+    return 0
+
+
+def run_venue(settings: Settings, *, nats_url: str, port: int, namespace: str,
+              entry_every: float, duration: float | None) -> int:
+    """``run.py venue``: the paper broker every runner shares (``app/venue.py``)."""
+    from app.venue import PaperVenue
+    from broker.transport.jetstream import JetStreamTransport
+    from broker.transport.ports import TransportError, orders_wildcard
+
+    try:
+        orders_wildcard(namespace)
+    except ValueError as error:
+        raise InputError(f"--namespace: {error}") from None
+    if not 0 < port < 65536:
+        raise InputError(f"--port: {port} is not a TCP port")
+    if not settings.accounts:
+        raise InputError("--accounts: name the accounts whose entries the venue places")
+    try:
+        transport = JetStreamTransport(nats_url, namespace=namespace)
+    except TransportError as error:
+        print(f"transport error: {one_line(error)}", file=sys.stderr)
+        return 1
+    clock: Callable[[], datetime] = SessionClock(settings.dhan.session_start) \
+        if settings.dhan.session_start is not None else _wall_clock
+    venue = PaperVenue(transport, settings.accounts, clock=clock, entry_every=entry_every,
+                       seed=settings.paper.seed)
+    stop = threading.Event()
+    _on_signals(stop)
+    if duration is not None:
+        timer = threading.Timer(duration, stop.set)
+        timer.daemon = True
+        timer.start()
+    try:
+        venue.run(stop, port)
+    finally:
+        transport.close()
+    logger.info("paper venue stopped: {} entries, {} order updates published", venue.entries,
+                venue.published)
     return 0
 
 
@@ -628,11 +728,14 @@ def parser() -> argparse.ArgumentParser:
     live.add_argument("--trace", type=Path, help="write message traces as JSON lines")
     live.add_argument("--http", default=DEFAULT_BIND, help="operator console HOST:PORT, or "
                       f"off (default {DEFAULT_BIND})")
-    runner = commands.add_parser("runner", help="scale-out runner (skeleton): claims "
-                                 "partitions, stores their order updates from NATS JetStream")
+    runner = commands.add_parser("runner", help="scale-out runner: claims the partitions "
+                                 "of its accounts and runs their actors, order updates from "
+                                 "NATS JetStream, prices from NATS")
     runner.add_argument("--nats", required=True, help="NATS URL, e.g. nats://127.0.0.1:4222")
-    runner.add_argument("--partitions", default="0-255", help="partitions to claim, e.g. "
-                        "0-63,128 (default all)")
+    runner.add_argument("--accounts", help="accounts served, comma-separated (overrides "
+                        "accounts in tracker.toml): a System each, on their partitions")
+    runner.add_argument("--partitions", help="partitions to claim, e.g. 0-63,128 (default: "
+                        "those of the accounts; all when there are none)")
     runner.add_argument("--owner", help="this runner's name in the leases (default: random)")
     runner.add_argument("--namespace", default="", help="prefix of the NATS subjects and "
                         "stream, for several deployments on one server (default none)")
@@ -640,6 +743,20 @@ def parser() -> argparse.ArgumentParser:
                         help="lease length (default 6)")
     runner.add_argument("--duration", type=_positive, help="seconds to run (default: until "
                         "Ctrl-C)")
+    venue = commands.add_parser("venue", help="the paper broker shared by runners: fake "
+                                "DhanHQ API, entries, order updates to JetStream, prices to "
+                                "NATS")
+    venue.add_argument("--nats", required=True, help="NATS URL, e.g. nats://127.0.0.1:4222")
+    venue.add_argument("--accounts", help="accounts whose entries it places, comma-separated "
+                       "(overrides accounts in tracker.toml)")
+    venue.add_argument("--port", type=int, default=8900, help="the fake DhanHQ's port on "
+                       "127.0.0.1 (default 8900)")
+    venue.add_argument("--namespace", default="", help="prefix of the NATS subjects and "
+                       "stream (as the runners')")
+    venue.add_argument("--entry-every", type=_positive, default=2.0,
+                       help="seconds between entries (default 2)")
+    venue.add_argument("--duration", type=_positive, help="seconds to run (default: until "
+                       "Ctrl-C)")
     commands.add_parser("reset-kill-switch", help="operator reset of the latched kill switch")
     trace = commands.add_parser("trace", help="views of a trace file written with --trace")
     trace.add_argument("file", type=Path)
@@ -659,7 +776,7 @@ def parser() -> argparse.ArgumentParser:
         if sub is not replay:
             sub.add_argument("--policy", type=Path, help="policy TOML file",
                              default=argparse.SUPPRESS)
-        if sub is not runner:
+        if sub not in (runner, venue):
             sub.add_argument("--account", help="the account served (overrides "
                              "TRACKER_ACCOUNT; default: paper, or DHAN_CLIENT_ID live)",
                              default=argparse.SUPPRESS)
@@ -733,6 +850,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     flags = {k: getattr(args, k, None) for k in ("database_url", "redis_url", "positions",
                                                    "seed", "account")}
+    if getattr(args, "accounts", None) is not None:
+        flags["accounts"] = tuple(a.strip() for a in args.accounts.split(",") if a.strip())
     if args.command == "trace":
         return run_trace(args)
     try:
@@ -748,6 +867,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_runner(settings, nats_url=args.nats, partitions=args.partitions,
                               owner=args.owner, lease_seconds=args.lease_seconds,
                               duration=args.duration, namespace=args.namespace)
+        if args.command == "venue":
+            return run_venue(settings, nats_url=args.nats, port=args.port,
+                             namespace=args.namespace, entry_every=args.entry_every,
+                             duration=args.duration)
         if args.command == "replay":
             return run_replay(_policy_runs(args, flags), _days(args), args.report,
                               getattr(args, "database_url", None), args.trace,

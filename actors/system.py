@@ -22,7 +22,7 @@ from typing import Any
 import pykka
 from loguru import logger
 
-from actors.orders.actor import OrderUpdateActor
+from actors.orders.actor import OrderUpdateActor, StoreFrame
 from actors.pnl.writer import PnLWriterActor
 from actors.prices.batcher import LTPBatcherActor, tick_feed
 from actors.prices.edges import PriceEdges
@@ -273,6 +273,16 @@ class System:
         ids = cause.caused() if isinstance(cause, Message) else {"correlation_id": new_id()}
         self.orders.tell(OrderUpdateReceived(raw=raw, sent_at=self.parts.clock(), **ids))
 
+    def store_frame(self, raw: str, timeout: float = ASK) -> bool:
+        """A raw broker frame from a runner's transport (SPEC §13): handled now, and True once
+        it is stored durably, so that the transport may forget it (a new owner routes the
+        stored frames again at its start); False when it is not (ack nothing: it comes again,
+        and the order-update actor ignores an update it has seen)."""
+        frame = OrderUpdateReceived(raw=raw, sent_at=self.parts.clock(),
+                                    correlation_id=new_id(), source="transport")
+        stored: bool = self.orders.ask(StoreFrame(frame), block=True, timeout=timeout)
+        return stored
+
     def tick(self, instrument: Instrument, ltp: Any, at: datetime) -> None:
         self._feed(instrument, PriceMark(ltp=ltp, at=at))
 
@@ -499,6 +509,22 @@ class System:
         if self.inflight is not None and counting() is self.inflight:
             count_into(None)
         logger.info("stopped: mailboxes drained, state flushed")
+
+    def abandon(self) -> None:
+        """Stop at once, without the orderly stop's checkpoints and flushes: a runner whose
+        partition lease is lost (SPEC §13). The store and the gateway refuse by then (the
+        lease is revoked), so what the actors still handle before their stop writes and sends
+        nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.ticker is not None:
+            self.ticker.stop()
+            self.ticker = None
+        self._stop_actors()
+        self.dispatcher.shutdown()
+        logger.info("account {}: stopped at once (its partition's lease is lost)",
+                    self.parts.account)
 
     def _stop_actors(self) -> None:
         """Stop this system's actors only (another account's system in the same process goes

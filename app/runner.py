@@ -1,32 +1,39 @@
-"""A runner (SPEC §13), the skeleton: it claims partitions, keeps their leases, and consumes
-their order updates, storing each under its partition's lease before acking it.
+"""A runner (SPEC §13): it claims partitions, keeps their leases, runs the actors of their
+accounts and feeds them their order updates.
 
-What it does now, one ``step`` at a time (``run`` repeats it until told to stop):
+What it does, one ``step`` at a time (``run`` repeats it until told to stop):
 
-1. claims each partition of its set that it does not hold (``Leases.claim``); one taken over
+1. drops at once every partition whose lease a fenced write found lost (``lease_lost``, called
+   by the store from any thread: the partition's ``PartitionLease`` refuses from that moment);
+2. claims each partition of its set that it does not hold (``Leases.claim``); one taken over
    from a lapsed owner is held back for ``claim_wait`` (the old lease plus the HTTP timeout);
-2. renews every lease past a third of its life; a renewal refused (``LeaseLost``) drops the
+3. renews every lease past a third of its life; a renewal refused (``LeaseLost``) drops the
    partition at once;
-3. pulls each ready partition's order updates and hands each to ``deliver(partition, data)``
-   while the partition's lease is the current one (``CurrentLease``: a store made with
-   ``lease=current`` fences its writes by it); acks once ``deliver`` returns, naks when it
-   raises, and drops the partition on ``LeaseLost``.
+4. starts what serves a partition once it is ready (``Serve.start``: the Systems of its
+   accounts, ``app/serving.py``), then pulls its order updates and hands each over; acks once
+   the update is stored, naks when it is not, and drops the partition on ``LeaseLost``;
+5. lets the served Systems keep their price subscriptions (``Serve.step``).
 
-Not yet: the actors. Updates are stored raw (the audit trail), not applied to positions; a new
-owner does not yet reload its partitions' positions nor reconcile the accounts with the broker.
+Dropping a partition (its lease lost) stops what serves it without a write or an order more
+(``Serve.stop(lost=True)``); a graceful stop (``release_all``) stops it in order under the live
+lease and then releases the lease, so the next owner need not wait.
+
+Without a ``Serve`` (``deliver``) the runner only stores each update raw (``store_frames``).
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 from loguru import logger
 
-from broker.transport.ports import Transport, TransportError
+from broker.transport.ports import Delivery, Transport, TransportError
 from models.partitions import PARTITIONS
 from models.wire import Rejection, parse_order_update
 from store.ports import Lease, LeaseLost, Leases, Store, StoreError
@@ -51,25 +58,84 @@ class CurrentLease:
         self._local.lease = lease
 
 
+class PartitionLease:
+    """One partition's lease as what serves it sees it: the ``lease=`` of its fenced stores
+    (``__call__``) and the ``deadline`` of its leased gateways. Renewals replace the lease;
+    ``revoke`` ends it at once for every thread: a write then raises ``LeaseLost`` without
+    reaching the database, and a send is refused."""
+
+    def __init__(self, lease: Lease) -> None:
+        self.partition, self.epoch = lease.partition, lease.epoch
+        self._lease: Lease | None = lease
+
+    def __call__(self) -> Lease:
+        lease = self._lease  # one read: revoke may come from another thread
+        if lease is None:
+            raise LeaseLost(self.partition, self.epoch, "write after the loss")
+        return lease
+
+    def deadline(self) -> float:
+        lease = self._lease
+        return -math.inf if lease is None else lease.deadline
+
+    @property
+    def revoked(self) -> bool:
+        return self._lease is None
+
+    def renewed(self, lease: Lease) -> None:
+        if self._lease is not None:
+            self._lease = lease
+
+    def revoke(self) -> None:
+        self._lease = None
+
+
+class Serve(Protocol):
+    """What runs on a runner's partitions (``app.serving.AccountSystems``); called from the
+    runner's thread only."""
+
+    def start(self, partition: int, lease: PartitionLease) -> None:
+        """The partition is ready (claimed, ``claim_wait`` over): start serving it."""
+
+    def deliver(self, partition: int, delivery: Delivery) -> bool | None:
+        """Hand one order update over: True once it is stored (ack), False when it is not
+        (nak: it comes again), None to leave it (redelivered after the ack wait)."""
+
+    def stop(self, partition: int, *, lost: bool) -> None:
+        """Stop serving the partition: in order under its live lease, or (``lost``) at once,
+        writing and sending nothing more."""
+
+    def step(self) -> None:
+        """Routine upkeep between pulls (price subscriptions)."""
+
+
 @dataclass
 class Held:
     lease: Lease
     ready_at: float  # monotonic: claim_wait over, the partition may act
     renew_at: float
+    shared: PartitionLease
+    served: bool = False
 
 
 class Runner:
     def __init__(self, leases: Leases, transport: Transport, *, owner: str,
-                 partitions: Iterable[int], deliver: Deliver, current: CurrentLease,
+                 partitions: Iterable[int], deliver: Deliver | None = None,
+                 current: CurrentLease | None = None, serve: Serve | None = None,
                  batch: int = 100, pull_budget: float = 0.2, claim_every: float | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        """``pull_budget``: seconds one step waits for updates, shared by the partitions
-        (a step must come round to renewals well within a lease); ``claim_every``: seconds
-        between rounds of claims (a third of the lease by default: a claim is a transaction
-        per partition)."""
+        """Either ``serve`` (the actors of the partitions' accounts) or ``deliver`` with
+        ``current`` (raw frames stored). ``pull_budget``: seconds one step waits for updates,
+        shared by the partitions (a step must come round to renewals well within a lease);
+        ``claim_every``: seconds between rounds of claims (a third of the lease by default: a
+        claim is a transaction per partition)."""
+        if (serve is None) == (deliver is None or current is None):
+            raise ValueError("a runner serves (serve) or stores frames (deliver, current)")
         self.leases, self.transport, self.owner = leases, transport, owner
         self.partitions = sorted(set(partitions))
-        self.deliver, self.current = deliver, current
+        self.deliver, self.current, self.serve = deliver, current, serve
+        self._lost: set[int] = set()
+        self._lost_lock = threading.Lock()
         self.batch, self.pull_budget, self.clock = batch, pull_budget, clock
         self.claim_every = leases.lease_seconds / 3 if claim_every is None else claim_every
         self.next_claim = 0.0
@@ -80,7 +146,17 @@ class Runner:
     def owned(self) -> list[int]:
         return sorted(self.held)
 
+    def lease_lost(self, lost: LeaseLost) -> None:
+        """A fenced write found the partition's lease lost (any thread): nothing more is
+        written or sent under it from now on, and the next step stops the partition."""
+        held = self.held.get(lost.partition)
+        if held is not None and held.shared.epoch == lost.epoch:
+            held.shared.revoke()
+        with self._lost_lock:
+            self._lost.add(lost.partition)
+
     def step(self) -> None:
+        self._drop_lost()
         if self.clock() >= self.next_claim:
             self._claim()
             self.next_claim = self.clock() + self.claim_every
@@ -88,8 +164,31 @@ class Runner:
         now = self.clock()
         ready = [p for p, held in sorted(self.held.items()) if now >= held.ready_at]
         for partition in ready:
-            if partition in self.held:  # not dropped meanwhile
+            if partition in self.held and self._served(partition):  # not dropped meanwhile
                 self._consume(partition, self.pull_budget / len(ready))
+            self._drop_lost()
+        if self.serve is not None:
+            self.serve.step()
+
+    def _served(self, partition: int) -> bool:
+        held = self.held[partition]
+        if self.serve is None or held.served:
+            return True
+        try:
+            self.serve.start(partition, held.shared)
+        except LeaseLost:
+            self._drop(partition, "a write under its lease was refused at the start")
+            return False
+        held.served = True
+        self.log.info("serving partition {}", partition)
+        return True
+
+    def _drop_lost(self) -> None:
+        with self._lost_lock:
+            lost, self._lost = self._lost, set()
+        for partition in sorted(lost):
+            if partition in self.held and self.held[partition].shared.revoked:
+                self._drop(partition, "a write under its lease was refused")
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -102,8 +201,19 @@ class Runner:
                 stop.wait(1.0)
 
     def release_all(self) -> None:
-        """Graceful hand-over: every lease released, so the next owner need not wait."""
+        """Graceful hand-over: what serves each partition stopped in order under its lease,
+        then every lease released, so the next owner need not wait."""
+        self._drop_lost()
         for partition, held in sorted(self.held.items()):
+            if self.serve is not None and held.served:
+                try:
+                    self.serve.stop(partition, lost=False)
+                except LeaseLost:
+                    self._drop(partition, "a write under its lease was refused at the stop")
+                    continue
+                except Exception:  # stopped all the same (at once); the store has the state
+                    self.log.opt(exception=True).error("partition {}: the orderly stop "
+                                                       "failed", partition)
             self.leases.release(held.lease)
             self.log.info("released partition {}", partition)
         self.held.clear()
@@ -117,7 +227,8 @@ class Runner:
                 continue
             wait = self.leases.claim_wait(lease)
             now = self.clock()
-            self.held[partition] = Held(lease, now + wait, self._renew_at(lease))
+            self.held[partition] = Held(lease, now + wait, self._renew_at(lease),
+                                        PartitionLease(lease))
             self.log.info("claimed partition {} (epoch {}, acting in {:.1f} s)", partition,
                           lease.epoch, wait)
 
@@ -132,13 +243,19 @@ class Runner:
             try:
                 held.lease = self.leases.renew(held.lease)
                 held.renew_at = self._renew_at(held.lease)
+                held.shared.renewed(held.lease)
             except LeaseLost:
                 self._drop(partition, "its lease could not be renewed")
 
     def _consume(self, partition: int, timeout: float) -> None:
+        deliveries = self.transport.pull_order_updates(partition, batch=self.batch,
+                                                       timeout=timeout)
+        if self.serve is not None:
+            self._hand_over(partition, self.serve, deliveries)
+            return
+        assert self.deliver is not None and self.current is not None
         held = self.held[partition]
-        for delivery in self.transport.pull_order_updates(partition, batch=self.batch,
-                                                          timeout=timeout):
+        for delivery in deliveries:
             self.current.set(held.lease)
             try:
                 self.deliver(partition, delivery.data)
@@ -154,9 +271,36 @@ class Runner:
             delivery.ack()
             self.delivered += 1
 
+    def _hand_over(self, partition: int, serve: Serve, deliveries: list[Delivery]) -> None:
+        for number, delivery in enumerate(deliveries):
+            try:
+                stored = serve.deliver(partition, delivery)
+            except LeaseLost:
+                stored = False
+                self.lease_lost(LeaseLost(partition, self.held[partition].lease.epoch))
+            except Exception:
+                for left in deliveries[number:]:
+                    left.nak()  # not stored: delivered again
+                raise
+            if stored is None:
+                continue
+            if not stored:
+                delivery.nak()
+                if partition in self._lost:  # the lease went with it: the next owner's
+                    for left in deliveries[number + 1:]:
+                        left.nak()
+                    return
+                continue
+            delivery.ack()
+            self.delivered += 1
+
     def _drop(self, partition: int, why: str) -> None:
-        self.held.pop(partition, None)
+        held = self.held.pop(partition, None)
+        if held is not None:
+            held.shared.revoke()  # first: nothing more is written or sent under it
         self.log.warning("partition {} dropped: {}", partition, why)
+        if held is not None and held.served and self.serve is not None:
+            self.serve.stop(partition, lost=True)
 
 
 def store_frames(store: Store, clock: Callable[[], datetime]) -> Deliver:

@@ -86,12 +86,24 @@ class Settings(Frozen):
     (``--account``, ``account`` in ``tracker.toml``, ``TRACKER_ACCOUNT``); None: the
     DhanHQ client id in a live session, ``DEFAULT_ACCOUNT`` otherwise."""
 
+    accounts: tuple[str, ...] = ()
+    """The accounts a runner serves (``run.py runner --accounts a,b`` or ``accounts = [...]``
+    in ``tracker.toml``): it claims their partitions and runs a System for each."""
+
     @field_validator("account")
     @classmethod
     def _well_formed_account(cls, value: str | None) -> str | None:
         try:
             return None if value is None else check_account(value)
         except AccountError as error:  # its own words, without pydantic's "Value error, "
+            raise PydanticCustomError("account", str(error)) from None
+
+    @field_validator("accounts")
+    @classmethod
+    def _well_formed_accounts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        try:
+            return tuple(check_account(account) for account in value)
+        except AccountError as error:
             raise PydanticCustomError("account", str(error)) from None
 
     def account_id(self, *, live: bool = False) -> str:

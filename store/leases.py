@@ -40,6 +40,7 @@ from psycopg.conninfo import conninfo_to_dict
 from models.partitions import PARTITIONS
 from store.pg_pool import Connection, ConnectionPool
 from store.ports import Lease, LeaseLost, StoreError
+from store.schema import POSTGRES
 from store.urls import redact_text, redact_url
 
 CREATE_TABLE = """
@@ -125,6 +126,11 @@ class PostgresLeases:
 
     def migrate(self) -> None:
         with self._tx() as cur:
+            # Runners started together: ``CREATE TABLE IF NOT EXISTS`` side by side can both
+            # try to create it (a duplicate-key error on the catalogue), so one at a time.
+            lock = POSTGRES.migration_lock
+            assert lock is not None
+            cur.execute(lock)
             cur.execute(CREATE_TABLE)
 
     def close(self) -> None:

@@ -20,8 +20,9 @@ current ``Lease``) runs every write, one statement or several, in a transaction 
 holds the lease row ``FOR SHARE`` (``store.leases.hold_fence``): under a lost lease it raises
 ``LeaseLost`` and writes nothing, and a takeover waits for it. It costs the ``BEGIN``, the
 fence and the ``COMMIT`` on every write. Reads are not fenced. Its connections end a
-transaction left idle for ``write_idle_timeout`` (a paused runner), as the leases' do. Without
-a lease (a single process) nothing changes.
+transaction left idle for ``write_idle_timeout`` (a paused runner), as the leases' do;
+``on_lease_lost`` hears of every refused write (the runner stops the partition). Without a
+lease (a single process) nothing changes.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from models.position import Fill, Position
 from store.leases import hold_fence
 from store.pg_pool import Connection, ConnectionPool
 from store.pg_text import MARK, escape_nul, unescape_nul
-from store.ports import Lease, StoreError
+from store.ports import Lease, LeaseLost, StoreError
 from store.records import ExitAttempt, ReceivedFrame
 from store.schema import POSTGRES
 from store.sql import SqlStore, newest_of_each
@@ -117,10 +118,12 @@ class PostgresStore(SqlStore):
     def __init__(self, url: str, *, clock: Clock = utc_now, connect_timeout: int = 5,
                  pool_size: int = 12, pool_wait: float = 30.0,
                  lease: Callable[[], Lease] | None = None,
+                 on_lease_lost: Callable[[LeaseLost], None] | None = None,
                  write_idle_timeout: float = 2.0, account: str = DEFAULT_ACCOUNT) -> None:
         super().__init__(safe_name=redact_url(url), clock=clock, account=account)
         self._url = url
         self._lease = lease
+        self._on_lease_lost = on_lease_lost
         self._idle_ms = max(1, round(write_idle_timeout * 1000))
         self._connect_timeout = connect_timeout
         self._pool = ConnectionPool(self._connect, size=pool_size, wait=pool_wait,
@@ -156,6 +159,10 @@ class PostgresStore(SqlStore):
                 if write and self._lease is not None:
                     hold_fence(pooled.cursor, self._lease())
                 yield pooled.cursor
+        except LeaseLost as lost:
+            if self._on_lease_lost is not None:  # the runner stops the partition at once
+                self._on_lease_lost(lost)
+            raise
         finally:
             self._pool.give(pooled)
 

@@ -79,6 +79,15 @@ class FlushFrames:
     """To the order-update actor itself: store and route the frames held for a batch."""
 
 
+@dataclass(frozen=True, slots=True)
+class StoreFrame:
+    """Asked of the order-update actor (a runner, SPEC §13): handle ``frame`` now and answer
+    whether it is stored durably (False: it waits in memory for the store, or its partition's
+    lease is lost); the runner acks the update only on True."""
+
+    frame: OrderUpdateReceived
+
+
 class OrderUpdateActor(SingletonActor):
     trace_kind = "orders"
     batch_limit = 64
@@ -244,6 +253,9 @@ class OrderUpdateActor(SingletonActor):
         match message:
             case OrderUpdateReceived():
                 self.hold(message)
+            case StoreFrame():  # the frames held before it were handled by ``intercept``
+                self.handle_frames([message.frame])
+                return self.audit.unstored == 0
             case PositionOpened() | PositionChanged() | PositionClosed():
                 self._position_event(message.position, message)
             case KnownPosition():

@@ -157,6 +157,8 @@ class PositionKeeper:
         self.exit_deadline: datetime | None = None
         """When the current exit attempt is looked up at the broker if it has not ended."""
         self._not_found = 0
+        self._resuming = False
+        """An exit attempt of an earlier run, looked up before it is placed again."""
         self._exit_timeout = timedelta(milliseconds=context.config.policy.exit_timeout_ms)
         self.outage: _Outage | None = None
         """Set while writes fail: the state lives in memory, protected, until it is stored."""
@@ -699,18 +701,33 @@ class PositionKeeper:
         return out + self._announce(cause)
 
     def on_resume(self, message: ResumeExit) -> Out:
+        """An exit in flight when the last run stopped (or the partition's last owner lost
+        it, SPEC §13): looked up at the broker by its client id first; placed again, with the
+        same client id, only if the broker does not know it (``on_exit_looked_up``)."""
         position = self.position
         if position.status is not PositionStatus.EXITING or position.exit_reason is None:
             return []
         now = self.ctx.clock()
         self.exit_deadline, self._not_found = now + self._exit_timeout, 0
+        self._resuming = True
         client_id = exit_client_id(position.position_id, position.exit_attempt)
-        self.log.info("resuming exit attempt {} ({}) after a restart", position.exit_attempt,
-                      position.exit_reason)
+        self.log.info("resuming exit attempt {} ({}) after a restart: looking {} up",
+                      position.exit_attempt, position.exit_reason, client_id)
+        return [(Target.SUPERVISOR, LookUpExitOrder(
+            position_id=position.position_id, attempt=position.exit_attempt,
+            client_id=client_id, correlation_id=new_id(), sent_at=now))]
+
+    def _place_resumed(self, message: ExitOrderLookedUp) -> Out:
+        """Not at the broker: the earlier run never sent it (its sends are over by now:
+        ``claim_wait``), so it goes out now under the same client id."""
+        position = self.position
+        assert position.exit_reason is not None
+        self.log.info("exit {} not at the broker: placing it", message.client_id)
         decision = ExitDecision(reason=position.exit_reason, detail="resumed after restart")
         return [(Target.SUPERVISOR, ExitRequested(
             position=position, decision=decision, attempt=position.exit_attempt,
-            client_id=client_id, correlation_id=new_id(), sent_at=now))]
+            client_id=message.client_id, correlation_id=new_id(),
+            sent_at=self.ctx.clock()))]
 
     # Exits that do not end (SPEC §11.6) ---------------------------------------------------------
     def _watch_exit(self, now: datetime, cause: Cause) -> Out:
@@ -744,6 +761,9 @@ class PositionKeeper:
                 position.status is not PositionStatus.EXITING or message.error is not None:
             return []  # an earlier attempt, or nothing to resolve; a failed look-up: again later
         now = self.ctx.clock()
+        resuming, self._resuming = self._resuming, False
+        if not message.found and resuming:
+            return self._place_resumed(message)
         if not message.found:
             self._not_found += 1
             if self._not_found < 2:  # a placement may still be on its way: look once more

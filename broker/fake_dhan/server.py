@@ -156,7 +156,8 @@ class FakeDhan:
         return f"ws://127.0.0.1:{self.port}/feed"
 
     # Life ---------------------------------------------------------------------------------------
-    def start(self, timeout: float = 10.0) -> FakeDhan:
+    def start(self, timeout: float = 10.0, port: int = 0) -> FakeDhan:
+        """Serve on ``127.0.0.1:port`` (0: any free port, ``self.port`` then)."""
         app = Starlette(routes=[
             Route("/v2/orders", self._place, methods=["POST"]),
             Route("/v2/orders", self._orders, methods=["GET"]),
@@ -170,7 +171,7 @@ class FakeDhan:
             WebSocketRoute("/order-update", self._order_socket),
             WebSocketRoute("/feed", self._feed),
         ])
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                 ws="websockets-sansio", lifespan="off",
                                 timeout_graceful_shutdown=1)
         self._server = server = uvicorn.Server(config)

@@ -45,6 +45,8 @@ from models.partitions import partition_name, partition_of
 
 T = TypeVar("T")
 MSG_ID = "Nats-Msg-Id"
+ACCOUNT = "Tracker-Account"
+"""The header naming the update's account (several accounts share a partition's subject)."""
 
 
 async def _on_error(error: Exception) -> None:
@@ -70,6 +72,8 @@ class _Loop:
         try:
             return future.result(timeout)
         except TimeoutError as error:
+            if future.done():  # the call's own time-out (nats-py's), not this wait's
+                raise TransportError(f"NATS call timed out: {error or 'no answer'}") from error
             future.cancel()
             raise TransportError(f"NATS call timed out after {timeout:g} s") from error
         except (nats.errors.Error, OSError) as error:
@@ -96,6 +100,10 @@ class _Delivery:
     @property
     def msg_id(self) -> str:
         return (self.msg.headers or {}).get(MSG_ID, "")
+
+    @property
+    def account(self) -> str:
+        return (self.msg.headers or {}).get(ACCOUNT, "")
 
     @property
     def data(self) -> bytes:
@@ -174,7 +182,8 @@ class JetStreamTransport:
     def publish_order_update(self, account_id: str, msg_id: str, data: bytes) -> bool:
         subject = order_subject(partition_of(account_id), self._namespace)
         ack = self._run(self._js.publish(subject, data, stream=self._stream,
-                                         headers={MSG_ID: msg_id}))
+                                         headers={MSG_ID: msg_id,
+                                                  ACCOUNT: account_id}))
         return not ack.duplicate
 
     def pull_order_updates(self, partition: int, *, batch: int = 100,
@@ -194,7 +203,9 @@ class JetStreamTransport:
         async def fetch() -> list[Msg]:
             try:
                 msgs: list[Msg] = await pull.fetch(batch, timeout=timeout)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, TimeoutError):
+                # nats-py ends a fetch whose time ran out with either (its own, or asyncio's
+                # when the wait left for its second request is gone): nothing came.
                 return []
             return msgs
 

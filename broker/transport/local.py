@@ -27,6 +27,7 @@ class _Entry:
     seq: int
     msg_id: str
     data: bytes
+    account: str
     deliveries: int = 0
     due: float = 0.0  # may be delivered (again) from this monotonic time
 
@@ -45,6 +46,10 @@ class _Delivery:
     @property
     def msg_id(self) -> str:
         return self.entry.msg_id
+
+    @property
+    def account(self) -> str:
+        return self.entry.account
 
     @property
     def data(self) -> bytes:
@@ -88,7 +93,7 @@ class LocalTransport:
             self._recent.append(msg_id)
             self._seen.add(msg_id)
             self._seq += 1
-            self._pending[partition][self._seq] = _Entry(self._seq, msg_id, data)
+            self._pending[partition][self._seq] = _Entry(self._seq, msg_id, data, account_id)
             self._changed.notify_all()
         return True
 

@@ -65,6 +65,10 @@ class Delivery(Protocol):
     def msg_id(self) -> str: ...
 
     @property
+    def account(self) -> str:
+        """The account the update belongs to (as published)."""
+
+    @property
     def data(self) -> bytes: ...
 
     @property

@@ -38,6 +38,8 @@ class Wire:
     def __init__(self, exchange: PaperExchange, store: FakeStore, clock: ManualClock) -> None:
         self.exchange, self.store, self.clock = exchange, store, clock
         self.sink: list[object] = []
+        self.placements: list[str] = []
+        self.look_ups: list[str] = []
         self.cut = False
         self.lost: list[str] = []
         """Frames the exchange sent before the system subscribed: nobody heard of them."""
@@ -56,6 +58,7 @@ class Wire:
 
     def place_order(self, *, client_id: str, instrument: Instrument, txn_type: TxnType,
                     quantity: int, product: str | None) -> str:
+        self.placements.append(client_id)
         return self.exchange.place_order(client_id=client_id, instrument=instrument,
                                          txn_type=txn_type, quantity=quantity, product=product)
 
@@ -63,6 +66,7 @@ class Wire:
         self.exchange.cancel_order(order_no)
 
     def find_order(self, client_id: str) -> OrderView | None:
+        self.look_ups.append(client_id)
         return self.exchange.find_order(client_id)
 
     def subscribe(self, sink: object) -> None:
@@ -71,15 +75,17 @@ class Wire:
 
 class Run:
     """One process: the system on ``store`` over an exchange of its own (a killed process
-    takes its paper exchange with it), its clock at ``at``."""
+    takes its paper exchange with it) or over ``exchange`` (a broker that outlives it), its
+    clock at ``at``."""
 
-    def __init__(self, store: FakeStore, prefix: str, at: datetime, ltp: str = "200") -> None:
+    def __init__(self, store: FakeStore, prefix: str, at: datetime, ltp: str = "200",
+                 exchange: PaperExchange | None = None) -> None:
         self.store = store
         self.clock = ManualClock(at)
-        self.market = TapeMarket([])
+        self.market = TapeMarket([]) if exchange is None else exchange.market
         self.market.set_price(INSTRUMENT, Decimal(ltp), at)
-        self.exchange = PaperExchange(self.market, latency=timedelta(0), order_prefix=prefix,
-                                      start=at)
+        self.exchange = exchange or PaperExchange(self.market, latency=timedelta(0),
+                                                  order_prefix=prefix, start=at)
         self.wire = Wire(self.exchange, store, self.clock)
         self.system = System(Parts(store=store, cache=InMemoryPnLCache(), gateway=self.wire,
                                    quotes=None, config=RiskConfig(), clock=self.clock))
@@ -200,3 +206,41 @@ def test_a_restart_applies_only_the_exchange_days_frames_and_changes_nothing_app
     assert sorted(second.placed()) == [exit_client_id("PE2", 1), exit_client_id("PE3", 1)]
     assert store.positions["PE2"].status is PositionStatus.EXITED
     assert store.positions["PE2"].entry_qty == 40  # its entry order stayed partly filled
+
+
+def test_an_exit_in_flight_at_a_kill_is_looked_up_by_client_id_and_not_placed_again() -> None:
+    store = FakeStore()
+    first = Run(store, "X", T0)
+    first.frame("E1", OrderStatus.TRADED, 100)
+    first.wire.sink.clear()  # the process stops hearing the broker: its exit's fill is lost
+    first.at(T0 + timedelta(seconds=1), "170")
+    first.exchange.advance(T0 + timedelta(seconds=2))  # filled at the broker
+    assert first.wire.placements == [exit_client_id("PE1", 1)]
+    first.kill()
+    assert store.positions["PE1"].status is PositionStatus.EXITING
+    second = Run(store, "Y", T0 + timedelta(seconds=5), ltp="170", exchange=first.exchange)
+    second.system.settle()
+    position = store.positions["PE1"]
+    assert (position.status, position.exit_price) == (PositionStatus.EXITED, Decimal("170"))
+    assert second.wire.look_ups == [exit_client_id("PE1", 1)]
+    assert second.wire.placements == []  # found filled: not sent again
+
+
+def test_an_exit_intent_never_sent_before_a_kill_is_placed_once_after_its_look_up() -> None:
+    store = FakeStore()
+    first = Run(store, "X", T0)
+    first.frame("E1", OrderStatus.TRADED, 100)
+    first.wire.place_order = _never_sent  # type: ignore[method-assign]
+    first.at(T0 + timedelta(seconds=1), "170")
+    first.kill()  # the intent is stored; no order reached the broker
+    assert store.positions["PE1"].status is PositionStatus.EXITING
+    second = Run(store, "Y", T0 + timedelta(seconds=5), ltp="170", exchange=first.exchange)
+    second.at(T0 + timedelta(seconds=6), "170")
+    assert second.wire.look_ups[:1] == [exit_client_id("PE1", 1)]
+    assert second.wire.placements == [exit_client_id("PE1", 1)]  # the same attempt, once
+    exited = store.positions["PE1"]
+    assert exited.status is PositionStatus.EXITED
+
+
+def _never_sent(**order: object) -> str:
+    raise TimeoutError("the process died while sending")

@@ -236,3 +236,23 @@ def test_when_partitions_differ_then_owners_independent(leases: PostgresLeases) 
         leases.claim(256, "runner-a")
     leases.migrate()  # safe again at every start
     assert leases.claim(0, "runner-b") is None
+
+
+def test_when_runners_start_together_on_a_new_database_then_each_migration_succeeds(
+        pg_url: str) -> None:
+    """Several runners started at once each make the lease table if it is missing: one at a
+    time (side by side, PostgreSQL's catalogue refuses the second CREATE with a duplicate)."""
+    made = [PostgresLeases(pg_url) for _ in range(6)]
+    start = threading.Barrier(len(made))
+
+    def migrate(leases: PostgresLeases) -> None:
+        start.wait(10)
+        leases.migrate()
+
+    try:
+        with ThreadPoolExecutor(len(made)) as pool:
+            list(pool.map(migrate, made))  # re-raises any failure
+        assert made[0].claim(7, "runner-a") is not None
+    finally:
+        for leases in made:
+            leases.close()

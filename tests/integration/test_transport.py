@@ -61,12 +61,13 @@ def transport(make_transport: MakeTransport) -> Transport:
     return make_transport()
 
 
-def test_when_published_then_pulled_on_the_accounts_partition_only(transport: Transport) -> None:
+def test_when_published_then_pulled_on_the_accounts_partition_with_its_account(
+        transport: Transport) -> None:
     assert transport.publish_order_update(ACCOUNT, "m-1", b'{"orderNo": "1"}') is True
     assert transport.pull_order_updates(partition_of(OTHER), timeout=0.2) == []
     [got] = transport.pull_order_updates(P, timeout=2)
-    assert (got.partition, got.msg_id, got.data, got.redelivered) == (
-        P, "m-1", b'{"orderNo": "1"}', False)
+    assert (got.partition, got.msg_id, got.account, got.data, got.redelivered) == (
+        P, "m-1", ACCOUNT, b'{"orderNo": "1"}', False)
     assert got.subject.endswith(order_subject(P)) and got.subject.endswith(f"orders.p{P:03d}")
     got.ack()
 

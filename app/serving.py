@@ -1,0 +1,198 @@
+"""What a runner runs on its partitions (SPEC §13): one ``System`` per account of each partition
+it holds, fed the account's order updates and the prices of its open positions.
+
+- **Start** (``start``, once the partition is ready): each account's ``System`` is made by the
+  composition root (``make(account, lease)``: a store fenced by the partition's lease, a gateway
+  that sends only under it) and started: it loads the account's open positions from the store,
+  routes again the frames stored today, and resumes every exit in flight by looking its order up
+  by client id before placing anything (``System.start``).
+- **Order updates** (``deliver``): the update's account (the transport carries it) picks the
+  System; the update counts as delivered once the order-update actor has stored it
+  (``System.store_frame``), so the runner acks it only then. An update of an account this runner
+  does not serve is left unacked, for a runner configured with it.
+- **Prices** (``step``): the instruments of every open position of the running Systems are
+  subscribed on the transport (``prices.<segment>.<security>``) and unsubscribed once no
+  position needs them; each price goes to the tick path of the Systems holding the instrument.
+  A price is the last traded price as decimal text (``b"101.35"``); anything else is logged and
+  dropped.
+- **Stop** (``stop``): in order (``System.stop``: checkpoints under the live lease) on a graceful
+  stop; at once (``System.abandon``) when the lease is lost, writing and sending nothing more.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+
+import pykka
+from loguru import logger
+
+from actors.system import System
+from app.runner import PartitionLease
+from broker.transport.ports import Delivery, Subscription, Transport
+from models.accounts import check_account
+from models.common import Instrument
+from models.partitions import partition_of
+from store.ports import LeaseLost
+
+FRAME_WAIT = 10.0
+"""Seconds a runner waits for an order update to be stored before it naks it."""
+
+
+@dataclass
+class Served:
+    """One account's running System and what goes with it."""
+
+    system: System
+    note_price: Callable[[Instrument, Decimal], None] | None = None
+    """Hears every price first (a gateway pricing its exits from the last one)."""
+    close: Callable[[], None] = field(default=lambda: None)
+    """Closes the adapters (store, broker client) once the System has stopped."""
+
+
+MakeSystem = Callable[[str, PartitionLease], Served]
+
+
+def parse_price(data: bytes) -> Decimal | None:
+    """A price message's last traded price; None when it is not a positive decimal."""
+    try:
+        price = Decimal(data.decode("ascii").strip())
+    except (UnicodeDecodeError, InvalidOperation):
+        return None
+    return price if price.is_finite() and price > 0 else None
+
+
+class AccountSystems:
+    """``AccountSystems(accounts, make, transport)``: the ``Serve`` of a runner whose accounts
+    are ``accounts``; ``partitions()`` is the set of partitions to claim."""
+
+    def __init__(self, accounts: Iterable[str], make: MakeSystem, transport: Transport, *,
+                 clock: Callable[[], datetime], frame_wait: float = FRAME_WAIT) -> None:
+        self.by_partition: dict[int, list[str]] = {}
+        for account in sorted(set(accounts)):
+            self.by_partition.setdefault(partition_of(check_account(account)), []).append(
+                account)
+        self.make, self.transport, self.clock = make, transport, clock
+        self.frame_wait = frame_wait
+        self.running: dict[int, dict[str, Served]] = {}
+        self._subscriptions: dict[Instrument, Subscription] = {}
+        self._holders: dict[Instrument, tuple[Served, ...]] = {}
+        """Read on the transport's thread: replaced whole, never changed in place."""
+
+    def partitions(self) -> list[int]:
+        return sorted(self.by_partition)
+
+    def subscribed(self) -> set[Instrument]:
+        return set(self._subscriptions)
+
+    def systems(self, partition: int) -> dict[str, System]:
+        return {account: served.system
+                for account, served in self.running.get(partition, {}).items()}
+
+    # Serve ------------------------------------------------------------------------------------
+    def start(self, partition: int, lease: PartitionLease) -> None:
+        started: dict[str, Served] = {}
+        try:
+            for account in self.by_partition.get(partition, []):
+                served = self.make(account, lease)
+                try:
+                    served.system.start()
+                except BaseException:
+                    served.system.abandon()
+                    served.close()
+                    raise
+                started[account] = served
+                logger.info("partition {}: account {} started", partition, account)
+        except BaseException:
+            for served in started.values():  # nothing of a partition half-served
+                self._stop_one(served, lost=True)
+            raise
+        self.running[partition] = started
+        self.step()
+
+    def deliver(self, partition: int, delivery: Delivery) -> bool | None:
+        served = self.running.get(partition, {}).get(delivery.account)
+        if served is None:
+            logger.error("order update {} of account {!r} on partition {}: no such account "
+                         "here (left for a runner that serves it)", delivery.msg_id,
+                         delivery.account, partition)
+            return None
+        raw = delivery.data.decode("utf-8", errors="replace")
+        try:
+            return served.system.store_frame(raw, timeout=self.frame_wait)
+        except (pykka.Timeout, pykka.ActorDeadError) as error:  # not known to be stored
+            logger.warning("order update {} of account {} not stored in time ({}): it comes "
+                           "again", delivery.msg_id, delivery.account, type(error).__name__)
+            return False
+
+    def stop(self, partition: int, *, lost: bool) -> None:
+        served = self.running.pop(partition, {})
+        self.step()  # its instruments unsubscribed unless another partition holds them
+        refused: LeaseLost | None = None
+        for one in served.values():
+            try:
+                self._stop_one(one, lost=lost or refused is not None)
+            except LeaseLost as error:
+                refused = error
+        if refused is not None:
+            raise refused
+
+    def step(self) -> None:
+        holders: dict[Instrument, list[Served]] = {}
+        for accounts in self.running.values():
+            for served in accounts.values():
+                try:
+                    positions = served.system.open_positions()
+                except pykka.ActorDeadError:
+                    continue
+                for instrument in {Instrument(segment=p.segment, security_id=p.security_id)
+                                   for p in positions}:
+                    holders.setdefault(instrument, []).append(served)
+        self._holders = {i: tuple(found) for i, found in holders.items()}
+        for instrument in sorted(set(self._subscriptions) - set(holders), key=str):
+            self._subscriptions.pop(instrument).unsubscribe()
+        for instrument in sorted(set(holders) - set(self._subscriptions), key=str):
+            self._subscriptions[instrument] = self.transport.subscribe_prices(
+                instrument.segment.value, instrument.security_id, self._pricer(instrument))
+
+    def close(self) -> None:
+        """Every subscription ended (after every partition stopped)."""
+        for subscription in self._subscriptions.values():
+            subscription.unsubscribe()
+        self._subscriptions.clear()
+        self._holders = {}
+
+    # Helpers ----------------------------------------------------------------------------------
+    def _pricer(self, instrument: Instrument) -> Callable[[bytes], None]:
+        def on_price(data: bytes) -> None:
+            price = parse_price(data)
+            if price is None:
+                logger.warning("price of {} dropped: not a positive decimal: {!r:.80}",
+                               instrument, data)
+                return
+            at = self.clock()
+            for served in self._holders.get(instrument, ()):
+                if served.note_price is not None:
+                    served.note_price(instrument, price)
+                try:
+                    served.system.tick(instrument, price, at)
+                except pykka.ActorDeadError:
+                    continue  # its partition is stopping
+
+        return on_price
+
+    def _stop_one(self, served: Served, *, lost: bool) -> None:
+        started = time.monotonic()
+        try:
+            if not lost:
+                served.system.stop()
+        except LeaseLost:  # lost while stopping: abandoned below, writing nothing more
+            raise
+        finally:
+            served.system.abandon()  # nothing left to do after an orderly stop
+            served.close()
+        logger.info("account {} stopped{} in {:.2f} s", served.system.account,
+                    " at once" if lost else "", time.monotonic() - started)

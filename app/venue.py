@@ -1,0 +1,118 @@
+"""The broker of a paper scale-out deployment (SPEC §13, ``run.py venue``): one process that
+every runner reaches, as they would reach DhanHQ.
+
+- **Orders**: the loopback fake DhanHQ (``broker/fake_dhan``) over a paper market and exchange,
+  at ``127.0.0.1:PORT``: runners place, chase, cancel and look up their exits there by REST, by
+  client id after a takeover.
+- **Entries**: a trader's orders, one every ``entry_every`` seconds, for each account in turn
+  (client id ``E-<account>-<n>``), long only, filled at the market.
+- **Order updates**: every frame of the exchange goes onto its account's partition subject on
+  JetStream, its message id the frame's digest (a repeat is dropped): the connector's part. An
+  exit's frames are known by their client id (``X-<position>-<attempt>``, the position named
+  after its entry order).
+- **Prices**: every step of the market goes to ``prices.<segment>.<security>`` on NATS.
+
+A paper stand-in: one book for all accounts (position ids differ, since one exchange numbers
+every order), no per-account login.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+
+from loguru import logger
+
+from broker.fake_dhan.server import FakeDhan
+from broker.paper import default_instruments
+from broker.paper.exchange import PaperExchange
+from broker.paper.market import PaperMarket
+from broker.transport.ports import Transport, TransportError
+from models.common import TxnType, parse_exit_client_id
+from models.orders import OrderUpdate
+from models.wire import parse_order_update
+
+TOKEN = "fake-dhan-token"  # the loopback fake's, not a secret
+CLIENT = "1000000001"
+
+
+class PaperVenue:
+    def __init__(self, transport: Transport, accounts: Sequence[str], *,
+                 clock: Callable[[], datetime], instruments: int = 4, seed: int = 7,
+                 volatility: float = 0.002, entry_every: float = 2.0, quantity: int = 50,
+                 token: str = TOKEN) -> None:
+        self.transport, self.accounts, self.clock = transport, list(accounts), clock
+        self.market = PaperMarket(default_instruments(instruments, equity_ratio=0), seed=seed,
+                                  volatility=volatility, start=clock())
+        self.exchange = PaperExchange(self.market, start=clock(),
+                                      latency=timedelta(milliseconds=20))
+        self.fake = FakeDhan(self.exchange, self.market, client_id=CLIENT, valid_token=token)
+        self.entry_every, self.quantity = entry_every, quantity
+        self.rng = random.Random(seed)
+        self.account_of: dict[str, str] = {}
+        """Entry order number → its account (an exit is known by its entry's)."""
+        self.entries = self.published = 0
+        self._lock = threading.Lock()
+        self.exchange.subscribe(self._frame)
+
+    def run(self, stop: threading.Event, port: int) -> None:
+        self.fake.start(port=port)
+        logger.info("paper venue: DhanHQ API at {} (token {}), {} accounts", self.fake.rest_url,
+                    TOKEN, len(self.accounts))
+        next_entry = 0.0
+        elapsed = 0.0
+        try:
+            while not stop.wait(0.1):
+                elapsed += 0.1
+                now = self.clock()
+                for instrument, price, _ in self.market.advance(now):
+                    self.transport.publish_price(instrument.segment.value,
+                                                 instrument.security_id, str(price).encode())
+                self.exchange.advance(now)
+                if self.accounts and elapsed >= next_entry:
+                    next_entry = elapsed + self.entry_every
+                    self._enter(now)
+        finally:
+            self.fake.stop()
+
+    def _enter(self, now: datetime) -> None:
+        account = self.accounts[self.entries % len(self.accounts)]
+        self.entries += 1
+        instrument = self.rng.choice(self.market.instruments)
+        # Long only: an opposite entry of the same account would net against its positions.
+        self.exchange.place_order(client_id=f"E-{account}-{self.entries}",
+                                  instrument=instrument, txn_type=TxnType.BUY,
+                                  quantity=self.quantity, product="I", now=now)
+
+    def _frame(self, frame: str) -> None:
+        update = parse_order_update(frame)
+        if not isinstance(update, OrderUpdate):
+            logger.warning("paper venue: unreadable frame not published: {:.200}", frame)
+            return
+        account = self._account(update)
+        if account is None:
+            logger.warning("paper venue: order {} belongs to no account here",
+                           update.order_no)
+            return
+        digest = hashlib.sha256(frame.encode()).hexdigest()[:32]
+        try:
+            self.transport.publish_order_update(account, digest, frame.encode())
+            self.published += 1
+        except TransportError as error:  # a real connector retries; the paper one says so
+            logger.error("paper venue: update of order {} not published: {}",
+                         update.order_no, error)
+
+    def _account(self, update: OrderUpdate) -> str | None:
+        correlation = update.correlation_id or ""
+        with self._lock:
+            entry_of, _, number = correlation.removeprefix("E-").rpartition("-")
+            if correlation.startswith("E-") and number.isdigit() and entry_of in self.accounts:
+                self.account_of[update.order_no] = entry_of
+                return entry_of
+            parsed = parse_exit_client_id(correlation)
+            if parsed is not None and parsed[0].startswith("P"):
+                return self.account_of.get(parsed[0][1:])
+            return self.account_of.get(update.order_no)

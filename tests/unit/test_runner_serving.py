@@ -1,0 +1,165 @@
+"""The runner's side of serving partitions (SPEC §13), on an in-memory lease table and the
+in-process transport: what serves a partition starts once it is ready, updates are acked only
+once stored, a lease found lost by a write stops the partition at once, a graceful stop stops
+before it releases; price messages and the paper venue's accounts are read strictly."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from app.runner import PartitionLease, Runner
+from app.serving import parse_price
+from app.venue import PaperVenue
+from broker.transport.local import LocalTransport
+from broker.transport.ports import Delivery
+from models.common import Segment, TxnType
+from models.orders import OrderStatus, OrderUpdate
+from models.partitions import partition_of
+from store.ports import Lease, LeaseLost
+
+ACCOUNT = "desk-7"
+P = partition_of(ACCOUNT)
+T0 = datetime(2026, 12, 3, 4, 0, tzinfo=UTC)
+
+
+class MemoryLeases:
+    lease_seconds = 6.0
+
+    def __init__(self) -> None:
+        self.released: list[int] = []
+        self.log: list[str] = []
+
+    def claim(self, partition: int, owner: str) -> Lease | None:
+        return Lease(partition=partition, owner=owner, epoch=1, expires_at=T0,
+                     claimed_at=T0, deadline=1e12, previous_expiry=None)
+
+    def renew(self, lease: Lease) -> Lease:
+        return lease
+
+    def release(self, lease: Lease) -> bool:
+        self.log.append(f"release {lease.partition}")
+        self.released.append(lease.partition)
+        return True
+
+    def claim_wait(self, lease: Lease) -> float:
+        return 0.0
+
+    def fenced(self, lease: Lease) -> AbstractContextManager[Any]:
+        raise AssertionError("the runner itself writes nothing")
+
+
+class FakeServe:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+        self.answers: list[bool | None] = []
+        self.leases: dict[int, PartitionLease] = {}
+        self.delivered: list[bytes] = []
+
+    def start(self, partition: int, lease: PartitionLease) -> None:
+        self.log.append(f"start {partition}")
+        self.leases[partition] = lease
+
+    def deliver(self, partition: int, delivery: Delivery) -> bool | None:
+        assert delivery.account == ACCOUNT
+        self.delivered.append(delivery.data)
+        return self.answers.pop(0) if self.answers else True
+
+    def stop(self, partition: int, *, lost: bool) -> None:
+        self.log.append(f"stop {partition} lost={lost}")
+
+    def step(self) -> None:
+        pass
+
+
+@pytest.fixture
+def rig() -> tuple[Runner, MemoryLeases, FakeServe, LocalTransport]:
+    leases = MemoryLeases()
+    serve = FakeServe(leases.log)
+    transport = LocalTransport(ack_wait=60)
+    runner = Runner(leases, transport, owner="r1", partitions=[P], serve=serve,
+                    claim_every=0.0, pull_budget=0.05)
+    return runner, leases, serve, transport
+
+
+def test_when_partition_ready_then_served_once_and_updates_acked_only_when_stored(
+        rig: tuple[Runner, MemoryLeases, FakeServe, LocalTransport]) -> None:
+    runner, leases, serve, transport = rig
+    serve.answers = [True, False, None]
+    for n in range(3):
+        transport.publish_order_update(ACCOUNT, f"m-{n}", f"frame-{n}".encode())
+    runner.step()
+    runner.step()
+    assert leases.log == [f"start {P}"]  # started once
+    # m-1 was nak'ed (delivered again at once, stored then); m-2 was left for the ack wait
+    assert serve.delivered == [b"frame-0", b"frame-1", b"frame-2", b"frame-1"]
+    assert runner.delivered == 2  # acked: m-0, and m-1 the second time
+    assert transport.pull_order_updates(P, timeout=0) == []
+
+
+def test_when_a_write_finds_the_lease_lost_then_nothing_more_and_the_partition_stops(
+        rig: tuple[Runner, MemoryLeases, FakeServe, LocalTransport]) -> None:
+    runner, leases, serve, _ = rig
+    runner.step()
+    shared = serve.leases[P]
+    assert shared().epoch == 1 and shared.deadline() == 1e12
+    runner.lease_lost(LeaseLost(P, 1))  # from an actor's thread, in the middle of a write
+    with pytest.raises(LeaseLost):
+        shared()
+    assert shared.deadline() == float("-inf")  # every send refused from now on
+    runner.step()
+    assert runner.owned() == [P]  # claimed anew by the next round: a new lease, a new start
+    assert leases.log == [f"start {P}", f"stop {P} lost=True", f"start {P}"]
+    assert serve.leases[P] is not shared and not serve.leases[P].revoked
+
+
+def test_when_lost_lease_of_an_older_epoch_reported_then_the_current_one_is_kept(
+        rig: tuple[Runner, MemoryLeases, FakeServe, LocalTransport]) -> None:
+    runner, leases, serve, _ = rig
+    runner.step()
+    runner.lease_lost(LeaseLost(P, 0))
+    runner.step()
+    assert not serve.leases[P].revoked and leases.log == [f"start {P}"]
+
+
+def test_when_stopped_gracefully_then_served_partitions_stop_before_their_release(
+        rig: tuple[Runner, MemoryLeases, FakeServe, LocalTransport]) -> None:
+    runner, leases, _, _ = rig
+    runner.step()
+    runner.release_all()
+    assert leases.log == [f"start {P}", f"stop {P} lost=False", f"release {P}"]
+    assert runner.owned() == []
+
+
+def test_when_runner_given_neither_or_both_ways_of_serving_then_refused() -> None:
+    with pytest.raises(ValueError, match="serves"):
+        Runner(MemoryLeases(), LocalTransport(), owner="r1", partitions=[P])
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    (b"101.35", Decimal("101.35")), (b" 7\n", Decimal("7")), (b"0", None), (b"-1", None),
+    (b"NaN", None), (b"Infinity", None), (b"abc", None), (b"\xff", None), (b"", None)])
+def test_when_price_message_read_then_only_a_positive_decimal_passes(
+        data: bytes, expected: Decimal | None) -> None:
+    assert parse_price(data) == expected
+
+
+def test_when_venue_publishes_updates_then_each_goes_to_its_accounts_partition() -> None:
+    transport = LocalTransport()
+    venue = PaperVenue(transport, ["a", "a-b"], clock=lambda: T0 + timedelta(hours=5))
+
+    def update(order_no: str, correlation: str) -> OrderUpdate:
+        return OrderUpdate(order_no=order_no, status=OrderStatus.TRADED,
+                           segment=Segment.NSE_FNO, security_id="40001", txn_type=TxnType.BUY,
+                           product="I", quantity=50, traded_qty=50,
+                           avg_traded_price=Decimal("100"), updated_at=T0,
+                           correlation_id=correlation)
+
+    assert venue._account(update("PB1", "E-a-b-1")) == "a-b"  # not "a": the id is whole
+    assert venue._account(update("PB2", "E-a-2")) == "a"
+    assert venue._account(update("PB3", "X-PPB1-1")) == "a-b"  # an exit, by its entry's
+    assert venue._account(update("PB4", "APP-9")) is None
