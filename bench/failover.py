@@ -210,6 +210,8 @@ def all_served(rig: Rig, partitions: set[int], after: datetime) -> bool:
 def cycle(rig: Rig, number: int, fault: str, timeout: float) -> dict[str, Any]:
     held = rig.leases()
     owners = Counter(owner for owner, _ in held.values() if owner in rig.runners)
+    if not owners:
+        raise RuntimeError(f"cycle {number}: no runner holds a partition: {held}")
     victim_name = owners.most_common(1)[0][0]
     victim = rig.runners[victim_name]
     mine = {p for p, (owner, _) in held.items() if owner == victim_name}
