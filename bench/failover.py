@@ -57,7 +57,7 @@ import psycopg
 
 from bench.common import PG
 from bench.report import figure
-from models.books import BookKey, compare
+from models.books import BookKey, compare, key_text
 from models.common import Segment
 from models.partitions import partition_of
 
@@ -279,6 +279,17 @@ def venue_books(record: dict[str, Any]) -> dict[str, dict[BookKey, int]]:
             for account, rows in record["books"].items()}
 
 
+def double_exits(record: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Exit client ids placed at the venue more than once, and account books gone short (more
+    sold than bought: an exit filled past its position)."""
+    placed = Counter(record["placements"])
+    repeated = sorted(c for c, n in placed.items() if c.startswith("X-") and n > 1)
+    short = sorted(f"{account}:{key_text(key)}"
+                   for account, book in venue_books(record).items()
+                   for key, net in book.items() if net < 0)
+    return repeated, short
+
+
 def books_check(url: str, books: dict[str, dict[BookKey, int]]) -> dict[str, Any]:
     from store.factory import open_store
 
@@ -344,8 +355,7 @@ def run(url: str, nats: str, work: Path, *, cycles: int, runners: int, lease: fl
         rig.stop_all()
         _delete_stream(nats, rig.namespace)
     placed = Counter(record["placements"])
-    repeated = sorted(c for c, n in placed.items() if c.startswith("X-") and n > 1)
-    short = [f"{a}:{k}" for a, book in books.items() for k, net in book.items() if net < 0]
+    repeated, short = double_exits(record)
     logs = "".join(p.read_text(errors="replace") for p in rig.logs)
     return summarise(rows, {
         "runners": runners, "lease_s": lease, "http_timeout_s": http_timeout,

@@ -9,11 +9,18 @@ PostgreSQL."""
 from __future__ import annotations
 
 import time
+from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bench.failover import FAULTS, run
+from bench.failover import FAULTS, books_check, double_exits, run, venue_books
+from models.common import IST, Segment, Side
+from models.orders import OrderProgress, OrderStatus
+from models.position import OrderRole, Position, PositionStatus, TrackedOrder
+from store.factory import open_store
 
 pytestmark = pytest.mark.integration
 
@@ -55,3 +62,32 @@ def test_when_runners_fail_in_turn_then_each_fault_recovers_without_double_exits
     met = {f["figure"].split(" (")[0]: f["met"] for f in row["figures"]}
     assert met["double exits"] and met["lost fills"] and met["faults recovered"]
     assert took <= 90, f"the short form took {took:.0f} s"
+
+
+def test_when_an_exit_is_placed_twice_or_overfills_then_the_rig_counts_a_double_exit() -> None:
+    record: dict[str, Any] = {
+        "entries": 2, "placements": ["X-P1-1", "X-P2-1", "X-P1-1", "E-x-1", "E-x-1"],
+        "books": {"desk-1": [["NSE_FNO", "49081", "I", -50], ["NSE_FNO", "49082", "I", 50]],
+                  "desk-2": [["NSE_FNO", "49081", "I", 0]]}}
+    repeated, short = double_exits(record)
+    assert repeated == ["X-P1-1"]  # an entry's repeat is not an exit's
+    assert short == ["desk-1:NSE_FNO:49081/I"]
+
+
+def test_when_a_fill_at_the_venue_is_missing_from_postgres_then_the_books_differ(
+        pg_url: str) -> None:
+    open_store(pg_url).close()
+    books = venue_books({"books": {"desk-1": [["NSE_FNO", "49081", "I", 50]], "desk-2": []}})
+    assert set(books_check(pg_url, books)) == {"desk-1"}  # bought at the venue, unknown here
+    store = open_store(pg_url, account="desk-1")
+    try:
+        store.save_position(Position(
+            position_id="P1", entry_order_no="1", segment=Segment.NSE_FNO,
+            security_id="49081", product="I", side=Side.LONG, status=PositionStatus.ACTIVE,
+            created_at=datetime(2026, 12, 3, 10, 0, tzinfo=IST),
+            orders=(TrackedOrder(role=OrderRole.ENTRY, progress=OrderProgress(
+                order_no="1", status=OrderStatus.TRADED, traded_qty=50,
+                traded_value=Decimal(5000))),)))
+    finally:
+        store.close()
+    assert books_check(pg_url, books) == {}  # its open position: the venue's 50
