@@ -4,7 +4,8 @@ serving the accounts is killed (-9), paused past its lease (SIGSTOP, SIGCONT) an
 (SIGTERM), one fault a cycle, while the venue places entries and the runners exit them. Every
 fault is recovered (another runner serves every partition the faulty one held), no exit is
 placed twice, and every account's book at the venue agrees with its open positions in
-PostgreSQL."""
+PostgreSQL. The rig's checks flag what they should: an exit placed twice, a book gone short, a
+fill at the venue that PostgreSQL does not have."""
 
 from __future__ import annotations
 
