@@ -585,8 +585,9 @@ def run_runner(settings: Settings, *, nats_url: str, partitions: str | None,
 
 
 def run_venue(settings: Settings, *, nats_url: str, port: int, namespace: str,
-              entry_every: float, duration: float | None) -> int:
-    """``run.py venue``: the paper broker every runner shares (``app/venue.py``)."""
+              entry_every: float, duration: float | None, record: Path | None = None) -> int:
+    """``run.py venue``: the paper broker every runner shares (``app/venue.py``); with
+    ``record``, its placements and books written there as JSON when it stops."""
     from app.venue import PaperVenue
     from broker.transport.jetstream import JetStreamTransport
     from broker.transport.ports import TransportError, orders_wildcard
@@ -618,6 +619,8 @@ def run_venue(settings: Settings, *, nats_url: str, port: int, namespace: str,
         venue.run(stop, port)
     finally:
         transport.close()
+        if record is not None:
+            _write_atomically(record, json.dumps(venue.record(), indent=1))
     logger.info("paper venue stopped: {} entries, {} order updates published", venue.entries,
                 venue.published)
     return 0
@@ -755,6 +758,8 @@ def parser() -> argparse.ArgumentParser:
                        "stream (as the runners')")
     venue.add_argument("--entry-every", type=_positive, default=2.0,
                        help="seconds between entries (default 2)")
+    venue.add_argument("--record", type=Path, help="write its placements and each account's "
+                       "book here as JSON when it stops (the failover rig's check)")
     venue.add_argument("--duration", type=_positive, help="seconds to run (default: until "
                        "Ctrl-C)")
     commands.add_parser("reset-kill-switch", help="operator reset of the latched kill switch")
@@ -870,7 +875,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "venue":
             return run_venue(settings, nats_url=args.nats, port=args.port,
                              namespace=args.namespace, entry_every=args.entry_every,
-                             duration=args.duration)
+                             duration=args.duration, record=args.record)
         if args.command == "replay":
             return run_replay(_policy_runs(args, flags), _days(args), args.report,
                               getattr(args, "database_url", None), args.trace,

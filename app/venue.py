@@ -11,6 +11,10 @@ every runner reaches, as they would reach DhanHQ.
   exit's frames are known by their client id (``X-<position>-<attempt>``, the position named
   after its entry order).
 - **Prices**: every step of the market goes to ``prices.<segment>.<security>`` on NATS.
+- **Record** (``record``, ``run.py venue --record PATH`` at its stop): what the failover rig
+  checks afterwards: every placement that reached the exchange (client ids, a repeat included:
+  the exchange takes a repeated client id as the first order) and each account's net filled
+  quantity per (segment, security, product), its book as the broker keeps it.
 
 A paper stand-in: one book for all accounts (position ids differ, since one exchange numbers
 every order), no per-account login.
@@ -23,6 +27,7 @@ import random
 import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from loguru import logger
 
@@ -116,3 +121,30 @@ class PaperVenue:
             if parsed is not None and parsed[0].startswith("P"):
                 return self.account_of.get(parsed[0][1:])
             return self.account_of.get(update.order_no)
+
+    def record(self) -> dict[str, Any]:
+        """Placements (in order, repeats included) and each account's book: the net filled
+        quantity (BUY +, SELL -) per ``[segment, security, product]``."""
+        orders = self.exchange.orders()
+        entry_account: dict[str, str] = {}
+        for order in orders:
+            entry_of, _, number = order.client_id.removeprefix("E-").rpartition("-")
+            if order.client_id.startswith("E-") and number.isdigit() and \
+                    entry_of in self.accounts:
+                entry_account[order.order_no] = entry_of
+        books: dict[str, dict[tuple[str, str, str], int]] = {a: {} for a in self.accounts}
+        for order in orders:
+            account = entry_account.get(order.order_no)
+            parsed = parse_exit_client_id(order.client_id)
+            if account is None and parsed is not None and parsed[0].startswith("P"):
+                account = entry_account.get(parsed[0][1:])
+            if account is None or not order.filled_qty:
+                continue
+            key = (order.instrument.segment.value, order.instrument.security_id,
+                   order.product or "")
+            sign = 1 if order.txn_type is TxnType.BUY else -1
+            book = books[account]
+            book[key] = book.get(key, 0) + sign * order.filled_qty
+        return {"entries": self.entries, "placements": list(self.fake.placements),
+                "books": {account: [[*key, net] for key, net in sorted(book.items())]
+                          for account, book in books.items()}}

@@ -163,3 +163,37 @@ def test_when_venue_publishes_updates_then_each_goes_to_its_accounts_partition()
     assert venue._account(update("PB2", "E-a-2")) == "a"
     assert venue._account(update("PB3", "X-PPB1-1")) == "a-b"  # an exit, by its entry's
     assert venue._account(update("PB4", "APP-9")) is None
+
+
+def test_when_venue_records_then_each_accounts_book_nets_its_entries_and_their_exits() -> None:
+    now = T0 + timedelta(hours=5)
+    venue = PaperVenue(LocalTransport(), ["a", "a-b"], clock=lambda: now, quantity=50)
+    venue._enter(now)  # a's
+    venue._enter(now)  # a-b's
+    venue._enter(now)  # a's
+    later = now + timedelta(seconds=1)
+    venue.market.advance(later)
+    venue.exchange.advance(later)
+    entries = {o.client_id: o for o in venue.exchange.orders()}
+    first = entries["E-a-1"]
+    venue.exchange.place_order(client_id=f"X-P{first.order_no}-1", instrument=first.instrument,
+                               txn_type=TxnType.SELL, quantity=50, product="I", now=later)
+    venue.exchange.place_order(client_id="APP-1", instrument=first.instrument,  # no account's
+                               txn_type=TxnType.SELL, quantity=10, product="I", now=later)
+    venue.exchange.advance(later + timedelta(seconds=1))
+
+    record = venue.record()
+    assert record["entries"] == 3 and record["placements"] == []  # none came over REST
+    nets: dict[str, dict[tuple[str, str], int]] = {}
+    for account, rows in record["books"].items():
+        for segment, security, product, net in rows:
+            assert product == "I"
+            nets.setdefault(account, {})
+            nets[account][(segment, security)] = nets[account].get((segment, security), 0) + net
+    third = entries["E-a-3"].instrument
+    # the first entry bought and sold (its exit known by its entry), the third held; the
+    # order of no account's counted nowhere
+    assert {k: v for k, v in nets["a"].items() if v} == {
+        (third.segment.value, third.security_id): 50}
+    b = entries["E-a-b-2"].instrument
+    assert nets["a-b"] == {(b.segment.value, b.security_id): 50}
