@@ -123,12 +123,16 @@ class Runner:
                  partitions: Iterable[int], deliver: Deliver | None = None,
                  current: CurrentLease | None = None, serve: Serve | None = None,
                  batch: int = 100, pull_budget: float = 0.2, claim_every: float | None = None,
+                 look_every: float = 0.2,
                  clock: Callable[[], float] = time.monotonic) -> None:
         """Either ``serve`` (the actors of the partitions' accounts) or ``deliver`` with
         ``current`` (raw frames stored). ``pull_budget``: seconds one step waits for updates,
         shared by the partitions (a step must come round to renewals well within a lease);
         ``claim_every``: seconds between rounds of claims (a third of the lease by default: a
-        claim is a transaction per partition)."""
+        claim is a transaction per partition); ``look_every``: seconds between looks, in one
+        read, for a partition of this runner's set that is free (released by its owner's
+        graceful stop, or expired), which is then claimed at once rather than at the next
+        round: a graceful hand-over takes well under a second."""
         if (serve is None) == (deliver is None or current is None):
             raise ValueError("a runner serves (serve) or stores frames (deliver, current)")
         self.leases, self.transport, self.owner = leases, transport, owner
@@ -138,7 +142,8 @@ class Runner:
         self._lost_lock = threading.Lock()
         self.batch, self.pull_budget, self.clock = batch, pull_budget, clock
         self.claim_every = leases.lease_seconds / 3 if claim_every is None else claim_every
-        self.next_claim = 0.0
+        self.look_every = look_every
+        self.next_claim = self.next_look = 0.0
         self.held: dict[int, Held] = {}
         self.delivered = 0
         self.log = logger.bind(runner=owner)
@@ -158,8 +163,15 @@ class Runner:
     def step(self) -> None:
         self._drop_lost()
         if self.clock() >= self.next_claim:
-            self._claim()
+            self._claim(self.partitions)
             self.next_claim = self.clock() + self.claim_every
+            self.next_look = self.clock() + self.look_every
+        elif self.clock() >= self.next_look:
+            self.next_look = self.clock() + self.look_every
+            wanted = [p for p in self.partitions if p not in self.held]
+            free = self.leases.free(wanted) if wanted else []
+            if free:
+                self._claim(free)
         self._renew()
         now = self.clock()
         ready = [p for p, held in sorted(self.held.items()) if now >= held.ready_at]
@@ -218,8 +230,8 @@ class Runner:
             self.log.info("released partition {}", partition)
         self.held.clear()
 
-    def _claim(self) -> None:
-        for partition in self.partitions:
+    def _claim(self, partitions: Iterable[int]) -> None:
+        for partition in partitions:
             if partition in self.held:
                 continue
             lease = self.leases.claim(partition, self.owner)

@@ -29,7 +29,7 @@ who owns what.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -75,6 +75,12 @@ _RENEW = (
 _RELEASE = (
     "UPDATE partition_leases SET owner = NULL, expires_at = clock_timestamp() "
     "WHERE partition = %s AND owner = %s AND epoch = %s AND expires_at > clock_timestamp()")
+# Never claimed (no row), released (no owner) or expired: what ``claim`` would take.
+_FREE = (
+    "SELECT p FROM unnest(%s::integer[]) AS p "
+    "LEFT JOIN partition_leases AS l ON l.partition = p "
+    "WHERE l.partition IS NULL OR l.owner IS NULL OR l.expires_at <= clock_timestamp() "
+    "ORDER BY p")
 FENCE = (
     "SELECT epoch FROM partition_leases WHERE partition = %s AND owner = %s AND epoch = %s "
     "AND expires_at > clock_timestamp() FOR SHARE")
@@ -172,6 +178,14 @@ class PostgresLeases:
         with self._tx() as cur:
             cur.execute(_RELEASE, (lease.partition, lease.owner, lease.epoch))
             return bool(cur.rowcount == 1)
+
+    def free(self, partitions: Sequence[int]) -> list[int]:
+        wanted = sorted(set(partitions))
+        if not wanted:
+            return []
+        with self._tx() as cur:
+            cur.execute(_FREE, (wanted,))
+            return [int(row[0]) for row in cur.fetchall()]
 
     def claim_wait(self, lease: Lease) -> float:
         return claim_wait(lease, self._http_timeout)

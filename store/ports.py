@@ -224,6 +224,11 @@ class Leases(Protocol):
         """Give the lease up now (graceful hand-over: the next owner need not wait); False when
         it was not ours any more."""
 
+    def free(self, partitions: Sequence[int]) -> list[int]:
+        """Which of ``partitions`` a claim would take now (never claimed, released or expired):
+        one read and no lock, so a runner may look often and claim only when there is
+        something to take."""
+
     def claim_wait(self, lease: Lease) -> float:
         """Seconds a new owner waits after ``claim`` before it acts: out the old owner's lease
         and its HTTP timeout, so an order the old owner was sending has reached the broker (or

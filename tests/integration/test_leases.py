@@ -108,6 +108,19 @@ def test_when_lease_released_then_next_owner_takes_new_epoch_at_once(
     assert leases.claim_wait(taken) == 0
 
 
+def test_free_names_what_a_claim_would_take_never_claimed_released_or_expired(
+        leases: PostgresLeases, admin: Conn) -> None:
+    held = mine(leases.claim(10, "runner-a"))
+    released = mine(leases.claim(11, "runner-a"))
+    assert leases.release(released)
+    mine(leases.claim(12, "runner-a"))
+    expire(admin, 12)
+    # 13 was never claimed: it has no row yet.
+    assert leases.free([13, 12, 11, 10, 10]) == [11, 12, 13]
+    assert leases.free([10]) == [] and leases.free([]) == []
+    assert leases.renew(held).epoch == held.epoch  # a look takes no lock and changes nothing
+
+
 def test_when_claim_wait_computed_then_old_expiry_plus_http_timeout() -> None:
     from datetime import UTC, datetime
 
