@@ -122,6 +122,13 @@ class Store(Protocol):
         ``save_position`` does (the attempt stays stored: it is the intent, and a restart
         resumes it)."""
 
+    def record_exits(self, exits: Sequence[tuple[ExitAttempt, Position]]) -> set[str]:
+        """Many exits' ``record_exit`` in one write (one commit): every attempt, and each
+        position where the store holds an older version or none. Returns the ids of the
+        positions written; one not written is left to its caller to tell apart (its own later
+        write, or another owner's: stale), as with ``save_marks``. A failure writes nothing
+        and raises, for all of them."""
+
     def update_exit_attempt(self, client_id: str, *, order_no: str | None = None,
                             outcome: str | None = None) -> None: ...
 

@@ -84,6 +84,22 @@ _SAVE_MARKS = (
     + ", ".join(f"{c} {t}" for c, t in _MARK_TYPES.items())
     + ") WHERE p.account = r.account AND p.position_id = r.position_id "
     "AND p.version < r.version RETURNING p.position_id")
+# Many exits (``record_exits``) as two JSON arrays, their attempts and their positions: one
+# statement, one commit, whatever their number; a position row replaces only an older version.
+_ATTEMPT_TYPES = {"account": "text", "position_id": "text", "attempt": "integer",
+                  "client_id": "text", "reason": "text", "quantity": "bigint",
+                  "requested_at": "timestamptz", "order_no": "text", "outcome": "text"}
+assert list(_ATTEMPT_TYPES) == ["account", *ExitAttempt.model_fields], "exit_attempts changed"
+_RECORD_EXITS = (
+    f"WITH attempts AS (INSERT INTO exit_attempts ({', '.join(_ATTEMPT_TYPES)}) "
+    "SELECT a.* FROM json_to_recordset(?::json) AS a("
+    + ", ".join(f"{c} {t}" for c, t in _ATTEMPT_TYPES.items())
+    + ") ON CONFLICT DO NOTHING), "
+    f"pos AS (INSERT INTO positions ({', '.join(_MARK_TYPES)}) "
+    "SELECT r.* FROM json_to_recordset(?::json) AS r("
+    + ", ".join(f"{c} {t}" for c, t in _MARK_TYPES.items())
+    + ") " + UPSERT_POSITION[UPSERT_POSITION.index("ON CONFLICT"):]
+    + " RETURNING position_id) SELECT position_id FROM pos")
 # Frames as one JSON array, so the text (and its plan) is the same for any number of them; the
 # ordinality keeps their order, so their sequence numbers follow the order they came in.
 _RECORD_FRAMES = (
@@ -212,6 +228,21 @@ class PostgresStore(SqlStore):
                                     strict=True)) for p in latest], ensure_ascii=False)
         with self._tx(statements=1) as tx:
             written = tx.all(_SAVE_MARKS, (rows,))
+        return {str(self._read(row)[0]) for row in written}
+
+    def record_exits(self, exits: Sequence[tuple[ExitAttempt, Position]]) -> set[str]:
+        """One statement, so one commit for every exit of the batch."""
+        attempts = list({a.client_id: a for a, _ in exits}.values())
+        latest = newest_of_each([p for _, p in exits])
+        if not latest:
+            return set()
+        attempt_rows = json.dumps([dict(zip(_ATTEMPT_TYPES, map(
+            self._json_value, record_values(self.account, a)), strict=True)) for a in attempts],
+            ensure_ascii=False)
+        rows = json.dumps([dict(zip(_MARK_TYPES, map(self._json_value, self._position_row(p)),
+                                    strict=True)) for p in latest], ensure_ascii=False)
+        with self._tx(statements=1) as tx:
+            written = tx.all(_RECORD_EXITS, (attempt_rows, rows))
         return {str(self._read(row)[0]) for row in written}
 
     def _json_value(self, value: object) -> object:

@@ -303,6 +303,20 @@ class SqlStore:
             self.save_position(position)
         return recorded
 
+    def record_exits(self, exits: Sequence[tuple[ExitAttempt, Position]]) -> set[str]:
+        """Two statements per exit in one transaction (one commit); a backend may do it in
+        one statement."""
+        attempts = list({a.client_id: a for a, _ in exits}.values())
+        latest = newest_of_each([p for _, p in exits])
+        if not latest:
+            return set()
+        insert = insert_sql("exit_attempts", ExitAttempt, conflict="ON CONFLICT DO NOTHING")
+        with self._tx() as tx:
+            for attempt in attempts:
+                tx.run(insert, record_values(self.account, attempt))
+            return {p.position_id for p in latest
+                    if tx.run(UPSERT_POSITION, self._position_row(p)).rowcount > 0}
+
     def _record_exit_in_one_statement(self, attempt: ExitAttempt,
                                       position: Position) -> bool | None:
         """Both writes of ``record_exit`` in one statement: whether the attempt was new, or

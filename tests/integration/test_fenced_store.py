@@ -89,6 +89,8 @@ def test_when_lease_taken_over_then_every_write_refused_and_nothing_changed(
         lambda: store.save_marks([after]),
         lambda: store.record_exit(attempt(after.position_id), after),
         lambda: store.record_exit_attempt(attempt(after.position_id)),
+        lambda: store.record_exits([(attempt(after.position_id), after),
+                                    (attempt("PE9"), exiting("E9"))]),
         lambda: store.record_order_update("{}", T0, order_no="E2", accepted=True),
         lambda: store.record_order_updates([ReceivedFrame(raw="{}", received_at=T0,
                                                           order_no="E2", accepted=True)]),

@@ -495,6 +495,28 @@ def test_an_exit_for_a_stale_position_is_refused_but_its_intent_is_kept(store: S
     assert store.exit_attempts("PE1") == [attempt("PE1")]
 
 
+def test_many_exits_are_recorded_with_their_positions_in_one_write(backend: Backend,
+                                                                   store: Store) -> None:
+    befores = [active(f"E{n}") for n in range(1, 4)]
+    for before in befores:
+        store.save_position(before)
+    afters = [request_exit(b, ExitReason.STOP_LOSS, T0 + timedelta(minutes=1)).position
+              for b in befores]
+    newer = afters[2].model_copy(update={"version": afters[2].version + 3})
+    store.save_position(newer)  # the third position's owner wrote a later state already
+    queries = store.queries
+    written = store.record_exits([(attempt(a.position_id), a) for a in afters])
+    # PostgreSQL: one statement (one commit); SQLite: one transaction of two per exit.
+    assert store.queries - queries == (1 if backend.name == "postgres" else 6)
+    assert written == {"PE1", "PE2"}
+    assert [store.load_position(a.position_id) for a in afters] == [*afters[:2], newer]
+    assert store.exit_attempts() == [attempt(a.position_id) for a in afters]
+    # Again (a repeat): nothing written, nothing doubled.
+    assert store.record_exits([(attempt(a.position_id), a) for a in afters]) == set()
+    assert len(store.exit_attempts()) == 3
+    assert store.record_exits([]) == set()
+
+
 def letter(n: int) -> DeadLetter:
     return DeadLetter(recorded_at=T0 + timedelta(seconds=n), actor=f"tracker:PE{n}",
                       message_type="PriceChanged", message_id=f"m{n}", correlation_id="c1",
