@@ -14,7 +14,9 @@ from pykka import ActorRef
 
 from models.bands import Band
 from models.common import Instrument
+from models.messages import ExitRequested
 from models.position import Position
+from store.records import ExitAttempt
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +153,39 @@ class StopStored:
 
     def caused(self) -> dict[str, str]:
         return {"correlation_id": self.correlation_id, "causation_id": self.message_id}
+
+
+@dataclass(frozen=True, slots=True)
+class StoreIntent:
+    """Tracker → intent writer: an exit decided (``request``, its position EXITING) and its
+    intent (``attempt``), stored with the others that wait in one write (SPEC §11: the intent
+    durable before the order). Once stored, the writer tells ``gateway`` the order (the
+    supervisor when None) and the supervisor the request, and ``owner`` hears
+    ``IntentStored`` first."""
+
+    attempt: ExitAttempt
+    request: ExitRequested
+    owner: ActorRef[Any]
+    gateway: ActorRef[Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IntentStored:
+    """Intent writer → tracker: the write of an exit's intent is over: ``written`` (and the
+    order ``placed``: told to the gateway actor), or not written (the store holds that
+    version of the position or a newer one), or failed (``error``: the tracker stores it
+    itself and the exit goes on, as a failing store's exits do)."""
+
+    position_id: str
+    client_id: str
+    version: int
+    correlation_id: str
+    message_id: str
+    sent_at: datetime
+    causation_id: str | None = None
+    written: bool = False
+    placed: bool = False
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,7 @@ from actors.tracing.recorder import tracer
 from actors.tracing.story import narrate, position_story
 from actors.tracing.views import Filters, Trace, messages
 from actors.tracker.actor import Peers
+from actors.tracker.intents import IntentWriterActor
 from actors.tracker.keeper import KeeperContext
 from actors.tracker.stops import StopWriterActor
 from broker.ports import OrderGateway, QuoteApi
@@ -157,6 +158,8 @@ class System:
         self._pings: list[Any] | None = None
         """Proxies of the singletons ``settle`` waits for, in pipeline order (made once)."""
         self._stops_ping: Any = None
+        self._intents_ping: list[Any] = []
+        """The intent writer, then those it tells (the supervisor, the gateway actors)."""
         self._supervisor: Any = None
         """The supervisor's proxy, made once (``settle`` asks it for the trackers)."""
         self._quoter: pykka.ActorRef[Any] | None = None
@@ -220,9 +223,10 @@ class System:
                                              correlation_prefix=p.correlation_prefix,
                                              gate=self.dispatcher.yield_to_urgent)
         self.stops = StopWriterActor.start(p.store, p.metrics, p.clock)
+        self.intents = IntentWriterActor.start(p.store, p.metrics, p.clock, self.supervisor)
         peers = Peers(supervisor=self.supervisor, index=self.index, pnl=self.pnl,
                       batcher=self.batcher, orders=self.orders, deadlines=p.deadlines,
-                      stops=self.stops)
+                      stops=self.stops, intents=self.intents)
         self.supervisor.proxy().wire(peers).get(timeout=ASK)
         self._load()
         # Everything alive now (code, adapters, the loaded book) is moved out of the cyclic
@@ -400,7 +404,8 @@ class System:
         """Messages waiting per singleton actor, and in all tracker mailboxes together."""
         depths = {name: _depth(ref) for name, ref in (
             ("orders", self.orders), ("batcher", self.batcher), ("index", self.index),
-            ("pnl", self.pnl), ("supervisor", self.supervisor), ("stops", self.stops))}
+            ("pnl", self.pnl), ("supervisor", self.supervisor), ("stops", self.stops),
+            ("intents", self.intents))}
         refs = self.supervisor.proxy().tracker_refs().get(timeout=ASK)
         depths["trackers"] = sum(_depth(ref) for ref in refs)
         return depths
@@ -428,7 +433,8 @@ class System:
         """Wait until what was told has been handled (FIFO mailboxes, pipeline order): each
         singleton, in pipeline order, answers a cheap question (an attribute, through a proxy
         made once: making a proxy introspects the actor) once it has handled what was queued
-        before it, then each live tracker, the stop writer and the PnL writer."""
+        before it, then each live tracker, the intent writer and those it tells (the
+        supervisor, the gateway actors), the stop writer and the PnL writer."""
         if self.parts.deadlines or self.parts.settle_on_idle:
             self._settle_on_idle(rounds)
             return
@@ -441,6 +447,8 @@ class System:
                     ref.ask(Snapshot(), timeout=SETTLE)
                 except pykka.ActorDeadError:
                     continue
+            for proxy in self._intents_ping:  # the exits trackers decided: stored and placed
+                proxy.actor_urn.get(timeout=SETTLE)
             self._stops_ping.actor_urn.get(timeout=SETTLE)  # the stops trackers sent: stored
             self.pnl.ask(Flush(at=self.parts.clock(), complete=True), timeout=SETTLE)
 
@@ -452,6 +460,8 @@ class System:
             self._pings = [ref.proxy() for ref in (self.orders, self.batcher, *quoter,
                                                    self.index, self.supervisor, *gateways)]
             self._stops_ping = self.stops.proxy()
+            self._intents_ping = [ref.proxy() for ref in (self.intents, self.supervisor,
+                                                          *gateways)]
         return self._pings
 
     def _supervisor_proxy(self) -> Any:
@@ -532,8 +542,8 @@ class System:
         the reverse of their start (each stops the helpers it started: the supervisor its
         gateway actors, the PnL writer its cache writer, the batcher its quote actor)."""
         trackers = self.supervisor.proxy().tracker_refs().get(timeout=ASK)
-        for ref in [*reversed(trackers), self.stops, self.orders, self.pnl, self.supervisor,
-                    self.index, self.batcher]:
+        for ref in [*reversed(trackers), self.intents, self.stops, self.orders, self.pnl,
+                    self.supervisor, self.index, self.batcher]:
             ref.stop(block=True, timeout=ASK)
 
 

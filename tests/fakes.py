@@ -28,7 +28,8 @@ class FakeStore:
     Switches make calls fail as a database outage does (``StoreError``, nothing written):
     ``fail_loads`` (``load_position``), ``fail_frames`` (``record_order_update(s)``),
     ``fail_parks`` (``park_update``, ``take_parked``, ``parked_updates``), ``fail_saves`` (the
-    next that many ``save_position`` calls, ``record_exit`` too), ``fail_marks``
+    next that many ``save_position`` calls, ``record_exit`` and ``record_exits`` too),
+    ``fail_marks``
     (``save_marks``), ``fail_exits`` (``update_exit_attempt``: the attempts' audit columns);
     ``refuse_text``
     makes a frame or park whose text contains it fail as data the backend cannot hold
@@ -61,6 +62,8 @@ class FakeStore:
         """The next that many ``save_marks`` calls fail."""
         self.fail_exits = False
         self.marks_writes: list[int] = []
+        self.exits_writes: list[int] = []
+        """Exits handed to each ``record_exits`` call, in order."""
         """Positions handed to each ``save_marks`` call, in order."""
 
     @property
@@ -199,6 +202,25 @@ class FakeStore:
             self.record_exit_attempt(attempt)
             raise
         return self.record_exit_attempt(attempt)
+
+    def record_exits(self, exits: Sequence[tuple[ExitAttempt, Position]]) -> set[str]:
+        """One write, as in a real store: a failure writes nothing; each position is written
+        only over an older version (or none)."""
+        with self._lock:
+            self._q()
+            if self.fail_saves > 0:
+                self.fail_saves -= 1
+                self._check(True)
+            self.exits_writes.append(len(exits))
+            written: set[str] = set()
+            for attempt, position in exits:
+                self.attempts.setdefault((attempt.position_id, attempt.attempt), attempt)
+                stored = self.positions.get(position.position_id)
+                if stored is None or stored.version < position.version:
+                    self.positions[position.position_id] = position
+                    written.add(position.position_id)
+            self.saves += 1 if written else 0  # one commit for them all
+            return written
 
     def update_exit_attempt(self, client_id: str, *, order_no: str | None = None,
                             outcome: str | None = None) -> None:

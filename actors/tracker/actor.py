@@ -41,6 +41,9 @@ class Peers:
     """Tell the supervisor each change of the position's next deadline (replay skips time)."""
     stops: ActorRef[Any] | None = None
     """The stop writer (``actors/tracker/stops.py``); None: each tracker stores its own."""
+    intents: ActorRef[Any] | None = None
+    """The intent writer (``actors/tracker/intents.py``); None: each tracker stores its exits'
+    intents itself and tells the gateway actor."""
 
     def ref(self, target: Target) -> ActorRef[Any] | None:
         # Identity tests, most frequent first: once per message a tracker sends, where a
@@ -57,6 +60,8 @@ class Peers:
             return self.orders
         if target is Target.STOPS:
             return self.stops
+        if target is Target.INTENTS:
+            return self.intents
         raise ValueError(f"no peer for {target!r}")
 
 
@@ -107,6 +112,8 @@ class TrackerActor(PooledActor):
                                      unstored=unstored)
         if peers.stops is not None:
             self.keeper.owner = self.actor_ref
+        if peers.intents is not None:
+            self.keeper.intent_owner, self.keeper.intent_gateway = self.actor_ref, gateway
         self.peers = peers
         self.incarnation = incarnation
         self.trace_key = position.position_id

@@ -29,9 +29,11 @@ from actors.protocol import (
     Checkpoint,
     ClearKillSwitch,
     ExitAudit,
+    IntentStored,
     ProtectionChanged,
     ResumeExit,
     StopStored,
+    StoreIntent,
     StoreStop,
 )
 from actors.runtime.metrics import Metrics
@@ -98,6 +100,7 @@ class Target(Enum):
     BATCHER = "batcher"
     ORDERS = "orders"
     STOPS = "stops"
+    INTENTS = "intents"
 
 
 Out = list[tuple[Target, object]]
@@ -138,6 +141,12 @@ class PositionKeeper:
         self._stop_sent: Position | None = None
         """The position whose tightened stop is with the stop writer, not yet answered."""
         self._stop_sent_at = context.clock()
+        self.intent_owner: ActorRef[Any] | None = None
+        """The actor running this keeper, when an intent writer serves it (``_exit``)."""
+        self.intent_gateway: ActorRef[Any] | None = None
+        """The position's gateway actor, which the intent writer tells its exit orders."""
+        self._intent: _Intent | None = None
+        """An exit whose intent is with the intent writer, not yet answered."""
         self._ahead: Position | None = None
         """Marks of the prices that would have moved the stop again while it was with the
         writer (only their peak counts), with the last of those prices."""
@@ -549,8 +558,8 @@ class PositionKeeper:
         position = self.position
         if self.outage is not None:
             return self.outage.next_try  # a write to retry
-        if self._stop_sent is not None or self._ahead is not None:
-            return DUE  # a stop with the writer, prices waiting for it
+        if self._stop_sent is not None or self._ahead is not None or self._intent is not None:
+            return DUE  # a stop or an exit's intent with a writer, prices waiting for it
         if self._unsaved is not None or position.excess_qty > sum(self._excess_told.values()):
             return DUE  # a write held for the next update; an over-fill to hand on
         if position.status is PositionStatus.EXITING:
@@ -683,22 +692,87 @@ class PositionKeeper:
         intent = ExitAttempt(position_id=position.position_id, attempt=attempt,
                              client_id=client_id, reason=decision.reason,
                              quantity=position.quantity, requested_at=now)
+        request = ExitRequested(position=position, decision=decision, attempt=attempt,
+                                client_id=client_id, sent_at=now, **cause.caused())
+        if self.intent_owner is not None and self.outage is None:
+            # One write for the intents of every exit decided at once (``intents.py``): the
+            # writer places the order once it is stored and tells this keeper (``IntentStored``).
+            self.position = position
+            self._intent = _Intent(request=request, attempt=intent, cause=cause)
+            return [(Target.INTENTS, StoreIntent(attempt=intent, request=request,
+                                                 owner=self.intent_owner,
+                                                 gateway=self.intent_gateway))]
         if not self._save(position, cause=cause, intent=intent):
             # The store is failing: the exit goes on all the same (a position is never left
             # without its exit for the store); its intent is stored with the rest once the
             # store is back. The client id is the same after a restart from the older state,
             # so the gateway finds an order already placed for it instead of placing another.
-            return [(Target.SUPERVISOR, ExitRequested(
-                position=position, decision=decision, attempt=attempt, client_id=client_id,
-                sent_at=now, **cause.caused()))]
+            return [(Target.SUPERVISOR, request)]
         self.log.info("exit requested: {} {} (attempt {})", decision.reason, decision.detail,
                       attempt)
         # The supervisor hears first: it places the order, and each tell wakes a thread that
         # competes for the interpreter; the announcements can wait that long.
-        out: Out = [(Target.SUPERVISOR, ExitRequested(
-            position=position, decision=decision, attempt=attempt, client_id=client_id,
-            sent_at=now, **cause.caused()))]
+        out: Out = [(Target.SUPERVISOR, request)]
         return out + self._announce(cause)
+
+    def on_intent_stored(self, message: IntentStored) -> Out:
+        """The intent writer's answer (``_exit``): stored and placed, or not written, or the
+        write failed."""
+        pending = self._intent
+        if pending is None or message.client_id != pending.request.client_id:
+            return []  # an answer this keeper no longer waits for
+        self._intent = None
+        sent, request = pending.request.position, pending.request
+        if message.error is not None:
+            return self._exit_stored_here(pending)
+        if message.written:
+            if self._stored_version < sent.version:
+                self._saved_marks = _marks(sent)
+            self._stored_version = max(self._stored_version, sent.version)
+        elif self._stored_version < sent.version:
+            # Neither written nor overtaken by a write of this keeper: another owner of the
+            # position stored a newer state, so this one must stop, as at any stale write.
+            raise StaleWriteError(f"position {sent.position_id}: the exit intent of version "
+                                  f"{sent.version} was refused, the store holds a newer one")
+        out: Out = []
+        if not message.placed:  # a later write of this keeper holds the EXITING state
+            if not self._exiting_with(pending):
+                return self._not_placed(pending)
+            out.append((Target.SUPERVISOR, request))
+        self.log.info("exit requested: {} {} (attempt {})", request.decision.reason,
+                      request.decision.detail, request.attempt)
+        if self.position != self._announced:  # a later write may have announced it already
+            out += self._announce(pending.cause)
+        return out
+
+    def _exit_stored_here(self, pending: _Intent) -> Out:
+        """The writer's write failed: the intent is stored here, as it was before the writer
+        (a failing store keeps it in memory and the exit goes on all the same, SPEC §11.4)."""
+        position = self.position
+        if self._stored_version >= position.version:  # marks may have moved without a version
+            position = position.model_copy(update={"version": position.version + 1})
+        saved = self._save(position, cause=pending.cause, intent=pending.attempt)
+        if not self._exiting_with(pending):
+            return (self._announce(pending.cause) if saved else []) + self._not_placed(pending)
+        request = pending.request
+        if not saved:
+            return [(Target.SUPERVISOR, request)]
+        self.log.info("exit requested: {} {} (attempt {})", request.decision.reason,
+                      request.decision.detail, request.attempt)
+        return [(Target.SUPERVISOR, request), *self._announce(pending.cause)]
+
+    def _exiting_with(self, pending: _Intent) -> bool:
+        """Is the exit whose intent was with the writer still the position's? An order
+        update handled meanwhile may have ended it (a manual close): then it is not placed."""
+        position = self.position
+        return position.status is PositionStatus.EXITING and \
+            position.exit_attempt == pending.request.attempt
+
+    def _not_placed(self, pending: _Intent) -> Out:
+        status = self.position.status
+        self.log.warning("exit {} not placed: the position is {} by now",
+                         pending.request.client_id, status)
+        return self._audit_exit(pending.request.client_id, outcome=f"NOT PLACED: {status}")
 
     def on_resume(self, message: ResumeExit) -> Out:
         """An exit in flight when the last run stopped (or the partition's last owner lost
@@ -851,6 +925,15 @@ DEFER_LIMIT = 64
 """Order updates applied at most before their write (one commit for all of them)."""
 
 
+@dataclass(frozen=True)
+class _Intent:
+    """An exit whose intent is with the intent writer (``PositionKeeper._exit``)."""
+
+    request: ExitRequested
+    attempt: ExitAttempt
+    cause: Cause
+
+
 @dataclass
 class _Unsaved:
     """Order updates applied while more of them were next in line, not stored yet.
@@ -921,4 +1004,5 @@ _HANDLERS: dict[type, Callable[[PositionKeeper, object], Out]] = {
     ExitOrderUnknown: PositionKeeper.on_exit_unknown,  # type: ignore[dict-item]
     ExitOrderLookedUp: PositionKeeper.on_exit_looked_up,  # type: ignore[dict-item]
     StopStored: PositionKeeper.on_stop_stored,  # type: ignore[dict-item]
+    IntentStored: PositionKeeper.on_intent_stored,  # type: ignore[dict-item]
 }

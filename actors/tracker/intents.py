@@ -1,0 +1,128 @@
+"""IntentWriterActor: exits' durable intents, stored many at a time (SPEC §11, issue 17).
+
+A tracker that decides an exit makes its position EXITING with a new attempt and, instead of
+committing the intent itself, tells this actor a ``StoreIntent`` (``PositionKeeper._exit``).
+The writer takes every ``StoreIntent`` waiting in its mailbox and stores them with one
+``Store.record_exits`` (one statement on PostgreSQL: one commit for a wave of exits, where each
+tracker's own commit made a wave's exits leave one after the other). Only then, for each exit
+whose position it wrote, it tells the tracker ``IntentStored``, the position's gateway actor
+the order (``exit_order``) and the supervisor the request: an order never leaves before its
+intent is durable, and a restart looks it up by its client id.
+
+The tracker hears first, so it handles ``IntentStored`` before anything the order causes. A
+tracker that failed meanwhile places nothing (its ``tell`` fails): its next owner starts from
+the store. A position the writer did not write (the store holds that version or a newer one)
+is the tracker's to tell apart: its own later write (it places the order itself) or another
+owner's (stale: it stops). A failed write answers every sender with the error: each tracker
+then stores its intent itself and the exit goes on, as a failing store's exits always did
+(SPEC §11.4). A fenced store under a lost lease refuses the whole write.
+
+Like the stop writer, it writes when its mailbox is empty or before any other message (a
+settle's question, a stop), so mailbox order holds; a wave of exits costs one write, a few
+when some trackers decide after the write has begun.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from loguru import logger
+from pykka import ActorDeadError, ActorRef
+
+from actors.gateway.actor import exit_order
+from actors.protocol import IntentStored, Snapshot, StoreIntent
+from actors.runtime.dispatch import SingletonActor
+from actors.runtime.metrics import Metrics
+from models.messages import new_id
+from store.ports import Store
+
+
+class IntentWriterActor(SingletonActor):
+    trace_kind = "intents"
+
+    def __init__(self, store: Store, metrics: Metrics, clock: Callable[[], datetime],
+                 supervisor: ActorRef[Any]) -> None:
+        super().__init__()
+        self.store, self.metrics, self.clock = store, metrics, clock
+        self.supervisor = supervisor
+        self._due: list[StoreIntent] = []
+
+    def intercept(self, message: Any) -> bool:
+        if not isinstance(message, StoreIntent):
+            self.write()  # a question, a proxy call or a stop comes after the intents before it
+            return False
+        self._due.append(message)
+        if self.actor_inbox.empty():  # the last of those waiting: store them all at once
+            self.write()
+        return True
+
+    def on_receive(self, message: Any) -> Any:
+        if not isinstance(message, Snapshot):  # a settle's question: answered once stored
+            logger.warning("intent writer ignores {}", type(message).__name__)
+        return None
+
+    def on_stop(self) -> None:
+        self.write()
+
+    def write(self) -> None:
+        """Store what is due in one write, then answer every sender and place the orders."""
+        due, self._due = self._due, []
+        if not due:
+            return
+        newest: dict[str, StoreIntent] = {}
+        for message in due:  # one per position in practice: a second is never placed too
+            kept = newest.get(message.request.position.position_id)
+            if kept is None or kept.request.position.version <= message.request.position.version:
+                newest[message.request.position.position_id] = message
+        error: str | None = None
+        written: set[str] = set()
+        try:
+            written = self.store.record_exits([(m.attempt, m.request.position) for m in due])
+        except Exception as failure:  # every sender must hear back, whatever broke the write
+            error = f"{type(failure).__name__}: {failure}"
+            self.metrics.incr("intent_write_failures")
+            logger.error("storing {} exit intents failed ({}); each tracker stores its own",
+                         len(due), error)
+        else:
+            self.metrics.incr("intent_writes")
+            self.metrics.incr("intents_stored", len(due))
+        now = self.clock()
+        placed = False
+        for message in due:
+            request = message.request
+            position = request.position
+            ok = position.position_id in written and newest[position.position_id] is message
+            try:
+                message.owner.tell(IntentStored(
+                    position_id=position.position_id, client_id=request.client_id,
+                    version=position.version, correlation_id=request.correlation_id,
+                    causation_id=request.message_id, message_id=new_id(), sent_at=now,
+                    written=ok, placed=ok, error=error))
+            except ActorDeadError:
+                continue  # failed meanwhile: nothing placed; its next owner starts from the store
+            if ok:
+                placed = self._place(message, now) or placed
+        if placed:
+            # The gateway actors place the orders: let them take the interpreter now rather
+            # than after the 5 ms switch interval (as ``tracker.actor.deliver`` does).
+            time.sleep(0)
+
+    def _place(self, message: StoreIntent, now: datetime) -> bool:
+        """The order to the position's gateway actor, the request to the supervisor (which
+        places it itself for a tracker without a gateway actor)."""
+        request = message.request
+        try:
+            if message.gateway is None:
+                self.supervisor.tell(request)
+                return True
+            message.gateway.tell(exit_order(request, now))
+            self.supervisor.tell(request.model_copy(update={"placed": True}))
+        except ActorDeadError:  # the system is stopping: a restart resumes the stored intent
+            logger.bind(position_id=request.position.position_id).warning(
+                "exit {} stored but not placed: its gateway or the supervisor has stopped",
+                request.client_id)
+            return False
+        return True
