@@ -160,8 +160,7 @@ class StoreIntent:
     """Tracker → intent writer: an exit decided (``request``, its position EXITING) and its
     intent (``attempt``), stored with the others that wait in one write (SPEC §11: the intent
     durable before the order). Once stored, the writer tells ``gateway`` the order (the
-    supervisor when None) and the supervisor the request, and ``owner`` hears
-    ``IntentStored`` first."""
+    supervisor when None) and the supervisor the request, then ``owner`` ``IntentStored``."""
 
     attempt: ExitAttempt
     request: ExitRequested

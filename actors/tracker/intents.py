@@ -5,17 +5,20 @@ committing the intent itself, tells this actor a ``StoreIntent`` (``PositionKeep
 The writer takes every ``StoreIntent`` waiting in its mailbox and stores them with one
 ``Store.record_exits`` (one statement on PostgreSQL: one commit for a wave of exits, where each
 tracker's own commit made a wave's exits leave one after the other). Only then, for each exit
-whose position it wrote, it tells the tracker ``IntentStored``, the position's gateway actor
-the order (``exit_order``) and the supervisor the request: an order never leaves before its
-intent is durable, and a restart looks it up by its client id.
+whose position it wrote, it tells the position's gateway actor the order (``exit_order``) and
+the supervisor the request, then the tracker ``IntentStored``: an order never leaves before
+its intent is durable, and a restart looks it up by its client id.
 
-The tracker hears first, so it handles ``IntentStored`` before anything the order causes. A
-tracker that failed meanwhile places nothing (its ``tell`` fails): its next owner starts from
-the store. A position the writer did not write (the store holds that version or a newer one)
-is the tracker's to tell apart: its own later write (it places the order itself) or another
-owner's (stale: it stops). A failed write answers every sender with the error: each tracker
-then stores its intent itself and the exit goes on, as a failing store's exits always did
-(SPEC §11.4). A fenced store under a lost lease refuses the whole write.
+The orders go first (the trackers' announcements then compete for the interpreter), so a
+tracker may hear of its order's outcome, even of its fills, before ``IntentStored``: those
+handlers work on the EXITING position in memory, and ``IntentStored`` then records what the
+store holds (an outcome that ended the exit meanwhile is not announced twice). A tracker that
+failed meanwhile places nothing: its next owner starts from the store. A position the writer
+did not write (the store holds that version or a newer one) is the tracker's to tell apart:
+its own later write (it places the order itself) or another owner's (stale: it stops). A
+failed write answers every sender with the error: each tracker then stores its intent itself
+and the exit goes on, as a failing store's exits always did (SPEC §11.4). A fenced store
+under a lost lease refuses the whole write.
 
 Like the stop writer, it writes when its mailbox is empty or before any other message (a
 settle's question, a stop), so mailbox order holds; a wave of exits costs one write, a few
@@ -24,6 +27,7 @@ when some trackers decide after the write has begun.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -90,25 +94,23 @@ class IntentWriterActor(SingletonActor):
             self.metrics.incr("intent_writes")
             self.metrics.incr("intents_stored", len(due))
         now = self.clock()
-        placed = False
+        placed = {id(m) for m in due if m.request.position.position_id in written
+                  and newest[m.request.position.position_id] is m and m.owner.is_alive()
+                  and self._place(m, now)}  # a tracker that failed meanwhile places nothing
+        if placed:
+            # The gateway actors place the orders: let them take the interpreter now, before
+            # the trackers' announcements, rather than after the 5 ms switch interval.
+            time.sleep(0)
         for message in due:
             request = message.request
             position = request.position
             ok = position.position_id in written and newest[position.position_id] is message
-            try:
+            with contextlib.suppress(ActorDeadError):  # its next owner starts from the store
                 message.owner.tell(IntentStored(
                     position_id=position.position_id, client_id=request.client_id,
                     version=position.version, correlation_id=request.correlation_id,
                     causation_id=request.message_id, message_id=new_id(), sent_at=now,
-                    written=ok, placed=ok, error=error))
-            except ActorDeadError:
-                continue  # failed meanwhile: nothing placed; its next owner starts from the store
-            if ok:
-                placed = self._place(message, now) or placed
-        if placed:
-            # The gateway actors place the orders: let them take the interpreter now rather
-            # than after the 5 ms switch interval (as ``tracker.actor.deliver`` does).
-            time.sleep(0)
+                    written=ok, placed=id(message) in placed, error=error))
 
     def _place(self, message: StoreIntent, now: datetime) -> bool:
         """The order to the position's gateway actor, the request to the supervisor (which
