@@ -304,9 +304,11 @@ LIVE_GATEWAYS = 10
 """Gateway actors of a live session: DhanHQ takes 10 orders a second, and each call holds its
 actor for a round trip, so a wave of exits goes out side by side rather than in a queue."""
 LIVE_RESERVE = 8
-"""Dispatcher threads kept for urgent work (possible exits) in a live session: each exit's
-tracker holds one through its durable exit intent (a commit), so a wave of stops decides and
-stores side by side; the other threads stay free for fills and refreshes."""
+"""Dispatcher threads kept for urgent work (possible exits) in a live session, so a wave of
+stops decides side by side; the other threads stay free for fills and refreshes. Sized when
+each exit's tracker held one through its own commit; since the intent writer
+(``actors/tracker/intents.py``) no tracker waits on a commit, and a smaller reserve is not
+measured yet."""
 
 
 def run_live(settings: Settings, *, shadow: bool, duration: float | None,
