@@ -735,7 +735,7 @@ class PositionKeeper:
             raise StaleWriteError(f"position {sent.position_id}: the exit intent of version "
                                   f"{sent.version} was refused, the store holds a newer one")
         out: Out = []
-        if not message.placed:  # a later write of this keeper holds the EXITING state
+        if not message.placed:  # a later write of this keeper holds it, or no gateway took it
             if not self._exiting_with(pending):
                 return self._not_placed(pending)
             out.append((Target.SUPERVISOR, request))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
+from decimal import Decimal
 
 import pykka
 import pytest
@@ -19,8 +20,15 @@ from actors.tracker.keeper import KeeperContext, PositionKeeper, Target
 from app.clocks import ManualClock
 from models.common import exit_client_id
 from models.lifecycle import request_exit
-from models.messages import ExitRequested, PlaceExitOrder, PositionChanged, new_id
-from models.position import ExitReason, Position, PositionStatus
+from models.messages import (
+    ApplyProgress,
+    ExitRequested,
+    PlaceExitOrder,
+    PositionChanged,
+    new_id,
+)
+from models.orders import OrderProgress, OrderStatus
+from models.position import CLOSED, ExitReason, OrderRole, Position, PositionStatus
 from models.rules import ExitDecision
 from store.pnl_cache import InMemoryPnLCache
 from store.ports import StaleWriteError
@@ -176,6 +184,23 @@ def test_when_a_newer_state_was_stored_by_another_owner_then_the_keeper_stops(
     sent = decide(kept)
     with pytest.raises(StaleWriteError):
         kept.handle(answer(sent, written=False, placed=False))
+
+
+def test_an_exit_closed_by_another_order_while_its_intent_was_with_the_writer_is_not_placed(
+        keeper: tuple[PositionKeeper, FakeStore]) -> None:
+    kept, store = keeper
+    sent = decide(kept)
+    kept.handle(ApplyProgress(  # a manual close fills first, and is stored at once
+        position_id=kept.position.position_id, role=OrderRole.OPPOSITE, correlation_id="m",
+        sent_at=T0, progress=OrderProgress(order_no="M1", status=OrderStatus.TRADED,
+                                           traded_qty=100, traded_value=Decimal(20_000),
+                                           quantity=100, updated_at=T0)))
+    assert kept.position.status in CLOSED
+    written = store.record_exits([(sent.attempt, sent.request.position)])  # then the writer's
+    assert written == set()  # the close is newer: the writer places nothing
+    out = kept.handle(answer(sent, written=False, placed=False))
+    assert not any(isinstance(m, ExitRequested) for _, m in out)  # nor does the keeper
+    assert [a.outcome for a in store.exit_attempts()] == [f"NOT PLACED: {kept.position.status}"]
 
 
 # The writer --------------------------------------------------------------------------------------
