@@ -101,6 +101,7 @@ def test_when_lease_taken_over_then_every_write_refused_and_nothing_changed(
         with pytest.raises(LeaseLost):
             write()
     assert store.load_position(before.position_id) == before  # reads still work
+    assert store.load_position("PE9") is None  # a group write refused as a whole
     assert store.exit_attempts() == [] and store.order_updates() == []
     assert store.parked_updates() == [] and store.kill_switch() is None
 
