@@ -472,7 +472,9 @@ class PositionKeeper:
             return []
         out: Out = []
         if moved.trail_stop != before.trail_stop:
-            if self._stop_sent is not None:
+            if self._stop_sent is not None or self._intent is not None:
+                # A write with a writer: the stop waits for its answer (two writers at once
+                # could each find the other's newer version stored and take it for stale).
                 self._ahead = update_marks(self._ahead or before, ltp, self.ctx.config.policy)
                 self._ahead_cause = cause
                 return []
@@ -509,12 +511,17 @@ class PositionKeeper:
         elif message.written:
             self._stored_version = max(self._stored_version, sent.version)
             self._saved_marks = _marks(sent)
-        elif self._stored_version < sent.version:
-            # Neither written nor overtaken by a write of this keeper: another owner of the
-            # position stored a newer state, so this one must stop, as at any stale write.
+        elif self._stored_version < sent.version and not self._intent_above(sent.version):
+            # Neither written nor overtaken by a write of this keeper (an exit's intent, one
+            # version on, may be with the intent writer: its answer tells): another owner of
+            # the position stored a newer state, so this one must stop, as at any stale write.
             raise StaleWriteError(f"position {sent.position_id}: the stop of version "
                                   f"{sent.version} was refused, the store holds a newer one")
         return self._fold_ahead()
+
+    def _intent_above(self, version: int) -> bool:
+        """An exit's intent of a later version of the position is with the intent writer."""
+        return self._intent is not None and self._intent.request.position.version > version
 
     def _fold_ahead(self) -> Out:
         """The prices that waited for the stop to be stored: their peak, folded now."""
@@ -743,7 +750,12 @@ class PositionKeeper:
                       request.decision.detail, request.attempt)
         if self.position != self._announced:  # a later write may have announced it already
             out += self._announce(pending.cause)
-        return out
+        return out + self._fold_ahead_of_intent()
+
+    def _fold_ahead_of_intent(self) -> Out:
+        """The prices whose stop waited for the intent's write (``_fold``), unless a stop is
+        with the stop writer still: its answer folds them."""
+        return self._fold_ahead() if self._stop_sent is None else []
 
     def _exit_stored_here(self, pending: _Intent) -> Out:
         """The writer's write failed: the intent is stored here, as it was before the writer
@@ -756,10 +768,11 @@ class PositionKeeper:
             return (self._announce(pending.cause) if saved else []) + self._not_placed(pending)
         request = pending.request
         if not saved:
-            return [(Target.SUPERVISOR, request)]
+            return [(Target.SUPERVISOR, request), *self._fold_ahead_of_intent()]
         self.log.info("exit requested: {} {} (attempt {})", request.decision.reason,
                       request.decision.detail, request.attempt)
-        return [(Target.SUPERVISOR, request), *self._announce(pending.cause)]
+        return [(Target.SUPERVISOR, request), *self._announce(pending.cause),
+                *self._fold_ahead_of_intent()]
 
     def _exiting_with(self, pending: _Intent) -> bool:
         """Is the exit whose intent was with the writer still the position's? An order

@@ -11,7 +11,7 @@ from decimal import Decimal
 import pykka
 import pytest
 
-from actors.protocol import IntentStored, Snapshot, StoreIntent
+from actors.protocol import IntentStored, Snapshot, StopStored, StoreIntent, StoreStop
 from actors.runtime.metrics import Metrics
 from actors.system import Parts
 from actors.system import System as Running
@@ -33,7 +33,7 @@ from models.rules import ExitDecision
 from store.pnl_cache import InMemoryPnLCache
 from store.ports import StaleWriteError
 from store.records import ExitAttempt
-from tests.actors.test_stop_durability import CONFIG, active, batch, price
+from tests.actors.test_stop_durability import CONFIG, active, batch, price, stop_at
 from tests.actors.test_tracker_flow import T0, Sink
 from tests.fakes import FakeGateway, FakeStore
 
@@ -201,6 +201,36 @@ def test_an_exit_closed_by_another_order_while_its_intent_was_with_the_writer_is
     out = kept.handle(answer(sent, written=False, placed=False))
     assert not any(isinstance(m, ExitRequested) for _, m in out)  # nor does the keeper
     assert [a.outcome for a in store.exit_attempts()] == [f"NOT PLACED: {kept.position.status}"]
+
+
+def test_a_stop_refused_for_the_exit_intent_written_after_it_is_not_taken_for_stale(
+        keeper: tuple[PositionKeeper, FakeStore]) -> None:
+    kept, store = keeper
+    kept.owner = kept.intent_owner  # a stop writer serves it too
+    stop = [m for t, m in kept.handle(price("210")) if isinstance(m, StoreStop)]
+    assert len(stop) == 1  # the trailing stop arms: with the stop writer
+    out = kept.handle(price("300", 50))  # take profit: the exit's intent, one version on
+    sent = next(m for t, m in out if isinstance(m, StoreIntent))
+    assert sent.request.position.version == stop[0].position.version + 1
+    assert store.record_exits([(sent.attempt, sent.request.position)])  # its writer first,
+    assert store.save_marks([stop[0].position]) == set()  # so the stop's write is refused
+    kept.handle(StopStored(position_id=stop[0].position.position_id,  # and answered first
+                           version=stop[0].position.version, correlation_id="c",
+                           message_id=new_id(), sent_at=T0, written=False))
+    kept.handle(answer(sent))
+    assert kept.position.status is PositionStatus.EXITING
+
+
+def test_while_an_intent_is_with_its_writer_a_stop_waits_for_it(
+        keeper: tuple[PositionKeeper, FakeStore]) -> None:
+    kept, store = keeper
+    kept.owner = kept.intent_owner  # a stop writer serves it too
+    sent = decide(kept)
+    assert not any(isinstance(m, StoreStop) for _, m in kept.handle(price("300", 50)))
+    store.record_exits([(sent.attempt, sent.request.position)])
+    out = kept.handle(answer(sent))  # then the price that waited is folded: its stop stored
+    assert [m.position.trail_stop for _, m in out if isinstance(m, StoreStop)] == [
+        stop_at(sent.request.position, "300")]
 
 
 # The writer --------------------------------------------------------------------------------------
