@@ -20,6 +20,10 @@ failed write answers every sender with the error: each tracker then stores its i
 and the exit goes on, as a failing store's exits always did (SPEC §11.4). A fenced store
 under a lost lease refuses the whole write.
 
+While its intent is with this writer, a tracker sends the stop writer no stop (the price that
+would move it waits, as behind a stop being stored): two writes of one position with two
+writers could each find the other's newer version stored and take it for stale.
+
 Like the stop writer, it writes when its mailbox is empty or before any other message (a
 settle's question, a stop), so mailbox order holds; a wave of exits costs one write, a few
 when some trackers decide after the write has begun.
