@@ -183,7 +183,8 @@ def test_metrics_speak_prometheus_with_latency_histograms(tmp_path: Path) -> Non
     assert count == [1.0]
     assert families["tracker_price_to_decision_seconds"].type == "histogram"
     depths = {s.labels["actor"] for s in families["tracker_mailbox_depth"].samples}
-    assert depths == {"orders", "batcher", "index", "pnl", "supervisor", "stops", "trackers"}
+    assert depths == {"orders", "batcher", "index", "pnl", "supervisor", "stops", "intents",
+                      "trackers"}
     for name in ("tracker_actor_restarts", "tracker_dead_letters", "tracker_quote_api_calls",
                  "tracker_gateway_errors"):
         assert families[name].type == "counter", name
