@@ -471,6 +471,9 @@ def _publish(report: dict[str, Any], path: Path) -> None:
 
 
 # Store commands -----------------------------------------------------------------------------------
+RUNNER_DB_CONNECTIONS = 12
+"""PostgreSQL connections of one account's store on a runner, at most (a System opens its
+workers' and reserve's, 10, at its start)."""
 RUNNER_SEND_MARGIN = 6.0
 """A runner's lease is this many times the margin its exits keep before the lease's end
 (``broker.leased``): 1 s of a 6 s lease, a third of what is left when a renewal is due."""
@@ -479,13 +482,15 @@ RUNNER_SEND_MARGIN = 6.0
 def build_runner_system(settings: Settings, account: str, lease: PartitionLease, *, url: str,
                         clock: Callable[[], datetime], tokens: TokenSource,
                         on_lease_lost: Callable[[LeaseLost], None],
-                        lease_seconds: float) -> Served:
+                        lease_seconds: float,
+                        db_connections: int = RUNNER_DB_CONNECTIONS) -> Served:
     """One account's System on a runner's partition (SPEC §13): its store fenced by the
     partition's lease, its exits sent to the DhanHQ API (in paper runs the loopback fake
     DhanHQ, one for every runner) only while the lease has ``lease_seconds /
     RUNNER_SEND_MARGIN`` left."""
     dhan = settings.dhan
-    store = PostgresStore(url, account=account, lease=lease, on_lease_lost=on_lease_lost)
+    store = PostgresStore(url, account=account, lease=lease, on_lease_lost=on_lease_lost,
+                          pool_size=db_connections)
     rest = DhanRest(dhan.api_url, dhan.client_id or "", tokens,
                     timeout=dhan.request_timeout_seconds)
     gateway = DhanGateway(rest, protection_pct=dhan.exit_protection_pct, tick=dhan.tick_size,
@@ -507,7 +512,7 @@ def build_runner_system(settings: Settings, account: str, lease: PartitionLease,
 
 def run_runner(settings: Settings, *, nats_url: str, partitions: str | None,
                owner: str | None, lease_seconds: float, duration: float | None,
-               namespace: str = "") -> int:
+               namespace: str = "", db_connections: int = RUNNER_DB_CONNECTIONS) -> int:
     """``run.py runner --nats URL``: a scale-out runner (``app/runner.py``). With accounts
     (``--accounts`` or ``accounts`` in ``tracker.toml``) it claims their partitions and runs a
     System per account (``app/serving.py``); without, it stores its partitions' order updates
@@ -554,7 +559,8 @@ def run_runner(settings: Settings, *, nats_url: str, partitions: str | None,
         holder: list[Runner] = []
         systems = AccountSystems(accounts, lambda account, lease: build_runner_system(
             settings, account, lease, url=url, clock=clock, tokens=tokens,
-            on_lease_lost=holder[0].lease_lost, lease_seconds=lease_seconds),
+            on_lease_lost=holder[0].lease_lost, lease_seconds=lease_seconds,
+            db_connections=db_connections),
             transport, clock=clock)
         runner = Runner(leases, transport, owner=name, partitions=wanted, serve=systems)
         holder.append(runner)
@@ -678,6 +684,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
+    return value
+
+
 def _positive(text: str) -> float:
     try:
         value = float(text)
@@ -746,6 +762,9 @@ def parser() -> argparse.ArgumentParser:
                         help="lease length (default 6)")
     runner.add_argument("--duration", type=_positive, help="seconds to run (default: until "
                         "Ctrl-C)")
+    runner.add_argument("--db-connections", type=_count, default=RUNNER_DB_CONNECTIONS,
+                        help="PostgreSQL connections of each account's store, at most "
+                        f"(default {RUNNER_DB_CONNECTIONS})")
     venue = commands.add_parser("venue", help="the paper broker shared by runners: fake "
                                 "DhanHQ API, entries, order updates to JetStream, prices to "
                                 "NATS")
@@ -871,7 +890,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "runner":
             return run_runner(settings, nats_url=args.nats, partitions=args.partitions,
                               owner=args.owner, lease_seconds=args.lease_seconds,
-                              duration=args.duration, namespace=args.namespace)
+                              duration=args.duration, namespace=args.namespace,
+                              db_connections=args.db_connections)
         if args.command == "venue":
             return run_venue(settings, nats_url=args.nats, port=args.port,
                              namespace=args.namespace, entry_every=args.entry_every,

@@ -106,6 +106,10 @@ MEASURE = {"kill": "failover_s", "pause": "failover_s", "term": "handover_s", "a
 """Each kind's measured outcome (seconds), summarised per kind."""
 SETTLE = 30.0
 NATS_DOWN = 2.0
+DB_CONNECTIONS = 4
+"""PostgreSQL connections of each account's store in a runner (``run.py runner
+--db-connections``; 12 by default): a paused owner keeps its connections while its successor
+opens as many, and the server here (100 at most) is shared."""
 EVER = datetime.fromtimestamp(0, UTC)
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})")
 SERVING = re.compile(r"serving partition (\d+)$")
@@ -250,6 +254,7 @@ class Rig:
     entry_every: float
     nats_server: NatsServer | None = None
     nats_down: float = NATS_DOWN
+    db_connections: int = DB_CONNECTIONS
     namespace: str = field(default_factory=lambda: f"fo{uuid.uuid4().hex[:10]}")
     port: int = 0
     venue: Proc | None = None
@@ -312,7 +317,7 @@ class Rig:
         owner = f"{base}.{self.incarnations}"
         sep = "&" if "?" in self.url else "?"
         proc = self._start(owner, "runner", "--owner", owner, "--lease-seconds",
-                           str(self.lease),
+                           str(self.lease), "--db-connections", str(self.db_connections),
                            url=f"{self.url}{sep}application_name={self.application_name}")
         self.runners[owner] = proc
         if wait:
@@ -619,7 +624,8 @@ class Lines:
 def run(url: str, nats: str | None, work: Path, *, cycles: int, runners: int, lease: float,
         http_timeout: float, entry_every: float = 0.5, warmup: float | None = None,
         faults: tuple[str, ...] = FAULTS, out: Path | None = None,
-        nats_down: float = NATS_DOWN, stop: threading.Event | None = None) -> dict[str, Any]:
+        nats_down: float = NATS_DOWN, db_connections: int = DB_CONNECTIONS,
+        stop: threading.Event | None = None) -> dict[str, Any]:
     """The rig on ``url`` (a PostgreSQL URL, its schema fresh) and ``nats`` (None: a
     nats-server of its own, which the ``nats`` fault needs); logs in ``work``; each line
     appended to ``out``. ``stop`` set: no more cycles, the end checks run."""
@@ -634,12 +640,14 @@ def run(url: str, nats: str | None, work: Path, *, cycles: int, runners: int, le
     open_store(url).close()  # migrated once, before the runners race to do it
     server = NatsServer(work) if nats is None else None
     rig = Rig(url, server.url if server is not None else nats or NATS, work, lease,
-              http_timeout, entry_every, nats_server=server, nats_down=nats_down)
+              http_timeout, entry_every, nats_server=server, nats_down=nats_down,
+              db_connections=db_connections)
     timeout = 3 * lease + http_timeout + 30
     started = time.monotonic()
     lines = Lines(out)
     lines.add("start", {"runners": runners, "lease_s": lease, "http_timeout_s": http_timeout,
                         "accounts": len(ACCOUNTS), "faults": list(faults),
+                        "db_connections": db_connections,
                         "nats": "private" if server is not None else "shared"})
     try:
         if server is not None:
@@ -842,6 +850,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"fault kinds in turn, comma-separated (default {','.join(FAULTS)})")
     parser.add_argument("--nats-down", type=float, default=NATS_DOWN,
                         help="seconds the rig's nats-server stays down in a NATS restart")
+    parser.add_argument("--db-connections", type=int, default=DB_CONNECTIONS,
+                        help="PostgreSQL connections of each account's store in a runner")
     parser.add_argument("--out", type=Path, help="append each cycle's line here (JSON lines)")
     parser.add_argument("--summarize", type=Path, metavar="FILE.jsonl",
                         help="print the summary of the runs in FILE (an --out file) and stop")
@@ -851,8 +861,10 @@ def main(argv: list[str] | None = None) -> int:
         _print(summarise(read_lines(args.summarize)))
         return 0
     faults = tuple(f.strip() for f in args.faults.split(",") if f.strip())
-    if args.cycles < 1 or args.runners < 2 or args.lease <= 0 or args.http_timeout <= 0:
-        parser.error("want --cycles >= 1, --runners >= 2, positive --lease and --http-timeout")
+    if args.cycles < 1 or args.runners < 2 or args.lease <= 0 or args.http_timeout <= 0 \
+            or args.db_connections < 1:
+        parser.error("want --cycles >= 1, --runners >= 2, --db-connections >= 1, positive "
+                     "--lease and --http-timeout")
     if not faults or set(faults) - set(FAULTS):
         parser.error(f"--faults: want some of {','.join(FAULTS)}")
     stop = threading.Event()
@@ -878,7 +890,8 @@ def main(argv: list[str] | None = None) -> int:
             row = run(url, None if "nats" in faults else NATS, work, cycles=args.cycles,
                       runners=args.runners, lease=args.lease, http_timeout=args.http_timeout,
                       entry_every=args.entry_every, faults=faults, out=args.out,
-                      nats_down=args.nats_down, stop=stop)
+                      nats_down=args.nats_down, db_connections=args.db_connections,
+                      stop=stop)
     finally:
         with psycopg.connect(PG, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
