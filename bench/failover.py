@@ -24,10 +24,10 @@ runs them.
     (``became_spare``: it claimed nothing in a lease's time, every lease kept its owner and
     epoch); were a partition moved to it, ``moved_s`` says when it served it. It is then
     stopped again (SIGTERM), so K stays K;
-  - ``nats``: the rig's nats-server stopped (SIGTERM), kept down ``--nats-down`` seconds and
-    started again on the same port and store: ``reconnect_s`` until the venue and every runner
-    logged ``NATS: reconnected``, ``flow_s`` until an order update was stored in PostgreSQL
-    again (both from the restart);
+  - ``nats``: the rig's nats-server stopped (SIGTERM; ``--nats-stop kill``: -9), kept down
+    ``--nats-down`` seconds and started again on the same port and store: ``reconnect_s`` until
+    the venue and every runner logged ``NATS: reconnected``, ``flow_s`` until an order update
+    was stored in PostgreSQL again (both from the restart);
   - ``pg``: every PostgreSQL session of the runners ended by the server
     (``pg_terminate_backend``, the runners' connections known by their ``application_name``):
     ``recovery_s`` until every partition's lease was renewed and an order update was stored
@@ -254,6 +254,8 @@ class Rig:
     entry_every: float
     nats_server: NatsServer | None = None
     nats_down: float = NATS_DOWN
+    nats_stop: str = "term"
+    """How the ``nats`` fault stops the server: ``term`` (SIGTERM) or ``kill`` (-9)."""
     db_connections: int = DB_CONNECTIONS
     namespace: str = field(default_factory=lambda: f"fo{uuid.uuid4().hex[:10]}")
     port: int = 0
@@ -519,7 +521,8 @@ def _nats_restarted(rig: Rig, row: dict[str, Any], timeout: float) -> None:
                if f"runner {c.owner} on" in c.log.read_text(errors="replace")]
     clients += [rig.venue] if rig.venue is not None else []
     at = datetime.now(UTC)
-    server.stop(signal.SIGTERM)
+    server.stop(signal.SIGKILL if rig.nats_stop == "kill" else signal.SIGTERM)
+    row["stop"] = rig.nats_stop
     time.sleep(rig.nats_down)
     seq = rig.last_update()  # nothing flows meanwhile: the updates pulled before are stored
     server.start()
@@ -624,7 +627,8 @@ class Lines:
 def run(url: str, nats: str | None, work: Path, *, cycles: int, runners: int, lease: float,
         http_timeout: float, entry_every: float = 0.5, warmup: float | None = None,
         faults: tuple[str, ...] = FAULTS, out: Path | None = None,
-        nats_down: float = NATS_DOWN, db_connections: int = DB_CONNECTIONS,
+        nats_down: float = NATS_DOWN, nats_stop: str = "term",
+        db_connections: int = DB_CONNECTIONS,
         stop: threading.Event | None = None) -> dict[str, Any]:
     """The rig on ``url`` (a PostgreSQL URL, its schema fresh) and ``nats`` (None: a
     nats-server of its own, which the ``nats`` fault needs); logs in ``work``; each line
@@ -634,6 +638,8 @@ def run(url: str, nats: str | None, work: Path, *, cycles: int, runners: int, le
     unknown = set(faults) - set(FAULTS)
     if unknown or not faults:
         raise ValueError(f"faults: want some of {', '.join(FAULTS)}, not {sorted(unknown)}")
+    if nats_stop not in ("term", "kill"):
+        raise ValueError(f"nats_stop: term or kill, not {nats_stop!r}")
     if "nats" in faults and nats is not None:
         raise ValueError("the NATS restart needs the rig's own nats-server (nats=None): the "
                          "shared one is not restarted")
@@ -641,7 +647,7 @@ def run(url: str, nats: str | None, work: Path, *, cycles: int, runners: int, le
     server = NatsServer(work) if nats is None else None
     rig = Rig(url, server.url if server is not None else nats or NATS, work, lease,
               http_timeout, entry_every, nats_server=server, nats_down=nats_down,
-              db_connections=db_connections)
+              nats_stop=nats_stop, db_connections=db_connections)
     timeout = 3 * lease + http_timeout + 30
     started = time.monotonic()
     lines = Lines(out)
@@ -850,6 +856,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"fault kinds in turn, comma-separated (default {','.join(FAULTS)})")
     parser.add_argument("--nats-down", type=float, default=NATS_DOWN,
                         help="seconds the rig's nats-server stays down in a NATS restart")
+    parser.add_argument("--nats-stop", choices=("term", "kill"), default="term",
+                        help="how the NATS restart stops the server: SIGTERM or -9")
     parser.add_argument("--db-connections", type=int, default=DB_CONNECTIONS,
                         help="PostgreSQL connections of each account's store in a runner")
     parser.add_argument("--out", type=Path, help="append each cycle's line here (JSON lines)")
@@ -890,7 +898,8 @@ def main(argv: list[str] | None = None) -> int:
             row = run(url, None if "nats" in faults else NATS, work, cycles=args.cycles,
                       runners=args.runners, lease=args.lease, http_timeout=args.http_timeout,
                       entry_every=args.entry_every, faults=faults, out=args.out,
-                      nats_down=args.nats_down, db_connections=args.db_connections,
+                      nats_down=args.nats_down, nats_stop=args.nats_stop,
+                      db_connections=args.db_connections,
                       stop=stop)
     finally:
         with psycopg.connect(PG, autocommit=True) as conn:
