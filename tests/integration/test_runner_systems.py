@@ -18,13 +18,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from app.clocks import SessionClock
+from app.clocks import SessionClock, paper_session_start
 from app.runner import Runner
 from app.serving import AccountSystems
 from app.settings import Settings, load_settings
@@ -34,6 +35,7 @@ from broker.fake_dhan.venue import CLIENT, TOKEN, Venue, wait_until
 from broker.transport.jetstream import JetStreamTransport
 from models.common import Instrument, Segment, TxnType
 from models.partitions import partition_of
+from models.policy import RiskConfig
 from models.position import PositionStatus
 from run import build_runner_system
 from store.factory import open_store
@@ -314,6 +316,10 @@ def test_when_runner_process_killed_then_another_serves_its_accounts(
     env.pop("REDIS_URL", None)
     env.update({"DATABASE_URL": pg_url, "DHAN_CLIENT_ID": CLIENT,
                 "DHAN_ACCESS_TOKEN": VENUE_TOKEN, "DHAN_API_URL": f"http://127.0.0.1:{port}/v2",
+                # exchange time from a trading day's open: after the square-off hour on the
+                # wall clock (15:15 IST) no exit would be placed
+                "DHAN_SESSION_START": paper_session_start(
+                    datetime.now(UTC), RiskConfig().calendar).isoformat(),
                 "PYTHONPATH": str(ROOT)})
     common = ["--nats", nats_url, "--namespace", namespace, "--accounts", ACCOUNT]
     started: list[subprocess.Popen[bytes]] = []
