@@ -670,6 +670,8 @@ def run(url: str, nats: str | None, work: Path, *, cycles: int, runners: int, le
             if stop is not None and stop.is_set():
                 break
             time.sleep(lease if warmup is None else warmup)  # trading: exits in flight
+            for proc in list(rig.runners.values()):  # one started again in the last cycle
+                rig._wait_log(proc, f"runner {proc.owner} on", 60)
             if not all_served(rig, rig.wanted, EVER):
                 wait_for(lambda: all_served(rig, rig.wanted, EVER), timeout, 0.2)
             lines.add("cycle", cycle(rig, number + 1, faults[number % len(faults)], timeout))
@@ -737,6 +739,8 @@ def summarise(lines: list[dict[str, Any]]) -> dict[str, Any]:
     """The row of the runs whose lines these are (``Lines``; a ``--out`` file read back):
     figures over every cycle, the end checks of every run that reached them."""
     starts = [line for line in lines if line["kind"] == "start"]
+    if not starts:
+        raise ValueError("no run in the lines (no start line)")
     rows = [line for line in lines if line["kind"] == "cycle"]
     ends = [line for line in lines if line["kind"] == "end"]
     leases = {s["lease_s"] for s in starts}
@@ -866,7 +870,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-logs", type=Path, help="write the processes' logs here")
     args = parser.parse_args(argv)
     if args.summarize is not None:
-        _print(summarise(read_lines(args.summarize)))
+        try:
+            row = summarise(read_lines(args.summarize))
+        except (OSError, ValueError, KeyError) as error:
+            parser.error(f"--summarize {args.summarize}: {error!r}")
+        _print(row)
         return 0
     faults = tuple(f.strip() for f in args.faults.split(",") if f.strip())
     if args.cycles < 1 or args.runners < 2 or args.lease <= 0 or args.http_timeout <= 0 \

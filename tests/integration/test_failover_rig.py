@@ -105,7 +105,7 @@ def test_when_every_fault_comes_in_turn_then_each_recovers_without_double_exits_
     lines = read_lines(out)
     assert [line["kind"] for line in lines] == ["start", *["cycle"] * len(FAULTS), "end"]
     assert json.dumps(summarise(lines)) == json.dumps(row)
-    assert took <= 120, f"the short form took {took:.0f} s"
+    assert took <= 90, f"the short form took {took:.0f} s"
 
 
 def test_when_an_exit_is_placed_twice_or_overfills_then_the_rig_counts_a_double_exit() -> None:
