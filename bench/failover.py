@@ -55,11 +55,13 @@ from typing import Any
 
 import psycopg
 
+from app.clocks import SharedSession
 from bench.common import PG
 from bench.report import figure
 from models.books import BookKey, compare, key_text
 from models.common import Segment
 from models.partitions import partition_of
+from models.policy import RiskConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 NATS = os.environ.get("BENCH_NATS_URL", "nats://127.0.0.1:4222")
@@ -130,6 +132,7 @@ class Rig:
     logs: list[Path] = field(default_factory=list)
     started: list[subprocess.Popen[bytes]] = field(default_factory=list)
     incarnations: int = 0
+    session: SharedSession = field(default_factory=lambda: SharedSession(RiskConfig().calendar))
 
     def __post_init__(self) -> None:
         with socket.socket() as probe:
@@ -144,6 +147,8 @@ class Rig:
         env.pop("REDIS_URL", None)  # the P&L cache in process: nothing shared but PG and NATS
         env.update({"DATABASE_URL": self.url, "DHAN_CLIENT_ID": CLIENT,
                     "DHAN_ACCESS_TOKEN": TOKEN,
+                    # one exchange time for all, in market hours whatever the hour here
+                    "DHAN_SESSION_START": self.session.start_now(),
                     "DHAN_API_URL": f"http://127.0.0.1:{self.port}/v2",
                     "PYTHONPATH": str(ROOT)})
         return env
