@@ -47,6 +47,7 @@ from app.days import (
     table,
 )
 from app.live import LiveSession, would_exit_rows
+from app.reconcile import BookReader
 from app.replay import (
     Event,
     Replayer,
@@ -320,8 +321,8 @@ def run_live(settings: Settings, *, shadow: bool, duration: float | None,
     account = settings.account_id(live=True)
     tracing.install(Tracer(trace))
     store = open_store(settings.database_url, settings.data_dir, account=account)
-    rest = DhanRest(dhan.api_url, dhan.client_id or "", tokens,
-                    timeout=dhan.request_timeout_seconds)
+    # The account is its DhanHQ client id: the broker keeps each account's books apart by it.
+    rest = DhanRest(dhan.api_url, account, tokens, timeout=dhan.request_timeout_seconds)
     gateway = DhanGateway(rest, protection_pct=dhan.exit_protection_pct, tick=dhan.tick_size,
                           max_modifications=dhan.exit_max_modifications,
                           chase_after_seconds=dhan.exit_chase_after_ms / 1000)
@@ -491,8 +492,8 @@ def build_runner_system(settings: Settings, account: str, lease: PartitionLease,
     dhan = settings.dhan
     store = PostgresStore(url, account=account, lease=lease, on_lease_lost=on_lease_lost,
                           pool_size=db_connections)
-    rest = DhanRest(dhan.api_url, dhan.client_id or "", tokens,
-                    timeout=dhan.request_timeout_seconds)
+    # The account is its DhanHQ client id: the broker keeps each account's books apart by it.
+    rest = DhanRest(dhan.api_url, account, tokens, timeout=dhan.request_timeout_seconds)
     gateway = DhanGateway(rest, protection_pct=dhan.exit_protection_pct, tick=dhan.tick_size,
                           max_modifications=dhan.exit_max_modifications,
                           chase_after_seconds=dhan.exit_chase_after_ms / 1000)
@@ -503,11 +504,18 @@ def build_runner_system(settings: Settings, account: str, lease: PartitionLease,
                   account=account, correlation_prefix=settings.correlation_prefix,
                   urgent_prices=True)
 
+    system = System(parts)
+
     def close() -> None:
         store.close()
         rest.close()
 
-    return Served(System(parts), gateway.note_price, close)
+    def alarm(text: str) -> None:
+        logger.error("account {}: {}", shown(account), text)
+
+    books = BookReader(rest, system.order_frame, system, clock=clock, alarm=alarm,
+                       correlation_prefix=settings.correlation_prefix)
+    return Served(system, gateway.note_price, close, books=books)
 
 
 def run_runner(settings: Settings, *, nats_url: str, partitions: str | None,

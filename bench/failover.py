@@ -88,11 +88,13 @@ from typing import Any
 
 import psycopg
 
+from app.clocks import SharedSession
 from bench.common import PG
 from bench.report import figure
 from models.books import BookKey, compare, key_text
 from models.common import Segment
 from models.partitions import partition_of
+from models.policy import RiskConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 NATS = os.environ.get("BENCH_NATS_URL", "nats://127.0.0.1:4222")
@@ -266,17 +268,10 @@ class Rig:
     started: list[subprocess.Popen[bytes]] = field(default_factory=list)
     incarnations: int = 0
     wanted: set[int] = field(default_factory=lambda: {partition_of(a) for a in ACCOUNTS})
-    session_start: str = ""
+    session: SharedSession = field(default_factory=lambda: SharedSession(RiskConfig().calendar))
 
     def __post_init__(self) -> None:
-        from app.clocks import paper_session_start
-        from models.policy import RiskConfig
-
         self.port = free_port()
-        # Exchange time from a trading day's open in every process, whatever the hour here:
-        # on the wall clock after the square-off (15:15 IST) no exit would ever be placed.
-        self.session_start = paper_session_start(datetime.now(UTC),
-                                                 RiskConfig().calendar).isoformat()
         (self.work / "tracker.toml").write_text(
             "[policy]\nstop_loss_pct = 0.002\ntake_profit_pct = 0.003\n\n"
             f"[dhan]\nrequest_timeout_seconds = {self.http_timeout}\n", encoding="utf-8")
@@ -291,8 +286,10 @@ class Rig:
         env.pop("REDIS_URL", None)  # the P&L cache in process: nothing shared but PG and NATS
         env.update({"DATABASE_URL": url, "DHAN_CLIENT_ID": CLIENT,
                     "DHAN_ACCESS_TOKEN": TOKEN,
+                    # one exchange time for all, in market hours whatever the hour here
+                    "DHAN_SESSION_START": self.session.start_now(),
                     "DHAN_API_URL": f"http://127.0.0.1:{self.port}/v2",
-                    "DHAN_SESSION_START": self.session_start, "PYTHONPATH": str(ROOT)})
+                    "PYTHONPATH": str(ROOT)})
         return env
 
     def _start(self, name: str, *args: str, url: str | None = None) -> Proc:
