@@ -301,6 +301,37 @@ def live_credentials(settings: Settings, environ: Mapping[str, str]) -> TokenSou
     return tokens
 
 
+def runner_credentials(settings: Settings, accounts: Sequence[str],
+                       environ: Mapping[str, str]) -> dict[str, TokenSource]:
+    """Each account's token for a runner, checked before anything connects: from its file in
+    ``token_dir`` (named by the account id, its DhanHQ client id) when that is set, else the
+    one token of ``live_credentials`` for all. A missing or malformed file is an
+    ``InputError`` naming the file, never echoing its content."""
+    token_dir = settings.dhan.token_dir
+    if token_dir is None:
+        shared = live_credentials(settings, environ)
+        return {account: shared for account in accounts}
+    if not token_dir.is_dir():
+        raise InputError(f"DHAN_TOKEN_DIR / token_dir: {token_dir} is not a directory")
+    tokens: dict[str, TokenSource] = {}
+    for account in accounts:
+        path = token_dir / account
+        if not path.is_file():
+            raise InputError(f"no token for account {shown(account)}: expected the file "
+                             f"{token_dir / shown(account)} in token_dir")
+        source = TokenSource(path=path, environ={})
+        try:
+            token = source.current()
+        except DhanTokenError:
+            raise InputError(f"account {shown(account)}: its token file cannot be read or is "
+                             "empty") from None
+        if not _TOKEN_TEXT.fullmatch(token.reveal()):
+            raise InputError(f"account {shown(account)}: its token file is malformed: a DhanHQ "
+                             "access token is one line of letters, digits and . _ - (a JWT)")
+        tokens[account] = source
+    return tokens
+
+
 LIVE_GATEWAYS = 10
 """Gateway actors of a live session: DhanHQ takes 10 orders a second, and each call holds its
 actor for a round trip, so a wave of exits goes out side by side rather than in a queue."""
@@ -538,7 +569,7 @@ def run_runner(settings: Settings, *, nats_url: str, partitions: str | None,
     except ValueError as error:
         raise InputError(f"--namespace: {error}") from None
     accounts = settings.accounts
-    tokens = live_credentials(settings, os.environ) if accounts else None
+    tokens = runner_credentials(settings, accounts, os.environ) if accounts else None
     if accounts:
         mine = sorted({partition_of(account) for account in accounts})
         wanted = mine if wanted is None else sorted(set(mine) & set(wanted))
@@ -561,7 +592,7 @@ def run_runner(settings: Settings, *, nats_url: str, partitions: str | None,
             if settings.dhan.session_start is not None else _wall_clock
         holder: list[Runner] = []
         systems = AccountSystems(accounts, lambda account, lease: build_runner_system(
-            settings, account, lease, url=url, clock=clock, tokens=tokens,
+            settings, account, lease, url=url, clock=clock, tokens=tokens[account],
             on_lease_lost=holder[0].lease_lost, lease_seconds=lease_seconds),
             transport, clock=clock)
         runner = Runner(leases, transport, owner=name, partitions=wanted, serve=systems)
