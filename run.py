@@ -211,6 +211,24 @@ def _opened_of_requested(requested: int, broker: PaperBroker, store: Store) -> s
     return line
 
 
+def _exchange_clock(settings: Settings) -> Callable[[], datetime]:
+    """The exchange time of a live session, a runner or the venue: the wall clock, or for
+    drills against the fake a session clock from ``DHAN_SESSION_START``."""
+    start = settings.dhan.session_start
+    return SessionClock(start) if start is not None else _wall_clock
+
+
+def _stop_event(duration: float | None) -> threading.Event:
+    """Set by SIGINT or SIGTERM, or once ``duration`` seconds have passed."""
+    stop = threading.Event()
+    _on_signals(stop)
+    if duration is not None:
+        timer = threading.Timer(duration, stop.set)
+        timer.daemon = True
+        timer.start()
+    return stop
+
+
 def _on_signals(stop: threading.Event) -> None:
     def handler(signum: int, frame: Any) -> None:
         logger.info("signal {}: stopping gracefully", signum)
@@ -347,8 +365,7 @@ def run_live(settings: Settings, *, shadow: bool, duration: float | None,
     dhan = settings.dhan
     for name in ("httpx", "httpcore"):  # a line per request at INFO: the session logs its own
         logging.getLogger(name).setLevel(logging.WARNING)
-    clock: Callable[[], datetime] = SessionClock(dhan.session_start) \
-        if dhan.session_start is not None else _wall_clock
+    clock = _exchange_clock(settings)
     account = settings.account_id(live=True)
     tracing.install(Tracer(trace))
     store = open_store(settings.database_url, settings.data_dir, account=account)
@@ -588,8 +605,7 @@ def run_runner(settings: Settings, *, nats_url: str, partitions: str | None,
     name = owner or f"runner-{uuid.uuid4().hex[:8]}"
     closing: list[Callable[[], None]] = [leases.close, transport.close]
     if tokens is not None:
-        clock: Callable[[], datetime] = SessionClock(settings.dhan.session_start) \
-            if settings.dhan.session_start is not None else _wall_clock
+        clock = _exchange_clock(settings)
         holder: list[Runner] = []
         systems = AccountSystems(accounts, lambda account, lease: build_runner_system(
             settings, account, lease, url=url, clock=clock, tokens=tokens[account],
@@ -604,12 +620,7 @@ def run_runner(settings: Settings, *, nats_url: str, partitions: str | None,
         closing.append(store.close)
         runner = Runner(leases, transport, owner=name, partitions=wanted,
                         deliver=store_frames(store, _wall_clock), current=current)
-    stop = threading.Event()
-    _on_signals(stop)
-    if duration is not None:
-        timer = threading.Timer(duration, stop.set)
-        timer.daemon = True
-        timer.start()
+    stop = _stop_event(duration)
     logger.info("runner {} on {} partitions ({} accounts)", name, len(wanted), len(accounts))
     try:
         runner.run(stop)
@@ -644,16 +655,10 @@ def run_venue(settings: Settings, *, nats_url: str, port: int, namespace: str,
     except TransportError as error:
         print(f"transport error: {one_line(error)}", file=sys.stderr)
         return 1
-    clock: Callable[[], datetime] = SessionClock(settings.dhan.session_start) \
-        if settings.dhan.session_start is not None else _wall_clock
+    clock = _exchange_clock(settings)
     venue = PaperVenue(transport, settings.accounts, clock=clock, entry_every=entry_every,
                        seed=settings.paper.seed)
-    stop = threading.Event()
-    _on_signals(stop)
-    if duration is not None:
-        timer = threading.Timer(duration, stop.set)
-        timer.daemon = True
-        timer.start()
+    stop = _stop_event(duration)
     try:
         venue.run(stop, port)
     finally:
