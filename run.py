@@ -211,6 +211,24 @@ def _opened_of_requested(requested: int, broker: PaperBroker, store: Store) -> s
     return line
 
 
+def _exchange_clock(settings: Settings) -> Callable[[], datetime]:
+    """The exchange time of a live session, a runner or the venue: the wall clock, or for
+    drills against the fake a session clock from ``DHAN_SESSION_START``."""
+    start = settings.dhan.session_start
+    return SessionClock(start) if start is not None else _wall_clock
+
+
+def _stop_event(duration: float | None) -> threading.Event:
+    """Set by SIGINT or SIGTERM, or once ``duration`` seconds have passed."""
+    stop = threading.Event()
+    _on_signals(stop)
+    if duration is not None:
+        timer = threading.Timer(duration, stop.set)
+        timer.daemon = True
+        timer.start()
+    return stop
+
+
 def _on_signals(stop: threading.Event) -> None:
     def handler(signum: int, frame: Any) -> None:
         logger.info("signal {}: stopping gracefully", signum)
@@ -301,6 +319,37 @@ def live_credentials(settings: Settings, environ: Mapping[str, str]) -> TokenSou
     return tokens
 
 
+def runner_credentials(settings: Settings, accounts: Sequence[str],
+                       environ: Mapping[str, str]) -> dict[str, TokenSource]:
+    """Each account's token for a runner, checked before anything connects: from its file in
+    ``token_dir`` (named by the account id, its DhanHQ client id) when that is set, else the
+    one token of ``live_credentials`` for all. A missing or malformed file is an
+    ``InputError`` naming the file, never echoing its content."""
+    token_dir = settings.dhan.token_dir
+    if token_dir is None:
+        shared = live_credentials(settings, environ)
+        return {account: shared for account in accounts}
+    if not token_dir.is_dir():
+        raise InputError(f"DHAN_TOKEN_DIR / token_dir: {token_dir} is not a directory")
+    tokens: dict[str, TokenSource] = {}
+    for account in accounts:
+        path = token_dir / account
+        if not path.is_file():
+            raise InputError(f"no token for account {shown(account)}: expected the file "
+                             f"{token_dir / shown(account)} in token_dir")
+        source = TokenSource(path=path, environ={})
+        try:
+            token = source.current()
+        except DhanTokenError:
+            raise InputError(f"account {shown(account)}: its token file cannot be read or is "
+                             "empty") from None
+        if not _TOKEN_TEXT.fullmatch(token.reveal()):
+            raise InputError(f"account {shown(account)}: its token file is malformed: a DhanHQ "
+                             "access token is one line of letters, digits and . _ - (a JWT)")
+        tokens[account] = source
+    return tokens
+
+
 LIVE_GATEWAYS = 10
 """Gateway actors of a live session: DhanHQ takes 10 orders a second, and each call holds its
 actor for a round trip, so a wave of exits goes out side by side rather than in a queue."""
@@ -316,8 +365,7 @@ def run_live(settings: Settings, *, shadow: bool, duration: float | None,
     dhan = settings.dhan
     for name in ("httpx", "httpcore"):  # a line per request at INFO: the session logs its own
         logging.getLogger(name).setLevel(logging.WARNING)
-    clock: Callable[[], datetime] = SessionClock(dhan.session_start) \
-        if dhan.session_start is not None else _wall_clock
+    clock = _exchange_clock(settings)
     account = settings.account_id(live=True)
     tracing.install(Tracer(trace))
     store = open_store(settings.database_url, settings.data_dir, account=account)
@@ -543,7 +591,7 @@ def run_runner(settings: Settings, *, nats_url: str, partitions: str | None,
     except ValueError as error:
         raise InputError(f"--namespace: {error}") from None
     accounts = settings.accounts
-    tokens = live_credentials(settings, os.environ) if accounts else None
+    tokens = runner_credentials(settings, accounts, os.environ) if accounts else None
     if accounts:
         mine = sorted({partition_of(account) for account in accounts})
         wanted = mine if wanted is None else sorted(set(mine) & set(wanted))
@@ -562,11 +610,10 @@ def run_runner(settings: Settings, *, nats_url: str, partitions: str | None,
     name = owner or f"runner-{uuid.uuid4().hex[:8]}"
     closing: list[Callable[[], None]] = [leases.close, transport.close]
     if tokens is not None:
-        clock: Callable[[], datetime] = SessionClock(settings.dhan.session_start) \
-            if settings.dhan.session_start is not None else _wall_clock
+        clock = _exchange_clock(settings)
         holder: list[Runner] = []
         systems = AccountSystems(accounts, lambda account, lease: build_runner_system(
-            settings, account, lease, url=url, clock=clock, tokens=tokens,
+            settings, account, lease, url=url, clock=clock, tokens=tokens[account],
             on_lease_lost=holder[0].lease_lost, lease_seconds=lease_seconds,
             db_connections=db_connections),
             transport, clock=clock)
@@ -579,12 +626,7 @@ def run_runner(settings: Settings, *, nats_url: str, partitions: str | None,
         closing.append(store.close)
         runner = Runner(leases, transport, owner=name, partitions=wanted,
                         deliver=store_frames(store, _wall_clock), current=current)
-    stop = threading.Event()
-    _on_signals(stop)
-    if duration is not None:
-        timer = threading.Timer(duration, stop.set)
-        timer.daemon = True
-        timer.start()
+    stop = _stop_event(duration)
     logger.info("runner {} on {} partitions ({} accounts)", name, len(wanted), len(accounts))
     try:
         runner.run(stop)
@@ -619,16 +661,10 @@ def run_venue(settings: Settings, *, nats_url: str, port: int, namespace: str,
     except TransportError as error:
         print(f"transport error: {one_line(error)}", file=sys.stderr)
         return 1
-    clock: Callable[[], datetime] = SessionClock(settings.dhan.session_start) \
-        if settings.dhan.session_start is not None else _wall_clock
+    clock = _exchange_clock(settings)
     venue = PaperVenue(transport, settings.accounts, clock=clock, entry_every=entry_every,
                        seed=settings.paper.seed)
-    stop = threading.Event()
-    _on_signals(stop)
-    if duration is not None:
-        timer = threading.Timer(duration, stop.set)
-        timer.daemon = True
-        timer.start()
+    stop = _stop_event(duration)
     try:
         venue.run(stop, port)
     finally:

@@ -10,7 +10,9 @@ compares the broker's positions with ours:
    price of an order whose row has none.
 2. The system settles, then ``GET /positions``: DhanHQ's net quantity per (segment, security,
    product) against our open positions (``models.books.compare``). A difference raises an alarm
-   and is shown; nothing is traded to fix it.
+   and is shown; nothing is traded to fix it. Before the alarm the order book is read once
+   more and its changed orders given in (an order that filled between the two reads is not a
+   difference), and the positions compared again.
 3. ``poll``: the order book read again while live; only orders whose state changed since the
    last read go in.
 
@@ -90,12 +92,23 @@ class BookReader:
             if self._give(order, prices, force=True):
                 result.fills += 1 if order.filled_qty else 0
                 result.external += 0 if self._ours(order) else 1
-        self.system.settle(rounds=1)
-        positions = self.rest.positions()
-        if positions.ok and positions.value is not None:
-            result.differences = self._compare(positions.value)
-        else:
-            result.error = f"GET /positions: {positions.outcome.value} {positions.code}"
+        for last in (False, True):
+            self.system.settle(rounds=1)
+            positions = self.rest.positions()
+            if not positions.ok or positions.value is None:
+                result.error = f"GET /positions: {positions.outcome.value} {positions.code}"
+                break
+            result.differences = self._compare(positions.value, alarm=last)
+            if not result.differences or last:
+                break
+            # An order may have filled between the two reads: the changed ones in, once more.
+            again = self.rest.orders()
+            if not again.ok or again.value is None:
+                self._compare(positions.value, alarm=True)
+                break
+            for order in _oldest_first(again.value):
+                if self._give(order, {}, force=False):
+                    result.fills += 1 if order.filled_qty else 0
         self.reconciled = result
         logger.info("reconcile{}: {} orders read, {} with fills given to the trackers; {}",
                     f" of {self.system.account}" if self.system.account else "",
@@ -135,7 +148,8 @@ class BookReader:
         corr = order.correlation_id or ""
         return corr.startswith("X-") or (self.prefix is not None and corr.startswith(self.prefix))
 
-    def _compare(self, rows: list[BrokerPosition]) -> dict[str, dict[str, int]]:
+    def _compare(self, rows: list[BrokerPosition], *, alarm: bool = True
+                 ) -> dict[str, dict[str, int]]:
         """DhanHQ's ``netQty`` per (segment, security, product) against our open positions
         (``models.books.compare``): a difference is alarmed, never traded away."""
         broker: dict[BookKey, int] = {}
@@ -145,7 +159,7 @@ class BookReader:
             broker[key] = broker.get(key, 0) + row.net_qty
         report = compare(broker, self.system.open_positions())
         differences = cast(dict[str, dict[str, int]], report.as_dict()["differences"])
-        if differences:
+        if differences and alarm:
             self.alarm("DhanHQ's positions differ from ours (nothing is traded to fix it; "
                        f"every position stays protected): {report.line()}")
         return differences
