@@ -51,11 +51,15 @@ runs them.
   accounts whose book at the venue (net filled quantity per instrument) disagrees with their
   open positions in PostgreSQL (``models.books.compare``), once the runners have applied every
   update (waited for, up to ``SETTLE`` seconds).
-- **Writes under a stale epoch**: the rows carry no writer epoch, so what is checked is that
-  every write is fenced (the store's conditional write refuses it: ``LeaseLost``, counted from
-  the runners' logs as ``lease epoch N lost (...)``; a partition a runner dropped, its lease
-  found lost at a renewal or a write, as ``dropped``) and that the books agree and no exit
-  was doubled, which a non-owner's write would break.
+- **Writes under a stale epoch**: counted by PostgreSQL itself (``store/witness.py``,
+  installed in the rig's schema before the runners start): a row trigger on every state table
+  checks each row written against the lease table as it stands inside the writing
+  transaction, and records a write under an epoch another owner has replaced (``stale``,
+  target 0), one with no fence at all (``unfenced``, target 0) and one whose lease expired
+  while its transaction was open (``expired``: the fence's lock held the next owner's claim
+  back until it ended; shown, no target). Beside it, the writes the runners' own fence
+  refused (``LeaseLost``, counted from their logs as ``lease epoch N lost (...)``; a partition
+  a runner dropped, its lease found lost at a renewal or a write, as ``dropped``).
 - **Results file** (``--out FILE.jsonl``, appended): a ``start`` line, one ``cycle`` line as
   soon as each cycle ends and an ``end`` line with the end checks, each naming its run. A run
   stopped with Ctrl-C or SIGTERM finishes its cycle and runs the end checks (twice: at once,
@@ -98,6 +102,7 @@ from models.books import BookKey, compare, key_text
 from models.common import Segment
 from models.partitions import partition_of
 from models.policy import RiskConfig
+from store import witness
 
 ROOT = Path(__file__).resolve().parents[1]
 NATS = os.environ.get("BENCH_NATS_URL", "nats://127.0.0.1:4222")
@@ -644,6 +649,8 @@ def run(url: str, nats: str | None, work: Path, *, cycles: int, runners: int, le
         raise ValueError("the NATS restart needs the rig's own nats-server (nats=None): the "
                          "shared one is not restarted")
     open_store(url).close()  # migrated once, before the runners race to do it
+    with psycopg.connect(url, autocommit=True) as conn:  # PostgreSQL's own count of stale writes
+        witness.install(conn)
     server = NatsServer(work) if nats is None else None
     rig = Rig(url, server.url if server is not None else nats or NATS, work, lease,
               http_timeout, entry_every, nats_server=server, nats_down=nats_down,
@@ -697,6 +704,9 @@ def run(url: str, nats: str | None, work: Path, *, cycles: int, runners: int, le
     finally:
         rig.stop_all()
         _delete_stream(rig.nats, rig.namespace, server)
+    with psycopg.connect(url, autocommit=True) as conn:
+        fence_violations = witness.violations(conn)
+        witnessed = witness.installed(conn) == len(witness.STATE_TABLES)
     placed = Counter(record["placements"])
     repeated, short = double_exits(record)
     logs = "".join(p.read_text(errors="replace") for p in rig.logs)
@@ -710,6 +720,7 @@ def run(url: str, nats: str | None, work: Path, *, cycles: int, runners: int, le
         "runner_step_failures": logs.count("runner step failed"),
         "venue_unpublished": logs.count("not published"),
         "pg_connections_refused": logs.count("too many clients"),
+        "fence_witness": fence_violations if witnessed else None,
         "venue_exit_code": venue_code, "runner_exit_codes": codes,
         "wall_s": round(time.monotonic() - started, 1)})
     return summarise(lines.lines)
@@ -768,9 +779,12 @@ def summarise(lines: list[dict[str, Any]]) -> dict[str, Any]:
         "double_exits": len(repeated) + len(short),
         "books_agree": bool(ends) and all(e["books_agree"] for e in ends),
         "book_differences": differ, "lost_fills": len(differ),
-        "stale_writes_checked": "rows carry no writer epoch: every write is fenced by the "
-                                "lease in its SQL (refusals counted); books agree and no exit "
-                                "doubled",
+        "stale_writes": sum((e.get("fence_witness") or {}).get("stale", 0) for e in ends),
+        "unfenced_writes": sum((e.get("fence_witness") or {}).get("unfenced", 0) for e in ends),
+        "writes_past_expiry": sum((e.get("fence_witness") or {}).get("expired", 0)
+                                  for e in ends),
+        "stale_writes_witnessed": bool(ends) and all(e.get("fence_witness") is not None
+                                                     for e in ends),
         "venue_exit_code": next((e["venue_exit_code"] for e in ends
                                  if e["venue_exit_code"] != 0), 0 if ends else None),
         "runner_exit_codes": {keyed(e["run"], owner): code for e in ends
@@ -807,6 +821,12 @@ def summarise(lines: list[dict[str, Any]]) -> dict[str, Any]:
         figure("partitions served twice (after any fault)", twice, target="0",
                met=twice == 0),
     ]
+    if extra["stale_writes_witnessed"]:
+        figures.append(figure("writes under a stale epoch (PostgreSQL's check of every row)",
+                              extra["stale_writes"], target="0",
+                              met=extra["stale_writes"] == 0))
+        figures.append(figure("writes without a fence", extra["unfenced_writes"], target="0",
+                              met=extra["unfenced_writes"] == 0))
     added = [r for r in rows if r["fault"] == "add"]
     if added:
         spare = sum(1 for r in added if r["became_spare"])

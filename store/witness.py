@@ -77,3 +77,13 @@ def violations(conn: psycopg.Connection[Any]) -> dict[str, int]:
     """Rows written per verdict (``unfenced``, ``stale``, ``expired``; absent: none)."""
     rows = conn.execute("SELECT verdict, count(*) FROM fence_witness GROUP BY verdict")
     return {str(verdict): int(count) for verdict, count in rows.fetchall()}
+
+
+def installed(conn: psycopg.Connection[Any]) -> int:
+    """The state tables of the connection's schema that have the witness (``len(STATE_TABLES)``
+    once ``install`` ran)."""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+        "WHERE t.tgname = 'fence_witness' AND c.relnamespace = current_schema()::regnamespace"
+    ).fetchone()
+    return int(row[0]) if row is not None else 0

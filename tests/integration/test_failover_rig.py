@@ -99,6 +99,9 @@ def test_when_every_fault_comes_in_turn_then_each_recovers_without_double_exits_
     met = {f["figure"].split(" (")[0].split(":")[0]: f["met"] for f in row["figures"]}
     assert met["double exits"] and met["lost fills"] and met["faults recovered"]
     assert met["partitions served twice"] and met["runner added"]
+    assert row["stale_writes_witnessed"] and row["stale_writes"] == 0  # PostgreSQL's own check
+    assert row["unfenced_writes"] == 0, row
+    assert met["writes under a stale epoch"] and met["writes without a fence"]
     assert set(row["by_kind"]) == set(FAULTS)
 
     # the results file: a start line, a line per cycle, the end line; its summary is the row

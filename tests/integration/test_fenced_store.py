@@ -160,7 +160,9 @@ def test_fence_witness_sees_fenced_writes_pass_and_flags_unfenced_and_stale_ones
     count of writes under a stale epoch): quiet for fenced writes, and able to see the two
     writes fencing forbids."""
     with psycopg.connect(pg_url, autocommit=True) as conn:
+        assert witness.installed(conn) == 0
         witness.install(conn)
+        assert witness.installed(conn) == len(witness.STATE_TABLES)
     store.save_position(active("E1"))
     store.record_order_update("{}", T0, order_no="E1", accepted=True)
     store.record_exit(attempt("PE2"), exiting("E2"))
