@@ -781,6 +781,7 @@ class PositionKeeper:
         resuming, self._resuming = self._resuming, False
         if not message.found and resuming:
             return self._place_resumed(message)
+        audit = self._audit_resumed(message) if resuming and message.found else []
         if not message.found:
             self._not_found += 1
             if self._not_found < 2:  # a placement may still be on its way: look once more
@@ -795,8 +796,9 @@ class PositionKeeper:
                                  traded_qty=message.traded_qty if message.avg_price else 0,
                                  traded_value=value if message.avg_price else Decimal(0),
                                  quantity=message.quantity or None)
-        out = self._commit(lifecycle.apply_progress(position, progress, OrderRole.EXIT,
-                                                    attempt=message.attempt, at=now), message)
+        out = audit + self._commit(lifecycle.apply_progress(position, progress, OrderRole.EXIT,
+                                                            attempt=message.attempt, at=now),
+                                   message)
         if self.position.status is PositionStatus.EXITING and not message.status.terminal:
             # It rests at the broker: cancel it; its CANCELLED update fails the attempt, and
             # the next one is placed with back-off (standing reasons at once).
@@ -806,6 +808,20 @@ class PositionKeeper:
                 position_id=position.position_id, order_no=message.order_no, sent_at=now,
                 **message.caused())))
         return out
+
+    def _audit_resumed(self, message: ExitOrderLookedUp) -> Out:
+        """An attempt resumed after a restart, found at the broker: the audit columns it lacks
+        (the last run may have died holding them for the store, SPEC §11.4) come from the
+        look-up, its order number and PLACED; columns stored are kept."""
+        try:
+            stored = [a for a in self.ctx.store.exit_attempts(self.position.position_id)
+                      if a.client_id == message.client_id]
+        except StoreError as error:  # a record only: the exit goes on
+            self.log.warning("could not read exit {}'s audit columns: {}", message.client_id,
+                             error)
+            return []
+        changes = missing_audit(stored[0] if stored else None, message.order_no)
+        return self._audit_exit(message.client_id, **changes) if changes else []
 
     def _cancel_live_exits(self, before: Position, cause: Cause) -> Out:
         """Flat at the broker (a manual close filled first): no exit of ours may stay live
@@ -912,6 +928,15 @@ class _Outage:
     fills: list[Fill] = field(default_factory=list)
     exits: list[ExitAttempt] = field(default_factory=list)
     tries: int = 0
+
+
+def missing_audit(stored: ExitAttempt | None, order_no: str | None) -> dict[str, str]:
+    """The audit columns a stored attempt lacks, for one the broker knows as ``order_no``
+    (none for an attempt the store does not hold: its intent comes with its own)."""
+    if stored is None or order_no is None:
+        return {}
+    changes = {"order_no": order_no} if stored.order_no is None else {}
+    return changes | ({"outcome": "PLACED"} if stored.outcome is None else {})
 
 
 def _marks(position: Position) -> tuple[object, ...]:
