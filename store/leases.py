@@ -81,8 +81,11 @@ _FREE = (
     "LEFT JOIN partition_leases AS l ON l.partition = p "
     "WHERE l.partition IS NULL OR l.owner IS NULL OR l.expires_at <= clock_timestamp() "
     "ORDER BY p")
+# The fence also names itself to the transaction (``tracker.fence`` = "partition:epoch", local
+# to it) for the database's own check of every row written (``store/witness.py``).
 FENCE = (
-    "SELECT epoch FROM partition_leases WHERE partition = %s AND owner = %s AND epoch = %s "
+    "SELECT epoch, set_config('tracker.fence', partition || ':' || epoch, true) "
+    "FROM partition_leases WHERE partition = %s AND owner = %s AND epoch = %s "
     "AND expires_at > clock_timestamp() FOR SHARE")
 
 
