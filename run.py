@@ -496,7 +496,7 @@ def build_runner_system(settings: Settings, account: str, lease: PartitionLease,
                                  margin=lease_seconds / RUNNER_SEND_MARGIN),
                   quotes=NotingQuotes(rest, gateway), config=settings.risk, clock=clock,
                   account=account, correlation_prefix=settings.correlation_prefix,
-                  urgent_prices=True)
+                  urgent_prices=True, connections_ahead=False)
 
     def close() -> None:
         store.close()
