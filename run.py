@@ -556,7 +556,8 @@ def run_runner(settings: Settings, *, nats_url: str, partitions: str | None,
             settings, account, lease, url=url, clock=clock, tokens=tokens,
             on_lease_lost=holder[0].lease_lost, lease_seconds=lease_seconds),
             transport, clock=clock)
-        runner = Runner(leases, transport, owner=name, partitions=wanted, serve=systems)
+        runner = Runner(leases, transport, owner=name, partitions=wanted, serve=systems,
+                        share=partitions is None)
         holder.append(runner)
         closing.insert(0, systems.close)
     else:
@@ -564,7 +565,8 @@ def run_runner(settings: Settings, *, nats_url: str, partitions: str | None,
         store = PostgresStore(url, lease=current)
         closing.append(store.close)
         runner = Runner(leases, transport, owner=name, partitions=wanted,
-                        deliver=store_frames(store, _wall_clock), current=current)
+                        deliver=store_frames(store, _wall_clock), current=current,
+                        share=partitions is None)
     stop = threading.Event()
     _on_signals(stop)
     if duration is not None:
