@@ -182,9 +182,12 @@ class Runner:
         self._renew()
         now = self.clock()
         ready = [p for p, held in sorted(self.held.items()) if now >= held.ready_at]
-        for partition in ready:
-            if partition in self.held and self._served(partition):  # not dropped meanwhile
-                self._consume(partition, self.pull_budget / len(ready))
+        # Every partition ready is started before any is pulled from: a pull waits up to its
+        # share of the budget, and a partition handed over must not wait behind another's.
+        served = [p for p in ready if p in self.held and self._served(p)]
+        for partition in served:
+            if partition in self.held:  # not dropped meanwhile
+                self._consume(partition, self.pull_budget / len(served))
             self._drop_lost()
         if self.serve is not None:
             self.serve.step()

@@ -331,3 +331,21 @@ def test_without_sharing_a_runner_keeps_every_partition_a_joining_one_wants() ->
         second.step()
         first.step()
     assert (first.owned(), second.owned()) == ([10, 20], [])
+
+
+def test_every_partition_ready_is_started_before_any_is_pulled_from() -> None:
+    """A partition handed over waits for no other's pull (each may wait its share of the
+    budget): the second start comes before the first partition's updates are handed over."""
+    leases = MemoryLeases()
+
+    class Logged(FakeServe):
+        def deliver(self, partition: int, delivery: Delivery) -> bool | None:
+            self.log.append(f"deliver {partition}")
+            return super().deliver(partition, delivery)
+
+    transport = LocalTransport(ack_wait=60)
+    runner = Runner(leases, transport, owner="r1", partitions=[P, P + 1],
+                    serve=Logged(leases.log), claim_every=0.0, pull_budget=0.05)
+    transport.publish_order_update(ACCOUNT, "m-1", b"frame")
+    runner.step()
+    assert leases.log == [f"start {P}", f"start {P + 1}", f"deliver {P}"]
