@@ -19,7 +19,7 @@ import json
 import statistics
 import sys
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -27,10 +27,10 @@ from bench.common import PG, ClockedGateway, drop_schemas, fresh_pg, session_clo
 from bench.workload import T0, instruments, positions
 from broker.paper.exchange import PaperExchange
 from broker.paper.market import TapeMarket
-from models.common import TxnType
-from models.orders import OrderStatus, OrderUpdate
+from models.common import Side, TxnType
+from models.orders import OrderProgress, OrderStatus, OrderUpdate
 from models.partitions import partition_of
-from models.position import PositionStatus
+from models.position import OrderRole, Position, PositionStatus, TrackedOrder
 from models.wire import to_dhan_frame
 from store.pnl_cache import InMemoryPnLCache
 from store.records import ReceivedFrame
@@ -38,18 +38,25 @@ from store.records import ReceivedFrame
 ACCOUNT = "desk-bench"
 
 
-def _frames(order_no: str, position: Any, txn: TxnType, at: Any) -> list[str]:
+def _entry(position: Position, txn: TxnType, at: datetime) -> tuple[Position, list[str]]:
+    """The frames of the position's entry order (TRANSIT, PENDING, TRADED), and the position
+    as the previous owner stored it once it had applied them all."""
     qty = position.orders[0].progress.traded_qty
-    out = []
-    for n, status in enumerate((OrderStatus.TRANSIT, OrderStatus.PENDING, OrderStatus.TRADED)):
-        traded = qty if status is OrderStatus.TRADED else 0
-        out.append(to_dhan_frame(OrderUpdate(
-            order_no=order_no, status=status, segment=position.segment,
-            security_id=position.security_id, txn_type=txn, product=position.product,
-            order_type="MARKET", quantity=qty, traded_qty=traded,
-            avg_traded_price=Decimal(100) if traded else None,
-            updated_at=at + timedelta(milliseconds=n))))
-    return out
+    updates = [OrderUpdate(order_no=position.entry_order_no, status=status,
+                           segment=position.segment, security_id=position.security_id,
+                           txn_type=txn, product=position.product, order_type="MARKET",
+                           quantity=qty, traded_qty=qty if status is OrderStatus.TRADED else 0,
+                           avg_traded_price=Decimal(100) if status is OrderStatus.TRADED
+                           else None, updated_at=at + timedelta(seconds=n))
+               for n, status in enumerate((OrderStatus.TRANSIT, OrderStatus.PENDING,
+                                           OrderStatus.TRADED))]
+    progress = OrderProgress.empty(position.entry_order_no)
+    for update in updates:
+        progress = progress.merge(update)
+    stored = position.model_copy(update={
+        "orders": (TrackedOrder(role=OrderRole.ENTRY, progress=progress),),
+        "opened_at": updates[-1].updated_at, "created_at": at})
+    return stored, [to_dhan_frame(update) for update in updates]
 
 
 def seed(url: str, open_count: int, closed_count: int) -> int:
@@ -60,18 +67,19 @@ def seed(url: str, open_count: int, closed_count: int) -> int:
     try:
         store.migrate()
         book = positions(open_count + closed_count, instruments(max(1, open_count // 3)))
-        opened, closed = book[:open_count], book[open_count:]
-        exited = [p.model_copy(update={"status": PositionStatus.EXITED,
-                                       "exited_at": T0 + timedelta(minutes=5)})
-                  for p in closed]
-        store.save_positions(opened + exited)
+        stored: list[Position] = []
         frames: list[ReceivedFrame] = []
-        for n, position in enumerate(opened + closed):
+        for n, position in enumerate(book):
             at = T0 - timedelta(minutes=30) + timedelta(seconds=n)
-            entry = TxnType.BUY if n % 2 == 0 else TxnType.SELL
-            raws = _frames(position.entry_order_no, position, entry, at)
+            entry = TxnType.BUY if position.side is Side.LONG else TxnType.SELL
+            applied, raws = _entry(position, entry, at)
+            if n >= open_count:
+                applied = applied.model_copy(update={"status": PositionStatus.EXITED,
+                                                     "exited_at": T0 + timedelta(minutes=5)})
+            stored.append(applied)
             frames += [ReceivedFrame(raw=raw, received_at=at, order_no=None, accepted=True)
                        for raw in raws]
+        store.save_positions(stored)
         store.record_order_updates(frames)
         return len(frames)
     finally:
@@ -100,7 +108,8 @@ def start_once(url: str) -> dict[str, float]:
                               quotes=None, config=RiskConfig(), clock=clock, account=ACCOUNT))
         system.start(ticker=False)
         took = time.perf_counter() - began
-        phases = {"make": made, **system.startup, "total": took}
+        phases = {"make": made, **system.startup, "total": took,
+                  "routed": float(system.recovered)}
         system.stop()
         store.close()
         leases.release(lease)
