@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import signal
+import ssl
 import sys
 import tempfile
 import threading
@@ -62,6 +63,7 @@ from app.settings import Settings, SettingsError, load_settings
 from broker.dhan import DhanRest, TokenSource
 from broker.dhan import TokenError as DhanTokenError
 from broker.dhan.gateway import DhanGateway, NotingQuotes, ShadowGateway
+from broker.dhan.rest import shared_tls
 from broker.leased import leased
 from broker.paper import PaperBroker, PaperConfig, entry_interval
 from broker.paper.market import TapeMarket
@@ -479,7 +481,7 @@ RUNNER_SEND_MARGIN = 6.0
 def build_runner_system(settings: Settings, account: str, lease: PartitionLease, *, url: str,
                         clock: Callable[[], datetime], tokens: TokenSource,
                         on_lease_lost: Callable[[LeaseLost], None],
-                        lease_seconds: float) -> Served:
+                        lease_seconds: float, tls: ssl.SSLContext | bool = True) -> Served:
     """One account's System on a runner's partition (SPEC §13): its store fenced by the
     partition's lease, its exits sent to the DhanHQ API (in paper runs the loopback fake
     DhanHQ, one for every runner) only while the lease has ``lease_seconds /
@@ -487,7 +489,7 @@ def build_runner_system(settings: Settings, account: str, lease: PartitionLease,
     dhan = settings.dhan
     store = PostgresStore(url, account=account, lease=lease, on_lease_lost=on_lease_lost)
     rest = DhanRest(dhan.api_url, dhan.client_id or "", tokens,
-                    timeout=dhan.request_timeout_seconds)
+                    timeout=dhan.request_timeout_seconds, verify=tls)
     gateway = DhanGateway(rest, protection_pct=dhan.exit_protection_pct, tick=dhan.tick_size,
                           max_modifications=dhan.exit_max_modifications,
                           chase_after_seconds=dhan.exit_chase_after_ms / 1000)
@@ -552,9 +554,10 @@ def run_runner(settings: Settings, *, nats_url: str, partitions: str | None,
         clock: Callable[[], datetime] = SessionClock(settings.dhan.session_start) \
             if settings.dhan.session_start is not None else _wall_clock
         holder: list[Runner] = []
+        tls = shared_tls()  # made now, not at a partition's hand-over
         systems = AccountSystems(accounts, lambda account, lease: build_runner_system(
             settings, account, lease, url=url, clock=clock, tokens=tokens,
-            on_lease_lost=holder[0].lease_lost, lease_seconds=lease_seconds),
+            on_lease_lost=holder[0].lease_lost, lease_seconds=lease_seconds, tls=tls),
             transport, clock=clock)
         runner = Runner(leases, transport, owner=name, partitions=wanted, serve=systems,
                         share=partitions is None)
