@@ -48,6 +48,7 @@ from app.days import (
     table,
 )
 from app.live import LiveSession, would_exit_rows
+from app.reconcile import BookReader
 from app.replay import (
     Event,
     Replayer,
@@ -212,6 +213,24 @@ def _opened_of_requested(requested: int, broker: PaperBroker, store: Store) -> s
     return line
 
 
+def _exchange_clock(settings: Settings) -> Callable[[], datetime]:
+    """The exchange time of a live session, a runner or the venue: the wall clock, or for
+    drills against the fake a session clock from ``DHAN_SESSION_START``."""
+    start = settings.dhan.session_start
+    return SessionClock(start) if start is not None else _wall_clock
+
+
+def _stop_event(duration: float | None) -> threading.Event:
+    """Set by SIGINT or SIGTERM, or once ``duration`` seconds have passed."""
+    stop = threading.Event()
+    _on_signals(stop)
+    if duration is not None:
+        timer = threading.Timer(duration, stop.set)
+        timer.daemon = True
+        timer.start()
+    return stop
+
+
 def _on_signals(stop: threading.Event) -> None:
     def handler(signum: int, frame: Any) -> None:
         logger.info("signal {}: stopping gracefully", signum)
@@ -302,6 +321,37 @@ def live_credentials(settings: Settings, environ: Mapping[str, str]) -> TokenSou
     return tokens
 
 
+def runner_credentials(settings: Settings, accounts: Sequence[str],
+                       environ: Mapping[str, str]) -> dict[str, TokenSource]:
+    """Each account's token for a runner, checked before anything connects: from its file in
+    ``token_dir`` (named by the account id, its DhanHQ client id) when that is set, else the
+    one token of ``live_credentials`` for all. A missing or malformed file is an
+    ``InputError`` naming the file, never echoing its content."""
+    token_dir = settings.dhan.token_dir
+    if token_dir is None:
+        shared = live_credentials(settings, environ)
+        return {account: shared for account in accounts}
+    if not token_dir.is_dir():
+        raise InputError(f"DHAN_TOKEN_DIR / token_dir: {token_dir} is not a directory")
+    tokens: dict[str, TokenSource] = {}
+    for account in accounts:
+        path = token_dir / account
+        if not path.is_file():
+            raise InputError(f"no token for account {shown(account)}: expected the file "
+                             f"{token_dir / shown(account)} in token_dir")
+        source = TokenSource(path=path, environ={})
+        try:
+            token = source.current()
+        except DhanTokenError:
+            raise InputError(f"account {shown(account)}: its token file cannot be read or is "
+                             "empty") from None
+        if not _TOKEN_TEXT.fullmatch(token.reveal()):
+            raise InputError(f"account {shown(account)}: its token file is malformed: a DhanHQ "
+                             "access token is one line of letters, digits and . _ - (a JWT)")
+        tokens[account] = source
+    return tokens
+
+
 LIVE_GATEWAYS = 10
 """Gateway actors of a live session: DhanHQ takes 10 orders a second, and each call holds its
 actor for a round trip, so a wave of exits goes out side by side rather than in a queue."""
@@ -317,13 +367,12 @@ def run_live(settings: Settings, *, shadow: bool, duration: float | None,
     dhan = settings.dhan
     for name in ("httpx", "httpcore"):  # a line per request at INFO: the session logs its own
         logging.getLogger(name).setLevel(logging.WARNING)
-    clock: Callable[[], datetime] = SessionClock(dhan.session_start) \
-        if dhan.session_start is not None else _wall_clock
+    clock = _exchange_clock(settings)
     account = settings.account_id(live=True)
     tracing.install(Tracer(trace))
     store = open_store(settings.database_url, settings.data_dir, account=account)
-    rest = DhanRest(dhan.api_url, dhan.client_id or "", tokens,
-                    timeout=dhan.request_timeout_seconds)
+    # The account is its DhanHQ client id: the broker keeps each account's books apart by it.
+    rest = DhanRest(dhan.api_url, account, tokens, timeout=dhan.request_timeout_seconds)
     gateway = DhanGateway(rest, protection_pct=dhan.exit_protection_pct, tick=dhan.tick_size,
                           max_modifications=dhan.exit_max_modifications,
                           chase_after_seconds=dhan.exit_chase_after_ms / 1000)
@@ -473,6 +522,9 @@ def _publish(report: dict[str, Any], path: Path) -> None:
 
 
 # Store commands -----------------------------------------------------------------------------------
+RUNNER_DB_CONNECTIONS = 12
+"""PostgreSQL connections of one account's store on a runner, at most (opened as its writes
+need them: ``Parts.connections_ahead`` is off on a runner)."""
 RUNNER_SEND_MARGIN = 6.0
 """A runner's lease is this many times the margin its exits keep before the lease's end
 (``broker.leased``): 1 s of a 6 s lease, a third of what is left when a renewal is due."""
@@ -481,15 +533,18 @@ RUNNER_SEND_MARGIN = 6.0
 def build_runner_system(settings: Settings, account: str, lease: PartitionLease, *, url: str,
                         clock: Callable[[], datetime], tokens: TokenSource,
                         on_lease_lost: Callable[[LeaseLost], None],
-                        lease_seconds: float, tls: ssl.SSLContext | bool = True) -> Served:
+                        lease_seconds: float, tls: ssl.SSLContext | bool = True,
+                        db_connections: int = RUNNER_DB_CONNECTIONS) -> Served:
     """One account's System on a runner's partition (SPEC §13): its store fenced by the
     partition's lease, its exits sent to the DhanHQ API (in paper runs the loopback fake
     DhanHQ, one for every runner) only while the lease has ``lease_seconds /
     RUNNER_SEND_MARGIN`` left."""
     dhan = settings.dhan
-    store = PostgresStore(url, account=account, lease=lease, on_lease_lost=on_lease_lost)
-    rest = DhanRest(dhan.api_url, dhan.client_id or "", tokens,
-                    timeout=dhan.request_timeout_seconds, verify=tls)
+    store = PostgresStore(url, account=account, lease=lease, on_lease_lost=on_lease_lost,
+                          pool_size=db_connections)
+    # The account is its DhanHQ client id: the broker keeps each account's books apart by it.
+    rest = DhanRest(dhan.api_url, account, tokens, timeout=dhan.request_timeout_seconds,
+                    verify=tls)
     gateway = DhanGateway(rest, protection_pct=dhan.exit_protection_pct, tick=dhan.tick_size,
                           max_modifications=dhan.exit_max_modifications,
                           chase_after_seconds=dhan.exit_chase_after_ms / 1000)
@@ -500,16 +555,23 @@ def build_runner_system(settings: Settings, account: str, lease: PartitionLease,
                   account=account, correlation_prefix=settings.correlation_prefix,
                   urgent_prices=True, connections_ahead=False)
 
+    system = System(parts)
+
     def close() -> None:
         store.close()
         rest.close()
 
-    return Served(System(parts), gateway.note_price, close)
+    def alarm(text: str) -> None:
+        logger.error("account {}: {}", shown(account), text)
+
+    books = BookReader(rest, system.order_frame, system, clock=clock, alarm=alarm,
+                       correlation_prefix=settings.correlation_prefix)
+    return Served(system, gateway.note_price, close, books=books)
 
 
 def run_runner(settings: Settings, *, nats_url: str, partitions: str | None,
                owner: str | None, lease_seconds: float, duration: float | None,
-               namespace: str = "") -> int:
+               namespace: str = "", db_connections: int = RUNNER_DB_CONNECTIONS) -> int:
     """``run.py runner --nats URL``: a scale-out runner (``app/runner.py``). With accounts
     (``--accounts`` or ``accounts`` in ``tracker.toml``) it claims their partitions and runs a
     System per account (``app/serving.py``); without, it stores its partitions' order updates
@@ -532,7 +594,7 @@ def run_runner(settings: Settings, *, nats_url: str, partitions: str | None,
     except ValueError as error:
         raise InputError(f"--namespace: {error}") from None
     accounts = settings.accounts
-    tokens = live_credentials(settings, os.environ) if accounts else None
+    tokens = runner_credentials(settings, accounts, os.environ) if accounts else None
     if accounts:
         mine = sorted({partition_of(account) for account in accounts})
         wanted = mine if wanted is None else sorted(set(mine) & set(wanted))
@@ -551,13 +613,13 @@ def run_runner(settings: Settings, *, nats_url: str, partitions: str | None,
     name = owner or f"runner-{uuid.uuid4().hex[:8]}"
     closing: list[Callable[[], None]] = [leases.close, transport.close]
     if tokens is not None:
-        clock: Callable[[], datetime] = SessionClock(settings.dhan.session_start) \
-            if settings.dhan.session_start is not None else _wall_clock
+        clock = _exchange_clock(settings)
         holder: list[Runner] = []
         tls = shared_tls()  # made now, not at a partition's hand-over
         systems = AccountSystems(accounts, lambda account, lease: build_runner_system(
-            settings, account, lease, url=url, clock=clock, tokens=tokens,
-            on_lease_lost=holder[0].lease_lost, lease_seconds=lease_seconds, tls=tls),
+            settings, account, lease, url=url, clock=clock, tokens=tokens[account],
+            on_lease_lost=holder[0].lease_lost, lease_seconds=lease_seconds, tls=tls,
+            db_connections=db_connections),
             transport, clock=clock)
         runner = Runner(leases, transport, owner=name, partitions=wanted, serve=systems,
                         share=partitions is None)
@@ -570,12 +632,7 @@ def run_runner(settings: Settings, *, nats_url: str, partitions: str | None,
         runner = Runner(leases, transport, owner=name, partitions=wanted,
                         deliver=store_frames(store, _wall_clock), current=current,
                         share=partitions is None)
-    stop = threading.Event()
-    _on_signals(stop)
-    if duration is not None:
-        timer = threading.Timer(duration, stop.set)
-        timer.daemon = True
-        timer.start()
+    stop = _stop_event(duration)
     logger.info("runner {} on {} partitions ({} accounts)", name, len(wanted), len(accounts))
     try:
         runner.run(stop)
@@ -610,16 +667,10 @@ def run_venue(settings: Settings, *, nats_url: str, port: int, namespace: str,
     except TransportError as error:
         print(f"transport error: {one_line(error)}", file=sys.stderr)
         return 1
-    clock: Callable[[], datetime] = SessionClock(settings.dhan.session_start) \
-        if settings.dhan.session_start is not None else _wall_clock
+    clock = _exchange_clock(settings)
     venue = PaperVenue(transport, settings.accounts, clock=clock, entry_every=entry_every,
                        seed=settings.paper.seed)
-    stop = threading.Event()
-    _on_signals(stop)
-    if duration is not None:
-        timer = threading.Timer(duration, stop.set)
-        timer.daemon = True
-        timer.start()
+    stop = _stop_event(duration)
     try:
         venue.run(stop, port)
     finally:
@@ -681,6 +732,16 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
+    return value
 
 
 def _positive(text: str) -> float:
@@ -751,6 +812,9 @@ def parser() -> argparse.ArgumentParser:
                         help="lease length (default 6)")
     runner.add_argument("--duration", type=_positive, help="seconds to run (default: until "
                         "Ctrl-C)")
+    runner.add_argument("--db-connections", type=_count, default=RUNNER_DB_CONNECTIONS,
+                        help="PostgreSQL connections of each account's store, at most "
+                        f"(default {RUNNER_DB_CONNECTIONS})")
     venue = commands.add_parser("venue", help="the paper broker shared by runners: fake "
                                 "DhanHQ API, entries, order updates to JetStream, prices to "
                                 "NATS")
@@ -876,7 +940,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "runner":
             return run_runner(settings, nats_url=args.nats, partitions=args.partitions,
                               owner=args.owner, lease_seconds=args.lease_seconds,
-                              duration=args.duration, namespace=args.namespace)
+                              duration=args.duration, namespace=args.namespace,
+                              db_connections=args.db_connections)
         if args.command == "venue":
             return run_venue(settings, nats_url=args.nats, port=args.port,
                              namespace=args.namespace, entry_every=args.entry_every,

@@ -36,6 +36,20 @@ def paper_session_start(wall: datetime, calendar: SessionCalendar) -> datetime:
     return opened + timedelta(minutes=1)
 
 
+class SharedSession:
+    """One exchange time for processes launched at different moments (a paper venue and its
+    runners): give each, as its ``DHAN_SESSION_START``, ``start_now()``, the session's time
+    at its launch. The session opens at ``paper_session_start`` of the first launch."""
+
+    def __init__(self, calendar: SessionCalendar, wall: datetime | None = None) -> None:
+        self.opened = paper_session_start(wall or datetime.now(IST), calendar)
+        self._t0 = time.monotonic()
+
+    def start_now(self) -> str:
+        """The session's time now, as ``DHAN_SESSION_START`` text (ISO 8601, with offset)."""
+        return (self.opened + timedelta(seconds=time.monotonic() - self._t0)).isoformat()
+
+
 class ManualClock:
     """Simulated time for replay and tests: it moves only when told."""
 

@@ -27,18 +27,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any
 
 from loguru import logger
 
 from actors.system import System
+from app.reconcile import BookReader, Reconciled
 from broker.dhan import (
-    BrokerOrder,
-    BrokerPosition,
-    BrokerTrade,
     DhanRest,
     LinkState,
     MarketFeed,
@@ -47,41 +44,15 @@ from broker.dhan import (
     TokenError,
     TokenSource,
 )
-from broker.dhan.book import PRODUCT_TYPES
 from broker.dhan.gateway import DhanGateway, ShadowGateway
 from broker.dhan.token import expires_at
-from models.books import BookKey, compare
-from models.common import IST, Instrument
-from models.orders import OrderUpdate
-from models.wire import dhan_time, to_dhan_frame
+from models.common import Instrument
 
-RECONCILE_MARK = '"Source": "RECONCILE"'
 FOLLOW_EVERY = 1.0
 """Seconds between comparisons of the feed's subscriptions with the open positions (the quote
 API prices a new position meanwhile)."""
 TOKEN_RECHECK = 5.0
 """Seconds between reads of the token source while the token is refused."""
-
-
-@dataclass
-class Reconciled:
-    """The last reconcile, for the status line, the console and the report."""
-
-    at: datetime | None = None
-    orders: int = 0
-    fills: int = 0
-    external: int = 0
-    differences: dict[str, dict[str, int]] = field(default_factory=dict)
-    """``SEGMENT:security:PRODUCT`` → ``{"broker": netQty, "ours": signed open}``."""
-    error: str | None = None
-
-    def line(self) -> str:
-        if self.at is None:
-            return "reconcile: not yet" + (f" ({self.error})" if self.error else "")
-        text = f"reconciled {self.at.astimezone(IST):%H:%M:%S}"
-        if self.differences:
-            text += f", POSITIONS DIFFER on {len(self.differences)}"
-        return text + (f" (last try failed: {self.error})" if self.error else "")
 
 
 class LiveSession:
@@ -97,28 +68,25 @@ class LiveSession:
         self.shadow = shadow
         self.clock = clock
         self.poll_active, self.poll_idle = poll_active, poll_idle
-        self.prefix = correlation_prefix
         extra: dict[str, Any] = {} if backoff is None else {"backoff": backoff}
         self.socket = OrderSocket(order_ws_url, client_id, tokens, sink=self._on_frame,
                                   on_state=self._on_socket_state,
                                   on_connected=self._on_socket_connected, **extra)
         self.feed = MarketFeed(feed_ws_url, client_id, tokens, on_tick=self._on_tick,
                                on_state=self._on_feed_state, **extra)
-        self.reconciled = Reconciled()
         self.alarms: list[str] = []
+        self.books = BookReader(rest, gateway.deliver, system, clock=clock, alarm=self._alarm,
+                                correlation_prefix=correlation_prefix)
         self._lock = threading.Lock()
         self._held: list[str] | None = None
         """Socket frames held while a reconcile reads the books (None: not holding)."""
         self._reconcile_due = threading.Event()
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
-        self._seen: dict[str, tuple[str, int]] = {}
-        """Order id → (status, filled quantity) as last given to the system by a read."""
         self._next_poll = self._next_follow = 0.0
         self._refused: Secret | None = None
         self._token_checked = 0.0
         self.socket_state = self.feed_state = LinkState.STOPPED.value
-        self.polls = 0
         rest.on_token_invalid = self._on_token_refused
         gateway.on_alarm = self._alarm
 
@@ -220,37 +188,23 @@ class LiveSession:
 
     # Reconcile ----------------------------------------------------------------------------------
     def reconcile(self) -> bool:
-        """The books after a (re)connect; False when it must be tried again."""
+        """The books after a (re)connect (``BookReader.reconcile``), frames from the socket
+        held meanwhile; False when it must be tried again."""
         with self._lock:
             if self._held is None:
                 self._held = []
         try:
-            orders = self.rest.orders()
-            if not orders.ok or orders.value is None:
-                self.reconciled.error = f"GET /orders: {orders.outcome.value} {orders.code}"
-                logger.warning("reconcile: {}; trying again", self.reconciled.error)
-                return False
-            trades = self.rest.trades()
-            prices = _trade_prices(trades.value or []) if trades.ok else {}
-            result = Reconciled(at=self.clock(), orders=len(orders.value))
-            for order in _oldest_first(orders.value):
-                if self._give(order, prices, force=True):
-                    result.fills += 1 if order.filled_qty else 0
-                    result.external += 0 if self._ours(order) else 1
-            self.system.settle(rounds=1)
-            positions = self.rest.positions()
-            if positions.ok and positions.value is not None:
-                result.differences = self._compare(positions.value)
-            else:
-                result.error = f"GET /positions: {positions.outcome.value} {positions.code}"
-            self.reconciled = result
-            logger.info("reconcile: {} orders read, {} with fills given to the trackers; {}",
-                        result.orders, result.fills,
-                        "positions agree with DhanHQ" if not result.differences
-                        else f"POSITIONS DIFFER: {result.differences}")
-            return True
+            return self.books.reconcile()
         finally:
             self._drain_held()
+
+    @property
+    def reconciled(self) -> Reconciled:
+        return self.books.reconciled
+
+    @property
+    def polls(self) -> int:
+        return self.books.polls
 
     def _drain_held(self) -> None:
         while True:
@@ -264,50 +218,7 @@ class LiveSession:
                 self.gateway.deliver(frame)
 
     def poll(self) -> None:
-        """The order book read while live: only orders whose state changed go in."""
-        answer = self.rest.orders()
-        self.polls += 1
-        if not answer.ok or answer.value is None:
-            logger.warning("order-book poll: {} {}", answer.outcome.value, answer.code)
-            return
-        given = sum(self._give(order, {}, force=False) for order in _oldest_first(answer.value))
-        if given:
-            logger.info("order-book poll: {} orders changed since the last read", given)
-
-    def _give(self, order: BrokerOrder, prices: dict[str, Decimal], *, force: bool) -> bool:
-        state = (order.status, order.filled_qty)
-        if not force and self._seen.get(order.order_id) == state:
-            return False
-        self._seen[order.order_id] = state
-        try:
-            frame = order_frame(order, prices.get(order.order_id))
-        except ValueError as error:  # a row that cannot be an order update: the rest go on
-            logger.warning("order {} from the order book skipped: {}", order.order_id,
-                           " ".join(str(error).split()))
-            return False
-        if frame is None:
-            return False
-        self.gateway.deliver(frame)
-        return True
-
-    def _ours(self, order: BrokerOrder) -> bool:
-        corr = order.correlation_id or ""
-        return corr.startswith("X-") or (self.prefix is not None and corr.startswith(self.prefix))
-
-    def _compare(self, rows: list[BrokerPosition]) -> dict[str, dict[str, int]]:
-        """DhanHQ's ``netQty`` per (segment, security, product) against our open positions
-        (``models.books.compare``): a difference is alarmed, never traded away."""
-        broker: dict[BookKey, int] = {}
-        for row in rows:
-            key = (row.instrument.segment, row.instrument.security_id,
-                   _product_letter(row.product))
-            broker[key] = broker.get(key, 0) + row.net_qty
-        report = compare(broker, self.system.open_positions())
-        differences = cast(dict[str, dict[str, int]], report.as_dict()["differences"])
-        if differences:
-            self._alarm("DhanHQ's positions differ from ours (nothing is traded to fix it; "
-                        f"every position stays protected): {report.line()}")
-        return differences
+        self.books.poll()
 
     # Feed subscriptions ---------------------------------------------------------------------------
     def _follow_positions(self) -> None:
@@ -398,60 +309,6 @@ class LiveSession:
         status["token_expires_at"] = expiry.isoformat() if expiry is not None else None
         status["alarms"] = list(self.alarms)
         return status
-
-
-def order_frame(order: BrokerOrder, trade_price: Decimal | None = None) -> str | None:
-    """An order-book row as the order socket's frame (marked as read by reconcile); None for a
-    row that cannot be one (no status we know, no instrument)."""
-    status = order.order_status
-    if status is None or order.instrument is None:
-        return None
-    price = order.avg_price if order.avg_price and order.avg_price > 0 else trade_price
-    update = OrderUpdate(
-        order_no=order.order_id, status=status, segment=order.instrument.segment,
-        security_id=order.instrument.security_id, txn_type=order.txn_type,
-        product=_product_letter(order.product), order_type=order.order_type,
-        quantity=order.quantity, traded_qty=order.filled_qty, avg_traded_price=price,
-        price=order.price if order.price and order.price > 0 else None,
-        correlation_id=order.correlation_id, exch_order_no=order.exchange_order_id,
-        updated_at=_time(order.updated_at), reason=order.reason)
-    frame = to_dhan_frame(update)
-    return frame[:-2] + ", " + RECONCILE_MARK + "}}"
-
-
-_LETTERS = {name: letter for letter, name in PRODUCT_TYPES.items()}
-
-
-def _product_letter(product: str | None) -> str | None:
-    """The order socket's one-letter product for a REST ``productType``."""
-    if product is None:
-        return None
-    return _LETTERS.get(product.upper(), product)
-
-
-def _time(text: str | None) -> datetime | None:
-    try:
-        return dhan_time(text) if text else None
-    except (ValueError, OverflowError):
-        return None  # the order's time is not needed to apply it
-
-
-def _oldest_first(orders: list[BrokerOrder]) -> list[BrokerOrder]:
-    """DhanHQ lists the newest first; the system takes them in the order they happened."""
-    return sorted(orders, key=lambda o: o.updated_at or "")
-
-
-def _trade_prices(trades: list[BrokerTrade]) -> dict[str, Decimal]:
-    """Each order's average traded price from the trade book."""
-    value: dict[str, Decimal] = {}
-    qty: dict[str, int] = {}
-    for trade in trades:
-        if trade.price is None or trade.quantity <= 0:
-            continue
-        value[trade.order_id] = value.get(trade.order_id, Decimal(0)) + \
-            trade.price * trade.quantity
-        qty[trade.order_id] = qty.get(trade.order_id, 0) + trade.quantity
-    return {order: value[order] / qty[order] for order in value}
 
 
 def _order_key(instrument: Instrument) -> tuple[str, str]:

@@ -10,8 +10,9 @@ What it does, one ``step`` at a time (``run`` repeats it until told to stop):
    (``Leases.claim``), with ``share`` no more than its fair share of them, and releases one
    over that share (``models.partitions.plan_share``); one taken over from a lapsed owner is
    held back for ``claim_wait`` (the old lease plus the HTTP timeout);
-3. renews every lease past a third of its life; a renewal refused (``LeaseLost``) drops the
-   partition at once;
+3. renews every lease past a third of its life (and, while ``run`` runs, so does a thread of
+   its own, so a slow step never lets a lease lapse); a renewal refused (``LeaseLost``)
+   revokes the partition's lease at once and the step drops the partition;
 4. starts what serves a partition once it is ready (``Serve.start``: the Systems of its
    accounts, ``app/serving.py``), then pulls its order updates and hands each over; acks once
    the update is stored, naks when it is not, and drops the partition on ``LeaseLost``;
@@ -41,6 +42,10 @@ from broker.transport.ports import Delivery, Transport, TransportError
 from models.partitions import PARTITIONS, plan_share
 from models.wire import Rejection, parse_order_update
 from store.ports import Lease, LeaseLost, Leases, Store, StoreError
+
+RENEW_CHECKS = 12
+"""Looks per lease length for leases to renew, on the renewal thread (every 0.5 s with 6 s
+leases): a lease is renewed a third into its life, well before it could lapse."""
 
 Deliver = Callable[[int, bytes], None]
 
@@ -147,6 +152,7 @@ class Runner:
         self.deliver, self.current, self.serve = deliver, current, serve
         self._lost: set[int] = set()
         self._lost_lock = threading.Lock()
+        self._renewing = threading.Lock()
         self.batch, self.pull_budget, self.clock = batch, pull_budget, clock
         self.claim_every = leases.lease_seconds / 3 if claim_every is None else claim_every
         self.look_every, self.share = look_every, share
@@ -180,6 +186,7 @@ class Runner:
             self.next_look = self.clock() + self.look_every
             self._look()
         self._renew()
+        self._drop_lost()
         now = self.clock()
         ready = [p for p, held in sorted(self.held.items()) if now >= held.ready_at]
         # Every partition ready is started before any is pulled from: a pull waits up to its
@@ -228,14 +235,31 @@ class Runner:
                 self._drop(partition, "a write under its lease was refused")
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
+        """Steps until ``stop``; the leases are renewed on a thread of their own meanwhile, so
+        that a slow step (a System's start, a store that answers late) never lets a lease
+        lapse under the runner that holds it."""
+        renewals = threading.Thread(target=self._keep_renewing, args=(stop,), daemon=True,
+                                    name=f"{self.owner}-renewals")
+        renewals.start()
+        try:
+            while not stop.is_set():
+                try:
+                    self.step()
+                    if not self.held:
+                        stop.wait(self.pull_budget)  # nothing to pull: no busy loop of claims
+                except (StoreError, TransportError) as error:
+                    self.log.warning("runner step failed, trying again: {}", error)
+                    stop.wait(1.0)
+        finally:
+            stop.set()
+            renewals.join()
+
+    def _keep_renewing(self, stop: threading.Event) -> None:
+        while not stop.wait(self.leases.lease_seconds / RENEW_CHECKS):
             try:
-                self.step()
-                if not self.held:
-                    stop.wait(self.pull_budget)  # nothing to pull: no busy loop of claims
-            except (StoreError, TransportError) as error:
-                self.log.warning("runner step failed, trying again: {}", error)
-                stop.wait(1.0)
+                self._renew()
+            except StoreError as error:  # the lease runs on; tried again at the next check
+                self.log.warning("lease renewal failed, trying again: {}", error)
 
     def release_all(self) -> None:
         """Graceful hand-over: what serves each partition stopped in order under its lease,
@@ -261,8 +285,9 @@ class Runner:
             except Exception:  # stopped all the same (at once); the store has the state
                 self.log.opt(exception=True).error("partition {}: the orderly stop "
                                                    "failed", partition)
-        del self.held[partition]
-        held.shared.revoke()  # stopped: nothing more is written or sent under it
+        with self._renewing:  # the renewal thread renews it no more
+            del self.held[partition]
+            held.shared.revoke()  # stopped: nothing more is written or sent under it
         self.leases.release(held.lease)
         self.log.info("released partition {}", partition)
 
@@ -284,16 +309,23 @@ class Runner:
         return lease.deadline - 2 * self.leases.lease_seconds / 3
 
     def _renew(self) -> None:
-        now = self.clock()
-        for partition, held in list(self.held.items()):
-            if now < held.renew_at:
-                continue
-            try:
-                held.lease = self.leases.renew(held.lease)
-                held.renew_at = self._renew_at(held.lease)
-                held.shared.renewed(held.lease)
-            except LeaseLost:
-                self._drop(partition, "its lease could not be renewed")
+        """Every lease past a third of its life renewed (from the step or the renewal thread,
+        one at a time); one that cannot be is revoked at once and the next step drops its
+        partition."""
+        with self._renewing:
+            now = self.clock()
+            for partition, held in list(self.held.items()):
+                if now < held.renew_at or held.shared.revoked:
+                    continue
+                try:
+                    renewed = self.leases.renew(held.lease)
+                except LeaseLost as lost:
+                    self.log.warning("lease of partition {} could not be renewed", partition)
+                    self.lease_lost(lost)
+                    continue
+                held.lease = renewed
+                held.renew_at = self._renew_at(renewed)
+                held.shared.renewed(renewed)
 
     def _consume(self, partition: int, timeout: float) -> None:
         deliveries = self.transport.pull_order_updates(partition, batch=self.batch,

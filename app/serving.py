@@ -5,7 +5,12 @@ it holds, fed the account's order updates and the prices of its open positions.
   composition root (``make(account, lease)``: a store fenced by the partition's lease, a gateway
   that sends only under it) and started: it loads the account's open positions from the store,
   routes again the frames stored today, and resumes every exit in flight by looking its order up
-  by client id before placing anything (``System.start``).
+  by client id before placing anything (``System.start``). Then the account is reconciled with
+  the broker (``Served.books``, ``app/reconcile.py``): its order book read in as frames (fills
+  the stream has not brought yet, orders placed elsewhere) and its positions compared with ours,
+  a difference alarmed, never traded away; all before its prices are subscribed. A reconcile
+  that could not read the order book is tried again every ``RECONCILE_RETRY`` seconds while the
+  account is served (its positions stay protected meanwhile).
 - **Order updates** (``deliver``): the update's account (the transport carries it) picks the
   System; the update counts as delivered once the order-update actor has stored it
   (``System.store_frame``), so the runner acks it only then. An update of an account this runner
@@ -31,6 +36,7 @@ import pykka
 from loguru import logger
 
 from actors.system import System
+from app.reconcile import BookReader
 from app.runner import PartitionLease
 from broker.transport.ports import Delivery, Subscription, Transport
 from models.accounts import check_account
@@ -40,6 +46,8 @@ from store.ports import LeaseLost
 
 FRAME_WAIT = 10.0
 """Seconds a runner waits for an order update to be stored before it naks it."""
+RECONCILE_RETRY = 2.0
+"""Seconds between tries of a takeover's reconcile that could not read the broker's books."""
 
 
 @dataclass
@@ -51,6 +59,23 @@ class Served:
     """Hears every price first (a gateway pricing its exits from the last one)."""
     close: Callable[[], None] = field(default=lambda: None)
     """Closes the adapters (store, broker client) once the System has stopped."""
+    books: BookReader | None = None
+    """Reads the account's books at the broker into the System (None: nothing to reconcile)."""
+    reconcile_at: float | None = None
+    """``time.monotonic()`` after which a failed reconcile is tried again (None: done)."""
+
+    def reconcile(self) -> bool:
+        """The account's books read in; False (and tried again later) when they could not be."""
+        if self.books is None:
+            return True
+        try:
+            done = self.books.reconcile()
+        except Exception as error:  # the runner outlives any one broker failure
+            logger.warning("account {}: reconcile failed ({}); trying again",
+                           self.system.account, type(error).__name__)
+            done = False
+        self.reconcile_at = None if done else time.monotonic() + RECONCILE_RETRY
+        return done
 
 
 MakeSystem = Callable[[str, PartitionLease], Served]
@@ -108,6 +133,7 @@ class AccountSystems:
                     served.close()
                     raise
                 started[account] = served
+                served.reconcile()
                 logger.info("partition {}: account {} started", partition, account)
         except BaseException:
             for served in started.values():  # nothing of a partition half-served
@@ -145,8 +171,11 @@ class AccountSystems:
 
     def step(self) -> None:
         holders: dict[Instrument, list[Served]] = {}
+        now = time.monotonic()
         for accounts in self.running.values():
             for served in accounts.values():
+                if served.reconcile_at is not None and now >= served.reconcile_at:
+                    served.reconcile()
                 try:
                     positions = served.system.open_positions()
                 except pykka.ActorDeadError:

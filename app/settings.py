@@ -43,6 +43,10 @@ class DhanSettings(Frozen):
     access_token_file: Path | None = None
     """Read when ``DHAN_ACCESS_TOKEN`` is not set; read again when the token is refused or on
     SIGHUP."""
+    token_dir: Path | None = None
+    """A runner's accounts' tokens, one file per account named by its id (its DhanHQ client
+    id), each read as ``access_token_file`` is (``DHAN_TOKEN_DIR``); unset, every account of
+    the runner uses the one token."""
     api_url: str = "https://api.dhan.co/v2"
     order_ws_url: str = "wss://api-order-update.dhan.co"
     feed_ws_url: str = "wss://api-feed.dhan.co"
@@ -61,7 +65,7 @@ class DhanSettings(Frozen):
     wall clock (``DHAN_SESSION_START``); live trading leaves it unset (the wall clock)."""
 
 
-    @field_validator("access_token_file", mode="before")
+    @field_validator("access_token_file", "token_dir", mode="before")
     @classmethod
     def _no_empty_path(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -69,7 +73,7 @@ class DhanSettings(Frozen):
 
 DHAN_ENV = {"client_id": "DHAN_CLIENT_ID", "api_url": "DHAN_API_URL",
             "order_ws_url": "DHAN_ORDER_WS_URL", "feed_ws_url": "DHAN_FEED_WS_URL",
-            "session_start": "DHAN_SESSION_START"}
+            "session_start": "DHAN_SESSION_START", "token_dir": "DHAN_TOKEN_DIR"}
 
 
 class Settings(Frozen):

@@ -16,8 +16,9 @@ every runner reaches, as they would reach DhanHQ.
   the exchange takes a repeated client id as the first order) and each account's net filled
   quantity per (segment, security, product), its book as the broker keeps it.
 
-A paper stand-in: one book for all accounts (position ids differ, since one exchange numbers
-every order), no per-account login.
+A paper stand-in: one exchange for all accounts (position ids differ, since one exchange
+numbers every order), one token; each account reads its own order book, trades and positions,
+named by its client id (the account id) as DhanHQ's ``client-id`` header.
 """
 
 from __future__ import annotations
@@ -55,10 +56,12 @@ class PaperVenue:
         self.exchange = PaperExchange(self.market, start=clock(),
                                       latency=timedelta(milliseconds=20))
         self.fake = FakeDhan(self.exchange, self.market, client_id=CLIENT, valid_token=token)
+        self.fake.account_of = self.account_of_order  # each account reads its own books
         self.entry_every, self.quantity = entry_every, quantity
         self.rng = random.Random(seed)
         self.account_of: dict[str, str] = {}
-        """Entry order number → its account (an exit is known by its entry's)."""
+        """Order number → its account: an entry's from its client id, an exit's from its
+        entry's (the position it closes is named after its entry order)."""
         self.entries = self.published = 0
         self._lock = threading.Lock()
         self.exchange.subscribe(self._frame)
@@ -111,16 +114,35 @@ class PaperVenue:
                          update.order_no, error)
 
     def _account(self, update: OrderUpdate) -> str | None:
-        correlation = update.correlation_id or ""
+        return self._account_by(update.order_no, update.correlation_id or "")
+
+    def _account_by(self, order_no: str, correlation: str) -> str | None:
         with self._lock:
+            known = self.account_of.get(order_no)
+            if known is not None:
+                return known
             entry_of, _, number = correlation.removeprefix("E-").rpartition("-")
             if correlation.startswith("E-") and number.isdigit() and entry_of in self.accounts:
-                self.account_of[update.order_no] = entry_of
-                return entry_of
-            parsed = parse_exit_client_id(correlation)
-            if parsed is not None and parsed[0].startswith("P"):
-                return self.account_of.get(parsed[0][1:])
-            return self.account_of.get(update.order_no)
+                account: str | None = entry_of
+            else:
+                parsed = parse_exit_client_id(correlation)
+                account = self.account_of.get(parsed[0][1:]) \
+                    if parsed is not None and parsed[0].startswith("P") else None
+            if account is not None:
+                self.account_of[order_no] = account
+            return account
+
+    def account_of_order(self, order_no: str) -> str | None:
+        """The account an order of the exchange belongs to (None: none of these accounts')."""
+        with self._lock:
+            known = self.account_of.get(order_no)
+        if known is not None:
+            return known
+        try:
+            order = self.exchange.order(order_no)
+        except KeyError:  # not an order of this exchange
+            return None
+        return self._account_by(order_no, order.client_id)
 
     def record(self) -> dict[str, Any]:
         """Placements (in order, repeats included) and each account's book: the net filled

@@ -12,6 +12,7 @@ from decimal import Decimal
 
 from models.orders import OrderProgress, OrderStatus, OrderUpdate, traded_in_full
 from models.position import (
+    CLOSED,
     Applied,
     Event,
     ExitReason,
@@ -20,6 +21,7 @@ from models.position import (
     Position,
     PositionStatus,
     TrackedOrder,
+    retraction_order_no,
     transition,
 )
 
@@ -112,13 +114,16 @@ def _event(before: Position, after: Position, role: OrderRole, order: TrackedOrd
            fill: Fill | None) -> Event | None:
     status = order.progress.status
     if role is OrderRole.ENTRY:
+        if fill is not None and before.status in CLOSED and before.entry_qty > 0 and \
+                after.quantity == 0:
+            return None  # a late entry fill that its exits had covered already: still closed
         if fill is not None:
             return Event.ENTRY_FILL
         if status.failed and after.entry_qty == 0:
             return Event.ENTRY_FAILED
         return None
     closed = after.entry_qty > 0 and after.quantity == 0
-    if role is OrderRole.OPPOSITE:
+    if role in (OrderRole.OPPOSITE, OrderRole.RETRACTED):
         if fill is None:
             return None
         return Event.OPPOSITE_FILLED if closed else Event.OPPOSITE_FILL
@@ -151,6 +156,38 @@ def _transit(before: Position, candidate: Position, event: Event | None, fill: F
     elif before.status is PositionStatus.EXITED:  # re-opened by a late entry fill
         changes.update(exited_at=None, exit_reason=None)
     return Applied(position=candidate.model_copy(update=changes), fills=fills, event=event)
+
+
+def fit_remainder(remainder: Position, excess: OrderProgress, *,
+                  at: datetime | None = None) -> Applied:
+    """Make an over-fill's remainder (SPEC §11.1) hold what ``excess`` says: how far exit order
+    ``excess.order_no`` went past its own position's open quantity, as that position stands
+    now (``Position.excess_fills``). Cumulative both ways, so a repeat changes nothing (a
+    restart may tell it again): past what the remainder holds, its entry from that order
+    grows; short of it (the position's entry grew since: a contradictory stream), the
+    difference is given back (``OrderRole.RETRACTED``) at the price it was taken, so the
+    remainder neither keeps exposure the broker no longer reports nor counts PnL on it."""
+    number = excess.order_no
+    taken = _progress(remainder, number)
+    back = _progress(remainder, retraction_order_no(number))
+    held = taken.traded_qty - back.traded_qty
+    if excess.traded_qty > held:
+        qty = excess.traded_qty + back.traded_qty
+        value = excess.traded_value * qty / excess.traded_qty
+        grown = excess.model_copy(update={"traded_qty": qty, "traded_value": value})
+        return apply_progress(remainder, grown, OrderRole.ENTRY, at=at)
+    if excess.traded_qty < held:
+        qty = taken.traded_qty - excess.traded_qty
+        given = OrderProgress(order_no=retraction_order_no(number), status=OrderStatus.TRADED,
+                              traded_qty=qty, traded_value=taken.traded_value * qty /
+                              taken.traded_qty, updated_at=at)
+        return apply_progress(remainder, given, OrderRole.RETRACTED, at=at)
+    return Applied(position=remainder)
+
+
+def _progress(position: Position, order_no: str) -> OrderProgress:
+    order = position.order(order_no)
+    return order.progress if order is not None else OrderProgress.empty(order_no)
 
 
 def request_exit(position: Position, reason: ExitReason, at: datetime) -> Applied:

@@ -111,11 +111,16 @@ class ApplyProgress(Message):
     position_id: str
     progress: OrderProgress
     role: OrderRole
+    excess: bool = False
+    """``progress`` is how far another position's exit order went past its open quantity, as
+    it stands now: the over-fill's remainder is fitted to it (``lifecycle.fit_remainder``;
+    it may give some back), not joined with it."""
 
 
 class Overfilled(Message):
     """Tracker → order-update actor: exit fills went past what was open; the excess (cumulative,
-    of ``progress.order_no``) is opposite exposure that a position of its own must track."""
+    of ``progress.order_no``) is opposite exposure that a position of its own must track. Told
+    again when it shrinks (the entry grew since), down to nothing."""
 
     position_id: str
     position: Position

@@ -9,6 +9,7 @@ rejection, never raised.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -51,6 +52,20 @@ class OrderRole(StrEnum):
     EXIT = "EXIT"
     OPPOSITE = "OPPOSITE"
     """An order we did not place, on the opposite side, whose fill reduced this position."""
+    RETRACTED = "RETRACTED"
+    """An over-fill's remainder given back: the exit order that opened it went past its own
+    position's open quantity by less than it did (that position's entry grew since), so
+    this much of the remainder never was (``lifecycle.fit_remainder``)."""
+
+
+REDUCING = (OrderRole.EXIT, OrderRole.OPPOSITE, OrderRole.RETRACTED)
+"""The roles whose fills reduce a position."""
+
+
+def retraction_order_no(order_no: str) -> str:
+    """The number under which a remainder records what it gave back of exit order
+    ``order_no``'s excess (no broker order: ``OrderRole.RETRACTED``)."""
+    return f"{order_no}~retracted"
 
 
 class Event(StrEnum):
@@ -88,6 +103,9 @@ TRANSITIONS: dict[tuple[PositionStatus, Event], PositionStatus] = {
     # An exit fill beyond what was open: the position stays closed, the excess is handed on.
     (S.EXITED, E.EXIT_FILL): S.EXITED,
     (S.EXITED, E.EXIT_FILLED): S.EXITED,
+    # A remainder closed by its own exit and then given back (``OrderRole.RETRACTED``): its
+    # exit's fill is now the excess, handed on as the position it opened.
+    (S.EXITED, E.OPPOSITE_FILLED): S.EXITED,
 }
 del S, E
 
@@ -145,7 +163,7 @@ class Position(Frozen):
 
     @property
     def exit_qty(self) -> int:
-        return self._sum(OrderRole.EXIT, OrderRole.OPPOSITE)[0]
+        return self._sum(*REDUCING)[0]
 
     @property
     def quantity(self) -> int:
@@ -163,12 +181,14 @@ class Position(Frozen):
         they opened belongs to a position of its own (SPEC §11.1)."""
         return max(0, self.exit_qty - self.entry_qty)
 
-    def excess_fills(self) -> list[OrderProgress]:
+    def excess_fills(self, *, every: bool = False) -> list[OrderProgress]:
         """The ``excess_qty`` per exit order, as the progress of the position each one's
         excess opens (cumulative, at that order's average price). What was open goes to the
         broker's own reductions first (they never take more than was open), then to our exit
         orders in attempt order; so the excesses add up to ``excess_qty`` and a later exit's
-        fill on a closed position is that order's own excess, never counted twice."""
+        fill on a closed position is that order's own excess, never counted twice. ``every``:
+        our exit orders without an excess too (``traded_qty`` 0), for a remainder that one of
+        them opened when the entry was smaller."""
         left, excess = self.entry_qty, []
         exits = sorted((o for o in self.orders if o.role is not OrderRole.ENTRY),
                        key=lambda o: (o.role is OrderRole.EXIT, o.attempt or 0,
@@ -177,11 +197,11 @@ class Position(Frozen):
             progress = order.progress
             over = progress.traded_qty - min(left, progress.traded_qty)
             left -= progress.traded_qty - over
-            if over:
+            if over or (every and order.role is OrderRole.EXIT):
                 excess.append(OrderProgress(
                     order_no=progress.order_no, status=progress.status, traded_qty=over,
-                    traded_value=progress.traded_value * over / progress.traded_qty,
-                    updated_at=progress.updated_at))
+                    traded_value=progress.traded_value * over / progress.traded_qty
+                    if over else Decimal(0), updated_at=progress.updated_at))
         return excess
 
     @property
@@ -191,7 +211,7 @@ class Position(Frozen):
 
     @property
     def exit_price(self) -> Decimal | None:
-        qty, value = self._sum(OrderRole.EXIT, OrderRole.OPPOSITE)
+        qty, value = self._sum(*REDUCING)
         return value / qty if qty else None
 
     @property
@@ -228,6 +248,16 @@ class Applied(Frozen):
 
 def transition(position: Position, event: Event) -> PositionStatus | None:
     return TRANSITIONS.get((position.status, event))
+
+
+def remainders_among(positions: Iterable[Position]) -> set[str]:
+    """The over-fills' remainders among ``positions``: those whose entry order is an exit
+    order of another of them (its excess opened them)."""
+    listed = list(positions)
+    exits = {o.progress.order_no: p.position_id for p in listed for o in p.orders
+             if o.role is OrderRole.EXIT}
+    return {p.position_id for p in listed
+            if exits.get(p.entry_order_no, p.position_id) != p.position_id}
 
 
 def new_position(update: OrderUpdate, *, position_id: str, side: Side,

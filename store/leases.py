@@ -96,8 +96,11 @@ _BEAT = (
     "ON CONFLICT (owner) DO UPDATE SET expires_at = EXCLUDED.expires_at")
 _FORGET = "DELETE FROM runner_heartbeats WHERE expires_at < clock_timestamp() - interval '1 day'"
 _LEAVE = "DELETE FROM runner_heartbeats WHERE owner = %s"
+# The fence also names itself to the transaction (``tracker.fence`` = "partition:epoch", local
+# to it) for the database's own check of every row written (``store/witness.py``).
 FENCE = (
-    "SELECT epoch FROM partition_leases WHERE partition = %s AND owner = %s AND epoch = %s "
+    "SELECT epoch, set_config('tracker.fence', partition || ':' || epoch, true) "
+    "FROM partition_leases WHERE partition = %s AND owner = %s AND epoch = %s "
     "AND expires_at > clock_timestamp() FOR SHARE")
 
 

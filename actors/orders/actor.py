@@ -43,6 +43,7 @@ from models.allocation import (
 )
 from models.books import BookKey, BooksReport, compare
 from models.common import Side, TxnType, parse_exit_client_id, position_id_for
+from models.lifecycle import fit_remainder
 from models.messages import (
     ApplyOrderUpdate,
     ApplyProgress,
@@ -57,7 +58,14 @@ from models.messages import (
     TimerFired,
 )
 from models.orders import OrderProgress, OrderStatus, OrderUpdate, traded_in_full
-from models.position import OPEN, OrderRole, Position, TrackedOrder, new_position
+from models.position import (
+    OPEN,
+    OrderRole,
+    Position,
+    TrackedOrder,
+    new_position,
+    remainders_among,
+)
 from models.wire import Rejection, parse_order_update
 from store.ports import Store
 from store.records import ReceivedFrame
@@ -141,12 +149,17 @@ class OrderUpdateActor(SingletonActor):
 
     # Start-up and position events -------------------------------------------------------------
     def load(self, positions: list[Position]) -> None:
-        """Learn every stored position's orders (call before the first update)."""
+        """Learn every stored position's orders (call before the first update), and see that
+        every over-fill among them has its remainder as it should stand (a kill between the
+        write of an over-filled position and its remainder's left it missing or unfitted)."""
         self._rebuild_allocations(positions)
-        for position in positions:
+        self.remainders = remainders_among(positions)
+        # A remainder's entry order is the other position's exit order, which owns it.
+        for position in sorted(positions, key=lambda p: p.position_id in self.remainders):
             self._learn(position)
         self._book_allocations(positions)
         self.audit.load_parked()
+        self._refit_remainders(positions)
 
     def recover(self, since: datetime) -> int:
         """Route again the frames stored since ``since`` (the exchange day's start), after
@@ -209,7 +222,8 @@ class OrderUpdateActor(SingletonActor):
         for order in position.orders:
             number = order.progress.order_no
             owner = self.owners.get(number)
-            if order.role is not OrderRole.OPPOSITE and number not in self.allocations and (
+            if order.role not in (OrderRole.OPPOSITE, OrderRole.RETRACTED) and \
+                    number not in self.allocations and (
                     owner is None or owner[0] == pid):  # an over-fill's remainder owns nothing
                 self.owners[number] = (pid, order.role, order.attempt)
 
@@ -380,6 +394,8 @@ class OrderUpdateActor(SingletonActor):
         counts as what the position took of it)."""
         key = (position.segment, position.security_id, position.product)
         for order in position.orders:
+            if order.role is OrderRole.RETRACTED:
+                continue  # no broker order: the over-fill's source gave it back
             if order.role is OrderRole.OPPOSITE or order.progress.order_no in self.allocations:
                 continue  # the order's own frames count it, whole
             number = order.progress.order_no
@@ -542,7 +558,8 @@ class OrderUpdateActor(SingletonActor):
         this order's own included: ``allocate`` adds its new fill to the share it already
         has, so a burst of one order's partial fills cannot allocate past what is open."""
         allocated = sum(self.allocated.get(position.position_id, {}).values())
-        exited = sum(o.progress.traded_qty for o in position.orders if o.role is OrderRole.EXIT)
+        exited = sum(o.progress.traded_qty for o in position.orders
+                     if o.role in (OrderRole.EXIT, OrderRole.RETRACTED))
         return max(0, position.entry_qty - exited - allocated)
 
     def _open(self, update: OrderUpdate, allocation: Allocation, cause: Cause) -> Allocation:
@@ -557,11 +574,51 @@ class OrderUpdateActor(SingletonActor):
                                           update.security_id)
         return allocation.model_copy(update={"opened": pid})
 
+    def _refit_remainders(self, positions: list[Position]) -> None:
+        """At start-up: each stored over-fill's remainder opened if it is missing and fitted
+        if it holds another excess than its exit order's now (``lifecycle.fit_remainder``
+        decides; a remainder that holds it already is not told)."""
+        by_id = {p.position_id: p for p in positions}
+        now = self.clock()
+        for position in positions:
+            for progress in position.excess_fills(every=True):
+                pid = position_id_for(progress.order_no)
+                remainder = by_id.get(pid)
+                if remainder is None and not progress.traded_qty:
+                    continue  # no over-fill
+                if remainder is None:
+                    remainder = self._stored_remainder(pid)
+                if remainder is not None and fit_remainder(remainder, progress).position is \
+                        remainder:
+                    continue
+                logger.bind(position_id=pid).warning(
+                    "the remainder of exit order {} of {} is {} at start-up: fitted to its "
+                    "excess of {}", progress.order_no, position.position_id,
+                    "missing" if remainder is None else "unfitted", progress.traded_qty)
+                self._overfilled(Overfilled(position_id=position.position_id,
+                                            position=position, progress=progress,
+                                            correlation_id=f"refit-{pid}", sent_at=now))
+
+    def _stored_remainder(self, pid: str) -> Position | None:
+        """A remainder not loaded (closed on an earlier day), or None: not made yet."""
+        try:
+            stored = self.store.load_position(pid)
+        except Exception as error:  # the store failed: the store's version check still guards
+            logger.bind(position_id=pid).error("could not look up the remainder {} ({})", pid,
+                                               error)
+            return None
+        if stored is not None:
+            self.remainders.add(pid)
+        return stored
+
     def _overfilled(self, message: Overfilled) -> None:
-        """Open (once) and feed the position that tracks an over-fill's opposite remainder;
+        """Open (once) and fit the position that tracks an over-fill's opposite remainder;
         the order stays routed to the position it over-filled."""
         source = message.position
         pid = position_id_for(message.progress.order_no)
+        if not message.progress.traded_qty and pid not in self.positions and \
+                pid not in self.remainders:
+            return  # nothing to give back: it never opened
         if pid not in self.positions and pid not in self.remainders:
             remainder = Position(position_id=pid, entry_order_no=message.progress.order_no,
                                  segment=source.segment, security_id=source.security_id,
@@ -579,7 +636,7 @@ class OrderUpdateActor(SingletonActor):
                 "quantity", remainder.side, pid, message.progress.traded_qty,
                 message.progress.order_no, source.position_id)
         self._tell(ApplyProgress(position_id=pid, progress=message.progress,
-                                 role=OrderRole.ENTRY, sent_at=self.clock(),
+                                 role=OrderRole.ENTRY, excess=True, sent_at=self.clock(),
                                  **message.caused()))
 
     def _tell(self, message: Message) -> None:

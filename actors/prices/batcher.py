@@ -35,7 +35,7 @@ from actors.prices.quotes import QuoteActor
 from actors.protocol import Flush, Snapshot, Watch
 from actors.runtime.dispatch import SingletonActor, StampedQueue
 from actors.runtime.metrics import Metrics
-from actors.runtime.pykka_compat import envelope
+from actors.runtime.pykka_compat import contents, envelope
 from broker.ports import QuoteApi
 from models.common import Instrument, Segment
 from models.messages import (
@@ -119,9 +119,9 @@ class _TickMailbox(StampedQueue):
                               None))
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
-        message = item.message
+        message, reply_to = contents(item)
         kind = type(message)
-        if kind is PriceTick and item.reply_to is None:
+        if kind is PriceTick and reply_to is None:
             self.put_tick(message.instrument, message.mark)
             return
         if kind is Flush:
@@ -134,7 +134,7 @@ class _TickMailbox(StampedQueue):
             if message.urgent and not ticks:
                 return  # an earlier urgent flush took them
             if ticks:
-                item = envelope(Ticked(flush=message, ticks=ticks), item.reply_to)
+                item = envelope(Ticked(flush=message, ticks=ticks), reply_to)
         super().put(item, block, timeout)
 
 

@@ -34,6 +34,7 @@ from actors.runtime.pykka_compat import (
     Hooks,
     PoolHooks,
     answer_stopped,
+    contents,
     handle_envelope,
     is_stop,
     run_setup,
@@ -85,10 +86,10 @@ class _Mailbox:
 
     # The pykka ActorInbox protocol ------------------------------------------------------------
     def put(self, envelope: Envelope[Any], /) -> None:
-        message = envelope.message
+        message, reply_to = contents(envelope)
         kind = type(message)
         urgent = getattr(message, "urgent", False) is True
-        if kind in self._conflate and envelope.reply_to is None:
+        if kind in self._conflate and reply_to is None:
             self._put_latest(kind, envelope, urgent)
             return
         if self.inflight is not None:
@@ -156,8 +157,8 @@ class _Mailbox:
         queue = self._queue
         if not queue:
             return None
-        envelope = queue[0][0]
-        return None if envelope.reply_to is not None else type(envelope.message)
+        message, reply_to = contents(queue[0][0])
+        return None if reply_to is not None else type(message)
 
     def qsize(self) -> int:
         return len(self._queue)
@@ -223,11 +224,12 @@ class _Mailbox:
                 entry = self._queue.popleft()
                 if entry[2] is not None:
                     del self._latest[entry[2]]
-                if entry[0].reply_to is None:
+                message, reply_to = contents(entry[0])
+                if reply_to is None:
                     if self.inflight is not None:
                         self.inflight.done()
-                    if not is_stop(entry[0].message):
-                        told.append(entry[0].message)
+                    if not is_stop(message):
+                        told.append(message)
                 else:
                     kept.append(entry)
             self._queue.extend(kept)
@@ -252,7 +254,7 @@ class _Mailbox:
             envelope = self._pop()[0]
             if self.inflight is not None:
                 self.inflight.done()
-            if envelope.reply_to is not None:
+            if contents(envelope)[1] is not None:
                 answer_stopped(envelope, self._actor)
 
 
@@ -351,10 +353,11 @@ class StampedQueue:
                 break
             if self.inflight is not None:
                 self.inflight.done()
-            if envelope.reply_to is not None:
+            message, reply_to = contents(envelope)
+            if reply_to is not None:
                 answer_stopped(envelope, owner)
-            elif not is_stop(envelope.message):
-                told.append(type(envelope.message).__name__)
+            elif not is_stop(message):
+                told.append(type(message).__name__)
         if told:
             logger.warning(f"{owner} stopped with {len(told)} told messages not handled: "
                            f"{', '.join(sorted(set(told)))}")

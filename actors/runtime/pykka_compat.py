@@ -23,7 +23,8 @@ pykka (private)                        here (public)
 ``Actor._stop()``                      ``stop_now(actor)``
 ``Actor._start_actor_loop()``          ``PoolHooks.start_loop()``
 ``Actor._create_future()``             ``PoolHooks`` (a ``ThreadingFuture``)
-``pykka._envelope.Envelope``           ``Envelope``, ``envelope(message, reply_to)``
+``pykka._envelope.Envelope``           ``Envelope`` (an opaque type), ``envelope(message,
+                                       reply_to)``, ``contents(envelope)``
 ``pykka.messages._ActorStop``          ``is_stop(message)``
 the body of ``_actor_loop_running``    ``handle_envelope(actor, envelope)``
 =====================================  ===============================================
@@ -42,13 +43,15 @@ from pykka import messages as _messages
 from pykka._envelope import Envelope
 
 __all__ = ["PRIVATE_NAMES", "SUPPORTED", "Envelope", "Hooks", "PoolHooks", "answer_stopped",
-           "envelope", "handle_envelope", "is_stop", "run_setup", "stop_now"]
+           "contents", "envelope", "handle_envelope", "is_stop", "run_setup", "stop_now"]
 
 SUPPORTED = "4.5"
 """The pykka minor version these hooks were written against (``pyproject.toml`` pins it)."""
 
 PRIVATE_NAMES = (
     ("pykka._envelope", "Envelope"),
+    ("pykka._envelope.Envelope", "message"),
+    ("pykka._envelope.Envelope", "reply_to"),
     ("pykka.messages", "_ActorStop"),
     ("pykka.Actor", "_create_actor_inbox"),
     ("pykka.Actor", "_create_future"),
@@ -72,17 +75,24 @@ def is_stop(message: object) -> bool:
 def answer_stopped(envelope: Envelope[Any], actor: object) -> None:
     """Answer an ask that reached a stopped actor as pykka's teardown does: a stop is done
     (None), anything else fails with ``ActorDeadError``."""
-    assert envelope.reply_to is not None
-    if is_stop(envelope.message):
-        envelope.reply_to.set(None)
+    message, reply_to = contents(envelope)
+    assert reply_to is not None
+    if is_stop(message):
+        reply_to.set(None)
     else:
-        envelope.reply_to.set_exception(exc_info=(
+        reply_to.set_exception(exc_info=(
             pykka.ActorDeadError,
             pykka.ActorDeadError(f"{actor} stopped before handling the message"), None))
 
 
 def envelope(message: Any, reply_to: pykka.Future[Any] | None = None) -> Envelope[Any]:
+    """What pykka puts in an inbox: ``message``, and the future of an ask (None if told)."""
     return Envelope(message, reply_to=reply_to)
+
+
+def contents(item: Envelope[Any]) -> tuple[Any, pykka.Future[Any] | None]:
+    """An envelope's message and the future of its ask (None if it was told)."""
+    return item.message, item.reply_to
 
 
 def run_setup(actor: pykka.Actor) -> None:

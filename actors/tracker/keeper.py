@@ -153,7 +153,11 @@ class PositionKeeper:
         self._announced = position
         """The state the last announcement told (or the one this keeper started from)."""
         self._excess_told: dict[str, int] = {}
-        """Per exit order, the excess the order-update actor was told of (``Overfilled``)."""
+        """Per exit order, the excess the order-update actor was told of (``Overfilled``); a
+        new keeper tells it again (the last one may have died before it could)."""
+        self._excess_alarmed = {p.order_no: p.traded_qty for p in position.excess_fills()} \
+            if position.excess_qty else {}
+        """Per exit order, the excess alarmed already (by an earlier keeper: the stored one)."""
         self.exit_deadline: datetime | None = None
         """When the current exit attempt is looked up at the broker if it has not ended."""
         self._not_found = 0
@@ -228,8 +232,12 @@ class PositionKeeper:
         return self._commit(applied, message)
 
     def on_progress(self, message: ApplyProgress) -> Out:
-        applied = lifecycle.apply_progress(self.position, message.progress, message.role,
-                                           at=self.ctx.clock())
+        if message.excess:
+            applied = lifecycle.fit_remainder(self.position, message.progress,
+                                              at=self.ctx.clock())
+        else:
+            applied = lifecycle.apply_progress(self.position, message.progress, message.role,
+                                               at=self.ctx.clock())
         return self._commit(applied, message)
 
     def _commit(self, applied: Applied, cause: Cause) -> Out:
@@ -295,23 +303,32 @@ class PositionKeeper:
 
     def _hand_on_excess(self, cause: Cause, *, closed: bool = False) -> Out:
         """Exit fills past what was open (SPEC §11.1): the order-update actor opens each exit
-        order's opposite remainder as a position of its own; told again until it is
-        (cumulative, so idempotent), and alarmed as an anomaly."""
+        order's opposite remainder as a position of its own and fits it to that order's excess
+        as it stands (``lifecycle.fit_remainder``: an entry that grew since gives some back);
+        told again until it is (cumulative, so idempotent), and alarmed as an anomaly when it
+        grows past what this position had when its keeper started."""
         position = self.position
-        if position.excess_qty <= sum(self._excess_told.values()):
+        if position.excess_qty == sum(self._excess_told.values()):
             return []
         out: Out = []
-        for progress in position.excess_fills():
+        for progress in position.excess_fills(every=True):
             number, excess = progress.order_no, progress.traded_qty
-            if excess <= self._excess_told.get(number, 0):
+            told = self._excess_told.get(number, 0)
+            if excess == told:
                 continue
             self._excess_told[number] = excess
-            past = "a position already closed" if closed else "the open quantity"
-            report_anomaly(self.ctx.metrics, self.ctx.clock(),
-                           f"exit fills of order {number} went {excess} past {past}; the "
-                           "opposite remainder is tracked as a position of its own",
-                           position_id=position.position_id, order_no=number)
-            self._store_anomaly(cause, f"over-fill of {excess} by order {number}")
+            if excess > self._excess_alarmed.get(number, 0):
+                self._excess_alarmed[number] = excess
+                past = "a position already closed" if closed else "the open quantity"
+                report_anomaly(self.ctx.metrics, self.ctx.clock(),
+                               f"exit fills of order {number} went {excess} past {past}; the "
+                               "opposite remainder is tracked as a position of its own",
+                               position_id=position.position_id, order_no=number)
+                self._store_anomaly(cause, f"over-fill of {excess} by order {number}")
+            elif excess < told:
+                self.log.warning("exit order {} now goes {} past the open quantity, not {} (the "
+                                 "entry grew): its remainder gives the difference back", number,
+                                 excess, told)
             out.append((Target.ORDERS, Overfilled(
                 position_id=position.position_id, position=position, progress=progress,
                 sent_at=self.ctx.clock(), **cause.caused())))
@@ -551,7 +568,7 @@ class PositionKeeper:
             return self.outage.next_try  # a write to retry
         if self._stop_sent is not None or self._ahead is not None:
             return DUE  # a stop with the writer, prices waiting for it
-        if self._unsaved is not None or position.excess_qty > sum(self._excess_told.values()):
+        if self._unsaved is not None or position.excess_qty != sum(self._excess_told.values()):
             return DUE  # a write held for the next update; an over-fill to hand on
         if position.status is PositionStatus.EXITING:
             return self.exit_deadline or DUE  # an exit in flight: looked up at its time-out
@@ -764,6 +781,7 @@ class PositionKeeper:
         resuming, self._resuming = self._resuming, False
         if not message.found and resuming:
             return self._place_resumed(message)
+        audit = self._audit_resumed(message) if resuming and message.found else []
         if not message.found:
             self._not_found += 1
             if self._not_found < 2:  # a placement may still be on its way: look once more
@@ -778,8 +796,9 @@ class PositionKeeper:
                                  traded_qty=message.traded_qty if message.avg_price else 0,
                                  traded_value=value if message.avg_price else Decimal(0),
                                  quantity=message.quantity or None)
-        out = self._commit(lifecycle.apply_progress(position, progress, OrderRole.EXIT,
-                                                    attempt=message.attempt, at=now), message)
+        out = audit + self._commit(lifecycle.apply_progress(position, progress, OrderRole.EXIT,
+                                                            attempt=message.attempt, at=now),
+                                   message)
         if self.position.status is PositionStatus.EXITING and not message.status.terminal:
             # It rests at the broker: cancel it; its CANCELLED update fails the attempt, and
             # the next one is placed with back-off (standing reasons at once).
@@ -789,6 +808,20 @@ class PositionKeeper:
                 position_id=position.position_id, order_no=message.order_no, sent_at=now,
                 **message.caused())))
         return out
+
+    def _audit_resumed(self, message: ExitOrderLookedUp) -> Out:
+        """An attempt resumed after a restart, found at the broker: the audit columns it lacks
+        (the last run may have died holding them for the store, SPEC §11.4) come from the
+        look-up, its order number and PLACED; columns stored are kept."""
+        try:
+            stored = [a for a in self.ctx.store.exit_attempts(self.position.position_id)
+                      if a.client_id == message.client_id]
+        except StoreError as error:  # a record only: the exit goes on
+            self.log.warning("could not read exit {}'s audit columns: {}", message.client_id,
+                             error)
+            return []
+        changes = missing_audit(stored[0] if stored else None, message.order_no)
+        return self._audit_exit(message.client_id, **changes) if changes else []
 
     def _cancel_live_exits(self, before: Position, cause: Cause) -> Out:
         """Flat at the broker (a manual close filled first): no exit of ours may stay live
@@ -845,7 +878,7 @@ class PositionKeeper:
         return out + self._commit(applied, message)
 
 
-DEFERRABLE = frozenset({ApplyOrderUpdate, ApplyProgress})
+DEFERRABLE: frozenset[type[Message]] = frozenset((ApplyOrderUpdate, ApplyProgress))
 """Messages whose write may wait for the next one of them (``PositionKeeper.handle``)."""
 DEFER_LIMIT = 64
 """Order updates applied at most before their write (one commit for all of them)."""
@@ -895,6 +928,15 @@ class _Outage:
     fills: list[Fill] = field(default_factory=list)
     exits: list[ExitAttempt] = field(default_factory=list)
     tries: int = 0
+
+
+def missing_audit(stored: ExitAttempt | None, order_no: str | None) -> dict[str, str]:
+    """The audit columns a stored attempt lacks, for one the broker knows as ``order_no``
+    (none for an attempt the store does not hold: its intent comes with its own)."""
+    if stored is None or order_no is None:
+        return {}
+    changes = {"order_no": order_no} if stored.order_no is None else {}
+    return changes | ({"outcome": "PLACED"} if stored.outcome is None else {})
 
 
 def _marks(position: Position) -> tuple[object, ...]:

@@ -22,7 +22,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -124,6 +124,11 @@ class FakeDhan:
         """The correlation id of every placement taken. The paper exchange answers a repeated
         correlation id with the first order (DhanHQ would place a second one), so a test of
         "never placed twice" asserts on this list."""
+        self.account_of: Callable[[str], str | None] | None = None
+        """Order number → the account (DhanHQ client id) it belongs to. Set, the fake keeps
+        several accounts in one exchange as DhanHQ keeps them apart: a read (order book, one
+        order, a look-up by correlation id, trades, positions) answers with the orders of the
+        account its ``client-id`` header names, and their trades, only."""
         self.camel_case = False
         self.refuse_ip = False
         self.packets_per_message = 1
@@ -312,6 +317,14 @@ class FakeDhan:
             return JSONResponse(IP_ERROR, status_code=403)
         return None
 
+    def _scope(self, request: Request) -> tuple[str, Callable[[str], bool]]:
+        """The client id a read answers as, and which order numbers are that account's."""
+        account_of = self.account_of
+        if account_of is None:
+            return self.client_id, lambda _order_no: True
+        client = request.headers.get("client-id", "")
+        return client, lambda order_no: account_of(order_no) == client
+
     async def _place(self, request: Request) -> Response:
         arrived = time.monotonic()
         body = await request.body()
@@ -384,38 +397,46 @@ class FakeDhan:
         refused = self._admit(request, Bucket.READS)
         if refused is not None:
             return refused
-        return JSONResponse([order_row(o, self.client_id) for o in self.exchange.orders()])
+        client, mine = self._scope(request)
+        return JSONResponse([order_row(o, client) for o in self.exchange.orders()
+                             if mine(o.order_no)])
 
     async def _order(self, request: Request) -> Response:
         refused = self._admit(request, Bucket.READS)
         if refused is not None:
             return refused
         order_no = request.path_params["order_id"]
+        client, mine = self._scope(request)
         known = [o for o in self.exchange.orders() if o.order_no == order_no]
-        if not known:
+        if not known or not mine(order_no):
             return JSONResponse(NOT_FOUND, status_code=404)
-        return JSONResponse([order_row(known[0], self.client_id)])  # DhanHQ: a 1-element array
+        return JSONResponse([order_row(known[0], client)])  # DhanHQ: a 1-element array
 
     async def _by_correlation(self, request: Request) -> Response:
         refused = self._admit(request, Bucket.READS)
         if refused is not None:
             return refused
+        client, mine = self._scope(request)
         order = self.exchange.lookup(request.path_params["correlation_id"])
-        if order is None:
+        if order is None or not mine(order.order_no):
             return JSONResponse(NOT_FOUND, status_code=404)
-        return JSONResponse(order_row(order, self.client_id))
+        return JSONResponse(order_row(order, client))
 
     async def _trades(self, request: Request) -> Response:
         refused = self._admit(request, Bucket.READS)
         if refused is not None:
             return refused
-        return JSONResponse(trade_rows(self.trades.trades(), self.client_id))
+        client, mine = self._scope(request)
+        return JSONResponse(trade_rows([t for t in self.trades.trades() if mine(t.order_no)],
+                                       client))
 
     async def _positions(self, request: Request) -> Response:
         refused = self._admit(request, Bucket.READS)
         if refused is not None:
             return refused
-        return JSONResponse(position_rows(self.trades.trades(), self.client_id))
+        client, mine = self._scope(request)
+        return JSONResponse(position_rows(
+            [t for t in self.trades.trades() if mine(t.order_no)], client))
 
     async def _ltp(self, request: Request) -> Response:
         refused = self._admit(request, Bucket.QUOTE)

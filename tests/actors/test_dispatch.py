@@ -10,7 +10,7 @@ import pykka
 import pytest
 
 from actors.runtime.dispatch import Dispatcher, PooledActor, SingletonActor, StampedQueue, _Mailbox
-from actors.runtime.pykka_compat import Envelope
+from actors.runtime.pykka_compat import envelope
 
 
 @pytest.fixture
@@ -256,10 +256,10 @@ def test_a_message_put_after_the_actor_stopped_is_answered_or_handed_on_not_left
     assert not ref.is_alive()
     time.sleep(0.05)  # its last turn has cleaned up by now (with or without this, no loss)
     asked: pykka.Future[Any] = pykka.ThreadingFuture()
-    inbox.put(Envelope("question", reply_to=asked))  # what ``ask`` does after its check
+    inbox.put(envelope("question", asked))  # what ``ask`` does after its check
     with pytest.raises(pykka.ActorDeadError):
         asked.get(timeout=2)
-    inbox.put(Envelope("fill 3"))
+    inbox.put(envelope("fill 3"))
     assert done.wait(2)
     assert left == ["fill 3"] and taken == []
 
@@ -323,10 +323,10 @@ def test_an_ask_put_after_a_singleton_stopped_is_answered_not_left_waiting() -> 
         time.sleep(0.001)  # the thread's last act follows the stop's answer
     assert inbox.closed
     asked: pykka.Future[Any] = pykka.ThreadingFuture()
-    inbox.put(Envelope("question", reply_to=asked))  # what ``ask`` does after its check
+    inbox.put(envelope("question", asked))  # what ``ask`` does after its check
     with pytest.raises(pykka.ActorDeadError):
         asked.get(timeout=2)
-    inbox.put(Envelope("fill 3"))
+    inbox.put(envelope("fill 3"))
     assert inbox.qsize() == 0
 
 
@@ -344,7 +344,7 @@ def test_asks_racing_a_singleton_stop_are_all_answered() -> None:
             for _ in range(150):
                 asked: pykka.Future[Any] = pykka.ThreadingFuture()
                 into.append(asked)
-                inbox.put(Envelope("question", reply_to=asked))  # alive when checked
+                inbox.put(envelope("question", asked))  # alive when checked
 
         batches: list[list[pykka.Future[Any]]] = [[], [], []]
         threads = [threading.Thread(target=putter, args=(b,)) for b in batches]

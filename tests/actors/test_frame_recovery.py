@@ -23,6 +23,7 @@ from models.policy import RiskConfig
 from models.position import PositionStatus
 from models.wire import parse_order_update, to_dhan_frame
 from store.pnl_cache import InMemoryPnLCache
+from store.ports import Store
 from tests.actors.test_tracker_flow import T0
 from tests.fakes import FakeStore
 from tests.faults.frames import broker_net, order_lives
@@ -35,7 +36,7 @@ class Wire:
     die), each frame is stored as the order-update actor stores it and goes no further: what a
     kill -9 between storing a frame and routing it leaves behind."""
 
-    def __init__(self, exchange: PaperExchange, store: FakeStore, clock: ManualClock) -> None:
+    def __init__(self, exchange: PaperExchange, store: Store, clock: ManualClock) -> None:
         self.exchange, self.store, self.clock = exchange, store, clock
         self.sink: list[object] = []
         self.placements: list[str] = []
@@ -78,7 +79,7 @@ class Run:
     takes its paper exchange with it) or over ``exchange`` (a broker that outlives it), its
     clock at ``at``."""
 
-    def __init__(self, store: FakeStore, prefix: str, at: datetime, ltp: str = "200",
+    def __init__(self, store: Store, prefix: str, at: datetime, ltp: str = "200",
                  exchange: PaperExchange | None = None) -> None:
         self.store = store
         self.clock = ManualClock(at)
@@ -128,7 +129,7 @@ def _stop_actors() -> Iterator[None]:
     pykka.ActorRegistry.stop_all()
 
 
-def _books_agree(store: FakeStore) -> bool:
+def _books_agree(store: Store) -> bool:
     """Every fill the stored frames report (both runs') against the stored open positions."""
     net = {key: qty for key, qty in broker_net(order_lives(store)).items() if qty}
     return net == {k: v for k, v in ours(store.load_open_positions()).items() if v}

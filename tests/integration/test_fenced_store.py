@@ -12,6 +12,7 @@ import pytest
 
 from models.common import exit_client_id
 from models.position import ExitReason
+from store import witness
 from store.leases import PostgresLeases
 from store.ports import Lease, LeaseLost
 from store.postgres import PostgresStore
@@ -151,3 +152,32 @@ def test_when_fenced_write_paused_then_server_ends_it_and_takeover_goes_on(pg_ur
     finally:
         paused.close()
         short.close()
+
+
+def test_fence_witness_sees_fenced_writes_pass_and_flags_unfenced_and_stale_ones(
+        pg_url: str, store: PostgresStore, leases: PostgresLeases) -> None:
+    """The database's own check of every row written (``store/witness.py``, the failover rig's
+    count of writes under a stale epoch): quiet for fenced writes, and able to see the two
+    writes fencing forbids."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        assert witness.installed(conn) == 0
+        witness.install(conn)
+        assert witness.installed(conn) == len(witness.STATE_TABLES)
+    store.save_position(active("E1"))
+    store.record_order_update("{}", T0, order_no="E1", accepted=True)
+    store.record_exit(attempt("PE2"), exiting("E2"))
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        assert witness.violations(conn) == {}  # every row written under its live fence
+
+    unfenced = PostgresStore(pg_url)
+    try:
+        unfenced.record_order_update("{}", T0, order_no="E3", accepted=True)
+    finally:
+        unfenced.close()
+    old_epoch = take_over(pg_url, leases).epoch - 1
+    with psycopg.connect(pg_url) as conn:  # a write that claims the old epoch's fence
+        conn.execute("SELECT set_config('tracker.fence', %s, true)", (f"42:{old_epoch}",))
+        conn.execute("UPDATE positions SET version = version")
+        conn.commit()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        assert witness.violations(conn) == {"unfenced": 1, "stale": 2}

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -160,6 +161,53 @@ def test_when_lease_lost_then_partition_dropped_and_update_left_for_the_new_owne
     assert old.owned() == [] and rig.stored() == []  # refused, nothing stored, nak'ed
     [again] = rig.transport.pull_order_updates(P, timeout=1)
     assert again.msg_id == "m-3" and again.redelivered
+
+
+class SlowStart:
+    """Serves a partition after a start that takes ``seconds`` (a big account's reload)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.started: list[int] = []
+
+    def start(self, partition: int, lease: object) -> None:
+        time.sleep(self.seconds)
+        self.started.append(partition)
+
+    def deliver(self, partition: int, delivery: object) -> bool | None:
+        return True
+
+    def stop(self, partition: int, *, lost: bool) -> None:
+        pass
+
+    def step(self) -> None:
+        pass
+
+
+def test_when_a_start_outlasts_the_lease_then_the_renewal_thread_keeps_it(pg_url: str) -> None:
+    open_store(pg_url).close()
+    leases = PostgresLeases(pg_url, lease_seconds=1.0)
+    leases.migrate()
+    serve = SlowStart(3.0)  # three leases long, on the runner's own thread
+    runner = Runner(leases, LocalTransport(), owner="runner-slow", partitions=[P],
+                    serve=serve, claim_every=0.2)
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not serve.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # a step after the start: a lapsed lease would be dropped by now
+        assert serve.started == [P]
+        assert runner.owned() == [P] and runner.held[P].served
+        assert runner.held[P].lease.epoch == 1  # never lapsed, never claimed again
+        assert leases.claim(P, "runner-other") is None  # still live in PostgreSQL
+    finally:
+        stop.set()
+        thread.join(10)
+        runner.release_all()
+        leases.close()
 
 
 def test_when_partitions_given_as_ranges_then_parsed() -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from app.clocks import SessionClock
+from app.clocks import SessionClock, SharedSession
 from app.runner import Runner
 from app.serving import AccountSystems
 from app.settings import Settings, load_settings
@@ -34,6 +34,7 @@ from broker.fake_dhan.venue import CLIENT, TOKEN, Venue, wait_until
 from broker.transport.jetstream import JetStreamTransport
 from models.common import Instrument, Segment, TxnType
 from models.partitions import partition_of
+from models.policy import RiskConfig
 from models.position import PositionStatus
 from run import build_runner_system
 from store.factory import open_store
@@ -291,6 +292,34 @@ def test_when_runner_crashes_with_exit_in_flight_then_successor_finds_it_by_clie
     assert gets, "runner-b looked the exit up by its client id"
 
 
+def test_when_a_fill_never_reached_the_stream_then_the_successor_reconciles_it_before_serving(
+        rig: Rig) -> None:
+    first = rig.runner("runner-a").start()
+    wait_until(first.serving, 20, "runner-a serves the account")
+    rig.connector_down()  # the account's connector is down: no update reaches JetStream
+    rig.venue.enter(FUT, TxnType.BUY, 50)
+    wait_until(lambda: any(o.filled_qty == 50 for o in rig.venue.exchange.orders()), 10,
+               "the entry filled at the broker")
+    time.sleep(0.3)
+    assert first.position_ids() == set()  # runner-a never heard of it
+    first.halt()  # and crashed
+
+    second = rig.runner("runner-b").start()
+    wait_until(second.serving, 20, "runner-b serves the partition")
+    # served only once reconciled: the broker's order book read in, the fill applied
+    assert len(second.position_ids()) == 1
+    [position_id] = second.position_ids()
+    reads = [r for r in rig.venue.fake.requests if r.method == "GET" and
+             r.path.endswith(("/orders", "/positions"))]
+    assert len(reads) >= 2, "the order book and the positions read at the takeover"
+    rig.connector_up()  # the stream's late copies change nothing
+    wait_until(lambda: rig.stored(PositionStatus.ACTIVE) == [(position_id, "ACTIVE")], 10,
+               "the position stored ACTIVE")
+    wait_until(lambda: FUT in second.systems.subscribed(), 10, "its instrument subscribed")
+    rig.price("94")
+    _exited_once(rig, position_id)
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -317,12 +346,15 @@ def test_when_runner_process_killed_then_another_serves_its_accounts(
                 "PYTHONPATH": str(ROOT)})
     common = ["--nats", nats_url, "--namespace", namespace, "--accounts", ACCOUNT]
     started: list[subprocess.Popen[bytes]] = []
+    session = SharedSession(RiskConfig().calendar)  # in market hours whatever the hour here
 
     def start(*args: str, log: str) -> tuple[subprocess.Popen[bytes], Path]:
         path = tmp_path / log
         with path.open("wb") as sink:
             process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args, *common],
-                                       cwd=tmp_path, env=env, stdout=sink, stderr=sink)
+                                       cwd=tmp_path,
+                                       env={**env, "DHAN_SESSION_START": session.start_now()},
+                                       stdout=sink, stderr=sink)
         started.append(process)
         return process, path
 

@@ -9,7 +9,15 @@ import pytest
 from models import lifecycle
 from models.common import Side, exit_client_id
 from models.orders import OrderStatus
-from models.position import Event, ExitReason, OrderRole, PositionStatus
+from models.position import (
+    Event,
+    ExitReason,
+    OrderRole,
+    Position,
+    PositionStatus,
+    new_position,
+    remainders_among,
+)
 from tests.unit.builders import (
     ENTRY_NO,
     active,
@@ -442,3 +450,101 @@ def test_entry_price_is_exact_for_a_non_terminating_average() -> None:
     assert position.entry_price == d(101)
     assert position.exit_price is None
     assert isinstance(position.entry_price, Decimal)
+
+
+# Over-fills and their remainders (SPEC §11.1) -----------------------------------------------------
+def _over_filled(exit_qty: int = 130) -> Position:
+    """LONG 100 at 100 whose exit order X1 filled ``exit_qty`` at 90."""
+    return apply_exit(exiting(), exit_update(OrderStatus.TRADED, exit_qty, "90", at=t(11, 1),
+                                             quantity=exit_qty))
+
+
+def _remainder(taken: int) -> Position:
+    """The SHORT that X1's excess of ``taken`` opened."""
+    opened = new_position(update("X1", OrderStatus.TRANSIT, side=Side.SHORT),
+                          position_id="PX1", side=Side.SHORT, created_at=t(11, 1))
+    return ok(lifecycle.fit_remainder(opened, progress("X1", OrderStatus.TRADED, taken, "90",
+                                                       t(11, 1)), at=t(11, 1)))
+
+
+def test_when_the_entry_grows_after_an_over_fill_then_the_position_stays_exited() -> None:
+    over = _over_filled()
+    assert (over.status, over.excess_qty) == (PositionStatus.EXITED, 30)
+
+    applied = lifecycle.apply_update(over, update(ENTRY_NO, OrderStatus.TRADED, 120, "100",
+                                                  at=t(11, 2), quantity=120), OrderRole.ENTRY)
+
+    # Not re-opened with nothing open: its exits covered the late fill already.
+    position = ok(applied)
+    assert applied.event is None and [f.qty for f in applied.fills] == [20]
+    assert (position.status, position.quantity, position.excess_qty) == (
+        PositionStatus.EXITED, 0, 10)
+    assert [(p.order_no, p.traded_qty) for p in position.excess_fills(every=True)] == [
+        ("X1", 10)]
+
+
+def test_when_the_entry_grows_past_its_exits_then_the_position_reopens() -> None:
+    applied = lifecycle.apply_update(_over_filled(), update(
+        ENTRY_NO, OrderStatus.TRADED, 150, "100", at=t(11, 2), quantity=150), OrderRole.ENTRY)
+
+    assert applied.event is Event.ENTRY_FILL
+    assert (ok(applied).status, ok(applied).quantity) == (PositionStatus.ACTIVE, 20)
+    assert ok(applied).excess_fills() == []
+    assert [(p.order_no, p.traded_qty) for p in ok(applied).excess_fills(every=True)] == [
+        ("X1", 0)]
+
+
+def test_a_remainder_fitted_to_a_smaller_excess_gives_the_difference_back_at_its_price() -> None:
+    remainder = _remainder(30)
+    assert (remainder.status, remainder.quantity, remainder.entry_price) == (
+        PositionStatus.ACTIVE, 30, d(90))
+
+    applied = lifecycle.fit_remainder(remainder, progress("X1", OrderStatus.TRADED, 10, "90",
+                                                          t(11, 1)), at=t(11, 2))
+
+    position = ok(applied)
+    given = position.order("X1~retracted")
+    assert given is not None and given.role is OrderRole.RETRACTED
+    assert (given.progress.traded_qty, given.progress.average()) == (20, d(90))
+    assert (position.status, position.quantity) == (PositionStatus.ACTIVE, 10)
+    # Cumulative: the same excess again changes nothing; nothing left gives back the rest.
+    again = lifecycle.fit_remainder(position, progress("X1", OrderStatus.TRADED, 10, "90",
+                                                       t(11, 1)), at=t(11, 3))
+    assert again.position is position
+    flat = ok(lifecycle.fit_remainder(position, progress("X1", OrderStatus.TRADED, 0, "90",
+                                                         t(11, 1)), at=t(11, 3)))
+    assert (flat.status, flat.quantity, flat.exit_reason) == (
+        PositionStatus.EXITED, 0, ExitReason.BROKER_EXIT)
+    assert flat.exit_price == d(90)  # no PnL on what never was
+
+
+def test_a_remainder_given_back_and_over_filled_again_holds_the_new_excess() -> None:
+    remainder = ok(lifecycle.fit_remainder(_remainder(30), progress(
+        "X1", OrderStatus.TRADED, 0, "90", t(11, 1)), at=t(11, 2)))
+    assert remainder.status is PositionStatus.EXITED
+
+    applied = lifecycle.fit_remainder(remainder, progress("X1", OrderStatus.TRADED, 25, "90",
+                                                          t(11, 3)), at=t(11, 3))
+
+    assert (ok(applied).status, ok(applied).quantity) == (PositionStatus.ACTIVE, 25)
+
+
+def test_a_remainder_closed_by_its_own_exit_and_given_back_hands_its_exit_on_as_excess() -> None:
+    remainder = apply_exit(ok(lifecycle.request_exit(_remainder(30), ExitReason.STOP_LOSS,
+                                                     t(11, 2))),
+                           exit_update(OrderStatus.TRADED, 30, "95", at=t(11, 3),
+                                       side=Side.SHORT, order_no="Y1", quantity=30))
+    assert remainder.status is PositionStatus.EXITED
+
+    applied = lifecycle.fit_remainder(remainder, progress("X1", OrderStatus.TRADED, 0, "90",
+                                                          t(11, 1)), at=t(11, 4))
+
+    # Its own exit bought 30 that nothing short holds any more: that is its excess now.
+    position = ok(applied)
+    assert position.status is PositionStatus.EXITED
+    assert [(p.order_no, p.traded_qty) for p in position.excess_fills()] == [("Y1", 30)]
+
+
+def test_remainders_among_positions_are_those_opened_by_another_ones_exit_order() -> None:
+    assert remainders_among([_over_filled(), _remainder(30), active()]) == {"PX1"}
+    assert remainders_among([_remainder(30)]) == set()

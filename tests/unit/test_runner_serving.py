@@ -15,7 +15,8 @@ import pytest
 
 from app.runner import PartitionLease, Runner
 from app.serving import parse_price
-from app.venue import PaperVenue
+from app.venue import TOKEN, PaperVenue
+from broker.dhan import DhanRest, TokenSource
 from broker.transport.local import LocalTransport
 from broker.transport.ports import Delivery
 from models.common import Segment, TxnType
@@ -349,3 +350,41 @@ def test_every_partition_ready_is_started_before_any_is_pulled_from() -> None:
     transport.publish_order_update(ACCOUNT, "m-1", b"frame")
     runner.step()
     assert leases.log == [f"start {P}", f"start {P + 1}", f"deliver {P}"]
+
+
+def test_when_venue_serves_accounts_then_each_reads_only_its_own_books() -> None:
+    now = T0 + timedelta(hours=5)
+    venue = PaperVenue(LocalTransport(), ["a", "a-b"], clock=lambda: now, quantity=50)
+    venue._enter(now)  # a's
+    venue._enter(now)  # a-b's
+    later = now + timedelta(seconds=1)
+    venue.market.advance(later)
+    venue.exchange.advance(later)
+    entries = {o.client_id: o for o in venue.exchange.orders()}
+    first = entries["E-a-1"]
+    exit_no = venue.exchange.place_order(  # a's exit, known by its entry
+        client_id=f"X-P{first.order_no}-1", instrument=first.instrument,
+        txn_type=TxnType.SELL, quantity=20, product="I", now=later)
+    venue.exchange.advance(later + timedelta(seconds=1))
+    venue.fake.start()
+    clients = {account: DhanRest(venue.fake.rest_url, account, TokenSource(token=TOKEN))
+               for account in ("a", "a-b", "nobody")}
+    try:
+        orders = {account: sorted(o.order_id for o in rest.orders().value or [])
+                  for account, rest in clients.items()}
+        assert orders == {"a": sorted([first.order_no, exit_no]),
+                          "a-b": [entries["E-a-b-2"].order_no], "nobody": []}
+        nets = {account: {(p.instrument.security_id, p.net_qty)
+                          for p in rest.positions().value or [] if p.net_qty}
+                for account, rest in clients.items()}
+        assert nets == {"a": {(first.instrument.security_id, 30)},
+                        "a-b": {(entries["E-a-b-2"].instrument.security_id, 50)},
+                        "nobody": set()}
+        exit_id = f"X-P{first.order_no}-1"
+        assert clients["a-b"].order_by_correlation(exit_id).value is None  # not its own
+        found = clients["a"].order_by_correlation(exit_id).value
+        assert found is not None and found.order_id == exit_no
+    finally:
+        for rest in clients.values():
+            rest.close()
+        venue.fake.stop()

@@ -1,0 +1,219 @@
+"""Reading an account's books at DhanHQ into the system (SPEC §10 reconcile, SPEC §13 takeover).
+
+``BookReader`` is the one place that turns the broker's order book into order-update frames and
+compares the broker's positions with ours:
+
+1. ``GET /orders``, oldest first: each order becomes one frame (``order_frame``, marked
+   ``"Source": "RECONCILE"`` in the stored raw text) handed to ``deliver``; it goes the way every
+   socket frame goes (fills found this way are ordinary fills, external orders move positions
+   like any other, a frame the system already has changes nothing). ``GET /trades`` gives the
+   price of an order whose row has none.
+2. The system settles, then ``GET /positions``: DhanHQ's net quantity per (segment, security,
+   product) against our open positions (``models.books.compare``). A difference raises an alarm
+   and is shown; nothing is traded to fix it. Before the alarm the order book is read once
+   more and its changed orders given in (an order that filled between the two reads is not a
+   difference), and the positions compared again.
+3. ``poll``: the order book read again while live; only orders whose state changed since the
+   last read go in.
+
+The live session (``app/live.py``) reconciles on start and after every reconnect of its order
+socket; a runner reconciles each account of a partition it takes over before serving it
+(``app/serving.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import cast
+
+from loguru import logger
+
+from actors.system import System
+from broker.dhan import BrokerOrder, BrokerPosition, BrokerTrade, DhanRest
+from broker.dhan.book import PRODUCT_TYPES
+from models.books import BookKey, compare
+from models.common import IST
+from models.orders import OrderUpdate
+from models.wire import dhan_time, to_dhan_frame
+
+RECONCILE_MARK = '"Source": "RECONCILE"'
+
+
+@dataclass
+class Reconciled:
+    """The last reconcile, for the status line, the console and the report."""
+
+    at: datetime | None = None
+    orders: int = 0
+    fills: int = 0
+    external: int = 0
+    differences: dict[str, dict[str, int]] = field(default_factory=dict)
+    """``SEGMENT:security:PRODUCT`` → ``{"broker": netQty, "ours": signed open}``."""
+    error: str | None = None
+
+    def line(self) -> str:
+        if self.at is None:
+            return "reconcile: not yet" + (f" ({self.error})" if self.error else "")
+        text = f"reconciled {self.at.astimezone(IST):%H:%M:%S}"
+        if self.differences:
+            text += f", POSITIONS DIFFER on {len(self.differences)}"
+        return text + (f" (last try failed: {self.error})" if self.error else "")
+
+
+class BookReader:
+    """``BookReader(rest, deliver, system)``: one account's order book read into ``system``
+    through ``deliver`` (a frame in, as from the order socket); ``alarm`` hears differences."""
+
+    def __init__(self, rest: DhanRest, deliver: Callable[[str], object], system: System, *,
+                 clock: Callable[[], datetime], alarm: Callable[[str], None],
+                 correlation_prefix: str | None = None) -> None:
+        self.rest, self.deliver, self.system = rest, deliver, system
+        self.clock, self.alarm, self.prefix = clock, alarm, correlation_prefix
+        self.reconciled = Reconciled()
+        self.polls = 0
+        self._seen: dict[str, tuple[str, int]] = {}
+        """Order id → (status, filled quantity) as last given to the system by a read."""
+
+    def reconcile(self) -> bool:
+        """Every order of the book in, then the positions compared; False (and
+        ``reconciled.error`` says why) when the order book could not be read: try again."""
+        orders = self.rest.orders()
+        if not orders.ok or orders.value is None:
+            self.reconciled.error = f"GET /orders: {orders.outcome.value} {orders.code}"
+            logger.warning("reconcile: {}; trying again", self.reconciled.error)
+            return False
+        trades = self.rest.trades()
+        prices = _trade_prices(trades.value or []) if trades.ok else {}
+        result = Reconciled(at=self.clock(), orders=len(orders.value))
+        for order in _oldest_first(orders.value):
+            if self._give(order, prices, force=True):
+                result.fills += 1 if order.filled_qty else 0
+                result.external += 0 if self._ours(order) else 1
+        for last in (False, True):
+            self.system.settle(rounds=1)
+            positions = self.rest.positions()
+            if not positions.ok or positions.value is None:
+                result.error = f"GET /positions: {positions.outcome.value} {positions.code}"
+                break
+            result.differences = self._compare(positions.value, alarm=last)
+            if not result.differences or last:
+                break
+            # An order may have filled between the two reads: the changed ones in, once more.
+            again = self.rest.orders()
+            if not again.ok or again.value is None:
+                self._compare(positions.value, alarm=True)
+                break
+            for order in _oldest_first(again.value):
+                if self._give(order, {}, force=False):
+                    result.fills += 1 if order.filled_qty else 0
+        self.reconciled = result
+        logger.info("reconcile{}: {} orders read, {} with fills given to the trackers; {}",
+                    f" of {self.system.account}" if self.system.account else "",
+                    result.orders, result.fills,
+                    "positions agree with DhanHQ" if not result.differences
+                    else f"POSITIONS DIFFER: {result.differences}")
+        return True
+
+    def poll(self) -> None:
+        """The order book read while live: only orders whose state changed go in."""
+        answer = self.rest.orders()
+        self.polls += 1
+        if not answer.ok or answer.value is None:
+            logger.warning("order-book poll: {} {}", answer.outcome.value, answer.code)
+            return
+        given = sum(self._give(order, {}, force=False) for order in _oldest_first(answer.value))
+        if given:
+            logger.info("order-book poll: {} orders changed since the last read", given)
+
+    def _give(self, order: BrokerOrder, prices: dict[str, Decimal], *, force: bool) -> bool:
+        state = (order.status, order.filled_qty)
+        if not force and self._seen.get(order.order_id) == state:
+            return False
+        self._seen[order.order_id] = state
+        try:
+            frame = order_frame(order, prices.get(order.order_id))
+        except ValueError as error:  # a row that cannot be an order update: the rest go on
+            logger.warning("order {} from the order book skipped: {}", order.order_id,
+                           " ".join(str(error).split()))
+            return False
+        if frame is None:
+            return False
+        self.deliver(frame)
+        return True
+
+    def _ours(self, order: BrokerOrder) -> bool:
+        corr = order.correlation_id or ""
+        return corr.startswith("X-") or (self.prefix is not None and corr.startswith(self.prefix))
+
+    def _compare(self, rows: list[BrokerPosition], *, alarm: bool = True
+                 ) -> dict[str, dict[str, int]]:
+        """DhanHQ's ``netQty`` per (segment, security, product) against our open positions
+        (``models.books.compare``): a difference is alarmed, never traded away."""
+        broker: dict[BookKey, int] = {}
+        for row in rows:
+            key = (row.instrument.segment, row.instrument.security_id,
+                   _product_letter(row.product))
+            broker[key] = broker.get(key, 0) + row.net_qty
+        report = compare(broker, self.system.open_positions())
+        differences = cast(dict[str, dict[str, int]], report.as_dict()["differences"])
+        if differences and alarm:
+            self.alarm("DhanHQ's positions differ from ours (nothing is traded to fix it; "
+                       f"every position stays protected): {report.line()}")
+        return differences
+
+
+def order_frame(order: BrokerOrder, trade_price: Decimal | None = None) -> str | None:
+    """An order-book row as the order socket's frame (marked as read by reconcile); None for a
+    row that cannot be one (no status we know, no instrument)."""
+    status = order.order_status
+    if status is None or order.instrument is None:
+        return None
+    price = order.avg_price if order.avg_price and order.avg_price > 0 else trade_price
+    update = OrderUpdate(
+        order_no=order.order_id, status=status, segment=order.instrument.segment,
+        security_id=order.instrument.security_id, txn_type=order.txn_type,
+        product=_product_letter(order.product), order_type=order.order_type,
+        quantity=order.quantity, traded_qty=order.filled_qty, avg_traded_price=price,
+        price=order.price if order.price and order.price > 0 else None,
+        correlation_id=order.correlation_id, exch_order_no=order.exchange_order_id,
+        updated_at=_time(order.updated_at), reason=order.reason)
+    frame = to_dhan_frame(update)
+    return frame[:-2] + ", " + RECONCILE_MARK + "}}"
+
+
+_LETTERS = {name: letter for letter, name in PRODUCT_TYPES.items()}
+
+
+def _product_letter(product: str | None) -> str | None:
+    """The order socket's one-letter product for a REST ``productType``."""
+    if product is None:
+        return None
+    return _LETTERS.get(product.upper(), product)
+
+
+def _time(text: str | None) -> datetime | None:
+    try:
+        return dhan_time(text) if text else None
+    except (ValueError, OverflowError):
+        return None  # the order's time is not needed to apply it
+
+
+def _oldest_first(orders: list[BrokerOrder]) -> list[BrokerOrder]:
+    """DhanHQ lists the newest first; the system takes them in the order they happened."""
+    return sorted(orders, key=lambda o: o.updated_at or "")
+
+
+def _trade_prices(trades: list[BrokerTrade]) -> dict[str, Decimal]:
+    """Each order's average traded price from the trade book."""
+    value: dict[str, Decimal] = {}
+    qty: dict[str, int] = {}
+    for trade in trades:
+        if trade.price is None or trade.quantity <= 0:
+            continue
+        value[trade.order_id] = value.get(trade.order_id, Decimal(0)) + \
+            trade.price * trade.quantity
+        qty[trade.order_id] = qty.get(trade.order_id, 0) + trade.quantity
+    return {order: value[order] / qty[order] for order in value}

@@ -1,0 +1,125 @@
+"""Reading the broker's books into the system (``app/reconcile.py``): the order book goes in as
+frames, and the positions are compared; an order that fills between the two reads is read in
+again rather than alarmed, and a difference that stays is alarmed once, never traded away."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from decimal import Decimal
+
+import pykka
+import pytest
+
+from actors.system import Parts, System
+from app.clocks import ManualClock
+from app.reconcile import BookReader
+from broker.dhan import BrokerOrder, BrokerPosition, BrokerTrade
+from broker.dhan.outcomes import Answer, Outcome
+from broker.paper.exchange import PaperExchange
+from broker.paper.market import TapeMarket
+from models.common import Instrument, Segment, TxnType
+from models.policy import RiskConfig
+from store.pnl_cache import InMemoryPnLCache
+from tests.actors.test_tracker_flow import T0
+from tests.fakes import FakeStore
+
+FUT = Instrument(segment=Segment.NSE_FNO, security_id="47012")
+
+
+def order(order_id: str, filled: int) -> BrokerOrder:
+    return BrokerOrder(order_id=order_id, status="TRADED" if filled else "PENDING",
+                       correlation_id=None, txn_type=TxnType.BUY, instrument=FUT,
+                       product="INTRADAY", order_type="MARKET", quantity=50, filled_qty=filled,
+                       avg_price=Decimal("200") if filled else None,
+                       updated_at=f"2026-12-03 09:{20 + int(order_id[1:]):02d}:00")
+
+
+class ScriptedBooks:
+    """The REST reads a reconcile makes, each answered from its script in turn (the last
+    answer repeats)."""
+
+    def __init__(self, orders: list[list[BrokerOrder]], positions: list[int]) -> None:
+        self.order_reads, self.position_reads = orders, positions
+        self.calls: list[str] = []
+
+    def orders(self) -> Answer[list[BrokerOrder]]:
+        self.calls.append("orders")
+        value = self.order_reads.pop(0) if len(self.order_reads) > 1 else self.order_reads[0]
+        return Answer(Outcome.OK, value)
+
+    def trades(self) -> Answer[list[BrokerTrade]]:
+        self.calls.append("trades")
+        return Answer(Outcome.OK, [])
+
+    def positions(self) -> Answer[list[BrokerPosition]]:
+        self.calls.append("positions")
+        net = self.position_reads.pop(0) if len(self.position_reads) > 1 \
+            else self.position_reads[0]
+        return Answer(Outcome.OK, [BrokerPosition(instrument=FUT, product="INTRADAY",
+                                                  net_qty=net)])
+
+
+@pytest.fixture
+def system() -> Iterator[System]:
+    exchange = PaperExchange(TapeMarket([]), latency=timedelta(0), start=T0)  # nothing placed
+    built = System(Parts(store=FakeStore(), cache=InMemoryPnLCache(), gateway=exchange,
+                         quotes=None, config=RiskConfig(), clock=ManualClock(T0)))
+    built.start(ticker=False)
+    yield built
+    built.stop()
+    pykka.ActorRegistry.stop_all()
+
+
+def reader(books: ScriptedBooks, system: System, alarms: list[str]) -> BookReader:
+    return BookReader(books, system.order_frame, system,  # type: ignore[arg-type]
+                      clock=lambda: T0, alarm=alarms.append)
+
+
+def open_qty(system: System) -> int:
+    return sum(p.quantity for p in system.open_positions())
+
+
+def test_when_an_order_fills_between_the_reads_then_it_is_read_in_not_alarmed(
+        system: System) -> None:
+    books = ScriptedBooks(orders=[[order("E1", 50), order("E2", 0)],
+                                  [order("E1", 50), order("E2", 50)]],
+                          positions=[100])  # E2 filled after the first order-book read
+    alarms: list[str] = []
+    assert reader(books, system, alarms).reconcile()
+    system.settle()
+    assert open_qty(system) == 100
+    assert alarms == []
+    assert books.calls == ["orders", "trades", "positions", "orders", "positions"]
+
+
+def test_when_the_books_still_differ_then_alarmed_once_and_nothing_traded(
+        system: System) -> None:
+    books = ScriptedBooks(orders=[[order("E1", 50)]], positions=[150])
+    alarms: list[str] = []
+    books_reader = reader(books, system, alarms)
+    assert books_reader.reconcile()
+    assert open_qty(system) == 50  # ours as the order book says
+    exchange = system.parts.gateway
+    assert isinstance(exchange, PaperExchange) and exchange.orders() == []  # nothing traded
+    assert len(alarms) == 1 and "differ" in alarms[0]
+    assert books_reader.reconciled.differences == {
+        "NSE_FNO:47012/I": {"broker": 150, "ours": 50}}
+
+
+def test_when_the_books_agree_then_read_once(system: System) -> None:
+    books = ScriptedBooks(orders=[[order("E1", 50)]], positions=[50])
+    alarms: list[str] = []
+    assert reader(books, system, alarms).reconcile()
+    assert alarms == [] and books.calls == ["orders", "trades", "positions"]
+
+
+def test_when_the_order_book_cannot_be_read_then_tried_again_later(system: System) -> None:
+    class Down(ScriptedBooks):
+        def orders(self) -> Answer[list[BrokerOrder]]:
+            return Answer(Outcome.UNKNOWN, None, "timeout")
+
+    books_reader = reader(Down([[]], [0]), system, [])
+    assert not books_reader.reconcile()
+    assert books_reader.reconciled.error == "GET /orders: UNKNOWN timeout"
+
