@@ -8,13 +8,14 @@ runs them.
 
 - One ``run.py venue`` process (the paper broker: the fake DhanHQ, entries for a handful of
   accounts, order updates onto JetStream, prices onto NATS) and K ``run.py runner --accounts``
-  processes, every runner configured with every account (the first to claim a partition serves
-  it; the others are spares), on the PostgreSQL running here, in a schema of their own, dropped
-  afterwards. NATS: with the ``nats`` fault, a private ``nats-server -js`` on a free port with
-  its own store directory, started and restarted by the rig (the server on 4222 is shared);
+  processes, every runner configured with every account (they share the partitions,
+  ``models.partitions.plan_share``), on the PostgreSQL running here, in a schema of their own,
+  dropped afterwards. NATS: with the ``nats`` fault, a private ``nats-server -js`` on a free
+  port with its own store directory, started and restarted by the rig (the server on 4222 is
+  shared);
   without it, ``BENCH_NATS_URL`` in a namespace of its own. Each account's store in a runner
   holds at most ``--db-connections`` (4) PostgreSQL connections (``run.py runner
-  --db-connections``; 12 by default, 10 of them opened at a System's start): a paused owner
+  --db-connections``; 12 by default, opened as its writes need them): a paused owner
   keeps its own while its successor opens as many, and the server here is shared.
 - One fault a cycle, the kinds in turn:
 
