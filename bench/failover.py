@@ -12,11 +12,10 @@ runs them.
   ``models.partitions.plan_share``), on the PostgreSQL running here, in a schema of their own,
   dropped afterwards. NATS: with the ``nats`` fault, a private ``nats-server -js`` on a free
   port with its own store directory, started and restarted by the rig (the server on 4222 is
-  shared);
-  without it, ``BENCH_NATS_URL`` in a namespace of its own. Each account's store in a runner
-  holds at most ``--db-connections`` (4) PostgreSQL connections (``run.py runner
-  --db-connections``; 12 by default, opened as its writes need them): a paused owner
-  keeps its own while its successor opens as many, and the server here is shared.
+  shared); without it, ``BENCH_NATS_URL`` in a namespace of its own. Each account's store in a
+  runner holds at most ``--db-connections`` (4) PostgreSQL connections (``run.py runner
+  --db-connections``; 12 by default, opened as its writes need them): a paused owner keeps its
+  own while its successor opens as many, and the server here is shared.
 - One fault a cycle, the kinds in turn:
 
   - ``kill``: the runner holding the most partitions killed (-9), then started again as a spare;
