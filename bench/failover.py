@@ -833,7 +833,8 @@ def summarise(lines: list[dict[str, Any]]) -> dict[str, Any]:
                               met=extra["unfenced_writes"] == 0))
     added = [r for r in rows if r["fault"] == "add"]
     if added:
-        fair = sum(1 for r in added if r["within_share"])
+        # rows written before the fair share have only ``became_spare`` (within any share)
+        fair = sum(1 for r in added if r.get("within_share", r.get("became_spare")))
         figures.append(figure("runner added: took at most its fair share, none served twice",
                               fair, f"of {len(added)}", target=f"{len(added)}",
                               met=fair == len(added)))
