@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import signal
+import ssl
 import sys
 import tempfile
 import threading
@@ -63,6 +64,7 @@ from app.settings import Settings, SettingsError, load_settings
 from broker.dhan import DhanRest, TokenSource
 from broker.dhan import TokenError as DhanTokenError
 from broker.dhan.gateway import DhanGateway, NotingQuotes, ShadowGateway
+from broker.dhan.rest import shared_tls
 from broker.leased import leased
 from broker.paper import PaperBroker, PaperConfig, entry_interval
 from broker.paper.market import TapeMarket
@@ -523,8 +525,8 @@ def _publish(report: dict[str, Any], path: Path) -> None:
 
 # Store commands -----------------------------------------------------------------------------------
 RUNNER_DB_CONNECTIONS = 12
-"""PostgreSQL connections of one account's store on a runner, at most (a System opens its
-workers' and reserve's, 10, at its start)."""
+"""PostgreSQL connections of one account's store on a runner, at most (opened as its writes
+need them: ``Parts.connections_ahead`` is off on a runner)."""
 RUNNER_SEND_MARGIN = 6.0
 """A runner's lease is this many times the margin its exits keep before the lease's end
 (``broker.leased``): 1 s of a 6 s lease, a third of what is left when a renewal is due."""
@@ -533,7 +535,7 @@ RUNNER_SEND_MARGIN = 6.0
 def build_runner_system(settings: Settings, account: str, lease: PartitionLease, *, url: str,
                         clock: Callable[[], datetime], tokens: TokenSource,
                         on_lease_lost: Callable[[LeaseLost], None],
-                        lease_seconds: float,
+                        lease_seconds: float, tls: ssl.SSLContext | bool = True,
                         db_connections: int = RUNNER_DB_CONNECTIONS) -> Served:
     """One account's System on a runner's partition (SPEC §13): its store fenced by the
     partition's lease, its exits sent to the DhanHQ API (in paper runs the loopback fake
@@ -543,7 +545,8 @@ def build_runner_system(settings: Settings, account: str, lease: PartitionLease,
     store = PostgresStore(url, account=account, lease=lease, on_lease_lost=on_lease_lost,
                           pool_size=db_connections)
     # The account is its DhanHQ client id: the broker keeps each account's books apart by it.
-    rest = DhanRest(dhan.api_url, account, tokens, timeout=dhan.request_timeout_seconds)
+    rest = DhanRest(dhan.api_url, account, tokens, timeout=dhan.request_timeout_seconds,
+                    verify=tls)
     gateway = DhanGateway(rest, protection_pct=dhan.exit_protection_pct, tick=dhan.tick_size,
                           max_modifications=dhan.exit_max_modifications,
                           chase_after_seconds=dhan.exit_chase_after_ms / 1000)
@@ -552,7 +555,7 @@ def build_runner_system(settings: Settings, account: str, lease: PartitionLease,
                                  margin=lease_seconds / RUNNER_SEND_MARGIN),
                   quotes=NotingQuotes(rest, gateway), config=settings.risk, clock=clock,
                   account=account, correlation_prefix=settings.correlation_prefix,
-                  urgent_prices=True)
+                  urgent_prices=True, connections_ahead=False)
 
     system = System(parts)
 
@@ -614,12 +617,14 @@ def run_runner(settings: Settings, *, nats_url: str, partitions: str | None,
     if tokens is not None:
         clock = _exchange_clock(settings)
         holder: list[Runner] = []
+        tls = shared_tls()  # made now, not at a partition's hand-over
         systems = AccountSystems(accounts, lambda account, lease: build_runner_system(
             settings, account, lease, url=url, clock=clock, tokens=tokens[account],
-            on_lease_lost=holder[0].lease_lost, lease_seconds=lease_seconds,
+            on_lease_lost=holder[0].lease_lost, lease_seconds=lease_seconds, tls=tls,
             db_connections=db_connections),
             transport, clock=clock)
-        runner = Runner(leases, transport, owner=name, partitions=wanted, serve=systems)
+        runner = Runner(leases, transport, owner=name, partitions=wanted, serve=systems,
+                        share=partitions is None)
         holder.append(runner)
         closing.insert(0, systems.close)
     else:
@@ -627,7 +632,8 @@ def run_runner(settings: Settings, *, nats_url: str, partitions: str | None,
         store = PostgresStore(url, lease=current)
         closing.append(store.close)
         runner = Runner(leases, transport, owner=name, partitions=wanted,
-                        deliver=store_frames(store, _wall_clock), current=current)
+                        deliver=store_frames(store, _wall_clock), current=current,
+                        share=partitions is None)
     stop = _stop_event(duration)
     logger.info("runner {} on {} partitions ({} accounts)", name, len(wanted), len(accounts))
     try:

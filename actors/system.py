@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import gc
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -111,6 +113,10 @@ class Parts:
     """A tick beyond an exit edge flushes its batch at once rather than at the next
     ``Schedule.flush_every`` (``actors/prices/edges.py``): live and paper sessions. Off where
     batches must be the clock's alone (replays, stepped benchmarks)."""
+    connections_ahead: bool = True
+    """Open the store's connections for every writer at the start (beside it, not before);
+    False: as writes need them (a runner serving many accounts on one server: ten per account
+    ahead would run PostgreSQL out of connections, ``max_connections`` being 100 by default)."""
     switch_interval: float | None = None
     """Seconds a thread may hold the GIL while others wait (``sys.setswitchinterval``); None
     leaves CPython's 5 ms. Measured: 0.5 ms did not lower the price-to-decision latency here
@@ -170,6 +176,11 @@ class System:
         """A replay's count of the messages in flight (``settle``)."""
         self._idle_total = -1
         """``inflight.total`` when the last settle ended, idle."""
+        self.startup: dict[str, float] = {}
+        """Seconds each phase of the last start took (logged once it is over)."""
+        self._lapped = 0.0
+        self.recovered = 0
+        """Stored frames the last start routed again (``OrderUpdateActor.recover``)."""
 
     @property
     def account(self) -> str:
@@ -181,12 +192,25 @@ class System:
               on_step: Callable[[datetime], None] | None = None) -> System:
         collecting = gc.isenabled()
         gc.disable()  # start-up makes few cycles but many objects: see below
+        began = self._lapped = time.perf_counter()
+        self.startup = {}
         try:
             self._start(ticker=ticker, on_step=on_step)
         finally:
             if collecting:
                 gc.enable()
+        logger.info("account {} started in {:.3f} s ({}; {} stored frames routed again)",
+                    self.parts.account, time.perf_counter() - began,
+                    ", ".join(f"{name} {took:.3f}" for name, took in self.startup.items()),
+                    self.recovered)
         return self
+
+    def _lap(self, name: str) -> None:
+        """The phase of the start that ends now took the time since the last one ended
+        (``startup``: a hand-over waits for all of them)."""
+        now = time.perf_counter()
+        self.startup[name] = now - self._lapped
+        self._lapped = now
 
     def _start(self, *, ticker: bool, on_step: Callable[[datetime], None] | None) -> None:
         p = self.parts
@@ -195,8 +219,9 @@ class System:
         if p.switch_interval is not None:
             sys.setswitchinterval(p.switch_interval)
         self.dispatcher.start()
-        # Every tracker thread, the order-update actor and the supervisor may write at once.
-        p.store.prepare(p.workers + p.reserve + 2)
+        self._lap("dispatcher")
+        if p.connections_ahead:
+            self._prepare_store()
         self.started_at = p.clock()
         active = tracer()
         if active is not None:  # what a trace's story needs to value a position
@@ -228,6 +253,7 @@ class System:
                       batcher=self.batcher, orders=self.orders, deadlines=p.deadlines,
                       stops=self.stops, intents=self.intents)
         self.supervisor.proxy().wire(peers).get(timeout=ASK)
+        self._lap("actors")
         self._load()
         # Everything alive now (code, adapters, the loaded book) is moved out of the cyclic
         # collector's sight: a full collection otherwise walks all of it and stops every thread
@@ -240,32 +266,57 @@ class System:
         # 10,000 positions) and found ~70 objects.
         gc.freeze()
         logger.debug("start-up: {} objects frozen", gc.get_freeze_count())
+        self._lap("freeze")
         p.gateway.subscribe(self.order_frame)
         # Exits in flight at the last stop resume only now: the frames of an order placed
         # before the gateway had a sink would be lost.
         self.supervisor.proxy().resume_exits().get(timeout=60)
+        self._lap("resume")
         if ticker:
             self.ticker = Ticker(p.clock, p.schedule, flush_to=[self.batcher],
                                  timer_to=[self.supervisor, self.orders],
                                  on_step=on_step).start()
 
+    def _prepare_store(self) -> None:
+        """Every tracker thread, the order-update actor and the supervisor may write at once:
+        their connections are opened beside the start, not before it (opening ten took
+        0.03-0.12 s of a runner's takeover, ``bench/takeover.py``); until they are, a write
+        opens its own (``ConnectionPool.take``)."""
+        store, count = self.parts.store, self.parts.workers + self.parts.reserve + 2
+
+        def prepare() -> None:
+            try:
+                store.prepare(count)
+            except Exception as error:  # opened on demand instead; the start goes on
+                logger.warning("account {}: store connections not opened ahead: {}",
+                               self.parts.account, type(error).__name__)
+
+        threading.Thread(target=prepare, name=f"prepare-{self.parts.account}",
+                         daemon=True).start()
+
     def _load(self) -> None:
         positions = self.parts.store.load_open_positions()
+        self._lap("load")
         routes = self.supervisor.proxy().start_positions(positions).get(timeout=60)
         self.index.tell(BulkLoad(routes=tuple(routes)))
+        self._lap("trackers")
         today = self.parts.clock().astimezone(IST).date()
         closed = [p for p in self.parts.store.list_positions(PositionStatus.EXITED)
                   if p.exited_at is not None and p.exited_at.astimezone(IST).date() == today]
+        self._lap("closed")
         # The orders of today's closed positions too: an update of one of them delivered
         # again after the restart (a reconnect, a reconcile) must find its owner, not open a
         # position of its own.
         known = sorted(closed + positions, key=lambda p: (p.created_at, p.position_id))
         self.orders.proxy().load(known).get(timeout=60)
         self.pnl.proxy().seed(positions, closed).get(timeout=60)
+        self._lap("seed")
         # A frame stored but not routed when the last run died (a kill -9 between the two) is
         # routed now, before exits resume: it may have ended an exit in flight, which must not
         # be placed again.
-        self.orders.proxy().recover(exchange_day_start(self.parts.clock())).get(timeout=120)
+        self.recovered = self.orders.proxy().recover(
+            exchange_day_start(self.parts.clock())).get(timeout=120)
+        self._lap("recover")
         logger.info("supervising {} open positions from the store", len(positions))
 
     # Feeds ------------------------------------------------------------------------------------

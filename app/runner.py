@@ -5,8 +5,11 @@ What it does, one ``step`` at a time (``run`` repeats it until told to stop):
 
 1. drops at once every partition whose lease a fenced write found lost (``lease_lost``, called
    by the store from any thread: the partition's ``PartitionLease`` refuses from that moment);
-2. claims each partition of its set that it does not hold (``Leases.claim``); one taken over
-   from a lapsed owner is held back for ``claim_wait`` (the old lease plus the HTTP timeout);
+2. looks at the leases (``Leases.survey``: one read, every ``look_every``; with a heartbeat,
+   ``Leases.beat``, every ``claim_every``) and claims the free partitions of its set
+   (``Leases.claim``), with ``share`` no more than its fair share of them, and releases one
+   over that share (``models.partitions.plan_share``); one taken over from a lapsed owner is
+   held back for ``claim_wait`` (the old lease plus the HTTP timeout);
 3. renews every lease past a third of its life (and, while ``run`` runs, so does a thread of
    its own, so a slow step never lets a lease lapse); a renewal refused (``LeaseLost``)
    revokes the partition's lease at once and the step drops the partition;
@@ -16,8 +19,9 @@ What it does, one ``step`` at a time (``run`` repeats it until told to stop):
 5. lets the served Systems keep their price subscriptions (``Serve.step``).
 
 Dropping a partition (its lease lost) stops what serves it without a write or an order more
-(``Serve.stop(lost=True)``); a graceful stop (``release_all``) stops it in order under the live
-lease and then releases the lease, so the next owner need not wait.
+(``Serve.stop(lost=True)``); a graceful stop (``release_all``: the heartbeat removed first)
+and a partition over the runner's share stop it in order under the live lease and then release
+the lease, so the next owner need not wait.
 
 Without a ``Serve`` (``deliver``) the runner only stores each update raw (``store_frames``).
 """
@@ -35,7 +39,7 @@ from typing import Protocol
 from loguru import logger
 
 from broker.transport.ports import Delivery, Transport, TransportError
-from models.partitions import PARTITIONS
+from models.partitions import PARTITIONS, plan_share
 from models.wire import Rejection, parse_order_update
 from store.ports import Lease, LeaseLost, Leases, Store, StoreError
 
@@ -128,7 +132,7 @@ class Runner:
                  partitions: Iterable[int], deliver: Deliver | None = None,
                  current: CurrentLease | None = None, serve: Serve | None = None,
                  batch: int = 100, pull_budget: float = 0.2, claim_every: float | None = None,
-                 look_every: float = 0.2,
+                 look_every: float = 0.2, share: bool = False,
                  clock: Callable[[], float] = time.monotonic) -> None:
         """Either ``serve`` (the actors of the partitions' accounts) or ``deliver`` with
         ``current`` (raw frames stored). ``pull_budget``: seconds one step waits for updates,
@@ -137,7 +141,10 @@ class Runner:
         claim is a transaction per partition); ``look_every``: seconds between looks, in one
         read, for a partition of this runner's set that is free (released by its owner's
         graceful stop, or expired), which is then claimed at once rather than at the next
-        round: a graceful hand-over takes well under a second."""
+        round: a graceful hand-over takes well under a second. ``share``: claim no more than
+        a fair share of the partitions (``models.partitions.plan_share``: the live runners
+        counted by their heartbeats) and release, one at a time, what is over it when a
+        runner joins; without, every free partition of the set is claimed."""
         if (serve is None) == (deliver is None or current is None):
             raise ValueError("a runner serves (serve) or stores frames (deliver, current)")
         self.leases, self.transport, self.owner = leases, transport, owner
@@ -148,9 +155,11 @@ class Runner:
         self._renewing = threading.Lock()
         self.batch, self.pull_budget, self.clock = batch, pull_budget, clock
         self.claim_every = leases.lease_seconds / 3 if claim_every is None else claim_every
-        self.look_every = look_every
+        self.look_every, self.share = look_every, share
         self.next_claim = self.next_look = 0.0
         self.held: dict[int, Held] = {}
+        self._free_since: dict[int, float] = {}
+        """When this runner first saw each partition now free (for ``plan_share``'s grace)."""
         self.delivered = 0
         self.log = logger.bind(runner=owner)
 
@@ -169,25 +178,41 @@ class Runner:
     def step(self) -> None:
         self._drop_lost()
         if self.clock() >= self.next_claim:
-            self._claim(self.partitions)
+            self.leases.beat(self.owner)
             self.next_claim = self.clock() + self.claim_every
+            self._look()
             self.next_look = self.clock() + self.look_every
         elif self.clock() >= self.next_look:
             self.next_look = self.clock() + self.look_every
-            wanted = [p for p in self.partitions if p not in self.held]
-            free = self.leases.free(wanted) if wanted else []
-            if free:
-                self._claim(free)
+            self._look()
         self._renew()
         self._drop_lost()
         now = self.clock()
         ready = [p for p, held in sorted(self.held.items()) if now >= held.ready_at]
-        for partition in ready:
-            if partition in self.held and self._served(partition):  # not dropped meanwhile
-                self._consume(partition, self.pull_budget / len(ready))
+        # Every partition ready is started before any is pulled from: a pull waits up to its
+        # share of the budget, and a partition handed over must not wait behind another's.
+        served = [p for p in ready if p in self.held and self._served(p)]
+        for partition in served:
+            if partition in self.held:  # not dropped meanwhile
+                self._consume(partition, self.pull_budget / len(served))
             self._drop_lost()
         if self.serve is not None:
             self.serve.step()
+
+    def _look(self) -> None:
+        """One read of the leases, then the claims and the release it calls for."""
+        survey = self.leases.survey(self.partitions)
+        now = self.clock()
+        self._free_since = {p: self._free_since.get(p, now) for p in survey.free}
+        plan = plan_share(self.partitions, self.held,
+                          {p: now - since for p, since in self._free_since.items()},
+                          survey.runners if self.share else None,
+                          grace=self.leases.lease_seconds)
+        self._claim(plan.claim)
+        if plan.release is not None:
+            self.log.info("partition {} over this runner's share ({} held, {} runners): "
+                          "handed over", plan.release, len(self.held), survey.runners)
+            self._release(plan.release)
 
     def _served(self, partition: int) -> bool:
         held = self.held[partition]
@@ -240,19 +265,31 @@ class Runner:
         """Graceful hand-over: what serves each partition stopped in order under its lease,
         then every lease released, so the next owner need not wait."""
         self._drop_lost()
-        for partition, held in sorted(self.held.items()):
-            if self.serve is not None and held.served:
-                try:
-                    self.serve.stop(partition, lost=False)
-                except LeaseLost:
-                    self._drop(partition, "a write under its lease was refused at the stop")
-                    continue
-                except Exception:  # stopped all the same (at once); the store has the state
-                    self.log.opt(exception=True).error("partition {}: the orderly stop "
-                                                       "failed", partition)
-            self.leases.release(held.lease)
-            self.log.info("released partition {}", partition)
-        self.held.clear()
+        try:
+            self.leases.leave(self.owner)  # first: the others' share grows before the releases
+        except StoreError as error:
+            self.log.warning("heartbeat not removed (it lapses in a lease): {}", error)
+        for partition in sorted(self.held):
+            self._release(partition)
+
+    def _release(self, partition: int) -> None:
+        """Hand one partition over: what serves it stopped in order under its lease, then the
+        lease released, so the next owner need not wait."""
+        held = self.held[partition]
+        if self.serve is not None and held.served:
+            try:
+                self.serve.stop(partition, lost=False)
+            except LeaseLost:
+                self._drop(partition, "a write under its lease was refused at the stop")
+                return
+            except Exception:  # stopped all the same (at once); the store has the state
+                self.log.opt(exception=True).error("partition {}: the orderly stop "
+                                                   "failed", partition)
+        with self._renewing:  # the renewal thread renews it no more
+            del self.held[partition]
+            held.shared.revoke()  # stopped: nothing more is written or sent under it
+        self.leases.release(held.lease)
+        self.log.info("released partition {}", partition)
 
     def _claim(self, partitions: Iterable[int]) -> None:
         for partition in partitions:

@@ -122,7 +122,10 @@ class AccountSystems:
         started: dict[str, Served] = {}
         try:
             for account in self.by_partition.get(partition, []):
+                began = time.perf_counter()
                 served = self.make(account, lease)
+                logger.info("partition {}: account {} made in {:.3f} s", partition, account,
+                            time.perf_counter() - began)
                 try:
                     served.system.start()
                 except BaseException:

@@ -8,25 +8,25 @@ runs them.
 
 - One ``run.py venue`` process (the paper broker: the fake DhanHQ, entries for a handful of
   accounts, order updates onto JetStream, prices onto NATS) and K ``run.py runner --accounts``
-  processes, every runner configured with every account (the first to claim a partition serves
-  it; the others are spares), on the PostgreSQL running here, in a schema of their own, dropped
-  afterwards. NATS: with the ``nats`` fault, a private ``nats-server -js`` on a free port with
-  its own store directory, started and restarted by the rig (the server on 4222 is shared);
-  without it, ``BENCH_NATS_URL`` in a namespace of its own. Each account's store in a runner
-  holds at most ``--db-connections`` (4) PostgreSQL connections (``run.py runner
-  --db-connections``; 12 by default, 10 of them opened at a System's start): a paused owner
-  keeps its own while its successor opens as many, and the server here is shared.
+  processes, every runner configured with every account (they share the partitions,
+  ``models.partitions.plan_share``), on the PostgreSQL running here, in a schema of their own,
+  dropped afterwards. NATS: with the ``nats`` fault, a private ``nats-server -js`` on a free
+  port with its own store directory, started and restarted by the rig (the server on 4222 is
+  shared); without it, ``BENCH_NATS_URL`` in a namespace of its own. Each account's store in a
+  runner holds at most ``--db-connections`` (4) PostgreSQL connections (``run.py runner
+  --db-connections``; 12 by default, opened as its writes need them): a paused owner keeps its
+  own while its successor opens as many, and the server here is shared.
 - One fault a cycle, the kinds in turn:
 
   - ``kill``: the runner holding the most partitions killed (-9), then started again as a spare;
   - ``pause``: it is paused (SIGSTOP), and continued (SIGCONT) once another runner serves its
     partitions: longer than the lease;
   - ``term``: it is stopped (SIGTERM: a graceful hand-over), then started again;
-  - ``add``: a runner joins while the partitions are served. Runners do not rebalance: the
-    newcomer claims only a partition that is free, so it is expected to become a spare
-    (``became_spare``: it claimed nothing in a lease's time, every lease kept its owner and
-    epoch); were a partition moved to it, ``moved_s`` says when it served it. It is then
-    stopped again (SIGTERM), so K stays K;
+  - ``add``: a runner joins while the partitions are served. Runners share the partitions:
+    the newcomer is expected to hold at most its fair share (``within_share``: no more than
+    ``models.partitions.fair_share`` of the live runners after a lease's time, and no
+    partition served twice; ``became_spare`` when it got none); were partitions moved to it,
+    ``moved_s`` says when it served them. It is then stopped again (SIGTERM), so K stays K;
   - ``nats``: the rig's nats-server stopped (SIGTERM; ``--nats-stop kill``: -9), kept down
     ``--nats-down`` seconds and started again on the same port and store: ``reconnect_s`` until
     the venue and every runner logged ``NATS: reconnected``, ``flow_s`` until an order update
@@ -100,7 +100,7 @@ from bench.common import PG
 from bench.report import figure
 from models.books import BookKey, compare, key_text
 from models.common import Segment
-from models.partitions import partition_of
+from models.partitions import fair_share, partition_of
 from models.policy import RiskConfig
 from store import witness
 
@@ -484,8 +484,8 @@ def _runner_fault(rig: Rig, row: dict[str, Any], fault: str, timeout: float) -> 
 
 
 def _runner_added(rig: Rig, row: dict[str, Any], timeout: float) -> None:
-    """A runner joins while every partition is served. Runners do not rebalance: it should
-    claim nothing (a spare) and no lease should change hands; then it is stopped again."""
+    """A runner joins while every partition is served: it should take at most its fair share
+    (handed over by runners over theirs), none served twice; then it is stopped again."""
     before = {p: rig.leases().get(p) for p in sorted(rig.wanted)}
     at = datetime.now(UTC)
     newcomer = rig.start_runner("add", wait=False)
@@ -501,11 +501,15 @@ def _runner_added(rig: Rig, row: dict[str, Any], timeout: float) -> None:
     row["owners_unchanged"] = after == before
     row["became_spare"] = not claimed and row["owners_unchanged"]
     row["rebalanced"] = bool(claimed & rig.wanted)
+    # runners share the partitions: the newcomer takes at most its share of the live runners
+    row["share"] = fair_share(len(rig.wanted), len(rig.runners))
+    row["within_share"] = len(claimed & rig.wanted) <= row["share"]
     if claimed:  # were partitions moved to it: when it served them
         served = [first_after(newcomer.log, f"serving partition {p}\n", at) for p in claimed]
         row["moved_s"] = max((_seconds(s, at) for s in served if s is not None),
                              default=math.inf)
     twice = rig.served_twice()
+    row["within_share"] = row["within_share"] and not twice
     newcomer.process.send_signal(signal.SIGTERM)
     row["exit_code"] = newcomer.process.wait(30)
     del rig.runners[newcomer.owner]
@@ -829,10 +833,11 @@ def summarise(lines: list[dict[str, Any]]) -> dict[str, Any]:
                               met=extra["unfenced_writes"] == 0))
     added = [r for r in rows if r["fault"] == "add"]
     if added:
-        spare = sum(1 for r in added if r["became_spare"])
-        figures.append(figure("runner added: became a spare (runners do not rebalance)",
-                              spare, f"of {len(added)}", target=f"{len(added)}",
-                              met=spare == len(added)))
+        # rows written before the fair share have only ``became_spare`` (within any share)
+        fair = sum(1 for r in added if r.get("within_share", r.get("became_spare")))
+        figures.append(figure("runner added: took at most its fair share, none served twice",
+                              fair, f"of {len(added)}", target=f"{len(added)}",
+                              met=fair == len(added)))
     if any(r["fault"] == "nats" for r in rows):
         figures.append(figure("NATS restarted: order updates stored again, p99 (from the "
                               "restart)", percentile(measured("nats"), 0.99), "s"))

@@ -49,6 +49,21 @@ def apply_update(position: Position, update: OrderUpdate, role: OrderRole, *,
                           at=update.updated_at or at)
 
 
+def holds(position: Position, update: OrderUpdate, role: OrderRole, *, at: datetime) -> bool:
+    """Whether ``position`` holds everything ``update`` reports of one of its orders already, so
+    that applying it (``apply_update``) changes nothing, whatever the last price and at any time
+    from ``at`` on: a start-up need not route a stored frame again that the stored position
+    holds (``OrderUpdateActor.recover``). A position's orders only grow by joins, so it then
+    holds the update in every later state too. An order that traded "in full" without its
+    quantity is never held: what that completes depends on a price."""
+    tracked = position.order(update.order_no)
+    if tracked is None or tracked.role is not role or tracked.progress.full or (
+            update.status is OrderStatus.TRADED and update.traded_qty == 0):
+        return False
+    applied = apply_update(position, update, role, at=at)
+    return applied.position is position and applied.rejection is None
+
+
 def apply_progress(position: Position, incoming: OrderProgress, role: OrderRole, *,
                    attempt: int | None = None, at: datetime | None = None) -> Applied:
     """Join an observation of one order's cumulative progress into the position."""

@@ -9,7 +9,10 @@ travels on its partition's subject, so an account's exits never leave their owne
 
 from __future__ import annotations
 
+import math
 import zlib
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 
 PARTITIONS = 256
 
@@ -35,3 +38,42 @@ def lease_allows_send(deadline: float, now: float, margin: float) -> bool:
     left before the lease can pass to another runner (SPEC §13; the pause between this check
     and the send is the gap ``margin`` bounds, docs/ARCHITECTURE.md "Scale-out")."""
     return now + margin < deadline
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    """What a runner does about its share of the partitions at one look: claim these free
+    ones, and release that held one (``None``: none)."""
+
+    claim: tuple[int, ...] = ()
+    release: int | None = None
+
+
+def fair_share(partitions: int, runners: int) -> int:
+    """How many of ``partitions`` one of ``runners`` live runners holds at most:
+    ``ceil(partitions / runners)``, so that together they hold every one."""
+    return math.ceil(partitions / max(1, runners))
+
+
+def plan_share(wanted: Collection[int], held: Collection[int], free: Mapping[int, float],
+               runners: int | None, *, grace: float) -> Share:
+    """A runner's next move (SPEC §13: accounts partitioned over runners). ``wanted``: the
+    partitions it may serve; ``held``: those it holds; ``free``: partitions a claim would take
+    now, each with the seconds it has been free; ``runners``: live runners, itself included
+    (``None``: no sharing, every free partition is claimed and none released).
+
+    It claims free partitions, lowest first, up to its fair share (``fair_share``), and any
+    free for ``grace`` seconds or more whatever its share (no partition is left unserved
+    because the count of live runners is stale). Over its share, it releases one partition,
+    its highest, and only while none of ``wanted`` is free: one at a time, each released one
+    taken by a runner under its share before the next goes."""
+    mine = set(held)
+    open_ = sorted(p for p in free if p in wanted and p not in mine)
+    if runners is None:
+        return Share(claim=tuple(open_))
+    quota = fair_share(len(set(wanted)), runners)
+    room = max(0, quota - len(mine))
+    claim = (*open_[:room], *(p for p in open_[room:] if free[p] >= grace))
+    if len(mine) > quota and not any(p in wanted for p in free):
+        return Share(claim=claim, release=max(mine))
+    return Share(claim=claim)

@@ -20,6 +20,9 @@ who owns what.
 - A writer paused inside its transaction (SIGSTOP, a long GC) would hold the takeover forever:
   every connection here sets ``idle_in_transaction_session_timeout`` to ``write_idle_timeout``,
   so the server ends such a session, its write rolls back, and the takeover goes on.
+- Heartbeats (``runner_heartbeats``, one row per runner): ``beat`` keeps a runner live for a
+  lease, ``leave`` removes it at a graceful stop; ``survey`` reads in one go the free partitions
+  and how many runners are live, for the fair share (``models.partitions.plan_share``).
 - ``claim_wait``: a new owner that took over a lapsed lease waits until the old lease's expiry
   plus the HTTP timeout before it acts, so an exit order the old owner checked its lease for
   and was still sending has reached the broker or failed; it then looks the order up by client
@@ -39,7 +42,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from models.partitions import PARTITIONS
 from store.pg_pool import Connection, ConnectionPool
-from store.ports import Lease, LeaseLost, StoreError
+from store.ports import Lease, LeaseLost, StoreError, Survey
 from store.schema import POSTGRES
 from store.urls import redact_text, redact_url
 
@@ -52,6 +55,11 @@ CREATE TABLE IF NOT EXISTS partition_leases (
     claimed_at TIMESTAMPTZ NOT NULL
 )"""
 assert PARTITIONS == 256, "the table's CHECK names the partition count"
+CREATE_HEARTBEATS = """
+CREATE TABLE IF NOT EXISTS runner_heartbeats (
+    owner TEXT PRIMARY KEY,
+    expires_at TIMESTAMPTZ NOT NULL
+)"""
 
 _ENSURE_ROW = (
     "INSERT INTO partition_leases (partition, owner, epoch, expires_at, claimed_at) "
@@ -81,6 +89,13 @@ _FREE = (
     "LEFT JOIN partition_leases AS l ON l.partition = p "
     "WHERE l.partition IS NULL OR l.owner IS NULL OR l.expires_at <= clock_timestamp() "
     "ORDER BY p")
+_LIVE_RUNNERS = "SELECT count(*) FROM runner_heartbeats WHERE expires_at > clock_timestamp()"
+_BEAT = (
+    "INSERT INTO runner_heartbeats (owner, expires_at) "
+    "VALUES (%s, clock_timestamp() + make_interval(secs => %s)) "
+    "ON CONFLICT (owner) DO UPDATE SET expires_at = EXCLUDED.expires_at")
+_FORGET = "DELETE FROM runner_heartbeats WHERE expires_at < clock_timestamp() - interval '1 day'"
+_LEAVE = "DELETE FROM runner_heartbeats WHERE owner = %s"
 # The fence also names itself to the transaction (``tracker.fence`` = "partition:epoch", local
 # to it) for the database's own check of every row written (``store/witness.py``).
 FENCE = (
@@ -141,6 +156,7 @@ class PostgresLeases:
             assert lock is not None
             cur.execute(lock)
             cur.execute(CREATE_TABLE)
+            cur.execute(CREATE_HEARTBEATS)
 
     def close(self) -> None:
         self._pool.close()
@@ -189,6 +205,26 @@ class PostgresLeases:
         with self._tx() as cur:
             cur.execute(_FREE, (wanted,))
             return [int(row[0]) for row in cur.fetchall()]
+
+    def survey(self, partitions: Sequence[int]) -> Survey:
+        wanted = sorted(set(partitions))
+        with self._tx() as cur:
+            cur.execute(_LIVE_RUNNERS)
+            runners = int(cur.fetchone()[0])
+            free: tuple[int, ...] = ()
+            if wanted:
+                cur.execute(_FREE, (wanted,))
+                free = tuple(int(row[0]) for row in cur.fetchall())
+        return Survey(free=free, runners=max(1, runners))
+
+    def beat(self, owner: str) -> None:
+        with self._tx() as cur:
+            cur.execute(_BEAT, (owner, self._lease_seconds))
+            cur.execute(_FORGET)
+
+    def leave(self, owner: str) -> None:
+        with self._tx() as cur:
+            cur.execute(_LEAVE, (owner,))
 
     def claim_wait(self, lease: Lease) -> float:
         return claim_wait(lease, self._http_timeout)

@@ -204,6 +204,16 @@ class Lease:
     previous_expiry: datetime | None = None
 
 
+@dataclass(frozen=True)
+class Survey:
+    """One look at the leases (``Leases.survey``): the partitions a claim would take now
+    (never claimed, released or expired), and how many runners are live (their heartbeats,
+    ``Leases.beat``; at least 1)."""
+
+    free: tuple[int, ...]
+    runners: int
+
+
 class LeaseLost(Exception):
     """The lease is not ours any more (another epoch, or expired): nothing was written."""
 
@@ -235,6 +245,16 @@ class Leases(Protocol):
         """Which of ``partitions`` a claim would take now (never claimed, released or expired):
         one read and no lock, so a runner may look often and claim only when there is
         something to take."""
+
+    def survey(self, partitions: Sequence[int]) -> Survey:
+        """``free`` and the count of live runners: one read, no lock."""
+
+    def beat(self, owner: str) -> None:
+        """``owner`` is live for one lease more (a runner counts itself in the fair share)."""
+
+    def leave(self, owner: str) -> None:
+        """``owner`` is gone (a graceful stop, before it releases its leases): the others'
+        share grows at once."""
 
     def claim_wait(self, lease: Lease) -> float:
         """Seconds a new owner waits after ``claim`` before it acts: out the old owner's lease

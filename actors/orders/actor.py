@@ -33,6 +33,7 @@ from actors.orders.audit import OrderAudit, RetryStore
 from actors.protocol import KnownPosition
 from actors.runtime.dispatch import SingletonActor
 from actors.runtime.metrics import Metrics
+from models import lifecycle
 from models.allocation import (
     Allocation,
     allocate,
@@ -174,6 +175,7 @@ class OrderUpdateActor(SingletonActor):
                          "routed before the last stop stays unapplied", since, error)
             return 0
         routed = 0
+        now = self.clock()
         try:
             for frame in frames:
                 update = parse_order_update(frame.raw)
@@ -182,6 +184,8 @@ class OrderUpdateActor(SingletonActor):
                     continue
                 self._remember(update)
                 self._book(update)
+                if self._open_holds(update, now):
+                    continue
                 cause = OrderUpdateReceived(raw=frame.raw, correlation_id=f"stored-{frame.seq}",
                                             sent_at=self.clock(), source="stored")
                 self._route_guarded(update, cause, raw=frame.raw)
@@ -190,6 +194,16 @@ class OrderUpdateActor(SingletonActor):
             self._parked_raws = None
         logger.info("{} of {} frames stored since {} routed again", routed, len(frames), since)
         return routed
+
+    def _open_holds(self, update: OrderUpdate, now: datetime) -> bool:
+        """An open position's order whose update the position, as loaded, holds already
+        (``lifecycle.holds``): routing it again would change nothing. After a graceful
+        hand-over that is every frame of the day (the last owner applied and stored them all),
+        and a start-up routes only what a kill -9 left unapplied."""
+        owner = self.owners.get(update.order_no)
+        position = self.positions.get(owner[0]) if owner is not None else None
+        return position is not None and owner is not None and \
+            lifecycle.holds(position, update, owner[1], at=now)
 
     def _holds(self, update: OrderUpdate) -> bool:
         """A closed position's order whose fill that position already holds in full."""

@@ -12,6 +12,7 @@ errors. No text leaving this module holds the token.
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -64,6 +65,17 @@ class _Raw:
     elapsed: float
 
 
+def shared_tls() -> ssl.SSLContext:
+    """One TLS context for many clients (a runner's, one per account), made at the start with
+    one client opened and closed: httpx's default makes a context per client (0.03-0.05 s
+    here) and the first client of a process imports its transport (0.13-0.18 s), both on a
+    partition's hand-over otherwise (``bench/takeover.py``, ``make``). Verification is
+    httpx's default (certifi's roots, ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` honoured)."""
+    context = httpx.create_ssl_context()
+    httpx.Client(verify=context).close()
+    return context
+
+
 class DhanRest:
     """Implements ``QuoteApi``; every order and read call returns an ``Answer``."""
 
@@ -73,13 +85,16 @@ class DhanRest:
     def __init__(self, base_url: str, client_id: str, token_source: TokenSource, *,
                  timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
                  limiter: RateLimits | None = None, limit_wait: float = 3.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None,
+                 verify: ssl.SSLContext | bool = True) -> None:
+        """``verify``: httpx's (True: its default TLS context, made anew per client; a
+        context from ``shared_tls`` is made once for many clients)."""
         self.client_id = client_id
         self.tokens = token_source
         self.limiter = limiter if limiter is not None else RateLimits()
         self.limit_wait = limit_wait
         self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout,
-                                  transport=transport, headers={
+                                  transport=transport, verify=verify, headers={
                                       "client-id": client_id, "Accept": "application/json",
                                       "Content-Type": "application/json"})
         self._refused: Secret | None = None

@@ -245,3 +245,32 @@ def test_an_exit_intent_never_sent_before_a_kill_is_placed_once_after_its_look_u
 
 def _never_sent(**order: object) -> str:
     raise TimeoutError("the process died while sending")
+
+
+def test_a_restart_after_an_orderly_stop_routes_again_no_frame_its_positions_hold() -> None:
+    store = FakeStore()
+    first = Run(store, "X", T0)
+    first.frame("E1", OrderStatus.TRADED, 100)
+    first.frame("E2", OrderStatus.PENDING, 0, seconds=1)
+    first.frame("E2", OrderStatus.PART_TRADED, 40, seconds=2)
+    first.exchange.resting = True
+    first.at(T0 + timedelta(seconds=3), "170")  # both exits rest at the exchange
+    first.kill()  # an orderly stop: every stored frame was applied and stored
+    assert len(store.order_updates()) >= 5
+    second = Run(store, "Y", T0 + timedelta(seconds=5), ltp="170")
+    assert second.system.recovered == 0  # each one held by its stored position
+    assert _books_agree(store)
+
+
+def test_a_restart_routes_again_a_frame_stored_after_its_positions_last_write() -> None:
+    store = FakeStore()
+    first = Run(store, "X", T0)
+    first.frame("E1", OrderStatus.TRADED, 100)
+    first.frame("E2", OrderStatus.PART_TRADED, 40, seconds=1)
+    first.wire.cut = True
+    first.wire.carry(entry("E2", OrderStatus.PART_TRADED, 70, seconds=2))
+    first.kill()
+    assert store.positions["PE2"].quantity == 40
+    second = Run(store, "Y", T0 + timedelta(seconds=5))
+    assert second.system.recovered == 1  # E2's second fill, and only it
+    assert store.positions["PE2"].quantity == 70 and _books_agree(store)

@@ -78,8 +78,9 @@ def test_when_every_fault_comes_in_turn_then_each_recovers_without_double_exits_
     stopped = cycles["term"]
     assert stopped["exit_code"] == 0 and stopped["released"] and stopped["handover_s"] < 5
     added = cycles["add"]
-    assert added["became_spare"] and not added["rebalanced"] and added["claimed"] == []
-    assert added["owners_unchanged"] and added["exit_code"] == 0
+    # at most its fair share (runners over theirs hand partitions over), none served twice
+    assert added["within_share"], added
+    assert added["exit_code"] == 0
     restarted = cycles["nats"]
     assert restarted["down_s"] >= 1.0
     assert 0 < restarted["flow_s"] < 15 and restarted["reconnect_s"] < 15

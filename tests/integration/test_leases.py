@@ -121,6 +121,25 @@ def test_free_names_what_a_claim_would_take_never_claimed_released_or_expired(
     assert leases.renew(held).epoch == held.epoch  # a look takes no lock and changes nothing
 
 
+def test_survey_counts_live_runners_by_heartbeat_and_names_the_free_partitions(
+        make_leases: Callable[..., PostgresLeases], admin: Conn) -> None:
+    leases = make_leases(lease_seconds=30.0)
+    assert leases.survey([1]).runners == 1  # none beat yet: a runner counts itself
+    leases.beat("runner-a")
+    leases.beat("runner-b")
+    leases.beat("runner-a")  # once per runner however often it beats
+    mine(leases.claim(1, "runner-a"))
+    survey = leases.survey([3, 2, 1])
+    assert (survey.free, survey.runners) == ((2, 3), 2)
+    leases.leave("runner-b")  # a graceful stop
+    assert leases.survey([]).runners == 1
+    short = make_leases(lease_seconds=0.2)
+    short.beat("runner-c")  # a heartbeat lasts a lease: then the runner counts no more
+    assert short.survey([]).runners == 2
+    time.sleep(0.3)
+    assert short.survey([]).runners == 1
+
+
 def test_when_claim_wait_computed_then_old_expiry_plus_http_timeout() -> None:
     from datetime import UTC, datetime
 

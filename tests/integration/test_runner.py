@@ -54,13 +54,19 @@ class Rig:
         self.leases.migrate()
         self.closing: list[Callable[[], None]] = [self.leases.close]
 
-    def runner(self, owner: str, partitions: list[int]) -> Runner:
+    def runner(self, owner: str, partitions: list[int], *, share: bool = False) -> Runner:
         current = CurrentLease()
         store = PostgresStore(self.url, lease=current)
         self.closing.append(store.close)
         return Runner(self.leases, self.transport, owner=owner, partitions=partitions,
                       deliver=store_frames(store, lambda: T0), current=current,
-                      claim_every=0.0)
+                      claim_every=0.0, share=share)
+
+    def owners(self) -> dict[int, str]:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            return {int(p): str(owner) for p, owner in conn.execute(
+                "SELECT partition, owner FROM partition_leases "
+                "WHERE owner IS NOT NULL AND expires_at > clock_timestamp()")}
 
     def stored(self) -> list[str | None]:
         with psycopg.connect(self.url, autocommit=True) as conn:
@@ -118,6 +124,27 @@ def test_when_claims_paced_then_a_free_partition_waits_for_the_next_round(rig: R
     now[0] = 2.0
     paced.step()
     assert paced.owned() == [P]
+
+
+def test_when_runners_share_then_a_joining_one_gets_half_and_a_stopping_one_leaves_all(
+        rig: Rig) -> None:
+    wanted = [P, (P + 1) % 256, (P + 2) % 256, (P + 3) % 256]
+    first = rig.runner("runner-a", wanted, share=True)
+    first.step()
+    assert first.owned() == sorted(wanted)  # alone: every partition
+    second = rig.runner("runner-b", wanted, share=True)
+    for _ in range(6):
+        second.step()
+        first.step()  # over its share of two: one released a step, once the last was taken
+        owners = rig.owners()
+        assert {p: "runner-a" for p in first.owned()} | {p: "runner-b" for p in
+                                                          second.owned()} == owners
+    assert (len(first.owned()), len(second.owned())) == (2, 2)
+    rig.transport.publish_order_update(ACCOUNT, "m-5", frame("E5"))
+    first.release_all()
+    second.step()  # its heartbeat gone first: the other's share is all of them at once
+    second.step()
+    assert second.owned() == sorted(wanted) and rig.stored() == ["E5"]
 
 
 def test_when_lease_lost_then_partition_dropped_and_update_left_for_the_new_owner(

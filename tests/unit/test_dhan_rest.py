@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Callable
 from decimal import Decimal
 
@@ -11,7 +12,7 @@ import pytest
 
 from broker.dhan.limits import RateLimits
 from broker.dhan.outcomes import Answer, Outcome
-from broker.dhan.rest import DhanRest, PlacedOrder
+from broker.dhan.rest import DhanRest, PlacedOrder, shared_tls
 from broker.dhan.token import TokenSource
 from broker.ports import GatewayError, QuoteThrottled, QuoteTimeout
 from models.common import Instrument, Segment, TxnType
@@ -114,3 +115,12 @@ def test_a_quote_timeout_raises_quote_timeout() -> None:
 
     with pytest.raises(QuoteTimeout):
         client(timeout)[0].ltp({Segment.NSE_FNO: [49081]})
+
+
+def test_a_shared_tls_context_still_verifies_certificates_and_host_names() -> None:
+    context = shared_tls()
+    assert context.verify_mode is ssl.CERT_REQUIRED and context.check_hostname
+    assert context.cert_store_stats()["x509_ca"] > 0  # the default roots are loaded
+    rest = DhanRest("https://api.example/v2", "1000000001", TokenSource(token=TOKEN),
+                    verify=context)
+    rest.close()

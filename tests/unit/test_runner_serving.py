@@ -22,7 +22,7 @@ from broker.transport.ports import Delivery
 from models.common import Segment, TxnType
 from models.orders import OrderStatus, OrderUpdate
 from models.partitions import partition_of
-from store.ports import Lease, LeaseLost
+from store.ports import Lease, LeaseLost, Survey
 
 ACCOUNT = "desk-7"
 P = partition_of(ACCOUNT)
@@ -50,6 +50,15 @@ class MemoryLeases:
 
     def free(self, partitions: Sequence[int]) -> list[int]:
         return sorted(partitions)
+
+    def survey(self, partitions: Sequence[int]) -> Survey:
+        return Survey(free=tuple(self.free(partitions)), runners=1)
+
+    def beat(self, owner: str) -> None:
+        pass
+
+    def leave(self, owner: str) -> None:
+        self.log.append(f"leave {owner}")
 
     def claim_wait(self, lease: Lease) -> float:
         return 0.0
@@ -136,7 +145,8 @@ def test_when_stopped_gracefully_then_served_partitions_stop_before_their_releas
     runner, leases, _, _ = rig
     runner.step()
     runner.release_all()
-    assert leases.log == [f"start {P}", f"stop {P} lost=False", f"release {P}"]
+    # its heartbeat goes first: the others' share grows before they see the partition free
+    assert leases.log == [f"start {P}", "leave r1", f"stop {P} lost=False", f"release {P}"]
     assert runner.owned() == []
 
 
@@ -170,16 +180,16 @@ def test_a_partition_freed_between_claim_rounds_is_claimed_at_the_next_look() ->
     runner = Runner(leases, LocalTransport(ack_wait=60), owner="spare", partitions=[P, P + 1],
                     serve=FakeServe(leases.log), claim_every=2.0, look_every=0.2,
                     pull_budget=0.0, clock=lambda: now[0])
-    runner.step()  # the first round: nothing free, each partition tried once
-    assert leases.claims == [P, P + 1] and runner.owned() == []
+    runner.step()  # the first round: one look, nothing free, no claim tried
+    assert leases.claims == [] and leases.looks == 1 and runner.owned() == []
     now[0] += 0.1
     runner.step()  # before the next look: no read at all
-    assert leases.looks == 0
+    assert leases.looks == 1
     leases.open.add(P + 1)  # released by its owner
     now[0] += 0.15
     runner.step()
-    assert leases.looks == 1 and runner.owned() == [P + 1]
-    assert leases.claims == [P, P + 1, P + 1]  # only the free one was claimed
+    assert leases.looks == 2 and runner.owned() == [P + 1]
+    assert leases.claims == [P + 1]  # only the free one was claimed
 
 
 def test_when_runner_given_neither_or_both_ways_of_serving_then_refused() -> None:
@@ -244,6 +254,102 @@ def test_when_venue_records_then_each_accounts_book_nets_its_entries_and_their_e
         (third.segment.value, third.security_id): 50}
     b = entries["E-a-b-2"].instrument
     assert nets["a-b"] == {(b.segment.value, b.security_id): 50}
+
+
+class SharedLeases(MemoryLeases):
+    """One lease table for several runners: a partition has one owner at a time; heartbeats
+    count the runners."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.owners: dict[int, str] = {}
+        self.beating: set[str] = set()
+        self.epochs: dict[int, int] = {}
+
+    def claim(self, partition: int, owner: str) -> Lease | None:
+        if self.owners.get(partition, owner) != owner:
+            return None
+        self.owners[partition] = owner
+        self.epochs[partition] = self.epochs.get(partition, 0) + 1
+        return Lease(partition=partition, owner=owner, epoch=self.epochs[partition],
+                     expires_at=T0, claimed_at=T0, deadline=1e12, previous_expiry=None)
+
+    def release(self, lease: Lease) -> bool:
+        assert self.owners.get(lease.partition) == lease.owner
+        del self.owners[lease.partition]
+        self.log.append(f"release {lease.partition} by {lease.owner}")
+        return True
+
+    def free(self, partitions: Sequence[int]) -> list[int]:
+        return sorted(p for p in partitions if p not in self.owners)
+
+    def survey(self, partitions: Sequence[int]) -> Survey:
+        return Survey(free=tuple(self.free(partitions)), runners=len(self.beating))
+
+    def beat(self, owner: str) -> None:
+        self.beating.add(owner)
+
+    def leave(self, owner: str) -> None:
+        self.beating.discard(owner)
+
+
+def test_a_runner_joining_gets_a_fair_share_handed_over_one_at_a_time() -> None:
+    wanted = [10, 20, 30, 40]
+    leases = SharedLeases()
+    log: list[str] = leases.log
+
+    def runner(owner: str) -> Runner:
+        return Runner(leases, LocalTransport(ack_wait=60), owner=owner, partitions=wanted,
+                      serve=FakeServe(log), claim_every=0.0, pull_budget=0.0, share=True)
+
+    first = runner("r1")
+    first.step()
+    assert first.owned() == wanted  # alone: all of them
+    second = runner("r2")
+    second.step()  # its heartbeat: r1 is over its share of 2 from now on
+    assert second.owned() == []
+    for _ in range(4):
+        first.step()  # at most one released a step, and only once the last one was taken
+        assert len(leases.free(wanted)) <= 1
+        second.step()
+        assert not set(first.owned()) & set(second.owned())
+    assert (first.owned(), second.owned()) == ([10, 20], [30, 40])
+    handed = log.index("release 40 by r1")  # stopped in order under its lease first
+    assert log[handed - 1] == "stop 40 lost=False" and "start 40" in log[handed:]
+    first.release_all()  # a graceful stop: r2's share is everything at once
+    second.step()
+    assert second.owned() == wanted
+
+
+def test_without_sharing_a_runner_keeps_every_partition_a_joining_one_wants() -> None:
+    leases = SharedLeases()
+    first = Runner(leases, LocalTransport(ack_wait=60), owner="r1", partitions=[10, 20],
+                   serve=FakeServe(leases.log), claim_every=0.0, pull_budget=0.0)
+    second = Runner(leases, LocalTransport(ack_wait=60), owner="r2", partitions=[10, 20],
+                    serve=FakeServe(leases.log), claim_every=0.0, pull_budget=0.0, share=True)
+    first.step()
+    for _ in range(3):
+        second.step()
+        first.step()
+    assert (first.owned(), second.owned()) == ([10, 20], [])
+
+
+def test_every_partition_ready_is_started_before_any_is_pulled_from() -> None:
+    """A partition handed over waits for no other's pull (each may wait its share of the
+    budget): the second start comes before the first partition's updates are handed over."""
+    leases = MemoryLeases()
+
+    class Logged(FakeServe):
+        def deliver(self, partition: int, delivery: Delivery) -> bool | None:
+            self.log.append(f"deliver {partition}")
+            return super().deliver(partition, delivery)
+
+    transport = LocalTransport(ack_wait=60)
+    runner = Runner(leases, transport, owner="r1", partitions=[P, P + 1],
+                    serve=Logged(leases.log), claim_every=0.0, pull_budget=0.05)
+    transport.publish_order_update(ACCOUNT, "m-1", b"frame")
+    runner.step()
+    assert leases.log == [f"start {P}", f"start {P + 1}", f"deliver {P}"]
 
 
 def test_when_venue_serves_accounts_then_each_reads_only_its_own_books() -> None:
