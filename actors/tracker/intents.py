@@ -41,45 +41,26 @@ from loguru import logger
 from pykka import ActorDeadError, ActorRef
 
 from actors.gateway.actor import exit_order
-from actors.protocol import IntentStored, Snapshot, StoreIntent
-from actors.runtime.dispatch import SingletonActor
+from actors.protocol import IntentStored, StoreIntent
+from actors.runtime.group import GroupWriter
 from actors.runtime.metrics import Metrics
 from models.messages import new_id
 from store.ports import Store
 
 
-class IntentWriterActor(SingletonActor):
+class IntentWriterActor(GroupWriter[StoreIntent]):
     trace_kind = "intents"
+    kind = StoreIntent
+    label = "intent writer"
 
     def __init__(self, store: Store, metrics: Metrics, clock: Callable[[], datetime],
                  supervisor: ActorRef[Any]) -> None:
         super().__init__()
         self.store, self.metrics, self.clock = store, metrics, clock
         self.supervisor = supervisor
-        self._due: list[StoreIntent] = []
 
-    def intercept(self, message: Any) -> bool:
-        if not isinstance(message, StoreIntent):
-            self.write()  # a question, a proxy call or a stop comes after the intents before it
-            return False
-        self._due.append(message)
-        if self.actor_inbox.empty():  # the last of those waiting: store them all at once
-            self.write()
-        return True
-
-    def on_receive(self, message: Any) -> Any:
-        if not isinstance(message, Snapshot):  # a settle's question: answered once stored
-            logger.warning("intent writer ignores {}", type(message).__name__)
-        return None
-
-    def on_stop(self) -> None:
-        self.write()
-
-    def write(self) -> None:
+    def write(self, due: list[StoreIntent]) -> None:
         """Store what is due in one write, then answer every sender and place the orders."""
-        due, self._due = self._due, []
-        if not due:
-            return
         newest: dict[str, StoreIntent] = {}
         for message in due:  # one per position in practice: a second is never placed too
             kept = newest.get(message.request.position.position_id)

@@ -20,48 +20,28 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 
 from loguru import logger
 from pykka import ActorDeadError
 
-from actors.protocol import Snapshot, StopStored, StoreStop
-from actors.runtime.dispatch import SingletonActor
+from actors.protocol import StopStored, StoreStop
+from actors.runtime.group import GroupWriter
 from actors.runtime.metrics import Metrics
 from models.messages import new_id
 from store.ports import Store
 
 
-class StopWriterActor(SingletonActor):
+class StopWriterActor(GroupWriter[StoreStop]):
     trace_kind = "stops"
+    kind = StoreStop
+    label = "stop writer"
 
     def __init__(self, store: Store, metrics: Metrics, clock: Callable[[], datetime]) -> None:
         super().__init__()
         self.store, self.metrics, self.clock = store, metrics, clock
-        self._due: list[StoreStop] = []
 
-    def intercept(self, message: Any) -> bool:
-        if not isinstance(message, StoreStop):
-            self.write()  # a question, a proxy call or a stop comes after the stops before it
-            return False
-        self._due.append(message)
-        if self.actor_inbox.empty():  # the last of those waiting: store them all at once
-            self.write()
-        return True
-
-    def on_receive(self, message: Any) -> Any:
-        if not isinstance(message, Snapshot):  # a settle's question: answered once stored
-            logger.warning("stop writer ignores {}", type(message).__name__)
-        return None
-
-    def on_stop(self) -> None:
-        self.write()
-
-    def write(self) -> None:
+    def write(self, due: list[StoreStop]) -> None:
         """Store what is due in one write, then answer every sender."""
-        due, self._due = self._due, []
-        if not due:
-            return
         newest: dict[str, StoreStop] = {}
         for message in due:
             kept = newest.get(message.position.position_id)
