@@ -524,6 +524,10 @@ def _publish(report: dict[str, Any], path: Path) -> None:
 
 
 # Store commands -----------------------------------------------------------------------------------
+RUNNER_STATUS_EVERY = 30.0
+"""Seconds between a runner's status lines in its log."""
+
+
 RUNNER_DB_CONNECTIONS = 12
 """PostgreSQL connections of one account's store on a runner, at most (opened as its writes
 need them: ``Parts.connections_ahead`` is off on a runner)."""
@@ -573,7 +577,8 @@ def build_runner_system(settings: Settings, account: str, lease: PartitionLease,
 
 def run_runner(settings: Settings, *, nats_url: str, partitions: str | None,
                owner: str | None, lease_seconds: float, duration: float | None,
-               namespace: str = "", db_connections: int = RUNNER_DB_CONNECTIONS) -> int:
+               namespace: str = "", db_connections: int = RUNNER_DB_CONNECTIONS,
+               report: Path | None = None, status_every: float = RUNNER_STATUS_EVERY) -> int:
     """``run.py runner --nats URL``: a scale-out runner (``app/runner.py``). With accounts
     (``--accounts`` or ``accounts`` in ``tracker.toml``) it claims their partitions and runs a
     System per account (``app/serving.py``); without, it stores its partitions' order updates
@@ -636,16 +641,46 @@ def run_runner(settings: Settings, *, nats_url: str, partitions: str | None,
                         share=partitions is None)
     stop = _stop_event(duration)
     logger.info("runner {} on {} partitions ({} accounts)", name, len(wanted), len(accounts))
+
+    def reported() -> dict[str, Any]:
+        return {**runner.report(), "accounts": systems.report() if tokens is not None else {}}
+
+    status = threading.Thread(target=_log_runner_status, args=(stop, reported, status_every),
+                              daemon=True, name="runner-status")
+    status.start()
+    final: dict[str, Any] | None = None
     try:
         runner.run(stop)
     finally:
         try:
+            if report is not None:
+                final = reported()  # before the release stops the Systems
             runner.release_all()
         finally:
             for close in closing:
                 close()
+    if report is not None and final is not None:
+        final["updates_stored"] = runner.delivered
+        _write_atomically(report, json.dumps(final, indent=1, default=str))
     logger.info("runner {} stopped: {} updates stored", name, runner.delivered)
     return 0
+
+
+def _log_runner_status(stop: threading.Event, reported: Callable[[], dict[str, Any]],
+                       every: float) -> None:
+    """A runner's status in its log every ``every`` seconds: what it holds and serves, and a
+    status line per account (positions, books, alarms)."""
+    while not stop.wait(every):
+        try:
+            now = reported()
+        except Exception as error:  # the status is a view: the runner goes on regardless
+            logger.warning("runner status not made: {}", one_line(error))
+            continue
+        logger.info("runner {}: {} partitions held, served {}; {} updates stored",
+                    now["owner"], len(now["partitions_held"]), now["partitions_served"],
+                    now["updates_stored"])
+        for row in now["accounts"].values():
+            logger.info("  partition {}: {}", row["partition"], row["status_line"])
 
 
 def run_venue(settings: Settings, *, nats_url: str, port: int, namespace: str,
@@ -814,6 +849,8 @@ def parser() -> argparse.ArgumentParser:
                         help="lease length (default 6)")
     runner.add_argument("--duration", type=_positive, help="seconds to run (default: until "
                         "Ctrl-C)")
+    runner.add_argument("--report", type=Path, help="write what it held and served, and each "
+                        "account's status and last reconcile, here as JSON when it stops")
     runner.add_argument("--db-connections", type=_count, default=RUNNER_DB_CONNECTIONS,
                         help="PostgreSQL connections of each account's store, at most "
                         f"(default {RUNNER_DB_CONNECTIONS})")
@@ -943,7 +980,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_runner(settings, nats_url=args.nats, partitions=args.partitions,
                               owner=args.owner, lease_seconds=args.lease_seconds,
                               duration=args.duration, namespace=args.namespace,
-                              db_connections=args.db_connections)
+                              db_connections=args.db_connections, report=args.report)
         if args.command == "venue":
             return run_venue(settings, nats_url=args.nats, port=args.port,
                              namespace=args.namespace, entry_every=args.entry_every,

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from loguru import logger
 
@@ -165,6 +165,13 @@ class Runner:
 
     def owned(self) -> list[int]:
         return sorted(self.held)
+
+    def report(self) -> dict[str, Any]:
+        """What this runner holds and has done, for its status line and report."""
+        held = dict(self.held)
+        return {"owner": self.owner, "partitions_held": sorted(held),
+                "partitions_served": sorted(p for p, h in held.items() if h.served),
+                "updates_stored": self.delivered}
 
     def lease_lost(self, lost: LeaseLost) -> None:
         """A fenced write found the partition's lease lost (any thread): nothing more is

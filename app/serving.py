@@ -31,15 +31,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 import pykka
 from loguru import logger
 
 from actors.system import System
+from app.console import status_line
 from app.reconcile import BookReader
 from app.runner import PartitionLease
 from broker.transport.ports import Delivery, Subscription, Transport
-from models.accounts import check_account
+from models.accounts import check_account, shown
 from models.common import Instrument
 from models.partitions import partition_of
 from store.ports import LeaseLost
@@ -189,6 +191,34 @@ class AccountSystems:
         for instrument in sorted(set(holders) - set(self._subscriptions), key=str):
             self._subscriptions[instrument] = self.transport.subscribe_prices(
                 instrument.segment.value, instrument.security_id, self._pricer(instrument))
+
+    def report(self) -> dict[str, Any]:
+        """Each served account as the operator sees it (its partition, status line, positions,
+        books, the last reconcile with the broker); an account whose System does not answer
+        in time says so."""
+        accounts: dict[str, Any] = {}
+        for partition, served_here in sorted(list(self.running.items())):
+            for account, served in sorted(served_here.items()):
+                row: dict[str, Any] = {"partition": partition}
+                try:
+                    status = served.system.status()
+                except (pykka.Timeout, pykka.ActorDeadError) as error:
+                    row["status_line"] = f"account {shown(account)}: no answer " \
+                                         f"({type(error).__name__})"
+                else:
+                    row.update(status_line=status_line(status, self.clock().strftime("%H:%M:%S")),
+                               positions=status.get("positions", {}),
+                               books=status.get("books"),
+                               unprotected=len(status.get("unprotected", [])),
+                               alarms=list(status.get("alarms", []))[-5:])
+                reconciled = served.books.reconciled if served.books is not None else None
+                if reconciled is not None:
+                    row["reconciled"] = {
+                        "at": reconciled.at.isoformat() if reconciled.at else None,
+                        "differences": reconciled.differences, "error": reconciled.error,
+                        "due_again": served.reconcile_at is not None}
+                accounts[account] = row
+        return accounts
 
     def close(self) -> None:
         """Every subscription ended (after every partition stopped)."""

@@ -8,6 +8,7 @@ stop hands the partition over at once."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -369,6 +370,7 @@ def test_when_runner_process_killed_then_another_serves_its_accounts(
         first.kill()
         first.wait(10)
         second, second_log = start("runner", "--owner", "runner-b", "--lease-seconds", "1.5",
+                                   "--report", str(tmp_path / "runner-b.json"),
                                    log="runner-b.log")
         _wait_log(second_log, f"serving partition {P}", 30)
         _wait_log(second_log, "placed as order", 30)  # it trades on
@@ -376,6 +378,13 @@ def test_when_runner_process_killed_then_another_serves_its_accounts(
             process.send_signal(signal.SIGTERM)
             assert process.wait(30) == 0
         assert f"released partition {P}" in second_log.read_text()
+        report = json.loads((tmp_path / "runner-b.json").read_text())
+        assert report["owner"] == "runner-b" and report["partitions_served"] == [P]
+        assert report["updates_stored"] > 0
+        served = report["accounts"][ACCOUNT]
+        assert served["partition"] == P and served["books"].startswith("books: ")
+        assert f"account {ACCOUNT}" in served["status_line"]
+        assert served["reconciled"]["at"] is not None  # reconciled at its takeover
         store = open_store(pg_url, account=ACCOUNT)
         try:
             attempts = store.exit_attempts()
