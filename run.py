@@ -65,7 +65,7 @@ from broker.dhan import DhanRest, TokenSource
 from broker.dhan import TokenError as DhanTokenError
 from broker.dhan.gateway import DhanGateway, NotingQuotes, ShadowGateway
 from broker.dhan.rest import shared_tls
-from broker.leased import leased
+from broker.leased import lease_refusal, leased
 from broker.paper import PaperBroker, PaperConfig, entry_interval
 from broker.paper.market import TapeMarket
 from console.app import ConsoleConfig, build_app
@@ -554,9 +554,11 @@ def build_runner_system(settings: Settings, account: str, lease: PartitionLease,
     gateway = DhanGateway(rest, protection_pct=dhan.exit_protection_pct, tick=dhan.tick_size,
                           max_modifications=dhan.exit_max_modifications,
                           chase_after_seconds=dhan.exit_chase_after_ms / 1000)
+    margin = lease_seconds / RUNNER_SEND_MARGIN
+    # Checked before a send and again once its rate-limit slot is taken, as it leaves.
+    rest.may_send = lease_refusal(lease.deadline, margin)
     parts = Parts(store=store, cache=open_pnl_cache(settings.redis_url, account),
-                  gateway=leased(gateway, lease.deadline,
-                                 margin=lease_seconds / RUNNER_SEND_MARGIN),
+                  gateway=leased(gateway, lease.deadline, margin=margin),
                   quotes=NotingQuotes(rest, gateway), config=settings.risk, clock=clock,
                   account=account, correlation_prefix=settings.correlation_prefix,
                   urgent_prices=True, connections_ahead=False)

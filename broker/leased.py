@@ -5,7 +5,9 @@ each request that changes the broker's book (place, cancel, and a chase's modifi
 checks ``models.partitions.lease_allows_send`` against the lease's monotonic ``deadline``; past
 it the request is refused with ``LeaseExpiring`` (a ``GatewayError``: nothing was sent, so the
 gateway actor answers ``ExitOrderFailed`` and retries with back-off, which goes through once the
-lease is renewed). Look-ups and the order socket are not guarded: they change nothing.
+lease is renewed). Look-ups and the order socket are not guarded: they change nothing. A client
+that waits before its request leaves (DhanHQ's, for a rate-limit slot) checks again just before
+it does (``lease_refusal`` as ``DhanRest.may_send``).
 """
 
 from __future__ import annotations
@@ -25,15 +27,28 @@ class LeaseExpiring(GatewayError):
     code = "LEASE"
 
 
+def lease_refusal(deadline: Callable[[], float], margin: float,
+                  clock: Callable[[], float] = time.monotonic) -> Callable[[], str | None]:
+    """Why a request must not leave now under the lease ending at ``deadline()`` (None: it
+    may), for a client that checks again just before its request leaves (``DhanRest.may_send``)."""
+
+    def refusal() -> str | None:
+        if lease_allows_send(deadline(), clock(), margin):
+            return None
+        return f"the partition's lease ends within {margin:g} s"
+
+    return refusal
+
+
 class LeasedGateway:
     def __init__(self, inner: OrderGateway, deadline: Callable[[], float], *, margin: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.inner, self._deadline, self._margin, self._clock = inner, deadline, margin, clock
 
     def _check(self, what: str) -> None:
-        if not lease_allows_send(self._deadline(), self._clock(), self._margin):
-            raise LeaseExpiring(f"{what} not sent: the partition's lease ends within "
-                                f"{self._margin:g} s")
+        refused = lease_refusal(self._deadline, self._margin, self._clock)()
+        if refused is not None:
+            raise LeaseExpiring(f"{what} not sent: {refused}")
 
     def place_order(self, *, client_id: str, instrument: Instrument, txn_type: TxnType,
                     quantity: int, product: str | None) -> str:

@@ -101,6 +101,12 @@ class DhanRest:
         self._lock = threading.Lock()
         self.on_token_invalid: Callable[[str], None] | None = None
         """Called (with a safe detail) the first time a token is refused."""
+        self.may_send: Callable[[], str | None] | None = None
+        """Asked once a request that changes the book (the orders bucket: place, modify,
+        cancel) holds its limiter slot, just before it leaves: why it must not leave (a
+        runner's lease ends too soon), or None. A reason makes the call ``LIMITED``, nothing
+        sent. Checked here, after the wait for a slot (up to ``limit_wait``), not only before
+        it: a pause or a wait between a check and the send is the gap fencing cannot close."""
 
     def close(self) -> None:
         self._http.close()
@@ -232,6 +238,10 @@ class DhanRest:
             if not taken:
                 return Answer(Outcome.LIMITED, code="limited",
                               detail=f"no {bucket} slot within {self.limit_wait:g} s: not sent")
+            if bucket is Bucket.ORDERS and self.may_send is not None:
+                refusal = self.may_send()
+                if refusal is not None:
+                    return Answer(Outcome.LIMITED, code="lease", detail=f"{refusal}: not sent")
             return self._exchange(token, method, path, body)
 
     def _exchange(self, token: Secret, method: str, path: str,

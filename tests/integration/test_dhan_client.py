@@ -30,8 +30,10 @@ from broker.dhan import (
     RateLimits,
     TokenSource,
 )
+from broker.dhan.gateway import DhanGateway
 from broker.dhan.link import backoff_delay
 from broker.fake_dhan import FakeDhan
+from broker.leased import lease_refusal, leased
 from broker.paper.exchange import PaperExchange
 from broker.paper.market import PaperMarket
 from broker.ports import GatewayError, QuoteThrottled
@@ -248,6 +250,24 @@ def test_the_limiter_answers_limited_without_sending(venue: Venue) -> None:
     limited = venue.place(rest, "X-Q2-1")
     assert limited.outcome is Outcome.LIMITED
     assert len(venue.fake.requests_in(Bucket.ORDERS)) == 1
+
+
+def test_a_lease_that_ends_while_an_order_waits_for_its_slot_sends_nothing(venue: Venue) -> None:
+    """A runner's exit checked its lease, then waited for a rate-limit slot past the lease's
+    end (or its process was paused there): checked again as it leaves, it is not sent (the new
+    owner may have looked it up and placed it by now)."""
+    rest = venue.rest(limits=RateLimits({Bucket.ORDERS: "1/second"}))
+    rest.limit_wait = 3.0
+    deadline = time.monotonic() + 0.8  # margin 0.5 s: the lease allows a send for 0.3 s more
+    guarded = leased(DhanGateway(rest), lambda: deadline, margin=0.5)
+    rest.may_send = lease_refusal(lambda: deadline, 0.5)
+    assert venue.place(rest, "X-Q1-1").outcome is Outcome.OK  # the window's one slot taken
+    venue.market.advance(T0 + timedelta(seconds=1))
+    with pytest.raises(GatewayError, match="not sent"):  # passes the first check, then waits
+        guarded.place_order(client_id="X-Q2-1", instrument=FNO, txn_type=TxnType.SELL,
+                            quantity=75, product="I")
+    assert [r.correlation_id for r in venue.fake.requests_in(Bucket.ORDERS)] == ["X-Q1-1"]
+    assert venue.exchange.lookup("X-Q2-1") is None
 
 
 # Tokens ----------------------------------------------------------------------------------------
