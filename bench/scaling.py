@@ -550,15 +550,17 @@ def summarise(runs: list[dict[str, Any]], cores: int) -> dict[str, Any]:
 
 def run_all(runner_counts: list[int], accounts: int, seconds: float, *,
             warmup: float = WARMUP, backlog: int = BACKLOG, instruments: int = INSTRUMENTS,
-            keep_logs: Path | None = None) -> dict[str, Any]:
+            keep_logs: Path | None = None, pg: str = PG) -> dict[str, Any]:
+    """Each runner count measured in turn on the PostgreSQL server of ``pg`` (a schema of its
+    own each, dropped afterwards); the row."""
     chosen = pick_accounts(accounts)
     runs = []
     for runners in runner_counts:
         schema = f"scaling_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(PG, autocommit=True) as conn:
+        with psycopg.connect(pg, autocommit=True) as conn:
             conn.execute(f"CREATE SCHEMA {schema}")
-        sep = "&" if "?" in PG else "?"
-        url = f"{PG}{sep}options=-csearch_path%3D{schema}"
+        sep = "&" if "?" in pg else "?"
+        url = f"{pg}{sep}options=-csearch_path%3D{schema}"
         try:
             with tempfile.TemporaryDirectory(prefix="scaling-") as scratch:
                 work = keep_logs / f"k{runners}" if keep_logs else Path(scratch)
@@ -572,7 +574,7 @@ def run_all(runner_counts: list[int], accounts: int, seconds: float, *,
                       f"{done['cores_busy']} cores busy, {done['window_s']} s window, "
                       f"books agree {done['books_agree']}", file=sys.stderr, flush=True)
         finally:
-            with psycopg.connect(PG, autocommit=True) as conn:
+            with psycopg.connect(pg, autocommit=True) as conn:
                 conn.execute(f"DROP SCHEMA {schema} CASCADE")
     row = summarise(runs, os.cpu_count() or 1)
     row.update({"seconds": seconds, "accounts": accounts, "backlog_target": backlog,
