@@ -17,12 +17,15 @@ of its own with its monitoring port), with the failover rig's helpers (``bench/f
   which the venue knows as that account's): each fills (in parts), the venue publishes its
   frames, a runner stores and applies them; the runners' Systems exit positions as prices
   cross their stops and targets (at the same fake), whose frames come back the same way.
-- **Offered load: a fixed overload with the backlog measured.** The trader keeps the backlog
-  (order updates in the stream, not yet stored) near ``--backlog`` (400 by default): the
-  runners never wait for work, whatever their pace, and the backlog stays bounded, so the
-  books can be checked after a short drain. The row says how often the backlog ran low
-  (``starved``): above a few per cent the trader or the venue, not the runners, set the pace.
-- **Throughput** over ``--seconds`` (after a warm-up): order updates stored (acknowledged only
+- **Offered load: a fixed overload with the backlog measured.** After a warm-up (positions open,
+  prices subscribed, every account's path taken once; then drained), the runners are paused
+  (SIGSTOP; their 30 s leases outlast it) while the trader makes a backlog of ``--backlog``
+  order updates (4,000) on the stream; then they are continued and the window starts: the
+  runners drain it at their own pace, never waiting for work, and the trader places nothing
+  during the window, so its CPU is not the runners' (the venue still publishes the exits the
+  runners make, and the prices). The window ends after ``--seconds`` or once less than a tenth
+  of the backlog is left (``window_ended``).
+- **Throughput** over the window: order updates stored (acknowledged only
   once stored, then applied by the account's actors) per second, from PostgreSQL's
   ``order_updates``; prices delivered to the runners per second, from the nats-server's
   subscription counters (``/connz?subs=detail``; the runners subscribe the instruments their
@@ -31,8 +34,10 @@ of its own with its monitoring port), with the failover rig's helpers (``bench/f
   venue; the nats-server; the runners' PostgreSQL backends (``pg_stat_activity`` by the
   runners' ``application_name``); PostgreSQL's background processes (WAL writer, checkpointer,
   background writer: the server's, shared with anything else using it); this process (the
-  trader and the sampling). Each per update stored.
-- **Checks** after the window: the trader stops, the backlog drains, the venue stops and
+  trader and the sampling). Each per update stored. Beside them, the whole machine's busy
+  cores (``/proc/stat``), so that what other users of a shared machine took shows
+  (``others_cores_busy``).
+- **Checks** after the window: the backlog drains, the venue stops and
   writes its record: every account's book at the venue must agree with its open positions in
   PostgreSQL (lost fills: none), and no exit client id is placed twice.
 
@@ -404,6 +409,7 @@ def measure(url: str, work: Path, *, runners: int, accounts: tuple[str, ...],
             "prices_per_s": round((prices1 - prices0) / window, 1),
             "cpu_s": spent, "cores_busy": round(sum(spent.values()) / window, 2),
             "machine_cores_busy": round((busy1[0] - busy0[0]) / window, 2),
+            "pg_sessions": len(cpu1["pg_backends"]),
             "others_cores_busy": round((busy1[0] - busy0[0] - sum(spent.values())) / window, 2),
             "cpu_ms_per_update": {k: round(1000 * v / updates, 3) if updates else math.nan
                                   for k, v in spent.items()},
