@@ -96,6 +96,8 @@ BACKLOG = 4_000
 """Order updates waiting in the stream when the window starts (made while the runners are
 paused); the window ends early when fewer than ``STARVED`` of them are left."""
 WARM_BACKLOG = 100
+QUIET = 3.0
+"""Seconds of the quiet window (no backlog) before the backlog is made."""
 PRELOAD = 30.0
 """Seconds at most to make the backlog."""
 INSTRUMENTS = 8
@@ -325,6 +327,22 @@ def cpu_between(before: dict[str, dict[int, float]],
             for kind, pids in after.items()}
 
 
+def quiet_window(monitor: Monitor, seconds: float) -> dict[str, Any]:
+    """With no backlog (positions open, prices flowing, the odd exit): the cores each kind of
+    process keeps busy, the fixed cost beside the updates' (prices, timers, idle Systems)."""
+    cpu0, stored0, prices0 = monitor.cpu(), monitor.stored(), monitor.prices_delivered()
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        time.sleep(0.5)
+        monitor.sample_prices()
+    cpu1, stored1, prices1 = monitor.cpu(), monitor.stored(), monitor.prices_delivered()
+    window = time.monotonic() - t0
+    return {"window_s": round(window, 2),
+            "cores": {k: round(v / window, 3) for k, v in cpu_between(cpu0, cpu1).items()},
+            "updates_per_s": round((stored1 - stored0) / window, 1),
+            "prices_per_s": round((prices1 - prices0) / window, 1)}
+
+
 def measure(url: str, work: Path, *, runners: int, accounts: tuple[str, ...],
             seconds: float, warmup: float = WARMUP, backlog: int = BACKLOG,
             instruments: int = INSTRUMENTS, partial_fills: int = PARTIAL_FILLS,
@@ -367,6 +385,7 @@ def measure(url: str, work: Path, *, runners: int, accounts: tuple[str, ...],
         time.sleep(warmup)
         trader.halt()
         row["warmup_drained"] = wait_for(lambda: sample()[0] <= sample()[1], drain, 0.2)
+        row["quiet"] = quiet_window(monitor, QUIET)
         # the backlog, made while the runners are paused: the window measures them, not the
         # trader (the venue still publishes the exits and the prices during the window)
         runners_paused = list(rig.runners.values())
@@ -413,6 +432,9 @@ def measure(url: str, work: Path, *, runners: int, accounts: tuple[str, ...],
             "others_cores_busy": round((busy1[0] - busy0[0] - sum(spent.values())) / window, 2),
             "cpu_ms_per_update": {k: round(1000 * v / updates, 3) if updates else math.nan
                                   for k, v in spent.items()},
+            "runner_cpu_ms_per_update_over_quiet": round(
+                1000 * (spent["runners"] - row["quiet"]["cores"]["runners"] * window)
+                / updates, 3) if updates else math.nan,
             "backlog_left": backlogs[-1] if backlogs else None,
             "window_ended": "time" if backlogs and backlogs[-1] >= floor else "backlog low",
             "entries": trader.placed, "entries_refused": trader.refused,
