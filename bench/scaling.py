@@ -411,7 +411,7 @@ def measure(url: str, work: Path, *, runners: int, accounts: tuple[str, ...],
         backlogs: list[int] = []
         floor = STARVED * row["preloaded"]
         while time.monotonic() - t0 < seconds:
-            time.sleep(0.25)
+            time.sleep(0.5)
             backlogs.append(monitor.published() - monitor.stored())
             monitor.sample_prices()
             if backlogs[-1] < floor:
