@@ -19,7 +19,7 @@ of its own with its monitoring port), with the failover rig's helpers (``bench/f
   cross their stops and targets (at the same fake), whose frames come back the same way.
 - **Offered load: a fixed overload with the backlog measured.** After a warm-up (positions open,
   prices subscribed, every account's path taken once; then drained), the runners are paused
-  (SIGSTOP; their 30 s leases outlast it) while the trader makes a backlog of ``--backlog``
+  (SIGSTOP; their 60 s leases outlast it) while the trader makes a backlog of ``--backlog``
   order updates (4,000) on the stream; then they are continued and the window starts: the
   runners drain it at their own pace, never waiting for work, and the trader places nothing
   during the window, so its CPU is not the runners' (the venue still publishes the exits the
@@ -98,13 +98,14 @@ paused); the window ends early when fewer than ``STARVED`` of them are left."""
 WARM_BACKLOG = 100
 QUIET = 3.0
 """Seconds of the quiet window (no backlog) before the backlog is made."""
-PRELOAD = 30.0
-"""Seconds at most to make the backlog."""
+PRELOAD = 15.0
+"""Seconds at most to make the backlog (the runners are paused meanwhile: well within their
+lease, ``LEASE``)."""
 INSTRUMENTS = 8
 PARTIAL_FILLS = 4
 DB_CONNECTIONS = 2
 """PostgreSQL connections of each account's store: 32 accounts hold 64 of the server's 100."""
-LEASE = 30.0
+LEASE = 60.0
 """Long: the runners are paused (SIGSTOP) while the backlog is made, and must keep their
 leases (failover is the rig's subject, not this bench's)."""
 HTTP_TIMEOUT = 3.0
@@ -396,7 +397,9 @@ def measure(url: str, work: Path, *, runners: int, accounts: tuple[str, ...],
             trader = Trader(url_api, accounts, instruments, backlog, sample,
                             placed=trader.placed, frames_per_entry=trader.frames_per_entry)
             trader.start()
-            wait_for(lambda: counts["published"] - counts["stored"] >= backlog, PRELOAD, 0.1)
+            # the trader closes in on the backlog from below: 95 % of it is there
+            wait_for(lambda: counts["published"] - counts["stored"] >= 0.95 * backlog,
+                     PRELOAD, 0.1)
             trader.halt()
             settled_count = wait_for(_steady(monitor.published), 5, 0.3)
             row["preload_s"] = round(time.monotonic() - began, 1)
@@ -473,6 +476,8 @@ def measure(url: str, work: Path, *, runners: int, accounts: tuple[str, ...],
     row["not_stored_in_time"] = logs.count("not stored in time")
     row["slow_consumer"] = logs.lower().count("slow consumer")
     row["pg_connections_refused"] = logs.count("too many clients")
+    row["partitions_dropped"] = logs.count("dropped: ")
+    row["claims"] = logs.count("claimed partition ")
     return row
 
 

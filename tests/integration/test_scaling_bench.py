@@ -38,6 +38,9 @@ def test_when_one_then_two_runners_drain_a_backlog_then_updates_flow_and_books_a
         assert run["books_agree"], run["book_differences"]
         assert run["double_exits"] == 0 and run["drained"]
         assert run["runner_exit_codes"] == [0] * run["runners"]
+        # the pause kept every lease: one claim per account's partition, none dropped
+        assert run["partitions_dropped"] == 0 and run["claims"] == 4, run
+        assert run["preload_s"] < 15, run
         assert run["cpu_s"]["runners"] > 0 and run["cpu_s"]["pg_backends"] > 0
         assert run["cpu_s"]["nats"] > 0
         assert set(run["cpu_ms_per_update"]) == {"runners", "venue", "nats", "pg_backends",
