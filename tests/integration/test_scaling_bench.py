@@ -33,14 +33,14 @@ def test_when_one_then_two_runners_drain_a_backlog_then_updates_flow_and_books_a
     for run in row["runs"]:
         assert run["partitions"] == (["0-255"] if run["runners"] == 1
                                      else ["0-127", "128-255"])
-        assert run["preloaded"] >= 150, run  # the backlog was there when the window began
+        assert run["preloaded"] >= 140, run  # the backlog was there when the window began
         assert run["updates"] > 0 and run["updates_per_s"] > 0, run
         assert run["books_agree"], run["book_differences"]
         assert run["double_exits"] == 0 and run["drained"]
         assert run["runner_exit_codes"] == [0] * run["runners"]
         # the pause kept every lease: one claim per account's partition, none dropped
         assert run["partitions_dropped"] == 0 and run["claims"] == 4, run
-        assert run["preload_s"] < 15, run
+        assert run["preload_s"] < 6 and run["runner_step_failures"] == 0, run
         assert run["cpu_s"]["runners"] > 0 and run["cpu_s"]["pg_backends"] > 0
         assert run["cpu_s"]["nats"] > 0
         assert set(run["cpu_ms_per_update"]) == {"runners", "venue", "nats", "pg_backends",
