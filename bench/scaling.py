@@ -19,8 +19,9 @@ of its own with its monitoring port), with the failover rig's helpers (``bench/f
   cross their stops and targets (at the same fake), whose frames come back the same way.
 - **Offered load: a fixed overload with the backlog measured.** After a warm-up (positions open,
   prices subscribed, every account's path taken once; then drained), the runners are paused
-  (SIGSTOP; their 60 s leases outlast it) while the trader makes a backlog of ``--backlog``
-  order updates (4,000) on the stream; then they are continued and the window starts: the
+  (SIGSTOP, for under 6 s: see ``PRELOAD``) while the trader makes a backlog on the stream, up
+  to ``--backlog`` order updates (4,000; 2,000-3,000 in the 4 s here); then they are continued
+  and the window starts: the
   runners drain it at their own pace, never waiting for work, and the trader places nothing
   during the window, so its CPU is not the runners' (the venue still publishes the exits the
   runners make, and the prices). The window ends after ``--seconds`` or once less than a tenth
