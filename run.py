@@ -686,7 +686,8 @@ def _log_runner_status(stop: threading.Event, reported: Callable[[], dict[str, A
 
 
 def run_venue(settings: Settings, *, nats_url: str, port: int, namespace: str,
-              entry_every: float, duration: float | None, record: Path | None = None) -> int:
+              entry_every: float, duration: float | None, record: Path | None = None,
+              instruments: int = 4, partial_fills: int = 1) -> int:
     """``run.py venue``: the paper broker every runner shares (``app/venue.py``); with
     ``record``, its placements and books written there as JSON when it stops."""
     from app.venue import PaperVenue
@@ -708,7 +709,8 @@ def run_venue(settings: Settings, *, nats_url: str, port: int, namespace: str,
         return 1
     clock = _exchange_clock(settings)
     venue = PaperVenue(transport, settings.accounts, clock=clock, entry_every=entry_every,
-                       seed=settings.paper.seed)
+                       seed=settings.paper.seed, instruments=instruments,
+                       partial_fills=partial_fills)
     stop = _stop_event(duration)
     try:
         venue.run(stop, port)
@@ -868,6 +870,10 @@ def parser() -> argparse.ArgumentParser:
                        "stream (as the runners')")
     venue.add_argument("--entry-every", type=_positive, default=2.0,
                        help="seconds between entries (default 2)")
+    venue.add_argument("--instruments", type=_count, default=4, help="instruments of its "
+                       "market, each priced every 0.1 s (default 4)")
+    venue.add_argument("--partial-fills", type=_count, default=1, help="parts each order "
+                       "fills in (default 1)")
     venue.add_argument("--record", type=Path, help="write its placements and each account's "
                        "book here as JSON when it stops (the failover rig's check)")
     venue.add_argument("--duration", type=_positive, help="seconds to run (default: until "
@@ -986,7 +992,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "venue":
             return run_venue(settings, nats_url=args.nats, port=args.port,
                              namespace=args.namespace, entry_every=args.entry_every,
-                             duration=args.duration, record=args.record)
+                             duration=args.duration, record=args.record,
+                             instruments=args.instruments, partial_fills=args.partial_fills)
         if args.command == "replay":
             return run_replay(_policy_runs(args, flags), _days(args), args.report,
                               getattr(args, "database_url", None), args.trace,

@@ -5,7 +5,9 @@ every runner reaches, as they would reach DhanHQ.
   at ``127.0.0.1:PORT``: runners place, chase, cancel and look up their exits there by REST, by
   client id after a takeover.
 - **Entries**: a trader's orders, one every ``entry_every`` seconds, for each account in turn
-  (client id ``E-<account>-<n>``), long only, filled at the market.
+  (client id ``E-<account>-<n>``), long only, filled at the market (in ``partial_fills``
+  parts). A client of the fake DhanHQ placing under such a client id trades for that account
+  too (the scaling bench's trader, ``bench/scaling.py``).
 - **Order updates**: every frame of the exchange goes onto its account's partition subject on
   JetStream, its message id the frame's digest (a repeat is dropped): the connector's part. An
   exit's frames are known by their client id (``X-<position>-<attempt>``, the position named
@@ -49,12 +51,13 @@ class PaperVenue:
     def __init__(self, transport: Transport, accounts: Sequence[str], *,
                  clock: Callable[[], datetime], instruments: int = 4, seed: int = 7,
                  volatility: float = 0.002, entry_every: float = 2.0, quantity: int = 50,
-                 token: str = TOKEN) -> None:
+                 token: str = TOKEN, partial_fills: int = 1) -> None:
         self.transport, self.accounts, self.clock = transport, list(accounts), clock
         self.market = PaperMarket(default_instruments(instruments, equity_ratio=0), seed=seed,
                                   volatility=volatility, start=clock())
         self.exchange = PaperExchange(self.market, start=clock(),
-                                      latency=timedelta(milliseconds=20))
+                                      latency=timedelta(milliseconds=20),
+                                      partial_fills=partial_fills)
         self.fake = FakeDhan(self.exchange, self.market, client_id=CLIENT, valid_token=token)
         self.fake.account_of = self.account_of_order  # each account reads its own books
         self.entry_every, self.quantity = entry_every, quantity

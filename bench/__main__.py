@@ -10,7 +10,9 @@ start-up are theirs alone. Benchmarks run one after another, never concurrently.
 The failover rig (``bench/failover.py``, SPEC §13: runner processes, a venue and a nats-server
 of its own, minutes to hours) runs only when asked: ``--failover CYCLES`` adds its row,
 ``--failover-out FILE.jsonl`` keeps its cycles (``python -m bench.failover --summarize
-FILE.jsonl`` for several sittings).
+FILE.jsonl`` for several sittings). The scaling bench (``bench/scaling.py``, SPEC §13:
+throughput and CPU per update with 1, 2 and 4 runners, a few minutes) likewise only with
+``--scaling``.
 """
 
 from __future__ import annotations
@@ -77,7 +79,8 @@ def failover_args(cycles: int, out: Path | None) -> list[str]:
 
 
 def run_all(quick: bool, pg: str | None, rd: str | None, scratch: Path, *,
-            failover: int = 0, failover_out: Path | None = None) -> list[dict[str, Any]]:
+            failover: int = 0, failover_out: Path | None = None,
+            scaling: bool = False) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = _step("cycles", lambda: _cycles(pg, rd, scratch,
                                                                  5 if quick else 20))
     old_1000 = rows[-1].get("old_ms")
@@ -114,6 +117,8 @@ def run_all(quick: bool, pg: str | None, rd: str | None, scratch: Path, *,
     if failover:
         rows.append(_step("failover", lambda: isolated(
             "failover", *failover_args(failover, failover_out))))
+    if scaling:
+        rows.append(_step("scaling", lambda: isolated("scaling")))
     return rows
 
 
@@ -128,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
                         "SPEC §13 asks for >= 1,000); not run by default")
     parser.add_argument("--failover-out", type=Path, metavar="FILE.jsonl",
                         help="append the rig's cycles here as they end")
+    parser.add_argument("--scaling", action="store_true", help="also measure throughput "
+                        "with 1, 2 and 4 runners (bench/scaling.py, a few minutes); not run "
+                        "by default")
     args = parser.parse_args(argv)
     if args.failover < 0:
         parser.error("--failover: a number of cycles, 0 for none")
@@ -138,13 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory() as scratch:
             rows = run_all(args.quick, pg, rd, Path(scratch), failover=args.failover,
-                           failover_out=args.failover_out)
+                           failover_out=args.failover_out, scaling=args.scaling)
     finally:
         pykka.ActorRegistry.stop_all(block=True, timeout=10)  # after a failure: no hang
         drop_schemas()
     seconds = time.perf_counter() - began
     command = "python -m bench" + (" --quick" if args.quick else "") + (
-        f" --failover {args.failover}" if args.failover else "")
+        f" --failover {args.failover}" if args.failover else "") + (
+        " --scaling" if args.scaling else "")
     where = (f"PostgreSQL: {'yes' if pg else 'no (SQLite)'}, "
              f"Redis: {'yes' if rd else 'no (in-process cache)'}")
     print(report.write(rows, args.out, command=command, services=where, seconds=seconds,

@@ -215,6 +215,8 @@ class NatsServer:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    options: tuple[str, ...] = ()
+    """More ``nats-server`` options (the scaling bench's monitoring port)."""
 
     @property
     def url(self) -> str:
@@ -232,7 +234,7 @@ class NatsServer:
         with self.log.open("ab") as sink:
             self.process = subprocess.Popen(
                 [binary, "-js", "-a", "127.0.0.1", "-p", str(self.port),
-                 "-sd", str(self.work / "nats-store")],
+                 "-sd", str(self.work / "nats-store"), *self.options],
                 stdout=sink, stderr=sink, start_new_session=True)
         if not wait_for(self.answers, timeout, 0.02):
             raise RuntimeError(f"nats-server on {self.port} not answering in {timeout:g} s")
@@ -275,11 +277,15 @@ class Rig:
     logs: list[Path] = field(default_factory=list)
     started: list[subprocess.Popen[bytes]] = field(default_factory=list)
     incarnations: int = 0
-    wanted: set[int] = field(default_factory=lambda: {partition_of(a) for a in ACCOUNTS})
+    accounts: tuple[str, ...] = ACCOUNTS
+    """The accounts every process is given (``--accounts``)."""
+    wanted: set[int] = field(default_factory=set)
+    """The accounts' partitions (filled in from ``accounts`` when not given)."""
     session: SharedSession = field(default_factory=lambda: SharedSession(RiskConfig().calendar))
 
     def __post_init__(self) -> None:
         self.port = free_port()
+        self.wanted = self.wanted or {partition_of(a) for a in self.accounts}
         (self.work / "tracker.toml").write_text(
             "[policy]\nstop_loss_pct = 0.002\ntake_profit_pct = 0.003\n\n"
             f"[dhan]\nrequest_timeout_seconds = {self.http_timeout}\n", encoding="utf-8")
@@ -306,25 +312,26 @@ class Rig:
             # a session of its own: a Ctrl-C at the rig's terminal reaches the rig only
             process = subprocess.Popen(
                 [sys.executable, str(ROOT / "run.py"), *args, "--nats", self.nats,
-                 "--namespace", self.namespace, "--accounts", ",".join(ACCOUNTS)],
+                 "--namespace", self.namespace, "--accounts", ",".join(self.accounts)],
                 cwd=self.work, env=self.env(url or self.url), stdout=sink, stderr=sink,
                 start_new_session=True)
         self.started.append(process)
         self.logs.append(log)
         return Proc(name, process, log)
 
-    def start_venue(self) -> None:
+    def start_venue(self, *options: str) -> None:
         self.venue = self._start("venue", "venue", "--port", str(self.port), "--entry-every",
                                  str(self.entry_every), "--record",
-                                 str(self.work / "venue.json"))
+                                 str(self.work / "venue.json"), *options)
         self._wait_log(self.venue, "paper venue: DhanHQ API", 60)
 
-    def start_runner(self, base: str, *, wait: bool = True) -> Proc:
+    def start_runner(self, base: str, *options: str, wait: bool = True) -> Proc:
         self.incarnations += 1
         owner = f"{base}.{self.incarnations}"
         sep = "&" if "?" in self.url else "?"
         proc = self._start(owner, "runner", "--owner", owner, "--lease-seconds",
                            str(self.lease), "--db-connections", str(self.db_connections),
+                           *options,
                            url=f"{self.url}{sep}application_name={self.application_name}")
         self.runners[owner] = proc
         if wait:
@@ -597,11 +604,12 @@ def double_exits(record: dict[str, Any]) -> tuple[list[str], list[str]]:
     return repeated, short
 
 
-def books_check(url: str, books: dict[str, dict[BookKey, int]]) -> dict[str, Any]:
+def books_check(url: str, books: dict[str, dict[BookKey, int]],
+                accounts: Iterable[str] = ACCOUNTS) -> dict[str, Any]:
     from store.factory import open_store
 
     differ: dict[str, Any] = {}
-    for account in ACCOUNTS:
+    for account in accounts:
         store = open_store(url, account=account)
         try:
             positions = store.list_positions()
