@@ -11,7 +11,8 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -246,3 +247,21 @@ def child_main(measure: Callable[[str | None, str | None, Path], dict[str, Any]]
         drop_schemas()
     print(json.dumps(row, default=str))
     return 0
+
+
+@contextmanager
+def scratch_schema(prefix: str, server: str | None = None) -> Iterator[str]:
+    """A fresh PostgreSQL schema on ``server`` (default ``PG``), dropped afterwards; yields the
+    URL that selects it (by ``search_path``) for every process given it."""
+    import psycopg
+
+    server = PG if server is None else server
+    schema = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in server else "?"
+    try:
+        yield f"{server}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(server, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")

@@ -96,7 +96,7 @@ from typing import Any
 import psycopg
 
 from app.clocks import SharedSession
-from bench.common import PG
+from bench.common import scratch_schema
 from bench.report import figure
 from models.books import BookKey, compare, key_text
 from models.common import Segment
@@ -927,24 +927,16 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    schema = f"failover_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in PG else "?"
-    url = f"{PG}{sep}options=-csearch_path%3D{schema}"
-    try:
-        with tempfile.TemporaryDirectory(prefix="failover-") as scratch:
-            work = args.keep_logs or Path(scratch)
-            work.mkdir(parents=True, exist_ok=True)
-            row = run(url, None if "nats" in faults else NATS, work, cycles=args.cycles,
-                      runners=args.runners, lease=args.lease, http_timeout=args.http_timeout,
-                      entry_every=args.entry_every, faults=faults, out=args.out,
-                      nats_down=args.nats_down, nats_stop=args.nats_stop,
-                      db_connections=args.db_connections,
-                      stop=stop)
-    finally:
-        with psycopg.connect(PG, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    with scratch_schema("failover") as url, \
+            tempfile.TemporaryDirectory(prefix="failover-") as scratch:
+        work = args.keep_logs or Path(scratch)
+        work.mkdir(parents=True, exist_ok=True)
+        row = run(url, None if "nats" in faults else NATS, work, cycles=args.cycles,
+                  runners=args.runners, lease=args.lease, http_timeout=args.http_timeout,
+                  entry_every=args.entry_every, faults=faults, out=args.out,
+                  nats_down=args.nats_down, nats_stop=args.nats_stop,
+                  db_connections=args.db_connections,
+                  stop=stop)
     _print(row)
     return 0
 

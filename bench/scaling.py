@@ -62,7 +62,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,7 +70,7 @@ from typing import Any
 import httpx
 import psycopg
 
-from bench.common import PG
+from bench.common import PG, scratch_schema
 from bench.failover import (
     CLIENT,
     EVER,
@@ -591,26 +590,18 @@ def run_all(runner_counts: list[int], accounts: int, seconds: float, *,
     chosen = pick_accounts(accounts)
     runs = []
     for runners in runner_counts:
-        schema = f"scaling_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(pg, autocommit=True) as conn:
-            conn.execute(f"CREATE SCHEMA {schema}")
-        sep = "&" if "?" in pg else "?"
-        url = f"{pg}{sep}options=-csearch_path%3D{schema}"
-        try:
-            with tempfile.TemporaryDirectory(prefix="scaling-") as scratch:
-                work = keep_logs / f"k{runners}" if keep_logs else Path(scratch)
-                work.mkdir(parents=True, exist_ok=True)
-                print(f"… {runners} runner(s)", file=sys.stderr, flush=True)
-                runs.append(measure(url, work, runners=runners, accounts=chosen,
-                                    seconds=seconds, warmup=warmup, backlog=backlog,
-                                    instruments=instruments))
-                done = runs[-1]
-                print(f"  {runners}: {done['updates_per_s']} updates/s, "
-                      f"{done['cores_busy']} cores busy, {done['window_s']} s window, "
-                      f"books agree {done['books_agree']}", file=sys.stderr, flush=True)
-        finally:
-            with psycopg.connect(pg, autocommit=True) as conn:
-                conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        with scratch_schema("scaling", pg) as url, \
+                tempfile.TemporaryDirectory(prefix="scaling-") as scratch:
+            work = keep_logs / f"k{runners}" if keep_logs else Path(scratch)
+            work.mkdir(parents=True, exist_ok=True)
+            print(f"… {runners} runner(s)", file=sys.stderr, flush=True)
+            runs.append(measure(url, work, runners=runners, accounts=chosen,
+                                seconds=seconds, warmup=warmup, backlog=backlog,
+                                instruments=instruments))
+            done = runs[-1]
+            print(f"  {runners}: {done['updates_per_s']} updates/s, "
+                  f"{done['cores_busy']} cores busy, {done['window_s']} s window, "
+                  f"books agree {done['books_agree']}", file=sys.stderr, flush=True)
     row = summarise(runs, os.cpu_count() or 1)
     row.update({"seconds": seconds, "accounts": accounts, "backlog_target": backlog,
                 "instruments": instruments, "partial_fills": PARTIAL_FILLS,
