@@ -367,8 +367,8 @@ def run_live(settings: Settings, *, shadow: bool, duration: float | None,
              report: Path | None, trace: Path | None, http: Bind | None) -> int:
     tokens = live_credentials(settings, os.environ)
     dhan = settings.dhan
-    for name in ("httpx", "httpcore"):  # a line per request at INFO: the session logs its own
-        logging.getLogger(name).setLevel(logging.WARNING)
+    # a line per request at DEBUG (urllib3's pool): the session logs its own
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
     clock = _exchange_clock(settings)
     account = settings.account_id(live=True)
     tracing.install(Tracer(trace))

@@ -98,15 +98,23 @@ class _TickMailbox(StampedQueue):
         """The index's exit edges: a tick beyond one flushes at once (None: never)."""
         self._urgent: set[Instrument] = set()
         """Instruments whose kept tick crossed an edge, for the next urgent flush."""
+        self._urgent_waiting = False
+        """An urgent ``Flush`` is in the queue and has not been taken yet."""
         self.clock: Callable[[], datetime] | None = None
         """The clock of an urgent flush (the batcher's)."""
 
     def put_tick(self, instrument: Instrument, mark: PriceMark) -> None:
         """What a told ``PriceTick`` leaves here: its mark, in place of the instrument's last.
         A tick beyond its instrument's exit edge (``PriceEdges``) is urgent: a ``Flush``
-        marked so follows it at once and takes it (the urgent ticks alone: the others wait for
-        the clock's flush, so the index's fan-out of an urgent batch is its possible exits
-        only, which nothing holds back) to the batcher."""
+        marked so follows it at once, unless one is already waiting, and takes the urgent
+        ticks alone (the others wait for the clock's flush, so the index's fan-out of an urgent
+        batch is its possible exits only, which nothing holds back) to the batcher.
+
+        The urgent flush takes its ticks when the batcher takes it (``get``), not when it is
+        put: every crossing tick the feed hands over until the batcher's thread runs goes in
+        one batch. A feed read brings a burst (a crash crosses many stops in one publication):
+        one flush per crossing tick made the index fan out each alone, one switch of the
+        interpreter apiece (``bench/live_exits.py``)."""
         with self._lock:
             self._ticks[instrument] = mark
             self.ticks += 1
@@ -114,6 +122,9 @@ class _TickMailbox(StampedQueue):
         if edges is not None and edges.crossed(instrument, mark.ltp):
             with self._lock:
                 self._urgent.add(instrument)
+                if self._urgent_waiting:
+                    return
+                self._urgent_waiting = True
             clock = self.clock
             self.put(envelope(Flush(at=mark.at if clock is None else clock(), urgent=True),
                               None))
@@ -124,18 +135,29 @@ class _TickMailbox(StampedQueue):
         if kind is PriceTick and reply_to is None:
             self.put_tick(message.instrument, message.mark)
             return
-        if kind is Flush:
+        if kind is Flush and not message.urgent:
             with self._lock:
-                if message.urgent:
-                    ticks = {i: self._ticks.pop(i) for i in self._urgent if i in self._ticks}
+                if self._urgent_waiting:  # the urgent flush ahead of this one takes those
+                    ticks = {i: m for i, m in self._ticks.items() if i not in self._urgent}
+                    self._ticks = {i: self._ticks[i] for i in self._urgent if i in self._ticks}
                 else:
                     ticks, self._ticks = self._ticks, {}
-                self._urgent.clear()
-            if message.urgent and not ticks:
-                return  # an earlier urgent flush took them
+                    self._urgent.clear()
             if ticks:
                 item = envelope(Ticked(flush=message, ticks=ticks), reply_to)
         super().put(item, block, timeout)
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        item = super().get(block, timeout)
+        message, reply_to = contents(item)
+        if type(message) is Flush and message.urgent:
+            with self._lock:
+                ticks = {i: self._ticks.pop(i) for i in self._urgent if i in self._ticks}
+                self._urgent.clear()
+                self._urgent_waiting = False
+            if ticks:  # else a clock's flush took them: the batcher has nothing to do
+                return envelope(Ticked(flush=message, ticks=ticks), reply_to)
+        return item
 
 
 def tick_feed(batcher: ActorRef[Any]) -> Callable[[Instrument, PriceMark], None]:

@@ -5,6 +5,7 @@ Built to be driven from a gateway actor: blocking REST calls with explicit timeo
 thread and report through callbacks::
 
     rest.py          DhanRest: orders, look-ups, books, positions, the quote API (QuoteApi)
+    wire.py          the HTTP seam: PooledWire (urllib3's pool), WireError (sent or not)
     outcomes.py      Outcome / Answer and the pure classification of every answer
     book.py          order book, trade book and position rows, read liberally
     limits.py        RateLimits: one limiter per bucket with every window
@@ -17,7 +18,7 @@ thread and report through callbacks::
 Driving it from a gateway actor (each call blocks at most its timeout plus ``limit_wait``)::
 
     tokens = TokenSource(path=settings.access_token_file)       # or DHAN_ACCESS_TOKEN
-    rest = DhanRest(api_url, client_id, tokens, timeout=httpx.Timeout(2.0, read=3.0))
+    rest = DhanRest(api_url, client_id, tokens, timeout=3.0)
     answer = rest.place_order(correlation_id=exit_id, instrument=..., txn_type=TxnType.SELL,
                               quantity=75, price=Decimal("101.05"), product="I")
     match answer.outcome:   # OK / REJECTED / UNKNOWN / TOKEN_INVALID / IP_REFUSED / LIMITED

@@ -1,5 +1,5 @@
 """The DhanHQ REST client (SPEC §10): blocking calls with explicit timeouts that return ``Answer``
-values, over one ``httpx.Client``.
+values, over one ``Wire`` (``broker.dhan.wire``: urllib3's connection pool).
 
 Every call waits for a slot of its rate-limit bucket first (at most ``limit_wait`` seconds, else
 ``LIMITED`` and nothing is sent), sends ``access-token`` / ``client-id`` headers with the current
@@ -21,7 +21,6 @@ from decimal import Decimal
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote
 
-import httpx
 from loguru import logger
 
 from broker.dhan.book import (
@@ -37,6 +36,7 @@ from broker.dhan.book import (
 from broker.dhan.limits import Bucket, RateLimits
 from broker.dhan.outcomes import Answer, Classified, Outcome, classify, normalised
 from broker.dhan.token import Secret, TokenError, TokenSource, scrub
+from broker.dhan.wire import PooledWire, Wire, WireError, default_tls
 from broker.ports import GatewayError, QuoteThrottled, QuoteTimeout
 from models.common import Instrument, Segment, TxnType
 
@@ -44,7 +44,8 @@ T = TypeVar("T")
 
 DEFAULT_BASE_URL = "https://api.dhan.co/v2"
 MAX_CORRELATION_ID = 30
-DEFAULT_TIMEOUT = httpx.Timeout(connect=2.0, read=3.0, write=2.0, pool=1.0)
+CONNECT_TIMEOUT, READ_TIMEOUT = 2.0, 3.0
+"""Seconds to connect, and to wait for an answer (the default ``timeout``)."""
 
 
 @dataclass(frozen=True)
@@ -66,14 +67,11 @@ class _Raw:
 
 
 def shared_tls() -> ssl.SSLContext:
-    """One TLS context for many clients (a runner's, one per account), made at the start with
-    one client opened and closed: httpx's default makes a context per client (0.03-0.05 s
-    here) and the first client of a process imports its transport (0.13-0.18 s), both on a
-    partition's hand-over otherwise (``bench/takeover.py``, ``make``). Verification is
-    httpx's default (certifi's roots, ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` honoured)."""
-    context = httpx.create_ssl_context()
-    httpx.Client(verify=context).close()
-    return context
+    """One TLS context for many clients (a runner's, one per account), made at the start:
+    making one per client cost 0.03-0.05 s here, on a partition's hand-over otherwise
+    (``bench/takeover.py``). Verification is certifi's roots (``SSL_CERT_FILE`` /
+    ``SSL_CERT_DIR`` honoured)."""
+    return default_tls()
 
 
 class DhanRest:
@@ -83,20 +81,22 @@ class DhanRest:
     min_interval_seconds = 1.0
 
     def __init__(self, base_url: str, client_id: str, token_source: TokenSource, *,
-                 timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+                 timeout: float | None = None,
                  limiter: RateLimits | None = None, limit_wait: float = 3.0,
-                 transport: httpx.BaseTransport | None = None,
+                 wire: Wire | None = None,
                  verify: ssl.SSLContext | bool = True) -> None:
-        """``verify``: httpx's (True: its default TLS context, made anew per client; a
-        context from ``shared_tls`` is made once for many clients)."""
+        """``timeout``: seconds to connect and to wait for an answer (default 2 and 3);
+        ``verify``: True makes a TLS context for this client, a context from ``shared_tls``
+        is made once for many; ``wire``: another seam than urllib3's pool (unit tests)."""
         self.client_id = client_id
         self.tokens = token_source
         self.limiter = limiter if limiter is not None else RateLimits()
         self.limit_wait = limit_wait
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout,
-                                  transport=transport, verify=verify, headers={
-                                      "client-id": client_id, "Accept": "application/json",
-                                      "Content-Type": "application/json"})
+        self._headers = {"client-id": client_id, "Accept": "application/json",
+                         "Content-Type": "application/json"}
+        self._wire: Wire = wire if wire is not None else PooledWire(
+            base_url, connect=CONNECT_TIMEOUT if timeout is None else timeout,
+            read=READ_TIMEOUT if timeout is None else timeout, verify=verify)
         self._refused: Secret | None = None
         self._lock = threading.Lock()
         self.on_token_invalid: Callable[[str], None] | None = None
@@ -109,7 +109,7 @@ class DhanRest:
         it: a pause or a wait between a check and the send is the gap fencing cannot close."""
 
     def close(self) -> None:
-        self._http.close()
+        self._wire.close()
 
     # Orders -----------------------------------------------------------------------------------
     def place_order(self, *, correlation_id: str, instrument: Instrument, txn_type: TxnType,
@@ -248,25 +248,22 @@ class DhanRest:
                   body: dict[str, Any] | None) -> _Raw:
         """The request and its answer (the limiter's slot is held meanwhile: DhanHQ counts
         the request when it arrives, which is surely done once the answer is back)."""
-        content = _dumps(body) if body is not None else None
+        content = _dumps(body).encode("utf-8") if body is not None else None
         started = time.monotonic()
         try:
-            response = self._http.request(method, path, content=content,
-                                          headers={"access-token": token.reveal()})
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
-            return _Raw(None, None, False, self._safe(token, error), False,
-                        time.monotonic() - started)
-        except httpx.HTTPError as error:
-            return _Raw(None, None, False, self._safe(token, error), True,
+            status, answer = self._wire.request(method, path, content, {
+                **self._headers, "access-token": token.reveal()})
+        except WireError as error:
+            return _Raw(None, None, False, self._safe(token, error), error.sent,
                         time.monotonic() - started)
         elapsed = time.monotonic() - started
         try:
-            parsed: object = json.loads(response.content, parse_float=Decimal) \
-                if response.content.strip() else None
+            parsed: object = json.loads(answer, parse_float=Decimal) \
+                if answer.strip() else None
             readable = True
         except ValueError:
             parsed, readable = None, False
-        return _Raw(response.status_code, parsed, readable, None, True, elapsed)
+        return _Raw(status, parsed, readable, None, True, elapsed)
 
     def _answer(self, verdict: Classified, raw: _Raw, value: T | None,
                 what: str) -> Answer[T]:
@@ -297,7 +294,8 @@ class DhanRest:
 
     @staticmethod
     def _safe(token: Secret, error: Exception) -> str:
-        return scrub(f"{type(error).__name__}: {error}", [token])
+        text = str(error) if isinstance(error, WireError) else f"{type(error).__name__}: {error}"
+        return scrub(text, [token])
 
 
 def _segment(value: str) -> str:

@@ -1,10 +1,14 @@
-"""The DhanHQ REST client's wire details, on httpx's in-memory transport."""
+"""The DhanHQ REST client's wire details: its requests and its reading of answers through a
+test wire that hands each request to a handler (written with httpx's request and response
+types), then ``PooledWire`` itself against loopback sockets: what counts as sent."""
 
 from __future__ import annotations
 
 import json
+import socket
 import ssl
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from decimal import Decimal
 
 import httpx
@@ -14,6 +18,7 @@ from broker.dhan.limits import RateLimits
 from broker.dhan.outcomes import Answer, Outcome
 from broker.dhan.rest import DhanRest, PlacedOrder, shared_tls
 from broker.dhan.token import TokenSource
+from broker.dhan.wire import PooledWire, WireError
 from broker.ports import GatewayError, QuoteThrottled, QuoteTimeout
 from models.common import Instrument, Segment, TxnType
 
@@ -30,8 +35,31 @@ def client(handler: Callable[[httpx.Request], httpx.Response]) -> tuple[DhanRest
         return handler(request)
 
     rest = DhanRest("https://api.example/v2", "1000000001", TokenSource(token=TOKEN),
-                    limiter=RateLimits(), transport=httpx.MockTransport(record))
+                    limiter=RateLimits(), wire=HandlerWire(record))
     return rest, seen
+
+
+class HandlerWire:
+    """A ``Wire`` that answers with ``handler``: a connection failure it raises is "not sent",
+    any other transport failure "sent"."""
+
+    def __init__(self, handler: Callable[[httpx.Request], httpx.Response]) -> None:
+        self.handler = handler
+
+    def request(self, method: str, path: str, body: bytes | None,
+                headers: Mapping[str, str]) -> tuple[int, bytes]:
+        request = httpx.Request(method, "https://api.example/v2" + path, content=body,
+                                headers=dict(headers))
+        try:
+            response = self.handler(request)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as error:
+            raise WireError(f"{type(error).__name__}: {error}", sent=False) from None
+        except httpx.HTTPError as error:
+            raise WireError(f"{type(error).__name__}: {error}", sent=True) from None
+        return response.status_code, response.read()
+
+    def close(self) -> None:
+        return None
 
 
 def place(rest: DhanRest) -> Answer[PlacedOrder]:
@@ -124,3 +152,87 @@ def test_a_shared_tls_context_still_verifies_certificates_and_host_names() -> No
     rest = DhanRest("https://api.example/v2", "1000000001", TokenSource(token=TOKEN),
                     verify=context)
     rest.close()
+
+
+# PooledWire on loopback sockets --------------------------------------------------------------
+@pytest.fixture
+def server() -> Iterator[tuple[int, list[str]]]:
+    """A one-connection-at-a-time server on a loopback port whose behaviour the test sets:
+    ``answer`` (a normal answer), ``close`` (read the request, close without an answer) or
+    ``silent`` (read it and never answer)."""
+    mode: list[str] = ["answer"]
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        held: list[socket.socket] = []
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            conn.settimeout(2)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(4096)
+            if mode[0] == "answer":
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (len(ANSWER), ANSWER))
+                conn.close()
+            elif mode[0] == "close":
+                conn.close()
+            else:
+                held.append(conn)
+        for conn in held:
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1], mode
+    stop.set()
+    thread.join(timeout=5)
+    listener.close()
+
+
+ANSWER = b'{"orderId": "1125"}'
+
+
+def _post(wire: PooledWire) -> tuple[int, bytes]:
+    return wire.request("POST", "/orders", b"{}", {"access-token": TOKEN})
+
+
+def test_pooled_wire_answers_and_says_what_was_sent(server: tuple[int, list[str]]) -> None:
+    port, mode = server
+    wire = PooledWire(f"http://127.0.0.1:{port}/v2", connect=1.0, read=0.3)
+    try:
+        assert _post(wire) == (200, ANSWER)
+        mode[0] = "close"  # read, then closed without an answer: it may have been acted on
+        with pytest.raises(WireError) as closed:
+            _post(wire)
+        assert closed.value.sent
+        mode[0] = "silent"  # no answer within the read timeout
+        with pytest.raises(WireError) as silent:
+            _post(wire)
+        assert silent.value.sent and "timeout" in str(silent.value).lower()
+        assert TOKEN not in str(closed.value) + str(silent.value)
+    finally:
+        wire.close()
+
+
+def test_pooled_wire_refused_connection_is_not_sent() -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    wire = PooledWire(f"http://127.0.0.1:{port}/v2", connect=1.0, read=1.0)
+    with pytest.raises(WireError) as refused:
+        _post(wire)
+    assert not refused.value.sent
+    wire.close()
+
+
+def test_pooled_wire_refuses_a_url_that_is_not_http() -> None:
+    with pytest.raises(ValueError, match="not an http"):
+        PooledWire("ftp://api.example/v2", connect=1.0, read=1.0)

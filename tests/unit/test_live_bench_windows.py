@@ -33,3 +33,13 @@ def test_a_request_between_the_price_and_the_exit_that_fills_the_window_counts()
     assert in_window(times, 0.95, 1.0) == 9  # at the price there was room...
     assert not slot_free_throughout(times, 0.95, ours)  # ...then there was none
     assert slot_free_throughout(sorted([*nine, ours]), 0.95, ours)
+
+
+def test_a_slot_is_held_past_its_second_as_the_limiter_holds_it() -> None:
+    burst = [0.060 + 0.001 * k for k in range(10)]  # ten requests arrive by 69 ms
+    # A price at 1.08 s, its request at 1.09 s: a bare second after the burst has passed, but
+    # the limiter counts each slot from the answer for 1.01 s, so that exit waited.
+    times = sorted([*burst, 1.09])
+    assert in_window(times, 1.08, 1.0) == 0
+    assert not slot_free_throughout(times, 1.08, 1.09)
+    assert slot_free_throughout(times, 1.08, 1.09, held=1.0)
