@@ -156,9 +156,9 @@ class DhanGateway:
             with self._lock:
                 self._placed[answer.value.order_id] = _Placed(client_id, instrument, txn_type,
                                                               quantity, limit)
-            logger.info("exit {} placed as order {}: {} {} {} LIMIT {} (last {})", client_id,
-                        answer.value.order_id, txn_type.value, quantity,
-                        instrument.security_id, limit, last)
+            logger.info("exit {} placed as order {}: {} {} {} LIMIT {} (last {}; slot wait "
+                        "{:.1f} ms)", client_id, answer.value.order_id, txn_type.value, quantity,
+                        instrument.security_id, limit, last, answer.waited * 1000)
             return answer.value.order_id
         self._raise(answer, f"exit {client_id}")
         raise AssertionError("unreachable")  # pragma: no cover

@@ -47,6 +47,8 @@ class Answer(Generic[T]):
     http_status: int | None = None
     elapsed: float = 0.0
     """Seconds from sending to the answer (or the failure)."""
+    waited: float = 0.0
+    """Seconds the call waited for its rate-limit slot before it was sent."""
 
     @property
     def ok(self) -> bool:

@@ -16,7 +16,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote
@@ -64,6 +64,8 @@ class _Raw:
     transport: str | None
     sent: bool
     elapsed: float
+    waited: float = 0.0
+    """Seconds waiting for the rate-limit slot."""
 
 
 def shared_tls() -> ssl.SSLContext:
@@ -234,15 +236,18 @@ class DhanRest:
             if self._refused is not None and token == self._refused:
                 return Answer(Outcome.TOKEN_INVALID, code="refused",
                               detail="the access token was refused; waiting for a new one")
+        asked = time.monotonic()
         with self.limiter.slot(bucket, self.limit_wait) as taken:
             if not taken:
                 return Answer(Outcome.LIMITED, code="limited",
                               detail=f"no {bucket} slot within {self.limit_wait:g} s: not sent")
+            waited = time.monotonic() - asked
             if bucket is Bucket.ORDERS and self.may_send is not None:
                 refusal = self.may_send()
                 if refusal is not None:
-                    return Answer(Outcome.LIMITED, code="lease", detail=f"{refusal}: not sent")
-            return self._exchange(token, method, path, body)
+                    return Answer(Outcome.LIMITED, code="lease", detail=f"{refusal}: not sent",
+                                  waited=waited)
+            return replace(self._exchange(token, method, path, body), waited=waited)
 
     def _exchange(self, token: Secret, method: str, path: str,
                   body: dict[str, Any] | None) -> _Raw:
@@ -274,7 +279,8 @@ class DhanRest:
         elif verdict.outcome not in (Outcome.OK, Outcome.NOT_FOUND):
             logger.bind(call=what, outcome=verdict.outcome.value).warning(
                 "DhanHQ {}: {} ({})", what, verdict.outcome.value, detail)
-        return Answer(verdict.outcome, value, verdict.code, detail, raw.status, raw.elapsed)
+        return Answer(verdict.outcome, value, verdict.code, detail, raw.status, raw.elapsed,
+                      raw.waited)
 
     def _refuse(self, detail: str) -> None:
         token = self._current_or_none()

@@ -8,13 +8,14 @@ import json
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from decimal import Decimal
 
 import httpx
 import pytest
 
-from broker.dhan.limits import RateLimits
+from broker.dhan.limits import Bucket, RateLimits
 from broker.dhan.outcomes import Answer, Outcome
 from broker.dhan.rest import DhanRest, PlacedOrder, shared_tls
 from broker.dhan.token import TokenSource
@@ -236,3 +237,18 @@ def test_pooled_wire_refused_connection_is_not_sent() -> None:
 def test_pooled_wire_refuses_a_url_that_is_not_http() -> None:
     with pytest.raises(ValueError, match="not an http"):
         PooledWire("ftp://api.example/v2", connect=1.0, read=1.0)
+
+
+def test_an_answer_says_how_long_it_waited_for_its_slot() -> None:
+    class SlowLimits(RateLimits):
+        def acquire(self, bucket: Bucket, timeout: float) -> bool:
+            time.sleep(0.03)  # as if the window were full for 30 ms
+            return super().acquire(bucket, timeout)
+
+    rest = DhanRest("https://api.example/v2", "1000000001", TokenSource(token=TOKEN),
+                    limiter=SlowLimits(), wire=HandlerWire(
+                        lambda r: httpx.Response(200, json={"orderId": "1125"})))
+    answer = place(rest)
+    assert answer.ok and 0.03 <= answer.waited < 1.0
+    assert place(client(lambda r: httpx.Response(200, json={"orderId": "1126"}))[0]).waited \
+        < 0.03

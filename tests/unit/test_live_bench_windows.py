@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from bench.live_exits import in_window, max_in_window, slot_free_throughout
+from bench.live_exits import in_window, max_in_window, slot_free_throughout, slot_waits
 
 
 def test_a_window_is_half_open_and_the_fullest_is_found() -> None:
@@ -43,3 +43,11 @@ def test_a_slot_is_held_past_its_second_as_the_limiter_holds_it() -> None:
     assert in_window(times, 1.08, 1.0) == 0
     assert not slot_free_throughout(times, 1.08, 1.09)
     assert slot_free_throughout(times, 1.08, 1.09, held=1.0)
+
+
+def test_the_sessions_own_slot_waits_are_read_from_its_log() -> None:
+    log = ("2026-11-23 10:00:21 | INFO | exit X-PPB1-1 placed as order PB201: SELL 75 60000 "
+           "LIMIT 93.05 (last 94; slot wait 0.0 ms)\n"
+           "2026-11-23 10:00:22 | INFO | exit X-PPB12-1 placed as order PB212: SELL 75 60011 "
+           "LIMIT 93.05 (last 94; slot wait 981.4 ms)\n")
+    assert slot_waits(log) == {"X-PPB1-1": 0.0, "X-PPB12-1": 981.4}
