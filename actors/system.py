@@ -499,7 +499,10 @@ class System:
                 except pykka.ActorDeadError:
                     continue
             for proxy in self._intents_ping:  # the exits trackers decided: stored and placed
-                proxy.actor_urn.get(timeout=SETTLE)
+                try:
+                    proxy.actor_urn.get(timeout=SETTLE)
+                except pykka.ActorDeadError:  # a stopped writer: the trackers store their own
+                    continue
             self._stops_ping.actor_urn.get(timeout=SETTLE)  # the stops trackers sent: stored
             self.pnl.ask(Flush(at=self.parts.clock(), complete=True), timeout=SETTLE)
 
@@ -512,7 +515,7 @@ class System:
                                                    self.index, self.supervisor, *gateways)]
             self._stops_ping = self.stops.proxy()
             self._intents_ping = [ref.proxy() for ref in (self.intents, self.supervisor,
-                                                          *gateways)]
+                                                          *gateways) if ref.is_alive()]
         return self._pings
 
     def _supervisor_proxy(self) -> Any:

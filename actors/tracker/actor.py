@@ -18,12 +18,27 @@ from loguru import logger
 from pykka import ActorDeadError, ActorRef
 
 from actors.gateway.actor import exit_order
-from actors.protocol import DUE, BandChanged, DeadlineChanged, Snapshot, TrackerFailed, Undelivered
+from actors.protocol import (
+    DUE,
+    BandChanged,
+    DeadlineChanged,
+    IntentStored,
+    Snapshot,
+    StoreIntent,
+    TrackerFailed,
+    Undelivered,
+)
 from actors.runtime.dispatch import PooledActor
 from actors.tracing.recorder import dump_on_crash, tracer
 from actors.tracker.keeper import DEFERRABLE, KeeperContext, PositionKeeper, Target, summary
 from models.bands import Band
-from models.messages import CancelExitOrder, ExitRequested, LookUpExitOrder, PriceUpdate
+from models.messages import (
+    CancelExitOrder,
+    ExitRequested,
+    LookUpExitOrder,
+    PriceUpdate,
+    new_id,
+)
 from models.position import Position
 from models.rules import PriceMark
 
@@ -67,15 +82,28 @@ class Peers:
 
 def deliver(peers: Peers, out: list[tuple[Target, object]],
             gateway: ActorRef[Any] | None = None, clock: Callable[[], datetime] | None = None,
+            intents_gone: Callable[[StoreIntent], list[tuple[Target, object]]] | None = None,
             ) -> None:
     """Tell each message to its target. With ``gateway`` (the position's gateway actor, as
     the supervisor assigned it), the gateway calls of the position go straight there: an exit
     request's order (its intent stored already: the keeper emits the request only then) and
     look-ups and cancels, in the order the keeper made them; the supervisor still hears the
-    request, marked ``placed``. One hop less between a decision and the order."""
+    request, marked ``placed``. One hop less between a decision and the order.
+
+    ``intents_gone``: what to deliver instead of an exit intent the intent writer can no
+    longer take (it has stopped): the keeper stores the intent itself and the exit goes on,
+    as when the writer's write fails. Without it, the writer's ``ActorDeadError`` is raised."""
     exiting = False
     for target, message in out:
         kind = type(message)
+        writer = peers.intents if target is Target.INTENTS else None
+        if writer is not None and intents_gone is not None:
+            assert isinstance(message, StoreIntent)
+            try:
+                writer.tell(message)
+            except ActorDeadError:
+                deliver(peers, intents_gone(message), gateway, clock)
+            continue
         if gateway is not None and target is Target.SUPERVISOR:
             if kind is ExitRequested and clock is not None:
                 assert isinstance(message, ExitRequested)
@@ -127,7 +155,8 @@ class TrackerActor(PooledActor):
             return self.keeper.position
         self._current = message
         more = type(message) in DEFERRABLE and self.next_told() in DEFERRABLE
-        deliver(self.peers, self.keeper.handle(message, more=more), self.gateway, self.clock)
+        deliver(self.peers, self.keeper.handle(message, more=more), self.gateway, self.clock,
+                self._intents_gone)
         self._current = None
         band = self.keeper.band()
         if band != self._band:  # the index filters prices with it: keep it exact
@@ -143,6 +172,17 @@ class TrackerActor(PooledActor):
                 self.peers.supervisor.tell(DeadlineChanged(self.keeper.position.position_id,
                                                            deadline))
         return None
+
+    def _intents_gone(self, sent: StoreIntent) -> list[tuple[Target, object]]:
+        """The intent writer stopped before it took ``sent``: its answer, as a failed write."""
+        request = sent.request
+        logger.bind(position_id=request.position.position_id).error(
+            "the intent writer has stopped: exit {} stores its own intent", request.client_id)
+        return self.keeper.handle(IntentStored(
+            position_id=request.position.position_id, client_id=request.client_id,
+            version=request.position.version, correlation_id=request.correlation_id,
+            message_id=new_id(), sent_at=self.clock(), causation_id=request.message_id,
+            error="the intent writer has stopped"))
 
     def on_stop(self) -> None:
         # Nothing is held at a stop told in turn (the order updates before it store theirs);

@@ -282,3 +282,21 @@ def test_the_writer_stores_what_waits_in_one_write_then_places_what_it_wrote() -
     finally:
         for ref in (writer, owner, gateway, supervisor):
             ref.stop()
+
+
+@pytest.mark.usefixtures("actors")
+def test_when_the_intent_writer_has_stopped_then_each_tracker_stores_its_own_and_exits(
+        clock: ManualClock) -> None:
+    store = FakeStore()
+    book = [active(f"E{n}") for n in range(5)]
+    for position in book:
+        store.save_position(position)
+    running, gateway = start(store, clock)
+    running.intents.stop()  # gone (a stop on its way): the trackers' tells to it fail
+    batch(running, clock, CRASH)
+    running.settle()
+    assert store.exits_writes == []
+    assert sorted(gateway.calls) == sorted(exit_client_id(p.position_id, 1) for p in book)
+    assert len(store.exit_attempts()) == 5  # each intent durable before its order
+    assert all(store.positions[p.position_id].status is not PositionStatus.ACTIVE for p in book)
+    running.stop()
