@@ -96,8 +96,9 @@ class _TickMailbox(StampedQueue):
         """Ticks told so far."""
         self.edges: PriceEdges | None = None
         """The index's exit edges: a tick beyond one flushes at once (None: never)."""
-        self._urgent: set[Instrument] = set()
-        """Instruments whose kept tick crossed an edge, for the next urgent flush."""
+        self._urgent: dict[Instrument, PriceMark] = {}
+        """The newest crossing tick of each instrument, for the next urgent flush: a later tick
+        that crosses nothing waits for the clock's flush and does not hide it."""
         self._urgent_waiting = False
         """An urgent ``Flush`` is in the queue and has not been taken yet."""
         self.clock: Callable[[], datetime] | None = None
@@ -121,7 +122,7 @@ class _TickMailbox(StampedQueue):
         edges = self.edges
         if edges is not None and edges.crossed(instrument, mark.ltp):
             with self._lock:
-                self._urgent.add(instrument)
+                self._urgent[instrument] = mark
                 if self._urgent_waiting:
                     return
                 self._urgent_waiting = True
@@ -138,8 +139,9 @@ class _TickMailbox(StampedQueue):
         if kind is Flush and not message.urgent:
             with self._lock:
                 if self._urgent_waiting:  # the urgent flush ahead of this one takes those
-                    ticks = {i: m for i, m in self._ticks.items() if i not in self._urgent}
-                    self._ticks = {i: self._ticks[i] for i in self._urgent if i in self._ticks}
+                    urgent = self._urgent
+                    ticks = {i: m for i, m in self._ticks.items() if urgent.get(i) is not m}
+                    self._ticks = {i: m for i, m in self._ticks.items() if urgent.get(i) is m}
                 else:
                     ticks, self._ticks = self._ticks, {}
                     self._urgent.clear()
@@ -152,8 +154,10 @@ class _TickMailbox(StampedQueue):
         message, reply_to = contents(item)
         if type(message) is Flush and message.urgent:
             with self._lock:
-                ticks = {i: self._ticks.pop(i) for i in self._urgent if i in self._ticks}
-                self._urgent.clear()
+                ticks, self._urgent = self._urgent, {}
+                for instrument, mark in ticks.items():
+                    if self._ticks.get(instrument) is mark:  # no newer tick since
+                        del self._ticks[instrument]
                 self._urgent_waiting = False
             if ticks:  # else a clock's flush took them: the batcher has nothing to do
                 return envelope(Ticked(flush=message, ticks=ticks), reply_to)

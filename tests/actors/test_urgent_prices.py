@@ -11,11 +11,12 @@ from typing import Any
 import pykka
 import pytest
 
-from actors.prices.batcher import LTPBatcherActor, tick_feed
+from actors.prices.batcher import LTPBatcherActor, Ticked, _TickMailbox, tick_feed
 from actors.prices.edges import PriceEdges
 from actors.prices.index import IndexActor, OpenPositions
 from actors.protocol import BandChanged, Flush, Route, Snapshot
 from actors.runtime.metrics import Metrics
+from actors.runtime.pykka_compat import contents, envelope
 from models.bands import Band
 from models.common import Instrument, Segment
 from models.messages import PriceBatch
@@ -120,3 +121,31 @@ def test_a_batch_of_possible_exits_alone_is_not_held_back() -> None:
                           sent_at=T0))
     index.ask(OpenPositions(), timeout=5)
     assert held == [1]  # B's first refresh is ordinary: it waits for the exit
+
+
+def test_crossing_ticks_told_before_the_batcher_takes_its_flush_go_in_one_batch() -> None:
+    edges, inbox = PriceEdges(), _TickMailbox([])
+    inbox.edges = edges
+    edges.publish(A, Decimal(95), None)
+    edges.publish(B, Decimal(45), None)
+    inbox.put_tick(A, mark("94"))
+    inbox.put_tick(B, mark("44"))  # a burst: the batcher's thread has not run in between
+    assert inbox.qsize() == 1  # one urgent flush for both
+    taken = contents(inbox.get())[0]
+    assert isinstance(taken, Ticked) and taken.flush.urgent
+    assert taken.ticks == {A: mark("94"), B: mark("44")}
+    assert inbox.qsize() == 0
+
+
+def test_a_later_tick_does_not_hide_a_crossing_one_still_waiting() -> None:
+    edges, inbox = PriceEdges(), _TickMailbox([])
+    inbox.edges = edges
+    edges.publish(A, Decimal(95), None)
+    inbox.put_tick(A, mark("94"))  # crosses
+    inbox.put_tick(A, mark("96"))  # back inside before the batcher ran: not urgent
+    inbox.put(envelope(Flush(at=T0), None))  # the clock's flush, behind the urgent one
+    urgent = contents(inbox.get())[0]
+    assert isinstance(urgent, Ticked) and urgent.ticks == {A: mark("94")}
+    regular = contents(inbox.get())[0]
+    assert isinstance(regular, Ticked) and not regular.flush.urgent
+    assert regular.ticks == {A: mark("96")}
