@@ -3,6 +3,7 @@ traceback, no secret; nothing started and nothing written."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -63,12 +64,15 @@ def _cases(tmp: Path) -> list[tuple[list[str | Path], str]]:
     ]
 
 
-# It starts run.py for every case (38 interpreter start-ups): minutes on a loaded 2-core box.
+# It starts run.py for every case (38 interpreter start-ups, a few side by side: each is mostly
+# imports, so the cores bound it): a minute or more on a loaded 2-core box.
 @pytest.mark.timeout(600)
 def test_every_cli_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
     failures = []
-    for args, expected in _cases(tmp_path):
-        done = run(*args, cwd=tmp_path)
+    cases = _cases(tmp_path)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        runs = list(pool.map(lambda case: run(*case[0], cwd=tmp_path), cases))
+    for (args, expected), done in zip(cases, runs, strict=True):
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         ok = (done.returncode == 2 and len(lines) == 1 and expected in lines[0]
               and SECRET not in done.stderr and "Traceback" not in done.stderr
