@@ -85,6 +85,10 @@ class PooledWire:
                                           redirect=False, retries=False)
         except (NewConnectionError, ConnectTimeoutError) as error:  # no connection: not sent
             raise WireError(_describe(error), sent=False) from None
+        except ValueError:  # a header it refuses to send (a stray newline): not sent; its
+            # text quotes the value, which may be the token: not told
+            raise WireError("ValueError: a header value that cannot be sent (a line break?)",
+                            sent=False) from None
         except (HTTPError, OSError) as error:  # it may have left: the outcome is unknown
             raise WireError(_describe(error), sent=True) from None
         return response.status, response.data

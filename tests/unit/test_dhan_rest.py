@@ -252,3 +252,19 @@ def test_an_answer_says_how_long_it_waited_for_its_slot() -> None:
     assert answer.ok and 0.03 <= answer.waited < 1.0
     assert place(client(lambda r: httpx.Response(200, json={"orderId": "1126"}))[0]).waited \
         < 0.03
+
+
+def test_a_header_the_wire_refuses_is_not_sent_and_its_value_is_not_told(
+        server: tuple[int, list[str]]) -> None:
+    port, _ = server
+    wire = PooledWire(f"http://127.0.0.1:{port}/v2", connect=1.0, read=1.0)
+    with pytest.raises(WireError) as refused:
+        wire.request("POST", "/orders", b"{}", {"access-token": TOKEN + "\nX-Evil: 1"})
+    assert not refused.value.sent
+    rest = DhanRest(f"http://127.0.0.1:{port}/v2", "1000000001",
+                    TokenSource(token=TOKEN + "\nX"), limiter=RateLimits())
+    answer = place(rest)
+    assert (answer.outcome, answer.code) == (Outcome.REJECTED, "not-sent")
+    assert TOKEN not in answer.detail
+    wire.close()
+    rest.close()
