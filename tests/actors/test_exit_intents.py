@@ -100,19 +100,24 @@ def test_exits_decided_at_once_are_stored_in_one_write_before_any_order_leaves(
 
 
 @pytest.mark.usefixtures("actors")
-def test_when_the_intent_write_fails_then_each_tracker_stores_its_own_and_exits(
-        clock: ManualClock) -> None:
+@pytest.mark.parametrize("breaks", ["the write fails", "the writer has stopped"])
+def test_when_the_intent_writer_cannot_store_then_each_tracker_stores_its_own_and_exits(
+        clock: ManualClock, breaks: str) -> None:
     store = FakeStore()
     book = [active(f"E{n}") for n in range(5)]
     for position in book:
         store.save_position(position)
     running, gateway = start(store, clock)
-    store.fail_saves = 1  # the writer's write fails; the trackers' own writes succeed
+    if breaks == "the write fails":
+        store.fail_saves = 1  # the writer's write fails; the trackers' own writes succeed
+    else:
+        running.intents.stop()  # gone (a stop on its way): the trackers' tells to it fail
     batch(running, clock, CRASH)
     running.settle()
-    assert store.exits_writes == [] and store.failed_calls == 1
+    assert store.exits_writes == [] and store.failed_calls == (breaks == "the write fails")
     assert sorted(gateway.calls) == sorted(exit_client_id(p.position_id, 1) for p in book)
-    assert len(store.exit_attempts()) == 5
+    assert len(store.exit_attempts()) == 5  # each intent durable before its order
+    assert all(store.positions[p.position_id].status is not PositionStatus.ACTIVE for p in book)
     running.stop()
 
 
@@ -283,20 +288,3 @@ def test_the_writer_stores_what_waits_in_one_write_then_places_what_it_wrote() -
         for ref in (writer, owner, gateway, supervisor):
             ref.stop()
 
-
-@pytest.mark.usefixtures("actors")
-def test_when_the_intent_writer_has_stopped_then_each_tracker_stores_its_own_and_exits(
-        clock: ManualClock) -> None:
-    store = FakeStore()
-    book = [active(f"E{n}") for n in range(5)]
-    for position in book:
-        store.save_position(position)
-    running, gateway = start(store, clock)
-    running.intents.stop()  # gone (a stop on its way): the trackers' tells to it fail
-    batch(running, clock, CRASH)
-    running.settle()
-    assert store.exits_writes == []
-    assert sorted(gateway.calls) == sorted(exit_client_id(p.position_id, 1) for p in book)
-    assert len(store.exit_attempts()) == 5  # each intent durable before its order
-    assert all(store.positions[p.position_id].status is not PositionStatus.ACTIVE for p in book)
-    running.stop()
