@@ -9,8 +9,9 @@ the outcome unknown, and an exit order is then looked up, never sent again blind
 Why urllib3 here (and not httpx, which the client used first): an exit order is one request
 on the price-to-order path, and a wave of them leaves side by side from the gateway actors'
 threads, which share one interpreter. Per request urllib3 costs about half of httpx's CPU, and
-a bare ``http.client`` about a third (``bench/live_exits.py``; measured against the fake,
-10 placements at once: 1.27 ms, 0.66 ms and 0.38 ms of CPU per request). urllib3 keeps what a
+a bare ``http.client`` about a third (measured once against the fake from a side script, 10
+placements at once from 10 threads: 1.27, 0.66 and 0.38 ms of CPU per request; the effect on
+the path is ``bench/live_exits.py``'s row in BENCHMARKS.md). urllib3 keeps what a
 bare connection lacks: a pool shared by threads, a dropped keep-alive connection noticed before
 it is used again (so an idle connection the broker closed costs a reconnect, not an unknown
 outcome), connect and read timeouts, and no retries or redirects unless asked.
