@@ -19,7 +19,7 @@ from models.orders import OrderStatus
 from models.position import PositionStatus
 from store.ports import Store, StoreError
 from store.postgres import PostgresStore
-from tests.actors.test_frame_recovery import Run, _books_agree
+from tests.actors.test_frame_recovery import STORES, Run, _books_agree, fake_or_postgres
 from tests.actors.test_tracker_flow import T0
 from tests.fakes import FakeStore
 from tests.faults.frames import order_lives, overlapping_exits, placed_twice
@@ -37,15 +37,15 @@ class AuditsDown(PostgresStore):
         super().update_exit_attempt(client_id, order_no=order_no, outcome=outcome)
 
 
-@pytest.fixture(params=["fake", pytest.param("postgres", marks=pytest.mark.integration)])
-def store(request: pytest.FixtureRequest) -> Iterator[Store]:
-    if request.param == "fake":
-        yield FakeStore()
-        return
-    opened = AuditsDown(request.getfixturevalue("pg_url"))
+def _audits_down_store(url: str) -> Store:
+    opened = AuditsDown(url)
     opened.migrate()
-    yield opened
-    opened.close()
+    return opened
+
+
+@pytest.fixture(params=STORES)
+def store(request: pytest.FixtureRequest) -> Iterator[Store]:
+    yield from fake_or_postgres(request, _audits_down_store)
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ from actors.runtime.metrics import Metrics
 from actors.system import Parts
 from actors.system import System as Running
 from actors.tracker.intents import IntentWriterActor
-from actors.tracker.keeper import KeeperContext, PositionKeeper, Target
+from actors.tracker.keeper import PositionKeeper, Target
 from app.clocks import ManualClock
 from models.common import exit_client_id
 from models.lifecycle import request_exit
@@ -33,7 +33,14 @@ from models.rules import ExitDecision
 from store.pnl_cache import InMemoryPnLCache
 from store.ports import StaleWriteError
 from store.records import ExitAttempt
-from tests.actors.test_stop_durability import CONFIG, active, batch, price, stop_at
+from tests.actors.test_stop_durability import (
+    CONFIG,
+    active,
+    batch,
+    price,
+    stop_at,
+    stored_keeper,
+)
 from tests.actors.test_tracker_flow import T0, Sink
 from tests.fakes import FakeGateway, FakeStore
 
@@ -124,15 +131,9 @@ def test_when_the_intent_writer_cannot_store_then_each_tracker_stores_its_own_an
 # The keeper --------------------------------------------------------------------------------------
 @pytest.fixture
 def keeper(clock: ManualClock) -> Iterator[tuple[PositionKeeper, FakeStore]]:
-    store = FakeStore()
-    position = active()
-    store.save_position(position)
-    owner = Sink.start()
-    kept = PositionKeeper(position, KeeperContext(store=store, config=CONFIG, clock=clock,
-                                                  metrics=Metrics()))
-    kept.intent_owner = owner
-    yield kept, store
-    owner.stop()
+    with stored_keeper(clock) as (kept, store, owner):
+        kept.intent_owner = owner
+        yield kept, store
 
 
 def decide(kept: PositionKeeper) -> StoreIntent:

@@ -4,7 +4,7 @@ before exits resume; those already applied change nothing."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -127,6 +127,22 @@ def entry(order_no: str, status: OrderStatus, traded: int, *, txn: TxnType = Txn
 def _stop_actors() -> Iterator[None]:
     yield
     pykka.ActorRegistry.stop_all()
+
+
+STORES = ["fake", pytest.param("postgres", marks=pytest.mark.integration)]
+"""The stores a restart test runs on: the fake, and the real PostgreSQL."""
+
+
+def fake_or_postgres(request: pytest.FixtureRequest,
+                     open_pg: Callable[[str], Store]) -> Iterator[Store]:
+    """The body of a store fixture parametrized with ``STORES``: a ``FakeStore``, or
+    ``open_pg`` of the test database's URL, closed afterwards."""
+    if request.param == "fake":
+        yield FakeStore()
+        return
+    opened = open_pg(request.getfixturevalue("pg_url"))
+    yield opened
+    opened.close()
 
 
 def _books_agree(store: Store) -> bool:

@@ -24,19 +24,19 @@ from models.position import OrderRole, Position
 from models.wire import to_dhan_frame
 from store.factory import open_store
 from store.ports import Store
-from tests.actors.test_frame_recovery import INSTRUMENT, Run, _books_agree
+from tests.actors.test_frame_recovery import (
+    INSTRUMENT,
+    STORES,
+    Run,
+    _books_agree,
+    fake_or_postgres,
+)
 from tests.actors.test_tracker_flow import T0
-from tests.fakes import FakeStore
 
 
-@pytest.fixture(params=["fake", pytest.param("postgres", marks=pytest.mark.integration)])
+@pytest.fixture(params=STORES)
 def store(request: pytest.FixtureRequest) -> Iterator[Store]:
-    if request.param == "fake":
-        yield FakeStore()
-        return
-    opened = open_store(request.getfixturevalue("pg_url"))
-    yield opened
-    opened.close()
+    yield from fake_or_postgres(request, open_store)
 
 
 @pytest.fixture(autouse=True)

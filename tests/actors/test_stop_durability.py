@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -246,17 +247,25 @@ def stops(out: list[tuple[Target, object]]) -> list[StoreStop]:
     return [m for t, m in out if t is Target.STOPS and isinstance(m, StoreStop)]
 
 
-@pytest.fixture
-def keeper(clock: ManualClock) -> Iterator[tuple[PositionKeeper, FakeStore]]:
+@contextmanager
+def stored_keeper(clock: ManualClock) -> Iterator[tuple[PositionKeeper, FakeStore, Any]]:
+    """A keeper of an ACTIVE position stored in a fake store, and a ``Sink`` to answer it."""
     store = FakeStore()
     position = active()
     store.save_position(position)
     owner = Sink.start()
-    kept = PositionKeeper(position, KeeperContext(store=store, config=CONFIG, clock=clock,
-                                                  metrics=Metrics()))
-    kept.owner = owner
-    yield kept, store
-    owner.stop()
+    try:
+        yield PositionKeeper(position, KeeperContext(store=store, config=CONFIG, clock=clock,
+                                                     metrics=Metrics())), store, owner
+    finally:
+        owner.stop()
+
+
+@pytest.fixture
+def keeper(clock: ManualClock) -> Iterator[tuple[PositionKeeper, FakeStore]]:
+    with stored_keeper(clock) as (kept, store, owner):
+        kept.owner = owner
+        yield kept, store
 
 
 def test_a_price_that_would_move_the_stop_again_waits_for_the_write_but_an_exit_does_not(
