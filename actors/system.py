@@ -58,6 +58,7 @@ from models.accounts import DEFAULT_ACCOUNT, check_account
 from models.books import BooksReport
 from models.common import IST, Instrument, exchange_day_start
 from models.messages import Message, OrderUpdateReceived, RequestExit, new_id
+from models.orders import OrderUpdate
 from models.policy import ExitPolicy, RiskConfig
 from models.position import CLOSED, ExitReason, Position, PositionStatus
 from models.rules import PriceMark, freshness_limit, update_marks
@@ -362,6 +363,13 @@ class System:
             timeout=ASK)
         snapshot["books"] = self.books().line()
         return snapshot
+
+    def news(self, updates: list[OrderUpdate]) -> list[bool]:
+        """For each update, whether handing it in could change anything here
+        (``OrderUpdateActor.news``): a reconcile gives only those, so a takeover's read of a
+        day's order book costs what changed, not the day."""
+        answer: list[bool] = self.orders.proxy().news(updates).get(timeout=ASK)
+        return answer
 
     def books(self) -> BooksReport:
         """The broker's book against ours (SPEC §11.1), as the order-update actor sees them;

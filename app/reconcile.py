@@ -3,11 +3,12 @@
 ``BookReader`` is the one place that turns the broker's order book into order-update frames and
 compares the broker's positions with ours:
 
-1. ``GET /orders``, oldest first: each order becomes one frame (``order_frame``, marked
-   ``"Source": "RECONCILE"`` in the stored raw text) handed to ``deliver``; it goes the way every
-   socket frame goes (fills found this way are ordinary fills, external orders move positions
-   like any other, a frame the system already has changes nothing). ``GET /trades`` gives the
-   price of an order whose row has none.
+1. ``GET /orders``, oldest first: each order becomes an order update (``order_update``). The
+   system says which of them it holds already (``System.news``: a takeover late in a busy day
+   reads hundreds of orders it has); each of the others becomes one frame (marked ``"Source":
+   "RECONCILE"`` in the stored raw text) handed to ``deliver``, and goes the way every socket
+   frame goes (fills found this way are ordinary fills, external orders move positions like any
+   other). ``GET /trades`` gives the price of an order whose row has none.
 2. The system settles, then ``GET /positions``: DhanHQ's net quantity per (segment, security,
    product) against our open positions (``models.books.compare``). A difference raises an alarm
    and is shown; nothing is traded to fix it. Before the alarm the order book is read once
@@ -50,6 +51,8 @@ class Reconciled:
     orders: int = 0
     fills: int = 0
     external: int = 0
+    held: int = 0
+    """Orders whose state the system held already: not given again."""
     differences: dict[str, dict[str, int]] = field(default_factory=dict)
     """``SEGMENT:security:PRODUCT`` → ``{"broker": netQty, "ours": signed open}``."""
     error: str | None = None
@@ -88,10 +91,16 @@ class BookReader:
         trades = self.rest.trades()
         prices = _trade_prices(trades.value or []) if trades.ok else {}
         result = Reconciled(at=self.clock(), orders=len(orders.value))
-        for order in _oldest_first(orders.value):
-            if self._give(order, prices, force=True):
-                result.fills += 1 if order.filled_qty else 0
-                result.external += 0 if self._ours(order) else 1
+        read = self._updates(_oldest_first(orders.value), prices)
+        news = self._news([update for _, update in read])
+        for (order, update), new in zip(read, news, strict=True):
+            self._seen[order.order_id] = (order.status, order.filled_qty)
+            result.external += 0 if self._ours(order) else 1
+            if not new:
+                result.held += 1
+                continue
+            self.deliver(_frame(update))
+            result.fills += 1 if order.filled_qty else 0
         for last in (False, True):
             self.system.settle(rounds=1)
             positions = self.rest.positions()
@@ -110,9 +119,10 @@ class BookReader:
                 if self._give(order, {}, force=False):
                     result.fills += 1 if order.filled_qty else 0
         self.reconciled = result
-        logger.info("reconcile{}: {} orders read, {} with fills given to the trackers; {}",
+        logger.info("reconcile{}: {} orders read, {} held here already, {} with fills given "
+                    "to the trackers; {}",
                     f" of {self.system.account}" if self.system.account else "",
-                    result.orders, result.fills,
+                    result.orders, result.held, result.fills,
                     "positions agree with DhanHQ" if not result.differences
                     else f"POSITIONS DIFFER: {result.differences}")
         return True
@@ -133,16 +143,27 @@ class BookReader:
         if not force and self._seen.get(order.order_id) == state:
             return False
         self._seen[order.order_id] = state
-        try:
-            frame = order_frame(order, prices.get(order.order_id))
-        except ValueError as error:  # a row that cannot be an order update: the rest go on
-            logger.warning("order {} from the order book skipped: {}", order.order_id,
-                           " ".join(str(error).split()))
+        update = _update(order, prices.get(order.order_id))
+        if update is None:
             return False
-        if frame is None:
-            return False
-        self.deliver(frame)
+        self.deliver(_frame(update))
         return True
+
+    def _updates(self, orders: list[BrokerOrder], prices: dict[str, Decimal]
+                 ) -> list[tuple[BrokerOrder, OrderUpdate]]:
+        """The rows that are order updates, each with its update."""
+        found = ((order, _update(order, prices.get(order.order_id))) for order in orders)
+        return [(order, update) for order, update in found if update is not None]
+
+    def _news(self, updates: list[OrderUpdate]) -> list[bool]:
+        """Which updates could change something in the system (``System.news``); all of them
+        when it cannot say (an update held already changes nothing when given)."""
+        try:
+            return self.system.news(updates)
+        except Exception as error:  # a slow or stopping system: give everything, as before
+            logger.warning("reconcile: what the system holds not known ({}); every order "
+                           "given", type(error).__name__)
+            return [True] * len(updates)
 
     def _ours(self, order: BrokerOrder) -> bool:
         corr = order.correlation_id or ""
@@ -165,14 +186,30 @@ class BookReader:
         return differences
 
 
-def order_frame(order: BrokerOrder, trade_price: Decimal | None = None) -> str | None:
-    """An order-book row as the order socket's frame (marked as read by reconcile); None for a
-    row that cannot be one (no status we know, no instrument)."""
+def _frame(update: OrderUpdate) -> str:
+    """An update as the order socket's frame, marked as read by reconcile."""
+    frame = to_dhan_frame(update)
+    return frame[:-2] + ", " + RECONCILE_MARK + "}}"
+
+
+def _update(order: BrokerOrder, trade_price: Decimal | None) -> OrderUpdate | None:
+    """``order_update``, with a row that cannot be an order update logged and skipped."""
+    try:
+        return order_update(order, trade_price)
+    except ValueError as error:  # a row that cannot be an order update: the rest go on
+        logger.warning("order {} from the order book skipped: {}", order.order_id,
+                       " ".join(str(error).split()))
+        return None
+
+
+def order_update(order: BrokerOrder, trade_price: Decimal | None = None) -> OrderUpdate | None:
+    """An order-book row as an order update; None for a row that cannot be one (no status we
+    know, no instrument)."""
     status = order.order_status
     if status is None or order.instrument is None:
         return None
     price = order.avg_price if order.avg_price and order.avg_price > 0 else trade_price
-    update = OrderUpdate(
+    return OrderUpdate(
         order_no=order.order_id, status=status, segment=order.instrument.segment,
         security_id=order.instrument.security_id, txn_type=order.txn_type,
         product=_product_letter(order.product), order_type=order.order_type,
@@ -180,8 +217,6 @@ def order_frame(order: BrokerOrder, trade_price: Decimal | None = None) -> str |
         price=order.price if order.price and order.price > 0 else None,
         correlation_id=order.correlation_id, exch_order_no=order.exchange_order_id,
         updated_at=_time(order.updated_at), reason=order.reason)
-    frame = to_dhan_frame(update)
-    return frame[:-2] + ", " + RECONCILE_MARK + "}}"
 
 
 _LETTERS = {name: letter for letter, name in PRODUCT_TYPES.items()}

@@ -212,6 +212,28 @@ class OrderUpdateActor(SingletonActor):
         return owner is not None and owner[0] not in self.positions and \
             update.traded_qty <= (booked.traded if booked is not None else 0)
 
+    def news(self, updates: list[OrderUpdate]) -> list[bool]:
+        """For each update (an order as the broker's order book shows it: a reconcile), whether
+        handing it in could change anything. False only when the state here holds all of it
+        already: an exact repeat of an update seen; an open position's order whose update the
+        position holds (``lifecycle.holds``); a closed position's order whose fill it holds in
+        full; a split untracked order whose progress it does not move. Anything else is news
+        (handing in an update held already changes nothing, so a doubt costs only its work).
+        The positions here may lag their trackers, never lead them: what an older state holds,
+        the newer holds too."""
+        now = self.clock()
+        return [not self._held_already(update, now) for update in updates]
+
+    def _held_already(self, update: OrderUpdate, now: datetime) -> bool:
+        if update.dedup_key() in self.seen:
+            return True
+        owner = self.owners.get(update.order_no)
+        if owner is not None:
+            return self._holds(update) or self._open_holds(update, now)
+        allocation = self.allocations.get(update.order_no)
+        return allocation is not None and update.traded_qty > 0 and \
+            allocation.seen.merge(update) == allocation.seen
+
     def set_supervisor(self, supervisor: ActorRef[Any]) -> None:
         self.supervisor = supervisor
 

@@ -123,3 +123,49 @@ def test_when_the_order_book_cannot_be_read_then_tried_again_later(system: Syste
     assert not books_reader.reconcile()
     assert books_reader.reconciled.error == "GET /orders: UNKNOWN timeout"
 
+
+
+def test_when_the_system_holds_an_order_already_then_a_reconcile_gives_only_what_changed(
+        system: System) -> None:
+    """A new owner's reconcile late in a day reads every order of it: those the system holds
+    already are not given (nor stored) again; one that moved on is."""
+    store = system.parts.store
+    assert isinstance(store, FakeStore)
+    first = reader(ScriptedBooks(orders=[[order("E1", 50), order("E2", 0)]], positions=[50]),
+                   system, [])
+    assert first.reconcile()
+    system.settle()
+    stored = len(store.updates)
+    assert stored == 2 and first.reconciled.held == 0
+
+    moved = reader(ScriptedBooks(orders=[[order("E1", 50), order("E2", 50)]], positions=[100]),
+                   system, [])  # a reader of its own: what a takeover's reconcile starts from
+    assert moved.reconcile()
+    system.settle()
+    assert open_qty(system) == 100
+    assert moved.reconciled.held == 1 and moved.reconciled.fills == 1
+    assert len(store.updates) == stored + 1  # E2's fill only
+    assert '"OrderNo": "E2"' in store.updates[-1].raw
+
+    again = reader(ScriptedBooks(orders=[[order("E1", 50), order("E2", 50)]], positions=[100]),
+                   system, [])
+    assert again.reconcile()
+    system.settle()
+    assert again.reconciled.held == 2 and again.reconciled.fills == 0
+    assert len(store.updates) == stored + 1 and open_qty(system) == 100
+
+
+def test_when_the_system_cannot_say_what_it_holds_then_every_order_is_given(
+        system: System, monkeypatch: pytest.MonkeyPatch) -> None:
+    def slow(updates: object) -> list[bool]:
+        raise pykka.Timeout("no answer")
+
+    assert reader(ScriptedBooks(orders=[[order("E1", 50)]], positions=[50]), system,
+                  []).reconcile()
+    system.settle()
+    monkeypatch.setattr(system, "news", slow)
+    again = reader(ScriptedBooks(orders=[[order("E1", 50)]], positions=[50]), system, [])
+    assert again.reconcile()
+    assert again.reconciled.held == 0 and again.reconciled.fills == 1
+    system.settle()
+    assert open_qty(system) == 50  # given again, it changed nothing
