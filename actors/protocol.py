@@ -111,6 +111,14 @@ class Snapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class Durable:
+    """Asked of the supervisor, then of each tracker (``System.mark_frames``): is everything
+    handled so far stored? A tracker answers True or False; the supervisor answers with its
+    live trackers to ask next, or None when something it holds is not stored (a keeper of its
+    own in a store outage, messages waiting for a tracker's restart, a tracker that failed)."""
+
+
+@dataclass(frozen=True, slots=True)
 class KnownPosition:
     """OrderUpdateActor: a position exists (at start-up, or newly created)."""
 

@@ -90,8 +90,10 @@ class Store(Protocol):
     def load_open_positions(self) -> list[Position]:
         """Every PENDING, ACTIVE or EXITING position, in one query, oldest first."""
 
-    def list_positions(self, status: PositionStatus | None = None) -> list[Position]:
-        """All positions (or those in ``status``), oldest first."""
+    def list_positions(self, status: PositionStatus | None = None, *,
+                       exited_since: datetime | None = None) -> list[Position]:
+        """All positions (or those in ``status``; exited at ``exited_since`` or later), oldest
+        first."""
 
     def fills(self, position_id: str) -> list[Fill]: ...
 
@@ -101,8 +103,18 @@ class Store(Protocol):
         """Store a raw frame as received and return its sequence number. Any text is kept
         exactly, a NUL too; ``StoreRefused`` when the backend cannot hold a value even so."""
 
-    def order_updates(self, since: datetime | None = None) -> list[StoredOrderUpdate]:
-        """The frames stored (received at ``since`` or later), in the order they were stored."""
+    def order_updates(self, since: datetime | None = None, *,
+                      after: int = 0) -> list[StoredOrderUpdate]:
+        """The frames stored (received at ``since`` or later, sequence number above
+        ``after``), in the order they were stored."""
+
+    def frames_mark(self) -> int:
+        """The sequence number through which every stored frame is applied to the stored state
+        (``mark_frames``); 0 when none is marked."""
+
+    def mark_frames(self, through: int) -> None:
+        """Every frame stored with a sequence number up to ``through`` is applied, and what it
+        changed is stored: a start-up need not route them again. A mark never moves back."""
 
     def park_update(self, order_no: str, raw: str, parked_at: datetime) -> None: ...
 

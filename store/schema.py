@@ -201,13 +201,27 @@ _V3: tuple[str, ...] = (
     "ALTER TABLE dead_letters ADD COLUMN account TEXT NOT NULL DEFAULT {account}",
 )
 
-MIGRATIONS: Mapping[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3}
+# How far the stored frames are applied (``Store.mark_frames``): a start-up routes again only
+# the frames after an account's mark, not every frame of the day.
+# A start-up reads the positions exited since the day began (``list_positions(exited_since=)``):
+# a range of an index, not every exit the account ever made.
+_V4: tuple[str, ...] = (
+    "CREATE INDEX positions_exited_at ON positions (account, exited_at)",
+    """
+    CREATE TABLE frame_marks (
+        account TEXT PRIMARY KEY,
+        applied_through BIGINT NOT NULL,
+        marked_at {ts} NOT NULL
+    )""",
+)
+
+MIGRATIONS: Mapping[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
 """Version → the SQL steps that bring the schema from the previous version to it."""
 
 LATEST = max(MIGRATIONS)
 
 TABLES = ("positions", "fills", "order_updates", "parked_updates", "exit_attempts",
-          "dead_letters", "kill_switch")
+          "dead_letters", "kill_switch", "frame_marks")
 """The tables ``Store.counts()`` reports on."""
 
 

@@ -235,10 +235,12 @@ class SqlStore:
         marks = ", ".join("?" for _ in _OPEN_STATUSES)
         return self._positions(f"AND status IN ({marks})", _OPEN_STATUSES)
 
-    def list_positions(self, status: PositionStatus | None = None) -> list[Position]:
-        if status is None:
-            return self._positions("", ())
-        return self._positions("AND status = ?", (status,))
+    def list_positions(self, status: PositionStatus | None = None, *,
+                       exited_since: datetime | None = None) -> list[Position]:
+        where, params = ("", ()) if status is None else ("AND status = ?", (status,))
+        if exited_since is not None:
+            where, params = f"{where} AND exited_at >= ?", (*params, exited_since)
+        return self._positions(where, params)
 
     def _positions(self, where: str, params: Sequence[object]) -> list[Position]:
         with self._tx(write=False, statements=1) as tx:
@@ -263,11 +265,27 @@ class SqlStore:
                 self.account, f.received_at, f.order_no, f.accepted, f.reason, f.raw), "seq")
                 for f in frames]
 
-    def order_updates(self, since: datetime | None = None) -> list[StoredOrderUpdate]:
+    def order_updates(self, since: datetime | None = None, *,
+                      after: int = 0) -> list[StoredOrderUpdate]:
         if since is None:
-            return self._select(StoredOrderUpdate, "order_updates", "ORDER BY seq")
+            return self._select(StoredOrderUpdate, "order_updates",
+                                "AND seq > ? ORDER BY seq", (after,))
         return self._select(StoredOrderUpdate, "order_updates",
-                            "AND received_at >= ? ORDER BY seq", (since,))
+                            "AND received_at >= ? AND seq > ? ORDER BY seq", (since, after))
+
+    def frames_mark(self) -> int:
+        with self._tx(write=False, statements=1) as tx:
+            row = tx.one("SELECT applied_through FROM frame_marks WHERE account = ?",
+                         (self.account,))
+        return 0 if row is None else int(self._read(row)[0])
+
+    def mark_frames(self, through: int) -> None:
+        with self._tx(statements=1) as tx:
+            tx.run("INSERT INTO frame_marks (account, applied_through, marked_at) "
+                   "VALUES (?, ?, ?) ON CONFLICT (account) DO UPDATE SET "
+                   "applied_through = excluded.applied_through, marked_at = excluded.marked_at "
+                   "WHERE frame_marks.applied_through < excluded.applied_through",
+                   (self.account, through, self._clock()))
 
     def park_update(self, order_no: str, raw: str, parked_at: datetime) -> None:
         self._insert(ParkedUpdate(order_no=order_no, parked_at=parked_at, raw=raw),

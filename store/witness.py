@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 
 STATE_TABLES = ("positions", "fills", "order_updates", "parked_updates", "exit_attempts",
-                "dead_letters", "kill_switch")
+                "dead_letters", "kill_switch", "frame_marks")
 """Every table of a partition's state (``store/schema.py``)."""
 
 _TABLE = """

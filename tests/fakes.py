@@ -48,6 +48,8 @@ class FakeStore:
         self.attempts: dict[tuple[str, int], ExitAttempt] = {}
         self.letters: list[DeadLetter] = []
         self.latch: KillSwitch | None = None
+        self.mark = 0
+        """``mark_frames``'s mark."""
         self._queries = 0
         self.fail_loads = False
         self.fail_frames = False
@@ -139,9 +141,11 @@ class FakeStore:
         return sorted((p for p in self.positions.values() if p.status in OPEN),
                       key=lambda p: p.created_at)
 
-    def list_positions(self, status: PositionStatus | None = None) -> list[Position]:
+    def list_positions(self, status: PositionStatus | None = None, *,
+                       exited_since: datetime | None = None) -> list[Position]:
         self._q()
-        return sorted((p for p in self.positions.values() if status in (None, p.status)),
+        return sorted((p for p in self.positions.values() if status in (None, p.status) and (
+            exited_since is None or (p.exited_at is not None and p.exited_at >= exited_since))),
                       key=lambda p: p.created_at)
 
     def fills(self, position_id: str) -> list[Fill]:
@@ -169,8 +173,17 @@ class FakeStore:
                                                       accepted=f.accepted, reason=f.reason))
             return list(range(start + 1, len(self.updates) + 1))
 
-    def order_updates(self, since: datetime | None = None) -> list[StoredOrderUpdate]:
-        return [u for u in self.updates if since is None or u.received_at >= since]
+    def order_updates(self, since: datetime | None = None, *,
+                      after: int = 0) -> list[StoredOrderUpdate]:
+        return [u for u in self.updates
+                if (since is None or u.received_at >= since) and u.seq > after]
+
+    def frames_mark(self) -> int:
+        return self.mark
+
+    def mark_frames(self, through: int) -> None:
+        self._check(self.fail_frames)
+        self.mark = max(self.mark, through)
 
     def park_update(self, order_no: str, raw: str, parked_at: datetime) -> None:
         self._check(self.fail_parks, order_no, raw)

@@ -9,7 +9,10 @@ orders have updates parked (those of an earlier run are read at start-up), so a 
 costs a store query only when something waits for it. Frames that queue up are stored in one
 transaction before they are routed (``hold``). At start-up the frames stored since the exchange
 day began are routed again (``recover``): one stored just before a kill, never routed, is not
-lost, and the others change nothing.
+lost, and the others change nothing. Only the frames after the account's mark are read
+(``Store.frames_mark``): the frames up to it are applied and their effects stored
+(``System.mark_frames``), so a start late in a busy day reads what its last owner left, not the
+day.
 
 The actor never stops for the store or for a payload: its store calls go through
 ``OrderAudit`` (``audit.py``), which keeps in memory what the store does not take and
@@ -136,6 +139,11 @@ class OrderUpdateActor(SingletonActor):
         self._flush_told = False
         self._parked_raws: set[str] | None = None
         """While ``recover`` runs: the raw frames parked in the store already."""
+        self.routed_through: int | None = None
+        """Every frame stored up to this sequence number was routed (``recover``; None: the
+        stored frames were not read: no mark may pass them)."""
+        self.route_failed = False
+        """A frame failed to route (a bug): no mark is set in this run."""
 
     @property
     def parked(self) -> int:
@@ -167,8 +175,9 @@ class OrderUpdateActor(SingletonActor):
         exits resume; one already applied changes nothing (a position applies an update once)
         and one already parked is not parked again. A frame of a closed position's order that
         adds no fill is skipped: that position holds it. How many were routed."""
+        mark = self._mark()
         try:
-            frames = self.store.order_updates(since)
+            frames = self.store.order_updates(since, after=mark)
             self._parked_raws = {item.raw for item in self.store.parked_updates()}
         except Exception as error:  # the store failed: nothing to go on but the loaded state
             logger.error("frames stored since {} not read again ({}): one stored but never "
@@ -192,8 +201,28 @@ class OrderUpdateActor(SingletonActor):
                 routed += 1
         finally:
             self._parked_raws = None
-        logger.info("{} of {} frames stored since {} routed again", routed, len(frames), since)
+        self.routed_through = max(mark, frames[-1].seq if frames else 0)
+        logger.info("{} of {} frames stored since {}{} routed again", routed, len(frames), since,
+                    f" after #{mark} (applied before)" if mark else "")
         return routed
+
+    def _mark(self) -> int:
+        """The stored mark through which frames are applied (0: read the whole day)."""
+        try:
+            return self.store.frames_mark()
+        except Exception as error:  # the whole day, as without a mark
+            logger.warning("the applied frames' mark not read ({}): every frame of the day is "
+                           "read again", error)
+            return 0
+
+    def frames_routed(self) -> int | None:
+        """The highest sequence number through which every stored frame is routed (the held
+        frames went before this call: ``intercept``), for ``System.mark_frames``; None when no
+        mark may be set now: the day's stored frames were not read at the start, a frame
+        failed to route, or something handed in waits in memory for the store."""
+        if self.routed_through is None or self.route_failed or not self.audit.durable:
+            return None
+        return max(self.routed_through, self.audit.stored_through)
 
     def _open_holds(self, update: OrderUpdate, now: datetime) -> bool:
         """An open position's order whose update the position, as loaded, holds already
@@ -469,6 +498,7 @@ class OrderUpdateActor(SingletonActor):
             self._route(update, cause, raw=raw)
         except Exception:
             self.metrics.incr("order_update_errors")
+            self.route_failed = True  # a start-up must read it again: no mark passes it
             logger.opt(exception=True).bind(order_no=update.order_no).error(
                 "order update not routed, a bug (raw stored: {:.300})", raw)
 

@@ -131,6 +131,8 @@ class OrderAudit:
         self.stored_for: Counter[str] = Counter()
         """Order number → updates parked for it in the store."""
         self.stored_total = 0
+        self.stored_through = 0
+        """The highest sequence number the store gave a frame stored here."""
         self.parked_known = True
         """Whether ``stored_for`` is known (False while the start-up read fails)."""
         self.untaken: set[str] = set()
@@ -170,7 +172,7 @@ class OrderAudit:
         the first, are stored: all, unless the store failed."""
         if len(rows) > 1 and self.batches is not None:
             try:
-                self.batches.record_order_updates(rows)
+                self._stored(self.batches.record_order_updates(rows))
                 return len(rows)
             except Exception as error:  # one by one: a refused frame takes no other down
                 if self.outage.since is None:  # in an outage, its own log says it all
@@ -200,8 +202,17 @@ class OrderAudit:
             return False
 
     def _record(self, row: ReceivedFrame) -> None:
-        self.store.record_order_update(row.raw, row.received_at, order_no=row.order_no,
-                                       accepted=row.accepted, reason=row.reason)
+        self._stored([self.store.record_order_update(
+            row.raw, row.received_at, order_no=row.order_no, accepted=row.accepted,
+            reason=row.reason)])
+
+    def _stored(self, seqs: Sequence[int]) -> None:
+        self.stored_through = max((self.stored_through, *seqs))
+
+    @property
+    def durable(self) -> bool:
+        """Every frame and parked update handed in is in the store (none waits in memory)."""
+        return not (self.waiting or self.unstorable)
 
     def _keep(self, rows: Sequence[ReceivedFrame]) -> None:
         self.frames.extend(rows)

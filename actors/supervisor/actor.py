@@ -28,6 +28,7 @@ from actors.protocol import (
     Checkpoint,
     ClearKillSwitch,
     DeadlineChanged,
+    Durable,
     ExitAudit,
     Halt,
     NextDeadline,
@@ -291,6 +292,8 @@ class RiskSupervisor(SingletonActor):
                     message.price, message.modification)
             case Snapshot():
                 return self.snapshot()
+            case Durable():
+                return self._durable()
             case Halt() | Resume() | ResetKillSwitch():
                 return self._operator(message)
             case DeadlineChanged():
@@ -666,6 +669,24 @@ class RiskSupervisor(SingletonActor):
     def tracker_refs(self) -> list[ActorRef[Any]]:
         """Live tracker actors, for an orderly drain at stop (asked from the edge)."""
         return [c.ref for c in self.children.values() if c.ref is not None and c.ref.is_alive()]
+
+    def _durable(self) -> list[ActorRef[Any]] | None:
+        """``Durable``: the live trackers to ask, or None when a position's state is not all
+        stored here (see ``Durable``)."""
+        if self._orphans:
+            return None
+        refs: list[ActorRef[Any]] = []
+        for child in self.children.values():
+            if child.pending:
+                return None
+            if child.keeper is not None:
+                if not child.keeper.durable:
+                    return None
+            elif child.ref is None or not child.ref.is_alive():
+                return None  # failed: its next owner is not started yet
+            else:
+                refs.append(child.ref)
+        return refs
 
     def checkpoint_quarantined(self) -> None:
         for child in self._kept.values():

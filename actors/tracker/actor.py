@@ -22,6 +22,7 @@ from actors.protocol import (
     DUE,
     BandChanged,
     DeadlineChanged,
+    Durable,
     IntentStored,
     Snapshot,
     StoreIntent,
@@ -153,6 +154,8 @@ class TrackerActor(PooledActor):
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Snapshot):
             return self.keeper.position
+        if isinstance(message, Durable):
+            return self.keeper.durable
         self._current = message
         more = type(message) in DEFERRABLE and self.next_told() in DEFERRABLE
         deliver(self.peers, self.keeper.handle(message, more=more), self.gateway, self.clock,

@@ -222,6 +222,11 @@ class PositionKeeper:
         """Writes are failing: the position's state is only in memory."""
         return self.outage is not None
 
+    @property
+    def durable(self) -> bool:
+        """Everything applied so far is stored (no write held back, none failing)."""
+        return self.outage is None and self._unsaved is None
+
     def take_unsaved(self) -> list[Cause]:
         """The order updates applied but not stored, oldest first, forgotten: when the keeper
         fails, they go to the position's next owner, which starts from ``stored``."""

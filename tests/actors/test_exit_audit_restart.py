@@ -37,15 +37,9 @@ class AuditsDown(PostgresStore):
         super().update_exit_attempt(client_id, order_no=order_no, outcome=outcome)
 
 
-def _audits_down_store(url: str) -> Store:
-    opened = AuditsDown(url)
-    opened.migrate()
-    return opened
-
-
 @pytest.fixture(params=STORES)
 def store(request: pytest.FixtureRequest) -> Iterator[Store]:
-    yield from fake_or_postgres(request, _audits_down_store)
+    yield from fake_or_postgres(request, AuditsDown)
 
 
 @pytest.fixture(autouse=True)

@@ -24,6 +24,7 @@ from models.position import PositionStatus
 from models.wire import parse_order_update, to_dhan_frame
 from store.pnl_cache import InMemoryPnLCache
 from store.ports import Store
+from store.postgres import PostgresStore
 from tests.actors.test_tracker_flow import T0
 from tests.fakes import FakeStore
 from tests.faults.frames import broker_net, order_lives
@@ -134,13 +135,15 @@ STORES = ["fake", pytest.param("postgres", marks=pytest.mark.integration)]
 
 
 def fake_or_postgres(request: pytest.FixtureRequest,
-                     open_pg: Callable[[str], Store]) -> Iterator[Store]:
-    """The body of a store fixture parametrized with ``STORES``: a ``FakeStore``, or
-    ``open_pg`` of the test database's URL, closed afterwards."""
+                     kind: Callable[[str], Store] = PostgresStore) -> Iterator[Store]:
+    """The body of a store fixture parametrized with ``STORES``: a ``FakeStore``, or a
+    ``kind`` (a ``PostgresStore``, or a class or factory of the same shape) of the test
+    database's URL, migrated, closed afterwards."""
     if request.param == "fake":
         yield FakeStore()
         return
-    opened = open_pg(request.getfixturevalue("pg_url"))
+    opened = kind(request.getfixturevalue("pg_url"))
+    opened.migrate()
     yield opened
     opened.close()
 

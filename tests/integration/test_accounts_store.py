@@ -151,6 +151,8 @@ def test_frames_parked_updates_and_dead_letters_are_per_account(
     assert len(a.dead_letters()) == 1 and b.dead_letters() == []
     assert a.counts()["order_updates"] == 1 and b.counts()["order_updates"] == 2
     assert a.counts()["parked_updates"] == 0 and b.counts()["parked_updates"] == 1
+    b.mark_frames(b.order_updates()[-1].seq)  # one account's applied frames, not the other's
+    assert a.frames_mark() == 0 and [u.raw for u in a.order_updates(after=0)] == ["a-one"]
 
 
 def _version_2_database(store: SqlStore) -> None:

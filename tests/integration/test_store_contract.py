@@ -144,7 +144,7 @@ def test_migrate_twice_is_harmless_and_reports_the_version(backend: Backend) -> 
         assert fresh.schema_version() == 0
         fresh.migrate()
         fresh.migrate()
-        assert fresh.schema_version() == LATEST == 3
+        assert fresh.schema_version() == LATEST == 4
         assert set(fresh.counts().values()) == {0}
     finally:
         fresh.close()
@@ -310,6 +310,12 @@ def test_list_positions_with_and_without_status(store: Store) -> None:
     assert store.list_positions() == saved
     assert store.list_positions(PositionStatus.EXITED) == [saved[0], saved[2]]
     assert store.list_positions(PositionStatus.CANCELLED) == []
+    # E0 exited at T0 + 6 min, E2 at T0 + 8 min: a start reads the day's exits only.
+    second_exit = saved[2].exited_at
+    assert second_exit == T0 + timedelta(minutes=8)
+    assert store.list_positions(PositionStatus.EXITED, exited_since=second_exit) == [saved[2]]
+    assert store.list_positions(PositionStatus.EXITED,
+                                exited_since=second_exit + timedelta(microseconds=1)) == []
 
 
 # Raw order updates and parking -------------------------------------------------------------------
@@ -343,6 +349,31 @@ def test_frames_received_since_a_moment_come_in_the_order_they_were_stored(
     assert since[0].received_at == day + timedelta(hours=2)
     assert [u.seq for u in store.order_updates()] == seqs
     assert store.order_updates(since=day + timedelta(days=1)) == []
+
+
+def test_frames_after_the_applied_mark_are_what_a_start_reads(backend: Backend,
+                                                               store: Store) -> None:
+    """``mark_frames`` never moves back and outlives the store; ``order_updates(after=)`` gives
+    only the frames stored after the mark, within ``since`` as before."""
+    day = T0.replace(hour=0, minute=0)
+    seqs = [store.record_order_update(f"frame {n}", T0, order_no=f"O{n}", accepted=True)
+            for n in range(4)]
+    assert store.frames_mark() == 0
+    store.mark_frames(seqs[1])
+    store.mark_frames(seqs[0])  # an older mark (a slower writer) changes nothing
+    assert store.frames_mark() == seqs[1]
+    assert [u.raw for u in store.order_updates(since=day, after=store.frames_mark())] == [
+        "frame 2", "frame 3"]
+    assert [u.raw for u in store.order_updates(after=seqs[2])] == ["frame 3"]
+    store.mark_frames(seqs[3])
+    assert store.order_updates(since=day, after=store.frames_mark()) == []
+    store.close()
+    again = backend.raw()
+    again.migrate()
+    try:
+        assert again.frames_mark() == seqs[3]
+    finally:
+        again.close()
 
 
 def frames_batch() -> list[ReceivedFrame]:
@@ -550,9 +581,10 @@ def test_counts_report_rows_per_table(store: Store) -> None:
     store.record_exit_attempt(attempt())
     store.record_dead_letter(letter(1))
     store.latch_kill_switch(KillSwitch(latched_at=T0, reason="limit"))
+    store.mark_frames(1)
     assert dict(store.counts()) == {
         "positions": 1, "fills": 3, "order_updates": 1, "parked_updates": 1,
-        "exit_attempts": 1, "dead_letters": 1, "kill_switch": 1}
+        "exit_attempts": 1, "dead_letters": 1, "kill_switch": 1, "frame_marks": 1}
 
 
 # Durability and failure ---------------------------------------------------------------------------
