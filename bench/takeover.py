@@ -1,15 +1,19 @@
 """What a new owner's start of one account costs (SPEC §13, graceful hand-over p99 ≤ 1 s), phase
 by phase, on PostgreSQL with a realistic account.
 
-``python -m bench.takeover [--open 300] [--closed 200] [--starts 5]``
+``python -m bench.takeover [--open 300] [--closed 200] [--starts 5] [--unmarked]``
 
 The account is seeded once, in a fresh schema, as a runner's previous owner leaves it: ``--open``
 open positions (long and short, on a third as many instruments), ``--closed`` positions exited
 today, and a day of frames (each entry order's TRANSIT, PENDING and TRADED; each closed
-position's exit order the same). Then, ``--starts`` times, a runner's start is timed as
+position's exit order the same), marked applied as an orderly stop marks them
+(``System.mark_frames``). Then, ``--starts`` times, a runner's start is timed as
 ``app/serving.py`` does it: the partition's lease claimed, the fenced store opened
 (``make``), ``System.start`` (its phases: ``System.startup``), and an orderly stop under the
-lease (not timed). Prints the median and the worst of each phase and one JSON row last.
+lease (not timed). ``--unmarked``: the previous owner died before marking anything (a kill -9
+early in the day's frames), and each start ends the same way (``System.abandon``): every start
+reads the whole day's frames. Prints the median and the worst of each phase and one JSON row
+last.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ def _entry(position: Position, txn: TxnType, at: datetime) -> tuple[Position, li
     return stored, [to_dhan_frame(update) for update in updates]
 
 
-def seed(url: str, open_count: int, closed_count: int) -> int:
+def seed(url: str, open_count: int, closed_count: int, *, marked: bool = True) -> int:
     """The account as its previous owner left it; how many frames were stored."""
     from store.postgres import PostgresStore
 
@@ -80,13 +84,15 @@ def seed(url: str, open_count: int, closed_count: int) -> int:
             frames += [ReceivedFrame(raw=raw, received_at=at, order_no=None, accepted=True)
                        for raw in raws]
         store.save_positions(stored)
-        store.record_order_updates(frames)
+        seqs = store.record_order_updates(frames)
+        if marked and seqs:
+            store.mark_frames(seqs[-1])
         return len(frames)
     finally:
         store.close()
 
 
-def start_once(url: str) -> dict[str, float]:
+def start_once(url: str, *, marked: bool = True) -> dict[str, float]:
     from actors.system import Parts, System
     from app.runner import PartitionLease
     from models.policy import RiskConfig
@@ -110,7 +116,10 @@ def start_once(url: str) -> dict[str, float]:
         took = time.perf_counter() - began
         phases = {"make": made, **system.startup, "total": took,
                   "routed": float(system.recovered)}
-        system.stop()
+        if marked:
+            system.stop()
+        else:
+            system.abandon()
         store.close()
         leases.release(lease)
         return phases
@@ -125,13 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--open", type=int, default=300)
     parser.add_argument("--closed", type=int, default=200)
     parser.add_argument("--starts", type=int, default=5)
+    parser.add_argument("--unmarked", action="store_true",
+                        help="no mark of applied frames: every start reads the whole day's")
     args = parser.parse_args(argv)
     logger.remove()
     logger.add(sys.stderr, level="WARNING")
     url = fresh_pg(PG)
     try:
-        frames = seed(url, args.open, args.closed)
-        runs = [start_once(url) for _ in range(args.starts)]
+        frames = seed(url, args.open, args.closed, marked=not args.unmarked)
+        runs = [start_once(url, marked=not args.unmarked) for _ in range(args.starts)]
     finally:
         drop_schemas()
     cpu = time.process_time()
@@ -141,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:12} median {row['median']:.4f} s  max {row['max']:.4f} s",
               file=sys.stderr)
     print(json.dumps({"benchmark": "takeover", "open": args.open, "closed": args.closed,
-                      "frames": frames, "starts": runs, "phases": summary,
+                      "frames": frames, "marked": not args.unmarked, "starts": runs,
+                      "phases": summary,
                       "cpu_s": round(cpu, 2)}))
     return 0
 
