@@ -203,10 +203,12 @@ _V3: tuple[str, ...] = (
 
 # How far the stored frames are applied (``Store.mark_frames``): a start-up routes again only
 # the frames after an account's mark, not every frame of the day.
-# A start-up reads the positions exited since the day began (``list_positions(exited_since=)``):
-# a range of an index, not every exit the account ever made.
+# A start-up reads the positions exited since the day began (``list_positions(exited_since=)``)
+# and the frames after the mark: ranges of indexes, not every exit the account ever made nor
+# every frame of its day.
 _V4: tuple[str, ...] = (
     "CREATE INDEX positions_exited_at ON positions (account, exited_at)",
+    "CREATE INDEX order_updates_account_seq ON order_updates (account, seq)",
     """
     CREATE TABLE frame_marks (
         account TEXT PRIMARY KEY,
