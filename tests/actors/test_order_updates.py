@@ -17,7 +17,7 @@ from models.common import Segment, Side, TxnType, exit_client_id
 from models.messages import OrderUpdateReceived
 from models.orders import OrderStatus, OrderUpdate
 from models.position import ExitReason, PositionStatus
-from models.wire import to_dhan_frame
+from models.wire import parse_order_update, to_dhan_frame
 from store.ports import Store
 from tests.actors.test_tracker_flow import T0, System, price
 from tests.fakes import FakeGateway, FakeStore
@@ -139,3 +139,18 @@ def test_when_stop_hit_then_exit_fill_routed_by_client_id_and_single_order(flow:
     assert (position.status, position.exit_reason, position.exit_price) == (
         PositionStatus.EXITED, ExitReason.STOP_LOSS, Decimal("175.5"))
     assert len(flow.gateway.placed) == 1
+
+
+def test_news_leaves_out_only_what_the_actor_holds_already(flow: Flow) -> None:
+    """What a reconcile gives in (``OrderUpdateActor.news``): an exact repeat, and an untracked
+    order's fill already allocated, are held; more fill, and an order nobody knows, are news."""
+    flow.send(frame("E1", OrderStatus.TRADED, 100))
+    flow.send(frame("W1", OrderStatus.TRADED, 40, txn=TxnType.SELL, qty=40, seconds=2))
+    assert flow.store.positions["PE1"].quantity == 60
+    updates = [parse_order_update(raw) for raw in (
+        frame("E1", OrderStatus.TRADED, 100),  # a repeat
+        frame("W1", OrderStatus.TRADED, 40, txn=TxnType.SELL, qty=40, seconds=1),  # as read
+        frame("W1", OrderStatus.TRADED, 60, txn=TxnType.SELL, qty=60, seconds=3),  # filled more
+        frame("N9", OrderStatus.PENDING, 0, seconds=4))]  # nobody knows it
+    assert all(isinstance(u, OrderUpdate) for u in updates)
+    assert flow.orders.proxy().news(updates).get(timeout=5) == [False, False, True, True]
