@@ -81,7 +81,7 @@ from store.factory import check_database_url, open_store
 from store.pnl_cache import open_pnl_cache
 from store.ports import LeaseLost, Store, StoreError
 from store.postgres import PostgresStore
-from store.urls import redact_text
+from store.urls import redact_text, redact_url
 
 
 class InputError(ValueError):
@@ -685,6 +685,49 @@ def _log_runner_status(stop: threading.Event, reported: Callable[[], dict[str, A
             logger.info("  partition {}: {}", row["partition"], row["status_line"])
 
 
+def run_connector(settings: Settings, *, nats_url: str, namespace: str, poll_every: float,
+                  duration: float | None, report: Path | None = None) -> int:
+    """``run.py connector --nats URL``: each account's DhanHQ order socket and order book onto
+    JetStream for the runners (``app/connector.py``); credentials as a runner's
+    (``runner_credentials``)."""
+    from app.connector import AccountConnector, Connectors
+    from broker.transport.jetstream import JetStreamTransport
+    from broker.transport.ports import TransportError, orders_wildcard
+
+    try:
+        orders_wildcard(namespace)
+    except ValueError as error:
+        raise InputError(f"--namespace: {error}") from None
+    accounts = settings.accounts
+    if not accounts:
+        raise InputError("--accounts: name the accounts (DhanHQ client ids) to connect")
+    tokens = runner_credentials(settings, accounts, os.environ)
+    dhan = settings.dhan
+    try:
+        transport = JetStreamTransport(nats_url, namespace=namespace)
+    except TransportError as error:
+        print(f"transport error: {one_line(error)}", file=sys.stderr)
+        return 1
+    tls = shared_tls()
+    rests = [DhanRest(dhan.api_url, account, tokens[account],
+                      timeout=dhan.request_timeout_seconds, verify=tls) for account in accounts]
+    connectors = Connectors([
+        AccountConnector(account, rest, tokens[account], transport,
+                         order_ws_url=dhan.order_ws_url, poll_every=poll_every)
+        for account, rest in zip(accounts, rests, strict=True)])
+    stop = _stop_event(duration)
+    logger.info("connector of {} accounts onto {}", len(accounts), redact_url(nats_url))
+    try:
+        connectors.run(stop)
+    finally:
+        for rest in rests:
+            rest.close()
+        transport.close()
+        if report is not None:
+            _write_atomically(report, json.dumps(connectors.report(), indent=1))
+    return 0
+
+
 def run_venue(settings: Settings, *, nats_url: str, port: int, namespace: str,
               entry_every: float, duration: float | None, record: Path | None = None,
               instruments: int = 4, partial_fills: int = 1) -> int:
@@ -858,6 +901,19 @@ def parser() -> argparse.ArgumentParser:
     runner.add_argument("--db-connections", type=_count, default=RUNNER_DB_CONNECTIONS,
                         help="PostgreSQL connections of each account's store, at most "
                         f"(default {RUNNER_DB_CONNECTIONS})")
+    connector = commands.add_parser("connector", help="scale-out: DhanHQ accounts' order "
+                                    "updates (order socket, order book) onto NATS JetStream")
+    connector.add_argument("--nats", required=True, help="NATS URL, e.g. nats://127.0.0.1:4222")
+    connector.add_argument("--accounts", help="accounts (DhanHQ client ids), comma-separated "
+                           "(overrides accounts in tracker.toml)")
+    connector.add_argument("--namespace", default="", help="prefix of the NATS subjects and "
+                           "stream (as the runners')")
+    connector.add_argument("--poll-seconds", type=_positive, default=5.0, help="seconds "
+                           "between reads of each account's order book (default 5)")
+    connector.add_argument("--duration", type=_positive, help="seconds to run (default: until "
+                           "Ctrl-C)")
+    connector.add_argument("--report", type=Path, help="write each account's connector status "
+                           "here as JSON when it stops")
     venue = commands.add_parser("venue", help="the paper broker shared by runners: fake "
                                 "DhanHQ API, entries, order updates to JetStream, prices to "
                                 "NATS")
@@ -897,7 +953,7 @@ def parser() -> argparse.ArgumentParser:
         if sub is not replay:
             sub.add_argument("--policy", type=Path, help="policy TOML file",
                              default=argparse.SUPPRESS)
-        if sub not in (runner, venue):
+        if sub not in (runner, venue, connector):
             sub.add_argument("--account", help="the account served (overrides "
                              "TRACKER_ACCOUNT; default: paper, or DHAN_CLIENT_ID live)",
                              default=argparse.SUPPRESS)
@@ -989,6 +1045,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                               owner=args.owner, lease_seconds=args.lease_seconds,
                               duration=args.duration, namespace=args.namespace,
                               db_connections=args.db_connections, report=args.report)
+        if args.command == "connector":
+            return run_connector(settings, nats_url=args.nats, namespace=args.namespace,
+                                 poll_every=args.poll_seconds, duration=args.duration,
+                                 report=args.report)
         if args.command == "venue":
             return run_venue(settings, nats_url=args.nats, port=args.port,
                              namespace=args.namespace, entry_every=args.entry_every,

@@ -89,9 +89,9 @@ class BookReader:
             logger.warning("reconcile: {}; trying again", self.reconciled.error)
             return False
         trades = self.rest.trades()
-        prices = _trade_prices(trades.value or []) if trades.ok else {}
+        prices = trade_prices(trades.value or []) if trades.ok else {}
         result = Reconciled(at=self.clock(), orders=len(orders.value))
-        read = self._updates(_oldest_first(orders.value), prices)
+        read = self._updates(oldest_first(orders.value), prices)
         news = self._news([update for _, update in read])
         for (order, update), new in zip(read, news, strict=True):
             self._seen[order.order_id] = (order.status, order.filled_qty)
@@ -99,7 +99,7 @@ class BookReader:
             if not new:
                 result.held += 1
                 continue
-            self.deliver(_frame(update))
+            self.deliver(reconcile_frame(update))
             result.fills += 1 if order.filled_qty else 0
         for last in (False, True):
             self.system.settle(rounds=1)
@@ -115,7 +115,7 @@ class BookReader:
             if not again.ok or again.value is None:
                 self._compare(positions.value, alarm=True)
                 break
-            for order in _oldest_first(again.value):
+            for order in oldest_first(again.value):
                 if self._give(order, {}, force=False):
                     result.fills += 1 if order.filled_qty else 0
         self.reconciled = result
@@ -134,7 +134,7 @@ class BookReader:
         if not answer.ok or answer.value is None:
             logger.warning("order-book poll: {} {}", answer.outcome.value, answer.code)
             return
-        given = sum(self._give(order, {}, force=False) for order in _oldest_first(answer.value))
+        given = sum(self._give(order, {}, force=False) for order in oldest_first(answer.value))
         if given:
             logger.info("order-book poll: {} orders changed since the last read", given)
 
@@ -146,7 +146,7 @@ class BookReader:
         update = _update(order, prices.get(order.order_id))
         if update is None:
             return False
-        self.deliver(_frame(update))
+        self.deliver(reconcile_frame(update))
         return True
 
     def _updates(self, orders: list[BrokerOrder], prices: dict[str, Decimal]
@@ -186,7 +186,7 @@ class BookReader:
         return differences
 
 
-def _frame(update: OrderUpdate) -> str:
+def reconcile_frame(update: OrderUpdate) -> str:
     """An update as the order socket's frame, marked as read by reconcile."""
     frame = to_dhan_frame(update)
     return frame[:-2] + ", " + RECONCILE_MARK + "}}"
@@ -236,12 +236,12 @@ def _time(text: str | None) -> datetime | None:
         return None  # the order's time is not needed to apply it
 
 
-def _oldest_first(orders: list[BrokerOrder]) -> list[BrokerOrder]:
+def oldest_first(orders: list[BrokerOrder]) -> list[BrokerOrder]:
     """DhanHQ lists the newest first; the system takes them in the order they happened."""
     return sorted(orders, key=lambda o: o.updated_at or "")
 
 
-def _trade_prices(trades: list[BrokerTrade]) -> dict[str, Decimal]:
+def trade_prices(trades: list[BrokerTrade]) -> dict[str, Decimal]:
     """Each order's average traded price from the trade book."""
     value: dict[str, Decimal] = {}
     qty: dict[str, int] = {}

@@ -87,8 +87,10 @@ class Recorded:
 class _Peer:
     """One websocket: messages pushed from any thread go out in order."""
 
-    def __init__(self, ws: WebSocket, loop: asyncio.AbstractEventLoop) -> None:
-        self.ws, self.loop = ws, loop
+    def __init__(self, ws: WebSocket, loop: asyncio.AbstractEventLoop,
+                 client: str | None = None) -> None:
+        self.ws, self.loop, self.client = ws, loop, client
+        """``client``: the client id an order socket logged in with."""
         self.queue: asyncio.Queue[str | bytes | None] = asyncio.Queue()
         self.subscribed: set[Instrument] = set()
 
@@ -128,7 +130,8 @@ class FakeDhan:
         """Order number → the account (DhanHQ client id) it belongs to. Set, the fake keeps
         several accounts in one exchange as DhanHQ keeps them apart: a read (order book, one
         order, a look-up by correlation id, trades, positions) answers with the orders of the
-        account its ``client-id`` header names, and their trades, only."""
+        account its ``client-id`` header names, and their trades, only; an order socket logs in
+        as any account (with the one token) and hears that account's orders only."""
         self.camel_case = False
         self.refuse_ip = False
         self.packets_per_message = 1
@@ -289,8 +292,13 @@ class FakeDhan:
         with self._lock:
             text = camel_frame(frame) if self.camel_case else frame
             peers = list(self._order_peers)
+            account_of = self.account_of
+        # Several accounts: each order socket hears its own account's orders only.
+        owner = account_of(update.order_no) if account_of is not None and \
+            isinstance(update, OrderUpdate) else None
         for peer in peers:
-            peer.push(text)
+            if account_of is None or peer.client == owner:
+                peer.push(text)
 
     # REST ---------------------------------------------------------------------------------------
     def _admit(self, request: Request, bucket: Bucket, *, at: float | None = None,
@@ -453,8 +461,11 @@ class FakeDhan:
         try:
             login = json.loads(await asyncio.wait_for(ws.receive_text(), 5))
             request = login["LoginReq"]
+            client = str(request.get("ClientId"))
+            # Several accounts (``account_of``): any of them logs in with the one token.
             good = (request.get("MsgCode") == 42 and request.get("Token") == self.valid_token
-                    and str(request.get("ClientId")) == self.client_id and self.valid_token)
+                    and (client == self.client_id or self.account_of is not None)
+                    and bool(self.valid_token))
         except (TimeoutError, ValueError, KeyError, TypeError, AttributeError,
                 WebSocketDisconnect):
             good = False
@@ -464,7 +475,7 @@ class FakeDhan:
             return
         with self._lock:
             self.logins += 1
-        await self._serve_peer(ws, self._order_peers, reader=None)
+        await self._serve_peer(ws, self._order_peers, reader=None, client=client)
 
     async def _feed(self, ws: WebSocket) -> None:
         await ws.accept()
@@ -476,8 +487,9 @@ class FakeDhan:
             return
         await self._serve_peer(ws, self._feed_peers, reader=self._feed_request)
 
-    async def _serve_peer(self, ws: WebSocket, peers: set[_Peer], reader: Any) -> None:
-        peer = _Peer(ws, asyncio.get_running_loop())
+    async def _serve_peer(self, ws: WebSocket, peers: set[_Peer], reader: Any,
+                          client: str | None = None) -> None:
+        peer = _Peer(ws, asyncio.get_running_loop(), client)
         with self._lock:
             peers.add(peer)
         pump = asyncio.create_task(peer.pump())
