@@ -73,7 +73,7 @@ from console.audit import AuditLog
 from console.server import DEFAULT_BIND, Bind, BindError, ConsoleServer, parse_bind
 from console.token import TokenError, operator_token
 from models.accounts import shown
-from models.common import IST
+from models.common import IST, Instrument, Segment
 from models.partitions import PARTITIONS, partition_of
 from models.position import PositionStatus
 from models.report import build_report, position_row
@@ -728,6 +728,56 @@ def run_connector(settings: Settings, *, nats_url: str, namespace: str, poll_eve
     return 0
 
 
+def run_feed(settings: Settings, *, nats_url: str, namespace: str, duration: float | None,
+             report: Path | None = None) -> int:
+    """``run.py feed --nats URL``: DhanHQ's market feed for the accounts' open positions (read
+    from PostgreSQL) onto NATS (``app/feed.py``), with ``DHAN_CLIENT_ID``'s credentials."""
+    from app.feed import PriceFeed
+    from broker.transport.jetstream import JetStreamTransport
+    from broker.transport.ports import TransportError, orders_wildcard
+
+    try:
+        orders_wildcard(namespace)
+    except ValueError as error:
+        raise InputError(f"--namespace: {error}") from None
+    url = settings.database_url
+    if url is None or not url.lower().startswith(("postgresql://", "postgres://")):
+        raise InputError("a price feed reads the open positions from PostgreSQL (--db / "
+                         "DATABASE_URL)")
+    accounts = settings.accounts
+    if not accounts:
+        raise InputError("--accounts: name the accounts whose open positions it prices")
+    tokens = live_credentials(settings, os.environ)
+    client_id = settings.dhan.client_id or ""
+    stores = [PostgresStore(url, account=account, pool_size=1) for account in accounts]
+    try:
+        transport = JetStreamTransport(nats_url, namespace=namespace)
+    except TransportError as error:
+        for store in stores:
+            store.close()
+        print(f"transport error: {one_line(error)}", file=sys.stderr)
+        return 1
+
+    def instruments() -> set[Instrument]:
+        return {Instrument(segment=Segment(segment), security_id=security)
+                for store in stores for segment, security in store.open_instruments()}
+
+    feed = PriceFeed(transport, tokens, instruments, feed_ws_url=settings.dhan.feed_ws_url,
+                     client_id=client_id)
+    stop = _stop_event(duration)
+    logger.info("price feed for the open positions of {} accounts onto {}", len(accounts),
+                redact_url(nats_url))
+    try:
+        feed.run(stop)
+    finally:
+        transport.close()
+        for store in stores:
+            store.close()
+        if report is not None:
+            _write_atomically(report, json.dumps(vars(feed.status()), indent=1))
+    return 0
+
+
 def run_venue(settings: Settings, *, nats_url: str, port: int, namespace: str,
               entry_every: float, duration: float | None, record: Path | None = None,
               instruments: int = 4, partial_fills: int = 1) -> int:
@@ -914,6 +964,17 @@ def parser() -> argparse.ArgumentParser:
                            "Ctrl-C)")
     connector.add_argument("--report", type=Path, help="write each account's connector status "
                            "here as JSON when it stops")
+    feed = commands.add_parser("feed", help="scale-out: DhanHQ's market feed for the "
+                               "accounts' open positions onto NATS")
+    feed.add_argument("--nats", required=True, help="NATS URL, e.g. nats://127.0.0.1:4222")
+    feed.add_argument("--accounts", help="accounts whose open positions it prices, "
+                      "comma-separated (overrides accounts in tracker.toml)")
+    feed.add_argument("--namespace", default="", help="prefix of the NATS subjects (as the "
+                      "runners')")
+    feed.add_argument("--duration", type=_positive, help="seconds to run (default: until "
+                      "Ctrl-C)")
+    feed.add_argument("--report", type=Path, help="write the feed's status here as JSON when "
+                      "it stops")
     venue = commands.add_parser("venue", help="the paper broker shared by runners: fake "
                                 "DhanHQ API, entries, order updates to JetStream, prices to "
                                 "NATS")
@@ -953,7 +1014,7 @@ def parser() -> argparse.ArgumentParser:
         if sub is not replay:
             sub.add_argument("--policy", type=Path, help="policy TOML file",
                              default=argparse.SUPPRESS)
-        if sub not in (runner, venue, connector):
+        if sub not in (runner, venue, connector, feed):
             sub.add_argument("--account", help="the account served (overrides "
                              "TRACKER_ACCOUNT; default: paper, or DHAN_CLIENT_ID live)",
                              default=argparse.SUPPRESS)
@@ -1045,6 +1106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                               owner=args.owner, lease_seconds=args.lease_seconds,
                               duration=args.duration, namespace=args.namespace,
                               db_connections=args.db_connections, report=args.report)
+        if args.command == "feed":
+            return run_feed(settings, nats_url=args.nats, namespace=args.namespace,
+                            duration=args.duration, report=args.report)
         if args.command == "connector":
             return run_connector(settings, nats_url=args.nats, namespace=args.namespace,
                                  poll_every=args.poll_seconds, duration=args.duration,

@@ -235,6 +235,16 @@ class SqlStore:
         marks = ", ".join("?" for _ in _OPEN_STATUSES)
         return self._positions(f"AND status IN ({marks})", _OPEN_STATUSES)
 
+    def open_instruments(self) -> set[tuple[str, str]]:
+        """(segment, security id) of every open position, in one query (what a price feed
+        subscribes)."""
+        marks = ", ".join("?" for _ in _OPEN_STATUSES)
+        with self._tx(write=False, statements=1) as tx:
+            rows = tx.all(f"SELECT DISTINCT segment, security_id FROM positions "
+                          f"WHERE account = ? AND status IN ({marks})",
+                          (self.account, *_OPEN_STATUSES))
+        return {(str(segment), str(security)) for segment, security in rows}
+
     def list_positions(self, status: PositionStatus | None = None, *,
                        exited_since: datetime | None = None) -> list[Position]:
         where, params = ("", ()) if status is None else ("AND status = ?", (status,))

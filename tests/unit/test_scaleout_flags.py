@@ -1,5 +1,5 @@
-"""``run.py connector``: bad input is a clear error with exit code 2, before anything connects;
-a token is never echoed."""
+"""``run.py connector`` and ``run.py feed``: bad input is a clear error with exit code 2,
+before anything connects; a token is never echoed."""
 
 from __future__ import annotations
 
@@ -43,3 +43,17 @@ def test_when_the_poll_period_is_not_positive_then_refused(
     with pytest.raises(SystemExit) as refused:
         main(["connector", "--nats", NATS, "--poll-seconds", bad])
     assert refused.value.code == 2 and "--poll-seconds" in capsys.readouterr().err
+
+
+def test_a_feed_without_postgresql_is_refused_naming_the_flag(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    assert main(["feed", "--nats", NATS, "--accounts", "1100000001"]) == 2
+    assert "PostgreSQL (--db / DATABASE_URL)" in capsys.readouterr().err
+
+
+def test_a_feed_without_accounts_is_refused_naming_the_flag(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ACCOUNTS", raising=False)
+    assert main(["feed", "--nats", NATS, "--db", "postgresql://u@127.0.0.1:1/x"]) == 2
+    assert "--accounts" in capsys.readouterr().err
