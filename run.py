@@ -780,7 +780,7 @@ def run_feed(settings: Settings, *, nats_url: str, namespace: str, duration: flo
 
 def run_venue(settings: Settings, *, nats_url: str, port: int, namespace: str,
               entry_every: float, duration: float | None, record: Path | None = None,
-              instruments: int = 4, partial_fills: int = 1) -> int:
+              instruments: int = 4, partial_fills: int = 1, publish: bool = True) -> int:
     """``run.py venue``: the paper broker every runner shares (``app/venue.py``); with
     ``record``, its placements and books written there as JSON when it stops."""
     from app.venue import PaperVenue
@@ -803,7 +803,7 @@ def run_venue(settings: Settings, *, nats_url: str, port: int, namespace: str,
     clock = _exchange_clock(settings)
     venue = PaperVenue(transport, settings.accounts, clock=clock, entry_every=entry_every,
                        seed=settings.paper.seed, instruments=instruments,
-                       partial_fills=partial_fills)
+                       partial_fills=partial_fills, publish=publish)
     stop = _stop_event(duration)
     try:
         venue.run(stop, port)
@@ -991,6 +991,9 @@ def parser() -> argparse.ArgumentParser:
                        "market, each priced every 0.1 s (default 4)")
     venue.add_argument("--partial-fills", type=_count, default=1, help="parts each order "
                        "fills in (default 1)")
+    venue.add_argument("--no-publish", action="store_true", help="leave order updates and "
+                       "prices to run.py connector and run.py feed (from its order sockets and "
+                       "feed)")
     venue.add_argument("--record", type=Path, help="write its placements and each account's "
                        "book here as JSON when it stops (the failover rig's check)")
     venue.add_argument("--duration", type=_positive, help="seconds to run (default: until "
@@ -1117,7 +1120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_venue(settings, nats_url=args.nats, port=args.port,
                              namespace=args.namespace, entry_every=args.entry_every,
                              duration=args.duration, record=args.record,
-                             instruments=args.instruments, partial_fills=args.partial_fills)
+                             instruments=args.instruments, partial_fills=args.partial_fills,
+                             publish=not args.no_publish)
         if args.command == "replay":
             return run_replay(_policy_runs(args, flags), _days(args), args.report,
                               getattr(args, "database_url", None), args.trace,

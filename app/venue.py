@@ -12,7 +12,11 @@ every runner reaches, as they would reach DhanHQ.
   JetStream, its message id the frame's digest (a repeat is dropped): the connector's part. An
   exit's frames are known by their client id (``X-<position>-<attempt>``, the position named
   after its entry order).
-- **Prices**: every step of the market goes to ``prices.<segment>.<security>`` on NATS.
+- **Prices**: every step of the market goes to ``prices.<segment>.<security>`` on NATS, and to
+  the fake DhanHQ's feeds subscribed to them.
+- **Without publishing** (``run.py venue --no-publish``): the venue is only DhanHQ; order
+  updates and prices reach NATS through ``run.py connector`` and ``run.py feed``, from its order
+  sockets (each account's own) and its feed, as from the real broker.
 - **Record** (``record``, ``run.py venue --record PATH`` at its stop): what the failover rig
   checks afterwards: every placement that reached the exchange (client ids, a repeat included:
   the exchange takes a repeated client id as the first order) and each account's net filled
@@ -28,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import random
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -44,6 +49,9 @@ from models.orders import OrderUpdate
 from models.wire import parse_order_update
 
 TOKEN = "fake-dhan-token"  # the loopback fake's, not a secret
+LINGER = 3.0
+"""Seconds the fake DhanHQ stays up after a stop without publishing, the market and the
+exchange still: the connectors hear the last frames and read the order book once more."""
 CLIENT = "1000000001"
 
 
@@ -51,8 +59,11 @@ class PaperVenue:
     def __init__(self, transport: Transport, accounts: Sequence[str], *,
                  clock: Callable[[], datetime], instruments: int = 4, seed: int = 7,
                  volatility: float = 0.002, entry_every: float = 2.0, quantity: int = 50,
-                 token: str = TOKEN, partial_fills: int = 1) -> None:
+                 token: str = TOKEN, partial_fills: int = 1, publish: bool = True) -> None:
         self.transport, self.accounts, self.clock = transport, list(accounts), clock
+        self.publish = publish
+        """False: the order updates and prices stay at the fake DhanHQ (its order sockets and
+        feed), for ``run.py connector`` and ``run.py feed`` to carry onto NATS."""
         self.market = PaperMarket(default_instruments(instruments, equity_ratio=0), seed=seed,
                                   volatility=volatility, start=clock())
         self.exchange = PaperExchange(self.market, start=clock(),
@@ -79,13 +90,18 @@ class PaperVenue:
             while not stop.wait(0.1):
                 elapsed += 0.1
                 now = self.clock()
-                for instrument, price, _ in self.market.advance(now):
+                ticks = [(instrument, price) for instrument, price, _ in
+                         self.market.advance(now)]
+                self.fake.publish(ticks)  # to the feeds subscribed to them, if any
+                for instrument, price in ticks if self.publish else ():
                     self.transport.publish_price(instrument.segment.value,
                                                  instrument.security_id, str(price).encode())
                 self.exchange.advance(now)
                 if self.accounts and elapsed >= next_entry:
                     next_entry = elapsed + self.entry_every
                     self._enter(now)
+            if not self.publish:  # the connectors' last reads: nothing trades meanwhile
+                time.sleep(LINGER)
         finally:
             self.fake.stop()
 
@@ -99,6 +115,8 @@ class PaperVenue:
                                   quantity=self.quantity, product="I", now=now)
 
     def _frame(self, frame: str) -> None:
+        if not self.publish:
+            return  # the connectors carry it, from the fake's order sockets
         update = parse_order_update(frame)
         if not isinstance(update, OrderUpdate):
             logger.warning("paper venue: unreadable frame not published: {:.200}", frame)

@@ -3,7 +3,7 @@ NATS restarted and PostgreSQL sessions killed while the runners trade, on loopba
 runs them.
 
 ``python -m bench.failover [--cycles N] [--runners K] [--lease S] [--http-timeout S]
-[--faults kill,pause,term,add,nats,pg] [--out FILE.jsonl]``;
+[--faults kill,pause,term,add,nats,pg] [--out FILE.jsonl] [--connectors]``;
 ``python -m bench.failover --summarize FILE.jsonl``
 
 - One ``run.py venue`` process (the paper broker: the fake DhanHQ, entries for a handful of
@@ -16,6 +16,11 @@ runs them.
   runner holds at most ``--db-connections`` (4) PostgreSQL connections (``run.py runner
   --db-connections``; 12 by default, opened as its writes need them): a paused owner keeps its
   own while its successor opens as many, and the server here is shared.
+- ``--connectors``: the venue is only DhanHQ (``run.py venue --no-publish``); a ``run.py
+  connector`` process carries every account's order updates onto JetStream from the fake's
+  order sockets and order books, and a ``run.py feed`` process the prices from its feed, as
+  with the real broker. Neither is a fault's target; the ``nats`` fault restarts NATS under
+  them too.
 - One fault a cycle, the kinds in turn:
 
   - ``kill``: the runner holding the most partitions killed (-9), then started again as a spare;
@@ -269,11 +274,16 @@ class Rig:
     nats_stop: str = "term"
     """How the ``nats`` fault stops the server: ``term`` (SIGTERM) or ``kill`` (-9)."""
     db_connections: int = DB_CONNECTIONS
+    connectors: bool = False
+    """The order updates and prices reach NATS through ``run.py connector`` and ``run.py feed``
+    (the venue only plays DhanHQ: ``--no-publish``), as with a real broker."""
     namespace: str = field(default_factory=lambda: f"fo{uuid.uuid4().hex[:10]}")
     port: int = 0
     venue: Proc | None = None
     runners: dict[str, Proc] = field(default_factory=dict)
     """Live runners by owner name (one name per incarnation)."""
+    carriers: list[Proc] = field(default_factory=list)
+    """``run.py connector`` and ``run.py feed`` (``connectors``)."""
     logs: list[Path] = field(default_factory=list)
     started: list[subprocess.Popen[bytes]] = field(default_factory=list)
     incarnations: int = 0
@@ -303,6 +313,8 @@ class Rig:
                     # one exchange time for all, in market hours whatever the hour here
                     "DHAN_SESSION_START": self.session.start_now(),
                     "DHAN_API_URL": f"http://127.0.0.1:{self.port}/v2",
+                    "DHAN_ORDER_WS_URL": f"ws://127.0.0.1:{self.port}/order-update",
+                    "DHAN_FEED_WS_URL": f"ws://127.0.0.1:{self.port}/feed",
                     "PYTHONPATH": str(ROOT)})
         return env
 
@@ -320,10 +332,16 @@ class Rig:
         return Proc(name, process, log)
 
     def start_venue(self, *options: str) -> None:
+        extra = ("--no-publish",) if self.connectors else ()
         self.venue = self._start("venue", "venue", "--port", str(self.port), "--entry-every",
                                  str(self.entry_every), "--record",
-                                 str(self.work / "venue.json"), *options)
+                                 str(self.work / "venue.json"), *extra, *options)
         self._wait_log(self.venue, "paper venue: DhanHQ API", 60)
+        if self.connectors:
+            self.carriers = [self._start("connector", "connector", "--poll-seconds", "1"),
+                             self._start("feed", "feed")]
+            self._wait_log(self.carriers[0], "connector of", 60)
+            self._wait_log(self.carriers[1], "price feed for", 60)
 
     def start_runner(self, base: str, *options: str, wait: bool = True) -> Proc:
         self.incarnations += 1
@@ -645,7 +663,7 @@ def run(url: str, nats: str | None, work: Path, *, cycles: int, runners: int, le
         http_timeout: float, entry_every: float = 0.5, warmup: float | None = None,
         faults: tuple[str, ...] = FAULTS, out: Path | None = None,
         nats_down: float = NATS_DOWN, nats_stop: str = "term",
-        db_connections: int = DB_CONNECTIONS,
+        db_connections: int = DB_CONNECTIONS, connectors: bool = False,
         stop: threading.Event | None = None) -> dict[str, Any]:
     """The rig on ``url`` (a PostgreSQL URL, its schema fresh) and ``nats`` (None: a
     nats-server of its own, which the ``nats`` fault needs); logs in ``work``; each line
@@ -666,13 +684,13 @@ def run(url: str, nats: str | None, work: Path, *, cycles: int, runners: int, le
     server = NatsServer(work) if nats is None else None
     rig = Rig(url, server.url if server is not None else nats or NATS, work, lease,
               http_timeout, entry_every, nats_server=server, nats_down=nats_down,
-              nats_stop=nats_stop, db_connections=db_connections)
+              nats_stop=nats_stop, db_connections=db_connections, connectors=connectors)
     timeout = 3 * lease + http_timeout + 30
     started = time.monotonic()
     lines = Lines(out)
     lines.add("start", {"runners": runners, "lease_s": lease, "http_timeout_s": http_timeout,
                         "accounts": len(ACCOUNTS), "faults": list(faults),
-                        "db_connections": db_connections,
+                        "db_connections": db_connections, "connectors": connectors,
                         "nats": "private" if server is not None else "shared"})
     try:
         if server is not None:
@@ -901,6 +919,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--summarize", type=Path, metavar="FILE.jsonl",
                         help="print the summary of the runs in FILE (an --out file) and stop")
     parser.add_argument("--keep-logs", type=Path, help="write the processes' logs here")
+    parser.add_argument("--connectors", action="store_true", help="order updates and prices "
+                        "through run.py connector and run.py feed (the venue only DhanHQ)")
     args = parser.parse_args(argv)
     if args.summarize is not None:
         try:
@@ -935,7 +955,7 @@ def main(argv: list[str] | None = None) -> int:
                   runners=args.runners, lease=args.lease, http_timeout=args.http_timeout,
                   entry_every=args.entry_every, faults=faults, out=args.out,
                   nats_down=args.nats_down, nats_stop=args.nats_stop,
-                  db_connections=args.db_connections,
+                  db_connections=args.db_connections, connectors=args.connectors,
                   stop=stop)
     _print(row)
     return 0
