@@ -118,8 +118,12 @@ class Store(Protocol):
 
     def park_update(self, order_no: str, raw: str, parked_at: datetime) -> None: ...
 
-    def take_parked(self, order_no: str) -> list[ParkedUpdate]:
-        """Remove and return the updates parked for ``order_no``, oldest first."""
+    def take_parked(self, order_no: str, *,
+                    refile_at: datetime | None = None) -> list[ParkedUpdate]:
+        """Remove and return the updates parked for ``order_no``, oldest first. With
+        ``refile_at``, in the same transaction, each is stored again as a frame received then
+        (reason ``unparked``): a frame parked before the applied mark (``mark_frames``) must not
+        lose its last durable copy before what it changes is stored."""
 
     def parked_updates(self) -> list[ParkedUpdate]: ...
 

@@ -301,7 +301,8 @@ class SqlStore:
         self._insert(ParkedUpdate(order_no=order_no, parked_at=parked_at, raw=raw),
                      "parked_updates")
 
-    def take_parked(self, order_no: str) -> list[ParkedUpdate]:
+    def take_parked(self, order_no: str, *,
+                    refile_at: datetime | None = None) -> list[ParkedUpdate]:
         with self._tx() as tx:
             rows = tx.all("SELECT id, order_no, parked_at, raw FROM parked_updates "
                           "WHERE account = ? AND order_no = ? ORDER BY id",
@@ -309,7 +310,11 @@ class SqlStore:
             if rows:  # by id, so an update parked meanwhile by another process stays
                 tx.run("DELETE FROM parked_updates WHERE account = ? AND order_no = ? "
                        "AND id <= ?", (self.account, order_no, rows[-1][0]))
-        return records(ParkedUpdate, [self._read(row[1:]) for row in rows])
+            taken = records(ParkedUpdate, [self._read(row[1:]) for row in rows])
+            for item in taken if refile_at is not None else ():
+                self._insert_id(tx, INSERT_ORDER_UPDATE, (
+                    self.account, refile_at, item.order_no, True, "unparked", item.raw), "seq")
+        return taken
 
     def parked_updates(self) -> list[ParkedUpdate]:
         return self._select(ParkedUpdate, "parked_updates", "ORDER BY id")

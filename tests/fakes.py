@@ -189,10 +189,18 @@ class FakeStore:
         self._check(self.fail_parks, order_no, raw)
         self.parked.append(ParkedUpdate(order_no=order_no, parked_at=parked_at, raw=raw))
 
-    def take_parked(self, order_no: str) -> list[ParkedUpdate]:
+    def take_parked(self, order_no: str, *,
+                    refile_at: datetime | None = None) -> list[ParkedUpdate]:
         self._check(self.fail_parks)
         taken = [p for p in self.parked if p.order_no == order_no]
         self.parked = [p for p in self.parked if p.order_no != order_no]
+        if refile_at is not None and taken:
+            with self._lock:
+                start = len(self.updates)
+                self.updates += [StoredOrderUpdate(
+                    seq=seq, received_at=refile_at, raw=p.raw, order_no=p.order_no,
+                    accepted=True, reason="unparked")
+                    for seq, p in enumerate(taken, start + 1)]
         return taken
 
     def parked_updates(self) -> list[ParkedUpdate]:

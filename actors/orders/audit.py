@@ -291,7 +291,9 @@ class OrderAudit:
             self.untaken.add(order_no)
             return []
         try:
-            taken = self.store.take_parked(order_no)
+            # Stored again as frames in the same write: the mark of applied frames may have
+            # passed their first copies, and what they change is not stored yet.
+            taken = self.store.take_parked(order_no, refile_at=self.clock())
         except Exception as error:
             self.outage.failed(error)
             self.untaken.add(order_no)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 
 import pykka
 import pytest
@@ -46,9 +47,10 @@ class BatchingStore(FakeStore):
         self.batches.append([f.raw for f in frames])
         return stored
 
-    def take_parked(self, order_no: str) -> list[ParkedUpdate]:
+    def take_parked(self, order_no: str, *,
+                    refile_at: datetime | None = None) -> list[ParkedUpdate]:
         self.takes.append(order_no)
-        return super().take_parked(order_no)
+        return super().take_parked(order_no, refile_at=refile_at)
 
 
 def queued(flow: Flow, store: BatchingStore, raws: list[str]) -> None:

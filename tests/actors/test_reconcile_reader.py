@@ -21,6 +21,7 @@ from broker.paper.market import TapeMarket
 from models.common import Instrument, Segment, TxnType
 from models.policy import RiskConfig
 from store.pnl_cache import InMemoryPnLCache
+from store.records import StoredOrderUpdate
 from tests.actors.test_tracker_flow import T0
 from tests.fakes import FakeStore
 
@@ -74,6 +75,11 @@ def system() -> Iterator[System]:
 def reader(books: ScriptedBooks, system: System, alarms: list[str]) -> BookReader:
     return BookReader(books, system.order_frame, system,  # type: ignore[arg-type]
                       clock=lambda: T0, alarm=alarms.append)
+
+
+def given(store: FakeStore) -> list[StoredOrderUpdate]:
+    """The frames given in (not those an un-parking stored again)."""
+    return [u for u in store.updates if u.reason != "unparked"]
 
 
 def open_qty(system: System) -> int:
@@ -135,7 +141,7 @@ def test_when_the_system_holds_an_order_already_then_a_reconcile_gives_only_what
                    system, [])
     assert first.reconcile()
     system.settle()
-    stored = len(store.updates)
+    stored = len(given(store))
     assert stored == 2 and first.reconciled.held == 0
 
     moved = reader(ScriptedBooks(orders=[[order("E1", 50), order("E2", 50)]], positions=[100]),
@@ -144,15 +150,15 @@ def test_when_the_system_holds_an_order_already_then_a_reconcile_gives_only_what
     system.settle()
     assert open_qty(system) == 100
     assert moved.reconciled.held == 1 and moved.reconciled.fills == 1
-    assert len(store.updates) == stored + 1  # E2's fill only
-    assert '"OrderNo": "E2"' in store.updates[-1].raw
+    assert len(given(store)) == stored + 1  # E2's fill only
+    assert '"OrderNo": "E2"' in given(store)[-1].raw
 
     again = reader(ScriptedBooks(orders=[[order("E1", 50), order("E2", 50)]], positions=[100]),
                    system, [])
     assert again.reconcile()
     system.settle()
     assert again.reconciled.held == 2 and again.reconciled.fills == 0
-    assert len(store.updates) == stored + 1 and open_qty(system) == 100
+    assert len(given(store)) == stored + 1 and open_qty(system) == 100
 
 
 def test_when_the_system_cannot_say_what_it_holds_then_every_order_is_given(

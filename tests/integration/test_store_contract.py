@@ -422,6 +422,22 @@ def test_parked_updates_are_taken_once_oldest_first(store: Store) -> None:
     assert [p.raw for p in store.parked_updates()] == ["other"]
 
 
+def test_parked_updates_taken_with_refile_at_are_stored_again_as_frames(store: Store) -> None:
+    """What an un-parking keeps: the updates, as frames after every earlier one, so a start
+    reads them again until a mark of applied frames passes them."""
+    before = store.record_order_update("earlier", T0, order_no="O0", accepted=True)
+    store.park_update("O1", "first", T0)
+    store.park_update("O1", "second", T0 + timedelta(seconds=2))
+    store.mark_frames(before)
+    taken = store.take_parked("O1", refile_at=T0 + timedelta(minutes=1))
+    assert [p.raw for p in taken] == ["first", "second"]
+    again = store.order_updates(after=store.frames_mark())
+    assert [(u.raw, u.order_no, u.reason, u.accepted) for u in again] == [
+        ("first", "O1", "unparked", True), ("second", "O1", "unparked", True)]
+    assert all(u.seq > before and u.received_at == T0 + timedelta(minutes=1) for u in again)
+    assert store.parked_updates() == []
+
+
 NUL_TEXTS = ["a NUL \x00 inside", "\x00", "ends \\0 with \\ and NUL\x00", "\u2400 starts marked",
              "\u2400\x00\\0", "no NUL: \\0 and \u2400"]
 
