@@ -50,14 +50,18 @@ HTTP_TIMEOUT = 0.5
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("connectors", [False, True], ids=["venue-publishes", "connectors"])
 def test_when_every_fault_comes_in_turn_then_each_recovers_without_double_exits_or_lost_fills(
-        pg_url: str, tmp_path: Path) -> None:
+        pg_url: str, tmp_path: Path, connectors: bool) -> None:
+    """``connectors``: the order updates and prices reach NATS through ``run.py connector``
+    and ``run.py feed``, from the venue's order sockets, order books and feed, as from the
+    real broker (the NATS restart hits them too)."""
     if shutil.which("nats-server") is None:
         pytest.skip("the NATS restart needs nats-server on PATH")
     out = tmp_path / "cycles.jsonl"
     began = time.monotonic()
     row = run(pg_url, None, tmp_path, cycles=len(FAULTS), runners=2, lease=LEASE,
-              http_timeout=HTTP_TIMEOUT, nats_down=1.0, out=out)
+              http_timeout=HTTP_TIMEOUT, nats_down=1.0, out=out, connectors=connectors)
     took = time.monotonic() - began
     logs = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-1500:]}"
                      for p in sorted(tmp_path.glob("*.log")))
@@ -110,6 +114,10 @@ def test_when_every_fault_comes_in_turn_then_each_recovers_without_double_exits_
     assert [line["kind"] for line in lines] == ["start", *["cycle"] * len(FAULTS), "end"]
     assert json.dumps(summarise(lines)) == json.dumps(row)
     assert took <= 90, f"the short form took {took:.0f} s"
+    if connectors:  # the venue published nothing: every update the runners stored (it
+        # traded, the books agree) came through the connector; the feed followed the positions
+        feed = (tmp_path / "feed.log").read_text(errors="replace")
+        assert "instruments subscribed" in feed, feed[-1500:]
 
 
 def test_when_an_exit_is_placed_twice_or_overfills_then_the_rig_counts_a_double_exit() -> None:
