@@ -96,7 +96,10 @@ class AccountConnector:
         self.last_error: str | None = None
         self._backlog: deque[str] = deque()
         self._lock = threading.Lock()
-        """Held while the backlog changes or goes out: frames leave in the order they came."""
+        """Held while the backlog changes."""
+        self._sending = threading.Lock()
+        """Held by the one thread sending the backlog, oldest first: frames leave in the order
+        they came."""
         self._book_due = threading.Event()
         self._seen: dict[str, tuple[str, int]] = {}
         """Order id → (status, filled quantity) as last published from the order book."""
@@ -113,6 +116,7 @@ class AccountConnector:
 
     def stop(self) -> None:
         self.socket.stop()
+        self._next_retry = 0.0
         self._flush()
         with self._lock:
             if self._backlog:
@@ -215,6 +219,8 @@ class AccountConnector:
 
     # Publishing ---------------------------------------------------------------------------------
     def _publish(self, frames: list[str]) -> None:
+        """Queue ``frames`` behind those waiting; send now unless NATS is failing (then the
+        step's retry sends them: the socket's thread never waits out a NATS time-out)."""
         with self._lock:
             self._backlog.extend(frames)
             while len(self._backlog) > self.backlog_limit:
@@ -222,28 +228,41 @@ class AccountConnector:
                 logger.error("connector of {}: frame dropped, {} already wait for NATS; its "
                              "raw text is recorded only here: {}", shown(self.account),
                              self.backlog_limit, self._backlog.popleft())
-            self._send()
+        if self.clock() >= self._next_retry:
+            self._flush()
 
     def _flush(self) -> None:
-        with self._lock:
-            self._send()
+        """Publish the backlog in order, up to the first failure; one thread at a time (one
+        already sending sends these too, or, when it was just done, this one goes on)."""
+        while self._sending.acquire(blocking=False):
+            try:
+                self._send()
+            finally:
+                self._sending.release()
+            with self._lock:
+                if not self._backlog or self.clock() < self._next_retry:
+                    return
 
     def _send(self) -> None:
-        """Publish the backlog in order, up to the first failure (the lock is held)."""
-        while self._backlog:
-            frame = self._backlog[0]
+        """Publish the backlog in order, up to the first failure (``_sending`` is held)."""
+        while True:
+            with self._lock:
+                if not self._backlog:
+                    break
+                frame = self._backlog[0]
             try:
                 self.transport.publish_order_update(self.account, digest(frame),
                                                     frame.encode())
             except Exception as error:  # NATS down or slow: kept, in order, tried again
                 if self.last_error is None or not self.last_error.startswith("NATS"):
-                    logger.error("connector of {}: {} frames wait for NATS ({})",
-                                 shown(self.account), len(self._backlog), error)
+                    logger.error("connector of {}: frames wait for NATS ({})",
+                                 shown(self.account), error)
                 self.last_error = f"NATS: {type(error).__name__}"
                 self._next_retry = self.clock() + self.retry_every
                 return
-            self._backlog.popleft()
-            self.published += 1
+            with self._lock:
+                self._backlog.popleft()
+                self.published += 1
         if self.last_error is not None and self.last_error.startswith("NATS"):
             logger.info("connector of {}: NATS takes frames again", shown(self.account))
             self.last_error = None
