@@ -8,7 +8,8 @@ compares the broker's positions with ours:
    reads hundreds of orders it has); each of the others becomes one frame (marked ``"Source":
    "RECONCILE"`` in the stored raw text) handed to ``deliver``, and goes the way every socket
    frame goes (fills found this way are ordinary fills, external orders move positions like any
-   other). ``GET /trades`` gives the price of an order whose row has none.
+   other). ``GET /trades`` (read only then) gives the price of a filled order whose row has
+   none.
 2. The system settles, then ``GET /positions``: DhanHQ's net quantity per (segment, security,
    product) against our open positions (``models.books.compare``). A difference raises an alarm
    and is shown; nothing is traded to fix it. Before the alarm the order book is read once
@@ -88,10 +89,8 @@ class BookReader:
             self.reconciled.error = f"GET /orders: {orders.outcome.value} {orders.code}"
             logger.warning("reconcile: {}; trying again", self.reconciled.error)
             return False
-        trades = self.rest.trades()
-        prices = trade_prices(trades.value or []) if trades.ok else {}
         result = Reconciled(at=self.clock(), orders=len(orders.value))
-        read = self._updates(oldest_first(orders.value), prices)
+        read = self._updates(oldest_first(orders.value), self._prices(orders.value))
         news = self._news([update for _, update in read])
         for (order, update), new in zip(read, news, strict=True):
             self._seen[order.order_id] = (order.status, order.filled_qty)
@@ -148,6 +147,14 @@ class BookReader:
             return False
         self.deliver(reconcile_frame(update))
         return True
+
+    def _prices(self, orders: list[BrokerOrder]) -> dict[str, Decimal]:
+        """Average prices from the trade book, read only when a filled order's row has none
+        (DhanHQ's rows carry it: a takeover late in a day need not read every trade)."""
+        if not any(o.filled_qty and not (o.avg_price and o.avg_price > 0) for o in orders):
+            return {}
+        trades = self.rest.trades()
+        return trade_prices(trades.value or []) if trades.ok else {}
 
     def _updates(self, orders: list[BrokerOrder], prices: dict[str, Decimal]
                  ) -> list[tuple[BrokerOrder, OrderUpdate]]:

@@ -5,6 +5,7 @@ again rather than alarmed, and a difference that stays is alarmed once, never tr
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
 
@@ -96,7 +97,7 @@ def test_when_an_order_fills_between_the_reads_then_it_is_read_in_not_alarmed(
     system.settle()
     assert open_qty(system) == 100
     assert alarms == []
-    assert books.calls == ["orders", "trades", "positions", "orders", "positions"]
+    assert books.calls == ["orders", "positions", "orders", "positions"]  # rows priced
 
 
 def test_when_the_books_still_differ_then_alarmed_once_and_nothing_traded(
@@ -117,7 +118,7 @@ def test_when_the_books_agree_then_read_once(system: System) -> None:
     books = ScriptedBooks(orders=[[order("E1", 50)]], positions=[50])
     alarms: list[str] = []
     assert reader(books, system, alarms).reconcile()
-    assert alarms == [] and books.calls == ["orders", "trades", "positions"]
+    assert alarms == [] and books.calls == ["orders", "positions"]
 
 
 def test_when_the_order_book_cannot_be_read_then_tried_again_later(system: System) -> None:
@@ -175,3 +176,20 @@ def test_when_the_system_cannot_say_what_it_holds_then_every_order_is_given(
     assert again.reconciled.held == 0 and again.reconciled.fills == 1
     system.settle()
     assert open_qty(system) == 50  # given again, it changed nothing
+
+
+def test_when_a_filled_orders_row_has_no_price_then_the_trade_book_prices_it(
+        system: System) -> None:
+    class Priced(ScriptedBooks):
+        def trades(self) -> Answer[list[BrokerTrade]]:
+            self.calls.append("trades")
+            return Answer(Outcome.OK, [BrokerTrade(
+                order_id="E1", trade_id="T1", txn_type=TxnType.BUY, instrument=FUT,
+                product="INTRADAY", quantity=50, price=Decimal("201"), time=None)])
+
+    unpriced = replace(order("E1", 50), avg_price=None)
+    books = Priced(orders=[[unpriced]], positions=[50])
+    assert reader(books, system, []).reconcile()
+    system.settle()
+    assert books.calls == ["orders", "trades", "positions"]
+    assert [p.entry_price for p in system.open_positions()] == [Decimal("201")]
