@@ -38,7 +38,7 @@ from typing import Any
 
 from loguru import logger
 
-from app.reconcile import oldest_first, order_update, reconcile_frame, trade_prices
+from app.reconcile import book_update, oldest_first, reconcile_frame, trade_prices
 from broker.dhan import DhanRest, LinkState, OrderSocket, Secret, TokenError, TokenSource
 from broker.transport.ports import Transport
 from models.accounts import shown
@@ -209,7 +209,7 @@ class AccountConnector:
         frames = []
         for order in changed:
             self._seen[order.order_id] = (order.status, order.filled_qty)
-            update = order_update(order, prices.get(order.order_id))
+            update = book_update(order, prices.get(order.order_id))
             if update is not None:
                 frames.append(reconcile_frame(update))
         if frames:

@@ -142,7 +142,7 @@ class BookReader:
         if not force and self._seen.get(order.order_id) == state:
             return False
         self._seen[order.order_id] = state
-        update = _update(order, prices.get(order.order_id))
+        update = book_update(order, prices.get(order.order_id))
         if update is None:
             return False
         self.deliver(reconcile_frame(update))
@@ -159,7 +159,7 @@ class BookReader:
     def _updates(self, orders: list[BrokerOrder], prices: dict[str, Decimal]
                  ) -> list[tuple[BrokerOrder, OrderUpdate]]:
         """The rows that are order updates, each with its update."""
-        found = ((order, _update(order, prices.get(order.order_id))) for order in orders)
+        found = ((order, book_update(order, prices.get(order.order_id))) for order in orders)
         return [(order, update) for order, update in found if update is not None]
 
     def _news(self, updates: list[OrderUpdate]) -> list[bool]:
@@ -199,8 +199,9 @@ def reconcile_frame(update: OrderUpdate) -> str:
     return frame[:-2] + ", " + RECONCILE_MARK + "}}"
 
 
-def _update(order: BrokerOrder, trade_price: Decimal | None) -> OrderUpdate | None:
-    """``order_update``, with a row that cannot be an order update logged and skipped."""
+def book_update(order: BrokerOrder, trade_price: Decimal | None) -> OrderUpdate | None:
+    """``order_update``, with a row that cannot be an order update logged and skipped (the
+    rest of the book goes on)."""
     try:
         return order_update(order, trade_price)
     except ValueError as error:  # a row that cannot be an order update: the rest go on

@@ -1,14 +1,19 @@
-"""The connector's backlog (``app/connector.py``): frames NATS refuses wait in memory in their
-order and leave in it once NATS takes them; past the cap the oldest is logged in full and
-dropped, never silently."""
+"""The connector (``app/connector.py``) with our own ports faked: frames NATS refuses wait in
+memory in their order and leave in it once NATS takes them; past the cap the oldest is logged
+in full and dropped, never silently; an order-book row that cannot be an order update is
+logged and skipped, and the rest of the book is published."""
 
 from __future__ import annotations
+
+from decimal import Decimal
 
 from loguru import logger
 
 from app.connector import AccountConnector
-from broker.dhan import DhanRest, TokenSource
+from broker.dhan import BrokerOrder, DhanRest, TokenSource
+from broker.dhan.outcomes import Answer, Outcome
 from broker.transport.ports import TransportError
+from models.common import Instrument, Segment, TxnType
 
 
 class Nats:
@@ -72,3 +77,29 @@ def test_past_the_cap_the_oldest_is_logged_in_full_and_dropped() -> None:
     nats.up, clock.now = True, 5.0
     link._flush()
     assert nats.taken == [b"frame 2", b"frame 3"]
+
+
+def test_a_book_row_that_is_no_order_update_is_skipped_and_the_rest_published() -> None:
+    nats, clock = Nats(), Clock()
+    nats.up = True
+    link = connector(nats, clock, limit=10)
+    fut = Instrument(segment=Segment.NSE_FNO, security_id="49081")
+
+    def row(order_id: str, filled: int) -> BrokerOrder:
+        return BrokerOrder(order_id=order_id, status="TRADED", txn_type=TxnType.BUY,
+                           instrument=fut, product="INTRADAY", order_type="MARKET",
+                           quantity=50, filled_qty=filled, avg_price=Decimal("100"),
+                           updated_at=f"2026-12-03 09:2{len(order_id)}:00")
+
+    book = [row("E1", 50), row("E22", -5), row("E333", 50)]  # a negative fill: refused
+    link.rest.orders = lambda: Answer(Outcome.OK, book)  # type: ignore[method-assign]
+    lines: list[str] = []
+    sink = logger.add(lines.append, level="WARNING", format="{message}")
+    try:
+        link.step()
+    finally:
+        logger.remove(sink)
+    published = b"".join(nats.taken)
+    assert b'"OrderNo": "E1"' in published and b'"OrderNo": "E333"' in published
+    assert b"E22" not in published and len(nats.taken) == 2
+    assert any("order E22 from the order book skipped" in line for line in lines)
