@@ -759,8 +759,15 @@ def run_feed(settings: Settings, *, nats_url: str, namespace: str, duration: flo
         return 1
 
     def instruments() -> set[Instrument]:
-        return {Instrument(segment=Segment(segment), security_id=security)
-                for store in stores for segment, security in store.open_instruments()}
+        found: set[Instrument] = set()
+        for store in stores:
+            for segment, security in store.open_instruments():
+                try:
+                    found.add(Instrument(segment=Segment(segment), security_id=security))
+                except ValueError:  # a row no position of ours writes: the others go on
+                    logger.warning("price feed: {}:{} of account {} is no instrument",
+                                   segment, security, shown(store.account))
+        return found
 
     feed = PriceFeed(transport, tokens, instruments, feed_ws_url=settings.dhan.feed_ws_url,
                      client_id=client_id)
