@@ -99,7 +99,7 @@ def order_of(row: object) -> BrokerOrder:
         filled_qty=_int(f, "filledqty") or 0, price=_decimal(f, "price"),
         avg_price=_decimal(f, "averagetradedprice"),
         updated_at=_text(f.get("updatetime") or f.get("exchangetime") or f.get("createtime")),
-        reason=_text(f.get("omserrordescription")), raw=dict(f))
+        reason=_text(f.get("omserrordescription")), raw=f)
 
 
 def trade_of(row: object) -> BrokerTrade:

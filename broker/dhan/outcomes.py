@@ -16,6 +16,7 @@ LIMITED        our own limiter had no slot in time: nothing was sent
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -89,8 +90,13 @@ def error_of(body: object) -> tuple[str | None, str]:
 def normalised(row: Mapping[Any, Any]) -> dict[str, Any]:
     """Keys folded to lower case without ``_``/``-``: ``orderId``, ``OrderId`` and ``order_id``
     are one key."""
-    return {str(key).lower().replace("_", "").replace("-", ""): value
-            for key, value in row.items()}
+    return {_folded(key): value for key, value in row.items()}
+
+
+@functools.lru_cache(maxsize=4096)
+def _folded(key: object) -> str:
+    """One key folded (the same few keys come in every row of a book: folded once each)."""
+    return str(key).lower().replace("_", "").replace("-", "")
 
 
 def classify(status: int | None, body: object, *, transport: str | None = None,
