@@ -25,6 +25,7 @@ socket; a runner reconciles each account of a partition it takes over before ser
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -84,6 +85,7 @@ class BookReader:
     def reconcile(self) -> bool:
         """Every order of the book in, then the positions compared; False (and
         ``reconciled.error`` says why) when the order book could not be read: try again."""
+        began = time.perf_counter()
         orders = self.rest.orders()
         if not orders.ok or orders.value is None:
             self.reconciled.error = f"GET /orders: {orders.outcome.value} {orders.code}"
@@ -91,7 +93,9 @@ class BookReader:
             return False
         result = Reconciled(at=self.clock(), orders=len(orders.value))
         read = self._updates(oldest_first(orders.value), self._prices(orders.value))
+        fetched = time.perf_counter()
         news = self._news([update for _, update in read])
+        checked = time.perf_counter()
         for (order, update), new in zip(read, news, strict=True):
             self._seen[order.order_id] = (order.status, order.filled_qty)
             result.external += 0 if self._ours(order) else 1
@@ -119,11 +123,12 @@ class BookReader:
                     result.fills += 1 if order.filled_qty else 0
         self.reconciled = result
         logger.info("reconcile{}: {} orders read, {} held here already, {} with fills given "
-                    "to the trackers; {}",
+                    "to the trackers; {} (read {:.3f} s, checked {:.3f} s, in all {:.3f} s)",
                     f" of {self.system.account}" if self.system.account else "",
                     result.orders, result.held, result.fills,
                     "positions agree with DhanHQ" if not result.differences
-                    else f"POSITIONS DIFFER: {result.differences}")
+                    else f"POSITIONS DIFFER: {result.differences}", fetched - began,
+                    checked - fetched, time.perf_counter() - began)
         return True
 
     def poll(self) -> None:
