@@ -65,12 +65,16 @@ class ConnectorStatus:
     backlog: int
     book_reads: int
     last_error: str | None
+    dropped: int = 0
+    """Frames dropped past the backlog's cap (each logged in full)."""
 
     def line(self) -> str:
         text = (f"account {shown(self.account)}: socket {self.socket}, {self.published} "
                 f"published, {self.book_reads} order-book reads")
         if self.backlog:
             text += f", {self.backlog} WAITING FOR NATS"
+        if self.dropped:
+            text += f", {self.dropped} DROPPED (logged)"
         return text + (f" (last error: {self.last_error})" if self.last_error else "")
 
 
@@ -129,7 +133,7 @@ class AccountConnector:
             backlog = len(self._backlog)
         error = "TOKEN_INVALID" if self._refused is not None else self.last_error
         return ConnectorStatus(self.account, self.socket_state, self.published, backlog,
-                               self.book_reads, error)
+                               self.book_reads, error, self.dropped)
 
     # The loop -----------------------------------------------------------------------------------
     def step(self) -> None:

@@ -73,6 +73,7 @@ def test_past_the_cap_the_oldest_is_logged_in_full_and_dropped() -> None:
     finally:
         logger.remove(sink)
     assert link.dropped == 2 and link.status().backlog == 2
+    assert "2 WAITING FOR NATS, 2 DROPPED (logged)" in link.status().line()
     assert any("frame 0" in line and "recorded only here" in line for line in lines)
     nats.up, clock.now = True, 5.0
     link._flush()
