@@ -7,6 +7,7 @@ strings, and absent fields are None. A row without the one field that identifies
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -168,14 +169,22 @@ def _decimal(f: dict[str, Any], key: str) -> Decimal | None:
     return number
 
 
+_TXN = {"BUY": TxnType.BUY, "B": TxnType.BUY, "SELL": TxnType.SELL, "S": TxnType.SELL}
+
+
 def _txn(f: dict[str, Any]) -> TxnType | None:
-    value = str(f.get("transactiontype") or "").upper()
-    return {"BUY": TxnType.BUY, "B": TxnType.BUY, "SELL": TxnType.SELL,
-            "S": TxnType.SELL}.get(value)
+    return _TXN.get(str(f.get("transactiontype") or "").upper())
 
 
 def _instrument(f: dict[str, Any]) -> Instrument | None:
     segment, security = str(f.get("exchangesegment")), _text(f.get("securityid"))
     if segment not in Segment.__members__ or security is None:
         return None
+    return _instrument_of(segment, security)
+
+
+@functools.lru_cache(maxsize=8192)
+def _instrument_of(segment: str, security: str) -> Instrument:
+    """One instrument per (segment, security id): a book names the same few again and
+    again (an ``Instrument`` is immutable)."""
     return Instrument(segment=Segment(segment), security_id=security)
