@@ -39,7 +39,7 @@ from typing import Any
 from loguru import logger
 
 from app.reconcile import book_update, oldest_first, reconcile_frame, trade_prices
-from broker.dhan import DhanRest, LinkState, OrderSocket, Secret, TokenError, TokenSource
+from broker.dhan import DhanRest, LinkState, OrderSocket, Refusal, TokenError, TokenSource
 from broker.transport.ports import Transport
 from models.accounts import shown
 
@@ -108,8 +108,7 @@ class AccountConnector:
         self._seen: dict[str, tuple[str, int]] = {}
         """Order id → (status, filled quantity) as last published from the order book."""
         self._next_read = self._next_retry = self._next_token_check = 0.0
-        self._refused: Secret | None = None
-        """The token DhanHQ refused (None: none refused)."""
+        self.refusal = Refusal(tokens)
         rest.on_token_invalid = self._on_token_refused
 
     # Life ---------------------------------------------------------------------------------------
@@ -131,7 +130,7 @@ class AccountConnector:
     def status(self) -> ConnectorStatus:
         with self._lock:
             backlog = len(self._backlog)
-        error = "TOKEN_INVALID" if self._refused is not None else self.last_error
+        error = "TOKEN_INVALID" if self.refusal.active else self.last_error
         return ConnectorStatus(self.account, self.socket_state, self.published, backlog,
                                self.book_reads, error, self.dropped)
 
@@ -139,12 +138,12 @@ class AccountConnector:
     def step(self) -> None:
         """Read the order book when due, try the backlog when due; from one thread."""
         now = self.clock()
-        if self._refused is not None:
+        if self.refusal.active:
             if now < self._next_token_check:
                 return
             self._next_token_check = now + TOKEN_RECHECK
             self._check_token()
-            if self._refused is not None:
+            if self.refusal.active:
                 return
         if self._book_due.is_set() or now >= self._next_read:
             full = self._book_due.is_set()
@@ -167,15 +166,10 @@ class AccountConnector:
             self._on_token_refused(detail)
 
     def _on_token_refused(self, detail: str) -> None:
-        try:
-            token: Secret | None = self.tokens.current()
-        except TokenError:
-            token = None
-        if self._refused is None:
+        if self.refusal.refuse():
             logger.error("connector of {}: DhanHQ refused the access token ({}); its socket "
                          "and order-book reads stop until a new token is given",
                          shown(self.account), detail)
-        self._refused = token or Secret("")
 
     def _check_token(self) -> None:
         try:
@@ -183,11 +177,11 @@ class AccountConnector:
         except TokenError as error:
             logger.error("connector of {}: access token: {}", shown(self.account), error)
             return
-        if token == self._refused:
+        if not self.refusal.cleared_by(token):
             return
         logger.warning("connector of {}: a new access token: the socket starts again and the "
                        "order book is read in full", shown(self.account))
-        self._refused, self.last_error = None, None
+        self.last_error = None
         if not self.socket.running:
             self.socket.start()
         self._seen.clear()

@@ -27,7 +27,7 @@ from typing import Any
 
 from loguru import logger
 
-from broker.dhan import LinkState, MarketFeed, Secret, TokenError, TokenSource
+from broker.dhan import LinkState, MarketFeed, Refusal, TokenError, TokenSource
 from broker.transport.ports import Transport
 from models.common import Instrument
 
@@ -67,11 +67,11 @@ class PriceFeed:
         self.state = LinkState.STOPPED.value
         self.published = self.refused = 0
         self.last_error: str | None = None
-        self._refused_token: Secret | None = None
+        self.refusal = Refusal(tokens)
         self._lock = threading.Lock()
 
     def status(self) -> FeedStatus:
-        error = "TOKEN_INVALID" if self._refused_token is not None else self.last_error
+        error = "TOKEN_INVALID" if self.refusal.active else self.last_error
         with self._lock:
             published, refused = self.published, self.refused
         return FeedStatus(self.state, len(self.feed.subscribed), published, refused, error)
@@ -96,7 +96,7 @@ class PriceFeed:
     def step(self) -> None:
         """Follow the open positions' instruments (or, the token refused, look for a new
         one)."""
-        if self._refused_token is not None:
+        if self.refusal.active:
             self._check_token()
             return
         try:
@@ -138,13 +138,9 @@ class PriceFeed:
 
     def _on_state(self, state: LinkState, detail: str) -> None:
         self.state = state.value
-        if state is LinkState.TOKEN_INVALID and self._refused_token is None:
+        if state is LinkState.TOKEN_INVALID and self.refusal.refuse():
             logger.error("price feed: DhanHQ refused the access token ({}); the feed stops "
                          "until a new token is given", detail)
-            try:
-                self._refused_token = self.tokens.current()
-            except TokenError:
-                self._refused_token = Secret("")
 
     def _check_token(self) -> None:
         try:
@@ -152,10 +148,10 @@ class PriceFeed:
         except TokenError as error:
             logger.error("price feed: access token: {}", error)
             return
-        if token == self._refused_token:
+        if not self.refusal.cleared_by(token):
             return
         logger.warning("price feed: a new access token: the feed starts again")
-        self._refused_token, self.last_error = None, None
+        self.last_error = None
         self.feed.start()
 
 

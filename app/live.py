@@ -40,7 +40,7 @@ from broker.dhan import (
     LinkState,
     MarketFeed,
     OrderSocket,
-    Secret,
+    Refusal,
     TokenError,
     TokenSource,
 )
@@ -84,7 +84,7 @@ class LiveSession:
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_poll = self._next_follow = 0.0
-        self._refused: Secret | None = None
+        self.refusal = Refusal(tokens)
         self._token_checked = 0.0
         self.socket_state = self.feed_state = LinkState.STOPPED.value
         rest.on_token_invalid = self._on_token_refused
@@ -139,14 +139,7 @@ class LiveSession:
             self._on_token_refused(detail)
 
     def _on_token_refused(self, detail: str) -> None:
-        try:
-            token = self.tokens.current()
-        except TokenError:
-            token = None
-        with self._lock:
-            first = self._refused is None
-            self._refused = token
-        if first:
+        if self.refusal.refuse():
             self._alarm(f"DhanHQ refused the access token ({detail}): calls that need it have "
                         "stopped; put a new token in DHAN_ACCESS_TOKEN's file or send SIGHUP")
 
@@ -237,8 +230,7 @@ class LiveSession:
     # Token --------------------------------------------------------------------------------------
     @property
     def token_refused(self) -> bool:
-        with self._lock:
-            return self._refused is not None
+        return self.refusal.active
 
     def _check_token(self, now: float) -> None:
         if now - self._token_checked < (TOKEN_RECHECK if self.token_refused else 60.0):
@@ -250,12 +242,7 @@ class LiveSession:
             logger.error("DhanHQ access token: {}", error)
             return
         self.tokens.warn_if_expiring(self.clock())
-        with self._lock:
-            refused, renewed = self._refused, self._refused is not None and token != \
-                self._refused
-            if renewed:
-                self._refused = None
-        if refused is None or not renewed:
+        if not self.refusal.cleared_by(token):
             return
         logger.warning("a new DhanHQ access token: sockets restart and the books are "
                        "reconciled in full")

@@ -49,10 +49,26 @@ from broker.dhan.link import LinkState
 from broker.dhan.order_socket import OrderSocket
 from broker.dhan.outcomes import Answer, Outcome, classify
 from broker.dhan.rest import DhanRest, PlacedOrder
-from broker.dhan.token import Secret, TokenError, TokenSource, scrub
+from broker.dhan.token import Refusal, Secret, TokenError, TokenSource, scrub
 
 __all__ = [
-    "Answer", "BrokerOrder", "BrokerPosition", "BrokerTrade", "Bucket", "DhanRest", "LinkState",
-    "MarketFeed", "OrderSocket", "Outcome", "PlacedOrder", "RateLimits", "Secret", "TokenError",
-    "TokenSource", "classify", "product_type", "scrub",
+    "Answer",
+    "BrokerOrder",
+    "BrokerPosition",
+    "BrokerTrade",
+    "Bucket",
+    "DhanRest",
+    "LinkState",
+    "MarketFeed",
+    "OrderSocket",
+    "Outcome",
+    "PlacedOrder",
+    "RateLimits",
+    "Refusal",
+    "Secret",
+    "TokenError",
+    "TokenSource",
+    "classify",
+    "product_type",
+    "scrub",
 ]

@@ -158,3 +158,41 @@ def scrub(text: str, secrets: Iterable[Secret | str] = ()) -> str:
         if value:
             text = text.replace(value, REDACTED)
     return _URL_TOKEN.sub(lambda match: match.group(1) + REDACTED, text)
+
+
+class Refusal:
+    """The access token DhanHQ refused, for the calls and sockets that share one
+    ``TokenSource``: recorded when one of them is refused, cleared once the source gives
+    another token. What stops meanwhile, and how often the source is read, is the caller's.
+    Thread-safe."""
+
+    def __init__(self, tokens: TokenSource) -> None:
+        self.tokens = tokens
+        self._lock = threading.Lock()
+        self._refused: Secret | None = None
+
+    @property
+    def active(self) -> bool:
+        with self._lock:
+            return self._refused is not None
+
+    def refuse(self) -> bool:
+        """Record the current token as refused (one that cannot be read counts as refused
+        too); True the first time, for the caller to say so once."""
+        try:
+            token = self.tokens.current()
+        except TokenError:
+            token = Secret("")
+        with self._lock:
+            first = self._refused is None
+            self._refused = token
+        return first
+
+    def cleared_by(self, token: Secret) -> bool:
+        """True, and the refusal cleared, when a token was refused and ``token`` (just read
+        from the source) is another one."""
+        with self._lock:
+            if self._refused is None or token == self._refused:
+                return False
+            self._refused = None
+            return True

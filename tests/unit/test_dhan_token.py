@@ -10,6 +10,7 @@ import pytest
 from loguru import logger
 
 from broker.dhan.token import (
+    Refusal,
     Secret,
     TokenError,
     TokenSource,
@@ -100,3 +101,17 @@ def test_an_expiring_token_is_warned_about_once() -> None:
         assert source.current().reveal() not in lines[0]
     finally:
         logger.remove(sink)
+
+
+def test_a_refusal_holds_until_the_source_gives_another_token() -> None:
+    tokens = TokenSource(token="first")
+    refusal = Refusal(tokens)
+    assert not refusal.active and not refusal.cleared_by(Secret("other"))  # none refused
+    assert refusal.refuse() and not refusal.refuse()  # said once
+    assert refusal.active and not refusal.cleared_by(Secret("first"))  # the same one again
+    assert refusal.cleared_by(Secret("second")) and not refusal.active
+
+
+def test_a_token_that_cannot_be_read_counts_as_refused(tmp_path: Path) -> None:
+    refusal = Refusal(TokenSource(path=tmp_path / "missing"))
+    assert refusal.refuse() and refusal.active
