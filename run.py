@@ -938,60 +938,37 @@ def parser() -> argparse.ArgumentParser:
     live.add_argument("--trace", type=Path, help="write message traces as JSON lines")
     live.add_argument("--http", default=DEFAULT_BIND, help="operator console HOST:PORT, or "
                       f"off (default {DEFAULT_BIND})")
-    runner = commands.add_parser("runner", help="scale-out runner: claims the partitions "
-                                 "of its accounts and runs their actors, order updates from "
-                                 "NATS JetStream, prices from NATS")
-    runner.add_argument("--nats", required=True, help="NATS URL, e.g. nats://127.0.0.1:4222")
-    runner.add_argument("--accounts", help="accounts served, comma-separated (overrides "
-                        "accounts in tracker.toml): a System each, on their partitions")
+    runner = _scaleout(commands, "runner", "scale-out runner: claims the partitions of its "
+                       "accounts and runs their actors, order updates from NATS JetStream, "
+                       "prices from NATS", accounts="accounts served: a System each, on their "
+                       "partitions")
     runner.add_argument("--partitions", help="partitions to claim, e.g. 0-63,128 (default: "
                         "those of the accounts; all when there are none)")
     runner.add_argument("--owner", help="this runner's name in the leases (default: random)")
-    runner.add_argument("--namespace", default="", help="prefix of the NATS subjects and "
-                        "stream, for several deployments on one server (default none)")
     runner.add_argument("--lease-seconds", type=_positive, default=6.0,
                         help="lease length (default 6)")
-    runner.add_argument("--duration", type=_positive, help="seconds to run (default: until "
-                        "Ctrl-C)")
     runner.add_argument("--report", type=Path, help="write what it held and served, and each "
                         "account's status and last reconcile, here as JSON when it stops")
     runner.add_argument("--db-connections", type=_count, default=RUNNER_DB_CONNECTIONS,
                         help="PostgreSQL connections of each account's store, at most "
                         f"(default {RUNNER_DB_CONNECTIONS})")
-    connector = commands.add_parser("connector", help="scale-out: DhanHQ accounts' order "
-                                    "updates (order socket, order book) onto NATS JetStream")
-    connector.add_argument("--nats", required=True, help="NATS URL, e.g. nats://127.0.0.1:4222")
-    connector.add_argument("--accounts", help="accounts (DhanHQ client ids), comma-separated "
-                           "(overrides accounts in tracker.toml)")
-    connector.add_argument("--namespace", default="", help="prefix of the NATS subjects and "
-                           "stream (as the runners')")
+    connector = _scaleout(commands, "connector", "scale-out: DhanHQ accounts' order updates "
+                          "(order socket, order book) onto NATS JetStream",
+                          accounts="accounts (DhanHQ client ids)")
     connector.add_argument("--poll-seconds", type=_positive, default=5.0, help="seconds "
                            "between reads of each account's order book (default 5)")
-    connector.add_argument("--duration", type=_positive, help="seconds to run (default: until "
-                           "Ctrl-C)")
     connector.add_argument("--report", type=Path, help="write each account's connector status "
                            "here as JSON when it stops")
-    feed = commands.add_parser("feed", help="scale-out: DhanHQ's market feed for the "
-                               "accounts' open positions onto NATS")
-    feed.add_argument("--nats", required=True, help="NATS URL, e.g. nats://127.0.0.1:4222")
-    feed.add_argument("--accounts", help="accounts whose open positions it prices, "
-                      "comma-separated (overrides accounts in tracker.toml)")
-    feed.add_argument("--namespace", default="", help="prefix of the NATS subjects (as the "
-                      "runners')")
-    feed.add_argument("--duration", type=_positive, help="seconds to run (default: until "
-                      "Ctrl-C)")
+    feed = _scaleout(commands, "feed", "scale-out: DhanHQ's market feed for the accounts' "
+                     "open positions onto NATS", accounts="accounts whose open positions it "
+                     "prices")
     feed.add_argument("--report", type=Path, help="write the feed's status here as JSON when "
                       "it stops")
-    venue = commands.add_parser("venue", help="the paper broker shared by runners: fake "
-                                "DhanHQ API, entries, order updates to JetStream, prices to "
-                                "NATS")
-    venue.add_argument("--nats", required=True, help="NATS URL, e.g. nats://127.0.0.1:4222")
-    venue.add_argument("--accounts", help="accounts whose entries it places, comma-separated "
-                       "(overrides accounts in tracker.toml)")
+    venue = _scaleout(commands, "venue", "the paper broker shared by runners: fake DhanHQ API, "
+                      "entries, order updates to JetStream, prices to NATS",
+                      accounts="accounts whose entries it places")
     venue.add_argument("--port", type=int, default=8900, help="the fake DhanHQ's port on "
                        "127.0.0.1 (default 8900)")
-    venue.add_argument("--namespace", default="", help="prefix of the NATS subjects and "
-                       "stream (as the runners')")
     venue.add_argument("--entry-every", type=_positive, default=2.0,
                        help="seconds between entries (default 2)")
     venue.add_argument("--instruments", type=_count, default=4, help="instruments of its "
@@ -1003,8 +980,6 @@ def parser() -> argparse.ArgumentParser:
                        "feed)")
     venue.add_argument("--record", type=Path, help="write its placements and each account's "
                        "book here as JSON when it stops (the failover rig's check)")
-    venue.add_argument("--duration", type=_positive, help="seconds to run (default: until "
-                       "Ctrl-C)")
     commands.add_parser("reset-kill-switch", help="operator reset of the latched kill switch")
     trace = commands.add_parser("trace", help="views of a trace file written with --trace")
     trace.add_argument("file", type=Path)
@@ -1032,6 +1007,21 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--http", default=DEFAULT_BIND, help="operator console HOST:PORT, or off "
                      f"(default {DEFAULT_BIND})")
     return top
+
+
+def _scaleout(commands: Any, name: str, text: str, *, accounts: str) -> Any:
+    """A scale-out command with what every one of them takes: ``--nats``, ``--accounts``,
+    ``--namespace`` and ``--duration``."""
+    sub = commands.add_parser(name, help=text)
+    sub.add_argument("--nats", required=True, help="NATS URL, e.g. nats://127.0.0.1:4222")
+    sub.add_argument("--accounts", help=f"{accounts}, comma-separated (overrides accounts in "
+                     "tracker.toml)")
+    sub.add_argument("--namespace", default="", help="prefix of the NATS subjects and stream, "
+                     "for several deployments on one server; the same for every process of "
+                     "one (default none)")
+    sub.add_argument("--duration", type=_positive, help="seconds to run (default: until "
+                     "Ctrl-C)")
+    return sub
 
 
 def preflight(settings: Settings, outputs: Sequence[Path | None]) -> None:
