@@ -190,7 +190,7 @@ class System:
         self._marked = 0
         """The last mark of applied frames this system stored (``mark_frames``)."""
         self._orders: Any = None
-        """The order-update actor's proxy, made once (``mark_frames``)."""
+        """The order-update actor's proxy, made once (``_orders_proxy``)."""
         self._marking = threading.Event()
         """Set at the stop: the thread marking applied frames ends."""
         self._marker: threading.Thread | None = None
@@ -352,9 +352,7 @@ class System:
         So every change a frame up to the mark made is in the store by then: a frame is never
         passed over unapplied. The mark written, or None when it was not (not ready, or
         nothing new since the last)."""
-        if self._orders is None:
-            self._orders = self.orders.proxy()
-        through: int | None = self._orders.frames_routed().get(timeout=ASK)
+        through: int | None = self._orders_proxy().frames_routed().get(timeout=ASK)
         if through is None or through <= self._marked:
             return None
         trackers: list[pykka.ActorRef[Any]] | None = self.supervisor.ask(
@@ -442,8 +440,14 @@ class System:
         """For each update, whether handing it in could change anything here
         (``OrderUpdateActor.news``): a reconcile gives only those, so a takeover's read of a
         day's order book costs what changed, not the day."""
-        answer: list[bool] = self.orders.proxy().news(updates).get(timeout=ASK)
+        answer: list[bool] = self._orders_proxy().news(updates).get(timeout=ASK)
         return answer
+
+    def _orders_proxy(self) -> Any:
+        """The order-update actor's proxy, made once (making one introspects the actor)."""
+        if self._orders is None:
+            self._orders = self.orders.proxy()
+        return self._orders
 
     def books(self) -> BooksReport:
         """The broker's book against ours (SPEC §11.1), as the order-update actor sees them;
