@@ -540,7 +540,8 @@ def build_runner_system(settings: Settings, account: str, lease: PartitionLease,
                         clock: Callable[[], datetime], tokens: TokenSource,
                         on_lease_lost: Callable[[LeaseLost], None],
                         lease_seconds: float, tls: ssl.SSLContext | bool = True,
-                        db_connections: int = RUNNER_DB_CONNECTIONS) -> Served:
+                        db_connections: int = RUNNER_DB_CONNECTIONS,
+                        read_book: bool = False) -> Served:
     """One account's System on a runner's partition (SPEC §13): its store fenced by the
     partition's lease, its exits sent to the DhanHQ API (in paper runs the loopback fake
     DhanHQ, one for every runner) only while the lease has ``lease_seconds /
@@ -574,13 +575,14 @@ def build_runner_system(settings: Settings, account: str, lease: PartitionLease,
 
     books = BookReader(rest, system.order_frame, system, clock=clock, alarm=alarm,
                        correlation_prefix=settings.correlation_prefix)
-    return Served(system, gateway.note_price, close, books=books)
+    return Served(system, gateway.note_price, close, books=books, read_book=read_book)
 
 
 def run_runner(settings: Settings, *, nats_url: str, partitions: str | None,
                owner: str | None, lease_seconds: float, duration: float | None,
                namespace: str = "", db_connections: int = RUNNER_DB_CONNECTIONS,
-               report: Path | None = None, status_every: float = RUNNER_STATUS_EVERY) -> int:
+               report: Path | None = None, status_every: float = RUNNER_STATUS_EVERY,
+               read_book: bool = False) -> int:
     """``run.py runner --nats URL``: a scale-out runner (``app/runner.py``). With accounts
     (``--accounts`` or ``accounts`` in ``tracker.toml``) it claims their partitions and runs a
     System per account (``app/serving.py``); without, it stores its partitions' order updates
@@ -628,7 +630,7 @@ def run_runner(settings: Settings, *, nats_url: str, partitions: str | None,
         systems = AccountSystems(accounts, lambda account, lease: build_runner_system(
             settings, account, lease, url=url, clock=clock, tokens=tokens[account],
             on_lease_lost=holder[0].lease_lost, lease_seconds=lease_seconds, tls=tls,
-            db_connections=db_connections),
+            db_connections=db_connections, read_book=read_book),
             transport, clock=clock)
         runner = Runner(leases, transport, owner=name, partitions=wanted, serve=systems,
                         share=partitions is None)
@@ -952,6 +954,10 @@ def parser() -> argparse.ArgumentParser:
     runner.add_argument("--db-connections", type=_count, default=RUNNER_DB_CONNECTIONS,
                         help="PostgreSQL connections of each account's store, at most "
                         f"(default {RUNNER_DB_CONNECTIONS})")
+    runner.add_argument("--read-book", action="store_true", help="read each account's whole "
+                        "order book at every takeover, not only when its positions differ "
+                        "from the broker's (order updates that do not come from `run.py "
+                        "connector` or another complete source)")
     connector = _scaleout(commands, "connector", "scale-out: DhanHQ accounts' order updates "
                           "(order socket, order book) onto NATS JetStream",
                           accounts="accounts (DhanHQ client ids)")
@@ -1105,7 +1111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_runner(settings, nats_url=args.nats, partitions=args.partitions,
                               owner=args.owner, lease_seconds=args.lease_seconds,
                               duration=args.duration, namespace=args.namespace,
-                              db_connections=args.db_connections, report=args.report)
+                              db_connections=args.db_connections, report=args.report,
+                              read_book=args.read_book)
         if args.command == "feed":
             return run_feed(settings, nats_url=args.nats, namespace=args.namespace,
                             duration=args.duration, report=args.report)

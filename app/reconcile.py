@@ -17,6 +17,13 @@ compares the broker's positions with ours:
    difference), and the positions compared again.
 3. ``poll``: the order book read again while live; only orders whose state changed since the
    last read go in.
+4. ``takeover``: a runner's reconcile of an account it takes over (SPEC §13), once the
+   stream's waiting order updates are in. The positions are compared first; the order book
+   is read (``reconcile``) only when they differ. The stream is complete by construction
+   (the connector publishes every socket frame, and every order that changed in the book it
+   reads at its start, after every reconnect and every 5 s), so a takeover late in a busy
+   day does not read thousands of orders to learn nothing; a difference (a fill the stream
+   has not brought yet, an order placed elsewhere) still reads them all.
 
 The live session (``app/live.py``) reconciles on start and after every reconnect of its order
 socket; a runner reconciles each account of a partition it takes over before serving it
@@ -55,6 +62,8 @@ class Reconciled:
     external: int = 0
     held: int = 0
     """Orders whose state the system held already: not given again."""
+    book_read: bool = True
+    """False: a takeover whose positions agreed, so the order book was not read."""
     differences: dict[str, dict[str, int]] = field(default_factory=dict)
     """``SEGMENT:security:PRODUCT`` → ``{"broker": netQty, "ours": signed open}``."""
     error: str | None = None
@@ -124,12 +133,37 @@ class BookReader:
         self.reconciled = result
         logger.info("reconcile{}: {} orders read, {} held here already, {} with fills given "
                     "to the trackers; {} (read {:.3f} s, checked {:.3f} s, in all {:.3f} s)",
-                    f" of {self.system.account}" if self.system.account else "",
+                    self._of(),
                     result.orders, result.held, result.fills,
                     "positions agree with DhanHQ" if not result.differences
                     else f"POSITIONS DIFFER: {result.differences}", fetched - began,
                     checked - fetched, time.perf_counter() - began)
         return True
+
+    def takeover(self) -> bool:
+        """A takeover's reconcile: ``GET /positions`` against our open positions; the whole
+        order book read (``reconcile``) only when they differ. False (tried again) when the
+        books could not be read."""
+        began = time.perf_counter()
+        self.system.settle(rounds=1)
+        positions = self.rest.positions()
+        if not positions.ok or positions.value is None:
+            self.reconciled.error = f"GET /positions: {positions.outcome.value} {positions.code}"
+            logger.warning("reconcile: {}; trying again", self.reconciled.error)
+            return False
+        differences = self._compare(positions.value, alarm=False)
+        if differences:
+            logger.info("reconcile{}: positions differ from DhanHQ's ({}): the order book is "
+                        "read", self._of(), differences)
+            return self.reconcile()
+        self.reconciled = Reconciled(at=self.clock(), book_read=False)
+        logger.info("reconcile{}: positions agree with DhanHQ ({} rows), the order book not "
+                    "read ({:.3f} s)", self._of(), len(positions.value),
+                    time.perf_counter() - began)
+        return True
+
+    def _of(self) -> str:
+        return f" of {self.system.account}" if self.system.account else ""
 
     def poll(self) -> None:
         """The order book read while live: only orders whose state changed go in."""

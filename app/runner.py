@@ -46,6 +46,11 @@ from store.ports import Lease, LeaseLost, Leases, Store, StoreError
 RENEW_CHECKS = 12
 """Looks per lease length for leases to renew, on the renewal thread (every 0.5 s with 6 s
 leases): a lease is renewed a third into its life, well before it could lapse."""
+DRAIN_WAIT = 0.05
+"""Seconds a partition just started waits for the stream's first waiting order update
+(``Runner._drain``); a pull that brings less than a batch brought all that waited."""
+DRAIN_LIMIT = 5.0
+"""Seconds at most a start spends on the stream's waiting updates before the reconcile."""
 
 Deliver = Callable[[int, bytes], None]
 
@@ -104,7 +109,12 @@ class Serve(Protocol):
     runner's thread only."""
 
     def start(self, partition: int, lease: PartitionLease) -> None:
-        """The partition is ready (claimed, ``claim_wait`` over): start serving it."""
+        """The partition is ready (claimed, ``claim_wait`` over): start serving it (its state
+        loaded; order updates are delivered from here on, nothing is priced yet)."""
+
+    def ready(self, partition: int) -> None:
+        """The stream's waiting updates are in (``Runner._drain``): reconcile with the broker,
+        then act (prices subscribed)."""
 
     def deliver(self, partition: int, delivery: Delivery) -> bool | None:
         """Hand one order update over: True once it is stored (ack), False when it is not
@@ -124,7 +134,8 @@ class Held:
     ready_at: float  # monotonic: claim_wait over, the partition may act
     renew_at: float
     shared: PartitionLease
-    served: bool = False
+    served: bool = False  # started (Serve.start)
+    ready: bool = False  # made ready (Serve.ready): acting on it
 
 
 class Runner:
@@ -170,7 +181,7 @@ class Runner:
         """What this runner holds and has done, for its status line and report."""
         held = dict(self.held)
         return {"owner": self.owner, "partitions_held": sorted(held),
-                "partitions_served": sorted(p for p, h in held.items() if h.served),
+                "partitions_served": sorted(p for p, h in held.items() if h.ready),
                 "updates_stored": self.delivered}
 
     def lease_lost(self, lost: LeaseLost) -> None:
@@ -198,7 +209,8 @@ class Runner:
         ready = [p for p, held in sorted(self.held.items()) if now >= held.ready_at]
         # Every partition ready is started before any is pulled from: a pull waits up to its
         # share of the budget, and a partition handed over must not wait behind another's.
-        served = [p for p in ready if p in self.held and self._served(p)]
+        started = [p for p in ready if p in self.held and self._started(p)]
+        served = [p for p in started if p in self.held and self._served(p)]
         for partition in served:
             if partition in self.held:  # not dropped meanwhile
                 self._consume(partition, self.pull_budget / len(served))
@@ -221,7 +233,9 @@ class Runner:
                           "handed over", plan.release, len(self.held), survey.runners)
             self._release(plan.release)
 
-    def _served(self, partition: int) -> bool:
+    def _started(self, partition: int) -> bool:
+        """The partition started (``Serve.start``: its state loaded, nothing priced yet);
+        False when a write under its lease was refused."""
         held = self.held[partition]
         if self.serve is None or held.served:
             return True
@@ -230,9 +244,48 @@ class Runner:
         except LeaseLost:
             self._drop(partition, "a write under its lease was refused at the start")
             return False
-        held.served = True
+        held.served = True  # from here a drop stops what was started
+        return True
+
+    def _served(self, partition: int) -> bool:
+        """A started partition made ready: the order updates waiting for it on the stream
+        handed over (``_drain``), then ``Serve.ready`` (its accounts reconciled with the
+        broker, their prices subscribed). True once it is served."""
+        held = self.held[partition]
+        if self.serve is None or held.ready:
+            return True
+        self._drain(partition)
+        self._drop_lost()
+        if partition not in self.held:
+            return False
+        try:
+            self.serve.ready(partition)
+        except LeaseLost:
+            self._drop(partition, "a write under its lease was refused at the start")
+            return False
+        held.ready = True
         self.log.info("serving partition {}", partition)
         return True
+
+    def _drain(self, partition: int) -> None:
+        """The order updates the stream holds for a partition just started, handed over
+        before it is made ready: its reconcile then compares the broker's books with a
+        state that holds everything the stream had (``DRAIN_LIMIT`` seconds at most; what
+        is left comes by the ordinary pulls)."""
+        began = time.monotonic()
+        drained = 0
+        assert self.serve is not None
+        while time.monotonic() - began < DRAIN_LIMIT and partition not in self._lost:
+            deliveries = self.transport.pull_order_updates(partition, batch=self.batch,
+                                                           timeout=DRAIN_WAIT)
+            if deliveries:
+                self._hand_over(partition, self.serve, deliveries)
+                drained += len(deliveries)
+            if len(deliveries) < self.batch:
+                break  # no more waited: what comes now is the ordinary flow
+        if drained:
+            self.log.info("partition {}: {} order updates waiting on the stream handed over "
+                          "in {:.3f} s", partition, drained, time.monotonic() - began)
 
     def _drop_lost(self) -> None:
         with self._lost_lock:

@@ -4,13 +4,16 @@ it holds, fed the account's order updates and the prices of its open positions.
 - **Start** (``start``, once the partition is ready): each account's ``System`` is made by the
   composition root (``make(account, lease)``: a store fenced by the partition's lease, a gateway
   that sends only under it) and started: it loads the account's open positions from the store,
-  routes again the frames stored today, and resumes every exit in flight by looking its order up
-  by client id before placing anything (``System.start``). Then the account is reconciled with
-  the broker (``Served.books``, ``app/reconcile.py``): its order book read in as frames (fills
-  the stream has not brought yet, orders placed elsewhere) and its positions compared with ours,
-  a difference alarmed, never traded away; all before its prices are subscribed. A reconcile
-  that could not read the order book is tried again every ``RECONCILE_RETRY`` seconds while the
-  account is served (its positions stay protected meanwhile).
+  routes again the stored frames not yet marked applied, and resumes every exit in flight by
+  looking its order up by client id before placing anything (``System.start``). The runner
+  then hands over the order updates waiting on the stream (``Runner._drain``) and calls
+  ``ready``: each account is reconciled with the broker (``Served.reconcile``,
+  ``BookReader.takeover``): its positions compared with the broker's, and only when they
+  differ its order book read in as frames (fills the stream has not brought yet, orders placed
+  elsewhere) and compared again, a difference alarmed, never traded away; all before its
+  prices are subscribed. A reconcile that could not read the broker's books is tried again
+  every ``RECONCILE_RETRY`` seconds while the account is served (its positions stay protected
+  meanwhile).
 - **Order updates** (``deliver``): the update's account (the transport carries it) picks the
   System; the update counts as delivered once the order-update actor has stored it
   (``System.store_frame``), so the runner acks it only then. An update of an account this runner
@@ -65,13 +68,19 @@ class Served:
     """Reads the account's books at the broker into the System (None: nothing to reconcile)."""
     reconcile_at: float | None = None
     """``time.monotonic()`` after which a failed reconcile is tried again (None: done)."""
+    read_book: bool = False
+    """Read the whole order book at every takeover, not only when the positions differ
+    (``BookReader.takeover``): for order updates from a stream not known to be complete."""
+    ready: bool = False
+    """Reconciled (or its reconcile tried): its prices are subscribed."""
 
     def reconcile(self) -> bool:
-        """The account's books read in; False (and tried again later) when they could not be."""
+        """The account's books checked against the broker's (``BookReader.takeover``); False
+        (and tried again later) when they could not be read."""
         if self.books is None:
             return True
         try:
-            done = self.books.reconcile()
+            done = self.books.reconcile() if self.read_book else self.books.takeover()
         except Exception as error:  # the runner outlives any one broker failure
             logger.warning("account {}: reconcile failed ({}); trying again",
                            self.system.account, type(error).__name__)
@@ -135,13 +144,22 @@ class AccountSystems:
                     served.close()
                     raise
                 started[account] = served
-                served.reconcile()
                 logger.info("partition {}: account {} started", partition, account)
         except BaseException:
             for served in started.values():  # nothing of a partition half-served
                 self._stop_one(served, lost=True)
             raise
         self.running[partition] = started
+
+    def ready(self, partition: int) -> None:
+        """Each account reconciled with the broker, now that the stream's waiting updates are
+        in; then its prices subscribed. An account whose reconcile failed is served all the
+        same (its positions protected) and reconciled again every ``RECONCILE_RETRY`` s."""
+        for account, served in self.running.get(partition, {}).items():
+            served.reconcile()
+            served.ready = True
+            logger.info("partition {}: account {} reconciled{}", partition, account,
+                        "" if served.reconcile_at is None else " (not yet: tried again)")
         self.step()
 
     def deliver(self, partition: int, delivery: Delivery) -> bool | None:
@@ -176,6 +194,8 @@ class AccountSystems:
         now = time.monotonic()
         for accounts in self.running.values():
             for served in accounts.values():
+                if not served.ready:
+                    continue  # started, its stream's waiting updates not in yet
                 if served.reconcile_at is not None and now >= served.reconcile_at:
                     served.reconcile()
                 try:
@@ -216,6 +236,7 @@ class AccountSystems:
                     row["reconciled"] = {
                         "at": reconciled.at.isoformat() if reconciled.at else None,
                         "differences": reconciled.differences, "error": reconciled.error,
+                        "book_read": reconciled.book_read,
                         "due_again": served.reconcile_at is not None}
                 accounts[account] = row
         return accounts

@@ -193,3 +193,70 @@ def test_when_a_filled_orders_row_has_no_price_then_the_trade_book_prices_it(
     system.settle()
     assert books.calls == ["orders", "trades", "positions"]
     assert [p.entry_price for p in system.open_positions()] == [Decimal("201")]
+
+
+# A runner's takeover (SPEC §13): positions first, the order book only on a difference --------
+def test_when_a_takeovers_positions_agree_then_the_order_book_is_not_read(
+        system: System) -> None:
+    books = ScriptedBooks(orders=[[order("E1", 50)]], positions=[50])
+    alarms: list[str] = []
+    assert reader(books, system, alarms).reconcile()  # the old owner's state: E1 held
+    books.calls.clear()
+    successor = reader(books, system, alarms)
+    assert successor.takeover()
+    assert books.calls == ["positions"] and alarms == []
+    assert successor.reconciled.book_read is False and successor.reconciled.at == T0
+    assert open_qty(system) == 50
+
+
+def test_when_a_takeovers_positions_differ_then_the_order_book_is_read_in(
+        system: System) -> None:
+    # E1 filled at the broker; its update never reached the stream.
+    books = ScriptedBooks(orders=[[order("E1", 50)]], positions=[50])
+    alarms: list[str] = []
+    successor = reader(books, system, alarms)
+    assert successor.takeover()
+    system.settle()
+    assert books.calls == ["positions", "orders", "positions"]
+    assert open_qty(system) == 50 and alarms == []  # read in: agree now, nothing alarmed
+    assert successor.reconciled.book_read is True and successor.reconciled.fills == 1
+
+
+def test_when_a_takeovers_positions_still_differ_after_the_book_then_alarmed_not_traded(
+        system: System) -> None:
+    books = ScriptedBooks(orders=[[order("E1", 50)]], positions=[80])
+    alarms: list[str] = []
+    successor = reader(books, system, alarms)
+    assert successor.takeover()
+    assert len(alarms) == 1 and "differ" in alarms[0]
+    exchange = system.parts.gateway
+    assert isinstance(exchange, PaperExchange) and exchange.orders() == []
+    assert successor.reconciled.differences == {
+        "NSE_FNO:47012/I": {"broker": 80, "ours": 50}}
+
+
+def test_when_a_takeover_cannot_read_the_positions_then_tried_again_later(
+        system: System) -> None:
+    class Down(ScriptedBooks):
+        def positions(self) -> Answer[list[BrokerPosition]]:
+            self.calls.append("positions")
+            return Answer(Outcome.UNKNOWN, None, "timeout")
+
+    books = Down([[order("E1", 50)]], [0])
+    successor = reader(books, system, [])
+    assert not successor.takeover()
+    assert successor.reconciled.error == "GET /positions: UNKNOWN timeout"
+    assert books.calls == ["positions"]
+
+
+def test_a_runner_reads_the_whole_book_at_a_takeover_only_when_told_to(system: System) -> None:
+    from app.serving import Served
+
+    books = ScriptedBooks(orders=[[order("E1", 50)]], positions=[50])
+    assert reader(books, system, []).reconcile()  # E1 held
+    books.calls.clear()
+    assert Served(system, books=reader(books, system, [])).reconcile()
+    assert books.calls == ["positions"]
+    books.calls.clear()
+    assert Served(system, books=reader(books, system, []), read_book=True).reconcile()
+    assert books.calls == ["orders", "positions"]  # run.py runner --read-book

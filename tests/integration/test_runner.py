@@ -174,6 +174,9 @@ class SlowStart:
         time.sleep(self.seconds)
         self.started.append(partition)
 
+    def ready(self, partition: int) -> None:
+        pass
+
     def deliver(self, partition: int, delivery: object) -> bool | None:
         return True
 

@@ -85,7 +85,8 @@ class Served:
             assert not self.thread.is_alive()
 
     def serving(self) -> bool:
-        return bool(self.systems.systems(P))
+        """Started, reconciled and priced (``Runner.report``: served once made ready)."""
+        return P in self.runner.report()["partitions_served"] and bool(self.systems.systems(P))
 
     def position_ids(self) -> set[str]:
         return {p.position_id for system in self.systems.systems(P).values()

@@ -78,6 +78,9 @@ class FakeServe:
         self.log.append(f"start {partition}")
         self.leases[partition] = lease
 
+    def ready(self, partition: int) -> None:
+        self.log.append(f"ready {partition} after {len(self.delivered)} updates")
+
     def deliver(self, partition: int, delivery: Delivery) -> bool | None:
         assert delivery.account == ACCOUNT
         self.delivered.append(delivery.data)
@@ -108,7 +111,9 @@ def test_when_partition_ready_then_served_once_and_updates_acked_only_when_store
         transport.publish_order_update(ACCOUNT, f"m-{n}", f"frame-{n}".encode())
     runner.step()
     runner.step()
-    assert leases.log == [f"start {P}"]  # started once
+    # started once; every update waiting on the stream handed over before it is made ready
+    # (the one nak'ed comes again by the ordinary pulls)
+    assert leases.log == [f"start {P}", f"ready {P} after 3 updates"]
     # m-1 was nak'ed (delivered again at once, stored then); m-2 was left for the ack wait
     assert serve.delivered == [b"frame-0", b"frame-1", b"frame-2", b"frame-1"]
     assert runner.delivered == 2  # acked: m-0, and m-1 the second time
@@ -127,7 +132,8 @@ def test_when_a_write_finds_the_lease_lost_then_nothing_more_and_the_partition_s
     assert shared.deadline() == float("-inf")  # every send refused from now on
     runner.step()
     assert runner.owned() == [P]  # claimed anew by the next round: a new lease, a new start
-    assert leases.log == [f"start {P}", f"stop {P} lost=True", f"start {P}"]
+    assert leases.log == [f"start {P}", f"ready {P} after 0 updates", f"stop {P} lost=True",
+                          f"start {P}", f"ready {P} after 0 updates"]
     assert serve.leases[P] is not shared and not serve.leases[P].revoked
 
 
@@ -137,7 +143,8 @@ def test_when_lost_lease_of_an_older_epoch_reported_then_the_current_one_is_kept
     runner.step()
     runner.lease_lost(LeaseLost(P, 0))
     runner.step()
-    assert not serve.leases[P].revoked and leases.log == [f"start {P}"]
+    assert not serve.leases[P].revoked and \
+        leases.log == [f"start {P}", f"ready {P} after 0 updates"]
 
 
 def test_when_stopped_gracefully_then_served_partitions_stop_before_their_release(
@@ -146,7 +153,8 @@ def test_when_stopped_gracefully_then_served_partitions_stop_before_their_releas
     runner.step()
     runner.release_all()
     # its heartbeat goes first: the others' share grows before they see the partition free
-    assert leases.log == [f"start {P}", "leave r1", f"stop {P} lost=False", f"release {P}"]
+    assert leases.log == [f"start {P}", f"ready {P} after 0 updates", "leave r1",
+                          f"stop {P} lost=False", f"release {P}"]
     assert runner.owned() == []
 
 
@@ -349,7 +357,8 @@ def test_every_partition_ready_is_started_before_any_is_pulled_from() -> None:
                     serve=Logged(leases.log), claim_every=0.0, pull_budget=0.05)
     transport.publish_order_update(ACCOUNT, "m-1", b"frame")
     runner.step()
-    assert leases.log == [f"start {P}", f"start {P + 1}", f"deliver {P}"]
+    assert leases.log == [f"start {P}", f"start {P + 1}", f"deliver {P}",
+                          f"ready {P} after 1 updates", f"ready {P + 1} after 1 updates"]
 
 
 def test_when_venue_serves_accounts_then_each_reads_only_its_own_books() -> None:
@@ -388,3 +397,21 @@ def test_when_venue_serves_accounts_then_each_reads_only_its_own_books() -> None
         for rest in clients.values():
             rest.close()
         venue.fake.stop()
+
+
+def test_when_the_lease_is_lost_while_the_stream_drains_then_stopped_never_made_ready(
+        rig: tuple[Runner, MemoryLeases, FakeServe, LocalTransport]) -> None:
+    runner, leases, _, transport = rig
+
+    class Refusing(FakeServe):
+        def deliver(self, partition: int, delivery: Delivery) -> bool | None:
+            raise LeaseLost(partition, 1)  # the store refused the write: a newer owner
+
+    refusing = Refusing(leases.log)
+    runner.serve = refusing
+    transport.publish_order_update(ACCOUNT, "m-1", b"frame")
+    runner.step()
+    assert leases.log[:2] == [f"start {P}", f"stop {P} lost=True"]  # no "ready" between
+    assert not any(line.startswith("ready") for line in leases.log)
+    [again] = transport.pull_order_updates(P, timeout=0)
+    assert again.msg_id == "m-1"  # not acked: the next owner gets it
