@@ -45,11 +45,13 @@ def protective_price(last: Decimal, txn_type: TxnType, protection_pct: Decimal, 
 
 
 def chase_price(current: Decimal, last: Decimal, txn_type: TxnType, protection_pct: Decimal, *,
-                tick: Decimal = DEFAULT_TICK) -> Decimal | None:
+                tick: Decimal = DEFAULT_TICK, lower_circuit: Decimal | None = None,
+                upper_circuit: Decimal | None = None) -> Decimal | None:
     """The new limit of a resting exit order priced at ``current`` when the market is at
-    ``last``, or None when the fresh protective price is not more aggressive (nothing to
-    chase: the order is already at or beyond it)."""
-    fresh = protective_price(last, txn_type, protection_pct, tick=tick)
+    ``last``, or None when the fresh protective price (inside the circuit limits when given)
+    is not more aggressive (nothing to chase: the order is already at or beyond it)."""
+    fresh = protective_price(last, txn_type, protection_pct, tick=tick,
+                             lower_circuit=lower_circuit, upper_circuit=upper_circuit)
     if txn_type is TxnType.SELL:
         return fresh if fresh < current else None
     return fresh if fresh > current else None

@@ -121,6 +121,7 @@ class DhanGateway:
         self.on_alarm = on_alarm
         self.state = GatewayState()
         self._last: dict[Instrument, Decimal] = {}
+        self._circuits: dict[Instrument, tuple[Decimal, Decimal]] = {}
         self._placed: dict[str, _Placed] = {}
         self._lock = threading.Lock()
         self._sink: Callable[[str], None] | None = None
@@ -132,6 +133,24 @@ class DhanGateway:
 
     def last_price(self, instrument: Instrument) -> Decimal | None:
         return self._last.get(instrument)
+
+    def note_circuits(self, instrument: Instrument, lower: Decimal, upper: Decimal) -> None:
+        """The instrument's circuit limits today (``DhanRest.circuit_limits``): every exit
+        price is kept inside them (an order priced outside is rejected by the exchange)."""
+        self._circuits[instrument] = (lower, upper)
+
+    def circuits(self, instrument: Instrument) -> tuple[Decimal, Decimal] | None:
+        return self._circuits.get(instrument)
+
+    def circuits_known(self) -> int:
+        return len(self._circuits)
+
+    def limit_price(self, instrument: Instrument, last: Decimal, txn_type: TxnType) -> Decimal:
+        """The protective price of an exit now (``models.protection``), inside the circuit
+        limits when they are known."""
+        lower, upper = self._circuits.get(instrument, (None, None))
+        return protective_price(last, txn_type, self.protection_pct, tick=self.tick,
+                                lower_circuit=lower, upper_circuit=upper)
 
     def subscribe(self, sink: Callable[[str], None]) -> None:
         self._sink = sink
@@ -146,7 +165,7 @@ class DhanGateway:
                     quantity: int, product: str | None) -> str:
         self._refuse_while_ip_refused()
         last = self._reference(instrument)
-        limit = protective_price(last, txn_type, self.protection_pct, tick=self.tick)
+        limit = self.limit_price(instrument, last, txn_type)
         answer = self.rest.place_order(correlation_id=client_id, instrument=instrument,
                                        txn_type=txn_type, quantity=quantity, price=limit,
                                        product=product)
@@ -202,8 +221,9 @@ class DhanGateway:
         last = self._last.get(placed.instrument)
         if last is None:
             return None
+        lower, upper = self._circuits.get(placed.instrument, (None, None))
         price = chase_price(placed.limit, last, placed.txn_type, self.protection_pct,
-                            tick=self.tick)
+                            tick=self.tick, lower_circuit=lower, upper_circuit=upper)
         if price is None:
             return None
         self.modify_order(order_no, price=price, quantity=placed.quantity)
@@ -323,8 +343,8 @@ class ShadowGateway:
     def place_order(self, *, client_id: str, instrument: Instrument, txn_type: TxnType,
                     quantity: int, product: str | None) -> str:
         last = self.live.last_price(instrument)
-        limit = protective_price(last, txn_type, self.live.protection_pct,
-                                 tick=self.live.tick) if last is not None else None
+        limit = self.live.limit_price(instrument, last, txn_type) if last is not None \
+            else None
         entry = WouldExit(client_id=client_id, instrument=instrument, txn_type=txn_type,
                           quantity=quantity, limit_price=limit, last_price=last,
                           product=product, at=self.clock())

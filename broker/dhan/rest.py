@@ -15,7 +15,7 @@ import json
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -208,8 +208,18 @@ class DhanRest:
     def ltp(self, request: Mapping[Segment, Sequence[int]]) -> dict[Instrument, Decimal]:
         """``POST /marketfeed/ltp``. ``last_price: 0`` is no price; ids left out are absent.
         Raises ``QuoteThrottled``, ``QuoteTimeout`` or ``GatewayError``."""
+        return _prices(self._quote("/marketfeed/ltp", request))
+
+    def circuit_limits(self, request: Mapping[Segment, Sequence[int]]
+                       ) -> dict[Instrument, tuple[Decimal, Decimal]]:
+        """``POST /marketfeed/quote``: each instrument's circuit limits, (lower, upper); an
+        instrument whose limits are missing, not positive or crossed is left out. Raises as
+        ``ltp`` (the same quote bucket: one request a second)."""
+        return _circuits(self._quote("/marketfeed/quote", request))
+
+    def _quote(self, path: str, request: Mapping[Segment, Sequence[int]]) -> object:
         body = {Segment(segment).value: [int(i) for i in ids] for segment, ids in request.items()}
-        raw = self._send(Bucket.QUOTE, "POST", "/marketfeed/ltp", body)
+        raw = self._send(Bucket.QUOTE, "POST", path, body)
         if isinstance(raw, Answer):
             if raw.outcome is Outcome.LIMITED:
                 raise QuoteThrottled(f"quote API: {raw.detail}")
@@ -217,8 +227,8 @@ class DhanRest:
         verdict = classify(raw.status, raw.body, transport=raw.transport, sent=raw.sent,
                            readable=raw.readable)
         if verdict.outcome is Outcome.OK:
-            return _prices(raw.body)
-        detail = self._answer(verdict, raw, None, "POST /marketfeed/ltp").detail
+            return raw.body
+        detail = self._answer(verdict, raw, None, f"POST {path}").detail
         if verdict.code == "timeout":
             raise QuoteTimeout(f"quote API: {detail}")
         if raw.status == 429 or verdict.code in ("805", "DH-904"):
@@ -316,20 +326,42 @@ def _dumps(body: dict[str, Any]) -> str:
                        for key, value in body.items()})
 
 
-def _prices(body: object) -> dict[Instrument, Decimal]:
+def _entries(body: object) -> Iterator[tuple[Instrument, Mapping[str, Any]]]:
+    """Each instrument's entry of a quote answer (keys folded: ``normalised``)."""
     data = normalised(body).get("data") if isinstance(body, Mapping) else None
-    prices: dict[Instrument, Decimal] = {}
     if not isinstance(data, Mapping):
         raise GatewayError("quote API: answer without data")
     for segment, quotes in data.items():
         if segment not in Segment.__members__ or not isinstance(quotes, Mapping):
             continue
         for security_id, entry in quotes.items():
-            price = normalised(entry).get("lastprice") if isinstance(entry, Mapping) else None
-            try:
-                value = Decimal(str(price))
-            except ArithmeticError:
-                continue
-            if value.is_finite() and value > 0:
-                prices[Instrument(segment=Segment(segment), security_id=str(security_id))] = value
+            if isinstance(entry, Mapping):
+                yield (Instrument(segment=Segment(segment), security_id=str(security_id)),
+                       normalised(entry))
+
+
+def _positive(value: object) -> Decimal | None:
+    try:
+        number = Decimal(str(value))
+    except ArithmeticError:
+        return None
+    return number if number.is_finite() and number > 0 else None
+
+
+def _prices(body: object) -> dict[Instrument, Decimal]:
+    prices: dict[Instrument, Decimal] = {}
+    for instrument, entry in _entries(body):
+        price = _positive(entry.get("lastprice"))
+        if price is not None:
+            prices[instrument] = price
     return prices
+
+
+def _circuits(body: object) -> dict[Instrument, tuple[Decimal, Decimal]]:
+    limits: dict[Instrument, tuple[Decimal, Decimal]] = {}
+    for instrument, entry in _entries(body):
+        lower = _positive(entry.get("lowercircuitlimit"))
+        upper = _positive(entry.get("uppercircuitlimit"))
+        if lower is not None and upper is not None and lower < upper:
+            limits[instrument] = (lower, upper)
+    return limits

@@ -176,6 +176,7 @@ class FakeDhan:
             Route("/v2/trades", self._trades, methods=["GET"]),
             Route("/v2/positions", self._positions, methods=["GET"]),
             Route("/v2/marketfeed/ltp", self._ltp, methods=["POST"]),
+            Route("/v2/marketfeed/quote", self._full_quote, methods=["POST"]),
             WebSocketRoute("/order-update", self._order_socket),
             WebSocketRoute("/feed", self._feed),
         ])
@@ -447,10 +448,20 @@ class FakeDhan:
             [t for t in self.trades.trades() if mine(t.order_no)], client))
 
     async def _ltp(self, request: Request) -> Response:
+        return await self._quote(request, full=False)
+
+    async def _full_quote(self, request: Request) -> Response:
+        """``POST /v2/marketfeed/quote``: the last price with the circuit limits
+        (``quotes.circuits``; the other fields of DhanHQ's answer, depth and OHLC, are left
+        out: nothing here reads them)."""
+        return await self._quote(request, full=True)
+
+    async def _quote(self, request: Request, *, full: bool) -> Response:
         refused = self._admit(request, Bucket.QUOTE)
         if refused is not None:
             return refused
-        answer = self.quotes.handle_json((await request.body()).decode("utf-8", "replace"))
+        answer = self.quotes.handle_json((await request.body()).decode("utf-8", "replace"),
+                                         full=full)
         failed = '"status": "failed"' in answer
         status = 429 if failed and '"805"' in answer else 400 if failed else 200
         return Response(answer, status_code=status, media_type="application/json")

@@ -1,4 +1,7 @@
-"""The paper quote API (SPEC §4.3): DhanHQ ``POST /v2/marketfeed/ltp`` over a ``Market``.
+"""The paper quote API (SPEC §4.3): DhanHQ ``POST /v2/marketfeed/ltp`` (and
+``POST /v2/marketfeed/quote``, ``handle_json(full=True)``: each instrument's answer also
+carries its circuit limits, ``lower_circuit_limit`` and ``upper_circuit_limit``) over a
+``Market``.
 
 ``handle_json`` serves the exact wire shapes — request ``{"NSE_FNO": [49081], "NSE_EQ": [11536]}``,
 answer ``{"data": {"NSE_FNO": {"49081": {"last_price": 368.15}}}, "status": "success"}`` or
@@ -66,6 +69,10 @@ class PaperQuoteApi:
         self.calls = 0
         self._last_call: float | None = None
         self._fail = self._timeout = self._throttle = 0
+        self.circuits: dict[Instrument, tuple[Decimal, Decimal]] = {}
+        """Circuit limits set by a test; an instrument without is given ``circuit_band``
+        around the first price quoted for it (as an exchange fixes a day's band)."""
+        self.circuit_band = Decimal("0.2")
 
     def fail_next(self, n: int = 1) -> None:
         """The next ``n`` requests fail (``GatewayError``; answer code 800)."""
@@ -95,15 +102,19 @@ class PaperQuoteApi:
                 for security_id, quote in quotes.items()}
 
     # The wire ---------------------------------------------------------------------------------
-    def handle_json(self, body: str) -> str:
-        """The answer to one raw request body. Raises ``QuoteTimeout`` when told to time out:
-        a request that times out has no answer."""
+    def handle_json(self, body: str, *, full: bool = False) -> str:
+        """The answer to one raw request body (``full``: the quote endpoint's, with circuit
+        limits). Raises ``QuoteTimeout`` when told to time out: a request that times out has
+        no answer."""
         self.calls += 1
         try:
             self._admit()
             request = _parse_request(body)
             self._check(request)
-            return dumps({"data": self._prices(request), "status": "success"})
+            data = self._prices(request)
+            if full:
+                self._add_circuits(data)
+            return dumps({"data": data, "status": "success"})
         except _Failed as failed:
             return dumps({"data": {failed.code: str(failed)}, "status": "failed"})
 
@@ -140,6 +151,16 @@ class PaperQuoteApi:
                 if price is not None:
                     data.setdefault(segment.value, {})[str(security_id)] = {"last_price": price}
         return data
+
+    def _add_circuits(self, data: dict[str, dict[str, Any]]) -> None:
+        for segment, quotes in data.items():
+            for security_id, quote in quotes.items():
+                instrument = Instrument(segment=Segment(segment), security_id=security_id)
+                price = Decimal(quote["last_price"])
+                lower, upper = self.circuits.setdefault(instrument, (
+                    (price * (1 - self.circuit_band)).quantize(Decimal("0.05")),
+                    (price * (1 + self.circuit_band)).quantize(Decimal("0.05"))))
+                quote.update(lower_circuit_limit=lower, upper_circuit_limit=upper)
 
 
 def _parse_request(body: str) -> dict[Segment, list[int]]:

@@ -103,6 +103,26 @@ def test_shadow_places_nothing_and_reports_the_same_decision(tmp_path: Path) -> 
     assert shadow["mode"] == "shadow"
 
 
+def test_an_exit_is_priced_inside_the_circuit_limits(tmp_path: Path) -> None:
+    with Venue() as venue:
+        venue.fake.quotes.circuits[FUT] = (Decimal("93.50"), Decimal("106.50"))
+        venue.enter(FUT, TxnType.BUY, 75)
+        wait_until(lambda: venue.exchange.orders()[0].status.value == "TRADED", 5)
+        run = LiveRun(venue, tmp_path)
+        started(run)
+        run.wait_log("circuit limits read for 1 of 1 instruments", 15)
+        venue.set_price(FUT, "94.10")  # the stop loss; 1 % below is 93.15, past the circuit
+        exit_filled(venue, 15)
+        time.sleep(1.0)
+        report = run.stop()
+        exits = venue.exits()
+        reads = [r for r in venue.fake.requests if r.path.endswith("/marketfeed/quote")]
+    assert len(exits) == 1 and exits[0].price == Decimal("93.50")  # at the lower circuit
+    assert len(reads) == 1  # read once for the instrument, not per step
+    assert report["gateway"]["circuits_known"] == 1
+    assert positions(report)["49081:LONG"]["exit_reason"] == "STOP_LOSS"
+
+
 def test_an_exit_filled_in_parts(tmp_path: Path) -> None:
     with Venue(partial_fills=3) as venue:
         venue.enter(FUT, TxnType.BUY, 75)

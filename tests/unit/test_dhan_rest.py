@@ -126,6 +126,31 @@ def test_quotes_skip_zero_prices_and_missing_ids() -> None:
     assert json.loads(seen[0].content) == {"NSE_FNO": [49081, 49082, 49083], "NSE_EQ": [11536]}
 
 
+def test_circuit_limits_come_from_the_quote_endpoint_and_bad_rows_are_left_out() -> None:
+    body = {"data": {"NSE_FNO": {"49081": {"last_price": 368.15, "lower_circuit_limit": 294.5,
+                                           "upper_circuit_limit": 441.8},
+                                 "49082": {"last_price": 12, "lower_circuit_limit": 0,
+                                           "upper_circuit_limit": 14.4},
+                                 "49083": {"lower_circuit_limit": 20, "upper_circuit_limit": 10},
+                                 "49084": "not an entry"},
+                     "NSE_EQ": {"11536": {"LowerCircuitLimit": "2001.2",
+                                          "UpperCircuitLimit": "3001.8"}}}, "status": "success"}
+    rest, seen = client(lambda r: httpx.Response(200, json=body))
+    limits = rest.circuit_limits({Segment.NSE_FNO: [49081, 49082, 49083, 49084],
+                                  Segment.NSE_EQ: [11536]})
+    assert limits == {FNO: (Decimal("294.5"), Decimal("441.8")),
+                      Instrument(segment=Segment.NSE_EQ, security_id="11536"):
+                      (Decimal("2001.2"), Decimal("3001.8"))}
+    assert seen[0].url.path.endswith("/marketfeed/quote")
+
+
+def test_a_throttled_circuit_read_raises_quote_throttled() -> None:
+    rest, _ = client(lambda r: httpx.Response(
+        429, json={"data": {"805": "Too many requests"}, "status": "failed"}))
+    with pytest.raises(QuoteThrottled):
+        rest.circuit_limits({Segment.NSE_FNO: [49081]})
+
+
 @pytest.mark.parametrize(("response", "error"), [
     (httpx.Response(429, json={"data": {"805": "Too many requests"}, "status": "failed"}),
      QuoteThrottled),

@@ -28,6 +28,15 @@ def test_circuit_limits_clamp_the_price() -> None:
     assert protective_price(D("100"), TxnType.BUY, D("0.05"), upper_circuit=D("103")) == D("103")
 
 
+def test_a_chase_stops_at_the_circuit_limit() -> None:
+    # the market at the lower circuit (96): 1 % below it would be rejected by the exchange
+    assert chase_price(D("97.50"), D("96"), TxnType.SELL, D("0.01"),
+                       lower_circuit=D("96")) == D("96")
+    assert chase_price(D("96"), D("96"), TxnType.SELL, D("0.01"), lower_circuit=D("96")) is None
+    assert chase_price(D("103"), D("104"), TxnType.BUY, D("0.01"),
+                       upper_circuit=D("104")) == D("104")
+
+
 def test_bad_inputs_are_refused_clearly() -> None:
     with pytest.raises(ValueError, match="positive"):
         protective_price(D(0), TxnType.SELL, D("0.01"))
