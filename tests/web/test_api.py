@@ -202,6 +202,13 @@ def test_metrics_speak_prometheus_with_latency_histograms(tmp_path: Path) -> Non
     exported |= {f"{family.name}_total" for family in families.values()
                  if family.type == "counter"}  # a family with no sample yet
     assert queried - exported == {"tracker_token_expiry_seconds"}
+    # ... and every query shows the accounts chosen in the dashboard's Account variable.
+    assert "account" in {v["name"] for v in board["templating"]["list"]}
+    for panel in board["panels"]:
+        for target in panel["targets"]:
+            names = re.findall(r"\btracker_[a-z_]+(\{[^}]*\})?", target["expr"])
+            assert names and all(s == '{account=~"$account"}' for s in names), target["expr"]
+            assert "{{account}}" in target["legendFormat"], target
 
 
 def test_probes_and_openapi_schema(tmp_path: Path) -> None:
