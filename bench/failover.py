@@ -3,7 +3,7 @@ NATS restarted and PostgreSQL sessions killed while the runners trade, on loopba
 runs them.
 
 ``python -m bench.failover [--cycles N] [--runners K] [--lease S] [--http-timeout S]
-[--faults kill,pause,term,add,nats,pg] [--out FILE.jsonl] [--connectors]``;
+[--faults kill,pause,term,add,nats,pg] [--out FILE.jsonl] [--connectors] [--read-book]``;
 ``python -m bench.failover --summarize FILE.jsonl``
 
 - One ``run.py venue`` process (the paper broker: the fake DhanHQ, entries for a handful of
@@ -277,6 +277,9 @@ class Rig:
     connectors: bool = False
     """The order updates and prices reach NATS through ``run.py connector`` and ``run.py feed``
     (the venue only plays DhanHQ: ``--no-publish``), as with a real broker."""
+    read_book: bool = False
+    """Runners read each account's whole order book at every takeover (``run.py runner
+    --read-book``), not only when its positions differ from the broker's."""
     namespace: str = field(default_factory=lambda: f"fo{uuid.uuid4().hex[:10]}")
     port: int = 0
     venue: Proc | None = None
@@ -349,7 +352,7 @@ class Rig:
         sep = "&" if "?" in self.url else "?"
         proc = self._start(owner, "runner", "--owner", owner, "--lease-seconds",
                            str(self.lease), "--db-connections", str(self.db_connections),
-                           *options,
+                           *(("--read-book",) if self.read_book else ()), *options,
                            url=f"{self.url}{sep}application_name={self.application_name}")
         self.runners[owner] = proc
         if wait:
@@ -664,7 +667,7 @@ def run(url: str, nats: str | None, work: Path, *, cycles: int, runners: int, le
         faults: tuple[str, ...] = FAULTS, out: Path | None = None,
         nats_down: float = NATS_DOWN, nats_stop: str = "term",
         db_connections: int = DB_CONNECTIONS, connectors: bool = False,
-        stop: threading.Event | None = None) -> dict[str, Any]:
+        read_book: bool = False, stop: threading.Event | None = None) -> dict[str, Any]:
     """The rig on ``url`` (a PostgreSQL URL, its schema fresh) and ``nats`` (None: a
     nats-server of its own, which the ``nats`` fault needs); logs in ``work``; each line
     appended to ``out``. ``stop`` set: no more cycles, the end checks run."""
@@ -684,13 +687,15 @@ def run(url: str, nats: str | None, work: Path, *, cycles: int, runners: int, le
     server = NatsServer(work) if nats is None else None
     rig = Rig(url, server.url if server is not None else nats or NATS, work, lease,
               http_timeout, entry_every, nats_server=server, nats_down=nats_down,
-              nats_stop=nats_stop, db_connections=db_connections, connectors=connectors)
+              nats_stop=nats_stop, db_connections=db_connections, connectors=connectors,
+              read_book=read_book)
     timeout = 3 * lease + http_timeout + 30
     started = time.monotonic()
     lines = Lines(out)
     lines.add("start", {"runners": runners, "lease_s": lease, "http_timeout_s": http_timeout,
                         "accounts": len(ACCOUNTS), "faults": list(faults),
                         "db_connections": db_connections, "connectors": connectors,
+                        "read_book": read_book,
                         "nats": "private" if server is not None else "shared"})
     try:
         if server is not None:
@@ -921,6 +926,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-logs", type=Path, help="write the processes' logs here")
     parser.add_argument("--connectors", action="store_true", help="order updates and prices "
                         "through run.py connector and run.py feed (the venue only DhanHQ)")
+    parser.add_argument("--read-book", action="store_true", help="runners read the whole "
+                        "order book at every takeover (run.py runner --read-book)")
     args = parser.parse_args(argv)
     if args.summarize is not None:
         try:
@@ -956,7 +963,7 @@ def main(argv: list[str] | None = None) -> int:
                   entry_every=args.entry_every, faults=faults, out=args.out,
                   nats_down=args.nats_down, nats_stop=args.nats_stop,
                   db_connections=args.db_connections, connectors=args.connectors,
-                  stop=stop)
+                  read_book=args.read_book, stop=stop)
     _print(row)
     return 0
 
