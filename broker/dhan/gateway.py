@@ -148,9 +148,26 @@ class DhanGateway:
     def limit_price(self, instrument: Instrument, last: Decimal, txn_type: TxnType) -> Decimal:
         """The protective price of an exit now (``models.protection``), inside the circuit
         limits when they are known."""
-        lower, upper = self._circuits.get(instrument, (None, None))
+        lower, upper = self._band(instrument, last)
         return protective_price(last, txn_type, self.protection_pct, tick=self.tick,
                                 lower_circuit=lower, upper_circuit=upper)
+
+    def _band(self, instrument: Instrument, last: Decimal
+              ) -> tuple[Decimal, Decimal] | tuple[None, None]:
+        """The circuit limits to price inside; none when unknown, or when the last price is
+        outside them: the exchange has moved the band since they were read (F&O bands are
+        relaxed during the day), and an exit clamped to the old one would never fill. Those
+        limits are forgotten, so that they are read again."""
+        band = self._circuits.get(instrument)
+        if band is None:
+            return None, None
+        if not band[0] <= last <= band[1]:
+            self._circuits.pop(instrument, None)
+            logger.warning("{}:{} last price {} is outside its circuit limits {}-{}: the band "
+                           "has moved; exits priced without it until it is read again",
+                           instrument.segment.value, instrument.security_id, last, *band)
+            return None, None
+        return band
 
     def subscribe(self, sink: Callable[[str], None]) -> None:
         self._sink = sink
@@ -221,7 +238,7 @@ class DhanGateway:
         last = self._last.get(placed.instrument)
         if last is None:
             return None
-        lower, upper = self._circuits.get(placed.instrument, (None, None))
+        lower, upper = self._band(placed.instrument, last)
         price = chase_price(placed.limit, last, placed.txn_type, self.protection_pct,
                             tick=self.tick, lower_circuit=lower, upper_circuit=upper)
         if price is None:
