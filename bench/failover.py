@@ -4,7 +4,7 @@ runs them.
 
 ``python -m bench.failover [--cycles N] [--runners K] [--lease S] [--http-timeout S]
 [--faults kill,pause,term,add,nats,pg] [--out FILE.jsonl] [--connectors] [--read-book]``;
-``python -m bench.failover --summarize FILE.jsonl``
+``python -m bench.failover --summarize FILE.jsonl [FILE.jsonl ...]``
 
 - One ``run.py venue`` process (the paper broker: the fake DhanHQ, entries for a handful of
   accounts, order updates onto JetStream, prices onto NATS) and K ``run.py runner --accounts``
@@ -68,7 +68,7 @@ runs them.
 - **Results file** (``--out FILE.jsonl``, appended): a ``start`` line, one ``cycle`` line as
   soon as each cycle ends and an ``end`` line with the end checks, each naming its run. A run
   stopped with Ctrl-C or SIGTERM finishes its cycle and runs the end checks (twice: at once,
-  its cycles kept); ``--summarize FILE`` computes the summary of every run in the file with the
+  its cycles kept); ``--summarize FILE [FILE ...]`` computes the summary of every run in the files with the
   same code as a run's final row (one run in the file: the same figures), so a long run can be
   made over several sittings.
 
@@ -921,8 +921,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db-connections", type=int, default=DB_CONNECTIONS,
                         help="PostgreSQL connections of each account's store in a runner")
     parser.add_argument("--out", type=Path, help="append each cycle's line here (JSON lines)")
-    parser.add_argument("--summarize", type=Path, metavar="FILE.jsonl",
-                        help="print the summary of the runs in FILE (an --out file) and stop")
+    parser.add_argument("--summarize", type=Path, nargs="+", metavar="FILE.jsonl",
+                        help="print the summary of the runs in the FILEs (--out files: the "
+                        "sittings of one long run) and stop")
     parser.add_argument("--keep-logs", type=Path, help="write the processes' logs here")
     parser.add_argument("--connectors", action="store_true", help="order updates and prices "
                         "through run.py connector and run.py feed (the venue only DhanHQ)")
@@ -931,9 +932,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.summarize is not None:
         try:
-            row = summarise(read_lines(args.summarize))
+            row = summarise([line for path in args.summarize for line in read_lines(path)])
         except (OSError, ValueError, KeyError) as error:
-            parser.error(f"--summarize {args.summarize}: {error!r}")
+            parser.error(f"--summarize {' '.join(map(str, args.summarize))}: {error!r}")
         _print(row)
         return 0
     faults = tuple(f.strip() for f in args.faults.split(",") if f.strip())
