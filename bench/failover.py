@@ -68,9 +68,9 @@ runs them.
 - **Results file** (``--out FILE.jsonl``, appended): a ``start`` line, one ``cycle`` line as
   soon as each cycle ends and an ``end`` line with the end checks, each naming its run. A run
   stopped with Ctrl-C or SIGTERM finishes its cycle and runs the end checks (twice: at once,
-  its cycles kept); ``--summarize FILE [FILE ...]`` computes the summary of every run in the files with the
-  same code as a run's final row (one run in the file: the same figures), so a long run can be
-  made over several sittings.
+  its cycles kept); ``--summarize FILE [FILE ...]`` computes the summary of every run in the
+  files with the same code as a run's final row (one run in the file: the same figures), so a
+  long run can be made over several sittings.
 
 Prints one JSON row (``{"benchmark": "failover", "figures": [...], ...}``) as its last line.
 """
