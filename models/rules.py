@@ -99,6 +99,16 @@ def pnl(position: Position, ltp: Decimal | None, policy: ExitPolicy) -> PnL:
                unrealized=unrealized_at(basis, mark), realized=basis.realized)
 
 
+def closed_net(position: Position, policy: ExitPolicy) -> Decimal:
+    """``pnl(position, None, policy).net`` without the rest of the ``PnL``: what a closed
+    position made, net of fees (a start sums a day's worth of them)."""
+    basis = basis_of(position, policy)
+    if basis is None:
+        return -fees_of(position, policy)
+    exit_price = position.exit_price
+    return net_at(basis, exit_price if exit_price is not None else basis.entry)
+
+
 def update_marks(position: Position, ltp: Decimal, policy: ExitPolicy,
                  basis: Basis | None = None) -> Position:
     """Fold one price into peak price, high-water mark and trailing stop (never loosening).

@@ -40,7 +40,7 @@ from models.marks import Basis, basis_of, net_at, net_line, pct_at
 from models.messages import PnLMarked, PositionChanged, PositionClosed, PositionOpened, PriceBatch
 from models.policy import ExitPolicy
 from models.position import CLOSED, PRICED, Position
-from models.rules import pnl
+from models.rules import closed_net
 from store.ports import PnLCache
 from store.records import PnLEntry
 
@@ -162,7 +162,7 @@ class PnLWriterActor(SingletonActor):
         for position in open_positions:
             self._position(position)
         for position in closed_today:
-            self.closed_net[position.position_id] = pnl(position, None, self.policy).net
+            self.closed_net[position.position_id] = closed_net(position, self.policy)
 
     def peaks(self) -> tuple[dict[str, Decimal | None], dict[str, Decimal]]:
         """Each open position's peak price, and its high-water mark, as last marked (asked by
@@ -182,7 +182,7 @@ class PnLWriterActor(SingletonActor):
             self.marked.discard(pid)
             self.marked_since.discard(pid)
             self.deletes_since.add(pid)
-            self.closed_net[pid] = pnl(position, None, self.policy).net
+            self.closed_net[pid] = closed_net(position, self.policy)
         else:
             book.held[pid] = _Held(position, self.policy)
             self.where[pid] = instrument

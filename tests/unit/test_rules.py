@@ -18,6 +18,7 @@ from models.position import ExitReason, OrderRole, Position
 from models.rules import (
     ExitDecision,
     PriceMark,
+    closed_net,
     evaluate,
     is_unprotected,
     kill_switch_breached,
@@ -447,6 +448,21 @@ def test_pnl_without_fees_when_fee_is_zero() -> None:
     value = pnl(active(Side.LONG, 50, "100"), d(110), ExitPolicy(fee_per_order=d(0)))
 
     assert value.net == value.gross == d(500)
+
+
+def test_closed_net_is_the_pnls_net_without_a_price() -> None:
+    long_exit = apply_exit(exiting(Side.LONG, 130, "182.35"),
+                           exit_update(OrderStatus.TRADED, 130, "190.00", at=t(11, 1),
+                                       quantity=130))
+    short_exit = apply_exit(exiting(Side.SHORT, 50, "100"),
+                            exit_update(OrderStatus.TRADED, 50, "90", at=t(11, 1),
+                                        side=Side.SHORT, quantity=50))
+    part = apply_exit(exiting(Side.LONG, 100, "100"),
+                      exit_update(OrderStatus.PART_TRADED, 40, "110", at=t(11, 1)))
+    for position in (long_exit, short_exit, part, active(Side.LONG, 50, "100"), pending()):
+        for policy in (ExitPolicy(), ExitPolicy(fee_per_order=d(0))):
+            assert closed_net(position, policy) == pnl(position, None, policy).net
+    assert closed_net(long_exit, ExitPolicy()) == d("954.50")
 
 
 def test_pnl_of_a_pending_position_is_zero() -> None:
