@@ -15,7 +15,7 @@ import gc
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -401,14 +401,16 @@ class System:
         ids = cause.caused() if isinstance(cause, Message) else {"correlation_id": new_id()}
         self.orders.tell(OrderUpdateReceived(raw=raw, sent_at=self.parts.clock(), **ids))
 
-    def store_frame(self, raw: str, timeout: float = ASK) -> bool:
-        """A raw broker frame from a runner's transport (SPEC §13): handled now, and True once
-        it is stored durably, so that the transport may forget it (a new owner routes the
-        stored frames again at its start); False when it is not (ack nothing: it comes again,
-        and the order-update actor ignores an update it has seen)."""
-        frame = OrderUpdateReceived(raw=raw, sent_at=self.parts.clock(),
-                                    correlation_id=new_id(), source="transport")
-        stored: bool = self.orders.ask(StoreFrame(frame), block=True, timeout=timeout)
+    def store_frames(self, raws: Sequence[str], timeout: float = ASK) -> bool:
+        """Raw broker frames from a runner's transport (SPEC §13), in order: handled now, and
+        True once they are all stored durably (in one write), so that the transport may forget
+        them (a new owner routes the stored frames again at its start); False when they are
+        not (ack nothing: they come again, and the order-update actor ignores an update it
+        has seen)."""
+        at = self.parts.clock()
+        frames = tuple(OrderUpdateReceived(raw=raw, sent_at=at, correlation_id=new_id(),
+                                           source="transport") for raw in raws)
+        stored: bool = self.orders.ask(StoreFrame(frames), block=True, timeout=timeout)
         return stored
 
     def tick(self, instrument: Instrument, ltp: Any, at: datetime) -> None:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -116,9 +116,10 @@ class Serve(Protocol):
         """The stream's waiting updates are in (``Runner._drain``): reconcile with the broker,
         then act (prices subscribed)."""
 
-    def deliver(self, partition: int, delivery: Delivery) -> bool | None:
-        """Hand one order update over: True once it is stored (ack), False when it is not
-        (nak: it comes again), None to leave it (redelivered after the ack wait)."""
+    def deliver(self, partition: int, deliveries: Sequence[Delivery]) -> list[bool | None]:
+        """Hand a pull's order updates over, in order; for each, True once it is stored
+        (ack), False when it is not (nak: it comes again), None to leave it (redelivered
+        after the ack wait)."""
 
     def stop(self, partition: int, *, lost: bool) -> None:
         """Stop serving the partition: in order under its live lease, or (``lost``) at once,
@@ -412,24 +413,22 @@ class Runner:
             self.delivered += 1
 
     def _hand_over(self, partition: int, serve: Serve, deliveries: list[Delivery]) -> None:
-        for number, delivery in enumerate(deliveries):
-            try:
-                stored = serve.deliver(partition, delivery)
-            except LeaseLost:
-                stored = False
-                self.lease_lost(LeaseLost(partition, self.held[partition].lease.epoch))
-            except Exception:
-                for left in deliveries[number:]:
-                    left.nak()  # not stored: delivered again
-                raise
+        if not deliveries:
+            return
+        try:
+            answers = serve.deliver(partition, deliveries)
+        except LeaseLost:
+            answers = [False] * len(deliveries)
+            self.lease_lost(LeaseLost(partition, self.held[partition].lease.epoch))
+        except Exception:
+            for left in deliveries:
+                left.nak()  # not stored: delivered again
+            raise
+        for delivery, stored in zip(deliveries, answers, strict=True):
             if stored is None:
                 continue
             if not stored:
-                delivery.nak()
-                if partition in self._lost:  # the lease went with it: the next owner's
-                    for left in deliveries[number + 1:]:
-                        left.nak()
-                    return
+                delivery.nak()  # comes again (to the next owner, if the lease went with it)
                 continue
             delivery.ack()
             self.delivered += 1

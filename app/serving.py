@@ -15,8 +15,9 @@ it holds, fed the account's order updates and the prices of its open positions.
   every ``RECONCILE_RETRY`` seconds while the account is served (its positions stay protected
   meanwhile).
 - **Order updates** (``deliver``): the update's account (the transport carries it) picks the
-  System; the update counts as delivered once the order-update actor has stored it
-  (``System.store_frame``), so the runner acks it only then. An update of an account this runner
+  System; a pull's updates of one account are stored in one write, in order, and count as
+  delivered once the order-update actor has stored them (``System.store_frames``), so the
+  runner acks them only then. An update of an account this runner
   does not serve is left unacked, for a runner configured with it.
 - **Prices** (``step``): the instruments of every open position of the running Systems are
   subscribed on the transport (``prices.<segment>.<security>``) and unsubscribed once no
@@ -30,7 +31,7 @@ it holds, fed the account's order updates and the prices of its open positions.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -162,20 +163,30 @@ class AccountSystems:
                         "" if served.reconcile_at is None else " (not yet: tried again)")
         self.step()
 
-    def deliver(self, partition: int, delivery: Delivery) -> bool | None:
-        served = self.running.get(partition, {}).get(delivery.account)
-        if served is None:
-            logger.error("order update {} of account {!r} on partition {}: no such account "
-                         "here (left for a runner that serves it)", delivery.msg_id,
-                         delivery.account, partition)
-            return None
-        raw = delivery.data.decode("utf-8", errors="replace")
-        try:
-            return served.system.store_frame(raw, timeout=self.frame_wait)
-        except (pykka.Timeout, pykka.ActorDeadError) as error:  # not known to be stored
-            logger.warning("order update {} of account {} not stored in time ({}): it comes "
-                           "again", delivery.msg_id, delivery.account, type(error).__name__)
-            return False
+    def deliver(self, partition: int, deliveries: Sequence[Delivery]) -> list[bool | None]:
+        """Each account's updates among ``deliveries`` stored in one write, in order
+        (``System.store_frames``); an answer per delivery, as ``Serve.deliver`` says."""
+        answers: list[bool | None] = [None] * len(deliveries)
+        by_account: dict[str, list[int]] = {}
+        for number, delivery in enumerate(deliveries):
+            by_account.setdefault(delivery.account, []).append(number)
+        for account, numbers in by_account.items():
+            served = self.running.get(partition, {}).get(account)
+            if served is None:
+                logger.error("{} order updates of account {!r} on partition {} (first {}): no "
+                             "such account here (left for a runner that serves it)",
+                             len(numbers), account, partition, deliveries[numbers[0]].msg_id)
+                continue
+            raws = [deliveries[n].data.decode("utf-8", errors="replace") for n in numbers]
+            try:
+                stored: bool | None = served.system.store_frames(raws, timeout=self.frame_wait)
+            except (pykka.Timeout, pykka.ActorDeadError) as error:  # not known to be stored
+                logger.warning("{} order updates of account {} not stored in time ({}): they "
+                               "come again", len(numbers), account, type(error).__name__)
+                stored = False
+            for n in numbers:
+                answers[n] = stored
+        return answers
 
     def stop(self, partition: int, *, lost: bool) -> None:
         served = self.running.pop(partition, {})

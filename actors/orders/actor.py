@@ -93,11 +93,12 @@ class FlushFrames:
 
 @dataclass(frozen=True, slots=True)
 class StoreFrame:
-    """Asked of the order-update actor (a runner, SPEC §13): handle ``frame`` now and answer
-    whether it is stored durably (False: it waits in memory for the store, or its partition's
-    lease is lost); the runner acks the update only on True."""
+    """Asked of the order-update actor (a runner, SPEC §13): handle ``frames`` now, in order
+    and stored in one write, and answer whether they are all stored durably (False: some wait
+    in memory for the store, or the partition's lease is lost); the runner acks the updates
+    only on True."""
 
-    frame: OrderUpdateReceived
+    frames: tuple[OrderUpdateReceived, ...]
 
 
 class OrderUpdateActor(SingletonActor):
@@ -333,7 +334,7 @@ class OrderUpdateActor(SingletonActor):
             case OrderUpdateReceived():
                 self.hold(message)
             case StoreFrame():  # the frames held before it were handled by ``intercept``
-                self.handle_frames([message.frame])
+                self.handle_frames(list(message.frames))
                 return self.audit.unstored == 0
             case PositionOpened() | PositionChanged() | PositionClosed():
                 self._position_event(message.position, message)

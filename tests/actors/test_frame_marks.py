@@ -6,7 +6,7 @@ before a kill, a position whose writes fail, a start that could not read the sto
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -23,7 +23,7 @@ from models.policy import RiskConfig
 from models.position import PositionStatus
 from store.pnl_cache import InMemoryPnLCache
 from store.ports import Store, StoreError
-from store.records import StoredOrderUpdate
+from store.records import ReceivedFrame, StoredOrderUpdate
 from tests.actors.test_frame_recovery import (
     INSTRUMENT,
     STORES,
@@ -170,3 +170,28 @@ def test_a_running_system_marks_the_applied_frames_on_its_own() -> None:
         assert store.frames_mark() == last_seq(store) == 1
     finally:
         system.stop()
+
+
+class WritesCounted(FakeStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[int] = []
+
+    def record_order_updates(self, frames: Sequence[ReceivedFrame]) -> list[int]:
+        seqs = super().record_order_updates(frames)
+        self.writes.append(len(frames))
+        return seqs
+
+
+def test_a_runners_pull_is_stored_in_one_write_and_answered_stored_only_once_it_is() -> None:
+    store = WritesCounted()
+    run = Run(store, "X", T0)
+    frames = [entry("E1", OrderStatus.TRADED, 100), entry("E2", OrderStatus.TRADED, 100,
+                                                          seconds=1)]
+    assert run.system.store_frames(frames) is True
+    assert store.writes == [2]  # one write for the pull's two updates
+    run.system.settle()
+    assert {p.entry_order_no for p in run.system.open_positions()} == {"E1", "E2"}
+    store.fail_frames = True  # the database refuses what comes now
+    assert run.system.store_frames([entry("E3", OrderStatus.TRADED, 100, seconds=2)]) is False
+    run.kill()

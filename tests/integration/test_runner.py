@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -177,8 +177,8 @@ class SlowStart:
     def ready(self, partition: int) -> None:
         pass
 
-    def deliver(self, partition: int, delivery: object) -> bool | None:
-        return True
+    def deliver(self, partition: int, deliveries: Sequence[object]) -> list[bool | None]:
+        return [True] * len(deliveries)
 
     def stop(self, partition: int, *, lost: bool) -> None:
         pass

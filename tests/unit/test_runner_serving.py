@@ -81,10 +81,13 @@ class FakeServe:
     def ready(self, partition: int) -> None:
         self.log.append(f"ready {partition} after {len(self.delivered)} updates")
 
-    def deliver(self, partition: int, delivery: Delivery) -> bool | None:
-        assert delivery.account == ACCOUNT
-        self.delivered.append(delivery.data)
-        return self.answers.pop(0) if self.answers else True
+    def deliver(self, partition: int, deliveries: Sequence[Delivery]) -> list[bool | None]:
+        answers: list[bool | None] = []
+        for delivery in deliveries:
+            assert delivery.account == ACCOUNT
+            self.delivered.append(delivery.data)
+            answers.append(self.answers.pop(0) if self.answers else True)
+        return answers
 
     def stop(self, partition: int, *, lost: bool) -> None:
         self.log.append(f"stop {partition} lost={lost}")
@@ -348,9 +351,10 @@ def test_every_partition_ready_is_started_before_any_is_pulled_from() -> None:
     leases = MemoryLeases()
 
     class Logged(FakeServe):
-        def deliver(self, partition: int, delivery: Delivery) -> bool | None:
+        def deliver(self, partition: int, deliveries: Sequence[Delivery]
+                    ) -> list[bool | None]:
             self.log.append(f"deliver {partition}")
-            return super().deliver(partition, delivery)
+            return super().deliver(partition, deliveries)
 
     transport = LocalTransport(ack_wait=60)
     runner = Runner(leases, transport, owner="r1", partitions=[P, P + 1],
@@ -404,7 +408,8 @@ def test_when_the_lease_is_lost_while_the_stream_drains_then_stopped_never_made_
     runner, leases, _, transport = rig
 
     class Refusing(FakeServe):
-        def deliver(self, partition: int, delivery: Delivery) -> bool | None:
+        def deliver(self, partition: int, deliveries: Sequence[Delivery]
+                    ) -> list[bool | None]:
             raise LeaseLost(partition, 1)  # the store refused the write: a newer owner
 
     refusing = Refusing(leases.log)
@@ -415,3 +420,41 @@ def test_when_the_lease_is_lost_while_the_stream_drains_then_stopped_never_made_
     assert not any(line.startswith("ready") for line in leases.log)
     [again] = transport.pull_order_updates(P, timeout=0)
     assert again.msg_id == "m-1"  # not acked: the next owner gets it
+
+
+class Frames:
+    """What ``AccountSystems`` asks of a System to store updates (``System.store_frames``)."""
+
+    def __init__(self, account: str, answer: bool = True) -> None:
+        self.account, self.answer = account, answer
+        self.writes: list[list[str]] = []
+
+    def start(self) -> None:
+        pass
+
+    def store_frames(self, raws: Sequence[str], timeout: float) -> bool:
+        self.writes.append(list(raws))
+        return self.answer
+
+
+def test_a_pulls_updates_are_stored_in_one_write_per_account_in_order() -> None:
+    from app.serving import AccountSystems, Served
+
+    one, other, stranger = "acct-0", "acct-20", "acct-572"  # one partition
+    partition = partition_of(one)
+    assert partition_of(other) == partition_of(stranger) == partition
+    systems = {one: Frames(one), other: Frames(other, answer=False)}
+    serving = AccountSystems([one, other], lambda account, lease: Served(
+        systems[account]),  # type: ignore[arg-type]
+        LocalTransport(), clock=lambda: datetime.now(UTC))
+    lease = Lease(partition=partition, owner="r1", epoch=1, expires_at=T0, claimed_at=T0,
+                  deadline=1e12)
+    serving.start(partition, PartitionLease(lease))
+    transport = LocalTransport(ack_wait=60)
+    for n, account in enumerate([one, other, one, stranger, one]):
+        transport.publish_order_update(account, f"m-{n}", f"frame-{n}".encode())
+    pulled = transport.pull_order_updates(partition, timeout=0)
+    # m-1 not stored (no ack: it comes again); m-3's account is not served here (left)
+    assert serving.deliver(partition, pulled) == [True, False, True, None, True]
+    assert systems[one].writes == [["frame-0", "frame-2", "frame-4"]]  # one write, in order
+    assert systems[other].writes == [["frame-1"]]
