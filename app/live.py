@@ -58,9 +58,9 @@ FOLLOW_EVERY = 1.0
 """Seconds between comparisons of the feed's subscriptions with the open positions (the quote
 API prices a new position meanwhile)."""
 TOKEN_RECHECK = 5.0
+"""Seconds between reads of the token source while the token is refused."""
 CIRCUITS_RETRY = 30.0
 """Seconds before an instrument whose circuit limits could not be read is asked again."""
-"""Seconds between reads of the token source while the token is refused."""
 
 
 class LiveSession:
