@@ -279,11 +279,10 @@ class Runner:
         while time.monotonic() - began < DRAIN_LIMIT and partition not in self._lost:
             deliveries = self.transport.pull_order_updates(partition, batch=self.batch,
                                                            timeout=DRAIN_WAIT)
-            if deliveries:
-                self._hand_over(partition, self.serve, deliveries)
-                drained += len(deliveries)
-            if len(deliveries) < self.batch:
-                break  # no more waited: what comes now is the ordinary flow
+            stored = self._hand_over(partition, self.serve, deliveries)
+            drained += len(deliveries)
+            if len(deliveries) < self.batch or not stored:
+                break  # no more waited, or the store refuses: the ordinary flow goes on
         if drained:
             self.log.info("partition {}: {} order updates waiting on the stream handed over "
                           "in {:.3f} s", partition, drained, time.monotonic() - began)
@@ -412,9 +411,10 @@ class Runner:
             delivery.ack()
             self.delivered += 1
 
-    def _hand_over(self, partition: int, serve: Serve, deliveries: list[Delivery]) -> None:
+    def _hand_over(self, partition: int, serve: Serve, deliveries: list[Delivery]) -> bool:
+        """The deliveries to ``serve``, each acked once stored; False when any was not."""
         if not deliveries:
-            return
+            return True
         try:
             answers = serve.deliver(partition, deliveries)
         except LeaseLost:
@@ -432,6 +432,7 @@ class Runner:
                 continue
             delivery.ack()
             self.delivered += 1
+        return all(stored is not False for stored in answers)
 
     def _drop(self, partition: int, why: str) -> None:
         held = self.held.pop(partition, None)

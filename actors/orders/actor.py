@@ -334,7 +334,9 @@ class OrderUpdateActor(SingletonActor):
             case OrderUpdateReceived():
                 self.hold(message)
             case StoreFrame():  # the frames held before it were handled by ``intercept``
-                self.handle_frames(list(message.frames))
+                frames = list(message.frames)
+                for start in range(0, len(frames), self.batch_limit):
+                    self.handle_frames(frames[start:start + self.batch_limit])
                 return self.audit.unstored == 0
             case PositionOpened() | PositionChanged() | PositionClosed():
                 self._position_event(message.position, message)

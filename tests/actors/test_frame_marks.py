@@ -195,3 +195,12 @@ def test_a_runners_pull_is_stored_in_one_write_and_answered_stored_only_once_it_
     store.fail_frames = True  # the database refuses what comes now
     assert run.system.store_frames([entry("E3", OrderStatus.TRADED, 100, seconds=2)]) is False
     run.kill()
+
+
+def test_a_pull_past_the_batch_limit_is_stored_in_writes_of_the_limit() -> None:
+    store = WritesCounted()
+    run = Run(store, "X", T0)
+    frames = [entry(f"E{n}", OrderStatus.PENDING, 0, seconds=n) for n in range(70)]
+    assert run.system.store_frames(frames) is True
+    assert store.writes == [64, 6]  # OrderUpdateActor.batch_limit frames a transaction
+    run.kill()

@@ -458,3 +458,17 @@ def test_a_pulls_updates_are_stored_in_one_write_per_account_in_order() -> None:
     assert serving.deliver(partition, pulled) == [True, False, True, None, True]
     assert systems[one].writes == [["frame-0", "frame-2", "frame-4"]]  # one write, in order
     assert systems[other].writes == [["frame-1"]]
+
+
+def test_when_the_store_refuses_the_waiting_updates_the_partition_is_made_ready_at_once() -> None:
+    leases = MemoryLeases()
+    serve = FakeServe(leases.log)
+    serve.answers = [False] * 20  # the store refuses: every update comes again
+    transport = LocalTransport(ack_wait=60)
+    runner = Runner(leases, transport, owner="r1", partitions=[P], serve=serve,
+                    claim_every=0.0, pull_budget=0.05, batch=2)
+    for n in range(5):
+        transport.publish_order_update(ACCOUNT, f"m-{n}", f"frame-{n}".encode())
+    runner.step()
+    # one pull handed over, then made ready: no pulling the same refused updates again
+    assert leases.log[:2] == [f"start {P}", f"ready {P} after 2 updates"]
