@@ -57,6 +57,7 @@ from actors.tracker.stops import StopWriterActor
 from broker.ports import OrderGateway, QuoteApi
 from models.accounts import DEFAULT_ACCOUNT, check_account
 from models.books import BooksReport
+from models.closed import split_closed
 from models.common import IST, Instrument, exchange_day_start
 from models.messages import Message, OrderUpdateReceived, RequestExit, new_id
 from models.orders import OrderUpdate
@@ -317,14 +318,16 @@ class System:
         routes = self.supervisor.proxy().start_positions(positions).get(timeout=60)
         self.index.tell(BulkLoad(routes=tuple(routes)))
         self._lap("trackers")
-        closed = self.closed_today()
+        # The plain ones as digests (``models.closed``): little work each, at a full day's
+        # 3,500 a start's closed positions took 0.29 s whole, 0.17 s so.
+        closed, digests = split_closed(self.closed_today(), positions)
         self._lap("closed")
         # The orders of today's closed positions too: an update of one of them delivered
         # again after the restart (a reconnect, a reconcile) must find its owner, not open a
         # position of its own.
         known = sorted(closed + positions, key=lambda p: (p.created_at, p.position_id))
-        self.orders.proxy().load(known).get(timeout=60)
-        self.pnl.proxy().seed(positions, closed).get(timeout=60)
+        self.orders.proxy().load(known, digests).get(timeout=60)
+        self.pnl.proxy().seed(positions, closed, digests).get(timeout=60)
         self._lap("seed")
         # A frame stored but not routed when the last run died (a kill -9 between the two) is
         # routed now, before exits resume: it may have ended an exit in flight, which must not
@@ -532,6 +535,7 @@ class System:
                           *messages(Trace(records), Filters(position=position_id))],
                 "fills": store.fills(position_id),
                 "exit_attempts": store.exit_attempts(position_id)}
+
 
     def closed_today(self) -> list[Position]:
         """Positions exited during the current exchange day, from the store."""

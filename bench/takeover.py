@@ -31,10 +31,10 @@ from bench.common import PG, ClockedGateway, drop_schemas, fresh_pg, session_clo
 from bench.workload import T0, instruments, positions
 from broker.paper.exchange import PaperExchange
 from broker.paper.market import TapeMarket
-from models.common import Side, TxnType
+from models.common import Side, TxnType, exit_client_id
 from models.orders import OrderProgress, OrderStatus, OrderUpdate
 from models.partitions import partition_of
-from models.position import OrderRole, Position, PositionStatus, TrackedOrder
+from models.position import ExitReason, OrderRole, Position, PositionStatus, TrackedOrder
 from models.wire import to_dhan_frame
 from store.pnl_cache import InMemoryPnLCache
 from store.records import ReceivedFrame
@@ -63,6 +63,33 @@ def _entry(position: Position, txn: TxnType, at: datetime) -> tuple[Position, li
     return stored, [to_dhan_frame(update) for update in updates]
 
 
+def _exited(position: Position, at: datetime) -> tuple[Position, list[str]]:
+    """The position closed by its exit order, as a day's closed positions are: the exit
+    order's frames (TRANSIT, PENDING, TRADED) and the position as stored once it applied
+    them."""
+    qty = position.orders[0].progress.traded_qty
+    number = f"X{position.entry_order_no}"
+    txn = position.side.exit_txn
+    updates = [OrderUpdate(order_no=number, status=status, segment=position.segment,
+                           security_id=position.security_id, txn_type=txn,
+                           product=position.product, order_type="LIMIT", quantity=qty,
+                           traded_qty=qty if status is OrderStatus.TRADED else 0,
+                           avg_traded_price=Decimal(99) if status is OrderStatus.TRADED
+                           else None, updated_at=at + timedelta(seconds=n),
+                           correlation_id=exit_client_id(position.position_id, 1))
+               for n, status in enumerate((OrderStatus.TRANSIT, OrderStatus.PENDING,
+                                           OrderStatus.TRADED))]
+    progress = OrderProgress.empty(number)
+    for update in updates:
+        progress = progress.merge(update)
+    stored = position.model_copy(update={
+        "orders": (*position.orders,
+                   TrackedOrder(role=OrderRole.EXIT, progress=progress, attempt=1)),
+        "status": PositionStatus.EXITED, "exit_reason": ExitReason.STOP_LOSS,
+        "exit_attempt": 1, "exit_requested_at": at, "exited_at": updates[-1].updated_at})
+    return stored, [to_dhan_frame(update) for update in updates]
+
+
 def seed(url: str, open_count: int, closed_count: int, *, marked: bool = True) -> int:
     """The account as its previous owner left it; how many frames were stored."""
     from store.postgres import PostgresStore
@@ -78,8 +105,8 @@ def seed(url: str, open_count: int, closed_count: int, *, marked: bool = True) -
             entry = TxnType.BUY if position.side is Side.LONG else TxnType.SELL
             applied, raws = _entry(position, entry, at)
             if n >= open_count:
-                applied = applied.model_copy(update={"status": PositionStatus.EXITED,
-                                                     "exited_at": T0 + timedelta(minutes=5)})
+                applied, exit_raws = _exited(applied, at + timedelta(minutes=5))
+                raws += exit_raws
             stored.append(applied)
             frames += [ReceivedFrame(raw=raw, received_at=at, order_no=None, accepted=True)
                        for raw in raws]

@@ -22,7 +22,7 @@ everything at once and waits until it is written. A cache outage costs only the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -35,6 +35,7 @@ from actors.pnl.cache_writer import CacheWriterActor, WriteCache
 from actors.protocol import Flush, PortfolioValued
 from actors.runtime.dispatch import SingletonActor
 from actors.runtime.metrics import Metrics
+from models.closed import ClosedDigest
 from models.common import IST, Instrument
 from models.marks import Basis, basis_of, net_at, net_line, pct_at
 from models.messages import PnLMarked, PositionChanged, PositionClosed, PositionOpened, PriceBatch
@@ -157,12 +158,16 @@ class PnLWriterActor(SingletonActor):
     def set_supervisor(self, supervisor: ActorRef[Any]) -> None:
         self.supervisor = supervisor
 
-    def seed(self, open_positions: list[Position], closed_today: list[Position]) -> None:
-        """Start-up: the open positions, and those closed earlier today (the day's PnL)."""
+    def seed(self, open_positions: list[Position], closed_today: list[Position],
+             digests: Sequence[ClosedDigest] = ()) -> None:
+        """Start-up: the open positions, and those closed earlier today (the day's PnL):
+        whole, or as digests (``models.closed``)."""
         for position in open_positions:
             self._position(position)
         for position in closed_today:
             self.closed_net[position.position_id] = closed_net(position, self.policy)
+        for digest in digests:
+            self.closed_net[digest.position_id] = digest.net(self.policy)
 
     def peaks(self) -> tuple[dict[str, Decimal | None], dict[str, Decimal]]:
         """Each open position's peak price, and its high-water mark, as last marked (asked by
