@@ -45,7 +45,6 @@ from models.allocation import (
     share_progress,
 )
 from models.books import BookKey, BooksReport, compare
-from models.closed import ClosedDigest
 from models.common import Side, TxnType, parse_exit_client_id, position_id_for
 from models.lifecycle import fit_remainder
 from models.messages import (
@@ -158,21 +157,20 @@ class OrderUpdateActor(SingletonActor):
         return self.audit.unstored
 
     # Start-up and position events -------------------------------------------------------------
-    def load(self, positions: list[Position], digests: Sequence[ClosedDigest] = ()) -> None:
+    def load(self, positions: list[Position], plain: Sequence[Position] = ()) -> None:
         """Learn every stored position's orders (call before the first update), and see that
         every over-fill among them has its remainder as it should stand (a kill between the
         write of an over-filled position and its remainder's left it missing or unfitted).
-        ``digests``: plain closed positions (``models.closed``) none of whose orders another
+        ``plain``: plain closed positions (``models.closed``) none of whose orders another
         position holds (``entangled``): each gives its orders' owner and what they booked,
-        as ``_learn`` would have of it whole, and has no part in remainders or split
-        orders."""
+        as ``_learn`` does, and has no part in remainders or split orders."""
         self._rebuild_allocations(positions)
         self.remainders = remainders_among(positions)
         # A remainder's entry order is the other position's exit order, which owns it.
         for position in sorted(positions, key=lambda p: p.position_id in self.remainders):
             self._learn(position)
-        for digest in digests:
-            self._learn_digest(digest)
+        for position in plain:
+            self._learn_plain(position)
         self._book_allocations(positions)
         self.audit.load_parked()
         self._refit_remainders(positions)
@@ -286,19 +284,19 @@ class OrderUpdateActor(SingletonActor):
                     owner is None or owner[0] == pid):  # an over-fill's remainder owns nothing
                 self.owners[number] = (pid, order.role, order.attempt)
 
-    def _learn_digest(self, digest: ClosedDigest) -> None:
+    def _learn_plain(self, position: Position) -> None:
         """``_learn`` of a plain closed position (closed: not among ``positions``)."""
-        pid, key = digest.position_id, (digest.segment, digest.security_id, digest.product)
-        for order in digest.orders:
-            number = order.order_no
+        pid, side = position.position_id, position.side
+        key = (position.segment, position.security_id, position.product)
+        for order in position.orders:
+            number = order.progress.order_no
             owner = self.owners.get(number)
             if number in self.allocations or (owner is not None and owner[0] != pid):
-                continue  # never for a digest (``entangled``): the whole position's rules
+                continue  # never for a plain one (``entangled``): the whole position's rules
             self.owners[number] = (pid, order.role, order.attempt)
-            txn = digest.side.entry_txn if order.role is OrderRole.ENTRY \
-                else digest.side.exit_txn
+            txn = side.entry_txn if order.role is OrderRole.ENTRY else side.exit_txn
             booked = self.booked.get(number)
-            traded = max(order.traded_qty, booked.traded if booked else 0)
+            traded = max(order.progress.traded_qty, booked.traded if booked else 0)
             if traded:
                 self.booked[number] = _Booked(booked.key if booked else key,
                                               1 if txn is TxnType.BUY else -1, traded)

@@ -35,7 +35,7 @@ from actors.pnl.cache_writer import CacheWriterActor, WriteCache
 from actors.protocol import Flush, PortfolioValued
 from actors.runtime.dispatch import SingletonActor
 from actors.runtime.metrics import Metrics
-from models.closed import ClosedDigest
+from models.closed import plain_net
 from models.common import IST, Instrument
 from models.marks import Basis, basis_of, net_at, net_line, pct_at
 from models.messages import PnLMarked, PositionChanged, PositionClosed, PositionOpened, PriceBatch
@@ -159,15 +159,15 @@ class PnLWriterActor(SingletonActor):
         self.supervisor = supervisor
 
     def seed(self, open_positions: list[Position], closed_today: list[Position],
-             digests: Sequence[ClosedDigest] = ()) -> None:
-        """Start-up: the open positions, and those closed earlier today (the day's PnL):
-        whole, or as digests (``models.closed``)."""
+             plain: Sequence[Position] = ()) -> None:
+        """Start-up: the open positions, and those closed earlier today (the day's PnL);
+        ``plain``: more of those, plain ones (``models.closed.plain_net``)."""
         for position in open_positions:
             self._position(position)
         for position in closed_today:
             self.closed_net[position.position_id] = closed_net(position, self.policy)
-        for digest in digests:
-            self.closed_net[digest.position_id] = digest.net(self.policy)
+        for position in plain:
+            self.closed_net[position.position_id] = plain_net(position, self.policy)
 
     def peaks(self) -> tuple[dict[str, Decimal | None], dict[str, Decimal]]:
         """Each open position's peak price, and its high-water mark, as last marked (asked by

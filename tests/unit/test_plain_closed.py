@@ -1,6 +1,6 @@
-"""A start-up's closed positions as digests (``models.closed``): a plain closed position gives
-the order-update actor and the PnL writer exactly what it gave them whole; every other one,
-and a plain one whose orders another position holds too, is taken whole."""
+"""A start-up's plain closed positions (``models.closed``): a plain closed position gives the
+order-update actor and the PnL writer, with little work, exactly what they take of it whole;
+every other one, and a plain one whose orders another position holds too, is taken whole."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from actors.orders.actor import OrderUpdateActor
 from actors.runtime.metrics import Metrics
-from models.closed import digest_of, entangled, split_closed
+from models.closed import entangled, is_plain, plain_net, split_closed
 from models.common import Segment, Side, position_id_for
 from models.orders import OrderProgress, OrderStatus
 from models.policy import RiskConfig
@@ -41,7 +41,7 @@ def _position(entry: str, *orders: TrackedOrder, status: PositionStatus = Positi
                     exit_attempt=1 if closed else 0)
 
 
-E, X, O, R = OrderRole.ENTRY, OrderRole.EXIT, OrderRole.OPPOSITE, OrderRole.RETRACTED
+E, X, OPP, R = OrderRole.ENTRY, OrderRole.EXIT, OrderRole.OPPOSITE, OrderRole.RETRACTED
 
 
 def _day() -> tuple[list[Position], list[Position]]:
@@ -61,11 +61,11 @@ def _day() -> tuple[list[Position], list[Position]]:
         _position("EG", _order(E, "EG", 40), _order(X, "XG", 40, "95", 1)),
         _position("XG", _order(R, "XG", 0), _order(X, "XXG", 0, "0", 1)),
         # an untracked order S split: it reduced PEH and PEI, and opened PS (plain)
-        _position("EH", _order(E, "EH", 10), _order(O, "S", 10, "90")),
-        _position("EI", _order(E, "EI", 5), _order(O, "S", 5, "90")),
+        _position("EH", _order(E, "EH", 10), _order(OPP, "S", 10, "90")),
+        _position("EI", _order(E, "EI", 5), _order(OPP, "S", 5, "90")),
         _position("S", _order(E, "S", 5, "90"), _order(X, "XS", 5, "92", 1), side=Side.SHORT),
         # a broker's reduction took all of it: not plain
-        _position("EJ", _order(E, "EJ", 20), _order(O, "BJ", 20, "101")),
+        _position("EJ", _order(E, "EJ", 20), _order(OPP, "BJ", 20, "101")),
     ]
     open_ = [_position("XF", _order(E, "XF", 30, "170"), status=PositionStatus.ACTIVE,
                        side=Side.SHORT),
@@ -73,22 +73,21 @@ def _day() -> tuple[list[Position], list[Position]]:
     return closed, open_
 
 
-def test_only_plain_closed_positions_are_digests() -> None:
+def test_only_plain_closed_positions_are_taken_apart() -> None:
     closed, open_ = _day()
-    whole, digests = split_closed(closed, open_)
-    assert sorted(d.position_id for d in digests) == ["PEA", "PEB", "PEC", "PED"]
+    whole, plain = split_closed(closed, open_)
+    assert sorted(p.position_id for p in plain) == ["PEA", "PEB", "PEC", "PED"]
     assert sorted(p.position_id for p in whole) == [
         "PEF", "PEG", "PEH", "PEI", "PEJ", "PS", "PXG"]
     # why each of the others is whole
     by_id = {p.position_id: p for p in closed}
-    assert digest_of(by_id["PEF"]) is None  # over-filled
-    assert digest_of(by_id["PEH"]) is None  # an opposite order
-    assert digest_of(by_id["PXG"]) is None  # a retracted order
-    assert digest_of(open_[1]) is None  # open
-    plain = [digest_of(by_id[pid]) for pid in ("PEG", "PS")]
-    assert all(d is not None for d in plain)
-    assert entangled([d for d in plain if d is not None], [*open_, by_id["PXG"],
-                                                          by_id["PEH"]]) == {"PEG", "PS"}
+    assert not is_plain(by_id["PEF"])  # over-filled
+    assert not is_plain(by_id["PEH"])  # an opposite order
+    assert not is_plain(by_id["PXG"])  # a retracted order
+    assert not is_plain(open_[1])  # open
+    tangled = [by_id["PEG"], by_id["PS"]]
+    assert all(is_plain(p) for p in tangled)
+    assert entangled(tangled, [*open_, by_id["PXG"], by_id["PEH"]]) == {"PEG", "PS"}
 
 
 def _state(actor: OrderUpdateActor) -> dict[str, Any]:
@@ -104,32 +103,32 @@ class _Store:
         return lambda *args, **kwargs: [] if name.endswith("updates") else None
 
 
-def test_the_order_actor_learns_the_same_from_digests_as_from_whole_positions() -> None:
+def test_the_order_actor_learns_the_same_of_plain_positions_as_of_whole_ones() -> None:
     closed, open_ = _day()
-    whole_day = OrderUpdateActor(_Store(), None, lambda: T0, Metrics())  # type: ignore[arg-type]
+    whole_day = OrderUpdateActor(_Store(), None, lambda: T0, Metrics())
     whole_day.load(sorted([*closed, *open_], key=lambda p: p.position_id))
-    whole, digests = split_closed(closed, open_)
-    digested = OrderUpdateActor(_Store(), None, lambda: T0, Metrics())  # type: ignore[arg-type]
-    digested.load(sorted([*whole, *open_], key=lambda p: p.position_id), digests)
-    assert digests and _state(digested) == _state(whole_day)
+    whole, plain = split_closed(closed, open_)
+    apart = OrderUpdateActor(_Store(), None, lambda: T0, Metrics())
+    apart.load(sorted([*whole, *open_], key=lambda p: p.position_id), plain)
+    assert plain and _state(apart) == _state(whole_day)
     # and what it learnt is what the rest of the day needs: the plain ones' orders owned
-    assert digested.owners["XB2"] == ("PEB", OrderRole.EXIT, 2)
-    assert digested.booked["XC"].sign == 1 and digested.booked["XC"].traded == 75
+    assert apart.owners["XB2"] == ("PEB", OrderRole.EXIT, 2)
+    assert apart.booked["XC"].sign == 1 and apart.booked["XC"].traded == 75
 
 
-def test_a_tangled_plain_position_given_as_a_digest_would_be_learnt_otherwise() -> None:
-    """Why ``entangled`` matters: the split order's opened position taken as a digest gives
-    the order-update actor another state than whole (a check that the test above can fail)."""
+def test_a_tangled_plain_position_taken_apart_would_be_learnt_otherwise() -> None:
+    """Why ``entangled`` matters: the split order's opened position taken as a plain one
+    gives the order-update actor another state than whole (the test above can fail)."""
     closed, open_ = _day()
-    whole_day = OrderUpdateActor(_Store(), None, lambda: T0, Metrics())  # type: ignore[arg-type]
+    whole_day = OrderUpdateActor(_Store(), None, lambda: T0, Metrics())
     whole_day.load(sorted([*closed, *open_], key=lambda p: p.position_id))
     by_id = {p.position_id: p for p in closed}
-    forced = digest_of(by_id["PS"])
-    assert forced is not None
-    digested = OrderUpdateActor(_Store(), None, lambda: T0, Metrics())  # type: ignore[arg-type]
-    digested.load(sorted([p for p in [*closed, *open_] if p.position_id != "PS"],
+    forced = by_id["PS"]
+    assert is_plain(forced)
+    apart = OrderUpdateActor(_Store(), None, lambda: T0, Metrics())
+    apart.load(sorted([p for p in [*closed, *open_] if p.position_id != "PS"],
                          key=lambda p: p.position_id), [forced])
-    assert _state(digested) != _state(whole_day)
+    assert _state(apart) != _state(whole_day)
 
 
 prices = st.decimals(min_value=Decimal("0.05"), max_value=Decimal("99999.95"), places=2)
@@ -139,7 +138,7 @@ prices = st.decimals(min_value=Decimal("0.05"), max_value=Decimal("99999.95"), p
 @given(entry=st.lists(st.tuples(st.integers(1, 500), prices), min_size=1, max_size=1),
        exits=st.lists(st.tuples(st.integers(0, 500), prices), min_size=1, max_size=4),
        short=st.booleans(), fee=st.decimals(min_value=0, max_value=50, places=2))
-def test_a_digest_makes_what_the_whole_position_made(
+def test_a_plain_net_is_what_the_whole_position_made(
         entry: list[tuple[int, Decimal]], exits: list[tuple[int, Decimal]], short: bool,
         fee: Decimal) -> None:
     qty = entry[0][0]
@@ -153,8 +152,7 @@ def test_a_digest_makes_what_the_whole_position_made(
                for n, (part, (_, price)) in enumerate(zip(parts, exits, strict=True))]
     position = _position("EP", *orders, side=Side.SHORT if short else Side.LONG)
     policy = POLICY.model_copy(update={"fee_per_order": fee})
-    digest = digest_of(position)
-    assert digest is not None
-    net = digest.net(policy)
+    assert is_plain(position)
+    net = plain_net(position, policy)
     assert net == closed_net(position, policy)
     assert str(net) == str(closed_net(position, policy))  # the same Decimal, exponent too
