@@ -318,9 +318,11 @@ class System:
         routes = self.supervisor.proxy().start_positions(positions).get(timeout=60)
         self.index.tell(BulkLoad(routes=tuple(routes)))
         self._lap("trackers")
-        # The plain ones apart (``models.closed``): little work each.
-        closed, plain = split_closed(self.closed_today(), positions)
+        closed = self.closed_today()
         self._lap("closed")
+        # The plain ones apart (``models.closed``): little work each.
+        closed, plain = split_closed(closed, positions)
+        self._lap("plain")
         # The orders of today's closed positions too: an update of one of them delivered
         # again after the restart (a reconnect, a reconcile) must find its owner, not open a
         # position of its own.
