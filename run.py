@@ -63,6 +63,7 @@ from app.serving import AccountSystems, Served
 from app.settings import Settings, SettingsError, load_settings
 from broker.dhan import DhanRest, TokenSource
 from broker.dhan import TokenError as DhanTokenError
+from broker.dhan.circuits import CircuitReader
 from broker.dhan.gateway import DhanGateway, NotingQuotes, ShadowGateway
 from broker.dhan.rest import shared_tls
 from broker.leased import lease_refusal, leased
@@ -575,7 +576,9 @@ def build_runner_system(settings: Settings, account: str, lease: PartitionLease,
 
     books = BookReader(rest, system.order_frame, system, clock=clock, alarm=alarm,
                        correlation_prefix=settings.correlation_prefix)
-    return Served(system, gateway.note_price, close, books=books, read_book=read_book)
+    circuits = CircuitReader(rest, gateway, label=f"account {shown(account)}: ")
+    return Served(system, gateway.note_price, close, books=books, read_book=read_book,
+                  circuits=circuits)
 
 
 def run_runner(settings: Settings, *, nats_url: str, partitions: str | None,

@@ -18,10 +18,7 @@ calls of exits run on the gateway actors; this module's ``LiveSession`` runs one
 3. **Feed subscriptions** follow the open positions (subscribed as they open, unsubscribed as
    they close); the batcher asks the quote API for instruments whose price is stale.
    **Circuit limits** of each instrument with an open position are read once from the quote
-   endpoint (``POST /marketfeed/quote``, batched, in the quote API's one request a second; a
-   failed read is tried again after ``CIRCUITS_RETRY`` seconds) and every exit price is kept
-   inside them (``DhanGateway.note_circuits``): an exit priced past a circuit is rejected by
-   the exchange, and a stock locked at its lower circuit is exactly when a stop loss fires.
+   endpoint and every exit price is kept inside them (``broker/dhan/circuits.py``).
 4. **Token**: a warning 30 minutes before expiry; a refused token stops what uses it; the token
    source is read again every few seconds (and on SIGHUP), and a new token restarts the sockets
    and a full reconcile.
@@ -49,18 +46,16 @@ from broker.dhan import (
     TokenError,
     TokenSource,
 )
+from broker.dhan.circuits import CircuitReader
 from broker.dhan.gateway import DhanGateway, ShadowGateway
 from broker.dhan.token import expires_at
-from broker.ports import GatewayError
-from models.common import Instrument, Segment
+from models.common import Instrument
 
 FOLLOW_EVERY = 1.0
 """Seconds between comparisons of the feed's subscriptions with the open positions (the quote
 API prices a new position meanwhile)."""
 TOKEN_RECHECK = 5.0
 """Seconds between reads of the token source while the token is refused."""
-CIRCUITS_RETRY = 30.0
-"""Seconds before an instrument whose circuit limits could not be read is asked again."""
 
 
 class LiveSession:
@@ -92,8 +87,7 @@ class LiveSession:
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_poll = self._next_follow = 0.0
-        self._circuits_asked: dict[Instrument, float] = {}
-        """Instruments whose circuit limits were asked for, and when (monotonic)."""
+        self.circuits = CircuitReader(rest, gateway)
         self.refusal = Refusal(tokens)
         self._token_checked = 0.0
         self.socket_state = self.feed_state = LinkState.STOPPED.value
@@ -236,33 +230,7 @@ class LiveSession:
             self.feed.subscribe(sorted(new, key=_order_key))
         if gone:
             self.feed.unsubscribe(sorted(gone, key=_order_key))
-        self._read_circuits(wanted)
-
-    def _read_circuits(self, instruments: set[Instrument]) -> None:
-        """The circuit limits of the instruments that have none yet, up to 1,000 in one quote
-        request; a failure is logged and the instruments asked again after
-        ``CIRCUITS_RETRY`` s (exits are priced without the limits meanwhile)."""
-        now = time.monotonic()
-        ask = sorted((i for i in instruments if i.security_id.isdigit() and
-                      self.gateway.circuits(i) is None and
-                      now - self._circuits_asked.get(i, -CIRCUITS_RETRY) >= CIRCUITS_RETRY),
-                     key=_order_key)[:self.rest.max_instruments]
-        if not ask:
-            return
-        for instrument in ask:
-            self._circuits_asked[instrument] = now
-        request: dict[Segment, list[int]] = {}
-        for instrument in ask:
-            request.setdefault(instrument.segment, []).append(int(instrument.security_id))
-        try:
-            limits = self.rest.circuit_limits(request)
-        except (GatewayError, ValueError) as error:
-            logger.warning("circuit limits of {} instruments not read ({}); asked again in "
-                           "{:.0f} s", len(ask), error, CIRCUITS_RETRY)
-            return
-        for instrument, (lower, upper) in limits.items():
-            self.gateway.note_circuits(instrument, lower, upper)
-        logger.info("circuit limits read for {} of {} instruments", len(limits), len(ask))
+        self.circuits.read(wanted)
 
     # Token --------------------------------------------------------------------------------------
     @property

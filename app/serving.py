@@ -23,7 +23,8 @@ it holds, fed the account's order updates and the prices of its open positions.
   subscribed on the transport (``prices.<segment>.<security>``) and unsubscribed once no
   position needs them; each price goes to the tick path of the Systems holding the instrument.
   A price is the last traded price as decimal text (``b"101.35"``); anything else is logged and
-  dropped.
+  dropped. The circuit limits of each held instrument are read once, on this thread, as for a
+  live session (``Served.circuits``, ``broker/dhan/circuits.py``).
 - **Stop** (``stop``): in order (``System.stop``: checkpoints under the live lease) on a graceful
   stop; at once (``System.abandon``) when the lease is lost, writing and sending nothing more.
 """
@@ -35,7 +36,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Protocol
 
 import pykka
 from loguru import logger
@@ -56,6 +57,12 @@ RECONCILE_RETRY = 2.0
 """Seconds between tries of a takeover's reconcile that could not read the broker's books."""
 
 
+class Circuits(Protocol):
+    def read(self, instruments: Iterable[Instrument]) -> int: ...
+
+    def known(self) -> int: ...
+
+
 @dataclass
 class Served:
     """One account's running System and what goes with it."""
@@ -74,6 +81,9 @@ class Served:
     (``BookReader.takeover``): for order updates from a stream not known to be complete."""
     ready: bool = False
     """Reconciled (or its reconcile tried): its prices are subscribed."""
+    circuits: Circuits | None = None
+    """Reads the circuit limits of the instruments it holds that have none yet
+    (``broker.dhan.circuits.CircuitReader``; None: none to read)."""
 
     def reconcile(self) -> bool:
         """The account's books checked against the broker's (``BookReader.takeover``); False
@@ -213,9 +223,16 @@ class AccountSystems:
                     positions = served.system.open_positions()
                 except pykka.ActorDeadError:
                     continue
-                for instrument in {Instrument(segment=p.segment, security_id=p.security_id)
-                                   for p in positions}:
+                held = {Instrument(segment=p.segment, security_id=p.security_id)
+                        for p in positions}
+                for instrument in held:
                     holders.setdefault(instrument, []).append(served)
+                if served.circuits is not None and held:
+                    try:
+                        served.circuits.read(held)
+                    except Exception:  # the runner outlives any one broker failure
+                        logger.opt(exception=True).warning(
+                            "account {}: circuit limits not read", served.system.account)
         self._holders = {i: tuple(found) for i, found in holders.items()}
         for instrument in sorted(set(self._subscriptions) - set(holders), key=str):
             self._subscriptions.pop(instrument).unsubscribe()
@@ -242,6 +259,8 @@ class AccountSystems:
                                books=status.get("books"),
                                unprotected=len(status.get("unprotected", [])),
                                alarms=list(status.get("alarms", []))[-5:])
+                    if served.circuits is not None:
+                        row["circuits_known"] = served.circuits.known()
                 reconciled = served.books.reconciled if served.books is not None else None
                 if reconciled is not None:
                     row["reconciled"] = {

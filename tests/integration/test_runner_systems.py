@@ -404,3 +404,17 @@ def test_when_runner_process_killed_then_another_serves_its_accounts(
         cleanup = JetStreamTransport(nats_url, namespace=namespace)
         cleanup.delete_stream()
         cleanup.close()
+
+
+def test_a_runner_reads_the_circuit_limits_and_prices_its_exit_inside_them(rig: Rig) -> None:
+    rig.venue.fake.quotes.circuits[FUT] = (Decimal("93.50"), Decimal("106.50"))
+    served = rig.runner("runner-a").start()
+    position_id = _open_position(rig, served)
+    wait_until(lambda: served.systems.report()[ACCOUNT].get("circuits_known") == 1, 10,
+               "the circuit limits read")
+    rig.price("94.10")  # the stop loss; 1 % below is 93.15, past the lower circuit
+    _exited_once(rig, position_id)
+    [exit_order] = rig.venue.exits()
+    assert exit_order.price == Decimal("93.50")  # at the circuit, not past it
+    reads = [r for r in rig.venue.fake.requests if r.path.endswith("/marketfeed/quote")]
+    assert len(reads) == 1  # once for the instrument, not at every step

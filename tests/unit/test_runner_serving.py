@@ -5,10 +5,11 @@ before it releases; price messages and the paper venue's accounts are read stric
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from app.venue import TOKEN, PaperVenue
 from broker.dhan import DhanRest, TokenSource
 from broker.transport.local import LocalTransport
 from broker.transport.ports import Delivery
-from models.common import Segment, TxnType
+from models.common import Instrument, Segment, TxnType
 from models.orders import OrderStatus, OrderUpdate
 from models.partitions import partition_of
 from store.ports import Lease, LeaseLost, Survey
@@ -472,3 +473,61 @@ def test_when_the_store_refuses_the_waiting_updates_the_partition_is_made_ready_
     runner.step()
     # one pull handed over, then made ready: no pulling the same refused updates again
     assert leases.log[:2] == [f"start {P}", f"ready {P} after 2 updates"]
+
+
+class Holding(Frames):
+    """A System holding open positions, for the runner's price and circuit steps."""
+
+    def __init__(self, account: str, *instruments: Instrument) -> None:
+        super().__init__(account)
+        self.instruments = instruments
+
+    def open_positions(self) -> list[Any]:
+        return [SimpleNamespace(segment=i.segment, security_id=i.security_id)
+                for i in self.instruments]
+
+    def status(self) -> dict[str, Any]:
+        return {"account": self.account, "positions": {"ACTIVE": len(self.instruments)}}
+
+
+class Reading:
+    """A ``CircuitReader`` stand-in: what it was asked, and how many it knows."""
+
+    def __init__(self, *, failing: bool = False) -> None:
+        self.asked: list[set[Instrument]] = []
+        self.failing = failing
+
+    def read(self, instruments: Iterable[Instrument]) -> int:
+        self.asked.append(set(instruments))
+        if self.failing:
+            raise RuntimeError("the quote endpoint answered garbage")
+        return len(self.asked[-1])
+
+    def known(self) -> int:
+        return 0 if self.failing else len(set().union(*self.asked)) if self.asked else 0
+
+
+def test_a_served_account_reads_the_circuit_limits_of_what_it_holds_once_ready() -> None:
+    from app.serving import AccountSystems, Served
+
+    fut = Instrument(segment=Segment.NSE_FNO, security_id="49081")
+    eq = Instrument(segment=Segment.NSE_EQ, security_id="1333")
+    one, other = "acct-0", "acct-20"  # one partition
+    partition = partition_of(one)
+    systems = {one: Holding(one, fut, eq), other: Holding(other, eq)}
+    readers = {one: Reading(), other: Reading(failing=True)}
+    transport = LocalTransport()
+    serving = AccountSystems([one, other], lambda account, lease: Served(
+        systems[account], circuits=readers[account]),  # type: ignore[arg-type]
+        transport, clock=lambda: datetime.now(UTC))
+    lease = Lease(partition=partition, owner="r1", epoch=1, expires_at=T0, claimed_at=T0,
+                  deadline=1e12)
+    serving.start(partition, PartitionLease(lease))
+    serving.step()
+    assert readers[one].asked == [] and serving.subscribed() == set()  # not ready: nothing
+    serving.ready(partition)  # reconciled (no books here), then a step
+    assert readers[one].asked == [{fut, eq}]
+    assert readers[other].asked == [{eq}]  # its reader failed: the step went on
+    assert serving.subscribed() == {fut, eq}
+    report = serving.report()
+    assert report[one]["circuits_known"] == 2 and report[other]["circuits_known"] == 0
