@@ -537,7 +537,6 @@ class System:
                 "fills": store.fills(position_id),
                 "exit_attempts": store.exit_attempts(position_id)}
 
-
     def closed_today(self) -> list[Position]:
         """Positions exited during the current exchange day, from the store."""
         now = self.parts.clock()

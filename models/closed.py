@@ -11,10 +11,10 @@ on top of its decoding: 0.19 s for an account at DhanHQ's cap of a day's orders 
 A *plain* closed position (exited, one entry order, exit orders that closed exactly what it
 entered: most of a day's, ``is_plain``) needs none of that reasoning: its orders' owner and
 what they booked are read off its orders, and what it made in one pass over them
-(``plain_net``). Every other closed position (an over-fill, a
-remainder, a split order, a broker's reduction) is taken whole, as before, and so is a plain
-one whose orders another position holds too (``entangled``), so that the reasoning about
-remainders and split orders sees every position it concerns.
+(``plain_net``). Every other closed position (an over-fill, a remainder, a split order, a
+broker's reduction) is taken whole, as before, and so is a plain one whose orders another
+position holds too (``entangled``), so that the reasoning about remainders and split orders
+sees every position it concerns.
 """
 
 from __future__ import annotations
