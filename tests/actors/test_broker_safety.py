@@ -17,6 +17,7 @@ from actors.tracker.keeper import KeeperContext, PositionKeeper, Target
 from app.clocks import ManualClock
 from broker.paper.exchange import PaperExchange
 from broker.paper.market import TapeMarket
+from models.closed import is_plain
 from models.common import Segment, Side, TxnType, exit_client_id
 from models.messages import (
     ApplyOrderUpdate,
@@ -28,7 +29,8 @@ from models.messages import (
 )
 from models.orders import OrderProgress, OrderStatus, OrderUpdate
 from models.policy import RiskConfig
-from models.position import ExitReason, OrderRole, PositionStatus, new_position
+from models.position import ExitReason, OrderRole, PositionStatus, TrackedOrder, new_position
+from models.wire import parse_order_update
 from store.pnl_cache import InMemoryPnLCache
 from tests.actors.test_order_updates import Flow, frame
 from tests.actors.test_tracker_flow import T0, entry, price
@@ -358,3 +360,40 @@ def test_an_order_split_between_positions_is_counted_once_after_a_restart() -> N
         assert second.books().agree, second.books().line()
     finally:
         second.stop()
+
+
+def test_a_plain_closed_positions_exit_frame_delivered_again_after_a_restart_opens_nothing(
+) -> None:
+    """A position our own exit closed is learnt at the restart from its orders alone
+    (``models.closed``): its exit order's frame told again, even without the client id (a
+    reconcile's order-book row may lack it), must find its owner, not open a SHORT."""
+    def parse(raw: str) -> OrderUpdate:
+        update = parse_order_update(raw)
+        assert isinstance(update, OrderUpdate)
+        return update
+
+    store, clock = FakeStore(), ManualClock(T0 + timedelta(minutes=10))
+    buy = frame("B1", OrderStatus.TRADED, 1, qty=1)
+    sell = frame("X1", OrderStatus.TRADED, 1, txn=TxnType.SELL, qty=1, avg="190", seconds=60)
+    entry_progress = OrderProgress.empty("B1").merge(parse(buy))
+    exit_progress = OrderProgress.empty("X1").merge(parse(sell))
+    closed = new_position(parse(buy), position_id="PB1", side=Side.LONG,
+                          created_at=T0).model_copy(update={
+        "status": PositionStatus.EXITED, "opened_at": T0, "exit_attempt": 1,
+        "exit_reason": ExitReason.STOP_LOSS, "exited_at": T0 + timedelta(seconds=60),
+        "orders": (TrackedOrder(role=OrderRole.ENTRY, progress=entry_progress),
+                   TrackedOrder(role=OrderRole.EXIT, progress=exit_progress, attempt=1))})
+    assert is_plain(closed)  # learnt from its orders alone at the start
+    store.save_positions([closed])
+    system = System(Parts(store=store, cache=InMemoryPnLCache(),
+                          gateway=PaperExchange(TapeMarket([]), start=T0), quotes=None,
+                          config=RiskConfig(), clock=clock)).start(ticker=False)
+    try:
+        for raw in (sell, buy):
+            system.order_frame(raw)
+            system.settle()
+        assert sorted(store.positions) == ["PB1"]
+        assert store.positions["PB1"] == closed
+        assert system.books().agree, system.books().line()
+    finally:
+        system.stop()
