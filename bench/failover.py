@@ -851,6 +851,10 @@ def summarise(lines: list[dict[str, Any]]) -> dict[str, Any]:
                met=extra["double_exits"] == 0 if ends else None),
         figure("lost fills (accounts whose books differ)", extra["lost_fills"], target="0",
                met=extra["lost_fills"] == 0 and extra["books_agree"] if ends else None),
+        # SPEC §13: zero double exits and zero lost fills over >= 1,000 kill / pause cycles
+        figure("kill / pause cycles, with 0 double exits and 0 lost fills", len(crash),
+               target=">= 1000", met=len(crash) >= 1000 and extra["double_exits"] == 0
+               and extra["lost_fills"] == 0 and extra["books_agree"] if ends else None),
         figure("faults recovered", sum(1 for r in rows if r["recovered"]), f"of {len(rows)}",
                target=f"{len(rows)}", met=all(r["recovered"] for r in rows)),
         figure("partitions served twice (after any fault)", twice, target="0",

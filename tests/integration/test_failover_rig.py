@@ -207,3 +207,16 @@ def test_when_two_live_runners_log_serving_one_partition_then_it_is_served_twice
     assert rig.served_twice() == [59]  # 14 was dropped by r1.1 before r2.2 served it
     del rig.runners["r1.1"]  # a runner gone (killed) serves nothing
     assert rig.served_twice() == []
+
+
+def test_the_summary_counts_kill_and_pause_cycles_toward_the_specs_thousand() -> None:
+    row = summarise(_lines("a", ("kill", 9.0, True), ("term", 0.4, True), ("kill", 8.0, True)))
+    count = next(f for f in row["figures"] if f["figure"].startswith("kill / pause cycles"))
+    assert (count["value"], count["target"], count["met"]) == (2, ">= 1000", False)
+    many = summarise(_lines("b", *[("kill", 9.0, True)] * 1000))
+    count = next(f for f in many["figures"] if f["figure"].startswith("kill / pause cycles"))
+    assert (count["value"], count["met"]) == (1000, True)
+    doubled = summarise([*_lines("c", *[("kill", 9.0, True)] * 1000, end=False),
+                         {**_lines("c")[-1], "repeated_exit_placements": ["X-P1-1"]}])
+    count = next(f for f in doubled["figures"] if f["figure"].startswith("kill / pause cycles"))
+    assert (count["value"], count["met"]) == (1000, False)
