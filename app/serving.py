@@ -23,14 +23,16 @@ it holds, fed the account's order updates and the prices of its open positions.
   subscribed on the transport (``prices.<segment>.<security>``) and unsubscribed once no
   position needs them; each price goes to the tick path of the Systems holding the instrument.
   A price is the last traded price as decimal text (``b"101.35"``); anything else is logged and
-  dropped. The circuit limits of each held instrument are read once, on this thread, as for a
-  live session (``Served.circuits``, ``broker/dhan/circuits.py``).
+  dropped. The circuit limits of each held instrument are read once, as for a live session,
+  on a thread of their own (``CircuitReads``; ``Served.circuits``, ``broker/dhan/circuits.py``).
 - **Stop** (``stop``): in order (``System.stop``: checkpoints under the live lease) on a graceful
   stop; at once (``System.abandon``) when the lease is lost, writing and sending nothing more.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -112,6 +114,54 @@ def parse_price(data: bytes) -> Decimal | None:
     return price if price.is_finite() and price > 0 else None
 
 
+class CircuitReads:
+    """The served accounts' circuit-limit reads, off the runner's thread: a quote request may
+    wait up to a second for the quote bucket's slot (its stale prices are quoted too), and the
+    runner's step delivers every partition's order updates. One worker thread; an account's
+    read is queued at most once at a time, and skipped once it is no longer served."""
+
+    def __init__(self, serving: Callable[[Served], bool]) -> None:
+        self.serving = serving
+        self._queue: queue.SimpleQueue[tuple[Served, frozenset[Instrument]] | None] = \
+            queue.SimpleQueue()
+        self._pending: set[int] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.done = 0
+        """Reads finished (tried), for a caller that waits for them."""
+
+    def ask(self, served: Served, instruments: Iterable[Instrument]) -> None:
+        with self._lock:
+            if id(served) in self._pending:
+                return
+            self._pending.add(id(served))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="circuit-reads",
+                                                daemon=True)
+                self._thread.start()
+        self._queue.put((served, frozenset(instruments)))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                self._queue.put(None)
+                self._thread = None
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            served, instruments = item
+            try:
+                if served.circuits is not None and self.serving(served):
+                    served.circuits.read(instruments)
+            except Exception:  # the runner outlives any one broker failure
+                logger.opt(exception=True).warning(
+                    "account {}: circuit limits not read", served.system.account)
+            finally:
+                with self._lock:
+                    self._pending.discard(id(served))
+                    self.done += 1
+
+
 class AccountSystems:
     """``AccountSystems(accounts, make, transport)``: the ``Serve`` of a runner whose accounts
     are ``accounts``; ``partitions()`` is the set of partitions to claim."""
@@ -128,6 +178,9 @@ class AccountSystems:
         self._subscriptions: dict[Instrument, Subscription] = {}
         self._holders: dict[Instrument, tuple[Served, ...]] = {}
         """Read on the transport's thread: replaced whole, never changed in place."""
+        self.circuit_reads = CircuitReads(lambda served: any(
+            served is one for accounts in list(self.running.values())
+            for one in list(accounts.values())))
 
     def partitions(self) -> list[int]:
         return sorted(self.by_partition)
@@ -228,11 +281,7 @@ class AccountSystems:
                 for instrument in held:
                     holders.setdefault(instrument, []).append(served)
                 if served.circuits is not None and held:
-                    try:
-                        served.circuits.read(held)
-                    except Exception:  # the runner outlives any one broker failure
-                        logger.opt(exception=True).warning(
-                            "account {}: circuit limits not read", served.system.account)
+                    self.circuit_reads.ask(served, held)
         self._holders = {i: tuple(found) for i, found in holders.items()}
         for instrument in sorted(set(self._subscriptions) - set(holders), key=str):
             self._subscriptions.pop(instrument).unsubscribe()
@@ -277,6 +326,7 @@ class AccountSystems:
             subscription.unsubscribe()
         self._subscriptions.clear()
         self._holders = {}
+        self.circuit_reads.close()
 
     # Helpers ----------------------------------------------------------------------------------
     def _pricer(self, instrument: Instrument) -> Callable[[bytes], None]:

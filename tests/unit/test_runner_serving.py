@@ -5,6 +5,7 @@ before it releases; price messages and the paper venue's accounts are read stric
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
@@ -526,8 +527,17 @@ def test_a_served_account_reads_the_circuit_limits_of_what_it_holds_once_ready()
     serving.step()
     assert readers[one].asked == [] and serving.subscribed() == set()  # not ready: nothing
     serving.ready(partition)  # reconciled (no books here), then a step
-    assert readers[one].asked == [{fut, eq}]
-    assert readers[other].asked == [{eq}]  # its reader failed: the step went on
-    assert serving.subscribed() == {fut, eq}
+    assert serving.subscribed() == {fut, eq}  # the step did not wait for the reads
+    deadline = time.monotonic() + 5
+    while serving.circuit_reads.done < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert readers[one].asked == [{fut, eq}]  # on the reads' own thread
+    assert readers[other].asked == [{eq}]  # its reader failed: logged, nothing else
     report = serving.report()
     assert report[one]["circuits_known"] == 2 and report[other]["circuits_known"] == 0
+    serving.step()  # each account asked once per step at most, again only for the unknown
+    deadline = time.monotonic() + 5
+    while serving.circuit_reads.done < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(readers[one].asked) == 2  # the reader itself skips what it knows
+    serving.close()
