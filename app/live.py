@@ -46,7 +46,7 @@ from broker.dhan import (
     TokenError,
     TokenSource,
 )
-from broker.dhan.circuits import CircuitReader
+from broker.dhan.circuits import CircuitReader, order_key
 from broker.dhan.gateway import DhanGateway, ShadowGateway
 from broker.dhan.token import expires_at
 from models.common import Instrument
@@ -227,9 +227,9 @@ class LiveSession:
         have = set(self.feed.subscribed)
         gone, new = have - wanted, wanted - have
         if new:
-            self.feed.subscribe(sorted(new, key=_order_key))
+            self.feed.subscribe(sorted(new, key=order_key))
         if gone:
-            self.feed.unsubscribe(sorted(gone, key=_order_key))
+            self.feed.unsubscribe(sorted(gone, key=order_key))
         self.circuits.read(wanted)
 
     # Token --------------------------------------------------------------------------------------
@@ -302,10 +302,6 @@ class LiveSession:
         status["token_expires_at"] = expiry.isoformat() if expiry is not None else None
         status["alarms"] = list(self.alarms)
         return status
-
-
-def _order_key(instrument: Instrument) -> tuple[str, str]:
-    return instrument.segment.value, instrument.security_id
 
 
 def _hours(left: timedelta) -> str:

@@ -27,7 +27,8 @@ RETRY = 30.0
 """Seconds before an instrument whose circuit limits could not be read is asked again."""
 
 
-def _order_key(instrument: Instrument) -> tuple[str, str]:
+def order_key(instrument: Instrument) -> tuple[str, str]:
+    """Instruments in the order DhanHQ requests list them: by segment, then security id."""
     return instrument.segment.value, instrument.security_id
 
 
@@ -53,7 +54,7 @@ class CircuitReader:
         ask = sorted((i for i in set(instruments) if i.security_id.isdigit() and
                       self.gateway.circuits(i) is None and
                       now - self._asked.get(i, -RETRY) >= RETRY),
-                     key=_order_key)[:self.rest.max_instruments]
+                     key=order_key)[:self.rest.max_instruments]
         if not ask:
             return 0
         for instrument in ask:
