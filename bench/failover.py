@@ -70,7 +70,8 @@ runs them.
   stopped with Ctrl-C or SIGTERM finishes its cycle and runs the end checks (twice: at once,
   its cycles kept); ``--summarize FILE [FILE ...]`` computes the summary of every run in the
   files with the same code as a run's final row (one run in the file: the same figures), so a
-  long run can be made over several sittings.
+  long run can be made over several sittings; each start line names the commit its code was
+  at (``git describe --dirty``) and the summary lists them (``commits``).
 
 Prints one JSON row (``{"benchmark": "failover", "figures": [...], ...}``) as its last line.
 """
@@ -695,7 +696,7 @@ def run(url: str, nats: str | None, work: Path, *, cycles: int, runners: int, le
     lines.add("start", {"runners": runners, "lease_s": lease, "http_timeout_s": http_timeout,
                         "accounts": len(ACCOUNTS), "faults": list(faults),
                         "db_connections": db_connections, "connectors": connectors,
-                        "read_book": read_book,
+                        "read_book": read_book, "commit": code_version(),
                         "nats": "private" if server is not None else "shared"})
     try:
         if server is not None:
@@ -776,6 +777,18 @@ def _delete_stream(nats: str, namespace: str, server: NatsServer | None) -> None
         cleanup.close()
 
 
+def code_version() -> str:
+    """The commit the rig's code is at (``git describe``: ``-dirty`` when files differ from
+    it), or ``unknown`` outside a git checkout: sittings of one long run compare it."""
+    try:
+        found = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"],
+                               cwd=Path(__file__).resolve().parent, capture_output=True,
+                               text=True, timeout=10, check=False)
+    except OSError:
+        return "unknown"
+    return found.stdout.strip() if found.returncode == 0 and found.stdout.strip() else "unknown"
+
+
 def _stats(values: list[float]) -> dict[str, float]:
     return {"p50": percentile(values, 0.5), "p99": percentile(values, 0.99),
             "max": max(values) if values else math.nan}
@@ -805,6 +818,7 @@ def summarise(lines: list[dict[str, Any]]) -> dict[str, Any]:
     differ = {keyed(e["run"], a): d for e in ends for a, d in e["book_differences"].items()}
     extra: dict[str, Any] = {
         "runs": len(starts), "runs_checked": len(ends), "cycles_unchecked": len(unchecked),
+        "commits": sorted({s.get("commit") or "unrecorded" for s in starts}),
         "runners": sorted({s["runners"] for s in starts}),
         "lease_s": lease, "http_timeout_s": sorted({s["http_timeout_s"] for s in starts}),
         "accounts": max(s["accounts"] for s in starts),

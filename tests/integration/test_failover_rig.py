@@ -149,9 +149,12 @@ def test_when_a_fill_at_the_venue_is_missing_from_postgres_then_the_books_differ
     assert books_check(pg_url, books) == {}  # its open position: the venue's 50
 
 
-def _lines(run: str, *cycles: tuple[str, float, bool], end: bool = True) -> list[dict[str, Any]]:
+def _lines(run: str, *cycles: tuple[str, float, bool], end: bool = True,
+           commit: str | None = None) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = [{"kind": "start", "run": run, "runners": 3, "lease_s": 6.0,
                                     "http_timeout_s": 3.0, "accounts": 4}]
+    if commit is not None:
+        found[0]["commit"] = commit
     measure = {"kill": "failover_s", "term": "handover_s", "nats": "flow_s"}
     for number, (fault, seconds, recovered) in enumerate(cycles, 1):
         found.append({"kind": "cycle", "run": run, "cycle": number, "fault": fault,
@@ -166,8 +169,9 @@ def _lines(run: str, *cycles: tuple[str, float, bool], end: bool = True) -> list
 
 def test_when_a_file_holds_several_sittings_then_its_summary_counts_every_cycle(
         tmp_path: Path) -> None:
-    first = _lines("a", ("kill", 9.0, True), ("term", 0.5, True))
-    second = _lines("b", ("kill", 9.5, True), ("nats", 2.5, True), end=False)  # stopped hard
+    first = _lines("a", ("kill", 9.0, True), ("term", 0.5, True), commit="0123abcd")
+    second = _lines("b", ("kill", 9.5, True), ("nats", 2.5, True), end=False,  # stopped hard
+                    commit="0123abcd")
     out = tmp_path / "cycles.jsonl"
     out.write_text("".join(json.dumps(line) + "\n" for line in first + second)
                    + '{"kind": "cycle", "run": "b", "cyc')  # its last line cut short
@@ -177,6 +181,9 @@ def test_when_a_file_holds_several_sittings_then_its_summary_counts_every_cycle(
     assert both["runs"] == 2 and both["runs_checked"] == 1 and both["cycles_unchecked"] == 2
     assert both["by_kind"]["nats"]["p99"] == 2.5 and both["by_kind"]["kill"]["cycles"] == 2
     assert both["exits_placed"] == 10 and both["runner_exit_codes"] == {"a/r1.1": 0}
+    assert both["commits"] == ["0123abcd"]  # both sittings ran the same code
+    assert summarise([*first, *_lines("c", ("kill", 9.1, True))])["commits"] == [
+        "0123abcd", "unrecorded"]
     (tmp_path / "one.jsonl").write_text("".join(json.dumps(line) + "\n" for line in first))
     assert json.dumps(summarise(read_lines(tmp_path / "one.jsonl"))) == json.dumps(alone)
     assert alone["runner_exit_codes"] == {"r1.1": 0} and alone["books_agree"]
