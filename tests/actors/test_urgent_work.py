@@ -294,3 +294,18 @@ def test_no_task_is_left_queued_when_an_ordinary_worker_takes_urgent_work_left_t
         assert ordinary.wait(2), "the ordinary task was left queued with no worker woken for it"
     finally:
         hold_reserved.set()
+
+
+def test_which_message_kinds_can_be_urgent_is_read_from_the_type_once() -> None:
+    from actors.protocol import Flush
+    from actors.runtime.dispatch import _URGENT_KINDS, _may_be_urgent
+    from models.messages import Message, PriceTick, PriceUpdate, TimerFired
+
+    class UrgentModel(Message):
+        urgent: bool = False
+
+    assert _may_be_urgent(PriceUpdate) and _may_be_urgent(Flush)  # slots dataclasses
+    assert _may_be_urgent(UrgentModel)  # a pydantic field
+    assert not _may_be_urgent(PriceTick) and not _may_be_urgent(TimerFired)
+    assert not _may_be_urgent(str)
+    assert _URGENT_KINDS[TimerFired] is False  # remembered: no getattr on each message
