@@ -189,6 +189,20 @@ def test_when_a_file_holds_several_sittings_then_its_summary_counts_every_cycle(
     assert alone["runner_exit_codes"] == {"r1.1": 0} and alone["books_agree"]
 
 
+def test_when_a_run_never_reached_its_end_checks_then_its_cycles_do_not_count_as_checked(
+        ) -> None:
+    cut = summarise(_lines("b", ("kill", 9.5, True), ("kill", 9.2, True), end=False))
+    fig = {f["figure"]: f for f in cut["figures"]}
+    assert fig["double exits"]["value"] == "unchecked" and fig["double exits"]["met"] is None
+    assert "1 of 1 runs ended before" in fig["double exits"]["miss"]
+    counted = fig["kill / pause cycles, with 0 double exits and 0 lost fills"]
+    assert counted["value"] == 0 and counted["miss"] == "2 more in runs never checked"
+    both = summarise([*_lines("a", ("kill", 9.0, True)),
+                      *_lines("b", ("kill", 9.5, True), ("kill", 9.2, True), end=False)])
+    counted = next(f for f in both["figures"] if f["figure"].startswith("kill / pause"))
+    assert counted["value"] == 1 and counted["met"] is False
+
+
 def test_when_a_cycle_was_not_recovered_then_the_summary_says_so() -> None:
     row = summarise(_lines("a", ("kill", math.inf, False), ("term", 0.4, True)))
     recovered = next(f for f in row["figures"] if f["figure"] == "faults recovered")
