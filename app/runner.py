@@ -276,6 +276,12 @@ class Runner:
         began = time.monotonic()
         drained = 0
         assert self.serve is not None
+        try:
+            if self.transport.waiting_order_updates(partition) == 0:
+                return  # none to hand over: no pull's wait for the first
+        except TransportError as error:  # not known: pulled as if some waited
+            self.log.warning("partition {}: updates waiting on the stream not counted ({})",
+                             partition, error)
         while time.monotonic() - began < DRAIN_LIMIT and partition not in self._lost:
             deliveries = self.transport.pull_order_updates(partition, batch=self.batch,
                                                            timeout=DRAIN_WAIT)

@@ -186,8 +186,20 @@ class JetStreamTransport:
                                                   ACCOUNT: account_id}))
         return not ack.duplicate
 
-    def pull_order_updates(self, partition: int, *, batch: int = 100,
-                           timeout: float = 1.0) -> list[Delivery]:
+    def waiting_order_updates(self, partition: int) -> int:
+        """The partition's durable consumer's own count (one request to the server):
+        messages not yet delivered and those delivered but not acknowledged."""
+        pull = self._pull(partition)
+
+        async def count() -> int:
+            info = await pull.consumer_info()
+            return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+
+        return self._run(count())
+
+    def _pull(self, partition: int) -> Any:
+        """The partition's pull subscription: its durable consumer is made (or found) once,
+        in a call of its own."""
         async def subscribe() -> Any:
             return await self._js.pull_subscribe(
                 order_subject(partition, self._namespace),
@@ -197,8 +209,13 @@ class JetStreamTransport:
                                       ack_wait=self._ack_wait, max_deliver=-1))
 
         pull = self._pulls.get(partition)
-        if pull is None:  # the durable consumer is made (or found) once, in a call of its own
+        if pull is None:
             pull = self._pulls[partition] = self._run(subscribe())
+        return pull
+
+    def pull_order_updates(self, partition: int, *, batch: int = 100,
+                           timeout: float = 1.0) -> list[Delivery]:
+        pull = self._pull(partition)
 
         async def fetch() -> list[Msg]:
             try:

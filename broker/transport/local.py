@@ -109,6 +109,10 @@ class LocalTransport:
                 dues = [e.due for e in self._pending[partition].values() if e.due > now]
                 self._changed.wait(min([until, *dues]) - now)
 
+    def waiting_order_updates(self, partition: int) -> int:
+        with self._changed:
+            return len(self._pending[partition])
+
     def _take(self, partition: int, batch: int, now: float) -> list[Delivery]:
         taken: list[Delivery] = []
         for entry in self._pending[partition].values():  # in publishing order

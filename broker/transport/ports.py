@@ -96,6 +96,11 @@ class Transport(Protocol):
         """Up to ``batch`` updates of ``partition`` in publishing order, waiting up to
         ``timeout`` for the first; ``[]`` when none came."""
 
+    def waiting_order_updates(self, partition: int) -> int:
+        """How many updates of ``partition`` the stream holds not yet acknowledged (never
+        delivered, or delivered and not acknowledged): 0 means a pull now would bring none,
+        so a partition just started need not wait for one (``Runner._drain``)."""
+
     def publish_price(self, segment: str, security_id: str, data: bytes) -> None: ...
 
     def subscribe_prices(self, segment: str, security_id: str,

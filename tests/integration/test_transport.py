@@ -103,6 +103,24 @@ def test_when_nothing_published_then_pull_returns_empty_after_its_timeout(
     assert 0.2 <= time.monotonic() - started < 3
 
 
+def test_the_updates_waiting_are_counted_until_acked(transport: Transport) -> None:
+    """What a partition just started asks before it waits for a pull (``Runner._drain``)."""
+    assert transport.waiting_order_updates(P) == 0
+    transport.publish_order_update(ACCOUNT, "m-1", b"x")
+    transport.publish_order_update(ACCOUNT, "m-2", b"y")
+    transport.publish_order_update(OTHER, "m-3", b"z")  # another partition's
+    assert transport.waiting_order_updates(P) == 2
+    first, second = transport.pull_order_updates(P, timeout=2)
+    first.ack()
+    assert transport.waiting_order_updates(P) >= 1  # delivered, not acknowledged: still held
+    second.ack()
+    deadline = time.monotonic() + 3  # an acknowledgement reaches the server in its time
+    while transport.waiting_order_updates(P) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert transport.waiting_order_updates(P) == 0
+    assert transport.waiting_order_updates(partition_of(OTHER)) == 1
+
+
 def test_when_acked_then_never_delivered_again(transport: Transport) -> None:
     transport.publish_order_update(ACCOUNT, "m-ack", b"x")
     [got] = transport.pull_order_updates(P, timeout=2)

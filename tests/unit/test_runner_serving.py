@@ -367,6 +367,32 @@ def test_every_partition_ready_is_started_before_any_is_pulled_from() -> None:
                           f"ready {P} after 1 updates", f"ready {P + 1} after 1 updates"]
 
 
+def test_a_partition_with_no_update_waiting_is_made_ready_without_waiting_for_a_pull() -> None:
+    """A hand-over's drain asks the stream first: with nothing held for the partition it
+    pulls nothing (a pull would wait ``DRAIN_WAIT`` for a first update that never comes)."""
+
+    class Pulls(LocalTransport):
+        def __init__(self) -> None:
+            super().__init__(ack_wait=60)
+            self.pulls: list[int] = []
+
+        def pull_order_updates(self, partition: int, *, batch: int = 100,
+                               timeout: float = 1.0) -> list[Delivery]:
+            self.pulls.append(partition)
+            return super().pull_order_updates(partition, batch=batch, timeout=timeout)
+
+    leases = MemoryLeases()
+    transport = Pulls()
+    runner = Runner(leases, transport, owner="r1", partitions=[P, P + 1],
+                    serve=FakeServe(leases.log), claim_every=0.0, pull_budget=0.05)
+    transport.publish_order_update(ACCOUNT, "m-1", b"frame")  # P's; P + 1 holds none
+    runner.step()
+    # P drained (one pull brought its one update), P + 1 not at all; then each one's
+    # ordinary pull (without the count: P, P + 1, P, P + 1)
+    assert transport.pulls == [P, P, P + 1]
+    assert leases.log[-2:] == [f"ready {P} after 1 updates", f"ready {P + 1} after 1 updates"]
+
+
 def test_when_venue_serves_accounts_then_each_reads_only_its_own_books() -> None:
     now = T0 + timedelta(hours=5)
     venue = PaperVenue(LocalTransport(), ["a", "a-b"], clock=lambda: now, quantity=50)
