@@ -58,7 +58,7 @@ from broker.ports import OrderGateway, QuoteApi
 from models.accounts import DEFAULT_ACCOUNT, check_account
 from models.books import BooksReport
 from models.closed import split_closed
-from models.common import IST, Instrument, exchange_day_start
+from models.common import IST, Instrument, exchange_day_start, next_day_start
 from models.messages import Message, OrderUpdateReceived, RequestExit, new_id
 from models.orders import OrderUpdate
 from models.policy import ExitPolicy, RiskConfig
@@ -316,10 +316,14 @@ class System:
         routes = self._proxy(self.supervisor).start_positions(positions).get(timeout=60)
         self.index.tell(BulkLoad(routes=tuple(routes)))
         self._lap("trackers")
-        closed = self.closed_today()
+        now = self.parts.clock()
+        # The plain ones stored as their digests (``models.closed``): little to read and
+        # little work each; the others whole.
+        closed, digests = self.parts.store.closed_between(exchange_day_start(now),
+                                                          next_day_start(now))
         self._lap("closed")
-        # The plain ones apart (``models.closed``): little work each.
-        closed, plain = split_closed(closed, positions)
+        closed, plain, tangled = split_closed(closed, positions, digests)
+        closed += self._whole(tangled)
         self._lap("plain")
         # The orders of today's closed positions too: an update of one of them delivered
         # again after the restart (a reconnect, a reconcile) must find its owner, not open a
@@ -539,6 +543,12 @@ class System:
                           *messages(Trace(records), Filters(position=position_id))],
                 "fills": store.fills(position_id),
                 "exit_attempts": store.exit_attempts(position_id)}
+
+    def _whole(self, position_ids: list[str]) -> list[Position]:
+        """Closed positions stored plain whose orders another position holds too
+        (``models.closed.entangled``): read whole, the start reasons about them whole."""
+        found = [self.parts.store.load_position(pid) for pid in position_ids]
+        return [p for p in found if p is not None]
 
     def closed_today(self) -> list[Position]:
         """Positions exited during the current exchange day, from the store."""

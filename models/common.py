@@ -24,6 +24,12 @@ def exchange_day_start(moment: datetime) -> datetime:
     return datetime.combine(moment.astimezone(IST).date(), datetime.min.time(), tzinfo=IST)
 
 
+def next_day_start(moment: datetime) -> datetime:
+    """The start of the exchange day after the one ``moment`` falls on (IST keeps no summer
+    time: a day is 24 hours)."""
+    return exchange_day_start(moment) + timedelta(days=1)
+
+
 def _require_aware(value: datetime) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("datetime must be timezone-aware")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
+from models.closed import PlainClosed
 from models.position import Fill, Position, PositionStatus
 from store.records import (
     DeadLetter,
@@ -94,6 +95,12 @@ class Store(Protocol):
                        exited_since: datetime | None = None) -> list[Position]:
         """All positions (or those in ``status``; exited at ``exited_since`` or later), oldest
         first."""
+
+    def closed_between(self, since: datetime, until: datetime
+                       ) -> tuple[list[Position], list[PlainClosed]]:
+        """Positions exited at ``since`` or later and before ``until`` (a start's closed
+        positions of the day), oldest first: those stored plain as their digests
+        (``models.closed.digest``), every other one whole."""
 
     def fills(self, position_id: str) -> list[Fill]: ...
 

@@ -75,7 +75,8 @@ _MARK_TYPES = {"account": "text", "position_id": "text", "entry_order_no": "text
                "segment": "text", "security_id": "text", "side": "text", "status": "text",
                "version": "bigint",
                "created_at": "timestamptz", "opened_at": "timestamptz",
-               "exited_at": "timestamptz", "updated_at": "timestamptz", "data": "text"}
+               "exited_at": "timestamptz", "updated_at": "timestamptz", "data": "text",
+               "closed_plain": "text"}
 assert tuple(_MARK_TYPES) == POSITION_COLUMNS, "the positions columns changed"
 _SAVE_MARKS = (
     "UPDATE positions AS p SET "

@@ -217,7 +217,13 @@ _V4: tuple[str, ...] = (
     )""",
 )
 
-MIGRATIONS: Mapping[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
+# A plain closed position's digest beside it (``models.closed.digest``; NULL for every other
+# position, and for those stored before): a start reads these few fields, not whole positions.
+_V5: tuple[str, ...] = (
+    "ALTER TABLE positions ADD COLUMN closed_plain TEXT",
+)
+
+MIGRATIONS: Mapping[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5}
 """Version → the SQL steps that bring the schema from the previous version to it."""
 
 LATEST = max(MIGRATIONS)

@@ -37,6 +37,7 @@ from loguru import logger
 from pydantic import BaseModel
 
 from models.accounts import DEFAULT_ACCOUNT, check_account
+from models.closed import PlainClosed, digest, read_digest
 from models.position import OPEN, Fill, Position, PositionStatus
 from store.ports import StoreError, StoreRefused
 from store.records import (
@@ -223,7 +224,7 @@ class SqlStore:
     def _position_row(self, p: Position) -> tuple[object, ...]:
         return (self.account, p.position_id, p.entry_order_no, p.segment, p.security_id, p.side,
                 p.status, p.version, p.created_at, p.opened_at, p.exited_at, self._clock(),
-                p.model_dump_json())
+                p.model_dump_json(), digest(p))
 
     def load_position(self, position_id: str) -> Position | None:
         with self._tx(write=False, statements=1) as tx:
@@ -251,6 +252,28 @@ class SqlStore:
         if exited_since is not None:
             where, params = f"{where} AND exited_at >= ?", (*params, exited_since)
         return self._positions(where, params)
+
+    def closed_between(self, since: datetime, until: datetime
+                       ) -> tuple[list[Position], list[PlainClosed]]:
+        """Positions exited at ``since`` or later and before ``until``, oldest first: whole,
+        and those stored plain as their digests (``models.closed``), one query."""
+        with self._tx(write=False, statements=1) as tx:
+            rows = tx.all("SELECT position_id, closed_plain, "
+                          "CASE WHEN closed_plain IS NULL THEN data END FROM positions "
+                          "WHERE account = ? AND status = ? AND exited_at >= ? "
+                          "AND exited_at < ? ORDER BY created_at, position_id",
+                          (self.account, PositionStatus.EXITED, since, until))
+        whole: list[Position] = []
+        plain: list[PlainClosed] = []
+        for position_id, text, data in rows:
+            if text is None:
+                whole.append(decode_position(data))
+                continue
+            try:
+                plain.append(read_digest(str(position_id), text))
+            except ValueError as error:
+                raise StoreError(f"a stored position is unreadable: {error}") from error
+        return whole, plain
 
     def _positions(self, where: str, params: Sequence[object]) -> list[Position]:
         with self._tx(write=False, statements=1) as tx:

@@ -8,7 +8,7 @@ from store.sql_rows import Tx, decode_position
 
 POSITION_COLUMNS = ("account", "position_id", "entry_order_no", "segment", "security_id",
                     "side", "status", "version", "created_at", "opened_at", "exited_at",
-                    "updated_at", "data")
+                    "updated_at", "data", "closed_plain")
 """The account leads, then the position id: the key (a position id is unique per account)."""
 UPSERT_POSITION = (
     f"INSERT INTO positions ({', '.join(POSITION_COLUMNS)}) "

@@ -8,6 +8,7 @@ from datetime import datetime
 
 from broker.ports import GatewayError, OrderView
 from models.accounts import DEFAULT_ACCOUNT
+from models.closed import PlainClosed, digest, read_digest
 from models.common import Instrument, TxnType
 from models.orders import OrderStatus
 from models.position import OPEN, Fill, Position, PositionStatus
@@ -147,6 +148,21 @@ class FakeStore:
         return sorted((p for p in self.positions.values() if status in (None, p.status) and (
             exited_since is None or (p.exited_at is not None and p.exited_at >= exited_since))),
                       key=lambda p: p.created_at)
+
+    def closed_between(self, since: datetime, until: datetime
+                       ) -> tuple[list[Position], list[PlainClosed]]:
+        """As a real store: the plain ones as their digests, read back from the text."""
+        whole: list[Position] = []
+        plain: list[PlainClosed] = []
+        for position in self.list_positions(PositionStatus.EXITED, exited_since=since):
+            if position.exited_at is None or position.exited_at >= until:
+                continue
+            text = digest(position)
+            if text is None:
+                whole.append(position)
+            else:
+                plain.append(read_digest(position.position_id, text))
+        return whole, plain
 
     def fills(self, position_id: str) -> list[Fill]:
         return [f for (pid, _, _), f in self.fill_rows.items() if pid == position_id]

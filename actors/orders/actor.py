@@ -45,6 +45,7 @@ from models.allocation import (
     share_progress,
 )
 from models.books import BookKey, BooksReport, compare
+from models.closed import PlainClosed
 from models.common import Side, TxnType, parse_exit_client_id, position_id_for
 from models.lifecycle import fit_remainder
 from models.messages import (
@@ -157,7 +158,7 @@ class OrderUpdateActor(SingletonActor):
         return self.audit.unstored
 
     # Start-up and position events -------------------------------------------------------------
-    def load(self, positions: list[Position], plain: Sequence[Position] = ()) -> None:
+    def load(self, positions: list[Position], plain: Sequence[PlainClosed] = ()) -> None:
         """Learn every stored position's orders (call before the first update), and see that
         every over-fill among them has its remainder as it should stand (a kill between the
         write of an over-filled position and its remainder's left it missing or unfitted).
@@ -284,19 +285,19 @@ class OrderUpdateActor(SingletonActor):
                     owner is None or owner[0] == pid):  # an over-fill's remainder owns nothing
                 self.owners[number] = (pid, order.role, order.attempt)
 
-    def _learn_plain(self, position: Position) -> None:
+    def _learn_plain(self, position: PlainClosed) -> None:
         """``_learn`` of a plain closed position (closed: not among ``positions``)."""
         pid, side = position.position_id, position.side
         key = (position.segment, position.security_id, position.product)
         for order in position.orders:
-            number = order.progress.order_no
+            number = order.order_no
             owner = self.owners.get(number)
             if number in self.allocations or (owner is not None and owner[0] != pid):
                 continue  # never for a plain one (``entangled``): the whole position's rules
             self.owners[number] = (pid, order.role, order.attempt)
             txn = side.entry_txn if order.role is OrderRole.ENTRY else side.exit_txn
             booked = self.booked.get(number)
-            traded = max(order.progress.traded_qty, booked.traded if booked else 0)
+            traded = max(order.traded_qty, booked.traded if booked else 0)
             if traded:
                 self.booked[number] = _Booked(booked.key if booked else key,
                                               1 if txn is TxnType.BUY else -1, traded)

@@ -35,7 +35,7 @@ from actors.pnl.cache_writer import CacheWriterActor, WriteCache
 from actors.protocol import Flush, PortfolioValued
 from actors.runtime.dispatch import SingletonActor
 from actors.runtime.metrics import Metrics
-from models.closed import plain_net
+from models.closed import PlainClosed, plain_net
 from models.common import IST, Instrument
 from models.marks import Basis, basis_of, net_at, net_line, pct_at
 from models.messages import PnLMarked, PositionChanged, PositionClosed, PositionOpened, PriceBatch
@@ -159,7 +159,7 @@ class PnLWriterActor(SingletonActor):
         self.supervisor = supervisor
 
     def seed(self, open_positions: list[Position], closed_today: list[Position],
-             plain: Sequence[Position] = ()) -> None:
+             plain: Sequence[PlainClosed] = ()) -> None:
         """Start-up: the open positions, and those closed earlier today (the day's PnL);
         ``plain``: more of those, plain ones (``models.closed.plain_net``)."""
         for position in open_positions:

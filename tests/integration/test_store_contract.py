@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from models.closed import plain_of
 from models.common import IST, Segment, Side, TxnType, exit_client_id, position_id_for
 from models.lifecycle import apply_update, request_exit
-from models.orders import OrderStatus, OrderUpdate
+from models.orders import OrderProgress, OrderStatus, OrderUpdate
 from models.position import (
     ExitReason,
     Fill,
@@ -144,7 +145,7 @@ def test_migrate_twice_is_harmless_and_reports_the_version(backend: Backend) -> 
         assert fresh.schema_version() == 0
         fresh.migrate()
         fresh.migrate()
-        assert fresh.schema_version() == LATEST == 4
+        assert fresh.schema_version() == LATEST == 5
         assert set(fresh.counts().values()) == {0}
     finally:
         fresh.close()
@@ -316,6 +317,33 @@ def test_list_positions_with_and_without_status(store: Store) -> None:
     assert store.list_positions(PositionStatus.EXITED, exited_since=second_exit) == [saved[2]]
     assert store.list_positions(PositionStatus.EXITED,
                                 exited_since=second_exit + timedelta(microseconds=1)) == []
+
+
+def test_the_days_closed_positions_come_plain_as_digests_and_the_others_whole(
+        store: Store) -> None:
+    plain = exited("E0", T0)
+    later = exited("E1", T0 + timedelta(minutes=1))
+    # the same, but another kind of order too: not plain (taken whole at a start)
+    odd = exited("E2", T0 + timedelta(minutes=2))
+    odd = odd.model_copy(update={"version": odd.version + 1, "orders": (*odd.orders, TrackedOrder(
+        role=OrderRole.OPPOSITE, progress=OrderProgress(order_no="B2", status=OrderStatus.TRADED,
+                                                       traded_qty=0)))})
+    for position in (plain, later, odd, active("E3", T0)):
+        store.save_position(position)
+    day, end = T0 - timedelta(hours=1), T0 + timedelta(days=1)
+    before = store.queries
+    whole, digests = store.closed_between(day, end)
+    assert store.queries - before == 1
+    assert whole == [odd]
+    assert digests == [plain_of(plain), plain_of(later)]
+    # a bound each side: exits at T0 + 6 min and T0 + 7 min
+    assert store.closed_between(day, T0 + timedelta(minutes=7))[1] == [plain_of(plain)]
+    assert store.closed_between(T0 + timedelta(minutes=7), end)[1] == [plain_of(later)]
+    # stored again not plain (a later write): taken whole from then on
+    odder = later.model_copy(update={"version": later.version + 1,
+                                     "orders": odd.orders[-1:] + later.orders})
+    store.save_positions([odder])
+    assert store.closed_between(day, end) == ([odder, odd], [plain_of(plain)])
 
 
 # Raw order updates and parking -------------------------------------------------------------------

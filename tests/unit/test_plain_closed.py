@@ -8,12 +8,21 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actors.orders.actor import OrderUpdateActor
 from actors.runtime.metrics import Metrics
-from models.closed import entangled, is_plain, plain_net, split_closed
+from models.closed import (
+    digest,
+    entangled,
+    is_plain,
+    plain_net,
+    plain_of,
+    read_digest,
+    split_closed,
+)
 from models.common import Segment, Side, position_id_for
 from models.orders import OrderProgress, OrderStatus
 from models.policy import RiskConfig
@@ -75,8 +84,8 @@ def _day() -> tuple[list[Position], list[Position]]:
 
 def test_only_plain_closed_positions_are_taken_apart() -> None:
     closed, open_ = _day()
-    whole, plain = split_closed(closed, open_)
-    assert sorted(p.position_id for p in plain) == ["PEA", "PEB", "PEC", "PED"]
+    whole, plain, fetch = split_closed(closed, open_)
+    assert sorted(p.position_id for p in plain) == ["PEA", "PEB", "PEC", "PED"] and not fetch
     assert sorted(p.position_id for p in whole) == [
         "PEF", "PEG", "PEH", "PEI", "PEJ", "PS", "PXG"]
     # why each of the others is whole
@@ -87,7 +96,17 @@ def test_only_plain_closed_positions_are_taken_apart() -> None:
     assert not is_plain(open_[1])  # open
     tangled = [by_id["PEG"], by_id["PS"]]
     assert all(is_plain(p) for p in tangled)
-    assert entangled(tangled, [*open_, by_id["PXG"], by_id["PEH"]]) == {"PEG", "PS"}
+    assert entangled([plain_of(p) for p in tangled],
+                     [*open_, by_id["PXG"], by_id["PEH"]]) == {"PEG", "PS"}
+    # stored plain, as their digests: the same split, the tangled ones to be read whole
+    stored = [p for p in closed if digest(p) is None]
+    digests = [read_digest(p.position_id, text) for p in closed
+               if (text := digest(p)) is not None]
+    whole_too, plain_too, fetch = split_closed(stored, open_, digests)
+    assert sorted(fetch) == ["PEG", "PS"]
+    assert sorted(p.position_id for p in plain_too) == ["PEA", "PEB", "PEC", "PED"]
+    assert sorted(p.position_id for p in whole_too) == ["PEF", "PEH", "PEI", "PEJ", "PXG"]
+    assert plain_too == plain
 
 
 def _state(actor: OrderUpdateActor) -> dict[str, Any]:
@@ -107,7 +126,7 @@ def test_the_order_actor_learns_the_same_of_plain_positions_as_of_whole_ones() -
     closed, open_ = _day()
     whole_day = OrderUpdateActor(_Store(), None, lambda: T0, Metrics())
     whole_day.load(sorted([*closed, *open_], key=lambda p: p.position_id))
-    whole, plain = split_closed(closed, open_)
+    whole, plain, _ = split_closed(closed, open_)
     apart = OrderUpdateActor(_Store(), None, lambda: T0, Metrics())
     apart.load(sorted([*whole, *open_], key=lambda p: p.position_id), plain)
     assert plain and _state(apart) == _state(whole_day)
@@ -127,7 +146,7 @@ def test_a_tangled_plain_position_taken_apart_would_be_learnt_otherwise() -> Non
     assert is_plain(forced)
     apart = OrderUpdateActor(_Store(), None, lambda: T0, Metrics())
     apart.load(sorted([p for p in [*closed, *open_] if p.position_id != "PS"],
-                         key=lambda p: p.position_id), [forced])
+                         key=lambda p: p.position_id), [plain_of(forced)])
     assert _state(apart) != _state(whole_day)
 
 
@@ -153,6 +172,25 @@ def test_a_plain_net_is_what_the_whole_position_made(
     position = _position("EP", *orders, side=Side.SHORT if short else Side.LONG)
     policy = POLICY.model_copy(update={"fee_per_order": fee})
     assert is_plain(position)
-    net = plain_net(position, policy)
+    net = plain_net(read_digest(position.position_id, digest(position) or ""), policy)
     assert net == closed_net(position, policy)
     assert str(net) == str(closed_net(position, policy))  # the same Decimal, exponent too
+
+
+def test_a_digest_is_stored_only_for_a_plain_closed_position_and_read_back_exactly() -> None:
+    closed, open_ = _day()
+    by_id = {p.position_id: p for p in closed}
+    assert digest(open_[1]) is None and digest(by_id["PEF"]) is None  # open; over-filled
+    text = digest(by_id["PEC"])
+    assert text is not None and len(text) < len(by_id["PEC"].model_dump_json()) / 3
+    back = read_digest("PEC", text)
+    assert back == plain_of(by_id["PEC"])
+    assert back.orders[0].traded_value == Decimal("210.35") * 75  # exact, as stored
+    head = '[1, "EC", "LONG", "NSE_FNO", "1", null, '
+    for bad in ("", "[]", "[2, 1, 2, 3, 4, 5, [], null, 0]",
+                head + '[["XC", "EXIT", 1, 75.5, "1"]], null, 0]',
+                '[1, "EC", "UP", "NSE_FNO", "1", null, [], null, 0]',
+                head + '[["XC", "EXIT", 1, 75, "x"]], null, 0]', head + '[], "1", 1.5]',
+                head + '[], "1.x", 1]', head + '[]]'):
+        with pytest.raises(ValueError, match="PEC: not a closed position's digest"):
+            read_digest("PEC", bad)
