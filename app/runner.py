@@ -201,9 +201,8 @@ class Runner:
             self.next_claim = self.clock() + self.claim_every
             self._look()
             self.next_look = self.clock() + self.look_every
-        elif self.clock() >= self.next_look:
-            self.next_look = self.clock() + self.look_every
-            self._look()
+        else:
+            self._look_if_due()
         self._renew()
         self._drop_lost()
         now = self.clock()
@@ -216,8 +215,22 @@ class Runner:
             if partition in self.held:  # not dropped meanwhile
                 self._consume(partition, self.pull_budget / len(served))
             self._drop_lost()
+            if self._look_if_due():
+                break  # a partition claimed: the next step starts it, not after more pulls
         if self.serve is not None:
             self.serve.step()
+
+    def _look_if_due(self) -> bool:
+        """A look when one is due, between one partition's pull and the next's too: a
+        partition released meanwhile (a graceful hand-over's second one, released while this
+        runner pulls) is claimed without waiting out the step's other pulls. True when it
+        claimed a partition."""
+        if self.clock() < self.next_look:
+            return False
+        self.next_look = self.clock() + self.look_every
+        before = len(self.held)
+        self._look()
+        return len(self.held) > before
 
     def _look(self) -> None:
         """One read of the leases, then the claims and the release it calls for."""

@@ -205,6 +205,46 @@ def test_a_partition_freed_between_claim_rounds_is_claimed_at_the_next_look() ->
     assert leases.claims == [P + 1]  # only the free one was claimed
 
 
+def test_a_partition_released_while_the_runner_pulls_is_claimed_before_its_next_pulls(
+        ) -> None:
+    """A graceful stop releases its partitions one after another: the second is released
+    while its successor pulls for the first. The look comes between one partition's pull
+    and the next's (not after every pull of the step), and a claim ends the step's pulls."""
+    now = [100.0]
+    leases = LookedLeases()
+    leases.open |= {P, P + 1}
+
+    class Releasing(LocalTransport):
+        """Each pull takes its whole wait on the clock; once armed, the next lets P + 2 go."""
+
+        def __init__(self) -> None:
+            super().__init__(ack_wait=60, clock=lambda: now[0])
+            self.pulls: list[int] = []
+            self.armed = False
+
+        def pull_order_updates(self, partition: int, *, batch: int = 100,
+                               timeout: float = 1.0) -> list[Delivery]:
+            self.pulls.append(partition)
+            now[0] += timeout
+            if self.armed:
+                self.armed = False
+                leases.open.add(P + 2)  # released by its owner meanwhile
+            return []
+
+    transport = Releasing()
+    runner = Runner(leases, transport, owner="r2", partitions=[P, P + 1, P + 2],
+                    serve=FakeServe(leases.log), claim_every=60.0, look_every=0.2,
+                    pull_budget=0.4, clock=lambda: now[0])
+    runner.step()  # claims P and P + 1, starts and serves both, then pulls from each
+    assert runner.owned() == [P, P + 1] and transport.pulls == [P, P + 1]
+    pulls, transport.armed = len(transport.pulls), True
+    runner.step()  # P's pull (0.2 s) lets P + 2 go: a look is due, so claimed at once
+    assert runner.owned() == [P, P + 1, P + 2]
+    assert transport.pulls[pulls:] == [P]  # P + 1's pull left to the next step
+    runner.step()
+    assert f"start {P + 2}" in leases.log
+
+
 def test_when_runner_given_neither_or_both_ways_of_serving_then_refused() -> None:
     with pytest.raises(ValueError, match="serves"):
         Runner(MemoryLeases(), LocalTransport(), owner="r1", partitions=[P])
