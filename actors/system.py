@@ -600,11 +600,7 @@ class System:
         for _ in range(rounds):
             for proxy in pings:
                 proxy.actor_urn.get(timeout=SETTLE)
-            for ref in self._tracker_refs():
-                try:
-                    ref.ask(Snapshot(), timeout=SETTLE)
-                except pykka.ActorDeadError:
-                    continue
+            self._ask_trackers()
             for proxy in self._intents_ping:  # the exits trackers decided: stored and placed
                 try:
                     proxy.actor_urn.get(timeout=SETTLE)
@@ -612,6 +608,27 @@ class System:
                     continue
             self._stops_ping.actor_urn.get(timeout=SETTLE)  # the stops trackers sent: stored
             self.pnl.ask(Flush(at=self.parts.clock(), complete=True), timeout=SETTLE)
+
+    def settle_books(self) -> None:
+        """Wait until what was told has reached the open positions (``open_positions``): the
+        order-update actor, then the supervisor (trackers started for positions it opened),
+        then each tracker (what it changed told to the index before its answer). What a
+        reconcile compares with the broker's positions needs no more. Unlike ``settle`` it
+        waits for no gateway: a takeover resumes its exits at once, and those queued behind
+        DhanHQ's order limit (10 a second) change no position until their fills come."""
+        if self.parts.deadlines or self.parts.settle_on_idle:
+            self.settle(rounds=1)
+            return
+        for ref in (self.orders, self.supervisor):
+            self._proxy(ref).actor_urn.get(timeout=SETTLE)
+        self._ask_trackers()
+
+    def _ask_trackers(self) -> None:
+        for ref in self._tracker_refs():
+            try:
+                ref.ask(Snapshot(), timeout=SETTLE)
+            except pykka.ActorDeadError:
+                continue
 
     def _singleton_pings(self) -> list[Any]:
         """Proxies of the singletons before the trackers, in pipeline order (made once)."""

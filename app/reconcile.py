@@ -10,8 +10,9 @@ compares the broker's positions with ours:
    frame goes (fills found this way are ordinary fills, external orders move positions like any
    other). ``GET /trades`` (read only then) gives the price of a filled order whose row has
    none.
-2. The system settles, then ``GET /positions``: DhanHQ's net quantity per (segment, security,
-   product) against our open positions (``models.books.compare``). A difference raises an alarm
+2. The system settles (``System.settle_books``: up to the open positions, no gateway),
+   then ``GET /positions``: DhanHQ's net quantity per (segment, security, product) against
+   our open positions (``models.books.compare``). A difference raises an alarm
    and is shown; nothing is traded to fix it. Before the alarm the order book is read once
    more and its changed orders given in (an order that filled between the two reads is not a
    difference), and the positions compared again.
@@ -114,7 +115,7 @@ class BookReader:
             self.deliver(reconcile_frame(update))
             result.fills += 1 if order.filled_qty else 0
         for last in (False, True):
-            self.system.settle(rounds=1)
+            self.system.settle_books()
             positions = self.rest.positions()
             if not positions.ok or positions.value is None:
                 result.error = f"GET /positions: {positions.outcome.value} {positions.code}"
@@ -145,7 +146,7 @@ class BookReader:
         order book read (``reconcile``) only when they differ. False (tried again) when the
         books could not be read."""
         began = time.perf_counter()
-        self.system.settle(rounds=1)
+        self.system.settle_books()
         positions = self.rest.positions()
         if not positions.ok or positions.value is None:
             self.reconciled.error = f"GET /positions: {positions.outcome.value} {positions.code}"

@@ -4,10 +4,12 @@ again rather than alarmed, and a difference that stays is alarmed once, never tr
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 import pykka
 import pytest
@@ -208,6 +210,44 @@ def test_when_a_takeovers_positions_agree_then_the_order_book_is_not_read(
     assert books.calls == ["positions"] and alarms == []
     assert successor.reconciled.book_read is False and successor.reconciled.at == T0
     assert open_qty(system) == 50
+
+
+def test_a_takeovers_reconcile_waits_for_no_exit_being_placed() -> None:
+    """A takeover resumes its exits at once, and many queue behind DhanHQ's order limit (10 a
+    second): the positions' comparison waits for what reached the positions, not for the
+    gateway (``System.settle_books``). Here the one exit's placement is held until the
+    reconcile is over; a reconcile that waited for the gateway would wait for it."""
+    placing, release = threading.Event(), threading.Event()
+
+    class Held(PaperExchange):
+        def place_order(self, **kwargs: Any) -> str:
+            if kwargs["client_id"].startswith("X-"):
+                placing.set()
+                release.wait(30)
+            return super().place_order(**kwargs)
+
+    clock = ManualClock(T0)
+    exchange = Held(TapeMarket([]), latency=timedelta(0), start=T0)
+    built = System(Parts(store=FakeStore(), cache=InMemoryPnLCache(), gateway=exchange,
+                         quotes=None, config=RiskConfig(), clock=clock))
+    built.start(ticker=False)
+    try:
+        books = ScriptedBooks(orders=[[order("E1", 50)]], positions=[50])
+        assert reader(books, built, []).reconcile()  # 50 long at 200
+        built.tick(FUT, Decimal("150"), clock())  # far below its stop loss
+        built.step(clock(), timer=False)
+        assert placing.wait(10)  # the exit's placement is under way, held
+        done: list[bool] = []
+        taking = threading.Thread(target=lambda: done.append(reader(books, built,
+                                                                    []).takeover()))
+        taking.start()
+        taking.join(10)
+        assert done == [True] and not release.is_set()  # over while the exit was held
+        assert open_qty(built) == 50  # EXITING, nothing filled yet: the books agree
+    finally:
+        release.set()
+        built.stop()
+        pykka.ActorRegistry.stop_all()
 
 
 def test_when_a_takeovers_positions_differ_then_the_order_book_is_read_in(
