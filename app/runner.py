@@ -112,9 +112,10 @@ class Serve(Protocol):
         """The partition is ready (claimed, ``claim_wait`` over): start serving it (its state
         loaded; order updates are delivered from here on, nothing is priced yet)."""
 
-    def ready(self, partition: int) -> None:
+    def ready(self, partition: int, catch_up: Callable[[], object] | None = None) -> None:
         """The stream's waiting updates are in (``Runner._drain``): reconcile with the broker,
-        then act (prices subscribed)."""
+        then act (prices subscribed). ``catch_up`` hands over what the stream brought since
+        (an update on its way while the broker's positions were read)."""
 
     def deliver(self, partition: int, deliveries: Sequence[Delivery]) -> list[bool | None]:
         """Hand a pull's order updates over, in order; for each, True once it is stored
@@ -273,7 +274,7 @@ class Runner:
         if partition not in self.held:
             return False
         try:
-            self.serve.ready(partition)
+            self.serve.ready(partition, lambda: self._drain(partition, count_first=False))
         except LeaseLost:
             self._drop(partition, "a write under its lease was refused at the start")
             return False
@@ -281,16 +282,18 @@ class Runner:
         self.log.info("serving partition {}", partition)
         return True
 
-    def _drain(self, partition: int) -> None:
+    def _drain(self, partition: int, *, count_first: bool = True) -> None:
         """The order updates the stream holds for a partition just started, handed over
         before it is made ready: its reconcile then compares the broker's books with a
         state that holds everything the stream had (``DRAIN_LIMIT`` seconds at most; what
-        is left comes by the ordinary pulls)."""
+        is left comes by the ordinary pulls). ``count_first``: none pulled when the stream
+        counts none waiting; without (a reconcile's catch-up, ``Serve.ready``), one pull
+        waits up to ``DRAIN_WAIT`` for an update on its way."""
         began = time.monotonic()
         drained = 0
         assert self.serve is not None
         try:
-            if self.transport.waiting_order_updates(partition) == 0:
+            if count_first and self.transport.waiting_order_updates(partition) == 0:
                 return  # none to hand over: no pull's wait for the first
         except TransportError as error:  # not known: pulled as if some waited
             self.log.warning("partition {}: updates waiting on the stream not counted ({})",

@@ -87,13 +87,14 @@ class Served:
     """Reads the circuit limits of the instruments it holds that have none yet
     (``broker.dhan.circuits.CircuitReader``; None: none to read)."""
 
-    def reconcile(self) -> bool:
-        """The account's books checked against the broker's (``BookReader.takeover``); False
-        (and tried again later) when they could not be read."""
+    def reconcile(self, catch_up: Callable[[], object] | None = None) -> bool:
+        """The account's books checked against the broker's (``BookReader.takeover``, with
+        ``catch_up``); False (and tried again later) when they could not be read."""
         if self.books is None:
             return True
         try:
-            done = self.books.reconcile() if self.read_book else self.books.takeover()
+            done = self.books.reconcile() if self.read_book else \
+                self.books.takeover(catch_up)
         except Exception as error:  # the runner outlives any one broker failure
             logger.warning("account {}: reconcile failed ({}); trying again",
                            self.system.account, type(error).__name__)
@@ -215,12 +216,13 @@ class AccountSystems:
             raise
         self.running[partition] = started
 
-    def ready(self, partition: int) -> None:
+    def ready(self, partition: int, catch_up: Callable[[], object] | None = None) -> None:
         """Each account reconciled with the broker, now that the stream's waiting updates are
-        in; then its prices subscribed. An account whose reconcile failed is served all the
-        same (its positions protected) and reconciled again every ``RECONCILE_RETRY`` s."""
+        in (``catch_up`` takes in what came since: ``BookReader.takeover``); then its prices
+        subscribed. An account whose reconcile failed is served all the same (its positions
+        protected) and reconciled again every ``RECONCILE_RETRY`` s."""
         for account, served in self.running.get(partition, {}).items():
-            served.reconcile()
+            served.reconcile(catch_up)
             served.ready = True
             logger.info("partition {}: account {} reconciled{}", partition, account,
                         "" if served.reconcile_at is None else " (not yet: tried again)")

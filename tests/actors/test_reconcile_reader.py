@@ -16,7 +16,7 @@ import pytest
 
 from actors.system import Parts, System
 from app.clocks import ManualClock
-from app.reconcile import BookReader
+from app.reconcile import BookReader, book_update, reconcile_frame
 from broker.dhan import BrokerOrder, BrokerPosition, BrokerTrade
 from broker.dhan.outcomes import Answer, Outcome
 from broker.paper.exchange import PaperExchange
@@ -261,6 +261,31 @@ def test_when_a_takeovers_positions_differ_then_the_order_book_is_read_in(
     assert books.calls == ["positions", "orders", "positions"]
     assert open_qty(system) == 50 and alarms == []  # read in: agree now, nothing alarmed
     assert successor.reconciled.book_read is True and successor.reconciled.fills == 1
+
+
+def test_when_a_takeovers_positions_differ_then_the_stream_is_caught_up_before_the_book(
+        system: System) -> None:
+    """A fill on its way (at the broker, not yet through the stream) shows as a difference:
+    the catch-up takes it in and the positions are compared again; the order book (every
+    order of the day) is read only when they still differ."""
+    books = ScriptedBooks(orders=[[order("E1", 50)]], positions=[50])
+    caught: list[int] = []
+
+    def catch_up() -> None:  # the stream brings E1's fill
+        caught.append(1)
+        system.order_frame(reconcile_frame(book_update(order("E1", 50), None)))
+
+    successor = reader(books, system, [])
+    assert successor.takeover(catch_up)
+    assert caught == [1] and books.calls == ["positions", "positions"]  # no book read
+    assert successor.reconciled.book_read is False and open_qty(system) == 50
+    # a difference the stream cannot explain: the book is read after all
+    books = ScriptedBooks(orders=[[order("E1", 50), order("E2", 50)]], positions=[100])
+    successor = reader(books, system, [])
+    assert successor.takeover(lambda: caught.append(2))
+    system.settle()
+    assert caught == [1, 2] and books.calls == ["positions", "positions", "orders", "positions"]
+    assert successor.reconciled.book_read is True and open_qty(system) == 100
 
 
 def test_when_a_takeover_cannot_read_the_positions_then_tried_again_later(

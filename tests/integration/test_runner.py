@@ -174,7 +174,7 @@ class SlowStart:
         time.sleep(self.seconds)
         self.started.append(partition)
 
-    def ready(self, partition: int) -> None:
+    def ready(self, partition: int, catch_up: object = None) -> None:
         pass
 
     def deliver(self, partition: int, deliveries: Sequence[object]) -> list[bool | None]:

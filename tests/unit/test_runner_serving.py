@@ -6,7 +6,7 @@ before it releases; price messages and the paper venue's accounts are read stric
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -80,7 +80,7 @@ class FakeServe:
         self.log.append(f"start {partition}")
         self.leases[partition] = lease
 
-    def ready(self, partition: int) -> None:
+    def ready(self, partition: int, catch_up: Callable[[], object] | None = None) -> None:
         self.log.append(f"ready {partition} after {len(self.delivered)} updates")
 
     def deliver(self, partition: int, deliveries: Sequence[Delivery]) -> list[bool | None]:
@@ -431,6 +431,28 @@ def test_a_partition_with_no_update_waiting_is_made_ready_without_waiting_for_a_
     # ordinary pull (without the count: P, P + 1, P, P + 1)
     assert transport.pulls == [P, P, P + 1]
     assert leases.log[-2:] == [f"ready {P} after 1 updates", f"ready {P + 1} after 1 updates"]
+
+
+def test_a_reconciles_catch_up_hands_over_what_the_stream_brought_since() -> None:
+    """``Serve.ready`` is given a catch-up: an update published while the broker's positions
+    were read (after the drain found none) is handed over by it, one pull that waits for it."""
+    leases = MemoryLeases()
+    transport = LocalTransport(ack_wait=60)
+
+    class CatchingUp(FakeServe):
+        def ready(self, partition: int, catch_up: Callable[[], object] | None = None) -> None:
+            transport.publish_order_update(ACCOUNT, "m-late", b"late")  # on its way meanwhile
+            assert catch_up is not None
+            before = len(self.delivered)
+            catch_up()
+            self.log.append(f"caught up {len(self.delivered) - before}")
+
+    serve = CatchingUp(leases.log)
+    runner = Runner(leases, transport, owner="r1", partitions=[P], serve=serve,
+                    claim_every=0.0, pull_budget=0.05)
+    runner.step()
+    assert leases.log == [f"start {P}", "caught up 1"] and serve.delivered == [b"late"]
+    assert runner.delivered == 1  # stored, acked
 
 
 def test_when_venue_serves_accounts_then_each_reads_only_its_own_books() -> None:
