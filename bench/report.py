@@ -25,7 +25,7 @@ SUMMARY_END = "<!-- summary:end -->"
 HEADER = "# Benchmarks (SPEC §9)\n\nWritten by `python -m bench`; see `bench/`.\n\n"
 
 
-def figure(name: str, value: float, unit: str = "", *, baseline: str = "", ratio: str = "",
+def figure(name: str, value: float | str, unit: str = "", *, baseline: str = "", ratio: str = "",
            target: str = "", met: bool | None = None, miss: str = "") -> dict[str, Any]:
     return {"figure": name, "value": value, "unit": unit, "baseline": baseline, "ratio": ratio,
             "target": target, "met": met, "miss": miss}

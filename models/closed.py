@@ -172,7 +172,7 @@ def _text(value: Any) -> str:
 
 
 def _order(number: Any, role: Any, attempt: Any, qty: Any, value: Any) -> PlainOrder:
-    if attempt is not None and type(attempt) is not int or type(qty) is not int:
+    if (attempt is not None and type(attempt) is not int) or type(qty) is not int:
         raise ValueError("an order's attempt and quantity are whole numbers")
     return PlainOrder(_text(number), _ROLES[role], attempt, qty, Decimal(_text(value)))
 
@@ -197,7 +197,8 @@ def entangled(plain: Sequence[PlainClosed], others: Iterable[Position]) -> set[s
     and split orders then sees them whole."""
     first: dict[str, str] = {}
     shared: set[str] = set()
-    for position in (*others, *plain):
+    everyone: list[Position | PlainClosed] = [*others, *plain]
+    for position in everyone:
         pid = position.position_id
         for number in _numbers(position):
             if first.setdefault(number, pid) != pid:

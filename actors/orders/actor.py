@@ -170,8 +170,8 @@ class OrderUpdateActor(SingletonActor):
         # A remainder's entry order is the other position's exit order, which owns it.
         for position in sorted(positions, key=lambda p: p.position_id in self.remainders):
             self._learn(position)
-        for position in plain:
-            self._learn_plain(position)
+        for one in plain:
+            self._learn_plain(one)
         self._book_allocations(positions)
         self.audit.load_parked()
         self._refit_remainders(positions)

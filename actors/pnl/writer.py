@@ -166,8 +166,8 @@ class PnLWriterActor(SingletonActor):
             self._position(position)
         for position in closed_today:
             self.closed_net[position.position_id] = closed_net(position, self.policy)
-        for position in plain:
-            self.closed_net[position.position_id] = plain_net(position, self.policy)
+        for one in plain:
+            self.closed_net[one.position_id] = plain_net(one, self.policy)
 
     def peaks(self) -> tuple[dict[str, Decimal | None], dict[str, Decimal]]:
         """Each open position's peak price, and its high-water mark, as last marked (asked by

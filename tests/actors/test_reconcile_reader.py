@@ -273,7 +273,9 @@ def test_when_a_takeovers_positions_differ_then_the_stream_is_caught_up_before_t
 
     def catch_up() -> None:  # the stream brings E1's fill
         caught.append(1)
-        system.order_frame(reconcile_frame(book_update(order("E1", 50), None)))
+        fill = book_update(order("E1", 50), None)
+        assert fill is not None
+        system.order_frame(reconcile_frame(fill))
 
     successor = reader(books, system, [])
     assert successor.takeover(catch_up)
