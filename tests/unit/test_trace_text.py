@@ -8,8 +8,8 @@ from decimal import Decimal
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pykka.messages import ProxyCall
 
+from actors.runtime.pykka_compat import ProxyCall
 from actors.tracing.text import redact, scrub, summarize
 from models.common import IST, Frozen, Instrument, Segment
 from models.position import ExitReason
