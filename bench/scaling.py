@@ -19,13 +19,12 @@ of its own with its monitoring port), with the failover rig's helpers (``bench/f
   cross their stops and targets (at the same fake), whose frames come back the same way.
 - **Offered load: a fixed overload with the backlog measured.** After a warm-up (positions open,
   prices subscribed, every account's path taken once; then drained), the runners are paused
-  (SIGSTOP, for under 6 s: see ``PRELOAD``) while the trader makes a backlog on the stream, up
-  to ``--backlog`` order updates (4,000; 2,000-3,000 in the 4 s here); then they are continued
-  and the window starts: the
-  runners drain it at their own pace, never waiting for work, and the trader places nothing
-  during the window, so its CPU is not the runners' (the venue still publishes the exits the
-  runners make, and the prices). The window ends after ``--seconds`` or once less than a tenth
-  of the backlog is left (``window_ended``).
+  (SIGSTOP, for at most 4 s: see ``PAUSE``) while the trader makes a backlog on the stream, up
+  to ``--backlog`` order updates (4,000; 2,000-3,000 in the 3 s it has here); then they are
+  continued and the window starts: the runners drain it at their own pace, never waiting for
+  work, and the trader places nothing during the window, so its CPU is not the runners' (the
+  venue still publishes the exits the runners make, and the prices). The window ends after
+  ``--seconds`` or once less than a tenth of the backlog is left (``window_ended``).
 - **Throughput** over the window: order updates stored (acknowledged only
   once stored, then applied by the account's actors) per second, from PostgreSQL's
   ``order_updates``; prices delivered to the runners per second, from the nats-server's
@@ -98,10 +97,15 @@ paused); the window ends early when fewer than ``STARVED`` of them are left."""
 WARM_BACKLOG = 100
 QUIET = 3.0
 """Seconds of the quiet window (no backlog) before the backlog is made."""
-PRELOAD = 4.0
-"""Seconds at most to make the backlog: the runners are paused meanwhile, and a NATS call of
-theirs in flight fails after 6 s of wall clock (a failed step waits 1 s), so the pause stays
-under that (and well within their lease, ``LEASE``)."""
+PAUSE = 4.0
+"""Seconds at most the runners stay paused (SIGSTOP to SIGCONT) while the backlog is made. A
+NATS call of theirs in flight when they stop fails once 5 s of wall clock have passed since it
+began (the JetStream API's timeout; a failed step waits 1 s), so the pause stays a second
+under that, however slowly the trader makes the backlog (and well within their lease,
+``LEASE``)."""
+PRELOAD = 3.0
+"""Seconds at most of the pause the trader has to make the backlog; the rest of ``PAUSE`` is for
+its last frames to reach the stream (``preload_settled``)."""
 INSTRUMENTS = 8
 PARTIAL_FILLS = 4
 DB_CONNECTIONS = 2
@@ -393,8 +397,8 @@ def measure(url: str, work: Path, *, runners: int, accounts: tuple[str, ...],
         runners_paused = list(rig.runners.values())
         for proc in runners_paused:
             proc.process.send_signal(signal.SIGSTOP)
+        began = time.monotonic()
         try:
-            began = time.monotonic()
             trader = Trader(url_api, accounts, instruments, backlog, sample,
                             placed=trader.placed, frames_per_entry=trader.frames_per_entry)
             trader.start()
@@ -402,7 +406,8 @@ def measure(url: str, work: Path, *, runners: int, accounts: tuple[str, ...],
             wait_for(lambda: counts["published"] - counts["stored"] >= 0.95 * backlog,
                      PRELOAD, 0.1)
             trader.halt()
-            settled_count = wait_for(_steady(monitor.published), 1.0, 0.3)
+            left = PAUSE - 0.5 - (time.monotonic() - began)  # 0.5 s for the readings below
+            settled_count = wait_for(_steady(monitor.published), max(left, 0.0), 0.3)
             row["preload_s"] = round(time.monotonic() - began, 1)
             row["preloaded"] = monitor.published() - monitor.stored()
             row["preload_settled"] = settled_count
@@ -412,6 +417,7 @@ def measure(url: str, work: Path, *, runners: int, accounts: tuple[str, ...],
         finally:
             for proc in runners_paused:
                 proc.process.send_signal(signal.SIGCONT)
+            row["paused_s"] = round(time.monotonic() - began, 2)
         backlogs: list[int] = []
         floor = STARVED * row["preloaded"]
         while time.monotonic() - t0 < seconds:
@@ -474,6 +480,8 @@ def measure(url: str, work: Path, *, runners: int, accounts: tuple[str, ...],
         monitor.close()
     logs = "".join(p.read_text(errors="replace") for p in rig.logs)
     row["runner_step_failures"] = logs.count("runner step failed")
+    row["runner_step_failure_lines"] = [line[-300:] for line in logs.splitlines()
+                                        if "runner step failed" in line][:5]
     row["not_stored_in_time"] = logs.count("not stored in time")
     row["slow_consumer"] = logs.lower().count("slow consumer")
     row["pg_connections_refused"] = logs.count("too many clients")

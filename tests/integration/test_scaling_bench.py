@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from bench.scaling import run_all
+from bench.scaling import PAUSE, run_all
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +40,8 @@ def test_when_one_then_two_runners_drain_a_backlog_then_updates_flow_and_books_a
         assert run["runner_exit_codes"] == [0] * run["runners"]
         # the pause kept every lease: one claim per account's partition, none dropped
         assert run["partitions_dropped"] == 0 and run["claims"] == 4, run
-        assert run["preload_s"] < 6 and run["runner_step_failures"] == 0, run
+        # paused for less than a NATS call's timeout: no step of theirs failed across it
+        assert run["paused_s"] <= PAUSE + 0.5 and run["runner_step_failures"] == 0, run
         assert run["cpu_s"]["runners"] > 0 and run["cpu_s"]["pg_backends"] > 0
         assert run["cpu_s"]["nats"] > 0
         assert set(run["cpu_ms_per_update"]) == {"runners", "venue", "nats", "pg_backends",
