@@ -48,7 +48,7 @@ from app.days import (
     table,
 )
 from app.live import LiveSession, would_exit_rows
-from app.reconcile import BookReader
+from app.reconcile import RECHECK_AFTER, BookReader
 from app.replay import (
     Event,
     Replayer,
@@ -575,7 +575,8 @@ def build_runner_system(settings: Settings, account: str, lease: PartitionLease,
         logger.error("account {}: {}", shown(account), text)
 
     books = BookReader(rest, system.order_frame, system, clock=clock, alarm=alarm,
-                       correlation_prefix=settings.correlation_prefix)
+                       correlation_prefix=settings.correlation_prefix,
+                       recheck_after=RECHECK_AFTER)
     circuits = CircuitReader(rest, gateway, label=f"account {shown(account)}: ")
     return Served(system, gateway.note_price, close, books=books, read_book=read_book,
                   circuits=circuits)

@@ -15,7 +15,9 @@ compares the broker's positions with ours:
    our open positions (``models.books.compare``). A difference raises an alarm
    and is shown; nothing is traded to fix it. Before the alarm the order book is read once
    more and its changed orders given in (an order that filled between the two reads is not a
-   difference), and the positions compared again.
+   difference), and the positions compared again. A runner's reader (``recheck_after``)
+   waits a few seconds more and does that once again (``recheck``) before it alarms: a fill
+   on its way to a runner that just took a busy account over is not a difference either.
 3. ``poll``: the order book read again while live; only orders whose state changed since the
    last read go in.
 4. ``takeover``: a runner's reconcile of an account it takes over (SPEC §13), once the
@@ -51,6 +53,11 @@ from models.orders import OrderUpdate
 from models.wire import dhan_time, to_dhan_frame
 
 RECONCILE_MARK = '"Source": "RECONCILE"'
+RECHECK_AFTER = 5.0
+"""Seconds a runner's reconcile waits, when the positions still differ at its end, before it
+compares them once more and alarms only a difference that is still there
+(``BookReader(recheck_after=...)``): on a busy account a fill on its way to a runner that just
+took the account over shows as a difference for a moment."""
 
 
 @dataclass
@@ -84,11 +91,19 @@ class BookReader:
 
     def __init__(self, rest: DhanRest, deliver: Callable[[str], object], system: System, *,
                  clock: Callable[[], datetime], alarm: Callable[[str], None],
-                 correlation_prefix: str | None = None) -> None:
+                 correlation_prefix: str | None = None, recheck_after: float | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.rest, self.deliver, self.system = rest, deliver, system
         self.clock, self.alarm, self.prefix = clock, alarm, correlation_prefix
+        self.recheck_after, self.monotonic = recheck_after, monotonic
+        """``recheck_after``: None, a difference left at a reconcile's end is alarmed at once;
+        else it is compared again that many seconds later (``recheck``), and alarmed only if
+        it is still there."""
         self.reconciled = Reconciled()
         self.polls = 0
+        self.recheck_at: float | None = None
+        """``monotonic()`` after which a difference found at a reconcile's end is compared
+        again (``recheck``); None: none waits."""
         self._seen: dict[str, tuple[str, int]] = {}
         """Order id → (status, filled quantity) as last given to the system by a read."""
 
@@ -102,6 +117,8 @@ class BookReader:
             logger.warning("reconcile: {}; trying again", self.reconciled.error)
             return False
         result = Reconciled(at=self.clock(), orders=len(orders.value))
+        alarm_now = self.recheck_after is None
+        self.recheck_at = None
         read = self._updates(oldest_first(orders.value), self._prices(orders.value))
         fetched = time.perf_counter()
         news = self._news([update for _, update in read])
@@ -120,18 +137,22 @@ class BookReader:
             if not positions.ok or positions.value is None:
                 result.error = f"GET /positions: {positions.outcome.value} {positions.code}"
                 break
-            result.differences = self._compare(positions.value, alarm=last)
+            result.differences = self._compare(positions.value, alarm=last and alarm_now)
             if not result.differences or last:
                 break
             # An order may have filled between the two reads: the changed ones in, once more.
             again = self.rest.orders()
             if not again.ok or again.value is None:
-                self._compare(positions.value, alarm=True)
+                self._compare(positions.value, alarm=alarm_now)
                 break
-            for order in oldest_first(again.value):
-                if self._give(order, {}, force=False):
-                    result.fills += 1 if order.filled_qty else 0
+            result.fills += self._give_changed(again.value)
         self.reconciled = result
+        if result.differences and not alarm_now:
+            assert self.recheck_after is not None
+            self.recheck_at = self.monotonic() + self.recheck_after
+            logger.info("reconcile{}: positions differ from DhanHQ's ({}): compared again in "
+                        "{:g} s, and alarmed if they still differ", self._of(),
+                        result.differences, self.recheck_after)
         logger.info("reconcile{}: {} orders read, {} held here already, {} with fills given "
                     "to the trackers; {} (read {:.3f} s, checked {:.3f} s, in all {:.3f} s)",
                     self._of(),
@@ -164,20 +185,53 @@ class BookReader:
                         "read", self._of(), differences)
             return self.reconcile()
         self.reconciled = Reconciled(at=self.clock(), book_read=False)
+        self.recheck_at = None
         logger.info("reconcile{}: positions agree with DhanHQ, the order book not read "
                     "({:.3f} s)", self._of(), time.perf_counter() - began)
         return True
 
-    def _positions_differ(self) -> dict[str, dict[str, int]] | None:
-        """The system settled, ``GET /positions`` compared with ours (not alarmed); None
-        when the positions could not be read (``reconciled.error`` says why)."""
+    def recheck(self) -> bool:
+        """A difference left at a reconcile's end (``recheck_after``), once ``recheck_at`` is
+        past: the changed orders of the book given in, then the positions compared again; a
+        difference still there is alarmed, one gone is logged as such. False when nothing
+        was due; a read that fails (or raises) is tried again ``recheck_after`` s later."""
+        if self.recheck_at is None or self.monotonic() < self.recheck_at:
+            return False
+        assert self.recheck_after is not None
+        self.recheck_at = self.monotonic() + self.recheck_after  # kept should this fail
+        orders = self.rest.orders()
+        read = orders.ok and orders.value is not None
+        if read:
+            self._give_changed(orders.value or [])
+        differences = self._positions_differ(alarm=read)
+        if differences is None or not read:
+            logger.warning("reconcile{}: the books could not be read to compare the positions "
+                           "again; tried again in {:g} s", self._of(), self.recheck_after)
+            return True
+        self.recheck_at = None
+        self.reconciled.differences = differences
+        logger.info("reconcile{}: positions compared again: {}", self._of(),
+                    "they agree with DhanHQ's now" if not differences
+                    else f"POSITIONS DIFFER: {differences}")
+        return True
+
+    def _give_changed(self, orders: list[BrokerOrder]) -> int:
+        """The orders whose state changed since the last read given in; how many of them
+        have fills."""
+        return sum(1 for order in oldest_first(orders)
+                   if self._give(order, {}, force=False) and order.filled_qty)
+
+    def _positions_differ(self, *, alarm: bool = False) -> dict[str, dict[str, int]] | None:
+        """The system settled, ``GET /positions`` compared with ours (alarmed only with
+        ``alarm``); None when the positions could not be read (``reconciled.error`` says
+        why)."""
         self.system.settle_books()
         positions = self.rest.positions()
         if not positions.ok or positions.value is None:
             self.reconciled.error = f"GET /positions: {positions.outcome.value} {positions.code}"
             logger.warning("reconcile: {}; trying again", self.reconciled.error)
             return None
-        return self._compare(positions.value, alarm=False)
+        return self._compare(positions.value, alarm=alarm)
 
     def _of(self) -> str:
         return f" of {self.system.account}" if self.system.account else ""

@@ -87,6 +87,17 @@ class Served:
     """Reads the circuit limits of the instruments it holds that have none yet
     (``broker.dhan.circuits.CircuitReader``; None: none to read)."""
 
+    def recheck(self) -> None:
+        """A difference the last reconcile left, compared again once it is due
+        (``BookReader.recheck``)."""
+        if self.books is None:
+            return
+        try:
+            self.books.recheck()
+        except Exception as error:  # the runner outlives any one broker failure
+            logger.warning("account {}: positions not compared again ({}); tried again",
+                           self.system.account, type(error).__name__)
+
     def reconcile(self, catch_up: Callable[[], object] | None = None) -> bool:
         """The account's books checked against the broker's (``BookReader.takeover``, with
         ``catch_up``); False (and tried again later) when they could not be read."""
@@ -274,6 +285,7 @@ class AccountSystems:
                     continue  # started, its stream's waiting updates not in yet
                 if served.reconcile_at is not None and now >= served.reconcile_at:
                     served.reconcile()
+                served.recheck()
                 try:
                     positions = served.system.open_positions()
                 except pykka.ActorDeadError:

@@ -17,6 +17,7 @@ import pytest
 from actors.system import Parts, System
 from app.clocks import ManualClock
 from app.reconcile import BookReader, book_update, reconcile_frame
+from app.serving import Served
 from broker.dhan import BrokerOrder, BrokerPosition, BrokerTrade
 from broker.dhan.outcomes import Answer, Outcome
 from broker.paper.exchange import PaperExchange
@@ -115,6 +116,120 @@ def test_when_the_books_still_differ_then_alarmed_once_and_nothing_traded(
     assert len(alarms) == 1 and "differ" in alarms[0]
     assert books_reader.reconciled.differences == {
         "NSE_FNO:47012/I": {"broker": 150, "ours": 50}}
+
+
+class Seconds:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def rechecking(books: ScriptedBooks, system: System, alarms: list[str],
+               seconds: Seconds) -> BookReader:
+    """A runner's reader: a difference left at a reconcile's end is compared again 5 s on."""
+    return BookReader(books, system.order_frame, system,  # type: ignore[arg-type]
+                      clock=lambda: T0, alarm=alarms.append, recheck_after=5.0,
+                      monotonic=seconds)
+
+
+@pytest.mark.parametrize("way", ["reconcile", "takeover"])
+def test_when_a_fill_is_on_its_way_at_a_runners_reconcile_then_compared_again_not_alarmed(
+        system: System, way: str) -> None:
+    """E2 filled at DhanHQ, its row not yet in the book at either read of the reconcile: the
+    runner's reader waits, then finds it in the book, and the positions agree: no alarm."""
+    books = ScriptedBooks(orders=[[order("E1", 50), order("E2", 0)],
+                                  [order("E1", 50), order("E2", 0)],
+                                  [order("E1", 50), order("E2", 50)]],
+                          positions=[100])
+    alarms: list[str] = []
+    seconds = Seconds()
+    books_reader = rechecking(books, system, alarms, seconds)
+    assert getattr(books_reader, way)()
+    assert alarms == [] and books_reader.reconciled.differences  # shown, not alarmed yet
+    calls = len(books.calls)
+    seconds.now += 4.9
+    assert not books_reader.recheck() and len(books.calls) == calls  # not due: nothing read
+    seconds.now += 0.2
+    assert books_reader.recheck()
+    assert books.calls[calls:] == ["orders", "positions"]
+    system.settle()
+    assert open_qty(system) == 100 and alarms == []
+    assert books_reader.reconciled.differences == {} and books_reader.recheck_at is None
+    seconds.now += 60
+    assert not books_reader.recheck()  # once
+
+
+def test_when_a_difference_is_still_there_at_the_recheck_then_alarmed_once(
+        system: System) -> None:
+    books = ScriptedBooks(orders=[[order("E1", 50)]], positions=[150])
+    alarms: list[str] = []
+    seconds = Seconds()
+    books_reader = rechecking(books, system, alarms, seconds)
+    assert books_reader.reconcile()
+    assert alarms == []
+    seconds.now += 5.0
+    assert books_reader.recheck()
+    assert len(alarms) == 1 and "differ" in alarms[0]
+    assert books_reader.reconciled.differences == {
+        "NSE_FNO:47012/I": {"broker": 150, "ours": 50}}
+    seconds.now += 60
+    assert not books_reader.recheck() and len(alarms) == 1
+    exchange = system.parts.gateway
+    assert isinstance(exchange, PaperExchange) and exchange.orders() == []  # nothing traded
+
+
+def test_when_the_books_cannot_be_read_at_the_recheck_then_it_is_tried_again(
+        system: System) -> None:
+    class Flaky(ScriptedBooks):
+        down = False
+
+        def orders(self) -> Answer[list[BrokerOrder]]:
+            if self.down:
+                self.calls.append("orders down")
+                return Answer(Outcome.UNKNOWN, None, "timeout")
+            return super().orders()
+
+    books = Flaky(orders=[[order("E1", 50)]], positions=[150])
+    alarms: list[str] = []
+    seconds = Seconds()
+    books_reader = rechecking(books, system, alarms, seconds)
+    assert books_reader.reconcile()
+    books.down = True
+    seconds.now += 5.0
+    assert books_reader.recheck()
+    assert alarms == [] and books_reader.recheck_at == seconds.now + 5.0  # not alarmed blind
+    books.down = False
+    seconds.now += 5.0
+    assert books_reader.recheck() and len(alarms) == 1
+
+
+def test_when_a_recheck_raises_then_it_is_kept_for_the_next_step(system: System) -> None:
+    class Broken(ScriptedBooks):
+        broken = False
+
+        def orders(self) -> Answer[list[BrokerOrder]]:
+            if self.broken:
+                raise ConnectionError("reset")
+            return super().orders()
+
+    books = Broken(orders=[[order("E1", 50)]], positions=[150])
+    alarms: list[str] = []
+    seconds = Seconds()
+    books_reader = rechecking(books, system, alarms, seconds)
+    served = Served(system, books=books_reader)
+    assert books_reader.reconcile()
+    books.broken = True
+    seconds.now += 5.0
+    served.recheck()  # logged, not raised: the runner's step goes on
+    assert books_reader.recheck_at == seconds.now + 5.0 and alarms == []
+    books.broken = False
+    seconds.now += 5.0
+    served.recheck()
+    assert len(alarms) == 1
 
 
 def test_when_the_books_agree_then_read_once(system: System) -> None:
