@@ -56,6 +56,10 @@ class TrackerFailed:
     undelivered: tuple[Any, ...] = ()
     """Told messages queued behind the one that broke it, oldest first: the supervisor hands
     them to the next incarnation (a fill among them must not be lost with the tracker)."""
+    lease_lost: bool = False
+    """It broke on a write its partition's lease no longer allowed (``LeaseLost``): nothing
+    was written, and the runner drops the partition for its next owner; logged as a warning,
+    not as a fault of the tracker."""
     retry: Any = None
     """The order update (``ApplyOrderUpdate``, ``ApplyProgress``) that broke it: a fill must
     not be lost to a crash while it was being handled (a bug elsewhere, a store driver's

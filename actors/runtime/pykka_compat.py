@@ -16,7 +16,8 @@ pykka (private)                        here (public)
                                        proxy calls and ``on_receive`` is the default),
                                        and ``Hooks.intercept(message)`` before it
 ``Actor._handle_failure(*exc_info)``   ``Hooks.handle_failure(*exc_info)`` (default:
-                                       pykka's, log and stop)
+                                       pykka's, log and stop; ``quiet_failures``: one
+                                       line, then stopped as pykka does)
 ``Actor._actor_loop_setup()``          ``run_setup(actor)``
 ``Actor._actor_loop_teardown()``       ``Hooks.teardown()`` (a ``ThreadingActor``'s last
                                        act: answer what is left in the inbox)
@@ -152,11 +153,20 @@ class Hooks:
     def _handle_receive(self, message: Any) -> Any:
         return self.receive(message)
 
+    quiet_failures: tuple[type[BaseException], ...] = ()
+    """Failures expected in the course of things (a lease lost): ``handle_failure`` logs one
+    line for them, not pykka's ERROR with the traceback, and stops the actor all the same."""
+
     def handle_failure(self, exception_type: type[BaseException] | None,
                        exception_value: BaseException | None,
                        traceback: TracebackType | None) -> None:
         """A told message's handler raised (or ``on_start``/``on_stop`` did); pykka's default
-        logs it and stops the actor."""
+        logs it and stops the actor (``quiet_failures``: one WARNING line, no traceback)."""
+        if isinstance(exception_value, self.quiet_failures):
+            _log.warning(f"{self} stopped: {type(exception_value).__name__}: {exception_value}")
+            ActorRegistry.unregister(self.actor_ref)  # type: ignore[attr-defined]
+            self.actor_stopped.set()  # type: ignore[attr-defined]
+            return
         super()._handle_failure(exception_type, exception_value, traceback)  # type: ignore[misc]
 
     def _handle_failure(self, exception_type: type[BaseException] | None,

@@ -76,7 +76,7 @@ from models.messages import (
 )
 from models.position import CLOSED, ExitReason, Position, PositionStatus
 from models.rules import kill_switch_breached
-from store.ports import StoreError
+from store.ports import LeaseLost, StoreError
 from store.records import DeadLetter, KillSwitch
 
 
@@ -248,6 +248,9 @@ class RiskSupervisor(SingletonActor):
     def on_receive(self, message: Any) -> Any:
         try:
             return self._dispatch(message)
+        except LeaseLost as error:  # the partition goes to its next owner: nothing written
+            logger.warning("supervisor: {} not handled: {}", type(message).__name__, error)
+            return None
         except Exception as error:  # the supervisor must outlive any single bad message
             logger.opt(exception=error).error("supervisor failed on {}", type(message).__name__)
             self._dead_letter("supervisor", message, f"{type(error).__name__}: {error}")
@@ -531,7 +534,8 @@ class RiskSupervisor(SingletonActor):
                 "{} messages queued behind the failure go to its next owner: {}",
                 len(handed), ", ".join(type(m).__name__ for m in handed))
         log = logger.bind(position_id=message.position_id)
-        log.error("tracker failed (incarnation {}): {}", message.incarnation, message.error)
+        log.log("WARNING" if message.lease_lost else "ERROR", "tracker failed (incarnation {}): "
+                "{}", message.incarnation, message.error)
         self._dead_letter(f"tracker:{message.position_id}#{message.incarnation}", message,
                           message.error)
         now = message.at

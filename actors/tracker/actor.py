@@ -42,6 +42,7 @@ from models.messages import (
 )
 from models.position import Position
 from models.rules import PriceMark
+from store.ports import LeaseLost
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,9 @@ class TrackerActor(PooledActor):
     trace_kind = "tracker"
     conflate = frozenset({PriceUpdate})
     """Only the newest price of the position's instrument matters: see ``_Mailbox``."""
+    quiet_failures = (LeaseLost,)
+    """A write its partition's lease no longer allows: one line, not a traceback (the runner
+    drops the partition; its supervisor hears of it as ``TrackerFailed.lease_lost``)."""
 
     def __init__(self, position: Position, context: KeeperContext, peers: Peers, *,
                  incarnation: int = 0, halted: bool = False,
@@ -216,6 +220,7 @@ class TrackerActor(PooledActor):
             correlation_id=getattr(message, "correlation_id", None),
             causation_id=getattr(message, "causation_id", None),
             payload=summary(message), at=self.keeper.ctx.clock(),
+            lease_lost=isinstance(exception_value, LeaseLost),
             position=stored, unstored=self.keeper.unstored, undelivered=undelivered,
             retry=message if type(message) in DEFERRABLE else None, applied=len(applied)))
 

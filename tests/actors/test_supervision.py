@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from typing import Any
 
 import pykka
 import pytest
+from loguru import logger
 
 from actors.protocol import Snapshot
 from actors.supervisor.actor import RiskSupervisor, Supervision
@@ -20,6 +22,7 @@ from models.messages import ApplyOrderUpdate, PriceUpdate, RequestExit, TimerFir
 from models.orders import OrderStatus
 from models.position import ExitReason, OrderRole, PositionStatus
 from models.rules import PriceMark
+from store.ports import LeaseLost
 from tests.actors.test_tracker_flow import (
     INSTRUMENT,
     System,
@@ -227,3 +230,38 @@ def test_when_the_supervisor_breaks_on_a_message_and_on_its_dead_letter_then_it_
         assert exit_client_id(pid, 1) in system.gateway.placed
     finally:
         pykka.ActorRegistry.stop_all()
+
+
+def test_when_a_tracker_breaks_on_a_lost_lease_then_one_warning_not_a_traceback(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A write its partition's lease no longer allows (``LeaseLost``) is the runner's to
+    handle (it drops the partition): the tracker stops with one WARNING line, and the
+    supervisor hears of it as a lost lease, not as a tracker's fault."""
+    original = TrackerActor.on_receive
+
+    def on_receive(self: TrackerActor, message: Any) -> Any:
+        if isinstance(message, PriceUpdate):
+            self._current = message
+            raise LeaseLost(7, 3)
+        return original(self, message)
+
+    monkeypatch.setattr(TrackerActor, "on_receive", on_receive)
+    seen: list[tuple[str, str]] = []
+    sink = logger.add(lambda m: seen.append((m.record["level"].name, m.record["message"])),
+                      level="WARNING")
+    built = System(FakeStore(), FakeGateway())
+    try:
+        open_position(built, entry(order_no="LOST"))
+        with caplog.at_level(logging.WARNING, logger="pykka"):
+            price(built, "199")
+        assert built.ctx.metrics.get("actor_restarts") == 1  # supervised as before
+    finally:
+        logger.remove(sink)
+        pykka.ActorRegistry.stop_all()
+    pykka_lines = [(r.levelname, r.getMessage(), r.exc_info) for r in caplog.records
+                   if r.name == "pykka"]
+    assert pykka_lines and all(level == "WARNING" and exc is None
+                               for level, _, exc in pykka_lines), pykka_lines
+    assert "stopped: LeaseLost: partition 7: lease epoch 3 lost" in pykka_lines[0][1]
+    failed = [(level, text) for level, text in seen if "tracker failed" in text]
+    assert failed and all(level == "WARNING" for level, _ in failed), seen
