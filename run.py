@@ -386,7 +386,7 @@ def run_live(settings: Settings, *, shadow: bool, duration: float | None,
                   config=settings.risk, clock=clock, account=account,
                   correlation_prefix=settings.correlation_prefix,
                   gateway_status=lambda: holder[0].gateway_status(), urgent_prices=True,
-                  gateways=LIVE_GATEWAYS, reserve=LIVE_RESERVE)
+                  gateways=LIVE_GATEWAYS, reserve=LIVE_RESERVE, hold_exits=dhan.hold_exits)
     system = System(parts)
     session = LiveSession(system, rest, gateway, tokens, client_id=dhan.client_id or "",
                           order_ws_url=dhan.order_ws_url, feed_ws_url=dhan.feed_ws_url,
