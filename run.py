@@ -375,7 +375,16 @@ def run_live(settings: Settings, *, shadow: bool, duration: float | None,
     tracing.install(Tracer(trace))
     store = open_store(settings.database_url, settings.data_dir, account=account)
     # The account is its DhanHQ client id: the broker keeps each account's books apart by it.
-    rest = DhanRest(dhan.api_url, account, tokens, timeout=dhan.request_timeout_seconds)
+    wire = None
+    if dhan.http_process:  # imported here: only a session that asks for it starts the child
+        from broker.dhan.sender import ProcessWire
+
+        wire = ProcessWire(dhan.api_url, connect=dhan.request_timeout_seconds,
+                           read=dhan.request_timeout_seconds)
+        logger.info("DhanHQ REST calls made by an HTTP process of their own (pid {})",
+                    wire.pid)
+    rest = DhanRest(dhan.api_url, account, tokens, timeout=dhan.request_timeout_seconds,
+                    wire=wire)
     gateway = DhanGateway(rest, protection_pct=dhan.exit_protection_pct, tick=dhan.tick_size,
                           max_modifications=dhan.exit_max_modifications,
                           chase_after_seconds=dhan.exit_chase_after_ms / 1000)
