@@ -35,7 +35,7 @@ from itertools import chain, islice
 from loguru import logger
 
 from actors.runtime.metrics import Metrics
-from store.ports import FrameBatches, Store, StoreError, StoreRefused
+from store.ports import FrameBatches, LeaseLost, Store, StoreError, StoreRefused
 from store.records import ParkedUpdate, ReceivedFrame
 
 
@@ -46,8 +46,10 @@ class RetryStore:
 
 
 def refused(error: Exception) -> bool:
-    """The data, not the store: the same call would fail again while the store is up."""
-    return isinstance(error, StoreRefused) or not isinstance(error, StoreError)
+    """The data, not the store: the same call would fail again while the store is up. A
+    write under a lost lease (``LeaseLost``) is not: the frame waits (its partition's next
+    owner has it from the stream), never rewritten in a safe form."""
+    return isinstance(error, StoreRefused) or not isinstance(error, StoreError | LeaseLost)
 
 
 def safe_form(row: ReceivedFrame, error: Exception) -> ReceivedFrame:

@@ -541,8 +541,9 @@ class RiskSupervisor(SingletonActor):
         log = logger.bind(position_id=message.position_id)
         log.log("WARNING" if message.lease_lost else "ERROR", "tracker failed (incarnation {}): "
                 "{}", message.incarnation, message.error)
-        self._dead_letter(f"tracker:{message.position_id}#{message.incarnation}", message,
-                          message.error)
+        if not message.lease_lost:  # under a lost lease the store refuses it too
+            self._dead_letter(f"tracker:{message.position_id}#{message.incarnation}", message,
+                              message.error)
         now = message.at
         self._note_failure(child, now)
         delay = self.rules.restart_delay(len(child.failures))
@@ -568,6 +569,8 @@ class RiskSupervisor(SingletonActor):
         undelivered, retry = message.undelivered, message.retry
         if retry is None:
             return undelivered
+        if message.lease_lost:  # not the update's fault: handed on, not counted as poison
+            return (*undelivered[:message.applied], retry, *undelivered[message.applied:])
         log = logger.bind(position_id=message.position_id)
         if retry.message_id in self._retried:
             del self._retried[retry.message_id]

@@ -45,7 +45,7 @@ from actors.protocol import IntentStored, StoreIntent
 from actors.runtime.group import GroupWriter
 from actors.runtime.metrics import Metrics
 from models.messages import new_id
-from store.ports import Store
+from store.ports import LeaseLost, Store
 
 
 class IntentWriterActor(GroupWriter[StoreIntent]):
@@ -73,8 +73,9 @@ class IntentWriterActor(GroupWriter[StoreIntent]):
         except Exception as failure:  # every sender must hear back, whatever broke the write
             error = f"{type(failure).__name__}: {failure}"
             self.metrics.incr("intent_write_failures")
-            logger.error("storing {} exit intents failed ({}); each tracker stores its own",
-                         len(due), error)
+            logger.log("WARNING" if isinstance(failure, LeaseLost) else "ERROR",
+                       "storing {} exit intents failed ({}); each tracker stores its own",
+                       len(due), error)
         else:
             self.metrics.incr("intent_writes")
             self.metrics.incr("intents_stored", len(due))

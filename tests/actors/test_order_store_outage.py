@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ast
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 
 import pykka
@@ -21,6 +21,8 @@ from models.common import Segment, Side, TxnType
 from models.messages import CreatePosition, TimerFired
 from models.orders import OrderStatus, OrderUpdate
 from models.position import PositionStatus, new_position
+from store.ports import LeaseLost
+from store.records import ReceivedFrame
 from tests.actors.test_order_frame_batches import BatchingStore, queued
 from tests.actors.test_order_updates import Flow, frame
 from tests.actors.test_tracker_flow import T0
@@ -203,6 +205,31 @@ def test_a_frame_the_store_cannot_hold_is_stored_in_a_safe_form_and_holds_up_no_
     assert second.raw == frame("E1", OrderStatus.PENDING, 20, seconds=2)
     assert unstored(flow) == 0
     assert store.positions["PE1"].quantity == 20
+
+
+def test_a_frame_refused_under_a_lost_lease_waits_and_is_not_stored_in_a_safe_form(
+        logs: list[str]) -> None:
+    """A fenced store under a lost lease refuses every write (``LeaseLost``): that is not the
+    frame's fault, so it is not rewritten as ``ascii()`` (its partition's next owner has it
+    from the stream); it waits in memory like a frame of a store outage."""
+
+    class Fenced(FakeStore):
+        lost = False
+
+        def _record(self, frames: Sequence[ReceivedFrame]) -> list[int]:
+            if self.lost:
+                raise LeaseLost(7, 3)
+            return super()._record(frames)
+
+    fenced = Fenced()
+    built = Flow(fenced)
+    try:
+        fenced.lost = True
+        built.send(frame("E1", OrderStatus.PENDING, 10))
+        assert fenced.updates == [] and unstored(built) == 1
+    finally:
+        pykka.ActorRegistry.stop_all()
+    assert not any("ascii()" in line for line in logs), logs
 
 
 # Parked updates ------------------------------------------------------------------------------

@@ -255,6 +255,7 @@ def test_when_a_tracker_breaks_on_a_lost_lease_then_one_warning_not_a_traceback(
         with caplog.at_level(logging.WARNING, logger="pykka"):
             price(built, "199")
         assert built.ctx.metrics.get("actor_restarts") == 1  # supervised as before
+        assert built.store.dead_letters() == []  # not the message's fault
     finally:
         logger.remove(sink)
         pykka.ActorRegistry.stop_all()
