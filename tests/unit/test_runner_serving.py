@@ -629,3 +629,39 @@ def test_a_served_account_reads_the_circuit_limits_of_what_it_holds_once_ready()
         time.sleep(0.01)
     assert len(readers[one].asked) == 2  # the reader itself skips what it knows
     serving.close()
+
+
+class Books:
+    """A ``BookReader`` stand-in: a takeover that agrees, and the rechecks it was asked for."""
+
+    def __init__(self) -> None:
+        self.rechecks = 0
+
+    def takeover(self, catch_up: Any = None) -> bool:
+        return True
+
+    def recheck(self) -> bool:
+        self.rechecks += 1
+        return False
+
+
+def test_each_step_asks_a_ready_accounts_books_for_a_recheck_that_is_due() -> None:
+    """A difference a takeover's reconcile left is compared again from the runner's steps
+    (``BookReader.recheck``, which knows whether one is due), once the account is ready."""
+    from app.serving import AccountSystems, Served
+
+    account = "acct-0"
+    partition = partition_of(account)
+    books = Books()
+    serving = AccountSystems([account], lambda acct, lease: Served(
+        Holding(acct), books=books),  # type: ignore[arg-type]
+        LocalTransport(), clock=lambda: datetime.now(UTC))
+    lease = Lease(partition=partition, owner="r1", epoch=1, expires_at=T0, claimed_at=T0,
+                  deadline=1e12)
+    serving.start(partition, PartitionLease(lease))
+    serving.step()
+    assert books.rechecks == 0  # not ready yet: its reconcile has not run
+    serving.ready(partition)
+    serving.step()
+    assert books.rechecks == 2  # the ready's own step, then this one
+    serving.close()
