@@ -378,11 +378,15 @@ def run_live(settings: Settings, *, shadow: bool, duration: float | None,
     wire = None
     if dhan.http_process:  # imported here: only a session that asks for it starts the child
         from broker.dhan.sender import ProcessWire
+        from broker.dhan.wire import WireError
 
-        wire = ProcessWire(dhan.api_url, connect=dhan.request_timeout_seconds,
-                           read=dhan.request_timeout_seconds)
-        logger.info("DhanHQ REST calls made by an HTTP process of their own (pid {})",
-                    wire.pid)
+        try:
+            wire = ProcessWire(dhan.api_url, connect=dhan.request_timeout_seconds,
+                               read=dhan.request_timeout_seconds)
+            logger.info("DhanHQ REST calls made by an HTTP process of their own (pid {})",
+                        wire.pid)
+        except WireError as error:  # the session still runs: its calls made in-process
+            logger.warning("http_process: {}; the REST calls are made in this process", error)
     rest = DhanRest(dhan.api_url, account, tokens, timeout=dhan.request_timeout_seconds,
                     wire=wire)
     gateway = DhanGateway(rest, protection_pct=dhan.exit_protection_pct, tick=dhan.tick_size,
