@@ -99,7 +99,7 @@ class Parts:
     """Seconds ordinary work may be held back while urgent work runs (0: never)."""
     hold_exits: bool = False
     """The hold lasts, within ``hold``, while exits decided are not sent yet (see
-    ``actors/runtime/pool.py``); off until measured against the live row."""
+    ``actors/runtime/pool.py``); measured against the live row: no gain beyond the noise."""
     correlation_prefix: str | None = None
     deadlines: bool = False
     """Event-driven replay: trackers tell the supervisor their next deadlines (for
