@@ -33,6 +33,7 @@ import hashlib
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -78,6 +79,11 @@ class PaperVenue:
         entry's (the position it closes is named after its entry order)."""
         self.entries = self.published = 0
         self._lock = threading.Lock()
+        self._waiting: deque[tuple[str, str, bytes, str]] = deque()
+        """Order updates not published yet (account, message id, frame, order number), in
+        order: one NATS refused is tried again, with those behind it, before anything newer
+        (the stream de-duplicates a retry by its message id), as a connector does."""
+        self._publishing = threading.Lock()
         self.exchange.subscribe(self._frame)
 
     def run(self, stop: threading.Event, port: int) -> None:
@@ -97,6 +103,8 @@ class PaperVenue:
                     self.transport.publish_price(instrument.segment.value,
                                                  instrument.security_id, str(price).encode())
                 self.exchange.advance(now)
+                if self._waiting:
+                    self._send_waiting()
                 if self.accounts and elapsed >= next_entry:
                     next_entry = elapsed + self.entry_every
                     self._enter(now)
@@ -127,12 +135,24 @@ class PaperVenue:
                            update.order_no)
             return
         digest = hashlib.sha256(frame.encode()).hexdigest()[:32]
-        try:
-            self.transport.publish_order_update(account, digest, frame.encode())
-            self.published += 1
-        except TransportError as error:  # a real connector retries; the paper one says so
-            logger.error("paper venue: update of order {} not published: {}",
-                         update.order_no, error)
+        with self._publishing:
+            self._waiting.append((account, digest, frame.encode(), update.order_no))
+        self._send_waiting()
+
+    def _send_waiting(self) -> None:
+        """The waiting order updates published in order until one is refused (it keeps its
+        place, and is tried again at the next frame or the next 0.1 s step)."""
+        with self._publishing:
+            while self._waiting:
+                account, digest, data, order_no = self._waiting[0]
+                try:
+                    self.transport.publish_order_update(account, digest, data)
+                except TransportError as error:  # kept: tried again, never dropped
+                    logger.error("paper venue: update of order {} not published: {} ({} "
+                                 "waiting, tried again)", order_no, error, len(self._waiting))
+                    return
+                self._waiting.popleft()
+                self.published += 1
 
     def _account(self, update: OrderUpdate) -> str | None:
         return self._account_by(update.order_no, update.correlation_id or "")

@@ -160,17 +160,33 @@ class ProcessWire:
             if not self._alive():
                 self._start()
             generation = self._generation
+        try:
+            conn = self._connect()
+        except OSError:  # a child dying (its socket closed, not reaped yet): started again
+            with self._lock:
+                if self._child is not None and self._generation == generation:
+                    self._child.kill()
+                    self._child.wait(2)
+                    self._start()
+                generation = self._generation
+            try:
+                conn = self._connect()
+            except OSError as error:
+                raise WireError(f"HTTP process: not reached ({type(error).__name__})",
+                                sent=False) from None
+        with self._lock:
+            self._connections.append(conn)
+        self._local.conn, self._local.generation = conn, generation
+        return conn
+
+    def _connect(self) -> socket.socket:
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             conn.connect(self._path)  # blocking: a full backlog waits rather than fails
             conn.settimeout(self._wait)
-        except OSError as error:
+        except OSError:
             conn.close()
-            raise WireError(f"HTTP process: not reached ({type(error).__name__})",
-                            sent=False) from None
-        with self._lock:
-            self._connections.append(conn)
-        self._local.conn, self._local.generation = conn, generation
+            raise
         return conn
 
     def _drop(self, conn: socket.socket) -> None:

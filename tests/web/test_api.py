@@ -14,11 +14,13 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.clocks import paper_session_start
 from models.common import IST
+from models.policy import risk_config_from_mapping
 from models.position import PositionStatus
 from store.ports import Store
 from store.records import KillSwitch
-from tests.web.session import TOKEN, Session, paper_console, wait_for
+from tests.web.session import POLICY, TOKEN, Session, paper_console, wait_for
 
 
 def open_rows(session: Session, count: int) -> list[dict[str, Any]]:
@@ -145,7 +147,11 @@ def test_halt_closes_positions_that_open_and_resume_runs_again(tmp_path: Path) -
 
 
 def _latched(store: Store) -> None:
-    store.latch_kill_switch(KillSwitch(latched_at=datetime.now(IST), reason="test",
+    # Latched on the paper session's own exchange day: late at night in IST, or on a
+    # holiday, that session begins on a later trading day than today's date, and a latch of
+    # an earlier day is not in force there.
+    latched_at = paper_session_start(datetime.now(IST), risk_config_from_mapping(POLICY).calendar)
+    store.latch_kill_switch(KillSwitch(latched_at=latched_at, reason="test",
                                        day_pnl=Decimal(-5000)))
 
 
