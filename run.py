@@ -375,20 +375,7 @@ def run_live(settings: Settings, *, shadow: bool, duration: float | None,
     tracing.install(Tracer(trace))
     store = open_store(settings.database_url, settings.data_dir, account=account)
     # The account is its DhanHQ client id: the broker keeps each account's books apart by it.
-    wire = None
-    if dhan.http_process:  # imported here: only a session that asks for it starts the child
-        from broker.dhan.sender import ProcessWire
-        from broker.dhan.wire import WireError
-
-        try:
-            wire = ProcessWire(dhan.api_url, connect=dhan.request_timeout_seconds,
-                               read=dhan.request_timeout_seconds)
-            logger.info("DhanHQ REST calls made by an HTTP process of their own (pid {})",
-                        wire.pid)
-        except WireError as error:  # the session still runs: its calls made in-process
-            logger.warning("http_process: {}; the REST calls are made in this process", error)
-    rest = DhanRest(dhan.api_url, account, tokens, timeout=dhan.request_timeout_seconds,
-                    wire=wire)
+    rest = DhanRest(dhan.api_url, account, tokens, timeout=dhan.request_timeout_seconds)
     gateway = DhanGateway(rest, protection_pct=dhan.exit_protection_pct, tick=dhan.tick_size,
                           max_modifications=dhan.exit_max_modifications,
                           chase_after_seconds=dhan.exit_chase_after_ms / 1000)
@@ -399,7 +386,7 @@ def run_live(settings: Settings, *, shadow: bool, duration: float | None,
                   config=settings.risk, clock=clock, account=account,
                   correlation_prefix=settings.correlation_prefix,
                   gateway_status=lambda: holder[0].gateway_status(), urgent_prices=True,
-                  gateways=LIVE_GATEWAYS, reserve=LIVE_RESERVE, hold_exits=dhan.hold_exits)
+                  gateways=LIVE_GATEWAYS, reserve=LIVE_RESERVE)
     system = System(parts)
     session = LiveSession(system, rest, gateway, tokens, client_id=dhan.client_id or "",
                           order_ws_url=dhan.order_ws_url, feed_ws_url=dhan.feed_ws_url,

@@ -97,9 +97,6 @@ class Parts:
     """Dispatcher threads that run only urgent work (possible exits): see ``actors/pool.py``."""
     hold: float = 0.02
     """Seconds ordinary work may be held back while urgent work runs (0: never)."""
-    hold_exits: bool = False
-    """The hold lasts, within ``hold``, while exits decided are not sent yet (see
-    ``actors/runtime/pool.py``); measured against the live row: no gain beyond the noise."""
     correlation_prefix: str | None = None
     deadlines: bool = False
     """Event-driven replay: trackers tell the supervisor their next deadlines (for
@@ -254,8 +251,7 @@ class System:
                                       gate=self.dispatcher.yield_to_urgent, edges=self.edges)
         self._proxy(self.batcher).set_index(self.index).get(timeout=ASK)
         self.supervisor = RiskSupervisor.start(ctx, p.gateway, supervision=p.supervision,
-                                               dispatcher=self.dispatcher, gateways=p.gateways,
-                                               hold_exits=p.hold_exits)
+                                               dispatcher=self.dispatcher, gateways=p.gateways)
         self.pnl = PnLWriterActor.start(p.cache, p.config.policy, p.metrics, p.clock,
                                         self.supervisor, cache_every=p.cache_every,
                                         gate=self.dispatcher.yield_to_urgent)
@@ -267,8 +263,7 @@ class System:
         self.intents = IntentWriterActor.start(p.store, p.metrics, p.clock, self.supervisor)
         peers = Peers(supervisor=self.supervisor, index=self.index, pnl=self.pnl,
                       batcher=self.batcher, orders=self.orders, deadlines=p.deadlines,
-                      stops=self.stops, intents=self.intents,
-                      exit_begun=self.dispatcher.exit_begun if p.hold_exits else None)
+                      stops=self.stops, intents=self.intents)
         self._proxy(self.supervisor).wire(peers).get(timeout=ASK)
         self._lap("actors")
         self._load()

@@ -60,16 +60,6 @@ class DhanSettings(Frozen):
     poll_idle_seconds: float = Field(default=60.0, gt=0, le=3_600)
     """... and this often otherwise (the socket has no replay and may go quiet)."""
     request_timeout_seconds: float = Field(default=3.0, gt=0, le=60)
-    http_process: bool = False
-    """``run.py live``: the REST calls' HTTP made by a process of its own
-    (``broker/dhan/sender.py``), out of the way of the session's interpreter. Measured
-    against the live row (``python -m bench.live_exits --http-process``, BENCHMARKS,
-    2026-12-04): no gain beyond the noise, so off."""
-    hold_exits: bool = False
-    """Ordinary work (first fills, the PnL writer, the index's ordinary prices) waits, up to
-    the dispatcher's 20 ms hold, until a wave's exit orders have left (``Parts.hold_exits``);
-    measured against the live row (``python -m bench.live_exits --hold-exits``, BENCHMARKS,
-    2026-12-04): no gain beyond the noise, so off."""
     session_start: AwareDatetime | None = None
     """For drills against the loopback fake only: exchange time starts here and runs with the
     wall clock (``DHAN_SESSION_START``); live trading leaves it unset (the wall clock)."""

@@ -80,12 +80,9 @@ def instruments(count: int) -> list[Instrument]:
 
 def run(pg: str | None, rd: str | None, scratch: Path, *, positions: int = 200,
         wave: int = 20, gap: float = 2.5, packets: int = 1,
-        quiet: float = QUIET, trace: Path | None = None,
-        hold_exits: bool = False, http_process: bool = False) -> dict[str, Any]:
+        quiet: float = QUIET, trace: Path | None = None) -> dict[str, Any]:
     """``packets``: ticker packets per feed message (DhanHQ may send several in one);
-    ``quiet``: seconds the feed goes quiet before the crash (the quote API prices meanwhile);
-    ``hold_exits``: the session's ``[dhan] hold_exits`` (ordinary work waits for a wave's
-    orders to leave); ``http_process``: its ``[dhan] http_process`` (the HTTP in a child)."""
+    ``quiet``: seconds the feed goes quiet before the crash (the quote API prices meanwhile)."""
     book = instruments(positions)
     with Venue({instrument: START for instrument in book}) as venue:
         venue.fake.packets_per_message = packets
@@ -100,10 +97,7 @@ def run(pg: str | None, rd: str | None, scratch: Path, *, positions: int = 200,
             redis.Redis.from_url(rd).flushdb()
         port = _free_port()
         load_before = os.getloadavg()
-        dhan = ("hold_exits = true\n" if hold_exits else "") + \
-            ("http_process = true\n" if http_process else "")
-        policy = POLICY + (f"\n[dhan]\n{dhan}" if dhan else "")
-        live = LiveRun(venue, scratch / "live", policy=policy, duration=3600,
+        live = LiveRun(venue, scratch / "live", policy=POLICY, duration=3600,
                        database_url=fresh_pg(pg) if pg else None, redis_url=rd,
                        http=f"127.0.0.1:{port}", trace=trace)
         try:
@@ -133,7 +127,7 @@ def run(pg: str | None, rd: str | None, scratch: Path, *, positions: int = 200,
     exited = [p for p in report["positions"] if p["status"] == "EXITED"]
     gateway = report.get("gateway", {})
     row.update(positions=positions, wave=wave, gap_s=gap, packets_per_message=packets,
-               hold_exits=hold_exits, http_process=http_process, start_s=started_s,
+               start_s=started_s,
                exited=len(exited),
                stop_losses=report["summary"]["exits_by_reason"].get("STOP_LOSS", 0),
                books_agree=report["books"]["agree"],
@@ -376,19 +370,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds the feed goes quiet before the crash (quote API)")
     parser.add_argument("--trace", type=Path, default=None,
                         help="the session's message trace (JSONL), for where the time goes")
-    parser.add_argument("--hold-exits", action="store_true",
-                        help="the session's [dhan] hold_exits: ordinary work waits for a "
-                             "wave's orders to leave (the A/B of that setting)")
-    parser.add_argument("--http-process", action="store_true",
-                        help="the session's [dhan] http_process: its HTTP made by a process "
-                             "of its own (the A/B of that setting)")
     args = parser.parse_args(argv)
     return child_main(lambda pg, rd, scratch: run(pg, rd, scratch, positions=args.positions,
                                                   wave=args.wave, gap=args.gap,
                                                   packets=args.packets, quiet=args.quiet,
-                                                  trace=args.trace,
-                                                  hold_exits=args.hold_exits,
-                                                  http_process=args.http_process))
+                                                  trace=args.trace))
 
 
 if __name__ == "__main__":

@@ -60,12 +60,9 @@ class GatewayActor(SingletonActor):
     trace_kind = "gateway"
 
     def __init__(self, gateway: OrderGateway, clock: Callable[[], datetime], metrics: Metrics,
-                 reply_to: ActorRef[Any], *, on_sent: Callable[[], None] | None = None) -> None:
+                 reply_to: ActorRef[Any]) -> None:
         super().__init__()
         self.gateway, self.clock, self.metrics, self.reply_to = gateway, clock, metrics, reply_to
-        self.on_sent = on_sent
-        """Told once each placement is over, whatever its outcome (``Dispatcher.exit_sent``,
-        ``Parts.hold_exits``)."""
         self.chaser = gateway if isinstance(gateway, ChasingGateway) else None
         self._chasing: dict[str, _Chase] = {}
         """Position id → its resting exit order (chasing gateways only)."""
@@ -73,11 +70,7 @@ class GatewayActor(SingletonActor):
     def on_receive(self, message: Any) -> Any:
         match message:
             case PlaceExitOrder():
-                try:
-                    answer = self._place(message)
-                finally:
-                    if self.on_sent is not None:
-                        self.on_sent()
+                answer = self._place(message)
                 if isinstance(answer, ExitOrderPlaced) and self.chaser is not None:
                     self._chasing[message.position_id] = _Chase(
                         answer.order_no, message.attempt, self.clock(), ids=answer.caused())

@@ -20,13 +20,6 @@ three ways:
 Singleton actors doing ordinary work opt in by calling ``yield_to_urgent`` themselves: the
 index (before the ordinary part of a fan-out), the PnL writer and the order-update actor (before
 each message). The supervisor does not: it places the exits.
-
-An exit outlives the urgent turn that decided it: its intent is stored, then a gateway actor
-sends its order. With ``exit_begun`` / ``exit_sent`` (``Parts.hold_exits``) the hold lasts
-while exits decided are not sent yet, within the same bound, so that the first fills, the
-PnL writer and the rest of a fan-out do not take the interpreter from the gateway actors of a
-wave. A count that is never brought down (an exit whose tracker failed before it was sent)
-costs at most that bound, once: each new hold starts the count again.
 """
 
 from __future__ import annotations
@@ -75,9 +68,6 @@ class Dispatcher:
         tasks to it and keep to ordinary work."""
         self._urgent_now = 0
         """Urgent tasks queued or running (counted only when ``hold`` is set)."""
-        self._exits_now = 0
-        """Exits decided and not sent yet (``exit_begun`` / ``exit_sent``): they keep the hold
-        too, within its bound; set to 0 as each hold begins."""
         self._urgent_since = -math.inf
         """When the current hold began: at most one hold starts per ``2 * hold`` seconds, so a
         stream of short urgent bursts (positions on standing exits told every price, say)
@@ -123,7 +113,6 @@ class Dispatcher:
                     now = time.monotonic()
                     if not self._urgent_now and now - self._urgent_since >= 2 * self.hold:
                         self._urgent_since = now
-                        self._exits_now = 0  # a count left over from an earlier hold
                     self._urgent_now += 1
                     self._urgent.append(task)
                     self._calm.notify_all()  # a worker holding back runs it
@@ -159,35 +148,10 @@ class Dispatcher:
         with self._idle:
             return self._idle.wait_for(lambda: not self._outstanding, timeout)
 
-    def exit_begun(self) -> None:
-        """An exit was decided (its intent on the way to the store, then its order to a
-        gateway actor): ordinary work waits for it as for urgent work, until ``exit_sent``
-        or the hold's bound."""
-        if self.hold:
-            with self._calm:
-                self._exits_now += 1
-
-    def exit_sent(self) -> None:
-        """An exit's order has left (or was refused, or its outcome is unknown)."""
-        if self.hold:
-            with self._calm:
-                self._exits_now = max(0, self._exits_now - 1)
-                if not self._exits_now and not self._urgent_now:
-                    self._calm.notify_all()
-
-    def exits_unsent(self) -> int:
-        """Exits counted by ``exit_begun`` and not by ``exit_sent`` (within the current
-        hold)."""
-        return self._exits_now
-
-    def _busy(self) -> bool:
-        return bool(self._urgent_now or self._exits_now)
-
     def yield_to_urgent(self) -> None:
-        """Ordinary work calls this before it starts: while urgent tasks are queued or running
-        (or exits decided are not sent yet), wait until there are none, or until ``hold``
-        seconds after that urgent work began."""
-        if self._busy() and time.monotonic() < self._urgent_since + self.hold:
+        """Ordinary work calls this before it starts: while urgent tasks are queued or running,
+        wait until there are none, or until ``hold`` seconds after that urgent work began."""
+        if self._urgent_now and time.monotonic() < self._urgent_since + self.hold:
             self._hold_back(worker=False)
 
     def _hold_back(self, *, worker: bool) -> None:
@@ -195,7 +159,8 @@ class Dispatcher:
         is queued, to run it."""
         waited = False
         with self._calm:
-            while self._busy() and not (worker and self._urgent and not self._idle_reserved):
+            while self._urgent_now and not (worker and self._urgent and
+                                            not self._idle_reserved):
                 left = self._urgent_since + self.hold - time.monotonic()
                 if left <= 0:
                     break
@@ -254,7 +219,7 @@ class Dispatcher:
         with no token left to wake anyone for it."""
         while True:
             task = self._take_urgent()
-            if task is None and self._busy() and \
+            if task is None and self._urgent_now and \
                     time.monotonic() < self._urgent_since + self.hold:
                 self._hold_back(worker=True)
                 task = self._take_urgent()  # urgent work that came while this one waited
@@ -298,7 +263,7 @@ class Dispatcher:
             if self.hold:
                 with self._calm:
                     self._urgent_now -= 1
-                    if not self._busy():
+                    if not self._urgent_now:
                         self._calm.notify_all()
 
 

@@ -126,13 +126,10 @@ class RiskSupervisor(SingletonActor):
 
     def __init__(self, context: KeeperContext, gateway: OrderGateway, *,
                  supervision: Supervision | None = None,
-                 dispatcher: Dispatcher | None = None, gateways: int | None = None,
-                 hold_exits: bool = False) -> None:
+                 dispatcher: Dispatcher | None = None, gateways: int | None = None) -> None:
         super().__init__()
         self.gateways = self.GATEWAYS if gateways is None else max(1, gateways)
         self.dispatcher = dispatcher or default_dispatcher()
-        self.hold_exits = hold_exits
-        """Its gateway actors tell the dispatcher of each placement over (``Parts.hold_exits``)."""
         self.ctx, self.gateway = context, gateway
         self.rules = supervision or Supervision()
         self.children: dict[str, _Child] = {}
@@ -175,10 +172,8 @@ class RiskSupervisor(SingletonActor):
     exits goes out in parallel up to the order limiter's 10/s."""
 
     def on_start(self) -> None:
-        sent = self.dispatcher.exit_sent if self.hold_exits else None
         self.gateway_refs = [GatewayActor.start(self.gateway, self.ctx.clock, self.ctx.metrics,
-                                                self.actor_ref, on_sent=sent)
-                             for _ in range(self.gateways)]
+                                                self.actor_ref) for _ in range(self.gateways)]
 
     def on_stop(self) -> None:
         for ref in self.gateway_refs:

@@ -61,9 +61,6 @@ class Peers:
     intents: ActorRef[Any] | None = None
     """The intent writer (``actors/tracker/intents.py``); None: each tracker stores its exits'
     intents itself and tells the gateway actor."""
-    exit_begun: Callable[[], None] | None = None
-    """Told of each exit a tracker sends on its way (``Dispatcher.exit_begun``: ordinary work
-    waits for its order, ``Parts.hold_exits``); None: not told."""
 
     def ref(self, target: Target) -> ActorRef[Any] | None:
         # Identity tests, most frequent first: once per message a tracker sends, where a
@@ -105,8 +102,6 @@ def deliver(peers: Peers, out: list[tuple[Target, object]],
         if writer is not None and intents_gone is not None:
             assert isinstance(message, StoreIntent)
             try:
-                if peers.exit_begun is not None:
-                    peers.exit_begun()
                 writer.tell(message)
             except ActorDeadError:
                 deliver(peers, intents_gone(message), gateway, clock)
@@ -114,8 +109,6 @@ def deliver(peers: Peers, out: list[tuple[Target, object]],
         if gateway is not None and target is Target.SUPERVISOR:
             if kind is ExitRequested and clock is not None:
                 assert isinstance(message, ExitRequested)
-                if peers.exit_begun is not None and not message.placed:
-                    peers.exit_begun()
                 gateway.tell(exit_order(message, clock()))
                 message = message.model_copy(update={"placed": True})
             elif kind is LookUpExitOrder or kind is CancelExitOrder:

@@ -6,7 +6,6 @@ thread and report through callbacks::
 
     rest.py          DhanRest: orders, look-ups, books, positions, the quote API (QuoteApi)
     wire.py          the HTTP seam: PooledWire (urllib3's pool), WireError (sent or not)
-    sender.py        ProcessWire: the same requests made by a child process ([dhan] http_process)
     outcomes.py      Outcome / Answer and the pure classification of every answer
     book.py          order book, trade book and position rows, read liberally
     limits.py        RateLimits: one limiter per bucket with every window

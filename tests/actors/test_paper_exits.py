@@ -10,7 +10,6 @@ from decimal import Decimal
 import pykka
 import pytest
 
-from actors.runtime.pool import Dispatcher
 from actors.system import Parts, System
 from app.clocks import ManualClock
 from broker.paper.exchange import PaperExchange
@@ -25,15 +24,14 @@ T0 = datetime(2026, 11, 23, 10, 0, tzinfo=IST)
 
 
 class Rig:
-    def __init__(self, config: RiskConfig, *, hold_exits: bool = False) -> None:
+    def __init__(self, config: RiskConfig) -> None:
         self.clock = ManualClock(T0)
         self.market = TapeMarket([])
         self.exchange = PaperExchange(self.market, latency=timedelta(0), start=T0)
         self.store = FakeStore()
         self.system = System(Parts(store=self.store, cache=InMemoryPnLCache(),
                                    gateway=self.exchange, quotes=None, config=config,
-                                   clock=self.clock, hold_exits=hold_exits)
-                             ).start(ticker=False)
+                                   clock=self.clock)).start(ticker=False)
 
     def set_prices(self, prices: dict[Instrument, Decimal]) -> None:
         now = self.clock()
@@ -124,46 +122,3 @@ def test_when_100_positions_on_20_instruments_then_each_exits_for_its_own_reason
         assert position.status is PositionStatus.EXITED, position.position_id
         assert position.exit_reason is want, (position.position_id, position.side, index)
     assert len(rig.exchange.orders()) == 200  # one exit order per position, no more
-
-
-@pytest.mark.parametrize("hold_exits", [True, False])
-def test_with_hold_exits_each_exit_is_counted_begun_then_sent(
-        monkeypatch: pytest.MonkeyPatch, hold_exits: bool) -> None:
-    """``Parts.hold_exits``: each exit a tracker decides is counted on the trackers'
-    dispatcher until its gateway actor has placed it (``Dispatcher.exit_begun`` /
-    ``exit_sent``), so ordinary work can wait for a wave's orders; without it, never."""
-    calls: list[str] = []
-    begun, sent = Dispatcher.exit_begun, Dispatcher.exit_sent
-
-    def counted_begun(self: Dispatcher) -> None:
-        calls.append("begun")
-        begun(self)
-
-    def counted_sent(self: Dispatcher) -> None:
-        calls.append("sent")
-        sent(self)
-
-    monkeypatch.setattr(Dispatcher, "exit_begun", counted_begun)
-    monkeypatch.setattr(Dispatcher, "exit_sent", counted_sent)
-    rig = Rig(RiskConfig(), hold_exits=hold_exits)
-    try:
-        instruments = [Instrument(segment=Segment.NSE_FNO, security_id=str(42000 + i))
-                       for i in range(3)]
-        rig.set_prices({i: Decimal("100") for i in instruments})
-        for instrument in instruments:
-            rig.exchange.place_order(client_id=f"S-{instrument.security_id}",
-                                     instrument=instrument, txn_type=TxnType.BUY, quantity=10,
-                                     product="I")
-        rig.settle()
-        assert calls == []
-        rig.set_prices({i: Decimal("85") for i in instruments})  # -15 %: every stop fires
-        assert all(p.exit_reason is ExitReason.STOP_LOSS for p in rig.store.positions.values())
-        assert len(rig.exchange.orders()) == 6  # three entries, three exits
-        if hold_exits:
-            assert calls.count("begun") == 3 and calls.count("sent") == 3
-            assert rig.system.dispatcher.exits_unsent() == 0
-        else:
-            assert calls == []
-    finally:
-        rig.system.stop()
-        pykka.ActorRegistry.stop_all()

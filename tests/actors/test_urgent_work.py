@@ -154,65 +154,6 @@ def test_a_singleton_yielding_to_urgent_work_waits_only_while_there_is_some(
     assert released.wait(5)
 
 
-def test_an_exit_decided_holds_ordinary_work_until_its_order_is_sent(
-        pools: Callable[..., Dispatcher]) -> None:
-    """``exit_begun`` in the urgent turn that decides an exit: the hold outlives that turn
-    until ``exit_sent`` (the gateway actor's placement over), so the first fills and the rest
-    of a fan-out leave the interpreter to the wave's orders."""
-    pool = pools(workers=2, reserve=1, hold=5.0)
-    decided = threading.Event()
-
-    def decide() -> None:
-        pool.exit_begun()
-        decided.set()
-
-    pool.submit(decide, urgent=True)
-    assert decided.wait(5)
-    done, released = threading.Event(), threading.Event()
-    pool.submit(done.set)  # ordinary: the workers hold it back
-
-    def singleton() -> None:
-        pool.yield_to_urgent()
-        released.set()
-
-    threading.Thread(target=singleton, daemon=True).start()
-    assert not done.wait(0.2) and not released.wait(0.01)  # the urgent turn is over
-    pool.exit_sent()
-    assert done.wait(5) and released.wait(5)
-
-
-def test_an_exit_never_sent_holds_ordinary_work_no_longer_than_the_hold(
-        pools: Callable[..., Dispatcher]) -> None:
-    pool = pools(workers=1, reserve=1, hold=0.3)
-
-    def ordinary_after(urgent: Callable[[], object]) -> float:
-        """Seconds an ordinary task waited, submitted once ``urgent`` ran."""
-        pool.submit(urgent, urgent=True)
-        time.sleep(0.02)
-        done = threading.Event()
-        began = time.monotonic()
-        pool.submit(done.set)
-        assert done.wait(2)
-        return time.monotonic() - began
-
-    waited = ordinary_after(pool.exit_begun)  # its tracker failed before it was sent
-    assert pool.exits_unsent() == 1
-    assert 0.2 < waited < 1.0  # held, to the hold's end
-    time.sleep(0.4)  # past 2 * hold: the next urgent work starts a hold with a count of 0
-    waited = ordinary_after(lambda: None)
-    assert pool.exits_unsent() == 0
-    assert waited < 0.2  # not held by the count the failed tracker left
-
-
-def test_without_a_hold_exits_are_not_counted(pools: Callable[..., Dispatcher]) -> None:
-    pool = pools(workers=1, reserve=1)
-    pool.exit_begun()
-    done = threading.Event()
-    pool.submit(done.set)
-    assert done.wait(0.5)
-    pool.exit_sent()  # more sent than begun (a kept position's exit): no harm
-
-
 def test_a_worker_holding_back_runs_urgent_work_that_arrives_meanwhile(
         pools: Callable[..., Dispatcher]) -> None:
     pool = pools(workers=1, reserve=0, hold=5.0)

@@ -21,18 +21,7 @@ import pytest
 
 from broker.dhan.limits import Bucket
 from models.common import TxnType
-from tests.live.venue import (
-    CLIENT,
-    FUT,
-    OPT,
-    POLICY,
-    ROOT,
-    TOKEN,
-    TOKEN_2,
-    LiveRun,
-    Venue,
-    wait_until,
-)
+from tests.live.venue import CLIENT, FUT, OPT, ROOT, TOKEN, TOKEN_2, LiveRun, Venue, wait_until
 
 pytestmark = pytest.mark.live
 
@@ -246,36 +235,6 @@ def test_a_placement_that_times_out_is_resolved_by_look_up_without_a_second_orde
     row = positions(report)["49081:LONG"]
     assert (row["status"], row["exit_reason"]) == ("EXITED", "STOP_LOSS")
     assert report["gateway"]["unknown"] == 1
-
-
-def test_with_the_http_process_an_exit_is_placed_and_a_lost_placement_looked_up_once(
-        tmp_path: Path) -> None:
-    """``[dhan] http_process``: the REST calls go through a child process
-    (``broker/dhan/sender.py``); a placement taken but never answered is still an unknown
-    outcome, looked up and not placed again."""
-    with Venue() as venue:
-        venue.enter(FUT, TxnType.BUY, 75)
-        venue.enter(OPT, TxnType.SELL, 50)
-        run = LiveRun(venue, tmp_path, policy=POLICY + "http_process = true\n")
-        run.wait_log("reconcile:", 30)
-        run.wait_log("(2 subscribed)", 15)
-        venue.set_price(OPT, "211")  # SHORT -5.5 %: its stop loss, answered as usual
-        wait_until(lambda: len(venue.exits()) == 1, 15, "the first exit placed")
-        venue.fake.lose_placements(1)  # the next one taken (and filled), never answered
-        venue.set_price(FUT, "94")
-        wait_until(lambda: sum(o.status.value == "TRADED" for o in venue.exits()) == 2, 15,
-                   "both exits filled")
-        time.sleep(5.0)  # time-out 1.5 s, then the look-up
-        report = run.stop()
-        taken = list(venue.fake.placements)
-    assert len(taken) == 2, f"placed more than once: {taken}"
-    rows = positions(report)
-    assert [(rows[k]["status"], rows[k]["exit_reason"]) for k in ("49081:LONG", "49082:SHORT")] \
-        == [("EXITED", "STOP_LOSS")] * 2
-    assert report["gateway"]["unknown"] == 1 and report["gateway"]["placements"] == 1
-    assert report["books"]["agree"] is True
-    assert "REST calls made by an HTTP process of their own" in run.log()
-    assert TOKEN not in run.log()
 
 
 def test_a_token_that_expires_is_replaced_and_the_session_resumes(tmp_path: Path) -> None:
