@@ -1,0 +1,164 @@
+"""``Launcher`` (``broker/dhan/launch.py``): a batch of requests handed to a child process in
+one write, against loopback HTTP servers: answers, a batch's requests side by side, what counts
+as sent, a child that dies, closing, and no token in any error."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from broker.dhan.launch import Launcher, Request
+from broker.dhan.wire import WireError
+
+TOKEN = "the-secret-token-value"
+HEADERS = {"access-token": TOKEN, "client-id": "1000000001",
+           "Content-Type": "application/json"}
+
+
+class Broker:
+    """A threading HTTP server whose answers the test sets: ``mode`` is ``answer`` (echo the
+    body, 200), ``silent`` (never answer) or ``together`` (answer once ``together`` requests
+    are in at the same time)."""
+
+    def __init__(self) -> None:
+        self.mode = "answer"
+        self.seen: list[dict[str, Any]] = []
+        self.together: threading.Barrier | None = None
+        self.release = threading.Event()
+        broker = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                broker.seen.append({"path": self.path, "body": body,
+                                    "token": self.headers.get("access-token")})
+                if broker.mode == "silent":
+                    broker.release.wait(10)
+                    return
+                if broker.mode == "together":
+                    assert broker.together is not None
+                    broker.together.wait()
+                answer = json.dumps({"orderId": "1125", "echo": body.decode()}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v2"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def broker() -> Iterator[Broker]:
+    made = Broker()
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def launcher(broker: Broker) -> Iterator[Launcher]:
+    made = Launcher(broker.url, connect=1.0, read=0.5, verify=False)
+    yield made
+    made.close()
+
+
+def order(n: int) -> Request:
+    return Request("POST", "/orders", f'{{"n": {n}}}'.encode(), HEADERS)
+
+
+def test_a_batch_goes_out_from_the_child_with_each_request_s_headers_and_body(
+        broker: Broker, launcher: Launcher) -> None:
+    tickets = launcher.launch([order(1), Request("POST", "/orders", None, HEADERS)])
+    first, second = (ticket.result() for ticket in tickets)
+    assert first[0] == 200 and json.loads(first[1]) == {"orderId": "1125", "echo": '{"n": 1}'}
+    assert second[0] == 200 and json.loads(second[1])["echo"] == ""
+    assert sorted((s["path"], s["body"], s["token"]) for s in broker.seen) == [
+        ("/v2/orders", b"", TOKEN), ("/v2/orders", b'{"n": 1}', TOKEN)]
+    assert launcher.starts == 1 and launcher.launch([]) == []
+
+
+def test_a_batch_s_requests_leave_side_by_side(broker: Broker, launcher: Launcher) -> None:
+    """Ten at once, as a wave's exits: the broker answers only once all ten are in, so a
+    child that made them one after another would time each of them out."""
+    broker.mode, broker.together = "together", threading.Barrier(10, timeout=5)
+    tickets = launcher.launch([order(n) for n in range(10)])
+    assert [ticket.result()[0] for ticket in tickets] == [200] * 10
+    assert sorted(json.loads(s["body"])["n"] for s in broker.seen) == list(range(10))
+
+
+def test_no_answer_is_an_unknown_outcome_and_a_refused_connection_is_not_sent(
+        broker: Broker, launcher: Launcher) -> None:
+    broker.mode = "silent"
+    with pytest.raises(WireError) as silent:
+        launcher.launch([order(1)])[0].result()
+    assert silent.value.sent and "timeout" in str(silent.value).lower()
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    nowhere = Launcher(f"http://127.0.0.1:{port}/v2", connect=1.0, read=0.5, verify=False)
+    try:
+        with pytest.raises(WireError) as refused:
+            nowhere.launch([order(1)])[0].result()
+        assert not refused.value.sent
+    finally:
+        nowhere.close()
+    assert TOKEN not in str(silent.value) + str(refused.value)
+
+
+def test_a_ticket_not_answered_in_time_is_unknown(broker: Broker, launcher: Launcher) -> None:
+    broker.mode = "silent"
+    ticket = launcher.launch([order(1)])[0]
+    began = time.monotonic()
+    with pytest.raises(WireError) as waited:
+        ticket.result(timeout=0.1)
+    assert waited.value.sent and time.monotonic() - began < 0.5
+
+
+def test_a_child_that_dies_with_a_batch_in_flight_leaves_it_unknown_and_is_started_again(
+        broker: Broker, launcher: Launcher) -> None:
+    broker.mode = "silent"
+    tickets = launcher.launch([order(1), order(2)])
+    deadline = time.monotonic() + 5
+    while len(broker.seen) < 2 and time.monotonic() < deadline:  # both may be acted on
+        time.sleep(0.01)
+    assert launcher.pid is not None
+    os.kill(launcher.pid, signal.SIGKILL)
+    for ticket in tickets:
+        with pytest.raises(WireError) as gone:
+            ticket.result(timeout=5)
+        assert gone.value.sent and "ended" in str(gone.value) and TOKEN not in str(gone.value)
+    broker.mode = "answer"
+    assert launcher.launch([order(3)])[0].result()[0] == 200 and launcher.starts == 2
+
+
+def test_closing_ends_the_child_and_a_later_batch_is_not_sent(broker: Broker) -> None:
+    launcher = Launcher(broker.url, connect=1.0, read=0.5, verify=False)
+    pid = launcher.pid
+    assert pid is not None
+    launcher.close()
+    assert launcher.pid is None
+    with pytest.raises(ProcessLookupError):  # ended, and reaped
+        os.kill(pid, 0)
+    with pytest.raises(WireError) as closed:
+        launcher.launch([order(1)])[0].result()
+    assert not closed.value.sent and broker.seen == []
