@@ -375,7 +375,21 @@ def run_live(settings: Settings, *, shadow: bool, duration: float | None,
     tracing.install(Tracer(trace))
     store = open_store(settings.database_url, settings.data_dir, account=account)
     # The account is its DhanHQ client id: the broker keeps each account's books apart by it.
-    rest = DhanRest(dhan.api_url, account, tokens, timeout=dhan.request_timeout_seconds)
+    launcher = None
+    if dhan.launch_exits and not shadow:  # --shadow sends no order: nothing to launch
+        from broker.dhan.launch import Launcher
+        from broker.dhan.wire import WireError
+
+        try:
+            launcher = Launcher(dhan.api_url, connect=dhan.request_timeout_seconds,
+                                read=dhan.request_timeout_seconds)
+            logger.info("exit orders launched by a process of their own (pid {})",
+                        launcher.pid)
+        except WireError as error:  # the session still runs: each gateway actor sends
+            logger.warning("launch_exits: {}; each exit order is sent by its gateway actor",
+                           error)
+    rest = DhanRest(dhan.api_url, account, tokens, timeout=dhan.request_timeout_seconds,
+                    launcher=launcher)
     gateway = DhanGateway(rest, protection_pct=dhan.exit_protection_pct, tick=dhan.tick_size,
                           max_modifications=dhan.exit_max_modifications,
                           chase_after_seconds=dhan.exit_chase_after_ms / 1000)
@@ -386,7 +400,8 @@ def run_live(settings: Settings, *, shadow: bool, duration: float | None,
                   config=settings.risk, clock=clock, account=account,
                   correlation_prefix=settings.correlation_prefix,
                   gateway_status=lambda: holder[0].gateway_status(), urgent_prices=True,
-                  gateways=LIVE_GATEWAYS, reserve=LIVE_RESERVE)
+                  gateways=LIVE_GATEWAYS, reserve=LIVE_RESERVE,
+                  launch=gateway.launch_exits if launcher is not None else None)
     system = System(parts)
     session = LiveSession(system, rest, gateway, tokens, client_id=dhan.client_id or "",
                           order_ws_url=dhan.order_ws_url, feed_ws_url=dhan.feed_ws_url,

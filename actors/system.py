@@ -59,7 +59,7 @@ from models.accounts import DEFAULT_ACCOUNT, check_account
 from models.books import BooksReport
 from models.closed import split_closed
 from models.common import IST, Instrument, exchange_day_start, next_day_start
-from models.messages import Message, OrderUpdateReceived, RequestExit, new_id
+from models.messages import Message, OrderUpdateReceived, PlaceExitOrder, RequestExit, new_id
 from models.orders import OrderUpdate
 from models.policy import ExitPolicy, RiskConfig
 from models.position import CLOSED, ExitReason, Position, PositionStatus
@@ -97,6 +97,10 @@ class Parts:
     """Dispatcher threads that run only urgent work (possible exits): see ``actors/pool.py``."""
     hold: float = 0.02
     """Seconds ordinary work may be held back while urgent work runs (0: never)."""
+    launch: Callable[[list[PlaceExitOrder]], object] | None = None
+    """The intent writer hands each wave's exit orders to this together, right after their
+    intents are committed (the live session's ``DhanGateway.launch_exits``); None: each
+    gateway actor sends its own."""
     correlation_prefix: str | None = None
     deadlines: bool = False
     """Event-driven replay: trackers tell the supervisor their next deadlines (for
@@ -260,7 +264,8 @@ class System:
                                              correlation_prefix=p.correlation_prefix,
                                              gate=self.dispatcher.yield_to_urgent)
         self.stops = StopWriterActor.start(p.store, p.metrics, p.clock)
-        self.intents = IntentWriterActor.start(p.store, p.metrics, p.clock, self.supervisor)
+        self.intents = IntentWriterActor.start(p.store, p.metrics, p.clock, self.supervisor,
+                                               launch=p.launch)
         peers = Peers(supervisor=self.supervisor, index=self.index, pnl=self.pnl,
                       batcher=self.batcher, orders=self.orders, deadlines=p.deadlines,
                       stops=self.stops, intents=self.intents)

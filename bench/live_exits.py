@@ -80,9 +80,11 @@ def instruments(count: int) -> list[Instrument]:
 
 def run(pg: str | None, rd: str | None, scratch: Path, *, positions: int = 200,
         wave: int = 20, gap: float = 2.5, packets: int = 1,
-        quiet: float = QUIET, trace: Path | None = None) -> dict[str, Any]:
+        quiet: float = QUIET, trace: Path | None = None, launch: bool = False) -> dict[str, Any]:
     """``packets``: ticker packets per feed message (DhanHQ may send several in one);
-    ``quiet``: seconds the feed goes quiet before the crash (the quote API prices meanwhile)."""
+    ``quiet``: seconds the feed goes quiet before the crash (the quote API prices meanwhile);
+    ``launch``: ``[dhan] launch_exits`` (False, the default: each exit sent by its gateway
+    actor)."""
     book = instruments(positions)
     with Venue({instrument: START for instrument in book}) as venue:
         venue.fake.packets_per_message = packets
@@ -97,7 +99,8 @@ def run(pg: str | None, rd: str | None, scratch: Path, *, positions: int = 200,
             redis.Redis.from_url(rd).flushdb()
         port = _free_port()
         load_before = os.getloadavg()
-        live = LiveRun(venue, scratch / "live", policy=POLICY, duration=3600,
+        policy = POLICY + "\n[dhan]\nlaunch_exits = true\n" if launch else POLICY
+        live = LiveRun(venue, scratch / "live", policy=policy, duration=3600,
                        database_url=fresh_pg(pg) if pg else None, redis_url=rd,
                        http=f"127.0.0.1:{port}", trace=trace)
         try:
@@ -127,6 +130,7 @@ def run(pg: str | None, rd: str | None, scratch: Path, *, positions: int = 200,
     exited = [p for p in report["positions"] if p["status"] == "EXITED"]
     gateway = report.get("gateway", {})
     row.update(positions=positions, wave=wave, gap_s=gap, packets_per_message=packets,
+               launch_exits=launch, launched=gateway.get("launched"),
                start_s=started_s,
                exited=len(exited),
                stop_losses=report["summary"]["exits_by_reason"].get("STOP_LOSS", 0),
@@ -368,13 +372,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="ticker packets per feed message (diagnostic)")
     parser.add_argument("--quiet", type=float, default=QUIET,
                         help="seconds the feed goes quiet before the crash (quote API)")
+    parser.add_argument("--launch", action="store_true",
+                        help="[dhan] launch_exits = true: a wave's orders sent by a child")
     parser.add_argument("--trace", type=Path, default=None,
                         help="the session's message trace (JSONL), for where the time goes")
     args = parser.parse_args(argv)
     return child_main(lambda pg, rd, scratch: run(pg, rd, scratch, positions=args.positions,
                                                   wave=args.wave, gap=args.gap,
                                                   packets=args.packets, quiet=args.quiet,
-                                                  trace=args.trace))
+                                                  trace=args.trace,
+                                                  launch=args.launch))
 
 
 if __name__ == "__main__":

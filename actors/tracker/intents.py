@@ -9,6 +9,12 @@ whose position it wrote, it tells the position's gateway actor the order (``exit
 the supervisor the request, then the tracker ``IntentStored``: an order never leaves before
 its intent is durable, and a restart looks it up by its client id.
 
+With a ``launch`` (the live session's ``DhanGateway.launch_exits``), the wave's orders are
+first handed to a process of their own together, from this thread, which holds the interpreter
+already: ten gateway threads would each wait for it behind the feed and the trackers before
+their request left (``bench/handoff.py``). Each gateway actor then takes its order's answer
+from there; an order not launched (no slot free now, no price in hand) it places as before.
+
 The orders go first (the trackers' announcements then compete for the interpreter), so a
 tracker may hear of its order's outcome, even of its fills, before ``IntentStored``: those
 handlers work on the EXITING position in memory, and ``IntentStored`` then records what the
@@ -44,7 +50,7 @@ from actors.gateway.actor import exit_order
 from actors.protocol import IntentStored, StoreIntent
 from actors.runtime.group import GroupWriter
 from actors.runtime.metrics import Metrics
-from models.messages import new_id
+from models.messages import PlaceExitOrder, new_id
 from store.ports import LeaseLost, Store
 
 
@@ -54,10 +60,14 @@ class IntentWriterActor(GroupWriter[StoreIntent]):
     label = "intent writer"
 
     def __init__(self, store: Store, metrics: Metrics, clock: Callable[[], datetime],
-                 supervisor: ActorRef[Any]) -> None:
+                 supervisor: ActorRef[Any], *,
+                 launch: Callable[[list[PlaceExitOrder]], object] | None = None) -> None:
         super().__init__()
         self.store, self.metrics, self.clock = store, metrics, clock
         self.supervisor = supervisor
+        self.launch = launch
+        """Hands a wave's orders to the broker together, ahead of their gateway actors (see
+        the module's docstring); None: each gateway actor sends its own."""
 
     def write(self, due: list[StoreIntent]) -> None:
         """Store what is due in one write, then answer every sender and place the orders."""
@@ -80,9 +90,17 @@ class IntentWriterActor(GroupWriter[StoreIntent]):
             self.metrics.incr("intent_writes")
             self.metrics.incr("intents_stored", len(due))
         now = self.clock()
-        placed = {id(m) for m in due if m.request.position.position_id in written
-                  and newest[m.request.position.position_id] is m and m.owner.is_alive()
-                  and self._place(m, now)}  # a tracker that failed meanwhile places nothing
+        going = [m for m in due if m.request.position.position_id in written
+                 and newest[m.request.position.position_id] is m
+                 and m.owner.is_alive()]  # a tracker that failed meanwhile places nothing
+        orders = {id(m): exit_order(m.request, now) for m in going if m.gateway is not None}
+        if self.launch is not None and orders:
+            try:
+                self.launch(list(orders.values()))
+            except Exception as unlaunched:  # each gateway actor then sends its own
+                logger.warning("exit orders not launched together ({}: {}); each is placed by "
+                               "its gateway actor", type(unlaunched).__name__, unlaunched)
+        placed = {id(m) for m in going if self._place(m, orders.get(id(m)))}
         if placed:
             # The gateway actors place the orders: let them take the interpreter now, before
             # the trackers' announcements, rather than after the 5 ms switch interval.
@@ -98,15 +116,15 @@ class IntentWriterActor(GroupWriter[StoreIntent]):
                     causation_id=request.message_id, message_id=new_id(), sent_at=now,
                     written=ok, placed=id(message) in placed, error=error))
 
-    def _place(self, message: StoreIntent, now: datetime) -> bool:
+    def _place(self, message: StoreIntent, order: PlaceExitOrder | None) -> bool:
         """The order to the position's gateway actor, the request to the supervisor (which
         places it itself for a tracker without a gateway actor)."""
         request = message.request
         try:
-            if message.gateway is None:
+            if message.gateway is None or order is None:
                 self.supervisor.tell(request)
                 return True
-            message.gateway.tell(exit_order(request, now))
+            message.gateway.tell(order)
             self.supervisor.tell(request.model_copy(update={"placed": True}))
         except ActorDeadError:  # the system is stopping: a restart resumes the stored intent
             logger.bind(position_id=request.position.position_id).warning(

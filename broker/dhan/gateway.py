@@ -11,6 +11,10 @@
   placement (every later exit is refused at once, with the same clear message) until
   ``retry_ip_after`` has passed, and raises the alarm once.
 - ``chase`` re-prices a resting exit toward the market (``PUT /orders/{id}``).
+- ``launch_exits``: a wave's exits, their intents just committed, handed to the REST client's
+  launcher together (``DhanRest.launch_orders``, ``broker/dhan/launch.py``) by the thread that
+  committed them; the gateway actor's ``place_order`` for each then takes that placement's
+  answer instead of sending it (one order either way; one not launched is placed as before).
 - ``ShadowGateway`` (``--shadow``) places, modifies and cancels nothing: it records the exit it
   would have placed and refuses with ``ShadowExit``.
 
@@ -31,7 +35,7 @@ from loguru import logger
 
 from broker.dhan.book import BrokerOrder
 from broker.dhan.outcomes import Answer, Outcome
-from broker.dhan.rest import DhanRest
+from broker.dhan.rest import DhanRest, Launched
 from broker.ports import GatewayError, OrderView
 from models.common import Instrument, Segment, TxnType
 from models.orders import OrderStatus
@@ -89,11 +93,20 @@ class _Placed:
     modifications: int = 0
 
 
+@dataclass(frozen=True)
+class _Launch:
+    launched: Launched
+    last: Decimal
+    limit: Decimal
+
+
 @dataclass
 class GatewayState:
     """What the status line, the report and the console show of order placement."""
 
     placements: int = 0
+    launched: int = 0
+    """Placements launched ahead of their gateway actors (``launch_exits``)."""
     rejections: int = 0
     unknown: int = 0
     modifications: int = 0
@@ -123,6 +136,8 @@ class DhanGateway:
         self._last: dict[Instrument, Decimal] = {}
         self._circuits: dict[Instrument, tuple[Decimal, Decimal]] = {}
         self._placed: dict[str, _Placed] = {}
+        self._launched: dict[str, _Launch] = {}
+        """Client id → its placement launched ahead, for its gateway actor's ``place_order``."""
         self._lock = threading.Lock()
         self._sink: Callable[[str], None] | None = None
 
@@ -178,14 +193,46 @@ class DhanGateway:
             self._sink(frame)
 
     # OrderGateway -------------------------------------------------------------------------------
+    def launch_exits(self, orders: Sequence[Any]) -> int:
+        """Exit orders (``PlaceExitOrder``: client id, instrument, side, quantity, product)
+        launched together, ahead of their gateway actors (see the module's docstring); only
+        those whose instrument has a last price in hand (no quote call on the caller's
+        thread). How many were launched."""
+        if self.state.ip_refused_at is not None:
+            return 0
+        ready: list[tuple[Any, Decimal, Decimal]] = []
+        for order in orders:
+            last = self._last.get(order.instrument)
+            if last is not None:
+                ready.append((order, last, self.limit_price(order.instrument, last,
+                                                            order.txn_type)))
+        launched = self.rest.launch_orders([
+            {"correlation_id": order.client_id, "instrument": order.instrument,
+             "txn_type": order.txn_type, "quantity": order.quantity, "price": limit,
+             "product": order.product} for order, _, limit in ready])
+        count = 0
+        with self._lock:
+            for (order, last, limit), handle in zip(ready, launched, strict=True):
+                if handle is not None:
+                    self._launched[order.client_id] = _Launch(handle, last, limit)
+                    count += 1
+            self.state.launched += count
+        return count
+
     def place_order(self, *, client_id: str, instrument: Instrument, txn_type: TxnType,
                     quantity: int, product: str | None) -> str:
-        self._refuse_while_ip_refused()
-        last = self._reference(instrument)
-        limit = self.limit_price(instrument, last, txn_type)
-        answer = self.rest.place_order(correlation_id=client_id, instrument=instrument,
-                                       txn_type=txn_type, quantity=quantity, price=limit,
-                                       product=product)
+        with self._lock:
+            launch = self._launched.pop(client_id, None)
+        if launch is not None:  # sent already: its answer, never a second request
+            last, limit = launch.last, launch.limit
+            answer = launch.launched.answer()
+        else:
+            self._refuse_while_ip_refused()
+            last = self._reference(instrument)
+            limit = self.limit_price(instrument, last, txn_type)
+            answer = self.rest.place_order(correlation_id=client_id, instrument=instrument,
+                                           txn_type=txn_type, quantity=quantity, price=limit,
+                                           product=product)
         self._count(answer)
         if answer.ok and answer.value is not None:
             self.state.placements += 1
@@ -267,7 +314,8 @@ class DhanGateway:
 
     def status(self) -> dict[str, Any]:
         s = self.state
-        return {"placements": s.placements, "rejections": s.rejections, "unknown": s.unknown,
+        return {"placements": s.placements, "launched": s.launched,
+                "rejections": s.rejections, "unknown": s.unknown,
                 "modifications": s.modifications, "cancels": s.cancels,
                 "ip_refused": self.ip_refused, "last_error": s.last_error}
 

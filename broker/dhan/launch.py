@@ -40,7 +40,7 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,12 +72,14 @@ class Ticket:
     """A request handed to the child: ``result()`` waits for its answer (status, body) or
     raises ``WireError``."""
 
-    __slots__ = ("_answer", "_done", "_error", "wait")
+    __slots__ = ("_answer", "_callbacks", "_done", "_error", "_lock", "wait")
 
     def __init__(self, wait: float) -> None:
         self._done = threading.Event()
         self._answer: tuple[int, bytes] | None = None
         self._error: WireError | None = None
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[], None]] = []
         self.wait = wait
         """Seconds ``result`` waits by default (the child's timeouts and ``MARGIN``)."""
 
@@ -93,10 +95,23 @@ class Ticket:
     def done(self) -> bool:
         return self._done.is_set()
 
+    def when_done(self, callback: Callable[[], None]) -> None:
+        """``callback()`` once the answer (or its failure) is in: at once if it is."""
+        with self._lock:
+            if not self._done.is_set():
+                self._callbacks.append(callback)
+                return
+        callback()
+
     def _finish(self, answer: tuple[int, bytes] | None, error: WireError | None) -> None:
-        if not self._done.is_set():
+        with self._lock:
+            if self._done.is_set():
+                return
             self._answer, self._error = answer, error
             self._done.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
 
 
 def _frame(value: object) -> bytes:
@@ -131,6 +146,9 @@ class Launcher:
         self._next_id = 0
         self._child: subprocess.Popen[bytes] | None = None
         self._generation = 0
+        self._ended = 0
+        """The latest generation whose answers ended (its child's output closed): its child is
+        dead even while ``poll()`` does not say so yet."""
         self._closed = False
         self.starts = 0
         self._start()
@@ -184,7 +202,8 @@ class Launcher:
         Under ``_lock``."""
         if self._closed:
             return "the client is closed"
-        if self._child is not None and self._child.poll() is None:
+        if self._child is not None and self._child.poll() is None \
+                and self._ended != self._generation:
             return None
         try:
             self._start()
@@ -248,8 +267,11 @@ class Launcher:
         self._fail_pending(generation, "the launch process ended before it answered")
 
     def _fail_pending(self, generation: int | None, why: str) -> None:
-        """Tickets of ``generation`` (None: all) still waiting: their outcome is unknown."""
+        """Tickets of ``generation`` (None: all) still waiting: their outcome is unknown. The
+        generation is marked ended in the same step, so no batch is handed to it later."""
         with self._lock:
+            if generation is not None:
+                self._ended = max(self._ended, generation)
             keys = [key for key, (made_by, _) in self._pending.items()
                     if generation is None or made_by == generation]
             gone = [self._pending.pop(key) for key in keys]

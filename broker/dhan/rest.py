@@ -33,6 +33,7 @@ from broker.dhan.book import (
     product_type,
     trade_of,
 )
+from broker.dhan.launch import Launcher, Request, Ticket
 from broker.dhan.limits import Bucket, RateLimits
 from broker.dhan.outcomes import Answer, Classified, Outcome, classify, normalised
 from broker.dhan.token import Secret, TokenError, TokenSource, scrub
@@ -86,10 +87,13 @@ class DhanRest:
                  timeout: float | None = None,
                  limiter: RateLimits | None = None, limit_wait: float = 3.0,
                  wire: Wire | None = None,
-                 verify: ssl.SSLContext | bool = True) -> None:
+                 verify: ssl.SSLContext | bool = True,
+                 launcher: Launcher | None = None) -> None:
         """``timeout``: seconds to connect and to wait for an answer (default 2 and 3);
         ``verify``: True makes a TLS context for this client, a context from ``shared_tls``
-        is made once for many; ``wire``: another seam than urllib3's pool (unit tests)."""
+        is made once for many; ``wire``: another seam than urllib3's pool (unit tests);
+        ``launcher``: a wave's placements handed to a process of their own in one write
+        (``launch_orders``; None: every placement from its caller's thread)."""
         self.client_id = client_id
         self.tokens = token_source
         self.limiter = limiter if limiter is not None else RateLimits()
@@ -99,6 +103,7 @@ class DhanRest:
         self._wire: Wire = wire if wire is not None else PooledWire(
             base_url, connect=CONNECT_TIMEOUT if timeout is None else timeout,
             read=READ_TIMEOUT if timeout is None else timeout, verify=verify)
+        self._launcher = launcher
         self._refused: Secret | None = None
         self._lock = threading.Lock()
         self.on_token_invalid: Callable[[str], None] | None = None
@@ -112,20 +117,67 @@ class DhanRest:
 
     def close(self) -> None:
         self._wire.close()
+        if self._launcher is not None:
+            self._launcher.close()
 
     # Orders -----------------------------------------------------------------------------------
     def place_order(self, *, correlation_id: str, instrument: Instrument, txn_type: TxnType,
                     quantity: int, price: Decimal, product: str | None = None,
                     order_type: str = "LIMIT", validity: str = "DAY") -> Answer[PlacedOrder]:
+        body = self._placement(correlation_id=correlation_id, instrument=instrument,
+                               txn_type=txn_type, quantity=quantity, price=price,
+                               product=product, order_type=order_type, validity=validity)
+        return self._order_call("POST", "/orders", body, placement=True)
+
+    def launch_orders(self, orders: Sequence[Mapping[str, Any]]) -> list[Launched | None]:
+        """Placements (each ``place_order``'s keyword arguments) handed to the launcher in one
+        write, as soon as they are asked for; for each a ``Launched`` (its ``answer()`` is
+        ``place_order``'s), or None when it did not go (no launcher, no usable token, the lease
+        too short, no free slot now, arguments ``place_order`` refuses): its caller places it
+        with ``place_order``, which says why. A slot is taken for each (never waited for)
+        and held until its answer is back or given up on."""
+        missing: list[Launched | None] = [None] * len(orders)
+        if self._launcher is None or not orders:
+            return missing
+        try:
+            token = self.tokens.current()
+        except TokenError:
+            return missing
+        with self._lock:
+            if self._refused is not None and token == self._refused:
+                return missing
+        if self.may_send is not None and self.may_send() is not None:
+            return missing
+        bodies: list[tuple[int, bytes]] = []
+        for index, order in enumerate(orders):
+            try:
+                body = self._placement(**order)
+            except (TypeError, ValueError):
+                continue
+            if self.limiter.try_acquire(Bucket.ORDERS) != 0.0:
+                break  # no room now: these wait for their slots on the ordinary path
+            bodies.append((index, _dumps(body).encode("utf-8")))
+        if not bodies:
+            return missing
+        headers = {**self._headers, "access-token": token.reveal()}
+        started = time.monotonic()
+        tickets = self._launcher.launch([Request("POST", "/orders", content, headers)
+                                         for _, content in bodies])
+        for (index, _), ticket in zip(bodies, tickets, strict=True):
+            missing[index] = Launched(self, ticket, token, started)
+        return missing
+
+    def _placement(self, *, correlation_id: str, instrument: Instrument, txn_type: TxnType,
+                   quantity: int, price: Decimal, product: str | None = None,
+                   order_type: str = "LIMIT", validity: str = "DAY") -> dict[str, Any]:
         if not 0 < len(correlation_id) <= MAX_CORRELATION_ID:
             raise ValueError(f"correlation id must be 1..{MAX_CORRELATION_ID} characters, "
                              f"got {len(correlation_id)}")
-        body = {"dhanClientId": self.client_id, "correlationId": correlation_id,
+        return {"dhanClientId": self.client_id, "correlationId": correlation_id,
                 "transactionType": txn_type.value, "exchangeSegment": instrument.segment.value,
                 "productType": product_type(product), "orderType": order_type,
                 "validity": validity, "securityId": instrument.security_id,
                 "quantity": quantity, "price": price}
-        return self._order_call("POST", "/orders", body, placement=True)
 
     def modify_order(self, order_id: str, *, quantity: int, price: Decimal,
                      order_type: str = "LIMIT", validity: str = "DAY") -> Answer[PlacedOrder]:
@@ -141,6 +193,10 @@ class DhanRest:
         raw = self._send(Bucket.ORDERS, method, path, body)
         if isinstance(raw, Answer):
             return raw
+        return self._order_answer(raw, method, path, placement=placement)
+
+    def _order_answer(self, raw: _Raw, method: str, path: str, *,
+                      placement: bool) -> Answer[PlacedOrder]:
         verdict = classify(raw.status, raw.body, transport=raw.transport, sent=raw.sent,
                            placement=placement, readable=raw.readable)
         value = None
@@ -271,14 +327,7 @@ class DhanRest:
         except WireError as error:
             return _Raw(None, None, False, self._safe(token, error), error.sent,
                         time.monotonic() - started)
-        elapsed = time.monotonic() - started
-        try:
-            parsed: object = json.loads(answer, parse_float=Decimal) \
-                if answer.strip() else None
-            readable = True
-        except ValueError:
-            parsed, readable = None, False
-        return _Raw(status, parsed, readable, None, True, elapsed)
+        return _answered(status, answer, time.monotonic() - started)
 
     def _answer(self, verdict: Classified, raw: _Raw, value: T | None,
                 what: str) -> Answer[T]:
@@ -312,6 +361,46 @@ class DhanRest:
     def _safe(token: Secret, error: Exception) -> str:
         text = str(error) if isinstance(error, WireError) else f"{type(error).__name__}: {error}"
         return scrub(text, [token])
+
+
+def _answered(status: int, answer: bytes, elapsed: float) -> _Raw:
+    try:
+        parsed: object = json.loads(answer, parse_float=Decimal) if answer.strip() else None
+        readable = True
+    except ValueError:
+        parsed, readable = None, False
+    return _Raw(status, parsed, readable, None, True, elapsed)
+
+
+class Launched:
+    """A placement handed to the launcher (``DhanRest.launch_orders``): ``answer()`` waits for
+    it and classifies it as ``place_order`` does. Its limiter slot is given back as soon as
+    the answer is in (or given up on), whether or not anybody asks for it."""
+
+    def __init__(self, rest: DhanRest, ticket: Ticket, token: Secret, started: float) -> None:
+        self._rest, self._ticket, self._token, self._started = rest, ticket, token, started
+        self._released = False
+        self._lock = threading.Lock()
+        ticket.when_done(self._release)
+
+    def answer(self) -> Answer[PlacedOrder]:
+        try:
+            status, data = self._ticket.result()
+        except WireError as error:
+            raw = _Raw(None, None, False, self._rest._safe(self._token, error), error.sent,
+                       time.monotonic() - self._started)
+        else:
+            raw = _answered(status, data, time.monotonic() - self._started)
+        finally:
+            self._release()
+        return self._rest._order_answer(raw, "POST", "/orders", placement=True)
+
+    def _release(self) -> None:
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        self._rest.limiter.release(Bucket.ORDERS)
 
 
 def _segment(value: str) -> str:

@@ -289,3 +289,42 @@ def test_the_writer_stores_what_waits_in_one_write_then_places_what_it_wrote() -
         for ref in (writer, owner, gateway, supervisor):
             ref.stop()
 
+
+
+@pytest.mark.usefixtures("actors")
+@pytest.mark.parametrize("launch_fails", [False, True])
+def test_a_wave_s_orders_are_launched_together_once_their_intents_are_stored(
+        clock: ManualClock, launch_fails: bool) -> None:
+    """``Parts.launch`` (the live session's ``DhanGateway.launch_exits``): the intent writer
+    hands it a wave's orders in one call, only after their intents are durable; every order
+    still goes to its gateway actor (which takes the launched answer), and a launch that
+    raises changes nothing but that."""
+    store = HeldStore()
+    book = [active(f"E{n}") for n in range(10)]
+    for position in book:
+        store.save_position(position)
+    launched: list[list[str]] = []
+    stored_then: list[bool] = []
+
+    def launch(orders: list[PlaceExitOrder]) -> None:
+        ids = [order.client_id for order in orders]
+        stored = {attempt.client_id for attempt in store.exit_attempts()}
+        stored_then.append(all(client_id in stored for client_id in ids))
+        launched.append(ids)
+        if launch_fails:
+            raise RuntimeError("the launch process would not start")
+
+    gateway = FakeGateway()
+    running = Running(Parts(store=store, cache=InMemoryPnLCache(), gateway=gateway, quotes=None,
+                            config=CONFIG, clock=clock, launch=launch)).start(ticker=False)
+    store.hold.clear()  # the first write waits: every tracker decides meanwhile
+    batch(running, clock, CRASH, settle=False)
+    assert store.writing.wait(10)
+    store.hold.set()
+    running.settle()
+    everyone = sorted(exit_client_id(p.position_id, 1) for p in book)
+    assert sorted(client_id for wave in launched for client_id in wave) == everyone
+    assert len(launched) == len(store.exits_writes) <= 2  # one call a write, not one an exit
+    assert stored_then and all(stored_then)  # never before the intents were stored
+    assert sorted(gateway.calls) == everyone  # each order still placed once, by its actor
+    running.stop()

@@ -21,7 +21,18 @@ import pytest
 
 from broker.dhan.limits import Bucket
 from models.common import TxnType
-from tests.live.venue import CLIENT, FUT, OPT, ROOT, TOKEN, TOKEN_2, LiveRun, Venue, wait_until
+from tests.live.venue import (
+    CLIENT,
+    FUT,
+    OPT,
+    POLICY,
+    ROOT,
+    TOKEN,
+    TOKEN_2,
+    LiveRun,
+    Venue,
+    wait_until,
+)
 
 pytestmark = pytest.mark.live
 
@@ -44,11 +55,16 @@ def started(run: LiveRun) -> None:
     run.wait_log("(1 subscribed)", 15)
 
 
-def stop_loss_script(venue: Venue, folder: Path, *, shadow: bool) -> dict[str, Any]:
+LAUNCH = POLICY + "launch_exits = true\n"
+"""``[dhan] launch_exits``: a wave's exit orders sent by the launch process."""
+
+
+def stop_loss_script(venue: Venue, folder: Path, *, shadow: bool,
+                     policy: str = POLICY) -> dict[str, Any]:
     venue.enter(FUT, TxnType.BUY, 75)   # LONG 75 @ 100, before the session starts
     venue.enter(OPT, TxnType.SELL, 50)  # SHORT 50 @ 200
     time.sleep(0.2)
-    run = LiveRun(venue, folder, shadow=shadow)
+    run = LiveRun(venue, folder, shadow=shadow, policy=policy)
     run.wait_log("reconcile:", 30)
     run.wait_log("(2 subscribed)", 15)
     venue.set_price(FUT, "94.10")  # -5.9 %: the stop loss of 5 % fires
@@ -60,10 +76,11 @@ def stop_loss_script(venue: Venue, folder: Path, *, shadow: bool) -> dict[str, A
     return run.stop()
 
 
+@pytest.mark.parametrize("policy", [POLICY, LAUNCH], ids=["gateway-actor", "launched"])
 def test_positions_found_at_start_and_a_stop_loss_exits_with_a_protective_limit(
-        tmp_path: Path) -> None:
+        tmp_path: Path, policy: str) -> None:
     with Venue() as venue:
-        report = stop_loss_script(venue, tmp_path, shadow=False)
+        report = stop_loss_script(venue, tmp_path, shadow=False, policy=policy)
         exits = venue.exits()
     rows = positions(report)
     assert rows["49081:LONG"]["status"] == "EXITED"
@@ -79,6 +96,7 @@ def test_positions_found_at_start_and_a_stop_loss_exits_with_a_protective_limit(
     assert report["books"]["agree"] is True
     assert report["gateway"]["positions_differ"] == {}
     assert report["gateway"]["placements"] == 1
+    assert report["gateway"]["launched"] == (1 if policy == LAUNCH else 0)  # one order
     assert report["summary"]["exits_by_reason"] == {"STOP_LOSS": 1}
 
 
@@ -219,11 +237,12 @@ def test_429_on_placement_is_looked_up_and_placed_once(tmp_path: Path) -> None:
     assert report["gateway"]["unknown"] >= 1
 
 
+@pytest.mark.parametrize("policy", [POLICY, LAUNCH], ids=["gateway-actor", "launched"])
 def test_a_placement_that_times_out_is_resolved_by_look_up_without_a_second_order(
-        tmp_path: Path) -> None:
+        tmp_path: Path, policy: str) -> None:
     with Venue() as venue:
         venue.enter(FUT, TxnType.BUY, 75)
-        run = LiveRun(venue, tmp_path)
+        run = LiveRun(venue, tmp_path, policy=policy)
         started(run)
         venue.fake.lose_placements(1)  # taken (and filled), never answered
         venue.set_price(FUT, "94")
@@ -235,6 +254,37 @@ def test_a_placement_that_times_out_is_resolved_by_look_up_without_a_second_orde
     row = positions(report)["49081:LONG"]
     assert (row["status"], row["exit_reason"]) == ("EXITED", "STOP_LOSS")
     assert report["gateway"]["unknown"] == 1
+    assert report["gateway"]["launched"] == (1 if policy == LAUNCH else 0)
+
+
+def test_with_the_launch_process_a_wave_is_launched_and_a_lost_placement_looked_up_once(
+        tmp_path: Path) -> None:
+    """``[dhan] launch_exits = true``: the exits leave from the launch process; a placement
+    taken but never answered is still an unknown outcome, looked up and not placed again."""
+    with Venue() as venue:
+        venue.enter(FUT, TxnType.BUY, 75)
+        venue.enter(OPT, TxnType.SELL, 50)
+        run = LiveRun(venue, tmp_path, policy=LAUNCH)
+        run.wait_log("reconcile:", 30)
+        run.wait_log("(2 subscribed)", 15)
+        venue.set_price(OPT, "211")  # SHORT -5.5 %: its stop loss, answered as usual
+        wait_until(lambda: len(venue.exits()) == 1, 15, "the first exit placed")
+        venue.fake.lose_placements(1)  # the next one taken (and filled), never answered
+        venue.set_price(FUT, "94")
+        wait_until(lambda: sum(o.status.value == "TRADED" for o in venue.exits()) == 2, 15,
+                   "both exits filled")
+        time.sleep(5.0)  # time-out 1.5 s, then the look-up
+        report = run.stop()
+        taken = list(venue.fake.placements)
+    assert len(taken) == 2, f"placed more than once: {taken}"
+    rows = positions(report)
+    assert [(rows[k]["status"], rows[k]["exit_reason"]) for k in ("49081:LONG", "49082:SHORT")] \
+        == [("EXITED", "STOP_LOSS")] * 2
+    gateway = report["gateway"]
+    assert (gateway["unknown"], gateway["placements"], gateway["launched"]) == (1, 1, 2)
+    assert report["books"]["agree"] is True
+    assert "launched by a process of their own" in run.log()
+    assert TOKEN not in run.log()
 
 
 def test_a_token_that_expires_is_replaced_and_the_session_resumes(tmp_path: Path) -> None:
