@@ -223,6 +223,10 @@ class DhanGateway:
                     quantity: int, product: str | None) -> str:
         with self._lock:
             launch = self._launched.pop(client_id, None)
+        if launch is not None and launch.launched.unsent():  # never left: sent from here
+            logger.warning("exit {} was not launched (the launch process could not take it): "
+                           "sent by its gateway actor", client_id)
+            launch = None
         if launch is not None:  # sent already: its answer, never a second request
             last, limit = launch.last, launch.limit
             answer = launch.launched.answer()

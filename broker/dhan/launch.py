@@ -95,6 +95,10 @@ class Ticket:
     def done(self) -> bool:
         return self._done.is_set()
 
+    def unsent(self) -> bool:
+        """It never reached the child (the batch was not handed over): nothing left."""
+        return self._done.is_set() and self._error is not None and not self._error.sent
+
     def when_done(self, callback: Callable[[], None]) -> None:
         """``callback()`` once the answer (or its failure) is in: at once if it is."""
         with self._lock:

@@ -383,6 +383,10 @@ class Launched:
         self._lock = threading.Lock()
         ticket.when_done(self._release)
 
+    def unsent(self) -> bool:
+        """It never left (the launcher could not take it): place it the ordinary way."""
+        return self._ticket.unsent()
+
     def answer(self) -> Answer[PlacedOrder]:
         try:
             status, data = self._ticket.result()

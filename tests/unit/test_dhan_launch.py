@@ -260,3 +260,20 @@ def test_what_cannot_go_now_is_not_launched_and_slots_come_back_with_the_answers
         assert no_launcher.launch_orders(calls) == [None] * 3
     finally:
         no_launcher.close()
+
+
+def test_a_placement_the_launcher_could_not_take_is_sent_by_its_gateway_actor_at_once(
+        broker: Broker) -> None:
+    rest, _ = client(broker)
+    gateway = DhanGateway(rest)
+    try:
+        gateway.note_price(FUT, Decimal("94.10"))
+        assert rest._launcher is not None
+        rest._launcher.close()  # it takes nothing more: the launched placement never left
+        assert gateway.launch_exits([exit_to_place("X-P1-1")]) == 1
+        assert broker.seen == []
+        assert gateway.place_order(client_id="X-P1-1", instrument=FUT, txn_type=TxnType.SELL,
+                                   quantity=75, product="I") == "1125"
+        assert [json.loads(s["body"])["correlationId"] for s in broker.seen] == ["X-P1-1"]
+    finally:
+        rest.close()
