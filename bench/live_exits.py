@@ -83,8 +83,8 @@ def run(pg: str | None, rd: str | None, scratch: Path, *, positions: int = 200,
         quiet: float = QUIET, trace: Path | None = None, launch: bool = False) -> dict[str, Any]:
     """``packets``: ticker packets per feed message (DhanHQ may send several in one);
     ``quiet``: seconds the feed goes quiet before the crash (the quote API prices meanwhile);
-    ``launch``: ``[dhan] launch_exits`` (False, the default: each exit sent by its gateway
-    actor)."""
+    ``launch``: ``[dhan] launch_exits`` (False: each exit sent by its gateway actor), set
+    either way, whatever the default."""
     book = instruments(positions)
     with Venue({instrument: START for instrument in book}) as venue:
         venue.fake.packets_per_message = packets
@@ -99,7 +99,7 @@ def run(pg: str | None, rd: str | None, scratch: Path, *, positions: int = 200,
             redis.Redis.from_url(rd).flushdb()
         port = _free_port()
         load_before = os.getloadavg()
-        policy = POLICY + "\n[dhan]\nlaunch_exits = true\n" if launch else POLICY
+        policy = POLICY + f"\n[dhan]\nlaunch_exits = {'true' if launch else 'false'}\n"
         live = LiveRun(venue, scratch / "live", policy=policy, duration=3600,
                        database_url=fresh_pg(pg) if pg else None, redis_url=rd,
                        http=f"127.0.0.1:{port}", trace=trace)

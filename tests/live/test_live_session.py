@@ -57,6 +57,8 @@ def started(run: LiveRun) -> None:
 
 LAUNCH = POLICY + "launch_exits = true\n"
 """``[dhan] launch_exits``: a wave's exit orders sent by the launch process."""
+ACTORS = POLICY + "launch_exits = false\n"
+"""Each exit sent by its gateway actor (whatever the default)."""
 
 
 def stop_loss_script(venue: Venue, folder: Path, *, shadow: bool,
@@ -76,7 +78,7 @@ def stop_loss_script(venue: Venue, folder: Path, *, shadow: bool,
     return run.stop()
 
 
-@pytest.mark.parametrize("policy", [POLICY, LAUNCH], ids=["gateway-actor", "launched"])
+@pytest.mark.parametrize("policy", [ACTORS, LAUNCH], ids=["gateway-actor", "launched"])
 def test_positions_found_at_start_and_a_stop_loss_exits_with_a_protective_limit(
         tmp_path: Path, policy: str) -> None:
     with Venue() as venue:
@@ -237,7 +239,7 @@ def test_429_on_placement_is_looked_up_and_placed_once(tmp_path: Path) -> None:
     assert report["gateway"]["unknown"] >= 1
 
 
-@pytest.mark.parametrize("policy", [POLICY, LAUNCH], ids=["gateway-actor", "launched"])
+@pytest.mark.parametrize("policy", [ACTORS, LAUNCH], ids=["gateway-actor", "launched"])
 def test_a_placement_that_times_out_is_resolved_by_look_up_without_a_second_order(
         tmp_path: Path, policy: str) -> None:
     with Venue() as venue:
