@@ -305,7 +305,10 @@ def _end(child: subprocess.Popen[bytes]) -> None:
 def main() -> None:
     """``python -m broker.dhan.launch``: its configuration is the first frame on standard
     input; batches follow; answers go to standard output. Leaves when standard input closes."""
-    source, sink = sys.stdin.buffer, sys.stdout.buffer
+    source = sys.stdin.buffer
+    # Frames only on the pipe: anything else printed (a library's stray print) goes to stderr.
+    sink = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     config = _read_frame(source)
     wire = PooledWire(config["base_url"], connect=float(config["connect"]),
                       read=float(config["read"]), verify=bool(config["verify"]),
