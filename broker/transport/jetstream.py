@@ -12,12 +12,25 @@
 nats-py is asyncio; the rest of the tracker runs on threads. The client runs on an event loop
 of its own thread, and every method here is a blocking call that waits for its coroutine there
 (bounded by ``timeout``). Price handlers run on that thread: they must only hand the price on.
+
+A read loop that dies must never go unnoticed: the client would still say it is connected while
+nothing it is sent is read, every call timing out, and a runner would hold its partitions with
+neither order updates nor prices. So:
+
+- No ``nc.flush``: one that timed out (or whose wait was given up) leaves its PING's future,
+  cancelled, in nats-py's queue of PONG waiters, and the late PONG then ends the read loop
+  (nats-py 2.16: an ``InvalidStateError`` in ``_process_pong``, which ``_read_loop`` logs and
+  stops on). ``_round_trip`` asks the server instead: a request to an inbox nobody listens on,
+  answered "no responders" once the server has read everything sent before it.
+- A watch on the loop sends such a round trip every ``probe_every`` seconds; ``PROBE_MISSES``
+  in a row unanswered while the client says it is connected, and it forces a reconnect (which
+  starts a new read loop and subscribes again), logged as an error.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
+import concurrent.futures
 import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -44,6 +57,9 @@ from broker.transport.ports import (
 from models.partitions import partition_name, partition_of
 
 T = TypeVar("T")
+PROBE_MISSES = 2
+"""Unanswered round trips in a row before the watch forces a reconnect (one alone may be a
+pause of this process: the answer read after the wait's timer fired)."""
 MSG_ID = "Nats-Msg-Id"
 ACCOUNT = "Tracker-Account"
 """The header naming the update's account (several accounts share a partition's subject)."""
@@ -56,6 +72,18 @@ async def _on_error(error: Exception) -> None:
 
 async def _on_reconnected() -> None:
     logger.info("NATS: reconnected")
+
+
+async def _round_trip(nc: Client, timeout: float) -> None:
+    """Returns once the server has read everything this client sent before: a request to a
+    fresh inbox, which nobody listens on, answered by the server with "no responders" (a
+    ``nats.errors.TimeoutError`` after ``timeout`` seconds). In place of ``nc.flush``, whose
+    time-out can end nats-py's read loop (the module's text)."""
+    try:
+        await nc.request(nc.new_inbox(), b"", timeout=timeout)
+    except nats.errors.NoRespondersError:
+        return
+    raise TransportError("NATS: a round trip to a fresh inbox was answered by a subscriber")
 
 
 class _Loop:
@@ -130,24 +158,31 @@ class _PriceSubscription:
     def unsubscribe(self) -> None:
         async def unsubscribe() -> None:
             await self.sub.unsubscribe()
-            await self.nc.flush(timeout=math.ceil(self.timeout))
+            await _round_trip(self.nc, self.timeout)
 
         self.loop.run(unsubscribe(), self.timeout)
 
 
 class JetStreamTransport:
     """``JetStreamTransport("nats://127.0.0.1:4222")``: connects at once (a ``TransportError``
-    when it cannot) and makes the order stream if it is missing."""
+    when it cannot) and makes the order stream if it is missing. ``probe_every``: seconds
+    between the watch's round trips (each given ``min(timeout, 1)`` seconds)."""
 
     def __init__(self, url: str, *, namespace: str = "", consumer: str = "runner",
                  ack_wait: float = 30.0, duplicate_window: float = 120.0,
-                 timeout: float = 5.0) -> None:
+                 timeout: float = 5.0, probe_every: float = 1.0) -> None:
+        if probe_every <= 0:
+            raise ValueError(f"probe_every must be positive, not {probe_every}")
         self._namespace, self._consumer = namespace, consumer
         self._stream = f"{namespace.upper()}_ORDERS" if namespace else "ORDERS"
         self._ack_wait, self._timeout = ack_wait, timeout
+        self._probe_every, self._probe_timeout = probe_every, min(timeout, 1.0)
+        self.reconnects_forced = 0
+        """How many times the watch found the client deaf and reconnected it."""
         self._loop = _Loop()
         self._pulls: dict[int, Any] = {}
         self._closing = False
+        self._watch: concurrent.futures.Future[None] | None = None
         try:
             self._nc: Client = self._loop.run(
                 nats.connect(url, connect_timeout=timeout, max_reconnect_attempts=-1,
@@ -158,7 +193,35 @@ class JetStreamTransport:
             self._loop.stop()
             raise
         self._js = self._nc.jetstream(timeout=timeout)
+        self._watch = asyncio.run_coroutine_threadsafe(self._watch_reads(), self._loop.loop)
         self._run(self._ensure_stream(duplicate_window))
+
+    async def _watch_reads(self) -> None:
+        misses = 0
+        while not self._closing:
+            await asyncio.sleep(self._probe_every)
+            if not self._nc.is_connected:
+                misses = 0  # the client knows, and is reconnecting
+                continue
+            try:
+                await _round_trip(self._nc, self._probe_timeout)
+                misses = 0
+            except nats.errors.TimeoutError:
+                misses += 1
+            except (nats.errors.Error, TransportError, OSError) as error:
+                # not a deaf client (it is closing or reconnecting): looked at next time
+                logger.debug("NATS: round trip not made: {}", error)
+                misses = 0
+            if misses >= PROBE_MISSES and self._nc.is_connected and not self._closing:
+                logger.error("NATS: {} round trips in a row unanswered while connected: the "
+                             "client reads nothing; reconnecting", misses)
+                self.reconnects_forced += 1
+                misses = 0
+                try:
+                    await self._nc.force_reconnect()
+                except Exception as error:  # the watch goes on: tried again after the next misses
+                    logger.error("NATS: reconnect not started: {}: {}",
+                                 type(error).__name__, error)
 
     async def _on_disconnected(self) -> None:
         if not self._closing:
@@ -241,7 +304,7 @@ class JetStreamTransport:
             sub = await self._nc.subscribe(
                 price_subject(segment, security_id, self._namespace), cb=on_price)
             # the server has the subscription before this returns
-            await self._nc.flush(timeout=math.ceil(self._timeout))
+            await _round_trip(self._nc, self._timeout)
             return sub
 
         return _PriceSubscription(self._loop, self._run(subscribe()), self._nc, self._timeout)
@@ -249,7 +312,7 @@ class JetStreamTransport:
     def flush(self) -> None:
         """Wait until the server has every message published so far (prices are sent in the
         background otherwise)."""
-        self._run(self._nc.flush(timeout=math.ceil(self._timeout)))
+        self._run(_round_trip(self._nc, self._timeout))
 
     def delete_stream(self) -> None:
         """Remove the order stream and its consumers (a namespace's tear-down)."""
@@ -257,6 +320,8 @@ class JetStreamTransport:
 
     def close(self) -> None:
         self._closing = True
+        if self._watch is not None:
+            self._watch.cancel()
         try:
             self._run(self._nc.close())
         except TransportError:

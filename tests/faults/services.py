@@ -153,8 +153,10 @@ def throwaway_cluster() -> Iterator[Cluster]:
 class Proxy:
     """Forwards 127.0.0.1:``port`` to ``upstream``. ``cut("refuse")``: open connections are
     reset and new ones closed at once; ``cut("stall")``: open and new connections stay up but
-    nothing goes through either way (a network that drops packets); ``mend()``: back to
-    forwarding (connections cut while down stay cut)."""
+    nothing goes through either way (a network that drops packets); ``cut("hold")``: as
+    ``stall``, but what was held goes through once mended (a network or a peer that stops for a
+    while, then answers late); ``mend()``: back to forwarding (connections stalled or refused
+    while down stay cut, held ones go on)."""
 
     def __init__(self, upstream: tuple[str, int]) -> None:
         self.upstream = upstream
@@ -172,7 +174,7 @@ class Proxy:
         return self
 
     def cut(self, mode: str) -> None:
-        assert mode in ("refuse", "stall"), mode
+        assert mode in ("refuse", "stall", "hold"), mode
         with self._lock:
             self.mode = mode
             dropped = self._open if mode == "refuse" else []
@@ -183,13 +185,15 @@ class Proxy:
 
     def mend(self) -> None:
         with self._lock:
-            self.mode = "forward"
-            stalled, self._open = self._open, []
+            held, self.mode = self.mode == "hold", "forward"
+            stalled, self._open = ([], self._open) if held else (self._open, [])
         for sock in stalled:  # what was held while stalled is gone, as after a partition
             _reset(sock)
 
     def close(self) -> None:
         self._closed = True
+        with suppress(OSError):  # wakes the accept() waiting on another thread (Linux)
+            self._server.shutdown(socket.SHUT_RDWR)
         self._server.close()
         with self._lock:
             dropped, self._open = self._open, []
@@ -224,8 +228,8 @@ class Proxy:
                 data = source.recv(65536)
                 if not data:
                     break
-                while self.mode == "stall":
-                    threading.Event().wait(0.05)  # dropped on the floor until mended or reset
+                while self.mode in ("stall", "hold"):
+                    threading.Event().wait(0.005)  # stalled: dropped when reset; held: sent
                 if self.mode == "refuse":
                     break
                 sink.sendall(data)
