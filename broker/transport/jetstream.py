@@ -208,9 +208,9 @@ class JetStreamTransport:
                 misses = 0
             except nats.errors.TimeoutError:
                 misses += 1
-            except (nats.errors.Error, TransportError, OSError) as error:
-                # not a deaf client (it is closing or reconnecting): looked at next time
-                logger.debug("NATS: round trip not made: {}", error)
+            except Exception as error:  # the watch must outlive any failure
+                # not a deaf client (closing, reconnecting, refused): looked at next time
+                logger.debug("NATS: round trip not made: {}: {}", type(error).__name__, error)
                 misses = 0
             if misses >= PROBE_MISSES and self._nc.is_connected and not self._closing:
                 logger.error("NATS: {} round trips in a row unanswered while connected: the "
