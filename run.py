@@ -666,7 +666,8 @@ def run_runner(settings: Settings, *, nats_url: str, partitions: str | None,
     logger.info("runner {} on {} partitions ({} accounts)", name, len(wanted), len(accounts))
 
     def reported() -> dict[str, Any]:
-        return {**runner.report(), "accounts": systems.report() if tokens is not None else {}}
+        return {**runner.report(), "nats_reconnects_forced": transport.reconnects_forced,
+                "accounts": systems.report() if tokens is not None else {}}
 
     status = threading.Thread(target=_log_runner_status, args=(stop, reported, status_every),
                               daemon=True, name="runner-status")
@@ -699,9 +700,11 @@ def _log_runner_status(stop: threading.Event, reported: Callable[[], dict[str, A
         except Exception as error:  # the status is a view: the runner goes on regardless
             logger.warning("runner status not made: {}", one_line(error))
             continue
-        logger.info("runner {}: {} partitions held, served {}; {} updates stored",
+        logger.info("runner {}: {} partitions held, served {}; {} updates stored{}",
                     now["owner"], len(now["partitions_held"]), now["partitions_served"],
-                    now["updates_stored"])
+                    now["updates_stored"],
+                    f"; NATS reconnected {now['nats_reconnects_forced']} times after it "
+                    "stopped reading" if now.get("nats_reconnects_forced") else "")
         for row in now["accounts"].values():
             logger.info("  partition {}: {}", row["partition"], row["status_line"])
 
