@@ -124,15 +124,19 @@ def _frame(value: object) -> bytes:
 
 
 def _read_frame(stream: IO[bytes]) -> Any:
-    """The next frame's value; None at the end of the stream (or a frame cut short)."""
-    head = stream.read(_LENGTH.size)
-    if len(head) < _LENGTH.size:
+    """The next frame's value; None at the end of the stream, on a frame cut short or not
+    JSON, or when the pipe fails: whoever reads stops there."""
+    try:
+        head = stream.read(_LENGTH.size)
+        if len(head) < _LENGTH.size:
+            return None
+        (size,) = _LENGTH.unpack(head)
+        data = stream.read(size)
+        if len(data) < size:
+            return None
+        return json.loads(data)
+    except (OSError, ValueError):
         return None
-    (size,) = _LENGTH.unpack(head)
-    data = stream.read(size)
-    if len(data) < size:
-        return None
-    return json.loads(data)
 
 
 class Launcher:
@@ -250,10 +254,7 @@ class Launcher:
         output = child.stdout
         assert output is not None
         while True:
-            try:
-                answer = _read_frame(output)
-            except (OSError, ValueError):
-                answer = None
+            answer = _read_frame(output)
             if not isinstance(answer, dict):
                 break  # the child ended (or wrote nonsense): what it had is unknown
             with self._lock:
@@ -310,6 +311,8 @@ def main() -> None:
     sink = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     config = _read_frame(source)
+    if not isinstance(config, dict):
+        os._exit(2)  # no configuration: the parent finds no "ready" and sends itself
     wire = PooledWire(config["base_url"], connect=float(config["connect"]),
                       read=float(config["read"]), verify=bool(config["verify"]),
                       size=int(config["size"]))
@@ -344,10 +347,7 @@ def main() -> None:
 
     answer({"ready": True})
     while True:
-        try:
-            batch = _read_frame(source)
-        except (OSError, ValueError):
-            batch = None
+        batch = _read_frame(source)
         if not isinstance(batch, list):
             break  # the parent closed its end (or died), or sent nonsense
         for item in batch:
