@@ -265,7 +265,8 @@ class System:
                                              gate=self.dispatcher.yield_to_urgent)
         self.stops = StopWriterActor.start(p.store, p.metrics, p.clock)
         self.intents = IntentWriterActor.start(p.store, p.metrics, p.clock, self.supervisor,
-                                               launch=p.launch)
+                                               launch=p.launch,
+                                               gather=self.dispatcher.wait_for_urgent)
         peers = Peers(supervisor=self.supervisor, index=self.index, pnl=self.pnl,
                       batcher=self.batcher, orders=self.orders, deadlines=p.deadlines,
                       stops=self.stops, intents=self.intents)

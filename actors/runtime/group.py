@@ -32,9 +32,15 @@ class GroupWriter(SingletonActor, Generic[M]):
             self.flush()  # a question, a proxy call or a stop comes after what was told before
             return False
         self._due.append(cast(M, message))
-        if self.actor_inbox.empty():  # the last of those waiting: handle them all at once
-            self.flush()
+        if self.actor_inbox.empty() and not self.more_coming():
+            self.flush()  # the last of those waiting: handle them all at once
         return True
+
+    def more_coming(self) -> bool:
+        """Asked when the mailbox is empty and messages are kept: True when another has come
+        meanwhile, to be kept with them (the write waits for it). By default none is waited
+        for."""
+        return False
 
     def on_receive(self, message: Any) -> Any:
         if not isinstance(message, Snapshot):  # a settle's question: answered once written

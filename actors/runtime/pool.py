@@ -154,6 +154,20 @@ class Dispatcher:
         if self._urgent_now and time.monotonic() < self._urgent_since + self.hold:
             self._hold_back(worker=False)
 
+    def wait_for_urgent(self, timeout: float) -> bool:
+        """Wait until no urgent task is queued or running, ``timeout`` seconds at most; True
+        when none is. A dispatcher without ``hold`` does not count its urgent tasks: True."""
+        if not self._urgent_now:
+            return True
+        deadline = time.monotonic() + timeout
+        with self._calm:
+            while self._urgent_now:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._calm.wait(left)
+        return True
+
     def _hold_back(self, *, worker: bool) -> None:
         """The wait of ``yield_to_urgent``; a worker stops waiting as soon as an urgent task
         is queued, to run it."""

@@ -12,6 +12,7 @@ import pykka
 import pytest
 
 from actors.protocol import IntentStored, Snapshot, StopStored, StoreIntent, StoreStop
+from actors.runtime.dispatch import Dispatcher
 from actors.runtime.metrics import Metrics
 from actors.system import Parts
 from actors.system import System as Running
@@ -289,6 +290,52 @@ def test_the_writer_stores_what_waits_in_one_write_then_places_what_it_wrote() -
         for ref in (writer, owner, gateway, supervisor):
             ref.stop()
 
+
+
+@pytest.mark.parametrize("gathers", [True, False])
+def test_the_first_intent_of_a_wave_waits_for_the_decisions_still_being_made(
+        gathers: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``gather`` (the trackers' dispatcher's ``wait_for_urgent``), an intent that finds
+    the writer's mailbox empty while trackers still decide on urgent prices waits for them
+    (``GATHER`` at most), so the wave is stored in one write; without, it is written alone."""
+    monkeypatch.setattr("actors.tracker.intents.GATHER", 5.0)  # the wait's end, not its bound
+    store = HeldStore()
+    book = [active(f"E{n}") for n in range(3)]
+    for position in book:
+        store.save_position(position)
+    owner, gateway, supervisor = Sink.start(), Sink.start(), Sink.start()
+    pool = Dispatcher(name="wave", workers=1, reserve=1, hold=0.02).start()
+    waiting = threading.Event()
+
+    def gather(seconds: float) -> bool:
+        waiting.set()
+        return pool.wait_for_urgent(seconds)
+
+    writer = IntentWriterActor.start(store, Metrics(), lambda: T0, supervisor,
+                                     gather=gather if gathers else None)
+    try:
+        sent = [intent(p, owner, gateway) for p in book]
+        deciding = threading.Event()
+
+        def the_rest_of_the_wave() -> None:  # trackers still deciding when the first told
+            deciding.set()
+            assert (waiting if gathers else store.writing).wait(5)
+            writer.tell(sent[1])
+            writer.tell(sent[2])
+
+        pool.submit(the_rest_of_the_wave, urgent=True)
+        assert deciding.wait(5)
+        writer.tell(sent[0])
+        assert pool.wait_for_urgent(5)
+        writer.ask(Snapshot(), timeout=5)
+        assert store.exits_writes == ([3] if gathers else [1, 2])
+        placed = [m.client_id for m in gateway.ask(Snapshot(), timeout=5)
+                  if isinstance(m, PlaceExitOrder)]
+        assert sorted(placed) == sorted(m.request.client_id for m in sent)
+    finally:
+        for ref in (writer, owner, gateway, supervisor):
+            ref.stop()
+        pool.shutdown()
 
 
 @pytest.mark.usefixtures("actors")

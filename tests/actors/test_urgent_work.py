@@ -309,3 +309,23 @@ def test_which_message_kinds_can_be_urgent_is_read_from_the_type_once() -> None:
     assert not _may_be_urgent(PriceTick) and not _may_be_urgent(TimerFired)
     assert not _may_be_urgent(str)
     assert _URGENT_KINDS[TimerFired] is False  # remembered: no getattr on each message
+
+
+def test_waiting_for_urgent_work_ends_when_it_is_done_or_at_the_timeout(
+        pools: Callable[..., Dispatcher]) -> None:
+    pool = pools(workers=1, reserve=1, hold=5.0)
+    assert pool.wait_for_urgent(0.0)  # none: at once
+    inside, finish = threading.Event(), threading.Event()
+
+    def exit_work() -> None:
+        inside.set()
+        finish.wait(5)
+
+    pool.submit(exit_work, urgent=True)
+    assert inside.wait(5)
+    began = time.monotonic()
+    assert not pool.wait_for_urgent(0.05)  # still running: the timeout
+    assert time.monotonic() - began >= 0.05
+    threading.Timer(0.05, finish.set).start()
+    assert pool.wait_for_urgent(5)  # done: ends then, not at the timeout
+    assert time.monotonic() - began < 2
