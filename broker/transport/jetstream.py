@@ -194,7 +194,11 @@ class JetStreamTransport:
             raise
         self._js = self._nc.jetstream(timeout=timeout)
         self._watch = asyncio.run_coroutine_threadsafe(self._watch_reads(), self._loop.loop)
-        self._run(self._ensure_stream(duplicate_window))
+        try:
+            self._run(self._ensure_stream(duplicate_window))
+        except BaseException:
+            self.close()  # no client, watch or loop left behind by a transport never made
+            raise
 
     async def _watch_reads(self) -> None:
         misses = 0

@@ -8,6 +8,7 @@ transport must never leave such a waiter, and must notice a read loop that died 
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -113,3 +114,15 @@ def test_when_nothing_is_wrong_then_the_watch_never_reconnects(
 def test_when_probe_every_is_not_positive_then_a_clear_error(nats_url: str) -> None:
     with pytest.raises(ValueError, match="probe_every must be positive"):
         JetStreamTransport(nats_url, probe_every=0)
+
+
+def test_when_the_stream_cannot_be_made_then_nothing_is_left_running(nats_url: str) -> None:
+    def loops() -> int:
+        return sum(thread.name == "nats" and thread.is_alive()
+                   for thread in threading.enumerate())
+
+    before = loops()
+    with pytest.raises(TransportError):  # the server refuses a stream with this window
+        JetStreamTransport(nats_url, namespace=f"t{uuid.uuid4().hex[:10]}",
+                           duplicate_window=-5)
+    assert loops() == before
