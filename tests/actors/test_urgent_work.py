@@ -44,6 +44,19 @@ def _occupy(pool: Dispatcher, count: int) -> tuple[threading.Event, threading.Ba
     return release, started
 
 
+def _urgent_running(pool: Dispatcher) -> threading.Event:
+    """An urgent task, running once this returns, that ends when the event returned is set."""
+    inside, finish = threading.Event(), threading.Event()
+
+    def exit_work() -> None:
+        inside.set()
+        finish.wait(5)
+
+    pool.submit(exit_work, urgent=True)
+    assert inside.wait(5)
+    return finish
+
+
 def test_when_every_ordinary_worker_is_busy_then_a_reserved_one_runs_urgent_work(
         pools: Callable[..., Dispatcher]) -> None:
     pool = pools(workers=2, reserve=1)
@@ -135,13 +148,7 @@ def test_a_singleton_yielding_to_urgent_work_waits_only_while_there_is_some(
         pools: Callable[..., Dispatcher]) -> None:
     pool = pools(workers=1, reserve=1, hold=5.0)
     pool.yield_to_urgent()  # nothing urgent: returns at once
-    inside, finish = threading.Event(), threading.Event()
-    def exit_work() -> None:
-        inside.set()
-        finish.wait(5)
-
-    pool.submit(exit_work, urgent=True)
-    assert inside.wait(5)
+    finish = _urgent_running(pool)
     released = threading.Event()
 
     def singleton() -> None:
@@ -315,14 +322,7 @@ def test_waiting_for_urgent_work_ends_when_it_is_done_or_at_the_timeout(
         pools: Callable[..., Dispatcher]) -> None:
     pool = pools(workers=1, reserve=1, hold=5.0)
     assert pool.wait_for_urgent(0.0)  # none: at once
-    inside, finish = threading.Event(), threading.Event()
-
-    def exit_work() -> None:
-        inside.set()
-        finish.wait(5)
-
-    pool.submit(exit_work, urgent=True)
-    assert inside.wait(5)
+    finish = _urgent_running(pool)
     began = time.monotonic()
     assert not pool.wait_for_urgent(0.05)  # still running: the timeout
     assert time.monotonic() - began >= 0.05

@@ -47,7 +47,7 @@ def transports() -> Iterator[list[JetStreamTransport]]:
         transport.close()
 
 
-def _round_trip(transport: JetStreamTransport, msg_id: str, within: float) -> float:
+def _publish_and_pull(transport: JetStreamTransport, msg_id: str, within: float) -> float:
     """Publish one update and pull it back, trying again until ``within`` seconds have passed;
     the seconds it took."""
     began = time.monotonic()
@@ -69,14 +69,14 @@ def test_when_a_flush_times_out_and_its_pong_comes_late_then_the_transport_still
     transport = JetStreamTransport(f"nats://127.0.0.1:{proxy.port}",
                                    namespace=f"t{uuid.uuid4().hex[:10]}", timeout=1.0)
     transports.append(transport)
-    _round_trip(transport, "before", within=5)
+    _publish_and_pull(transport, "before", within=5)
 
     proxy.cut("hold")  # the PING goes out, nothing comes back
     with pytest.raises(TransportError, match="timed out"):
         transport.flush()
     proxy.mend()  # the late PONG arrives
 
-    _round_trip(transport, "after", within=5)
+    _publish_and_pull(transport, "after", within=5)
 
 
 def test_when_the_clients_read_loop_dies_anyway_then_the_watch_reconnects_it(
@@ -87,7 +87,7 @@ def test_when_the_clients_read_loop_dies_anyway_then_the_watch_reconnects_it(
                                    namespace=f"t{uuid.uuid4().hex[:10]}", timeout=1.0,
                                    probe_every=0.2)
     transports.append(transport)
-    _round_trip(transport, "before", within=5)
+    _publish_and_pull(transport, "before", within=5)
 
     proxy.cut("hold")
     with pytest.raises(TransportError, match="timed out"):
@@ -95,7 +95,7 @@ def test_when_the_clients_read_loop_dies_anyway_then_the_watch_reconnects_it(
     proxy.mend()
     assert transport._nc.is_connected  # it says so, yet reads nothing until the watch acts
 
-    took = _round_trip(transport, "after", within=10)
+    took = _publish_and_pull(transport, "after", within=10)
     assert transport.reconnects_forced == 1
     assert took < 6, f"the deaf client was noticed only after {took:.1f} s"
 
@@ -106,7 +106,7 @@ def test_when_nothing_is_wrong_then_the_watch_never_reconnects(
                                    timeout=1.0, probe_every=0.05)
     transports.append(transport)
     for n in range(20):
-        _round_trip(transport, f"m-{n}", within=5)
+        _publish_and_pull(transport, f"m-{n}", within=5)
         transport.flush()
     assert transport.reconnects_forced == 0
 
