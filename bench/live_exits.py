@@ -15,9 +15,15 @@ window is empty again when the next wave comes.
 Measured at the fake, on this process's ``time.monotonic()`` (CLOCK_MONOTONIC, one clock for
 both processes on Linux, though only this process reads it):
 
-- per exit: from the fake publishing the tick that crossed the stop (``FakeDhan.published``:
-  the first time that price went out) to the first ``POST /v2/orders`` for that instrument
-  arriving (``Recorded.at``, with the placement's ``securityId``);
+- per exit: from the tick that crossed the stop going out on the feed's socket
+  (``FakeDhan.wired``: the first time that price was written) to the first ``POST
+  /v2/orders`` for that instrument arriving (``Recorded.at``: its first bytes read, with the
+  placement's ``securityId``). Both ends are the wire's, as near as the fake's one event loop
+  can stamp them: the fake serves the feed's 2,000 ticks/s, the requests and the paper
+  exchange on that loop, one thing at a time, so a handler starts only after those before it
+  are done (a placement's handler runs the paper exchange). The same exits are also measured
+  the fake's first way, from the tick handed to the feeds (``FakeDhan.published``) to the
+  request's handler starting (``Recorded.handled``): the difference is the fake's own queue;
 - *limiter slot free*: the exits for which the order limiter had room all along, from the tick
   to their request: at the tick and at every order request that arrived in between, fewer than
   10 order requests had arrived in the 1.05 s before (the fake's arrivals stand in for the
@@ -47,7 +53,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from actors.tracing.recorder import iter_records
 from bench.common import checkpoint, child_main, fresh_pg, summary_ms
+from bench.live_stages import stages
 from bench.report import below, figure
 from broker.dhan.limits import Bucket
 from broker.fake_dhan.server import Recorded
@@ -125,8 +133,15 @@ def run(pg: str | None, rd: str | None, scratch: Path, *, positions: int = 200,
             raise
         orders = venue.fake.requests_in(Bucket.ORDERS)
         quotes = venue.fake.requests_in(Bucket.QUOTE)
-        published = dict(venue.fake.published)
-    row = measure(book, crashed, published, orders, quotes, waits)
+        published, wired = dict(venue.fake.published), dict(venue.fake.wired)
+    row = measure(book, crashed, wired, orders, quotes, waits, handed=published)
+    if trace is not None:
+        first = _first_exits(orders)
+        row["where_the_time_goes"] = stages(
+            iter_records(trace), str(CRASH),
+            {i.security_id: at for i, (price, at) in wired.items() if price == CRASH},
+            {sid: (r.at, r.handled) for sid, r in first.items()},
+            set(row["slot_free_security_ids"]))
     exited = [p for p in report["positions"] if p["status"] == "EXITED"]
     gateway = report.get("gateway", {})
     row.update(positions=positions, wave=wave, gap_s=gap, packets_per_message=packets,
@@ -248,17 +263,24 @@ def slot_waits(log: str) -> dict[str, float]:
 
 
 def measure(book: list[Instrument], crashed: list[Instrument],
-            published: dict[Instrument, tuple[Decimal, float]], orders: Sequence[Recorded],
-            quotes: Sequence[Recorded], waits: dict[str, float] | None = None) -> dict[str, Any]:
-    """``waits``: the session's own limiter waits (``slot_waits``); an exit whose placement
-    waited more than 1 ms for a slot is not slot free, whatever the fake counted."""
+            wired: dict[Instrument, tuple[Decimal, float]], orders: Sequence[Recorded],
+            quotes: Sequence[Recorded], waits: dict[str, float] | None = None, *,
+            handed: dict[Instrument, tuple[Decimal, float]] | None = None) -> dict[str, Any]:
+    """``wired``: when each crossing tick was written to the feed's socket (``FakeDhan.wired``);
+    the request's ``at``: when its bytes were read (``Recorded.at``). ``handed``: when the
+    tick was handed to the feeds (``FakeDhan.published``), for the same exits measured the
+    fake's own way, from that hand-over to the request's handler (``Recorded.handled``): what
+    the fake's event loop adds at both ends. ``waits``: the session's own limiter waits
+    (``slot_waits``); an exit whose placement waited more than 1 ms for a slot is not slot
+    free, whatever the fake counted."""
     arrivals = sorted(r.at for r in orders)
     first = _first_exits(orders)
-    every, free = [], []
+    every, free, free_handled = [], [], []
+    free_ids: list[str] = []
     tick_to_request: list[tuple[float, float]] = []
     missing = waited_slot = 0
     for instrument in crashed:
-        seen, request = published.get(instrument), first.get(instrument.security_id)
+        seen, request = wired.get(instrument), first.get(instrument.security_id)
         if seen is None or seen[0] != CRASH or request is None:
             missing += 1
             continue
@@ -268,8 +290,17 @@ def measure(book: list[Instrument], crashed: list[Instrument],
         waited = (waits or {}).get(request.correlation_id or "", 0.0)
         if slot_free_throughout(arrivals, seen[1], request.at) and waited <= 1.0:
             free.append(latency)
+            free_ids.append(instrument.security_id)
+            given = (handed or {}).get(instrument)
+            if given is not None and given[0] == CRASH and request.handled is not None:
+                free_handled.append((request.handled - given[1]) * 1000)
         elif waited > 1.0:
             waited_slot += 1
+    queued_ticks = [(wired[i][1] - given[1]) * 1000 for i in crashed
+                    if (given := (handed or {}).get(i)) is not None and i in wired
+                    and given[0] == wired[i][0] == CRASH]
+    queued_requests = [(r.handled - r.at) * 1000 for r in first.values()
+                       if r.handled is not None]
     densest = max(arrivals, key=lambda at: in_window(arrivals, at, 1.0), default=0.0)
     quote_times = sorted(r.at for r in quotes)
     gaps = [b - a for a, b in itertools.pairwise(quote_times)]
@@ -277,6 +308,12 @@ def measure(book: list[Instrument], crashed: list[Instrument],
         "benchmark": f"live vs the fake DhanHQ: {len(book)} positions, stop losses in waves",
         "all_ms": summary_ms(every + [math.inf] * missing),
         "slot_free_ms": summary_ms(free),
+        "slot_free_handler_ms": summary_ms(free_handled),
+        "slot_free_security_ids": free_ids,
+        # The fake's own queue: a crossing tick from its hand-over to its write on the feed's
+        # socket; an exit's placement from its bytes read to its handler starting.
+        "fake_tick_queue_ms": summary_ms(queued_ticks),
+        "fake_request_queue_ms": summary_ms(queued_requests),
         "exits_measured": len(every), "exits_missing": missing,
         "waited_for_slot": waited_slot, "slot_waits_logged": len(waits or {}),
         "order_requests": len(arrivals),
@@ -336,6 +373,11 @@ def figures(row: dict[str, Any]) -> list[dict[str, Any]]:
               free["p99"], 25, "ms", why=why,
               baseline=f"{free['n']} of {n} exits had a slot free throughout",
               ratio=f"p50 {free['p50']:.1f}, p95 {free['p95']:.1f}, max {free['max']:.1f} ms"),
+        figure("p99 price → exit order, slot free, at the fake's handlers",
+               row["slot_free_handler_ms"]["p99"], "ms",
+               baseline="the same exits, from the tick handed to the feeds to the request's "
+                        "handler starting: the fake's event loop queue at both ends included",
+               ratio=f"p50 {row['slot_free_handler_ms']['p50']:.1f} ms"),
         figure("p99 price → exit order, every exit", every["p99"], "ms",
                baseline=f"{row['exits_measured']} exits in waves of {row['wave']} "
                         f"every {row['gap_s']:g} s",

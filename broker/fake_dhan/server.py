@@ -6,7 +6,10 @@ sends goes out on every logged-in order socket, PascalCase as DhanHQ documents i
 with ``camel_case = True``) and by the paper market (``advance(now)`` moves market and exchange
 and sends the ticks to the feeds that subscribed them). It checks the token like DhanHQ: REST 401
 with a DH-901 body, the order socket's short binary refusal then a close, the feed's disconnect
-packet (reason 808). Every request is recorded with its receive time (monotonic) and bucket.
+packet (reason 808). Every request is recorded with its bucket and two times (monotonic): when
+its first bytes were read from the socket, and when its handler began (later by whatever the
+fake's one event loop was doing: other requests, the feeds' sends). Every tick records when it
+was handed to the feeds and when it was written to a feed's socket.
 
 Fault switches (thread-safe, for tests): ``drop_order_sockets``, ``drop_feeds``,
 ``throttle(bucket, n)``, ``delay_placements(seconds, n)`` (the order is taken, its answer comes
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import threading
 import time
@@ -28,6 +32,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import h11
 import uvicorn
 from loguru import logger
 from starlette.applications import Starlette
@@ -35,6 +40,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from broker.dhan.feed_codec import (
     MAX_PER_CONNECTION,
@@ -77,11 +83,37 @@ class Recorded:
     method: str
     path: str
     at: float
-    """``time.monotonic()`` when the request arrived."""
+    """``time.monotonic()`` when the request arrived: its first bytes read from the socket
+    (the handler's start for a request made without the fake's HTTP protocol)."""
     security_id: str | None = None
     """A placement's ``securityId`` (None for every other request, or one without it)."""
     correlation_id: str | None = None
     """A placement's ``correlationId``."""
+    handled: float | None = None
+    """``time.monotonic()`` when its handler began (``at`` or later)."""
+
+
+RECEIVED = "fake_dhan.received"
+"""The key of a request's ``scope["state"]`` holding when its first bytes were read."""
+
+
+class _StampedH11(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, stamping each request with when its first bytes were read
+    (``time.monotonic()``, in ``scope["state"]``): the moment it reached the fake, before the
+    event loop got to its handler."""
+
+    _first: float | None = None
+    """When the first bytes of a request not yet whole were read."""
+
+    def data_received(self, data: bytes) -> None:
+        stamp = time.monotonic() if self._first is None else self._first
+        self.app_state[RECEIVED] = stamp  # copied into a new request's scope["state"] now
+        super().data_received(data)
+        partial = self.conn.their_state is h11.IDLE and bool(self.conn.trailing_data[0])
+        self._first = stamp if partial else None
+
+
+Sent = Callable[[float], None]
 
 
 class _Peer:
@@ -91,15 +123,21 @@ class _Peer:
                  client: str | None = None) -> None:
         self.ws, self.loop, self.client = ws, loop, client
         """``client``: the client id an order socket logged in with."""
-        self.queue: asyncio.Queue[str | bytes | None] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[str | bytes | None, Sent | None]] = asyncio.Queue()
         self.subscribed: set[Instrument] = set()
 
-    def push(self, message: str | bytes | None) -> None:
+    def push(self, message: str | bytes | None, on_sent: Sent | None = None) -> None:
+        """``on_sent(time.monotonic())`` is called just before the message is written."""
         with contextlib.suppress(RuntimeError):  # a stopped server: nobody listens any more
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, message)
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (message, on_sent))
 
     async def pump(self) -> None:
-        while (message := await self.queue.get()) is not None:
+        while True:
+            message, on_sent = await self.queue.get()
+            if message is None:
+                break
+            if on_sent is not None:
+                on_sent(time.monotonic())
             if isinstance(message, bytes):
                 await self.ws.send_bytes(message)
             else:
@@ -120,6 +158,10 @@ class FakeDhan:
         """Each instrument's last published price and the ``time.monotonic()`` it was first
         published at that price, just before it went to the feeds (a price published again
         keeps its first time)."""
+        self.wired: dict[Instrument, tuple[Decimal, float]] = {}
+        """Each instrument's last price written to a feed's socket and the
+        ``time.monotonic()`` it was first written at that price (``published`` or later: the
+        feeds' sends wait for the fake's event loop)."""
         """(request code, instrument count) of every feed subscription message."""
         self.logins = 0
         self.placements: list[str] = []
@@ -181,7 +223,7 @@ class FakeDhan:
             WebSocketRoute("/feed", self._feed),
         ])
         config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                ws="websockets-sansio", lifespan="off",
+                                http=_StampedH11, ws="websockets-sansio", lifespan="off",
                                 timeout_graceful_shutdown=1)
         self._server = server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._serve, name="fake-dhan", daemon=True)
@@ -231,7 +273,7 @@ class FakeDhan:
             return
         stamp = int(time.time()) if ltt is None else ltt
         priced = list(ticks)
-        packets = [(instrument, encode_ticker(instrument, price, stamp))
+        packets = [(instrument, price, encode_ticker(instrument, price, stamp))
                    for instrument, price in priced]
         sent = time.monotonic()
         with self._lock:
@@ -241,9 +283,18 @@ class FakeDhan:
                 if known is None or known[0] != price:
                     self.published[instrument] = (price, sent)
         for peer in peers:
-            mine = [packet for instrument, packet in packets if instrument in peer.subscribed]
+            mine = [packet for packet in packets if packet[0] in peer.subscribed]
             for start in range(0, len(mine), per):
-                peer.push(b"".join(mine[start:start + per]))
+                chunk = mine[start:start + per]
+                peer.push(b"".join(packet for _, _, packet in chunk),
+                          functools.partial(self._wired, [(i, p) for i, p, _ in chunk]))
+
+    def _wired(self, ticks: list[tuple[Instrument, Decimal]], at: float) -> None:
+        with self._lock:
+            for instrument, price in ticks:
+                known = self.wired.get(instrument)
+                if known is None or known[0] != price:
+                    self.wired[instrument] = (price, at)
 
     # Faults -------------------------------------------------------------------------------------
     def drop_order_sockets(self) -> None:
@@ -304,12 +355,15 @@ class FakeDhan:
     # REST ---------------------------------------------------------------------------------------
     def _admit(self, request: Request, bucket: Bucket, *, at: float | None = None,
                placement: tuple[str | None, str | None] = (None, None)) -> Response | None:
-        """Record the request (arrived ``at``, now if not given; a placement's security and
-        correlation ids); the refusal to answer instead, if any."""
-        arrived = time.monotonic() if at is None else at
+        """Record the request (its handler began ``at``, now if not given; its bytes read when
+        its scope says; a placement's security and correlation ids); the refusal to answer
+        instead, if any."""
+        handled = time.monotonic() if at is None else at
+        received = request.scope.get("state", {}).get(RECEIVED)
+        arrived = received if isinstance(received, float) and received <= handled else handled
         with self._lock:
             self.requests.append(Recorded(bucket, request.method, request.url.path, arrived,
-                                          *placement))
+                                          *placement, handled=handled))
             token_ok = request.headers.get("access-token") == self.valid_token != ""
             throttled = self._throttle.get(bucket, 0) > 0
             if token_ok and throttled:

@@ -8,8 +8,11 @@ exception's text.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -137,6 +140,95 @@ def test_the_fake_records_what_the_live_benchmark_measures(venue: Venue) -> None
     assert moved[1] <= placed[0].at <= time.monotonic()
     reads = [r for r in venue.fake.requests if r.method == "GET"]
     assert [(r.security_id, r.correlation_id) for r in reads] == [(None, None)]
+
+
+def test_a_tick_is_stamped_when_written_to_a_feed_socket(venue: Venue) -> None:
+    """``wired``: the first time each price went out on a feed's socket, after it was handed
+    over (``published``) and before the client read it; a tick no feed took is not wired."""
+    venue.fake.publish([(FNO, Decimal("100"))])
+    assert FNO in venue.fake.published and FNO not in venue.fake.wired
+    seen: list[float] = []
+    feed = MarketFeed(venue.fake.feed_ws_url, CLIENT, venue.tokens,
+                      on_tick=lambda i, p, t: seen.append(time.monotonic()), backoff=(0.2,))
+    feed.subscribe([FNO])
+    feed.start()
+    try:
+        wait_until(lambda: len(venue.fake.feed_requests) == 1)
+        venue.fake.publish([(FNO, Decimal("94"))])
+        wait_until(lambda: len(seen) == 1)
+        handed, wired = venue.fake.published[FNO], venue.fake.wired[FNO]
+        assert wired[0] == handed[0] == Decimal("94")
+        assert handed[1] <= wired[1] <= seen[0]
+        venue.fake.publish([(FNO, Decimal("94"))])
+        wait_until(lambda: len(seen) == 2)
+        assert venue.fake.wired[FNO] == wired  # the same price again keeps its first time
+    finally:
+        feed.stop()
+
+
+def test_a_request_is_stamped_when_read_not_when_its_handler_runs(venue: Venue) -> None:
+    """Two placements read in one turn of the fake's event loop: the second's handler waits for
+    the first's (made slow here); its ``at`` is when it was read, its ``handled`` later."""
+    rests = [venue.rest(), venue.rest()]
+    for n, rest in enumerate(rests):  # each client's connection open before the test
+        assert venue.place(rest, f"X-W{n}-1").ok
+    place = venue.exchange.place_order
+
+    def slow(**order: object) -> str:
+        time.sleep(0.1)
+        return place(**order)  # type: ignore[arg-type]
+
+    venue.exchange.place_order = slow  # type: ignore[method-assign]
+    loop = venue.fake._loop
+    assert loop is not None
+    loop.call_soon_threadsafe(time.sleep, 0.3)  # the loop busy while both requests come
+    time.sleep(0.05)
+    senders = [threading.Thread(target=venue.place, args=(rest, f"X-S{n}-1"))
+               for n, rest in enumerate(rests)]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join(5)
+    both = [r for r in venue.fake.requests if (r.correlation_id or "").startswith("X-S")]
+    assert len(both) == 2
+    first, second = sorted(both, key=lambda r: r.handled or 0.0)
+    assert first.handled is not None and second.handled is not None
+    assert abs(second.at - first.at) < 0.05  # read together
+    assert second.handled - second.at >= 0.09  # handled after the first's 0.1 s
+
+
+def test_a_request_in_two_reads_is_stamped_at_the_first(venue: Venue) -> None:
+    """Half its headers, then the rest 0.1 s later: the request arrived with its first bytes.
+    The next request on the same connection has a stamp of its own."""
+    def request(correlation: str) -> bytes:
+        body = json.dumps({"correlationId": correlation, "exchangeSegment": "NSE_FNO",
+                           "securityId": "49081", "transactionType": "BUY", "quantity": 75,
+                           "orderType": "LIMIT", "productType": "INTRADAY",
+                           "validity": "DAY", "price": 101, "dhanClientId": CLIENT}).encode()
+        return (f"POST /v2/orders HTTP/1.1\r\nHost: 127.0.0.1\r\naccess-token: {TOKEN}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                ).encode() + body
+
+    def answered(conn: socket.socket) -> int:
+        answer = http.client.HTTPResponse(conn)
+        answer.begin()
+        answer.read()
+        return answer.status
+
+    with socket.create_connection(("127.0.0.1", venue.fake.port), timeout=5) as conn:
+        first = request("X-T1-1")
+        sent = time.monotonic()
+        conn.sendall(first[:30])
+        time.sleep(0.1)
+        conn.sendall(first[30:])
+        assert answered(conn) == 200
+        again = time.monotonic()
+        conn.sendall(request("X-T1-2"))
+        assert answered(conn) == 200
+    one, two = [r for r in venue.fake.requests if r.method == "POST"]
+    assert one.handled is not None and two.handled is not None
+    assert sent <= one.at < sent + 0.05 and one.handled - one.at >= 0.09
+    assert again <= two.at <= two.handled
 
 
 def test_a_refused_placement_is_rejected(venue: Venue) -> None:

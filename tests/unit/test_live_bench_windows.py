@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from bench.live_exits import in_window, max_in_window, slot_free_throughout, slot_waits
+from bench.live_stages import STAGES, stages
 
 
 def test_a_window_is_half_open_and_the_fullest_is_found() -> None:
@@ -51,3 +52,27 @@ def test_the_sessions_own_slot_waits_are_read_from_its_log() -> None:
            "2026-11-23 10:00:22 | INFO | exit X-PPB12-1 placed as order PB212: SELL 75 60011 "
            "LIMIT 93.05 (last 94; slot wait 981.4 ms)\n")
     assert slot_waits(log) == {"X-PPB1-1": 0.0, "X-PPB12-1": 981.4}
+
+
+def test_an_exits_stages_are_read_from_the_trace_after_its_tick() -> None:
+    """``bench.live_stages``: each stage in ms after the crossing tick was written, from the
+    trace's records (ns on the same clock) and the fake's stamps; a price that crossed nothing
+    (100) and an exit outside ``only`` are not counted."""
+    ms = 1_000_000
+    records = [
+        {"type": "PriceUpdate", "payload": "PriceUpdate(mark=PriceMark(ltp=Decimal('100')))",
+         "instrument": "NSE_FNO:7", "enqueued_ns": 0, "start_ns": 0},
+        {"type": "PriceUpdate", "payload": "PriceUpdate(mark=PriceMark(ltp=Decimal('94')))",
+         "instrument": "NSE_FNO:7", "enqueued_ns": 1002 * ms, "start_ns": 1003 * ms},
+        {"type": "StoreIntent", "sender": "tracker:P7#0", "enqueued_ns": 1004 * ms},
+        {"type": "PlaceExitOrder", "instrument": "NSE_FNO:7", "position_id": "P7",
+         "enqueued_ns": 1010 * ms, "start_ns": 1012 * ms},
+        {"type": "PriceUpdate", "payload": "PriceUpdate(mark=PriceMark(ltp=Decimal('94')))",
+         "instrument": "NSE_FNO:8", "enqueued_ns": 1001 * ms, "start_ns": 1001 * ms},
+    ]
+    found = stages(records, "94", {"7": 1.0, "8": 1.0}, {"7": (1.015, 1.016), "8": (1.5, None)},
+                   only={"7"})
+    assert found["stages_ms"] == STAGES
+    assert found["slowest"] == [{"security_id": "7",
+                                 "after_tick_ms": [2.0, 3.0, 4.0, 10.0, 12.0, 15.0, 16.0]}]
+    assert found["after_tick_ms"]["committed"] == {"p50": 10.0, "p90": 10.0, "max": 10.0}
