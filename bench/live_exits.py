@@ -17,7 +17,7 @@ both processes on Linux, though only this process reads it):
 
 - per exit: from the tick that crossed the stop going out on the feed's socket
   (``FakeDhan.wired``: the first time that price was written) to the first ``POST
-  /v2/orders`` for that instrument arriving (``Recorded.at``: its first bytes read, with the
+  /v2/orders`` for that instrument arriving (``Recorded.at``: its last byte read, with the
   placement's ``securityId``). Both ends are the wire's, as near as the fake's one event loop
   can stamp them: the fake serves the feed's 2,000 ticks/s, the requests and the paper
   exchange on that loop, one thing at a time, so a handler starts only after those before it

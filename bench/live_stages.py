@@ -8,8 +8,9 @@ tick written on the feed's socket:
 - ``decided``: the tracker tells the intent writer its exit intent;
 - ``committed``: the intent writer, its write committed, tells a gateway actor to place it;
 - ``gateway takes``: a gateway actor starts on the placement;
-- ``request read``: the fake read the request's first bytes;
-- ``handler starts``: the fake's handler for it began.
+- ``request read``: the fake read the request's last byte;
+- ``handler starts``: the fake's handler for it began (once its headers were in: before
+  ``request read`` when the body came in a later read).
 """
 
 from __future__ import annotations

@@ -38,6 +38,51 @@ a live session), with the session's reads and the quote calls beside them. More 
 at a busy moment; those beyond the size are closed after their answer."""
 
 
+class _OneWrite:
+    """A connection that writes a request with a body in one ``sendall``: urllib3 writes the
+    headers, then the body. Between the two the sending thread gives the interpreter up (a
+    blocking call), and on a busy one it waits up to the switch interval, or more, to take it
+    back; until then the broker holds a request it cannot act on (seen on loopback beside
+    other load: the body 3 ms after its headers at the 90th percentile, 25 ms at the 99th).
+    One write also makes one packet, or one TLS record."""
+
+    _held: bytes | None = None
+    """The body to send with the headers (set during ``request``)."""
+    _merged = False
+    """The held body left with the headers: its own write is skipped."""
+
+    def request(self, method: str, url: str, body: object = None,
+                headers: Mapping[str, str] | None = None, **options: object) -> None:
+        if isinstance(body, bytes) and body and not options.get("chunked"):
+            self._held, self._merged = body, False
+            try:
+                super().request(method, url, body=body, headers=headers,  # type: ignore[misc]
+                                **options)
+            finally:
+                self._held, self._merged = None, False
+            return
+        super().request(method, url, body=body, headers=headers, **options)  # type: ignore[misc]
+
+    def send(self, data: object) -> None:
+        held = self._held
+        if held is not None and isinstance(data, bytes):
+            if not self._merged:  # the headers' write: the body goes with it
+                self._merged = True
+                super().send(data + held)  # type: ignore[misc]
+                return
+            if data is held or data == held:  # the body's own write: already sent
+                return
+        super().send(data)  # type: ignore[misc]
+
+
+class OneWriteHTTPConnection(_OneWrite, urllib3.connection.HTTPConnection):  # type: ignore[misc]
+    pass
+
+
+class OneWriteHTTPSConnection(_OneWrite, urllib3.connection.HTTPSConnection):  # type: ignore[misc]
+    pass
+
+
 class WireError(Exception):
     """No answer. ``sent``: the request may have reached the broker (False only when no
     connection was made)."""
@@ -77,6 +122,8 @@ class PooledWire:
         self._pool = urllib3.connection_from_url(
             f"{parts.scheme}://{parts.netloc}", maxsize=size, block=False, retries=False,
             timeout=urllib3.Timeout(connect=connect, read=read), **options)
+        self._pool.ConnectionCls = (OneWriteHTTPSConnection if parts.scheme == "https"
+                                    else OneWriteHTTPConnection)
 
     def request(self, method: str, path: str, body: bytes | None,
                 headers: Mapping[str, str]) -> tuple[int, bytes]:

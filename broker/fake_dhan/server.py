@@ -7,9 +7,9 @@ with ``camel_case = True``) and by the paper market (``advance(now)`` moves mark
 and sends the ticks to the feeds that subscribed them). It checks the token like DhanHQ: REST 401
 with a DH-901 body, the order socket's short binary refusal then a close, the feed's disconnect
 packet (reason 808). Every request is recorded with its bucket and two times (monotonic): when
-its first bytes were read from the socket, and when its handler began (later by whatever the
-fake's one event loop was doing: other requests, the feeds' sends). Every tick records when it
-was handed to the feeds and when it was written to a feed's socket.
+its last byte was read from the socket, and when its handler began (once its headers were in,
+and later by whatever the fake's one event loop was doing: other requests, the feeds' sends).
+Every tick records when it was handed to the feeds and when it was written to a feed's socket.
 
 Fault switches (thread-safe, for tests): ``drop_order_sockets``, ``drop_feeds``,
 ``throttle(bucket, n)``, ``delay_placements(seconds, n)`` (the order is taken, its answer comes
@@ -32,7 +32,6 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-import h11
 import uvicorn
 from loguru import logger
 from starlette.applications import Starlette
@@ -83,34 +82,33 @@ class Recorded:
     method: str
     path: str
     at: float
-    """``time.monotonic()`` when the request arrived: its first bytes read from the socket
+    """``time.monotonic()`` when the request arrived: its last byte read from the socket
     (the handler's start for a request made without the fake's HTTP protocol)."""
     security_id: str | None = None
     """A placement's ``securityId`` (None for every other request, or one without it)."""
     correlation_id: str | None = None
     """A placement's ``correlationId``."""
     handled: float | None = None
-    """``time.monotonic()`` when its handler began (``at`` or later)."""
+    """``time.monotonic()`` when its handler began: once its headers were in and the event loop
+    got to it (before ``at`` when the body came later)."""
 
 
 RECEIVED = "fake_dhan.received"
-"""The key of a request's ``scope["state"]`` holding when its first bytes were read."""
+"""The key of a request's ``scope["state"]`` holding when its last byte was read."""
 
 
 class _StampedH11(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol, stamping each request with when its first bytes were read
-    (``time.monotonic()``, in ``scope["state"]``): the moment it reached the fake, before the
-    event loop got to its handler."""
-
-    _first: float | None = None
-    """When the first bytes of a request not yet whole were read."""
+    """uvicorn's HTTP/1.1 protocol, stamping each request with when its last byte was read
+    (``time.monotonic()``, in its ``scope["state"]``): the moment it had reached the fake
+    whole, whenever the event loop got to its handler (which starts once the headers are in,
+    maybe before the body)."""
 
     def data_received(self, data: bytes) -> None:
-        stamp = time.monotonic() if self._first is None else self._first
-        self.app_state[RECEIVED] = stamp  # copied into a new request's scope["state"] now
+        now = time.monotonic()
         super().data_received(data)
-        partial = self.conn.their_state is h11.IDLE and bool(self.conn.trailing_data[0])
-        self._first = stamp if partial else None
+        cycle = getattr(self, "cycle", None)
+        if cycle is not None and not cycle.more_body:
+            cycle.scope["state"].setdefault(RECEIVED, now)
 
 
 Sent = Callable[[float], None]
@@ -355,12 +353,12 @@ class FakeDhan:
     # REST ---------------------------------------------------------------------------------------
     def _admit(self, request: Request, bucket: Bucket, *, at: float | None = None,
                placement: tuple[str | None, str | None] = (None, None)) -> Response | None:
-        """Record the request (its handler began ``at``, now if not given; its bytes read when
-        its scope says; a placement's security and correlation ids); the refusal to answer
-        instead, if any."""
+        """Record the request (its handler began ``at``, now if not given; its last byte read
+        when its scope says, once the body has been awaited; a placement's security and
+        correlation ids); the refusal to answer instead, if any."""
         handled = time.monotonic() if at is None else at
         received = request.scope.get("state", {}).get(RECEIVED)
-        arrived = received if isinstance(received, float) and received <= handled else handled
+        arrived = received if isinstance(received, float) else handled
         with self._lock:
             self.requests.append(Recorded(bucket, request.method, request.url.path, arrived,
                                           *placement, handled=handled))

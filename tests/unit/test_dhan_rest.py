@@ -14,12 +14,13 @@ from decimal import Decimal
 
 import httpx
 import pytest
+import urllib3
 
 from broker.dhan.limits import Bucket, RateLimits
 from broker.dhan.outcomes import Answer, Outcome
 from broker.dhan.rest import DhanRest, PlacedOrder, shared_tls
 from broker.dhan.token import TokenSource
-from broker.dhan.wire import PooledWire, WireError
+from broker.dhan.wire import OneWriteHTTPConnection, PooledWire, WireError
 from broker.ports import GatewayError, QuoteThrottled, QuoteTimeout
 from models.common import Instrument, Segment, TxnType
 
@@ -244,6 +245,51 @@ def test_pooled_wire_answers_and_says_what_was_sent(server: tuple[int, list[str]
             _post(wire)
         assert silent.value.sent and "timeout" in str(silent.value).lower()
         assert TOKEN not in str(closed.value) + str(silent.value)
+    finally:
+        wire.close()
+
+
+def _recording(base: type[urllib3.connection.HTTPConnection]) -> tuple[type, list[bytes]]:
+    """A connection class over ``base`` whose socket writes are kept."""
+    writes: list[bytes] = []
+
+    class Writes:
+        def __init__(self, sock: socket.socket) -> None:
+            self._sock = sock
+
+        def sendall(self, data: bytes) -> None:
+            writes.append(bytes(data))
+            self._sock.sendall(data)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._sock, name)
+
+    class Recording(base):  # type: ignore[misc, valid-type]
+        def connect(self) -> None:
+            super().connect()
+            self.sock = Writes(self.sock)  # type: ignore[has-type, arg-type]
+
+    return Recording, writes
+
+
+@pytest.mark.parametrize(("base", "expected"), [(OneWriteHTTPConnection, 1),
+                                                (urllib3.connection.HTTPConnection, 2)])
+def test_a_request_leaves_with_its_body_in_one_write(server: tuple[int, list[str]],
+                                                     base: type, expected: int) -> None:
+    """Ours writes the headers and the body together (urllib3's own: two writes, with the
+    interpreter given up between them); a request without a body is one write either way."""
+    port, _ = server
+    wire = PooledWire(f"http://127.0.0.1:{port}/v2", connect=1.0, read=1.0)
+    wire._pool.ConnectionCls, writes = _recording(base)
+    try:
+        assert wire.request("POST", "/orders", b'{"a": 1}', {"access-token": TOKEN}) == (
+            200, ANSWER)
+        assert len(writes) == expected
+        assert writes[0].startswith(b"POST /v2/orders HTTP/1.1\r\n")
+        assert b"".join(writes).endswith(b'\r\n\r\n{"a": 1}')
+        writes.clear()
+        assert wire.request("GET", "/orders", None, {"access-token": TOKEN})[0] == 200
+        assert len(writes) == 1 and writes[0].startswith(b"GET /v2/orders")
     finally:
         wire.close()
 
