@@ -15,7 +15,7 @@ import gc
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -427,6 +427,11 @@ class System:
 
     def tick(self, instrument: Instrument, ltp: Any, at: datetime) -> None:
         self._feed(instrument, PriceMark(ltp=ltp, at=at))
+
+    def ticks(self, ticks: Iterable[tuple[Instrument, Any, datetime]]) -> None:
+        """Several ticks at once, in order (a feed's burst): prices beyond an exit edge among
+        them reach the index together, in one urgent batch."""
+        self._feed.many((instrument, PriceMark(ltp=ltp, at=at)) for instrument, ltp, at in ticks)
 
     def step(self, now: datetime, *, timer: bool) -> None:
         """Advance time by hand (replay): a flush and, when asked, a timer."""

@@ -75,8 +75,8 @@ class LiveSession:
         self.socket = OrderSocket(order_ws_url, client_id, tokens, sink=self._on_frame,
                                   on_state=self._on_socket_state,
                                   on_connected=self._on_socket_connected, **extra)
-        self.feed = MarketFeed(feed_ws_url, client_id, tokens, on_tick=self._on_tick,
-                               on_state=self._on_feed_state, **extra)
+        self.feed = MarketFeed(feed_ws_url, client_id, tokens, on_ticks=self._on_ticks,
+                               on_state=self._on_feed_state, clock=clock, **extra)
         self.alarms: list[str] = []
         self.books = BookReader(rest, gateway.deliver, system, clock=clock, alarm=self._alarm,
                                 correlation_prefix=correlation_prefix)
@@ -125,9 +125,13 @@ class LiveSession:
                 return
         self.gateway.deliver(frame)
 
-    def _on_tick(self, instrument: Instrument, price: Decimal, at: datetime) -> None:
-        self.gateway.note_price(instrument, price)
-        self.system.tick(instrument, price, self.clock())
+    def _on_ticks(self, ticks: list[tuple[Instrument, Decimal, datetime]]) -> None:
+        """A burst of the feed's ticks, together: its crossing prices reach the index in one
+        batch (``System.ticks``). Each keeps the time its message was read (the session's
+        clock), so a price's age counts the rest of the burst's reading."""
+        for instrument, price, _ in ticks:
+            self.gateway.note_price(instrument, price)
+        self.system.ticks(ticks)
 
     def _on_socket_connected(self) -> None:
         self._reconcile_due.set()

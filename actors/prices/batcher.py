@@ -22,7 +22,7 @@ even when the answer was handled late, and never meets a 429.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -116,19 +116,29 @@ class _TickMailbox(StampedQueue):
         one batch. A feed read brings a burst (a crash crosses many stops in one publication):
         one flush per crossing tick made the index fan out each alone, one switch of the
         interpreter apiece (``bench/live_exits.py``)."""
-        with self._lock:
-            self._ticks[instrument] = mark
-            self.ticks += 1
+        self.put_ticks(((instrument, mark),))
+
+    def put_ticks(self, ticks: Iterable[tuple[Instrument, PriceMark]]) -> None:
+        """``put_tick`` for each, in order, with one urgent ``Flush`` at most, after the last:
+        a feed hands over what it read at once (``tick_feed``'s ``many``), so the crossing
+        ticks of one burst go to the index in one batch even when the batcher's thread is
+        quick to take the flush. Handed over one by one, the first crossing tick of a burst
+        often left alone (the feed's thread was still reading the others): the index fanned
+        out twice, and the wave's exit intents were stored in two writes in series."""
         edges = self.edges
-        if edges is not None and edges.crossed(instrument, mark.ltp):
-            with self._lock:
-                self._urgent[instrument] = mark
-                if self._urgent_waiting:
-                    return
-                self._urgent_waiting = True
-            clock = self.clock
-            self.put(envelope(Flush(at=mark.at if clock is None else clock(), urgent=True),
-                              None))
+        crossed: PriceMark | None = None
+        with self._lock:
+            for instrument, mark in ticks:
+                self._ticks[instrument] = mark
+                self.ticks += 1
+                if edges is not None and edges.crossed(instrument, mark.ltp):
+                    self._urgent[instrument] = crossed = mark
+            if crossed is None or self._urgent_waiting:
+                return
+            self._urgent_waiting = True
+        clock = self.clock
+        self.put(envelope(Flush(at=crossed.at if clock is None else clock(), urgent=True),
+                          None))
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         message, reply_to = contents(item)
@@ -164,23 +174,36 @@ class _TickMailbox(StampedQueue):
         return item
 
 
-def tick_feed(batcher: ActorRef[Any]) -> Callable[[Instrument, PriceMark], None]:
-    """The feed's way in: ``feed(instrument, mark)`` does what telling ``batcher`` a
+class TickFeed:
+    """The feed's way in: ``feed(instrument, mark)`` does what telling the batcher a
     ``PriceTick`` does, without making the message. A told tick never reaches the actor: its
     mailbox keeps the mark alone and drops the message and its ids, so building them (two ids,
-    a clock read, an envelope: three quarters of a tick's cost) bought nothing. Like ``tell``,
-    it raises ``ActorDeadError`` once the batcher has stopped."""
-    inbox = batcher.actor_inbox
-    if not isinstance(inbox, _TickMailbox):
-        raise TypeError(f"{batcher} is not a price batcher")
-    stopped = batcher.actor_stopped
+    a clock read, an envelope: three quarters of a tick's cost) bought nothing.
+    ``feed.many(ticks)`` hands over several at once (a feed's burst: one urgent flush at most).
+    Like ``tell``, both raise ``ActorDeadError`` once the batcher has stopped."""
 
-    def feed(instrument: Instrument, mark: PriceMark) -> None:
-        if stopped.is_set():
-            raise ActorDeadError(f"{batcher} not found")
-        inbox.put_tick(instrument, mark)
+    __slots__ = ("_batcher", "_inbox", "_stopped")
 
-    return feed
+    def __init__(self, batcher: ActorRef[Any]) -> None:
+        inbox = batcher.actor_inbox
+        if not isinstance(inbox, _TickMailbox):
+            raise TypeError(f"{batcher} is not a price batcher")
+        self._batcher, self._inbox, self._stopped = batcher, inbox, batcher.actor_stopped
+
+    def __call__(self, instrument: Instrument, mark: PriceMark) -> None:
+        if self._stopped.is_set():
+            raise ActorDeadError(f"{self._batcher} not found")
+        self._inbox.put_tick(instrument, mark)
+
+    def many(self, ticks: Iterable[tuple[Instrument, PriceMark]]) -> None:
+        if self._stopped.is_set():
+            raise ActorDeadError(f"{self._batcher} not found")
+        self._inbox.put_ticks(ticks)
+
+
+def tick_feed(batcher: ActorRef[Any]) -> TickFeed:
+    """``batcher``'s ``TickFeed``."""
+    return TickFeed(batcher)
 
 
 class LTPBatcherActor(SingletonActor):

@@ -4,9 +4,10 @@ URL ``wss://api-feed.dhan.co?version=2&token=…&clientId=…&authType=2`` (the 
 URL is never logged). Subscriptions go out as JSON messages of at most 100 instruments, at most
 5,000 per connection, and are sent again after every reconnect. Binary messages are decoded by
 ``broker.dhan.feed_codec``; each ticker becomes ``on_tick(instrument, ltp, received_at)`` with the
-local receive time; a price of 0 means no price and is dropped; a disconnect packet whose reason
-is 807-809 means the token was refused (TOKEN_INVALID, stop). A message that cannot be decoded is
-logged and skipped.
+local receive time (or, with ``on_ticks``, the ticks of every message already received at once,
+after the last of them: a burst's prices reach the session together); a price of 0 means no
+price and is dropped; a disconnect packet whose reason is 807-809 means the token was refused
+(TOKEN_INVALID, stop). A message that cannot be decoded is logged and skipped.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from broker.dhan.feed_codec import (
     decode,
     subscription_messages,
 )
-from broker.dhan.link import BACKOFF, Link, StateCallback, TokenRefused
+from broker.dhan.link import BACKOFF, BURST, Link, StateCallback, TokenRefused
 from broker.dhan.token import TokenSource
 from models.common import Instrument
 
@@ -36,6 +37,7 @@ DEFAULT_URL = "wss://api-feed.dhan.co"
 TOKEN_REASONS = frozenset({807, 808, 809})
 
 TickCallback = Callable[[Instrument, Decimal, datetime], None]
+TicksCallback = Callable[[list[tuple[Instrument, Decimal, datetime]]], None]
 
 
 def feed_url(base: str, client_id: str, token: str) -> str:
@@ -44,7 +46,8 @@ def feed_url(base: str, client_id: str, token: str) -> str:
 
 
 class MarketFeed(Link):
-    def __init__(self, url: str, client_id: str, tokens: TokenSource, *, on_tick: TickCallback,
+    def __init__(self, url: str, client_id: str, tokens: TokenSource, *,
+                 on_tick: TickCallback | None = None, on_ticks: TicksCallback | None = None,
                  on_state: StateCallback | None = None,
                  on_connected: Callable[[], None] | None = None,
                  backoff: Sequence[float] = BACKOFF, ping_interval: float | None = 10.0,
@@ -53,8 +56,13 @@ class MarketFeed(Link):
         super().__init__("feed", lambda: feed_url(url, client_id, tokens.current().reveal()),
                          lambda: [tokens.current()], on_state=on_state,
                          on_connected=on_connected, backoff=backoff,
-                         ping_interval=ping_interval, stable_after=stable_after)
-        self.on_tick, self.clock = on_tick, clock
+                         ping_interval=ping_interval, stable_after=stable_after,
+                         max_queue=4 * BURST)
+        if (on_tick is None) == (on_ticks is None):
+            raise ValueError("a market feed takes on_tick or on_ticks (one of them)")
+        self.on_tick, self.on_ticks, self.clock = on_tick, on_ticks, clock
+        self._reading: list[tuple[Instrument, Decimal, datetime]] = []
+        """``on_ticks``: the ticks of the messages read since the last burst ended."""
         self._wanted: dict[Instrument, None] = {}
         self._subs_lock = threading.Lock()
         self.ticks = self.dropped = self.bad_messages = 0
@@ -115,7 +123,19 @@ class MarketFeed(Link):
             self.dropped += 1
             return
         self.ticks += 1
+        if self.on_tick is None:
+            self._reading.append((packet.instrument, packet.ltp, received_at))
+            return
         try:
             self.on_tick(packet.instrument, packet.ltp, received_at)
         except Exception:  # the price path's failure must not drop the feed
             logger.exception("dhan feed: tick callback failed")
+
+    def on_burst_end(self) -> None:
+        burst, self._reading = self._reading, []
+        if not burst or self.on_ticks is None:
+            return
+        try:
+            self.on_ticks(burst)
+        except Exception:  # the price path's failure must not drop the feed
+            logger.exception("dhan feed: ticks callback failed")

@@ -3,8 +3,9 @@ jittered back-off (1, 2, 5, 10, 30, 60 s) — except when the token is refused, 
 link (no retry loop; a new token and ``start()`` resume it).
 
 The order socket and the market feed are built on ``Link``: they say what to send once connected
-(``on_open``) and what a message means (``on_message``); the link reports its state through a
-callback::
+(``on_open``), what a message means (``on_message``) and what to do once the messages received
+so far have all been read (``on_burst_end``: the feed hands its ticks over then, together); the
+link reports its state through a callback::
 
     CONNECTING ──▶ LIVE ──(loss)──▶ RECONNECTING ──▶ LIVE …
          └──────────┴──(token refused)──▶ TOKEN_INVALID        stop() ──▶ STOPPED
@@ -22,12 +23,21 @@ from collections.abc import Callable, Sequence
 from enum import StrEnum
 
 from loguru import logger
-from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+from websockets.exceptions import (
+    ConnectionClosed,
+    ConnectionClosedOK,
+    InvalidStatus,
+    WebSocketException,
+)
 from websockets.sync.client import ClientConnection, connect
 
 from broker.dhan.token import Secret, TokenError, scrub
 
 BACKOFF: tuple[float, ...] = (1, 2, 5, 10, 30, 60)
+BURST = 64
+"""Messages at most handed over as one burst (``Link.on_burst_end`` after them): the messages
+received already, not more, so a backlog still ends a burst this often (decoding 64 ticker
+messages takes about a millisecond, which the first of them waits)."""
 
 
 class _Scrubbed(logging.Filter):
@@ -78,8 +88,12 @@ class Link:
                  on_connected: Callable[[], None] | None = None,
                  backoff: Sequence[float] = BACKOFF, stable_after: float = 30.0,
                  open_timeout: float = 5.0, ping_interval: float | None = 10.0,
-                 ping_timeout: float | None = 10.0, rng: random.Random | None = None) -> None:
+                 ping_timeout: float | None = 10.0, rng: random.Random | None = None,
+                 max_queue: int = 16) -> None:
         self.name = name
+        self.max_queue = max_queue
+        """Messages the connection reads ahead of this thread (websockets' high-water mark; it
+        stops reading the socket past it): a burst is at most what it holds."""
         self._url, self._secrets = url, secrets
         self._on_state, self._on_connected = on_state, on_connected
         self.backoff, self.stable_after = tuple(backoff), stable_after
@@ -103,6 +117,10 @@ class Link:
 
     def on_message(self, message: str | bytes) -> None:
         """One message. May raise ``TokenRefused``."""
+
+    def on_burst_end(self) -> None:
+        """The messages already received have all been handed to ``on_message`` (called after
+        each burst, even one cut short by an error)."""
 
     # Control ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -168,7 +186,8 @@ class Link:
             url = self._url()
             conn = connect(url, open_timeout=self.open_timeout, ping_interval=self.ping_interval,
                            ping_timeout=self.ping_timeout, close_timeout=2, compression=None,
-                           max_size=2**22, proxy=None, logger=self._ws_log)
+                           max_size=2**22, max_queue=self.max_queue, proxy=None,
+                           logger=self._ws_log)
         except TokenError as error:
             raise TokenRefused(str(error)) from None
         except InvalidStatus as error:
@@ -196,9 +215,30 @@ class Link:
         self.connects += 1
         self._set(LinkState.LIVE, "")
         self._connected()
-        for message in conn:
+        while True:
+            try:
+                message = conn.recv()
+            except ConnectionClosedOK:
+                return "closed by the server"
+            try:
+                if not self._burst(conn, message):
+                    return "closed by the server"
+            finally:
+                self.on_burst_end()
+
+    def _burst(self, conn: ClientConnection, message: str | bytes) -> bool:
+        """``message`` and each one already received after it (``BURST`` at most), without
+        waiting for more; False when the server closed the connection meanwhile."""
+        self.on_message(message)
+        for _ in range(BURST - 1):
+            try:
+                message = conn.recv(timeout=0)
+            except TimeoutError:
+                break
+            except ConnectionClosedOK:
+                return False
             self.on_message(message)
-        return "closed by the server"
+        return True
 
     def _connected(self) -> None:
         if self._on_connected is None:

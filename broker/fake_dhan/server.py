@@ -11,6 +11,11 @@ its last byte was read from the socket, and when its handler began (once its hea
 and later by whatever the fake's one event loop was doing: other requests, the feeds' sends).
 Every tick records when it was handed to the feeds and when it was written to a feed's socket.
 
+The paper exchange's work for a placement, a modification or a cancel runs on a worker thread
+(``asyncio.to_thread``), not on the event loop: the loop stays free to read the next requests
+and to send the feeds' ticks, as a broker reads requests side by side, so a request's ``at`` is
+not held back by the exchange's work for the ones before it.
+
 Fault switches (thread-safe, for tests): ``drop_order_sockets``, ``drop_feeds``,
 ``throttle(bucket, n)``, ``delay_placements(seconds, n)`` (the order is taken, its answer comes
 late), ``lose_placements(n)`` (taken, never answered), ``expire_token()``, ``refuse_ip``,
@@ -152,6 +157,7 @@ class FakeDhan:
         self.trades = TradeBook()
         self.requests: list[Recorded] = []
         self.feed_requests: list[tuple[int, int]] = []
+        """(request code, instrument count) of every feed subscription message."""
         self.published: dict[Instrument, tuple[Decimal, float]] = {}
         """Each instrument's last published price and the ``time.monotonic()`` it was first
         published at that price, just before it went to the feeds (a price published again
@@ -160,7 +166,6 @@ class FakeDhan:
         """Each instrument's last price written to a feed's socket and the
         ``time.monotonic()`` it was first written at that price (``published`` or later: the
         feeds' sends wait for the fake's event loop)."""
-        """(request code, instrument count) of every feed subscription message."""
         self.logins = 0
         self.placements: list[str] = []
         """The correlation id of every placement taken. The paper exchange answers a repeated
@@ -403,7 +408,7 @@ class FakeDhan:
         except (ValueError, KeyError, TypeError, InvalidOperation) as error:
             return _input_error(f"invalid order: {error}")
         try:
-            order_no = self.exchange.place_order(**order)
+            order_no = await asyncio.to_thread(self.exchange.place_order, **order)
         except GatewayError as error:
             return _order_error(str(error))
         with self._lock:
@@ -437,7 +442,8 @@ class FakeDhan:
         except (ValueError, KeyError, TypeError, InvalidOperation, AttributeError) as error:
             return _input_error(f"invalid modification: {error}")
         try:
-            self.exchange.modify_order(order_no, price=price, quantity=quantity)
+            await asyncio.to_thread(self.exchange.modify_order, order_no, price=price,
+                                    quantity=quantity)
         except GatewayError as error:
             return _order_error(str(error))
         return JSONResponse({"orderId": order_no,
@@ -449,7 +455,7 @@ class FakeDhan:
             return refused
         order_no = request.path_params["order_id"]
         try:
-            self.exchange.cancel_order(order_no)
+            await asyncio.to_thread(self.exchange.cancel_order, order_no)
         except GatewayError as error:
             return _order_error(str(error))
         return JSONResponse({"orderId": order_no, "orderStatus": "CANCELLED"})

@@ -149,3 +149,26 @@ def test_a_later_tick_does_not_hide_a_crossing_one_still_waiting() -> None:
     regular = contents(inbox.get())[0]
     assert isinstance(regular, Ticked) and not regular.flush.urgent
     assert regular.ticks == {A: mark("96")}
+
+
+def test_a_burst_handed_over_at_once_is_one_urgent_batch() -> None:
+    """``TickFeed.many``: the crossing ticks of a feed's burst reach the index in one batch,
+    however quick the batcher's thread is to take the urgent flush; the ordinary tick among
+    them waits for the clock's flush."""
+    c = Instrument(segment=Segment.NSE_FNO, security_id="3")
+    edges, sink = PriceEdges(), Sink.start()
+    batcher = LTPBatcherActor.start(sink, None, Clock(), Metrics(), edges=edges)
+    feed = tick_feed(batcher)
+    edges.publish(A, Decimal(95), None)
+    edges.publish(B, Decimal(45), None)
+    for burst in range(1, 21):  # the batcher's thread idle and waiting each time
+        feed.many([(A, mark("94")), (c, mark("50")), (B, mark("44"))])
+        batcher.ask(Snapshot(), timeout=5)
+        got = batches(sink)
+        assert len(got) == burst  # one batch a burst
+        assert dict(got[-1].prices) == {A: mark("94"), B: mark("44")}
+        edges.publish(A, Decimal(95), None)  # as the index does once the positions moved
+        edges.publish(B, Decimal(45), None)
+    batcher.stop()
+    with pytest.raises(pykka.ActorDeadError):
+        feed.many([(A, mark("94"))])

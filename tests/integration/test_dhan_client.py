@@ -36,6 +36,7 @@ from broker.dhan import (
 from broker.dhan.gateway import DhanGateway
 from broker.dhan.link import backoff_delay
 from broker.fake_dhan import FakeDhan
+from broker.fake_dhan import server as server_module
 from broker.leased import lease_refusal, leased
 from broker.paper.exchange import PaperExchange
 from broker.paper.market import PaperMarket
@@ -166,19 +167,21 @@ def test_a_tick_is_stamped_when_written_to_a_feed_socket(venue: Venue) -> None:
         feed.stop()
 
 
-def test_a_request_is_stamped_when_read_not_when_its_handler_runs(venue: Venue) -> None:
+def test_a_request_is_stamped_when_read_not_when_its_handler_runs(
+        venue: Venue, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two placements read in one turn of the fake's event loop: the second's handler waits for
-    the first's (made slow here); its ``at`` is when it was read, its ``handled`` later."""
+    the first's (made to hold the loop here); its ``at`` is when it was read, its ``handled``
+    later."""
     rests = [venue.rest(), venue.rest()]
     for n, rest in enumerate(rests):  # each client's connection open before the test
         assert venue.place(rest, f"X-W{n}-1").ok
-    place = venue.exchange.place_order
+    parse = server_module._placement
 
-    def slow(**order: object) -> str:
-        time.sleep(0.1)
-        return place(**order)  # type: ignore[arg-type]
+    def slow(body: dict[str, object]) -> dict[str, object]:
+        time.sleep(0.1)  # on the event loop
+        return parse(body)
 
-    venue.exchange.place_order = slow  # type: ignore[method-assign]
+    monkeypatch.setattr(server_module, "_placement", slow)
     loop = venue.fake._loop
     assert loop is not None
     loop.call_soon_threadsafe(time.sleep, 0.3)  # the loop busy while both requests come
@@ -195,6 +198,35 @@ def test_a_request_is_stamped_when_read_not_when_its_handler_runs(venue: Venue) 
     assert first.handled is not None and second.handled is not None
     assert abs(second.at - first.at) < 0.05  # read together
     assert second.handled - second.at >= 0.09  # handled after the first's 0.1 s
+
+
+def test_the_exchanges_work_leaves_the_event_loop_free(venue: Venue) -> None:
+    """A placement whose paper exchange work takes 0.3 s does not hold up a second placement:
+    it is read, placed and answered meanwhile."""
+    rests = [venue.rest(timeout=5.0), venue.rest(timeout=5.0)]
+    for n, rest in enumerate(rests):
+        assert venue.place(rest, f"X-V{n}-1").ok
+    place = venue.exchange.place_order
+
+    def slow(**order: object) -> str:
+        if order["client_id"] == "X-V0-2":
+            time.sleep(0.3)
+        return place(**order)  # type: ignore[arg-type]
+
+    venue.exchange.place_order = slow  # type: ignore[method-assign]
+    answered: dict[str, float] = {}
+
+    def send(rest: DhanRest, client_id: str) -> None:
+        assert venue.place(rest, client_id).ok
+        answered[client_id] = time.monotonic()
+
+    started = time.monotonic()
+    slow_one = threading.Thread(target=send, args=(rests[0], "X-V0-2"))
+    slow_one.start()
+    time.sleep(0.05)
+    send(rests[1], "X-V1-2")
+    slow_one.join(5)
+    assert answered["X-V1-2"] - started < 0.25 < answered["X-V0-2"] - started
 
 
 def test_a_request_in_two_reads_is_stamped_when_whole(venue: Venue) -> None:
@@ -491,6 +523,42 @@ def test_the_feed_subscribes_in_chunks_of_100_ticks_arrive_and_it_resubscribes(
     wait_until(lambda: len(venue.fake.feed_requests) == 7)
     assert venue.fake.feed_requests[4:] == [(15, 100), (15, 100), (15, 49)]
     feed.stop()
+
+
+def test_the_feed_hands_over_the_messages_already_received_at_once(venue: Venue) -> None:
+    """With ``on_ticks``, each call holds the ticks of every message received by then: twenty
+    messages that came while the feed's thread was busy arrive in one call, in order."""
+    instruments = [Instrument(segment=Segment.NSE_FNO, security_id=str(41000 + i))
+                   for i in range(20)]
+    bursts: list[list[tuple[Instrument, Decimal, datetime]]] = []
+    busy, go = threading.Event(), threading.Event()
+
+    def on_ticks(ticks: list[tuple[Instrument, Decimal, datetime]]) -> None:
+        bursts.append(ticks)
+        if len(bursts) == 1:
+            busy.set()
+            go.wait(5)  # the feed's thread held here while the next twenty come
+
+    feed = MarketFeed(venue.fake.feed_ws_url, CLIENT, venue.tokens, on_ticks=on_ticks,
+                      backoff=(0.2,))
+    feed.subscribe([FNO, *instruments])
+    feed.start()
+    try:
+        wait_until(lambda: len(venue.fake.feed_requests) == 1)
+        venue.fake.publish([(FNO, Decimal("100"))])
+        assert busy.wait(5)
+        venue.fake.publish([(i, Decimal("94")) for i in instruments])  # twenty messages
+        wait_until(lambda: all(i in venue.fake.wired for i in instruments))
+        time.sleep(0.2)  # read by the connection, not yet taken by the feed's thread
+        go.set()
+        wait_until(lambda: sum(len(b) for b in bursts) == 21)
+        assert [len(b) for b in bursts] == [1, 20]
+        assert [i for i, _, _ in bursts[1]] == instruments
+    finally:
+        go.set()
+        feed.stop()
+    with pytest.raises(ValueError, match="on_tick or on_ticks"):
+        MarketFeed(venue.fake.feed_ws_url, CLIENT, venue.tokens)
 
 
 # Secrets ---------------------------------------------------------------------------------------
