@@ -205,6 +205,11 @@ def server() -> Iterator[tuple[int, list[str]]]:
             data = b""
             while b"\r\n\r\n" not in data:
                 data += conn.recv(4096)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            while len(body) < length:  # the whole request read before any answer
+                body += conn.recv(4096)
             if mode[0] == "answer":
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                              b"Content-Length: %d\r\n\r\n%s" % (len(ANSWER), ANSWER))
