@@ -401,7 +401,6 @@ def run_live(settings: Settings, *, shadow: bool, duration: float | None,
                   correlation_prefix=settings.correlation_prefix,
                   gateway_status=lambda: holder[0].gateway_status(), urgent_prices=True,
                   gateways=LIVE_GATEWAYS, reserve=LIVE_RESERVE,
-                  intent_writers=dhan.intent_writers,
                   launch=gateway.launch_exits if launcher is not None else None)
     system = System(parts)
     session = LiveSession(system, rest, gateway, tokens, client_id=dhan.client_id or "",

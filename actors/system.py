@@ -51,7 +51,7 @@ from actors.tracing.recorder import tracer
 from actors.tracing.story import narrate, position_story
 from actors.tracing.views import Filters, Trace, messages
 from actors.tracker.actor import Peers
-from actors.tracker.intents import IntentWriterActor, IntentWriters
+from actors.tracker.intents import IntentWriterActor
 from actors.tracker.keeper import KeeperContext
 from actors.tracker.stops import StopWriterActor
 from broker.ports import OrderGateway, QuoteApi
@@ -97,9 +97,6 @@ class Parts:
     """Dispatcher threads that run only urgent work (possible exits): see ``actors/pool.py``."""
     hold: float = 0.02
     """Seconds ordinary work may be held back while urgent work runs (0: never)."""
-    intent_writers: int = 1
-    """Intent writers (``actors/tracker/intents.py``): more than one, each position's intents
-    go to one of them in turn (``IntentWriters``) and their writes go side by side."""
     launch: Callable[[list[PlaceExitOrder]], object] | None = None
     """The intent writer hands each wave's exit orders to this together, right after their
     intents are committed (the live session's ``DhanGateway.launch_exits``); None: each
@@ -267,16 +264,12 @@ class System:
                                              correlation_prefix=p.correlation_prefix,
                                              gate=self.dispatcher.yield_to_urgent)
         self.stops = StopWriterActor.start(p.store, p.metrics, p.clock)
-        self.intent_writers = [
-            IntentWriterActor.start(p.store, p.metrics, p.clock, self.supervisor,
-                                    launch=p.launch, gather=self.dispatcher.wait_for_urgent)
-            for _ in range(max(1, p.intent_writers))]
-        self.intents = self.intent_writers[0]
+        self.intents = IntentWriterActor.start(p.store, p.metrics, p.clock, self.supervisor,
+                                               launch=p.launch,
+                                               gather=self.dispatcher.wait_for_urgent)
         peers = Peers(supervisor=self.supervisor, index=self.index, pnl=self.pnl,
                       batcher=self.batcher, orders=self.orders, deadlines=p.deadlines,
-                      stops=self.stops,
-                      intents=self.intents if len(self.intent_writers) == 1
-                      else IntentWriters(self.intent_writers))
+                      stops=self.stops, intents=self.intents)
         self._proxy(self.supervisor).wire(peers).get(timeout=ASK)
         self._lap("actors")
         self._load()
@@ -580,8 +573,8 @@ class System:
         """Messages waiting per singleton actor, and in all tracker mailboxes together."""
         depths = {name: _depth(ref) for name, ref in (
             ("orders", self.orders), ("batcher", self.batcher), ("index", self.index),
-            ("pnl", self.pnl), ("supervisor", self.supervisor), ("stops", self.stops))}
-        depths["intents"] = sum(_depth(ref) for ref in self.intent_writers)
+            ("pnl", self.pnl), ("supervisor", self.supervisor), ("stops", self.stops),
+            ("intents", self.intents))}
         refs = self._proxy(self.supervisor).tracker_refs().get(timeout=ASK)
         depths["trackers"] = sum(_depth(ref) for ref in refs)
         return depths
@@ -656,9 +649,8 @@ class System:
             self._pings = [self._proxy(ref) for ref in (self.orders, self.batcher, *quoter,
                                                    self.index, self.supervisor, *gateways)]
             self._stops_ping = self._proxy(self.stops)
-            self._intents_ping = [self._proxy(ref) for ref in (*self.intent_writers,
-                                                          self.supervisor, *gateways)
-                                  if ref.is_alive()]
+            self._intents_ping = [self._proxy(ref) for ref in (self.intents, self.supervisor,
+                                                          *gateways) if ref.is_alive()]
         return self._pings
 
 
@@ -738,7 +730,7 @@ class System:
         the reverse of their start (each stops the helpers it started: the supervisor its
         gateway actors, the PnL writer its cache writer, the batcher its quote actor)."""
         trackers = self._proxy(self.supervisor).tracker_refs().get(timeout=ASK)
-        for ref in [*reversed(trackers), *self.intent_writers, self.stops, self.orders, self.pnl,
+        for ref in [*reversed(trackers), self.intents, self.stops, self.orders, self.pnl,
                     self.supervisor, self.index, self.batcher]:
             ref.stop(block=True, timeout=ASK)
 

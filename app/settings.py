@@ -65,9 +65,6 @@ class DhanSettings(Frozen):
     committed, to a process that sends them (``broker/dhan/launch.py``), rather than each
     from its gateway actor's thread. Off until the live row measures a gain on a quiet
     machine (BENCHMARKS: clear in ``bench/handoff.py``, none seen beside the failover rig)."""
-    intent_writers: int = Field(default=1, ge=1, le=8)
-    """``run.py live``: exit intents stored by this many writers side by side, each position's
-    by one of them (``actors/tracker/intents.py``, ``IntentWriters``)."""
     session_start: AwareDatetime | None = None
     """For drills against the loopback fake only: exchange time starts here and runs with the
     wall clock (``DHAN_SESSION_START``); live trading leaves it unset (the wall clock)."""

@@ -88,8 +88,7 @@ def instruments(count: int) -> list[Instrument]:
 
 def run(pg: str | None, rd: str | None, scratch: Path, *, positions: int = 200,
         wave: int = 20, gap: float = 2.5, packets: int = 1,
-        quiet: float = QUIET, trace: Path | None = None, launch: bool = False,
-        intent_writers: int = 1) -> dict[str, Any]:
+        quiet: float = QUIET, trace: Path | None = None, launch: bool = False) -> dict[str, Any]:
     """``packets``: ticker packets per feed message (DhanHQ may send several in one);
     ``quiet``: seconds the feed goes quiet before the crash (the quote API prices meanwhile);
     ``launch``: ``[dhan] launch_exits`` (False: each exit sent by its gateway actor), set
@@ -108,8 +107,7 @@ def run(pg: str | None, rd: str | None, scratch: Path, *, positions: int = 200,
             redis.Redis.from_url(rd).flushdb()
         port = _free_port()
         load_before = os.getloadavg()
-        policy = POLICY + (f"\n[dhan]\nlaunch_exits = {'true' if launch else 'false'}\n"
-                           f"intent_writers = {intent_writers}\n")
+        policy = POLICY + f"\n[dhan]\nlaunch_exits = {'true' if launch else 'false'}\n"
         live = LiveRun(venue, scratch / "live", policy=policy, duration=3600,
                        database_url=fresh_pg(pg) if pg else None, redis_url=rd,
                        http=f"127.0.0.1:{port}", trace=trace)
@@ -148,7 +146,6 @@ def run(pg: str | None, rd: str | None, scratch: Path, *, positions: int = 200,
     gateway = report.get("gateway", {})
     row.update(positions=positions, wave=wave, gap_s=gap, packets_per_message=packets,
                launch_exits=launch, launched=gateway.get("launched"),
-               intent_writers=intent_writers,
                start_s=started_s,
                exited=len(exited),
                stop_losses=report["summary"]["exits_by_reason"].get("STOP_LOSS", 0),
@@ -419,8 +416,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds the feed goes quiet before the crash (quote API)")
     parser.add_argument("--launch", action="store_true",
                         help="[dhan] launch_exits = true: a wave's orders sent by a child")
-    parser.add_argument("--intent-writers", type=int, default=1,
-                        help="[dhan] intent_writers: exit intents stored by this many writers")
     parser.add_argument("--trace", type=Path, default=None,
                         help="the session's message trace (JSONL), for where the time goes")
     args = parser.parse_args(argv)
@@ -428,8 +423,7 @@ def main(argv: list[str] | None = None) -> int:
                                                   wave=args.wave, gap=args.gap,
                                                   packets=args.packets, quiet=args.quiet,
                                                   trace=args.trace,
-                                                  launch=args.launch,
-                                                  intent_writers=args.intent_writers))
+                                                  launch=args.launch))
 
 
 if __name__ == "__main__":

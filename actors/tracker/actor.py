@@ -31,7 +31,6 @@ from actors.protocol import (
 )
 from actors.runtime.dispatch import PooledActor
 from actors.tracing.recorder import dump_on_crash, tracer
-from actors.tracker.intents import IntentWriters
 from actors.tracker.keeper import DEFERRABLE, KeeperContext, PositionKeeper, Target, summary
 from models.bands import Band
 from models.messages import (
@@ -59,11 +58,11 @@ class Peers:
     """Tell the supervisor each change of the position's next deadline (replay skips time)."""
     stops: ActorRef[Any] | None = None
     """The stop writer (``actors/tracker/stops.py``); None: each tracker stores its own."""
-    intents: ActorRef[Any] | IntentWriters | None = None
-    """The intent writer, or writers (``actors/tracker/intents.py``); None: each tracker stores
-    its exits' intents itself and tells the gateway actor."""
+    intents: ActorRef[Any] | None = None
+    """The intent writer (``actors/tracker/intents.py``); None: each tracker stores its exits'
+    intents itself and tells the gateway actor."""
 
-    def ref(self, target: Target) -> ActorRef[Any] | IntentWriters | None:
+    def ref(self, target: Target) -> ActorRef[Any] | None:
         # Identity tests, most frequent first: once per message a tracker sends, where a
         # dict built per call (and an Enum's Python-level hash) cost several times this.
         if target is Target.PNL:

@@ -43,10 +43,8 @@ waited for; measured, the gather left the live row's latency within its noise.
 from __future__ import annotations
 
 import contextlib
-import itertools
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -159,34 +157,3 @@ class IntentWriterActor(GroupWriter[StoreIntent]):
                 request.client_id)
             return False
         return True
-
-
-class IntentWriters:
-    """Several intent writers as one peer (``Peers.intents``; ``Parts.intent_writers``): each
-    position's intents always go to the same writer, the positions taking the writers in turn,
-    so one position's writes stay in order while different positions' go side by side. With one
-    writer, the intents that came while a write was out (waiting for the database, or for the
-    interpreter, as a wave's first intent written alone often did) waited for it to end; with
-    two, the other writer takes about half of them at once. ``tell`` as an actor's."""
-
-    def __init__(self, refs: Sequence[ActorRef[Any]]) -> None:
-        if not refs:
-            raise ValueError("no intent writer")
-        self.refs = list(refs)
-        self._of: dict[str, ActorRef[Any]] = {}
-        self._turn = itertools.count()
-        self._lock = threading.Lock()
-
-    def writer_of(self, position_id: str) -> ActorRef[Any]:
-        with self._lock:
-            ref = self._of.get(position_id)
-            if ref is None:
-                ref = self._of[position_id] = self.refs[next(self._turn) % len(self.refs)]
-            return ref
-
-    def tell(self, message: Any) -> None:
-        """A ``StoreIntent`` to its position's writer; ``ActorDeadError`` when it has
-        stopped."""
-        if not isinstance(message, StoreIntent):
-            raise TypeError(f"intent writers take StoreIntent, not {type(message).__name__}")
-        self.writer_of(message.request.position.position_id).tell(message)

@@ -4,7 +4,6 @@ one write by the intent writer, and no order leaves before its intent is durable
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from decimal import Decimal
@@ -17,7 +16,7 @@ from actors.runtime.dispatch import Dispatcher
 from actors.runtime.metrics import Metrics
 from actors.system import Parts
 from actors.system import System as Running
-from actors.tracker.intents import IntentWriterActor, IntentWriters
+from actors.tracker.intents import IntentWriterActor
 from actors.tracker.keeper import PositionKeeper, Target
 from app.clocks import ManualClock
 from models.common import exit_client_id
@@ -105,64 +104,6 @@ def test_exits_decided_at_once_are_stored_in_one_write_before_any_order_leaves(
                                            for p in book)  # each once
     assert len(store.exit_attempts()) == 20
     assert all(store.positions[p.position_id].status is not PositionStatus.ACTIVE for p in book)
-    running.stop()
-
-
-class FirstHeldStore(FakeStore):
-    """A store whose first ``record_exits`` waits while ``hold`` is clear; later ones do not."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.hold, self.first = threading.Event(), threading.Event()
-        self._calls = 0
-        self._calls_lock = threading.Lock()
-
-    def record_exits(self, exits: Sequence[tuple[ExitAttempt, Position]]) -> set[str]:
-        with self._calls_lock:
-            self._calls += 1
-            first = self._calls == 1
-        if first:
-            self.first.set()
-            assert self.hold.wait(10)
-        return super().record_exits(exits)
-
-
-@pytest.mark.usefixtures("actors")
-@pytest.mark.parametrize("writers", [1, 2])
-def test_with_two_intent_writers_a_write_held_up_does_not_hold_up_the_other_writers(
-        clock: ManualClock, writers: int) -> None:
-    """The positions take the writers in turn; while the first write is held, the other
-    writer's positions are stored and their orders placed (with one writer, none is); once it
-    is let go, every exit is placed once."""
-    store = FirstHeldStore()
-    book = [active(f"E{n}") for n in range(20)]
-    for position in book:
-        store.save_position(position)
-    gateway = FakeGateway()
-    running = Running(Parts(store=store, cache=InMemoryPnLCache(), gateway=gateway,
-                            quotes=None, config=CONFIG, clock=clock,
-                            intent_writers=writers)).start(ticker=False)
-    assert len(running.intent_writers) == writers
-    batch(running, clock, CRASH, settle=False)
-    assert store.first.wait(10)
-    for ref in running.supervisor.proxy().tracker_refs().get(timeout=5):
-        ref.ask(Snapshot(), timeout=5)  # every tracker has decided
-    if writers == 1:
-        assert gateway.calls == []
-    else:
-        routed = running.supervisor.proxy().peers.get(timeout=5).intents
-        assert isinstance(routed, IntentWriters)
-        other = {p.position_id for p in book
-                 if routed.writer_of(p.position_id) is running.intent_writers[1]}
-        assert len(other) == 10
-        deadline = time.monotonic() + 10
-        while len(gateway.calls) < 10 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert sorted(gateway.calls) == sorted(exit_client_id(pid, 1) for pid in other)
-    store.hold.set()
-    running.settle()
-    assert sorted(gateway.calls) == sorted(exit_client_id(p.position_id, 1) for p in book)
-    assert len(store.exit_attempts()) == 20
     running.stop()
 
 
