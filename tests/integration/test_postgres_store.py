@@ -13,12 +13,22 @@ from typing import Any
 import psycopg
 import pytest
 
+from models.lifecycle import request_exit
 from models.orders import OrderStatus
+from models.position import ExitReason
 from store.pg_pool import ConnectionPool
 from store.ports import StoreError, StoreRefused
 from store.postgres import PostgresStore
 from store.records import ReceivedFrame
-from tests.integration.test_store_contract import T0, pending, rich_position, step, update
+from tests.integration.test_store_contract import (
+    T0,
+    active,
+    attempt,
+    pending,
+    rich_position,
+    step,
+    update,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -104,6 +114,21 @@ def test_a_position_whose_order_number_needs_escaping_is_saved_with_its_fills_in
     assert store.load_position(position.position_id) == position
     assert store.fills(position.position_id) == list(fills)
     assert fills and all(f.order_no == order_no for f in fills)
+
+
+@pytest.mark.parametrize("order_no", ["X\x007", "\u2400X7"])
+def test_exits_whose_text_needs_escaping_are_recorded_in_one_statement_and_read_back(
+        store: PostgresStore, order_no: str) -> None:
+    """``record_exits``' JSON rows (``_json_values``): text escaped, enums, datetimes and
+    None as one value each; what is read back is what was written."""
+    position = active(order_no)
+    store.save_position(position)
+    after = request_exit(position, ExitReason.STOP_LOSS, T0 + timedelta(minutes=1)).position
+    before = store.queries
+    assert store.record_exits([(attempt(after.position_id), after)]) == {after.position_id}
+    assert store.queries - before == 1
+    assert store.load_position(after.position_id) == after
+    assert store.exit_attempts() == [attempt(after.position_id)]
 
 
 def test_a_call_waiting_on_the_database_does_not_hold_up_the_others(
