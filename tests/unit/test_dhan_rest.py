@@ -211,7 +211,10 @@ def server() -> Iterator[tuple[int, list[str]]]:
             while len(body) < length:  # the whole request read before any answer
                 body += conn.recv(4096)
             if mode[0] == "answer":
+                # "close": the client must not send its next request on this connection,
+                # which this server closes (a race the client could lose under load)
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Connection: close\r\n"
                              b"Content-Length: %d\r\n\r\n%s" % (len(ANSWER), ANSWER))
                 conn.close()
             elif mode[0] == "close":
