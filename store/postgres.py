@@ -28,10 +28,9 @@ lease (a single process) nothing changes.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from enum import Enum
 from functools import lru_cache
 
 import psycopg
@@ -238,32 +237,14 @@ class PostgresStore(SqlStore):
         latest = newest_of_each([p for _, p in exits])
         if not latest:
             return set()
-        attempt_rows = json.dumps([dict(zip(_ATTEMPT_TYPES, self._json_values(
-            record_values(self.account, a)), strict=True)) for a in attempts],
+        attempt_rows = json.dumps([dict(zip(_ATTEMPT_TYPES, map(
+            self._json_value, record_values(self.account, a)), strict=True)) for a in attempts],
             ensure_ascii=False)
-        rows = json.dumps([dict(zip(_MARK_TYPES, self._json_values(self._position_row(p)),
+        rows = json.dumps([dict(zip(_MARK_TYPES, map(self._json_value, self._position_row(p)),
                                     strict=True)) for p in latest], ensure_ascii=False)
         with self._tx(statements=1) as tx:
             written = tx.all(_RECORD_EXITS, (attempt_rows, rows))
         return {str(self._read(row)[0]) for row in written}
-
-    def _json_values(self, values: Iterable[object]) -> list[object]:
-        """``_json_value`` of each, the common kinds first: a wave's intents are about 25 values
-        a row, on the path from a price to its exit orders, and the general way (``_bind`` two
-        calls deep, the datetimes bound twice) was most of the write's own CPU."""
-        out: list[object] = []
-        for value in values:
-            if type(value) is str:
-                out.append(escape_nul(value))
-            elif type(value) is int or value is None or type(value) is bool:
-                out.append(value)
-            elif isinstance(value, Enum):  # as ``_bind`` makes it
-                out.append(value.value)
-            elif type(value) is datetime:
-                out.append(self._iso(value))  # refuses a naive one
-            else:
-                out.append(self._json_value(value))
-        return out
 
     def _json_value(self, value: object) -> object:
         """A bound value as the JSON of ``_SAVE_MARKS`` carries it."""
