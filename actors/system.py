@@ -44,6 +44,7 @@ from actors.protocol import (
 from actors.runtime.dispatch import Dispatcher
 from actors.runtime.inflight import InFlight, count_into, counting
 from actors.runtime.metrics import Metrics
+from actors.runtime.pykka_compat import inbox_of
 from actors.runtime.timers import Schedule, Ticker, fire
 from actors.supervisor.actor import RiskSupervisor, Supervision
 from actors.tracing import recorder as tracing
@@ -736,5 +737,5 @@ class System:
 
 
 def _depth(ref: pykka.ActorRef[Any]) -> int:
-    inbox = getattr(ref, "actor_inbox", None)
+    inbox = inbox_of(ref)
     return int(inbox.qsize()) if inbox is not None else 0

@@ -19,6 +19,7 @@ from typing import Any
 
 from pykka import ActorRef
 
+from actors.runtime.pykka_compat import inbox_of
 from actors.system import Parts, System
 from app.clocks import SessionClock
 from bench.workload import T0
@@ -176,7 +177,7 @@ class Depths:
 
 def depth(ref: ActorRef[Any]) -> int:
     """Messages in an actor's inbox (both inbox kinds here have ``qsize``)."""
-    size: int = ref.actor_inbox.qsize()  # type: ignore[attr-defined]
+    size: int = inbox_of(ref).qsize()
     return size
 
 

@@ -35,7 +35,7 @@ from actors.prices.quotes import QuoteActor
 from actors.protocol import Flush, Snapshot, Watch
 from actors.runtime.dispatch import SingletonActor, StampedQueue
 from actors.runtime.metrics import Metrics
-from actors.runtime.pykka_compat import contents, envelope
+from actors.runtime.pykka_compat import contents, envelope, inbox_of, stopped_of
 from broker.ports import QuoteApi
 from models.common import Instrument, Segment
 from models.messages import (
@@ -185,10 +185,10 @@ class TickFeed:
     __slots__ = ("_batcher", "_inbox", "_stopped")
 
     def __init__(self, batcher: ActorRef[Any]) -> None:
-        inbox = batcher.actor_inbox
+        inbox = inbox_of(batcher)
         if not isinstance(inbox, _TickMailbox):
             raise TypeError(f"{batcher} is not a price batcher")
-        self._batcher, self._inbox, self._stopped = batcher, inbox, batcher.actor_stopped
+        self._batcher, self._inbox, self._stopped = batcher, inbox, stopped_of(batcher)
 
     def __call__(self, instrument: Instrument, mark: PriceMark) -> None:
         if self._stopped.is_set():

@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
 from types import TracebackType
 from typing import Any
 
@@ -45,8 +46,8 @@ from pykka import messages as _messages
 from pykka._envelope import Envelope
 
 __all__ = ["PRIVATE_NAMES", "PRIVATE_USE", "SUPPORTED", "Envelope", "Hooks", "PoolHooks",
-           "answer_stopped", "contents", "envelope", "handle_envelope", "is_stop", "run_setup",
-           "stop_now"]
+           "answer_stopped", "contents", "envelope", "handle_envelope", "inbox_of", "is_stop",
+           "run_setup", "stop_now", "stopped_of"]
 
 SUPPORTED = "4.5"
 """The pykka minor version these hooks were written against (``pyproject.toml`` pins it)."""
@@ -109,6 +110,17 @@ def envelope(message: Any, reply_to: pykka.Future[Any] | None = None) -> Envelop
 def contents(item: Envelope[Any]) -> tuple[Any, pykka.Future[Any] | None]:
     """An envelope's message and the future of its ask (None if it was told)."""
     return item.message, item.reply_to
+
+
+def inbox_of(ref: pykka.ActorRef[Any]) -> Any:
+    """The inbox of ``ref``'s actor, from outside it (``ActorRef.actor_inbox``): what is put
+    there without telling, and how deep it is."""
+    return ref.actor_inbox
+
+
+def stopped_of(ref: pykka.ActorRef[Any]) -> threading.Event:
+    """Set once ``ref``'s actor has stopped (``ActorRef.actor_stopped``)."""
+    return ref.actor_stopped
 
 
 def run_setup(actor: pykka.Actor) -> None:
