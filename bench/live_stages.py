@@ -8,7 +8,8 @@ tick written on the feed's socket:
 - ``decided``: the tracker tells the intent writer its exit intent;
 - ``committed``: the intent writer, its write committed, tells a gateway actor to place it;
 - ``gateway takes``: a gateway actor starts on the placement;
-- ``request read``: the fake read the request's last byte;
+- ``request arrived``: the kernel received the packet holding the request's last byte;
+- ``request read``: the fake's event loop read that byte;
 - ``handler starts``: the fake's handler for it began (once its headers were in: before
   ``request read`` when the body came in a later read).
 """
@@ -22,15 +23,16 @@ from typing import Any
 from bench.common import percentile
 
 STAGES = ("index fan-out", "tracker takes", "decided", "committed", "gateway takes",
-          "request read", "handler starts")
+          "request arrived", "request read", "handler starts")
 
 
 def stages(records: Iterable[dict[str, Any]], price: str, wired: Mapping[str, float],
-           requests: Mapping[str, tuple[float, float | None]], only: set[str],
+           requests: Mapping[str, tuple[float | None, float, float | None]], only: set[str],
            slowest: int = 5) -> dict[str, Any]:
     """``price``: the crossing price as the trace prints it (``Decimal('94')``'s ``94``);
     ``wired``: security id → when its crossing tick was written; ``requests``: security id →
-    (read, handler start) of its exit placement; ``only``: the security ids to report."""
+    (arrival by the kernel's stamp or None, read, handler start) of its exit placement;
+    ``only``: the security ids to report."""
     seen: dict[str, dict[str, float]] = {}
     owner: dict[str, str] = {}  # position id → security id
     decided: dict[str, float] = {}  # position id → its first intent told to the writer
@@ -59,14 +61,17 @@ def stages(records: Iterable[dict[str, Any]], price: str, wired: Mapping[str, fl
         if sid not in wired or sid not in requests:
             continue
         tick = wired[sid]
-        read, handled = requests[sid]
+        arrived, read, handled = requests[sid]
         times = {**seen.get(sid, {}), "request read": read,
+                 "request arrived": arrived if arrived is not None else math.nan,
                  "handler starts": handled if handled is not None else math.nan}
         exits[sid] = [round((times.get(stage, math.nan) - tick) * 1000, 2) for stage in STAGES]
     table = {stage: {"p50": percentile(column, 50), "p90": percentile(column, 90),
                      "max": max(column, default=math.nan)}
              for stage, column in zip(STAGES, _columns(exits.values()), strict=True)}
-    worst = sorted(exits.items(), key=lambda item: -item[1][STAGES.index("request read")])
+    last = STAGES.index("request arrived")
+    worst = sorted(exits.items(), key=lambda item: -(
+        item[1][last] if not math.isnan(item[1][last]) else item[1][last + 1]))
     return {"stages_ms": STAGES, "after_tick_ms": table,
             "slowest": [{"security_id": sid, "after_tick_ms": row}
                         for sid, row in worst[:slowest]]}

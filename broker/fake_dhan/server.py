@@ -6,10 +6,12 @@ sends goes out on every logged-in order socket, PascalCase as DhanHQ documents i
 with ``camel_case = True``) and by the paper market (``advance(now)`` moves market and exchange
 and sends the ticks to the feeds that subscribed them). It checks the token like DhanHQ: REST 401
 with a DH-901 body, the order socket's short binary refusal then a close, the feed's disconnect
-packet (reason 808). Every request is recorded with its bucket and two times (monotonic): when
-its last byte was read from the socket, and when its handler began (once its headers were in,
-and later by whatever the fake's one event loop was doing: other requests, the feeds' sends).
-Every tick records when it was handed to the feeds and when it was written to a feed's socket.
+packet (reason 808). Every request is recorded with its bucket and three times (monotonic): when
+the kernel received the packet holding its last byte (Linux's receive timestamp, where the
+socket gives one), when the event loop read that byte, and when its handler began (once its
+headers were in, and later by whatever the fake's one event loop was doing: other requests, the
+feeds' sends). Every tick records when it was handed to the feeds and when it was written to a
+feed's socket.
 
 The paper exchange's work for a placement, a modification or a cancel runs on a worker thread
 (``asyncio.to_thread``), not on the event loop: the loop stays free to read the next requests
@@ -29,6 +31,8 @@ import asyncio
 import contextlib
 import functools
 import json
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -96,24 +100,93 @@ class Recorded:
     handled: float | None = None
     """``time.monotonic()`` when its handler began: once its headers were in and the event loop
     got to it (before ``at`` when the body came later)."""
+    received: float | None = None
+    """``time.monotonic()`` when the kernel received the packet holding its last byte (Linux's
+    software receive timestamp, ``SO_TIMESTAMPING``): when it reached the fake, however busy
+    the fake's event loop was then. None where the socket gives no timestamp."""
+
+    @property
+    def arrived(self) -> float:
+        """When it reached the fake: the kernel's receive time, else the read of its last byte."""
+        return self.at if self.received is None else self.received
 
 
 RECEIVED = "fake_dhan.received"
 """The key of a request's ``scope["state"]`` holding when its last byte was read."""
+KERNEL_RECEIVED = "fake_dhan.kernel_received"
+"""The key of a request's ``scope["state"]`` holding when the kernel received its last byte."""
+
+_SO_TIMESTAMPING = getattr(socket, "SO_TIMESTAMPING", 37)  # Linux's value where Python lacks it
+_SCM_TIMESTAMPING = _SO_TIMESTAMPING
+_RX_SOFTWARE_STAMPS = (1 << 3) | (1 << 4)
+"""``SOF_TIMESTAMPING_RX_SOFTWARE | SOF_TIMESTAMPING_SOFTWARE``: stamp each packet as the
+kernel receives it, and report those stamps with the data."""
+_STAMPS_SPACE = socket.CMSG_SPACE(48)  # three timespecs: software, (deprecated), hardware
+
+
+class _StampingSocket:
+    """A connection's socket whose ``recv`` also keeps when the kernel received the last packet
+    it read (``received``, on ``time.monotonic()``; None until a read carried a stamp).
+
+    asyncio's transports read with ``recv``, which drops the timestamps a socket can attach to
+    its data; this one reads with ``recvmsg`` and keeps them. For TCP the kernel reports the
+    stamp of the last packet a read took from the queue: the one holding the read's last byte.
+    Every other attribute is the socket's own."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.received: float | None = None
+        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPING, _RX_SOFTWARE_STAMPS)
+
+    def recv(self, size: int) -> bytes:
+        data, ancillary, _flags, _address = self._sock.recvmsg(size, _STAMPS_SPACE)
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == _SCM_TIMESTAMPING and len(payload) >= 16:
+                seconds, nanoseconds = struct.unpack_from("qq", payload)
+                if seconds or nanoseconds:  # CLOCK_REALTIME, carried over to monotonic
+                    self.received = (seconds + nanoseconds / 1e9 - time.time()
+                                     + time.monotonic())
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class _StampingLoop(asyncio.SelectorEventLoop):
+    """An event loop whose HTTP connections (``_StampedH11``) read through a
+    ``_StampingSocket``. asyncio has no public hook for a transport's reads: this overrides the
+    selector loop's transport factory, which every accepted connection goes through; a socket
+    that refuses the timestamp option is served as it is (no kernel stamp then)."""
+
+    def _make_socket_transport(self, sock: Any, protocol: Any, waiter: Any = None, *,
+                               extra: Any = None, server: Any = None) -> Any:
+        if isinstance(protocol, _StampedH11) and isinstance(sock, socket.socket):
+            try:
+                sock = protocol.stamps = _StampingSocket(sock)
+            except OSError as refused:
+                logger.debug("no receive timestamps on the fake's connection: {}", refused)
+        return super()._make_socket_transport(  # type: ignore[misc]
+            sock, protocol, waiter, extra=extra, server=server)
 
 
 class _StampedH11(H11Protocol):
     """uvicorn's HTTP/1.1 protocol, stamping each request with when its last byte was read
     (``time.monotonic()``, in its ``scope["state"]``): the moment it had reached the fake
     whole, whenever the event loop got to its handler (which starts once the headers are in,
-    maybe before the body)."""
+    maybe before the body); and, on a ``_StampingLoop``, with when the kernel received the
+    packet that held that byte."""
+
+    stamps: _StampingSocket | None = None
 
     def data_received(self, data: bytes) -> None:
         now = time.monotonic()
         super().data_received(data)
         cycle = getattr(self, "cycle", None)
         if cycle is not None and not cycle.more_body:
-            cycle.scope["state"].setdefault(RECEIVED, now)
+            state = cycle.scope["state"]
+            state.setdefault(RECEIVED, now)
+            if self.stamps is not None and self.stamps.received is not None:
+                state.setdefault(KERNEL_RECEIVED, self.stamps.received)
 
 
 Sent = Callable[[float], None]
@@ -240,7 +313,7 @@ class FakeDhan:
         return self
 
     def _serve(self) -> None:
-        loop = self._loop = asyncio.new_event_loop()
+        loop = self._loop = _StampingLoop()
         self._closing = asyncio.Event()
         assert self._server is not None
         loop.run_until_complete(self._server.serve())
@@ -362,11 +435,13 @@ class FakeDhan:
         when its scope says, once the body has been awaited; a placement's security and
         correlation ids); the refusal to answer instead, if any."""
         handled = time.monotonic() if at is None else at
-        received = request.scope.get("state", {}).get(RECEIVED)
-        arrived = received if isinstance(received, float) else handled
+        state = request.scope.get("state", {})
+        read, kernel = state.get(RECEIVED), state.get(KERNEL_RECEIVED)
+        arrived = read if isinstance(read, float) else handled
         with self._lock:
-            self.requests.append(Recorded(bucket, request.method, request.url.path, arrived,
-                                          *placement, handled=handled))
+            self.requests.append(Recorded(
+                bucket, request.method, request.url.path, arrived, *placement, handled=handled,
+                received=kernel if isinstance(kernel, float) else None))
             token_ok = request.headers.get("access-token") == self.valid_token != ""
             throttled = self._throttle.get(bucket, 0) > 0
             if token_ok and throttled:

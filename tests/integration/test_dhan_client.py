@@ -263,6 +263,28 @@ def test_a_request_in_two_reads_is_stamped_when_whole(venue: Venue) -> None:
     assert one.handled is not None and two.handled is not None
     assert sent <= one.handled < whole <= one.at  # the handler began before the body came
     assert again <= two.at
+    assert one.received is not None and two.received is not None
+    assert whole <= one.received <= one.at  # the kernel's stamp of the body's packet
+    assert again <= two.received <= two.at
+
+
+def test_a_request_reaching_a_busy_fake_is_stamped_by_the_kernel_on_arrival(
+        venue: Venue) -> None:
+    """The fake's event loop is held for 0.3 s while a placement comes: the kernel's receive
+    stamp (``received``, the benchmark's arrival) is when it came, the loop's read (``at``)
+    when the loop got to it."""
+    rest = venue.rest(timeout=5.0)
+    assert venue.place(rest, "X-K0-1").ok  # the connection open before the test
+    loop = venue.fake._loop
+    assert loop is not None
+    loop.call_soon_threadsafe(time.sleep, 0.3)
+    time.sleep(0.05)
+    sent = time.monotonic()
+    assert venue.place(rest, "X-K0-2").ok
+    [placed] = [r for r in venue.fake.requests if r.correlation_id == "X-K0-2"]
+    assert placed.received is not None
+    assert sent <= placed.received < sent + 0.1 < placed.at
+    assert placed.arrived == placed.received
 
 
 def test_a_refused_placement_is_rejected(venue: Venue) -> None:

@@ -70,9 +70,9 @@ def test_an_exits_stages_are_read_from_the_trace_after_its_tick() -> None:
         {"type": "PriceUpdate", "payload": "PriceUpdate(mark=PriceMark(ltp=Decimal('94')))",
          "instrument": "NSE_FNO:8", "enqueued_ns": 1001 * ms, "start_ns": 1001 * ms},
     ]
-    found = stages(records, "94", {"7": 1.0, "8": 1.0}, {"7": (1.015, 1.016), "8": (1.5, None)},
-                   only={"7"})
+    found = stages(records, "94", {"7": 1.0, "8": 1.0},
+                   {"7": (1.014, 1.015, 1.016), "8": (None, 1.5, None)}, only={"7"})
     assert found["stages_ms"] == STAGES
     assert found["slowest"] == [{"security_id": "7",
-                                 "after_tick_ms": [2.0, 3.0, 4.0, 10.0, 12.0, 15.0, 16.0]}]
+                                 "after_tick_ms": [2.0, 3.0, 4.0, 10.0, 12.0, 14.0, 15.0, 16.0]}]
     assert found["after_tick_ms"]["committed"] == {"p50": 10.0, "p90": 10.0, "max": 10.0}
