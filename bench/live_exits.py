@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.tracing.recorder import iter_records
+from app.settings import DhanSettings
 from bench.common import checkpoint, child_main, fresh_pg, summary_ms
 from bench.live_stages import stages
 from bench.report import below, figure
@@ -92,11 +93,14 @@ def instruments(count: int) -> list[Instrument]:
 
 def run(pg: str | None, rd: str | None, scratch: Path, *, positions: int = 200,
         wave: int = 20, gap: float = 2.5, packets: int = 1,
-        quiet: float = QUIET, trace: Path | None = None, launch: bool = False) -> dict[str, Any]:
+        quiet: float = QUIET, trace: Path | None = None,
+        launch: bool | None = None) -> dict[str, Any]:
     """``packets``: ticker packets per feed message (DhanHQ may send several in one);
     ``quiet``: seconds the feed goes quiet before the crash (the quote API prices meanwhile);
-    ``launch``: ``[dhan] launch_exits`` (False: each exit sent by its gateway actor), set
-    either way, whatever the default."""
+    ``launch``: ``[dhan] launch_exits`` (False: each exit sent by its gateway actor); None:
+    the setting's default, as a user runs it."""
+    if launch is None:
+        launch = DhanSettings().launch_exits
     book = instruments(positions)
     with Venue({instrument: START for instrument in book}) as venue:
         venue.fake.packets_per_message = packets
@@ -435,8 +439,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="ticker packets per feed message (diagnostic)")
     parser.add_argument("--quiet", type=float, default=QUIET,
                         help="seconds the feed goes quiet before the crash (quote API)")
-    parser.add_argument("--launch", action="store_true",
-                        help="[dhan] launch_exits = true: a wave's orders sent by a child")
+    parser.add_argument("--launch", choices=("on", "off"), default=None,
+                        help="[dhan] launch_exits (default: the setting's default, on): a "
+                             "wave's orders sent together by a child, or each by its "
+                             "gateway actor")
     parser.add_argument("--trace", type=Path, default=None,
                         help="the session's message trace (JSONL), for where the time goes")
     args = parser.parse_args(argv)
@@ -444,7 +450,8 @@ def main(argv: list[str] | None = None) -> int:
                                                   wave=args.wave, gap=args.gap,
                                                   packets=args.packets, quiet=args.quiet,
                                                   trace=args.trace,
-                                                  launch=args.launch))
+                                                  launch=None if args.launch is None
+                                                  else args.launch == "on"))
 
 
 if __name__ == "__main__":
