@@ -248,12 +248,14 @@ class System:
         stale = freshness_limit(p.config.policy)
         self.edges = PriceEdges() if p.urgent_prices else None
         self.batcher = LTPBatcherActor.start(None, p.quotes, p.clock, p.metrics,
-                                             stale_after=stale, edges=self.edges)
+                                             stale_after=stale, edges=self.edges,
+                                             ahead=self.dispatcher)
         self._feed = tick_feed(self.batcher)
         self._quoter = self._proxy(self.batcher).quoter.get(timeout=ASK)
         self.index = IndexActor.start(self.batcher, refresh=stale * 0.8,
                                       metrics=p.metrics,
-                                      gate=self.dispatcher.yield_to_urgent, edges=self.edges)
+                                      gate=self.dispatcher.yield_to_urgent, edges=self.edges,
+                                      ahead=self.dispatcher)
         self._proxy(self.batcher).set_index(self.index).get(timeout=ASK)
         self.supervisor = RiskSupervisor.start(ctx, p.gateway, supervision=p.supervision,
                                                dispatcher=self.dispatcher, gateways=p.gateways)

@@ -142,6 +142,10 @@ class PriceBatch(_Caused):
     sent_at: datetime
     causation_id: str | None = None
     message_id: str = field(default_factory=new_id)
+    ahead: bool = False
+    """An urgent flush's batch, counted as urgent work ahead of the trackers
+    (``Dispatcher.urgent_ahead``) from the batcher's tell until the index has told its
+    possible exits (``urgent_arrived``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ from actors.prices.quotes import QuoteActor
 from actors.protocol import Flush, Snapshot, Watch
 from actors.runtime.dispatch import SingletonActor, StampedQueue
 from actors.runtime.metrics import Metrics
+from actors.runtime.pool import UrgentAhead
 from actors.runtime.pykka_compat import contents, envelope, inbox_of, stopped_of
 from broker.ports import QuoteApi
 from models.common import Instrument, Segment
@@ -215,8 +216,11 @@ class LTPBatcherActor(SingletonActor):
     def __init__(self, index: ActorRef[Any] | None, quotes: QuoteApi | None,
                  clock: Callable[[], datetime], metrics: Metrics, *,
                  stale_after: timedelta = timedelta(seconds=5),
-                 edges: PriceEdges | None = None) -> None:
+                 edges: PriceEdges | None = None, ahead: UrgentAhead | None = None) -> None:
         super().__init__()
+        self.ahead = ahead
+        """Told of each urgent batch on its way to the index (the trackers' dispatcher); the
+        index says when its possible exits are told (``PriceBatch.ahead``)."""
         inbox = self.actor_inbox
         if edges is not None and isinstance(inbox, _TickMailbox):
             inbox.edges, inbox.clock = edges, clock
@@ -289,8 +293,16 @@ class LTPBatcherActor(SingletonActor):
             batch, self.pending = self.pending, {}
             self.last.update(batch)
             self.metrics.incr("urgent_batches" if flush.urgent else "price_batches")
-            self.index.tell(PriceBatch(prices=tuple(batch.items()), correlation_id=new_id(),
-                                       sent_at=now))
+            counter = self.ahead if flush.urgent else None
+            if counter is not None:
+                counter.urgent_ahead()
+            try:
+                self.index.tell(PriceBatch(prices=tuple(batch.items()), correlation_id=new_id(),
+                                           sent_at=now, ahead=counter is not None))
+            except BaseException:
+                if counter is not None:  # never told: nothing is on its way
+                    counter.urgent_arrived()
+                raise
         if not flush.urgent:
             self.index.tell(flush)
 

@@ -27,6 +27,7 @@ from actors.prices.edges import PriceEdges
 from actors.protocol import BandChanged, Flush, Route, Unroute, Watch
 from actors.runtime.dispatch import SingletonActor
 from actors.runtime.metrics import Metrics
+from actors.runtime.pool import UrgentAhead
 from models.bands import CROSSING, MARKS, QUIET, BandWatch, Reach
 from models.common import Instrument
 from models.messages import (
@@ -69,9 +70,12 @@ class IndexActor(SingletonActor):
                  refresh: timedelta = timedelta(seconds=2.5),
                  metrics: Metrics | None = None,
                  gate: Callable[[], None] | None = None,
-                 edges: PriceEdges | None = None) -> None:
+                 edges: PriceEdges | None = None, ahead: UrgentAhead | None = None) -> None:
         super().__init__()
         self.batcher = batcher
+        self.ahead = ahead
+        """Told when a batch counted on its way here (``PriceBatch.ahead``) has told its
+        possible exits: the trackers' dispatcher, whose ``wait_for_urgent`` waits for it."""
         self.edges = edges
         """Where each instrument's exit edges are published for the feed (None: nowhere)."""
         self.gate = gate
@@ -95,7 +99,15 @@ class IndexActor(SingletonActor):
     def on_receive(self, message: Any) -> Any:
         match message:
             case PriceBatch():
-                self._fan_out(message)
+                if not message.ahead or self.ahead is None:
+                    self._fan_out(message)
+                    return None
+                arrived = [False]
+                try:
+                    self._fan_out(message, arrived)
+                finally:
+                    if not arrived[0]:
+                        self.ahead.urgent_arrived()
             case Flush():
                 if self.pnl is not None:  # behind this flush's batch (see LTPBatcherActor)
                     exits, self._exits_told = self._exits_told, False
@@ -144,10 +156,12 @@ class IndexActor(SingletonActor):
                                    correlation_id=message.correlation_id or new_id(),
                                    causation_id=message.causation_id))
 
-    def _fan_out(self, batch: PriceBatch) -> None:
+    def _fan_out(self, batch: PriceBatch, arrived: list[bool] | None = None) -> None:
         """Possible exits first: the instruments whose price is beyond their ``Reach`` are
         checked position by position (and their exits told) before any other instrument; then
-        the rest; then, after every possible exit of the batch, the ordinary prices."""
+        the rest; then, after every possible exit of the batch, the ordinary prices.
+        ``arrived``: a batch counted on its way (``PriceBatch.ahead``), said arrived once its
+        possible exits are told (``arrived[0]`` set), before the wait for urgent work."""
         later: list[tuple[ActorRef[Any], PriceUpdate]] = []
         refresh: list[tuple[ActorRef[Any], PriceUpdate]] = []
         inside: list[tuple[Instrument, PriceMark, dict[str, ActorRef[Any]], Reach]] = []
@@ -172,6 +186,9 @@ class IndexActor(SingletonActor):
             # Let the trackers just told a possible exit take the interpreter now: a woken
             # thread otherwise waits for the rest of the fan-out or the 5 ms switch interval.
             time.sleep(0)
+        if arrived is not None and self.ahead is not None:
+            arrived[0] = True  # before the gate: this batch must not wait for itself
+            self.ahead.urgent_arrived()
         if self.gate is not None and (inside or later or refresh):
             # the ordinary prices wait while those exits are decided (a batch of exits alone
             # goes on at once: nothing is left of it to hold back)

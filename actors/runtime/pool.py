@@ -31,8 +31,17 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
 _STOP = object()
+
+
+class UrgentAhead(Protocol):
+    """Counts urgent work on its way to a dispatcher (``Dispatcher.urgent_ahead``)."""
+
+    def urgent_ahead(self) -> None: ...
+
+    def urgent_arrived(self) -> None: ...
 
 
 class Dispatcher:
@@ -153,6 +162,31 @@ class Dispatcher:
         wait until there are none, or until ``hold`` seconds after that urgent work began."""
         if self._urgent_now and time.monotonic() < self._urgent_since + self.hold:
             self._hold_back(worker=False)
+
+    def urgent_ahead(self) -> None:
+        """Urgent work is on its way to this dispatcher's mailboxes (an urgent price batch
+        between the batcher and the index's fan-out): counted as an urgent task until
+        ``urgent_arrived``, so ``wait_for_urgent`` waits for it too. Without it, the first exit
+        intent of a wave whose crossing ticks came in two batches found the trackers idle
+        while the second batch was still at the index, and was written alone: the rest of the
+        wave then waited for that write (BENCHMARKS, the live row). Not counted without
+        ``hold``."""
+        if not self.hold:
+            return
+        with self._calm:
+            now = time.monotonic()
+            if not self._urgent_now and now - self._urgent_since >= 2 * self.hold:
+                self._urgent_since = now
+            self._urgent_now += 1
+
+    def urgent_arrived(self) -> None:
+        """The work announced by ``urgent_ahead`` is told (or will never come)."""
+        if not self.hold:
+            return
+        with self._calm:
+            self._urgent_now = max(0, self._urgent_now - 1)
+            if not self._urgent_now:
+                self._calm.notify_all()
 
     def wait_for_urgent(self, timeout: float) -> bool:
         """Wait until no urgent task is queued or running, ``timeout`` seconds at most; True

@@ -172,3 +172,61 @@ def test_a_burst_handed_over_at_once_is_one_urgent_batch() -> None:
     batcher.stop()
     with pytest.raises(pykka.ActorDeadError):
         feed.many([(A, mark("94"))])
+
+
+class Ahead:
+    """A stand-in for the trackers' dispatcher's count of urgent work on its way."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def urgent_ahead(self) -> None:
+        self.events.append("ahead")
+
+    def urgent_arrived(self) -> None:
+        self.events.append("arrived")
+
+
+def test_an_urgent_batch_is_counted_on_its_way_until_the_index_told_its_exits() -> None:
+    """The batcher counts an urgent flush's batch as urgent work ahead of the trackers; the
+    index says it arrived once its possible exits are told, before it waits for urgent work
+    (its own batch must not hold it); the clock's batches are not counted."""
+    ahead, sink = Ahead(), Sink.start()
+    edges = PriceEdges()
+    batcher = LTPBatcherActor.start(sink, None, Clock(), Metrics(), edges=edges, ahead=ahead)
+    feed = tick_feed(batcher)
+    edges.publish(A, Decimal(95), None)
+    feed.many([(A, mark("94")), (B, mark("50"))])
+    batcher.ask(Snapshot(), timeout=5)
+    [urgent] = batches(sink)
+    assert urgent.ahead and ahead.events == ["ahead"]
+    batcher.tell(Flush(at=T0))  # the clock's flush: B's price, not counted
+    batcher.ask(Snapshot(), timeout=5)
+    clock_batch = [m for m in batches(sink) if isinstance(m, PriceBatch)][-1]
+    assert dict(clock_batch.prices) == {B: mark("50")}
+    assert not clock_batch.ahead and ahead.events == ["ahead"]
+
+    recorder = Recorder.start()
+    index = IndexActor.start(None, gate=lambda: ahead.events.append("gate"), ahead=ahead)
+    for pid, instrument in (("P1", A), ("P2", B)):
+        index.tell(Route(pid, instrument, recorder))
+        index.tell(BandChanged(pid, Band(low=Decimal(90), high=Decimal(110), until=None,
+                                         rule_low=Decimal(90), rule_high=Decimal(150))))
+    index.tell(PriceBatch(prices=((A, mark("80")), (B, mark("100"))), correlation_id="b",
+                          sent_at=T0, ahead=True))
+    index.ask(OpenPositions(), timeout=5)
+    assert ahead.events == ["ahead", "arrived", "gate"]
+    index.tell(PriceBatch(prices=((B, mark("101")),), correlation_id="c", sent_at=T0))
+    index.ask(OpenPositions(), timeout=5)
+    assert ahead.events.count("arrived") == 1  # an uncounted batch says nothing
+
+
+def test_a_counted_batch_that_fails_at_the_index_still_says_it_arrived() -> None:
+    ahead = Ahead()
+    index = IndexActor.start(None, ahead=ahead)
+    broken = PriceBatch(prices=((A, None),),  # type: ignore[arg-type]
+                        correlation_id="b", sent_at=T0, ahead=True)
+    index.tell(Route("P1", A, Recorder.start()))
+    index.tell(broken)
+    index.ask(OpenPositions(), timeout=5)  # a failed message does not stop the index
+    assert ahead.events == ["arrived"]

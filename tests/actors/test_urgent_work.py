@@ -329,3 +329,22 @@ def test_waiting_for_urgent_work_ends_when_it_is_done_or_at_the_timeout(
     threading.Timer(0.05, finish.set).start()
     assert pool.wait_for_urgent(5)  # done: ends then, not at the timeout
     assert time.monotonic() - began < 2
+
+
+def test_urgent_work_on_its_way_is_waited_for_like_urgent_work_queued(
+        pools: Callable[..., Dispatcher]) -> None:
+    """``urgent_ahead``: an urgent price batch still at the index counts until
+    ``urgent_arrived``; a dispatcher without ``hold`` counts nothing."""
+    pool = pools(workers=1, reserve=1, hold=5.0)
+    pool.urgent_ahead()
+    began = time.monotonic()
+    assert not pool.wait_for_urgent(0.05)
+    assert time.monotonic() - began >= 0.05
+    threading.Timer(0.05, pool.urgent_arrived).start()
+    assert pool.wait_for_urgent(5)
+    assert time.monotonic() - began < 2
+    pool.urgent_arrived()  # one too many (never below none)
+    assert pool.wait_for_urgent(0.0)
+    unheld = pools(workers=1)
+    unheld.urgent_ahead()
+    assert unheld.wait_for_urgent(0.0)
