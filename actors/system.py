@@ -486,20 +486,6 @@ class System:
         result: list[Position] = self.index.ask(OpenPositions(), block=True, timeout=ASK)
         return result
 
-    def settle_heap(self, why: str) -> int:
-        """What is alive now is moved out of the cyclic collector's sight (``gc.freeze``), as at
-        the end of ``start``: for a caller whose start-up goes on after it (the live session
-        finds its book by reconcile once the actors run). A full collection walks every object
-        it still sees and stops every thread meanwhile: 9 to 15 ms mid-session over the live
-        session's ~40,000 objects made after ``start`` (BENCHMARKS, the live row), at whatever
-        moment the collector chose, a wave of exits included. The same cost as ``start``'s
-        freeze: cyclic garbage among these objects is never reclaimed, bounded by what this
-        start-up made. Returns how many objects are frozen in all."""
-        gc.freeze()
-        frozen = gc.get_freeze_count()
-        logger.info("{}: {} objects kept out of full collections", why, frozen)
-        return frozen
-
     # Operator console (SPEC §12): asked from the HTTP server's thread, always with a timeout --
     def positions(self, status: dict[str, Any] | None = None) -> Iterator[PositionView]:
         """Every open position with its last price and marks (``status``: a ``status()`` the

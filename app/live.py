@@ -90,8 +90,6 @@ class LiveSession:
         self.circuits = CircuitReader(rest, gateway)
         self.refusal = Refusal(tokens)
         self._token_checked = 0.0
-        self._heap_settled = False
-        """The book found by the first reconcile is frozen with the rest of start-up (once)."""
         self.socket_state = self.feed_state = LinkState.STOPPED.value
         rest.on_token_invalid = self._on_token_refused
         gateway.on_alarm = self._alarm
@@ -237,12 +235,6 @@ class LiveSession:
         if gone:
             self.feed.unsubscribe(sorted(gone, key=order_key))
         self.circuits.read(wanted)
-        if not self._heap_settled and self.reconciled.at is not None:
-            # Start-up ends here: the book the first reconcile found is supervised and its
-            # prices subscribed. What start-up made is frozen, so the collector's full passes
-            # mid-session walk only what the session makes from now on (System.settle_heap).
-            self._heap_settled = True
-            self.system.settle_heap("live start-up")
 
     # Token --------------------------------------------------------------------------------------
     @property

@@ -74,20 +74,6 @@ def test_a_started_system_keeps_what_it_loaded_out_of_full_collections() -> None
         pykka.ActorRegistry.stop_all()
 
 
-def test_settling_the_heap_freezes_what_start_up_made_after_start() -> None:
-    # The live session's book comes after ``start`` (its reconcile): it is frozen then.
-    built = Rig(RiskConfig())
-    try:
-        before = gc.get_freeze_count()
-        made_later = [[n] for n in range(1_000)]  # containers the collector tracks, alive
-        assert built.system.settle_heap("test") >= before + len(made_later)
-        assert gc.get_freeze_count() >= before + len(made_later)
-        assert gc.isenabled()
-    finally:
-        built.system.stop()
-        pykka.ActorRegistry.stop_all()
-
-
 def test_when_order_fills_then_pending_active_exiting_exited_with_real_fill_prices(
         rig: Rig) -> None:
     instrument = Instrument(segment=Segment.NSE_FNO, security_id="40001")

@@ -102,21 +102,6 @@ def test_positions_found_at_start_and_a_stop_loss_exits_with_a_protective_limit(
     assert report["summary"]["exits_by_reason"] == {"STOP_LOSS": 1}
 
 
-def test_start_up_ends_once_with_the_book_found_by_reconcile_frozen(tmp_path: Path) -> None:
-    """The positions the first reconcile found are supervised and subscribed: what start-up
-    made is then kept out of the collector's full passes, once (``System.settle_heap``)."""
-    with Venue() as venue:
-        venue.enter(FUT, TxnType.BUY, 75)
-        run = LiveRun(venue, tmp_path, policy=POLICY)
-        started(run)
-        run.wait_log("live start-up:", 15)
-        time.sleep(2.5)  # two more follows of the book: no second freeze
-        run.stop()
-    log = run.log()
-    assert log.count("live start-up:") == 1
-    assert log.index("reconcile:") < log.index("live start-up:")
-
-
 def test_shadow_places_nothing_and_reports_the_same_decision(tmp_path: Path) -> None:
     with Venue() as venue:
         live = stop_loss_script(venue, tmp_path / "live", shadow=False)
