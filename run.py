@@ -362,6 +362,9 @@ stops decides side by side; the other threads stay free for fills and refreshes.
 each exit's tracker held one through its own commit; since the intent writer
 (``actors/tracker/intents.py``) no tracker waits on a commit, and a smaller reserve is not
 measured yet."""
+LIVE_FULL_COLLECTIONS = 10.0
+"""Seconds between the cyclic collector's full passes in a live session, each at a quiet
+moment rather than in the burst of allocation a wave of exits makes (``QuietCollector``)."""
 
 
 def run_live(settings: Settings, *, shadow: bool, duration: float | None,
@@ -401,7 +404,8 @@ def run_live(settings: Settings, *, shadow: bool, duration: float | None,
                   correlation_prefix=settings.correlation_prefix,
                   gateway_status=lambda: holder[0].gateway_status(), urgent_prices=True,
                   gateways=LIVE_GATEWAYS, reserve=LIVE_RESERVE,
-                  launch=gateway.launch_exits if launcher is not None else None)
+                  launch=gateway.launch_exits if launcher is not None else None,
+                  quiet_collections=LIVE_FULL_COLLECTIONS)
     system = System(parts)
     session = LiveSession(system, rest, gateway, tokens, client_id=dhan.client_id or "",
                           order_ws_url=dhan.order_ws_url, feed_ws_url=dhan.feed_ws_url,

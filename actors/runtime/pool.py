@@ -82,6 +82,8 @@ class Dispatcher:
         stream of short urgent bursts (positions on standing exits told every price, say)
         holds ordinary work back half the time at most, never for good."""
         self._calm = threading.Condition(threading.Lock())
+        self._urgent_last = -math.inf
+        """When urgent work was last submitted or announced (counted only with ``hold``)."""
         self.conflated = 0
         """Messages replaced in a mailbox by a newer one before they were handled."""
         self.held = 0
@@ -123,6 +125,7 @@ class Dispatcher:
                     if not self._urgent_now and now - self._urgent_since >= 2 * self.hold:
                         self._urgent_since = now
                     self._urgent_now += 1
+                    self._urgent_last = now
                     self._urgent.append(task)
                     self._calm.notify_all()  # a worker holding back runs it
             else:
@@ -178,6 +181,7 @@ class Dispatcher:
             if not self._urgent_now and now - self._urgent_since >= 2 * self.hold:
                 self._urgent_since = now
             self._urgent_now += 1
+            self._urgent_last = now
 
     def urgent_arrived(self) -> None:
         """The work announced by ``urgent_ahead`` is told (or will never come)."""
@@ -187,6 +191,12 @@ class Dispatcher:
             self._urgent_now = max(0, self._urgent_now - 1)
             if not self._urgent_now:
                 self._calm.notify_all()
+
+    def calm_for(self, seconds: float) -> bool:
+        """No urgent task is queued or running, and none was submitted or announced in the
+        last ``seconds``: a moment for work that stops every thread (``QuietCollector``).
+        Without ``hold`` urgent tasks are not counted: always True."""
+        return not self._urgent_now and time.monotonic() - self._urgent_last >= seconds
 
     def wait_for_urgent(self, timeout: float) -> bool:
         """Wait until no urgent task is queued or running, ``timeout`` seconds at most; True

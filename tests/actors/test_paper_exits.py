@@ -74,6 +74,26 @@ def test_a_started_system_keeps_what_it_loaded_out_of_full_collections() -> None
         pykka.ActorRegistry.stop_all()
 
 
+def test_a_system_with_quiet_collections_runs_the_full_passes_itself_until_it_stops() -> None:
+    """``Parts.quiet_collections`` (the live session's): the collector's automatic full
+    passes are off while the system runs (``QuietCollector``) and back once it stopped."""
+    from actors.runtime.collector import NEVER
+
+    before = gc.get_threshold()
+    clock = ManualClock(T0)
+    exchange = PaperExchange(TapeMarket([]), latency=timedelta(0), start=T0)
+    system = System(Parts(store=FakeStore(), cache=InMemoryPnLCache(), gateway=exchange,
+                          quotes=None, config=RiskConfig(), clock=clock,
+                          quiet_collections=60.0)).start(ticker=False)
+    try:
+        assert system.collector is not None
+        assert gc.get_threshold() == (before[0], before[1], NEVER)
+    finally:
+        system.stop()
+        pykka.ActorRegistry.stop_all()
+    assert gc.get_threshold() == before
+
+
 def test_when_order_fills_then_pending_active_exiting_exited_with_real_fill_prices(
         rig: Rig) -> None:
     instrument = Instrument(segment=Segment.NSE_FNO, security_id="40001")
