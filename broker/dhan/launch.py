@@ -303,6 +303,42 @@ def _end(child: subprocess.Popen[bytes]) -> None:
 
 
 # The child's side -------------------------------------------------------------------------
+def _warm_up() -> None:
+    """One request through a ``PooledWire`` like the real one to a loopback listener of its
+    own, answered with a canned reply, before the child says it is ready: the code a first
+    request runs (urllib3's and ``http.client``'s request and answer paths, the ``email``
+    modules that parse headers, imported on first use) is loaded then, not by the first wave's
+    ten requests at once, each waiting for the import lock. Nothing reaches the broker. A
+    failure here only leaves that code cold."""
+    import socket
+
+    reply = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
+             b"Connection: close\r\n\r\n{}")
+    try:
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            listener.settimeout(2.0)
+            port = listener.getsockname()[1]
+
+            def answer() -> None:
+                with contextlib.suppress(OSError):
+                    conn, _ = listener.accept()
+                    with conn:
+                        conn.settimeout(2.0)
+                        conn.recv(65536)
+                        conn.sendall(reply)
+
+            server = threading.Thread(target=answer, daemon=True)
+            server.start()
+            wire = PooledWire(f"http://127.0.0.1:{port}", connect=2.0, read=2.0, size=1)
+            try:
+                wire.request("POST", "/warm-up", b"{}", {"Content-Type": "application/json"})
+            finally:
+                wire.close()
+            server.join(2.0)
+    except (OSError, WireError) as error:
+        print(f"launch process: warm-up skipped ({type(error).__name__})", file=sys.stderr)
+
+
 def main() -> None:
     """``python -m broker.dhan.launch``: its configuration is the first frame on standard
     input; batches follow; answers go to standard output. Leaves when standard input closes."""
@@ -323,6 +359,7 @@ def main() -> None:
     for _ in range(size):
         pool.submit(started.wait)
     started.wait()
+    _warm_up()
     out = threading.Lock()
 
     def answer(value: dict[str, Any]) -> None:
