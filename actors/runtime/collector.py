@@ -1,11 +1,12 @@
 """The cyclic collector's full passes, moved to quiet moments (the live row, issue 17).
 
 A full collection (generation 2) stops every thread while it walks every object it tracks:
-12 to 15 ms in a live session with 200 positions, after ``System.start`` froze what start-up
+9 to 15 ms in a live session with 200 positions, after ``System.start`` froze what start-up
 made. CPython starts one when enough objects have survived the younger collections, that is
 after bursts of allocation: a wave of exits is such a burst (decisions, orders, fills). Probed
-in four live-row runs, every full collection mid-session began within 100 ms of a wave's
-first tick or of its second half's placements, one of them 25 ms into a wave.
+in four live-row runs, each full collection mid-session began while a wave's work went on: two
+25 and 70 ms after a wave's first tick, two 1.3 and 1.9 s after the first wave's, while its
+second half was placed and filled.
 
 ``QuietCollector`` turns the automatic full passes off (the younger generations stay
 automatic) and makes one every ``every`` seconds from a thread of its own, at a quiet moment:
