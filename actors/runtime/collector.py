@@ -44,7 +44,7 @@ class QuietCollector:
         """Of them, made without a quiet moment (``patience`` ran out)."""
         self.longest = 0.0
         """Seconds of the longest pause."""
-        self._stop = threading.Event()
+        self._ended = threading.Event()
         self._thread: threading.Thread | None = None
         self._thresholds: tuple[int, int, int] | None = None
 
@@ -58,7 +58,7 @@ class QuietCollector:
         return self
 
     def stop(self) -> None:
-        self._stop.set()
+        self._ended.set()
         if self._thread is not None:
             self._thread.join(5)
             self._thread = None
@@ -67,11 +67,11 @@ class QuietCollector:
             self._thresholds = None
 
     def _run(self) -> None:
-        while not self._stop.wait(self.every):
+        while not self._ended.wait(self.every):
             deadline = time.monotonic() + self.patience
             calm = self.quiet()
             while not calm and time.monotonic() < deadline:
-                if self._stop.wait(self.poll):
+                if self._ended.wait(self.poll):
                     return
                 calm = self.quiet()
             self.collect(calm)
