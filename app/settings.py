@@ -64,9 +64,9 @@ class DhanSettings(Frozen):
     """``run.py live``: a wave's exit orders handed together, right after their intents are
     committed, to a process that sends them (``broker/dhan/launch.py``), rather than each
     from its gateway actor's thread (false). On since the live row, measured at the fake's
-    kernel, showed the gain on a quiet machine (BENCHMARKS: slot-free p99 13 to 19 ms against
-    24 to 28 ms, alternated runs); an order without a free slot or a price in hand is still
-    sent by its gateway actor, and a child that will not start leaves every order to them."""
+    kernel on a quiet machine, showed a lower median with it (BENCHMARKS, 2026-12-05); an
+    order without a free slot or a price in hand is still sent by its gateway actor, and a
+    child that will not start leaves every order to them."""
     session_start: AwareDatetime | None = None
     """For drills against the loopback fake only: exchange time starts here and runs with the
     wall clock (``DHAN_SESSION_START``); live trading leaves it unset (the wall clock)."""

@@ -121,11 +121,7 @@ class Dispatcher:
         if urgent:
             if self.hold:
                 with self._calm:
-                    now = time.monotonic()
-                    if not self._urgent_now and now - self._urgent_since >= 2 * self.hold:
-                        self._urgent_since = now
-                    self._urgent_now += 1
-                    self._urgent_last = now
+                    self._count_urgent()
                     self._urgent.append(task)
                     self._calm.notify_all()  # a worker holding back runs it
             else:
@@ -174,19 +170,25 @@ class Dispatcher:
         while the second batch was still at the index, and was written alone: the rest of the
         wave then waited for that write (BENCHMARKS, the live row). Not counted without
         ``hold``."""
-        if not self.hold:
-            return
-        with self._calm:
-            now = time.monotonic()
-            if not self._urgent_now and now - self._urgent_since >= 2 * self.hold:
-                self._urgent_since = now
-            self._urgent_now += 1
-            self._urgent_last = now
+        if self.hold:
+            with self._calm:
+                self._count_urgent()
 
     def urgent_arrived(self) -> None:
         """The work announced by ``urgent_ahead`` is told (or will never come)."""
-        if not self.hold:
-            return
+        if self.hold:
+            self._urgent_done()
+
+    def _count_urgent(self) -> None:
+        """One more urgent task queued or on its way (``_calm`` held); a hold may begin."""
+        now = time.monotonic()
+        if not self._urgent_now and now - self._urgent_since >= 2 * self.hold:
+            self._urgent_since = now
+        self._urgent_now += 1
+        self._urgent_last = now
+
+    def _urgent_done(self) -> None:
+        """One urgent task fewer (never below none); the waiters learn when none is left."""
         with self._calm:
             self._urgent_now = max(0, self._urgent_now - 1)
             if not self._urgent_now:
@@ -319,10 +321,7 @@ class Dispatcher:
             task()
         finally:
             if self.hold:
-                with self._calm:
-                    self._urgent_now -= 1
-                    if not self._urgent_now:
-                        self._calm.notify_all()
+                self._urgent_done()
 
 
 _default: Dispatcher | None = None

@@ -10,7 +10,7 @@ import pykka
 import pytest
 
 from actors.runtime.dispatch import Dispatcher, PooledActor, SingletonActor, StampedQueue, _Mailbox
-from actors.runtime.pykka_compat import envelope
+from actors.runtime.pykka_compat import envelope, inbox_of
 
 
 @pytest.fixture
@@ -160,7 +160,7 @@ def test_when_readings_wait_in_a_mailbox_then_only_the_latest_is_handled_in_firs
     ref.tell("order update")
     for value in range(2, 6):
         ref.tell(Reading(value))
-    inbox = ref.actor_inbox
+    inbox = inbox_of(ref)
     assert isinstance(inbox, _Mailbox)
     assert inbox.qsize() == 2
     gate.set()
